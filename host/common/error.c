@@ -1,0 +1,85 @@
+/* The per-thread error channel behind kq_last_error(). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "kq_common.h"
+
+#define KQ_ERROR_CAPACITY 1024
+
+static _Thread_local char g_error[KQ_ERROR_CAPACITY];
+
+kq_status kq_set_error(kq_status status, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(g_error, sizeof g_error, fmt, ap);
+  va_end(ap);
+  return status;
+}
+
+kq_status kq_error_prefix(kq_status status, const char *fmt, ...) {
+  char prefix[KQ_ERROR_CAPACITY];
+  char old[KQ_ERROR_CAPACITY];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(prefix, sizeof prefix, fmt, ap);
+  va_end(ap);
+  memcpy(old, g_error, sizeof old);
+  size_t n = strlen(prefix);
+  if (n > sizeof g_error - 3) n = sizeof g_error - 3;
+  memcpy(g_error, prefix, n);
+  memcpy(g_error + n, ": ", 2);
+  size_t rest = sizeof g_error - n - 3;
+  size_t m = strnlen(old, rest);
+  memcpy(g_error + n + 2, old, m);
+  g_error[n + 2 + m] = '\0';
+  return status;
+}
+
+void kq_clear_error(void) { g_error[0] = '\0'; }
+
+const char *kq_last_error(void) { return g_error; }
+
+const char *kq_status_string(kq_status status) {
+  switch (status) {
+  case KQ_OK: return "ok";
+  case KQ_ERR_INVALID_ARGUMENT: return "invalid argument";
+  case KQ_ERR_IO: return "I/O error";
+  case KQ_ERR_FORMAT: return "malformed file";
+  case KQ_ERR_NUMERIC: return "non-finite value";
+  case KQ_ERR_NO_CONVERGENCE: return "no convergence";
+  case KQ_ERR_OUT_OF_MEMORY: return "out of host memory";
+  case KQ_ERR_DEVICE_MEMORY: return "out of device memory";
+  case KQ_ERR_DEVICE: return "device error";
+  case KQ_ERR_NOT_FOUND: return "not found";
+  case KQ_ERR_UNSUPPORTED: return "unsupported";
+  case KQ_ERR_CAPACITY: return "capacity exceeded";
+  case KQ_ERR_ABI: return "backend ABI mismatch";
+  case KQ_ERR_INTERRUPTED: return "interrupted";
+  }
+  return "unknown status";
+}
+
+const char *kq_version(void) {
+#define KQ_STR2(x) #x
+#define KQ_STR(x) KQ_STR2(x)
+  return KQ_STR(KQ_VERSION_MAJOR) "." KQ_STR(KQ_VERSION_MINOR) "." KQ_STR(KQ_VERSION_PATCH);
+}
+
+static const char *const g_method_names[] = {"kq-svd", "k-svd", "eigen"};
+
+const char *kq_method_name(kq_method method) {
+  if ((unsigned)method >= sizeof g_method_names / sizeof g_method_names[0]) return NULL;
+  return g_method_names[method];
+}
+
+kq_status kq_method_parse(const char *name, kq_method *out_method) {
+  for (unsigned i = 0; i < sizeof g_method_names / sizeof g_method_names[0]; i++) {
+    if (name && strcmp(name, g_method_names[i]) == 0) {
+      *out_method = (kq_method)i;
+      return KQ_OK;
+    }
+  }
+  return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                      "unknown method '%s' (expected kq-svd, k-svd or eigen)", name ? name : "");
+}

@@ -1,0 +1,75 @@
+/*
+ * kq_common.h — internal helpers shared by every part of libkqsvd:
+ * the per-thread error channel, float16/bfloat16 conversion, overflow-safe
+ * sizes and allocation, and a small parallel-for over a thread team.
+ * Not installed; in-tree code only.
+ */
+#ifndef KQ_COMMON_H
+#define KQ_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kqsvd.h"
+
+#if defined(__GNUC__)
+#define KQ_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define KQ_PRINTF(a, b)
+#endif
+
+/* Records `fmt` as the calling thread's last error and returns `status`, so
+ * callers write `return kq_set_error(KQ_ERR_FORMAT, "%s: ...", path);`. */
+kq_status kq_set_error(kq_status status, const char *fmt, ...) KQ_PRINTF(2, 3);
+
+/* Prepends "prefix: " to the calling thread's last error (adds context on the
+ * way up: "fit: layers.3.k: ..."). Returns status unchanged. */
+kq_status kq_error_prefix(kq_status status, const char *fmt, ...) KQ_PRINTF(2, 3);
+
+void kq_clear_error(void);
+
+/* IEEE binary16 <-> binary32; round to nearest even, Inf/NaN preserved. */
+float kq_f16_to_f32(uint16_t h);
+uint16_t kq_f32_to_f16(float f);
+/* bfloat16 <-> binary32; round to nearest even. */
+float kq_bf16_to_f32(uint16_t b);
+uint16_t kq_f32_to_bf16(float f);
+
+/* Bytes per element of a dtype (0 for an invalid value). */
+size_t kq_dtype_size(kq_dtype dtype);
+/* "F32", "F16", "BF16", ... (safetensors spelling); NULL if invalid. */
+const char *kq_dtype_name(kq_dtype dtype);
+/* Parses a safetensors dtype name; false if unknown. */
+bool kq_dtype_parse(const char *name, kq_dtype *out);
+
+/* Converts n elements of `dtype` at src to float (F32/F16/BF16/F64 only). */
+void kq_convert_to_f32(kq_dtype dtype, const void *src, float *dst, size_t n);
+/* Converts n elements of `dtype` at src to double (F32/F16/BF16/F64 only). */
+void kq_convert_to_f64(kq_dtype dtype, const void *src, double *dst, size_t n);
+
+/* *out = a * b; false on size_t overflow. */
+bool kq_mul_size(size_t a, size_t b, size_t *out);
+/* *out = a + b; false on size_t overflow. */
+bool kq_add_size(size_t a, size_t b, size_t *out);
+
+/* malloc/calloc of count * size bytes with overflow check. On failure set
+ * KQ_ERR_OUT_OF_MEMORY naming `what` and return NULL. size 0 returns a
+ * valid unique pointer. */
+void *kq_malloc_array(size_t count, size_t size, const char *what);
+void *kq_calloc_array(size_t count, size_t size, const char *what);
+
+/* Number of threads to use: requested > 0 ? requested : online CPUs. */
+int kq_thread_count(int requested);
+
+/* Runs fn(ctx, i) for i in [0, n) on up to n_threads threads (the caller is
+ * one of them). Iterations are handed out dynamically. Returns the first
+ * non-OK status any iteration returned (remaining iterations are skipped).
+ * Error messages set by a worker thread are copied to the caller's thread. */
+typedef kq_status (*kq_task_fn)(void *ctx, int64_t index);
+kq_status kq_parallel_for(int64_t n, int n_threads, kq_task_fn fn, void *ctx);
+
+/* Monotonic wall clock in seconds. */
+double kq_now_seconds(void);
+
+#endif /* KQ_COMMON_H */

@@ -1,0 +1,75 @@
+/*
+ * kq_safetensors.h — safetensors reader (mmap, fully validated) and writer
+ * (temporary file + rename). Every error names the file and, where there is
+ * one, the tensor.
+ *
+ * Format: 8-byte little-endian header length N, N bytes of JSON
+ * {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]},
+ *  "__metadata__": {"key": "string value"}}, then the data section; offsets
+ * are relative to the data section.
+ */
+#ifndef KQ_SAFETENSORS_H
+#define KQ_SAFETENSORS_H
+
+#include <stdint.h>
+
+#include "kq_common.h"
+
+#define KQ_ST_MAX_DIMS 8
+
+typedef struct kq_st_tensor {
+  const char *name;
+  kq_dtype dtype;
+  int n_dims;
+  int64_t shape[KQ_ST_MAX_DIMS];
+  uint64_t n_elements;
+  uint64_t nbytes;
+  const void *data; /* into the mapping; little-endian, possibly unaligned for F64/I64 */
+} kq_st_tensor;
+
+typedef struct kq_st_file kq_st_file;
+
+/* Maps and validates `path`: header length inside the file, JSON syntax,
+ * known dtypes, shape products against byte sizes (overflow-safe), offsets
+ * inside the data section, no overlaps, no duplicate names, metadata values
+ * that are strings. */
+kq_status kq_st_open(const char *path, kq_st_file **out_file);
+void kq_st_close(kq_st_file *file);
+
+const char *kq_st_path(const kq_st_file *file);
+int kq_st_count(const kq_st_file *file);
+const kq_st_tensor *kq_st_at(const kq_st_file *file, int index);
+/* NULL if absent (no error set). */
+const kq_st_tensor *kq_st_find(const kq_st_file *file, const char *name);
+/* Like kq_st_find, but a missing tensor, another dtype class or another
+ * shape is an error naming the file and tensor. expect_dims / expect_shape:
+ * a shape entry < 0 accepts any size. float_only: dtype must be F32/F16/BF16. */
+kq_status kq_st_require(const kq_st_file *file, const char *name, int expect_dims,
+                        const int64_t *expect_shape, int float_only,
+                        const kq_st_tensor **out_tensor);
+
+/* Metadata value, or NULL if absent. */
+const char *kq_st_meta(const kq_st_file *file, const char *key);
+int kq_st_meta_count(const kq_st_file *file);
+void kq_st_meta_at(const kq_st_file *file, int index, const char **out_key, const char **out_value);
+
+/* KQ_ERR_NUMERIC naming the file, tensor and first bad flat index if any
+ * element of a float tensor is NaN or Inf. */
+kq_status kq_st_check_finite(const kq_st_file *file, const kq_st_tensor *tensor);
+
+/* Writer. Tensor data is referenced, not copied: it must stay valid until
+ * commit. Nothing appears at `path` until kq_st_writer_commit succeeds. */
+typedef struct kq_st_writer kq_st_writer;
+
+kq_status kq_st_writer_create(const char *path, kq_st_writer **out_writer);
+kq_status kq_st_writer_meta(kq_st_writer *w, const char *key, const char *value);
+kq_status kq_st_writer_add(kq_st_writer *w, const char *name, kq_dtype dtype, int n_dims,
+                           const int64_t *shape, const void *data);
+/* Writes "<path>.tmp.<pid>", fsyncs, renames onto path. `cancel` (may be
+ * NULL) is polled while writing; on cancel or error the temporary file is
+ * removed. */
+kq_status kq_st_writer_commit(kq_st_writer *w, const volatile int *cancel);
+/* Frees the writer; removes any temporary file if commit did not succeed. */
+void kq_st_writer_destroy(kq_st_writer *w);
+
+#endif /* KQ_SAFETENSORS_H */

@@ -1,0 +1,76 @@
+/*
+ * kq_linalg.h — dense linear algebra in double for fitting: one-sided
+ * Jacobi SVD (Hestenes, as LAPACK dgesvj), Householder QR, Cholesky, and
+ * streamed R factors of tall F32/F16/BF16 matrices. No LAPACK.
+ *
+ * Storage: column-major with a leading dimension (lda >= max(1, rows)).
+ */
+#ifndef KQ_LINALG_H
+#define KQ_LINALG_H
+
+#include <stdint.h>
+
+#include "kq_common.h"
+
+typedef struct kq_svd_params {
+  int max_sweeps;      /* default 30 */
+  int qr_precondition; /* 1: factor A = QR first and run Jacobi on Rᵀ (ill-conditioned inputs) */
+} kq_svd_params;
+
+kq_svd_params kq_svd_default_params(void);
+
+typedef struct kq_svd_info {
+  int sweeps;    /* sweeps used */
+  int rotations; /* rotations applied */
+} kq_svd_info;
+
+/* Thin SVD A = U Σ Vᵀ of an m×n matrix with m >= n (a: m×n, lda).
+ * On return the first n columns of `a` hold U (columns for σ_j = 0 are zero),
+ * sigma[0..n) is sorted descending, v (n×n, ldv) holds V. `info` may be NULL.
+ * Errors: KQ_ERR_NUMERIC on NaN/Inf input, KQ_ERR_NO_CONVERGENCE after
+ * max_sweeps (outputs still hold the last iterate), KQ_ERR_INVALID_ARGUMENT
+ * for m < n or bad leading dimensions, KQ_ERR_OUT_OF_MEMORY. */
+kq_status kq_svd_jacobi(int m, int n, double *a, int lda, double *sigma, double *v, int ldv,
+                        const kq_svd_params *params, kq_svd_info *info);
+
+/* Householder QR of an m×n matrix (m >= n) in place: R in the upper
+ * triangle, reflectors below it, tau[0..n). */
+kq_status kq_qr_householder(int m, int n, double *a, int lda, double *tau);
+
+/* Cholesky G = RᵀR of a symmetric positive-definite n×n matrix (upper
+ * triangle used; R written there). Returns KQ_ERR_NUMERIC if a pivot is not
+ * positive; *out_min_pivot_ratio = min_j R_jj² / max_j G_jj (safety measure). */
+kq_status kq_cholesky_upper(int n, double *g, int ldg, double *out_min_pivot_ratio);
+
+/* A view of a tall row-major matrix part in any float dtype:
+ * element (i, j) = scale * data[i * row_stride + j] for i < rows, j < cols. */
+typedef struct kq_matrix_view {
+  const void *data;
+  kq_dtype dtype; /* F32, F16, BF16 or F64 */
+  int64_t rows;
+  int32_t cols;
+  int64_t row_stride; /* in elements */
+  double scale;
+} kq_matrix_view;
+
+typedef enum kq_rfactor_method {
+  KQ_RFACTOR_CHOLESKY = 0, /* Gram in double + Cholesky (safe case) */
+  KQ_RFACTOR_TSQR = 1,     /* Householder on row blocks (fallback) */
+} kq_rfactor_method;
+
+typedef struct kq_rfactor_info {
+  kq_rfactor_method method;
+  double min_pivot_ratio;
+} kq_rfactor_info;
+
+/* Upper-triangular R (cols×cols, column-major, ldr) with RᵀR = XᵀX for
+ * X = the vertical stack of parts[0..n_parts) (all with the same cols),
+ * never forming anything rows×rows. One pass with Gram + Cholesky when that
+ * is numerically safe; otherwise a second pass of blocked Householder
+ * (TSQR). Diagonal of R is non-negative. Rank-deficient inputs give R with
+ * zero (or tiny) diagonal entries, never NaN. KQ_ERR_NUMERIC (naming the
+ * row and column) on NaN/Inf data. `info` may be NULL. */
+kq_status kq_rfactor(const kq_matrix_view *parts, int n_parts, double *r, int ldr,
+                     kq_rfactor_info *info);
+
+#endif /* KQ_LINALG_H */

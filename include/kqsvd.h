@@ -1,0 +1,368 @@
+/*
+ * kqsvd.h — compressed attention for LLM inference on every GPU vendor.
+ *
+ * kqsvd implements KQ-SVD (Lesens, Rakhshan, Rabusseau, AISTATS 2026): the
+ * closed-form best rank-r compression of the attention logits QKᵀ, and the
+ * same treatment of the values through W_O. The library does two things:
+ *
+ *   1. Fitting, on the host: read calibration activations, fit per-layer
+ *      projections (KQ-SVD or the K-SVD / Eigen baselines), measure fidelity.
+ *        kq_fit(), kq_eval(), kq_synth()
+ *
+ *   2. Compressed attention, on a device (cpu, vulkan:N, opencl:N): keys and
+ *      values are stored as latents (K A, V C) and attention runs on them.
+ *        kq_device_create()      pick a device ("cpu", "vulkan:0", NULL = default)
+ *        kq_projections_load()   read a projection file written by kq_fit()
+ *        kq_cache_create()       a latent KV cache on that device
+ *        kq_cache_append()       compress the keys/values of new tokens
+ *        kq_cache_attend()       causal attention for the last m tokens
+ *
+ * Conventions (see ../shared/SPEC.md in the project for the maths):
+ *   - Every fallible function returns kq_status. On failure a message naming
+ *     the file, tensor, field or device is kept for kq_last_error().
+ *   - Objects are made by *_create / *_load and released by *_destroy; a
+ *     destroy function accepts NULL.
+ *   - Host arrays are row-major float32 unless said otherwise; shapes are
+ *     written [outer, ..., inner].
+ *   - The library never prints and never exits the process.
+ *
+ * Thread safety:
+ *   - kq_last_error() is per thread: it reports the last failure on the
+ *     calling thread.
+ *   - A kq_device may be shared by any number of threads. Different caches on
+ *     one device may be used concurrently from different threads.
+ *   - One kq_cache must not be used by two threads at the same time (the
+ *     caller serialises; no call on a cache is re-entrant).
+ *   - kq_projections are immutable once a cache has been created from them and
+ *     may then be read from any thread.
+ *   - kq_fit / kq_eval / kq_synth are independent calls with no shared state.
+ */
+#ifndef KQSVD_H
+#define KQSVD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KQ_VERSION_MAJOR 0
+#define KQ_VERSION_MINOR 1
+#define KQ_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------------ */
+/* Status and errors                                                        */
+/* ------------------------------------------------------------------------ */
+
+typedef enum kq_status {
+  KQ_OK = 0,
+  KQ_ERR_INVALID_ARGUMENT, /* a parameter is out of range or inconsistent */
+  KQ_ERR_IO,               /* open/read/write/rename failed */
+  KQ_ERR_FORMAT,           /* a file is malformed (header, dtype, shape, offset) */
+  KQ_ERR_NUMERIC,          /* NaN or Inf in input data */
+  KQ_ERR_NO_CONVERGENCE,   /* an iterative method did not converge */
+  KQ_ERR_OUT_OF_MEMORY,    /* host allocation failed */
+  KQ_ERR_DEVICE_MEMORY,    /* device allocation failed or exceeds a device limit */
+  KQ_ERR_DEVICE,           /* a driver / device call failed */
+  KQ_ERR_NOT_FOUND,        /* unknown device name, missing tensor or key */
+  KQ_ERR_UNSUPPORTED,      /* valid request this build or device cannot do */
+  KQ_ERR_CAPACITY,         /* cache capacity or length exceeded */
+  KQ_ERR_ABI,              /* backend module built for another ABI version */
+  KQ_ERR_INTERRUPTED,      /* cancelled through a cancel flag */
+} kq_status;
+
+/* A static English name for a status ("KQ_ERR_FORMAT" -> "malformed file"). */
+const char *kq_status_string(kq_status status);
+
+/* The message of the last failure on the calling thread ("" if none). The
+ * pointer stays valid until the next kqsvd call on this thread. */
+const char *kq_last_error(void);
+
+/* "MAJOR.MINOR.PATCH". */
+const char *kq_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Common enums                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* Storage type of latent caches. Accumulation is always float32. */
+typedef enum kq_storage { KQ_STORAGE_F32 = 0, KQ_STORAGE_F16 = 1 } kq_storage;
+
+/* RoPE handling (SPEC §1): POST = calibration keys/queries were already
+ * rotated, attention runs on latents directly; PRE = projections fitted on
+ * un-rotated vectors, keys are reconstructed (k̃Bᵀ) and rotated inside
+ * attention; NONE = no rotation. */
+typedef enum kq_rope_mode { KQ_ROPE_NONE = 0, KQ_ROPE_POST = 1, KQ_ROPE_PRE = 2 } kq_rope_mode;
+
+/* PAIRS rotates (2j, 2j+1) (GGUF / llama.cpp); HALVES rotates (j, j+d/2)
+ * (NeoX / Hugging Face). Angle = pos * theta^(-2j/d). */
+typedef enum kq_rope_layout { KQ_ROPE_PAIRS = 0, KQ_ROPE_HALVES = 1 } kq_rope_layout;
+
+typedef enum kq_method { KQ_METHOD_KQSVD = 0, KQ_METHOD_KSVD = 1, KQ_METHOD_EIGEN = 2 } kq_method;
+
+/* "kq-svd", "k-svd", "eigen"; NULL for an invalid value. */
+const char *kq_method_name(kq_method method);
+/* Parses a method name; KQ_ERR_INVALID_ARGUMENT for an unknown one. */
+kq_status kq_method_parse(const char *name, kq_method *out_method);
+
+/* ------------------------------------------------------------------------ */
+/* Devices                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum kq_device_type {
+  KQ_DEVICE_TYPE_CPU = 0,
+  KQ_DEVICE_TYPE_GPU_DISCRETE = 1,
+  KQ_DEVICE_TYPE_GPU_INTEGRATED = 2,
+  KQ_DEVICE_TYPE_GPU_VIRTUAL = 3,
+  KQ_DEVICE_TYPE_OTHER = 4,
+} kq_device_type;
+
+typedef struct kq_device_info {
+  char name[32];          /* "cpu", "vulkan:0", "opencl:1" — what kq_device_create takes */
+  char backend[16];       /* "cpu", "vulkan", "opencl" */
+  char description[256];  /* the driver's device name ("llvmpipe (LLVM 15.0.7, 256 bits)") */
+  char vendor[64];
+  char driver[128];       /* driver name and version */
+  char extensions[512];   /* notable extensions / features, space separated (may be truncated) */
+  kq_device_type type;
+  uint64_t memory_bytes;     /* device-local memory (host RAM for CPU devices) */
+  uint64_t max_buffer_bytes; /* largest single allocation */
+  int32_t fp16_storage;      /* 1 if F16 storage runs natively */
+  int32_t subgroup_size;     /* 0 if unknown / not applicable */
+  int32_t compute_units;
+} kq_device_info;
+
+typedef struct kq_device kq_device;
+
+/* Number of devices over all backends found (CPU first). Backend modules are
+ * loaded on first use; a module whose driver is missing contributes 0. */
+kq_status kq_device_count(int *out_count);
+
+/* Info of the device at index [0, count). */
+kq_status kq_device_info_get(int index, kq_device_info *out_info);
+
+/* Opens a device by name ("cpu", "vulkan:N", "opencl:N"). name == NULL or ""
+ * means the KQSVD_DEVICE environment variable, or "cpu" if unset. Unknown
+ * names fail with KQ_ERR_NOT_FOUND and a message listing the devices. */
+kq_status kq_device_create(const char *name, kq_device **out_device);
+
+/* Info of an open device. */
+kq_status kq_device_get_info(const kq_device *device, kq_device_info *out_info);
+
+/* Closes a device. Every cache created on it must be destroyed first. */
+void kq_device_destroy(kq_device *device);
+
+/* ------------------------------------------------------------------------ */
+/* Projections (SPEC §2, projection file)                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct kq_projections_info {
+  kq_method method;
+  int32_t n_layers;
+  int32_t n_heads;    /* query heads H */
+  int32_t n_kv_heads; /* key/value heads Hk, H % Hk == 0 */
+  int32_t head_dim;   /* d */
+  kq_rope_mode rope;
+  kq_rope_layout rope_layout;
+  float rope_theta;
+} kq_projections_info;
+
+/* Host views of one layer's matrices, each [n_kv_heads, head_dim, rank]. */
+typedef struct kq_projection_layer {
+  int32_t rank_k;
+  int32_t rank_v;
+  float *key_down;   /* A  [Hk, d, rank_k]: k̃ = k A */
+  float *query_down; /* B  [Hk, d, rank_k]: q̃ = q B */
+  float *value_down; /* C  [Hk, d, rank_v]: ṽ = v C */
+  float *value_up;   /* E  [Hk, d, rank_v]: out = (P Ṽ) Eᵀ */
+  float *key_spectrum;   /* [Hk, d] singular values of the fitted key problem (may be zero) */
+  float *value_spectrum; /* [Hk, d] */
+} kq_projection_layer;
+
+typedef struct kq_projections kq_projections;
+
+/* Reads and validates a projection file (shapes against metadata, ranks in
+ * [1, d], finite values). Errors name the file and tensor. */
+kq_status kq_projections_load(const char *path, kq_projections **out_proj);
+
+/* Creates zero-filled projections with the given per-layer ranks
+ * (rank_k[l], rank_v[l] in [1, head_dim]); fill them through
+ * kq_projections_layer(). */
+kq_status kq_projections_create(const kq_projections_info *info, const int32_t *rank_k,
+                                const int32_t *rank_v, kq_projections **out_proj);
+
+/* Creates identity projections (rank = head_dim everywhere): plain full
+ * attention, the baseline every speedup is measured against. */
+kq_status kq_projections_create_identity(const kq_projections_info *info,
+                                         kq_projections **out_proj);
+
+/* Metadata of a projection set. */
+kq_status kq_projections_get_info(const kq_projections *proj, kq_projections_info *out_info);
+
+/* Writable host views of layer `layer`; valid until the projections are
+ * destroyed. */
+kq_status kq_projections_layer(kq_projections *proj, int32_t layer, kq_projection_layer *out_layer);
+
+/* Writes a projection file (temporary name + rename; never a half file). */
+kq_status kq_projections_save(const kq_projections *proj, const char *path);
+
+void kq_projections_destroy(kq_projections *proj);
+
+/* ------------------------------------------------------------------------ */
+/* Compressed KV cache                                                      */
+/* ------------------------------------------------------------------------ */
+
+typedef enum kq_output {
+  KQ_OUTPUT_FULL = 0,   /* (P Ṽ) Eᵀ: [m, H, head_dim] */
+  KQ_OUTPUT_LATENT = 1, /* P Ṽ: [m, H, rank_v(layer)], for engines folding Eᵀ into W_O */
+} kq_output;
+
+typedef struct kq_cache_params {
+  kq_storage storage; /* latent storage type, default F32 */
+  int32_t capacity;   /* tokens per layer, default 4096 */
+  int32_t n_seqs;     /* sequences; must be 1 in this version (batching reserved) */
+} kq_cache_params;
+
+kq_cache_params kq_cache_default_params(void);
+
+typedef struct kq_cache kq_cache;
+
+/* Creates a latent cache for every layer of `proj` on `device`. The
+ * projections are copied to the device; `proj` may be destroyed afterwards.
+ * Fails with KQ_ERR_DEVICE_MEMORY (naming the device and size) when the cache
+ * does not fit, KQ_ERR_UNSUPPORTED for F16 on a device without it. */
+kq_status kq_cache_create(kq_device *device, const kq_projections *proj,
+                          const kq_cache_params *params, kq_cache **out_cache);
+
+/* Compresses n_tokens new tokens of layer `layer` and stores them at the
+ * next positions. keys, values: [n_tokens, n_kv_heads, head_dim]. In PRE
+ * rope mode the keys are un-rotated; in POST mode already rotated. Position
+ * of a token = its index in the cache. KQ_ERR_CAPACITY past capacity. */
+kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens, const float *keys,
+                          const float *values);
+
+/* Causal attention for the last n_queries appended tokens of `layer`
+ * (n_queries = 1 is decode): query j sits at position len - n_queries + j and
+ * attends to positions 0..its own. queries: [n_queries, n_heads, head_dim]
+ * (rotated in POST mode, un-rotated in PRE mode). out: [n_queries, n_heads,
+ * head_dim] for KQ_OUTPUT_FULL or [n_queries, n_heads, rank_v] for
+ * KQ_OUTPUT_LATENT. Scale 1/sqrt(head_dim). Errors: empty cache,
+ * n_queries > length. */
+kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries, const float *queries,
+                          kq_output output, float *out);
+
+/* Shortens every layer to `length` tokens (no-op for layers already shorter). */
+kq_status kq_cache_truncate(kq_cache *cache, int32_t length);
+
+/* Tokens stored in `layer` (0 for an invalid layer). */
+int32_t kq_cache_length(const kq_cache *cache, int32_t layer);
+
+typedef struct kq_cache_memory {
+  uint64_t kv_bytes;         /* latent keys + values at full capacity, all layers */
+  uint64_t projection_bytes; /* A, B, C, E on the device */
+  uint64_t scratch_bytes;    /* staging and work buffers currently held */
+} kq_cache_memory;
+
+kq_status kq_cache_get_memory(const kq_cache *cache, kq_cache_memory *out_memory);
+
+void kq_cache_destroy(kq_cache *cache);
+
+/* ------------------------------------------------------------------------ */
+/* Fitting (host)                                                           */
+/* ------------------------------------------------------------------------ */
+
+typedef void (*kq_progress_fn)(void *user, int32_t done, int32_t total, const char *stage);
+
+typedef struct kq_fit_params {
+  kq_method method; /* default KQ_METHOD_KQSVD */
+  double alpha;     /* eigen: stack [alpha K; Q / alpha], default 1 */
+  /* Rank choice, exactly one of: fixed ranks (rank_k, rank_v > 0), epsilon
+   * (> 0: per layer smallest rank with predicted relative error <= epsilon),
+   * ratio (in (0, 1]: latent cache <= ratio of the full cache). */
+  int32_t rank_k, rank_v;
+  double epsilon;
+  double ratio;
+  int32_t n_threads;             /* 0 = all cores */
+  kq_progress_fn progress;       /* optional, called from the calling thread */
+  void *progress_user;
+  const volatile int *cancel;    /* optional: non-zero aborts with KQ_ERR_INTERRUPTED */
+} kq_fit_params;
+
+kq_fit_params kq_fit_default_params(void);
+
+/* Fits projections from calibration file `calib_path` (SPEC §2) and writes
+ * `out_path` atomically. On any failure no output file exists. */
+kq_status kq_fit(const char *calib_path, const char *out_path, const kq_fit_params *params);
+
+typedef struct kq_eval_layer {
+  int32_t layer, rank_k, rank_v;
+  double key, query, value, logits, softmax, output, value_out; /* value_out < 0: no wo */
+} kq_eval_layer;
+
+typedef struct kq_eval_result {
+  kq_method method;
+  int32_t n_layers;
+  kq_eval_layer *layers; /* [n_layers] */
+  kq_eval_layer mean;    /* mean over layers (layer = -1) */
+  int32_t seqs_used, seqs_total;
+  int32_t has_wo;
+  char device[32]; /* "" = host-only softmax/output, else the device used */
+} kq_eval_result;
+
+typedef struct kq_eval_params {
+  int32_t max_seqs;   /* 0 = all sequences */
+  const char *device; /* NULL: host float64 attention; else softmax/output go
+                         through that device's append + attend */
+  kq_storage storage; /* cache storage when device != NULL */
+  int32_t n_threads;
+  kq_progress_fn progress;
+  void *progress_user;
+  const volatile int *cancel;
+} kq_eval_params;
+
+kq_eval_params kq_eval_default_params(void);
+
+/* Computes the SPEC §3 metrics of projection file `proj_path` on calibration
+ * file `calib_path`. Free the result with kq_eval_result_destroy. */
+kq_status kq_eval(const char *calib_path, const char *proj_path, const kq_eval_params *params,
+                  kq_eval_result **out_result);
+
+void kq_eval_result_destroy(kq_eval_result *result);
+
+/* ------------------------------------------------------------------------ */
+/* Synthetic calibration data                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef enum kq_dtype {
+  KQ_DTYPE_F32 = 0,
+  KQ_DTYPE_F16 = 1,
+  KQ_DTYPE_BF16 = 2,
+  KQ_DTYPE_F64 = 3,
+  KQ_DTYPE_I32 = 4,
+  KQ_DTYPE_I64 = 5,
+  KQ_DTYPE_U8 = 6,
+  KQ_DTYPE_I8 = 7,
+} kq_dtype;
+
+typedef struct kq_synth_params {
+  int32_t n_layers, n_heads, n_kv_heads, head_dim, hidden; /* hidden = model width D */
+  int32_t seq_len, n_seqs;
+  kq_dtype dtype; /* F32, F16 or BF16 */
+  uint64_t seed;
+  float rope_theta;
+  int32_t with_wo; /* write layers.{l}.wo */
+} kq_synth_params;
+
+kq_synth_params kq_synth_default_params(void);
+
+/* Writes a synthetic calibration file with realistic structure: anisotropic
+ * hidden states, GQA, post-RoPE keys/queries, and a few high-variance key
+ * channels the queries ignore (where K-SVD wastes rank). */
+kq_status kq_synth(const char *out_path, const kq_synth_params *params);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KQSVD_H */
