@@ -119,12 +119,12 @@ typedef enum kq_device_type {
 } kq_device_type;
 
 typedef struct kq_device_info {
-  char name[32];          /* "cpu", "vulkan:0", "opencl:1" — what kq_device_create takes */
-  char backend[16];       /* "cpu", "vulkan", "opencl" */
-  char description[256];  /* the driver's device name ("llvmpipe (LLVM 15.0.7, 256 bits)") */
+  char name[32];         /* "cpu", "vulkan:0", "opencl:1" — what kq_device_create takes */
+  char backend[16];      /* "cpu", "vulkan", "opencl" */
+  char description[256]; /* the driver's device name ("llvmpipe (LLVM 15.0.7, 256 bits)") */
   char vendor[64];
-  char driver[128];       /* driver name and version */
-  char extensions[512];   /* notable extensions / features, space separated (may be truncated) */
+  char driver[128];     /* driver name and version */
+  char extensions[512]; /* notable extensions / features, space separated (may be truncated) */
   kq_device_type type;
   uint64_t memory_bytes;     /* device-local memory (host RAM for CPU devices) */
   uint64_t max_buffer_bytes; /* largest single allocation */
@@ -172,10 +172,10 @@ typedef struct kq_projections_info {
 typedef struct kq_projection_layer {
   int32_t rank_k;
   int32_t rank_v;
-  float *key_down;   /* A  [Hk, d, rank_k]: k̃ = k A */
-  float *query_down; /* B  [Hk, d, rank_k]: q̃ = q B */
-  float *value_down; /* C  [Hk, d, rank_v]: ṽ = v C */
-  float *value_up;   /* E  [Hk, d, rank_v]: out = (P Ṽ) Eᵀ */
+  float *key_down;       /* A  [Hk, d, rank_k]: k̃ = k A */
+  float *query_down;     /* B  [Hk, d, rank_k]: q̃ = q B */
+  float *value_down;     /* C  [Hk, d, rank_v]: ṽ = v C */
+  float *value_up;       /* E  [Hk, d, rank_v]: out = (P Ṽ) Eᵀ */
   float *key_spectrum;   /* [Hk, d] singular values of the fitted key problem (may be zero) */
   float *value_spectrum; /* [Hk, d] */
 } kq_projection_layer;
@@ -283,10 +283,10 @@ typedef struct kq_fit_params {
   int32_t rank_k, rank_v;
   double epsilon;
   double ratio;
-  int32_t n_threads;             /* 0 = all cores */
-  kq_progress_fn progress;       /* optional, called from the calling thread */
+  int32_t n_threads;       /* 0 = all cores */
+  kq_progress_fn progress; /* optional, called from the calling thread */
   void *progress_user;
-  const volatile int *cancel;    /* optional: non-zero aborts with KQ_ERR_INTERRUPTED */
+  const volatile int *cancel; /* optional: non-zero aborts with KQ_ERR_INTERRUPTED */
 } kq_fit_params;
 
 kq_fit_params kq_fit_default_params(void);

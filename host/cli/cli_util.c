@@ -33,8 +33,7 @@ bool kq_cli_parse_double(const char *cmd, const char *option, const char *text, 
   errno = 0;
   double v = text ? strtod(text, &end) : 0;
   if (!text || !*text || *end || errno || !isfinite(v)) {
-    fprintf(stderr, "kqsvd %s: %s: '%s' is not a finite number\n", cmd, option,
-            text ? text : "");
+    fprintf(stderr, "kqsvd %s: %s: '%s' is not a finite number\n", cmd, option, text ? text : "");
     return false;
   }
   if (v < lo || v > hi) {

@@ -36,9 +36,13 @@ kq_status kq_error_prefix(kq_status status, const char *fmt, ...) {
   return status;
 }
 
-void kq_clear_error(void) { g_error[0] = '\0'; }
+void kq_clear_error(void) {
+  g_error[0] = '\0';
+}
 
-const char *kq_last_error(void) { return g_error; }
+const char *kq_last_error(void) {
+  return g_error;
+}
 
 const char *kq_status_string(kq_status status) {
   switch (status) {

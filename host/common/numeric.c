@@ -40,7 +40,7 @@ uint16_t kq_f32_to_f16(float f) {
     return (uint16_t)(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u | ((absx >> 13) & 0x3ffu) : 0));
   if (absx >= 0x477ff000u) /* rounds to >= 65520: overflow to Inf */
     return (uint16_t)(sign | 0x7c00u);
-  if (absx < 0x38800000u) { /* result is subnormal or zero */
+  if (absx < 0x38800000u) {                        /* result is subnormal or zero */
     if (absx < 0x33000000u) return (uint16_t)sign; /* < 2^-25 rounds to 0 */
     uint32_t e = absx >> 23;
     uint32_t man = (absx & 0x7fffffu) | 0x800000u;
@@ -139,9 +139,13 @@ void kq_convert_to_f64(kq_dtype dtype, const void *src, double *dst, size_t n) {
   }
 }
 
-bool kq_mul_size(size_t a, size_t b, size_t *out) { return !__builtin_mul_overflow(a, b, out); }
+bool kq_mul_size(size_t a, size_t b, size_t *out) {
+  return !__builtin_mul_overflow(a, b, out);
+}
 
-bool kq_add_size(size_t a, size_t b, size_t *out) { return !__builtin_add_overflow(a, b, out); }
+bool kq_add_size(size_t a, size_t b, size_t *out) {
+  return !__builtin_add_overflow(a, b, out);
+}
 
 void *kq_malloc_array(size_t count, size_t size, const char *what) {
   size_t bytes;
