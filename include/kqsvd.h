@@ -150,6 +150,13 @@ kq_status kq_device_create(const char *name, kq_device **out_device);
 /* Info of an open device. */
 kq_status kq_device_get_info(const kq_device *device, kq_device_info *out_info);
 
+/* Streaming-copy bandwidth of the device (the benchmark ceiling, SPEC §5):
+ * copies `bytes` between two device buffers `reps` times after one warm-up
+ * copy and returns the median GB/s, counting bytes read plus written
+ * (2 * bytes per copy, 1e9 bytes per GB). */
+kq_status kq_device_copy_bandwidth(kq_device *device, uint64_t bytes, int32_t reps,
+                                   double *out_gbps);
+
 /* Closes a device. Every cache created on it must be destroyed first. */
 void kq_device_destroy(kq_device *device);
 
