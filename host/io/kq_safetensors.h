@@ -13,7 +13,9 @@
 
 #include <stdint.h>
 
-#include "kq_common.h"
+/* Relative, so that code outside the library (the CLI) can include this
+ * header with only host/ on its include path. */
+#include "../common/kq_common.h"
 
 #define KQ_ST_MAX_DIMS 8
 
@@ -24,7 +26,9 @@ typedef struct kq_st_tensor {
   int64_t shape[KQ_ST_MAX_DIMS];
   uint64_t n_elements;
   uint64_t nbytes;
-  const void *data; /* into the mapping; little-endian, possibly unaligned for F64/I64 */
+  /* Little-endian, into the mapping; aligned to the element size (tensors
+   * misaligned in the file are served from an aligned private copy). */
+  const void *data;
 } kq_st_tensor;
 
 typedef struct kq_st_file kq_st_file;
