@@ -1,0 +1,96 @@
+/* kq_device_*: opening devices by name and the copy-bandwidth probe. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kq_common.h"
+#include "kq_core.h"
+
+kq_status kq_device_create(const char *name, kq_device **out_device) {
+  if (!out_device)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_device_create: out_device is NULL");
+  *out_device = NULL;
+  if (!name || !*name) {
+    name = getenv("KQSVD_DEVICE");
+    if (!name || !*name) name = "cpu";
+  }
+  const kq_backend_iface *iface;
+  int local;
+  kq_status st = kq_registry_find(name, &iface, &local);
+  if (st != KQ_OK) return st;
+  kq_device *dev = calloc(1, sizeof *dev);
+  if (!dev) return kq_set_error(KQ_ERR_OUT_OF_MEMORY, "device \"%s\": out of host memory", name);
+  dev->iface = iface;
+  st = iface->device_info(local, &dev->info);
+  if (st == KQ_OK) st = iface->device_open(local, &dev->bdev);
+  if (st != KQ_OK) {
+    free(dev);
+    return kq_error_prefix(st, "device \"%s\"", name);
+  }
+  /* The registry's naming is authoritative. */
+  strncpy(dev->info.name, name, sizeof dev->info.name - 1);
+  strncpy(dev->info.backend, iface->name, sizeof dev->info.backend - 1);
+  *out_device = dev;
+  return KQ_OK;
+}
+
+kq_status kq_device_get_info(const kq_device *device, kq_device_info *out_info) {
+  if (!device || !out_info)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_device_get_info: NULL argument");
+  *out_info = device->info;
+  return KQ_OK;
+}
+
+static int compare_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+kq_status kq_device_copy_bandwidth(kq_device *device, uint64_t bytes, int32_t reps,
+                                   double *out_gbps) {
+  if (!device || !out_gbps)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_device_copy_bandwidth: NULL argument");
+  if (bytes == 0 || bytes > SIZE_MAX || reps < 1 || reps > 10000)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "kq_device_copy_bandwidth: bytes %llu and reps %d must be positive",
+                        (unsigned long long)bytes, (int)reps);
+  if (device->info.max_buffer_bytes && bytes > device->info.max_buffer_bytes)
+    return kq_set_error(KQ_ERR_DEVICE_MEMORY,
+                        "device %s: copy buffer of %llu bytes exceeds its largest buffer (%llu)",
+                        device->info.name, (unsigned long long)bytes,
+                        (unsigned long long)device->info.max_buffer_bytes);
+  const kq_backend_iface *ifc = device->iface;
+  kq_buffer *src = NULL, *dst = NULL;
+  double *times = kq_malloc_array((size_t)reps, sizeof(double), "copy bandwidth timings");
+  if (!times) return KQ_ERR_OUT_OF_MEMORY;
+  kq_status st = ifc->buffer_alloc(device->bdev, (size_t)bytes, &src);
+  if (st == KQ_OK) st = ifc->buffer_alloc(device->bdev, (size_t)bytes, &dst);
+  /* Warm-up, both ways: gives both buffers real pages (an untouched source
+   * would read the shared zero page and flatter the figure), creates
+   * pipelines and raises clocks. */
+  if (st == KQ_OK) st = ifc->copy(device->bdev, src, dst, (size_t)bytes);
+  if (st == KQ_OK) st = ifc->copy(device->bdev, dst, src, (size_t)bytes);
+  if (st == KQ_OK) st = ifc->synchronize(device->bdev);
+  for (int32_t r = 0; r < reps && st == KQ_OK; r++) {
+    double t0 = kq_now_seconds();
+    st = ifc->copy(device->bdev, dst, src, (size_t)bytes);
+    if (st == KQ_OK) st = ifc->synchronize(device->bdev);
+    times[r] = kq_now_seconds() - t0;
+  }
+  if (st == KQ_OK) {
+    qsort(times, (size_t)reps, sizeof times[0], compare_double);
+    double med = reps % 2 ? times[reps / 2] : 0.5 * (times[reps / 2 - 1] + times[reps / 2]);
+    *out_gbps = med > 0.0 ? 2.0 * (double)bytes / med / 1e9 : 0.0;
+  } else {
+    kq_error_prefix(st, "device %s: copy bandwidth", device->info.name);
+  }
+  if (dst) ifc->buffer_free(device->bdev, dst);
+  if (src) ifc->buffer_free(device->bdev, src);
+  free(times);
+  return st;
+}
+
+void kq_device_destroy(kq_device *device) {
+  if (!device) return;
+  device->iface->device_close(device->bdev);
+  free(device);
+}

@@ -1,0 +1,35 @@
+/*
+ * kq_core.h — the device registry behind kq_device_* and kq_cache_*: the
+ * built-in CPU backend plus backend modules (libkqsvd-NAME.so) loaded with
+ * dlopen from the folder holding libkqsvd and from every folder of
+ * KQSVD_BACKEND_PATH. Initialised once, lazily and thread-safely, on the
+ * first call that needs it. Not installed.
+ */
+#ifndef KQ_CORE_H
+#define KQ_CORE_H
+
+#include "kqsvd_backend.h"
+
+/* An open device: a backend's device handle plus its info. */
+struct kq_device {
+  const kq_backend_iface *iface;
+  kq_bdevice *bdev;
+  kq_device_info info;
+};
+
+/* Problems met while loading backend modules (refused ABI, failed dlopen,
+ * missing entry symbol, failed entry call), in load order. The messages name
+ * the module path; they stay valid for the life of the process. */
+int kq_backend_problem_count(void);
+const char *kq_backend_problem(int index);
+/* The status of problem `index` (KQ_ERR_ABI for a refused ABI version). */
+kq_status kq_backend_problem_status(int index);
+
+/* Resolves a device name ("cpu", "vulkan:0") to the backend and the index
+ * among that backend's devices. KQ_ERR_NOT_FOUND listing the devices when
+ * unknown; a refused module's own status (e.g. KQ_ERR_ABI) and message when
+ * the name belongs to a backend whose module was refused. */
+kq_status kq_registry_find(const char *name, const kq_backend_iface **out_iface,
+                           int *out_local_index);
+
+#endif

@@ -1,0 +1,424 @@
+/*
+ * Causal attention on latents (kq_attend_op) for the CPU backend.
+ *
+ * Work is split into tasks (kv head, query block, context chunk). A task
+ * handles all query heads of its kv head's group and a block of queries
+ * together, so each latent key/value row is loaded and widened to F32 once
+ * and used by every query of the group (GQA sharing). Keys and values are
+ * streamed in tiles of KQ_TILE positions through an online softmax with F32
+ * accumulation. When there are too few (head, block) pairs to keep every
+ * thread busy (decode with few kv heads) the context is split into chunks
+ * whose partial (max, sum, accumulator) triples are merged afterwards in a
+ * fixed order, so results never depend on thread timing.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_kernels.h"
+#include "cpu_pool.h"
+#include "kq_common.h"
+#include "kq_cpu_backend.h"
+
+#define KQ_TILE 64
+#define KQ_MAX_ROWS 64 /* query rows (queries x group heads) per task */
+
+static int pad_to(int n) {
+  return (n + KQ_CPU_PAD - 1) / KQ_CPU_PAD * KQ_CPU_PAD;
+}
+
+typedef struct attend_ctx {
+  const kq_attend_op *op;
+  const kq_cpu_kernels *kern;
+  const unsigned char *k_cache, *v_cache;
+  const float *q, *key_down, *query_down;
+  float *out;      /* latent output [n_queries, n_heads, rank_v] */
+  float *partials; /* [task][KQ_MAX_ROWS][rank_v + 2] when n_chunks > 1 */
+  int group;       /* query heads per kv head */
+  int qblock;      /* queries per block */
+  int n_qblocks, n_chunks, chunk_len;
+  int dk, dkp;  /* logit dimension (rank_k, or head_dim with PRE rope) and padded */
+  int rkp, rvp; /* padded ranks */
+  int identity_keys;
+  size_t esize;     /* bytes per cache element */
+  double *inv_freq; /* [head_dim / 2] rope frequencies (PRE) */
+} attend_ctx;
+
+/* Rotates x[0, d) at position pos (pairs or halves layout). */
+static void rope_rotate(float *x, int d, double pos, const double *inv_freq,
+                        kq_rope_layout layout) {
+  int half = d / 2;
+  for (int j = 0; j < half; j++) {
+    double s, c, ang = pos * inv_freq[j];
+    s = sin(ang);
+    c = cos(ang);
+    int i0 = layout == KQ_ROPE_PAIRS ? 2 * j : j;
+    int i1 = layout == KQ_ROPE_PAIRS ? 2 * j + 1 : j + half;
+    double a = x[i0], b = x[i1];
+    x[i0] = (float)(a * c - b * s);
+    x[i1] = (float)(a * s + b * c);
+  }
+}
+
+/* Widens n latent rows (stride `rank` elements) to F32 rows of stride `ldp`,
+ * zero-padding columns [rank, ldp). */
+static void load_rows(const attend_ctx *c, const unsigned char *src, int n, int rank, int ldp,
+                      float *dst) {
+  for (int t = 0; t < n; t++) {
+    float *d = dst + (size_t)t * ldp;
+    const unsigned char *s = src + (size_t)t * rank * c->esize;
+    if (c->op->storage == KQ_STORAGE_F16)
+      c->kern->f16_to_f32((const uint16_t *)s, d, rank);
+    else
+      memcpy(d, s, (size_t)rank * sizeof(float));
+    for (int i = rank; i < ldp; i++) d[i] = 0.0f;
+  }
+}
+
+typedef struct task_scratch {
+  float *qrows; /* [KQ_MAX_ROWS][dkp] */
+  float *tmp;   /* [2][max(d, rk) padded] */
+  float *bt;    /* [rank_k][head_dim]: Bᵀ (PRE, non-identity) */
+  float *ktile; /* [KQ_TILE][dkp] */
+  float *ltile; /* [KQ_TILE][rkp] latent keys before reconstruction (PRE) */
+  float *vtile; /* [KQ_TILE][rvp] */
+  float *s;     /* [KQ_MAX_ROWS][KQ_TILE] */
+  float *m, *l; /* [KQ_MAX_ROWS] */
+  float *acc;   /* [KQ_MAX_ROWS][rvp] */
+} task_scratch;
+
+static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts) {
+  const kq_attend_op *op = c->op;
+  int wide = pad_to(op->head_dim > op->rank_k ? op->head_dim : op->rank_k);
+  size_t sizes[] = {
+      (size_t)KQ_MAX_ROWS * c->dkp,
+      (size_t)2 * wide,
+      op->rope == KQ_ROPE_PRE ? (size_t)op->rank_k * op->head_dim : 0,
+      (size_t)KQ_TILE * c->dkp,
+      op->rope == KQ_ROPE_PRE ? (size_t)KQ_TILE * c->rkp : 0,
+      (size_t)KQ_TILE * c->rvp,
+      (size_t)KQ_MAX_ROWS * KQ_TILE,
+      KQ_MAX_ROWS,
+      KQ_MAX_ROWS,
+      (size_t)KQ_MAX_ROWS * c->rvp,
+  };
+  float **slots[] = {&ts->qrows, &ts->tmp, &ts->bt, &ts->ktile, &ts->ltile,
+                     &ts->vtile, &ts->s,   &ts->m,  &ts->l,     &ts->acc};
+  size_t off = 0;
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    if (base) *slots[i] = base + off;
+    off += (sizes[i] + 15) & ~(size_t)15; /* keep every slot 64-byte aligned */
+  }
+  return off * sizeof(float);
+}
+
+/* Builds the scaled query rows of a task: q̃ = q B (POST/NONE) or
+ * q̂ = rot(q B Aᵀ, pos) (PRE), zero-padded to dkp. */
+static void prepare_queries(const attend_ctx *c, task_scratch *ts, int h, int j0, int nq,
+                            int qpos0) {
+  const kq_attend_op *op = c->op;
+  int d = op->head_dim, rk = op->rank_k;
+  const float *B = c->query_down + (size_t)h * d * rk;
+  const float *A = c->key_down + (size_t)h * d * rk;
+  for (int jj = 0; jj < nq; jj++) {
+    for (int gi = 0; gi < c->group; gi++) {
+      int head = h * c->group + gi;
+      const float *qv = c->q + ((size_t)(j0 + jj) * op->n_heads + head) * d;
+      float *row = ts->qrows + (size_t)(jj * c->group + gi) * c->dkp;
+      float *qt = ts->tmp;
+      if (c->identity_keys) {
+        memcpy(qt, qv, (size_t)d * sizeof(float));
+      } else {
+        for (int k = 0; k < rk; k++) qt[k] = 0.0f;
+        for (int i = 0; i < d; i++) {
+          const float *restrict br = B + (size_t)i * rk;
+          float w = qv[i];
+          for (int k = 0; k < rk; k++) qt[k] += w * br[k];
+        }
+      }
+      if (op->rope == KQ_ROPE_PRE) {
+        if (c->identity_keys) {
+          memcpy(row, qt, (size_t)d * sizeof(float));
+        } else {
+          for (int i = 0; i < d; i++) row[i] = c->kern->dot(qt, A + (size_t)i * rk, rk);
+        }
+        rope_rotate(row, d, (double)(qpos0 + jj), c->inv_freq, op->rope_layout);
+      } else {
+        memcpy(row, qt, (size_t)c->dk * sizeof(float));
+      }
+      for (int i = 0; i < c->dk; i++) row[i] *= op->scale;
+      for (int i = c->dk; i < c->dkp; i++) row[i] = 0.0f;
+    }
+  }
+}
+
+/* Loads the key tile [p, p + nt) as logit-ready F32 rows in ts->ktile. */
+static void load_key_tile(const attend_ctx *c, task_scratch *ts, const unsigned char *kbase, int p,
+                          int nt) {
+  const kq_attend_op *op = c->op;
+  int rk = op->rank_k, d = op->head_dim;
+  const unsigned char *src = kbase + (size_t)p * rk * c->esize;
+  if (op->rope != KQ_ROPE_PRE) {
+    load_rows(c, src, nt, rk, c->dkp, ts->ktile);
+    return;
+  }
+  /* PRE: k̂ = rot(k̃ Bᵀ, p), reconstructed in the tile only. */
+  float *lat = c->identity_keys ? ts->ktile : ts->ltile;
+  load_rows(c, src, nt, rk, c->identity_keys ? c->dkp : c->rkp, lat);
+  for (int t = 0; t < nt; t++) {
+    float *restrict kh = ts->ktile + (size_t)t * c->dkp;
+    if (!c->identity_keys) {
+      const float *lr = lat + (size_t)t * c->rkp;
+      for (int i = 0; i < d; i++) kh[i] = 0.0f;
+      for (int k = 0; k < rk; k++) {
+        const float *restrict btr = ts->bt + (size_t)k * d;
+        float w = lr[k];
+        for (int i = 0; i < d; i++) kh[i] += w * btr[i];
+      }
+      for (int i = d; i < c->dkp; i++) kh[i] = 0.0f;
+    }
+    rope_rotate(kh, d, (double)(p + t), c->inv_freq, op->rope_layout);
+  }
+}
+
+static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
+  (void)worker;
+  const attend_ctx *c = vctx;
+  const kq_attend_op *op = c->op;
+  int chunk = (int)(index % c->n_chunks);
+  int qb = (int)((index / c->n_chunks) % c->n_qblocks);
+  int h = (int)(index / ((int64_t)c->n_chunks * c->n_qblocks));
+  int rk = op->rank_k, rv = op->rank_v, d = op->head_dim;
+
+  task_scratch ts;
+  layout_scratch(c, scratch, &ts);
+
+  int j0 = qb * c->qblock;
+  int nq = op->n_queries - j0 < c->qblock ? op->n_queries - j0 : c->qblock;
+  int qpos0 = op->n_ctx - op->n_queries + j0; /* position of the block's first query */
+  int rows = nq * c->group;
+  int p0 = chunk * c->chunk_len;
+  int p1 = p0 + c->chunk_len;
+  if (p1 > qpos0 + nq) p1 = qpos0 + nq; /* nothing past the block's last query */
+
+  for (int r = 0; r < rows; r++) {
+    ts.m[r] = -INFINITY;
+    ts.l[r] = 0.0f;
+  }
+  memset(ts.acc, 0, (size_t)rows * c->rvp * sizeof(float));
+
+  if (p0 < p1) {
+    if (op->rope == KQ_ROPE_PRE && !c->identity_keys) {
+      const float *B = c->query_down + (size_t)h * d * rk;
+      for (int i = 0; i < d; i++)
+        for (int k = 0; k < rk; k++) ts.bt[(size_t)k * d + i] = B[(size_t)i * rk + k];
+    }
+    prepare_queries(c, &ts, h, j0, nq, qpos0);
+    const unsigned char *kbase = c->k_cache + (size_t)h * op->capacity * rk * c->esize;
+    const unsigned char *vbase = c->v_cache + (size_t)h * op->capacity * rv * c->esize;
+    for (int p = p0; p < p1; p += KQ_TILE) {
+      int nt = p1 - p < KQ_TILE ? p1 - p : KQ_TILE;
+      load_key_tile(c, &ts, kbase, p, nt);
+      load_rows(c, vbase + (size_t)p * rv * c->esize, nt, rv, c->rvp, ts.vtile);
+      c->kern->logits(ts.qrows, rows, ts.ktile, nt, c->dkp, ts.s, KQ_TILE);
+      int masked = p + nt - 1 > qpos0; /* some row sees only part of the tile */
+      for (int r = 0; r < rows; r++) {
+        float *sr = ts.s + (size_t)r * KQ_TILE;
+        int valid = nt;
+        if (masked) {
+          int qpos = qpos0 + r / c->group;
+          valid = qpos - p + 1;
+          if (valid < 0) valid = 0;
+          if (valid > nt) valid = nt;
+          for (int t = valid; t < nt; t++) sr[t] = -INFINITY;
+        }
+        float tmax = -INFINITY;
+        for (int t = 0; t < valid; t++) tmax = sr[t] > tmax ? sr[t] : tmax;
+        if (valid == 0) {
+          for (int t = 0; t < nt; t++) sr[t] = -INFINITY;
+          continue;
+        }
+        float mnew = tmax > ts.m[r] ? tmax : ts.m[r];
+        float alpha = ts.m[r] == -INFINITY ? 0.0f : expf(ts.m[r] - mnew);
+        ts.m[r] = mnew;
+        ts.l[r] *= alpha;
+        if (alpha != 1.0f) {
+          float *restrict a = ts.acc + (size_t)r * c->rvp;
+          for (int i = 0; i < c->rvp; i++) a[i] *= alpha;
+        }
+        for (int t = 0; t < nt; t++) sr[t] -= mnew;
+      }
+      for (int r = 0; r < rows; r++) c->kern->exp_inplace(ts.s + (size_t)r * KQ_TILE, nt);
+      for (int r = 0; r < rows; r++) {
+        const float *sr = ts.s + (size_t)r * KQ_TILE;
+        float sum = 0.0f;
+        for (int t = 0; t < nt; t++) sum += sr[t];
+        ts.l[r] += sum;
+      }
+      c->kern->pv(ts.s, rows, KQ_TILE, ts.vtile, nt, c->rvp, ts.acc);
+    }
+  }
+
+  if (c->n_chunks == 1) {
+    for (int r = 0; r < rows; r++) {
+      int jj = r / c->group, head = h * c->group + r % c->group;
+      float *o = c->out + ((size_t)(j0 + jj) * op->n_heads + head) * rv;
+      float inv = ts.l[r] > 0.0f ? 1.0f / ts.l[r] : 0.0f;
+      const float *a = ts.acc + (size_t)r * c->rvp;
+      for (int i = 0; i < rv; i++) o[i] = a[i] * inv;
+    }
+  } else {
+    for (int r = 0; r < rows; r++) {
+      float *part = c->partials + ((size_t)index * KQ_MAX_ROWS + r) * (rv + 2);
+      part[0] = ts.m[r];
+      part[1] = ts.l[r];
+      memcpy(part + 2, ts.acc + (size_t)r * c->rvp, (size_t)rv * sizeof(float));
+    }
+  }
+}
+
+/* Merges the chunk partials of every (kv head, query block, row) in chunk
+ * order. */
+static void merge_partials(const attend_ctx *c) {
+  const kq_attend_op *op = c->op;
+  int rv = op->rank_v;
+  for (int h = 0; h < op->n_kv_heads; h++) {
+    for (int qb = 0; qb < c->n_qblocks; qb++) {
+      int j0 = qb * c->qblock;
+      int nq = op->n_queries - j0 < c->qblock ? op->n_queries - j0 : c->qblock;
+      for (int r = 0; r < nq * c->group; r++) {
+        int64_t first = ((int64_t)h * c->n_qblocks + qb) * c->n_chunks;
+        float mmax = -INFINITY;
+        for (int ch = 0; ch < c->n_chunks; ch++) {
+          const float *part = c->partials + ((size_t)(first + ch) * KQ_MAX_ROWS + r) * (rv + 2);
+          if (part[0] > mmax) mmax = part[0];
+        }
+        int jj = r / c->group, head = h * c->group + r % c->group;
+        float *o = c->out + ((size_t)(j0 + jj) * op->n_heads + head) * rv;
+        for (int i = 0; i < rv; i++) o[i] = 0.0f;
+        float l = 0.0f;
+        for (int ch = 0; ch < c->n_chunks; ch++) {
+          const float *part = c->partials + ((size_t)(first + ch) * KQ_MAX_ROWS + r) * (rv + 2);
+          if (part[0] == -INFINITY) continue;
+          float w = expf(part[0] - mmax);
+          l += w * part[1];
+          for (int i = 0; i < rv; i++) o[i] += w * part[2 + i];
+        }
+        float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        for (int i = 0; i < rv; i++) o[i] *= inv;
+      }
+    }
+  }
+}
+
+static kq_status validate(const kq_attend_op *op, size_t esize) {
+  if (op->n_seqs != 1)
+    return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: attend: n_seqs = %d (only 1 supported)",
+                        op->n_seqs);
+  if (op->n_queries < 1 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
+      op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads != 0 ||
+      op->head_dim < 2 || op->head_dim % 2 != 0 || op->rank_k < 1 || op->rank_k > op->head_dim ||
+      op->rank_v < 1 || op->rank_v > op->head_dim || op->n_heads / op->n_kv_heads > KQ_MAX_ROWS)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "cpu: attend: inconsistent shape (n_queries %d, n_ctx %d, capacity %d, "
+                        "heads %d/%d, head_dim %d, ranks %d/%d)",
+                        op->n_queries, op->n_ctx, op->capacity, op->n_heads, op->n_kv_heads,
+                        op->head_dim, op->rank_k, op->rank_v);
+  if ((op->flags & KQ_OP_IDENTITY_KEYS) && op->rank_k != op->head_dim)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "cpu: attend: identity keys need rank_k == d");
+  size_t nq = (size_t)op->n_queries, H = (size_t)op->n_heads, Hk = (size_t)op->n_kv_heads;
+  size_t d = (size_t)op->head_dim, cap = (size_t)op->capacity;
+  kq_status st = kq_cpu_check_range(op->q, op->q_offset, nq * H * d * 4, "attend queries");
+  if (st == KQ_OK && !(op->flags & KQ_OP_IDENTITY_KEYS)) {
+    st = kq_cpu_check_range(op->key_down, op->key_down_offset, Hk * d * op->rank_k * 4,
+                            "attend key_down");
+    if (st == KQ_OK)
+      st = kq_cpu_check_range(op->query_down, op->query_down_offset, Hk * d * op->rank_k * 4,
+                              "attend query_down");
+  }
+  if (st == KQ_OK)
+    st = kq_cpu_check_range(op->k_cache, op->k_cache_offset, Hk * cap * op->rank_k * esize,
+                            "attend k_cache");
+  if (st == KQ_OK)
+    st = kq_cpu_check_range(op->v_cache, op->v_cache_offset, Hk * cap * op->rank_v * esize,
+                            "attend v_cache");
+  if (st == KQ_OK)
+    st = kq_cpu_check_range(op->out, op->out_offset, nq * H * op->rank_v * 4, "attend output");
+  return st;
+}
+
+kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
+  (void)device;
+  if (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "cpu: attend: unknown storage %d",
+                        (int)op->storage);
+  size_t esize = op->storage == KQ_STORAGE_F16 ? 2 : 4;
+  kq_status st = validate(op, esize);
+  if (st != KQ_OK) return st;
+
+  attend_ctx c = {
+      .op = op,
+      .kern = kq_cpu_kernels_get(),
+      .k_cache = op->k_cache->data + op->k_cache_offset,
+      .v_cache = op->v_cache->data + op->v_cache_offset,
+      .q = (const float *)(op->q->data + op->q_offset),
+      .out = (float *)(op->out->data + op->out_offset),
+      .group = op->n_heads / op->n_kv_heads,
+      .identity_keys = (op->flags & KQ_OP_IDENTITY_KEYS) != 0,
+      .esize = esize,
+  };
+  if (!c.identity_keys) {
+    c.key_down = (const float *)(op->key_down->data + op->key_down_offset);
+    c.query_down = (const float *)(op->query_down->data + op->query_down_offset);
+  }
+  c.dk = op->rope == KQ_ROPE_PRE ? op->head_dim : op->rank_k;
+  c.dkp = pad_to(c.dk);
+  c.rkp = pad_to(op->rank_k);
+  c.rvp = pad_to(op->rank_v);
+  c.qblock = KQ_MAX_ROWS / c.group;
+  if (c.qblock > op->n_queries) c.qblock = op->n_queries;
+  c.n_qblocks = (op->n_queries + c.qblock - 1) / c.qblock;
+
+  /* Split the context only when (kv head, block) pairs cannot feed every
+   * thread; chunk boundaries depend on the shape and team size only. */
+  int threads = kq_cpu_pool_threads();
+  int64_t base = (int64_t)op->n_kv_heads * c.n_qblocks;
+  int n_chunks = 1;
+  if (threads > 1 && base < 4 * threads) n_chunks = (int)((4 * threads + base - 1) / base);
+  int max_chunks = (op->n_ctx + 4 * KQ_TILE - 1) / (4 * KQ_TILE);
+  if (n_chunks > max_chunks) n_chunks = max_chunks;
+  if (n_chunks < 1) n_chunks = 1;
+  int chunk_len = (op->n_ctx + n_chunks - 1) / n_chunks;
+  chunk_len = (chunk_len + KQ_TILE - 1) / KQ_TILE * KQ_TILE;
+  n_chunks = (op->n_ctx + chunk_len - 1) / chunk_len;
+  c.n_chunks = n_chunks;
+  c.chunk_len = chunk_len;
+
+  int64_t n_tasks = base * n_chunks;
+  double *inv_freq = NULL;
+  if (op->rope == KQ_ROPE_PRE) {
+    inv_freq = kq_malloc_array((size_t)op->head_dim / 2, sizeof(double), "cpu rope table");
+    if (!inv_freq) return KQ_ERR_OUT_OF_MEMORY;
+    double theta = op->rope_theta > 0.0f ? (double)op->rope_theta : 10000.0;
+    for (int j = 0; j < op->head_dim / 2; j++)
+      inv_freq[j] = pow(theta, -2.0 * j / (double)op->head_dim);
+    c.inv_freq = inv_freq;
+  }
+  if (n_chunks > 1) {
+    c.partials = kq_malloc_array((size_t)n_tasks * KQ_MAX_ROWS * (size_t)(op->rank_v + 2),
+                                 sizeof(float), "cpu attention partials");
+    if (!c.partials) {
+      free(inv_freq);
+      return KQ_ERR_OUT_OF_MEMORY;
+    }
+  }
+  /* Tiny jobs run on the calling thread: waking the team costs more. */
+  double work = (double)op->n_ctx * op->n_queries * op->n_heads * (op->rank_k + op->rank_v);
+  int max_threads = work < 2e5 ? 1 : 0;
+  task_scratch sizing;
+  st = kq_cpu_pool_run(n_tasks, max_threads, layout_scratch(&c, NULL, &sizing), attend_task, &c);
+  if (st == KQ_OK && n_chunks > 1) merge_partials(&c);
+  free(c.partials);
+  free(inv_freq);
+  return st;
+}

@@ -1,0 +1,273 @@
+/* Inner loops of the CPU backend: portable C plus an AVX2/FMA/F16C set
+ * selected at run time (the rest of the library stays baseline x86-64). */
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_kernels.h"
+#include "kq_common.h"
+
+/* ---------------------------------------------------------------------- */
+/* Portable versions                                                      */
+/* ---------------------------------------------------------------------- */
+
+static void gen_f16_to_f32(const uint16_t *src, float *dst, int n) {
+  for (int i = 0; i < n; i++) dst[i] = kq_f16_to_f32(src[i]);
+}
+
+static void gen_f32_to_f16(const float *src, uint16_t *dst, int n) {
+  for (int i = 0; i < n; i++) dst[i] = kq_f32_to_f16(src[i]);
+}
+
+static float gen_dot(const float *restrict a, const float *restrict b, int n) {
+  /* Eight partial sums: vectorisable without reassociation flags. */
+  float acc[8] = {0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) acc[k] += a[i + k] * b[i + k];
+  float s = 0.0f;
+  for (; i < n; i++) s += a[i] * b[i];
+  return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+static void gen_logits(const float *q, int rows, const float *k, int nt, int dp, float *s,
+                       int lds) {
+  for (int i = 0; i < rows; i++)
+    for (int t = 0; t < nt; t++)
+      s[(size_t)i * lds + t] = gen_dot(q + (size_t)i * dp, k + (size_t)t * dp, dp);
+}
+
+static void gen_pv(const float *p, int rows, int lds, const float *v, int nt, int dp, float *acc) {
+  for (int i = 0; i < rows; i++) {
+    float *restrict a = acc + (size_t)i * dp;
+    for (int t = 0; t < nt; t++) {
+      float w = p[(size_t)i * lds + t];
+      if (w == 0.0f) continue;
+      const float *restrict vr = v + (size_t)t * dp;
+      for (int c = 0; c < dp; c++) a[c] += w * vr[c];
+    }
+  }
+}
+
+static void gen_exp(float *x, int n) {
+  for (int i = 0; i < n; i++) x[i] = expf(x[i]);
+}
+
+static const kq_cpu_kernels g_generic = {
+    .isa = "generic",
+    .f16_to_f32 = gen_f16_to_f32,
+    .f32_to_f16 = gen_f32_to_f16,
+    .logits = gen_logits,
+    .pv = gen_pv,
+    .exp_inplace = gen_exp,
+    .dot = gen_dot,
+};
+
+/* ---------------------------------------------------------------------- */
+/* AVX2 + FMA + F16C                                                       */
+/* ---------------------------------------------------------------------- */
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define KQ_HAVE_AVX2_KERNELS 1
+#define KQ_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+KQ_AVX2 static void avx2_f16_to_f32(const uint16_t *src, float *dst, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+  for (; i < n; i++) dst[i] = kq_f16_to_f32(src[i]);
+}
+
+KQ_AVX2 static void avx2_f32_to_f16(const float *src, uint16_t *dst, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i *)(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; i++) dst[i] = kq_f32_to_f16(src[i]);
+}
+
+KQ_AVX2 static inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+KQ_AVX2 static float avx2_dot(const float *a, const float *b, int n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+  }
+  for (; i + 8 <= n; i += 8)
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+  float s = hsum8(_mm256_add_ps(acc0, acc1));
+  for (; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+
+/* Four sums at once: [hsum(a), hsum(b), hsum(c), hsum(d)]. */
+KQ_AVX2 static inline __m128 hsum4x8(__m256 a, __m256 b, __m256 c, __m256 d) {
+  __m256 ab = _mm256_hadd_ps(a, b);
+  __m256 cd = _mm256_hadd_ps(c, d);
+  __m256 abcd = _mm256_hadd_ps(ab, cd);
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+KQ_AVX2 static void avx2_logits(const float *q, int rows, const float *k, int nt, int dp, float *s,
+                                int lds) {
+  int i = 0;
+  for (; i + 4 <= rows; i += 4) {
+    const float *q0 = q + (size_t)i * dp, *q1 = q0 + dp, *q2 = q1 + dp, *q3 = q2 + dp;
+    for (int t = 0; t < nt; t++) {
+      const float *kr = k + (size_t)t * dp;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+      for (int c = 0; c < dp; c += 8) {
+        __m256 kv = _mm256_loadu_ps(kr + c);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + c), kv, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + c), kv, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + c), kv, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + c), kv, a3);
+      }
+      float r[4];
+      _mm_storeu_ps(r, hsum4x8(a0, a1, a2, a3));
+      s[(size_t)i * lds + t] = r[0];
+      s[(size_t)(i + 1) * lds + t] = r[1];
+      s[(size_t)(i + 2) * lds + t] = r[2];
+      s[(size_t)(i + 3) * lds + t] = r[3];
+    }
+  }
+  for (; i < rows; i++) {
+    const float *q0 = q + (size_t)i * dp;
+    for (int t = 0; t < nt; t++) {
+      const float *kr = k + (size_t)t * dp;
+      __m256 a0 = _mm256_setzero_ps();
+      for (int c = 0; c < dp; c += 8)
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + c), _mm256_loadu_ps(kr + c), a0);
+      s[(size_t)i * lds + t] = hsum8(a0);
+    }
+  }
+}
+
+KQ_AVX2 static void avx2_pv(const float *p, int rows, int lds, const float *v, int nt, int dp,
+                            float *acc) {
+  int i = 0;
+  for (; i + 4 <= rows; i += 4) {
+    const float *p0 = p + (size_t)i * lds, *p1 = p0 + lds, *p2 = p1 + lds, *p3 = p2 + lds;
+    float *c0 = acc + (size_t)i * dp, *c1 = c0 + dp, *c2 = c1 + dp, *c3 = c2 + dp;
+    int c = 0;
+    for (; c + 16 <= dp; c += 16) {
+      __m256 a0 = _mm256_loadu_ps(c0 + c), b0 = _mm256_loadu_ps(c0 + c + 8);
+      __m256 a1 = _mm256_loadu_ps(c1 + c), b1 = _mm256_loadu_ps(c1 + c + 8);
+      __m256 a2 = _mm256_loadu_ps(c2 + c), b2 = _mm256_loadu_ps(c2 + c + 8);
+      __m256 a3 = _mm256_loadu_ps(c3 + c), b3 = _mm256_loadu_ps(c3 + c + 8);
+      for (int t = 0; t < nt; t++) {
+        const float *vr = v + (size_t)t * dp + c;
+        __m256 va = _mm256_loadu_ps(vr), vb = _mm256_loadu_ps(vr + 8);
+        __m256 w0 = _mm256_broadcast_ss(p0 + t), w1 = _mm256_broadcast_ss(p1 + t);
+        __m256 w2 = _mm256_broadcast_ss(p2 + t), w3 = _mm256_broadcast_ss(p3 + t);
+        a0 = _mm256_fmadd_ps(w0, va, a0), b0 = _mm256_fmadd_ps(w0, vb, b0);
+        a1 = _mm256_fmadd_ps(w1, va, a1), b1 = _mm256_fmadd_ps(w1, vb, b1);
+        a2 = _mm256_fmadd_ps(w2, va, a2), b2 = _mm256_fmadd_ps(w2, vb, b2);
+        a3 = _mm256_fmadd_ps(w3, va, a3), b3 = _mm256_fmadd_ps(w3, vb, b3);
+      }
+      _mm256_storeu_ps(c0 + c, a0), _mm256_storeu_ps(c0 + c + 8, b0);
+      _mm256_storeu_ps(c1 + c, a1), _mm256_storeu_ps(c1 + c + 8, b1);
+      _mm256_storeu_ps(c2 + c, a2), _mm256_storeu_ps(c2 + c + 8, b2);
+      _mm256_storeu_ps(c3 + c, a3), _mm256_storeu_ps(c3 + c + 8, b3);
+    }
+    for (; c < dp; c += 8) {
+      __m256 a0 = _mm256_loadu_ps(c0 + c), a1 = _mm256_loadu_ps(c1 + c);
+      __m256 a2 = _mm256_loadu_ps(c2 + c), a3 = _mm256_loadu_ps(c3 + c);
+      for (int t = 0; t < nt; t++) {
+        __m256 va = _mm256_loadu_ps(v + (size_t)t * dp + c);
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + t), va, a0);
+        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + t), va, a1);
+        a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p2 + t), va, a2);
+        a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(p3 + t), va, a3);
+      }
+      _mm256_storeu_ps(c0 + c, a0), _mm256_storeu_ps(c1 + c, a1);
+      _mm256_storeu_ps(c2 + c, a2), _mm256_storeu_ps(c3 + c, a3);
+    }
+  }
+  for (; i < rows; i++) {
+    const float *p0 = p + (size_t)i * lds;
+    float *c0 = acc + (size_t)i * dp;
+    for (int c = 0; c < dp; c += 8) {
+      __m256 a0 = _mm256_loadu_ps(c0 + c);
+      for (int t = 0; t < nt; t++)
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + t), _mm256_loadu_ps(v + (size_t)t * dp + c),
+                             a0);
+      _mm256_storeu_ps(c0 + c, a0);
+    }
+  }
+}
+
+/* exp by range reduction x = n ln2 + r, |r| <= ln2/2, and a degree-6
+ * polynomial for e^r (relative error ~2e-7); below -87.3 the result is 0. */
+KQ_AVX2 static __m256 avx2_exp8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3f);
+  __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, lo);
+  x = _mm256_min_ps(x, _mm256_set1_ps(88.3f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  __m256i e =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(under, y);
+}
+
+KQ_AVX2 static void avx2_exp(float *x, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, avx2_exp8(_mm256_loadu_ps(x + i)));
+  if (i < n) {
+    float tmp[8] = {0};
+    memcpy(tmp, x + i, (size_t)(n - i) * sizeof(float));
+    _mm256_storeu_ps(tmp, avx2_exp8(_mm256_loadu_ps(tmp)));
+    memcpy(x + i, tmp, (size_t)(n - i) * sizeof(float));
+  }
+}
+
+static const kq_cpu_kernels g_avx2 = {
+    .isa = "avx2+fma+f16c",
+    .f16_to_f32 = avx2_f16_to_f32,
+    .f32_to_f16 = avx2_f32_to_f16,
+    .logits = avx2_logits,
+    .pv = avx2_pv,
+    .exp_inplace = avx2_exp,
+    .dot = avx2_dot,
+};
+#endif
+
+static const kq_cpu_kernels *g_kernels = &g_generic;
+static pthread_once_t g_kernels_once = PTHREAD_ONCE_INIT;
+
+static void kernels_init(void) {
+  const char *force = getenv("KQSVD_CPU_ISA");
+  if (force && strcmp(force, "generic") == 0) return;
+#ifdef KQ_HAVE_AVX2_KERNELS
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
+    g_kernels = &g_avx2;
+#endif
+}
+
+const kq_cpu_kernels *kq_cpu_kernels_get(void) {
+  pthread_once(&g_kernels_once, kernels_init);
+  return g_kernels;
+}

@@ -1,0 +1,39 @@
+/*
+ * cpu_kernels.h — the CPU backend's inner loops, chosen once at run time:
+ * an AVX2/FMA/F16C version on x86-64 CPUs that have it, portable C
+ * elsewhere. The library is built for the baseline ISA; only these
+ * functions are compiled for the wider one (target attributes), so one
+ * binary runs everywhere.
+ *
+ * Shapes: row-major float32 with explicit leading dimensions. `dp` (padded
+ * dimension) is always a multiple of KQ_CPU_PAD and the padding columns of
+ * both operands are zero.
+ */
+#ifndef KQ_CPU_KERNELS_H
+#define KQ_CPU_KERNELS_H
+
+#include <stdint.h>
+
+#define KQ_CPU_PAD 8
+
+typedef struct kq_cpu_kernels {
+  const char *isa; /* "avx2+fma+f16c" or "generic" */
+  /* dst[i] = f16 src[i] for i < n (round trip exact). */
+  void (*f16_to_f32)(const uint16_t *src, float *dst, int n);
+  /* dst[i] = round-to-nearest-even f16 of src[i] for i < n. */
+  void (*f32_to_f16)(const float *src, uint16_t *dst, int n);
+  /* s[i * lds + t] = q[i * dp ..] · k[t * dp ..] for i < rows, t < nt. */
+  void (*logits)(const float *q, int rows, const float *k, int nt, int dp, float *s, int lds);
+  /* acc[i * dp ..] += Σ_t p[i * lds + t] · v[t * dp ..] for i < rows. */
+  void (*pv)(const float *p, int rows, int lds, const float *v, int nt, int dp, float *acc);
+  /* x[i] = exp(x[i]) for i < n; exp(-inf) = 0. Inputs are <= 0 here. */
+  void (*exp_inplace)(float *x, int n);
+  /* Σ a[i] b[i] for i < n (any n). */
+  float (*dot)(const float *a, const float *b, int n);
+} kq_cpu_kernels;
+
+/* The kernels for this CPU (detected once; thread-safe). KQSVD_CPU_ISA=generic
+ * forces the portable ones. */
+const kq_cpu_kernels *kq_cpu_kernels_get(void);
+
+#endif

@@ -1,0 +1,34 @@
+/*
+ * cpu_pool.h — the CPU backend's persistent thread team.
+ *
+ * Decode calls are small and frequent, so the workers are created once (on
+ * first use) and parked on a condition variable between calls. One job runs
+ * at a time: concurrent callers (several caches on one device, each driven
+ * by its own thread) are serialised by a mutex, which keeps every op's
+ * result independent of what other threads do.
+ */
+#ifndef KQ_CPU_POOL_H
+#define KQ_CPU_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kqsvd.h"
+
+/* One iteration of a job: `index` in [0, n), `worker` in [0, threads) names
+ * the thread (the caller is worker 0), `scratch` is that worker's private
+ * scratch of at least the bytes asked for (64-byte aligned). */
+typedef void (*kq_cpu_task_fn)(void *ctx, int64_t index, int worker, void *scratch);
+
+/* Threads in the team, the caller included (>= 1). KQSVD_CPU_THREADS
+ * overrides the online CPU count. */
+int kq_cpu_pool_threads(void);
+
+/* Runs fn(ctx, i, worker, scratch) for every i in [0, n) and returns when all
+ * have finished. Iterations are handed out dynamically; at most
+ * `max_threads` threads take part (0 = all). Fails only with
+ * KQ_ERR_OUT_OF_MEMORY when a scratch area cannot be grown. */
+kq_status kq_cpu_pool_run(int64_t n, int max_threads, size_t scratch_bytes, kq_cpu_task_fn fn,
+                          void *ctx);
+
+#endif

@@ -1,0 +1,146 @@
+/* Latent projection (kq_project_op) and latent-to-full output (kq_up_op)
+ * for the CPU backend. Both are small GEMMs written as row updates with a
+ * contiguous inner loop over the rank, split over (head, row block). */
+#include <string.h>
+
+#include "cpu_kernels.h"
+#include "cpu_pool.h"
+#include "kq_common.h"
+#include "kq_cpu_backend.h"
+
+#define KQ_PROJECT_ROWS 16 /* tokens per task */
+
+typedef struct project_ctx {
+  const kq_project_op *op;
+  const kq_cpu_kernels *kern;
+  const float *src, *proj;
+  unsigned char *dst;
+  int n_blocks;
+} project_ctx;
+
+static void project_task(void *vctx, int64_t index, int worker, void *scratch) {
+  (void)worker;
+  const project_ctx *c = vctx;
+  const kq_project_op *op = c->op;
+  int h = (int)(index / c->n_blocks);
+  int t0 = (int)(index % c->n_blocks) * KQ_PROJECT_ROWS;
+  int t1 = t0 + KQ_PROJECT_ROWS < op->n_tokens ? t0 + KQ_PROJECT_ROWS : op->n_tokens;
+  int d = op->head_dim, r = op->rank;
+  const float *P = c->proj ? c->proj + (size_t)h * d * r : NULL;
+  float *row = scratch;
+  for (int t = t0; t < t1; t++) {
+    const float *x = c->src + ((size_t)t * op->n_heads + h) * d;
+    if (!P) {
+      memcpy(row, x, (size_t)d * sizeof(float));
+    } else {
+      for (int k = 0; k < r; k++) row[k] = 0.0f;
+      for (int i = 0; i < d; i++) {
+        const float *restrict pr = P + (size_t)i * r;
+        float w = x[i];
+        float *restrict o = row;
+        for (int k = 0; k < r; k++) o[k] += w * pr[k];
+      }
+    }
+    size_t slot = (size_t)h * op->capacity + (size_t)(op->pos + t);
+    if (op->storage == KQ_STORAGE_F16)
+      c->kern->f32_to_f16(row, (uint16_t *)c->dst + slot * r, r);
+    else
+      memcpy((float *)c->dst + slot * r, row, (size_t)r * sizeof(float));
+  }
+}
+
+kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op) {
+  (void)device;
+  int identity = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
+  if (op->n_seqs != 1)
+    return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: project: n_seqs = %d (only 1 supported)",
+                        op->n_seqs);
+  if (op->n_tokens < 1 || op->n_heads < 1 || op->head_dim < 1 || op->rank < 1 ||
+      op->rank > op->head_dim || op->pos < 0 || op->capacity < 1 ||
+      op->pos > op->capacity - op->n_tokens || (identity && op->rank != op->head_dim) ||
+      (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16))
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "cpu: project: inconsistent shape (n_tokens %d, heads %d, head_dim %d, "
+                        "rank %d, pos %d, capacity %d)",
+                        op->n_tokens, op->n_heads, op->head_dim, op->rank, op->pos, op->capacity);
+  size_t esize = op->storage == KQ_STORAGE_F16 ? 2 : 4;
+  size_t H = (size_t)op->n_heads, d = (size_t)op->head_dim, r = (size_t)op->rank;
+  kq_status st =
+      kq_cpu_check_range(op->src, op->src_offset, (size_t)op->n_tokens * H * d * 4, "project src");
+  if (st == KQ_OK && !identity)
+    st = kq_cpu_check_range(op->proj, op->proj_offset, H * d * r * 4, "project matrix");
+  if (st == KQ_OK)
+    st = kq_cpu_check_range(op->dst, op->dst_offset, H * (size_t)op->capacity * r * esize,
+                            "project dst");
+  if (st != KQ_OK) return st;
+
+  project_ctx c = {
+      .op = op,
+      .kern = kq_cpu_kernels_get(),
+      .src = (const float *)(op->src->data + op->src_offset),
+      .proj = identity ? NULL : (const float *)(op->proj->data + op->proj_offset),
+      .dst = op->dst->data + op->dst_offset,
+      .n_blocks = (op->n_tokens + KQ_PROJECT_ROWS - 1) / KQ_PROJECT_ROWS,
+  };
+  double work = (double)op->n_tokens * op->n_heads * op->head_dim * op->rank;
+  return kq_cpu_pool_run((int64_t)op->n_heads * c.n_blocks, work < 2e5 ? 1 : 0, d * sizeof(float),
+                         project_task, &c);
+}
+
+typedef struct up_ctx {
+  const kq_up_op *op;
+  const kq_cpu_kernels *kern;
+  const float *latent, *E;
+  float *out;
+  int group;
+} up_ctx;
+
+static void up_task(void *vctx, int64_t index, int worker, void *scratch) {
+  (void)worker;
+  (void)scratch;
+  const up_ctx *c = vctx;
+  const kq_up_op *op = c->op;
+  int head = (int)(index % op->n_heads);
+  int d = op->head_dim, rv = op->rank_v;
+  const float *lat = c->latent + (size_t)index * rv;
+  float *o = c->out + (size_t)index * d;
+  if (!c->E) {
+    memcpy(o, lat, (size_t)d * sizeof(float));
+    return;
+  }
+  const float *E = c->E + (size_t)(head / c->group) * d * rv;
+  for (int i = 0; i < d; i++) o[i] = c->kern->dot(lat, E + (size_t)i * rv, rv);
+}
+
+kq_status kq_cpu_up(kq_bdevice *device, const kq_up_op *op) {
+  (void)device;
+  int identity = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
+  if (op->n_seqs != 1)
+    return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: up: n_seqs = %d (only 1 supported)", op->n_seqs);
+  if (op->n_queries < 1 || op->n_heads < 1 || op->n_kv_heads < 1 ||
+      op->n_heads % op->n_kv_heads != 0 || op->head_dim < 1 || op->rank_v < 1 ||
+      op->rank_v > op->head_dim || (identity && op->rank_v != op->head_dim))
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "cpu: up: inconsistent shape (n_queries %d, heads %d/%d, head_dim %d, "
+                        "rank_v %d)",
+                        op->n_queries, op->n_heads, op->n_kv_heads, op->head_dim, op->rank_v);
+  size_t rows = (size_t)op->n_queries * op->n_heads;
+  kq_status st =
+      kq_cpu_check_range(op->latent, op->latent_offset, rows * op->rank_v * 4, "up latent");
+  if (st == KQ_OK && !identity)
+    st = kq_cpu_check_range(op->value_up, op->value_up_offset,
+                            (size_t)op->n_kv_heads * op->head_dim * op->rank_v * 4, "up value_up");
+  if (st == KQ_OK)
+    st = kq_cpu_check_range(op->out, op->out_offset, rows * op->head_dim * 4, "up output");
+  if (st != KQ_OK) return st;
+  up_ctx c = {
+      .op = op,
+      .kern = kq_cpu_kernels_get(),
+      .latent = (const float *)(op->latent->data + op->latent_offset),
+      .E = identity ? NULL : (const float *)(op->value_up->data + op->value_up_offset),
+      .out = (float *)(op->out->data + op->out_offset),
+      .group = op->n_heads / op->n_kv_heads,
+  };
+  double work = (double)rows * op->head_dim * op->rank_v;
+  return kq_cpu_pool_run((int64_t)rows, work < 2e5 ? 1 : 0, 0, up_task, &c);
+}
