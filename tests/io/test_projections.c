@@ -3,6 +3,9 @@
  * load gives back every value and field; identity projections are
  * identities; every way a file can contradict itself or its metadata is
  * rejected with a message naming the file and the field or tensor.
+ *
+ * `test_projections --write-files DIR` writes the case files into DIR
+ * instead (used by the CLI test).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -477,7 +480,18 @@ static void malformed_projection_files_fail_naming_field_or_tensor(void **state)
   }
 }
 
-int main(void) {
+/* Writes each case file of the table into `dir` (for the CLI test and the
+ * fuzzing corpus). */
+static int write_files(const char *dir) {
+  g_dir = dir;
+  char path[1024];
+  int rc = 0;
+  for (size_t i = 0; i < N_CASES; i++) rc |= write_case(&g_cases[i], path, sizeof path) != KQ_OK;
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "--write-files") == 0) return write_files(argv[2]);
   g_dir = io_test_dir("io_proj");
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(save_then_load_returns_every_value_and_field),
