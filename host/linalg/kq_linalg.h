@@ -14,7 +14,8 @@
 
 typedef struct kq_svd_params {
   int max_sweeps;      /* default 30 */
-  int qr_precondition; /* 1: factor A = QR first and run Jacobi on Rᵀ (ill-conditioned inputs) */
+  int qr_precondition; /* 1: factor A·P = QR first (P sorts columns by norm) and run
+                        Jacobi on Rᵀ (ill-conditioned inputs; also cheaper for m >> n) */
 } kq_svd_params;
 
 kq_svd_params kq_svd_default_params(void);
@@ -36,6 +37,12 @@ kq_status kq_svd_jacobi(int m, int n, double *a, int lda, double *sigma, double 
 /* Householder QR of an m×n matrix (m >= n) in place: R in the upper
  * triangle, reflectors below it, tau[0..n). */
 kq_status kq_qr_householder(int m, int n, double *a, int lda, double *tau);
+
+/* C := Q·C for the Q of kq_qr_householder (m×n reflectors in a, tau) and an
+ * m×ncols matrix C (ldc >= m). Q = H_0·H_1·…·H_{n-1}, H_k = I − τ_k v_k v_kᵀ,
+ * v_k = [0…0, 1, a(k+1:m, k)]. */
+kq_status kq_qr_apply_q(int m, int n, const double *a, int lda, const double *tau, int ncols,
+                        double *c, int ldc);
 
 /* Cholesky G = RᵀR of a symmetric positive-definite n×n matrix (upper
  * triangle used; R written there). Returns KQ_ERR_NUMERIC if a pivot is not

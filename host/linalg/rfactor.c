@@ -1,0 +1,371 @@
+/*
+ * rfactor.c — R factor (RᵀR = XᵀX) of a tall stack of F32/F16/BF16/F64
+ * row-major parts, streamed in blocks of rows, all in double.
+ *
+ * Pass 1 accumulates the upper triangle of XᵀX with a register-tiled kernel
+ * and factors it with Cholesky. When that is not accurate enough (see
+ * gram_is_safe), pass 2 re-reads the data and builds R by Householder
+ * updates of [R; X_block] (TSQR with a flat tree), which never squares κ.
+ * Nothing larger than a block of rows or d×d is ever held.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
+
+#include "kq_linalg.h"
+#include "kq_simd.h"
+
+/* Rows per block in the Gram pass: 64 rows × 128 columns of double is 64 KiB,
+ * which stays in L2 while every tile of G streams over it. */
+#define KQ_GRAM_ROWS 64
+/* Rows per block in the TSQR pass (column-major block, d columns). */
+#define KQ_TSQR_ROWS 256
+
+/* ---- conversion of one row to double ------------------------------------ */
+
+static void convert_row_default(const kq_matrix_view *pv, int64_t row, double *dst) {
+  size_t off = (size_t)row * (size_t)pv->row_stride * kq_dtype_size(pv->dtype);
+  kq_convert_to_f64(pv->dtype, (const char *)pv->data + off, dst, (size_t)pv->cols);
+}
+
+#if KQ_HAVE_AVX2_CLONE
+KQ_TARGET_AVX2 static void convert_row_avx2(const kq_matrix_view *pv, int64_t row, double *dst) {
+  const int d = pv->cols;
+  int j = 0;
+  if (pv->dtype == KQ_DTYPE_F16) {
+    const uint16_t *s = (const uint16_t *)pv->data + (size_t)row * (size_t)pv->row_stride;
+    for (; j + 8 <= d; j += 8) {
+      __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + j)));
+      _mm256_storeu_pd(dst + j, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+      _mm256_storeu_pd(dst + j + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+    }
+    for (; j < d; j++) dst[j] = kq_f16_to_f32(s[j]);
+  } else if (pv->dtype == KQ_DTYPE_BF16) {
+    const uint16_t *s = (const uint16_t *)pv->data + (size_t)row * (size_t)pv->row_stride;
+    for (; j + 4 <= d; j += 4) {
+      __m128i h = _mm_loadl_epi64((const __m128i *)(s + j));
+      __m128i w = _mm_unpacklo_epi16(_mm_setzero_si128(), h); /* bf16 << 16 */
+      _mm256_storeu_pd(dst + j, _mm256_cvtps_pd(_mm_castsi128_ps(w)));
+    }
+    for (; j < d; j++) dst[j] = kq_bf16_to_f32(s[j]);
+  } else {
+    convert_row_default(pv, row, dst);
+  }
+}
+#endif
+
+typedef void (*convert_row_fn)(const kq_matrix_view *pv, int64_t row, double *dst);
+
+static convert_row_fn pick_convert(void) {
+#if KQ_HAVE_AVX2_CLONE
+  if (kq_linalg_have_avx2()) return convert_row_avx2;
+#endif
+  return convert_row_default;
+}
+
+/* Finds the first non-finite element of a converted block (rows × d, stride
+ * ld) and reports it; the caller has already seen that one exists. */
+static kq_status report_non_finite(const double *x, int rows, int d, int ld, int part,
+                                   int64_t row0) {
+  for (int r = 0; r < rows; r++)
+    for (int j = 0; j < d; j++)
+      if (!isfinite(x[(size_t)r * ld + j]))
+        return kq_set_error(KQ_ERR_NUMERIC, "R factor: part %d row %lld column %d is %s", part,
+                            (long long)(row0 + r), j, isnan(x[(size_t)r * ld + j]) ? "NaN" : "Inf");
+  return kq_set_error(KQ_ERR_NUMERIC, "R factor: part %d rows from %lld hold NaN/Inf", part,
+                      (long long)row0);
+}
+
+/* Converts rows [row0, row0+rows) of a part to double, row-major with
+ * stride ld (columns d..ld stay zero), times the part's scale. Returns
+ * KQ_ERR_NUMERIC naming the element when any value is NaN/Inf. */
+static kq_status load_rows(convert_row_fn conv, const kq_matrix_view *pv, int part, int64_t row0,
+                           int rows, double *x, int ld) {
+  const int d = pv->cols;
+  double probe = 0.0;
+  for (int r = 0; r < rows; r++) {
+    double *xr = x + (size_t)r * ld;
+    conv(pv, row0 + r, xr);
+    if (pv->scale != 1.0)
+      for (int j = 0; j < d; j++) xr[j] *= pv->scale;
+    for (int j = 0; j < d; j++) probe += xr[j] * 0.0; /* NaN iff some value is NaN/Inf */
+  }
+  if (probe != 0.0 || isnan(probe)) return report_non_finite(x, rows, d, ld, part, row0);
+  return KQ_OK;
+}
+
+/* ---- pass 1: G += XᵀX on the upper triangle ----------------------------- */
+
+/* 4×8 tile of G (rows i0..i0+3, columns j0..j0+7) over `rows` rows of the
+ * row-major block x (stride ld): 8 vector accumulators, per row 2 vector
+ * loads + 4 broadcasts for 8 multiply-adds. */
+KQ_INLINE void gram_tile(const double *restrict x, int rows, int ld, int i0, int j0,
+                         double *restrict g, int ldg) {
+  kq_v4d c00 = KQ_V4D_SET1(0.0), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
+         c31 = c00, b0, b1;
+  for (int r = 0; r < rows; r++) {
+    const double *xr = x + (size_t)r * ld;
+    KQ_V4D_LOAD(b0, xr + j0);
+    KQ_V4D_LOAD(b1, xr + j0 + 4);
+    kq_v4d a0 = KQ_V4D_SET1(xr[i0]), a1 = KQ_V4D_SET1(xr[i0 + 1]);
+    kq_v4d a2 = KQ_V4D_SET1(xr[i0 + 2]), a3 = KQ_V4D_SET1(xr[i0 + 3]);
+    c00 += a0 * b0;
+    c01 += a0 * b1;
+    c10 += a1 * b0;
+    c11 += a1 * b1;
+    c20 += a2 * b0;
+    c21 += a2 * b1;
+    c30 += a3 * b0;
+    c31 += a3 * b1;
+  }
+  double *g0 = g + (size_t)i0 * ldg + j0;
+  kq_v4d t;
+#define KQ_GRAM_FLUSH(row, lo, hi)                                                                 \
+  do {                                                                                             \
+    KQ_V4D_LOAD(t, g0 + (size_t)(row)*ldg);                                                        \
+    t += lo;                                                                                       \
+    KQ_V4D_STORE(g0 + (size_t)(row)*ldg, t);                                                       \
+    KQ_V4D_LOAD(t, g0 + (size_t)(row)*ldg + 4);                                                    \
+    t += hi;                                                                                       \
+    KQ_V4D_STORE(g0 + (size_t)(row)*ldg + 4, t);                                                   \
+  } while (0)
+  KQ_GRAM_FLUSH(0, c00, c01);
+  KQ_GRAM_FLUSH(1, c10, c11);
+  KQ_GRAM_FLUSH(2, c20, c21);
+  KQ_GRAM_FLUSH(3, c30, c31);
+#undef KQ_GRAM_FLUSH
+}
+
+/* g (dp×dp, row-major, upper part meaningful) += xᵀx for a rows×dp block;
+ * dp is a multiple of 8 and the padding columns of x are zero. */
+KQ_INLINE void gram_block_body(const double *x, int rows, int dp, double *g) {
+  for (int i0 = 0; i0 < dp; i0 += 4)
+    for (int j0 = i0 & ~7; j0 < dp; j0 += 8) gram_tile(x, rows, dp, i0, j0, g, dp);
+}
+
+static void gram_block_default(const double *x, int rows, int dp, double *g) {
+  gram_block_body(x, rows, dp, g);
+}
+
+#if KQ_HAVE_AVX2_CLONE
+KQ_TARGET_AVX2 static void gram_block_avx2(const double *x, int rows, int dp, double *g) {
+  gram_block_body(x, rows, dp, g);
+}
+#endif
+
+/* ---- pass 2: Householder update of [R; X_block] ------------------------- */
+
+static double vec_norm(const double *x, int m) {
+  double amax = 0.0;
+  for (int i = 0; i < m; i++) amax = fmax(amax, fabs(x[i]));
+  if (amax == 0.0) return 0.0;
+  double s = (amax > 1e-140 && amax < 1e140) ? 1.0 : ldexp(1.0, -ilogb(amax));
+  double ss = 0.0;
+  for (int i = 0; i < m; i++) {
+    double y = x[i] * s;
+    ss += y * y;
+  }
+  return sqrt(ss) / s;
+}
+
+/* R (d×d upper, column-major, ldr) := R factor of [R; X] for the nb×d
+ * column-major block x (ldx). Reflector k touches row k of R and all of x
+ * only, so each block costs ~2·nb·d² flops. */
+static void tsqr_update(int d, double *r, int ldr, int nb, double *x, int ldx) {
+  for (int k = 0; k < d; k++) {
+    double *xk = x + (size_t)k * ldx;
+    double alpha = r[(size_t)k * ldr + k];
+    double xnorm = vec_norm(xk, nb);
+    if (xnorm == 0.0) continue;
+    double beta = -copysign(hypot(alpha, xnorm), alpha);
+    double tau = (beta - alpha) / beta;
+    double inv = 1.0 / (alpha - beta);
+    for (int i = 0; i < nb; i++) xk[i] *= inv;
+    r[(size_t)k * ldr + k] = beta;
+    for (int j = k + 1; j < d; j++) {
+      double *xj = x + (size_t)j * ldx;
+      double w = r[(size_t)j * ldr + k];
+      for (int i = 0; i < nb; i++) w += xk[i] * xj[i];
+      w *= tau;
+      r[(size_t)j * ldr + k] -= w;
+      for (int i = 0; i < nb; i++) xj[i] -= w * xk[i];
+    }
+  }
+}
+
+/* ---- safety test for the Gram route -------------------------------------- */
+
+/* Unit roundoff of the data as stored. */
+static double dtype_roundoff(kq_dtype t) {
+  switch (t) {
+  case KQ_DTYPE_F16: return 0x1p-11;
+  case KQ_DTYPE_BF16: return 0x1p-8;
+  case KQ_DTYPE_F32: return 0x1p-24;
+  default: return 0x1p-53;
+  }
+}
+
+/* κ_F(R) = ‖R‖_F·‖R⁻¹‖_F (≥ κ₂(R), ≤ d·κ₂(R)) by back substitution. */
+static double condition_frobenius(int d, const double *r, int ldr, double *work) {
+  double nr = 0.0, ninv = 0.0;
+  for (int j = 0; j < d; j++)
+    for (int i = 0; i <= j; i++) nr += r[(size_t)j * ldr + i] * r[(size_t)j * ldr + i];
+  for (int j = 0; j < d; j++) { /* column j of R⁻¹: solve R·y = e_j */
+    for (int i = j + 1; i < d; i++) work[i] = 0.0;
+    work[j] = 1.0 / r[(size_t)j * ldr + j];
+    for (int i = j - 1; i >= 0; i--) {
+      double s = 0.0;
+      for (int k = i + 1; k <= j; k++) s += r[(size_t)k * ldr + i] * work[k];
+      work[i] = -s / r[(size_t)i * ldr + i];
+    }
+    for (int i = 0; i <= j; i++) ninv += work[i] * work[i];
+  }
+  return sqrt(nr) * sqrt(ninv);
+}
+
+/* Whether the Cholesky factor of the computed Gram is as good as the data.
+ *
+ * Gram + Cholesky gives the exact R of XᵀX + E with ‖E‖ ≲ γ‖X‖², where
+ * γ ≈ (d + rows per block + number of blocks)·ε covers the Cholesky and the
+ * blocked sums. That moves σ_i² by up to γσ₁², i.e. σ_i by a relative
+ * γκ_i²/2 (κ_i = σ₁/σ_i): harmless for the large σ, κ²-amplified for the
+ * small ones. The data itself is only known to its storage roundoff u, which
+ * already moves every σ_i by u·σ₁ (a relative uκ_i). So the Gram route loses
+ * nothing the data had as long as γκ² /2 <= uκ, i.e. κ <= 2u/γ (F32 with
+ * 65536 rows: κ up to ~9e5; F16: ~7e9). F64 data has u = ε, where that bound
+ * is < 1; there we accept κ <= 1e4, which keeps the smallest σ to ~1e-6
+ * relative. κ is over-estimated by κ_F(R) (at most d times too large), so
+ * the test errs towards the TSQR fallback. */
+static bool gram_is_safe(int d, const double *r, int ldr, double u, int64_t total_rows,
+                         double *work) {
+  double gamma = ((double)d + KQ_GRAM_ROWS + (double)(total_rows / KQ_GRAM_ROWS + 1)) * DBL_EPSILON;
+  double kmax = fmax(1e4, 2.0 * u / gamma);
+  double kappa = condition_frobenius(d, r, ldr, work);
+  return isfinite(kappa) && kappa <= kmax;
+}
+
+/* ---- driver -------------------------------------------------------------- */
+
+static kq_status validate(const kq_matrix_view *parts, int n_parts, int ldr, int *out_d,
+                          int64_t *out_rows, double *out_u) {
+  if (!parts || n_parts <= 0)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "R factor: no parts given");
+  int d = parts[0].cols;
+  int64_t rows = 0;
+  double u = 1.0;
+  for (int p = 0; p < n_parts; p++) {
+    const kq_matrix_view *pv = &parts[p];
+    if (pv->cols != d || pv->cols < 0)
+      return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                          "R factor: part %d has %d columns, part 0 has %d", p, pv->cols, d);
+    if (pv->dtype != KQ_DTYPE_F32 && pv->dtype != KQ_DTYPE_F16 && pv->dtype != KQ_DTYPE_BF16 &&
+        pv->dtype != KQ_DTYPE_F64)
+      return kq_set_error(KQ_ERR_UNSUPPORTED, "R factor: part %d has unsupported dtype %d", p,
+                          (int)pv->dtype);
+    if (pv->rows < 0 || (pv->rows > 0 && (!pv->data || pv->row_stride < pv->cols)))
+      return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                          "R factor: part %d has bad rows %lld / row stride %lld / data", p,
+                          (long long)pv->rows, (long long)pv->row_stride);
+    if (!isfinite(pv->scale))
+      return kq_set_error(KQ_ERR_NUMERIC, "R factor: part %d has non-finite scale", p);
+    rows += pv->rows;
+    if (pv->rows > 0) u = fmin(u, dtype_roundoff(pv->dtype));
+  }
+  if (ldr < (d > 1 ? d : 1))
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "R factor: ldr %d < %d", ldr, d);
+  *out_d = d;
+  *out_rows = rows;
+  *out_u = u;
+  return KQ_OK;
+}
+
+static kq_status gram_pass(const kq_matrix_view *parts, int n_parts, int d, int dp, double *x,
+                           double *g) {
+  convert_row_fn conv = pick_convert();
+  void (*block)(const double *, int, int, double *) = gram_block_default;
+#if KQ_HAVE_AVX2_CLONE
+  if (kq_linalg_have_avx2()) block = gram_block_avx2;
+#endif
+  (void)d;
+  for (int p = 0; p < n_parts; p++) {
+    for (int64_t r0 = 0; r0 < parts[p].rows; r0 += KQ_GRAM_ROWS) {
+      int nb = (int)(parts[p].rows - r0 < KQ_GRAM_ROWS ? parts[p].rows - r0 : KQ_GRAM_ROWS);
+      kq_status st = load_rows(conv, &parts[p], p, r0, nb, x, dp);
+      if (st != KQ_OK) return st;
+      block(x, nb, dp, g);
+    }
+  }
+  return KQ_OK;
+}
+
+static kq_status tsqr_pass(const kq_matrix_view *parts, int n_parts, int d, double *row, double *xc,
+                           double *r, int ldr) {
+  convert_row_fn conv = pick_convert();
+  for (int j = 0; j < d; j++) memset(r + (size_t)j * ldr, 0, (size_t)d * sizeof(double));
+  for (int p = 0; p < n_parts; p++) {
+    for (int64_t r0 = 0; r0 < parts[p].rows; r0 += KQ_TSQR_ROWS) {
+      int nb = (int)(parts[p].rows - r0 < KQ_TSQR_ROWS ? parts[p].rows - r0 : KQ_TSQR_ROWS);
+      for (int i = 0; i < nb; i++) { /* transpose into the column-major block */
+        kq_status st = load_rows(conv, &parts[p], p, r0 + i, 1, row, d);
+        if (st != KQ_OK) return st;
+        for (int j = 0; j < d; j++) xc[(size_t)j * KQ_TSQR_ROWS + i] = row[j];
+      }
+      tsqr_update(d, r, ldr, nb, xc, KQ_TSQR_ROWS);
+    }
+  }
+  return KQ_OK;
+}
+
+kq_status kq_rfactor(const kq_matrix_view *parts, int n_parts, double *r, int ldr,
+                     kq_rfactor_info *info) {
+  int d = 0;
+  int64_t total = 0;
+  double u = 1.0;
+  kq_status st = validate(parts, n_parts, ldr, &d, &total, &u);
+  if (st != KQ_OK) return st;
+  if (info) {
+    info->method = KQ_RFACTOR_CHOLESKY;
+    info->min_pivot_ratio = 0.0;
+  }
+  if (d == 0) return KQ_OK;
+  if (!r) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "R factor: NULL output");
+  int dp = (d + 7) & ~7;
+  size_t nx = (size_t)KQ_GRAM_ROWS * dp, ng = (size_t)dp * dp;
+  size_t nt = (size_t)KQ_TSQR_ROWS * d;
+  double *w = kq_calloc_array(nx + ng + nt + (size_t)d, sizeof(double), "R factor workspace");
+  if (!w) return KQ_ERR_OUT_OF_MEMORY;
+  double *x = w, *g = w + nx, *xc = g + ng, *vec = xc + nt;
+  st = gram_pass(parts, n_parts, d, dp, x, g);
+  if (st != KQ_OK) goto done;
+  bool finite = true;
+  for (int j = 0; j < d; j++) {
+    double *rj = r + (size_t)j * ldr;
+    for (int i = 0; i <= j; i++) {
+      rj[i] = g[(size_t)i * dp + j];
+      finite = finite && isfinite(rj[i]);
+    }
+    for (int i = j + 1; i < d; i++) rj[i] = 0.0;
+  }
+  double ratio = 0.0;
+  bool use_gram = false;
+  if (finite && kq_cholesky_upper(d, r, ldr, &ratio) == KQ_OK)
+    use_gram = gram_is_safe(d, r, ldr, u, total, vec);
+  kq_clear_error(); /* a failed Cholesky is expected here, not an error */
+  if (info) info->min_pivot_ratio = ratio;
+  if (!use_gram) {
+    if (info) info->method = KQ_RFACTOR_TSQR;
+    st = tsqr_pass(parts, n_parts, d, vec, xc, r, ldr);
+    if (st != KQ_OK) goto done;
+    for (int k = 0; k < d; k++) /* non-negative diagonal: flip row k */
+      if (r[(size_t)k * ldr + k] < 0.0)
+        for (int j = k; j < d; j++) r[(size_t)j * ldr + k] = -r[(size_t)j * ldr + k];
+  }
+done:
+  free(w);
+  return st;
+}
