@@ -1,11 +1,91 @@
-/* PLACEHOLDER: replaced by the owner of `kqsvd fit`. */
+/* kqsvd fit: fit KQ-SVD / K-SVD / Eigen projections from calibration data. */
 #include <stdio.h>
+#include <string.h>
 
+#include "cli_util.h"
 #include "commands.h"
 
+static void help(void) {
+  printf("usage: kqsvd fit CALIB -o PROJ [--method kq-svd|k-svd|eigen] [--alpha A]\n"
+         "                 (--rank-k N --rank-v N | --epsilon E | --ratio F) [--threads N]\n"
+         "\n"
+         "Fits per-layer projections (SPEC §1) from calibration file CALIB (layers.{l}.k/q/v,\n"
+         "optional layers.{l}.wo) and writes projection file PROJ atomically: an interrupted or\n"
+         "failed run leaves no file. Progress per layer goes to stderr.\n"
+         "\n"
+         "  -o, --output PROJ   projection file to write\n"
+         "  --method M          kq-svd (default): best rank-r approximation of the logits QKᵀ\n"
+         "                      and of V W_Oᵀ; k-svd: top singular vectors of K (and of V);\n"
+         "                      eigen: top singular vectors of [αK; Q/α] (and of V)\n"
+         "  --alpha A           eigen's key/query balance (default 1)\n"
+         "rank choice (exactly one):\n"
+         "  --rank-k N --rank-v N  fixed ranks for keys and values in every layer (1..head_dim)\n"
+         "  --epsilon E         per layer the smallest ranks whose predicted relative error\n"
+         "                      (from the method's own spectrum, mean over kv heads) is <= E\n"
+         "  --ratio F           latent cache <= F of the full cache over all layers, spending\n"
+         "                      rank where it removes the most predicted squared error\n"
+         "  --threads N         worker threads (default: all cores)\n"
+         "  -h, --help          this help\n");
+}
+
 int kq_cmd_fit(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  fprintf(stderr, "kqsvd fit: not built yet\n");
-  return 1;
+  const char *cmd = "fit", *calib = NULL, *out = NULL;
+  kq_fit_params p = kq_fit_default_params();
+  int have_rk = 0, have_rv = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+    long long n;
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+      help();
+      return 0;
+    }
+    if (a[0] == '-' && a[1] != '\0' && !val) return kq_cli_usage_error(cmd, "%s needs a value", a);
+    if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
+      out = val;
+    } else if (!strcmp(a, "--method")) {
+      if (kq_method_parse(val, &p.method) != KQ_OK)
+        return kq_cli_usage_error(cmd, "--method: '%s' (expected kq-svd, k-svd or eigen)", val);
+    } else if (!strcmp(a, "--alpha")) {
+      if (!kq_cli_parse_double(cmd, a, val, 1e-6, 1e6, &p.alpha)) return 2;
+    } else if (!strcmp(a, "--rank-k") || !strcmp(a, "--rank-v")) {
+      if (!kq_cli_parse_int(cmd, a, val, 1, 1 << 20, &n)) return 2;
+      if (a[7] == 'k')
+        p.rank_k = (int32_t)n, have_rk = 1;
+      else
+        p.rank_v = (int32_t)n, have_rv = 1;
+    } else if (!strcmp(a, "--epsilon")) {
+      if (!kq_cli_parse_double(cmd, a, val, 1e-12, 0.999999, &p.epsilon)) return 2;
+    } else if (!strcmp(a, "--ratio")) {
+      if (!kq_cli_parse_double(cmd, a, val, 1e-9, 1.0, &p.ratio)) return 2;
+    } else if (!strcmp(a, "--threads")) {
+      if (!kq_cli_parse_int(cmd, a, val, 1, 1024, &n)) return 2;
+      p.n_threads = (int32_t)n;
+    } else if (a[0] == '-' && a[1] != '\0') {
+      return kq_cli_usage_error(cmd, "unknown option '%s'", a);
+    } else {
+      if (calib) return kq_cli_usage_error(cmd, "more than one calibration file ('%s')", a);
+      calib = a;
+      continue;
+    }
+    i++;
+  }
+  if (!calib) return kq_cli_usage_error(cmd, "missing calibration file CALIB");
+  if (!out) return kq_cli_usage_error(cmd, "missing -o PROJ");
+  if (have_rk != have_rv) return kq_cli_usage_error(cmd, "--rank-k and --rank-v go together");
+  int modes = have_rk + (p.epsilon > 0) + (p.ratio > 0);
+  if (modes != 1)
+    return kq_cli_usage_error(cmd, "choose exactly one of --rank-k/--rank-v, --epsilon, --ratio");
+  p.progress = kq_cli_progress;
+  p.progress_user = (void *)cmd;
+  p.cancel = kq_cli_cancel_flag();
+  kq_status st = kq_fit(calib, out, &p);
+  kq_cli_progress_end();
+  if (st == KQ_ERR_INTERRUPTED) {
+    fprintf(stderr, "kqsvd fit: interrupted; %s was not written\n", out);
+    return 130;
+  }
+  if (st) return kq_cli_fail(cmd, st);
+  fprintf(stderr, "kqsvd fit: wrote %s (%s)\n", out, kq_method_name(p.method));
+  return 0;
 }
