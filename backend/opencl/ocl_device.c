@@ -1,0 +1,289 @@
+/*
+ * ocl_device.c — opening a device (context, in-order queue, program through
+ * the binary cache, kernels), buffers, transfers, the copy kernel, scratch.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kq_ocl_sources.h"
+#include "ocl_internal.h"
+#include "ocl_program_cache.h"
+
+static const char *const kernel_names[KQ_K_COUNT] = {
+    [KQ_K_STORE_ROWS_F32] = "kq_store_rows_f32",
+    [KQ_K_STORE_ROWS_F16] = "kq_store_rows_f16",
+    [KQ_K_WIDEN_F32] = "kq_widen_f32",
+    [KQ_K_WIDEN_F16] = "kq_widen_f16",
+    [KQ_K_ATTN_CHUNK_F32] = "kq_attn_chunk_f32",
+    [KQ_K_ATTN_CHUNK_F16] = "kq_attn_chunk_f16",
+    [KQ_K_QPROJ] = "kq_qproj",
+    [KQ_K_QROT] = "kq_qrot",
+    [KQ_K_ATTN_REDUCE] = "kq_attn_reduce",
+    [KQ_K_SOFTMAX_CAUSAL] = "kq_softmax_causal",
+    [KQ_K_UP] = "kq_up",
+    [KQ_K_COPY_U4] = "kq_copy_u4",
+};
+
+static const char kv_f32_defs[] = "\n#define KV_T float\n#define KV_LOAD(p, i) ((p)[(i)])\n"
+                                  "#define KV_STORE(v, p, i) ((p)[(i)] = (v))\n"
+                                  "#define KV_NAME(n) n##_f32\n";
+static const char kv_f16_defs[] =
+    "\n#undef KV_T\n#undef KV_LOAD\n#undef KV_STORE\n#undef KV_NAME\n"
+    "#define KV_T half\n#define KV_LOAD(p, i) vload_half((i), (p))\n"
+    "#define KV_STORE(v, p, i) vstore_half_rte((v), (i), (p))\n#define KV_NAME(n) n##_f16\n";
+
+#define KQ_OCL_BUILD_OPTIONS "-cl-std=CL1.2"
+
+/* The whole program text (malloc'd). */
+static char *program_source(void) {
+  const char *parts[] = {kq_ocl_src_kq_prelude, kv_f32_defs,           kq_ocl_src_kq_kv_body,
+                         kv_f16_defs,           kq_ocl_src_kq_kv_body, kq_ocl_src_kq_attend,
+                         kq_ocl_src_kq_up,      kq_ocl_src_kq_copy};
+  size_t n = 1;
+  for (size_t i = 0; i < sizeof parts / sizeof parts[0]; ++i) n += strlen(parts[i]) + 1;
+  char *s = malloc(n);
+  if (!s) return NULL;
+  s[0] = '\0';
+  for (size_t i = 0; i < sizeof parts / sizeof parts[0]; ++i) {
+    strcat(s, parts[i]);
+    strcat(s, "\n");
+  }
+  return s;
+}
+
+static kq_status build_program(kq_bdevice *dev) {
+  char *src = program_source();
+  if (!src) return kq_ocl_host->set_error(KQ_ERR_OUT_OF_MEMORY, "%s: program source", dev->label);
+  kq_ocl_prog_report *rep = malloc(sizeof *rep);
+  if (!rep) {
+    free(src);
+    return kq_ocl_host->set_error(KQ_ERR_OUT_OF_MEMORY, "%s: program report", dev->label);
+  }
+  double t0 = kq_ocl_now();
+  cl_int err =
+      kq_ocl_program_get(dev->context, dev->id, src, KQ_OCL_BUILD_OPTIONS, &dev->program, rep);
+  free(src);
+  if (err != CL_SUCCESS) {
+    kq_status st =
+        kq_ocl_host->set_error(KQ_ERR_DEVICE, "%s: building kernels: %s (%d): %.1500s", dev->label,
+                               kq_ocl_error_name(err), (int)err, rep->build_log);
+    free(rep);
+    return st;
+  }
+  dev->program_load_s = kq_ocl_now() - t0;
+  dev->program_origin = (int)rep->origin;
+  free(rep);
+  kq_ocl_note_timings(dev->index, dev->program_load_s, dev->program_origin, -1.0);
+  for (int k = 0; k < KQ_K_COUNT; ++k) {
+    dev->kernels[k] = clCreateKernel(dev->program, kernel_names[k], &err);
+    if (err != CL_SUCCESS) return kq_ocl_fail(dev, KQ_ERR_DEVICE, kernel_names[k], err);
+  }
+  return KQ_OK;
+}
+
+kq_status kq_ocl_device_open(int index, kq_bdevice **out_device) {
+  cl_platform_id plat = NULL;
+  cl_device_id id = NULL;
+  kq_status st = kq_ocl_device_ids(index, &plat, &id);
+  if (st != KQ_OK) return st;
+  kq_bdevice *dev = calloc(1, sizeof *dev);
+  if (!dev) return kq_ocl_host->set_error(KQ_ERR_OUT_OF_MEMORY, "opencl:%d: device", index);
+  dev->index = index;
+  dev->platform = plat;
+  dev->id = id;
+  snprintf(dev->name, sizeof dev->name, "opencl:%d", index);
+  char dname[120] = "";
+  if (clGetDeviceInfo(id, CL_DEVICE_NAME, sizeof dname, dname, NULL) != CL_SUCCESS) dname[0] = '\0';
+  dname[sizeof dname - 1] = '\0';
+  snprintf(dev->label, sizeof dev->label, "%s (%s)", dev->name, dname);
+  if (pthread_mutex_init(&dev->lock, NULL) != 0) {
+    free(dev);
+    return kq_ocl_host->set_error(KQ_ERR_DEVICE, "opencl:%d: mutex", index);
+  }
+  cl_uint cu = 0;
+  cl_ulong lmem = 0;
+  clGetDeviceInfo(id, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof dev->max_wg, &dev->max_wg, NULL);
+  clGetDeviceInfo(id, CL_DEVICE_LOCAL_MEM_SIZE, sizeof lmem, &lmem, NULL);
+  clGetDeviceInfo(id, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cu, &cu, NULL);
+  dev->local_mem = (size_t)lmem;
+  dev->compute_units = cu ? cu : 1;
+  if (dev->max_wg == 0) dev->max_wg = 1;
+
+  cl_int err;
+  cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)plat, 0};
+  dev->context = clCreateContext(props, 1, &id, NULL, NULL, &err);
+  if (err != CL_SUCCESS) {
+    st = kq_ocl_fail(dev, KQ_ERR_DEVICE, "clCreateContext", err);
+    goto fail;
+  }
+  dev->queue = clCreateCommandQueue(dev->context, id, 0, &err);
+  if (err != CL_SUCCESS) {
+    st = kq_ocl_fail(dev, KQ_ERR_DEVICE, "clCreateCommandQueue", err);
+    goto fail;
+  }
+  st = build_program(dev);
+  if (st != KQ_OK) goto fail;
+  *out_device = dev;
+  return KQ_OK;
+fail:
+  kq_ocl_device_close(dev);
+  return st;
+}
+
+void kq_ocl_device_close(kq_bdevice *dev) {
+  if (!dev) return;
+  if (dev->queue) clFinish(dev->queue);
+  for (int i = 0; i < KQ_S_COUNT; ++i)
+    if (dev->scratch[i]) clReleaseMemObject(dev->scratch[i]);
+  for (int k = 0; k < KQ_K_COUNT; ++k)
+    if (dev->kernels[k]) clReleaseKernel(dev->kernels[k]);
+  if (dev->program) clReleaseProgram(dev->program);
+  if (dev->queue) clReleaseCommandQueue(dev->queue);
+  if (dev->context) clReleaseContext(dev->context);
+  pthread_mutex_destroy(&dev->lock);
+  free(dev);
+}
+
+kq_status kq_ocl_buffer_alloc(kq_bdevice *dev, size_t bytes, kq_buffer **out_buffer) {
+  kq_buffer *buf = calloc(1, sizeof *buf);
+  if (!buf) return kq_ocl_host->set_error(KQ_ERR_OUT_OF_MEMORY, "%s: buffer", dev->label);
+  cl_int err;
+  buf->bytes = bytes;
+  buf->mem = clCreateBuffer(dev->context, CL_MEM_READ_WRITE, bytes ? bytes : 16, NULL, &err);
+  if (err != CL_SUCCESS) {
+    free(buf);
+    kq_status st = err == CL_INVALID_BUFFER_SIZE || err == CL_MEM_OBJECT_ALLOCATION_FAILURE ||
+                           err == CL_OUT_OF_RESOURCES
+                       ? KQ_ERR_DEVICE_MEMORY
+                       : KQ_ERR_DEVICE;
+    return kq_ocl_host->set_error(st, "%s: allocating %zu bytes: %s (%d)", dev->label, bytes,
+                                  kq_ocl_error_name(err), (int)err);
+  }
+  *out_buffer = buf;
+  return KQ_OK;
+}
+
+void kq_ocl_buffer_free(kq_bdevice *dev, kq_buffer *buf) {
+  (void)dev;
+  if (!buf) return;
+  clReleaseMemObject(buf->mem);
+  free(buf);
+}
+
+static kq_status check_range(kq_bdevice *dev, const kq_buffer *buf, size_t offset, size_t bytes,
+                             const char *what) {
+  if (!buf || offset > buf->bytes || bytes > buf->bytes - offset)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
+                                  "%s: %s of %zu bytes at %zu outside a buffer of %zu", dev->label,
+                                  what, bytes, offset, buf ? buf->bytes : 0);
+  return KQ_OK;
+}
+
+/* Waits for `ev` outside the device lock so other threads keep enqueueing. */
+static kq_status wait_event(kq_bdevice *dev, cl_event ev, const char *what) {
+  cl_int err = clWaitForEvents(1, &ev);
+  cl_int status = CL_COMPLETE;
+  if (err == CL_SUCCESS)
+    clGetEventInfo(ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL);
+  clReleaseEvent(ev);
+  if (err != CL_SUCCESS) return kq_ocl_fail(dev, KQ_ERR_DEVICE, what, err);
+  if (status < 0) return kq_ocl_fail(dev, KQ_ERR_DEVICE, what, status);
+  return KQ_OK;
+}
+
+kq_status kq_ocl_buffer_upload(kq_bdevice *dev, kq_buffer *dst, size_t offset, const void *src,
+                               size_t bytes) {
+  kq_status st = check_range(dev, dst, offset, bytes, "upload");
+  if (st != KQ_OK || bytes == 0) return st;
+  cl_event ev = NULL;
+  pthread_mutex_lock(&dev->lock);
+  cl_int err =
+      clEnqueueWriteBuffer(dev->queue, dst->mem, CL_FALSE, offset, bytes, src, 0, NULL, &ev);
+  pthread_mutex_unlock(&dev->lock);
+  if (err != CL_SUCCESS) return kq_ocl_fail(dev, KQ_ERR_DEVICE, "clEnqueueWriteBuffer", err);
+  return wait_event(dev, ev, "upload");
+}
+
+kq_status kq_ocl_buffer_download(kq_bdevice *dev, const kq_buffer *src, size_t offset, void *dst,
+                                 size_t bytes) {
+  kq_status st = check_range(dev, src, offset, bytes, "download");
+  if (st != KQ_OK || bytes == 0) return st;
+  cl_event ev = NULL;
+  pthread_mutex_lock(&dev->lock);
+  cl_int err =
+      clEnqueueReadBuffer(dev->queue, src->mem, CL_FALSE, offset, bytes, dst, 0, NULL, &ev);
+  pthread_mutex_unlock(&dev->lock);
+  if (err != CL_SUCCESS) return kq_ocl_fail(dev, KQ_ERR_DEVICE, "clEnqueueReadBuffer", err);
+  return wait_event(dev, ev, "download");
+}
+
+kq_status kq_ocl_synchronize(kq_bdevice *dev) {
+  cl_event ev = NULL;
+  pthread_mutex_lock(&dev->lock);
+  cl_int err = clEnqueueMarkerWithWaitList(dev->queue, 0, NULL, &ev);
+  pthread_mutex_unlock(&dev->lock);
+  if (err != CL_SUCCESS) return kq_ocl_fail(dev, KQ_ERR_DEVICE, "clEnqueueMarker", err);
+  return wait_event(dev, ev, "synchronize");
+}
+
+kq_status kq_ocl_arg(kq_bdevice *dev, int k, cl_uint i, size_t size, const void *value) {
+  cl_int err = clSetKernelArg(dev->kernels[k], i, size, value);
+  if (err != CL_SUCCESS) {
+    char what[96];
+    snprintf(what, sizeof what, "%s argument %u", kernel_names[k], (unsigned)i);
+    return kq_ocl_fail(dev, KQ_ERR_DEVICE, what, err);
+  }
+  return KQ_OK;
+}
+
+kq_status kq_ocl_launch(kq_bdevice *dev, int k, const size_t global[3], const size_t *local) {
+  if (global[0] == 0 || global[1] == 0 || global[2] == 0) return KQ_OK;
+  cl_int err =
+      clEnqueueNDRangeKernel(dev->queue, dev->kernels[k], 3, NULL, global, local, 0, NULL, NULL);
+  if (err != CL_SUCCESS) return kq_ocl_fail(dev, KQ_ERR_DEVICE, kernel_names[k], err);
+  return KQ_OK;
+}
+
+kq_status kq_ocl_scratch(kq_bdevice *dev, int id, size_t bytes, cl_mem *out) {
+  if (bytes == 0) bytes = 16;
+  if (dev->scratch_bytes[id] < bytes) {
+    if (dev->scratch[id]) clReleaseMemObject(dev->scratch[id]);
+    dev->scratch[id] = NULL;
+    dev->scratch_bytes[id] = 0;
+    cl_int err;
+    cl_mem m = clCreateBuffer(dev->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
+    if (err != CL_SUCCESS)
+      return kq_ocl_host->set_error(KQ_ERR_DEVICE_MEMORY,
+                                    "%s: scratch buffer of %zu bytes: %s (%d)", dev->label, bytes,
+                                    kq_ocl_error_name(err), (int)err);
+    dev->scratch[id] = m;
+    dev->scratch_bytes[id] = bytes;
+  }
+  *out = dev->scratch[id];
+  return KQ_OK;
+}
+
+kq_status kq_ocl_copy(kq_bdevice *dev, kq_buffer *dst, const kq_buffer *src, size_t bytes) {
+  kq_status st = check_range(dev, src, 0, bytes, "copy source");
+  if (st == KQ_OK) st = check_range(dev, dst, 0, bytes, "copy destination");
+  if (st != KQ_OK || bytes == 0) return st;
+  cl_ulong words = bytes / 16;
+  size_t tail = bytes - (size_t)words * 16;
+  pthread_mutex_lock(&dev->lock);
+  if (words) {
+    size_t cap = dev->compute_units * 1024;
+    size_t global[3] = {words < cap ? (size_t)words : cap, 1, 1};
+    st = kq_ocl_arg(dev, KQ_K_COPY_U4, 0, sizeof(cl_mem), &src->mem);
+    if (st == KQ_OK) st = kq_ocl_arg(dev, KQ_K_COPY_U4, 1, sizeof(cl_mem), &dst->mem);
+    if (st == KQ_OK) st = kq_ocl_arg(dev, KQ_K_COPY_U4, 2, sizeof words, &words);
+    if (st == KQ_OK) st = kq_ocl_launch(dev, KQ_K_COPY_U4, global, NULL);
+  }
+  if (st == KQ_OK && tail) {
+    size_t off = (size_t)words * 16;
+    cl_int err = clEnqueueCopyBuffer(dev->queue, src->mem, dst->mem, off, off, tail, 0, NULL, NULL);
+    if (err != CL_SUCCESS) st = kq_ocl_fail(dev, KQ_ERR_DEVICE, "clEnqueueCopyBuffer", err);
+  }
+  pthread_mutex_unlock(&dev->lock);
+  return st;
+}

@@ -1,0 +1,409 @@
+/*
+ * ocl_ops.c — the three compute ops of the backend ABI on OpenCL:
+ *   project: latent projection of new tokens (CLBlast strided-batched SGEMM
+ *            over kv heads; F16 storage narrows a F32 result with vstore_half)
+ *   attend:  causal attention on latents; split-K fused kernels for decode and
+ *            small m or pre-RoPE, CLBlast Q̃K̃ᵀ → causal softmax → PṼ for large m
+ *   up:      latent-to-full output (Eᵀ)
+ * Every op validates shapes, offsets and buffer ranges before enqueueing.
+ */
+#include <stdio.h>
+
+#include "ocl_internal.h"
+
+/* Prefill (n_queries >= this, no pre-RoPE) goes through CLBlast. */
+#define KQ_OCL_GEMM_MIN_QUERIES 32
+/* Largest prefill score block [H, rows, cols] in bytes. */
+#define KQ_OCL_SCORE_BUDGET ((size_t)64 << 20)
+/* Positions per split-K chunk (lowered when local memory is small). */
+#define KQ_OCL_CHUNK 256
+
+static kq_status bad(const kq_bdevice *dev, const char *op, const char *what) {
+  return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %s: %s", dev->label, op, what);
+}
+
+/* Checks that `count` elements of `esz` bytes at byte offset `off` lie in buf
+ * and that off is element-aligned; returns the element offset in *out_elem. */
+static kq_status span(const kq_bdevice *dev, const char *op, const char *name, const kq_buffer *buf,
+                      size_t off, size_t count, size_t esz, cl_ulong *out_elem) {
+  size_t bytes;
+  if (!buf)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %s: %s is NULL", dev->label, op,
+                                  name);
+  if (__builtin_mul_overflow(count, esz, &bytes) || off > buf->bytes || bytes > buf->bytes - off)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
+                                  "%s: %s: %s needs %zu elements at byte %zu, buffer has %zu bytes",
+                                  dev->label, op, name, count, off, buf->bytes);
+  if (off % esz)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
+                                  "%s: %s: %s offset %zu is not a multiple of %zu", dev->label, op,
+                                  name, off, esz);
+  *out_elem = off / esz;
+  return KQ_OK;
+}
+
+/* a*b*c*d as size_t; SIZE_MAX on overflow (span() then rejects it). */
+static size_t prod4(int64_t a, int64_t b, int64_t c, int64_t d) {
+  size_t r = 1;
+  int64_t v[4] = {a, b, c, d};
+  for (int i = 0; i < 4; ++i)
+    if (v[i] < 0 || __builtin_mul_overflow(r, (size_t)v[i], &r)) return SIZE_MAX;
+  return r;
+}
+
+#define ARG(k, i, v)                                                                               \
+  do {                                                                                             \
+    st = kq_ocl_arg(dev, (k), (i), sizeof(v), &(v));                                               \
+    if (st != KQ_OK) goto out;                                                                     \
+  } while (0)
+
+kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
+  static const char *name = "project";
+  if (op->n_tokens < 0 || op->n_heads <= 0 || op->head_dim <= 0 || op->rank <= 0 ||
+      op->capacity <= 0 || op->pos < 0 || op->pos > op->capacity - op->n_tokens)
+    return bad(dev, name, "shape out of range (tokens, heads, head_dim, rank, capacity, pos)");
+  if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v1");
+  if (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16)
+    return bad(dev, name, "unknown storage type");
+  const int identity = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
+  if (identity && op->rank != op->head_dim)
+    return bad(dev, name, "identity needs rank == head_dim");
+  if (op->n_tokens == 0) return KQ_OK;
+  const int f16 = op->storage == KQ_STORAGE_F16;
+  const size_t esz = f16 ? 2 : 4;
+  cl_ulong src_e, proj_e = 0, dst_e;
+  kq_status st = span(dev, name, "src", op->src, op->src_offset,
+                      prod4(op->n_tokens, op->n_heads, op->head_dim, 1), 4, &src_e);
+  if (st == KQ_OK && !identity)
+    st = span(dev, name, "proj", op->proj, op->proj_offset,
+              prod4(op->n_heads, op->head_dim, op->rank, 1), 4, &proj_e);
+  if (st == KQ_OK)
+    st = span(dev, name, "dst", op->dst, op->dst_offset,
+              prod4(op->n_heads, op->capacity, op->rank, 1), esz, &dst_e);
+  if (st != KQ_OK) return st;
+
+  const cl_int n_heads = op->n_heads, d = op->head_dim, r = op->rank, cap = op->capacity,
+               pos = op->pos, n = op->n_tokens;
+  pthread_mutex_lock(&dev->lock);
+  const int k = f16 ? KQ_K_STORE_ROWS_F16 : KQ_K_STORE_ROWS_F32;
+  cl_mem rows_src = op->src->mem;
+  cl_ulong rows_off = src_e;
+  cl_int row_stride = n_heads * d, head_stride = d;
+  if (!identity) {
+    cl_mem c = op->dst->mem;
+    size_t c_off = dst_e + (size_t)pos * r, c_stride = (size_t)cap * r;
+    if (f16) {
+      st = kq_ocl_scratch(dev, KQ_S_GEMM_OUT, prod4(n_heads, n, r, 4), &c);
+      if (st != KQ_OK) goto out;
+      c_off = 0;
+      c_stride = (size_t)n * r;
+    }
+    st = kq_ocl_gemm_strided_batched(dev, n, r, d, op->src->mem, src_e, (size_t)n_heads * d, d,
+                                     op->proj->mem, proj_e, r, (size_t)d * r, c, c_off, r, c_stride,
+                                     n_heads);
+    if (st != KQ_OK || !f16) goto out;
+    rows_src = c;
+    rows_off = 0;
+    row_stride = r;
+    head_stride = n * r;
+  }
+  ARG(k, 0, rows_src);
+  ARG(k, 1, rows_off);
+  ARG(k, 2, row_stride);
+  ARG(k, 3, head_stride);
+  ARG(k, 4, op->dst->mem);
+  ARG(k, 5, dst_e);
+  ARG(k, 6, r);
+  ARG(k, 7, cap);
+  ARG(k, 8, pos);
+  st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)r, (size_t)n, (size_t)n_heads}, NULL);
+out:
+  pthread_mutex_unlock(&dev->lock);
+  return st;
+}
+
+/* Largest power of two <= min(limit, max_wg). */
+static size_t wg_size(const kq_bdevice *dev, size_t limit) {
+  size_t w = 1;
+  while (w * 2 <= limit && w * 2 <= dev->max_wg) w *= 2;
+  return w;
+}
+
+/* Split-K fused attention for every query (decode, small m, pre-RoPE). */
+static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp, cl_int dq,
+                              cl_ulong k_e, cl_ulong v_e, cl_ulong b_e, cl_ulong out_e) {
+  kq_status st = KQ_OK;
+  const cl_int g = op->n_heads / op->n_kv_heads;
+  const size_t fixed = ((size_t)g * dq + (size_t)op->head_dim / 2 + 64) * sizeof(float);
+  cl_int chunk = KQ_OCL_CHUNK;
+  while (chunk > 16 && fixed + (size_t)g * chunk * sizeof(float) > dev->local_mem) chunk /= 2;
+  if (fixed + (size_t)g * chunk * sizeof(float) > dev->local_mem)
+    return kq_ocl_host->set_error(KQ_ERR_UNSUPPORTED,
+                                  "%s: attend: group of %d heads needs more local memory than "
+                                  "the device's %zu bytes",
+                                  dev->label, g, dev->local_mem);
+  const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
+  const size_t wg = wg_size(dev, 64);
+  const size_t parts = prod4(op->n_queries, op->n_heads, n_chunks, 1);
+  cl_mem part_o, part_ml;
+  st = kq_ocl_scratch(dev, KQ_S_PART_O, prod4(parts, op->rank_v, 4, 1), &part_o);
+  if (st == KQ_OK) st = kq_ocl_scratch(dev, KQ_S_PART_ML, prod4(parts, 2, 4, 1), &part_ml);
+  if (st != KQ_OK) return st;
+  const int k = op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_CHUNK_F16 : KQ_K_ATTN_CHUNK_F32;
+  const cl_int pre = op->rope == KQ_ROPE_PRE, ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0,
+               halves = op->rope_layout == KQ_ROPE_HALVES;
+  cl_mem bmem = op->query_down ? op->query_down->mem : qp;
+  ARG(k, 0, qp);
+  ARG(k, 1, op->k_cache->mem);
+  ARG(k, 2, k_e);
+  ARG(k, 3, op->v_cache->mem);
+  ARG(k, 4, v_e);
+  ARG(k, 5, bmem);
+  ARG(k, 6, b_e);
+  ARG(k, 7, part_o);
+  ARG(k, 8, part_ml);
+  ARG(k, 9, op->n_queries);
+  ARG(k, 10, op->n_ctx);
+  ARG(k, 11, op->n_heads);
+  ARG(k, 12, g);
+  ARG(k, 13, op->head_dim);
+  ARG(k, 14, op->rank_k);
+  ARG(k, 15, op->rank_v);
+  ARG(k, 16, op->capacity);
+  ARG(k, 17, chunk);
+  ARG(k, 18, n_chunks);
+  ARG(k, 19, pre);
+  ARG(k, 20, ident);
+  ARG(k, 21, halves);
+  const float theta = op->rope_theta > 0.0f ? op->rope_theta : 10000.0f;
+  ARG(k, 22, theta);
+  ARG(k, 23, op->scale);
+  st = kq_ocl_arg(dev, k, 24, (size_t)g * chunk * sizeof(float), NULL);
+  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 25, (size_t)g * dq * sizeof(float), NULL);
+  if (st == KQ_OK)
+    st = kq_ocl_arg(dev, k, 26, ((size_t)op->head_dim / 2 + 1) * sizeof(float), NULL);
+  if (st != KQ_OK) goto out;
+  st = kq_ocl_launch(
+      dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, (size_t)op->n_queries},
+      (size_t[3]){wg, 1, 1});
+  if (st != KQ_OK) goto out;
+  const int kr = KQ_K_ATTN_REDUCE;
+  ARG(kr, 0, part_o);
+  ARG(kr, 1, part_ml);
+  ARG(kr, 2, op->out->mem);
+  ARG(kr, 3, out_e);
+  ARG(kr, 4, op->n_heads);
+  ARG(kr, 5, op->rank_v);
+  ARG(kr, 6, n_chunks);
+  st = kq_ocl_launch(
+      dev, kr, (size_t[3]){(size_t)op->rank_v, (size_t)op->n_heads, (size_t)op->n_queries}, NULL);
+out:
+  return st;
+}
+
+/* F32 view of a latent cache for CLBlast: the cache itself for F32 storage,
+ * else a widened copy [Hk, n_ctx, rank] in scratch `sid`. */
+static kq_status f32_view(kq_bdevice *dev, const kq_attend_op *op, const kq_buffer *cache,
+                          cl_ulong cache_e, cl_int rank, int sid, cl_mem *out, size_t *out_off,
+                          size_t *out_head_stride) {
+  kq_status st = KQ_OK;
+  if (op->storage == KQ_STORAGE_F32) {
+    *out = cache->mem;
+    *out_off = cache_e;
+    *out_head_stride = (size_t)op->capacity * rank;
+    return KQ_OK;
+  }
+  st = kq_ocl_scratch(dev, sid, prod4(op->n_kv_heads, op->n_ctx, rank, 4), out);
+  if (st != KQ_OK) return st;
+  const int k = KQ_K_WIDEN_F16;
+  ARG(k, 0, cache->mem);
+  ARG(k, 1, cache_e);
+  ARG(k, 2, op->capacity);
+  ARG(k, 3, *out);
+  ARG(k, 4, op->n_ctx);
+  ARG(k, 5, rank);
+  st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)rank, (size_t)op->n_ctx, (size_t)op->n_kv_heads},
+                     NULL);
+  *out_off = 0;
+  *out_head_stride = (size_t)op->n_ctx * rank;
+out:
+  return st;
+}
+
+/* Prefill through CLBlast: S = scale·Q̃K̃ᵀ per head, causal softmax, O = PṼ,
+ * in blocks of query rows so that S stays within KQ_OCL_SCORE_BUDGET. */
+static kq_status attend_gemm(kq_bdevice *dev, const kq_attend_op *op, cl_mem qt, cl_ulong k_e,
+                             cl_ulong v_e, cl_ulong out_e) {
+  cl_mem kmat, vmat, scores;
+  size_t k_off, v_off, k_hs, v_hs;
+  kq_status st = f32_view(dev, op, op->k_cache, k_e, op->rank_k, KQ_S_KWIDE, &kmat, &k_off, &k_hs);
+  if (st == KQ_OK)
+    st = f32_view(dev, op, op->v_cache, v_e, op->rank_v, KQ_S_VWIDE, &vmat, &v_off, &v_hs);
+  if (st != KQ_OK) return st;
+  const int64_t H = op->n_heads, m = op->n_queries, g = op->n_heads / op->n_kv_heads;
+  int64_t mb = (int64_t)(KQ_OCL_SCORE_BUDGET / ((size_t)H * op->n_ctx * sizeof(float)));
+  if (mb < 1) mb = 1;
+  if (mb > m) mb = m;
+  const size_t wg = wg_size(dev, 64);
+  for (int64_t j0 = 0; j0 < m; j0 += mb) {
+    const cl_int rows = (cl_int)(m - j0 < mb ? m - j0 : mb);
+    const cl_int first = (cl_int)(op->n_ctx - m + j0);
+    const cl_int cols = first + rows;
+    st = kq_ocl_scratch(dev, KQ_S_SCORES, prod4(H, rows, cols, 4), &scores);
+    for (int64_t h = 0; h < H && st == KQ_OK; ++h)
+      st = kq_ocl_gemm(dev, 1, rows, cols, op->rank_k, op->scale, qt,
+                       (size_t)(j0 * H + h) * op->rank_k, (size_t)H * op->rank_k, kmat,
+                       k_off + (size_t)(h / g) * k_hs, op->rank_k, scores, (size_t)h * rows * cols,
+                       cols);
+    if (st != KQ_OK) return st;
+    const int k = KQ_K_SOFTMAX_CAUSAL;
+    ARG(k, 0, scores);
+    ARG(k, 1, rows);
+    ARG(k, 2, cols);
+    ARG(k, 3, first);
+    st = kq_ocl_arg(dev, k, 4, wg * sizeof(float), NULL);
+    if (st == KQ_OK)
+      st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)rows * wg, (size_t)H, 1},
+                         (size_t[3]){wg, 1, 1});
+    for (int64_t h = 0; h < H && st == KQ_OK; ++h)
+      st = kq_ocl_gemm(dev, 0, rows, op->rank_v, cols, 1.0f, scores, (size_t)h * rows * cols, cols,
+                       vmat, v_off + (size_t)(h / g) * v_hs, op->rank_v, op->out->mem,
+                       out_e + (size_t)(j0 * H + h) * op->rank_v, (size_t)H * op->rank_v);
+    if (st != KQ_OK) return st;
+  }
+out:
+  return st;
+}
+
+kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
+  static const char *name = "attend";
+  if (op->n_queries <= 0 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
+      op->n_heads <= 0 || op->n_kv_heads <= 0 || op->n_heads % op->n_kv_heads != 0 ||
+      op->head_dim <= 0 || op->rank_k <= 0 || op->rank_v <= 0 || op->rank_k > op->head_dim ||
+      op->rank_v > op->head_dim)
+    return bad(dev, name, "shape out of range (queries, context, heads, head_dim, ranks)");
+  if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v1");
+  if (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16)
+    return bad(dev, name, "unknown storage type");
+  const int ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
+  if (ident && op->rank_k != op->head_dim) return bad(dev, name, "identity needs rank_k == d");
+  const int pre = op->rope == KQ_ROPE_PRE;
+  if (pre && op->head_dim % 2 != 0) return bad(dev, name, "pre-RoPE needs an even head_dim");
+  /* Same default as the CPU backend when the projections carry no theta. */
+  const float theta = op->rope_theta > 0.0f ? op->rope_theta : 10000.0f;
+  const size_t esz = op->storage == KQ_STORAGE_F16 ? 2 : 4;
+  cl_ulong q_e, a_e = 0, b_e = 0, k_e, v_e, out_e;
+  kq_status st = span(dev, name, "q", op->q, op->q_offset,
+                      prod4(op->n_queries, op->n_heads, op->head_dim, 1), 4, &q_e);
+  const size_t proj = prod4(op->n_kv_heads, op->head_dim, op->rank_k, 1);
+  if (st == KQ_OK && !ident)
+    st = span(dev, name, "query_down", op->query_down, op->query_down_offset, proj, 4, &b_e);
+  if (st == KQ_OK && !ident && pre)
+    st = span(dev, name, "key_down", op->key_down, op->key_down_offset, proj, 4, &a_e);
+  if (st == KQ_OK)
+    st = span(dev, name, "k_cache", op->k_cache, op->k_cache_offset,
+              prod4(op->n_kv_heads, op->capacity, op->rank_k, 1), esz, &k_e);
+  if (st == KQ_OK)
+    st = span(dev, name, "v_cache", op->v_cache, op->v_cache_offset,
+              prod4(op->n_kv_heads, op->capacity, op->rank_v, 1), esz, &v_e);
+  if (st == KQ_OK)
+    st = span(dev, name, "out", op->out, op->out_offset,
+              prod4(op->n_queries, op->n_heads, op->rank_v, 1), 4, &out_e);
+  if (st != KQ_OK) return st;
+
+  const cl_int H = op->n_heads, g = op->n_heads / op->n_kv_heads, d = op->head_dim, rk = op->rank_k,
+               m = op->n_queries;
+  const cl_int halves = op->rope_layout == KQ_ROPE_HALVES;
+  pthread_mutex_lock(&dev->lock);
+  cl_mem qt, qh;
+  st = kq_ocl_scratch(dev, KQ_S_QPREP, prod4(m, H, rk, 4), &qt);
+  if (st != KQ_OK) goto out;
+  {
+    const int k = KQ_K_QPROJ;
+    cl_mem bmem = ident ? op->q->mem : op->query_down->mem;
+    const cl_int id = ident;
+    ARG(k, 0, op->q->mem);
+    ARG(k, 1, q_e);
+    ARG(k, 2, bmem);
+    ARG(k, 3, b_e);
+    ARG(k, 4, qt);
+    ARG(k, 5, H);
+    ARG(k, 6, g);
+    ARG(k, 7, d);
+    ARG(k, 8, rk);
+    ARG(k, 9, id);
+    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)rk, (size_t)H, (size_t)m}, NULL);
+    if (st != KQ_OK) goto out;
+  }
+  if (pre) {
+    st = kq_ocl_scratch(dev, KQ_S_QROT, prod4(m, H, d, 4), &qh);
+    if (st != KQ_OK) goto out;
+    const int k = KQ_K_QROT;
+    cl_mem amem = ident ? qt : op->key_down->mem;
+    const cl_int id = ident;
+    ARG(k, 0, qt);
+    ARG(k, 1, amem);
+    ARG(k, 2, a_e);
+    ARG(k, 3, qh);
+    ARG(k, 4, m);
+    ARG(k, 5, op->n_ctx);
+    ARG(k, 6, H);
+    ARG(k, 7, g);
+    ARG(k, 8, d);
+    ARG(k, 9, rk);
+    ARG(k, 10, id);
+    ARG(k, 11, halves);
+    ARG(k, 12, theta);
+    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)d / 2, (size_t)H, (size_t)m}, NULL);
+    if (st != KQ_OK) goto out;
+    st = attend_fused(dev, op, qh, d, k_e, v_e, b_e, out_e);
+  } else if (m >= KQ_OCL_GEMM_MIN_QUERIES) {
+    st = attend_gemm(dev, op, qt, k_e, v_e, out_e);
+  } else {
+    st = attend_fused(dev, op, qt, rk, k_e, v_e, b_e, out_e);
+  }
+out:
+  pthread_mutex_unlock(&dev->lock);
+  return st;
+}
+
+kq_status kq_ocl_up(kq_bdevice *dev, const kq_up_op *op) {
+  static const char *name = "up";
+  if (op->n_queries <= 0 || op->n_heads <= 0 || op->n_kv_heads <= 0 ||
+      op->n_heads % op->n_kv_heads != 0 || op->head_dim <= 0 || op->rank_v <= 0 ||
+      op->rank_v > op->head_dim)
+    return bad(dev, name, "shape out of range (queries, heads, head_dim, rank_v)");
+  if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v1");
+  const int ident = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
+  if (ident && op->rank_v != op->head_dim) return bad(dev, name, "identity needs rank_v == d");
+  cl_ulong l_e, e_e = 0, o_e;
+  kq_status st = span(dev, name, "latent", op->latent, op->latent_offset,
+                      prod4(op->n_queries, op->n_heads, op->rank_v, 1), 4, &l_e);
+  if (st == KQ_OK && !ident)
+    st = span(dev, name, "value_up", op->value_up, op->value_up_offset,
+              prod4(op->n_kv_heads, op->head_dim, op->rank_v, 1), 4, &e_e);
+  if (st == KQ_OK)
+    st = span(dev, name, "out", op->out, op->out_offset,
+              prod4(op->n_queries, op->n_heads, op->head_dim, 1), 4, &o_e);
+  if (st != KQ_OK) return st;
+  const cl_int g = op->n_heads / op->n_kv_heads, id = ident;
+  cl_mem emem = ident ? op->latent->mem : op->value_up->mem;
+  const int k = KQ_K_UP;
+  pthread_mutex_lock(&dev->lock);
+  ARG(k, 0, op->latent->mem);
+  ARG(k, 1, l_e);
+  ARG(k, 2, emem);
+  ARG(k, 3, e_e);
+  ARG(k, 4, op->out->mem);
+  ARG(k, 5, o_e);
+  ARG(k, 6, op->n_heads);
+  ARG(k, 7, g);
+  ARG(k, 8, op->head_dim);
+  ARG(k, 9, op->rank_v);
+  ARG(k, 10, id);
+  st = kq_ocl_launch(
+      dev, k, (size_t[3]){(size_t)op->head_dim, (size_t)op->n_heads, (size_t)op->n_queries}, NULL);
+out:
+  pthread_mutex_unlock(&dev->lock);
+  return st;
+}

@@ -1,0 +1,111 @@
+/*
+ * kq_attend.cl — storage-independent attention kernels: query preparation,
+ * the split-K reduce, and the causal softmax of the CLBlast prefill path.
+ * Offsets are in elements; q is [n_q, H, head_dim], projections [Hk, d, r].
+ */
+
+/* t[j, h, c] = Σ_i q[j, h, i] B[h / g, i, c]   (identity: t = q, rank == d)
+ * global size (rank, H, n_q). */
+__kernel void kq_qproj(__global const float *q, ulong q_off, __global const float *bmat,
+                       ulong b_off, __global float *t, int n_heads, int group, int head_dim,
+                       int rank, int identity) {
+  const int c = get_global_id(0), h = get_global_id(1), j = get_global_id(2);
+  __global const float *qr = q + q_off + ((size_t)j * n_heads + h) * head_dim;
+  float acc;
+  if (identity) {
+    acc = qr[c];
+  } else {
+    __global const float *bh = bmat + b_off + (size_t)(h / group) * head_dim * rank;
+    acc = 0.0f;
+    for (int i = 0; i < head_dim; ++i) acc += qr[i] * bh[(size_t)i * rank + c];
+  }
+  t[((size_t)j * n_heads + h) * rank + c] = acc;
+}
+
+/* Pre-RoPE query: qh[j, h, :] = rot(t[j, h, :] Aᵀ, n_ctx - n_q + j), one rotary
+ * pair per work-item; identity: A = I. global size (head_dim / 2, H, n_q). */
+__kernel void kq_qrot(__global const float *t, __global const float *amat, ulong a_off,
+                      __global float *qh, int n_q, int n_ctx, int n_heads, int group,
+                      int head_dim, int rank, int identity, int halves, float theta) {
+  const int pr = get_global_id(0), h = get_global_id(1), j = get_global_id(2);
+  const int2 ab = kq_rope_pair(pr, head_dim, halves);
+  __global const float *tr = t + ((size_t)j * n_heads + h) * rank;
+  float xa, xb;
+  if (identity) {
+    xa = tr[ab.x];
+    xb = tr[ab.y];
+  } else {
+    __global const float *ah = amat + a_off + (size_t)(h / group) * head_dim * rank;
+    xa = 0.0f;
+    xb = 0.0f;
+    for (int c = 0; c < rank; ++c) {
+      xa += tr[c] * ah[(size_t)ab.x * rank + c];
+      xb += tr[c] * ah[(size_t)ab.y * rank + c];
+    }
+  }
+  const float ang = (float)(n_ctx - n_q + j) * kq_rope_freq(pr, head_dim, theta);
+  float cs;
+  const float sn = sincos(ang, &cs);
+  __global float *o = qh + ((size_t)j * n_heads + h) * head_dim;
+  o[ab.x] = xa * cs - xb * sn;
+  o[ab.y] = xa * sn + xb * cs;
+}
+
+/* Merges the split-K partials of kq_attn_chunk_*:
+ * out[j, h, d] = Σ_c e^{m_c - M} o_c[d] / Σ_c e^{m_c - M} l_c, M = max m_c.
+ * global size (rank_v, H, n_q). */
+__kernel void kq_attn_reduce(__global const float *part_o, __global const float *part_ml,
+                             __global float *out, ulong out_off, int n_heads, int rank_v,
+                             int n_chunks) {
+  const int d = get_global_id(0), h = get_global_id(1), j = get_global_id(2);
+  const size_t head = (size_t)j * n_heads + h;
+  __global const float *ml = part_ml + head * n_chunks * 2;
+  float mx = -INFINITY;
+  for (int c = 0; c < n_chunks; ++c)
+    if (ml[2 * c + 1] > 0.0f) mx = fmax(mx, ml[2 * c]);
+  float l = 0.0f, acc = 0.0f;
+  for (int c = 0; c < n_chunks; ++c) {
+    if (ml[2 * c + 1] > 0.0f) {
+      const float w = exp(ml[2 * c] - mx);
+      l += w * ml[2 * c + 1];
+      acc += w * part_o[(head * n_chunks + c) * rank_v + d];
+    }
+  }
+  out[out_off + head * rank_v + d] = acc / l;
+}
+
+/* Causal softmax in place over the rows of s [H, rows, cols]: row r of every
+ * head is query j0 + r at position first_pos + r and keeps columns <= that
+ * position (later ones become 0). Logits are already scaled. One work-group
+ * per row (group id 0 = row, 1 = head). */
+__kernel void kq_softmax_causal(__global float *s, int rows, int cols, int first_pos,
+                                __local float *red) {
+  const int lid = get_local_id(0), wg = get_local_size(0);
+  const int r = get_group_id(0), h = get_group_id(1);
+  __global float *row = s + ((size_t)h * rows + r) * cols;
+  const int n = min(first_pos + r + 1, cols);
+  float mx = -INFINITY;
+  for (int p = lid; p < n; p += wg) mx = fmax(mx, row[p]);
+  red[lid] = mx;
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (int k = wg / 2; k > 0; k /= 2) {
+    if (lid < k) red[lid] = fmax(red[lid], red[lid + k]);
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+  mx = red[0];
+  barrier(CLK_LOCAL_MEM_FENCE);
+  float l = 0.0f;
+  for (int p = lid; p < n; p += wg) {
+    const float e = exp(row[p] - mx);
+    row[p] = e;
+    l += e;
+  }
+  red[lid] = l;
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (int k = wg / 2; k > 0; k /= 2) {
+    if (lid < k) red[lid] += red[lid + k];
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+  const float inv = 1.0f / red[0];
+  for (int p = lid; p < cols; p += wg) row[p] = p < n ? row[p] * inv : 0.0f;
+}

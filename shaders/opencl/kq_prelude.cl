@@ -1,0 +1,17 @@
+/*
+ * kq_prelude.cl — shared definitions for every kqsvd OpenCL kernel (OpenCL C 1.2).
+ * The host builds one program from: this prelude, kq_kv_body.cl instantiated for
+ * F32 and for F16 storage, then kq_attend.cl, kq_up.cl and kq_copy.cl.
+ * F16 storage goes through vload_half / vstore_half_rte, which are core
+ * OpenCL C and need no cl_khr_fp16.
+ */
+
+/* Rotary angle frequency theta^(-2j/d), j = pair index. */
+inline float kq_rope_freq(int pair, int dim, float theta) {
+  return pow(theta, -2.0f * (float)pair / (float)dim);
+}
+
+/* Indices (a, b) of rotary pair `pair`: PAIRS layout = (2j, 2j+1), HALVES = (j, j + d/2). */
+inline int2 kq_rope_pair(int pair, int dim, int halves) {
+  return halves ? (int2)(pair, pair + dim / 2) : (int2)(2 * pair, 2 * pair + 1);
+}
