@@ -1,0 +1,324 @@
+/* Llama-family decoder: loading (hyper-parameters, dequantised weights,
+ * tokenizer) and the batched forward pass. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kq_gguf.h"
+#include "kq_llama.h"
+#include "kq_llama_ops.h"
+
+typedef struct layer_weights {
+  float *attn_norm, *wq, *wk, *wv, *wo;
+  float *ffn_norm, *w_gate, *w_up, *w_down;
+} layer_weights;
+
+struct kq_llama {
+  kq_llama_hparams hp;
+  int n_threads;
+  float *tok_embd; /* [n_vocab, n_embd] */
+  float *output;   /* [n_vocab, n_embd]; == tok_embd when tied */
+  float *output_norm;
+  layer_weights *layers;
+  kq_tokenizer *tok;
+};
+
+static kq_status get_u32_key(const kq_gguf *f, const char *arch, const char *suffix, int32_t *out) {
+  char key[128];
+  snprintf(key, sizeof key, "%s.%s", arch, suffix);
+  uint32_t v;
+  kq_status st = kq_gguf_get_u32(f, key, &v);
+  if (st != KQ_OK) return st;
+  if (v == 0 || v > (1u << 24))
+    return kq_set_error(KQ_ERR_FORMAT, "%s: %s = %u is out of range", kq_gguf_path(f), key, v);
+  *out = (int32_t)v;
+  return KQ_OK;
+}
+
+static kq_status read_hparams(const kq_gguf *f, kq_llama_hparams *hp) {
+  kq_gguf_str arch;
+  kq_status st = kq_gguf_get_str(f, "general.architecture", &arch);
+  if (st != KQ_OK) return st;
+  if (arch.len != 5 || memcmp(arch.ptr, "llama", 5))
+    return kq_set_error(KQ_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (llama)",
+                        kq_gguf_path(f), (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+  const char *a = "llama";
+  st = get_u32_key(f, a, "block_count", &hp->n_layers);
+  if (st == KQ_OK) st = get_u32_key(f, a, "embedding_length", &hp->n_embd);
+  if (st == KQ_OK) st = get_u32_key(f, a, "feed_forward_length", &hp->n_ff);
+  if (st == KQ_OK) st = get_u32_key(f, a, "attention.head_count", &hp->n_heads);
+  if (st == KQ_OK) st = get_u32_key(f, a, "context_length", &hp->n_ctx_train);
+  if (st != KQ_OK) return st;
+  hp->n_kv_heads = hp->n_heads;
+  if (kq_gguf_find_kv(f, "llama.attention.head_count_kv"))
+    st = get_u32_key(f, a, "attention.head_count_kv", &hp->n_kv_heads);
+  if (st != KQ_OK) return st;
+  if (hp->n_embd % hp->n_heads != 0 || hp->n_heads % hp->n_kv_heads != 0)
+    return kq_set_error(KQ_ERR_FORMAT, "%s: %d heads / %d kv heads do not divide width %d",
+                        kq_gguf_path(f), hp->n_heads, hp->n_kv_heads, hp->n_embd);
+  hp->head_dim = hp->n_embd / hp->n_heads;
+  if (hp->head_dim % 2 != 0)
+    return kq_set_error(KQ_ERR_FORMAT, "%s: head_dim %d is odd", kq_gguf_path(f), hp->head_dim);
+  if (kq_gguf_find_kv(f, "llama.rope.dimension_count")) {
+    int32_t rd = 0;
+    st = get_u32_key(f, a, "rope.dimension_count", &rd);
+    if (st != KQ_OK) return st;
+    if (rd != hp->head_dim)
+      return kq_set_error(KQ_ERR_UNSUPPORTED, "%s: partial RoPE (%d of %d dims) is not supported",
+                          kq_gguf_path(f), rd, hp->head_dim);
+  }
+  hp->rope_theta = 10000.0f;
+  if (kq_gguf_find_kv(f, "llama.rope.freq_base"))
+    st = kq_gguf_get_f32(f, "llama.rope.freq_base", &hp->rope_theta);
+  if (st == KQ_OK) st = kq_gguf_get_f32(f, "llama.attention.layer_norm_rms_epsilon", &hp->rms_eps);
+  if (st != KQ_OK) return st;
+  if (!(hp->rope_theta > 0) || !(hp->rms_eps > 0) || !isfinite(hp->rope_theta))
+    return kq_set_error(KQ_ERR_FORMAT, "%s: rope theta %g / rms epsilon %g out of range",
+                        kq_gguf_path(f), hp->rope_theta, hp->rms_eps);
+  if (kq_gguf_find_kv(f, "llama.rope.scaling.type")) {
+    kq_gguf_str s;
+    st = kq_gguf_get_str(f, "llama.rope.scaling.type", &s);
+    if (st != KQ_OK) return st;
+    if (!(s.len == 4 && !memcmp(s.ptr, "none", 4)))
+      return kq_set_error(KQ_ERR_UNSUPPORTED, "%s: RoPE scaling is not supported", kq_gguf_path(f));
+  }
+  return KQ_OK;
+}
+
+typedef struct load_job {
+  const kq_gguf *f;
+  kq_llama *m;
+} load_job;
+
+static kq_status load_layer(void *ctx, int64_t l) {
+  const load_job *j = ctx;
+  const kq_llama_hparams *hp = &j->m->hp;
+  layer_weights *w = &j->m->layers[l];
+  uint64_t D = (uint64_t)hp->n_embd, F = (uint64_t)hp->n_ff;
+  uint64_t KV = (uint64_t)hp->n_kv_heads * (uint64_t)hp->head_dim;
+  struct {
+    const char *suffix;
+    float **dst;
+    int n_dims;
+    uint64_t ne[2];
+  } spec[] = {
+      {"attn_norm.weight", &w->attn_norm, 1, {D, 0}}, {"attn_q.weight", &w->wq, 2, {D, D}},
+      {"attn_k.weight", &w->wk, 2, {D, KV}},          {"attn_v.weight", &w->wv, 2, {D, KV}},
+      {"attn_output.weight", &w->wo, 2, {D, D}},      {"ffn_norm.weight", &w->ffn_norm, 1, {D, 0}},
+      {"ffn_gate.weight", &w->w_gate, 2, {D, F}},     {"ffn_up.weight", &w->w_up, 2, {D, F}},
+      {"ffn_down.weight", &w->w_down, 2, {F, D}},
+  };
+  for (size_t k = 0; k < sizeof spec / sizeof spec[0]; k++) {
+    char name[KQ_GGUF_MAX_NAME];
+    snprintf(name, sizeof name, "blk.%lld.%s", (long long)l, spec[k].suffix);
+    kq_status st = kq_gguf_load_f32(j->f, name, spec[k].n_dims, spec[k].ne, spec[k].dst);
+    if (st != KQ_OK) return st;
+  }
+  return KQ_OK;
+}
+
+kq_status kq_llama_load(const char *path, int n_threads, kq_llama **out_model) {
+  *out_model = NULL;
+  kq_gguf *f = NULL;
+  kq_status st = kq_gguf_open(path, &f);
+  if (st != KQ_OK) return st;
+  kq_llama *m = calloc(1, sizeof *m);
+  if (!m) {
+    kq_gguf_close(f);
+    return kq_set_error(KQ_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+  }
+  m->n_threads = kq_thread_count(n_threads);
+  st = read_hparams(f, &m->hp);
+  if (st == KQ_OK) st = kq_tokenizer_load(f, &m->tok);
+  if (st == KQ_OK) {
+    m->hp.n_vocab = kq_tokenizer_vocab_size(m->tok);
+    m->layers = kq_calloc_array((size_t)m->hp.n_layers, sizeof *m->layers, "model layers");
+    if (!m->layers) st = KQ_ERR_OUT_OF_MEMORY;
+  }
+  uint64_t ev[2] = {(uint64_t)m->hp.n_embd, (uint64_t)m->hp.n_vocab};
+  if (st == KQ_OK) st = kq_gguf_load_f32(f, "token_embd.weight", 2, ev, &m->tok_embd);
+  if (st == KQ_OK) st = kq_gguf_load_f32(f, "output_norm.weight", 1, ev, &m->output_norm);
+  if (st == KQ_OK && kq_gguf_find_tensor(f, "output.weight"))
+    st = kq_gguf_load_f32(f, "output.weight", 2, ev, &m->output);
+  if (st == KQ_OK && !m->output) m->output = m->tok_embd; /* tied embeddings */
+  if (st == KQ_OK) {
+    load_job job = {.f = f, .m = m};
+    st = kq_parallel_for(m->hp.n_layers, m->n_threads, load_layer, &job);
+  }
+  kq_gguf_close(f);
+  if (st != KQ_OK) {
+    kq_llama_destroy(m);
+    return st;
+  }
+  *out_model = m;
+  return KQ_OK;
+}
+
+void kq_llama_destroy(kq_llama *m) {
+  if (!m) return;
+  if (m->layers)
+    for (int32_t l = 0; l < m->hp.n_layers; l++) {
+      layer_weights *w = &m->layers[l];
+      float *all[] = {w->attn_norm, w->wq,     w->wk,   w->wv,    w->wo,
+                      w->ffn_norm,  w->w_gate, w->w_up, w->w_down};
+      for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) free(all[k]);
+    }
+  free(m->layers);
+  if (m->output != m->tok_embd) free(m->output);
+  free(m->tok_embd);
+  free(m->output_norm);
+  kq_tokenizer_destroy(m->tok);
+  free(m);
+}
+
+const kq_llama_hparams *kq_llama_get_hparams(const kq_llama *m) {
+  return &m->hp;
+}
+const kq_tokenizer *kq_llama_get_tokenizer(const kq_llama *m) {
+  return m->tok;
+}
+
+void kq_llama_rope(float *x, int32_t n, int32_t n_heads, int32_t head_dim, int32_t pos0,
+                   float theta) {
+  for (int32_t t = 0; t < n; t++) {
+    double pos = (double)pos0 + t;
+    for (int32_t j = 0; j < head_dim / 2; j++) {
+      double angle = pos * pow((double)theta, -2.0 * j / head_dim);
+      float c = (float)cos(angle), s = (float)sin(angle);
+      for (int32_t h = 0; h < n_heads; h++) {
+        float *p = x + ((size_t)t * n_heads + h) * head_dim + 2 * j;
+        float a = p[0], b = p[1];
+        p[0] = a * c - b * s;
+        p[1] = a * s + b * c;
+      }
+    }
+  }
+}
+
+/* Scratch for one forward call of n tokens. */
+typedef struct scratch {
+  float *x, *xn, *q, *k, *v, *qr, *kr, *att, *gate, *up;
+} scratch;
+
+static void scratch_free(scratch *s) {
+  float *all[] = {s->x, s->xn, s->q, s->k, s->v, s->qr, s->kr, s->att, s->gate, s->up};
+  for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) free(all[k]);
+}
+
+static kq_status scratch_alloc(scratch *s, const kq_llama_hparams *hp, size_t n) {
+  size_t D = (size_t)hp->n_embd, KV = (size_t)hp->n_kv_heads * hp->head_dim;
+  size_t F = (size_t)hp->n_ff;
+  memset(s, 0, sizeof *s);
+  s->x = kq_malloc_array(n, D * sizeof(float), "forward scratch");
+  s->xn = kq_malloc_array(n, D * sizeof(float), "forward scratch");
+  s->q = kq_malloc_array(n, D * sizeof(float), "forward scratch");
+  s->qr = kq_malloc_array(n, D * sizeof(float), "forward scratch");
+  s->att = kq_malloc_array(n, D * sizeof(float), "forward scratch");
+  s->k = kq_malloc_array(n, KV * sizeof(float), "forward scratch");
+  s->kr = kq_malloc_array(n, KV * sizeof(float), "forward scratch");
+  s->v = kq_malloc_array(n, KV * sizeof(float), "forward scratch");
+  s->gate = kq_malloc_array(n, F * sizeof(float), "forward scratch");
+  s->up = kq_malloc_array(n, F * sizeof(float), "forward scratch");
+  if (!s->x || !s->xn || !s->q || !s->qr || !s->att || !s->k || !s->kr || !s->v || !s->gate ||
+      !s->up) {
+    scratch_free(s);
+    return KQ_ERR_OUT_OF_MEMORY;
+  }
+  return KQ_OK;
+}
+
+static kq_status run_layer(kq_llama *m, const kq_llama_attention *attn, const kq_llama_eval *ev,
+                           int32_t l, scratch *s) {
+  const kq_llama_hparams *hp = &m->hp;
+  const layer_weights *w = &m->layers[l];
+  int32_t n = ev->n, D = hp->n_embd, KV = hp->n_kv_heads * hp->head_dim, F = hp->n_ff;
+  int nt = m->n_threads;
+  kq_llama_rmsnorm(s->xn, s->x, w->attn_norm, n, D, hp->rms_eps);
+  kq_status st = kq_llama_matmul(s->q, s->xn, w->wq, n, D, D, nt);
+  if (st == KQ_OK) st = kq_llama_matmul(s->k, s->xn, w->wk, n, KV, D, nt);
+  if (st == KQ_OK) st = kq_llama_matmul(s->v, s->xn, w->wv, n, KV, D, nt);
+  if (st != KQ_OK) return st;
+  memcpy(s->qr, s->q, (size_t)n * D * sizeof(float));
+  memcpy(s->kr, s->k, (size_t)n * KV * sizeof(float));
+  kq_llama_rope(s->qr, n, hp->n_heads, hp->head_dim, ev->pos0, hp->rope_theta);
+  kq_llama_rope(s->kr, n, hp->n_kv_heads, hp->head_dim, ev->pos0, hp->rope_theta);
+  if (ev->tap) {
+    st = ev->tap(ev->tap_user, l, n, s->q, s->k, s->qr, s->kr, s->v);
+    if (st != KQ_OK) return st;
+  }
+  const float *qa = attn->rotate ? s->qr : s->q, *ka = attn->rotate ? s->kr : s->k;
+  st = attn->append(attn->ctx, l, n, ka, s->v);
+  if (st == KQ_OK) st = attn->attend(attn->ctx, l, n, qa, s->att);
+  if (st != KQ_OK) return kq_error_prefix(st, "layer %d attention", l);
+  st = kq_llama_matmul(s->xn, s->att, w->wo, n, D, D, nt);
+  if (st != KQ_OK) return st;
+  for (size_t j = 0; j < (size_t)n * D; j++) s->x[j] += s->xn[j];
+  kq_llama_rmsnorm(s->xn, s->x, w->ffn_norm, n, D, hp->rms_eps);
+  st = kq_llama_matmul(s->gate, s->xn, w->w_gate, n, F, D, nt);
+  if (st == KQ_OK) st = kq_llama_matmul(s->up, s->xn, w->w_up, n, F, D, nt);
+  if (st != KQ_OK) return st;
+  kq_llama_swiglu(s->gate, s->up, (size_t)n * F);
+  st = kq_llama_matmul(s->xn, s->gate, w->w_down, n, D, F, nt);
+  if (st != KQ_OK) return st;
+  for (size_t j = 0; j < (size_t)n * D; j++) s->x[j] += s->xn[j];
+  return KQ_OK;
+}
+
+kq_status kq_llama_forward(kq_llama *m, const kq_llama_attention *attn, const kq_llama_eval *ev) {
+  const kq_llama_hparams *hp = &m->hp;
+  if (!attn || !ev || !ev->tokens || ev->n <= 0 || ev->pos0 < 0)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "llama: forward needs n > 0 tokens");
+  for (int32_t t = 0; t < ev->n; t++)
+    if (ev->tokens[t] < 0 || ev->tokens[t] >= hp->n_vocab)
+      return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "llama: token %d at index %d is not in [0, %d)",
+                          ev->tokens[t], t, hp->n_vocab);
+  scratch s;
+  kq_status st = scratch_alloc(&s, hp, (size_t)ev->n);
+  if (st != KQ_OK) return st;
+  size_t D = (size_t)hp->n_embd;
+  for (int32_t t = 0; t < ev->n; t++)
+    memcpy(s.x + t * D, m->tok_embd + (size_t)ev->tokens[t] * D, D * sizeof(float));
+  for (int32_t l = 0; l < hp->n_layers && st == KQ_OK; l++) st = run_layer(m, attn, ev, l, &s);
+  if (st == KQ_OK && ev->logits) {
+    int32_t first = ev->last_only ? ev->n - 1 : 0, rows = ev->n - first;
+    kq_llama_rmsnorm(s.xn, s.x + first * D, m->output_norm, rows, hp->n_embd, hp->rms_eps);
+    st = kq_llama_matmul(ev->logits, s.xn, m->output, rows, hp->n_vocab, hp->n_embd, m->n_threads);
+  }
+  scratch_free(&s);
+  return st;
+}
+
+kq_projections_info kq_llama_projection_info(const kq_llama *m) {
+  kq_projections_info info = {
+      .method = KQ_METHOD_KQSVD,
+      .n_layers = m->hp.n_layers,
+      .n_heads = m->hp.n_heads,
+      .n_kv_heads = m->hp.n_kv_heads,
+      .head_dim = m->hp.head_dim,
+      .rope = KQ_ROPE_POST,
+      .rope_layout = KQ_ROPE_PAIRS,
+      .rope_theta = m->hp.rope_theta,
+  };
+  return info;
+}
+
+kq_status kq_llama_check_projections(const kq_llama *m, const kq_projections_info *info) {
+  const kq_llama_hparams *hp = &m->hp;
+  if (info->n_layers != hp->n_layers || info->n_heads != hp->n_heads ||
+      info->n_kv_heads != hp->n_kv_heads || info->head_dim != hp->head_dim)
+    return kq_set_error(KQ_ERR_FORMAT,
+                        "projections are for %d layers, %d heads, %d kv heads, head_dim %d; "
+                        "the model has %d, %d, %d, %d",
+                        info->n_layers, info->n_heads, info->n_kv_heads, info->head_dim,
+                        hp->n_layers, hp->n_heads, hp->n_kv_heads, hp->head_dim);
+  if (info->rope == KQ_ROPE_PRE) {
+    if (info->rope_layout != KQ_ROPE_PAIRS)
+      return kq_set_error(KQ_ERR_FORMAT, "projections rotate in the halves layout; this GGUF "
+                                         "llama model uses pairs");
+    if (fabsf(info->rope_theta - hp->rope_theta) > 1e-3f * hp->rope_theta)
+      return kq_set_error(KQ_ERR_FORMAT, "projections use rope_theta %g; the model uses %g",
+                          info->rope_theta, hp->rope_theta);
+  }
+  return KQ_OK;
+}
