@@ -1,0 +1,155 @@
+/*
+ * reference.c — float64 reference of latent projection, RoPE and causal
+ * latent attention (see reference.h). Plain loops, written for clarity, not
+ * speed: the suite keeps its sizes small enough for that.
+ */
+#include "reference.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+double kqc_round_f16(double x) {
+  if (x == 0.0 || !isfinite(x)) return x;
+  double a = fabs(x);
+  /* Halfway between the largest finite binary16 (65504) and the next step. */
+  if (a >= 65520.0) return copysign(INFINITY, x);
+  int e2;
+  (void)frexp(a, &e2); /* a = f * 2^e2, f in [0.5, 1): exponent of a is e2 - 1 */
+  int e = e2 - 1;
+  if (e < -14) e = -14; /* subnormal range: fixed spacing 2^-24 */
+  double ulp = ldexp(1.0, e - 10);
+  /* rint rounds to nearest, ties to even, in the default rounding mode; a/ulp
+   * and the product are exact in double (powers of two, 11-bit result). */
+  return copysign(rint(a / ulp) * ulp, x);
+}
+
+void kqc_ref_project(const float *x, const float *proj, int32_t n, int32_t n_kv, int32_t d,
+                     int32_t r, kq_storage storage, double *out, int32_t ld, int32_t row0) {
+  for (int32_t h = 0; h < n_kv; h++) {
+    const float *p = proj + (size_t)h * d * r;
+    for (int32_t t = 0; t < n; t++) {
+      const float *xt = x + ((size_t)t * n_kv + h) * d;
+      double *o = out + ((size_t)h * ld + row0 + t) * r;
+      for (int32_t j = 0; j < r; j++) {
+        double s = 0.0;
+        for (int32_t i = 0; i < d; i++) s += (double)xt[i] * (double)p[(size_t)i * r + j];
+        o[j] = storage == KQ_STORAGE_F16 ? kqc_round_f16(s) : s;
+      }
+    }
+  }
+}
+
+void kqc_ref_rope(double *x, int32_t d, double pos, double theta, kq_rope_layout layout) {
+  int32_t half = d / 2;
+  for (int32_t j = 0; j < half; j++) {
+    double angle = pos * pow(theta, -2.0 * j / d);
+    double c = cos(angle), s = sin(angle);
+    int32_t i0 = layout == KQ_ROPE_PAIRS ? 2 * j : j;
+    int32_t i1 = layout == KQ_ROPE_PAIRS ? 2 * j + 1 : j + half;
+    double a = x[i0], b = x[i1];
+    x[i0] = a * c - b * s;
+    x[i1] = a * s + b * c;
+  }
+}
+
+/* v[d] = lat[r] · M[d, r]ᵀ  (M row-major [d, r] float32). */
+static void times_transpose(const double *lat, const float *m, int32_t d, int32_t r, double *v) {
+  for (int32_t i = 0; i < d; i++) {
+    double s = 0.0;
+    for (int32_t j = 0; j < r; j++) s += lat[j] * (double)m[(size_t)i * r + j];
+    v[i] = s;
+  }
+}
+
+/* out[r] = x[d] · M[d, r]. */
+static void times(const double *x, const float *m, int32_t d, int32_t r, double *out) {
+  for (int32_t j = 0; j < r; j++) out[j] = 0.0;
+  for (int32_t i = 0; i < d; i++)
+    for (int32_t j = 0; j < r; j++) out[j] += x[i] * (double)m[(size_t)i * r + j];
+}
+
+int kqc_ref_attend(const kqc_ref_problem *pb, const double *klat, const double *vlat, int32_t ld,
+                   int32_t n_ctx, int32_t m, const float *q, kq_output output, double *out,
+                   kqc_ref_stats *stats) {
+  int32_t H = pb->n_heads, Hk = pb->n_kv_heads, d = pb->head_dim, rk = pb->rank_k, rv = pb->rank_v;
+  if (m < 1 || m > n_ctx || n_ctx > ld || Hk < 1 || H % Hk != 0 || d < 2 || d % 2 != 0) return -1;
+  int32_t g = H / Hk;
+  int pre = pb->rope == KQ_ROPE_PRE;
+  /* The width of the vectors the logits dot: d for PRE (rotated in the full
+   * space), rank_k otherwise. */
+  int32_t w = pre ? d : rk;
+  double *keys = malloc(sizeof(double) * (size_t)n_ctx * w);
+  double *qv = malloc(sizeof(double) * (size_t)(d > rk ? d : rk) * 2);
+  double *logits = malloc(sizeof(double) * (size_t)n_ctx);
+  double *z = malloc(sizeof(double) * (size_t)rv);
+  if (!keys || !qv || !logits || !z) {
+    free(keys), free(qv), free(logits), free(z);
+    return -1;
+  }
+  double *qt = qv, *qh = qv + (d > rk ? d : rk);
+  double scale = 1.0 / sqrt((double)d), smax = 0.0, ssq = 0.0, count = 0.0;
+  size_t out_w = output == KQ_OUTPUT_FULL ? (size_t)d : (size_t)rv;
+  for (int32_t kv = 0; kv < Hk; kv++) {
+    const float *A = pb->key_down + (size_t)kv * d * rk;
+    const float *B = pb->query_down + (size_t)kv * d * rk;
+    const float *E = pb->value_up + (size_t)kv * d * rv;
+    const double *kl = klat + (size_t)kv * ld * rk;
+    const double *vl = vlat + (size_t)kv * ld * rv;
+    /* The keys the logits read: latents, or (PRE) k̂_p = rot(k̃_p Bᵀ, p). */
+    for (int32_t p = 0; p < n_ctx; p++) {
+      if (pre) {
+        times_transpose(kl + (size_t)p * rk, B, d, rk, keys + (size_t)p * d);
+        kqc_ref_rope(keys + (size_t)p * d, d, p, pb->theta, pb->layout);
+      } else {
+        memcpy(keys + (size_t)p * rk, kl + (size_t)p * rk, sizeof(double) * rk);
+      }
+    }
+    for (int32_t hh = 0; hh < g; hh++) {
+      int32_t h = kv * g + hh;
+      for (int32_t j = 0; j < m; j++) {
+        int32_t pos = n_ctx - m + j;
+        const float *qf = q + ((size_t)j * H + h) * d;
+        for (int32_t i = 0; i < d; i++) qh[i] = qf[i];
+        times(qh, B, d, rk, qt); /* q̃ = q B */
+        const double *qq = qt;
+        if (pre) { /* q̂ = rot(q̃ Aᵀ, pos) */
+          times_transpose(qt, A, d, rk, qh);
+          kqc_ref_rope(qh, d, pos, pb->theta, pb->layout);
+          qq = qh;
+        }
+        double mx = -INFINITY;
+        for (int32_t p = 0; p <= pos; p++) {
+          double s = 0.0;
+          for (int32_t i = 0; i < w; i++) s += qq[i] * keys[(size_t)p * w + i];
+          s *= scale;
+          logits[p] = s;
+          if (s > mx) mx = s;
+          if (fabs(s) > smax) smax = fabs(s);
+          ssq += s * s;
+          count += 1.0;
+        }
+        double den = 0.0;
+        for (int32_t c = 0; c < rv; c++) z[c] = 0.0;
+        for (int32_t p = 0; p <= pos; p++) {
+          double e = exp(logits[p] - mx);
+          den += e;
+          const double *vp = vl + (size_t)p * rv;
+          for (int32_t c = 0; c < rv; c++) z[c] += e * vp[c];
+        }
+        for (int32_t c = 0; c < rv; c++) z[c] /= den;
+        double *o = out + ((size_t)j * H + h) * out_w;
+        if (output == KQ_OUTPUT_FULL)
+          times_transpose(z, E, d, rv, o);
+        else
+          memcpy(o, z, sizeof(double) * rv);
+      }
+    }
+  }
+  if (stats) {
+    stats->logit_max = smax;
+    stats->logit_rms = count > 0 ? sqrt(ssq / count) : 0.0;
+  }
+  free(keys), free(qv), free(logits), free(z);
+  return 0;
+}

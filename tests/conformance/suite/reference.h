@@ -1,0 +1,70 @@
+/*
+ * reference.h — float64 reference of compressed attention (SPEC §1, §4),
+ * written independently of the library for the conformance suite. Test code
+ * only: never linked into libkqsvd.
+ *
+ * Inputs are the exact float32 arrays handed to a device; everything is
+ * computed in double. F16 storage is modelled: each latent element is the
+ * exact (double) projection rounded once to the nearest binary16 value (ties
+ * to even), which is what a correct device stores up to its own float32
+ * rounding of the projection before the conversion.
+ */
+#ifndef KQC_REFERENCE_H
+#define KQC_REFERENCE_H
+
+#include <stdint.h>
+
+#include "kqsvd.h"
+
+/* Rounds x to the nearest IEEE binary16 value (ties to even, subnormals
+ * kept, overflow to ±Inf), returned as a double. */
+double kqc_round_f16(double x);
+
+/* Latent projection of n tokens for every kv head:
+ *   out[h, row0 + t, :] = x[t, h, :] · proj[h]        t < n
+ * x [n, n_kv, d] float32, proj [n_kv, d, r] float32, out [n_kv, ld, r]
+ * double (ld = rows reserved per head, row0 + n <= ld). With F16 storage
+ * every element of out is rounded by kqc_round_f16. */
+void kqc_ref_project(const float *x, const float *proj, int32_t n, int32_t n_kv, int32_t d,
+                     int32_t r, kq_storage storage, double *out, int32_t ld, int32_t row0);
+
+/* Rotates x[d] in place by RoPE at position pos (SPEC §1): pair j (j < d/2)
+ * is (x[2j], x[2j+1]) for PAIRS or (x[j], x[j+d/2]) for HALVES, turned by
+ * the angle pos · theta^(-2j/d): (a, b) -> (a cos − b sin, a sin + b cos).
+ * d must be even. */
+void kqc_ref_rope(double *x, int32_t d, double pos, double theta, kq_rope_layout layout);
+
+/* The attention problem: shapes, RoPE, and the projections that attention
+ * itself reads (A, B for queries and PRE keys, E for full outputs), each
+ * [n_kv_heads, head_dim, rank] float32. */
+typedef struct kqc_ref_problem {
+  int32_t n_heads, n_kv_heads, head_dim, rank_k, rank_v;
+  kq_rope_mode rope;
+  kq_rope_layout layout;
+  double theta;
+  const float *key_down;   /* A */
+  const float *query_down; /* B */
+  const float *value_up;   /* E */
+} kqc_ref_problem;
+
+/* Statistics of the logits the reference computed (for thresholds). */
+typedef struct kqc_ref_stats {
+  double logit_max; /* max |logit| over every (query, head, position) */
+  double logit_rms; /* root mean square logit */
+} kqc_ref_stats;
+
+/* Causal attention for the last m of n_ctx positions (query j sits at
+ * position n_ctx − m + j and sees positions 0..itself):
+ *   klat [n_kv, ld, rank_k], vlat [n_kv, ld, rank_v] double latents (rows
+ *   0..n_ctx−1 valid), q [m, n_heads, head_dim] float32.
+ *   out [m, n_heads, rank_v] (KQ_OUTPUT_LATENT: P Ṽ) or
+ *   [m, n_heads, head_dim] (KQ_OUTPUT_FULL: (P Ṽ) Eᵀ).
+ * Query head h reads kv head h / (n_heads / n_kv_heads); scale 1/sqrt(d).
+ * NONE/POST: logit = (q B)·k̃ / sqrt(d). PRE: logit = rot(q B Aᵀ, pos_q) ·
+ * rot(k̃ Bᵀ, p) / sqrt(d). Returns 0, or -1 on bad arguments (m < 1,
+ * m > n_ctx, ...) or allocation failure; stats may be NULL. */
+int kqc_ref_attend(const kqc_ref_problem *pb, const double *klat, const double *vlat, int32_t ld,
+                   int32_t n_ctx, int32_t m, const float *q, kq_output output, double *out,
+                   kqc_ref_stats *stats);
+
+#endif /* KQC_REFERENCE_H */

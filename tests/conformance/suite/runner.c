@@ -1,0 +1,368 @@
+/*
+ * runner.c — runs conformance cases on a device through the public cache API
+ * (kq_cache_append / attend / truncate) and compares every attend with the
+ * float64 reference.
+ */
+#include <math.h>
+#include <regex.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "conformance.h"
+#include "data.h"
+#include "reference.h"
+
+#define KQC_THETA 10000.0
+
+/* Everything one case owns. Latents are the reference's, [Hk, n, r]. */
+typedef struct kqc_state {
+  const kqc_case *c;
+  kqc_result *res;
+  int32_t n, ow; /* tokens generated (>= 1), output width per head */
+  float *A, *B, *C, *E;
+  float *own; /* identity matrices of an identity case, owned */
+  float *keys, *values, *queries;
+  float *stale_keys, *stale_values; /* truncate cases: what is cut off */
+  double *klat, *vlat, *klat_stale, *vlat_stale;
+  float *out;
+  double *ref;
+  double num, den; /* Σ(a−b)², Σb² over every compared attend */
+  double worst;    /* other NMSEs that must stay below the threshold */
+  kqc_ref_stats stats;
+} kqc_state;
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Marks the case failed with a message; the first failure is kept. */
+static int fail(kqc_state *r, const char *fmt, ...) {
+  if (r->res->error[0]) return -1;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(r->res->error, sizeof r->res->error, fmt, ap);
+  va_end(ap);
+  r->res->pass = 0;
+  return -1;
+}
+
+static int fail_status(kqc_state *r, const char *what, kq_status st) {
+  return fail(r, "%s: %s: %s", what, kq_status_string(st), kq_last_error());
+}
+
+static void *alloc(kqc_state *r, size_t count, size_t size) {
+  void *p = calloc(count ? count : 1, size);
+  if (!p) fail(r, "out of host memory (%zu x %zu bytes)", count, size);
+  return p;
+}
+
+static void release(kqc_state *r) {
+  free(r->own), free(r->keys), free(r->values), free(r->queries);
+  free(r->stale_keys), free(r->stale_values);
+  free(r->klat), free(r->vlat), free(r->klat_stale), free(r->vlat_stale);
+  free(r->out), free(r->ref);
+}
+
+/* Projections on the host: random pairs (data.h), or identity. The matrices
+ * the reference reads are r->A..E: for identity cases the suite's own
+ * identity matrices, never the library's. */
+static int make_projections(kqc_state *r, kqc_rng *rng, kq_projections **out) {
+  const kqc_case *c = r->c;
+  kq_projections_info info = {.method = KQ_METHOD_KQSVD,
+                              .n_layers = 1,
+                              .n_heads = c->n_heads,
+                              .n_kv_heads = c->n_kv_heads,
+                              .head_dim = c->head_dim,
+                              .rope = c->rope,
+                              .rope_layout = c->layout,
+                              .rope_theta = (float)KQC_THETA};
+  int32_t d = c->head_dim, Hk = c->n_kv_heads;
+  kq_status st;
+  if (c->identity) {
+    if ((st = kq_projections_create_identity(&info, out)) != KQ_OK)
+      return fail_status(r, "kq_projections_create_identity", st);
+    size_t sz = (size_t)Hk * d * d;
+    if (!(r->own = alloc(r, sz, sizeof(float)))) return -1;
+    for (int32_t h = 0; h < Hk; h++)
+      for (int32_t i = 0; i < d; i++) r->own[((size_t)h * d + i) * d + i] = 1.0f;
+    r->A = r->B = r->C = r->E = r->own;
+    return 0;
+  }
+  int32_t rk = c->rank_k, rv = c->rank_v;
+  if ((st = kq_projections_create(&info, &rk, &rv, out)) != KQ_OK)
+    return fail_status(r, "kq_projections_create", st);
+  kq_projection_layer L;
+  if ((st = kq_projections_layer(*out, 0, &L)) != KQ_OK)
+    return fail_status(r, "kq_projections_layer", st);
+  if (L.rank_k != rk || L.rank_v != rv)
+    return fail(r, "kq_projections_layer: ranks %d/%d, expected %d/%d", (int)L.rank_k,
+                (int)L.rank_v, (int)rk, (int)rv);
+  if (kqc_make_projection_pair(rng, Hk, d, rk, sqrt((double)d / rk), L.key_down, L.query_down) ||
+      kqc_make_projection_pair(rng, Hk, d, rv, 1.0, L.value_down, L.value_up))
+    return fail(r, "out of host memory (projections)");
+  r->A = L.key_down, r->B = L.query_down, r->C = L.value_down, r->E = L.value_up;
+  return 0;
+}
+
+/* Inputs and the reference's latents of the final sequence (and of the
+ * stale one that a truncate case cuts off). */
+static int make_data(kqc_state *r, kqc_rng *rng) {
+  const kqc_case *c = r->c;
+  int32_t d = c->head_dim, Hk = c->n_kv_heads, H = c->n_heads;
+  size_t nkv = (size_t)r->n * Hk * d;
+  r->keys = alloc(r, nkv, sizeof(float));
+  r->values = alloc(r, nkv, sizeof(float));
+  /* Error cases may ask for more queries than tokens: rows for max(n, m). */
+  int32_t rows = r->n > c->m ? r->n : c->m;
+  r->queries = alloc(r, (size_t)rows * H * d, sizeof(float));
+  r->klat = alloc(r, (size_t)Hk * r->n * c->rank_k, sizeof(double));
+  r->vlat = alloc(r, (size_t)Hk * r->n * c->rank_v, sizeof(double));
+  r->out = alloc(r, (size_t)rows * H * r->ow, sizeof(float));
+  r->ref = alloc(r, (size_t)rows * H * r->ow, sizeof(double));
+  if (!r->keys || !r->values || !r->queries || !r->klat || !r->vlat || !r->out || !r->ref)
+    return -1;
+  kqc_fill_normal(rng, r->keys, nkv, 1.0);
+  kqc_fill_normal(rng, r->values, nkv, 1.0);
+  kqc_fill_normal(rng, r->queries, (size_t)rows * H * d, c->qscale > 0 ? c->qscale : 1.5);
+  kqc_ref_project(r->keys, r->A, r->n, Hk, d, c->rank_k, c->storage, r->klat, r->n, 0);
+  kqc_ref_project(r->values, r->C, r->n, Hk, d, c->rank_v, c->storage, r->vlat, r->n, 0);
+  if (c->truncate_to > 0) {
+    /* Same first truncate_to tokens, different ones after. */
+    r->stale_keys = alloc(r, nkv, sizeof(float));
+    r->stale_values = alloc(r, nkv, sizeof(float));
+    r->klat_stale = alloc(r, (size_t)Hk * r->n * c->rank_k, sizeof(double));
+    r->vlat_stale = alloc(r, (size_t)Hk * r->n * c->rank_v, sizeof(double));
+    if (!r->stale_keys || !r->stale_values || !r->klat_stale || !r->vlat_stale) return -1;
+    size_t keep = (size_t)c->truncate_to * Hk * d;
+    memcpy(r->stale_keys, r->keys, keep * sizeof(float));
+    memcpy(r->stale_values, r->values, keep * sizeof(float));
+    kqc_fill_normal(rng, r->stale_keys + keep, nkv - keep, 1.0);
+    kqc_fill_normal(rng, r->stale_values + keep, nkv - keep, 1.0);
+    kqc_ref_project(r->stale_keys, r->A, r->n, Hk, d, c->rank_k, c->storage, r->klat_stale, r->n,
+                    0);
+    kqc_ref_project(r->stale_values, r->C, r->n, Hk, d, c->rank_v, c->storage, r->vlat_stale, r->n,
+                    0);
+  }
+  return 0;
+}
+
+static double nmse_of(const float *a, const double *b, size_t count, double *num, double *den) {
+  double nu = 0, de = 0;
+  for (size_t i = 0; i < count; i++) {
+    double e = (double)a[i] - b[i];
+    nu += e * e;
+    de += b[i] * b[i];
+  }
+  if (num) *num += nu, *den += de;
+  return nu / de;
+}
+
+/* Attends the last m of `len` tokens on the device and the reference
+ * (latents klat/vlat) and accumulates the squared errors. */
+static int attend_and_compare(kqc_state *r, kq_cache *cache, int32_t len, int32_t m,
+                              const double *klat, const double *vlat) {
+  const kqc_case *c = r->c;
+  int32_t H = c->n_heads;
+  size_t count = (size_t)m * H * r->ow;
+  for (size_t i = 0; i < count; i++) r->out[i] = NAN; /* unwritten outputs fail */
+  const float *q = r->queries + (size_t)(len - m) * H * c->head_dim;
+  kq_status st = kq_cache_attend(cache, 0, m, q, c->output, r->out);
+  if (st != KQ_OK) return fail_status(r, "kq_cache_attend", st);
+  kqc_ref_problem pb = {.n_heads = H,
+                        .n_kv_heads = c->n_kv_heads,
+                        .head_dim = c->head_dim,
+                        .rank_k = c->rank_k,
+                        .rank_v = c->rank_v,
+                        .rope = c->rope,
+                        .layout = c->layout,
+                        .theta = KQC_THETA,
+                        .key_down = r->A,
+                        .query_down = r->B,
+                        .value_up = r->E};
+  kqc_ref_stats stats;
+  if (kqc_ref_attend(&pb, klat, vlat, r->n, len, m, q, c->output, r->ref, &stats))
+    return fail(r, "reference attention failed (len %d, m %d)", (int)len, (int)m);
+  r->stats.logit_max = fmax(r->stats.logit_max, stats.logit_max);
+  r->stats.logit_rms = fmax(r->stats.logit_rms, stats.logit_rms);
+  double e = nmse_of(r->out, r->ref, count, &r->num, &r->den);
+  if (!(e == e)) return fail(r, "attend at length %d, m %d: non-finite output", (int)len, (int)m);
+  return 0;
+}
+
+/* Appends tokens [from, to) of keys/values (one call or growing chunks, each
+ * followed by an attend) and ends with an attend of the case's m queries. */
+static int fill(kqc_state *r, kq_cache *cache, int32_t from, int32_t to, kqc_append mode,
+                const float *keys, const float *values, const double *klat, const double *vlat) {
+  static const int32_t chunks[] = {1, 3, 8, 21, 55, 144, 377, 987};
+  const kqc_case *c = r->c;
+  size_t row = (size_t)c->n_kv_heads * c->head_dim;
+  int32_t len = from;
+  for (int k = 0; len < to; k++) {
+    int32_t step = mode == KQC_APPEND_ONE ? to - len : chunks[k % 8];
+    if (step > to - len) step = to - len;
+    kq_status st = kq_cache_append(cache, 0, step, keys + len * row, values + len * row);
+    if (st != KQ_OK) return fail_status(r, "kq_cache_append", st);
+    len += step;
+    if (kq_cache_length(cache, 0) != len)
+      return fail(r, "kq_cache_length is %d after appending up to %d",
+                  (int)kq_cache_length(cache, 0), (int)len);
+    if (len < to && attend_and_compare(r, cache, len, step < c->m ? step : c->m, klat, vlat))
+      return -1;
+  }
+  return attend_and_compare(r, cache, to, c->m, klat, vlat);
+}
+
+static kq_status new_cache(kq_device *dev, const kq_projections *proj, const kqc_case *c,
+                           kq_cache **out) {
+  kq_cache_params params = kq_cache_default_params();
+  params.storage = c->storage;
+  params.capacity = c->n_ctx > 0 ? c->n_ctx : 1; /* exactly full at the end */
+  return kq_cache_create(dev, proj, &params, out);
+}
+
+/* An error case: the attend must fail with a status and a message. */
+static void run_error_case(kqc_state *r, kq_cache *cache) {
+  const kqc_case *c = r->c;
+  if (c->n_ctx > 0) {
+    kq_status st = kq_cache_append(cache, 0, c->n_ctx, r->keys, r->values);
+    if (st != KQ_OK) {
+      fail_status(r, "kq_cache_append", st);
+      return;
+    }
+  }
+  kq_status st = kq_cache_attend(cache, 0, c->m, r->queries, c->output, r->out);
+  if (st == KQ_OK) {
+    fail(r, "kq_cache_attend of %d queries on %d tokens returned KQ_OK, expected an error",
+         (int)c->m, (int)c->n_ctx);
+  } else if (!kq_last_error()[0]) {
+    fail(r, "kq_cache_attend failed with %s but left no message", kq_status_string(st));
+  } else {
+    r->res->pass = 1;
+    snprintf(r->res->error, sizeof r->res->error, "expected error: %s: %s", kq_status_string(st),
+             kq_last_error());
+  }
+}
+
+static void run_case(kqc_state *r, kq_device *dev, kq_projections *proj) {
+  const kqc_case *c = r->c;
+  kq_cache *cache = NULL, *one = NULL;
+  kq_status st = new_cache(dev, proj, c, &cache);
+  if (st != KQ_OK) {
+    fail_status(r, "kq_cache_create", st);
+    return;
+  }
+  if (c->expect_error) {
+    run_error_case(r, cache);
+    kq_cache_destroy(cache);
+    return;
+  }
+  int32_t from = 0;
+  if (c->truncate_to > 0) {
+    if (fill(r, cache, 0, c->n_ctx, KQC_APPEND_ONE, r->stale_keys, r->stale_values, r->klat_stale,
+             r->vlat_stale))
+      goto done;
+    if ((st = kq_cache_truncate(cache, c->truncate_to)) != KQ_OK) {
+      fail_status(r, "kq_cache_truncate", st);
+      goto done;
+    }
+    if (kq_cache_length(cache, 0) != c->truncate_to) {
+      fail(r, "kq_cache_length is %d after truncating to %d", (int)kq_cache_length(cache, 0),
+           (int)c->truncate_to);
+      goto done;
+    }
+    from = c->truncate_to;
+  }
+  if (fill(r, cache, from, c->n_ctx, c->append, r->keys, r->values, r->klat, r->vlat)) goto done;
+  if (c->append == KQC_APPEND_CHUNKS) {
+    /* The chunked cache against a cache filled in one append. */
+    size_t count = (size_t)c->m * c->n_heads * r->ow;
+    float *chunked = malloc(count * sizeof(float));
+    double *chunked_d = malloc(count * sizeof(double));
+    if (!chunked || !chunked_d) {
+      free(chunked), free(chunked_d);
+      fail(r, "out of host memory");
+      goto done;
+    }
+    memcpy(chunked, r->out, count * sizeof(float));
+    int bad = (st = new_cache(dev, proj, c, &one)) != KQ_OK;
+    if (bad) fail_status(r, "kq_cache_create", st);
+    if (!bad) bad = fill(r, one, 0, c->n_ctx, KQC_APPEND_ONE, r->keys, r->values, r->klat, r->vlat);
+    if (!bad) {
+      for (size_t i = 0; i < count; i++) chunked_d[i] = r->out[i];
+      r->worst = fmax(r->worst, nmse_of(chunked, chunked_d, count, NULL, NULL));
+    }
+    free(chunked), free(chunked_d);
+    if (bad) goto done;
+  }
+  r->res->nmse = fmax(r->num / r->den, r->worst);
+  r->res->threshold = kqc_case_threshold(c, &r->stats);
+  r->res->pass = r->res->nmse <= r->res->threshold;
+  if (!r->res->pass)
+    fail(r, "NMSE %.3e above threshold %.3e (logits max %.3g, rms %.3g)", r->res->nmse,
+         r->res->threshold, r->stats.logit_max, r->stats.logit_rms);
+done:
+  kq_cache_destroy(one);
+  kq_cache_destroy(cache);
+}
+
+void kqc_run_case(kq_device *device, const kqc_case *c, kqc_result *out) {
+  double t0 = now();
+  memset(out, 0, sizeof *out);
+  out->nmse = NAN;
+  kqc_case_name(c, out->name, sizeof out->name);
+  kqc_state r = {.c = c, .res = out};
+  r.n = c->n_ctx > 0 ? c->n_ctx : 1;
+  r.ow = c->output == KQ_OUTPUT_FULL ? c->head_dim : c->rank_v;
+  kqc_rng rng;
+  kqc_rng_seed(&rng, kqc_hash(out->name));
+  kq_projections *proj = NULL;
+  if (!make_projections(&r, &rng, &proj) && !make_data(&r, &rng)) run_case(&r, device, proj);
+  kq_projections_destroy(proj);
+  release(&r);
+  out->seconds = now() - t0;
+}
+
+int kqc_select(const char *filter, int *indices, int *out_n, char *err, size_t err_size) {
+  int count;
+  const kqc_case *cases = kqc_cases(&count);
+  regex_t re;
+  int use = filter && filter[0];
+  if (use) {
+    int rc = regcomp(&re, filter, REG_EXTENDED | REG_NOSUB);
+    if (rc) {
+      char msg[256];
+      regerror(rc, &re, msg, sizeof msg);
+      snprintf(err, err_size, "invalid filter '%s': %s", filter, msg);
+      return -1;
+    }
+  }
+  int n = 0;
+  for (int i = 0; i < count; i++) {
+    char name[128];
+    kqc_case_name(&cases[i], name, sizeof name);
+    if (!use || regexec(&re, name, 0, NULL, 0) == 0) indices[n++] = i;
+  }
+  if (use) regfree(&re);
+  *out_n = n;
+  return 0;
+}
+
+kq_status kqc_run(const char *device_name, const int *indices, int n, kqc_result *results,
+                  kqc_progress_fn progress, void *user) {
+  kq_device *dev = NULL;
+  kq_status st = kq_device_create(device_name, &dev);
+  if (st != KQ_OK) return st;
+  int count;
+  const kqc_case *cases = kqc_cases(&count);
+  for (int i = 0; i < n; i++) {
+    kqc_run_case(dev, &cases[indices[i]], &results[i]);
+    if (progress) progress(user, &results[i], i + 1, n);
+  }
+  kq_device_destroy(dev);
+  return KQ_OK;
+}
