@@ -15,10 +15,10 @@
 
 uint64_t kq_ocl_fnv1a64(const void *data, size_t n) {
   const unsigned char *p = data;
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = 0xcbf29ce484222325ull; /* FNV offset basis */
   for (size_t i = 0; i < n; ++i) {
     h ^= p[i];
-    h *= 1099511628211ull;
+    h *= 0x100000001b3ull; /* FNV prime */
   }
   return h;
 }
