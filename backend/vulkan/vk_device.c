@@ -1,0 +1,482 @@
+/*
+ * vk_device.c — logical devices, memory, frames (command submission) and the
+ * buffer entry points of the backend ABI.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "vk_internal.h"
+
+#define VK_STAGING_PIECE ((VkDeviceSize)64 << 20)
+#define VK_SETS_PER_POOL 64u
+
+static kq_status vk_fail(VkResult r, const char *what) {
+  if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
+    return VK_ERR(KQ_ERR_DEVICE_MEMORY, "%s: out of memory (VkResult %d)", what, (int)r);
+  return VK_ERR(KQ_ERR_DEVICE, "%s failed (VkResult %d)", what, (int)r);
+}
+
+static int find_type(const kq_bdevice *d, uint32_t bits, VkMemoryPropertyFlags want) {
+  for (uint32_t i = 0; i < d->mem_props.memoryTypeCount; ++i)
+    if ((bits & (1u << i)) && (d->mem_props.memoryTypes[i].propertyFlags & want) == want)
+      return (int)i;
+  return -1;
+}
+
+kq_status vk_mem_alloc(kq_bdevice *d, VkDeviceSize bytes, vk_mem_kind kind, vk_mem *out,
+                       const char *what) {
+  memset(out, 0, sizeof *out);
+  if (bytes < 16) bytes = 16;
+  if (bytes > d->max_alloc)
+    return VK_ERR(KQ_ERR_DEVICE_MEMORY,
+                  "vulkan:%d: %s: %llu bytes exceed maxMemoryAllocationSize (%llu)", d->index, what,
+                  (unsigned long long)bytes, (unsigned long long)d->max_alloc);
+  VkBufferCreateInfo bi = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
+                           .size = bytes,
+                           .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
+                                    VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                                    VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+                           .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+  VkResult r = vkCreateBuffer(d->dev, &bi, NULL, &out->buffer);
+  if (r != VK_SUCCESS) return vk_fail(r, what);
+  VkMemoryRequirements req;
+  vkGetBufferMemoryRequirements(d->dev, out->buffer, &req);
+  const VkMemoryPropertyFlags hv =
+      VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+  int type = -1;
+  if (kind == VK_MEM_DEVICE) {
+    type = find_type(d, req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
+    if (type < 0) type = find_type(d, req.memoryTypeBits, 0);
+  } else {
+    if (kind == VK_MEM_DOWNLOAD)
+      type = find_type(d, req.memoryTypeBits, hv | VK_MEMORY_PROPERTY_HOST_CACHED_BIT);
+    if (type < 0) type = find_type(d, req.memoryTypeBits, hv);
+  }
+  if (type < 0) {
+    vkDestroyBuffer(d->dev, out->buffer, NULL);
+    out->buffer = VK_NULL_HANDLE;
+    return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: %s: no suitable memory type", d->index, what);
+  }
+  VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
+                             .allocationSize = req.size,
+                             .memoryTypeIndex = (uint32_t)type};
+  r = vkAllocateMemory(d->dev, &ai, NULL, &out->memory);
+  if (r == VK_SUCCESS) r = vkBindBufferMemory(d->dev, out->buffer, out->memory, 0);
+  if (r == VK_SUCCESS && kind != VK_MEM_DEVICE)
+    r = vkMapMemory(d->dev, out->memory, 0, VK_WHOLE_SIZE, 0, &out->mapped);
+  if (r != VK_SUCCESS) {
+    vk_mem_free(d, out);
+    if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
+      return VK_ERR(KQ_ERR_DEVICE_MEMORY, "vulkan:%d: %s: cannot allocate %llu bytes", d->index,
+                    what, (unsigned long long)bytes);
+    return vk_fail(r, what);
+  }
+  out->size = bytes;
+  return KQ_OK;
+}
+
+void vk_mem_free(kq_bdevice *d, vk_mem *m) {
+  if (m->buffer) vkDestroyBuffer(d->dev, m->buffer, NULL);
+  if (m->memory) vkFreeMemory(d->dev, m->memory, NULL); /* implicitly unmaps */
+  memset(m, 0, sizeof *m);
+}
+
+VkDeviceSize vk_max_binding(const kq_bdevice *d) {
+  VkDeviceSize align = d->props.limits.minStorageBufferOffsetAlignment;
+  VkDeviceSize max = (VkDeviceSize)d->props.limits.maxStorageBufferRange;
+  /* Test knob: a smaller binding limit exercises the split paths cheaply. */
+  const char *env = getenv("KQSVD_VULKAN_MAX_BINDING");
+  if (env && env[0]) {
+    unsigned long long v = strtoull(env, NULL, 10);
+    if (v >= 4096 && v < max) max = v;
+  }
+  return max - (align > 16 ? align : 16);
+}
+
+kq_status vk_bind_range(const kq_bdevice *d, const vk_mem *buf, VkDeviceSize offset,
+                        VkDeviceSize bytes, uint32_t elem_size, vk_binding *out, uint32_t *out_elem,
+                        const char *what) {
+  VkDeviceSize align = d->props.limits.minStorageBufferOffsetAlignment;
+  if (align == 0) align = 1;
+  if (offset % elem_size)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s: offset %llu is not a multiple of %u",
+                  d->index, what, (unsigned long long)offset, elem_size);
+  if (offset > buf->size || bytes > buf->size - offset)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
+                  "vulkan:%d: %s: range [%llu, +%llu) exceeds the buffer (%llu bytes)", d->index,
+                  what, (unsigned long long)offset, (unsigned long long)bytes,
+                  (unsigned long long)buf->size);
+  VkDeviceSize base = offset / align * align;
+  VkDeviceSize range = offset - base + bytes;
+  if (range < elem_size) range = buf->size - base < 16 ? buf->size - base : 16;
+  if (range > d->props.limits.maxStorageBufferRange)
+    return VK_ERR(KQ_ERR_UNSUPPORTED,
+                  "vulkan:%d: %s: binding of %llu bytes exceeds maxStorageBufferRange (%u)",
+                  d->index, what, (unsigned long long)range, d->props.limits.maxStorageBufferRange);
+  out->buffer = buf->buffer;
+  out->offset = base;
+  out->range = range;
+  *out_elem = (uint32_t)((offset - base) / elem_size);
+  return KQ_OK;
+}
+
+/* --- frames --- */
+
+static void frame_retire(kq_bdevice *d, vk_frame *f) {
+  if (f->in_flight) vkWaitForFences(d->dev, 1, &f->fence, VK_TRUE, UINT64_MAX);
+  f->in_flight = false;
+  for (int i = 0; i < f->n_staging; ++i) vk_mem_free(d, &f->staging[i]);
+  f->n_staging = 0;
+  for (int i = 0; i < f->n_pools; ++i) vkResetDescriptorPool(d->dev, f->pools[i], 0);
+  f->pool_used = 0;
+}
+
+static kq_status frame_add_staging(vk_frame *f, const vk_mem *m) {
+  if (f->n_staging == f->cap_staging) {
+    int cap = f->cap_staging ? 2 * f->cap_staging : 8;
+    vk_mem *p = realloc(f->staging, (size_t)cap * sizeof *p);
+    if (!p) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan: staging list");
+    f->staging = p;
+    f->cap_staging = cap;
+  }
+  f->staging[f->n_staging++] = *m;
+  return KQ_OK;
+}
+
+static const VkMemoryBarrier k_full_barrier = {
+    .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+    .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+    .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
+                     VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT};
+
+void vk_frame_barrier(vk_frame *f) {
+  const VkPipelineStageFlags stages =
+      VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+  vkCmdPipelineBarrier(f->cmd, stages, stages, 0, 1, &k_full_barrier, 0, NULL, 0, NULL);
+}
+
+kq_status vk_frame_begin(kq_bdevice *d, vk_frame **out) {
+  kq_status st = vk_validation_check("vulkan");
+  if (st != KQ_OK) return st;
+  pthread_mutex_lock(&d->lock);
+  vk_frame *f = &d->frames[d->next_frame];
+  d->next_frame = (d->next_frame + 1) % VK_FRAMES;
+  frame_retire(d, f);
+  VkResult r = vkResetCommandBuffer(f->cmd, 0);
+  VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                 .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+  if (r == VK_SUCCESS) r = vkBeginCommandBuffer(f->cmd, &bi);
+  if (r != VK_SUCCESS) {
+    pthread_mutex_unlock(&d->lock);
+    return vk_fail(r, "vkBeginCommandBuffer");
+  }
+  /* Orders this frame after every earlier submission on the queue. */
+  vk_frame_barrier(f);
+  *out = f;
+  return KQ_OK;
+}
+
+kq_status vk_frame_scratch(kq_bdevice *d, vk_frame *f, VkDeviceSize bytes) {
+  if (f->scratch.size >= bytes) return KQ_OK;
+  vk_mem_free(d, &f->scratch);
+  VkDeviceSize grow = bytes + bytes / 4;
+  if (grow > d->max_alloc) grow = bytes;
+  return vk_mem_alloc(d, grow, VK_MEM_DEVICE, &f->scratch, "scratch buffer");
+}
+
+kq_status vk_frame_submit(kq_bdevice *d, vk_frame *f, bool wait, const char *what) {
+  VkResult r = vkEndCommandBuffer(f->cmd);
+  if (r == VK_SUCCESS) r = vkResetFences(d->dev, 1, &f->fence);
+  VkSubmitInfo si = {
+      .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &f->cmd};
+  if (r == VK_SUCCESS) r = vkQueueSubmit(d->queue, 1, &si, f->fence);
+  if (r == VK_SUCCESS) {
+    f->in_flight = true;
+    if (wait) r = vkWaitForFences(d->dev, 1, &f->fence, VK_TRUE, UINT64_MAX);
+  }
+  pthread_mutex_unlock(&d->lock);
+  if (r != VK_SUCCESS) return vk_fail(r, what);
+  return vk_validation_check(what);
+}
+
+void vk_frame_abort(kq_bdevice *d, vk_frame *f) {
+  vkEndCommandBuffer(f->cmd);
+  pthread_mutex_unlock(&d->lock);
+}
+
+/* Descriptor sets come from the frame's pools, reset when the frame retires. */
+kq_status vk_frame_descriptor(kq_bdevice *d, vk_frame *f, VkDescriptorSet *out) {
+  for (;;) {
+    if (f->pool_used == f->n_pools) {
+      if (f->n_pools == VK_MAX_POOLS)
+        return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: too many dispatches in one op", d->index);
+      VkDescriptorPoolSize size = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                   VK_SETS_PER_POOL * VK_MAX_BINDINGS};
+      VkDescriptorPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO,
+                                       .maxSets = VK_SETS_PER_POOL,
+                                       .poolSizeCount = 1,
+                                       .pPoolSizes = &size};
+      VkResult r = vkCreateDescriptorPool(d->dev, &pi, NULL, &f->pools[f->n_pools]);
+      if (r != VK_SUCCESS) return vk_fail(r, "vkCreateDescriptorPool");
+      f->n_pools++;
+    }
+    VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+                                      .descriptorPool = f->pools[f->pool_used],
+                                      .descriptorSetCount = 1,
+                                      .pSetLayouts = &d->set_layout};
+    VkResult r = vkAllocateDescriptorSets(d->dev, &ai, out);
+    if (r == VK_SUCCESS) return KQ_OK;
+    if (r != VK_ERROR_OUT_OF_POOL_MEMORY && r != VK_ERROR_FRAGMENTED_POOL)
+      return vk_fail(r, "vkAllocateDescriptorSets");
+    f->pool_used++;
+  }
+}
+
+/* --- devices --- */
+
+static kq_status open_fail(kq_bdevice *d, kq_status st) {
+  vk_device_close(d);
+  return st;
+}
+
+kq_status vk_device_open(int index, kq_bdevice **out_device) {
+  *out_device = NULL;
+  VkPhysicalDevice phys = vk_physical(index);
+  if (!phys) return VK_ERR(KQ_ERR_NOT_FOUND, "vulkan:%d: no such Vulkan device", index);
+  kq_bdevice *d = calloc(1, sizeof *d);
+  if (!d) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan:%d: device state", index);
+  d->index = index;
+  d->phys = phys;
+  pthread_mutex_init(&d->lock, NULL);
+  pthread_mutex_init(&d->pipe_lock, NULL);
+  pthread_mutex_init(&d->rope_lock, NULL);
+  vkGetPhysicalDeviceProperties(phys, &d->props);
+  vkGetPhysicalDeviceMemoryProperties(phys, &d->mem_props);
+  VkPhysicalDeviceMaintenance3Properties m3 = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
+  VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                    .pNext = &m3};
+  vkGetPhysicalDeviceProperties2(phys, &p2);
+  d->max_alloc = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : ((VkDeviceSize)1 << 30);
+  VkPhysicalDevice16BitStorageFeatures f16 = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES};
+  VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
+                                  .pNext = &f16};
+  vkGetPhysicalDeviceFeatures2(phys, &f2);
+  d->fp16_storage = f16.storageBuffer16BitAccess == VK_TRUE;
+
+  /* A compute queue: a compute-only family if there is one, else any. */
+  uint32_t nq = 0;
+  vkGetPhysicalDeviceQueueFamilyProperties(phys, &nq, NULL);
+  VkQueueFamilyProperties qf[32];
+  if (nq > 32) nq = 32;
+  vkGetPhysicalDeviceQueueFamilyProperties(phys, &nq, qf);
+  int family = -1;
+  for (uint32_t q = 0; q < nq; ++q) {
+    if (!(qf[q].queueFlags & VK_QUEUE_COMPUTE_BIT)) continue;
+    if (family < 0 || !(qf[q].queueFlags & VK_QUEUE_GRAPHICS_BIT)) family = (int)q;
+    if (!(qf[q].queueFlags & VK_QUEUE_GRAPHICS_BIT)) break;
+  }
+  if (family < 0) return open_fail(d, VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: no compute queue", index));
+  d->queue_family = (uint32_t)family;
+
+  float prio = 1.0f;
+  VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
+                                .queueFamilyIndex = d->queue_family,
+                                .queueCount = 1,
+                                .pQueuePriorities = &prio};
+  VkPhysicalDevice16BitStorageFeatures want16 = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES,
+      .storageBuffer16BitAccess = d->fp16_storage ? VK_TRUE : VK_FALSE};
+  VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+                           .pNext = &want16,
+                           .queueCreateInfoCount = 1,
+                           .pQueueCreateInfos = &qi};
+  VkResult r = vkCreateDevice(phys, &di, NULL, &d->dev);
+  if (r != VK_SUCCESS) {
+    d->dev = VK_NULL_HANDLE;
+    return open_fail(d, vk_fail(r, "vkCreateDevice"));
+  }
+  vkGetDeviceQueue(d->dev, d->queue_family, 0, &d->queue);
+
+  VkCommandPoolCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+                                .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
+                                .queueFamilyIndex = d->queue_family};
+  r = vkCreateCommandPool(d->dev, &ci, NULL, &d->cmd_pool);
+  if (r != VK_SUCCESS) return open_fail(d, vk_fail(r, "vkCreateCommandPool"));
+  for (int i = 0; i < VK_FRAMES; ++i) {
+    vk_frame *f = &d->frames[i];
+    VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+                                      .commandPool = d->cmd_pool,
+                                      .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+                                      .commandBufferCount = 1};
+    r = vkAllocateCommandBuffers(d->dev, &ai, &f->cmd);
+    VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    if (r == VK_SUCCESS) r = vkCreateFence(d->dev, &fi, NULL, &f->fence);
+    if (r != VK_SUCCESS) return open_fail(d, vk_fail(r, "frame setup"));
+  }
+  kq_status st = vk_mem_alloc(d, 256, VK_MEM_DEVICE, &d->dummy, "dummy binding");
+  if (st == KQ_OK) st = vk_pipelines_init(d);
+  if (st != KQ_OK) return open_fail(d, st);
+  *out_device = d;
+  return KQ_OK;
+}
+
+void vk_device_close(kq_bdevice *d) {
+  if (!d) return;
+  if (d->dev) {
+    vkDeviceWaitIdle(d->dev);
+    for (int i = 0; i < VK_FRAMES; ++i) {
+      vk_frame *f = &d->frames[i];
+      f->in_flight = false;
+      frame_retire(d, f);
+      free(f->staging);
+      vk_mem_free(d, &f->scratch);
+      for (int p = 0; p < f->n_pools; ++p) vkDestroyDescriptorPool(d->dev, f->pools[p], NULL);
+      if (f->fence) vkDestroyFence(d->dev, f->fence, NULL);
+    }
+    for (int i = 0; i < d->n_ropes; ++i) vk_buffer_free(d, d->ropes[i].buffer);
+    free(d->ropes);
+    vk_pipelines_destroy(d);
+    vk_mem_free(d, &d->dummy);
+    if (d->cmd_pool) vkDestroyCommandPool(d->dev, d->cmd_pool, NULL);
+    vkDestroyDevice(d->dev, NULL);
+  }
+  pthread_mutex_destroy(&d->lock);
+  pthread_mutex_destroy(&d->pipe_lock);
+  pthread_mutex_destroy(&d->rope_lock);
+  free(d);
+}
+
+/* --- buffers --- */
+
+kq_status vk_buffer_alloc(kq_bdevice *d, size_t bytes, kq_buffer **out_buffer) {
+  *out_buffer = NULL;
+  kq_buffer *b = calloc(1, sizeof *b);
+  if (!b) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan:%d: buffer handle", d->index);
+  kq_status st = vk_mem_alloc(d, bytes, VK_MEM_DEVICE, &b->mem, "device buffer");
+  if (st != KQ_OK) {
+    free(b);
+    return st;
+  }
+  *out_buffer = b;
+  return KQ_OK;
+}
+
+void vk_buffer_free(kq_bdevice *d, kq_buffer *b) {
+  if (!b) return;
+  /* The buffer may still be read by queued work. */
+  pthread_mutex_lock(&d->lock);
+  for (int i = 0; i < VK_FRAMES; ++i)
+    if (d->frames[i].in_flight)
+      vkWaitForFences(d->dev, 1, &d->frames[i].fence, VK_TRUE, UINT64_MAX);
+  pthread_mutex_unlock(&d->lock);
+  vk_mem_free(d, &b->mem);
+  free(b);
+}
+
+static kq_status check_range(const kq_bdevice *d, const kq_buffer *b, size_t offset, size_t bytes,
+                             const char *what) {
+  if (!b || offset > b->mem.size || bytes > b->mem.size - offset)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s of %zu bytes at %zu outside the buffer",
+                  d->index, what, bytes, offset);
+  return KQ_OK;
+}
+
+kq_status vk_buffer_upload(kq_bdevice *d, kq_buffer *dst, size_t offset, const void *src,
+                           size_t bytes) {
+  kq_status st = check_range(d, dst, offset, bytes, "upload");
+  if (st != KQ_OK || bytes == 0) return st;
+  const char *p = src;
+  while (bytes > 0) {
+    vk_frame *f;
+    if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
+    size_t n;
+    if (bytes <= 65536 && bytes % 4 == 0 && offset % 4 == 0) {
+      n = bytes; /* small: inline in the command buffer, no staging */
+      vkCmdUpdateBuffer(f->cmd, dst->mem.buffer, offset, n, p);
+    } else {
+      n = bytes < VK_STAGING_PIECE ? bytes : VK_STAGING_PIECE;
+      vk_mem stage;
+      st = vk_mem_alloc(d, n, VK_MEM_UPLOAD, &stage, "upload staging");
+      if (st == KQ_OK && (st = frame_add_staging(f, &stage)) != KQ_OK) vk_mem_free(d, &stage);
+      if (st != KQ_OK) {
+        vk_frame_abort(d, f);
+        return st;
+      }
+      memcpy(stage.mapped, p, n);
+      VkBufferCopy region = {0, offset, n};
+      vkCmdCopyBuffer(f->cmd, stage.buffer, dst->mem.buffer, 1, &region);
+    }
+    if ((st = vk_frame_submit(d, f, false, "upload")) != KQ_OK) return st;
+    p += n;
+    offset += n;
+    bytes -= n;
+  }
+  return KQ_OK;
+}
+
+kq_status vk_buffer_download(kq_bdevice *d, const kq_buffer *src, size_t offset, void *dst,
+                             size_t bytes) {
+  kq_status st = check_range(d, src, offset, bytes, "download");
+  if (st != KQ_OK) return st;
+  if (bytes == 0) return vk_synchronize(d);
+  char *p = dst;
+  while (bytes > 0) {
+    size_t n = bytes < VK_STAGING_PIECE ? bytes : VK_STAGING_PIECE;
+    vk_mem stage;
+    if ((st = vk_mem_alloc(d, n, VK_MEM_DOWNLOAD, &stage, "download staging")) != KQ_OK) return st;
+    vk_frame *f;
+    if ((st = vk_frame_begin(d, &f)) != KQ_OK) {
+      vk_mem_free(d, &stage);
+      return st;
+    }
+    VkBufferCopy region = {offset, 0, n};
+    vkCmdCopyBuffer(f->cmd, src->mem.buffer, stage.buffer, 1, &region);
+    VkMemoryBarrier hb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                          .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
+                          .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
+    vkCmdPipelineBarrier(f->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_HOST_BIT, 0, 1,
+                         &hb, 0, NULL, 0, NULL);
+    st = vk_frame_submit(d, f, true, "download");
+    if (st == KQ_OK) memcpy(p, stage.mapped, n);
+    vk_mem_free(d, &stage);
+    if (st != KQ_OK) return st;
+    p += n;
+    offset += n;
+    bytes -= n;
+  }
+  return KQ_OK;
+}
+
+kq_status vk_copy(kq_bdevice *d, kq_buffer *dst, const kq_buffer *src, size_t bytes) {
+  kq_status st = check_range(d, src, 0, bytes, "copy source");
+  if (st == KQ_OK) st = check_range(d, dst, 0, bytes, "copy destination");
+  if (st != KQ_OK || bytes == 0) return st;
+  vk_frame *f;
+  if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
+  VkBufferCopy region = {0, 0, bytes};
+  vkCmdCopyBuffer(f->cmd, src->mem.buffer, dst->mem.buffer, 1, &region);
+  return vk_frame_submit(d, f, false, "copy");
+}
+
+kq_status vk_synchronize(kq_bdevice *d) {
+  pthread_mutex_lock(&d->lock);
+  VkResult r = VK_SUCCESS;
+  for (int i = 0; i < VK_FRAMES && r == VK_SUCCESS; ++i)
+    if (d->frames[i].in_flight)
+      r = vkWaitForFences(d->dev, 1, &d->frames[i].fence, VK_TRUE, UINT64_MAX);
+  pthread_mutex_unlock(&d->lock);
+  if (r != VK_SUCCESS) return vk_fail(r, "synchronize");
+  return vk_validation_check("synchronize");
+}
+
+kq_status vk_upload_new(kq_bdevice *d, const void *src, size_t bytes, kq_buffer **out) {
+  kq_status st = vk_buffer_alloc(d, bytes, out);
+  if (st == KQ_OK) st = vk_buffer_upload(d, *out, 0, src, bytes);
+  if (st != KQ_OK) {
+    vk_buffer_free(d, *out);
+    *out = NULL;
+  }
+  return st;
+}

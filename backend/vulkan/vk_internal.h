@@ -1,0 +1,185 @@
+/*
+ * vk_internal.h — shared state of the Vulkan backend module.
+ *
+ * One process-wide instance (vk_module.c) lists the physical devices; each
+ * opened device (kq_bdevice) owns a logical device with one compute queue.
+ * Work is recorded into "frames": a command buffer, its fence, descriptor
+ * pools and a scratch buffer, reused round-robin once their fence signalled.
+ * Every op takes the device mutex for the whole record-and-submit, so ops
+ * from several threads are serialised on the host and ordered on the queue.
+ */
+#ifndef KQ_VK_INTERNAL_H
+#define KQ_VK_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kqsvd_backend.h"
+#include "volk.h"
+
+#define VK_FRAMES 4
+#define VK_MAX_BINDINGS 6
+#define VK_PUSH_WORDS 32
+#define VK_SPEC_COUNT 12
+#define VK_MAX_POOLS 16
+
+/* Set once by kq_backend_entry: the core's error channel. */
+extern const kq_backend_host *vk_host;
+#define VK_ERR(status, ...) vk_host->set_error((status), __VA_ARGS__)
+
+typedef struct vk_mem {
+  VkBuffer buffer;
+  VkDeviceMemory memory;
+  VkDeviceSize size;
+  void *mapped; /* host-visible allocations only */
+} vk_mem;
+
+struct kq_buffer {
+  vk_mem mem;
+};
+
+typedef struct vk_frame {
+  VkCommandBuffer cmd;
+  VkFence fence;
+  bool in_flight;
+  VkDescriptorPool pools[VK_MAX_POOLS];
+  int n_pools, pool_used;
+  vk_mem scratch;  /* device-local work memory of the frame's op */
+  vk_mem *staging; /* host-visible buffers released when the frame retires */
+  int n_staging, cap_staging;
+} vk_frame;
+
+typedef enum vk_shader {
+  VK_SHADER_PROJECT_F32,
+  VK_SHADER_PROJECT_F16,
+  VK_SHADER_QPREP,
+  VK_SHADER_ATTEND_F32,
+  VK_SHADER_ATTEND_F16,
+  VK_SHADER_REDUCE,
+  VK_SHADER_UP,
+  VK_SHADER_COUNT
+} vk_shader;
+
+typedef struct vk_pipeline_entry {
+  vk_shader shader;
+  uint32_t spec[VK_SPEC_COUNT];
+  VkPipeline pipeline;
+} vk_pipeline_entry;
+
+typedef struct vk_rope_table {
+  float theta;
+  uint32_t half_dim, n_hi;
+  kq_buffer *buffer; /* [256][half][2] then [n_hi][half][2] */
+} vk_rope_table;
+
+struct kq_bdevice {
+  int index;
+  VkPhysicalDevice phys;
+  VkPhysicalDeviceProperties props;
+  VkPhysicalDeviceMemoryProperties mem_props;
+  VkDeviceSize max_alloc;
+  bool fp16_storage;
+  VkDevice dev;
+  VkQueue queue;
+  uint32_t queue_family;
+
+  pthread_mutex_t lock; /* queue, command pool, frames, rope tables */
+  VkCommandPool cmd_pool;
+  vk_frame frames[VK_FRAMES];
+  int next_frame;
+
+  pthread_mutex_t pipe_lock; /* pipeline cache */
+  VkShaderModule modules[VK_SHADER_COUNT];
+  vk_pipeline_entry *pipes;
+  int n_pipes, cap_pipes;
+  VkDescriptorSetLayout set_layout;
+  VkPipelineLayout pipe_layout;
+
+  vk_mem dummy;              /* bound to unused bindings */
+  pthread_mutex_t rope_lock; /* taken before (never inside) `lock` */
+  vk_rope_table *ropes;
+  int n_ropes;
+};
+
+/* One storage-buffer binding of a dispatch: [offset, offset + range) of a
+ * buffer, offset aligned to minStorageBufferOffsetAlignment. */
+typedef struct vk_binding {
+  VkBuffer buffer;
+  VkDeviceSize offset, range;
+} vk_binding;
+
+/* --- vk_module.c --- */
+/* The instance-level state, created on first use (thread-safe). Returns the
+ * number of usable physical devices (0 without a driver). */
+int vk_physical_count(void);
+VkPhysicalDevice vk_physical(int index);
+VkInstance vk_instance(void);
+/* KQ_ERR_DEVICE with the recorded validation message if the validation layer
+ * reported anything since the last call; KQ_OK otherwise. */
+kq_status vk_validation_check(const char *what);
+
+/* --- vk_device.c --- */
+typedef enum vk_mem_kind { VK_MEM_DEVICE, VK_MEM_UPLOAD, VK_MEM_DOWNLOAD } vk_mem_kind;
+/* A buffer with its own memory of `kind` (host-visible kinds are mapped and
+ * coherent). KQ_ERR_DEVICE_MEMORY naming `what` when it does not fit. */
+kq_status vk_mem_alloc(kq_bdevice *d, VkDeviceSize bytes, vk_mem_kind kind, vk_mem *out,
+                       const char *what);
+void vk_mem_free(kq_bdevice *d, vk_mem *m);
+/* Takes the device lock and a free frame, begins its command buffer with a
+ * barrier against all earlier work. On failure the lock is released. */
+kq_status vk_frame_begin(kq_bdevice *d, vk_frame **out);
+/* Grows the frame's scratch buffer to at least `bytes`. */
+kq_status vk_frame_scratch(kq_bdevice *d, vk_frame *f, VkDeviceSize bytes);
+/* A descriptor set of the device layout, valid until the frame retires. */
+kq_status vk_frame_descriptor(kq_bdevice *d, vk_frame *f, VkDescriptorSet *out);
+/* Full compute/transfer memory barrier inside the frame. */
+void vk_frame_barrier(vk_frame *f);
+/* Ends and submits the frame, optionally waits for it; releases the lock. */
+kq_status vk_frame_submit(kq_bdevice *d, vk_frame *f, bool wait, const char *what);
+/* Ends the frame without submitting (error path); releases the lock. */
+void vk_frame_abort(kq_bdevice *d, vk_frame *f);
+/* Binding of [offset, offset + bytes) of `buf` with the offset rounded down
+ * to the device alignment; *out_elem = elements between the bound offset and
+ * `offset`. Fails when the range would exceed maxStorageBufferRange. */
+kq_status vk_bind_range(const kq_bdevice *d, const vk_mem *buf, VkDeviceSize offset,
+                        VkDeviceSize bytes, uint32_t elem_size, vk_binding *out, uint32_t *out_elem,
+                        const char *what);
+/* Largest byte range one binding may have after alignment slack. */
+VkDeviceSize vk_max_binding(const kq_bdevice *d);
+
+/* The iface entry points implemented in vk_device.c (see kqsvd_backend.h). */
+kq_status vk_device_open(int index, kq_bdevice **out_device);
+void vk_device_close(kq_bdevice *d);
+kq_status vk_buffer_alloc(kq_bdevice *d, size_t bytes, kq_buffer **out_buffer);
+void vk_buffer_free(kq_bdevice *d, kq_buffer *b);
+kq_status vk_buffer_upload(kq_bdevice *d, kq_buffer *dst, size_t offset, const void *src,
+                           size_t bytes);
+kq_status vk_buffer_download(kq_bdevice *d, const kq_buffer *src, size_t offset, void *dst,
+                             size_t bytes);
+kq_status vk_copy(kq_bdevice *d, kq_buffer *dst, const kq_buffer *src, size_t bytes);
+kq_status vk_synchronize(kq_bdevice *d);
+/* Uploads host data into a fresh device buffer and waits (small tables). */
+kq_status vk_upload_new(kq_bdevice *d, const void *src, size_t bytes, kq_buffer **out);
+
+/* --- vk_shaders.c --- */
+/* Embedded SPIR-V of a shader and its display name. */
+const uint32_t *vk_shader_code(vk_shader s, size_t *out_bytes, const char **out_name);
+
+/* --- vk_pipeline.c --- */
+/* Records one dispatch: descriptor set for `bindings` (unused = dummy),
+ * pipeline for (shader, spec), push constants, group counts. */
+kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
+                      const uint32_t spec[VK_SPEC_COUNT], const vk_binding *bindings,
+                      int n_bindings, const uint32_t push[VK_PUSH_WORDS], uint32_t gx, uint32_t gy,
+                      uint32_t gz);
+kq_status vk_pipelines_init(kq_bdevice *d);
+void vk_pipelines_destroy(kq_bdevice *d);
+
+/* --- vk_ops.c --- */
+kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op);
+kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op);
+kq_status vk_op_up(kq_bdevice *d, const kq_up_op *op);
+
+#endif /* KQ_VK_INTERNAL_H */

@@ -1,0 +1,144 @@
+/*
+ * vk_pipeline.c — the descriptor/pipeline layout shared by every shader, the
+ * in-process pipeline cache (keyed by shader + specialization constants,
+ * built lazily on first use) and dispatch recording.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "vk_internal.h"
+
+kq_status vk_pipelines_init(kq_bdevice *d) {
+  VkDescriptorSetLayoutBinding b[VK_MAX_BINDINGS];
+  for (uint32_t i = 0; i < VK_MAX_BINDINGS; ++i)
+    b[i] = (VkDescriptorSetLayoutBinding){.binding = i,
+                                          .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                          .descriptorCount = 1,
+                                          .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
+  VkDescriptorSetLayoutCreateInfo li = {.sType =
+                                            VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+                                        .bindingCount = VK_MAX_BINDINGS,
+                                        .pBindings = b};
+  if (vkCreateDescriptorSetLayout(d->dev, &li, NULL, &d->set_layout) != VK_SUCCESS)
+    return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: vkCreateDescriptorSetLayout failed", d->index);
+  VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, VK_PUSH_WORDS * 4};
+  VkPipelineLayoutCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
+                                   .setLayoutCount = 1,
+                                   .pSetLayouts = &d->set_layout,
+                                   .pushConstantRangeCount = 1,
+                                   .pPushConstantRanges = &pr};
+  if (vkCreatePipelineLayout(d->dev, &pi, NULL, &d->pipe_layout) != VK_SUCCESS)
+    return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: vkCreatePipelineLayout failed", d->index);
+  return KQ_OK;
+}
+
+void vk_pipelines_destroy(kq_bdevice *d) {
+  for (int i = 0; i < d->n_pipes; ++i) vkDestroyPipeline(d->dev, d->pipes[i].pipeline, NULL);
+  free(d->pipes);
+  d->pipes = NULL;
+  d->n_pipes = 0;
+  for (int i = 0; i < VK_SHADER_COUNT; ++i)
+    if (d->modules[i]) vkDestroyShaderModule(d->dev, d->modules[i], NULL);
+  if (d->pipe_layout) vkDestroyPipelineLayout(d->dev, d->pipe_layout, NULL);
+  if (d->set_layout) vkDestroyDescriptorSetLayout(d->dev, d->set_layout, NULL);
+}
+
+/* Caller holds pipe_lock. */
+static kq_status create_pipeline(kq_bdevice *d, vk_shader shader, const uint32_t *spec,
+                                 VkPipeline *out) {
+  size_t bytes;
+  const char *name;
+  const uint32_t *code = vk_shader_code(shader, &bytes, &name);
+  if (!d->modules[shader]) {
+    VkShaderModuleCreateInfo mi = {
+        .sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = bytes, .pCode = code};
+    if (vkCreateShaderModule(d->dev, &mi, NULL, &d->modules[shader]) != VK_SUCCESS)
+      return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: %s: vkCreateShaderModule failed", d->index, name);
+  }
+  VkSpecializationMapEntry map[VK_SPEC_COUNT];
+  for (uint32_t i = 0; i < VK_SPEC_COUNT; ++i) map[i] = (VkSpecializationMapEntry){i, i * 4, 4};
+  VkSpecializationInfo si = {VK_SPEC_COUNT, map, VK_SPEC_COUNT * 4, spec};
+  VkComputePipelineCreateInfo ci = {
+      .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+      .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
+                .stage = VK_SHADER_STAGE_COMPUTE_BIT,
+                .module = d->modules[shader],
+                .pName = "main",
+                .pSpecializationInfo = &si},
+      .layout = d->pipe_layout};
+  VkResult r = vkCreateComputePipelines(d->dev, VK_NULL_HANDLE, 1, &ci, NULL, out);
+  if (r != VK_SUCCESS)
+    return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: %s: vkCreateComputePipelines failed (VkResult %d)",
+                  d->index, name, (int)r);
+  return KQ_OK;
+}
+
+static kq_status get_pipeline(kq_bdevice *d, vk_shader shader, const uint32_t *spec,
+                              VkPipeline *out) {
+  kq_status st = KQ_OK;
+  pthread_mutex_lock(&d->pipe_lock);
+  for (int i = 0; i < d->n_pipes; ++i)
+    if (d->pipes[i].shader == shader && !memcmp(d->pipes[i].spec, spec, sizeof d->pipes[i].spec)) {
+      *out = d->pipes[i].pipeline;
+      pthread_mutex_unlock(&d->pipe_lock);
+      return KQ_OK;
+    }
+  if (d->n_pipes == d->cap_pipes) {
+    int cap = d->cap_pipes ? 2 * d->cap_pipes : 16;
+    vk_pipeline_entry *p = realloc(d->pipes, (size_t)cap * sizeof *p);
+    if (!p) {
+      pthread_mutex_unlock(&d->pipe_lock);
+      return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan: pipeline cache");
+    }
+    d->pipes = p;
+    d->cap_pipes = cap;
+  }
+  st = create_pipeline(d, shader, spec, out);
+  if (st == KQ_OK) {
+    vk_pipeline_entry *e = &d->pipes[d->n_pipes++];
+    e->shader = shader;
+    memcpy(e->spec, spec, sizeof e->spec);
+    e->pipeline = *out;
+  }
+  pthread_mutex_unlock(&d->pipe_lock);
+  return st;
+}
+
+kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
+                      const uint32_t spec[VK_SPEC_COUNT], const vk_binding *bindings,
+                      int n_bindings, const uint32_t push[VK_PUSH_WORDS], uint32_t gx, uint32_t gy,
+                      uint32_t gz) {
+  if (gx == 0 || gy == 0 || gz == 0) return KQ_OK;
+  const uint32_t *lim = d->props.limits.maxComputeWorkGroupCount;
+  if (gx > lim[0] || gy > lim[1] || gz > lim[2])
+    return VK_ERR(KQ_ERR_UNSUPPORTED,
+                  "vulkan:%d: dispatch of %ux%ux%u workgroups exceeds the device limit", d->index,
+                  gx, gy, gz);
+  VkPipeline pipe;
+  kq_status st = get_pipeline(d, shader, spec, &pipe);
+  VkDescriptorSet set;
+  if (st == KQ_OK) st = vk_frame_descriptor(d, f, &set);
+  if (st != KQ_OK) return st;
+  VkDescriptorBufferInfo info[VK_MAX_BINDINGS];
+  VkWriteDescriptorSet w[VK_MAX_BINDINGS];
+  for (int i = 0; i < VK_MAX_BINDINGS; ++i) {
+    if (i < n_bindings && bindings[i].buffer)
+      info[i] = (VkDescriptorBufferInfo){bindings[i].buffer, bindings[i].offset, bindings[i].range};
+    else
+      info[i] = (VkDescriptorBufferInfo){d->dummy.buffer, 0, VK_WHOLE_SIZE};
+    w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
+                                  .dstSet = set,
+                                  .dstBinding = (uint32_t)i,
+                                  .descriptorCount = 1,
+                                  .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                  .pBufferInfo = &info[i]};
+  }
+  vkUpdateDescriptorSets(d->dev, VK_MAX_BINDINGS, w, 0, NULL);
+  vkCmdBindPipeline(f->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
+  vkCmdBindDescriptorSets(f->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->pipe_layout, 0, 1, &set, 0,
+                          NULL);
+  vkCmdPushConstants(f->cmd, d->pipe_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, VK_PUSH_WORDS * 4,
+                     push);
+  vkCmdDispatch(f->cmd, gx, gy, gz);
+  return KQ_OK;
+}

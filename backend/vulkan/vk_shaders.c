@@ -1,0 +1,40 @@
+/*
+ * vk_shaders.c — the SPIR-V of shaders/vulkan (*.comp files), compiled at build time
+ * by glslangValidator into headers (build dir) and embedded here.
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kq_spv_attend_f16.h"
+#include "kq_spv_attend_f32.h"
+#include "kq_spv_project_f16.h"
+#include "kq_spv_project_f32.h"
+#include "kq_spv_qprep.h"
+#include "kq_spv_reduce.h"
+#include "kq_spv_up.h"
+#include "vk_internal.h"
+
+typedef struct vk_spirv {
+  const uint32_t *code;
+  size_t bytes;
+  const char *name;
+} vk_spirv;
+
+#define VK_SPV(arr, nm)                                                                            \
+  { arr, sizeof(arr), nm }
+
+static const vk_spirv k_spirv[VK_SHADER_COUNT] = {
+    [VK_SHADER_PROJECT_F32] = VK_SPV(kq_spv_project_f32, "project.comp (F32)"),
+    [VK_SHADER_PROJECT_F16] = VK_SPV(kq_spv_project_f16, "project.comp (F16)"),
+    [VK_SHADER_QPREP] = VK_SPV(kq_spv_qprep, "qprep.comp"),
+    [VK_SHADER_ATTEND_F32] = VK_SPV(kq_spv_attend_f32, "attend.comp (F32)"),
+    [VK_SHADER_ATTEND_F16] = VK_SPV(kq_spv_attend_f16, "attend.comp (F16)"),
+    [VK_SHADER_REDUCE] = VK_SPV(kq_spv_reduce, "reduce.comp"),
+    [VK_SHADER_UP] = VK_SPV(kq_spv_up, "up.comp"),
+};
+
+const uint32_t *vk_shader_code(vk_shader s, size_t *out_bytes, const char **out_name) {
+  *out_bytes = k_spirv[s].bytes;
+  *out_name = k_spirv[s].name;
+  return k_spirv[s].code;
+}

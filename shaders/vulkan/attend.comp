@@ -1,0 +1,160 @@
+#version 450
+// Flash-decoding partial pass: one workgroup takes the QT query tokens of a
+// query tile times the G query heads of one kv head (R = QT*G rows, so the
+// group shares every latent-key load) against one chunk of CH cache
+// positions, with an online softmax over key tiles of TK positions. It writes
+// the chunk's row maximum m, sum l and unnormalised output o[RV]; reduce.comp
+// merges the chunks. Causal: a row sees positions <= its own.
+//
+// PRE rope: keys are rebuilt in shared memory only, k̂ = rot(k̃ Bᵀ, p); the
+// prepared queries are already q̂ (qprep.comp), so logits are q̂·k̂.
+#extension GL_GOOGLE_include_directive : require
+#include "kq_common.glsl"
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 1) const uint D = 128;
+layout(constant_id = 2) const uint RK = 64;
+layout(constant_id = 3) const uint RV = 64;
+layout(constant_id = 4) const uint G = 4;
+layout(constant_id = 5) const uint QT = 1;
+layout(constant_id = 6) const uint TK = 32;
+layout(constant_id = 7) const uint PRE = 0;
+layout(constant_id = 8) const uint HALVES = 0;
+layout(constant_id = 9) const uint IDENT = 0;
+layout(constant_id = 10) const uint SLOTS = 1; // ceil(RV / workgroup size)
+layout(constant_id = 11) const uint QK = 64;   // RK, or D with PRE
+
+const uint R = QT * G;
+
+layout(std430, set = 0, binding = 0) readonly buffer kq_q { float q[]; };
+layout(std430, set = 0, binding = 1) readonly buffer kq_k { CACHE_T kc[]; };
+layout(std430, set = 0, binding = 2) readonly buffer kq_v { CACHE_T vc[]; };
+layout(std430, set = 0, binding = 3) writeonly buffer kq_part { float part[]; };
+layout(std430, set = 0, binding = 4) readonly buffer kq_rope_tab { float rope_tab[]; };
+layout(std430, set = 0, binding = 5) readonly buffer kq_b { float bm[]; };
+
+#include "kq_rope.glsl"
+
+// u[0] q offset (query 0, head 0, rows of QK)   u[1] key offset (token tok_base)
+// u[2] value offset (token tok_base)   u[3] partials offset   u[4] B offset (this kv head)
+// u[5] n_ctx   u[6] n_queries   u[7] n_heads   u[8] kv head   u[9] chunk of workgroup 0
+// u[10] tok_base   u[11] chunks per row   u[12] rope hi offset   u[13] scale (float bits)
+// u[14] chunk length CH (multiple of TK)
+shared float sq[R * QK];
+shared float sk[TK * QK];
+shared float ss[R * TK];
+shared float slat[PRE != 0u ? TK * RK : 1u];
+shared float sm[R];
+shared float sl[R];
+shared float sf[R];
+
+void main() {
+  const uint lid = gl_LocalInvocationID.x, wg = gl_WorkGroupSize.x;
+  const uint c = pc.u[9] + gl_WorkGroupID.x;
+  const uint n_ctx = pc.u[5], n_q = pc.u[6], H = pc.u[7], kv = pc.u[8];
+  const uint tok_base = pc.u[10];
+  const float scale = uintBitsToFloat(pc.u[13]);
+  const uint q0 = gl_WorkGroupID.y * QT;
+  const uint nqt = min(QT, n_q - q0);
+  const uint pos0 = n_ctx - n_q + q0; // position of the tile's first query
+  const uint cs = c * pc.u[14];
+  const uint ce = min(cs + pc.u[14], pos0 + nqt);
+
+  for (uint i = lid; i < R * QK; i += wg) {
+    uint row = i / QK, e = i % QK, tq = row / G;
+    sq[i] = tq < nqt ? q[pc.u[0] + ((q0 + tq) * H + kv * G + row % G) * QK + e] : 0.0;
+  }
+  if (lid < R) {
+    sm[lid] = KQ_NEG;
+    sl[lid] = 0.0;
+  }
+  float acc[SLOTS * R];
+  [[unroll]] for (uint i = 0u; i < SLOTS * R; ++i) acc[i] = 0.0;
+  barrier();
+
+  for (uint t0 = cs; t0 < ce; t0 += TK) {
+    const uint nk = min(TK, ce - t0);
+    const uint kbase = pc.u[1] + (t0 - tok_base) * RK;
+    if (PRE == 0u) {
+      for (uint i = lid; i < nk * RK; i += wg) sk[i] = float(kc[kbase + i]);
+    } else {
+      for (uint i = lid; i < nk * RK; i += wg) slat[i] = float(kc[kbase + i]);
+      barrier();
+      for (uint i = lid; i < nk * (D / 2u); i += wg) {
+        uint t = i / (D / 2u), jj = i % (D / 2u);
+        uvec2 e = kq_rope_pair(jj, D, HALVES);
+        float x0 = 0.0, x1 = 0.0;
+        if (IDENT != 0u) {
+          x0 = slat[t * RK + e.x];
+          x1 = slat[t * RK + e.y];
+        } else {
+          const uint b0 = pc.u[4] + e.x * RK, b1 = pc.u[4] + e.y * RK;
+          for (uint r = 0u; r < RK; ++r) {
+            float l = slat[t * RK + r];
+            x0 += l * bm[b0 + r];
+            x1 += l * bm[b1 + r];
+          }
+        }
+        vec2 cs2 = kq_rope_cs(t0 + t, jj, D / 2u, pc.u[12]);
+        sk[t * D + e.x] = x0 * cs2.x - x1 * cs2.y;
+        sk[t * D + e.y] = x0 * cs2.y + x1 * cs2.x;
+      }
+    }
+    barrier();
+    for (uint i = lid; i < R * TK; i += wg) {
+      uint row = i / TK, t = i % TK, tq = row / G;
+      float s = KQ_NEG;
+      if (t < nk && tq < nqt && t0 + t <= pos0 + tq) {
+        float dot = 0.0;
+        for (uint e = 0u; e < QK; ++e) dot += sq[row * QK + e] * sk[t * QK + e];
+        s = dot * scale;
+      }
+      ss[i] = s;
+    }
+    barrier();
+    if (lid < R) {
+      const uint row = lid;
+      float m_old = sm[row], mx = m_old;
+      for (uint t = 0u; t < nk; ++t) mx = max(mx, ss[row * TK + t]);
+      float sum = 0.0;
+      for (uint t = 0u; t < TK; ++t) {
+        float s = ss[row * TK + t];
+        float p = (t < nk && s > 0.5 * KQ_NEG) ? exp(s - mx) : 0.0;
+        ss[row * TK + t] = p;
+        sum += p;
+      }
+      float f = exp(m_old - mx);
+      sf[row] = f;
+      sl[row] = sl[row] * f + sum;
+      sm[row] = mx;
+    }
+    barrier();
+    const uint vbase = pc.u[2] + (t0 - tok_base) * RV;
+    [[unroll]] for (uint slot = 0u; slot < SLOTS; ++slot) {
+      const uint e = lid + slot * wg;
+      if (e < RV) {
+        [[unroll]] for (uint row = 0u; row < R; ++row) acc[slot * R + row] *= sf[row];
+        for (uint t = 0u; t < nk; ++t) {
+          float v = float(vc[vbase + t * RV + e]);
+          [[unroll]] for (uint row = 0u; row < R; ++row) acc[slot * R + row] += ss[row * TK + t] * v;
+        }
+      }
+    }
+    barrier();
+  }
+
+  const uint nch = pc.u[11];
+  [[unroll]] for (uint row = 0u; row < R; ++row) {
+    const uint tq = row / G;
+    if (tq >= nqt) continue;
+    const uint base = pc.u[3] + (((q0 + tq) * H + kv * G + row % G) * nch + c) * (RV + 2u);
+    [[unroll]] for (uint slot = 0u; slot < SLOTS; ++slot) {
+      const uint e = lid + slot * wg;
+      if (e < RV) part[base + 2u + e] = acc[slot * R + row];
+    }
+    if (lid == 0u) {
+      part[base] = sm[row];
+      part[base + 1u] = sl[row];
+    }
+  }
+}

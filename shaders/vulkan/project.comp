@@ -1,0 +1,45 @@
+#version 450
+// Latent projection of new tokens for one kv head:
+//   dst[t, :] = src[t, head, :] · proj      (t < n_tokens)
+// One workgroup projects TT tokens; the token rows are staged in shared memory
+// and every invocation produces (token, rank) outputs.
+#extension GL_GOOGLE_include_directive : require
+#include "kq_common.glsl"
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 1) const uint D = 128;
+layout(constant_id = 2) const uint R = 64;
+layout(constant_id = 3) const uint TT = 16;
+layout(constant_id = 4) const uint IDENT = 0;
+
+layout(std430, set = 0, binding = 0) readonly buffer kq_src { float src[]; };
+layout(std430, set = 0, binding = 1) readonly buffer kq_proj { float proj[]; };
+layout(std430, set = 0, binding = 2) writeonly buffer kq_dst { CACHE_T dst[]; };
+
+// u[0] src offset (token 0, head 0)   u[1] proj offset (this head's [D][R])
+// u[2] dst offset (token 0 of this head)   u[3] n_tokens   u[4] head   u[5] n_heads
+shared float tile[TT * D];
+
+void main() {
+  const uint lid = gl_LocalInvocationID.x, wg = gl_WorkGroupSize.x;
+  const uint t0 = gl_WorkGroupID.x * TT;
+  const uint nt = min(TT, pc.u[3] - t0);
+  const uint stride = pc.u[5] * D;
+  for (uint i = lid; i < nt * D; i += wg) {
+    uint t = i / D, k = i % D;
+    tile[i] = src[pc.u[0] + (t0 + t) * stride + pc.u[4] * D + k];
+  }
+  barrier();
+  for (uint i = lid; i < nt * R; i += wg) {
+    uint t = i / R, r = i % R;
+    float acc = 0.0;
+    if (IDENT != 0u) {
+      acc = tile[t * D + r];
+    } else {
+      const uint p = pc.u[1] + r;
+      for (uint k = 0u; k < D; ++k)
+        acc += tile[t * D + k] * proj[p + k * R];
+    }
+    dst[pc.u[2] + (t0 + t) * R + r] = CACHE_T(acc);
+  }
+}
