@@ -33,10 +33,17 @@ typedef struct kq_st_tensor {
 
 typedef struct kq_st_file kq_st_file;
 
-/* Maps and validates `path`: header length inside the file, JSON syntax,
- * known dtypes, shape products against byte sizes (overflow-safe), offsets
- * inside the data section, no overlaps, no duplicate names, metadata values
- * that are strings. */
+/* Maps and validates `path`: header length inside the file (and at most
+ * 100 MiB), JSON syntax (only whitespace after the object), known dtypes,
+ * shapes of at most KQ_ST_MAX_DIMS exact non-negative integers (< 2^53),
+ * shape products against byte sizes (overflow-safe), offsets inside the
+ * data section with begin <= end, no overlaps between non-empty tensors, no
+ * duplicate names, one "__metadata__" object whose values are strings.
+ * Tensors are listed (kq_st_at) in data-offset order. Errors:
+ * KQ_ERR_NOT_FOUND (no such file), KQ_ERR_IO (unreadable, not a regular
+ * file), KQ_ERR_FORMAT (anything malformed), KQ_ERR_OUT_OF_MEMORY; the
+ * message names the file and, where there is one, the tensor or key.
+ * The file must not be truncated by another process while it is open. */
 kq_status kq_st_open(const char *path, kq_st_file **out_file);
 void kq_st_close(kq_st_file *file);
 
@@ -45,9 +52,12 @@ int kq_st_count(const kq_st_file *file);
 const kq_st_tensor *kq_st_at(const kq_st_file *file, int index);
 /* NULL if absent (no error set). */
 const kq_st_tensor *kq_st_find(const kq_st_file *file, const char *name);
-/* Like kq_st_find, but a missing tensor, another dtype class or another
- * shape is an error naming the file and tensor. expect_dims / expect_shape:
- * a shape entry < 0 accepts any size. float_only: dtype must be F32/F16/BF16. */
+/* Like kq_st_find, but a missing tensor (KQ_ERR_NOT_FOUND), another dtype
+ * class or another shape (KQ_ERR_FORMAT) is an error naming the file and
+ * tensor. expect_dims < 0 accepts any rank and ignores expect_shape;
+ * otherwise expect_shape (may be NULL: rank only) has expect_dims entries,
+ * an entry < 0 accepting any size. float_only: dtype must be F32/F16/BF16
+ * (0 accepts every dtype). */
 kq_status kq_st_require(const kq_st_file *file, const char *name, int expect_dims,
                         const int64_t *expect_shape, int float_only,
                         const kq_st_tensor **out_tensor);
@@ -62,7 +72,15 @@ void kq_st_meta_at(const kq_st_file *file, int index, const char **out_key, cons
 kq_status kq_st_check_finite(const kq_st_file *file, const kq_st_tensor *tensor);
 
 /* Writer. Tensor data is referenced, not copied: it must stay valid until
- * commit. Nothing appears at `path` until kq_st_writer_commit succeeds. */
+ * commit. Nothing appears at `path` until kq_st_writer_commit succeeds.
+ * Layout: metadata first, then tensors in the order added, packed with no
+ * gaps (as other safetensors readers require); the header is padded with
+ * spaces so the data section starts at a multiple of 8 bytes.
+ * kq_st_writer_meta: a repeated key replaces the earlier value.
+ * kq_st_writer_add: KQ_ERR_INVALID_ARGUMENT (naming the tensor) for a
+ * repeated or reserved name, an invalid dtype, a negative shape entry, more
+ * than KQ_ST_MAX_DIMS dimensions or a byte size that overflows; data may be
+ * NULL only for an empty tensor. */
 typedef struct kq_st_writer kq_st_writer;
 
 kq_status kq_st_writer_create(const char *path, kq_st_writer **out_writer);

@@ -382,25 +382,23 @@ kq_status kq_projections_load(const char *path, kq_projections **out_proj) {
   kq_projections_info info = {0};
   kq_projections *p = NULL;
   int32_t *rk = NULL, *rv = NULL;
+  const kq_st_tensor **tens = NULL; /* [n_layers][6] */
   if ((st = parse_meta(f, &info)) != KQ_OK) goto done;
   rk = kq_malloc_array((size_t)info.n_layers, sizeof(int32_t), "projection ranks");
   rv = kq_malloc_array((size_t)info.n_layers, sizeof(int32_t), "projection ranks");
-  if (!rk || !rv) {
+  tens = kq_malloc_array((size_t)info.n_layers * 6, sizeof *tens, "projection tensors");
+  if (!rk || !rv || !tens) {
     st = kq_error_prefix(KQ_ERR_OUT_OF_MEMORY, "%s", path);
     goto done;
   }
   /* Validate every layer before allocating: sizes then come from the file's
    * own (already bounded) tensors, never from metadata alone. */
-  for (int32_t l = 0; l < info.n_layers; l++) {
-    const kq_st_tensor *t[6];
-    if ((st = layer_ranks(f, &info, l, t, &rk[l], &rv[l])) != KQ_OK) goto done;
-  }
+  for (int32_t l = 0; l < info.n_layers; l++)
+    if ((st = layer_ranks(f, &info, l, tens + 6 * (size_t)l, &rk[l], &rv[l])) != KQ_OK) goto done;
   if ((st = check_no_extra(f, &info)) != KQ_OK) goto done;
   if ((st = alloc_projections(&info, rk, rv, path, &p)) != KQ_OK) goto done;
   for (int32_t l = 0; l < info.n_layers; l++) {
-    const kq_st_tensor *t[6];
-    int32_t a, b;
-    layer_ranks(f, &info, l, t, &a, &b);
+    const kq_st_tensor **t = tens + 6 * (size_t)l;
     kq_projection_layer v;
     kq_projections_layer_view(p, l, &v);
     float *dst[6] = {v.key_down, v.query_down,   v.value_down,
@@ -410,6 +408,7 @@ kq_status kq_projections_load(const char *path, kq_projections **out_proj) {
 done:
   free(rk);
   free(rv);
+  free(tens);
   kq_st_close(f);
   if (st == KQ_OK)
     *out_proj = p;
