@@ -87,6 +87,11 @@ static void writer_output_reads_back_bit_for_bit_for_every_dtype(void **state) {
   kq_st_file *f = NULL;
   assert_int_equal(kq_st_open(path, &f), KQ_OK);
   assert_int_equal(kq_st_count(f), n_types + 2);
+  /* Listed in data order, which is the order written. */
+  assert_string_equal(kq_st_at(f, 0)->name, "tensor_F64");
+  assert_string_equal(kq_st_at(f, n_types - 1)->name, "tensor_U8");
+  assert_string_equal(kq_st_at(f, n_types)->name, "scalar");
+  assert_null(kq_st_at(f, n_types + 2));
   for (int t = 0; t < n_types; t++) {
     char name[32];
     snprintf(name, sizeof name, "tensor_%s", kq_dtype_name(dtypes[t]));
