@@ -7,6 +7,7 @@
  */
 #include <float.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -136,21 +137,82 @@ KQ_INLINE void k_rot_norms(double *restrict x, double *restrict y, int m, double
   *yy = sy;
 }
 
-KQ_INLINE void k_rot(double *restrict x, double *restrict y, int m, double c, double s) {
-  kq_v4d vc = KQ_V4D_SET1(c), vs = KQ_V4D_SET1(s), a, b, u, w;
+/* xᵀy and xᵀz in one pass over x. */
+KQ_INLINE void k_dot2(const double *restrict x, const double *restrict y, const double *restrict z,
+                      int m, double *xy, double *xz) {
+  kq_v4d s0 = KQ_V4D_SET1(0.0), s1 = KQ_V4D_SET1(0.0), a, b, c;
   int i = 0;
   for (; i + 4 <= m; i += 4) {
     KQ_V4D_LOAD(a, x + i);
     KQ_V4D_LOAD(b, y + i);
+    KQ_V4D_LOAD(c, z + i);
+    s0 += a * b;
+    s1 += a * c;
+  }
+  double t0 = KQ_V4D_SUM(s0), t1 = KQ_V4D_SUM(s1);
+  for (; i < m; i++) {
+    t0 += x[i] * y[i];
+    t1 += x[i] * z[i];
+  }
+  *xy = t0;
+  *xz = t1;
+}
+
+/* k_rot_norms plus x'ᵀz for the next pair, in the same pass. */
+KQ_INLINE void k_rot_norms_dot(double *restrict x, double *restrict y, const double *restrict z,
+                               int m, double c, double s, double *xx, double *yy, double *xz) {
+  kq_v4d vc = KQ_V4D_SET1(c), vs = KQ_V4D_SET1(s), nx = KQ_V4D_SET1(0.0), ny = KQ_V4D_SET1(0.0);
+  kq_v4d dz = KQ_V4D_SET1(0.0), a, b, u, w, e;
+  int i = 0;
+  for (; i + 4 <= m; i += 4) {
+    KQ_V4D_LOAD(a, x + i);
+    KQ_V4D_LOAD(b, y + i);
+    KQ_V4D_LOAD(e, z + i);
     u = vc * a - vs * b;
     w = vs * a + vc * b;
+    nx += u * u;
+    ny += w * w;
+    dz += u * e;
     KQ_V4D_STORE(x + i, u);
     KQ_V4D_STORE(y + i, w);
   }
+  double sx = KQ_V4D_SUM(nx), sy = KQ_V4D_SUM(ny), sz = KQ_V4D_SUM(dz);
   for (; i < m; i++) {
     double a1 = x[i], b1 = y[i];
-    x[i] = c * a1 - s * b1;
-    y[i] = s * a1 + c * b1;
+    double u1 = c * a1 - s * b1, w1 = s * a1 + c * b1;
+    x[i] = u1;
+    y[i] = w1;
+    sx += u1 * u1;
+    sy += w1 * w1;
+    sz += u1 * z[i];
+  }
+  *xx = sx;
+  *yy = sy;
+  *xz = sz;
+}
+
+/* x' = c·x − s·y, y' = s·x + c·y (the same rotation on the columns of V). */
+KQ_INLINE void k_rot(double *restrict x, double *restrict y, int m, double c, double s) {
+  kq_v4d vc = KQ_V4D_SET1(c), vs = KQ_V4D_SET1(s), a0, b0, a1, b1, u;
+  int i = 0;
+  for (; i + 8 <= m; i += 8) {
+    KQ_V4D_LOAD(a0, x + i);
+    KQ_V4D_LOAD(b0, y + i);
+    KQ_V4D_LOAD(a1, x + i + 4);
+    KQ_V4D_LOAD(b1, y + i + 4);
+    u = vc * a0 - vs * b0;
+    KQ_V4D_STORE(x + i, u);
+    u = vs * a0 + vc * b0;
+    KQ_V4D_STORE(y + i, u);
+    u = vc * a1 - vs * b1;
+    KQ_V4D_STORE(x + i + 4, u);
+    u = vs * a1 + vc * b1;
+    KQ_V4D_STORE(y + i + 4, u);
+  }
+  for (; i < m; i++) {
+    double a = x[i], b = y[i];
+    x[i] = c * a - s * b;
+    y[i] = s * a + c * b;
   }
 }
 
@@ -166,12 +228,6 @@ typedef struct jacobi_state {
   double *nrm;
   double tol;
 } jacobi_state;
-
-/* Cosine of the angle between columns p and q (norms np, nq > 0). */
-KQ_INLINE double pair_cosine(const double *ap, const double *aq, int m, double np, double nq) {
-  if (np * nq >= KQ_JAC_SAFE_PRODUCT) return (k_dot(ap, aq, m) / np) / nq;
-  return k_dot_scaled(ap, aq, m, 1.0 / np, 1.0 / nq);
-}
 
 /* Rotation (c, s) that makes columns with norms np, nq and cosine cs
  * orthogonal (Rutishauser's formulas, overflow-safe for any norm ratio). */
@@ -208,20 +264,44 @@ KQ_INLINE int sweep_body(jacobi_state *st) {
     }
     if (nrm[p] == 0.0) break; /* every remaining column is zero */
     double *ap = a + (size_t)p * lda;
-    double *vp = v ? v + (size_t)p * ldv : NULL;
+    /* The dot product a_pᵀa_q of the next pair is computed in the same pass
+     * as the current one (two dots sharing the read of a_p, or the rotation
+     * producing the new a_p), which saves a third of the memory traffic. */
+    double pending = 0.0;
+    bool have_pending = false;
     for (int q = p + 1; q < n; q++) {
       double nq = nrm[q];
-      if (nq == 0.0) continue;
-      double np = nrm[p];
       double *aq = a + (size_t)q * lda;
-      double cs = pair_cosine(ap, aq, m, np, nq);
+      double *an = q + 1 < n ? aq + lda : NULL;
+      bool had = have_pending;
+      have_pending = false;
+      if (nq == 0.0) continue;
+      double np = nrm[p], dot;
+      if (np * nq < KQ_JAC_SAFE_PRODUCT) {
+        dot = NAN; /* use the scaled cosine */
+      } else if (had) {
+        dot = pending;
+      } else if (an) {
+        k_dot2(ap, aq, an, m, &dot, &pending);
+        have_pending = true;
+      } else {
+        dot = k_dot(ap, aq, m);
+      }
+      double cs = isnan(dot) ? k_dot_scaled(ap, aq, m, 1.0 / np, 1.0 / nq) : (dot / np) / nq;
       if (!(fabs(cs) > tol)) continue;
       double c, s, pp, qq;
       rotation(np, nq, cs, &c, &s);
-      k_rot_norms(ap, aq, m, c, s, &pp, &qq);
-      if (vp) k_rot(vp, v + (size_t)q * ldv, nv, c, s);
+      if (an) {
+        k_rot_norms_dot(ap, aq, an, m, c, s, &pp, &qq, &pending);
+        have_pending = true;
+      } else {
+        k_rot_norms(ap, aq, m, c, s, &pp, &qq);
+        have_pending = false;
+      }
+      if (v) k_rot(v + (size_t)p * ldv, v + (size_t)q * ldv, nv, c, s);
       nrm[p] = pp >= KQ_JAC_SAFE_SUMSQ ? sqrt(pp) : negligible_to_zero(ap, m);
       nrm[q] = qq >= KQ_JAC_SAFE_SUMSQ ? sqrt(qq) : negligible_to_zero(aq, m);
+      if (nrm[p] == 0.0) have_pending = false;
       rotations++;
     }
   }
@@ -258,7 +338,9 @@ static void identity(int n, double *v, int ldv) {
  * unscaled), U over a, V (if v != NULL; v starts as given — identity for a
  * plain SVD). Returns OK or KQ_ERR_NO_CONVERGENCE (outputs finalised). */
 static kq_status jacobi_core(int m, int n, double *a, int lda, double *sigma, double *v, int ldv,
-                             int max_sweeps, double *nrm, kq_svd_info *info) {
+                             int max_sweeps, kq_svd_info *info) {
+  double *nrm = kq_malloc_array((size_t)n, sizeof(double), "Jacobi SVD norms");
+  if (!nrm) return KQ_ERR_OUT_OF_MEMORY;
   double maxn = 0.0;
   for (int j = 0; j < n; j++) {
     nrm[j] = column_norm(a + (size_t)j * lda, m);
@@ -324,6 +406,7 @@ static kq_status jacobi_core(int m, int n, double *a, int lda, double *sigma, do
     info->sweeps = sweeps;
     info->rotations = rotations;
   }
+  free(nrm);
   if (status != KQ_OK)
     kq_set_error(status, "Jacobi SVD (%d x %d): not converged after %d sweeps", m, n, sweeps);
   return status;
@@ -380,7 +463,7 @@ static kq_status svd_qr_precond(int m, int n, double *a, int lda, double *sigma,
       rsave[(size_t)j * n + i] = rij;
     }
   identity(n, vr, n);
-  st = jacobi_core(n, n, rt, n, sigma, vr, n, params->max_sweeps, nrm, info);
+  st = jacobi_core(n, n, rt, n, sigma, vr, n, params->max_sweeps, info);
   if (st != KQ_OK && st != KQ_ERR_NO_CONVERGENCE) goto done;
   int zero_sigma = n > 0 && sigma[n - 1] == 0.0;
   if (!zero_sigma) {
@@ -395,7 +478,7 @@ static kq_status svd_qr_precond(int m, int n, double *a, int lda, double *sigma,
     /* Jacobi on R: R·V_r = U_r·Σ with V_r orthogonal; U = Q·[U_r; 0]. */
     kq_svd_info first = info ? *info : (kq_svd_info){0, 0};
     identity(n, vr, n);
-    st = jacobi_core(n, n, rsave, n, sigma, vr, n, params->max_sweeps, nrm, info);
+    st = jacobi_core(n, n, rsave, n, sigma, vr, n, params->max_sweeps, info);
     if (info) {
       info->sweeps += first.sweeps;
       info->rotations += first.rotations;
@@ -441,10 +524,6 @@ kq_status kq_svd_jacobi(int m, int n, double *a, int lda, double *sigma, double 
   if (st != KQ_OK) return st;
   if (params->qr_precondition && n > 1)
     return svd_qr_precond(m, n, a, lda, sigma, v, ldv, params, info);
-  double *nrm = kq_malloc_array((size_t)n, sizeof(double), "Jacobi SVD norms");
-  if (!nrm) return KQ_ERR_OUT_OF_MEMORY;
   identity(n, v, ldv);
-  st = jacobi_core(m, n, a, lda, sigma, v, ldv, params->max_sweeps, nrm, info);
-  free(nrm);
-  return st;
+  return jacobi_core(m, n, a, lda, sigma, v, ldv, params->max_sweeps, info);
 }
