@@ -19,6 +19,7 @@
 /* ctest's SKIP_RETURN_CODE for "no OpenCL device here". */
 #define KQ_OCL_SKIP 77
 
+#ifdef KQ_OCL_MODULE_PATH
 static _Thread_local char harness_error[1024];
 
 static kq_status harness_set_error(kq_status status, const char *fmt, ...) {
@@ -46,6 +47,7 @@ static const kq_backend_iface *harness_load(void) {
   if (entry(&harness_host, &ifc) != KQ_OK) return NULL;
   return ifc;
 }
+#endif /* KQ_OCL_MODULE_PATH */
 
 /* Deterministic uniform values in [-scale, scale]. */
 static void harness_fill(float *x, size_t n, uint64_t seed, float scale) {
