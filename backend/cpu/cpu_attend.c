@@ -60,19 +60,35 @@ static void rope_rotate(float *x, int d, double pos, const double *inv_freq,
   }
 }
 
-/* Widens n latent rows (stride `rank` elements) to F32 rows of stride `ldp`,
- * zero-padding columns [rank, ldp). */
-static void load_rows(const attend_ctx *c, const unsigned char *src, int n, int rank, int ldp,
-                      float *dst) {
+/* F32 rows [n, ldp] of n latent rows (stride `rank` elements) at src,
+ * zero-padded in columns [rank, ldp). Unpadded F32 rows are used in place
+ * unless `copy`; otherwise they are widened into dst. */
+static const float *load_rows(const attend_ctx *c, const unsigned char *src, int n, int rank,
+                              int ldp, float *dst, int copy) {
+  int f16 = c->op->storage == KQ_STORAGE_F16;
+  if (rank == ldp) {
+    if (!f16 && !copy) return (const float *)(const void *)src;
+    if (f16)
+      c->kern->f16_to_f32((const uint16_t *)(const void *)src, dst, n * rank);
+    else
+      memcpy(dst, src, (size_t)n * rank * sizeof(float));
+    return dst;
+  }
   for (int t = 0; t < n; t++) {
     float *d = dst + (size_t)t * ldp;
     const unsigned char *s = src + (size_t)t * rank * c->esize;
-    if (c->op->storage == KQ_STORAGE_F16)
-      c->kern->f16_to_f32((const uint16_t *)s, d, rank);
+    if (f16)
+      c->kern->f16_to_f32((const uint16_t *)(const void *)s, d, rank);
     else
       memcpy(d, s, (size_t)rank * sizeof(float));
     for (int i = rank; i < ldp; i++) d[i] = 0.0f;
   }
+  return dst;
+}
+
+/* Asks for the cache lines of [p, p + bytes) ahead of use. */
+static void prefetch_range(const unsigned char *p, size_t bytes) {
+  for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 0);
 }
 
 typedef struct task_scratch {
@@ -152,19 +168,16 @@ static void prepare_queries(const attend_ctx *c, task_scratch *ts, int h, int j0
   }
 }
 
-/* Loads the key tile [p, p + nt) as logit-ready F32 rows in ts->ktile. */
-static void load_key_tile(const attend_ctx *c, task_scratch *ts, const unsigned char *kbase, int p,
-                          int nt) {
+/* The key tile [p, p + nt) as logit-ready F32 rows [nt, dkp]. */
+static const float *load_key_tile(const attend_ctx *c, task_scratch *ts, const unsigned char *kbase,
+                                  int p, int nt) {
   const kq_attend_op *op = c->op;
   int rk = op->rank_k, d = op->head_dim;
   const unsigned char *src = kbase + (size_t)p * rk * c->esize;
-  if (op->rope != KQ_ROPE_PRE) {
-    load_rows(c, src, nt, rk, c->dkp, ts->ktile);
-    return;
-  }
+  if (op->rope != KQ_ROPE_PRE) return load_rows(c, src, nt, rk, c->dkp, ts->ktile, 0);
   /* PRE: k̂ = rot(k̃ Bᵀ, p), reconstructed in the tile only. */
-  float *lat = c->identity_keys ? ts->ktile : ts->ltile;
-  load_rows(c, src, nt, rk, c->identity_keys ? c->dkp : c->rkp, lat);
+  const float *lat = c->identity_keys ? load_rows(c, src, nt, rk, c->dkp, ts->ktile, 1)
+                                      : load_rows(c, src, nt, rk, c->rkp, ts->ltile, 0);
   for (int t = 0; t < nt; t++) {
     float *restrict kh = ts->ktile + (size_t)t * c->dkp;
     if (!c->identity_keys) {
@@ -179,8 +192,10 @@ static void load_key_tile(const attend_ctx *c, task_scratch *ts, const unsigned 
     }
     rope_rotate(kh, d, (double)(p + t), c->inv_freq, op->rope_layout);
   }
+  return ts->ktile;
 }
 
+static int g_pf = -1;
 static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
   (void)worker;
   const attend_ctx *c = vctx;
@@ -218,9 +233,16 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
     const unsigned char *vbase = c->v_cache + (size_t)h * op->capacity * rv * c->esize;
     for (int p = p0; p < p1; p += KQ_TILE) {
       int nt = p1 - p < KQ_TILE ? p1 - p : KQ_TILE;
-      load_key_tile(c, &ts, kbase, p, nt);
-      load_rows(c, vbase + (size_t)p * rv * c->esize, nt, rv, c->rvp, ts.vtile);
-      c->kern->logits(ts.qrows, rows, ts.ktile, nt, c->dkp, ts.s, KQ_TILE);
+      if (g_pf && p + g_pf * KQ_TILE < p1) {
+        int pp = p + g_pf * KQ_TILE;
+        int nn = p1 - pp < KQ_TILE ? p1 - pp : KQ_TILE;
+        prefetch_range(kbase + (size_t)pp * rk * c->esize, (size_t)nn * rk * c->esize);
+        prefetch_range(vbase + (size_t)pp * rv * c->esize, (size_t)nn * rv * c->esize);
+      }
+      const float *ktile = load_key_tile(c, &ts, kbase, p, nt);
+      const float *vtile =
+          load_rows(c, vbase + (size_t)p * rv * c->esize, nt, rv, c->rvp, ts.vtile, 0);
+      c->kern->logits(ts.qrows, rows, ktile, nt, c->dkp, ts.s, KQ_TILE);
       int masked = p + nt - 1 > qpos0; /* some row sees only part of the tile */
       for (int r = 0; r < rows; r++) {
         float *sr = ts.s + (size_t)r * KQ_TILE;
@@ -255,7 +277,7 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
         for (int t = 0; t < nt; t++) sum += sr[t];
         ts.l[r] += sum;
       }
-      c->kern->pv(ts.s, rows, KQ_TILE, ts.vtile, nt, c->rvp, ts.acc);
+      c->kern->pv(ts.s, rows, KQ_TILE, vtile, nt, c->rvp, ts.acc);
     }
   }
 
@@ -415,6 +437,7 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
   /* Tiny jobs run on the calling thread: waking the team costs more. */
   double work = (double)op->n_ctx * op->n_queries * op->n_heads * (op->rank_k + op->rank_v);
   int max_threads = work < 2e5 ? 1 : 0;
+  if (g_pf < 0) g_pf = getenv("KQ_PF") ? atoi(getenv("KQ_PF")) : 1;
   task_scratch sizing;
   st = kq_cpu_pool_run(n_tasks, max_threads, layout_scratch(&c, NULL, &sizing), attend_task, &c);
   if (st == KQ_OK && n_chunks > 1) merge_partials(&c);
