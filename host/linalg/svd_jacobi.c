@@ -82,6 +82,19 @@ static double negligible_to_zero(double *x, int m) {
   return 0.0;
 }
 
+/* A column whose norm fell below `noise`·(the largest norm it has had) by
+ * cancellation holds nothing but rounding errors of earlier rotations: it is
+ * numerically in the span of the other columns (rank deficiency). Rotating
+ * it further only shrinks it by ~ε per sweep for dozens of sweeps, so it is
+ * set to zero — a change below the backward error each rotation already
+ * makes to that column. Returns the (possibly zero) norm. */
+static double drop_cancelled(double *x, int m, double nx, double *ref, double noise) {
+  if (nx > *ref) *ref = nx;
+  if (nx == 0.0 || nx >= noise * *ref) return nx;
+  memset(x, 0, (size_t)m * sizeof(double));
+  return 0.0;
+}
+
 /* ---- inner kernels (inlined into a baseline and an AVX2 sweep) ---------- */
 
 KQ_INLINE double k_dot(const double *restrict x, const double *restrict y, int m) {
@@ -226,7 +239,10 @@ typedef struct jacobi_state {
   int ldv;
   int nv; /* rows of v */
   double *nrm;
+  double *ref; /* largest norm each column has had: the scale of its rounding errors */
   double tol;
+  double max_cos; /* largest |cos| met in the sweep */
+  double max_sin; /* largest |sin| of a rotation applied in the sweep */
 } jacobi_state;
 
 /* Rotation (c, s) that makes columns with norms np, nq and cosine cs
@@ -248,9 +264,10 @@ static void rotation(double np, double nq, double cs, double *c, double *s) {
 /* One row-cyclic sweep with de Rijk pivoting; returns rotations applied. */
 KQ_INLINE int sweep_body(jacobi_state *st) {
   const int m = st->m, n = st->n, lda = st->lda, ldv = st->ldv, nv = st->nv;
-  double *a = st->a, *v = st->v, *nrm = st->nrm;
-  const double tol = st->tol;
+  double *a = st->a, *v = st->v, *nrm = st->nrm, *ref = st->ref;
+  const double tol = st->tol, noise = 4.0 * tol;
   int rotations = 0;
+  double max_cos = 0.0, max_sin = 0.0;
   for (int p = 0; p < n - 1; p++) {
     int best = p;
     for (int q = p + 1; q < n; q++)
@@ -261,6 +278,9 @@ KQ_INLINE int sweep_body(jacobi_state *st) {
       double t = nrm[p];
       nrm[p] = nrm[best];
       nrm[best] = t;
+      t = ref[p];
+      ref[p] = ref[best];
+      ref[best] = t;
     }
     if (nrm[p] == 0.0) break; /* every remaining column is zero */
     double *ap = a + (size_t)p * lda;
@@ -288,9 +308,11 @@ KQ_INLINE int sweep_body(jacobi_state *st) {
         dot = k_dot(ap, aq, m);
       }
       double cs = isnan(dot) ? k_dot_scaled(ap, aq, m, 1.0 / np, 1.0 / nq) : (dot / np) / nq;
+      max_cos = fmax(max_cos, fabs(cs));
       if (!(fabs(cs) > tol)) continue;
       double c, s, pp, qq;
       rotation(np, nq, cs, &c, &s);
+      max_sin = fmax(max_sin, fabs(s));
       if (an) {
         k_rot_norms_dot(ap, aq, an, m, c, s, &pp, &qq, &pending);
         have_pending = true;
@@ -301,10 +323,14 @@ KQ_INLINE int sweep_body(jacobi_state *st) {
       if (v) k_rot(v + (size_t)p * ldv, v + (size_t)q * ldv, nv, c, s);
       nrm[p] = pp >= KQ_JAC_SAFE_SUMSQ ? sqrt(pp) : negligible_to_zero(ap, m);
       nrm[q] = qq >= KQ_JAC_SAFE_SUMSQ ? sqrt(qq) : negligible_to_zero(aq, m);
+      nrm[p] = drop_cancelled(ap, m, nrm[p], &ref[p], noise);
+      nrm[q] = drop_cancelled(aq, m, nrm[q], &ref[q], noise);
       if (nrm[p] == 0.0) have_pending = false;
       rotations++;
     }
   }
+  st->max_cos = max_cos;
+  st->max_sin = max_sin;
   return rotations;
 }
 
@@ -339,7 +365,7 @@ static void identity(int n, double *v, int ldv) {
  * plain SVD). Returns OK or KQ_ERR_NO_CONVERGENCE (outputs finalised). */
 static kq_status jacobi_core(int m, int n, double *a, int lda, double *sigma, double *v, int ldv,
                              int max_sweeps, kq_svd_info *info) {
-  double *nrm = kq_malloc_array((size_t)n, sizeof(double), "Jacobi SVD norms");
+  double *nrm = kq_malloc_array(2 * (size_t)n, sizeof(double), "Jacobi SVD norms");
   if (!nrm) return KQ_ERR_OUT_OF_MEMORY;
   double maxn = 0.0;
   for (int j = 0; j < n; j++) {
@@ -361,14 +387,30 @@ static kq_status jacobi_core(int m, int n, double *a, int lda, double *sigma, do
       }
     }
   }
-  jacobi_state st = {m, n, a, lda, v, ldv, n, nrm, sqrt((double)m) * (DBL_EPSILON / 2)};
+  for (int j = 0; j < n; j++) nrm[n + j] = nrm[j];
+  jacobi_state st = {.m = m,
+                     .n = n,
+                     .a = a,
+                     .lda = lda,
+                     .v = v,
+                     .ldv = ldv,
+                     .nv = n,
+                     .nrm = nrm,
+                     .ref = nrm + n,
+                     .tol = sqrt((double)m) * (DBL_EPSILON / 2)};
   kq_status status = KQ_ERR_NO_CONVERGENCE;
   int sweeps = 0, rotations = 0;
   while (sweeps < max_sweeps) {
     int r = sweep(&st);
     sweeps++;
     rotations += r;
-    if (r == 0) {
+    /* dgesvj's stopping rule: no rotation at all, or (after the first
+     * sweeps) every cosine within sqrt(n)·tol and rotations so small that
+     * n·max|cos|·max|sin| < tol. The second case ends the rare cycling of
+     * nearly-null columns whose cosines rounding keeps just above tol. */
+    bool tiny = sweeps > 2 && st.max_cos < sqrt((double)n) * st.tol &&
+                (double)n * st.max_cos * st.max_sin < st.tol;
+    if (r == 0 || tiny) {
       status = KQ_OK;
       break;
     }
