@@ -1,0 +1,133 @@
+/* A stand-in inference engine built against an installed kqsvd (only
+ * <kqsvd.h>): it opens a device, creates projections (identity and random
+ * rank-r ones), a cache, appends tokens one by one and decodes, and checks
+ * every decode output against a small float64 attention written here.
+ * Exit 0 when everything matches, 1 otherwise. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <kqsvd.h>
+
+enum { H = 4, HK = 2, D = 16, TOKENS = 40 };
+
+static double rnd(unsigned long long *s) {
+  *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+  return (double)(*s >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+
+static int fail(const char *what, kq_status st) {
+  fprintf(stderr, "engine: %s: %s: %s\n", what, kq_status_string(st), kq_last_error());
+  return 1;
+}
+
+/* Float64 decode of the last token: per head, softmax over positions of
+ * (q B)·(k A)/sqrt(d), values (v C), output (P V C) Eᵀ. */
+static void reference(const kq_projection_layer *L, int n, const float *keys, const float *values,
+                      const float *q, double *out) {
+  int rk = L->rank_k, rv = L->rank_v, g = H / HK;
+  for (int head = 0; head < H; head++) {
+    int h = head / g;
+    const float *A = L->key_down + h * D * rk, *B = L->query_down + h * D * rk;
+    const float *C = L->value_down + h * D * rv, *E = L->value_up + h * D * rv;
+    double qt[D], logits[TOKENS], acc[D] = {0}, mx = -INFINITY, sum = 0.0;
+    for (int k = 0; k < rk; k++) {
+      qt[k] = 0.0;
+      for (int i = 0; i < D; i++) qt[k] += q[head * D + i] * (double)B[i * rk + k];
+    }
+    for (int t = 0; t < n; t++) {
+      double s = 0.0;
+      for (int k = 0; k < rk; k++) {
+        double kt = 0.0;
+        for (int i = 0; i < D; i++) kt += keys[(t * HK + h) * D + i] * (double)A[i * rk + k];
+        s += qt[k] * kt;
+      }
+      logits[t] = s / sqrt((double)D);
+      if (logits[t] > mx) mx = logits[t];
+    }
+    for (int t = 0; t < n; t++) sum += (logits[t] = exp(logits[t] - mx));
+    for (int t = 0; t < n; t++)
+      for (int k = 0; k < rv; k++) {
+        double vt = 0.0;
+        for (int i = 0; i < D; i++) vt += values[(t * HK + h) * D + i] * (double)C[i * rv + k];
+        acc[k] += logits[t] / sum * vt;
+      }
+    for (int i = 0; i < D; i++) {
+      double s = 0.0;
+      for (int k = 0; k < rv; k++) s += acc[k] * E[i * rv + k];
+      out[head * D + i] = s;
+    }
+  }
+}
+
+static int run(kq_device *dev, int rank) {
+  kq_projections_info info = {.method = KQ_METHOD_KQSVD,
+                              .n_layers = 1,
+                              .n_heads = H,
+                              .n_kv_heads = HK,
+                              .head_dim = D,
+                              .rope = KQ_ROPE_POST,
+                              .rope_layout = KQ_ROPE_PAIRS,
+                              .rope_theta = 10000.0f};
+  kq_projections *proj = NULL;
+  kq_status st;
+  unsigned long long seed = 2024u + (unsigned)rank;
+  if (rank == D) {
+    st = kq_projections_create_identity(&info, &proj);
+  } else {
+    int32_t r[1] = {rank};
+    st = kq_projections_create(&info, r, r, &proj);
+  }
+  if (st != KQ_OK) return fail("projections", st);
+  kq_projection_layer L;
+  if ((st = kq_projections_layer(proj, 0, &L)) != KQ_OK) return fail("layer", st);
+  if (rank != D) {
+    for (int i = 0; i < HK * D * rank; i++) {
+      L.key_down[i] = (float)(0.5 * rnd(&seed));
+      L.query_down[i] = (float)(0.5 * rnd(&seed));
+      L.value_down[i] = (float)(0.5 * rnd(&seed));
+      L.value_up[i] = (float)(0.5 * rnd(&seed));
+    }
+  }
+  kq_cache_params params = kq_cache_default_params();
+  params.capacity = TOKENS;
+  kq_cache *cache = NULL;
+  if ((st = kq_cache_create(dev, proj, &params, &cache)) != KQ_OK) return fail("cache", st);
+
+  static float keys[TOKENS * HK * D], values[TOKENS * HK * D];
+  float q[H * D], out[H * D];
+  double ref[H * D], worst = 0.0;
+  for (int t = 0; t < TOKENS; t++) {
+    for (int i = 0; i < HK * D; i++) {
+      keys[t * HK * D + i] = (float)rnd(&seed);
+      values[t * HK * D + i] = (float)rnd(&seed);
+    }
+    for (int i = 0; i < H * D; i++) q[i] = (float)rnd(&seed);
+    if ((st = kq_cache_append(cache, 0, 1, keys + t * HK * D, values + t * HK * D)) != KQ_OK)
+      return fail("append", st);
+    if ((st = kq_cache_attend(cache, 0, 1, q, KQ_OUTPUT_FULL, out)) != KQ_OK)
+      return fail("attend", st);
+    reference(&L, t + 1, keys, values, q, ref);
+    double num = 0.0, den = 0.0;
+    for (int i = 0; i < H * D; i++) {
+      num += (out[i] - ref[i]) * (out[i] - ref[i]);
+      den += ref[i] * ref[i];
+    }
+    if (num / den > worst) worst = num / den;
+  }
+  kq_cache_destroy(cache);
+  kq_projections_destroy(proj);
+  printf("engine: rank %2d: %d decode steps, worst NMSE %.3e\n", rank, TOKENS, worst);
+  return worst <= 1e-9 ? 0 : 1; /* float32 arithmetic vs float64: ~1e-13 expected */
+}
+
+int main(void) {
+  kq_device *dev = NULL;
+  kq_status st = kq_device_create("cpu", &dev);
+  if (st != KQ_OK) return fail("device", st);
+  printf("engine: kqsvd %s\n", kq_version());
+  int rc = run(dev, D) | run(dev, 5);
+  kq_device_destroy(dev);
+  return rc;
+}
