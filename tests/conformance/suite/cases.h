@@ -14,7 +14,7 @@
 typedef enum kqc_append {
   KQC_APPEND_ONE = 0,    /* all tokens in one append, then one attend */
   KQC_APPEND_CHUNKS = 1, /* appends of growing sizes 1, 3, 8, 21, ... with an attend of the
-                            last min(m, chunk) tokens after each (prefill + decode), the final
+                            last min(m, chunk, 8) tokens after each (prefill + decode), the final
                             output also compared with a second cache filled in one append */
 } kqc_append;
 

@@ -211,8 +211,10 @@ static int fill(kqc_state *r, kq_cache *cache, int32_t from, int32_t to, kqc_app
     if (kq_cache_length(cache, 0) != len)
       return fail(r, "kq_cache_length is %d after appending up to %d",
                   (int)kq_cache_length(cache, 0), (int)len);
-    if (len < to && attend_and_compare(r, cache, len, step < c->m ? step : c->m, klat, vlat))
-      return -1;
+    /* Between chunks: attend the newest few tokens (decode, small prefill);
+     * at most 8 keeps software devices fast. */
+    int32_t mi = step < c->m ? step : c->m;
+    if (len < to && attend_and_compare(r, cache, len, mi < 8 ? mi : 8, klat, vlat)) return -1;
   }
   return attend_and_compare(r, cache, to, c->m, klat, vlat);
 }
