@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kq_common.h"
+#include "../common/kq_common.h"
 
 /* Value types of the key/value section (numbering from the GGUF format). */
 typedef enum kq_gguf_vtype {

@@ -63,6 +63,10 @@ typedef struct kq_llama_eval {
 kq_status kq_llama_forward(kq_llama *model, const kq_llama_attention *attn,
                            const kq_llama_eval *eval);
 
+/* Copies layer `layer`'s attention output weight W_O, [n_embd, n_heads *
+ * head_dim] row-major (PyTorch o_proj.weight layout), into dst. */
+kq_status kq_llama_copy_wo(const kq_llama *model, int32_t layer, float *dst);
+
 /* The model's attention geometry as projection metadata (rope = POST,
  * pairs layout, the model's theta); method KQSVD. */
 kq_projections_info kq_llama_projection_info(const kq_llama *model);

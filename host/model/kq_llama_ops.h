@@ -8,7 +8,7 @@
 
 #include <stdint.h>
 
-#include "kq_common.h"
+#include "../common/kq_common.h"
 
 /* y[n, rows] = x[n, cols] · w[rows, cols]ᵀ (each output row r of token t is
  * dot(w[r], x[t])), split over n_threads by blocks of weight rows. */

@@ -11,7 +11,7 @@
 
 #include <stddef.h>
 
-#include "kq_common.h"
+#include "../common/kq_common.h"
 
 /* Called once per piece, in order; pieces are non-empty and cover the text
  * exactly. A non-OK return stops the split and is passed on. */

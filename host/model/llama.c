@@ -289,6 +289,13 @@ kq_status kq_llama_forward(kq_llama *m, const kq_llama_attention *attn, const kq
   return st;
 }
 
+kq_status kq_llama_copy_wo(const kq_llama *m, int32_t layer, float *dst) {
+  if (layer < 0 || layer >= m->hp.n_layers)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "llama: layer %d out of range", layer);
+  memcpy(dst, m->layers[layer].wo, (size_t)m->hp.n_embd * m->hp.n_embd * sizeof(float));
+  return KQ_OK;
+}
+
 kq_projections_info kq_llama_projection_info(const kq_llama *m) {
   kq_projections_info info = {
       .method = KQ_METHOD_KQSVD,

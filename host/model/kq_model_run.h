@@ -1,0 +1,94 @@
+/*
+ * kq_model_run.h — what the CLI does with a loaded model: run it on a
+ * kqsvd cache (full = identity projections, or a projection file),
+ * perplexity, calibration capture (SPEC §2 file) and greedy generation.
+ */
+#ifndef KQ_MODEL_RUN_H
+#define KQ_MODEL_RUN_H
+
+#include <stdint.h>
+
+#include "kq_llama.h"
+#include "kqsvd.h"
+
+/* A kqsvd cache bound to a model. */
+typedef struct kq_model_session {
+  kq_llama *model; /* borrowed */
+  kq_projections *proj;
+  kq_cache *cache;
+  kq_rope_mode rope; /* of the projections: PRE means the cache rotates */
+  kq_llama_attention attn;
+  uint64_t kv_bytes; /* latent K+V at full capacity, all layers */
+} kq_model_session;
+
+/* Creates a cache of `capacity` tokens on `device` with identity
+ * projections (proj_path == NULL: full attention, rope POST) or the
+ * projections of `proj_path` (checked against the model; errors name the
+ * file). */
+kq_status kq_model_session_create(kq_llama *model, kq_device *device, const char *proj_path,
+                                  kq_storage storage, int32_t capacity,
+                                  kq_model_session *out_session);
+void kq_model_session_destroy(kq_model_session *session);
+
+typedef struct kq_ppl_params {
+  int32_t ctx;   /* tokens per window; the cache is cleared between windows */
+  int32_t batch; /* tokens per forward call (prefill chunk), default 64 */
+  kq_progress_fn progress;
+  void *progress_user;
+  const volatile int *cancel;
+} kq_ppl_params;
+
+typedef struct kq_ppl_result {
+  int64_t predictions; /* tokens scored: (window length - 1) summed over windows */
+  double nll;          /* mean negative log-likelihood, nats */
+  double ppl;          /* exp(nll) */
+  double seconds;      /* wall time of the forward passes */
+} kq_ppl_result;
+
+/* Perplexity of ids[0..n) in consecutive non-overlapping windows of
+ * params->ctx tokens (the last may be shorter; one of a single token is
+ * skipped); inside a window every token after the first is predicted from
+ * all the tokens before it. Needs n >= 2. */
+kq_status kq_model_perplexity(kq_model_session *session, const int32_t *ids, int64_t n,
+                              const kq_ppl_params *params, kq_ppl_result *out);
+
+typedef struct kq_capture_params {
+  int32_t seq_len;    /* tokens per calibration sequence */
+  int64_t max_tokens; /* cap on T (rounded down to whole sequences); 0 = all */
+  kq_rope_mode rope;  /* POST: rotated q/k; PRE: un-rotated */
+  kq_dtype dtype;     /* F32 or F16 */
+  int32_t batch;      /* tokens per forward call */
+  kq_progress_fn progress;
+  void *progress_user;
+  const volatile int *cancel;
+} kq_capture_params;
+
+/* Runs the model (full attention on `device`) over whole seq_len-token
+ * sequences of ids and writes per layer q [H,T,d], k, v [Hk,T,d] and
+ * wo [D, H·d] with metadata seq_len, rope, rope_theta, rope_layout=pairs
+ * to out_path (atomically). *out_tokens = T. KQ_ERR_INVALID_ARGUMENT when
+ * fewer than seq_len tokens are given. */
+kq_status kq_model_capture(kq_llama *model, kq_device *device, const int32_t *ids, int64_t n,
+                           const char *out_path, const kq_capture_params *params,
+                           int64_t *out_tokens);
+
+/* Called with each generated token; a non-zero return stops generation. */
+typedef int (*kq_token_fn)(void *user, int32_t token);
+
+typedef struct kq_generate_result {
+  int32_t n_generated;
+  double prefill_seconds, decode_seconds;
+} kq_generate_result;
+
+/* Greedy decoding: prefills prompt[0..n_prompt) then emits up to n_new
+ * tokens (stopping after EOS), each passed to on_token. The session's cache
+ * must hold n_prompt + n_new tokens. */
+kq_status kq_model_generate(kq_model_session *session, const int32_t *prompt, int32_t n_prompt,
+                            int32_t n_new, kq_token_fn on_token, void *user,
+                            const volatile int *cancel, kq_generate_result *out);
+
+/* Reads a whole text file (NUL-terminated copy; caller frees). Errors name
+ * the file. */
+kq_status kq_model_read_text(const char *path, char **out_text, size_t *out_len);
+
+#endif /* KQ_MODEL_RUN_H */
