@@ -26,46 +26,93 @@
 /* Rows per block in the TSQR pass (column-major block, d columns). */
 #define KQ_TSQR_ROWS 256
 
-/* ---- conversion of one row to double ------------------------------------ */
+/* ---- conversion of rows to double ---------------------------------------- */
 
-static void convert_row_default(const kq_matrix_view *pv, int64_t row, double *dst) {
-  size_t off = (size_t)row * (size_t)pv->row_stride * kq_dtype_size(pv->dtype);
-  kq_convert_to_f64(pv->dtype, (const char *)pv->data + off, dst, (size_t)pv->cols);
+/* x[0..d) *= scale, and probe[0..4) += x·0, which turns NaN iff some x is
+ * NaN or Inf (four lanes so that the sums do not serialise). */
+KQ_INLINE void scale_and_probe(double *restrict x, int d, double scale, double *restrict probe) {
+  kq_v4d acc, t, vs = KQ_V4D_SET1(scale), zero = KQ_V4D_SET1(0.0);
+  KQ_V4D_LOAD(acc, probe);
+  double tail = 0.0;
+  int j = 0;
+  if (scale != 1.0) {
+    for (; j + 4 <= d; j += 4) {
+      KQ_V4D_LOAD(t, x + j);
+      t *= vs;
+      KQ_V4D_STORE(x + j, t);
+      acc += t * zero;
+    }
+    for (; j < d; j++) x[j] *= scale;
+  } else {
+    for (; j + 4 <= d; j += 4) {
+      KQ_V4D_LOAD(t, x + j);
+      acc += t * zero;
+    }
+  }
+  for (int k = d & ~3; k < d; k++) tail += x[k] * 0.0;
+  acc[0] += tail;
+  KQ_V4D_STORE(probe, acc);
+}
+
+/* Converts `rows` rows from row0 of a part to double (row-major, stride ld),
+ * times the part's scale, accumulating the NaN probe. */
+static void convert_rows_default(const kq_matrix_view *pv, int64_t row0, int rows, double *x,
+                                 int ld, double *probe) {
+  size_t es = kq_dtype_size(pv->dtype);
+  for (int r = 0; r < rows; r++) {
+    size_t off = (size_t)(row0 + r) * (size_t)pv->row_stride * es;
+    double *xr = x + (size_t)r * ld;
+    kq_convert_to_f64(pv->dtype, (const char *)pv->data + off, xr, (size_t)pv->cols);
+    scale_and_probe(xr, pv->cols, pv->scale, probe);
+  }
 }
 
 #if KQ_HAVE_AVX2_CLONE
-KQ_TARGET_AVX2 static void convert_row_avx2(const kq_matrix_view *pv, int64_t row, double *dst) {
+KQ_TARGET_AVX2 static void convert_rows_avx2(const kq_matrix_view *pv, int64_t row0, int rows,
+                                             double *x, int ld, double *probe) {
   const int d = pv->cols;
-  int j = 0;
-  if (pv->dtype == KQ_DTYPE_F16) {
-    const uint16_t *s = (const uint16_t *)pv->data + (size_t)row * (size_t)pv->row_stride;
-    for (; j + 8 <= d; j += 8) {
-      __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + j)));
-      _mm256_storeu_pd(dst + j, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
-      _mm256_storeu_pd(dst + j + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+  if (pv->dtype != KQ_DTYPE_F16 && pv->dtype != KQ_DTYPE_BF16) {
+    size_t es = kq_dtype_size(pv->dtype);
+    for (int r = 0; r < rows; r++) {
+      size_t off = (size_t)(row0 + r) * (size_t)pv->row_stride * es;
+      double *xr = x + (size_t)r * ld;
+      kq_convert_to_f64(pv->dtype, (const char *)pv->data + off, xr, (size_t)d);
+      scale_and_probe(xr, d, pv->scale, probe);
     }
-    for (; j < d; j++) dst[j] = kq_f16_to_f32(s[j]);
-  } else if (pv->dtype == KQ_DTYPE_BF16) {
-    const uint16_t *s = (const uint16_t *)pv->data + (size_t)row * (size_t)pv->row_stride;
-    for (; j + 4 <= d; j += 4) {
-      __m128i h = _mm_loadl_epi64((const __m128i *)(s + j));
-      __m128i w = _mm_unpacklo_epi16(_mm_setzero_si128(), h); /* bf16 << 16 */
-      _mm256_storeu_pd(dst + j, _mm256_cvtps_pd(_mm_castsi128_ps(w)));
+    return;
+  }
+  for (int r = 0; r < rows; r++) {
+    const uint16_t *s = (const uint16_t *)pv->data + (size_t)(row0 + r) * (size_t)pv->row_stride;
+    double *xr = x + (size_t)r * ld;
+    int j = 0;
+    if (pv->dtype == KQ_DTYPE_F16) {
+      for (; j + 8 <= d; j += 8) {
+        __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + j)));
+        _mm256_storeu_pd(xr + j, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+        _mm256_storeu_pd(xr + j + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+      }
+      for (; j < d; j++) xr[j] = kq_f16_to_f32(s[j]);
+    } else {
+      for (; j + 4 <= d; j += 4) {
+        __m128i h = _mm_loadl_epi64((const __m128i *)(s + j));
+        __m128i w = _mm_unpacklo_epi16(_mm_setzero_si128(), h); /* bf16 << 16 */
+        _mm256_storeu_pd(xr + j, _mm256_cvtps_pd(_mm_castsi128_ps(w)));
+      }
+      for (; j < d; j++) xr[j] = kq_bf16_to_f32(s[j]);
     }
-    for (; j < d; j++) dst[j] = kq_bf16_to_f32(s[j]);
-  } else {
-    convert_row_default(pv, row, dst);
+    scale_and_probe(xr, d, pv->scale, probe);
   }
 }
 #endif
 
-typedef void (*convert_row_fn)(const kq_matrix_view *pv, int64_t row, double *dst);
+typedef void (*convert_rows_fn)(const kq_matrix_view *pv, int64_t row0, int rows, double *x, int ld,
+                                double *probe);
 
-static convert_row_fn pick_convert(void) {
+static convert_rows_fn pick_convert(void) {
 #if KQ_HAVE_AVX2_CLONE
-  if (kq_linalg_have_avx2()) return convert_row_avx2;
+  if (kq_linalg_have_avx2()) return convert_rows_avx2;
 #endif
-  return convert_row_default;
+  return convert_rows_default;
 }
 
 /* Finds the first non-finite element of a converted block (rows × d, stride
@@ -84,18 +131,12 @@ static kq_status report_non_finite(const double *x, int rows, int d, int ld, int
 /* Converts rows [row0, row0+rows) of a part to double, row-major with
  * stride ld (columns d..ld stay zero), times the part's scale. Returns
  * KQ_ERR_NUMERIC naming the element when any value is NaN/Inf. */
-static kq_status load_rows(convert_row_fn conv, const kq_matrix_view *pv, int part, int64_t row0,
+static kq_status load_rows(convert_rows_fn conv, const kq_matrix_view *pv, int part, int64_t row0,
                            int rows, double *x, int ld) {
-  const int d = pv->cols;
-  double probe = 0.0;
-  for (int r = 0; r < rows; r++) {
-    double *xr = x + (size_t)r * ld;
-    conv(pv, row0 + r, xr);
-    if (pv->scale != 1.0)
-      for (int j = 0; j < d; j++) xr[j] *= pv->scale;
-    for (int j = 0; j < d; j++) probe += xr[j] * 0.0; /* NaN iff some value is NaN/Inf */
-  }
-  if (probe != 0.0 || isnan(probe)) return report_non_finite(x, rows, d, ld, part, row0);
+  double probe[4] = {0.0, 0.0, 0.0, 0.0};
+  conv(pv, row0, rows, x, ld, probe);
+  double sum = (probe[0] + probe[1]) + (probe[2] + probe[3]);
+  if (sum != 0.0 || isnan(sum)) return report_non_finite(x, rows, pv->cols, ld, part, row0);
   return KQ_OK;
 }
 
@@ -153,8 +194,40 @@ static void gram_block_default(const double *x, int rows, int dp, double *g) {
 }
 
 #if KQ_HAVE_AVX2_CLONE
+/* gram_tile with explicit FMA: ISO C mode forbids the compiler to contract
+ * a*b+c, and separate multiply/add doubles the µops of the hot loop. */
+KQ_TARGET_AVX2 static inline void gram_tile_fma(const double *restrict x, int rows, int ld, int i0,
+                                                int j0, double *restrict g, int ldg) {
+  __m256d c00 = _mm256_setzero_pd(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+          c30 = c00, c31 = c00;
+  for (int r = 0; r < rows; r++) {
+    const double *xr = x + (size_t)r * ld;
+    __m256d b0 = _mm256_loadu_pd(xr + j0), b1 = _mm256_loadu_pd(xr + j0 + 4);
+    __m256d a = _mm256_broadcast_sd(xr + i0);
+    c00 = _mm256_fmadd_pd(a, b0, c00);
+    c01 = _mm256_fmadd_pd(a, b1, c01);
+    a = _mm256_broadcast_sd(xr + i0 + 1);
+    c10 = _mm256_fmadd_pd(a, b0, c10);
+    c11 = _mm256_fmadd_pd(a, b1, c11);
+    a = _mm256_broadcast_sd(xr + i0 + 2);
+    c20 = _mm256_fmadd_pd(a, b0, c20);
+    c21 = _mm256_fmadd_pd(a, b1, c21);
+    a = _mm256_broadcast_sd(xr + i0 + 3);
+    c30 = _mm256_fmadd_pd(a, b0, c30);
+    c31 = _mm256_fmadd_pd(a, b1, c31);
+  }
+  double *g0 = g + (size_t)i0 * ldg + j0;
+  __m256d lo[4] = {c00, c10, c20, c30}, hi[4] = {c01, c11, c21, c31};
+  for (int k = 0; k < 4; k++) {
+    double *gk = g0 + (size_t)k * ldg;
+    _mm256_storeu_pd(gk, _mm256_add_pd(_mm256_loadu_pd(gk), lo[k]));
+    _mm256_storeu_pd(gk + 4, _mm256_add_pd(_mm256_loadu_pd(gk + 4), hi[k]));
+  }
+}
+
 KQ_TARGET_AVX2 static void gram_block_avx2(const double *x, int rows, int dp, double *g) {
-  gram_block_body(x, rows, dp, g);
+  for (int i0 = 0; i0 < dp; i0 += 4)
+    for (int j0 = i0 & ~7; j0 < dp; j0 += 8) gram_tile_fma(x, rows, dp, i0, j0, g, dp);
 }
 #endif
 
@@ -286,7 +359,7 @@ static kq_status validate(const kq_matrix_view *parts, int n_parts, int ldr, int
 
 static kq_status gram_pass(const kq_matrix_view *parts, int n_parts, int d, int dp, double *x,
                            double *g) {
-  convert_row_fn conv = pick_convert();
+  convert_rows_fn conv = pick_convert();
   void (*block)(const double *, int, int, double *) = gram_block_default;
 #if KQ_HAVE_AVX2_CLONE
   if (kq_linalg_have_avx2()) block = gram_block_avx2;
@@ -305,7 +378,7 @@ static kq_status gram_pass(const kq_matrix_view *parts, int n_parts, int d, int 
 
 static kq_status tsqr_pass(const kq_matrix_view *parts, int n_parts, int d, double *row, double *xc,
                            double *r, int ldr) {
-  convert_row_fn conv = pick_convert();
+  convert_rows_fn conv = pick_convert();
   for (int j = 0; j < d; j++) memset(r + (size_t)j * ldr, 0, (size_t)d * sizeof(double));
   for (int p = 0; p < n_parts; p++) {
     for (int64_t r0 = 0; r0 < parts[p].rows; r0 += KQ_TSQR_ROWS) {
