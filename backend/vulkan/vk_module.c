@@ -26,9 +26,14 @@ static int g_msg_count;
 static VKAPI_ATTR VkBool32 VKAPI_CALL vk_on_message(
     VkDebugUtilsMessageSeverityFlagBitsEXT severity, VkDebugUtilsMessageTypeFlagsEXT types,
     const VkDebugUtilsMessengerCallbackDataEXT *data, void *user) {
-  (void)types;
   (void)user;
   if (severity < VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT) return VK_FALSE;
+  /* General warnings come from the loader itself (e.g. "VK_INSTANCE_LAYERS
+   * adds layers"), not from validating our usage; their errors still count. */
+  if (!(types & (VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT |
+                 VK_DEBUG_UTILS_MESSAGE_TYPE_PERFORMANCE_BIT_EXT)) &&
+      severity < VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT)
+    return VK_FALSE;
   pthread_mutex_lock(&g_msg_lock);
   if (g_msg_count++ == 0)
     snprintf(g_msg, sizeof g_msg, "%s", data && data->pMessage ? data->pMessage : "(no text)");

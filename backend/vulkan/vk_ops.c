@@ -159,7 +159,7 @@ typedef struct attend_plan {
 } attend_plan;
 
 static uint64_t attend_shared(uint32_t R, uint32_t QK, uint32_t TK, uint32_t rk, bool pre) {
-  return 4ull * (R * QK + TK * QK + R * TK + (pre ? TK * rk : 1) + 3 * R);
+  return 4ull * (R * QK + R * TK + (pre ? TK * QK + TK * rk : 2) + 3 * R);
 }
 
 static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend_plan *p) {
@@ -171,9 +171,11 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend
   p->QK = p->pre ? (uint32_t)op->head_dim : (uint32_t)rk;
   p->slots = cdiv(rv, VK_WG);
   p->QT = op->n_queries == 1 ? 1 : (p->G >= 16 ? 1 : 16 / p->G);
+  /* Key tile: wide (fewer barriers) when keys are read straight from the
+   * cache; with PRE the rebuilt keys live in shared memory. */
   p->TK = 0;
   for (;;) {
-    for (uint32_t tk = 64; tk >= 8 && !p->TK; tk /= 2)
+    for (uint32_t tk = p->pre ? 64 : 2 * VK_WG; tk >= 8 && !p->TK; tk /= 2)
       if (attend_shared(p->QT * p->G, p->QK, tk, (uint32_t)rk, p->pre) <=
           lim->maxComputeSharedMemorySize)
         p->TK = tk;

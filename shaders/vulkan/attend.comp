@@ -41,7 +41,7 @@ layout(std430, set = 0, binding = 5) readonly buffer kq_b { float bm[]; };
 // u[10] tok_base   u[11] chunks per row   u[12] rope hi offset   u[13] scale (float bits)
 // u[14] chunk length CH (multiple of TK)
 shared float sq[R * QK];
-shared float sk[TK * QK];
+shared float sk[PRE != 0u ? TK * QK : 1u];
 shared float ss[R * TK];
 shared float slat[PRE != 0u ? TK * RK : 1u];
 shared float sm[R];
@@ -75,9 +75,7 @@ void main() {
   for (uint t0 = cs; t0 < ce; t0 += TK) {
     const uint nk = min(TK, ce - t0);
     const uint kbase = pc.u[1] + (t0 - tok_base) * RK;
-    if (PRE == 0u) {
-      for (uint i = lid; i < nk * RK; i += wg) sk[i] = float(kc[kbase + i]);
-    } else {
+    if (PRE != 0u) {
       for (uint i = lid; i < nk * RK; i += wg) slat[i] = float(kc[kbase + i]);
       barrier();
       for (uint i = lid; i < nk * (D / 2u); i += wg) {
@@ -99,17 +97,24 @@ void main() {
         sk[t * D + e.x] = x0 * cs2.x - x1 * cs2.y;
         sk[t * D + e.y] = x0 * cs2.y + x1 * cs2.x;
       }
+      barrier();
     }
-    barrier();
-    for (uint i = lid; i < R * TK; i += wg) {
-      uint row = i / TK, t = i % TK, tq = row / G;
-      float s = KQ_NEG;
-      if (t < nk && tq < nqt && t0 + t <= pos0 + tq) {
-        float dot = 0.0;
-        for (uint e = 0u; e < QK; ++e) dot += sq[row * QK + e] * sk[t * QK + e];
-        s = dot * scale;
+    // Logits, one key per invocation: the key is loaded once for all R rows
+    // of the group, and the query rows are uniform (broadcast) reads.
+    for (uint t = lid; t < TK; t += wg) {
+      float dots[R];
+      [[unroll]] for (uint row = 0u; row < R; ++row) dots[row] = 0.0;
+      if (t < nk) {
+        for (uint e = 0u; e < QK; ++e) {
+          const float k = PRE != 0u ? sk[t * QK + e] : float(kc[kbase + t * RK + e]);
+          [[unroll]] for (uint row = 0u; row < R; ++row) dots[row] += sq[row * QK + e] * k;
+        }
       }
-      ss[i] = s;
+      [[unroll]] for (uint row = 0u; row < R; ++row) {
+        const uint tq = row / G;
+        const bool ok = t < nk && tq < nqt && t0 + t <= pos0 + tq;
+        ss[row * TK + t] = ok ? dots[row] * scale : KQ_NEG;
+      }
     }
     barrier();
     if (lid < R) {
