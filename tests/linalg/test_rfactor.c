@@ -152,10 +152,18 @@ static void test_ill_conditioned_input_takes_tsqr_and_keeps_small_sigma(void **s
     for (int j = 0; j < d; j++) x[(size_t)i * d + j] = colmajor[(size_t)j * rows + i];
   double ref[16];
   lapack_singular_values(rows, d, colmajor, ref);
+  /* Two parts (split mid-block, the second stored halved with scale 2),
+   * so the fallback also streams across parts. */
+  for (int i = 1200 * d; i < rows * d; i++) x[i] *= 0.5;
   test_part p = make_part(KQ_DTYPE_F64, rows, d, d, 1.0, x);
+  kq_matrix_view views[2] = {p.view, p.view};
+  views[0].rows = 1200;
+  views[1].data = (const double *)p.data + 1200 * d;
+  views[1].rows = rows - 1200;
+  views[1].scale = 2.0;
   double r[256], sr[16];
   kq_rfactor_info info;
-  assert_int_equal(kq_rfactor(&p.view, 1, r, d, &info), KQ_OK);
+  assert_int_equal(kq_rfactor(views, 2, r, d, &info), KQ_OK);
   assert_int_equal(info.method, KQ_RFACTOR_TSQR);
   lapack_singular_values(d, d, r, sr);
   for (int k = 0; k < d; k++) {
@@ -182,7 +190,9 @@ static void test_rank_deficient_inputs_give_finite_r(void **state) {
       }
     test_part p = make_part(c == 0 ? KQ_DTYPE_F32 : KQ_DTYPE_F16, rows, d, d, 1.0, x);
     double r[256];
-    assert_int_equal(kq_rfactor(&p.view, 1, r, d, NULL), KQ_OK);
+    kq_rfactor_info info;
+    assert_int_equal(kq_rfactor(&p.view, 1, r, d, &info), KQ_OK);
+    assert_int_equal(info.method, KQ_RFACTOR_TSQR); /* the Gram is singular */
     double e = gram_error(&p.view, 1, r, d);
     if (!(e < 1e-13)) fail_msg("case %d: relative Gram error %.3e", c, e);
     free(x);

@@ -310,6 +310,66 @@ static void test_bad_arguments_are_rejected(void **state) {
   assert_int_equal(kq_svd_jacobi(-1, 0, a, 1, s, v, 1, NULL, NULL), KQ_ERR_INVALID_ARGUMENT);
 }
 
+/* Leading dimensions larger than the matrix: padding rows are untouched. */
+static void test_padded_leading_dimensions(void **state) {
+  (void)state;
+  int m = 37, n = 23, lda = 41, ldv = 29;
+  test_rng rng = {8};
+  double *a = alloc_doubles((size_t)lda * n), *dense = alloc_doubles((size_t)m * n);
+  double *v = alloc_doubles((size_t)ldv * n), s[23];
+  for (int j = 0; j < n; j++)
+    for (int i = 0; i < lda; i++) a[(size_t)j * lda + i] = i < m ? rng_gauss(&rng) : 777.0;
+  for (int j = 0; j < n; j++)
+    for (int i = 0; i < ldv; i++) v[(size_t)j * ldv + i] = 555.0;
+  for (int j = 0; j < n; j++)
+    memcpy(dense + (size_t)j * m, a + (size_t)j * lda, m * sizeof(double));
+  assert_int_equal(kq_svd_jacobi(m, n, a, lda, s, v, ldv, NULL, NULL), KQ_OK);
+  for (int j = 0; j < n; j++) {
+    for (int i = m; i < lda; i++) assert_true(a[(size_t)j * lda + i] == 777.0);
+    for (int i = n; i < ldv; i++) assert_true(v[(size_t)j * ldv + i] == 555.0);
+  }
+  /* Same factorisation as with tight leading dimensions. */
+  double *s2 = check_svd("padded", m, n, dense, 0);
+  for (int j = 0; j < n; j++) assert_true(fabs(s[j] - s2[j]) <= 1e-13 * s2[0]);
+  free(s2);
+  free(a);
+  free(dense);
+  free(v);
+}
+
+/* Exactly rank-deficient input converges in a normal number of sweeps (no
+ * slow decay of the null columns) and gives σ = 0 with zero U columns. */
+static void test_rank_deficient_converges_quickly_with_zero_u_columns(void **state) {
+  (void)state;
+  const int sizes[] = {30, 128};
+  for (int si = 0; si < 2; si++)
+    for (int pre = 0; pre < 2; pre++) {
+      int n = sizes[si], m = n;
+      test_rng rng = {9};
+      double *a = alloc_doubles((size_t)m * n), *v = alloc_doubles((size_t)n * n);
+      double *s = alloc_doubles((size_t)n);
+      fill_gauss(&rng, a, (size_t)m * n);
+      for (int j = 1; j < n; j += 3)
+        memcpy(a + (size_t)j * m, a + (size_t)(j - 1) * m, m * sizeof(double));
+      kq_svd_params p = kq_svd_default_params();
+      p.qr_precondition = pre;
+      kq_svd_info info;
+      assert_int_equal(kq_svd_jacobi(m, n, a, m, s, v, n, &p, &info), KQ_OK);
+      /* the QR path may run Jacobi twice (on Rᵀ, then on R) */
+      if (info.sweeps > (pre ? 24 : 12))
+        fail_msg("n %d precondition %d: %d sweeps", n, pre, info.sweeps);
+      int rank = 0;
+      for (int j = 0; j < n; j++) rank += s[j] > 1e-13 * s[0];
+      assert_int_equal(rank, n - (n + 1) / 3);
+      for (int j = 0; j < n; j++)
+        if (s[j] == 0.0)
+          for (int i = 0; i < m; i++) assert_true(a[(size_t)j * m + i] == 0.0);
+      free(a);
+      free(v);
+      free(s);
+    }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_zero_matrix_gives_zero_sigma_and_orthogonal_v),
@@ -328,6 +388,8 @@ int main(void) {
       cmocka_unit_test(test_one_sweep_on_hard_matrix_reports_no_convergence),
       cmocka_unit_test(test_default_sweeps_converge_within_limit),
       cmocka_unit_test(test_bad_arguments_are_rejected),
+      cmocka_unit_test(test_padded_leading_dimensions),
+      cmocka_unit_test(test_rank_deficient_converges_quickly_with_zero_u_columns),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
