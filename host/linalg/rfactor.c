@@ -246,30 +246,137 @@ static double vec_norm(const double *x, int m) {
   return sqrt(ss) / s;
 }
 
-/* R (d×d upper, column-major, ldr) := R factor of [R; X] for the nb×d
- * column-major block x (ldx). Reflector k touches row k of R and all of x
- * only, so each block costs ~2·nb·d² flops. */
-static void tsqr_update(int d, double *r, int ldr, int nb, double *x, int ldx) {
-  for (int k = 0; k < d; k++) {
-    double *xk = x + (size_t)k * ldx;
-    double alpha = r[(size_t)k * ldr + k];
-    double xnorm = vec_norm(xk, nb);
-    if (xnorm == 0.0) continue;
-    double beta = -copysign(hypot(alpha, xnorm), alpha);
-    double tau = (beta - alpha) / beta;
-    double inv = 1.0 / (alpha - beta);
-    for (int i = 0; i < nb; i++) xk[i] *= inv;
-    r[(size_t)k * ldr + k] = beta;
-    for (int j = k + 1; j < d; j++) {
-      double *xj = x + (size_t)j * ldx;
-      double w = r[(size_t)j * ldr + k];
-      for (int i = 0; i < nb; i++) w += xk[i] * xj[i];
-      w *= tau;
-      r[(size_t)j * ldr + k] -= w;
-      for (int i = 0; i < nb; i++) xj[i] -= w * xk[i];
+/* Reflectors per panel of the blocked TSQR update. */
+#define KQ_TSQR_PANEL 8
+
+/* Σ_i x[i]·y[i] */
+KQ_INLINE double tsqr_dot(const double *restrict x, const double *restrict y, int n) {
+  kq_v4d acc = KQ_V4D_SET1(0.0), a, b;
+  int i = 0;
+  for (; i + 4 <= n; i += 4) {
+    KQ_V4D_LOAD(a, x + i);
+    KQ_V4D_LOAD(b, y + i);
+    acc += a * b;
+  }
+  double s = KQ_V4D_SUM(acc);
+  for (; i < n; i++) s += x[i] * y[i];
+  return s;
+}
+
+/* y −= w·x */
+KQ_INLINE void tsqr_axpy(double *restrict y, const double *restrict x, double w, int n) {
+  kq_v4d vw = KQ_V4D_SET1(w), a, b;
+  int i = 0;
+  for (; i + 4 <= n; i += 4) {
+    KQ_V4D_LOAD(a, x + i);
+    KQ_V4D_LOAD(b, y + i);
+    b -= vw * a;
+    KQ_V4D_STORE(y + i, b);
+  }
+  for (; i < n; i++) y[i] -= w * x[i];
+}
+
+/* Trailing update of one column by a full panel of reflectors (compact WY,
+ * Qᵀ = I − Y·Tᵀ·Yᵀ with Y = [I; V]): w = Tᵀ(r_top + Vᵀx), r_top −= w,
+ * x −= V·w. Two passes over x instead of 2·KQ_TSQR_PANEL. */
+KQ_INLINE void tsqr_apply_panel(const double *restrict v, int ldv, const double *t,
+                                double *restrict rtop, double *restrict x, int nb) {
+  enum { P = KQ_TSQR_PANEL };
+  double w[P], u[P];
+  kq_v4d acc[P], a, b;
+  for (int l = 0; l < P; l++) acc[l] = KQ_V4D_SET1(0.0);
+  int i = 0;
+  for (; i + 4 <= nb; i += 4) {
+    KQ_V4D_LOAD(b, x + i);
+    for (int l = 0; l < P; l++) {
+      KQ_V4D_LOAD(a, v + (size_t)l * ldv + i);
+      acc[l] += a * b;
     }
   }
+  for (int l = 0; l < P; l++) {
+    double s = KQ_V4D_SUM(acc[l]);
+    for (int k = i; k < nb; k++) s += v[(size_t)l * ldv + k] * x[k];
+    u[l] = rtop[l] + s;
+  }
+  for (int l = 0; l < P; l++) { /* w = Tᵀu; T(k, l) = t[l·P + k], upper */
+    double s = 0.0;
+    for (int k = 0; k <= l; k++) s += t[l * P + k] * u[k];
+    w[l] = s;
+    rtop[l] -= s;
+  }
+  i = 0;
+  for (; i + 4 <= nb; i += 4) {
+    KQ_V4D_LOAD(b, x + i);
+    for (int l = 0; l < P; l++) {
+      KQ_V4D_LOAD(a, v + (size_t)l * ldv + i);
+      b -= a * KQ_V4D_SET1(w[l]);
+    }
+    KQ_V4D_STORE(x + i, b);
+  }
+  for (; i < nb; i++)
+    for (int l = 0; l < P; l++) x[i] -= v[(size_t)l * ldv + i] * w[l];
 }
+
+/* R (d×d upper, column-major, ldr) := R factor of [R; X] for the nb×d
+ * column-major block x (ldx); x is overwritten. Reflector k touches row k
+ * of R and all of x only (the rows of R below k are already zero in the
+ * columns it acts on), so a block costs ~2·nb·d² flops. Reflectors are
+ * formed in panels of KQ_TSQR_PANEL columns and applied to the rest as one
+ * block reflector, so the trailing columns are read twice per panel. */
+KQ_INLINE void tsqr_update_body(int d, double *r, int ldr, int nb, double *x, int ldx) {
+  double t[KQ_TSQR_PANEL * KQ_TSQR_PANEL], tau[KQ_TSQR_PANEL];
+  for (int k0 = 0; k0 < d; k0 += KQ_TSQR_PANEL) {
+    int kw = d - k0 < KQ_TSQR_PANEL ? d - k0 : KQ_TSQR_PANEL;
+    /* Panel: unblocked Householder on columns k0..k0+kw. */
+    for (int l = 0; l < kw; l++) {
+      int k = k0 + l;
+      double *xk = x + (size_t)k * ldx;
+      double alpha = r[(size_t)k * ldr + k];
+      double xnorm = vec_norm(xk, nb);
+      tau[l] = 0.0;
+      if (xnorm == 0.0) continue; /* H = I; xk is zero, so is its v */
+      double beta = -copysign(hypot(alpha, xnorm), alpha);
+      tau[l] = (beta - alpha) / beta;
+      double inv = 1.0 / (alpha - beta);
+      for (int i = 0; i < nb; i++) xk[i] *= inv;
+      r[(size_t)k * ldr + k] = beta;
+      for (int j = k + 1; j < k0 + kw; j++) {
+        double *xj = x + (size_t)j * ldx;
+        double w = tau[l] * (r[(size_t)j * ldr + k] + tsqr_dot(xk, xj, nb));
+        r[(size_t)j * ldr + k] -= w;
+        tsqr_axpy(xj, xk, w, nb);
+      }
+    }
+    if (k0 + kw >= d) break;
+    /* T of Q = H_0···H_{kw−1} = I − Y·T·Yᵀ (forward, as LAPACK dlarft):
+     * T_ll = τ_l, T(0:l, l) = −τ_l·T(0:l, 0:l)·(Vᵀv_l); the unit parts of
+     * Y sit in distinct rows of R and add nothing to Yᵀy_l. */
+    const double *v = x + (size_t)k0 * ldx;
+    for (int l = 0; l < kw; l++) {
+      double z[KQ_TSQR_PANEL];
+      for (int k = 0; k < l; k++) z[k] = tsqr_dot(v + (size_t)k * ldx, v + (size_t)l * ldx, nb);
+      for (int k = 0; k < l; k++) {
+        double s = 0.0;
+        for (int q = k; q < l; q++) s += t[q * KQ_TSQR_PANEL + k] * z[q];
+        t[l * KQ_TSQR_PANEL + k] = -tau[l] * s; /* t[col * P + row] */
+      }
+      t[l * KQ_TSQR_PANEL + l] = tau[l];
+    }
+    /* Only a full panel has trailing columns (a short one is the last). */
+    for (int j = k0 + kw; j < d; j++)
+      tsqr_apply_panel(v, ldx, t, r + (size_t)j * ldr + k0, x + (size_t)j * ldx, nb);
+  }
+}
+
+static void tsqr_update_default(int d, double *r, int ldr, int nb, double *x, int ldx) {
+  tsqr_update_body(d, r, ldr, nb, x, ldx);
+}
+
+#if KQ_HAVE_AVX2_CLONE
+KQ_TARGET_AVX2 static void tsqr_update_avx2(int d, double *r, int ldr, int nb, double *x, int ldx) {
+  tsqr_update_body(d, r, ldr, nb, x, ldx);
+}
+#endif
 
 /* ---- safety test for the Gram route -------------------------------------- */
 
@@ -379,6 +486,10 @@ static kq_status gram_pass(const kq_matrix_view *parts, int n_parts, int d, int 
 static kq_status tsqr_pass(const kq_matrix_view *parts, int n_parts, int d, double *row, double *xc,
                            double *r, int ldr) {
   convert_rows_fn conv = pick_convert();
+  void (*update)(int, double *, int, int, double *, int) = tsqr_update_default;
+#if KQ_HAVE_AVX2_CLONE
+  if (kq_linalg_have_avx2()) update = tsqr_update_avx2;
+#endif
   for (int j = 0; j < d; j++) memset(r + (size_t)j * ldr, 0, (size_t)d * sizeof(double));
   for (int p = 0; p < n_parts; p++) {
     for (int64_t r0 = 0; r0 < parts[p].rows; r0 += KQ_TSQR_ROWS) {
@@ -388,7 +499,7 @@ static kq_status tsqr_pass(const kq_matrix_view *parts, int n_parts, int d, doub
         if (st != KQ_OK) return st;
         for (int j = 0; j < d; j++) xc[(size_t)j * KQ_TSQR_ROWS + i] = row[j];
       }
-      tsqr_update(d, r, ldr, nb, xc, KQ_TSQR_ROWS);
+      update(d, r, ldr, nb, xc, KQ_TSQR_ROWS);
     }
   }
   return KQ_OK;
