@@ -40,8 +40,9 @@ typedef struct attend_ctx {
   int dk, dkp;  /* logit dimension (rank_k, or head_dim with PRE rope) and padded */
   int rkp, rvp; /* padded ranks */
   int identity_keys;
-  size_t esize;     /* bytes per cache element */
-  double *inv_freq; /* [head_dim / 2] rope frequencies (PRE) */
+  int direct_k, direct_v; /* F16 rows read in place by the kernels */
+  size_t esize;           /* bytes per cache element */
+  double *inv_freq;       /* [head_dim / 2] rope frequencies (PRE) */
 } attend_ctx;
 
 /* Rotates x[0, d) at position pos (pairs or halves layout). */
@@ -86,21 +87,16 @@ static const float *load_rows(const attend_ctx *c, const unsigned char *src, int
   return dst;
 }
 
-/* Asks for the cache lines of [p, p + bytes) ahead of use. */
-static void prefetch_range(const unsigned char *p, size_t bytes) {
-  for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 0);
-}
-
 typedef struct task_scratch {
-  float *qrows; /* [KQ_MAX_ROWS][dkp] */
-  float *tmp;   /* [2][max(d, rk) padded] */
-  float *bt;    /* [rank_k][head_dim]: Bᵀ (PRE, non-identity) */
-  float *ktile; /* [KQ_TILE][dkp] */
-  float *ltile; /* [KQ_TILE][rkp] latent keys before reconstruction (PRE) */
-  float *vtile; /* [KQ_TILE][rvp] */
-  float *s;     /* [KQ_MAX_ROWS][KQ_TILE] */
-  float *m, *l; /* [KQ_MAX_ROWS] */
-  float *acc;   /* [KQ_MAX_ROWS][rvp] */
+  float *qrows;         /* [KQ_MAX_ROWS][dkp] */
+  float *tmp;           /* [2][max(d, rk) padded] */
+  float *bt;            /* [rank_k][head_dim]: Bᵀ (PRE, non-identity) */
+  float *ktile;         /* [KQ_TILE][dkp] */
+  float *ltile;         /* [KQ_TILE][rkp] latent keys before reconstruction (PRE) */
+  float *vtile;         /* [KQ_TILE][rvp] */
+  float *s;             /* [KQ_MAX_ROWS][KQ_TILE] */
+  float *m, *l, *alpha; /* [KQ_MAX_ROWS] */
+  float *acc;           /* [KQ_MAX_ROWS][rvp] */
 } task_scratch;
 
 static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts) {
@@ -116,10 +112,11 @@ static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts)
       (size_t)KQ_MAX_ROWS * KQ_TILE,
       KQ_MAX_ROWS,
       KQ_MAX_ROWS,
+      KQ_MAX_ROWS,
       (size_t)KQ_MAX_ROWS * c->rvp,
   };
-  float **slots[] = {&ts->qrows, &ts->tmp, &ts->bt, &ts->ktile, &ts->ltile,
-                     &ts->vtile, &ts->s,   &ts->m,  &ts->l,     &ts->acc};
+  float **slots[] = {&ts->qrows, &ts->tmp, &ts->bt, &ts->ktile, &ts->ltile, &ts->vtile,
+                     &ts->s,     &ts->m,   &ts->l,  &ts->alpha, &ts->acc};
   size_t off = 0;
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
     if (base) *slots[i] = base + off;
@@ -195,7 +192,6 @@ static const float *load_key_tile(const attend_ctx *c, task_scratch *ts, const u
   return ts->ktile;
 }
 
-static int g_pf = -1;
 static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
   (void)worker;
   const attend_ctx *c = vctx;
@@ -233,51 +229,35 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
     const unsigned char *vbase = c->v_cache + (size_t)h * op->capacity * rv * c->esize;
     for (int p = p0; p < p1; p += KQ_TILE) {
       int nt = p1 - p < KQ_TILE ? p1 - p : KQ_TILE;
-      if (g_pf && p + g_pf * KQ_TILE < p1) {
-        int pp = p + g_pf * KQ_TILE;
-        int nn = p1 - pp < KQ_TILE ? p1 - pp : KQ_TILE;
-        prefetch_range(kbase + (size_t)pp * rk * c->esize, (size_t)nn * rk * c->esize);
-        prefetch_range(vbase + (size_t)pp * rv * c->esize, (size_t)nn * rv * c->esize);
-      }
-      const float *ktile = load_key_tile(c, &ts, kbase, p, nt);
-      const float *vtile =
-          load_rows(c, vbase + (size_t)p * rv * c->esize, nt, rv, c->rvp, ts.vtile, 0);
-      c->kern->logits(ts.qrows, rows, ktile, nt, c->dkp, ts.s, KQ_TILE);
-      int masked = p + nt - 1 > qpos0; /* some row sees only part of the tile */
-      for (int r = 0; r < rows; r++) {
-        float *sr = ts.s + (size_t)r * KQ_TILE;
-        int valid = nt;
-        if (masked) {
-          int qpos = qpos0 + r / c->group;
-          valid = qpos - p + 1;
+      const unsigned char *ksrc = kbase + (size_t)p * rk * c->esize;
+      const unsigned char *vsrc = vbase + (size_t)p * rv * c->esize;
+      if (c->direct_k)
+        c->kern->logits_f16(ts.qrows, rows, (const uint16_t *)(const void *)ksrc, nt, c->dkp, ts.s,
+                            KQ_TILE);
+      else
+        c->kern->logits(ts.qrows, rows, load_key_tile(c, &ts, kbase, p, nt), nt, c->dkp, ts.s,
+                        KQ_TILE);
+      if (p + nt - 1 > qpos0) { /* the causal edge: later queries see more of the tile */
+        for (int r = 0; r < rows; r++) {
+          int valid = qpos0 + r / c->group - p + 1;
           if (valid < 0) valid = 0;
-          if (valid > nt) valid = nt;
+          float *sr = ts.s + (size_t)r * KQ_TILE;
           for (int t = valid; t < nt; t++) sr[t] = -INFINITY;
         }
-        float tmax = -INFINITY;
-        for (int t = 0; t < valid; t++) tmax = sr[t] > tmax ? sr[t] : tmax;
-        if (valid == 0) {
-          for (int t = 0; t < nt; t++) sr[t] = -INFINITY;
-          continue;
-        }
-        float mnew = tmax > ts.m[r] ? tmax : ts.m[r];
-        float alpha = ts.m[r] == -INFINITY ? 0.0f : expf(ts.m[r] - mnew);
-        ts.m[r] = mnew;
-        ts.l[r] *= alpha;
-        if (alpha != 1.0f) {
-          float *restrict a = ts.acc + (size_t)r * c->rvp;
-          for (int i = 0; i < c->rvp; i++) a[i] *= alpha;
-        }
-        for (int t = 0; t < nt; t++) sr[t] -= mnew;
       }
-      for (int r = 0; r < rows; r++) c->kern->exp_inplace(ts.s + (size_t)r * KQ_TILE, nt);
+      c->kern->softmax_update(ts.s, rows, KQ_TILE, nt, ts.m, ts.l, ts.alpha);
       for (int r = 0; r < rows; r++) {
-        const float *sr = ts.s + (size_t)r * KQ_TILE;
-        float sum = 0.0f;
-        for (int t = 0; t < nt; t++) sum += sr[t];
-        ts.l[r] += sum;
+        float alpha = ts.alpha[r];
+        if (alpha == 1.0f) continue;
+        float *restrict a = ts.acc + (size_t)r * c->rvp;
+        for (int i = 0; i < c->rvp; i++) a[i] *= alpha;
       }
-      c->kern->pv(ts.s, rows, KQ_TILE, vtile, nt, c->rvp, ts.acc);
+      if (c->direct_v)
+        c->kern->pv_f16(ts.s, rows, KQ_TILE, (const uint16_t *)(const void *)vsrc, nt, c->rvp,
+                        ts.acc);
+      else
+        c->kern->pv(ts.s, rows, KQ_TILE, load_rows(c, vsrc, nt, rv, c->rvp, ts.vtile, 0), nt,
+                    c->rvp, ts.acc);
     }
   }
 
@@ -397,6 +377,9 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
   c.dkp = pad_to(c.dk);
   c.rkp = pad_to(op->rank_k);
   c.rvp = pad_to(op->rank_v);
+  int f16 = op->storage == KQ_STORAGE_F16;
+  c.direct_k = f16 && c.kern->logits_f16 && op->rope != KQ_ROPE_PRE && op->rank_k % KQ_CPU_PAD == 0;
+  c.direct_v = f16 && c.kern->pv_f16 && op->rank_v % KQ_CPU_PAD == 0;
   c.qblock = KQ_MAX_ROWS / c.group;
   if (c.qblock > op->n_queries) c.qblock = op->n_queries;
   c.n_qblocks = (op->n_queries + c.qblock - 1) / c.qblock;
@@ -437,7 +420,6 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
   /* Tiny jobs run on the calling thread: waking the team costs more. */
   double work = (double)op->n_ctx * op->n_queries * op->n_heads * (op->rank_k + op->rank_v);
   int max_threads = work < 2e5 ? 1 : 0;
-  if (g_pf < 0) g_pf = getenv("KQ_PF") ? atoi(getenv("KQ_PF")) : 1;
   task_scratch sizing;
   st = kq_cpu_pool_run(n_tasks, max_threads, layout_scratch(&c, NULL, &sizing), attend_task, &c);
   if (st == KQ_OK && n_chunks > 1) merge_partials(&c);

@@ -54,6 +54,26 @@ static void gen_exp(float *x, int n) {
   for (int i = 0; i < n; i++) x[i] = expf(x[i]);
 }
 
+static void gen_softmax_update(float *s, int rows, int lds, int nt, float *m, float *l,
+                               float *alpha) {
+  for (int r = 0; r < rows; r++) {
+    float *x = s + (size_t)r * lds;
+    float tmax = -INFINITY;
+    for (int t = 0; t < nt; t++) tmax = x[t] > tmax ? x[t] : tmax;
+    if (tmax == -INFINITY) {
+      for (int t = 0; t < nt; t++) x[t] = 0.0f;
+      alpha[r] = 1.0f;
+      continue;
+    }
+    float mnew = tmax > m[r] ? tmax : m[r];
+    alpha[r] = m[r] == -INFINITY ? 0.0f : expf(m[r] - mnew);
+    float sum = 0.0f;
+    for (int t = 0; t < nt; t++) sum += (x[t] = expf(x[t] - mnew));
+    l[r] = l[r] * alpha[r] + sum;
+    m[r] = mnew;
+  }
+}
+
 static const kq_cpu_kernels g_generic = {
     .isa = "generic",
     .f16_to_f32 = gen_f16_to_f32,
@@ -62,6 +82,9 @@ static const kq_cpu_kernels g_generic = {
     .pv = gen_pv,
     .exp_inplace = gen_exp,
     .dot = gen_dot,
+    .softmax_update = gen_softmax_update,
+    .logits_f16 = NULL,
+    .pv_f16 = NULL,
 };
 
 /* ---------------------------------------------------------------------- */
@@ -117,95 +140,137 @@ KQ_AVX2 static inline __m128 hsum4x8(__m256 a, __m256 b, __m256 c, __m256 d) {
   return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
-KQ_AVX2 static void avx2_logits(const float *q, int rows, const float *k, int nt, int dp, float *s,
-                                int lds) {
-  int i = 0;
-  for (; i + 4 <= rows; i += 4) {
-    const float *q0 = q + (size_t)i * dp, *q1 = q0 + dp, *q2 = q1 + dp, *q3 = q2 + dp;
-    for (int t = 0; t < nt; t++) {
-      const float *kr = k + (size_t)t * dp;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-      for (int c = 0; c < dp; c += 8) {
-        __m256 kv = _mm256_loadu_ps(kr + c);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + c), kv, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + c), kv, a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + c), kv, a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + c), kv, a3);
-      }
-      float r[4];
-      _mm_storeu_ps(r, hsum4x8(a0, a1, a2, a3));
-      s[(size_t)i * lds + t] = r[0];
-      s[(size_t)(i + 1) * lds + t] = r[1];
-      s[(size_t)(i + 2) * lds + t] = r[2];
-      s[(size_t)(i + 3) * lds + t] = r[3];
-    }
-  }
-  for (; i < rows; i++) {
-    const float *q0 = q + (size_t)i * dp;
-    for (int t = 0; t < nt; t++) {
-      const float *kr = k + (size_t)t * dp;
-      __m256 a0 = _mm256_setzero_ps();
-      for (int c = 0; c < dp; c += 8)
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + c), _mm256_loadu_ps(kr + c), a0);
-      s[(size_t)i * lds + t] = hsum8(a0);
-    }
-  }
+KQ_AVX2 static inline __m256 load8_f32(const float *p) {
+  return _mm256_loadu_ps(p);
+}
+KQ_AVX2 static inline __m256 load8_f16(const uint16_t *p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
 }
 
-KQ_AVX2 static void avx2_pv(const float *p, int rows, int lds, const float *v, int nt, int dp,
-                            float *acc) {
-  int i = 0;
-  for (; i + 4 <= rows; i += 4) {
-    const float *p0 = p + (size_t)i * lds, *p1 = p0 + lds, *p2 = p1 + lds, *p3 = p2 + lds;
-    float *c0 = acc + (size_t)i * dp, *c1 = c0 + dp, *c2 = c1 + dp, *c3 = c2 + dp;
-    int c = 0;
-    for (; c + 16 <= dp; c += 16) {
-      __m256 a0 = _mm256_loadu_ps(c0 + c), b0 = _mm256_loadu_ps(c0 + c + 8);
-      __m256 a1 = _mm256_loadu_ps(c1 + c), b1 = _mm256_loadu_ps(c1 + c + 8);
-      __m256 a2 = _mm256_loadu_ps(c2 + c), b2 = _mm256_loadu_ps(c2 + c + 8);
-      __m256 a3 = _mm256_loadu_ps(c3 + c), b3 = _mm256_loadu_ps(c3 + c + 8);
-      for (int t = 0; t < nt; t++) {
-        const float *vr = v + (size_t)t * dp + c;
-        __m256 va = _mm256_loadu_ps(vr), vb = _mm256_loadu_ps(vr + 8);
-        __m256 w0 = _mm256_broadcast_ss(p0 + t), w1 = _mm256_broadcast_ss(p1 + t);
-        __m256 w2 = _mm256_broadcast_ss(p2 + t), w3 = _mm256_broadcast_ss(p3 + t);
-        a0 = _mm256_fmadd_ps(w0, va, a0), b0 = _mm256_fmadd_ps(w0, vb, b0);
-        a1 = _mm256_fmadd_ps(w1, va, a1), b1 = _mm256_fmadd_ps(w1, vb, b1);
-        a2 = _mm256_fmadd_ps(w2, va, a2), b2 = _mm256_fmadd_ps(w2, vb, b2);
-        a3 = _mm256_fmadd_ps(w3, va, a3), b3 = _mm256_fmadd_ps(w3, vb, b3);
-      }
-      _mm256_storeu_ps(c0 + c, a0), _mm256_storeu_ps(c0 + c + 8, b0);
-      _mm256_storeu_ps(c1 + c, a1), _mm256_storeu_ps(c1 + c + 8, b1);
-      _mm256_storeu_ps(c2 + c, a2), _mm256_storeu_ps(c2 + c + 8, b2);
-      _mm256_storeu_ps(c3 + c, a3), _mm256_storeu_ps(c3 + c + 8, b3);
-    }
-    for (; c < dp; c += 8) {
-      __m256 a0 = _mm256_loadu_ps(c0 + c), a1 = _mm256_loadu_ps(c1 + c);
-      __m256 a2 = _mm256_loadu_ps(c2 + c), a3 = _mm256_loadu_ps(c3 + c);
-      for (int t = 0; t < nt; t++) {
-        __m256 va = _mm256_loadu_ps(v + (size_t)t * dp + c);
-        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + t), va, a0);
-        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + t), va, a1);
-        a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p2 + t), va, a2);
-        a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(p3 + t), va, a3);
-      }
-      _mm256_storeu_ps(c0 + c, a0), _mm256_storeu_ps(c1 + c, a1);
-      _mm256_storeu_ps(c2 + c, a2), _mm256_storeu_ps(c3 + c, a3);
-    }
+/* Logits of 4 query rows against 2 key rows at a time (8 accumulators, the
+ * key loads shared by the 4 rows and the query loads by the 2 keys). */
+#define KQ_DEFINE_LOGITS(NAME, KT, LOADK)                                                          \
+  KQ_AVX2 static void NAME(const float *q, int rows, const KT *k, int nt, int dp, float *s,        \
+                           int lds) {                                                              \
+    int i = 0;                                                                                     \
+    for (; i + 4 <= rows; i += 4) {                                                                \
+      const float *q0 = q + (size_t)i * dp, *q1 = q0 + dp, *q2 = q1 + dp, *q3 = q2 + dp;           \
+      float *s0 = s + (size_t)i * lds;                                                             \
+      int t = 0;                                                                                   \
+      for (; t + 2 <= nt; t += 2) {                                                                \
+        const KT *ka = k + (size_t)t * dp, *kb = ka + dp;                                          \
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                                 \
+        __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();                                 \
+        __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();                                 \
+        __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();                                 \
+        for (int c = 0; c < dp; c += 8) {                                                          \
+          __m256 x = LOADK(ka + c), y = LOADK(kb + c);                                             \
+          __m256 w = _mm256_loadu_ps(q0 + c);                                                      \
+          a0 = _mm256_fmadd_ps(w, x, a0), b0 = _mm256_fmadd_ps(w, y, b0);                          \
+          w = _mm256_loadu_ps(q1 + c);                                                             \
+          a1 = _mm256_fmadd_ps(w, x, a1), b1 = _mm256_fmadd_ps(w, y, b1);                          \
+          w = _mm256_loadu_ps(q2 + c);                                                             \
+          a2 = _mm256_fmadd_ps(w, x, a2), b2 = _mm256_fmadd_ps(w, y, b2);                          \
+          w = _mm256_loadu_ps(q3 + c);                                                             \
+          a3 = _mm256_fmadd_ps(w, x, a3), b3 = _mm256_fmadd_ps(w, y, b3);                          \
+        }                                                                                          \
+        float ra[4], rb[4];                                                                        \
+        _mm_storeu_ps(ra, hsum4x8(a0, a1, a2, a3));                                                \
+        _mm_storeu_ps(rb, hsum4x8(b0, b1, b2, b3));                                                \
+        for (int r = 0; r < 4; r++)                                                                \
+          s0[(size_t)r * lds + t] = ra[r], s0[(size_t)r * lds + t + 1] = rb[r];                    \
+      }                                                                                            \
+      for (; t < nt; t++) {                                                                        \
+        const KT *ka = k + (size_t)t * dp;                                                         \
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                                 \
+        __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();                                 \
+        for (int c = 0; c < dp; c += 8) {                                                          \
+          __m256 x = LOADK(ka + c);                                                                \
+          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + c), x, a0);                                    \
+          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + c), x, a1);                                    \
+          a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + c), x, a2);                                    \
+          a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + c), x, a3);                                    \
+        }                                                                                          \
+        float ra[4];                                                                               \
+        _mm_storeu_ps(ra, hsum4x8(a0, a1, a2, a3));                                                \
+        for (int r = 0; r < 4; r++) s0[(size_t)r * lds + t] = ra[r];                               \
+      }                                                                                            \
+    }                                                                                              \
+    for (; i < rows; i++) {                                                                        \
+      const float *q0 = q + (size_t)i * dp;                                                        \
+      for (int t = 0; t < nt; t++) {                                                               \
+        const KT *ka = k + (size_t)t * dp;                                                         \
+        __m256 a0 = _mm256_setzero_ps();                                                           \
+        for (int c = 0; c < dp; c += 8)                                                            \
+          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + c), LOADK(ka + c), a0);                        \
+        s[(size_t)i * lds + t] = hsum8(a0);                                                        \
+      }                                                                                            \
+    }                                                                                              \
   }
-  for (; i < rows; i++) {
-    const float *p0 = p + (size_t)i * lds;
-    float *c0 = acc + (size_t)i * dp;
-    for (int c = 0; c < dp; c += 8) {
-      __m256 a0 = _mm256_loadu_ps(c0 + c);
-      for (int t = 0; t < nt; t++)
-        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + t), _mm256_loadu_ps(v + (size_t)t * dp + c),
-                             a0);
-      _mm256_storeu_ps(c0 + c, a0);
-    }
+
+KQ_DEFINE_LOGITS(avx2_logits, float, load8_f32)
+KQ_DEFINE_LOGITS(avx2_logits_f16, uint16_t, load8_f16)
+
+/* acc rows += P · V: 4 rows x 16 columns per pass (8 accumulators), each V
+ * load shared by the 4 rows. */
+#define KQ_DEFINE_PV(NAME, VT, LOADV)                                                              \
+  KQ_AVX2 static void NAME(const float *p, int rows, int lds, const VT *v, int nt, int dp,         \
+                           float *acc) {                                                           \
+    int i = 0;                                                                                     \
+    for (; i + 4 <= rows; i += 4) {                                                                \
+      const float *p0 = p + (size_t)i * lds, *p1 = p0 + lds, *p2 = p1 + lds, *p3 = p2 + lds;       \
+      float *c0 = acc + (size_t)i * dp, *c1 = c0 + dp, *c2 = c1 + dp, *c3 = c2 + dp;               \
+      int c = 0;                                                                                   \
+      for (; c + 16 <= dp; c += 16) {                                                              \
+        __m256 a0 = _mm256_loadu_ps(c0 + c), b0 = _mm256_loadu_ps(c0 + c + 8);                     \
+        __m256 a1 = _mm256_loadu_ps(c1 + c), b1 = _mm256_loadu_ps(c1 + c + 8);                     \
+        __m256 a2 = _mm256_loadu_ps(c2 + c), b2 = _mm256_loadu_ps(c2 + c + 8);                     \
+        __m256 a3 = _mm256_loadu_ps(c3 + c), b3 = _mm256_loadu_ps(c3 + c + 8);                     \
+        for (int t = 0; t < nt; t++) {                                                             \
+          const VT *vr = v + (size_t)t * dp + c;                                                   \
+          __m256 va = LOADV(vr), vb = LOADV(vr + 8);                                               \
+          __m256 w = _mm256_broadcast_ss(p0 + t);                                                  \
+          a0 = _mm256_fmadd_ps(w, va, a0), b0 = _mm256_fmadd_ps(w, vb, b0);                        \
+          w = _mm256_broadcast_ss(p1 + t);                                                         \
+          a1 = _mm256_fmadd_ps(w, va, a1), b1 = _mm256_fmadd_ps(w, vb, b1);                        \
+          w = _mm256_broadcast_ss(p2 + t);                                                         \
+          a2 = _mm256_fmadd_ps(w, va, a2), b2 = _mm256_fmadd_ps(w, vb, b2);                        \
+          w = _mm256_broadcast_ss(p3 + t);                                                         \
+          a3 = _mm256_fmadd_ps(w, va, a3), b3 = _mm256_fmadd_ps(w, vb, b3);                        \
+        }                                                                                          \
+        _mm256_storeu_ps(c0 + c, a0), _mm256_storeu_ps(c0 + c + 8, b0);                            \
+        _mm256_storeu_ps(c1 + c, a1), _mm256_storeu_ps(c1 + c + 8, b1);                            \
+        _mm256_storeu_ps(c2 + c, a2), _mm256_storeu_ps(c2 + c + 8, b2);                            \
+        _mm256_storeu_ps(c3 + c, a3), _mm256_storeu_ps(c3 + c + 8, b3);                            \
+      }                                                                                            \
+      for (; c < dp; c += 8) {                                                                     \
+        __m256 a0 = _mm256_loadu_ps(c0 + c), a1 = _mm256_loadu_ps(c1 + c);                         \
+        __m256 a2 = _mm256_loadu_ps(c2 + c), a3 = _mm256_loadu_ps(c3 + c);                         \
+        for (int t = 0; t < nt; t++) {                                                             \
+          __m256 va = LOADV(v + (size_t)t * dp + c);                                               \
+          a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + t), va, a0);                               \
+          a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + t), va, a1);                               \
+          a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p2 + t), va, a2);                               \
+          a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(p3 + t), va, a3);                               \
+        }                                                                                          \
+        _mm256_storeu_ps(c0 + c, a0), _mm256_storeu_ps(c1 + c, a1);                                \
+        _mm256_storeu_ps(c2 + c, a2), _mm256_storeu_ps(c3 + c, a3);                                \
+      }                                                                                            \
+    }                                                                                              \
+    for (; i < rows; i++) {                                                                        \
+      const float *p0 = p + (size_t)i * lds;                                                       \
+      float *c0 = acc + (size_t)i * dp;                                                            \
+      for (int c = 0; c < dp; c += 8) {                                                            \
+        __m256 a0 = _mm256_loadu_ps(c0 + c);                                                       \
+        for (int t = 0; t < nt; t++)                                                               \
+          a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + t), LOADV(v + (size_t)t * dp + c), a0);    \
+        _mm256_storeu_ps(c0 + c, a0);                                                              \
+      }                                                                                            \
+    }                                                                                              \
   }
-}
+
+KQ_DEFINE_PV(avx2_pv, float, load8_f32)
+KQ_DEFINE_PV(avx2_pv_f16, uint16_t, load8_f16)
 
 /* exp by range reduction x = n ln2 + r, |r| <= ln2/2, and a degree-6
  * polynomial for e^r (relative error ~2e-7); below -87.3 the result is 0. */
@@ -242,6 +307,38 @@ KQ_AVX2 static void avx2_exp(float *x, int n) {
   }
 }
 
+/* Online-softmax update of a tile, see kq_cpu_kernels.softmax_update. */
+KQ_AVX2 static void avx2_softmax_update(float *s, int rows, int lds, int nt, float *m, float *l,
+                                        float *alpha) {
+  int nt8 = (nt + 7) & ~7;
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  for (int r = 0; r < rows; r++) {
+    float *x = s + (size_t)r * lds;
+    for (int t = nt; t < nt8; t++) x[t] = -INFINITY;
+    __m256 mx = ninf;
+    for (int t = 0; t < nt8; t += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(x + t));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float tmax = _mm_cvtss_f32(h);
+    if (tmax == -INFINITY) { /* every position masked for this row */
+      for (int t = 0; t < nt8; t++) x[t] = 0.0f;
+      alpha[r] = 1.0f;
+      continue;
+    }
+    float mnew = tmax > m[r] ? tmax : m[r];
+    alpha[r] = m[r] == -INFINITY ? 0.0f : expf(m[r] - mnew);
+    __m256 mv = _mm256_set1_ps(mnew), sum = _mm256_setzero_ps();
+    for (int t = 0; t < nt8; t += 8) {
+      __m256 e = avx2_exp8(_mm256_sub_ps(_mm256_loadu_ps(x + t), mv));
+      _mm256_storeu_ps(x + t, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    l[r] = l[r] * alpha[r] + hsum8(sum);
+    m[r] = mnew;
+  }
+}
+
 static const kq_cpu_kernels g_avx2 = {
     .isa = "avx2+fma+f16c",
     .f16_to_f32 = avx2_f16_to_f32,
@@ -250,6 +347,9 @@ static const kq_cpu_kernels g_avx2 = {
     .pv = avx2_pv,
     .exp_inplace = avx2_exp,
     .dot = avx2_dot,
+    .softmax_update = avx2_softmax_update,
+    .logits_f16 = avx2_logits_f16,
+    .pv_f16 = avx2_pv_f16,
 };
 #endif
 

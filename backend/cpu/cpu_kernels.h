@@ -30,6 +30,18 @@ typedef struct kq_cpu_kernels {
   void (*exp_inplace)(float *x, int n);
   /* Σ a[i] b[i] for i < n (any n). */
   float (*dot)(const float *a, const float *b, int n);
+  /* One online-softmax step over a tile of logits s[r * lds + t], t < nt
+   * (masked positions hold -inf; lds >= nt rounded up to 8, the columns past
+   * nt may be overwritten): mnew = max(m[r], max_t s), alpha[r] =
+   * exp(m[r] - mnew) (0 when m[r] = -inf), s = exp(s - mnew), l[r] =
+   * l[r] alpha[r] + Σ_t s, m[r] = mnew. A row with every position masked
+   * gets s = 0, alpha = 1 and keeps m, l. */
+  void (*softmax_update)(float *s, int rows, int lds, int nt, float *m, float *l, float *alpha);
+  /* logits / pv reading F16 key / value rows directly (dp = the rank, a
+   * multiple of 8); NULL when the ISA has no fast F16 loads. */
+  void (*logits_f16)(const float *q, int rows, const uint16_t *k, int nt, int dp, float *s,
+                     int lds);
+  void (*pv_f16)(const float *p, int rows, int lds, const uint16_t *v, int nt, int dp, float *acc);
 } kq_cpu_kernels;
 
 /* The kernels for this CPU (detected once; thread-safe). KQSVD_CPU_ISA=generic

@@ -17,7 +17,8 @@ typedef struct pool {
   pthread_cond_t done;
   int n_threads;
   uint64_t generation;
-  int pending; /* workers still inside the current job */
+  int closed;  /* the caller has finished the current job's iterations */
+  int running; /* workers inside the current job */
   /* current job */
   kq_cpu_task_fn fn;
   void *ctx;
@@ -39,20 +40,23 @@ static void run_iterations(pool *p, int worker) {
   }
 }
 
+/* A worker joins a job only while it is open, so a thread that wakes late
+ * (descheduled on a busy machine) never delays the caller: the caller does
+ * the remaining iterations itself and waits only for workers inside. */
 static void *worker_main(void *arg) {
   int worker = (int)(intptr_t)arg;
   pool *p = &g_pool;
   uint64_t seen = 0;
+  pthread_mutex_lock(&p->lock);
   for (;;) {
-    pthread_mutex_lock(&p->lock);
     while (p->generation == seen) pthread_cond_wait(&p->wake, &p->lock);
     seen = p->generation;
-    int take_part = worker < p->active;
+    if (p->closed || worker >= p->active) continue;
+    p->running++;
     pthread_mutex_unlock(&p->lock);
-    if (take_part) run_iterations(p, worker);
+    run_iterations(p, worker);
     pthread_mutex_lock(&p->lock);
-    if (--p->pending == 0) pthread_cond_signal(&p->done);
-    pthread_mutex_unlock(&p->lock);
+    if (--p->running == 0 && p->closed) pthread_cond_signal(&p->done);
   }
   return NULL;
 }
@@ -124,7 +128,8 @@ kq_status kq_cpu_pool_run(int64_t n, int max_threads, size_t scratch_bytes, kq_c
   if (active > 1) {
     pthread_mutex_lock(&p->lock);
     p->active = active;
-    p->pending = p->n_threads - 1;
+    p->closed = 0;
+    p->running = 0;
     p->generation++;
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
@@ -132,7 +137,8 @@ kq_status kq_cpu_pool_run(int64_t n, int max_threads, size_t scratch_bytes, kq_c
   run_iterations(p, 0);
   if (active > 1) {
     pthread_mutex_lock(&p->lock);
-    while (p->pending > 0) pthread_cond_wait(&p->done, &p->lock);
+    p->closed = 1;
+    while (p->running > 0) pthread_cond_wait(&p->done, &p->lock);
     pthread_mutex_unlock(&p->lock);
   }
   pthread_mutex_unlock(&p->run_lock);
