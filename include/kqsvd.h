@@ -254,8 +254,9 @@ kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens, cons
  * attends to positions 0..its own. queries: [n_queries, n_heads, head_dim]
  * (rotated in POST mode, un-rotated in PRE mode). out: [n_queries, n_heads,
  * head_dim] for KQ_OUTPUT_FULL or [n_queries, n_heads, rank_v] for
- * KQ_OUTPUT_LATENT. Scale 1/sqrt(head_dim). Errors: empty cache,
- * n_queries > length. */
+ * KQ_OUTPUT_LATENT. Scale 1/sqrt(head_dim). Errors (KQ_ERR_INVALID_ARGUMENT,
+ * `out` untouched): empty cache, n_queries < 1 or > length, layer out of
+ * range. */
 kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries, const float *queries,
                           kq_output output, float *out);
 

@@ -20,6 +20,9 @@
  *     a message for kq_last_error() and returns `status`. Never print.
  *   - Ops are queued in order on the device and may run asynchronously;
  *     buffer_download and synchronize wait for all earlier work.
+ *     buffer_upload is ordered after earlier work too: it never changes data
+ *     that an op queued before it still reads (the core re-fills its staging
+ *     buffers between ops without synchronising).
  *   - A device handle may be used from several threads at once (one thread per
  *     cache); the backend serialises what must be serialised.
  *   - Buffers may be as large as the device's max_buffer_bytes. Limits on a
