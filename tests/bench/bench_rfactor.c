@@ -1,19 +1,21 @@
 /*
  * bench_rfactor.c — kq_rfactor on a T×d F16 matrix (default 65536×128, one
  * attention head of calibration data) against OpenBLAS cblas_dsyrk +
- * LAPACK dpotrf on the same data already converted to double (conversion
- * not timed for the baseline; its cost is printed separately), in one run.
+ * LAPACK dpotrf on the same data already converted to double, in one run.
+ * The baseline's conversion is not timed (its scalar cost is printed
+ * separately); kq_rfactor's includes reading the F16 data. Medians of
+ * `reps` runs of wall-clock and process CPU time.
  *
  *   bench_rfactor [reps] [T] [d]
  *
- * Also times the TSQR fallback once (forced by an ill-conditioned F64 copy
- * is not needed: kq_rfactor picks it itself; here we time it on the same
- * data through the F64 path of a duplicated-column matrix).
+ * Last line: one run of the TSQR fallback (a duplicated column makes the
+ * Gram singular, so kq_rfactor takes the second pass).
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "linalg/kq_linalg.h"
 
@@ -35,6 +37,12 @@ static double gauss(void) {
   return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
 }
 
+static double cpu_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
@@ -45,6 +53,8 @@ static double median(double *t, int n) {
   return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
 }
 
+enum { T_KQ, T_BLAS, T_CONV, N_TIMES };
+
 int main(int argc, char **argv) {
   int reps = argc > 1 ? atoi(argv[1]) : 7;
   int64_t t_rows = argc > 2 ? atoll(argv[2]) : 65536;
@@ -54,8 +64,9 @@ int main(int argc, char **argv) {
   uint16_t *h = malloc(n * sizeof(uint16_t));
   double *x = malloc(n * sizeof(double));
   double *r = malloc((size_t)d * d * sizeof(double)), *g = malloc((size_t)d * d * sizeof(double));
-  double *times = malloc((size_t)3 * reps * sizeof(double));
-  if (!h || !x || !r || !g || !times) return 1;
+  double *wall = malloc((size_t)N_TIMES * reps * sizeof(double));
+  double *cpu = malloc((size_t)N_TIMES * reps * sizeof(double));
+  if (!h || !x || !r || !g || !wall || !cpu) return 1;
   for (int64_t i = 0; i < t_rows; i++)
     for (int j = 0; j < d; j++)
       h[(size_t)i * d + j] = kq_f32_to_f16((float)(gauss() * (1.0 + (j % 7))));
@@ -65,61 +76,67 @@ int main(int argc, char **argv) {
          (long long)t_rows, d, reps, threads ? threads : "(default)");
   kq_rfactor_info info;
   for (int rep = -1; rep < reps; rep++) { /* rep -1 is a warm-up */
-    double t0 = kq_now_seconds();
+    double w[N_TIMES + 1], c[N_TIMES + 1];
+    w[0] = kq_now_seconds();
+    c[0] = cpu_seconds();
     if (kq_rfactor(&view, 1, r, d, &info) != KQ_OK) {
       fprintf(stderr, "kq_rfactor: %s\n", kq_last_error());
       return 1;
     }
-    double t1 = kq_now_seconds();
-    kq_convert_to_f64(KQ_DTYPE_F16, h, x, n);
-    double t2 = kq_now_seconds();
-    double t3 = t2;
+    w[1] = kq_now_seconds();
+    c[1] = cpu_seconds();
 #ifdef KQ_HAVE_LAPACKE
     cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, d, (int)t_rows, 1.0, x, d, 0.0, g, d);
-    if (LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', d, g, d) != 0) return 1;
-    t3 = kq_now_seconds();
+    if (LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', d, g, d) != 0 && rep >= 0) return 1;
 #endif
-    if (rep >= 0) {
-      times[rep] = t1 - t0;
-      times[reps + rep] = t3 - t2;
-      times[2 * reps + rep] = t2 - t1;
-    }
+    w[2] = kq_now_seconds();
+    c[2] = cpu_seconds();
+    kq_convert_to_f64(KQ_DTYPE_F16, h, x, n); /* the baseline's input (for the next rep) */
+    w[3] = kq_now_seconds();
+    c[3] = cpu_seconds();
+    if (rep >= 0)
+      for (int k = 0; k < N_TIMES; k++) {
+        wall[k * reps + rep] = w[k + 1] - w[k];
+        cpu[k * reps + rep] = c[k + 1] - c[k];
+      }
   }
-  double kq = median(times, reps), blas = median(times + reps, reps);
-  double conv = median(times + 2 * reps, reps);
-  double gflop = (double)t_rows * d * (d + 1) / 1e9; /* SYRK flops (2 per multiply-add) */
-  printf("%-34s %10s %10s\n", "method", "median ms", "GFLOP/s");
-  printf("%-34s %10.2f %10.2f   (method %s)\n", "kq_rfactor (F16 in, incl. convert)", kq * 1e3,
-         gflop / kq, info.method == KQ_RFACTOR_CHOLESKY ? "Gram+Cholesky" : "TSQR");
+  double mw[N_TIMES], mc[N_TIMES];
+  for (int k = 0; k < N_TIMES; k++) {
+    mw[k] = median(wall + k * reps, reps);
+    mc[k] = median(cpu + k * reps, reps);
+  }
+  double gflop = (double)t_rows * d * (d + 1) / 1e9; /* SYRK: 2 flops per multiply-add */
+  printf("%-36s %9s %9s %9s\n", "method", "wall ms", "cpu ms", "GFLOP/s");
+  printf("%-36s %9.2f %9.2f %9.2f   (%s)\n", "kq_rfactor (reads F16)", mw[T_KQ] * 1e3,
+         mc[T_KQ] * 1e3, gflop / mw[T_KQ],
+         info.method == KQ_RFACTOR_CHOLESKY ? "Gram+Cholesky" : "TSQR");
 #ifdef KQ_HAVE_LAPACKE
-  printf("%-34s %10.2f %10.2f\n", "cblas_dsyrk + dpotrf (F64 in)", blas * 1e3, gflop / blas);
-  printf("%-34s %10.2f\n", "(scalar F16->F64 conversion)", conv * 1e3);
-  printf("ratio kq / (dsyrk+dpotrf): %.2fx; vs (convert+dsyrk+dpotrf): %.2fx\n", kq / blas,
-         kq / (blas + conv));
-  /* Agreement: RᵀR from both must match XᵀX to rounding. */
+  printf("%-36s %9.2f %9.2f %9.2f\n", "cblas_dsyrk + dpotrf (reads F64)", mw[T_BLAS] * 1e3,
+         mc[T_BLAS] * 1e3, gflop / mw[T_BLAS]);
+  printf("%-36s %9.2f %9.2f\n", "(F16->F64 conversion, scalar)", mw[T_CONV] * 1e3,
+         mc[T_CONV] * 1e3);
+  printf("ratio kq_rfactor / (dsyrk+dpotrf): wall %.2fx, cpu %.2fx\n", mw[T_KQ] / mw[T_BLAS],
+         mc[T_KQ] / mc[T_BLAS]);
   double worst = 0.0, scale = 0.0;
   for (int j = 0; j < d; j++)
     for (int i = 0; i <= j; i++) {
       worst = fmax(worst, fabs(fabs(r[(size_t)j * d + i]) - fabs(g[(size_t)j * d + i])));
       scale = fmax(scale, fabs(g[(size_t)j * d + i]));
     }
-  printf("max |R_kq| - |R_lapack| relative to max |R|: %.2e\n", worst / scale);
-#else
-  (void)blas;
-  (void)conv;
+  printf("max ||R_kq| - |R_lapack|| / max |R|: %.2e\n", worst / scale);
 #endif
-  /* TSQR fallback cost: duplicate column forces it. */
   for (int64_t i = 0; i < t_rows; i++) h[(size_t)i * d + d - 1] = h[(size_t)i * d];
-  double t0 = kq_now_seconds();
+  double c0 = cpu_seconds(), t0 = kq_now_seconds();
   kq_status st = kq_rfactor(&view, 1, r, d, &info);
-  double t1 = kq_now_seconds();
-  printf("%-34s %10.2f            (method %s, status %d, 1 run)\n",
-         "kq_rfactor fallback (dup. column)", (t1 - t0) * 1e3,
-         info.method == KQ_RFACTOR_TSQR ? "TSQR" : "Gram+Cholesky", (int)st);
+  double t1 = kq_now_seconds(), c1 = cpu_seconds();
+  printf("%-36s %9.2f %9.2f             (%s, status %d, 1 run)\n", "kq_rfactor, duplicated column",
+         (t1 - t0) * 1e3, (c1 - c0) * 1e3,
+         info.method == KQ_RFACTOR_TSQR ? "Gram, then TSQR" : "Gram+Cholesky", (int)st);
   free(h);
   free(x);
   free(r);
   free(g);
-  free(times);
+  free(wall);
+  free(cpu);
   return 0;
 }

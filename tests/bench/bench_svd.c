@@ -1,16 +1,20 @@
 /*
  * bench_svd.c — kq_svd_jacobi against LAPACK dgesvj and dgesdd (U and V
- * computed by all three) on the same random square matrices, in one run.
- * Prints the median of `reps` runs (default 9) and ratios to dgesvj.
+ * computed by all three) on the same random square matrices, in one run,
+ * interleaved so that machine noise hits all alike. Prints medians of
+ * `reps` runs (default 9) of wall-clock and process CPU time, with ratios
+ * to dgesvj.
  *
  *   bench_svd [reps] [n ...]        (default n = 128 256)
  *
- * For a per-core comparison run with OPENBLAS_NUM_THREADS=1.
+ * For a per-core comparison run with OPENBLAS_NUM_THREADS=1. CPU time sums
+ * all threads, so with threaded OpenBLAS only the wall column compares.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "linalg/kq_linalg.h"
 
@@ -31,6 +35,12 @@ static double gauss(void) {
   return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
 }
 
+static double cpu_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
@@ -44,26 +54,31 @@ static double median(double *t, int n) {
 enum { KQ, SVJ, SDD, N_METHODS };
 static const char *names[N_METHODS] = {"kq_svd_jacobi", "LAPACK dgesvj", "LAPACK dgesdd"};
 
-/* One timed run of `method` on a copy of a; returns seconds or -1. */
-static double run(int method, int n, const double *a, double *w, double *s, double *v, double *vt) {
-  memcpy(w, a, (size_t)n * n * sizeof(double));
-  double t0 = kq_now_seconds();
+typedef struct bench_buffers {
+  double *w, *s, *v, *vt;
+} bench_buffers;
+
+/* One run of `method` on a copy of a: wall seconds in *wall, CPU seconds
+ * in *cpu; false if the method failed. */
+static int run(int method, int n, const double *a, bench_buffers *b, double *wall, double *cpu) {
+  memcpy(b->w, a, (size_t)n * n * sizeof(double));
+  double c0 = cpu_seconds(), t0 = kq_now_seconds();
   int ok = 0;
   if (method == KQ) {
-    ok = kq_svd_jacobi(n, n, w, n, s, v, n, NULL, NULL) == KQ_OK;
+    ok = kq_svd_jacobi(n, n, b->w, n, b->s, b->v, n, NULL, NULL) == KQ_OK;
   }
 #ifdef KQ_HAVE_LAPACKE
   else if (method == SVJ) {
     double stat[6];
-    ok = LAPACKE_dgesvj(LAPACK_COL_MAJOR, 'G', 'U', 'V', n, n, w, n, s, n, v, n, stat) == 0;
+    ok =
+        LAPACKE_dgesvj(LAPACK_COL_MAJOR, 'G', 'U', 'V', n, n, b->w, n, b->s, n, b->v, n, stat) == 0;
   } else {
-    ok = LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'O', n, n, w, n, s, NULL, n, vt, n) == 0;
+    ok = LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'O', n, n, b->w, n, b->s, NULL, n, b->vt, n) == 0;
   }
-#else
-  (void)vt;
 #endif
-  double t = kq_now_seconds() - t0;
-  return ok ? t : -1.0;
+  *wall = kq_now_seconds() - t0;
+  *cpu = cpu_seconds() - c0;
+  return ok;
 }
 
 int main(int argc, char **argv) {
@@ -74,40 +89,50 @@ int main(int argc, char **argv) {
     n_sizes = 0;
     for (int i = 2; i < argc && n_sizes < 16; i++) sizes[n_sizes++] = atoi(argv[i]);
   }
-  const char *threads = getenv("OPENBLAS_NUM_THREADS");
-  printf("Jacobi SVD benchmark: median of %d runs, OPENBLAS_NUM_THREADS=%s\n", reps,
-         threads ? threads : "(default)");
-  printf("%6s  %-15s %12s %10s\n", "n", "method", "median ms", "vs dgesvj");
   int n_methods = 1;
 #ifdef KQ_HAVE_LAPACKE
   n_methods = N_METHODS;
 #endif
+  const char *threads = getenv("OPENBLAS_NUM_THREADS");
+  printf("Jacobi SVD benchmark: median of %d runs, OPENBLAS_NUM_THREADS=%s\n", reps,
+         threads ? threads : "(default)");
+  printf("%6s  %-15s %10s %10s %10s %10s\n", "n", "method", "wall ms", "vs dgesvj", "cpu ms",
+         "vs dgesvj");
   for (int si = 0; si < n_sizes; si++) {
     int n = sizes[si];
+    if (n < 1) continue;
     size_t nn = (size_t)n * n;
-    double *a = malloc(nn * sizeof(double)), *w = malloc(nn * sizeof(double));
-    double *v = malloc(nn * sizeof(double)), *vt = malloc(nn * sizeof(double));
-    double *s = malloc((size_t)n * sizeof(double));
-    double *times = malloc((size_t)N_METHODS * reps * sizeof(double));
-    if (!a || !w || !v || !vt || !s || !times) return 1;
+    double *a = malloc(nn * sizeof(double));
+    bench_buffers b = {malloc(nn * sizeof(double)), malloc((size_t)n * sizeof(double)),
+                       malloc(nn * sizeof(double)), malloc(nn * sizeof(double))};
+    double *wall = malloc((size_t)N_METHODS * reps * sizeof(double));
+    double *cpu = malloc((size_t)N_METHODS * reps * sizeof(double));
+    if (!a || !b.w || !b.s || !b.v || !b.vt || !wall || !cpu) return 1;
     for (size_t i = 0; i < nn; i++) a[i] = gauss();
-    for (int m = 0; m < n_methods; m++) run(m, n, a, w, s, v, vt); /* warm-up */
-    for (int r = 0; r < reps; r++) /* interleaved, so drift hits all alike */
-      for (int m = 0; m < n_methods; m++) times[m * reps + r] = run(m, n, a, w, s, v, vt);
-    double med[N_METHODS];
-    for (int m = 0; m < n_methods; m++) med[m] = median(times + m * reps, reps);
+    double w0, c0;
+    for (int m = 0; m < n_methods; m++) /* warm-up */
+      if (!run(m, n, a, &b, &w0, &c0)) {
+        fprintf(stderr, "%s failed at n = %d\n", names[m], n);
+        return 1;
+      }
+    for (int r = 0; r < reps; r++)
+      for (int m = 0; m < n_methods; m++) run(m, n, a, &b, &wall[m * reps + r], &cpu[m * reps + r]);
+    double mw[N_METHODS], mc[N_METHODS];
     for (int m = 0; m < n_methods; m++) {
-      if (n_methods > 1)
-        printf("%6d  %-15s %12.3f %9.2fx\n", n, names[m], med[m] * 1e3, med[m] / med[SVJ]);
-      else
-        printf("%6d  %-15s %12.3f %10s\n", n, names[m], med[m] * 1e3, "-");
+      mw[m] = median(wall + m * reps, reps);
+      mc[m] = median(cpu + m * reps, reps);
     }
+    int base = n_methods > 1 ? SVJ : KQ;
+    for (int m = 0; m < n_methods; m++)
+      printf("%6d  %-15s %10.3f %9.2fx %10.3f %9.2fx\n", n, names[m], mw[m] * 1e3, mw[m] / mw[base],
+             mc[m] * 1e3, mc[m] / mc[base]);
     free(a);
-    free(w);
-    free(v);
-    free(vt);
-    free(s);
-    free(times);
+    free(b.w);
+    free(b.s);
+    free(b.v);
+    free(b.vt);
+    free(wall);
+    free(cpu);
   }
   return 0;
 }
