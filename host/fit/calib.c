@@ -213,7 +213,7 @@ kq_status kq_calib_layer_check_finite(const kq_calib *calib, const kq_calib_laye
   return KQ_OK;
 }
 
-static void release_range(const void *data, uint64_t nbytes) {
+void kq_calib_release_range(const void *data, uint64_t nbytes) {
   long page = sysconf(_SC_PAGESIZE);
   if (page <= 0 || !data) return;
   uintptr_t begin = ((uintptr_t)data + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
@@ -227,5 +227,5 @@ void kq_calib_release_layer(const kq_calib *calib, const kq_calib_layer *layer) 
   (void)calib;
   const kq_st_tensor *ts[4] = {layer->k, layer->q, layer->v, layer->wo};
   for (int i = 0; i < 4; i++)
-    if (ts[i]) release_range(ts[i]->data, ts[i]->nbytes);
+    if (ts[i]) kq_calib_release_range(ts[i]->data, ts[i]->nbytes);
 }

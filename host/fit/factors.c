@@ -46,7 +46,12 @@ static kq_status factor_tensor_head(const factor_job *job, const kq_st_tensor *t
                          .row_stride = c->head_dim,
                          .scale = 1.0};
   kq_status st = kq_rfactor(&view, 1, r, c->head_dim, NULL);
-  return st ? factor_error(job, t, head, st) : KQ_OK;
+  if (st) return factor_error(job, t, head, st);
+  /* Done with this head's rows: drop them from the resident set now, so a
+   * streamed fit holds about one head per thread, not a whole layer. */
+  kq_calib_release_range(view.data,
+                         (uint64_t)c->n_tokens * (uint64_t)c->head_dim * kq_dtype_size(t->dtype));
+  return KQ_OK;
 }
 
 /* W_i = mean over the group's query heads h of wo[:, h*d:(h+1)*d] (D×d),

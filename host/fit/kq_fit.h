@@ -55,6 +55,8 @@ kq_status kq_calib_layer_check_finite(const kq_calib *calib, const kq_calib_laye
  * (read-only file mapping: they are re-read on the next touch). Keeps the
  * resident set of a streamed fit at one layer. */
 void kq_calib_release_layer(const kq_calib *calib, const kq_calib_layer *layer);
+/* The same for one byte range inside the mapping (whole pages only). */
+void kq_calib_release_range(const void *data, uint64_t nbytes);
 
 /* ------------------------------------------------------------------------ */
 /* R factors of one layer                                                   */

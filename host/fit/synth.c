@@ -8,13 +8,11 @@
  * x W = z diag(s) (PᵀW) and PᵀW is again Gaussian, so the file is drawn as
  * z diag(s) G with G Gaussian: the same distribution at a fraction of the
  * cost. Then per head:
- *   keys    k = x W_k,i + 0.05·noise; a few rotary pairs (the lowest
- *           frequencies, max(1, d/32) pairs) get 8× the variance;
- *   queries q = x W_k,i·diag(u_h) + 0.5·x W'_h + 0.05·noise (u_h > 0), with
- *           the hot pairs' columns zero: the queries ignore the channels
- *           where the keys vary most, which is where K-SVD wastes rank;
- *   values  v = x W_v,i + 0.05·noise;
- * keys and queries are then rotated (RoPE 'post', pairs layout, angle
+ *   keys    k = x W_k,i + 0.05·noise (noise: centred sum of four uniforms); a few rotary pairs (the
+ * lowest frequencies, max(1, d/32) pairs) get 8× the variance; queries q = x W_k,i·diag(u_h) +
+ * 0.5·x W'_h + 0.05·noise (u_h > 0), with the hot pairs' columns zero: the queries ignore the
+ * channels where the keys vary most, which is where K-SVD wastes rank; values  v = x W_v,i +
+ * 0.05·noise; keys and queries are then rotated (RoPE 'post', pairs layout, angle
  * pos·theta^(−2j/d), pos = position inside the sequence). W_O (optional)
  * is Gaussian with the columns of each head scaled by exp(−2c/d), so the
  * value directions it reads differ from V's principal directions.
@@ -102,9 +100,10 @@ typedef struct synth_job {
   const kq_synth_params *p;
   int32_t layer, d_lat, n_hot_pairs;
   int64_t T;
-  const float *y;              /* [T][d_lat] = z diag(s) */
-  const float *gk, *gq, *gv;   /* [Hk|H|Hk][d_lat][d] */
-  void *k_out, *q_out, *v_out; /* [Hk|H|Hk][T][d] in p->dtype */
+  const float *y;                   /* [T][d_lat] = z diag(s) */
+  const float *gk, *gq, *gv;        /* [Hk|H|Hk][d_lat][d] */
+  void *k_out, *q_out, *v_out;      /* [Hk|H|Hk][T][d] in p->dtype */
+  const float *rope_cos, *rope_sin; /* [seq_len][d/2] or NULL */
 } synth_job;
 
 static int is_hot(const synth_job *job, int32_t c) {
@@ -122,11 +121,20 @@ static void store(kq_dtype dtype, const float *src, void *dst, size_t n) {
   }
 }
 
+/* Cheap approximately normal noise: the centred sum of four 16-bit
+ * uniforms (variance 1). */
+static float fast_noise(rng *r) {
+  uint64_t x = rng_next(r);
+  double s = (double)(x & 0xffff) + (double)((x >> 16) & 0xffff) + (double)((x >> 32) & 0xffff) +
+             (double)(x >> 48);
+  return (float)((s - 131070.0) / 37837.23);
+}
+
 /* One head of keys (kind 0), queries (1) or values (2). */
 static kq_status synth_task(void *ctx, int64_t index) {
   synth_job *job = ctx;
   const kq_synth_params *p = job->p;
-  int32_t d = p->head_dim, hk = p->n_kv_heads, h = p->n_heads, dl = job->d_lat;
+  int32_t d = p->head_dim, hk = p->n_kv_heads, h = p->n_heads, dl = job->d_lat, half = d / 2;
   int kind = index < hk ? 0 : index < hk + h ? 1 : 2;
   int64_t head = kind == 0 ? index : kind == 1 ? index - hk : index - hk - h;
   const float *g = (kind == 0 ? job->gk : kind == 1 ? job->gq : job->gv) + head * dl * d;
@@ -143,25 +151,59 @@ static kq_status synth_task(void *ctx, int64_t index) {
   rng_seed(&r, p->seed, (uint64_t)job->layer, (uint64_t)((STREAM_NOISE_K + kind) << 20) + head);
   for (int64_t t = 0; t < job->T; t++) {
     const float *yt = job->y + t * dl;
-    for (int32_t c = 0; c < d; c++) row[c] = NOISE * (float)rng_normal(&r);
+    memset(row, 0, (size_t)d * sizeof *row);
     for (int32_t j = 0; j < dl; j++) {
       float a = yt[j];
       const float *gj = g + (size_t)j * d;
       for (int32_t c = 0; c < d; c++) row[c] += a * gj[c];
     }
-    if (kind != 2) {
-      for (int32_t c = 0; c < d; c++) {
+    if (kind != 2)
+      for (int32_t c = 0; c < d; c++)
         if (is_hot(job, c)) row[c] = kind == 0 ? row[c] * HOT_SCALE : 0.0f;
-        rot[c] = row[c];
+    /* noise after the hot-channel edit: queries keep full rank */
+    for (int32_t c = 0; c < d; c++) row[c] += NOISE * fast_noise(&r);
+    if (kind != 2) {
+      int64_t pos = t % p->seq_len;
+      if (job->rope_cos) {
+        const float *cs = job->rope_cos + pos * half, *sn = job->rope_sin + pos * half;
+        for (int32_t j = 0; j < half; j++) {
+          float x0 = row[2 * j], x1 = row[2 * j + 1];
+          row[2 * j] = x0 * cs[j] - x1 * sn[j];
+          row[2 * j + 1] = x0 * sn[j] + x1 * cs[j];
+        }
+      } else {
+        for (int32_t c = 0; c < d; c++) rot[c] = row[c];
+        kq_rope_rotate(rot, d, pos, p->rope_theta, KQ_ROPE_PAIRS);
+        for (int32_t c = 0; c < d; c++) row[c] = (float)rot[c];
       }
-      kq_rope_rotate(rot, d, t % p->seq_len, p->rope_theta, KQ_ROPE_PAIRS);
-      for (int32_t c = 0; c < d; c++) row[c] = (float)rot[c];
     }
     store(p->dtype, row, (char *)out + ((size_t)head * job->T + t) * d * es, (size_t)d);
   }
   free(row);
   free(rot);
   return KQ_OK;
+}
+
+/* cos/sin of every (position, pair) when the table is small enough. */
+static void rope_table(const kq_synth_params *p, float **out_cos, float **out_sin) {
+  int32_t half = p->head_dim / 2;
+  *out_cos = *out_sin = NULL;
+  if ((int64_t)p->seq_len * half > (1 << 22)) return;
+  float *c = malloc((size_t)p->seq_len * half * sizeof *c);
+  float *s = malloc((size_t)p->seq_len * half * sizeof *s);
+  if (!c || !s) {
+    free(c);
+    free(s);
+    return; /* fall back to computing each rotation */
+  }
+  for (int64_t pos = 0; pos < p->seq_len; pos++)
+    for (int32_t j = 0; j < half; j++) {
+      double angle = (double)pos * pow(p->rope_theta, -2.0 * j / p->head_dim);
+      c[pos * half + j] = (float)cos(angle);
+      s[pos * half + j] = (float)sin(angle);
+    }
+  *out_cos = c;
+  *out_sin = s;
 }
 
 static kq_status check_params(const kq_synth_params *p) {
@@ -231,6 +273,8 @@ kq_status kq_synth(const char *out_path, const kq_synth_params *params) {
   float *gq = kq_malloc_array((size_t)p.n_heads * dl * d, sizeof *gq, "synth weights");
   float *wo32 = p.with_wo ? kq_malloc_array((size_t)p.hidden * hd, sizeof *wo32, "synth wo") : NULL;
   kq_st_writer *w = NULL;
+  float *rope_c = NULL, *rope_s = NULL;
+  rope_table(&p, &rope_c, &rope_s);
   if (!bufs || !y || !gk || !gv || !gq || (p.with_wo && !wo32)) {
     st = KQ_ERR_OUT_OF_MEMORY;
     goto done;
@@ -258,7 +302,9 @@ kq_status kq_synth(const char *out_path, const kq_synth_params *params) {
     rng_seed(&r, p.seed, (uint64_t)l, STREAM_HIDDEN);
     for (int64_t t = 0; t < T; t++)
       for (int32_t j = 0; j < dl; j++) y[t * dl + j] = (float)(pow(1.0 + j, -0.8) * rng_normal(&r));
-    synth_job job = {.p = &p,
+    synth_job job = {.rope_cos = rope_c,
+                     .rope_sin = rope_s,
+                     .p = &p,
                      .layer = l,
                      .d_lat = dl,
                      .n_hot_pairs = d / 32 > 1 ? d / 32 : 1,
@@ -293,5 +339,7 @@ done:
   free(gv);
   free(gq);
   free(wo32);
+  free(rope_c);
+  free(rope_s);
   return st;
 }
