@@ -254,9 +254,16 @@ kq_status vk_device_open(int index, kq_bdevice **out_device) {
   vkGetPhysicalDeviceMemoryProperties(phys, &d->mem_props);
   VkPhysicalDeviceMaintenance3Properties m3 = {
       .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
+  VkPhysicalDeviceSubgroupProperties sub = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+  m3.pNext = &sub;
   VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
                                     .pNext = &m3};
   vkGetPhysicalDeviceProperties2(phys, &p2);
+  d->subgroup_arith = (sub.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+                      (sub.supportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT) &&
+                      (sub.supportedOperations & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
+                      !getenv("KQSVD_VULKAN_NO_SUBGROUPS");
   d->max_alloc = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : ((VkDeviceSize)1 << 30);
   VkPhysicalDevice16BitStorageFeatures f16 = {
       .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES};

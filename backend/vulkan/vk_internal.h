@@ -57,6 +57,8 @@ typedef enum vk_shader {
   VK_SHADER_QPREP,
   VK_SHADER_ATTEND_F32,
   VK_SHADER_ATTEND_F16,
+  VK_SHADER_ATTEND_F32_SG, /* subgroup-arithmetic reductions */
+  VK_SHADER_ATTEND_F16_SG,
   VK_SHADER_REDUCE,
   VK_SHADER_UP,
   VK_SHADER_COUNT
@@ -81,6 +83,7 @@ struct kq_bdevice {
   VkPhysicalDeviceMemoryProperties mem_props;
   VkDeviceSize max_alloc;
   bool fp16_storage;
+  bool subgroup_arith; /* subgroup arithmetic in compute shaders */
   VkDevice dev;
   VkQueue queue;
   uint32_t queue_family;

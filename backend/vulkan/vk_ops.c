@@ -159,7 +159,7 @@ typedef struct attend_plan {
 } attend_plan;
 
 static uint64_t attend_shared(uint32_t R, uint32_t QK, uint32_t TK, uint32_t rk, bool pre) {
-  return 4ull * (R * QK + R * TK + (pre ? TK * QK + TK * rk : 2) + 3 * R);
+  return 4ull * (R * QK + R * TK + (pre ? TK * QK + TK * rk : 2) + 2 * R * VK_WG);
 }
 
 static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend_plan *p) {
@@ -258,8 +258,10 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
                                          p.G,    p.QT,        p.TK,         p.pre,
                                          halves, ident,       p.slots,      p.QK};
   const uint32_t rspec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)rv};
-  const vk_shader ashader =
-      op->storage == KQ_STORAGE_F16 ? VK_SHADER_ATTEND_F16 : VK_SHADER_ATTEND_F32;
+  const bool f16 = op->storage == KQ_STORAGE_F16;
+  const vk_shader ashader = d->subgroup_arith
+                                ? (f16 ? VK_SHADER_ATTEND_F16_SG : VK_SHADER_ATTEND_F32_SG)
+                                : (f16 ? VK_SHADER_ATTEND_F16 : VK_SHADER_ATTEND_F32);
   const uint32_t hi_off = 256u * (uint32_t)(D / 2) * 2u;
   float scale = op->scale;
   uint32_t scale_bits;

@@ -6,7 +6,9 @@
 #include <stdint.h>
 
 #include "kq_spv_attend_f16.h"
+#include "kq_spv_attend_f16_sg.h"
 #include "kq_spv_attend_f32.h"
+#include "kq_spv_attend_f32_sg.h"
 #include "kq_spv_project_f16.h"
 #include "kq_spv_project_f32.h"
 #include "kq_spv_qprep.h"
@@ -29,6 +31,8 @@ static const vk_spirv k_spirv[VK_SHADER_COUNT] = {
     [VK_SHADER_QPREP] = VK_SPV(kq_spv_qprep, "qprep.comp"),
     [VK_SHADER_ATTEND_F32] = VK_SPV(kq_spv_attend_f32, "attend.comp (F32)"),
     [VK_SHADER_ATTEND_F16] = VK_SPV(kq_spv_attend_f16, "attend.comp (F16)"),
+    [VK_SHADER_ATTEND_F32_SG] = VK_SPV(kq_spv_attend_f32_sg, "attend.comp (F32, subgroups)"),
+    [VK_SHADER_ATTEND_F16_SG] = VK_SPV(kq_spv_attend_f16_sg, "attend.comp (F16, subgroups)"),
     [VK_SHADER_REDUCE] = VK_SPV(kq_spv_reduce, "reduce.comp"),
     [VK_SHADER_UP] = VK_SPV(kq_spv_up, "up.comp"),
 };

@@ -33,6 +33,7 @@ layout(std430, set = 0, binding = 3) writeonly buffer kq_part { float part[]; };
 layout(std430, set = 0, binding = 4) readonly buffer kq_rope_tab { float rope_tab[]; };
 layout(std430, set = 0, binding = 5) readonly buffer kq_b { float bm[]; };
 
+#include "kq_reduce.glsl"
 #include "kq_rope.glsl"
 
 // u[0] q offset (query 0, head 0, rows of QK)   u[1] key offset (token tok_base)
@@ -44,9 +45,6 @@ shared float sq[R * QK];
 shared float sk[PRE != 0u ? TK * QK : 1u];
 shared float ss[R * TK];
 shared float slat[PRE != 0u ? TK * RK : 1u];
-shared float sm[R];
-shared float sl[R];
-shared float sf[R];
 
 void main() {
   const uint lid = gl_LocalInvocationID.x, wg = gl_WorkGroupSize.x;
@@ -64,9 +62,10 @@ void main() {
     uint row = i / QK, e = i % QK, tq = row / G;
     sq[i] = tq < nqt ? q[pc.u[0] + ((q0 + tq) * H + kv * G + row % G) * QK + e] : 0.0;
   }
-  if (lid < R) {
-    sm[lid] = KQ_NEG;
-    sl[lid] = 0.0;
+  float m_run[R], l_run[R];
+  [[unroll]] for (uint row = 0u; row < R; ++row) {
+    m_run[row] = KQ_NEG;
+    l_run[row] = 0.0;
   }
   float acc[SLOTS * R];
   [[unroll]] for (uint i = 0u; i < SLOTS * R; ++i) acc[i] = 0.0;
@@ -101,6 +100,8 @@ void main() {
     }
     // Logits, one key per invocation: the key is loaded once for all R rows
     // of the group, and the query rows are uniform (broadcast) reads.
+    float tmax[R];
+    [[unroll]] for (uint row = 0u; row < R; ++row) tmax[row] = KQ_NEG;
     for (uint t = lid; t < TK; t += wg) {
       float dots[R];
       [[unroll]] for (uint row = 0u; row < R; ++row) dots[row] = 0.0;
@@ -113,32 +114,36 @@ void main() {
       [[unroll]] for (uint row = 0u; row < R; ++row) {
         const uint tq = row / G;
         const bool ok = t < nk && tq < nqt && t0 + t <= pos0 + tq;
-        ss[row * TK + t] = ok ? dots[row] * scale : KQ_NEG;
+        const float s = ok ? dots[row] * scale : KQ_NEG;
+        ss[row * TK + t] = s;
+        tmax[row] = max(tmax[row], s);
       }
     }
-    barrier();
-    if (lid < R) {
-      const uint row = lid;
-      float m_old = sm[row], mx = m_old;
-      for (uint t = 0u; t < nk; ++t) mx = max(mx, ss[row * TK + t]);
-      float sum = 0.0;
-      for (uint t = 0u; t < TK; ++t) {
-        float s = ss[row * TK + t];
-        float p = (t < nk && s > 0.5 * KQ_NEG) ? exp(s - mx) : 0.0;
+    // Online softmax: tile maximum and sum over the workgroup; every
+    // invocation keeps the same running m, l and rescale factor f.
+    kq_reduce_rows(KQ_RED_MAX, tmax);
+    float tsum[R], f[R];
+    [[unroll]] for (uint row = 0u; row < R; ++row) {
+      const float mx = max(m_run[row], tmax[row]);
+      f[row] = exp(m_run[row] - mx);
+      m_run[row] = mx;
+      tsum[row] = 0.0;
+    }
+    for (uint t = lid; t < TK; t += wg) {
+      [[unroll]] for (uint row = 0u; row < R; ++row) {
+        const float s = ss[row * TK + t];
+        const float p = s > 0.5 * KQ_NEG ? exp(s - m_run[row]) : 0.0;
         ss[row * TK + t] = p;
-        sum += p;
+        tsum[row] += p;
       }
-      float f = exp(m_old - mx);
-      sf[row] = f;
-      sl[row] = sl[row] * f + sum;
-      sm[row] = mx;
     }
-    barrier();
+    kq_reduce_rows(KQ_RED_SUM, tsum); // its barrier also publishes ss
+    [[unroll]] for (uint row = 0u; row < R; ++row) l_run[row] = l_run[row] * f[row] + tsum[row];
     const uint vbase = pc.u[2] + (t0 - tok_base) * RV;
     [[unroll]] for (uint slot = 0u; slot < SLOTS; ++slot) {
       const uint e = lid + slot * wg;
       if (e < RV) {
-        [[unroll]] for (uint row = 0u; row < R; ++row) acc[slot * R + row] *= sf[row];
+        [[unroll]] for (uint row = 0u; row < R; ++row) acc[slot * R + row] *= f[row];
         for (uint t = 0u; t < nk; ++t) {
           float v = float(vc[vbase + t * RV + e]);
           [[unroll]] for (uint row = 0u; row < R; ++row) acc[slot * R + row] += ss[row * TK + t] * v;
@@ -158,8 +163,8 @@ void main() {
       if (e < RV) part[base + 2u + e] = acc[slot * R + row];
     }
     if (lid == 0u) {
-      part[base] = sm[row];
-      part[base + 1u] = sl[row];
+      part[base] = m_run[row];
+      part[base + 1u] = l_run[row];
     }
   }
 }
