@@ -139,16 +139,10 @@ static void prepare_queries(const attend_ctx *c, task_scratch *ts, int h, int j0
       const float *qv = c->q + ((size_t)(j0 + jj) * op->n_heads + head) * d;
       float *row = ts->qrows + (size_t)(jj * c->group + gi) * c->dkp;
       float *qt = ts->tmp;
-      if (c->identity_keys) {
+      if (c->identity_keys)
         memcpy(qt, qv, (size_t)d * sizeof(float));
-      } else {
-        for (int k = 0; k < rk; k++) qt[k] = 0.0f;
-        for (int i = 0; i < d; i++) {
-          const float *restrict br = B + (size_t)i * rk;
-          float w = qv[i];
-          for (int k = 0; k < rk; k++) qt[k] += w * br[k];
-        }
-      }
+      else
+        c->kern->matmul_rows(qv, 1, d, B, d, rk, qt, rk);
       if (op->rope == KQ_ROPE_PRE) {
         if (c->identity_keys) {
           memcpy(row, qt, (size_t)d * sizeof(float));

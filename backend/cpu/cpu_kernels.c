@@ -74,6 +74,20 @@ static void gen_softmax_update(float *s, int rows, int lds, int nt, float *m, fl
   }
 }
 
+static void gen_matmul_rows(const float *x, int n, int ldx, const float *m, int d, int r,
+                            float *out, int ldo) {
+  for (int t = 0; t < n; t++) {
+    float *restrict o = out + (size_t)t * ldo;
+    const float *xr = x + (size_t)t * ldx;
+    for (int k = 0; k < r; k++) o[k] = 0.0f;
+    for (int i = 0; i < d; i++) {
+      const float *restrict mr = m + (size_t)i * r;
+      float w = xr[i];
+      for (int k = 0; k < r; k++) o[k] += w * mr[k];
+    }
+  }
+}
+
 static const kq_cpu_kernels g_generic = {
     .isa = "generic",
     .f16_to_f32 = gen_f16_to_f32,
@@ -83,6 +97,7 @@ static const kq_cpu_kernels g_generic = {
     .exp_inplace = gen_exp,
     .dot = gen_dot,
     .softmax_update = gen_softmax_update,
+    .matmul_rows = gen_matmul_rows,
     .logits_f16 = NULL,
     .pv_f16 = NULL,
 };
@@ -307,6 +322,51 @@ KQ_AVX2 static void avx2_exp(float *x, int n) {
   }
 }
 
+/* out rows = x rows · M, 4 rows x 16 columns per register block. */
+KQ_AVX2 static void avx2_matmul_rows(const float *x, int n, int ldx, const float *m, int d, int r,
+                                     float *out, int ldo) {
+  int t = 0;
+  for (; t + 4 <= n; t += 4) {
+    const float *x0 = x + (size_t)t * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
+    float *o0 = out + (size_t)t * ldo, *o1 = o0 + ldo, *o2 = o1 + ldo, *o3 = o2 + ldo;
+    int c = 0;
+    for (; c + 16 <= r; c += 16) {
+      __m256 a0 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      __m256 b1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps();
+      __m256 a3 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+      for (int i = 0; i < d; i++) {
+        const float *mr = m + (size_t)i * r + c;
+        __m256 ma = _mm256_loadu_ps(mr), mb = _mm256_loadu_ps(mr + 8);
+        __m256 w = _mm256_broadcast_ss(x0 + i);
+        a0 = _mm256_fmadd_ps(w, ma, a0), b0 = _mm256_fmadd_ps(w, mb, b0);
+        w = _mm256_broadcast_ss(x1 + i);
+        a1 = _mm256_fmadd_ps(w, ma, a1), b1 = _mm256_fmadd_ps(w, mb, b1);
+        w = _mm256_broadcast_ss(x2 + i);
+        a2 = _mm256_fmadd_ps(w, ma, a2), b2 = _mm256_fmadd_ps(w, mb, b2);
+        w = _mm256_broadcast_ss(x3 + i);
+        a3 = _mm256_fmadd_ps(w, ma, a3), b3 = _mm256_fmadd_ps(w, mb, b3);
+      }
+      _mm256_storeu_ps(o0 + c, a0), _mm256_storeu_ps(o0 + c + 8, b0);
+      _mm256_storeu_ps(o1 + c, a1), _mm256_storeu_ps(o1 + c + 8, b1);
+      _mm256_storeu_ps(o2 + c, a2), _mm256_storeu_ps(o2 + c + 8, b2);
+      _mm256_storeu_ps(o3 + c, a3), _mm256_storeu_ps(o3 + c + 8, b3);
+    }
+    if (c < r) { /* column tail: the portable loop on these columns */
+      for (int q = 0; q < 4; q++) {
+        const float *xr = x0 + (size_t)q * ldx;
+        float *o = o0 + (size_t)q * ldo;
+        for (int k = c; k < r; k++) o[k] = 0.0f;
+        for (int i = 0; i < d; i++) {
+          const float *mr = m + (size_t)i * r;
+          float w = xr[i];
+          for (int k = c; k < r; k++) o[k] += w * mr[k];
+        }
+      }
+    }
+  }
+  if (t < n) gen_matmul_rows(x + (size_t)t * ldx, n - t, ldx, m, d, r, out + (size_t)t * ldo, ldo);
+}
+
 /* Online-softmax update of a tile, see kq_cpu_kernels.softmax_update. */
 KQ_AVX2 static void avx2_softmax_update(float *s, int rows, int lds, int nt, float *m, float *l,
                                         float *alpha) {
@@ -348,6 +408,7 @@ static const kq_cpu_kernels g_avx2 = {
     .exp_inplace = avx2_exp,
     .dot = avx2_dot,
     .softmax_update = avx2_softmax_update,
+    .matmul_rows = avx2_matmul_rows,
     .logits_f16 = avx2_logits_f16,
     .pv_f16 = avx2_pv_f16,
 };

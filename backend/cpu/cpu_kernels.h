@@ -37,6 +37,10 @@ typedef struct kq_cpu_kernels {
    * l[r] alpha[r] + Σ_t s, m[r] = mnew. A row with every position masked
    * gets s = 0, alpha = 1 and keeps m, l. */
   void (*softmax_update)(float *s, int rows, int lds, int nt, float *m, float *l, float *alpha);
+  /* out[t * ldo + k] = Σ_i x[t * ldx + i] · m[i * r + k] for t < n, k < r
+   * (any r): n rows of length d times a [d, r] matrix. */
+  void (*matmul_rows)(const float *x, int n, int ldx, const float *m, int d, int r, float *out,
+                      int ldo);
   /* logits / pv reading F16 key / value rows directly (dp = the rank, a
    * multiple of 8); NULL when the ISA has no fast F16 loads. */
   void (*logits_f16)(const float *q, int rows, const uint16_t *k, int nt, int dp, float *s,

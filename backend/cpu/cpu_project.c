@@ -27,26 +27,22 @@ static void project_task(void *vctx, int64_t index, int worker, void *scratch) {
   int t1 = t0 + KQ_PROJECT_ROWS < op->n_tokens ? t0 + KQ_PROJECT_ROWS : op->n_tokens;
   int d = op->head_dim, r = op->rank;
   const float *P = c->proj ? c->proj + (size_t)h * d * r : NULL;
-  float *row = scratch;
-  for (int t = t0; t < t1; t++) {
-    const float *x = c->src + ((size_t)t * op->n_heads + h) * d;
-    if (!P) {
-      memcpy(row, x, (size_t)d * sizeof(float));
-    } else {
-      for (int k = 0; k < r; k++) row[k] = 0.0f;
-      for (int i = 0; i < d; i++) {
-        const float *restrict pr = P + (size_t)i * r;
-        float w = x[i];
-        float *restrict o = row;
-        for (int k = 0; k < r; k++) o[k] += w * pr[k];
-      }
-    }
-    size_t slot = (size_t)h * op->capacity + (size_t)(op->pos + t);
-    if (op->storage == KQ_STORAGE_F16)
-      c->kern->f32_to_f16(row, (uint16_t *)c->dst + slot * r, r);
-    else
-      memcpy((float *)c->dst + slot * r, row, (size_t)r * sizeof(float));
+  float *rows = scratch; /* [KQ_PROJECT_ROWS, r] */
+  int n = t1 - t0;
+  const float *x = c->src + ((size_t)t0 * op->n_heads + h) * d;
+  int ldx = op->n_heads * d;
+  if (P) {
+    c->kern->matmul_rows(x, n, ldx, P, d, r, rows, r);
+  } else {
+    for (int t = 0; t < n; t++)
+      memcpy(rows + (size_t)t * r, x + (size_t)t * ldx, (size_t)d * sizeof(float));
   }
+  /* Consecutive positions of one head are contiguous in the cache. */
+  size_t slot = (size_t)h * op->capacity + (size_t)(op->pos + t0);
+  if (op->storage == KQ_STORAGE_F16)
+    c->kern->f32_to_f16(rows, (uint16_t *)c->dst + slot * r, n * r);
+  else
+    memcpy((float *)c->dst + slot * r, rows, (size_t)n * r * sizeof(float));
 }
 
 kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op) {
@@ -83,8 +79,8 @@ kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op) {
       .n_blocks = (op->n_tokens + KQ_PROJECT_ROWS - 1) / KQ_PROJECT_ROWS,
   };
   double work = (double)op->n_tokens * op->n_heads * op->head_dim * op->rank;
-  return kq_cpu_pool_run((int64_t)op->n_heads * c.n_blocks, work < 2e5 ? 1 : 0, d * sizeof(float),
-                         project_task, &c);
+  return kq_cpu_pool_run((int64_t)op->n_heads * c.n_blocks, work < 2e5 ? 1 : 0,
+                         (size_t)KQ_PROJECT_ROWS * d * sizeof(float), project_task, &c);
 }
 
 typedef struct up_ctx {
