@@ -117,7 +117,7 @@ static const kqc_case g_cases[] = {
   CASE(256, 128, 128, 2, 2,   64, 64, F16, POST, HALVES, LAT,  CHUNKS,    0, 0,  0, 0),
   CASE(256,   1,   1, 8, 1,    7,  1, F32, NONE, PAIRS,  FULL, ONE,       0, 0,  0, 0),
   CASE(256, 256, 256, 2, 1, 4099,  1, F16, PRE,  PAIRS,  FULL, ONE,       0, 1,  0, 0),
-  CASE(256, 129,  64, 4, 2, 1000,  5, F32, PRE,  PAIRS,  LAT,  CHUNKS,  700, 0,  0, 0),
+  CASE(256, 129,  64, 4, 2,  300,  5, F32, PRE,  PAIRS,  LAT,  CHUNKS,  200, 0,  0, 0),
   CASE(256, 256, 256, 8, 4,   64,  5, F32, POST, PAIRS,  FULL, ONE,       0, 1,  0, 0),
   /* errors: attend on an empty cache, m larger than the cache */
   CASE( 64,  16,  16, 4, 2,    0,  1, F32, NONE, PAIRS,  FULL, ONE,       0, 0,  0, 1),
