@@ -26,11 +26,13 @@ static const char *const kernel_names[KQ_K_COUNT] = {
 };
 
 static const char kv_f32_defs[] = "\n#define KV_T float\n#define KV_LOAD(p, i) ((p)[(i)])\n"
+                                  "#define KV_LOAD4(p, i) vload4(0, (p) + (i))\n"
                                   "#define KV_STORE(v, p, i) ((p)[(i)] = (v))\n"
                                   "#define KV_NAME(n) n##_f32\n";
 static const char kv_f16_defs[] =
-    "\n#undef KV_T\n#undef KV_LOAD\n#undef KV_STORE\n#undef KV_NAME\n"
+    "\n#undef KV_T\n#undef KV_LOAD\n#undef KV_LOAD4\n#undef KV_STORE\n#undef KV_NAME\n"
     "#define KV_T half\n#define KV_LOAD(p, i) vload_half((i), (p))\n"
+    "#define KV_LOAD4(p, i) vload_half4(0, (p) + (i))\n"
     "#define KV_STORE(v, p, i) vstore_half_rte((v), (i), (p))\n#define KV_NAME(n) n##_f16\n";
 
 #define KQ_OCL_BUILD_OPTIONS "-cl-std=CL1.2"
@@ -272,8 +274,7 @@ kq_status kq_ocl_copy(kq_bdevice *dev, kq_buffer *dst, const kq_buffer *src, siz
   size_t tail = bytes - (size_t)words * 16;
   pthread_mutex_lock(&dev->lock);
   if (words) {
-    size_t cap = dev->compute_units * 1024;
-    size_t global[3] = {words < cap ? (size_t)words : cap, 1, 1};
+    size_t global[3] = {((size_t)words + 255) / 256 * 256, 1, 1};
     st = kq_ocl_arg(dev, KQ_K_COPY_U4, 0, sizeof(cl_mem), &src->mem);
     if (st == KQ_OK) st = kq_ocl_arg(dev, KQ_K_COPY_U4, 1, sizeof(cl_mem), &dst->mem);
     if (st == KQ_OK) st = kq_ocl_arg(dev, KQ_K_COPY_U4, 2, sizeof words, &words);

@@ -17,6 +17,9 @@
 #define KQ_OCL_SCORE_BUDGET ((size_t)64 << 20)
 /* Positions per split-K chunk (lowered when local memory is small). */
 #define KQ_OCL_CHUNK 256
+/* Most queries sharing one work-group of the fused kernel (pre-RoPE; half
+ * that otherwise). */
+#define KQ_OCL_QBLOCK 16
 
 static kq_status bad(const kq_bdevice *dev, const char *op, const char *what) {
   return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %s: %s", dev->label, op, what);
@@ -134,15 +137,34 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
                               cl_ulong k_e, cl_ulong v_e, cl_ulong b_e, cl_ulong out_e) {
   kq_status st = KQ_OK;
   const cl_int g = op->n_heads / op->n_kv_heads;
-  const size_t fixed = ((size_t)g * dq + (size_t)op->head_dim / 2 + 64) * sizeof(float);
+  /* Queries per work-group: they share every latent row the group loads
+   * (and, with pre-RoPE, every reconstructed key). Shrink the block, then
+   * the chunk, until the local memory fits. */
+  cl_int qblock = op->n_queries < KQ_OCL_QBLOCK ? op->n_queries : KQ_OCL_QBLOCK;
+  if (op->rope != KQ_ROPE_PRE && qblock > KQ_OCL_QBLOCK / 2) qblock = KQ_OCL_QBLOCK / 2;
   cl_int chunk = KQ_OCL_CHUNK;
-  while (chunk > 16 && fixed + (size_t)g * chunk * sizeof(float) > dev->local_mem) chunk /= 2;
-  if (fixed + (size_t)g * chunk * sizeof(float) > dev->local_mem)
+  size_t need = 0;
+  for (;;) {
+    const size_t rows = (size_t)qblock * g;
+    need = (rows * (size_t)(dq > 2 ? dq : 2) + rows * (size_t)chunk + (size_t)op->head_dim / 2 + 1 +
+            64) *
+           sizeof(float);
+    if (need <= dev->local_mem) break;
+    if (chunk > 32)
+      chunk /= 2;
+    else if (qblock > 1)
+      qblock /= 2, chunk = KQ_OCL_CHUNK;
+    else
+      break;
+  }
+  if (need > dev->local_mem)
     return kq_ocl_host->set_error(KQ_ERR_UNSUPPORTED,
                                   "%s: attend: group of %d heads needs more local memory than "
                                   "the device's %zu bytes",
                                   dev->label, g, dev->local_mem);
   const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
+  const size_t n_blocks = ((size_t)op->n_queries + qblock - 1) / qblock;
+  const size_t rows = (size_t)qblock * g;
   const size_t wg = wg_size(dev, 64);
   const size_t parts = prod4(op->n_queries, op->n_heads, n_chunks, 1);
   cl_mem part_o, part_ml;
@@ -178,14 +200,15 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   const float theta = op->rope_theta > 0.0f ? op->rope_theta : 10000.0f;
   ARG(k, 22, theta);
   ARG(k, 23, op->scale);
-  st = kq_ocl_arg(dev, k, 24, (size_t)g * chunk * sizeof(float), NULL);
-  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 25, (size_t)g * dq * sizeof(float), NULL);
+  ARG(k, 24, qblock);
+  st = kq_ocl_arg(dev, k, 25, rows * chunk * sizeof(float), NULL);
   if (st == KQ_OK)
-    st = kq_ocl_arg(dev, k, 26, ((size_t)op->head_dim / 2 + 1) * sizeof(float), NULL);
+    st = kq_ocl_arg(dev, k, 26, rows * (size_t)(dq > 2 ? dq : 2) * sizeof(float), NULL);
+  if (st == KQ_OK)
+    st = kq_ocl_arg(dev, k, 27, ((size_t)op->head_dim / 2 + 1) * sizeof(float), NULL);
   if (st != KQ_OK) goto out;
-  st = kq_ocl_launch(
-      dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, (size_t)op->n_queries},
-      (size_t[3]){wg, 1, 1});
+  st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, n_blocks},
+                     (size_t[3]){wg, 1, 1});
   if (st != KQ_OK) goto out;
   const int kr = KQ_K_ATTN_REDUCE;
   ARG(kr, 0, part_o);

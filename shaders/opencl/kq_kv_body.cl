@@ -3,6 +3,7 @@
  * the host, once per storage type, with these macros defined:
  *   KV_T            element type of a cache pointer (float or half)
  *   KV_LOAD(p, i)   element i of p as float
+ *   KV_LOAD4(p, i)  elements i..i+3 of p as float4
  *   KV_STORE(v,p,i) store float v as element i of p (F16: round to nearest even)
  *   KV_NAME(n)      kernel name with the storage suffix (n_f32 / n_f16)
  * All offsets are in elements. Caches are [n_kv_heads, capacity, rank].
@@ -28,42 +29,56 @@ __kernel void KV_NAME(kq_widen)(__global const KV_T *cache, ulong cache_off, int
       KV_LOAD(cache, cache_off + ((size_t)h * capacity + p) * rank + c);
 }
 
-/* One split-K chunk of causal attention for the g query heads of one kv head.
- * Work-group (get_group_id(0) = chunk c, global id 1 = kv head, 2 = query j)
- * covers positions [c*chunk, min((c+1)*chunk, pos_j + 1)), pos_j = n_ctx - n_q + j.
+/* One split-K chunk of causal attention for a block of queries and the g
+ * query heads of one kv head: work-group (group id 0 = chunk c, global id 1 =
+ * kv head, group id 2 = query block b) has rows r = jj * g + u for queries
+ * j = b * qblock + jj (jj < qblock) and heads u < g, so one load of a latent
+ * key or value row serves every row. Row r covers positions
+ * [c*chunk, min((c+1)*chunk, pos_j + 1)), pos_j = n_ctx - n_q + j.
  *   qp   [n_q, H, dq] prepared queries: q B (dq = rank_k) or, with pre-RoPE,
  *        rot(q B Aᵀ, pos_j) (dq = head_dim)
- *   pre-RoPE: k̂_p = rot(k̃_p Bᵀ, p) is rebuilt pair by pair in registers and
- *        never stored; identity_k means B = I (k̂_p = rot(k̃_p, p)).
+ *   pre-RoPE: k̂_p = rot(k̃_p Bᵀ, p) is rebuilt pair by pair in registers,
+ *        once per position for all rows, and never stored; identity_k means
+ *        B = I (k̂_p = rot(k̃_p, p)).
  * Writes part_o [n_q, H, n_chunks, rank_v] = Σ_p e^{s_p - m} ṽ_p and
- * part_ml [n_q, H, n_chunks, 2] = (m, Σ_p e^{s_p - m}); an empty chunk gives
- * (-inf, 0). Local memory: s [g * chunk], ql [g * dq], freq [head_dim / 2]. */
+ * part_ml [n_q, H, n_chunks, 2] = (m, Σ_p e^{s_p - m}); an empty row gives
+ * (-inf, 0). Local memory: s [rows * chunk], ql [rows * dq], freq [d/2 + 1]. */
 __kernel void KV_NAME(kq_attn_chunk)(
     __global const float *qp, __global const KV_T *kc, ulong kc_off, __global const KV_T *vc,
     ulong vc_off, __global const float *bmat, ulong b_off, __global float *part_o,
     __global float *part_ml, int n_q, int n_ctx, int n_heads, int group, int head_dim, int rank_k,
     int rank_v, int capacity, int chunk, int n_chunks, int pre_rope, int identity_k, int halves,
-    float theta, float scale, __local float *s, __local float *ql, __local float *freq) {
+    float theta, float scale, int qblock, __local float *s, __local float *ql,
+    __local float *freq) {
   const int lid = get_local_id(0), wg = get_local_size(0);
-  const int c = get_group_id(0), kvh = get_global_id(1), j = get_global_id(2);
-  const int pos_j = n_ctx - n_q + j;
+  const int c = get_group_id(0), kvh = get_global_id(1), j0 = get_group_id(2) * qblock;
+  const int nqb = min(qblock, n_q - j0), rows = nqb * group;
   const int p0 = c * chunk;
-  const int len = max(min(p0 + chunk, pos_j + 1) - p0, 0);
+  /* Positions any row of the block needs (the block's last query sees most). */
+  const int len = max(min(p0 + chunk, n_ctx - n_q + j0 + nqb) - p0, 0);
   const int dq = pre_rope ? head_dim : rank_k;
-  const size_t qbase = ((size_t)j * n_heads + (size_t)kvh * group) * dq;
-  for (int i = lid; i < group * dq; i += wg) ql[i] = qp[qbase + i];
+  for (int i = lid; i < rows * dq; i += wg) {
+    const int r = i / dq, jj = r / group, u = r - jj * group;
+    ql[i] = qp[((size_t)(j0 + jj) * n_heads + (size_t)kvh * group + u) * dq + (i - r * dq)];
+  }
   if (pre_rope)
     for (int i = lid; i < head_dim / 2; i += wg) freq[i] = kq_rope_freq(i, head_dim, theta);
   barrier(CLK_LOCAL_MEM_FENCE);
 
   const size_t kbase = kc_off + ((size_t)kvh * capacity + p0) * rank_k;
   if (!pre_rope) {
+    /* One row at a time keeps the accumulator in registers; the key row
+     * stays in L1 (or the GPU's cache) between rows. */
     for (int p = lid; p < len; p += wg) {
       const size_t krow = kbase + (size_t)p * rank_k;
-      for (int hh = 0; hh < group; ++hh) {
-        float acc = 0.0f;
-        for (int i = 0; i < rank_k; ++i) acc += ql[hh * rank_k + i] * KV_LOAD(kc, krow + i);
-        s[hh * chunk + p] = acc * scale;
+      for (int r = 0; r < rows; ++r) {
+        __local const float *qr = ql + r * rank_k;
+        float4 a4 = (float4)(0.0f);
+        int i = 0;
+        for (; i + 4 <= rank_k; i += 4) a4 += vload4(0, qr + i) * KV_LOAD4(kc, krow + i);
+        float acc = (a4.x + a4.y) + (a4.z + a4.w);
+        for (; i < rank_k; ++i) acc += qr[i] * KV_LOAD(kc, krow + i);
+        s[r * chunk + p] = acc * scale;
       }
     }
   } else {
@@ -71,7 +86,7 @@ __kernel void KV_NAME(kq_attn_chunk)(
     for (int p = lid; p < len; p += wg) {
       const size_t krow = kbase + (size_t)p * rank_k;
       const float posf = (float)(p0 + p);
-      for (int hh = 0; hh < group; ++hh) s[hh * chunk + p] = 0.0f;
+      for (int r = 0; r < rows; ++r) s[r * chunk + p] = 0.0f;
       for (int pr = 0; pr < head_dim / 2; ++pr) {
         const int2 ab = kq_rope_pair(pr, head_dim, halves);
         float xa, xb;
@@ -79,45 +94,80 @@ __kernel void KV_NAME(kq_attn_chunk)(
           xa = KV_LOAD(kc, krow + ab.x);
           xb = KV_LOAD(kc, krow + ab.y);
         } else {
-          xa = 0.0f;
-          xb = 0.0f;
-          for (int i = 0; i < rank_k; ++i) {
+          __global const float *ba = bh + (size_t)ab.x * rank_k, *bb = bh + (size_t)ab.y * rank_k;
+          float4 a4 = (float4)(0.0f), b4 = (float4)(0.0f);
+          int i = 0;
+          for (; i + 4 <= rank_k; i += 4) {
+            const float4 k4 = KV_LOAD4(kc, krow + i);
+            a4 += k4 * vload4(0, ba + i);
+            b4 += k4 * vload4(0, bb + i);
+          }
+          xa = (a4.x + a4.y) + (a4.z + a4.w);
+          xb = (b4.x + b4.y) + (b4.z + b4.w);
+          for (; i < rank_k; ++i) {
             const float k = KV_LOAD(kc, krow + i);
-            xa += k * bh[(size_t)ab.x * rank_k + i];
-            xb += k * bh[(size_t)ab.y * rank_k + i];
+            xa += k * ba[i];
+            xb += k * bb[i];
           }
         }
         float cs;
         const float sn = sincos(posf * freq[pr], &cs);
         const float ra = xa * cs - xb * sn, rb = xa * sn + xb * cs;
-        for (int hh = 0; hh < group; ++hh)
-          s[hh * chunk + p] += ql[hh * head_dim + ab.x] * ra + ql[hh * head_dim + ab.y] * rb;
+        for (int r = 0; r < rows; ++r)
+          s[r * chunk + p] += ql[r * head_dim + ab.x] * ra + ql[r * head_dim + ab.y] * rb;
       }
-      for (int hh = 0; hh < group; ++hh) s[hh * chunk + p] *= scale;
+      for (int r = 0; r < rows; ++r) s[r * chunk + p] *= scale;
     }
   }
   barrier(CLK_LOCAL_MEM_FENCE);
 
-  const size_t head0 = (size_t)j * n_heads + (size_t)kvh * group;
-  for (int hh = lid; hh < group; hh += wg) {
+  /* Softmax pieces: per-row max over the row's causal range (ql is free
+   * again), the exponentials spread over every work-item (0 past the row's
+   * range), then per-row sums. */
+  for (int r = lid; r < rows; r += wg) {
+    const int lr = max(min(p0 + chunk, n_ctx - n_q + j0 + r / group + 1) - p0, 0);
     float mx = -INFINITY;
-    for (int p = 0; p < len; ++p) mx = fmax(mx, s[hh * chunk + p]);
-    float l = 0.0f;
-    for (int p = 0; p < len; ++p) {
-      const float e = exp(s[hh * chunk + p] - mx);
-      s[hh * chunk + p] = e;
-      l += e;
-    }
-    part_ml[((head0 + hh) * n_chunks + c) * 2 + 0] = mx;
-    part_ml[((head0 + hh) * n_chunks + c) * 2 + 1] = l;
+    for (int p = 0; p < lr; ++p) mx = fmax(mx, s[r * chunk + p]);
+    ql[2 * r] = mx;
+    ql[2 * r + 1] = (float)lr;
   }
   barrier(CLK_LOCAL_MEM_FENCE);
+  for (int i = lid; i < rows * len; i += wg) {
+    const int r = i / len, p = i - r * len;
+    s[r * chunk + p] = p < (int)ql[2 * r + 1] ? exp(s[r * chunk + p] - ql[2 * r]) : 0.0f;
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (int r = lid; r < rows; r += wg) {
+    const int jj = r / group, u = r - jj * group;
+    const size_t head = (size_t)(j0 + jj) * n_heads + (size_t)kvh * group + u;
+    float l = 0.0f;
+    for (int p = 0; p < len; ++p) l += s[r * chunk + p];
+    part_ml[(head * n_chunks + c) * 2 + 0] = ql[2 * r];
+    part_ml[(head * n_chunks + c) * 2 + 1] = l;
+  }
 
+  /* Work-item = (4 latent value columns, one row). */
   const size_t vbase = vc_off + ((size_t)kvh * capacity + p0) * rank_v;
-  for (int i = lid; i < group * rank_v; i += wg) {
-    const int hh = i / rank_v, d = i - hh * rank_v;
-    float acc = 0.0f;
-    for (int p = 0; p < len; ++p) acc += s[hh * chunk + p] * KV_LOAD(vc, vbase + (size_t)p * rank_v + d);
-    part_o[((head0 + hh) * n_chunks + c) * rank_v + d] = acc;
+  const int nq4 = (rank_v + 3) / 4;
+  for (int t = lid; t < nq4 * rows; t += wg) {
+    const int c0 = (t % nq4) * 4, r = t / nq4, jj = r / group, u = r - jj * group;
+    const int lr = max(min(p0 + chunk, n_ctx - n_q + j0 + jj + 1) - p0, 0);
+    __local const float *sr = s + r * chunk;
+    float4 acc = (float4)(0.0f);
+    if (c0 + 4 <= rank_v) {
+      for (int p = 0; p < lr; ++p) acc += sr[p] * KV_LOAD4(vc, vbase + (size_t)p * rank_v + c0);
+    } else {
+      for (int p = 0; p < lr; ++p) {
+        const size_t vrow = vbase + (size_t)p * rank_v + c0;
+        acc += sr[p] * (float4)(KV_LOAD(vc, vrow), c0 + 1 < rank_v ? KV_LOAD(vc, vrow + 1) : 0.0f,
+                                c0 + 2 < rank_v ? KV_LOAD(vc, vrow + 2) : 0.0f, 0.0f);
+      }
+    }
+    const size_t head = (size_t)(j0 + jj) * n_heads + (size_t)kvh * group + u;
+    __global float *o = part_o + (head * n_chunks + c) * rank_v + c0;
+    o[0] = acc.x;
+    if (c0 + 1 < rank_v) o[1] = acc.y;
+    if (c0 + 2 < rank_v) o[2] = acc.z;
+    if (c0 + 3 < rank_v) o[3] = acc.w;
   }
 }

@@ -161,6 +161,13 @@ static void test_small_m_is_causal(void **s) {
   (void)s;
   check((attn_case){KQ_STORAGE_F32, KQ_ROPE_NONE, 0, 0, 5, 270});
 }
+/* Queries of one work-group block straddle a chunk boundary: some rows see
+ * none of the chunk's positions. */
+static void test_query_block_straddling_chunk_is_causal(void **s) {
+  (void)s;
+  check((attn_case){KQ_STORAGE_F32, KQ_ROPE_NONE, 0, 0, 5, 258});
+  check((attn_case){KQ_STORAGE_F16, KQ_ROPE_PRE, 0, 0, 20, 262});
+}
 static void test_prefill_through_clblast_f32(void **s) {
   (void)s;
   check((attn_case){KQ_STORAGE_F32, KQ_ROPE_POST, 0, 0, 40, 300});
@@ -288,6 +295,7 @@ int main(void) {
       cmocka_unit_test(test_decode_f32_post_rope_splits_context),
       cmocka_unit_test(test_decode_f16_storage),
       cmocka_unit_test(test_small_m_is_causal),
+      cmocka_unit_test(test_query_block_straddling_chunk_is_causal),
       cmocka_unit_test(test_prefill_through_clblast_f32),
       cmocka_unit_test(test_prefill_through_clblast_f16),
       cmocka_unit_test(test_pre_rope_pairs_reconstructs_keys),
