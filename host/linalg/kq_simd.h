@@ -27,8 +27,14 @@ typedef double kq_v4d __attribute__((vector_size(32)));
 #define KQ_TARGET_AVX2
 #endif
 
-/* True when the CPU runs AVX2+FMA+F16C code (always false without the clone). */
+/* True when the CPU runs AVX2+FMA+F16C code (always false without the clone)
+ * and kq_linalg_allow_avx2(false) has not been called. */
 bool kq_linalg_have_avx2(void);
+
+/* Tests only: false makes every kernel take the baseline path, so both
+ * clones get exercised on an AVX2 machine. Not for use while other threads
+ * run linalg code. */
+void kq_linalg_allow_avx2(bool allow);
 
 /* Vectors never cross a function boundary (see above), so the helpers are
  * macros: load/store unaligned, broadcast, horizontal sum. */

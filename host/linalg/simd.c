@@ -5,8 +5,15 @@
 #include <cpuid.h>
 #endif
 
+static int allowed = 1;
+
+void kq_linalg_allow_avx2(bool allow) {
+  __atomic_store_n(&allowed, allow ? 1 : 0, __ATOMIC_RELAXED);
+}
+
 bool kq_linalg_have_avx2(void) {
 #if KQ_HAVE_AVX2_CLONE
+  if (!__atomic_load_n(&allowed, __ATOMIC_RELAXED)) return false;
   static int cached = -1;
   int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
   if (v < 0) {

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "linalg/kq_linalg.h"
+#include "linalg/kq_simd.h"
 #include "linalg/linalg_test_util.h"
 
 static void test_qr_reconstructs_a_with_orthogonal_q(void **state) {
@@ -88,11 +89,27 @@ static void test_cholesky_rejects_indefinite_matrix(void **state) {
   assert_int_equal(kq_cholesky_upper(0, z, 1, &ratio), KQ_OK);
 }
 
+static int use_baseline(void **state) {
+  (void)state;
+  kq_linalg_allow_avx2(false);
+  return 0;
+}
+
+static int allow_simd(void **state) {
+  (void)state;
+  kq_linalg_allow_avx2(true);
+  return 0;
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_qr_reconstructs_a_with_orthogonal_q),
       cmocka_unit_test(test_cholesky_factors_spd_matrix),
       cmocka_unit_test(test_cholesky_rejects_indefinite_matrix),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  /* Every case runs on the AVX2 kernels (where the CPU has them) and again
+   * on the baseline kernels. */
+  int failed = cmocka_run_group_tests_name("simd kernels", tests, NULL, NULL);
+  failed += cmocka_run_group_tests_name("baseline kernels", tests, use_baseline, allow_simd);
+  return failed;
 }

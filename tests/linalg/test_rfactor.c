@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "linalg/kq_linalg.h"
+#include "linalg/kq_simd.h"
 #include "linalg/linalg_test_util.h"
 
 /* A part stored in `dtype`, rows×cols with row stride `stride`. */
@@ -235,6 +236,18 @@ static void test_bad_views_are_rejected(void **state) {
   assert_int_equal(kq_rfactor(v, 1, r, 1, NULL), KQ_ERR_INVALID_ARGUMENT); /* ldr < d */
 }
 
+static int use_baseline(void **state) {
+  (void)state;
+  kq_linalg_allow_avx2(false);
+  return 0;
+}
+
+static int allow_simd(void **state) {
+  (void)state;
+  kq_linalg_allow_avx2(true);
+  return 0;
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_gram_of_r_matches_data_for_every_dtype),
@@ -244,5 +257,9 @@ int main(void) {
       cmocka_unit_test(test_nan_or_inf_is_reported_with_part_row_and_column),
       cmocka_unit_test(test_bad_views_are_rejected),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  /* Every case runs on the AVX2 kernels (where the CPU has them) and again
+   * on the baseline kernels. */
+  int failed = cmocka_run_group_tests_name("simd kernels", tests, NULL, NULL);
+  failed += cmocka_run_group_tests_name("baseline kernels", tests, use_baseline, allow_simd);
+  return failed;
 }

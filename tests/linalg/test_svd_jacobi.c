@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "linalg/kq_linalg.h"
+#include "linalg/kq_simd.h"
 #include "linalg/linalg_test_util.h"
 
 #define EPS DBL_EPSILON
@@ -370,6 +371,18 @@ static void test_rank_deficient_converges_quickly_with_zero_u_columns(void **sta
     }
 }
 
+static int use_baseline(void **state) {
+  (void)state;
+  kq_linalg_allow_avx2(false);
+  return 0;
+}
+
+static int allow_simd(void **state) {
+  (void)state;
+  kq_linalg_allow_avx2(true);
+  return 0;
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_zero_matrix_gives_zero_sigma_and_orthogonal_v),
@@ -391,5 +404,9 @@ int main(void) {
       cmocka_unit_test(test_padded_leading_dimensions),
       cmocka_unit_test(test_rank_deficient_converges_quickly_with_zero_u_columns),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  /* Every case runs on the AVX2 kernels (where the CPU has them) and again
+   * on the baseline kernels. */
+  int failed = cmocka_run_group_tests_name("simd kernels", tests, NULL, NULL);
+  failed += cmocka_run_group_tests_name("baseline kernels", tests, use_baseline, allow_simd);
+  return failed;
 }
