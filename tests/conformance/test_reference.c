@@ -233,7 +233,9 @@ static void free_problem(problem *p) {
   free(p->A), free(p->B), free(p->C), free(p->E), free(p->k), free(p->v), free(p->q);
 }
 
-/* The reference's full output for problem p, and its logit statistics. */
+/* The reference's full output for problem p, and its logit statistics.
+ * Also checks that precomputed logit keys (kqc_ref_logit_keys) give exactly
+ * the same output as keys built inside kqc_ref_attend. */
 static double *reference(const problem *p, kqc_ref_stats *st) {
   double *kl = malloc(sizeof(double) * (size_t)p->Hk * p->n * p->rk);
   double *vl = malloc(sizeof(double) * (size_t)p->Hk * p->n * p->rv);
@@ -242,9 +244,18 @@ static double *reference(const problem *p, kqc_ref_stats *st) {
   kqc_ref_project(p->k, p->A, p->n, p->Hk, p->d, p->rk, p->storage, kl, p->n, 0);
   kqc_ref_project(p->v, p->C, p->n, p->Hk, p->d, p->rv, p->storage, vl, p->n, 0);
   kqc_ref_problem pb = {p->H,      p->Hk,   p->d, p->rk, p->rv, p->rope,
-                        p->layout, 10000.0, p->A, p->B,  p->E};
+                        p->layout, 10000.0, p->A, p->B,  p->E,  NULL};
   assert_int_equal(kqc_ref_attend(&pb, kl, vl, p->n, p->n, p->m, p->q, KQ_OUTPUT_FULL, out, st), 0);
-  free(kl), free(vl);
+  size_t count = (size_t)p->m * p->H * p->d;
+  double *keys = malloc(sizeof(double) * (size_t)p->Hk * p->n * kqc_ref_logit_width(&pb));
+  double *out2 = malloc(sizeof(double) * count);
+  assert_non_null(keys), assert_non_null(out2);
+  kqc_ref_logit_keys(&pb, kl, p->n, p->n, keys);
+  pb.logit_keys = keys;
+  assert_int_equal(kqc_ref_attend(&pb, kl, vl, p->n, p->n, p->m, p->q, KQ_OUTPUT_FULL, out2, NULL),
+                   0);
+  assert_memory_equal(out, out2, sizeof(double) * count);
+  free(kl), free(vl), free(keys), free(out2);
   return out;
 }
 
@@ -325,7 +336,7 @@ static void reference_refuses_m_outside_the_context(void **state) {
   float A[4] = {1, 0, 0, 1};
   double kl[2] = {0, 0}, out[2];
   float q[2] = {1, 1};
-  kqc_ref_problem pb = {1, 1, 2, 2, 2, KQ_ROPE_NONE, KQ_ROPE_PAIRS, 1e4, A, A, A};
+  kqc_ref_problem pb = {1, 1, 2, 2, 2, KQ_ROPE_NONE, KQ_ROPE_PAIRS, 1e4, A, A, A, NULL};
   assert_int_equal(kqc_ref_attend(&pb, kl, kl, 1, 0, 1, q, KQ_OUTPUT_FULL, out, NULL), -1);
   assert_int_equal(kqc_ref_attend(&pb, kl, kl, 1, 1, 2, q, KQ_OUTPUT_FULL, out, NULL), -1);
   assert_int_equal(kqc_ref_attend(&pb, kl, kl, 1, 1, 1, q, KQ_OUTPUT_FULL, out, NULL), 0);

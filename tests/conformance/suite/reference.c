@@ -69,6 +69,33 @@ static void times(const double *x, const float *m, int32_t d, int32_t r, double 
     for (int32_t j = 0; j < r; j++) out[j] += x[i] * (double)m[(size_t)i * r + j];
 }
 
+int32_t kqc_ref_logit_width(const kqc_ref_problem *pb) {
+  return pb->rope == KQ_ROPE_PRE ? pb->head_dim : pb->rank_k;
+}
+
+/* Logit keys of kv head kv, positions [0, n): out [n, width]. */
+static void logit_keys_of_head(const kqc_ref_problem *pb, int32_t kv, const double *klat,
+                               int32_t ld, int32_t n, double *out) {
+  int32_t d = pb->head_dim, rk = pb->rank_k;
+  const float *B = pb->query_down + (size_t)kv * d * rk;
+  const double *kl = klat + (size_t)kv * ld * rk;
+  for (int32_t p = 0; p < n; p++) {
+    if (pb->rope == KQ_ROPE_PRE) {
+      times_transpose(kl + (size_t)p * rk, B, d, rk, out + (size_t)p * d);
+      kqc_ref_rope(out + (size_t)p * d, d, p, pb->theta, pb->layout);
+    } else {
+      memcpy(out + (size_t)p * rk, kl + (size_t)p * rk, sizeof(double) * rk);
+    }
+  }
+}
+
+void kqc_ref_logit_keys(const kqc_ref_problem *pb, const double *klat, int32_t ld, int32_t n,
+                        double *out) {
+  int32_t w = kqc_ref_logit_width(pb);
+  for (int32_t kv = 0; kv < pb->n_kv_heads; kv++)
+    logit_keys_of_head(pb, kv, klat, ld, n, out + (size_t)kv * ld * w);
+}
+
 int kqc_ref_attend(const kqc_ref_problem *pb, const double *klat, const double *vlat, int32_t ld,
                    int32_t n_ctx, int32_t m, const float *q, kq_output output, double *out,
                    kqc_ref_stats *stats) {
@@ -78,13 +105,13 @@ int kqc_ref_attend(const kqc_ref_problem *pb, const double *klat, const double *
   int pre = pb->rope == KQ_ROPE_PRE;
   /* The width of the vectors the logits dot: d for PRE (rotated in the full
    * space), rank_k otherwise. */
-  int32_t w = pre ? d : rk;
-  double *keys = malloc(sizeof(double) * (size_t)n_ctx * w);
+  int32_t w = kqc_ref_logit_width(pb);
+  double *scratch = pb->logit_keys ? NULL : malloc(sizeof(double) * (size_t)n_ctx * w);
   double *qv = malloc(sizeof(double) * (size_t)(d > rk ? d : rk) * 2);
   double *logits = malloc(sizeof(double) * (size_t)n_ctx);
   double *z = malloc(sizeof(double) * (size_t)rv);
-  if (!keys || !qv || !logits || !z) {
-    free(keys), free(qv), free(logits), free(z);
+  if ((!scratch && !pb->logit_keys) || !qv || !logits || !z) {
+    free(scratch), free(qv), free(logits), free(z);
     return -1;
   }
   double *qt = qv, *qh = qv + (d > rk ? d : rk);
@@ -94,17 +121,13 @@ int kqc_ref_attend(const kqc_ref_problem *pb, const double *klat, const double *
     const float *A = pb->key_down + (size_t)kv * d * rk;
     const float *B = pb->query_down + (size_t)kv * d * rk;
     const float *E = pb->value_up + (size_t)kv * d * rv;
-    const double *kl = klat + (size_t)kv * ld * rk;
     const double *vl = vlat + (size_t)kv * ld * rv;
     /* The keys the logits read: latents, or (PRE) k̂_p = rot(k̃_p Bᵀ, p). */
-    for (int32_t p = 0; p < n_ctx; p++) {
-      if (pre) {
-        times_transpose(kl + (size_t)p * rk, B, d, rk, keys + (size_t)p * d);
-        kqc_ref_rope(keys + (size_t)p * d, d, p, pb->theta, pb->layout);
-      } else {
-        memcpy(keys + (size_t)p * rk, kl + (size_t)p * rk, sizeof(double) * rk);
-      }
-    }
+    const double *keys = scratch;
+    if (pb->logit_keys)
+      keys = pb->logit_keys + (size_t)kv * ld * w;
+    else
+      logit_keys_of_head(pb, kv, klat, ld, n_ctx, scratch);
     for (int32_t hh = 0; hh < g; hh++) {
       int32_t h = kv * g + hh;
       for (int32_t j = 0; j < m; j++) {
@@ -150,6 +173,6 @@ int kqc_ref_attend(const kqc_ref_problem *pb, const double *klat, const double *
     stats->logit_max = smax;
     stats->logit_rms = count > 0 ? sqrt(ssq / count) : 0.0;
   }
-  free(keys), free(qv), free(logits), free(z);
+  free(scratch), free(qv), free(logits), free(z);
   return 0;
 }

@@ -45,7 +45,20 @@ typedef struct kqc_ref_problem {
   const float *key_down;   /* A */
   const float *query_down; /* B */
   const float *value_up;   /* E */
+  /* Optional: the keys as the logits read them, from kqc_ref_logit_keys()
+   * for the same latents (saves rebuilding PRE keys on every call). NULL:
+   * kqc_ref_attend builds them itself. */
+  const double *logit_keys;
 } kqc_ref_problem;
+
+/* Width of the keys the logits dot: head_dim for PRE, rank_k otherwise. */
+int32_t kqc_ref_logit_width(const kqc_ref_problem *pb);
+
+/* The keys the logits read for positions 0..n−1, out [n_kv, ld, width]:
+ * PRE k̂_p = rot(k̃_p Bᵀ, p), otherwise the latents k̃_p themselves.
+ * klat [n_kv, ld, rank_k]. */
+void kqc_ref_logit_keys(const kqc_ref_problem *pb, const double *klat, int32_t ld, int32_t n,
+                        double *out);
 
 /* Statistics of the logits the reference computed (for thresholds). */
 typedef struct kqc_ref_stats {

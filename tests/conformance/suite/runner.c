@@ -27,6 +27,7 @@ typedef struct kqc_state {
   float *keys, *values, *queries;
   float *stale_keys, *stale_values; /* truncate cases: what is cut off */
   double *klat, *vlat, *klat_stale, *vlat_stale;
+  double *khat, *khat_stale; /* PRE: rotated keys (kqc_ref_logit_keys), else NULL */
   float *out;
   double *ref;
   double num, den; /* Σ(a−b)², Σb² over every compared attend */
@@ -65,6 +66,7 @@ static void release(kqc_state *r) {
   free(r->own), free(r->keys), free(r->values), free(r->queries);
   free(r->stale_keys), free(r->stale_values);
   free(r->klat), free(r->vlat), free(r->klat_stale), free(r->vlat_stale);
+  free(r->khat), free(r->khat_stale);
   free(r->out), free(r->ref);
 }
 
@@ -109,6 +111,31 @@ static int make_projections(kqc_state *r, kqc_rng *rng, kq_projections **out) {
   return 0;
 }
 
+static kqc_ref_problem ref_problem(const kqc_state *r, const double *khat) {
+  const kqc_case *c = r->c;
+  kqc_ref_problem pb = {.n_heads = c->n_heads,
+                        .n_kv_heads = c->n_kv_heads,
+                        .head_dim = c->head_dim,
+                        .rank_k = c->rank_k,
+                        .rank_v = c->rank_v,
+                        .rope = c->rope,
+                        .layout = c->layout,
+                        .theta = KQC_THETA,
+                        .key_down = r->A,
+                        .query_down = r->B,
+                        .value_up = r->E,
+                        .logit_keys = khat};
+  return pb;
+}
+
+/* PRE keys are rebuilt and rotated once per data set, not per attend. */
+static double *rotated_keys(kqc_state *r, const double *klat) {
+  kqc_ref_problem pb = ref_problem(r, NULL);
+  double *khat = alloc(r, (size_t)r->c->n_kv_heads * r->n * r->c->head_dim, sizeof(double));
+  if (khat) kqc_ref_logit_keys(&pb, klat, r->n, r->n, khat);
+  return khat;
+}
+
 /* Inputs and the reference's latents of the final sequence (and of the
  * stale one that a truncate case cuts off). */
 static int make_data(kqc_state *r, kqc_rng *rng) {
@@ -131,6 +158,7 @@ static int make_data(kqc_state *r, kqc_rng *rng) {
   kqc_fill_normal(rng, r->queries, (size_t)rows * H * d, c->qscale > 0 ? c->qscale : 1.5);
   kqc_ref_project(r->keys, r->A, r->n, Hk, d, c->rank_k, c->storage, r->klat, r->n, 0);
   kqc_ref_project(r->values, r->C, r->n, Hk, d, c->rank_v, c->storage, r->vlat, r->n, 0);
+  if (c->rope == KQ_ROPE_PRE && !(r->khat = rotated_keys(r, r->klat))) return -1;
   if (c->truncate_to > 0) {
     /* Same first truncate_to tokens, different ones after. */
     r->stale_keys = alloc(r, nkv, sizeof(float));
@@ -147,6 +175,7 @@ static int make_data(kqc_state *r, kqc_rng *rng) {
                     0);
     kqc_ref_project(r->stale_values, r->C, r->n, Hk, d, c->rank_v, c->storage, r->vlat_stale, r->n,
                     0);
+    if (c->rope == KQ_ROPE_PRE && !(r->khat_stale = rotated_keys(r, r->klat_stale))) return -1;
   }
   return 0;
 }
@@ -173,17 +202,7 @@ static int attend_and_compare(kqc_state *r, kq_cache *cache, int32_t len, int32_
   const float *q = r->queries + (size_t)(len - m) * H * c->head_dim;
   kq_status st = kq_cache_attend(cache, 0, m, q, c->output, r->out);
   if (st != KQ_OK) return fail_status(r, "kq_cache_attend", st);
-  kqc_ref_problem pb = {.n_heads = H,
-                        .n_kv_heads = c->n_kv_heads,
-                        .head_dim = c->head_dim,
-                        .rank_k = c->rank_k,
-                        .rank_v = c->rank_v,
-                        .rope = c->rope,
-                        .layout = c->layout,
-                        .theta = KQC_THETA,
-                        .key_down = r->A,
-                        .query_down = r->B,
-                        .value_up = r->E};
+  kqc_ref_problem pb = ref_problem(r, klat == r->klat ? r->khat : r->khat_stale);
   kqc_ref_stats stats;
   if (kqc_ref_attend(&pb, klat, vlat, r->n, len, m, q, c->output, r->ref, &stats))
     return fail(r, "reference attention failed (len %d, m %d)", (int)len, (int)m);
