@@ -279,9 +279,16 @@ static kq_status vk_up_entry(kq_bdevice *d, const kq_up_op *op) {
   return vk_op_up(d, op);
 }
 
+/* The core unloads the module: every device is closed by then. After this
+ * the module reports no devices until it is loaded again. */
 static void vk_shutdown(void) {
-  /* The instance lives until process exit: devices may still be referenced
-   * by pthread_once state, and the loader tolerates a live instance. */
+  pthread_once(&g_once, vk_init_once);
+  g_n_phys = 0;
+  if (g_messenger && vkDestroyDebugUtilsMessengerEXT)
+    vkDestroyDebugUtilsMessengerEXT(g_instance, g_messenger, NULL);
+  g_messenger = VK_NULL_HANDLE;
+  if (g_instance) vkDestroyInstance(g_instance, NULL);
+  g_instance = VK_NULL_HANDLE;
 }
 
 static const kq_backend_iface g_iface = {
