@@ -307,6 +307,8 @@ int main(void) {
       cmocka_unit_test(test_two_threads_share_one_device),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  kq_device_info info;
+  if (ifc->device_info(0, &info) == KQ_OK) printf("# after the tests: %s\n", info.extensions);
   ifc->device_close(dev);
   return rc;
 }
