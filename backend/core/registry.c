@@ -227,9 +227,10 @@ static void registry_init(void) {
   }
 }
 
+/* Modules stay loaded for the life of the process (their shutdown hook is
+ * never called): unloading GPU drivers from exit handlers is a classic
+ * source of crashes at exit, and the handles cost nothing. */
 static void registry_ensure(void) {
-  /* Module loading may set the calling thread's error text: keep the
-   * caller's view clean. */
   pthread_once(&g_reg_once, registry_init);
 }
 
