@@ -20,9 +20,14 @@
 #include "kq_linalg.h"
 #include "kq_simd.h"
 
-/* Rows per block in the Gram pass: 64 rows × 128 columns of double is 64 KiB,
- * which stays in L2 while every tile of G streams over it. */
-#define KQ_GRAM_ROWS 64
+/* Rows per block in the Gram pass: 16 rows × 128 columns of double is
+ * 16 KiB, which stays in L1 while every tile of G streams over it (measured
+ * faster than 32 or 64 rows, and steadier on a busy machine). */
+#define KQ_GRAM_ROWS 16
+/* Blocks summed into a partial Gram before it is added to the total: a
+ * two-level sum keeps the rounding error ~(rows per group + groups)·ε
+ * instead of growing with the number of blocks. */
+#define KQ_GRAM_GROUP 64
 /* Rows per block in the TSQR pass (column-major block, d columns). */
 #define KQ_TSQR_ROWS 256
 
@@ -411,19 +416,21 @@ static double condition_frobenius(int d, const double *r, int ldr, double *work)
 /* Whether the Cholesky factor of the computed Gram is as good as the data.
  *
  * Gram + Cholesky gives the exact R of XᵀX + E with ‖E‖ ≲ γ‖X‖², where
- * γ ≈ (d + rows per block + number of blocks)·ε covers the Cholesky and the
- * blocked sums. That moves σ_i² by up to γσ₁², i.e. σ_i by a relative
+ * γ ≈ (d + rows per block + blocks per group + groups)·ε covers the
+ * Cholesky and the two-level blocked sums. That moves σ_i² by up to γσ₁², i.e. σ_i by a relative
  * γκ_i²/2 (κ_i = σ₁/σ_i): harmless for the large σ, κ²-amplified for the
  * small ones. The data itself is only known to its storage roundoff u, which
  * already moves every σ_i by u·σ₁ (a relative uκ_i). So the Gram route loses
- * nothing the data had as long as γκ² /2 <= uκ, i.e. κ <= 2u/γ (F32 with
- * 65536 rows: κ up to ~9e5; F16: ~7e9). F64 data has u = ε, where that bound
+ * nothing the data had as long as γκ²/2 <= uκ, i.e. κ <= 2u/γ (65536 rows,
+ * d = 128: γ ≈ 273ε, so κ up to ~2e6 for F32 and ~1.6e10 for F16 data; the
+ * smallest κ of the parts' dtypes counts). F64 data has u = ε, where that bound
  * is < 1; there we accept κ <= 1e4, which keeps the smallest σ to ~1e-6
  * relative. κ is over-estimated by κ_F(R) (at most d times too large), so
  * the test errs towards the TSQR fallback. */
 static bool gram_is_safe(int d, const double *r, int ldr, double u, int64_t total_rows,
                          double *work) {
-  double gamma = ((double)d + KQ_GRAM_ROWS + (double)(total_rows / KQ_GRAM_ROWS + 1)) * DBL_EPSILON;
+  double groups = (double)(total_rows / (KQ_GRAM_ROWS * KQ_GRAM_GROUP) + 1);
+  double gamma = ((double)d + KQ_GRAM_ROWS + KQ_GRAM_GROUP + groups) * DBL_EPSILON;
   double kmax = fmax(1e4, 2.0 * u / gamma);
   double kappa = condition_frobenius(d, r, ldr, work);
   return isfinite(kappa) && kappa <= kmax;
@@ -464,22 +471,32 @@ static kq_status validate(const kq_matrix_view *parts, int n_parts, int ldr, int
   return KQ_OK;
 }
 
-static kq_status gram_pass(const kq_matrix_view *parts, int n_parts, int d, int dp, double *x,
-                           double *g) {
+/* g (dp×dp, upper part) = XᵀX; gp is a second dp×dp buffer. */
+static kq_status gram_pass(const kq_matrix_view *parts, int n_parts, int dp, double *x, double *g,
+                           double *gp) {
   convert_rows_fn conv = pick_convert();
   void (*block)(const double *, int, int, double *) = gram_block_default;
 #if KQ_HAVE_AVX2_CLONE
   if (kq_linalg_have_avx2()) block = gram_block_avx2;
 #endif
-  (void)d;
+  size_t ng = (size_t)dp * dp;
+  int in_group = 0;
+  memset(g, 0, ng * sizeof(double));
+  memset(gp, 0, ng * sizeof(double));
   for (int p = 0; p < n_parts; p++) {
     for (int64_t r0 = 0; r0 < parts[p].rows; r0 += KQ_GRAM_ROWS) {
       int nb = (int)(parts[p].rows - r0 < KQ_GRAM_ROWS ? parts[p].rows - r0 : KQ_GRAM_ROWS);
       kq_status st = load_rows(conv, &parts[p], p, r0, nb, x, dp);
       if (st != KQ_OK) return st;
-      block(x, nb, dp, g);
+      block(x, nb, dp, gp);
+      if (++in_group == KQ_GRAM_GROUP) {
+        for (size_t i = 0; i < ng; i++) g[i] += gp[i];
+        memset(gp, 0, ng * sizeof(double));
+        in_group = 0;
+      }
     }
   }
+  for (size_t i = 0; i < ng; i++) g[i] += gp[i];
   return KQ_OK;
 }
 
@@ -521,10 +538,10 @@ kq_status kq_rfactor(const kq_matrix_view *parts, int n_parts, double *r, int ld
   int dp = (d + 7) & ~7;
   size_t nx = (size_t)KQ_GRAM_ROWS * dp, ng = (size_t)dp * dp;
   size_t nt = (size_t)KQ_TSQR_ROWS * d;
-  double *w = kq_calloc_array(nx + ng + nt + (size_t)d, sizeof(double), "R factor workspace");
+  double *w = kq_calloc_array(nx + 2 * ng + nt + (size_t)d, sizeof(double), "R factor workspace");
   if (!w) return KQ_ERR_OUT_OF_MEMORY;
-  double *x = w, *g = w + nx, *xc = g + ng, *vec = xc + nt;
-  st = gram_pass(parts, n_parts, d, dp, x, g);
+  double *x = w, *g = w + nx, *gp = g + ng, *xc = gp + ng, *vec = xc + nt;
+  st = gram_pass(parts, n_parts, dp, x, g, gp);
   if (st != KQ_OK) goto done;
   bool finite = true;
   for (int j = 0; j < d; j++) {
