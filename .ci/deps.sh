@@ -20,3 +20,10 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Test-only Python packages for the model reference tests (tests/model: numpy
+# forward pass, gguf's own dequantisers, HF tokenizers as the BPE reference).
+if ! python3 -c "import gguf, numpy, tokenizers" >/dev/null 2>&1; then
+  python3 -m pip install -q --break-system-packages gguf==0.19.0 numpy==2.4.6 tokenizers==0.23.3 \
+    || python3 -m pip install -q gguf==0.19.0 numpy==2.4.6 tokenizers==0.23.3 \
+    || echo "deps.sh: pip install failed: the model reference tests will be skipped" >&2
+fi

@@ -137,7 +137,9 @@ static buf build(const spec *s) {
   for (uint32_t d = 0; d < s->t1_dims && d < 8; d++) u64(&b, d == 0 ? s->t1_ne0 : 1);
   u32(&b, s->t1_type);
   u64(&b, s->t1_offset);
-  pad_to(&b, s->alignment ? s->alignment : 32);
+  /* An invalid alignment is refused before the data matters: pad to 32. */
+  uint32_t al = s->alignment;
+  pad_to(&b, al && al <= 4096 && (al & (al - 1)) == 0 ? al : 32);
   size_t data = b.n;
   for (int j = 0; j < 8; j++) {
     float v = (float)j * 0.25f - 1.0f;
