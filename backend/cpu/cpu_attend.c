@@ -314,8 +314,9 @@ static kq_status validate(const kq_attend_op *op, size_t esize) {
                         op->n_seqs);
   if (op->n_queries < 1 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
       op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads != 0 ||
-      op->head_dim < 2 || op->head_dim % 2 != 0 || op->rank_k < 1 || op->rank_k > op->head_dim ||
-      op->rank_v < 1 || op->rank_v > op->head_dim || op->n_heads / op->n_kv_heads > KQ_MAX_ROWS)
+      op->head_dim < 1 || (op->rope == KQ_ROPE_PRE && op->head_dim % 2 != 0) || op->rank_k < 1 ||
+      op->rank_k > op->head_dim || op->rank_v < 1 || op->rank_v > op->head_dim ||
+      op->n_heads / op->n_kv_heads > KQ_MAX_ROWS)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
                         "cpu: attend: inconsistent shape (n_queries %d, n_ctx %d, capacity %d, "
                         "heads %d/%d, head_dim %d, ranks %d/%d)",

@@ -139,6 +139,9 @@ static void prefill_is_causal_over_previous_tokens_and_within_block(void **state
        0},
       {32, 4, 64, 64, 64, 130, 40, 1, KQ_STORAGE_F32, KQ_ROPE_POST, KQ_ROPE_PAIRS, KQ_OUTPUT_FULL,
        1},
+      /* odd head_dim (allowed without PRE rope), rank d in F16 */
+      {3, 1, 33, 5, 33, 70, 3, 2, KQ_STORAGE_F32, KQ_ROPE_POST, KQ_ROPE_PAIRS, KQ_OUTPUT_FULL, 0},
+      {2, 1, 33, 33, 33, 50, 2, 1, KQ_STORAGE_F16, KQ_ROPE_NONE, KQ_ROPE_PAIRS, KQ_OUTPUT_FULL, 1},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
 }
