@@ -4,6 +4,10 @@
  * streamed R factors of tall F32/F16/BF16 matrices. No LAPACK.
  *
  * Storage: column-major with a leading dimension (lda >= max(1, rows)).
+ * Every function is single-threaded and reentrant (no global state beyond a
+ * cached CPU-feature flag), so callers parallelise over heads and layers.
+ * Hot loops run AVX2/FMA/F16C clones when the CPU has them (chosen at run
+ * time), baseline x86-64 or portable C otherwise.
  */
 #ifndef KQ_LINALG_H
 #define KQ_LINALG_H
@@ -27,7 +31,11 @@ typedef struct kq_svd_info {
 
 /* Thin SVD A = U Σ Vᵀ of an m×n matrix with m >= n (a: m×n, lda).
  * On return the first n columns of `a` hold U (columns for σ_j = 0 are zero),
- * sigma[0..n) is sorted descending, v (n×n, ldv) holds V. `info` may be NULL.
+ * sigma[0..n) is sorted descending, v (n×n, ldv) holds V (always
+ * orthogonal). `info` may be NULL. Columns that rotations reduce to rounding
+ * noise (numerically rank-deficient A) get σ_j = 0 exactly. Accuracy is
+ * LAPACK dgesvj's: backward stable, and small σ of column-graded matrices
+ * (A = B·D, B well conditioned) are found to high relative accuracy.
  * Errors: KQ_ERR_NUMERIC on NaN/Inf input, KQ_ERR_NO_CONVERGENCE after
  * max_sweeps (outputs still hold the last iterate), KQ_ERR_INVALID_ARGUMENT
  * for m < n or bad leading dimensions, KQ_ERR_OUT_OF_MEMORY. */
@@ -35,7 +43,8 @@ kq_status kq_svd_jacobi(int m, int n, double *a, int lda, double *sigma, double 
                         const kq_svd_params *params, kq_svd_info *info);
 
 /* Householder QR of an m×n matrix (m >= n) in place: R in the upper
- * triangle, reflectors below it, tau[0..n). */
+ * triangle, reflectors below it, tau[0..n) (LAPACK dgeqr2 layout, unblocked:
+ * meant for small matrices). KQ_ERR_INVALID_ARGUMENT on a bad shape. */
 kq_status kq_qr_householder(int m, int n, double *a, int lda, double *tau);
 
 /* C := Q·C for the Q of kq_qr_householder (m×n reflectors in a, tau) and an
@@ -45,8 +54,9 @@ kq_status kq_qr_apply_q(int m, int n, const double *a, int lda, const double *ta
                         double *c, int ldc);
 
 /* Cholesky G = RᵀR of a symmetric positive-definite n×n matrix (upper
- * triangle used; R written there). Returns KQ_ERR_NUMERIC if a pivot is not
- * positive; *out_min_pivot_ratio = min_j R_jj² / max_j G_jj (safety measure). */
+ * triangle used; R written there, the strict lower triangle is untouched).
+ * Returns KQ_ERR_NUMERIC if a pivot is not positive (g then holds a partial
+ * factor); *out_min_pivot_ratio (may be NULL) = min_j R_jj² / max_j G_jj. */
 kq_status kq_cholesky_upper(int n, double *g, int ldg, double *out_min_pivot_ratio);
 
 /* A view of a tall row-major matrix part in any float dtype:
@@ -66,17 +76,24 @@ typedef enum kq_rfactor_method {
 } kq_rfactor_method;
 
 typedef struct kq_rfactor_info {
-  kq_rfactor_method method;
-  double min_pivot_ratio;
+  kq_rfactor_method method; /* the route that produced R */
+  double min_pivot_ratio;   /* of the Gram's Cholesky (0 when it failed) */
 } kq_rfactor_info;
 
-/* Upper-triangular R (cols×cols, column-major, ldr) with RᵀR = XᵀX for
- * X = the vertical stack of parts[0..n_parts) (all with the same cols),
- * never forming anything rows×rows. One pass with Gram + Cholesky when that
- * is numerically safe; otherwise a second pass of blocked Householder
- * (TSQR). Diagonal of R is non-negative. Rank-deficient inputs give R with
- * zero (or tiny) diagonal entries, never NaN. KQ_ERR_NUMERIC (naming the
- * row and column) on NaN/Inf data. `info` may be NULL. */
+/* Upper-triangular R (cols×cols, column-major, ldr; the strict lower
+ * triangle is set to zero) with RᵀR = XᵀX for X = the vertical stack of
+ * parts[0..n_parts) (all with the same cols; parts may have 0 rows), never
+ * forming anything rows×rows: memory is O(cols² + 256·cols) doubles.
+ * One pass with Gram (in double) + Cholesky when that is numerically safe —
+ * κ(R), estimated as ‖R‖_F‖R⁻¹‖_F, small enough that the Gram's κ²-scaled
+ * rounding stays below the storage precision of the data (see rfactor.c);
+ * otherwise a second pass of blocked Householder updates (TSQR). The
+ * diagonal of R is non-negative. Rank-deficient inputs (fewer rows than
+ * cols, duplicate or zero columns) take TSQR and give R with zero or tiny
+ * diagonal entries, never NaN. Errors: KQ_ERR_NUMERIC naming the part, row
+ * and column of a NaN/Inf value (after scaling), KQ_ERR_INVALID_ARGUMENT
+ * (mismatched cols, row_stride < cols, ldr < cols, no parts),
+ * KQ_ERR_UNSUPPORTED (dtype), KQ_ERR_OUT_OF_MEMORY. `info` may be NULL. */
 kq_status kq_rfactor(const kq_matrix_view *parts, int n_parts, double *r, int ldr,
                      kq_rfactor_info *info);
 
