@@ -48,10 +48,10 @@ static void print_row(void *user, const kqc_result *r, int done, int total) {
   if (!user) return; /* JSON mode prints at the end */
   const char *dev = user;
   if (r->threshold > 0 || !r->pass)
-    printf("%-10s %-74s %10.3e %10.3e %-4s %8.3f\n", dev, r->name, r->nmse, r->threshold,
+    printf("%-10s %-76s %10.3e %10.3e %-4s %8.3f\n", dev, r->name, r->nmse, r->threshold,
            r->pass ? "ok" : "FAIL", r->seconds);
   else
-    printf("%-10s %-74s %10s %10s %-4s %8.3f\n", dev, r->name, "error", "expected", "ok",
+    printf("%-10s %-76s %10s %10s %-4s %8.3f\n", dev, r->name, "error", "expected", "ok",
            r->seconds);
   if (!r->pass) printf("           %s\n", r->error);
   fflush(stdout);
@@ -230,7 +230,7 @@ int kq_cmd_conformance(int argc, char **argv) {
     return rc;
   }
   if (!json)
-    printf("%-10s %-74s %10s %10s %-4s %8s\n", "device", "case", "nmse", "threshold", "pass",
+    printf("%-10s %-76s %10s %10s %-4s %8s\n", "device", "case", "nmse", "threshold", "pass",
            "seconds");
   int ok = 1;
   for (int d = 0; d < n_runs; d++) {

@@ -432,8 +432,9 @@ static void case_table_covers_every_dimension(void **state) {
     mask |= 1 << (cs[j].storage + 0) | 1 << (2 + cs[j].output) | 1 << (4 + cs[j].append);
     mask |= 1 << (6 + cs[j].rope * 2 + cs[j].layout);
     mask |= (cs[j].truncate_to > 0) << 12 | (cs[j].n_ctx == 0 && cs[j].expect_error) << 13;
+    mask |= (cs[j].layer == 1) << 14;
   }
-  assert_int_equal(mask, (1 << 14) - 1);
+  assert_int_equal(mask, (1 << 15) - 1);
   /* names are unique (they seed the data and are what filters match) */
   for (int i = 0; i < n; i++)
     for (int j = i + 1; j < n; j++) {

@@ -19,6 +19,8 @@
  *   output    latent, full
  *   appends   one, chunks (1, 3, 8, 21, ... with an attend after each,
  *             compared with a one-append cache), truncate then append
+ *   layers    0, and layer 1 of a two-layer cache whose layer 0 has other
+ *             ranks and receives other tokens in step (CASE_L1)
  *
  * NMSE thresholds (NMSE = Σ(a−b)²/Σb² against the float64 reference).
  *
@@ -81,7 +83,10 @@
 /* clang-format off */
 /*  d    rk   rv  H  Hk  n_ctx  m  storage rope layout output append trunc identity qscale error */
 #define CASE(d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err) \
-  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err}
+  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err, 0}
+/* The same, tested on layer 1 of a two-layer cache. */
+#define CASE_L1(d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err) \
+  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err, 1}
 
 static const kqc_case g_cases[] = {
   /* head_dim 64 */
@@ -94,13 +99,13 @@ static const kqc_case g_cases[] = {
   CASE( 64,  64,  64, 4, 1,   64,  5, F32, PRE,  PAIRS,  FULL, ONE,       0, 0,  0, 0),
   CASE( 64,  16,  16, 8, 1, 4099, 64, F16, PRE,  PAIRS,  LAT,  ONE,       0, 0,  0, 0),
   /* head_dim 80 */
-  CASE( 80,  20,  20, 4, 1,   64,  5, F32, PRE,  PAIRS,  FULL, CHUNKS,   40, 0,  0, 0),
+  CASE_L1( 80,  20,  20, 4, 1,   64,  5, F32, PRE,  PAIRS,  FULL, CHUNKS,   40, 0,  0, 0),
   CASE( 80,   1,   1, 2, 1, 1000, 64, F16, NONE, HALVES, LAT,  ONE,       0, 0,  0, 0),
   CASE( 80,  41,  41, 8, 4,    7,  1, F16, PRE,  HALVES, FULL, CHUNKS,    0, 0,  0, 0),
   CASE( 80,  80,  80, 8, 8,   64, 64, F32, POST, PAIRS,  LAT,  ONE,       0, 1,  0, 0),
   CASE( 80,  40,  40, 4, 2, 1000,  5, F16, PRE,  PAIRS,  LAT,  CHUNKS,  500, 0,  0, 0),
   /* head_dim 96 */
-  CASE( 96,  24,  24, 8, 1, 1000,  5, F32, POST, HALVES, FULL, ONE,       0, 0,  0, 0),
+  CASE_L1( 96,  24,  24, 8, 1, 1000,  5, F32, POST, HALVES, FULL, ONE,       0, 0,  0, 0),
   CASE( 96,  48,  48, 2, 2,    7,  5, F16, PRE,  HALVES, FULL, ONE,       0, 0,  0, 0),
   CASE( 96,   1,   1, 4, 2,   64,  1, F32, PRE,  PAIRS,  LAT,  CHUNKS,    0, 0,  0, 0),
   CASE( 96,  96,  96, 4, 1, 1000, 64, F16, PRE,  HALVES, FULL, CHUNKS,  600, 1,  0, 0),
@@ -111,7 +116,7 @@ static const kqc_case g_cases[] = {
   CASE(128,   1,   1, 8, 8, 1000,  1, F16, POST, PAIRS,  FULL, ONE,       0, 0,  0, 0),
   CASE(128, 128, 128, 8, 2,    7,  5, F32, NONE, HALVES, FULL, CHUNKS,    3, 1,  0, 0),
   CASE(128,  63,  33, 4, 1, 1000,  5, F32, PRE,  PAIRS,  FULL, CHUNKS,    0, 0,  0, 0),
-  CASE(128,  32,  16, 4, 2,   64,  1, F16, NONE, PAIRS,  LAT,  CHUNKS,   20, 0,  0, 0),
+  CASE_L1(128,  32,  16, 4, 2,   64,  1, F16, NONE, PAIRS,  LAT,  CHUNKS,   20, 0,  0, 0),
   /* large logits (|s| ~ 100: exp overflows float32 without the max shift) */
   CASE(128,  32,  32, 4, 1, 1000,  5, F32, POST, PAIRS,  FULL, ONE,       0, 0, 30, 0),
   CASE(128,  64,  64, 2, 1,   64,  5, F16, PRE,  HALVES, LAT,  ONE,       0, 0, 20, 0),
@@ -120,7 +125,7 @@ static const kqc_case g_cases[] = {
   CASE(256, 128, 128, 2, 2,   64, 64, F16, POST, HALVES, LAT,  CHUNKS,    0, 0,  0, 0),
   CASE(256,   1,   1, 8, 1,    7,  1, F32, NONE, PAIRS,  FULL, ONE,       0, 0,  0, 0),
   CASE(256, 256, 256, 2, 1, 4099,  1, F16, PRE,  PAIRS,  FULL, ONE,       0, 1,  0, 0),
-  CASE(256, 129,  64, 4, 2,  300,  5, F32, PRE,  PAIRS,  LAT,  CHUNKS,  200, 0,  0, 0),
+  CASE_L1(256, 129,  64, 4, 2,  300,  5, F32, PRE,  PAIRS,  LAT,  CHUNKS,  200, 0,  0, 0),
   CASE(256, 256, 256, 8, 4,   64,  5, F32, POST, PAIRS,  FULL, ONE,       0, 1,  0, 0),
   /* errors: attend on an empty cache, m larger than the cache */
   CASE( 64,  16,  16, 4, 2,    0,  1, F32, NONE, PAIRS,  FULL, ONE,       0, 0,  0, 1),
@@ -144,6 +149,8 @@ void kqc_case_name(const kqc_case *c, char *buf, size_t size) {
     len += snprintf(extra + len, sizeof extra - (size_t)len, "_trunc%d", (int)c->truncate_to);
   if (c->qscale > 0)
     len += snprintf(extra + len, sizeof extra - (size_t)len, "_q%g", (double)c->qscale);
+  if (c->layer > 0)
+    len += snprintf(extra + len, sizeof extra - (size_t)len, "_layer%d", (int)c->layer);
   if (c->expect_error) snprintf(extra + len, sizeof extra - (size_t)len, "_error");
   snprintf(buf, size, "d%d_rk%d_rv%d_h%dkv%d_n%d_m%d_%s_%s-%s_%s_%s%s", (int)c->head_dim,
            (int)c->rank_k, (int)c->rank_v, (int)c->n_heads, (int)c->n_kv_heads, (int)c->n_ctx,

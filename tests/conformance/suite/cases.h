@@ -35,6 +35,7 @@ typedef struct kqc_case {
   int32_t identity;     /* 1: identity projections (kq_projections_create_identity) */
   float qscale;         /* queries ~ N(0, qscale²); 0 means the default 1.5 */
   int32_t expect_error; /* 1: the attend must fail with a status (empty cache, m > length) */
+  int32_t layer;        /* layer under test (0 or 1); layers below get other ranks and tokens */
 } kqc_case;
 
 /* The table, in order; *out_count cases. */

@@ -26,6 +26,7 @@ typedef struct kqc_state {
   float *own; /* identity matrices of an identity case, owned */
   float *keys, *values, *queries;
   float *stale_keys, *stale_values; /* truncate cases: what is cut off */
+  float *junk;                      /* [n, Hk, d] tokens for the layers below the tested one */
   double *klat, *vlat, *klat_stale, *vlat_stale;
   double *khat, *khat_stale; /* PRE: rotated keys (kqc_ref_logit_keys), else NULL */
   float *out;
@@ -64,7 +65,7 @@ static void *alloc(kqc_state *r, size_t count, size_t size) {
 
 static void release(kqc_state *r) {
   free(r->own), free(r->keys), free(r->values), free(r->queries);
-  free(r->stale_keys), free(r->stale_values);
+  free(r->stale_keys), free(r->stale_values), free(r->junk);
   free(r->klat), free(r->vlat), free(r->klat_stale), free(r->vlat_stale);
   free(r->khat), free(r->khat_stale);
   free(r->out), free(r->ref);
@@ -76,7 +77,7 @@ static void release(kqc_state *r) {
 static int make_projections(kqc_state *r, kqc_rng *rng, kq_projections **out) {
   const kqc_case *c = r->c;
   kq_projections_info info = {.method = KQ_METHOD_KQSVD,
-                              .n_layers = 1,
+                              .n_layers = c->layer + 1,
                               .n_heads = c->n_heads,
                               .n_kv_heads = c->n_kv_heads,
                               .head_dim = c->head_dim,
@@ -95,19 +96,29 @@ static int make_projections(kqc_state *r, kqc_rng *rng, kq_projections **out) {
     r->A = r->B = r->C = r->E = r->own;
     return 0;
   }
-  int32_t rk = c->rank_k, rv = c->rank_v;
-  if ((st = kq_projections_create(&info, &rk, &rv, out)) != KQ_OK)
+  /* Layers below the one under test get other ranks and their own random
+   * matrices: a device that mixes layers up gets the wrong answer. */
+  int32_t rk[2], rv[2];
+  for (int32_t l = 0; l <= c->layer; l++) {
+    int other = l != c->layer;
+    rk[l] = other ? (c->rank_k + 3 <= d ? c->rank_k + 3 : d / 2) : c->rank_k;
+    rv[l] = other ? (c->rank_v + 5 <= d ? c->rank_v + 5 : d / 2) : c->rank_v;
+  }
+  if ((st = kq_projections_create(&info, rk, rv, out)) != KQ_OK)
     return fail_status(r, "kq_projections_create", st);
-  kq_projection_layer L;
-  if ((st = kq_projections_layer(*out, 0, &L)) != KQ_OK)
-    return fail_status(r, "kq_projections_layer", st);
-  if (L.rank_k != rk || L.rank_v != rv)
-    return fail(r, "kq_projections_layer: ranks %d/%d, expected %d/%d", (int)L.rank_k,
-                (int)L.rank_v, (int)rk, (int)rv);
-  if (kqc_make_projection_pair(rng, Hk, d, rk, sqrt((double)d / rk), L.key_down, L.query_down) ||
-      kqc_make_projection_pair(rng, Hk, d, rv, 1.0, L.value_down, L.value_up))
-    return fail(r, "out of host memory (projections)");
-  r->A = L.key_down, r->B = L.query_down, r->C = L.value_down, r->E = L.value_up;
+  for (int32_t l = 0; l <= c->layer; l++) {
+    kq_projection_layer L;
+    if ((st = kq_projections_layer(*out, l, &L)) != KQ_OK)
+      return fail_status(r, "kq_projections_layer", st);
+    if (L.rank_k != rk[l] || L.rank_v != rv[l])
+      return fail(r, "kq_projections_layer %d: ranks %d/%d, expected %d/%d", (int)l, (int)L.rank_k,
+                  (int)L.rank_v, (int)rk[l], (int)rv[l]);
+    if (kqc_make_projection_pair(rng, Hk, d, rk[l], sqrt((double)d / rk[l]), L.key_down,
+                                 L.query_down) ||
+        kqc_make_projection_pair(rng, Hk, d, rv[l], 1.0, L.value_down, L.value_up))
+      return fail(r, "out of host memory (projections)");
+    r->A = L.key_down, r->B = L.query_down, r->C = L.value_down, r->E = L.value_up;
+  }
   return 0;
 }
 
@@ -159,6 +170,10 @@ static int make_data(kqc_state *r, kqc_rng *rng) {
   kqc_ref_project(r->keys, r->A, r->n, Hk, d, c->rank_k, c->storage, r->klat, r->n, 0);
   kqc_ref_project(r->values, r->C, r->n, Hk, d, c->rank_v, c->storage, r->vlat, r->n, 0);
   if (c->rope == KQ_ROPE_PRE && !(r->khat = rotated_keys(r, r->klat))) return -1;
+  if (c->layer > 0) {
+    if (!(r->junk = alloc(r, nkv, sizeof(float)))) return -1;
+    kqc_fill_normal(rng, r->junk, nkv, 3.0);
+  }
   if (c->truncate_to > 0) {
     /* Same first truncate_to tokens, different ones after. */
     r->stale_keys = alloc(r, nkv, sizeof(float));
@@ -200,7 +215,7 @@ static int attend_and_compare(kqc_state *r, kq_cache *cache, int32_t len, int32_
   size_t count = (size_t)m * H * r->ow;
   for (size_t i = 0; i < count; i++) r->out[i] = NAN; /* unwritten outputs fail */
   const float *q = r->queries + (size_t)(len - m) * H * c->head_dim;
-  kq_status st = kq_cache_attend(cache, 0, m, q, c->output, r->out);
+  kq_status st = kq_cache_attend(cache, c->layer, m, q, c->output, r->out);
   if (st != KQ_OK) return fail_status(r, "kq_cache_attend", st);
   kqc_ref_problem pb = ref_problem(r, klat == r->klat ? r->khat : r->khat_stale);
   kqc_ref_stats stats;
@@ -224,12 +239,18 @@ static int fill(kqc_state *r, kq_cache *cache, int32_t from, int32_t to, kqc_app
   for (int k = 0; len < to; k++) {
     int32_t step = mode == KQC_APPEND_ONE ? to - len : chunks[k % 8];
     if (step > to - len) step = to - len;
-    kq_status st = kq_cache_append(cache, 0, step, keys + len * row, values + len * row);
+    /* Lower layers take other tokens at the same time (junk: never checked,
+     * but it must not leak into the layer under test). */
+    kq_status st = KQ_OK;
+    for (int32_t l = 0; l < c->layer && st == KQ_OK; l++)
+      st = kq_cache_append(cache, l, step, r->junk + len * row, r->junk + (to - len - step) * row);
+    if (st == KQ_OK)
+      st = kq_cache_append(cache, c->layer, step, keys + len * row, values + len * row);
     if (st != KQ_OK) return fail_status(r, "kq_cache_append", st);
     len += step;
-    if (kq_cache_length(cache, 0) != len)
+    if (kq_cache_length(cache, c->layer) != len)
       return fail(r, "kq_cache_length is %d after appending up to %d",
-                  (int)kq_cache_length(cache, 0), (int)len);
+                  (int)kq_cache_length(cache, c->layer), (int)len);
     /* Between chunks: attend the newest few tokens (decode, small prefill);
      * at most 8 keeps software devices fast. */
     int32_t mi = step < c->m ? step : c->m;
@@ -250,13 +271,13 @@ static kq_status new_cache(kq_device *dev, const kq_projections *proj, const kqc
 static void run_error_case(kqc_state *r, kq_cache *cache) {
   const kqc_case *c = r->c;
   if (c->n_ctx > 0) {
-    kq_status st = kq_cache_append(cache, 0, c->n_ctx, r->keys, r->values);
+    kq_status st = kq_cache_append(cache, c->layer, c->n_ctx, r->keys, r->values);
     if (st != KQ_OK) {
       fail_status(r, "kq_cache_append", st);
       return;
     }
   }
-  kq_status st = kq_cache_attend(cache, 0, c->m, r->queries, c->output, r->out);
+  kq_status st = kq_cache_attend(cache, c->layer, c->m, r->queries, c->output, r->out);
   if (st == KQ_OK) {
     fail(r, "kq_cache_attend of %d queries on %d tokens returned KQ_OK, expected an error",
          (int)c->m, (int)c->n_ctx);
@@ -291,8 +312,8 @@ static void run_case(kqc_state *r, kq_device *dev, kq_projections *proj) {
       fail_status(r, "kq_cache_truncate", st);
       goto done;
     }
-    if (kq_cache_length(cache, 0) != c->truncate_to) {
-      fail(r, "kq_cache_length is %d after truncating to %d", (int)kq_cache_length(cache, 0),
+    if (kq_cache_length(cache, c->layer) != c->truncate_to) {
+      fail(r, "kq_cache_length is %d after truncating to %d", (int)kq_cache_length(cache, c->layer),
            (int)c->truncate_to);
       goto done;
     }
