@@ -85,11 +85,15 @@ static double run(kq_device *dev, int ctx, int layers, int steps, int rank, kq_s
   float *out = malloc(sizeof(float) * (size_t)H * d);
   fill(kv, (size_t)block * Hk * d, &seed, 2.0f);
   fill(q, (size_t)H * d, &seed, 2.0f);
+  double a0 = kq_now_seconds();
   for (int l = 0; l < layers; l++)
     for (int t = 0; t < ctx; t += block) {
       int n = ctx - t < block ? ctx - t : block;
       CHECK(kq_cache_append(cache, l, n, kv, kv));
     }
+  double append_s = kq_now_seconds() - a0;
+  printf("rank %3d: append %.0f tokens/s per layer (blocks of %d)\n", rank,
+         (double)ctx * layers / append_s, block);
   double *times = malloc(sizeof(double) * (size_t)steps);
   double *cpu = malloc(sizeof(double) * (size_t)steps);
   for (int s = -1; s < steps; s++) { /* step -1 is the warm-up */
