@@ -12,12 +12,13 @@
 #include "kqsvd.h"
 
 typedef struct kqc_result {
-  char name[128];   /* kqc_case_name() */
-  double nmse;      /* worst NMSE of the case's checks; NaN if not computed */
-  double threshold; /* kqc_case_threshold(); 0 for error cases */
-  int pass;         /* 1 if the case passed */
-  double seconds;   /* wall time of the case: device work and reference */
-  char error[512];  /* why it failed (status and kq_last_error), or "" */
+  char name[128];        /* kqc_case_name() */
+  double nmse;           /* worst NMSE of the case's checks; NaN if not computed */
+  double threshold;      /* kqc_case_threshold(); 0 for error cases */
+  int pass;              /* 1 if the case passed */
+  double seconds;        /* wall time of the case: device work and reference */
+  double device_seconds; /* wall time inside kq_cache_append and kq_cache_attend */
+  char error[512];       /* why it failed (status and kq_last_error), or "" */
 } kqc_result;
 
 /* Runs one case on an open device. Never fails as a call: every problem

@@ -31,11 +31,16 @@ void kqc_ref_project(const float *x, const float *proj, int32_t n, int32_t n_kv,
     for (int32_t t = 0; t < n; t++) {
       const float *xt = x + ((size_t)t * n_kv + h) * d;
       double *o = out + ((size_t)h * ld + row0 + t) * r;
-      for (int32_t j = 0; j < r; j++) {
-        double s = 0.0;
-        for (int32_t i = 0; i < d; i++) s += (double)xt[i] * (double)p[(size_t)i * r + j];
-        o[j] = storage == KQ_STORAGE_F16 ? kqc_round_f16(s) : s;
+      /* Row-wise accumulation (contiguous in proj); each o[j] still sums
+       * its d terms in order i = 0, 1, ... */
+      for (int32_t j = 0; j < r; j++) o[j] = 0.0;
+      for (int32_t i = 0; i < d; i++) {
+        const float *pi = p + (size_t)i * r;
+        double xi = xt[i];
+        for (int32_t j = 0; j < r; j++) o[j] += xi * (double)pi[j];
       }
+      if (storage == KQ_STORAGE_F16)
+        for (int32_t j = 0; j < r; j++) o[j] = kqc_round_f16(o[j]);
     }
   }
 }

@@ -215,7 +215,9 @@ static int attend_and_compare(kqc_state *r, kq_cache *cache, int32_t len, int32_
   size_t count = (size_t)m * H * r->ow;
   for (size_t i = 0; i < count; i++) r->out[i] = NAN; /* unwritten outputs fail */
   const float *q = r->queries + (size_t)(len - m) * H * c->head_dim;
+  double t0 = now();
   kq_status st = kq_cache_attend(cache, c->layer, m, q, c->output, r->out);
+  r->res->device_seconds += now() - t0;
   if (st != KQ_OK) return fail_status(r, "kq_cache_attend", st);
   kqc_ref_problem pb = ref_problem(r, klat == r->klat ? r->khat : r->khat_stale);
   kqc_ref_stats stats;
@@ -242,10 +244,12 @@ static int fill(kqc_state *r, kq_cache *cache, int32_t from, int32_t to, kqc_app
     /* Lower layers take other tokens at the same time (junk: never checked,
      * but it must not leak into the layer under test). */
     kq_status st = KQ_OK;
+    double t0 = now();
     for (int32_t l = 0; l < c->layer && st == KQ_OK; l++)
       st = kq_cache_append(cache, l, step, r->junk + len * row, r->junk + (to - len - step) * row);
     if (st == KQ_OK)
       st = kq_cache_append(cache, c->layer, step, keys + len * row, values + len * row);
+    r->res->device_seconds += now() - t0;
     if (st != KQ_OK) return fail_status(r, "kq_cache_append", st);
     len += step;
     if (kq_cache_length(cache, c->layer) != len)
