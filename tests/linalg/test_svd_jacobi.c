@@ -113,16 +113,18 @@ static double *check_svd(const char *what, int m, int n, const double *a, int pr
    * UΣVᵀ by ‖A‖₁ column by column to stay in range at 1e±300. */
   double worst = 0.0;
   double inv = nrm > 0.0 ? 1.0 / nrm : 1.0;
-  for (int j = 0; j < n; j++) {
-    double col = 0.0;
-    for (int i = 0; i < m; i++) {
-      double acc = 0.0;
-      for (int k = 0; k < n; k++)
-        acc += u[(size_t)k * m + i] * ((s[k] * inv) * v[(size_t)k * n + j]);
-      col += fabs(a[(size_t)j * m + i] * inv - acc);
+  double *col = alloc_doubles((size_t)m);
+  for (int j = 0; j < n; j++) { /* column j of A/‖A‖ − U·(Σ/‖A‖)·Vᵀ */
+    for (int i = 0; i < m; i++) col[i] = a[(size_t)j * m + i] * inv;
+    for (int k = 0; k < n; k++) {
+      double f = (s[k] * inv) * v[(size_t)k * n + j];
+      for (int i = 0; i < m; i++) col[i] -= u[(size_t)k * m + i] * f;
     }
-    worst = fmax(worst, col);
+    double sum = 0.0;
+    for (int i = 0; i < m; i++) sum += fabs(col[i]);
+    worst = fmax(worst, sum);
   }
+  free(col);
   double nn = n > 0 ? n : 1;
   double resid = worst / (nn * EPS);
   int *use = calloc((size_t)n + 1, sizeof(int));
