@@ -17,7 +17,13 @@ cmake --install "$build" --prefix "$prefix" > "$work/install.log"
 test -f "$prefix/include/kqsvd.h"
 test -f "$prefix/include/kqsvd_backend.h"
 # The installed CLI runs and finds its library.
-"$prefix/bin/kqsvd" devices > /dev/null
+"$prefix/bin/kqsvd" devices > "$work/devices.txt"
+# Every backend module built next to libkqsvd is installed next to it too.
+lib=$(dirname "$(find "$prefix" -name 'libkqsvd.so' | head -n 1)")
+for module in "$build"/lib/libkqsvd-*.so; do
+  [ -e "$module" ] || continue
+  test -f "$lib/$(basename "$module")" || { echo "not installed: $module"; exit 1; }
+done
 
 # 1. CMake package.
 cmake -S "$src/tests/install/consumer" -B "$work/cmake-build" -DCMAKE_PREFIX_PATH="$prefix" \
