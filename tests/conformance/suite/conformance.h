@@ -16,6 +16,7 @@ typedef struct kqc_result {
   double nmse;           /* worst NMSE of the case's checks; NaN if not computed */
   double threshold;      /* kqc_case_threshold(); 0 for error cases */
   int pass;              /* 1 if the case passed */
+  int skipped;           /* 1: F16 storage on a device that reports none (neither pass nor fail) */
   double seconds;        /* wall time of the case: device work and reference */
   double device_seconds; /* wall time inside kq_cache_append and kq_cache_attend */
   char error[512];       /* why it failed (status and kq_last_error), or "" */

@@ -298,6 +298,15 @@ static void run_case(kqc_state *r, kq_device *dev, kq_projections *proj) {
   const kqc_case *c = r->c;
   kq_cache *cache = NULL, *one = NULL;
   kq_status st = new_cache(dev, proj, c, &cache);
+  if (st == KQ_ERR_UNSUPPORTED && c->storage == KQ_STORAGE_F16) {
+    /* A device may lack F16 storage, but only if it says so. */
+    kq_device_info info;
+    if (kq_device_get_info(dev, &info) == KQ_OK && !info.fp16_storage) {
+      r->res->skipped = 1;
+      snprintf(r->res->error, sizeof r->res->error, "skipped: %s", kq_last_error());
+      return;
+    }
+  }
   if (st != KQ_OK) {
     fail_status(r, "kq_cache_create", st);
     return;
