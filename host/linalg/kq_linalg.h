@@ -24,6 +24,10 @@ typedef struct kq_svd_params {
 
 kq_svd_params kq_svd_default_params(void);
 
+/* ‖x‖₂ of n doubles without overflow or harmful underflow (subnormal and
+ * near-overflow entries included); NaN/Inf propagate. */
+double kq_vec_norm2(const double *x, int64_t n);
+
 typedef struct kq_svd_info {
   int sweeps;    /* sweeps used */
   int rotations; /* rotations applied */

@@ -8,20 +8,6 @@
 
 #include "kq_linalg.h"
 
-/* ‖x‖₂ without overflow or harmful underflow. */
-static double vec_norm(const double *x, int m) {
-  double amax = 0.0;
-  for (int i = 0; i < m; i++) amax = fmax(amax, fabs(x[i]));
-  if (amax == 0.0) return 0.0;
-  double s = (amax > 1e-140 && amax < 1e140) ? 1.0 : ldexp(1.0, -ilogb(amax));
-  double ss = 0.0;
-  for (int i = 0; i < m; i++) {
-    double y = x[i] * s;
-    ss += y * y;
-  }
-  return sqrt(ss) / s;
-}
-
 kq_status kq_qr_householder(int m, int n, double *a, int lda, double *tau) {
   if (m < 0 || n < 0 || m < n || lda < (m > 1 ? m : 1))
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "Householder QR: bad shape %d x %d (lda %d)", m, n,
@@ -29,15 +15,20 @@ kq_status kq_qr_householder(int m, int n, double *a, int lda, double *tau) {
   for (int k = 0; k < n; k++) {
     double *ak = a + (size_t)k * lda;
     double alpha = ak[k];
-    double xnorm = vec_norm(ak + k + 1, m - k - 1);
+    double xnorm = kq_vec_norm2(ak + k + 1, m - k - 1);
     if (xnorm == 0.0) {
       tau[k] = 0.0; /* already upper triangular in this column: H = I */
       continue;
     }
     double beta = -copysign(hypot(alpha, xnorm), alpha);
     tau[k] = (beta - alpha) / beta;
-    double inv = 1.0 / (alpha - beta);
-    for (int i = k + 1; i < m; i++) ak[i] *= inv;
+    double den = alpha - beta; /* |den| >= |beta| > 0 */
+    if (fabs(den) >= 0x1p-1000) {
+      double inv = 1.0 / den;
+      for (int i = k + 1; i < m; i++) ak[i] *= inv;
+    } else { /* 1/den would overflow: subnormal-scale data */
+      for (int i = k + 1; i < m; i++) ak[i] /= den;
+    }
     ak[k] = beta;
     /* Apply H_k = I − τ v vᵀ (v = [1; ak(k+1:m)]) to the trailing columns. */
     for (int j = k + 1; j < n; j++) {

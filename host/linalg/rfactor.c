@@ -238,19 +238,6 @@ KQ_TARGET_AVX2 static void gram_block_avx2(const double *x, int rows, int dp, do
 
 /* ---- pass 2: Householder update of [R; X_block] ------------------------- */
 
-static double vec_norm(const double *x, int m) {
-  double amax = 0.0;
-  for (int i = 0; i < m; i++) amax = fmax(amax, fabs(x[i]));
-  if (amax == 0.0) return 0.0;
-  double s = (amax > 1e-140 && amax < 1e140) ? 1.0 : ldexp(1.0, -ilogb(amax));
-  double ss = 0.0;
-  for (int i = 0; i < m; i++) {
-    double y = x[i] * s;
-    ss += y * y;
-  }
-  return sqrt(ss) / s;
-}
-
 /* Reflectors per panel of the blocked TSQR update. */
 #define KQ_TSQR_PANEL 8
 
@@ -337,13 +324,18 @@ KQ_INLINE void tsqr_update_body(int d, double *r, int ldr, int nb, double *x, in
       int k = k0 + l;
       double *xk = x + (size_t)k * ldx;
       double alpha = r[(size_t)k * ldr + k];
-      double xnorm = vec_norm(xk, nb);
+      double xnorm = kq_vec_norm2(xk, nb);
       tau[l] = 0.0;
       if (xnorm == 0.0) continue; /* H = I; xk is zero, so is its v */
       double beta = -copysign(hypot(alpha, xnorm), alpha);
       tau[l] = (beta - alpha) / beta;
-      double inv = 1.0 / (alpha - beta);
-      for (int i = 0; i < nb; i++) xk[i] *= inv;
+      double den = alpha - beta; /* |den| >= |beta| > 0 */
+      if (fabs(den) >= 0x1p-1000) {
+        double inv = 1.0 / den;
+        for (int i = 0; i < nb; i++) xk[i] *= inv;
+      } else { /* 1/den would overflow: subnormal-scale data */
+        for (int i = 0; i < nb; i++) xk[i] /= den;
+      }
       r[(size_t)k * ldr + k] = beta;
       for (int j = k + 1; j < k0 + kw; j++) {
         double *xj = x + (size_t)j * ldx;

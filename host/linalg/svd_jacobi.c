@@ -33,26 +33,6 @@ kq_svd_params kq_svd_default_params(void) {
   return p;
 }
 
-/* ‖x‖₂ without overflow or harmful underflow. */
-static double column_norm(const double *x, int m) {
-  double amax = 0.0;
-  for (int i = 0; i < m; i++) amax = fmax(amax, fabs(x[i]));
-  if (amax == 0.0) return 0.0;
-  if (amax > 1e-140 && amax < 1e140) {
-    double ss = 0.0;
-    for (int i = 0; i < m; i++) ss += x[i] * x[i];
-    return sqrt(ss);
-  }
-  /* Scale by a power of two near 1/amax: exact, and keeps squares in range. */
-  double s = ldexp(1.0, -ilogb(amax));
-  double ss = 0.0;
-  for (int i = 0; i < m; i++) {
-    double y = x[i] * s;
-    ss += y * y;
-  }
-  return sqrt(ss) / s;
-}
-
 /* x *= 2^k exactly (barring underflow), for |k| up to ~2100. */
 static void scale_pow2(double *x, int m, int k) {
   while (k != 0) {
@@ -76,7 +56,7 @@ static void swap_columns(double *x, int ld, int rows, int p, int q) {
  * level (the largest norm is ~1) it is set to zero and skipped from now on,
  * so that 1/‖a‖ and norm ratios stay finite. */
 static double negligible_to_zero(double *x, int m) {
-  double nx = column_norm(x, m);
+  double nx = kq_vec_norm2(x, m);
   if (nx >= KQ_JAC_NEGLIGIBLE) return nx;
   memset(x, 0, (size_t)m * sizeof(double));
   return 0.0;
@@ -369,7 +349,7 @@ static kq_status jacobi_core(int m, int n, double *a, int lda, double *sigma, do
   if (!nrm) return KQ_ERR_OUT_OF_MEMORY;
   double maxn = 0.0;
   for (int j = 0; j < n; j++) {
-    nrm[j] = column_norm(a + (size_t)j * lda, m);
+    nrm[j] = kq_vec_norm2(a + (size_t)j * lda, m);
     maxn = fmax(maxn, nrm[j]);
   }
   int k = 0;
@@ -383,7 +363,7 @@ static kq_status jacobi_core(int m, int n, double *a, int lda, double *sigma, do
         memset(aj, 0, (size_t)m * sizeof(double));
         nrm[j] = 0.0;
       } else if (nrm[j] < 1e-100) {
-        nrm[j] = column_norm(aj, m); /* entries may have lost bits to denormals */
+        nrm[j] = kq_vec_norm2(aj, m); /* entries may have lost bits to denormals */
       }
     }
   }
@@ -419,7 +399,7 @@ static kq_status jacobi_core(int m, int n, double *a, int lda, double *sigma, do
   /* Final σ from exact norms; U = A·diag(1/σ). */
   for (int j = 0; j < n; j++) {
     double *aj = a + (size_t)j * lda;
-    double s = nrm[j] == 0.0 ? 0.0 : column_norm(aj, m);
+    double s = nrm[j] == 0.0 ? 0.0 : kq_vec_norm2(aj, m);
     sigma[j] = s;
     if (s == 0.0) {
       memset(aj, 0, (size_t)m * sizeof(double));
@@ -481,7 +461,7 @@ static kq_status svd_qr_precond(int m, int n, double *a, int lda, double *sigma,
   double *qr = w, *rt = w + mn, *vr = rt + nn, *rsave = vr + nn, *tau = rsave + nn, *nrm = tau + n;
   for (int j = 0; j < n; j++) {
     perm[j] = j;
-    nrm[j] = column_norm(a + (size_t)j * lda, m);
+    nrm[j] = kq_vec_norm2(a + (size_t)j * lda, m);
   }
   for (int j = 0; j < n; j++) { /* stable selection by decreasing norm */
     int best = j;
@@ -494,8 +474,13 @@ static kq_status svd_qr_precond(int m, int n, double *a, int lda, double *sigma,
     perm[j] = perm[best];
     perm[best] = pt;
   }
-  for (int j = 0; j < n; j++)
+  /* Scale by 2^k (largest column norm into [0.5, 1)) so that QR works far
+   * from overflow and underflow; σ is scaled back at the end. */
+  int k = nrm[0] > 0.0 ? -ilogb(nrm[0]) - 1 : 0;
+  for (int j = 0; j < n; j++) {
     memcpy(qr + (size_t)j * m, a + (size_t)perm[j] * lda, (size_t)m * sizeof(double));
+    scale_pow2(qr + (size_t)j * m, m, k);
+  }
   kq_status st = kq_qr_householder(m, n, qr, m, tau);
   if (st != KQ_OK) goto done;
   for (int j = 0; j < n; j++)
@@ -535,8 +520,10 @@ static kq_status svd_qr_precond(int m, int n, double *a, int lda, double *sigma,
   }
   kq_status st2 = kq_qr_apply_q(m, n, qr, m, tau, n, a, lda);
   if (st2 != KQ_OK) st = st2;
-  for (int j = 0; j < n; j++)
+  for (int j = 0; j < n; j++) {
     if (sigma[j] == 0.0) memset(a + (size_t)j * lda, 0, (size_t)m * sizeof(double));
+    sigma[j] = ldexp(sigma[j], -k);
+  }
 done:
   free(w);
   free(perm);

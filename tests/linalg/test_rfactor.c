@@ -201,6 +201,27 @@ static void test_rank_deficient_inputs_give_finite_r(void **state) {
   }
 }
 
+/* F64 data at 1e-300 (the Gram underflows) and 1e300 (it overflows): both
+ * must still give R with RᵀR = XᵀX, through the TSQR pass. */
+static void test_extreme_scales_fall_back_and_stay_accurate(void **state) {
+  (void)state;
+  int d = 12, rows = 500;
+  const double scales[] = {1e-300, 1e300};
+  for (int k = 0; k < 2; k++) {
+    double *x = gauss_rows(61, rows, d);
+    for (int i = 0; i < rows * d; i++) x[i] *= scales[k];
+    test_part p = make_part(KQ_DTYPE_F64, rows, d, d, 1.0, x);
+    double r[144];
+    kq_rfactor_info info;
+    assert_int_equal(kq_rfactor(&p.view, 1, r, d, &info), KQ_OK);
+    assert_int_equal(info.method, KQ_RFACTOR_TSQR);
+    double e = gram_error(&p.view, 1, r, d);
+    if (!(e < 1e-13)) fail_msg("scale %g: relative Gram error %.3e", scales[k], e);
+    free(x);
+    free(p.data);
+  }
+}
+
 static void test_nan_or_inf_is_reported_with_part_row_and_column(void **state) {
   (void)state;
   int d = 9;
@@ -254,6 +275,7 @@ int main(void) {
       cmocka_unit_test(test_multi_part_stack_with_scales),
       cmocka_unit_test(test_ill_conditioned_input_takes_tsqr_and_keeps_small_sigma),
       cmocka_unit_test(test_rank_deficient_inputs_give_finite_r),
+      cmocka_unit_test(test_extreme_scales_fall_back_and_stay_accurate),
       cmocka_unit_test(test_nan_or_inf_is_reported_with_part_row_and_column),
       cmocka_unit_test(test_bad_views_are_rejected),
   };

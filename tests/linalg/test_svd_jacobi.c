@@ -28,15 +28,16 @@ typedef enum mtype {
   M_CLUSTERED,  /* σ = 1 except the last = 1/κ, and a cluster at 1e-6 */
   M_RANK_DEFICIENT,
   M_DUPLICATE_COLUMNS,
-  M_TINY, /* random × 1e-300 */
-  M_HUGE, /* random × 1e300 */
+  M_TINY,      /* random × 1e-300 */
+  M_HUGE,      /* random × 1e300 */
+  M_SUBNORMAL, /* random × 1e-310: subnormal entries */
 } mtype;
 
 static const char *mtype_name(mtype t) {
   static const char *names[] = {"zero",           "identity",          "random",
                                 "geometric",      "arithmetic",        "clustered",
                                 "rank-deficient", "duplicate columns", "tiny (1e-300)",
-                                "huge (1e300)"};
+                                "huge (1e300)",   "subnormal (1e-310)"};
   return names[t];
 }
 
@@ -85,8 +86,9 @@ static int build(mtype t, int m, int n, uint64_t seed, double *a, double *s_know
     return 0;
   case M_TINY:
   case M_HUGE:
+  case M_SUBNORMAL:
     fill_gauss(&rng, a, mn);
-    for (size_t i = 0; i < mn; i++) a[i] *= t == M_TINY ? 1e-300 : 1e300;
+    for (size_t i = 0; i < mn; i++) a[i] *= t == M_TINY ? 1e-300 : (t == M_HUGE ? 1e300 : 1e-310);
     return 0;
   }
   return 0;
@@ -216,10 +218,14 @@ static void test_scale_near_overflow(void **state) {
   (void)state;
   run_type(M_HUGE, 0, 0);
 }
+static void test_subnormal_entries(void **state) {
+  (void)state;
+  run_type(M_SUBNORMAL, 0, 0);
+}
 
 static void test_qr_preconditioned_path_on_every_type(void **state) {
   (void)state;
-  for (int t = M_ZERO; t <= M_HUGE; t++) run_type((mtype)t, 1, t == M_GEOMETRIC);
+  for (int t = M_ZERO; t <= M_SUBNORMAL; t++) run_type((mtype)t, 1, t == M_GEOMETRIC);
 }
 
 /* Graded columns A = B·D, D from 1 down to 1e-15 (and a wilder 1e-60):
@@ -397,6 +403,7 @@ int main(void) {
       cmocka_unit_test(test_duplicate_columns),
       cmocka_unit_test(test_scale_near_underflow),
       cmocka_unit_test(test_scale_near_overflow),
+      cmocka_unit_test(test_subnormal_entries),
       cmocka_unit_test(test_qr_preconditioned_path_on_every_type),
       cmocka_unit_test(test_graded_columns_small_sigma_relatively_accurate),
       cmocka_unit_test(test_nan_or_inf_input_is_numeric_error),
