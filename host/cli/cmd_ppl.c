@@ -48,7 +48,7 @@ int kq_cmd_ppl(int argc, char **argv) {
   const char *cmd = "ppl", *model_path = NULL, *text_path = NULL, *proj = NULL, *device = NULL;
   kq_storage storage = KQ_STORAGE_F32;
   long long ctx = 512, max_tokens = 0, batch = 64, threads = 0;
-  int json = 0;
+  int json = 0, skip_full = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -57,6 +57,10 @@ int kq_cmd_ppl(int argc, char **argv) {
     }
     if (!strcmp(a, "--json")) {
       json = 1;
+      continue;
+    }
+    if (!strcmp(a, "--skip-full")) {
+      skip_full = 1;
       continue;
     }
     if (a[0] == '-' && a[1] != '\0' && !val) return kq_cli_usage_error(cmd, "%s needs a value", a);
@@ -93,6 +97,7 @@ int kq_cmd_ppl(int argc, char **argv) {
     i++;
   }
   if (!model_path || !text_path) return kq_cli_usage_error(cmd, "need MODEL.gguf and TEXT");
+  if (skip_full && !proj) return kq_cli_usage_error(cmd, "--skip-full needs --proj");
 
   kq_llama *m = NULL;
   kq_device *dev = NULL;
@@ -120,31 +125,39 @@ int kq_cmd_ppl(int argc, char **argv) {
                      .cancel = kq_cli_cancel_flag()};
   kq_ppl_result full = {0}, comp = {0};
   uint64_t full_kv = 0, comp_kv = 0;
-  st = run_one(m, dev, NULL, storage, ids, n, &p, &full, &full_kv);
+  if (!skip_full) st = run_one(m, dev, NULL, storage, ids, n, &p, &full, &full_kv);
   if (st == KQ_OK && proj) st = run_one(m, dev, proj, storage, ids, n, &p, &comp, &comp_kv);
   kq_cli_progress_end();
   int rc = 0;
   if (st != KQ_OK) {
     rc = st == KQ_ERR_INTERRUPTED ? 130 : kq_cli_fail(cmd, st);
   } else if (json) {
-    printf("{\"tokens\":%lld,\"full\":{\"ppl\":%.6f,\"kv_bytes\":%llu},\"compressed\":",
-           (long long)n, full.ppl, (unsigned long long)full_kv);
-    if (proj)
-      printf("{\"ppl\":%.6f,\"kv_bytes\":%llu}}\n", comp.ppl, (unsigned long long)comp_kv);
+    printf("{\"tokens\":%lld,\"full\":", (long long)n);
+    if (skip_full)
+      printf("null");
     else
-      printf("null}\n");
+      printf("{\"ppl\":%.6f,\"kv_bytes\":%llu}", full.ppl, (unsigned long long)full_kv);
+    if (proj)
+      printf(",\"compressed\":{\"ppl\":%.6f,\"kv_bytes\":%llu}}\n", comp.ppl,
+             (unsigned long long)comp_kv);
+    else
+      printf(",\"compressed\":null}\n");
   } else {
     printf("text        %s: %lld tokens, %lld scored, windows of %lld\n", text_path, (long long)n,
-           (long long)full.predictions, ctx);
+           (long long)(skip_full ? comp.predictions : full.predictions), ctx);
     printf("device      %s (%s), storage %s\n", di.name, di.description,
            storage == KQ_STORAGE_F16 ? "f16" : "f32");
-    printf("full        ppl %10.4f   kv_bytes %12llu   %7.1f tokens/s\n", full.ppl,
-           (unsigned long long)full_kv, (double)n / full.seconds);
-    if (proj)
-      printf("compressed  ppl %10.4f   kv_bytes %12llu   %7.1f tokens/s   (%s; ppl %+.4f, kv "
-             "%.1f%%)\n",
-             comp.ppl, (unsigned long long)comp_kv, (double)n / comp.seconds, proj,
-             comp.ppl - full.ppl, 100.0 * (double)comp_kv / (double)full_kv);
+    if (!skip_full)
+      printf("full        ppl %10.4f   kv_bytes %12llu   %7.1f tokens/s\n", full.ppl,
+             (unsigned long long)full_kv, (double)n / full.seconds);
+    if (proj) {
+      printf("compressed  ppl %10.4f   kv_bytes %12llu   %7.1f tokens/s   (%s", comp.ppl,
+             (unsigned long long)comp_kv, (double)n / comp.seconds, proj);
+      if (!skip_full)
+        printf("; ppl %+.4f, kv %.1f%%", comp.ppl - full.ppl,
+               100.0 * (double)comp_kv / (double)full_kv);
+      printf(")\n");
+    }
   }
   kq_device_destroy(dev);
   free(ids);
