@@ -80,6 +80,10 @@ static kq_status build_program(kq_bdevice *dev) {
   for (int k = 0; k < KQ_K_COUNT; ++k) {
     dev->kernels[k] = clCreateKernel(dev->program, kernel_names[k], &err);
     if (err != CL_SUCCESS) return kq_ocl_fail(dev, KQ_ERR_DEVICE, kernel_names[k], err);
+    size_t wg = 0;
+    err = clGetKernelWorkGroupInfo(dev->kernels[k], dev->id, CL_KERNEL_WORK_GROUP_SIZE, sizeof wg,
+                                   &wg, NULL);
+    dev->kernel_wg[k] = err == CL_SUCCESS && wg > 0 && wg < dev->max_wg ? wg : dev->max_wg;
   }
   return KQ_OK;
 }

@@ -74,8 +74,9 @@ struct kq_bdevice {
   pthread_mutex_t lock;
   cl_program program;
   cl_kernel kernels[KQ_K_COUNT];
-  size_t max_wg;    /* CL_DEVICE_MAX_WORK_GROUP_SIZE */
-  size_t local_mem; /* CL_DEVICE_LOCAL_MEM_SIZE */
+  size_t kernel_wg[KQ_K_COUNT]; /* CL_KERNEL_WORK_GROUP_SIZE of each kernel */
+  size_t max_wg;                /* CL_DEVICE_MAX_WORK_GROUP_SIZE */
+  size_t local_mem;             /* CL_DEVICE_LOCAL_MEM_SIZE */
   size_t compute_units;
   cl_mem scratch[KQ_S_COUNT];
   size_t scratch_bytes[KQ_S_COUNT];

@@ -125,10 +125,10 @@ out:
   return st;
 }
 
-/* Largest power of two <= min(limit, max_wg). */
-static size_t wg_size(const kq_bdevice *dev, size_t limit) {
+/* Largest power of two <= min(limit, what kernel k allows on the device). */
+static size_t wg_size(const kq_bdevice *dev, int k, size_t limit) {
   size_t w = 1;
-  while (w * 2 <= limit && w * 2 <= dev->max_wg) w *= 2;
+  while (w * 2 <= limit && w * 2 <= dev->kernel_wg[k]) w *= 2;
   return w;
 }
 
@@ -165,13 +165,13 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
   const size_t n_blocks = ((size_t)op->n_queries + qblock - 1) / qblock;
   const size_t rows = (size_t)qblock * g;
-  const size_t wg = wg_size(dev, 64);
+  const int k = op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_CHUNK_F16 : KQ_K_ATTN_CHUNK_F32;
+  const size_t wg = wg_size(dev, k, 64);
   const size_t parts = prod4(op->n_queries, op->n_heads, n_chunks, 1);
   cl_mem part_o, part_ml;
   st = kq_ocl_scratch(dev, KQ_S_PART_O, prod4(parts, op->rank_v, 4, 1), &part_o);
   if (st == KQ_OK) st = kq_ocl_scratch(dev, KQ_S_PART_ML, prod4(parts, 2, 4, 1), &part_ml);
   if (st != KQ_OK) return st;
-  const int k = op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_CHUNK_F16 : KQ_K_ATTN_CHUNK_F32;
   const cl_int pre = op->rope == KQ_ROPE_PRE, ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0,
                halves = op->rope_layout == KQ_ROPE_HALVES;
   cl_mem bmem = op->query_down ? op->query_down->mem : qp;
@@ -267,7 +267,7 @@ static kq_status attend_gemm(kq_bdevice *dev, const kq_attend_op *op, cl_mem qt,
   int64_t mb = (int64_t)(KQ_OCL_SCORE_BUDGET / ((size_t)H * op->n_ctx * sizeof(float)));
   if (mb < 1) mb = 1;
   if (mb > m) mb = m;
-  const size_t wg = wg_size(dev, 64);
+  const size_t wg = wg_size(dev, KQ_K_SOFTMAX_CAUSAL, 64);
   for (int64_t j0 = 0; j0 < m; j0 += mb) {
     const cl_int rows = (cl_int)(m - j0 < mb ? m - j0 : mb);
     const cl_int first = (cl_int)(op->n_ctx - m + j0);

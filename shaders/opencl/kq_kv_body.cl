@@ -67,11 +67,33 @@ __kernel void KV_NAME(kq_attn_chunk)(
 
   const size_t kbase = kc_off + ((size_t)kvh * capacity + p0) * rank_k;
   if (!pre_rope) {
-    /* One row at a time keeps the accumulator in registers; the key row
-     * stays in L1 (or the GPU's cache) between rows. */
+    /* Rows four at a time: one key load feeds four register accumulators. */
     for (int p = lid; p < len; p += wg) {
       const size_t krow = kbase + (size_t)p * rank_k;
-      for (int r = 0; r < rows; ++r) {
+      int r = 0;
+      for (; r + 4 <= rows; r += 4) {
+        __local const float *q0 = ql + r * rank_k;
+        float4 a0 = (float4)(0.0f), a1 = a0, a2 = a0, a3 = a0;
+        int i = 0;
+        for (; i + 4 <= rank_k; i += 4) {
+          const float4 k4 = KV_LOAD4(kc, krow + i);
+          a0 += vload4(0, q0 + i) * k4;
+          a1 += vload4(0, q0 + rank_k + i) * k4;
+          a2 += vload4(0, q0 + 2 * rank_k + i) * k4;
+          a3 += vload4(0, q0 + 3 * rank_k + i) * k4;
+        }
+        float4 acc = (float4)((a0.x + a0.y) + (a0.z + a0.w), (a1.x + a1.y) + (a1.z + a1.w),
+                              (a2.x + a2.y) + (a2.z + a2.w), (a3.x + a3.y) + (a3.z + a3.w));
+        for (; i < rank_k; ++i) {
+          const float k = KV_LOAD(kc, krow + i);
+          acc += (float4)(q0[i], q0[rank_k + i], q0[2 * rank_k + i], q0[3 * rank_k + i]) * k;
+        }
+        s[r * chunk + p] = acc.x * scale;
+        s[(r + 1) * chunk + p] = acc.y * scale;
+        s[(r + 2) * chunk + p] = acc.z * scale;
+        s[(r + 3) * chunk + p] = acc.w * scale;
+      }
+      for (; r < rows; ++r) {
         __local const float *qr = ql + r * rank_k;
         float4 a4 = (float4)(0.0f);
         int i = 0;
@@ -146,28 +168,37 @@ __kernel void KV_NAME(kq_attn_chunk)(
     part_ml[(head * n_chunks + c) * 2 + 1] = l;
   }
 
-  /* Work-item = (4 latent value columns, one row). */
+  /* Work-item = (4 latent value columns, up to 4 rows of one query): one
+   * value load feeds four accumulators. Rows of a query share its range. */
   const size_t vbase = vc_off + ((size_t)kvh * capacity + p0) * rank_v;
-  const int nq4 = (rank_v + 3) / 4;
-  for (int t = lid; t < nq4 * rows; t += wg) {
-    const int c0 = (t % nq4) * 4, r = t / nq4, jj = r / group, u = r - jj * group;
+  const int nq4 = (rank_v + 3) / 4, rb = (group + 3) / 4;
+  for (int t = lid; t < nq4 * rb * nqb; t += wg) {
+    const int c0 = (t % nq4) * 4, rblk = t / nq4, jj = rblk / rb, u0 = (rblk - jj * rb) * 4;
+    const int nr = min(4, group - u0), r0 = jj * group + u0;
     const int lr = max(min(p0 + chunk, n_ctx - n_q + j0 + jj + 1) - p0, 0);
-    __local const float *sr = s + r * chunk;
-    float4 acc = (float4)(0.0f);
-    if (c0 + 4 <= rank_v) {
-      for (int p = 0; p < lr; ++p) acc += sr[p] * KV_LOAD4(vc, vbase + (size_t)p * rank_v + c0);
-    } else {
-      for (int p = 0; p < lr; ++p) {
-        const size_t vrow = vbase + (size_t)p * rank_v + c0;
-        acc += sr[p] * (float4)(KV_LOAD(vc, vrow), c0 + 1 < rank_v ? KV_LOAD(vc, vrow + 1) : 0.0f,
-                                c0 + 2 < rank_v ? KV_LOAD(vc, vrow + 2) : 0.0f, 0.0f);
-      }
+    __local const float *s0 = s + r0 * chunk, *s1 = s0 + (nr > 1 ? chunk : 0);
+    __local const float *s2 = s0 + (nr > 2 ? 2 * chunk : 0), *s3 = s0 + (nr > 3 ? 3 * chunk : 0);
+    float4 a0 = (float4)(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    for (int p = 0; p < lr; ++p) {
+      const size_t vrow = vbase + (size_t)p * rank_v + c0;
+      const float4 v4 =
+          c0 + 4 <= rank_v
+              ? KV_LOAD4(vc, vrow)
+              : (float4)(KV_LOAD(vc, vrow), c0 + 1 < rank_v ? KV_LOAD(vc, vrow + 1) : 0.0f,
+                         c0 + 2 < rank_v ? KV_LOAD(vc, vrow + 2) : 0.0f, 0.0f);
+      a0 += s0[p] * v4;
+      a1 += s1[p] * v4;
+      a2 += s2[p] * v4;
+      a3 += s3[p] * v4;
     }
-    const size_t head = (size_t)(j0 + jj) * n_heads + (size_t)kvh * group + u;
-    __global float *o = part_o + (head * n_chunks + c) * rank_v + c0;
-    o[0] = acc.x;
-    if (c0 + 1 < rank_v) o[1] = acc.y;
-    if (c0 + 2 < rank_v) o[2] = acc.z;
-    if (c0 + 3 < rank_v) o[3] = acc.w;
+    const float4 acc[4] = {a0, a1, a2, a3};
+    for (int u = 0; u < nr; ++u) {
+      const size_t head = (size_t)(j0 + jj) * n_heads + (size_t)kvh * group + u0 + u;
+      __global float *o = part_o + (head * n_chunks + c) * rank_v + c0;
+      o[0] = acc[u].x;
+      if (c0 + 1 < rank_v) o[1] = acc[u].y;
+      if (c0 + 2 < rank_v) o[2] = acc[u].z;
+      if (c0 + 3 < rank_v) o[3] = acc[u].w;
+    }
   }
 }
