@@ -22,7 +22,7 @@
 #define VK_FRAMES 4
 #define VK_MAX_BINDINGS 6
 #define VK_PUSH_WORDS 32
-#define VK_SPEC_COUNT 12
+#define VK_SPEC_COUNT 16
 #define VK_MAX_POOLS 16
 
 /* Set once by kq_backend_entry: the core's error channel. */

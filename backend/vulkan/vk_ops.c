@@ -152,7 +152,7 @@ static kq_status rope_table(kq_bdevice *d, float theta, uint32_t head_dim, uint3
 /* --- attention --- */
 
 typedef struct attend_plan {
-  uint32_t G, QK, QT, TK, CH, slots, elem;
+  uint32_t G, QK, QT, TK, CH, slots, ntg, vec4, elem;
   uint64_t window; /* cache positions per binding */
   uint64_t qbatch; /* queries per batch */
   bool pre, ident;
@@ -169,7 +169,12 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend
   p->pre = op->rope == KQ_ROPE_PRE;
   p->ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
   p->QK = p->pre ? (uint32_t)op->head_dim : (uint32_t)rk;
-  p->slots = cdiv(rv, VK_WG);
+  /* 4-vector loads when the rows and the cache offsets allow them. */
+  p->vec4 = !p->pre && rk % 4 == 0 && rv % 4 == 0 && op->k_cache_offset % (4 * p->elem) == 0 &&
+            op->v_cache_offset % (4 * p->elem) == 0;
+  const uint64_t eu = p->vec4 ? rv / 4 : rv;
+  p->slots = eu >= VK_WG ? cdiv(eu, VK_WG) : 1;
+  p->ntg = eu >= VK_WG ? 1 : (uint32_t)(VK_WG / eu);
   p->QT = op->n_queries == 1 ? 1 : (p->G >= 16 ? 1 : 16 / p->G);
   /* Key tile: wide (fewer barriers) when keys are read straight from the
    * cache; with PRE the rebuilt keys live in shared memory. */
@@ -190,7 +195,7 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend
                   d->index, p->G, op->head_dim, lim->maxComputeSharedMemorySize);
   /* Enough chunks to fill the device, chunks a multiple of the key tile. */
   uint64_t tiles = (uint64_t)op->n_kv_heads * cdiv((uint64_t)op->n_queries, p->QT);
-  uint64_t target = tiles >= 1024 ? 1 : 1024 / tiles;
+  uint64_t target = tiles >= 512 ? 1 : 512 / tiles;
   uint64_t ch = cdiv(cdiv((uint64_t)op->n_ctx, target), p->TK) * (uint64_t)p->TK;
   if (ch < 4ull * p->TK) ch = 4ull * p->TK;
   const uint64_t max_bind = vk_max_binding(d), wide = (rk > rv ? rk : rv) * p->elem;
@@ -205,7 +210,7 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend
     return VK_ERR(KQ_ERR_UNSUPPORTED, "vulkan:%d: attend: chunk exceeds maxStorageBufferRange",
                   d->index);
   uint64_t qb = (uint64_t)op->n_queries;
-  const uint64_t per_q[] = {H * p->QK * 4, H * nch * (rv + 2) * 4, H * rv * 4,
+  const uint64_t per_q[] = {H * p->QK * 4, H * nch * p->ntg * (rv + 2) * 4, H * rv * 4,
                             H * (uint64_t)op->head_dim * 4};
   for (int i = 0; i < 4; ++i)
     if (qb > max_bind / per_q[i]) qb = max_bind / per_q[i];
@@ -251,12 +256,12 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
   const uint64_t nch_max = cdiv((uint64_t)op->n_ctx, p.CH);
   const VkDeviceSize qbytes = p.qbatch * H * p.QK * 4;
   const VkDeviceSize poff = align_up(qbytes, align);
-  const VkDeviceSize pbytes = p.qbatch * H * nch_max * (rv + 2) * 4;
+  const VkDeviceSize pbytes = p.qbatch * H * nch_max * p.ntg * (rv + 2) * 4;
 
   const uint32_t qspec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)rk, p.pre, halves, ident};
-  const uint32_t aspec[VK_SPEC_COUNT] = {VK_WG,  (uint32_t)D, (uint32_t)rk, (uint32_t)rv,
-                                         p.G,    p.QT,        p.TK,         p.pre,
-                                         halves, ident,       p.slots,      p.QK};
+  const uint32_t aspec[VK_SPEC_COUNT] = {VK_WG,   (uint32_t)D, (uint32_t)rk, (uint32_t)rv, p.G,
+                                         p.QT,    p.TK,        p.pre,        halves,       ident,
+                                         p.slots, p.QK,        p.vec4,       p.ntg};
   const uint32_t rspec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)rv};
   const bool f16 = op->storage == KQ_STORAGE_F16;
   const vk_shader ashader = d->subgroup_arith
@@ -304,7 +309,7 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
     /* 2. partial attention per kv head and cache window */
     vk_binding ab[VK_MAX_BINDINGS] = {b[3], {0}, {0}, {0}, b[4], b[1]};
     if (st == KQ_OK)
-      st = vk_bind_range(d, scratch, poff, nqb * H * nch * (rv + 2) * 4, 4, &ab[3], &e_part,
+      st = vk_bind_range(d, scratch, poff, nqb * H * nch * p.ntg * (rv + 2) * 4, 4, &ab[3], &e_part,
                          "partials");
     for (uint64_t kv = 0; kv < Hk && st == KQ_OK; ++kv) {
       for (uint64_t w0 = 0; w0 < kctx && st == KQ_OK; w0 += p.window) {
@@ -325,7 +330,7 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
         v[8] = (uint32_t)kv;
         v[9] = (uint32_t)(w0 / p.CH);
         v[10] = (uint32_t)w0;
-        v[11] = (uint32_t)nch;
+        v[11] = (uint32_t)(nch * p.ntg);
         v[12] = hi_off;
         v[13] = scale_bits;
         v[14] = p.CH;
@@ -341,7 +346,7 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
       st = vk_bind_range(d, &op->out->mem, op->out_offset + j0 * H * rv * 4, nqb * H * rv * 4, 4,
                          &rb[1], &w[1], "output");
     w[0] = e_part;
-    w[2] = (uint32_t)nch;
+    w[2] = (uint32_t)(nch * p.ntg);
     w[3] = (uint32_t)H;
     if (st == KQ_OK)
       st = vk_dispatch(d, f, VK_SHADER_REDUCE, rspec, rb, 2, w, (uint32_t)H, (uint32_t)nqb, 1);

@@ -21,10 +21,16 @@ layout(constant_id = 6) const uint TK = 32;
 layout(constant_id = 7) const uint PRE = 0;
 layout(constant_id = 8) const uint HALVES = 0;
 layout(constant_id = 9) const uint IDENT = 0;
-layout(constant_id = 10) const uint SLOTS = 1; // ceil(RV / workgroup size)
+layout(constant_id = 10) const uint SLOTS = 1; // output units per invocation (see below)
 layout(constant_id = 11) const uint QK = 64;   // RK, or D with PRE
+layout(constant_id = 12) const uint VEC4 = 0;  // keys, values, queries read as 4-vectors
+layout(constant_id = 13) const uint NTG = 1;   // key groups splitting the P·V sum
 
 const uint R = QT * G;
+// P·V: invocation lid owns output unit (float, or vec4 with VEC4) eu = lid % EU
+// (+ slot * wg) over the keys t ≡ tg (mod NTG), tg = lid / EU. Each key group
+// writes its own partial (same m; l counted once), so no reduction is needed.
+const uint EU = VEC4 != 0u ? RV / 4u : RV;
 
 layout(std430, set = 0, binding = 0) readonly buffer kq_q { float q[]; };
 layout(std430, set = 0, binding = 1) readonly buffer kq_k { CACHE_T kc[]; };
@@ -32,6 +38,10 @@ layout(std430, set = 0, binding = 2) readonly buffer kq_v { CACHE_T vc[]; };
 layout(std430, set = 0, binding = 3) writeonly buffer kq_part { float part[]; };
 layout(std430, set = 0, binding = 4) readonly buffer kq_rope_tab { float rope_tab[]; };
 layout(std430, set = 0, binding = 5) readonly buffer kq_b { float bm[]; };
+// 4-vector views of the same bindings (offsets are multiples of 4 elements).
+layout(std430, set = 0, binding = 0) readonly buffer kq_q4 { vec4 q4[]; };
+layout(std430, set = 0, binding = 1) readonly buffer kq_k4 { CACHE_T4 kc4[]; };
+layout(std430, set = 0, binding = 2) readonly buffer kq_v4 { CACHE_T4 vc4[]; };
 
 #include "kq_reduce.glsl"
 #include "kq_rope.glsl"
@@ -41,7 +51,8 @@ layout(std430, set = 0, binding = 5) readonly buffer kq_b { float bm[]; };
 // u[5] n_ctx   u[6] n_queries   u[7] n_heads   u[8] kv head   u[9] chunk of workgroup 0
 // u[10] tok_base   u[11] chunks per row   u[12] rope hi offset   u[13] scale (float bits)
 // u[14] chunk length CH (multiple of TK)
-shared float sq[R * QK];
+shared float sq[VEC4 != 0u ? 1u : R * QK];
+shared vec4 sq4[VEC4 != 0u ? R * QK / 4u : 1u];
 shared float sk[PRE != 0u ? TK * QK : 1u];
 shared float ss[R * TK];
 shared float slat[PRE != 0u ? TK * RK : 1u];
@@ -58,17 +69,31 @@ void main() {
   const uint cs = c * pc.u[14];
   const uint ce = min(cs + pc.u[14], pos0 + nqt);
 
-  for (uint i = lid; i < R * QK; i += wg) {
-    uint row = i / QK, e = i % QK, tq = row / G;
-    sq[i] = tq < nqt ? q[pc.u[0] + ((q0 + tq) * H + kv * G + row % G) * QK + e] : 0.0;
+  if (VEC4 != 0u) {
+    for (uint i = lid; i < R * QK / 4u; i += wg) {
+      uint row = i / (QK / 4u), e4 = i % (QK / 4u), tq = row / G;
+      uint at = pc.u[0] + ((q0 + tq) * H + kv * G + row % G) * QK;
+      sq4[i] = tq < nqt ? q4[at / 4u + e4] : vec4(0.0);
+    }
+  } else {
+    for (uint i = lid; i < R * QK; i += wg) {
+      uint row = i / QK, e = i % QK, tq = row / G;
+      sq[i] = tq < nqt ? q[pc.u[0] + ((q0 + tq) * H + kv * G + row % G) * QK + e] : 0.0;
+    }
   }
+  const uint tg = NTG > 1u ? lid / EU : 0u;
+  const uint eu0 = NTG > 1u ? lid % EU : lid;
   float m_run[R], l_run[R];
   [[unroll]] for (uint row = 0u; row < R; ++row) {
     m_run[row] = KQ_NEG;
     l_run[row] = 0.0;
   }
-  float acc[SLOTS * R];
-  [[unroll]] for (uint i = 0u; i < SLOTS * R; ++i) acc[i] = 0.0;
+  float acc[VEC4 != 0u ? 1u : SLOTS * R];
+  vec4 acc4[VEC4 != 0u ? SLOTS * R : 1u];
+  [[unroll]] for (uint i = 0u; i < SLOTS * R; ++i) {
+    if (VEC4 != 0u) acc4[i] = vec4(0.0);
+    else acc[i] = 0.0;
+  }
   barrier();
 
   for (uint t0 = cs; t0 < ce; t0 += TK) {
@@ -105,7 +130,14 @@ void main() {
     for (uint t = lid; t < TK; t += wg) {
       float dots[R];
       [[unroll]] for (uint row = 0u; row < R; ++row) dots[row] = 0.0;
-      if (t < nk) {
+      if (t < nk && VEC4 != 0u) {
+        const uint kb4 = (kbase + t * RK) / 4u;
+        for (uint e4 = 0u; e4 < QK / 4u; ++e4) {
+          const vec4 k = vec4(kc4[kb4 + e4]);
+          [[unroll]] for (uint row = 0u; row < R; ++row)
+            dots[row] += dot(sq4[row * (QK / 4u) + e4], k);
+        }
+      } else if (t < nk) {
         for (uint e = 0u; e < QK; ++e) {
           const float k = PRE != 0u ? sk[t * QK + e] : float(kc[kbase + t * RK + e]);
           [[unroll]] for (uint row = 0u; row < R; ++row) dots[row] += sq[row * QK + e] * k;
@@ -141,30 +173,49 @@ void main() {
     [[unroll]] for (uint row = 0u; row < R; ++row) l_run[row] = l_run[row] * f[row] + tsum[row];
     const uint vbase = pc.u[2] + (t0 - tok_base) * RV;
     [[unroll]] for (uint slot = 0u; slot < SLOTS; ++slot) {
-      const uint e = lid + slot * wg;
-      if (e < RV) {
-        [[unroll]] for (uint row = 0u; row < R; ++row) acc[slot * R + row] *= f[row];
-        for (uint t = 0u; t < nk; ++t) {
-          float v = float(vc[vbase + t * RV + e]);
-          [[unroll]] for (uint row = 0u; row < R; ++row) acc[slot * R + row] += ss[row * TK + t] * v;
+      const uint eu = eu0 + slot * wg;
+      if (eu < EU && tg < NTG) {
+        if (VEC4 != 0u) {
+          [[unroll]] for (uint row = 0u; row < R; ++row) acc4[slot * R + row] *= f[row];
+          for (uint t = tg; t < nk; t += NTG) {
+            const vec4 v = vec4(vc4[(vbase + t * RV) / 4u + eu]);
+            [[unroll]] for (uint row = 0u; row < R; ++row)
+              acc4[slot * R + row] += ss[row * TK + t] * v;
+          }
+        } else {
+          [[unroll]] for (uint row = 0u; row < R; ++row) acc[slot * R + row] *= f[row];
+          for (uint t = tg; t < nk; t += NTG) {
+            const float v = float(vc[vbase + t * RV + eu]);
+            [[unroll]] for (uint row = 0u; row < R; ++row)
+              acc[slot * R + row] += ss[row * TK + t] * v;
+          }
         }
       }
     }
     barrier();
   }
 
-  const uint nch = pc.u[11];
+  const uint nch = pc.u[11]; // partials per row: chunks * NTG
+  if (tg >= NTG) return;
   [[unroll]] for (uint row = 0u; row < R; ++row) {
     const uint tq = row / G;
     if (tq >= nqt) continue;
-    const uint base = pc.u[3] + (((q0 + tq) * H + kv * G + row % G) * nch + c) * (RV + 2u);
+    const uint base =
+        pc.u[3] + (((q0 + tq) * H + kv * G + row % G) * nch + c * NTG + tg) * (RV + 2u);
     [[unroll]] for (uint slot = 0u; slot < SLOTS; ++slot) {
-      const uint e = lid + slot * wg;
-      if (e < RV) part[base + 2u + e] = acc[slot * R + row];
+      const uint eu = eu0 + slot * wg;
+      if (eu < EU) {
+        if (VEC4 != 0u) {
+          [[unroll]] for (uint i = 0u; i < 4u; ++i)
+            part[base + 2u + 4u * eu + i] = acc4[slot * R + row][i];
+        } else {
+          part[base + 2u + eu] = acc[slot * R + row];
+        }
+      }
     }
-    if (lid == 0u) {
+    if (eu0 == 0u) {
       part[base] = m_run[row];
-      part[base + 1u] = l_run[row];
+      part[base + 1u] = tg == 0u ? l_run[row] : 0.0;
     }
   }
 }

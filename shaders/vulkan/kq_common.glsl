@@ -9,8 +9,10 @@
 #if KQ_F16
 #extension GL_EXT_shader_16bit_storage : require
 #define CACHE_T float16_t
+#define CACHE_T4 f16vec4
 #else
 #define CACHE_T float
+#define CACHE_T4 vec4
 #endif
 
 layout(push_constant) uniform kq_push {
