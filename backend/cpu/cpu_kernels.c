@@ -414,6 +414,23 @@ static const kq_cpu_kernels g_avx2 = {
 };
 #endif
 
+#ifdef KQ_HAVE_AVX2_KERNELS
+#include <cpuid.h>
+/* AVX2, FMA and F16C in the CPU, and YMM state enabled by the OS (XCR0). */
+static int cpu_has_avx2_fma_f16c(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+  int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
+  if (!(fma && osxsave && avx && f16c)) return 0;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & 6u) != 6u) return 0; /* XMM and YMM state */
+  if (__get_cpuid_max(0, NULL) < 7) return 0;
+  __cpuid_count(7, 0, a, b, c, d);
+  return (b >> 5) & 1; /* AVX2 */
+}
+#endif
+
 static const kq_cpu_kernels *g_kernels = &g_generic;
 static pthread_once_t g_kernels_once = PTHREAD_ONCE_INIT;
 
@@ -421,10 +438,7 @@ static void kernels_init(void) {
   const char *force = getenv("KQSVD_CPU_ISA");
   if (force && strcmp(force, "generic") == 0) return;
 #ifdef KQ_HAVE_AVX2_KERNELS
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
-    g_kernels = &g_avx2;
+  if (cpu_has_avx2_fma_f16c()) g_kernels = &g_avx2;
 #endif
 }
 
