@@ -339,6 +339,40 @@ static void test_rank_deficient_keys_give_finite_optimal_projections(void **stat
   tcalib_free(&b);
 }
 
+/* The same synthetic data stored as F32, F16 and BF16 fits to nearly the
+ * same errors: the half-precision paths read the data they claim to. */
+static void test_f16_and_bf16_files_fit_like_f32(void **state) {
+  (void)state;
+  const kq_dtype dtypes[3] = {KQ_DTYPE_F32, KQ_DTYPE_F16, KQ_DTYPE_BF16};
+  const double tol[3] = {0, 1e-3, 2e-2};
+  double ref[2] = {0, 0};
+  for (int x = 0; x < 3; x++) {
+    kq_synth_params sp = kq_synth_default_params();
+    sp.n_layers = 1;
+    sp.n_heads = 4;
+    sp.n_kv_heads = 2;
+    sp.head_dim = 16;
+    sp.hidden = 32;
+    sp.seq_len = 32;
+    sp.n_seqs = 2;
+    sp.dtype = dtypes[x];
+    const char *calib = t_path("dtype.st"), *proj = t_path("dtype_p.st");
+    assert_int_equal(kq_synth(calib, &sp), KQ_OK);
+    assert_int_equal(fit(calib, proj, KQ_METHOD_KQSVD, 4, 4), KQ_OK);
+    kq_eval_result *res = eval(calib, proj);
+    double got[2] = {res->layers[0].logits, res->layers[0].output};
+    for (int m = 0; m < 2; m++) {
+      if (x == 0)
+        ref[m] = got[m];
+      else
+        assert_rel(got[m], ref[m], tol[x]);
+    }
+    kq_eval_result_destroy(res);
+    unlink(calib);
+    unlink(proj);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_kqsvd_logits_error_is_eckart_young_tail_with_gqa),
@@ -349,6 +383,7 @@ int main(void) {
       cmocka_unit_test(test_kqsvd_logits_error_below_baselines_on_synth),
       cmocka_unit_test(test_logits_error_invariant_under_k_m_q_m_inverse_transpose),
       cmocka_unit_test(test_rank_deficient_keys_give_finite_optimal_projections),
+      cmocka_unit_test(test_f16_and_bf16_files_fit_like_f32),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
