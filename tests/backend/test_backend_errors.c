@@ -199,6 +199,18 @@ static void truncate_shortens_and_append_continues(void **state) {
   assert_int_equal(kq_cache_get_memory(f->cache, NULL), KQ_ERR_INVALID_ARGUMENT);
 }
 
+static void copy_bandwidth_validates_and_measures(void **state) {
+  fixture *f = *state;
+  double gbps = -1.0;
+  assert_int_equal(kq_device_copy_bandwidth(f->dev, 0, 3, &gbps), KQ_ERR_INVALID_ARGUMENT);
+  assert_int_equal(kq_device_copy_bandwidth(f->dev, 1 << 20, 0, &gbps), KQ_ERR_INVALID_ARGUMENT);
+  assert_int_equal(kq_device_copy_bandwidth(NULL, 1 << 20, 3, &gbps), KQ_ERR_INVALID_ARGUMENT);
+  assert_int_equal(kq_device_copy_bandwidth(f->dev, 1 << 20, 3, NULL), KQ_ERR_INVALID_ARGUMENT);
+  assert_int_equal(kq_device_copy_bandwidth(f->dev, UINT64_MAX, 3, &gbps), KQ_ERR_DEVICE_MEMORY);
+  assert_int_equal(kq_device_copy_bandwidth(f->dev, 1 << 20, 3, &gbps), KQ_OK);
+  assert_true(gbps > 0.01 && gbps < 1e5); /* a real, finite rate */
+}
+
 static void destroy_functions_accept_null(void **state) {
   (void)state;
   kq_cache_destroy(NULL);
@@ -220,6 +232,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(attend_with_more_queries_than_tokens_is_an_error, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(truncate_shortens_and_append_continues, setup, teardown),
+      cmocka_unit_test_setup_teardown(copy_bandwidth_validates_and_measures, setup, teardown),
       cmocka_unit_test(destroy_functions_accept_null),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -73,6 +73,39 @@ static void module_without_devices_contributes_none_and_no_problem(void **state)
   assert_int_equal(kq_device_create("fake:0", &dev), KQ_ERR_NOT_FOUND);
 }
 
+static void module_device_is_named_and_its_limits_are_enforced(void **state) {
+  (void)state;
+  kq_device *dev = NULL;
+  assert_int_equal(kq_device_create("fakegpu:0", &dev), KQ_OK);
+  kq_device_info info;
+  assert_int_equal(kq_device_get_info(dev, &info), KQ_OK);
+  assert_string_equal(info.name, "fakegpu:0");
+  assert_string_equal(info.backend, "fakegpu");
+  assert_int_equal(kq_device_create("fakegpu:1", &(kq_device *){NULL}), KQ_ERR_NOT_FOUND);
+
+  kq_projections_info pinfo = {.n_layers = 1,
+                               .n_heads = 8,
+                               .n_kv_heads = 8,
+                               .head_dim = 128,
+                               .rope = KQ_ROPE_POST,
+                               .rope_theta = 10000.0f};
+  kq_projections *proj = NULL;
+  assert_int_equal(kq_projections_create_identity(&pinfo, &proj), KQ_OK);
+  kq_cache *cache = NULL;
+  kq_cache_params p = kq_cache_default_params();
+  p.storage = KQ_STORAGE_F16; /* the device has no F16 storage */
+  assert_int_equal(kq_cache_create(dev, proj, &p, &cache), KQ_ERR_UNSUPPORTED);
+  assert_non_null(strstr(kq_last_error(), "fakegpu:0"));
+  p.storage = KQ_STORAGE_F32;
+  p.capacity = 1 << 20; /* 8 heads x 2^20 x 256 x 4 bytes = 8 GiB > 1 GiB */
+  assert_int_equal(kq_cache_create(dev, proj, &p, &cache), KQ_ERR_DEVICE_MEMORY);
+  assert_non_null(strstr(kq_last_error(), "fakegpu:0"));
+  assert_non_null(strstr(kq_last_error(), "8589934592"));
+  assert_null(cache);
+  kq_projections_destroy(proj);
+  kq_device_destroy(dev);
+}
+
 static void cpu_still_works_beside_refused_modules(void **state) {
   (void)state;
   kq_device *dev = NULL;
@@ -105,6 +138,7 @@ int main(void) {
       cmocka_unit_test(truncated_interface_is_refused),
       cmocka_unit_test(module_without_entry_symbol_is_reported),
       cmocka_unit_test(module_without_devices_contributes_none_and_no_problem),
+      cmocka_unit_test(module_device_is_named_and_its_limits_are_enforced),
       cmocka_unit_test(cpu_still_works_beside_refused_modules),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
