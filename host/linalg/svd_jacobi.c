@@ -27,6 +27,10 @@
 #define KQ_JAC_SAFE_SUMSQ 1e-250
 /* Rutishauser: beyond this |ζ|, t = 1/(2ζ) to full accuracy. */
 #define KQ_JAC_BIG_ZETA 1e8
+/* Columns with norms at least this (and at most ~sqrt(n) after scaling)
+ * have squared norms, products of them and tol² times those all in range,
+ * so the sweep may work on squared norms. */
+#define KQ_JAC_FAST_NORM 1e-60
 
 kq_svd_params kq_svd_default_params(void) {
   kq_svd_params p = {.max_sweeps = 30, .qr_precondition = 0};
@@ -220,6 +224,7 @@ typedef struct jacobi_state {
   int nv; /* rows of v */
   double *nrm;
   double *ref; /* largest norm each column has had: the scale of its rounding errors */
+  double *sq;  /* squared norms (kept alongside nrm inside a sweep) */
   double tol;
   double max_cos; /* largest |cos| met in the sweep */
   double max_sin; /* largest |sin| of a rotation applied in the sweep */
@@ -241,13 +246,29 @@ static void rotation(double np, double nq, double cs, double *c, double *s) {
   *s = t * *c;
 }
 
+/* The same rotation from squared norms α = ‖a_p‖², β = ‖a_q‖² and
+ * γ = a_pᵀa_q: ζ = (β − α)/(2γ), t = sign(ζ)/(|ζ| + sqrt(1 + ζ²)). */
+static void rotation_sq(double alpha, double beta, double gamma, double *c, double *s) {
+  double diff = beta - alpha;
+  double t;
+  if (fabs(diff) > 2.0 * KQ_JAC_BIG_ZETA * fabs(gamma)) {
+    t = gamma / diff; /* = 1/(2ζ) */
+  } else {
+    double zeta = 0.5 * diff / gamma;
+    t = copysign(1.0 / (fabs(zeta) + sqrt(1.0 + zeta * zeta)), zeta);
+  }
+  *c = 1.0 / sqrt(1.0 + t * t);
+  *s = t * *c;
+}
+
 /* One row-cyclic sweep with de Rijk pivoting; returns rotations applied. */
 KQ_INLINE int sweep_body(jacobi_state *st) {
   const int m = st->m, n = st->n, lda = st->lda, ldv = st->ldv, nv = st->nv;
-  double *a = st->a, *v = st->v, *nrm = st->nrm, *ref = st->ref;
-  const double tol = st->tol, noise = 4.0 * tol;
+  double *a = st->a, *v = st->v, *nrm = st->nrm, *ref = st->ref, *sq = st->sq;
+  const double tol = st->tol, tol2 = tol * tol, noise = 4.0 * tol;
   int rotations = 0;
   double max_cos = 0.0, max_sin = 0.0;
+  for (int j = 0; j < n; j++) sq[j] = nrm[j] * nrm[j];
   for (int p = 0; p < n - 1; p++) {
     int best = p;
     for (int q = p + 1; q < n; q++)
@@ -261,6 +282,9 @@ KQ_INLINE int sweep_body(jacobi_state *st) {
       t = ref[p];
       ref[p] = ref[best];
       ref[best] = t;
+      t = sq[p];
+      sq[p] = sq[best];
+      sq[best] = t;
     }
     if (nrm[p] == 0.0) break; /* every remaining column is zero */
     double *ap = a + (size_t)p * lda;
@@ -287,11 +311,20 @@ KQ_INLINE int sweep_body(jacobi_state *st) {
       } else {
         dot = k_dot(ap, aq, m);
       }
-      double cs = isnan(dot) ? k_dot_scaled(ap, aq, m, 1.0 / np, 1.0 / nq) : (dot / np) / nq;
-      max_cos = fmax(max_cos, fabs(cs));
-      if (!(fabs(cs) > tol)) continue;
       double c, s, pp, qq;
-      rotation(np, nq, cs, &c, &s);
+      if (!isnan(dot) && np >= KQ_JAC_FAST_NORM && nq >= KQ_JAC_FAST_NORM) {
+        /* Fast path on squared norms: no division or square root before
+         * the test, one division and two roots before the rotation (this
+         * scalar chain sits between consecutive vector passes). */
+        max_cos = fmax(max_cos, fabs(dot) / (np * nq));
+        if (!(dot * dot > tol2 * sq[p] * sq[q])) continue;
+        rotation_sq(sq[p], sq[q], dot, &c, &s);
+      } else {
+        double cs = isnan(dot) ? k_dot_scaled(ap, aq, m, 1.0 / np, 1.0 / nq) : (dot / np) / nq;
+        max_cos = fmax(max_cos, fabs(cs));
+        if (!(fabs(cs) > tol)) continue;
+        rotation(np, nq, cs, &c, &s);
+      }
       max_sin = fmax(max_sin, fabs(s));
       if (an) {
         k_rot_norms_dot(ap, aq, an, m, c, s, &pp, &qq, &pending);
@@ -305,6 +338,8 @@ KQ_INLINE int sweep_body(jacobi_state *st) {
       nrm[q] = qq >= KQ_JAC_SAFE_SUMSQ ? sqrt(qq) : negligible_to_zero(aq, m);
       nrm[p] = drop_cancelled(ap, m, nrm[p], &ref[p], noise);
       nrm[q] = drop_cancelled(aq, m, nrm[q], &ref[q], noise);
+      sq[p] = pp >= KQ_JAC_SAFE_SUMSQ && nrm[p] != 0.0 ? pp : nrm[p] * nrm[p];
+      sq[q] = qq >= KQ_JAC_SAFE_SUMSQ && nrm[q] != 0.0 ? qq : nrm[q] * nrm[q];
       if (nrm[p] == 0.0) have_pending = false;
       rotations++;
     }
@@ -345,7 +380,7 @@ static void identity(int n, double *v, int ldv) {
  * plain SVD). Returns OK or KQ_ERR_NO_CONVERGENCE (outputs finalised). */
 static kq_status jacobi_core(int m, int n, double *a, int lda, double *sigma, double *v, int ldv,
                              int max_sweeps, kq_svd_info *info) {
-  double *nrm = kq_malloc_array(2 * (size_t)n, sizeof(double), "Jacobi SVD norms");
+  double *nrm = kq_malloc_array(3 * (size_t)n, sizeof(double), "Jacobi SVD norms");
   if (!nrm) return KQ_ERR_OUT_OF_MEMORY;
   double maxn = 0.0;
   for (int j = 0; j < n; j++) {
@@ -377,6 +412,7 @@ static kq_status jacobi_core(int m, int n, double *a, int lda, double *sigma, do
                      .nv = n,
                      .nrm = nrm,
                      .ref = nrm + n,
+                     .sq = nrm + 2 * (size_t)n,
                      .tol = sqrt((double)m) * (DBL_EPSILON / 2)};
   kq_status status = KQ_ERR_NO_CONVERGENCE;
   int sweeps = 0, rotations = 0;
