@@ -116,6 +116,8 @@ static void decode_matches_reference_gqa_ranks_and_storage(void **state) {
       {8, 2, 80, 7, 13, 150, 1, 2, KQ_STORAGE_F16, KQ_ROPE_POST, KQ_ROPE_PAIRS, KQ_OUTPUT_FULL, 0},
       {8, 2, 80, 7, 13, 150, 9, 2, KQ_STORAGE_F16, KQ_ROPE_POST, KQ_ROPE_PAIRS, KQ_OUTPUT_FULL, 0},
       {8, 1, 32, 1, 3, 1, 1, 1, KQ_STORAGE_F32, KQ_ROPE_POST, KQ_ROPE_PAIRS, KQ_OUTPUT_FULL, 0},
+      /* rank d with non-identity matrices must not take the identity path */
+      {4, 2, 32, 32, 32, 90, 1, 1, KQ_STORAGE_F32, KQ_ROPE_POST, KQ_ROPE_PAIRS, KQ_OUTPUT_FULL, 0},
       /* Hk = 1: the context is split into chunks and merged. */
       {4, 1, 64, 32, 32, 1000, 1, 4, KQ_STORAGE_F32, KQ_ROPE_POST, KQ_ROPE_PAIRS, KQ_OUTPUT_FULL,
        0},
