@@ -81,10 +81,18 @@ void kq_ocl_note_timings(int index, double program_s, int program_origin, double
   pthread_mutex_unlock(&notes_lock);
 }
 
+/* A device string, truncated to `size` (drivers may return longer ones). */
 static void dev_str(cl_device_id dev, cl_device_info what, char *out, size_t size) {
+  size_t n = 0;
   out[0] = '\0';
-  if (clGetDeviceInfo(dev, what, size, out, NULL) != CL_SUCCESS) out[0] = '\0';
-  out[size - 1] = '\0';
+  if (clGetDeviceInfo(dev, what, 0, NULL, &n) != CL_SUCCESS || n == 0) return;
+  char *tmp = malloc(n + 1);
+  if (!tmp) return;
+  if (clGetDeviceInfo(dev, what, n, tmp, NULL) == CL_SUCCESS) {
+    tmp[n] = '\0';
+    snprintf(out, size, "%s", tmp);
+  }
+  free(tmp);
 }
 
 /* Appends " word" to a space-separated list if it fits. */
@@ -108,13 +116,13 @@ static kq_status device_info(int index, kq_device_info *info) {
   snprintf(info->backend, sizeof info->backend, "opencl");
   dev_str(dev, CL_DEVICE_NAME, info->description, sizeof info->description);
   dev_str(dev, CL_DEVICE_VENDOR, info->vendor, sizeof info->vendor);
-  char pname[64] = "", drv[64], cver[64];
+  char pname[64] = "", drv[64], cver[96];
   if (clGetPlatformInfo(plat, CL_PLATFORM_NAME, sizeof pname, pname, NULL) != CL_SUCCESS)
     pname[0] = '\0';
   pname[sizeof pname - 1] = '\0';
   dev_str(dev, CL_DRIVER_VERSION, drv, sizeof drv);
   dev_str(dev, CL_DEVICE_VERSION, cver, sizeof cver);
-  snprintf(info->driver, sizeof info->driver, "%s %s (%s)", pname, drv, cver);
+  snprintf(info->driver, sizeof info->driver, "%.40s %.30s (%.50s)", pname, drv, cver);
 
   cl_device_type type = 0;
   cl_bool unified = CL_FALSE;
@@ -149,7 +157,7 @@ static kq_status device_info(int index, kq_device_info *info) {
   char *list = info->extensions;
   size_t lsize = sizeof info->extensions;
   {
-    char w[80];
+    char w[100];
     snprintf(w, sizeof w, "%s", cver);
     for (char *p = w; *p; ++p)
       if (*p == ' ') *p = '_';
