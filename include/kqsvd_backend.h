@@ -61,6 +61,8 @@ typedef struct kq_buffer kq_buffer;   /* backend-defined */
 /* Op flags. */
 #define KQ_OP_IDENTITY_KEYS 1u   /* A = B = I (rank_k == head_dim): skip key/query projection */
 #define KQ_OP_IDENTITY_VALUES 2u /* C = E = I (rank_v == head_dim): skip value projection */
+/* With an identity flag set the core passes NULL for the matching matrices
+ * (proj; key_down and query_down; value_up): the backend must not read them. */
 
 /* Latent projection of new tokens, for every kv head h:
  *   dst[h, pos + t, :] = src[t, h, :] · proj[h]       (t < n_tokens)
