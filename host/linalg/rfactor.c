@@ -409,21 +409,26 @@ static double condition_frobenius(int d, const double *r, int ldr, double *work)
  *
  * Gram + Cholesky gives the exact R of XᵀX + E with ‖E‖ ≲ γ‖X‖², where
  * γ ≈ (d + rows per block + blocks per group + groups)·ε covers the
- * Cholesky and the two-level blocked sums. That moves σ_i² by up to γσ₁², i.e. σ_i by a relative
- * γκ_i²/2 (κ_i = σ₁/σ_i): harmless for the large σ, κ²-amplified for the
- * small ones. The data itself is only known to its storage roundoff u, which
- * already moves every σ_i by u·σ₁ (a relative uκ_i). So the Gram route loses
- * nothing the data had as long as γκ²/2 <= uκ, i.e. κ <= 2u/γ (65536 rows,
- * d = 128: γ ≈ 273ε, so κ up to ~2e6 for F32 and ~1.6e10 for F16 data; the
- * smallest κ of the parts' dtypes counts). F64 data has u = ε, where that bound
- * is < 1; there we accept κ <= 1e4, which keeps the smallest σ to ~1e-6
- * relative. κ is over-estimated by κ_F(R) (at most d times too large), so
- * the test errs towards the TSQR fallback. */
+ * Cholesky and the two-level blocked sums. That moves σ_i² by up to γσ₁²,
+ * i.e. σ_i by a relative γκ_i²/2 (κ_i = σ₁/σ_i): harmless for the large σ,
+ * κ²-amplified for the small ones. The data itself is only known to its
+ * storage roundoff u, which already moves every σ_i by u·σ₁ (a relative
+ * uκ_i). So the Gram route loses nothing the data had while γκ²/2 <= uκ,
+ * i.e. κ <= 2u/γ. We keep a further factor KQ_GRAM_MARGIN below that, so
+ * that R also matches an exact factor of the stored values (what float64
+ * references in tests compute) to well within the data's precision: with
+ * 65536 rows and d = 128, γ ≈ 273ε and κ may reach ~2e4 for F32 data,
+ * ~1.6e8 for F16 and ~1.3e9 for BF16 (the finest dtype among the parts
+ * counts). F64 data has u = ε, where the bound is < 1; there we accept
+ * κ <= 1e4, which keeps the smallest σ to ~1e-6 relative. κ is
+ * over-estimated by κ_F(R) (at most d times too large), so the test errs
+ * towards the TSQR fallback. */
+#define KQ_GRAM_MARGIN 100.0
 static bool gram_is_safe(int d, const double *r, int ldr, double u, int64_t total_rows,
                          double *work) {
   double groups = (double)(total_rows / (KQ_GRAM_ROWS * KQ_GRAM_GROUP) + 1);
   double gamma = ((double)d + KQ_GRAM_ROWS + KQ_GRAM_GROUP + groups) * DBL_EPSILON;
-  double kmax = fmax(1e4, 2.0 * u / gamma);
+  double kmax = fmax(1e4, 2.0 * u / (KQ_GRAM_MARGIN * gamma));
   double kappa = condition_frobenius(d, r, ldr, work);
   return isfinite(kappa) && kappa <= kmax;
 }

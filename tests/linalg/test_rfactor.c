@@ -177,6 +177,40 @@ static void test_ill_conditioned_input_takes_tsqr_and_keeps_small_sigma(void **s
   free(p.data);
 }
 
+/* F32 data with κ = 1e5 is past the Gram route's limit for F32 (~2e4 at
+ * this size): TSQR, with σ(R) equal to σ of the stored values. F16 data of
+ * the same shape but κ = 10 stays on the Gram route. */
+static void test_fallback_threshold_depends_on_dtype(void **state) {
+  (void)state;
+  int d = 16, rows = 2000;
+  const double kappas[] = {1e5, 10.0};
+  const kq_dtype types[] = {KQ_DTYPE_F32, KQ_DTYPE_F16};
+  for (int c = 0; c < 2; c++) {
+    test_rng rng = {71};
+    double s[16];
+    for (int k = 0; k < d; k++) s[k] = pow(kappas[c], -(double)k / (d - 1));
+    double *colmajor = alloc_doubles((size_t)rows * d), *x = alloc_doubles((size_t)rows * d);
+    matrix_with_spectrum(&rng, rows, d, s, colmajor);
+    for (int i = 0; i < rows; i++)
+      for (int j = 0; j < d; j++) x[(size_t)i * d + j] = colmajor[(size_t)j * rows + i];
+    test_part p = make_part(types[c], rows, d, d, 1.0, x);
+    for (int i = 0; i < rows; i++) /* the stored values, as the oracle sees them */
+      for (int j = 0; j < d; j++) colmajor[(size_t)j * rows + i] = view_at(&p.view, i, j);
+    double ref[16], sr[16], r[256];
+    lapack_singular_values(rows, d, colmajor, ref);
+    kq_rfactor_info info;
+    assert_int_equal(kq_rfactor(&p.view, 1, r, d, &info), KQ_OK);
+    assert_int_equal(info.method, c == 0 ? KQ_RFACTOR_TSQR : KQ_RFACTOR_CHOLESKY);
+    lapack_singular_values(d, d, r, sr);
+    for (int k = 0; k < d; k++)
+      if (!(fabs(sr[k] - ref[k]) <= 1e-9 * ref[k]))
+        fail_msg("case %d: sigma[%d] of R %.17g vs data %.17g", c, k, sr[k], ref[k]);
+    free(colmajor);
+    free(x);
+    free(p.data);
+  }
+}
+
 static void test_rank_deficient_inputs_give_finite_r(void **state) {
   (void)state;
   int d = 16;
@@ -274,6 +308,7 @@ int main(void) {
       cmocka_unit_test(test_gram_of_r_matches_data_for_every_dtype),
       cmocka_unit_test(test_multi_part_stack_with_scales),
       cmocka_unit_test(test_ill_conditioned_input_takes_tsqr_and_keeps_small_sigma),
+      cmocka_unit_test(test_fallback_threshold_depends_on_dtype),
       cmocka_unit_test(test_rank_deficient_inputs_give_finite_r),
       cmocka_unit_test(test_extreme_scales_fall_back_and_stay_accurate),
       cmocka_unit_test(test_nan_or_inf_is_reported_with_part_row_and_column),
