@@ -126,6 +126,16 @@ static kq_status check_match(const kq_calib *c, const kq_projections_info *info,
                         proj_path, (int)info->n_layers, (int)info->n_heads, (int)info->n_kv_heads,
                         (int)info->head_dim, c->path, (int)c->n_layers, (int)c->n_heads,
                         (int)c->n_kv_heads, (int)c->head_dim);
+  /* The host path rotates with the calibration's RoPE, the device path with
+   * the projections': they must be the same. */
+  if (info->rope != c->rope || (c->rope == KQ_ROPE_PRE && (info->rope_layout != c->rope_layout ||
+                                                           info->rope_theta != c->rope_theta)))
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "%s: rope metadata (mode %d, layout %d, theta %g) differs from %s (mode "
+                        "%d, layout %d, theta %g)",
+                        proj_path, (int)info->rope, (int)info->rope_layout,
+                        (double)info->rope_theta, c->path, (int)c->rope, (int)c->rope_layout,
+                        (double)c->rope_theta);
   return KQ_OK;
 }
 
