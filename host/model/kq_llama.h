@@ -2,8 +2,11 @@
  * kq_llama.h — a llama-family decoder (GGUF "llama" architecture) in plain
  * C: RMSNorm, RoPE (pairs layout, the file's frequency base), grouped-query
  * attention through a pluggable attention (normally a kqsvd cache), SwiGLU
- * MLP, tied or untied output. Weights are dequantised to float32 once at
- * load; matrix products run on a thread team over weight-row blocks.
+ * MLP, tied or untied output. Q4_0/Q4_1/Q8_0 weights stay in their blocks
+ * and are expanded inside the matrix product; other types are dequantised
+ * to float32 at load. Matrix products run on a thread team over weight-row
+ * blocks (AVX2+FMA kernels where the CPU has them, portable C otherwise;
+ * define KQ_MODEL_NO_SIMD to build only the portable path).
  */
 #ifndef KQ_LLAMA_H
 #define KQ_LLAMA_H

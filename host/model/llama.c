@@ -10,15 +10,15 @@
 #include "kq_llama_ops.h"
 
 typedef struct layer_weights {
-  float *attn_norm, *wq, *wk, *wv, *wo;
-  float *ffn_norm, *w_gate, *w_up, *w_down;
+  float *attn_norm, *ffn_norm;
+  kq_llama_weight wq, wk, wv, wo, w_gate, w_up, w_down;
 } layer_weights;
 
 struct kq_llama {
   kq_llama_hparams hp;
   int n_threads;
-  float *tok_embd; /* [n_vocab, n_embd] */
-  float *output;   /* [n_vocab, n_embd]; == tok_embd when tied */
+  kq_llama_weight tok_embd; /* [n_vocab, n_embd] */
+  kq_llama_weight output;   /* [n_vocab, n_embd]; data == tok_embd's when tied */
   float *output_norm;
   layer_weights *layers;
   kq_tokenizer *tok;
@@ -95,27 +95,28 @@ static kq_status load_layer(void *ctx, int64_t l) {
   const load_job *j = ctx;
   const kq_llama_hparams *hp = &j->m->hp;
   layer_weights *w = &j->m->layers[l];
-  uint64_t D = (uint64_t)hp->n_embd, F = (uint64_t)hp->n_ff;
-  uint64_t KV = (uint64_t)hp->n_kv_heads * (uint64_t)hp->head_dim;
+  int32_t D = hp->n_embd, F = hp->n_ff, KV = hp->n_kv_heads * hp->head_dim;
   struct {
     const char *suffix;
-    float **dst;
-    int n_dims;
-    uint64_t ne[2];
-  } spec[] = {
-      {"attn_norm.weight", &w->attn_norm, 1, {D, 0}}, {"attn_q.weight", &w->wq, 2, {D, D}},
-      {"attn_k.weight", &w->wk, 2, {D, KV}},          {"attn_v.weight", &w->wv, 2, {D, KV}},
-      {"attn_output.weight", &w->wo, 2, {D, D}},      {"ffn_norm.weight", &w->ffn_norm, 1, {D, 0}},
-      {"ffn_gate.weight", &w->w_gate, 2, {D, F}},     {"ffn_up.weight", &w->w_up, 2, {D, F}},
-      {"ffn_down.weight", &w->w_down, 2, {F, D}},
+    kq_llama_weight *dst;
+    int32_t rows, cols;
+  } mats[] = {
+      {"attn_q.weight", &w->wq, D, D},       {"attn_k.weight", &w->wk, KV, D},
+      {"attn_v.weight", &w->wv, KV, D},      {"attn_output.weight", &w->wo, D, D},
+      {"ffn_gate.weight", &w->w_gate, F, D}, {"ffn_up.weight", &w->w_up, F, D},
+      {"ffn_down.weight", &w->w_down, D, F},
   };
-  for (size_t k = 0; k < sizeof spec / sizeof spec[0]; k++) {
-    char name[KQ_GGUF_MAX_NAME];
-    snprintf(name, sizeof name, "blk.%lld.%s", (long long)l, spec[k].suffix);
-    kq_status st = kq_gguf_load_f32(j->f, name, spec[k].n_dims, spec[k].ne, spec[k].dst);
-    if (st != KQ_OK) return st;
+  char name[KQ_GGUF_MAX_NAME];
+  uint64_t nd[1] = {(uint64_t)D};
+  snprintf(name, sizeof name, "blk.%lld.attn_norm.weight", (long long)l);
+  kq_status st = kq_gguf_load_f32(j->f, name, 1, nd, &w->attn_norm);
+  snprintf(name, sizeof name, "blk.%lld.ffn_norm.weight", (long long)l);
+  if (st == KQ_OK) st = kq_gguf_load_f32(j->f, name, 1, nd, &w->ffn_norm);
+  for (size_t k = 0; k < sizeof mats / sizeof mats[0] && st == KQ_OK; k++) {
+    snprintf(name, sizeof name, "blk.%lld.%s", (long long)l, mats[k].suffix);
+    st = kq_llama_weight_load(j->f, name, mats[k].rows, mats[k].cols, mats[k].dst);
   }
-  return KQ_OK;
+  return st;
 }
 
 kq_status kq_llama_load(const char *path, int n_threads, kq_llama **out_model) {
@@ -137,11 +138,12 @@ kq_status kq_llama_load(const char *path, int n_threads, kq_llama **out_model) {
     if (!m->layers) st = KQ_ERR_OUT_OF_MEMORY;
   }
   uint64_t ev[2] = {(uint64_t)m->hp.n_embd, (uint64_t)m->hp.n_vocab};
-  if (st == KQ_OK) st = kq_gguf_load_f32(f, "token_embd.weight", 2, ev, &m->tok_embd);
+  if (st == KQ_OK)
+    st = kq_llama_weight_load(f, "token_embd.weight", m->hp.n_vocab, m->hp.n_embd, &m->tok_embd);
   if (st == KQ_OK) st = kq_gguf_load_f32(f, "output_norm.weight", 1, ev, &m->output_norm);
   if (st == KQ_OK && kq_gguf_find_tensor(f, "output.weight"))
-    st = kq_gguf_load_f32(f, "output.weight", 2, ev, &m->output);
-  if (st == KQ_OK && !m->output) m->output = m->tok_embd; /* tied embeddings */
+    st = kq_llama_weight_load(f, "output.weight", m->hp.n_vocab, m->hp.n_embd, &m->output);
+  if (st == KQ_OK && !m->output.data) m->output = m->tok_embd; /* tied embeddings */
   if (st == KQ_OK) {
     load_job job = {.f = f, .m = m};
     st = kq_parallel_for(m->hp.n_layers, m->n_threads, load_layer, &job);
@@ -160,13 +162,14 @@ void kq_llama_destroy(kq_llama *m) {
   if (m->layers)
     for (int32_t l = 0; l < m->hp.n_layers; l++) {
       layer_weights *w = &m->layers[l];
-      float *all[] = {w->attn_norm, w->wq,     w->wk,   w->wv,    w->wo,
-                      w->ffn_norm,  w->w_gate, w->w_up, w->w_down};
-      for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) free(all[k]);
+      kq_llama_weight *all[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
+      for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) kq_llama_weight_free(all[k]);
+      free(w->attn_norm);
+      free(w->ffn_norm);
     }
   free(m->layers);
-  if (m->output != m->tok_embd) free(m->output);
-  free(m->tok_embd);
+  if (m->output.data != m->tok_embd.data) kq_llama_weight_free(&m->output);
+  kq_llama_weight_free(&m->tok_embd);
   free(m->output_norm);
   kq_tokenizer_destroy(m->tok);
   free(m);
@@ -235,9 +238,9 @@ static kq_status run_layer(kq_llama *m, const kq_llama_attention *attn, const kq
   int32_t n = ev->n, D = hp->n_embd, KV = hp->n_kv_heads * hp->head_dim, F = hp->n_ff;
   int nt = m->n_threads;
   kq_llama_rmsnorm(s->xn, s->x, w->attn_norm, n, D, hp->rms_eps);
-  kq_status st = kq_llama_matmul(s->q, s->xn, w->wq, n, D, D, nt);
-  if (st == KQ_OK) st = kq_llama_matmul(s->k, s->xn, w->wk, n, KV, D, nt);
-  if (st == KQ_OK) st = kq_llama_matmul(s->v, s->xn, w->wv, n, KV, D, nt);
+  kq_status st = kq_llama_matmul_w(s->q, s->xn, &w->wq, n, nt);
+  if (st == KQ_OK) st = kq_llama_matmul_w(s->k, s->xn, &w->wk, n, nt);
+  if (st == KQ_OK) st = kq_llama_matmul_w(s->v, s->xn, &w->wv, n, nt);
   if (st != KQ_OK) return st;
   memcpy(s->qr, s->q, (size_t)n * D * sizeof(float));
   memcpy(s->kr, s->k, (size_t)n * KV * sizeof(float));
@@ -251,15 +254,15 @@ static kq_status run_layer(kq_llama *m, const kq_llama_attention *attn, const kq
   st = attn->append(attn->ctx, l, n, ka, s->v);
   if (st == KQ_OK) st = attn->attend(attn->ctx, l, n, qa, s->att);
   if (st != KQ_OK) return kq_error_prefix(st, "layer %d attention", l);
-  st = kq_llama_matmul(s->xn, s->att, w->wo, n, D, D, nt);
+  st = kq_llama_matmul_w(s->xn, s->att, &w->wo, n, nt);
   if (st != KQ_OK) return st;
   for (size_t j = 0; j < (size_t)n * D; j++) s->x[j] += s->xn[j];
   kq_llama_rmsnorm(s->xn, s->x, w->ffn_norm, n, D, hp->rms_eps);
-  st = kq_llama_matmul(s->gate, s->xn, w->w_gate, n, F, D, nt);
-  if (st == KQ_OK) st = kq_llama_matmul(s->up, s->xn, w->w_up, n, F, D, nt);
+  st = kq_llama_matmul_w(s->gate, s->xn, &w->w_gate, n, nt);
+  if (st == KQ_OK) st = kq_llama_matmul_w(s->up, s->xn, &w->w_up, n, nt);
   if (st != KQ_OK) return st;
   kq_llama_swiglu(s->gate, s->up, (size_t)n * F);
-  st = kq_llama_matmul(s->xn, s->gate, w->w_down, n, D, F, nt);
+  st = kq_llama_matmul_w(s->xn, s->gate, &w->w_down, n, nt);
   if (st != KQ_OK) return st;
   for (size_t j = 0; j < (size_t)n * D; j++) s->x[j] += s->xn[j];
   return KQ_OK;
@@ -277,13 +280,12 @@ kq_status kq_llama_forward(kq_llama *m, const kq_llama_attention *attn, const kq
   kq_status st = scratch_alloc(&s, hp, (size_t)ev->n);
   if (st != KQ_OK) return st;
   size_t D = (size_t)hp->n_embd;
-  for (int32_t t = 0; t < ev->n; t++)
-    memcpy(s.x + t * D, m->tok_embd + (size_t)ev->tokens[t] * D, D * sizeof(float));
+  for (int32_t t = 0; t < ev->n; t++) kq_llama_weight_row(&m->tok_embd, ev->tokens[t], s.x + t * D);
   for (int32_t l = 0; l < hp->n_layers && st == KQ_OK; l++) st = run_layer(m, attn, ev, l, &s);
   if (st == KQ_OK && ev->logits) {
     int32_t first = ev->last_only ? ev->n - 1 : 0, rows = ev->n - first;
     kq_llama_rmsnorm(s.xn, s.x + first * D, m->output_norm, rows, hp->n_embd, hp->rms_eps);
-    st = kq_llama_matmul(ev->logits, s.xn, m->output, rows, hp->n_vocab, hp->n_embd, m->n_threads);
+    st = kq_llama_matmul_w(ev->logits, s.xn, &m->output, rows, m->n_threads);
   }
   scratch_free(&s);
   return st;
@@ -292,7 +294,8 @@ kq_status kq_llama_forward(kq_llama *m, const kq_llama_attention *attn, const kq
 kq_status kq_llama_copy_wo(const kq_llama *m, int32_t layer, float *dst) {
   if (layer < 0 || layer >= m->hp.n_layers)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "llama: layer %d out of range", layer);
-  memcpy(dst, m->layers[layer].wo, (size_t)m->hp.n_embd * m->hp.n_embd * sizeof(float));
+  const kq_llama_weight *wo = &m->layers[layer].wo;
+  for (int32_t r = 0; r < wo->rows; r++) kq_llama_weight_row(wo, r, dst + (size_t)r * wo->cols);
   return KQ_OK;
 }
 

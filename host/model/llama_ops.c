@@ -48,7 +48,7 @@ static void dot4(const float *w, const float *x0, const float *x1, const float *
   }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(KQ_MODEL_NO_SIMD)
 #include <immintrin.h>
 #define KQ_HAVE_AVX2_PATH 1
 
