@@ -200,6 +200,42 @@ static void test_rope_pre_full_rank_attention_is_exact(void **state) {
   tcalib_free(&c);
 }
 
+/* RoPE 'pre' through the cpu device (append + attend rotate the
+ * reconstructed keys/queries) agrees with the host's float64 path. */
+static void test_rope_pre_device_output_matches_host(void **state) {
+  (void)state;
+  tcalib c = {.L = 1,
+              .H = 4,
+              .Hk = 2,
+              .T = 48,
+              .d = 8,
+              .D = 12,
+              .seq_len = "24",
+              .rope = "pre",
+              .rope_layout = "pairs",
+              .rope_theta = "100"};
+  tcalib_random(&c, 0.9);
+  const char *calib = t_path("pre_dev.st"), *proj = t_path("pre_dev_p.st");
+  assert_int_equal(tcalib_write(&c, calib), KQ_OK);
+  assert_int_equal(fit_fixed(calib, proj, 3), KQ_OK);
+  kq_eval_result *host = NULL, *dev = NULL;
+  assert_int_equal(kq_eval(calib, proj, NULL, &host), KQ_OK);
+  kq_eval_params ep = kq_eval_default_params();
+  ep.device = "cpu";
+  kq_status st = kq_eval(calib, proj, &ep, &dev);
+  if (st) fprintf(stderr, "%s\n", kq_last_error());
+  assert_int_equal(st, KQ_OK);
+  double x = host->layers[0].output, y = dev->layers[0].output;
+  if (fabs(x - y) > 1e-4 * x) fprintf(stderr, "host %.9g device %.9g\n", x, y);
+  assert_true(x > 1e-3 && fabs(x - y) <= 1e-4 * x);
+  assert_string_equal(dev->device, "cpu");
+  kq_eval_result_destroy(host);
+  kq_eval_result_destroy(dev);
+  unlink(calib);
+  unlink(proj);
+  tcalib_free(&c);
+}
+
 static void test_cancel_flag_interrupts_without_output(void **state) {
   (void)state;
   tcalib c = {.L = 2, .H = 2, .Hk = 1, .T = 16, .d = 4};
@@ -226,6 +262,7 @@ int main(void) {
       cmocka_unit_test(test_all_zero_data_gives_finite_zero_results),
       cmocka_unit_test(test_rope_logit_depends_only_on_relative_position),
       cmocka_unit_test(test_rope_pre_full_rank_attention_is_exact),
+      cmocka_unit_test(test_rope_pre_device_output_matches_host),
       cmocka_unit_test(test_cancel_flag_interrupts_without_output),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
