@@ -143,30 +143,41 @@ __kernel void KV_NAME(kq_attn_chunk)(
   }
   barrier(CLK_LOCAL_MEM_FENCE);
 
-  /* Softmax pieces: per-row max over the row's causal range (ql is free
-   * again), the exponentials spread over every work-item (0 past the row's
-   * range), then per-row sums. */
+  /* Softmax pieces, four positions per step (vector exp): per-row max over
+   * the row's causal range (ql is free again), the exponentials spread over
+   * every work-item (0 past the row's range), then per-row sums. A chunk is
+   * a multiple of 4 positions, so the last step stays inside the row. */
   for (int r = lid; r < rows; r += wg) {
     const int lr = max(min(p0 + chunk, n_ctx - n_q + j0 + r / group + 1) - p0, 0);
-    float mx = -INFINITY;
-    for (int p = 0; p < lr; ++p) mx = fmax(mx, s[r * chunk + p]);
+    __local const float *sr = s + r * chunk;
+    float4 m4 = (float4)(-INFINITY);
+    int p = 0;
+    for (; p + 4 <= lr; p += 4) m4 = fmax(m4, vload4(0, sr + p));
+    float mx = fmax(fmax(m4.x, m4.y), fmax(m4.z, m4.w));
+    for (; p < lr; ++p) mx = fmax(mx, sr[p]);
     ql[2 * r] = mx;
     ql[2 * r + 1] = (float)lr;
   }
   barrier(CLK_LOCAL_MEM_FENCE);
-  for (int i = lid; i < rows * len; i += wg) {
-    const int r = i / len, p = i - r * len;
-    s[r * chunk + p] = p < (int)ql[2 * r + 1] ? exp(s[r * chunk + p] - ql[2 * r]) : 0.0f;
+  const int len4 = (len + 3) / 4;
+  for (int i = lid; i < rows * len4; i += wg) {
+    const int r = i / len4, p = (i - r * len4) * 4;
+    __local float *sp = s + r * chunk + p;
+    const int4 pos4 = (int4)(p, p + 1, p + 2, p + 3);
+    const float4 e = exp(vload4(0, sp) - ql[2 * r]);
+    vstore4(select((float4)(0.0f), e, pos4 < (int4)((int)ql[2 * r + 1])), 0, sp);
   }
   barrier(CLK_LOCAL_MEM_FENCE);
   for (int r = lid; r < rows; r += wg) {
     const int jj = r / group, u = r - jj * group;
     const size_t head = (size_t)(j0 + jj) * n_heads + (size_t)kvh * group + u;
-    float l = 0.0f;
-    for (int p = 0; p < len; ++p) l += s[r * chunk + p];
+    __local const float *sr = s + r * chunk;
+    float4 l4 = (float4)(0.0f);
+    for (int p = 0; p < len4 * 4; p += 4) l4 += vload4(0, sr + p);
     part_ml[(head * n_chunks + c) * 2 + 0] = ql[2 * r];
-    part_ml[(head * n_chunks + c) * 2 + 1] = l;
+    part_ml[(head * n_chunks + c) * 2 + 1] = (l4.x + l4.y) + (l4.z + l4.w);
   }
+  barrier(CLK_LOCAL_MEM_FENCE);
 
   /* Work-item = (4 latent value columns, up to 4 rows of one query): one
    * value load feeds four accumulators. Rows of a query share its range. */
