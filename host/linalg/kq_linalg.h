@@ -19,7 +19,8 @@
 typedef struct kq_svd_params {
   int max_sweeps;      /* default 30 */
   int qr_precondition; /* 1: factor A·P = QR first (P sorts columns by norm) and run
-                        Jacobi on Rᵀ (ill-conditioned inputs; also cheaper for m >> n) */
+                        Jacobi on Rᵀ, which needs fewer sweeps on ill-conditioned input;
+                        the QR itself is unblocked, so this is not faster for m >> n */
 } kq_svd_params;
 
 kq_svd_params kq_svd_default_params(void);
