@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <clblast_c.h>
+
 #include "kq_ocl_sources.h"
 #include "ocl_internal.h"
 #include "ocl_program_cache.h"
@@ -36,6 +38,13 @@ static const char kv_f16_defs[] =
     "#define KV_STORE(v, p, i) vstore_half_rte((v), (i), (p))\n#define KV_NAME(n) n##_f16\n";
 
 #define KQ_OCL_BUILD_OPTIONS "-cl-std=CL1.2"
+
+/* Devices open in this process. CLBlast keeps the programs it compiled (and
+ * through them their contexts) in a process-wide cache; when the last device
+ * closes, that cache is cleared so that opening and closing devices in a
+ * long-lived process does not pile up dead contexts. */
+static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+static int open_devices;
 
 /* The whole program text (malloc'd). */
 static char *program_source(void) {
@@ -130,6 +139,10 @@ kq_status kq_ocl_device_open(int index, kq_bdevice **out_device) {
   }
   st = build_program(dev);
   if (st != KQ_OK) goto fail;
+  pthread_mutex_lock(&open_lock);
+  ++open_devices;
+  pthread_mutex_unlock(&open_lock);
+  dev->counted = 1;
   *out_device = dev;
   return KQ_OK;
 fail:
@@ -148,6 +161,11 @@ void kq_ocl_device_close(kq_bdevice *dev) {
   if (dev->queue) clReleaseCommandQueue(dev->queue);
   if (dev->context) clReleaseContext(dev->context);
   pthread_mutex_destroy(&dev->lock);
+  if (dev->counted) {
+    pthread_mutex_lock(&open_lock);
+    if (--open_devices == 0) CLBlastClearCache();
+    pthread_mutex_unlock(&open_lock);
+  }
   free(dev);
 }
 

@@ -80,6 +80,7 @@ struct kq_bdevice {
   size_t compute_units;
   cl_mem scratch[KQ_S_COUNT];
   size_t scratch_bytes[KQ_S_COUNT];
+  int counted;           /* counted among the open devices */
   int gemm_warm;         /* CLBlast kernels compiled for this device */
   double gemm_warmup_s;  /* how long that took */
   double program_load_s; /* building or loading our own program */
