@@ -25,6 +25,13 @@ if verify "$dest"; then
 fi
 
 mkdir -p "$dir"
+# Concurrent callers (ctest -j) wait for one download instead of racing.
+exec 9>"${dir}/.fetch.lock"
+flock 9
+if verify "$dest"; then
+  echo "$dest"
+  exit 0
+fi
 work="$(mktemp -d "${dir}/fetch.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
