@@ -73,7 +73,9 @@ kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
   if (tb == 0 || tt * D * 4 > d->props.limits.maxComputeSharedMemorySize)
     return VK_ERR(KQ_ERR_UNSUPPORTED, "vulkan:%d: project: head_dim %d too large for this device",
                   d->index, op->head_dim);
-  const uint32_t spec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)R, tt, ident};
+  /* 4 outputs per invocation when the projection rows allow 4-vector loads. */
+  const uint32_t vec4 = !ident && R % 4 == 0 && op->proj_offset % 16 == 0;
+  const uint32_t spec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)R, tt, ident, vec4};
   const vk_shader shader =
       op->storage == KQ_STORAGE_F16 ? VK_SHADER_PROJECT_F16 : VK_SHADER_PROJECT_F32;
   vk_frame *f;

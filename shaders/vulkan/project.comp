@@ -11,10 +11,12 @@ layout(constant_id = 1) const uint D = 128;
 layout(constant_id = 2) const uint R = 64;
 layout(constant_id = 3) const uint TT = 16;
 layout(constant_id = 4) const uint IDENT = 0;
+layout(constant_id = 5) const uint VEC4 = 0; // 4 outputs per invocation (R % 4 == 0)
 
 layout(std430, set = 0, binding = 0) readonly buffer kq_src { float src[]; };
 layout(std430, set = 0, binding = 1) readonly buffer kq_proj { float proj[]; };
 layout(std430, set = 0, binding = 2) writeonly buffer kq_dst { CACHE_T dst[]; };
+layout(std430, set = 0, binding = 1) readonly buffer kq_proj4 { vec4 proj4[]; };
 
 // u[0] src offset (token 0, head 0)   u[1] proj offset (this head's [D][R])
 // u[2] dst offset (token 0 of this head)   u[3] n_tokens   u[4] head   u[5] n_heads
@@ -30,6 +32,17 @@ void main() {
     tile[i] = src[pc.u[0] + (t0 + t) * stride + pc.u[4] * D + k];
   }
   barrier();
+  if (VEC4 != 0u && IDENT == 0u) {
+    for (uint i = lid; i < nt * (R / 4u); i += wg) {
+      uint t = i / (R / 4u), r4 = i % (R / 4u);
+      vec4 acc = vec4(0.0);
+      const uint p = pc.u[1] / 4u + r4;
+      for (uint k = 0u; k < D; ++k) acc += tile[t * D + k] * proj4[p + k * (R / 4u)];
+      const uint o = pc.u[2] + (t0 + t) * R + 4u * r4;
+      [[unroll]] for (uint j = 0u; j < 4u; ++j) dst[o + j] = CACHE_T(acc[j]);
+    }
+    return;
+  }
   for (uint i = lid; i < nt * R; i += wg) {
     uint t = i / R, r = i % R;
     float acc = 0.0;
