@@ -551,9 +551,12 @@ kq_status kq_rfactor(const kq_matrix_view *parts, int n_parts, double *r, int ld
   }
   double ratio = 0.0;
   bool use_gram = false;
-  if (finite && kq_cholesky_upper(d, r, ldr, &ratio) == KQ_OK)
-    use_gram = gram_is_safe(d, r, ldr, u, total, vec);
-  kq_clear_error(); /* a failed Cholesky is expected here, not an error */
+  if (finite) {
+    if (kq_cholesky_upper(d, r, ldr, &ratio) == KQ_OK)
+      use_gram = gram_is_safe(d, r, ldr, u, total, vec);
+    else
+      kq_clear_error(); /* a failed Cholesky only selects the fallback */
+  }
   if (info) info->min_pivot_ratio = ratio;
   if (!use_gram) {
     if (info) info->method = KQ_RFACTOR_TSQR;
