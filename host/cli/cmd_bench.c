@@ -1,11 +1,271 @@
-/* PLACEHOLDER: replaced by the owner of `kqsvd bench`. */
-#include <stdio.h>
+/*
+ * cmd_bench.c — `kqsvd bench`: compressed against full attention on every
+ * device (decode, prefill, per-call overhead) with the device's own copy
+ * ceiling, and the host fitting steps. Options and the run plan live here;
+ * the measurements in bench_attention.c / bench_fit.c, output in
+ * bench_report.c / bench_svg.c.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
+#include "bench.h"
+#include "cli_util.h"
 #include "commands.h"
 
+#define CMD "bench"
+#define MAX_CONTEXTS 16
+
+static void usage(FILE *out) {
+  fprintf(
+      out,
+      "usage: kqsvd bench [--device NAME|all] [--op decode|prefill|fit|all] [--json]\n"
+      "                   [--quick] [--context LIST] [--reps N] [--svg FILE]\n\n"
+      "Measures compressed attention against full attention (identity projections,\n"
+      "rank d) on a device, as a model runs it (SPEC section 5): each timed decode step\n"
+      "attends once on every layer of a cache whose latents total 4x the CPU's\n"
+      "last-level cache (1 GiB on GPUs); prefill (m = 512 queries) times one layer per\n"
+      "repetition, cycling through the layers. Medians after a warm-up.\n\n"
+      "Grid: shapes H/Hk/d 32/8/128 (Llama-3-8B-like) and 9/3/64 (SmolLM2-like); ranks\n"
+      "d, d/2, d/4; storage f32 and f16; RoPE post and pre; decode contexts 1k 4k 16k\n"
+      "32k 64k (64k only where memory allows), prefill contexts 1k 4k. Also: attend at\n"
+      "context 1 (per-call overhead, op \"overhead\"), the device's copy bandwidth\n"
+      "(ceiling), and the host fitting steps: Jacobi SVD n = 128, 256 (op \"svd\"), R\n"
+      "factor of 65536 x 128 F16 (op \"rfactor\"), kq_fit of one synthetic layer (op\n"
+      "\"fit\").\n\n"
+      "options:\n"
+      "  --device NAME|all  device to measure (default: KQSVD_DEVICE or cpu); all = every device\n"
+      "  --op OP            decode, prefill, fit or all (default all; decode includes overhead)\n"
+      "  --context LIST     comma-separated contexts (1024 or 1k), for decode and prefill\n"
+      "  --reps N           timed repetitions (default 7 decode, 3 prefill, 5 fitting)\n"
+      "  --quick            small subset: contexts 1k 4k, Llama shape, f16, post, ranks d, d/2\n"
+      "  --json             print {\"machine\": {...}, \"results\": [...]} instead of a table\n"
+      "  --svg FILE         write a chart of decode speedup and %% of ceiling against context\n"
+      "  -h, --help         this text\n\n"
+      "JSON records: device, op (decode, prefill, overhead, svd, rfactor, fit), context,\n"
+      "heads, kv_heads, head_dim, rank_k, rank_v, storage, rope, seconds (per layer-attend,\n"
+      "or per call), tokens_per_s (query tokens; rows for rfactor/fit), bytes (latent cache\n"
+      "read + queries + outputs), gbps, ceiling_gbps, pct_of_ceiling, speedup_vs_full.\n"
+      "Fitting records run on device \"host\": context = rows, head_dim = columns, null\n"
+      "where a field does not apply. machine.notes lists skipped configurations.\n\n"
+      "exit status: 0 success, 1 failure, 2 usage error\n");
+}
+
+typedef struct bench_options {
+  const char *device, *svg;
+  bool json, quick, decode, prefill, fit;
+  int32_t contexts[MAX_CONTEXTS];
+  int n_contexts;
+  int32_t reps;
+} bench_options;
+
+static bool parse_contexts(const char *text, bench_options *o) {
+  char buf[256];
+  if (strlen(text) >= sizeof buf || !*text) {
+    kq_cli_usage_error(CMD, "--context: expected a comma-separated list like 1k,4k,32768");
+    return false;
+  }
+  snprintf(buf, sizeof buf, "%s", text);
+  o->n_contexts = 0;
+  for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    if (o->n_contexts == MAX_CONTEXTS) {
+      kq_cli_usage_error(CMD, "--context: at most %d values", MAX_CONTEXTS);
+      return false;
+    }
+    size_t len = strlen(tok);
+    long long mult = 1, v;
+    if (len > 1 && (tok[len - 1] == 'k' || tok[len - 1] == 'K')) tok[len - 1] = '\0', mult = 1024;
+    if (!kq_cli_parse_int(CMD, "--context", tok, 1, (1 << 20) / mult, &v)) return false;
+    o->contexts[o->n_contexts++] = (int32_t)(v * mult);
+  }
+  return true;
+}
+
+/* Returns 0 to run, 1 when help was printed, 2 on a usage error. */
+static int parse_options(int argc, char **argv, bench_options *o) {
+  memset(o, 0, sizeof *o);
+  o->decode = o->prefill = o->fit = true;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    bool has_value = i + 1 < argc;
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      usage(stdout);
+      return 1;
+    } else if (strcmp(a, "--json") == 0) {
+      o->json = true;
+    } else if (strcmp(a, "--quick") == 0) {
+      o->quick = true;
+    } else if (strcmp(a, "--device") == 0 || strcmp(a, "--svg") == 0 || strcmp(a, "--op") == 0 ||
+               strcmp(a, "--context") == 0 || strcmp(a, "--reps") == 0) {
+      if (!has_value) return kq_cli_usage_error(CMD, "%s needs a value", a);
+      const char *v = argv[++i];
+      if (strcmp(a, "--device") == 0) {
+        o->device = v;
+      } else if (strcmp(a, "--svg") == 0) {
+        o->svg = v;
+      } else if (strcmp(a, "--op") == 0) {
+        bool all = strcmp(v, "all") == 0;
+        o->decode = all || strcmp(v, "decode") == 0;
+        o->prefill = all || strcmp(v, "prefill") == 0;
+        o->fit = all || strcmp(v, "fit") == 0;
+        if (!o->decode && !o->prefill && !o->fit)
+          return kq_cli_usage_error(CMD, "--op: expected decode, prefill, fit or all, got '%s'", v);
+      } else if (strcmp(a, "--context") == 0) {
+        if (!parse_contexts(v, o)) return 2;
+      } else {
+        long long n;
+        if (!kq_cli_parse_int(CMD, "--reps", v, 1, 1000, &n)) return 2;
+        o->reps = (int32_t)n;
+      }
+    } else {
+      return kq_cli_usage_error(CMD, "unknown option '%s'", a);
+    }
+  }
+  return 0;
+}
+
+/* True when the folder that will hold `path` exists and is writable, so a
+ * long run does not end in a failed write. */
+static bool svg_folder_writable(const char *path) {
+  char dir[4096];
+  if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir) return false;
+  char *slash = strrchr(dir, '/');
+  if (!slash) return access(".", W_OK) == 0;
+  if (slash == dir)
+    slash[1] = '\0';
+  else
+    *slash = '\0';
+  return access(dir, W_OK) == 0;
+}
+
+typedef struct shape {
+  int32_t heads, kv_heads, head_dim;
+} shape;
+
+/* Runs the attention grid on one open device. */
+static kq_status bench_device(kq_device *device, const bench_options *o, kq_bench_report *rep) {
+  kq_bench_device_ctx ctx = {.device = device, .cancel = kq_cli_cancel_flag()};
+  kq_status st = kq_device_get_info(device, &ctx.info);
+  if (st) return st;
+  fprintf(stderr, "kqsvd bench: %s: measuring the copy ceiling\n", ctx.info.name);
+  st = kq_bench_device_prepare(&ctx, o->quick ? 5 : 7);
+  if (st) return st;
+  fprintf(stderr, "kqsvd bench: %s: copy ceiling %.2f GB/s; %.0f MiB of latents per step\n",
+          ctx.info.name, ctx.ceiling_gbps, (double)ctx.target_bytes / 1048576.0);
+  kq_bench_report_device(rep, &ctx.info, ctx.ceiling_gbps, ctx.target_bytes);
+
+  static const shape shapes[] = {{32, 8, 128}, {9, 3, 64}};
+  const int n_shapes = o->quick ? 1 : 2;
+  kq_storage storages[2] = {KQ_STORAGE_F32, KQ_STORAGE_F16};
+  int n_storages = 2, first_storage = o->quick ? 1 : 0;
+  if (!ctx.info.fp16_storage) {
+    kq_bench_report_note(rep, "%s: no F16 storage; F16 cases skipped", ctx.info.name);
+    n_storages = 1, first_storage = 0;
+  }
+  const kq_rope_mode ropes[2] = {KQ_ROPE_POST, KQ_ROPE_PRE};
+  const int n_ropes = o->quick ? 1 : 2, n_rank_divs = o->quick ? 2 : 3;
+  static const int32_t defaults_decode[] = {1024, 4096, 16384, 32768, 65536};
+  static const int32_t defaults_prefill[] = {1024, 4096};
+  int32_t ctxs[MAX_CONTEXTS];
+  int n_ctx = 0;
+  if (o->n_contexts) {
+    memcpy(ctxs, o->contexts, sizeof(int32_t) * (size_t)o->n_contexts);
+    n_ctx = o->n_contexts;
+  } else {
+    n_ctx = o->quick || !o->decode ? 2 : 5;
+    memcpy(ctxs, defaults_decode, sizeof(int32_t) * (size_t)n_ctx);
+  }
+  int32_t reps_decode = o->reps ? o->reps : (o->quick ? 3 : 7);
+  int32_t reps_prefill = o->reps ? o->reps : (o->quick ? 2 : 3);
+
+  int total = n_shapes * (n_storages - first_storage) * n_ropes * n_ctx * n_rank_divs, index = 0;
+  for (int s = 0; s < n_shapes && st == KQ_OK; s++)
+    for (int si = first_storage; si < n_storages && st == KQ_OK; si++)
+      for (int ri = 0; ri < n_ropes && st == KQ_OK; ri++)
+        for (int c = 0; c < n_ctx && st == KQ_OK; c++)
+          for (int k = 0; k < n_rank_divs && st == KQ_OK; k++) {
+            kq_bench_attn_config cfg = {.heads = shapes[s].heads,
+                                        .kv_heads = shapes[s].kv_heads,
+                                        .head_dim = shapes[s].head_dim,
+                                        .rank = shapes[s].head_dim >> k,
+                                        .storage = storages[si],
+                                        .rope = ropes[ri],
+                                        .context = ctxs[c],
+                                        .decode_reps = reps_decode,
+                                        .prefill_reps = reps_prefill,
+                                        .index = ++index,
+                                        .total = total};
+            cfg.decode = o->decode;
+            cfg.prefill = o->prefill && ctxs[c] >= KQ_BENCH_PREFILL_M;
+            if (cfg.prefill && !o->n_contexts) /* compute-bound: default contexts only */
+              cfg.prefill = ctxs[c] == defaults_prefill[0] || ctxs[c] == defaults_prefill[1];
+            if (!cfg.decode && !cfg.prefill) continue;
+            st = kq_bench_attention(&ctx, &cfg, rep);
+          }
+  if (st == KQ_OK && o->decode) {
+    for (int k = 0; k < 2 && st == KQ_OK; k++) {
+      kq_bench_attn_config cfg = {.heads = 32,
+                                  .kv_heads = 8,
+                                  .head_dim = 128,
+                                  .rank = 128 >> k,
+                                  .storage = storages[n_storages - 1],
+                                  .rope = KQ_ROPE_POST,
+                                  .context = 1};
+      st = kq_bench_overhead(&ctx, &cfg, o->quick ? 51 : 201, rep);
+    }
+  }
+  return st;
+}
+
+/* Opens and measures one named device. */
+static kq_status bench_named(const char *name, const bench_options *o, kq_bench_report *rep) {
+  kq_device *device = NULL;
+  kq_status st = kq_device_create(name, &device);
+  if (st) return st;
+  st = bench_device(device, o, rep);
+  kq_device_destroy(device);
+  return st;
+}
+
 int kq_cmd_bench(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  fprintf(stderr, "kqsvd bench: not built yet\n");
-  return 1;
+  bench_options o;
+  int rc = parse_options(argc, argv, &o);
+  if (rc) return rc == 1 ? 0 : rc;
+  if (o.svg && !svg_folder_writable(o.svg)) {
+    fprintf(stderr, "kqsvd bench: --svg: cannot write %s (missing or read-only folder)\n", o.svg);
+    return 1;
+  }
+  kq_bench_report rep = {0};
+  kq_status st = KQ_OK;
+  if (o.decode || o.prefill) {
+    if (o.device && strcmp(o.device, "all") == 0) {
+      int n = 0;
+      st = kq_device_count(&n);
+      for (int i = 0; i < n && st == KQ_OK; i++) {
+        kq_device_info info;
+        st = kq_device_info_get(i, &info);
+        if (st == KQ_OK) st = bench_named(info.name, &o, &rep);
+      }
+    } else {
+      st = bench_named(o.device, &o, &rep);
+    }
+  }
+  if (st == KQ_OK && o.fit) st = kq_bench_fit(o.quick, o.reps, kq_cli_cancel_flag(), &rep);
+  if (st) {
+    kq_bench_report_free(&rep);
+    return kq_cli_fail(CMD, st);
+  }
+  kq_bench_report_speedups(&rep);
+  rc = 0;
+  if (o.svg && !kq_bench_svg_write(&rep, o.svg)) rc = 1;
+  if (o.json) {
+    if (!kq_bench_report_json(&rep, stdout)) {
+      fprintf(stderr, "kqsvd bench: cannot write the JSON report\n");
+      rc = 1;
+    }
+  } else {
+    kq_bench_report_text(&rep, stdout);
+  }
+  kq_bench_report_free(&rep);
+  return rc;
 }

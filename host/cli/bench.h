@@ -1,0 +1,126 @@
+/*
+ * bench.h — the pieces of `kqsvd bench`: attention timing on a device
+ * (bench_attention.c), host fitting timings (bench_fit.c), the result list,
+ * JSON and text output (bench_report.c) and the SVG chart (bench_svg.c).
+ * Byte counts and ceilings follow SPEC §5.
+ */
+#ifndef KQ_CLI_BENCH_H
+#define KQ_CLI_BENCH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "kqsvd.h"
+
+/* One measured figure. Integer fields < 0 and double fields that are NaN are
+ * written as JSON null (not applicable). `storage` and `rope` are static
+ * strings or NULL. */
+typedef struct kq_bench_result {
+  char device[32]; /* device name, "host" for fitting */
+  char op[16];     /* decode, prefill, overhead, svd, rfactor, fit */
+  int32_t context, heads, kv_heads, head_dim, rank_k, rank_v;
+  const char *storage; /* "f32", "f16" */
+  const char *rope;    /* "post", "pre" */
+  double seconds;      /* median seconds per layer-attend (per call for fitting) */
+  double tokens_per_s; /* query tokens per second (rows per second for rfactor/fit) */
+  double bytes;        /* SPEC §5 bytes per layer-attend */
+  double gbps, ceiling_gbps, pct_of_ceiling, speedup_vs_full;
+} kq_bench_result;
+
+/* A growing list of results plus free-form notes (skipped configurations). */
+typedef struct kq_bench_report {
+  kq_bench_result *items;
+  int count, capacity;
+  char **notes;
+  int n_notes, notes_capacity;
+  struct kq_bench_device_entry { /* devices measured, for "machine" */
+    kq_device_info info;
+    double ceiling_gbps;
+    uint64_t target_bytes;
+  } devices[16];
+  int n_devices;
+} kq_bench_report;
+
+/* Appends a copy of `r`; false when out of memory. */
+bool kq_bench_report_add(kq_bench_report *rep, const kq_bench_result *r);
+/* Appends a note (printf format) and echoes it on stderr; false when out of memory. */
+bool kq_bench_report_note(kq_bench_report *rep, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+void kq_bench_report_free(kq_bench_report *rep);
+/* Records a measured device (info, ceiling, bytes per step) for "machine";
+ * devices past the 16th are not listed. */
+void kq_bench_report_device(kq_bench_report *rep, const kq_device_info *info, double ceiling_gbps,
+                            uint64_t target_bytes);
+
+/* Fills speedup_vs_full of every attention result: the seconds of the
+ * rank-d result of the same device, op, context, shape, storage and rope
+ * divided by its own seconds (NaN when that baseline is missing). */
+void kq_bench_report_speedups(kq_bench_report *rep);
+
+/* Writes {"machine": {...}, "results": [...]} to `out`; false on failure. */
+bool kq_bench_report_json(const kq_bench_report *rep, FILE *out);
+/* Writes a human-readable table to `out`. */
+void kq_bench_report_text(const kq_bench_report *rep, FILE *out);
+
+/* Size of the last-level CPU cache in bytes (sysfs index3 of cpu0, else
+ * sysconf), 32 MiB when neither is known. */
+uint64_t kq_bench_llc_bytes(void);
+
+/* Writes the SVG chart (decode speedup and % of ceiling against context, one
+ * row of two panels per device) to `path` through a temporary file and
+ * rename. Returns false with a message on stderr on failure. */
+bool kq_bench_svg_write(const kq_bench_report *rep, const char *path);
+
+/* One attention configuration on an open device. */
+typedef struct kq_bench_attn_config {
+  int32_t heads, kv_heads, head_dim, rank; /* rank == head_dim: identity (full) */
+  kq_storage storage;
+  kq_rope_mode rope;
+  int32_t context;
+  bool decode, prefill; /* which ops to time on the filled cache */
+  int32_t decode_reps, prefill_reps;
+  int32_t index, total; /* position in the run, for the progress line */
+} kq_bench_attn_config;
+
+/* What every attention run on a device shares. */
+typedef struct kq_bench_device_ctx {
+  kq_device *device;
+  kq_device_info info;
+  double ceiling_gbps;   /* median copy bandwidth of this device in this run */
+  uint64_t target_bytes; /* latent bytes one timed step should cover */
+  uint64_t budget_bytes; /* most latent bytes a cache may hold */
+  const volatile int *cancel;
+} kq_bench_device_ctx;
+
+/* Prefill query count (m). */
+#define KQ_BENCH_PREFILL_M 512
+
+/* Measures the copy ceiling of ctx->device and sets target/budget bytes
+ * (4x LLC for CPU-type devices, 1 GiB for GPUs; budget a quarter of device
+ * memory, at most 4 GiB). */
+kq_status kq_bench_device_prepare(kq_bench_device_ctx *ctx, int32_t copy_reps);
+
+/* Builds a cache of enough layers for cfg (SPEC §5), fills each layer to
+ * cfg->context and times decode and/or prefill; appends one result per op.
+ * A configuration that does not fit adds a note and returns KQ_OK. */
+kq_status kq_bench_attention(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfg,
+                             kq_bench_report *rep);
+
+/* Per-call overhead: attend (m = 1) on a cache holding one token, median of
+ * `calls` single calls; appends an "overhead" result. */
+kq_status kq_bench_overhead(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfg,
+                            int32_t calls, kq_bench_report *rep);
+
+/* Host fitting timings: Jacobi SVD (n = 128, 256), R factor of a
+ * rows x 128 F16 matrix and kq_fit of one synthetic layer; appends "svd",
+ * "rfactor" and "fit" results. `quick` shrinks sizes and repetitions. */
+kq_status kq_bench_fit(bool quick, int32_t reps, const volatile int *cancel, kq_bench_report *rep);
+
+/* Median of x[0..n) (sorts x). */
+double kq_bench_median(double *x, int n);
+
+#endif

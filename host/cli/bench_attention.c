@@ -1,0 +1,332 @@
+/*
+ * bench_attention.c — timing of compressed attention on one device, as a
+ * model runs it (SPEC §5): a cache of L layers whose latents together cover
+ * several times the last-level cache, each layer filled to the context by
+ * append, and one timed decode step = one attend on every layer. Prefill
+ * (m = 512, compute-bound) times one layer per repetition, cycling through
+ * the layers so that each read starts cold as well.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+#include "common/kq_common.h"
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+double kq_bench_median(double *x, int n) {
+  if (n <= 0) return NAN;
+  qsort(x, (size_t)n, sizeof *x, cmp_double);
+  return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+
+/* Deterministic values in [-amp/2, amp/2). */
+static void fill_random(float *x, size_t n, uint64_t *state, float amp) {
+  for (size_t i = 0; i < n; i++) {
+    *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+    x[i] = amp * ((float)(*state >> 40) / (float)(1u << 24) - 0.5f);
+  }
+}
+
+kq_status kq_bench_device_prepare(kq_bench_device_ctx *ctx, int32_t copy_reps) {
+  kq_status st = kq_device_get_info(ctx->device, &ctx->info);
+  if (st) return st;
+  uint64_t llc = kq_bench_llc_bytes();
+  bool cpu_like = ctx->info.type == KQ_DEVICE_TYPE_CPU;
+  ctx->target_bytes = cpu_like ? 4 * llc : (uint64_t)1 << 30;
+  uint64_t mem = ctx->info.memory_bytes ? ctx->info.memory_bytes : (uint64_t)8 << 30;
+  ctx->budget_bytes = mem / 4;
+  if (ctx->budget_bytes > ((uint64_t)4 << 30)) ctx->budget_bytes = (uint64_t)4 << 30;
+  /* The copy moves 2x its size; make one buffer several times the LLC. */
+  uint64_t copy = cpu_like ? 4 * llc : (uint64_t)256 << 20;
+  if (copy < ((uint64_t)64 << 20)) copy = (uint64_t)64 << 20;
+  if (ctx->info.max_buffer_bytes && copy > ctx->info.max_buffer_bytes)
+    copy = ctx->info.max_buffer_bytes;
+  if (copy > mem / 8) copy = mem / 8;
+  return kq_device_copy_bandwidth(ctx->device, copy, copy_reps, &ctx->ceiling_gbps);
+}
+
+static double elem_bytes(kq_storage s) {
+  return s == KQ_STORAGE_F16 ? 2.0 : 4.0;
+}
+
+/* Latent bytes of one layer holding `tokens` tokens. */
+static double layer_latent_bytes(const kq_bench_attn_config *cfg, int32_t tokens) {
+  return (double)cfg->kv_heads * tokens * 2.0 * cfg->rank * elem_bytes(cfg->storage);
+}
+
+/* SPEC §5 bytes of one attend over `tokens` cached tokens with m queries:
+ * the latent cache read once, plus queries and full outputs (float32). */
+static double attend_bytes(const kq_bench_attn_config *cfg, int32_t tokens, int32_t m) {
+  return layer_latent_bytes(cfg, tokens) + 2.0 * m * cfg->heads * cfg->head_dim * 4.0;
+}
+
+/* Projections of L layers: identity for rank == head_dim, else random
+ * matrices (values do not matter for timing). */
+static kq_status make_projections(const kq_bench_attn_config *cfg, int32_t layers,
+                                  kq_projections **out) {
+  kq_projections_info info = {.method = KQ_METHOD_KQSVD,
+                              .n_layers = layers,
+                              .n_heads = cfg->heads,
+                              .n_kv_heads = cfg->kv_heads,
+                              .head_dim = cfg->head_dim,
+                              .rope = cfg->rope,
+                              .rope_layout = KQ_ROPE_HALVES,
+                              .rope_theta = 500000.0f};
+  if (cfg->rank == cfg->head_dim) return kq_projections_create_identity(&info, out);
+  int32_t *ranks = kq_calloc_array((size_t)layers, sizeof *ranks, "bench ranks");
+  if (!ranks) return KQ_ERR_OUT_OF_MEMORY;
+  for (int32_t l = 0; l < layers; l++) ranks[l] = cfg->rank;
+  kq_status st = kq_projections_create(&info, ranks, ranks, out);
+  free(ranks);
+  if (st) return st;
+  uint64_t seed = 0x6b71737664ull;
+  size_t n = (size_t)cfg->kv_heads * cfg->head_dim * cfg->rank;
+  float amp = 2.0f / sqrtf((float)cfg->head_dim);
+  for (int32_t l = 0; l < layers && st == KQ_OK; l++) {
+    kq_projection_layer L;
+    st = kq_projections_layer(*out, l, &L);
+    if (st) break;
+    fill_random(L.key_down, n, &seed, amp);
+    fill_random(L.query_down, n, &seed, amp);
+    fill_random(L.value_down, n, &seed, amp);
+    fill_random(L.value_up, n, &seed, amp);
+  }
+  if (st) kq_projections_destroy(*out), *out = NULL;
+  return st;
+}
+
+/* Buffers shared by a run: one block of keys/values, queries, outputs. */
+typedef struct bench_buffers {
+  float *kv, *q, *out;
+  int32_t block;
+} bench_buffers;
+
+static void buffers_free(bench_buffers *b) {
+  free(b->kv), free(b->q), free(b->out);
+  memset(b, 0, sizeof *b);
+}
+
+static kq_status buffers_alloc(const kq_bench_attn_config *cfg, int32_t m, bench_buffers *b) {
+  memset(b, 0, sizeof *b);
+  b->block = 1024;
+  size_t kv = (size_t)b->block * cfg->kv_heads * cfg->head_dim;
+  size_t q = (size_t)m * cfg->heads * cfg->head_dim;
+  b->kv = kq_calloc_array(kv, sizeof(float), "bench keys");
+  b->q = kq_calloc_array(q, sizeof(float), "bench queries");
+  b->out = kq_calloc_array(q, sizeof(float), "bench outputs");
+  if (!b->kv || !b->q || !b->out) {
+    buffers_free(b);
+    return KQ_ERR_OUT_OF_MEMORY;
+  }
+  uint64_t seed = 12345;
+  fill_random(b->kv, kv, &seed, 2.0f);
+  fill_random(b->q, q, &seed, 2.0f);
+  return KQ_OK;
+}
+
+static kq_status fill_layer(kq_cache *cache, int32_t layer, int32_t tokens, const bench_buffers *b,
+                            const volatile int *cancel) {
+  for (int32_t t = 0; t < tokens; t += b->block) {
+    if (cancel && *cancel) {
+      return kq_set_error(KQ_ERR_INTERRUPTED, "bench: interrupted");
+    }
+    int32_t n = tokens - t < b->block ? tokens - t : b->block;
+    kq_status st = kq_cache_append(cache, layer, n, b->kv, b->kv);
+    if (st) return st;
+  }
+  return KQ_OK;
+}
+
+static const char *storage_name(kq_storage s) {
+  return s == KQ_STORAGE_F16 ? "f16" : "f32";
+}
+static const char *rope_name(kq_rope_mode r) {
+  return r == KQ_ROPE_PRE ? "pre" : r == KQ_ROPE_POST ? "post" : "none";
+}
+
+static void result_init(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfg,
+                        const char *op, int32_t context, int32_t m, double seconds,
+                        kq_bench_result *r) {
+  memset(r, 0, sizeof *r);
+  snprintf(r->device, sizeof r->device, "%s", ctx->info.name);
+  snprintf(r->op, sizeof r->op, "%s", op);
+  r->context = context;
+  r->heads = cfg->heads, r->kv_heads = cfg->kv_heads, r->head_dim = cfg->head_dim;
+  r->rank_k = r->rank_v = cfg->rank;
+  r->storage = storage_name(cfg->storage);
+  r->rope = rope_name(cfg->rope);
+  r->seconds = seconds;
+  r->tokens_per_s = m / seconds;
+  r->bytes = attend_bytes(cfg, context, m);
+  r->gbps = r->bytes / seconds / 1e9;
+  r->ceiling_gbps = ctx->ceiling_gbps;
+  r->pct_of_ceiling = 100.0 * r->gbps / ctx->ceiling_gbps;
+  r->speedup_vs_full = NAN;
+}
+
+/* Median seconds per layer of `reps` decode steps (one attend per layer). */
+static kq_status time_decode(kq_cache *cache, int32_t layers, int32_t reps, const bench_buffers *b,
+                             const volatile int *cancel, double *out_seconds) {
+  double *t = kq_calloc_array((size_t)reps, sizeof *t, "bench times");
+  if (!t) return KQ_ERR_OUT_OF_MEMORY;
+  kq_status st = KQ_OK;
+  for (int32_t s = -1; s < reps && st == KQ_OK; s++) { /* s = -1: warm-up */
+    if (cancel && *cancel) {
+      st = kq_set_error(KQ_ERR_INTERRUPTED, "bench: interrupted");
+      break;
+    }
+    double t0 = kq_now_seconds();
+    for (int32_t l = 0; l < layers && st == KQ_OK; l++)
+      st = kq_cache_attend(cache, l, 1, b->q, KQ_OUTPUT_FULL, b->out);
+    if (s >= 0) t[s] = (kq_now_seconds() - t0) / layers;
+  }
+  if (st == KQ_OK) *out_seconds = kq_bench_median(t, reps);
+  free(t);
+  return st;
+}
+
+/* Median seconds of `reps` prefill attends, each on the next layer in turn
+ * (the warm-up uses the last layer filled, which is the warmest). */
+static kq_status time_prefill(kq_cache *cache, int32_t layers, int32_t reps, const bench_buffers *b,
+                              const volatile int *cancel, double *out_seconds) {
+  double *t = kq_calloc_array((size_t)reps, sizeof *t, "bench times");
+  if (!t) return KQ_ERR_OUT_OF_MEMORY;
+  kq_status st = KQ_OK;
+  for (int32_t s = -1; s < reps && st == KQ_OK; s++) {
+    if (cancel && *cancel) {
+      st = kq_set_error(KQ_ERR_INTERRUPTED, "bench: interrupted");
+      break;
+    }
+    int32_t layer = s < 0 ? layers - 1 : s % layers;
+    double t0 = kq_now_seconds();
+    st = kq_cache_attend(cache, layer, KQ_BENCH_PREFILL_M, b->q, KQ_OUTPUT_FULL, b->out);
+    if (s >= 0) t[s] = kq_now_seconds() - t0;
+  }
+  if (st == KQ_OK) *out_seconds = kq_bench_median(t, reps);
+  free(t);
+  return st;
+}
+
+static bool skippable(kq_status st) {
+  return st == KQ_ERR_DEVICE_MEMORY || st == KQ_ERR_OUT_OF_MEMORY || st == KQ_ERR_UNSUPPORTED ||
+         st == KQ_ERR_CAPACITY;
+}
+
+kq_status kq_bench_attention(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfg,
+                             kq_bench_report *rep) {
+  double per_layer = layer_latent_bytes(cfg, cfg->context);
+  const char *what = cfg->rank == cfg->head_dim ? "full" : "compressed";
+  if (per_layer > (double)ctx->budget_bytes ||
+      (ctx->info.max_buffer_bytes && per_layer > (double)ctx->info.max_buffer_bytes)) {
+    kq_bench_report_note(rep,
+                         "%s: context %d H %d Hk %d d %d rank %d %s skipped: one layer's latents "
+                         "(%.0f MiB) exceed the memory budget (%.0f MiB) or largest buffer",
+                         ctx->info.name, cfg->context, cfg->heads, cfg->kv_heads, cfg->head_dim,
+                         cfg->rank, storage_name(cfg->storage), per_layer / 1048576.0,
+                         (double)ctx->budget_bytes / 1048576.0);
+    return KQ_OK;
+  }
+  double want = ceil((double)ctx->target_bytes / per_layer);
+  double fit = floor((double)ctx->budget_bytes / per_layer);
+  int32_t layers = (int32_t)fmin(fmin(want, fit), 4096.0);
+  if (layers < 1) layers = 1;
+  if (cfg->prefill && layers < cfg->prefill_reps && cfg->prefill_reps <= 64 &&
+      per_layer * cfg->prefill_reps <= (double)ctx->budget_bytes)
+    layers = cfg->prefill_reps; /* every timed prefill reads a layer not read before */
+  kq_projections *proj = NULL;
+  kq_cache *cache = NULL;
+  bench_buffers b;
+  int32_t m = cfg->prefill ? KQ_BENCH_PREFILL_M : 1;
+  kq_status st = buffers_alloc(cfg, m, &b);
+  if (st) return st;
+  st = make_projections(cfg, layers, &proj);
+  if (st == KQ_OK) {
+    kq_cache_params p = kq_cache_default_params();
+    p.storage = cfg->storage;
+    p.capacity = cfg->context;
+    st = kq_cache_create(ctx->device, proj, &p, &cache);
+  }
+  if (skippable(st)) {
+    kq_bench_report_note(rep, "%s: context %d H %d d %d rank %d %s %s skipped: %s: %s",
+                         ctx->info.name, cfg->context, cfg->heads, cfg->head_dim, cfg->rank,
+                         storage_name(cfg->storage), rope_name(cfg->rope), kq_status_string(st),
+                         kq_last_error());
+    st = KQ_OK;
+    goto done;
+  }
+  if (st) goto done;
+  fprintf(stderr,
+          "kqsvd bench: [%d/%d] %s %s ctx %d H %d/%d d %d rank %d %s %s: %d layers (%.0f MiB)\n",
+          cfg->index, cfg->total, ctx->info.name, what, cfg->context, cfg->heads, cfg->kv_heads,
+          cfg->head_dim, cfg->rank, storage_name(cfg->storage), rope_name(cfg->rope), layers,
+          per_layer * layers / 1048576.0);
+  for (int32_t l = 0; l < layers && st == KQ_OK; l++)
+    st = fill_layer(cache, l, cfg->context, &b, ctx->cancel);
+  if (st) goto done;
+  kq_bench_result r;
+  if (cfg->decode) {
+    double sec = 0;
+    st = time_decode(cache, layers, cfg->decode_reps, &b, ctx->cancel, &sec);
+    if (st) goto done;
+    result_init(ctx, cfg, "decode", cfg->context, 1, sec, &r);
+    if (!kq_bench_report_add(rep, &r)) st = KQ_ERR_OUT_OF_MEMORY;
+  }
+  if (st == KQ_OK && cfg->prefill && cfg->context >= KQ_BENCH_PREFILL_M) {
+    double sec = 0;
+    st = time_prefill(cache, layers, cfg->prefill_reps, &b, ctx->cancel, &sec);
+    if (st) goto done;
+    result_init(ctx, cfg, "prefill", cfg->context, KQ_BENCH_PREFILL_M, sec, &r);
+    if (!kq_bench_report_add(rep, &r)) st = KQ_ERR_OUT_OF_MEMORY;
+  }
+done:
+  kq_cache_destroy(cache);
+  kq_projections_destroy(proj);
+  buffers_free(&b);
+  return st;
+}
+
+kq_status kq_bench_overhead(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfg,
+                            int32_t calls, kq_bench_report *rep) {
+  kq_projections *proj = NULL;
+  kq_cache *cache = NULL;
+  bench_buffers b;
+  kq_status st = buffers_alloc(cfg, 1, &b);
+  if (st) return st;
+  double *t = kq_calloc_array((size_t)calls, sizeof *t, "bench times");
+  if (!t) st = KQ_ERR_OUT_OF_MEMORY;
+  if (st == KQ_OK) st = make_projections(cfg, 1, &proj);
+  if (st == KQ_OK) {
+    kq_cache_params p = kq_cache_default_params();
+    p.storage = cfg->storage;
+    p.capacity = 16;
+    st = kq_cache_create(ctx->device, proj, &p, &cache);
+  }
+  if (skippable(st)) {
+    kq_bench_report_note(rep, "%s: overhead rank %d %s skipped: %s: %s", ctx->info.name, cfg->rank,
+                         storage_name(cfg->storage), kq_status_string(st), kq_last_error());
+    st = KQ_OK;
+    goto done;
+  }
+  if (st == KQ_OK) st = kq_cache_append(cache, 0, 1, b.kv, b.kv);
+  for (int32_t i = -3; i < calls && st == KQ_OK; i++) { /* three warm-up calls */
+    double t0 = kq_now_seconds();
+    st = kq_cache_attend(cache, 0, 1, b.q, KQ_OUTPUT_FULL, b.out);
+    if (i >= 0) t[i] = kq_now_seconds() - t0;
+  }
+  if (st == KQ_OK) {
+    kq_bench_result r;
+    result_init(ctx, cfg, "overhead", 1, 1, kq_bench_median(t, calls), &r);
+    if (!kq_bench_report_add(rep, &r)) st = KQ_ERR_OUT_OF_MEMORY;
+  }
+done:
+  free(t);
+  kq_cache_destroy(cache);
+  kq_projections_destroy(proj);
+  buffers_free(&b);
+  return st;
+}
