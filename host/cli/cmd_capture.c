@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli_util.h"
 #include "commands.h"
@@ -100,6 +101,17 @@ int kq_cmd_capture(int argc, char **argv) {
   if (!out) {
     free(texts);
     return kq_cli_usage_error(cmd, "missing -o CALIB.safetensors");
+  }
+  /* Fail before the long run if the output folder cannot take the file. */
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", out);
+  char *slash = strrchr(dir, '/');
+  if (slash) *(slash == dir ? slash + 1 : slash) = 0;
+  if (access(slash ? dir : ".", W_OK) != 0) {
+    fprintf(stderr, "kqsvd capture: %s: the folder '%s' is not writable or does not exist\n", out,
+            slash ? dir : ".");
+    free(texts);
+    return 1;
   }
   p.seq_len = (int32_t)seq_len;
   p.max_tokens = max_tokens;
