@@ -157,7 +157,7 @@ static char g_path[64];
 static void write_file(const buf *b, size_t n) {
   FILE *f = fopen(g_path, "wb");
   assert_non_null(f);
-  assert_int_equal(fwrite(b->p, 1, n, f), n);
+  if (n > 0) assert_int_equal(fwrite(b->p, 1, n, f), n);
   assert_int_equal(fclose(f), 0);
 }
 
