@@ -235,6 +235,15 @@ int main(int argc, char **argv) {
                  (cfg.storage == KQ_STORAGE_F16 ? 2.0 : 4.0);
     layers = (int)ceil(4.0 * (double)l3 / per);
     if (layers < 2) layers = 2;
+    /* ... but the full-attention baseline must fit in the device memory. */
+    double full = (double)cfg.ctx * cfg.kv_heads * 2.0 * cfg.dim *
+                  (cfg.storage == KQ_STORAGE_F16 ? 2.0 : 4.0);
+    int fit = (int)(0.75 * (double)info.memory_bytes / full);
+    if (info.memory_bytes > 0 && layers > fit) {
+      layers = fit < 1 ? 1 : fit;
+      fprintf(stderr, "bench_decode: %d layers (the full cache must fit in %.1f GiB)\n", layers,
+              (double)info.memory_bytes / (1 << 30));
+    }
   }
   double ceiling = 0;
   if (kq_device_copy_bandwidth(dev, (uint64_t)cfg.copy_mib << 20, 5, &ceiling) != KQ_OK)
