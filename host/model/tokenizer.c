@@ -462,7 +462,10 @@ kq_status kq_tokenizer_encode(const kq_tokenizer *t, const char *text, size_t le
   if (st == KQ_OK) st = kq_pretokenize(text + start, len - start, t->split_digits, on_piece, &c);
   if (st == KQ_OK && c.out.n > INT32_MAX)
     st = kq_set_error(KQ_ERR_INVALID_ARGUMENT, "tokenizer: text gives more than 2^31 tokens");
-  if (st == KQ_OK && !c.out.ids) st = push_id(&c.out, 0), c.out.n = 0; /* valid empty array */
+  if (st == KQ_OK && !c.out.ids) { /* an empty text still returns an array */
+    st = push_id(&c.out, 0);
+    c.out.n = 0;
+  }
   free(c.w.id);
   free(c.w.heap);
   if (st != KQ_OK) {
