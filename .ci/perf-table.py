@@ -54,6 +54,7 @@ def main(paths):
                "bandwidth measured in the same run. Times are medians per layer-attend.")
     out.append("")
     results = []
+    have_fit = False
     for rep in reports:
         m = rep["machine"]
         load = m.get("load_average_1min")
@@ -64,7 +65,10 @@ def main(paths):
             out.append("- `%s`: %s (%s), copy ceiling %.1f GB/s" % (
                 d["name"], d["description"], d["driver"], d["ceiling_gbps"]))
         out.append("")
-        results += rep["results"]
+        # Fitting runs on the host: keep one report's figures (the first).
+        fit_ops = ("svd", "rfactor", "fit")
+        results += [r for r in rep["results"] if not (have_fit and r["op"] in fit_ops)]
+        have_fit = have_fit or any(r["op"] in fit_ops for r in rep["results"])
 
     attn = [r for r in results if r["op"] in ("decode", "prefill")]
     # Headline: decode rank d/2 F16 at 32k, RoPE post.
