@@ -287,7 +287,9 @@ typedef struct kq_fit_params {
   double alpha;     /* eigen: stack [alpha K; Q / alpha], default 1 */
   /* Rank choice, exactly one of: fixed ranks (rank_k, rank_v > 0), epsilon
    * (> 0: per layer smallest rank with predicted relative error <= epsilon),
-   * ratio (in (0, 1]: latent cache <= ratio of the full cache). */
+   * ratio (in (0, 1]: latent cache <= ratio of the full cache; half the
+   * budget to keys, half to values, each spread over the layers where it
+   * removes the most predicted error). */
   int32_t rank_k, rank_v;
   double epsilon;
   double ratio;

@@ -22,8 +22,9 @@ static void help(void) {
          "  --rank-k N --rank-v N  fixed ranks for keys and values in every layer (1..head_dim)\n"
          "  --epsilon E         per layer the smallest ranks whose predicted relative error\n"
          "                      (from the method's own spectrum, mean over kv heads) is <= E\n"
-         "  --ratio F           latent cache <= F of the full cache over all layers, spending\n"
-         "                      rank where it removes the most predicted squared error\n"
+         "  --ratio F           latent cache <= F of the full cache over all layers: half the\n"
+         "                      budget to keys, half to values, each spread over the layers\n"
+         "                      where it removes the most predicted squared error\n"
          "  --threads N         worker threads (default: all cores)\n"
          "  -h, --help          this help\n");
 }

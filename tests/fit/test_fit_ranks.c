@@ -115,22 +115,34 @@ static void test_ratio_below_two_ranks_per_layer_is_rejected(void **state) {
   tcalib_free(&c);
 }
 
-/* Σ over pairs of the mean-over-heads squared relative tail: the objective
- * rank.c documents, computed here from scratch. */
-static double objective(const double *sk, const double *sv, int L, int hk, int d, const int *rk,
-                        const int *rv) {
+/* Σ over layers of the mean-over-heads squared relative tail of one kind
+ * (keys or values): the objective rank.c documents, computed from scratch. */
+static double kind_objective(const double *s_kind, int L, int hk, int d, const int *r) {
   double obj = 0;
   for (int l = 0; l < L; l++)
-    for (int kind = 0; kind < 2; kind++)
-      for (int i = 0; i < hk; i++) {
-        const double *s = (kind ? sv : sk) + ((size_t)l * hk + i) * d;
-        int r = kind ? rv[l] : rk[l];
-        obj += t_tail2(s, d, r) / t_tail2(s, d, 0) / hk;
-      }
+    for (int i = 0; i < hk; i++) {
+      const double *s = s_kind + ((size_t)l * hk + i) * d;
+      obj += t_tail2(s, d, r[l]) / t_tail2(s, d, 0) / hk;
+    }
   return obj;
 }
 
-static void test_budget_greedy_reaches_brute_force_optimum(void **state) {
+/* Best objective of one kind over all rank pairs (a, b) with a + b <= budget. */
+static double kind_brute_force(const double *s_kind, int L, int hk, int d, int budget) {
+  double best = INFINITY;
+  for (int a = 1; a <= d; a++)
+    for (int b = 1; b <= d; b++) {
+      if (a + b > budget) continue;
+      int r[2] = {a, b};
+      best = fmin(best, kind_objective(s_kind, L, hk, d, r));
+    }
+  return best;
+}
+
+/* --ratio splits the budget evenly between keys and values (keys get
+ * floor(budget/2)); within each kind the greedy spread must reach the
+ * brute-force optimum of that kind's objective for its share. */
+static void test_budget_split_evenly_and_each_kind_optimal(void **state) {
   (void)state;
   enum { L = 2, HK = 2, D = 4 };
   double sk[L * HK * D], sv[L * HK * D];
@@ -146,17 +158,14 @@ static void test_budget_greedy_reaches_brute_force_optimum(void **state) {
       int32_t rk[L], rv[L];
       assert_int_equal(kq_rank_for_budget(sk, sv, L, HK, D, budget, rk, rv), KQ_OK);
       int grk[L] = {rk[0], rk[1]}, grv[L] = {rv[0], rv[1]};
-      assert_true(grk[0] + grk[1] + grv[0] + grv[1] <= budget);
-      double got = objective(sk, sv, L, HK, D, grk, grv), best = INFINITY;
-      for (int a = 1; a <= D; a++)
-        for (int b = 1; b <= D; b++)
-          for (int c = 1; c <= D; c++)
-            for (int e = 1; e <= D; e++) {
-              if (a + b + c + e > budget) continue;
-              int bk[L] = {a, b}, bv[L] = {c, e};
-              best = fmin(best, objective(sk, sv, L, HK, D, bk, bv));
-            }
-      assert_true(got <= best * (1 + 1e-12) + 1e-15);
+      int used_k = grk[0] + grk[1], used_v = grv[0] + grv[1];
+      assert_true(used_k + used_v <= budget);
+      assert_int_equal(used_k, budget / 2 < L * D ? budget / 2 : L * D);
+      assert_int_equal(used_v, budget - used_k < L * D ? budget - used_k : L * D);
+      double best_k = kind_brute_force(sk, L, HK, D, budget / 2);
+      double best_v = kind_brute_force(sv, L, HK, D, budget - used_k);
+      assert_true(kind_objective(sk, L, HK, D, grk) <= best_k * (1 + 1e-12) + 1e-15);
+      assert_true(kind_objective(sv, L, HK, D, grv) <= best_v * (1 + 1e-12) + 1e-15);
     }
   }
 }
@@ -187,7 +196,7 @@ int main(void) {
       cmocka_unit_test(test_epsilon_rank_is_minimal_and_meets_target),
       cmocka_unit_test(test_ratio_respects_budget_and_spends_it),
       cmocka_unit_test(test_ratio_below_two_ranks_per_layer_is_rejected),
-      cmocka_unit_test(test_budget_greedy_reaches_brute_force_optimum),
+      cmocka_unit_test(test_budget_split_evenly_and_each_kind_optimal),
       cmocka_unit_test(test_fit_needs_exactly_one_rank_mode),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
