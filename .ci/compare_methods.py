@@ -54,4 +54,8 @@ for row in rows:
 if opt is not None:
     print("Eckart-Young optimum of the logits error (mean over layers): %.4f" % opt)
 best = min(rows, key=lambda r: r[2 + KEYS.index("logits")])
-print("lowest logits error: %s" % best[0])
+if any(r[1] == "per-layer" for r in rows):
+    print("lowest logits error: %s (ranks differ per layer and per method: compare perplexity)"
+          % best[0])
+else:
+    print("lowest logits error: %s" % best[0])
