@@ -153,15 +153,26 @@ static void draw_legend(FILE *f, const kq_bench_report *rep, const char *device,
     fprintf(f, "<text x='%.1f' y='%.1f' font-size='12'>%s</text>\n", x + 30, y + 4, label);
     x += 130;
   }
-  fprintf(f,
-          "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='#000' stroke-width='2'/>"
-          "<text x='%.1f' y='%.1f' font-size='12'>H 32, Hk 8, d 128</text>\n",
-          x, y, x + 24, y, x + 30, y + 4);
-  x += 150;
-  fprintf(f,
-          "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='#000' stroke-width='2' "
-          "stroke-dasharray='6,4'/><text x='%.1f' y='%.1f' font-size='12'>H 9, Hk 3, d 64</text>\n",
-          x, y, x + 24, y, x + 30, y + 4);
+  bool llama = false, smol = false; /* shapes present, by dash */
+  for (int i = 0; i < rep->count; i++) {
+    const kq_bench_result *r = &rep->items[i];
+    if (!wanted(r, device, storage)) continue;
+    llama = llama || r->head_dim >= 128;
+    smol = smol || r->head_dim < 128;
+  }
+  if (llama) {
+    fprintf(f,
+            "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='#000' stroke-width='2'/>"
+            "<text x='%.1f' y='%.1f' font-size='12'>H 32, Hk 8, d 128</text>\n",
+            x, y, x + 24, y, x + 30, y + 4);
+    x += 150;
+  }
+  if (smol)
+    fprintf(f,
+            "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='#000' stroke-width='2' "
+            "stroke-dasharray='6,4'/><text x='%.1f' y='%.1f' font-size='12'>H 9, Hk 3, d "
+            "64</text>\n",
+            x, y, x + 24, y, x + 30, y + 4);
 }
 
 static void draw_device(FILE *f, const kq_bench_report *rep, int d, double top) {
