@@ -104,11 +104,13 @@ typedef struct kq_bench_device_ctx {
  * memory, at most 4 GiB). */
 kq_status kq_bench_device_prepare(kq_bench_device_ctx *ctx, int32_t copy_reps);
 
-/* Builds a cache of enough layers for cfg (SPEC §5), fills each layer to
- * cfg->context and times decode and/or prefill; appends one result per op.
- * A configuration that does not fit adds a note and returns KQ_OK. */
-kq_status kq_bench_attention(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfg,
-                             kq_bench_report *rep);
+/* Times a group of configurations that differ only in rank (n in [1, 8]):
+ * for each, a cache of enough layers (SPEC §5) filled to the context; then
+ * decode steps and/or prefill attends of the ranks alternate (so load
+ * changes hit them alike) and one result per rank and op is appended. A
+ * configuration that does not fit adds a note and is left out. */
+kq_status kq_bench_attention(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfgs,
+                             int n, kq_bench_report *rep);
 
 /* Per-call overhead: attend (m = 1) on a cache holding one token, median of
  * `calls` single calls; appends an "overhead" result. */

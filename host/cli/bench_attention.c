@@ -4,7 +4,9 @@
  * several times the last-level cache, each layer filled to the context by
  * append, and one timed decode step = one attend on every layer. Prefill
  * (m = 512, compute-bound) times one layer per repetition, cycling through
- * the layers so that each read starts cold as well.
+ * the layers so that each read starts cold as well. The ranks of one case
+ * are timed in alternation, so that load changes on a shared machine hit
+ * full and compressed attention alike.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -169,58 +171,33 @@ static void result_init(const kq_bench_device_ctx *ctx, const kq_bench_attn_conf
   r->speedup_vs_full = NAN;
 }
 
-/* Median seconds per layer of `reps` decode steps (one attend per layer). */
-static kq_status time_decode(kq_cache *cache, int32_t layers, int32_t reps, const bench_buffers *b,
-                             const volatile int *cancel, double *out_seconds) {
-  double *t = kq_calloc_array((size_t)reps, sizeof *t, "bench times");
-  if (!t) return KQ_ERR_OUT_OF_MEMORY;
-  kq_status st = KQ_OK;
-  for (int32_t s = -1; s < reps && st == KQ_OK; s++) { /* s = -1: warm-up */
-    if (cancel && *cancel) {
-      st = kq_set_error(KQ_ERR_INTERRUPTED, "bench: interrupted");
-      break;
-    }
-    double t0 = kq_now_seconds();
-    for (int32_t l = 0; l < layers && st == KQ_OK; l++)
-      st = kq_cache_attend(cache, l, 1, b->q, KQ_OUTPUT_FULL, b->out);
-    if (s >= 0) t[s] = (kq_now_seconds() - t0) / layers;
-  }
-  if (st == KQ_OK) *out_seconds = kq_bench_median(t, reps);
-  free(t);
-  return st;
-}
-
-/* Median seconds of `reps` prefill attends, each on the next layer in turn
- * (the warm-up uses the last layer filled, which is the warmest). */
-static kq_status time_prefill(kq_cache *cache, int32_t layers, int32_t reps, const bench_buffers *b,
-                              const volatile int *cancel, double *out_seconds) {
-  double *t = kq_calloc_array((size_t)reps, sizeof *t, "bench times");
-  if (!t) return KQ_ERR_OUT_OF_MEMORY;
-  kq_status st = KQ_OK;
-  for (int32_t s = -1; s < reps && st == KQ_OK; s++) {
-    if (cancel && *cancel) {
-      st = kq_set_error(KQ_ERR_INTERRUPTED, "bench: interrupted");
-      break;
-    }
-    int32_t layer = s < 0 ? layers - 1 : s % layers;
-    double t0 = kq_now_seconds();
-    st = kq_cache_attend(cache, layer, KQ_BENCH_PREFILL_M, b->q, KQ_OUTPUT_FULL, b->out);
-    if (s >= 0) t[s] = kq_now_seconds() - t0;
-  }
-  if (st == KQ_OK) *out_seconds = kq_bench_median(t, reps);
-  free(t);
-  return st;
-}
-
 static bool skippable(kq_status st) {
   return st == KQ_ERR_DEVICE_MEMORY || st == KQ_ERR_OUT_OF_MEMORY || st == KQ_ERR_UNSUPPORTED ||
          st == KQ_ERR_CAPACITY;
 }
 
-kq_status kq_bench_attention(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfg,
-                             kq_bench_report *rep) {
+/* One rank of a group: its cache and timings. */
+typedef struct bench_member {
+  const kq_bench_attn_config *cfg;
+  kq_projections *proj;
+  kq_cache *cache; /* NULL: skipped */
+  int32_t layers;
+  double *decode_t, *prefill_t;
+} bench_member;
+
+static void member_free(bench_member *m) {
+  kq_cache_destroy(m->cache);
+  kq_projections_destroy(m->proj);
+  free(m->decode_t), free(m->prefill_t);
+  memset(m, 0, sizeof *m);
+}
+
+/* Creates and fills the cache of one member; a configuration that does not
+ * fit leaves m->cache NULL with a note and returns KQ_OK. */
+static kq_status member_build(const kq_bench_device_ctx *ctx, bench_member *m,
+                              const bench_buffers *b, kq_bench_report *rep) {
+  const kq_bench_attn_config *cfg = m->cfg;
   double per_layer = layer_latent_bytes(cfg, cfg->context);
-  const char *what = cfg->rank == cfg->head_dim ? "full" : "compressed";
   if (per_layer > (double)ctx->budget_bytes ||
       (ctx->info.max_buffer_bytes && per_layer > (double)ctx->info.max_buffer_bytes)) {
     kq_bench_report_note(rep,
@@ -238,54 +215,88 @@ kq_status kq_bench_attention(const kq_bench_device_ctx *ctx, const kq_bench_attn
   if (cfg->prefill && layers < cfg->prefill_reps && cfg->prefill_reps <= 64 &&
       per_layer * cfg->prefill_reps <= (double)ctx->budget_bytes)
     layers = cfg->prefill_reps; /* every timed prefill reads a layer not read before */
-  kq_projections *proj = NULL;
-  kq_cache *cache = NULL;
-  bench_buffers b;
-  int32_t m = cfg->prefill ? KQ_BENCH_PREFILL_M : 1;
-  kq_status st = buffers_alloc(cfg, m, &b);
-  if (st) return st;
-  st = make_projections(cfg, layers, &proj);
+  m->layers = layers;
+  m->decode_t = kq_calloc_array((size_t)cfg->decode_reps, sizeof(double), "bench times");
+  m->prefill_t = kq_calloc_array((size_t)cfg->prefill_reps, sizeof(double), "bench times");
+  if (!m->decode_t || !m->prefill_t) return KQ_ERR_OUT_OF_MEMORY;
+  kq_status st = make_projections(cfg, layers, &m->proj);
   if (st == KQ_OK) {
     kq_cache_params p = kq_cache_default_params();
     p.storage = cfg->storage;
     p.capacity = cfg->context;
-    st = kq_cache_create(ctx->device, proj, &p, &cache);
+    st = kq_cache_create(ctx->device, m->proj, &p, &m->cache);
   }
   if (skippable(st)) {
     kq_bench_report_note(rep, "%s: context %d H %d d %d rank %d %s %s skipped: %s: %s",
                          ctx->info.name, cfg->context, cfg->heads, cfg->head_dim, cfg->rank,
                          storage_name(cfg->storage), rope_name(cfg->rope), kq_status_string(st),
                          kq_last_error());
-    st = KQ_OK;
-    goto done;
+    m->cache = NULL;
+    return KQ_OK;
   }
-  if (st) goto done;
+  if (st) return st;
   fprintf(stderr,
           "kqsvd bench: [%d/%d] %s %s ctx %d H %d/%d d %d rank %d %s %s: %d layers (%.0f MiB)\n",
-          cfg->index, cfg->total, ctx->info.name, what, cfg->context, cfg->heads, cfg->kv_heads,
-          cfg->head_dim, cfg->rank, storage_name(cfg->storage), rope_name(cfg->rope), layers,
-          per_layer * layers / 1048576.0);
+          cfg->index, cfg->total, ctx->info.name,
+          cfg->rank == cfg->head_dim ? "full" : "compressed", cfg->context, cfg->heads,
+          cfg->kv_heads, cfg->head_dim, cfg->rank, storage_name(cfg->storage), rope_name(cfg->rope),
+          layers, per_layer * layers / 1048576.0);
   for (int32_t l = 0; l < layers && st == KQ_OK; l++)
-    st = fill_layer(cache, l, cfg->context, &b, ctx->cancel);
-  if (st) goto done;
-  kq_bench_result r;
-  if (cfg->decode) {
-    double sec = 0;
-    st = time_decode(cache, layers, cfg->decode_reps, &b, ctx->cancel, &sec);
-    if (st) goto done;
-    result_init(ctx, cfg, "decode", cfg->context, 1, sec, &r);
-    if (!kq_bench_report_add(rep, &r)) st = KQ_ERR_OUT_OF_MEMORY;
+    st = fill_layer(m->cache, l, cfg->context, b, ctx->cancel);
+  return st;
+}
+
+/* One decode step (an attend on every layer) or one prefill attend (on
+ * layer `step` mod L; the warm-up step -1 uses the last layer filled). */
+static kq_status member_step(bench_member *m, bool prefill, int32_t step, const bench_buffers *b) {
+  double t0 = kq_now_seconds();
+  kq_status st = KQ_OK;
+  if (prefill) {
+    int32_t layer = step < 0 ? m->layers - 1 : step % m->layers;
+    st = kq_cache_attend(m->cache, layer, KQ_BENCH_PREFILL_M, b->q, KQ_OUTPUT_FULL, b->out);
+    if (step >= 0) m->prefill_t[step] = kq_now_seconds() - t0;
+  } else {
+    for (int32_t l = 0; l < m->layers && st == KQ_OK; l++)
+      st = kq_cache_attend(m->cache, l, 1, b->q, KQ_OUTPUT_FULL, b->out);
+    if (step >= 0) m->decode_t[step] = (kq_now_seconds() - t0) / m->layers;
   }
-  if (st == KQ_OK && cfg->prefill && cfg->context >= KQ_BENCH_PREFILL_M) {
-    double sec = 0;
-    st = time_prefill(cache, layers, cfg->prefill_reps, &b, ctx->cancel, &sec);
-    if (st) goto done;
-    result_init(ctx, cfg, "prefill", cfg->context, KQ_BENCH_PREFILL_M, sec, &r);
-    if (!kq_bench_report_add(rep, &r)) st = KQ_ERR_OUT_OF_MEMORY;
+  return st;
+}
+
+kq_status kq_bench_attention(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfgs,
+                             int n, kq_bench_report *rep) {
+  if (n < 1 || n > 8) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "bench: %d ranks in a group", n);
+  const kq_bench_attn_config *c0 = &cfgs[0];
+  bench_member mem[8];
+  memset(mem, 0, sizeof mem);
+  bench_buffers b;
+  kq_status st = buffers_alloc(c0, c0->prefill ? KQ_BENCH_PREFILL_M : 1, &b);
+  if (st) return st;
+  for (int i = 0; i < n && st == KQ_OK; i++) {
+    mem[i].cfg = &cfgs[i];
+    st = member_build(ctx, &mem[i], &b, rep);
   }
-done:
-  kq_cache_destroy(cache);
-  kq_projections_destroy(proj);
+  /* Steps of the ranks alternate, so that a change of machine load hits all
+   * of them alike. */
+  for (int pass = 0; pass < 2 && st == KQ_OK; pass++) {
+    bool prefill = pass == 1;
+    if (prefill ? !(c0->prefill && c0->context >= KQ_BENCH_PREFILL_M) : !c0->decode) continue;
+    int32_t reps = prefill ? c0->prefill_reps : c0->decode_reps;
+    for (int32_t s = -1; s < reps && st == KQ_OK; s++) {
+      if (ctx->cancel && *ctx->cancel) st = kq_set_error(KQ_ERR_INTERRUPTED, "bench: interrupted");
+      for (int i = 0; i < n && st == KQ_OK; i++)
+        if (mem[i].cache) st = member_step(&mem[i], prefill, s, &b);
+    }
+    for (int i = 0; i < n && st == KQ_OK; i++) {
+      if (!mem[i].cache) continue;
+      double sec = kq_bench_median(prefill ? mem[i].prefill_t : mem[i].decode_t, reps);
+      int32_t m = prefill ? KQ_BENCH_PREFILL_M : 1;
+      kq_bench_result r;
+      result_init(ctx, mem[i].cfg, prefill ? "prefill" : "decode", c0->context, m, sec, &r);
+      if (!kq_bench_report_add(rep, &r)) st = KQ_ERR_OUT_OF_MEMORY;
+    }
+  }
+  for (int i = 0; i < n; i++) member_free(&mem[i]);
   buffers_free(&b);
   return st;
 }

@@ -182,26 +182,27 @@ static kq_status bench_device(kq_device *device, const bench_options *o, kq_benc
   for (int s = 0; s < n_shapes && st == KQ_OK; s++)
     for (int si = first_storage; si < n_storages && st == KQ_OK; si++)
       for (int ri = 0; ri < n_ropes && st == KQ_OK; ri++)
-        for (int c = 0; c < n_ctx && st == KQ_OK; c++)
-          for (int k = 0; k < n_rank_divs && st == KQ_OK; k++) {
-            kq_bench_attn_config cfg = {.heads = shapes[s].heads,
-                                        .kv_heads = shapes[s].kv_heads,
-                                        .head_dim = shapes[s].head_dim,
-                                        .rank = shapes[s].head_dim >> k,
-                                        .storage = storages[si],
-                                        .rope = ropes[ri],
-                                        .context = ctxs[c],
-                                        .decode_reps = reps_decode,
-                                        .prefill_reps = reps_prefill,
-                                        .index = ++index,
-                                        .total = total};
-            cfg.decode = o->decode;
-            cfg.prefill = o->prefill && ctxs[c] >= KQ_BENCH_PREFILL_M;
-            if (cfg.prefill && !o->n_contexts) /* compute-bound: default contexts only */
-              cfg.prefill = ctxs[c] == defaults_prefill[0] || ctxs[c] == defaults_prefill[1];
-            if (!cfg.decode && !cfg.prefill) continue;
-            st = kq_bench_attention(&ctx, &cfg, rep);
-          }
+        for (int c = 0; c < n_ctx && st == KQ_OK; c++) {
+          kq_bench_attn_config group[3];
+          bool prefill = o->prefill && ctxs[c] >= KQ_BENCH_PREFILL_M;
+          if (prefill && !o->n_contexts) /* compute-bound: default contexts only */
+            prefill = ctxs[c] == defaults_prefill[0] || ctxs[c] == defaults_prefill[1];
+          for (int k = 0; k < n_rank_divs; k++)
+            group[k] = (kq_bench_attn_config){.heads = shapes[s].heads,
+                                              .kv_heads = shapes[s].kv_heads,
+                                              .head_dim = shapes[s].head_dim,
+                                              .rank = shapes[s].head_dim >> k,
+                                              .storage = storages[si],
+                                              .rope = ropes[ri],
+                                              .context = ctxs[c],
+                                              .decode = o->decode,
+                                              .prefill = prefill,
+                                              .decode_reps = reps_decode,
+                                              .prefill_reps = reps_prefill,
+                                              .index = ++index,
+                                              .total = total};
+          if (o->decode || prefill) st = kq_bench_attention(&ctx, group, n_rank_divs, rep);
+        }
   if (st == KQ_OK && o->decode) {
     for (int k = 0; k < 2 && st == KQ_OK; k++) {
       kq_bench_attn_config cfg = {.heads = 32,
