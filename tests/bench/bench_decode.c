@@ -10,7 +10,7 @@
  * once per step, and the layers together exceed the last-level cache several
  * times, SPEC §5). Bytes per step = latent caches read + queries + outputs.
  * The ceiling is kq_device_copy_bandwidth on the same device in the same run.
- * Figures are medians over the steps.
+ * Figures are medians over the steps; compressed and full steps alternate.
  */
 #include <math.h>
 #include <stdio.h>
@@ -66,8 +66,8 @@ static int usage(void) {
 
 /* Builds a cache of cfg->ctx tokens in every layer with rank (rk, rv), or
  * identity projections when rk == rv == dim, then times decode steps. */
-static int run(const bench_cfg *cfg, kq_device *dev, int rk, int rv, int layers,
-               bench_result *res) {
+static int build(const bench_cfg *cfg, kq_device *dev, int rk, int rv, int layers,
+                 kq_cache **out_cache) {
   kq_projections_info info = {.method = KQ_METHOD_KQSVD,
                               .n_layers = layers,
                               .n_heads = cfg->heads,
@@ -112,44 +112,48 @@ static int run(const bench_cfg *cfg, kq_device *dev, int rk, int rv, int layers,
 
   const int chunk = 2048;
   float *kv = malloc((size_t)chunk * Hk * d * sizeof *kv);
-  const size_t out_per_head = cfg->output == KQ_OUTPUT_FULL ? (size_t)d : (size_t)rv;
-  float *q = malloc((size_t)cfg->heads * d * sizeof *q);
-  float *out = malloc((size_t)cfg->heads * out_per_head * sizeof *out);
-  double *times = calloc((size_t)cfg->steps, sizeof *times);
-  int rc = 0;
-  if (!kv || !q || !out || !times) {
-    rc = fail("host buffers");
-    goto done;
-  }
-  for (size_t i = 0; i < (size_t)chunk * Hk * d; ++i) kv[i] = frand(&seed);
-  for (size_t i = 0; i < (size_t)cfg->heads * d; ++i) q[i] = frand(&seed);
+  int rc = kv ? 0 : fail("host buffers");
+  for (size_t i = 0; kv && i < (size_t)chunk * Hk * d; ++i) kv[i] = frand(&seed);
   for (int l = 0; l < layers && rc == 0; ++l)
     for (int t = 0; t < cfg->ctx && rc == 0; t += chunk) {
       int n = cfg->ctx - t < chunk ? cfg->ctx - t : chunk;
       if (kq_cache_append(cache, l, n, kv, kv) != KQ_OK) rc = fail("append");
     }
-  for (int s = -1; s < cfg->steps && rc == 0; ++s) { /* s = -1: warm-up */
-    double t0 = now_s();
-    for (int l = 0; l < layers && rc == 0; ++l)
-      if (kq_cache_attend(cache, l, 1, q, cfg->output, out) != KQ_OK) rc = fail("attend");
-    if (s >= 0) times[s] = now_s() - t0;
+  free(kv);
+  if (rc) {
+    kq_cache_destroy(cache);
+    return rc;
   }
-  if (rc == 0) {
-    qsort(times, (size_t)cfg->steps, sizeof *times, cmp_double);
-    double med = times[cfg->steps / 2];
-    if (cfg->steps % 2 == 0) med = 0.5 * (times[cfg->steps / 2 - 1] + times[cfg->steps / 2]);
-    const double elem = cfg->storage == KQ_STORAGE_F16 ? 2.0 : 4.0;
-    double per_layer = (double)cfg->ctx * Hk * (rk + rv) * elem + (double)cfg->heads * d * 4.0 +
-                       (double)cfg->heads * out_per_head * 4.0;
-    res->bytes = per_layer * layers;
-    res->ms = 1e3 * med;
-    res->gbps = res->bytes / med / 1e9;
-    res->layers = layers;
-  }
-done:
-  free(kv), free(q), free(out), free(times);
-  kq_cache_destroy(cache);
-  return rc;
+  *out_cache = cache;
+  return 0;
+}
+
+/* One timed step: one decode query in every layer. */
+static int step(const bench_cfg *cfg, kq_cache *cache, int layers, const float *q, float *out,
+                double *seconds) {
+  double t0 = now_s();
+  for (int l = 0; l < layers; ++l)
+    if (kq_cache_attend(cache, l, 1, q, cfg->output, out) != KQ_OK) return fail("attend");
+  *seconds = now_s() - t0;
+  return 0;
+}
+
+static double median(double *x, int n) {
+  qsort(x, (size_t)n, sizeof *x, cmp_double);
+  return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+
+/* Bytes per step: latent caches read + queries + outputs, every layer. */
+static void figures(const bench_cfg *cfg, int rk, int rv, int layers, double sec,
+                    bench_result *res) {
+  const double elem = cfg->storage == KQ_STORAGE_F16 ? 2.0 : 4.0;
+  const double out_per_head = cfg->output == KQ_OUTPUT_FULL ? cfg->dim : rv;
+  double per_layer = (double)cfg->ctx * cfg->kv_heads * (rk + rv) * elem +
+                     (double)cfg->heads * cfg->dim * 4.0 + (double)cfg->heads * out_per_head * 4.0;
+  res->bytes = per_layer * layers;
+  res->ms = 1e3 * sec;
+  res->gbps = res->bytes / sec / 1e9;
+  res->layers = layers;
 }
 
 int main(int argc, char **argv) {
@@ -236,21 +240,39 @@ int main(int argc, char **argv) {
     layers = (int)ceil(4.0 * (double)l3 / per);
     if (layers < 2) layers = 2;
     /* ... but the full-attention baseline must fit in the device memory. */
-    double full = (double)cfg.ctx * cfg.kv_heads * 2.0 * cfg.dim *
+    double both = (double)cfg.ctx * cfg.kv_heads * (2.0 * cfg.dim + cfg.rank_k + cfg.rank_v) *
                   (cfg.storage == KQ_STORAGE_F16 ? 2.0 : 4.0);
-    int fit = (int)(0.75 * (double)info.memory_bytes / full);
+    int fit = (int)(0.75 * (double)info.memory_bytes / both);
     if (info.memory_bytes > 0 && layers > fit) {
       layers = fit < 1 ? 1 : fit;
-      fprintf(stderr, "bench_decode: %d layers (the full cache must fit in %.1f GiB)\n", layers,
+      fprintf(stderr, "bench_decode: %d layers (both caches must fit in %.1f GiB)\n", layers,
               (double)info.memory_bytes / (1 << 30));
     }
   }
   double ceiling = 0;
   if (kq_device_copy_bandwidth(dev, (uint64_t)cfg.copy_mib << 20, 5, &ceiling) != KQ_OK)
     return fail("copy bandwidth");
+  /* Both caches live side by side and the steps alternate, so that both
+   * see the same machine state (thermal, other load). */
+  kq_cache *ccomp = NULL, *cfull = NULL;
+  if (build(&cfg, dev, cfg.rank_k, cfg.rank_v, layers, &ccomp)) return 1;
+  if (build(&cfg, dev, cfg.dim, cfg.dim, layers, &cfull)) return 1;
+  float *q = malloc((size_t)cfg.heads * cfg.dim * sizeof *q);
+  float *out = malloc((size_t)cfg.heads * cfg.dim * sizeof *out);
+  double *tc = calloc((size_t)cfg.steps + 1, sizeof *tc),
+         *tf = calloc((size_t)cfg.steps + 1, sizeof *tf);
+  if (!q || !out || !tc || !tf) return fail("host buffers");
+  uint64_t seed = 99;
+  for (size_t i = 0; i < (size_t)cfg.heads * cfg.dim; ++i) q[i] = frand(&seed);
+  for (int s = 0; s <= cfg.steps; ++s) /* step 0 is the warm-up */
+    if (step(&cfg, ccomp, layers, q, out, &tc[s]) || step(&cfg, cfull, layers, q, out, &tf[s]))
+      return 1;
   bench_result comp = {0}, full = {0};
-  if (run(&cfg, dev, cfg.rank_k, cfg.rank_v, layers, &comp)) return 1;
-  if (run(&cfg, dev, cfg.dim, cfg.dim, layers, &full)) return 1;
+  figures(&cfg, cfg.rank_k, cfg.rank_v, layers, median(tc + 1, cfg.steps), &comp);
+  figures(&cfg, cfg.dim, cfg.dim, layers, median(tf + 1, cfg.steps), &full);
+  free(q), free(out), free(tc), free(tf);
+  kq_cache_destroy(ccomp);
+  kq_cache_destroy(cfull);
   kq_device_destroy(dev);
   const double speedup = full.ms / comp.ms;
   const char *st = cfg.storage == KQ_STORAGE_F16 ? "f16" : "f32";
