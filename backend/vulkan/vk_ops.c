@@ -182,7 +182,7 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend
    * cache; with PRE the rebuilt keys live in shared memory. */
   p->TK = 0;
   for (;;) {
-    for (uint32_t tk = p->pre ? 64 : 2 * VK_WG; tk >= 8 && !p->TK; tk /= 2)
+    for (uint32_t tk = p->pre ? 64 : 4 * VK_WG; tk >= 8 && !p->TK; tk /= 2)
       if (attend_shared(p->QT * p->G, p->QK, tk, (uint32_t)rk, p->pre) <=
           lim->maxComputeSharedMemorySize)
         p->TK = tk;
@@ -199,7 +199,7 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend
   uint64_t tiles = (uint64_t)op->n_kv_heads * cdiv((uint64_t)op->n_queries, p->QT);
   uint64_t target = tiles >= 512 ? 1 : 512 / tiles;
   uint64_t ch = cdiv(cdiv((uint64_t)op->n_ctx, target), p->TK) * (uint64_t)p->TK;
-  if (ch < 4ull * p->TK) ch = 4ull * p->TK;
+  if (ch < 2ull * p->TK) ch = 2ull * p->TK;
   const uint64_t max_bind = vk_max_binding(d), wide = (rk > rv ? rk : rv) * p->elem;
   uint64_t nch = cdiv((uint64_t)op->n_ctx, ch);
   while (nch > lim->maxComputeWorkGroupCount[0]) {
