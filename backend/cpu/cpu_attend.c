@@ -22,6 +22,13 @@
 
 #define KQ_TILE 64
 #define KQ_MAX_ROWS 64 /* query rows (queries x group heads) per task */
+/* With PRE rope every key tile is reconstructed (r d flops a key) and
+ * rotated once per task and shared by all its rows: more rows per task
+ * amortise it further (the rows' state, 256 x (d + r_v) floats, stays in L2). */
+#define KQ_PRE_ROWS 256
+/* PRE key angles follow the angle-addition recurrence in double and are
+ * recomputed exactly every this many positions (error ~1e-13, far below F32). */
+#define KQ_ROPE_RESYNC 1024
 
 static int pad_to(int n) {
   return (n + KQ_CPU_PAD - 1) / KQ_CPU_PAD * KQ_CPU_PAD;
@@ -33,8 +40,9 @@ typedef struct attend_ctx {
   const unsigned char *k_cache, *v_cache;
   const float *q, *key_down, *query_down;
   float *out;      /* latent output [n_queries, n_heads, rank_v] */
-  float *partials; /* [task][KQ_MAX_ROWS][rank_v + 2] when n_chunks > 1 */
+  float *partials; /* [task][max_rows][rank_v + 2] when n_chunks > 1 */
   int group;       /* query heads per kv head */
+  int max_rows;    /* query rows per task: KQ_MAX_ROWS, or KQ_PRE_ROWS with PRE rope */
   int qblock;      /* queries per block */
   int n_qblocks, n_chunks, chunk_len;
   int dk, dkp;  /* logit dimension (rank_k, or head_dim with PRE rope) and padded */
@@ -96,44 +104,54 @@ static const float *load_rows(const attend_ctx *c, const unsigned char *src, int
 }
 
 typedef struct task_scratch {
-  float *qrows;         /* [KQ_MAX_ROWS][dkp] */
-  float *tmp;           /* [2][max(d, rk) padded] */
+  float *qrows;         /* [max_rows][dkp] */
   float *bt;            /* [rank_k][head_dim]: Bᵀ (PRE, non-identity) */
   float *ktile;         /* [KQ_TILE][dkp] */
   float *ltile;         /* [KQ_TILE][rkp] latent keys before reconstruction (PRE) */
   float *vtile;         /* [KQ_TILE][rvp] */
-  float *s;             /* [KQ_MAX_ROWS][KQ_TILE] */
-  float *m, *l, *alpha; /* [KQ_MAX_ROWS] */
+  float *s;             /* [max_rows][KQ_TILE] */
+  float *m, *l, *alpha; /* [max_rows] */
   float *rotf;          /* storage of rot */
   double *rot;          /* [head_dim]: cos and sin of the current angles (PRE) */
-  float *acc;           /* [KQ_MAX_ROWS][rvp] */
+  float *acc;           /* [max_rows][rvp] */
+  float *qraw;          /* [max_rows][head_dim]: the task's queries (non-identity) */
+  float *qlat;          /* [max_rows][rkp]: q B (PRE, non-identity) */
+  float *at;            /* [rank_k][head_dim]: Aᵀ (PRE, non-identity) */
+  int next_p;           /* PRE: position whose angles rot holds (-1: none) */
 } task_scratch;
 
 static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts) {
   const kq_attend_op *op = c->op;
-  int wide = pad_to(op->head_dim > op->rank_k ? op->head_dim : op->rank_k);
+  size_t rows = (size_t)c->max_rows;
+  int pre_latent = op->rope == KQ_ROPE_PRE && !c->identity_keys;
   size_t sizes[] = {
-      (size_t)KQ_MAX_ROWS * c->dkp,
-      (size_t)2 * wide,
+      rows * c->dkp,
       op->rope == KQ_ROPE_PRE ? (size_t)op->rank_k * op->head_dim : 0,
       (size_t)KQ_TILE * c->dkp,
       op->rope == KQ_ROPE_PRE ? (size_t)KQ_TILE * c->rkp : 0,
       (size_t)KQ_TILE * c->rvp,
-      (size_t)KQ_MAX_ROWS * KQ_TILE,
-      KQ_MAX_ROWS,
-      KQ_MAX_ROWS,
-      KQ_MAX_ROWS,
-      (size_t)KQ_MAX_ROWS * c->rvp,
+      rows * KQ_TILE,
+      rows,
+      rows,
+      rows,
+      rows * c->rvp,
       op->rope == KQ_ROPE_PRE ? (size_t)2 * op->head_dim : 0, /* doubles, in floats */
+      c->identity_keys ? 0 : rows * op->head_dim,
+      pre_latent ? rows * c->rkp : 0,
+      pre_latent ? (size_t)op->rank_k * op->head_dim : 0,
   };
-  float **slots[] = {&ts->qrows, &ts->tmp, &ts->bt, &ts->ktile, &ts->ltile, &ts->vtile,
-                     &ts->s,     &ts->m,   &ts->l,  &ts->alpha, &ts->acc,   &ts->rotf};
+  float **slots[] = {&ts->qrows, &ts->bt,   &ts->ktile, &ts->ltile, &ts->vtile,
+                     &ts->s,     &ts->m,    &ts->l,     &ts->alpha, &ts->acc,
+                     &ts->rotf,  &ts->qraw, &ts->qlat,  &ts->at};
   size_t off = 0;
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
     if (base) *slots[i] = base + off;
     off += (sizes[i] + 15) & ~(size_t)15; /* keep every slot 64-byte aligned */
   }
-  if (base) ts->rot = (double *)(void *)ts->rotf;
+  if (base) {
+    ts->rot = (double *)(void *)ts->rotf;
+    ts->next_p = -1;
+  }
   return off * sizeof(float);
 }
 
@@ -142,31 +160,32 @@ static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts)
 static void prepare_queries(const attend_ctx *c, task_scratch *ts, int h, int j0, int nq,
                             int qpos0) {
   const kq_attend_op *op = c->op;
-  int d = op->head_dim, rk = op->rank_k;
-  const float *B = c->query_down + (size_t)h * d * rk;
-  const float *A = c->key_down + (size_t)h * d * rk;
+  int d = op->head_dim, rk = op->rank_k, rows = nq * c->group;
+  int pre = op->rope == KQ_ROPE_PRE;
+  /* Row r = jj * group + gi is query j0 + jj of head h * group + gi; the
+   * group's heads are adjacent in q. */
+  float *raw = c->identity_keys ? ts->qrows : ts->qraw;
+  int ldr = c->identity_keys ? c->dkp : d;
+  for (int jj = 0; jj < nq; jj++)
+    for (int gi = 0; gi < c->group; gi++)
+      memcpy(raw + (size_t)(jj * c->group + gi) * ldr,
+             c->q + ((size_t)(j0 + jj) * op->n_heads + h * c->group + gi) * d,
+             (size_t)d * sizeof(float));
+  if (!c->identity_keys) { /* all rows at once: the blocked matmul kernel */
+    const float *B = c->query_down + (size_t)h * d * rk;
+    if (pre) {
+      c->kern->matmul_rows(ts->qraw, rows, d, B, d, rk, ts->qlat, c->rkp);
+      c->kern->matmul_rows(ts->qlat, rows, c->rkp, ts->at, rk, d, ts->qrows, c->dkp);
+    } else {
+      c->kern->matmul_rows(ts->qraw, rows, d, B, d, rk, ts->qrows, c->dkp);
+    }
+  }
+  double *cs = ts->rot, *sn = ts->rot + d / 2;
   for (int jj = 0; jj < nq; jj++) {
+    if (pre) rope_angles((double)(qpos0 + jj), c->inv_freq, d / 2, cs, sn);
     for (int gi = 0; gi < c->group; gi++) {
-      int head = h * c->group + gi;
-      const float *qv = c->q + ((size_t)(j0 + jj) * op->n_heads + head) * d;
       float *row = ts->qrows + (size_t)(jj * c->group + gi) * c->dkp;
-      float *qt = ts->tmp;
-      if (c->identity_keys)
-        memcpy(qt, qv, (size_t)d * sizeof(float));
-      else
-        c->kern->matmul_rows(qv, 1, d, B, d, rk, qt, rk);
-      if (op->rope == KQ_ROPE_PRE) {
-        if (c->identity_keys) {
-          memcpy(row, qt, (size_t)d * sizeof(float));
-        } else {
-          for (int i = 0; i < d; i++) row[i] = c->kern->dot(qt, A + (size_t)i * rk, rk);
-        }
-        double *cs = ts->rot, *sn = ts->rot + d / 2;
-        rope_angles((double)(qpos0 + jj), c->inv_freq, d / 2, cs, sn);
-        rope_apply(row, d, cs, sn, op->rope_layout);
-      } else {
-        memcpy(row, qt, (size_t)c->dk * sizeof(float));
-      }
+      if (pre) rope_apply(row, d, cs, sn, op->rope_layout);
       for (int i = 0; i < c->dk; i++) row[i] *= op->scale;
       for (int i = c->dk; i < c->dkp; i++) row[i] = 0.0f;
     }
@@ -180,35 +199,23 @@ static const float *load_key_tile(const attend_ctx *c, task_scratch *ts, const u
   int rk = op->rank_k, d = op->head_dim;
   const unsigned char *src = kbase + (size_t)p * rk * c->esize;
   if (op->rope != KQ_ROPE_PRE) return load_rows(c, src, nt, rk, c->dkp, ts->ktile, 0);
-  /* PRE: k̂ = rot(k̃ Bᵀ, p), reconstructed in the tile only. */
-  const float *lat = c->identity_keys ? load_rows(c, src, nt, rk, c->dkp, ts->ktile, 1)
-                                      : load_rows(c, src, nt, rk, c->rkp, ts->ltile, 0);
-  double *cs = ts->rot, *sn = ts->rot + d / 2;
-  for (int t = 0; t < nt; t++) {
-    float *restrict kh = ts->ktile + (size_t)t * c->dkp;
-    if (!c->identity_keys) {
-      const float *lr = lat + (size_t)t * c->rkp;
-      for (int i = 0; i < d; i++) kh[i] = 0.0f;
-      for (int k = 0; k < rk; k++) {
-        const float *restrict btr = ts->bt + (size_t)k * d;
-        float w = lr[k];
-        for (int i = 0; i < d; i++) kh[i] += w * btr[i];
-      }
-      for (int i = d; i < c->dkp; i++) kh[i] = 0.0f;
-    }
-    /* Angles at p + t by the angle-addition recurrence from exact values at
-     * the tile start (<= 64 steps in double: error ~1e-14, far below F32). */
-    if (t == 0) {
-      rope_angles((double)p, c->inv_freq, d / 2, cs, sn);
-    } else {
-      for (int j = 0; j < d / 2; j++) {
-        double cj = cs[j] * c->step_cos[j] - sn[j] * c->step_sin[j];
-        sn[j] = sn[j] * c->step_cos[j] + cs[j] * c->step_sin[j];
-        cs[j] = cj;
-      }
-    }
-    rope_apply(kh, d, cs, sn, op->rope_layout);
+  /* PRE: k̂ = rot(k̃ Bᵀ, p), reconstructed in the tile only (once per task,
+   * shared by all its rows). The padding columns [d, dkp) of ktile were
+   * zeroed when the task started and are never written. */
+  if (c->identity_keys) {
+    load_rows(c, src, nt, rk, c->dkp, ts->ktile, 1);
+  } else {
+    const float *lat = load_rows(c, src, nt, rk, c->rkp, ts->ltile, 0);
+    c->kern->matmul_rows(lat, nt, c->rkp, ts->bt, rk, d, ts->ktile, c->dkp);
   }
+  /* Angles at p by the recurrence carried over from the previous tile,
+   * recomputed exactly at the task's first tile and every KQ_ROPE_RESYNC. */
+  double *cs = ts->rot, *sn = ts->rot + d / 2;
+  if (p != ts->next_p || p % KQ_ROPE_RESYNC == 0)
+    rope_angles((double)p, c->inv_freq, d / 2, cs, sn);
+  c->kern->rope_rows(ts->ktile, nt, c->dkp, d, op->rope_layout == KQ_ROPE_HALVES, cs, sn,
+                     c->step_cos, c->step_sin);
+  ts->next_p = p + nt;
   return ts->ktile;
 }
 
@@ -241,8 +248,14 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
   if (p0 < p1) {
     if (op->rope == KQ_ROPE_PRE && !c->identity_keys) {
       const float *B = c->query_down + (size_t)h * d * rk;
+      const float *A = c->key_down + (size_t)h * d * rk;
       for (int i = 0; i < d; i++)
-        for (int k = 0; k < rk; k++) ts.bt[(size_t)k * d + i] = B[(size_t)i * rk + k];
+        for (int k = 0; k < rk; k++) {
+          ts.bt[(size_t)k * d + i] = B[(size_t)i * rk + k];
+          ts.at[(size_t)k * d + i] = A[(size_t)i * rk + k];
+        }
+      for (int t = 0; t < KQ_TILE; t++)
+        for (int i = d; i < c->dkp; i++) ts.ktile[(size_t)t * c->dkp + i] = 0.0f;
     }
     prepare_queries(c, &ts, h, j0, nq, qpos0);
     const unsigned char *kbase = c->k_cache + (size_t)h * op->capacity * rk * c->esize;
@@ -291,7 +304,7 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
     }
   } else {
     for (int r = 0; r < rows; r++) {
-      float *part = c->partials + ((size_t)index * KQ_MAX_ROWS + r) * (rv + 2);
+      float *part = c->partials + ((size_t)index * c->max_rows + r) * (rv + 2);
       part[0] = ts.m[r];
       part[1] = ts.l[r];
       memcpy(part + 2, ts.acc + (size_t)r * c->rvp, (size_t)rv * sizeof(float));
@@ -312,7 +325,7 @@ static void merge_partials(const attend_ctx *c) {
         int64_t first = ((int64_t)h * c->n_qblocks + qb) * c->n_chunks;
         float mmax = -INFINITY;
         for (int ch = 0; ch < c->n_chunks; ch++) {
-          const float *part = c->partials + ((size_t)(first + ch) * KQ_MAX_ROWS + r) * (rv + 2);
+          const float *part = c->partials + ((size_t)(first + ch) * c->max_rows + r) * (rv + 2);
           if (part[0] > mmax) mmax = part[0];
         }
         int jj = r / c->group, head = h * c->group + r % c->group;
@@ -320,7 +333,7 @@ static void merge_partials(const attend_ctx *c) {
         for (int i = 0; i < rv; i++) o[i] = 0.0f;
         float l = 0.0f;
         for (int ch = 0; ch < c->n_chunks; ch++) {
-          const float *part = c->partials + ((size_t)(first + ch) * KQ_MAX_ROWS + r) * (rv + 2);
+          const float *part = c->partials + ((size_t)(first + ch) * c->max_rows + r) * (rv + 2);
           if (part[0] == -INFINITY) continue;
           float w = expf(part[0] - mmax);
           l += w * part[1];
@@ -408,7 +421,8 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
   int widest = c.dkp > c.rvp ? c.dkp : c.rvp;
   c.tile = KQ_TILE;
   while (c.tile > 8 && c.tile * widest > 2048) c.tile /= 2;
-  c.qblock = KQ_MAX_ROWS / c.group;
+  c.max_rows = op->rope == KQ_ROPE_PRE ? KQ_PRE_ROWS : KQ_MAX_ROWS;
+  c.qblock = c.max_rows / c.group;
   if (c.qblock > op->n_queries) c.qblock = op->n_queries;
   c.n_qblocks = (op->n_queries + c.qblock - 1) / c.qblock;
 
@@ -445,7 +459,7 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
     c.step_sin = inv_freq + 2 * half;
   }
   if (n_chunks > 1) {
-    c.partials = kq_malloc_array((size_t)n_tasks * KQ_MAX_ROWS * (size_t)(op->rank_v + 2),
+    c.partials = kq_malloc_array((size_t)n_tasks * c.max_rows * (size_t)(op->rank_v + 2),
                                  sizeof(float), "cpu attention partials");
     if (!c.partials) {
       free(inv_freq);

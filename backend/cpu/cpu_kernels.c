@@ -88,6 +88,32 @@ static void gen_matmul_rows(const float *x, int n, int ldx, const float *m, int 
   }
 }
 
+/* One column range [j0, j1) of rope_rows, all rows. */
+static void gen_rope_cols(float *x, int nt, int ldx, int d, int halves, double *cs, double *sn,
+                          const double *step_cos, const double *step_sin, int j0, int j1) {
+  int half = d / 2;
+  for (int j = j0; j < j1; j++) {
+    double c = cs[j], sj = sn[j];
+    int i0 = halves ? j : 2 * j, i1 = halves ? j + half : 2 * j + 1;
+    for (int t = 0; t < nt; t++) {
+      float *row = x + (size_t)t * ldx;
+      float a = row[i0], b = row[i1], fc = (float)c, fs = (float)sj;
+      row[i0] = a * fc - b * fs;
+      row[i1] = a * fs + b * fc;
+      double cn = c * step_cos[j] - sj * step_sin[j];
+      sj = sj * step_cos[j] + c * step_sin[j];
+      c = cn;
+    }
+    cs[j] = c;
+    sn[j] = sj;
+  }
+}
+
+static void gen_rope_rows(float *x, int nt, int ldx, int d, int halves, double *cs, double *sn,
+                          const double *step_cos, const double *step_sin) {
+  gen_rope_cols(x, nt, ldx, d, halves, cs, sn, step_cos, step_sin, 0, d / 2);
+}
+
 static const kq_cpu_kernels g_generic = {
     .isa = "generic",
     .f16_to_f32 = gen_f16_to_f32,
@@ -100,6 +126,7 @@ static const kq_cpu_kernels g_generic = {
     .matmul_rows = gen_matmul_rows,
     .logits_f16 = NULL,
     .pv_f16 = NULL,
+    .rope_rows = gen_rope_rows,
 };
 
 /* ---------------------------------------------------------------------- */
@@ -399,6 +426,40 @@ KQ_AVX2 static void avx2_softmax_update(float *s, int rows, int lds, int nt, flo
   }
 }
 
+/* rope_rows, four pairs at a time: the angles of a column block stay in
+ * registers while the rows are walked. */
+KQ_AVX2 static void avx2_rope_rows(float *x, int nt, int ldx, int d, int halves, double *cs,
+                                   double *sn, const double *step_cos, const double *step_sin) {
+  int half = d / 2, j = 0;
+  const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+  for (; j + 4 <= half; j += 4) {
+    __m256d c = _mm256_loadu_pd(cs + j), s = _mm256_loadu_pd(sn + j);
+    __m256d sc = _mm256_loadu_pd(step_cos + j), ss = _mm256_loadu_pd(step_sin + j);
+    for (int t = 0; t < nt; t++) {
+      float *row = x + (size_t)t * ldx;
+      __m128 fc = _mm256_cvtpd_ps(c), fs = _mm256_cvtpd_ps(s);
+      if (halves) {
+        __m128 a = _mm_loadu_ps(row + j), b = _mm_loadu_ps(row + half + j);
+        _mm_storeu_ps(row + j, _mm_fmsub_ps(a, fc, _mm_mul_ps(b, fs)));
+        _mm_storeu_ps(row + half + j, _mm_fmadd_ps(a, fs, _mm_mul_ps(b, fc)));
+      } else {
+        __m256 v = _mm256_loadu_ps(row + 2 * j);
+        __m256 c8 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(fc), dup);
+        __m256 s8 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(fs), dup);
+        __m256 sw = _mm256_permute_ps(v, 0xB1); /* (b, a) in every pair */
+        /* even lanes a c - b s, odd lanes b c + a s */
+        _mm256_storeu_ps(row + 2 * j, _mm256_fmaddsub_ps(v, c8, _mm256_mul_ps(sw, s8)));
+      }
+      __m256d cn = _mm256_fmsub_pd(c, sc, _mm256_mul_pd(s, ss));
+      s = _mm256_fmadd_pd(s, sc, _mm256_mul_pd(c, ss));
+      c = cn;
+    }
+    _mm256_storeu_pd(cs + j, c);
+    _mm256_storeu_pd(sn + j, s);
+  }
+  if (j < half) gen_rope_cols(x, nt, ldx, d, halves, cs, sn, step_cos, step_sin, j, half);
+}
+
 static const kq_cpu_kernels g_avx2 = {
     .isa = "avx2+fma+f16c",
     .f16_to_f32 = avx2_f16_to_f32,
@@ -411,6 +472,7 @@ static const kq_cpu_kernels g_avx2 = {
     .matmul_rows = avx2_matmul_rows,
     .logits_f16 = avx2_logits_f16,
     .pv_f16 = avx2_pv_f16,
+    .rope_rows = avx2_rope_rows,
 };
 #endif
 

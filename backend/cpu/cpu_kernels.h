@@ -46,6 +46,14 @@ typedef struct kq_cpu_kernels {
   void (*logits_f16)(const float *q, int rows, const uint16_t *k, int nt, int dp, float *s,
                      int lds);
   void (*pv_f16)(const float *p, int rows, int lds, const uint16_t *v, int nt, int dp, float *acc);
+  /* RoPE on nt rows x[t * ldx + i], i < d (d even), at successive
+   * positions: row t is rotated by the angles whose cosines and sines are
+   * cs[j], sn[j] (j < d / 2), which then advance by one step (angle
+   * addition in double with step_cos[j], step_sin[j]). On return cs, sn hold
+   * the angles one position past the last row. Pairs are (2j, 2j + 1), or
+   * (j, j + d / 2) when `halves`. The rotation itself is done in F32. */
+  void (*rope_rows)(float *x, int nt, int ldx, int d, int halves, double *cs, double *sn,
+                    const double *step_cos, const double *step_sin);
 } kq_cpu_kernels;
 
 /* The kernels for this CPU (detected once; thread-safe). KQSVD_CPU_ISA=generic
