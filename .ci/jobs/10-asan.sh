@@ -19,8 +19,8 @@
 #   and the model unit tests), test_install_consumer (installs and builds a
 #   consumer; no sanitizer content) and reliability_alloc_failures (not
 #   built: it replaces malloc, as ASan does).
-# Measured on the 2-core dev machine: build ~1 min (from scratch: more),
-# pass 1 ~2.5 min, pass 2 ~0.5 min.
+# Measured on the 2-core dev machine: build 57 s from scratch (26 s incremental),
+# pass 1 187 s, pass 2 27 s: 240 s in all.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${KQ_ASAN_BUILD:-$PWD/build-asan}
