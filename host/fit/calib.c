@@ -27,6 +27,11 @@ static kq_status check_tensor(const kq_calib *c, const kq_st_tensor *t, int dims
   if (!is_float(t->dtype))
     return kq_set_error(KQ_ERR_FORMAT, "%s: %s: dtype %s, expected F32, F16 or BF16", c->path,
                         t->name, kq_dtype_name(t->dtype) ? kq_dtype_name(t->dtype) : "?");
+  /* SPEC §2: q, v and wo have the dtype of k (one file, one storage type). */
+  const kq_st_tensor *k0 = find_layer_tensor(c->file, 0, "k");
+  if (k0 && t != k0 && t->dtype != k0->dtype)
+    return kq_set_error(KQ_ERR_FORMAT, "%s: %s: dtype %s, but layers.0.k is %s (all must match)",
+                        c->path, t->name, kq_dtype_name(t->dtype), kq_dtype_name(k0->dtype));
   if (t->n_dims != dims)
     return kq_set_error(KQ_ERR_FORMAT, "%s: %s: %d dimensions, expected %d", c->path, t->name,
                         t->n_dims, dims);

@@ -141,18 +141,17 @@ SEMANTIC = [
      ["layers.0."]),
     ("seq_len_not_divisor", calib(meta={"seq_len": "5"}), ["seq_len"]),
     ("rope_meta_unknown", calib(meta={"seq_len": "16", "rope": "sideways"}), ["rope"]),
+    # SPEC §2: q, v and wo have k's dtype.
+    ("dtypes_differ", calib(dtypes={"layers.0.q": "F16"}), ["layers.0.q", "F16"]),
 ]
 # Documented as valid: fit succeeds (finite results), see tests/cli/test_cli_fit.c.
 ACCEPTED = [
     ("t_less_than_d", calib(T=3, d=8, meta={"seq_len": "3"})),
     ("all_zero", calib(fill=lambda n, v: [0.0] * len(v))),
 ]
-# Lenient on purpose or not yet decided: must not crash; exit 0, or a clean
-# error naming the file. SPEC §2 says q and v have k's dtype; the reader
-# converts each tensor on its own and accepts a mix of float dtypes.
-LENIENT = [
-    ("dtypes_differ", calib(dtypes={"layers.0.q": "F16"})),
-]
+# Lenient on purpose: must not crash; exit 0, or a clean error naming the
+# file. (Empty now: the one case, mixed dtypes, became a SEMANTIC error.)
+LENIENT = []
 # Bad projection files given to eval (with a good calibration file) and info.
 PROJ_BAD = [
     ("rank_k_above_d", proj(rk=9), ["layers.0.key_down"], True),
