@@ -272,6 +272,13 @@ kq_status kq_device_info_get(int index, kq_device_info *out_info) {
 
 kq_status kq_registry_find(const char *name, const kq_backend_iface **out_iface,
                            int *out_local_index) {
+  /* The built-in CPU device needs no module scan: a CPU-only user never pays
+   * for starting GPU drivers (lavapipe, PoCL) it does not use. */
+  if (strcmp(name, "cpu") == 0) {
+    *out_iface = kq_cpu_backend_iface();
+    *out_local_index = 0;
+    return KQ_OK;
+  }
   registry_ensure();
   for (int i = 0; i < g_reg.n_devices; i++) {
     if (strcmp(g_reg.devices[i].info.name, name) == 0) {
