@@ -156,6 +156,20 @@ static void pre_rope_rotates_reconstructed_keys_in_both_layouts(void **state) {
       {4, 2, 64, 16, 16, 90, 7, 2, KQ_STORAGE_F16, KQ_ROPE_PRE, KQ_ROPE_HALVES, KQ_OUTPUT_LATENT,
        0},
       {4, 1, 32, 32, 32, 600, 3, 2, KQ_STORAGE_F32, KQ_ROPE_PRE, KQ_ROPE_PAIRS, KQ_OUTPUT_FULL, 1},
+      /* Tiled prefill reconstruction: more than 64 query rows per task, several query
+       * blocks per kv head, the exact angle resync every 1024 positions, odd widths. */
+      {8, 2, 64, 16, 16, 1100, 200, 1, KQ_STORAGE_F32, KQ_ROPE_PRE, KQ_ROPE_PAIRS, KQ_OUTPUT_FULL,
+       0},
+      {8, 2, 36, 12, 20, 1100, 150, 2, KQ_STORAGE_F16, KQ_ROPE_PRE, KQ_ROPE_HALVES, KQ_OUTPUT_FULL,
+       0},
+      {8, 2, 36, 12, 20, 1100, 150, 2, KQ_STORAGE_F32, KQ_ROPE_PRE, KQ_ROPE_PAIRS, KQ_OUTPUT_LATENT,
+       0},
+      {6, 2, 64, 64, 64, 2100, 1, 1, KQ_STORAGE_F16, KQ_ROPE_PRE, KQ_ROPE_HALVES, KQ_OUTPUT_FULL,
+       1},
+      {6, 2, 64, 64, 64, 1100, 300, 1, KQ_STORAGE_F32, KQ_ROPE_PRE, KQ_ROPE_PAIRS, KQ_OUTPUT_FULL,
+       1},
+      {4, 1, 128, 64, 64, 2100, 1, 1, KQ_STORAGE_F16, KQ_ROPE_PRE, KQ_ROPE_PAIRS, KQ_OUTPUT_FULL,
+       0},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
 }
