@@ -44,6 +44,19 @@ bool kq_cli_parse_double(const char *cmd, const char *option, const char *text, 
   return true;
 }
 
+bool kq_cli_parse_storage(const char *cmd, const char *option, const char *text, kq_storage *out) {
+  if (text && !strcmp(text, "f32")) {
+    *out = KQ_STORAGE_F32;
+    return true;
+  }
+  if (text && !strcmp(text, "f16")) {
+    *out = KQ_STORAGE_F16;
+    return true;
+  }
+  fprintf(stderr, "kqsvd %s: %s: '%s' (expected f32 or f16)\n", cmd, option, text ? text : "");
+  return false;
+}
+
 int kq_cli_fail(const char *cmd, kq_status status) {
   kq_cli_progress_end();
   const char *msg = kq_last_error();

@@ -19,6 +19,10 @@ bool kq_cli_parse_int(const char *cmd, const char *option, const char *text, lon
 bool kq_cli_parse_double(const char *cmd, const char *option, const char *text, double lo,
                          double hi, double *out);
 
+/* Parses a latent storage name, "f32" or "f16"; on failure prints
+ * "kqsvd CMD: OPTION: ..." to stderr and returns false. */
+bool kq_cli_parse_storage(const char *cmd, const char *option, const char *text, kq_storage *out);
+
 /* Prints "kqsvd CMD: <status string>: <kq_last_error()>" to stderr; returns 1. */
 int kq_cli_fail(const char *cmd, kq_status status);
 

@@ -115,12 +115,7 @@ int kq_cmd_eval(int argc, char **argv) {
     } else if (!strcmp(a, "--device")) {
       p.device = val;
     } else if (!strcmp(a, "--storage")) {
-      if (!strcmp(val, "f32"))
-        p.storage = KQ_STORAGE_F32;
-      else if (!strcmp(val, "f16"))
-        p.storage = KQ_STORAGE_F16;
-      else
-        return kq_cli_usage_error(cmd, "--storage: '%s' (expected f32 or f16)", val);
+      if (!kq_cli_parse_storage(cmd, a, val, &p.storage)) return 2;
     } else if (!strcmp(a, "--threads")) {
       if (!kq_cli_parse_int(cmd, a, val, 1, 1024, &n)) return 2;
       p.n_threads = (int32_t)n;

@@ -69,12 +69,7 @@ int kq_cmd_ppl(int argc, char **argv) {
     } else if (!strcmp(a, "--device")) {
       device = val;
     } else if (!strcmp(a, "--storage")) {
-      if (!strcmp(val, "f32"))
-        storage = KQ_STORAGE_F32;
-      else if (!strcmp(val, "f16"))
-        storage = KQ_STORAGE_F16;
-      else
-        return kq_cli_usage_error(cmd, "--storage: '%s' (expected f32 or f16)", val);
+      if (!kq_cli_parse_storage(cmd, a, val, &storage)) return 2;
     } else if (!strcmp(a, "--ctx")) {
       if (!kq_cli_parse_int(cmd, a, val, 2, 1 << 20, &ctx)) return 2;
     } else if (!strcmp(a, "--max-tokens")) {

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench_util.h"
 #include "linalg/kq_linalg.h"
 
 #ifdef KQ_HAVE_LAPACKE
@@ -26,31 +27,7 @@
 
 static uint64_t rng_state = 999;
 static double gauss(void) {
-  double u[2];
-  for (int k = 0; k < 2; k++) {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    u[k] = ((double)(z >> 11) + 0.5) * 0x1p-53;
-  }
-  return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
-}
-
-static double cpu_seconds(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *t, int n) {
-  qsort(t, (size_t)n, sizeof(double), cmp_double);
-  return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+  return bench_gauss(&rng_state);
 }
 
 enum { T_KQ, T_BLAS, T_CONV, N_TIMES };
@@ -78,22 +55,22 @@ int main(int argc, char **argv) {
   for (int rep = -1; rep < reps; rep++) { /* rep -1 is a warm-up */
     double w[N_TIMES + 1], c[N_TIMES + 1];
     w[0] = kq_now_seconds();
-    c[0] = cpu_seconds();
+    c[0] = bench_cpu_seconds();
     if (kq_rfactor(&view, 1, r, d, &info) != KQ_OK) {
       fprintf(stderr, "kq_rfactor: %s\n", kq_last_error());
       return 1;
     }
     w[1] = kq_now_seconds();
-    c[1] = cpu_seconds();
+    c[1] = bench_cpu_seconds();
 #ifdef KQ_HAVE_LAPACKE
     cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, d, (int)t_rows, 1.0, x, d, 0.0, g, d);
     if (LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', d, g, d) != 0 && rep >= 0) return 1;
 #endif
     w[2] = kq_now_seconds();
-    c[2] = cpu_seconds();
+    c[2] = bench_cpu_seconds();
     kq_convert_to_f64(KQ_DTYPE_F16, h, x, n); /* the baseline's input (for the next rep) */
     w[3] = kq_now_seconds();
-    c[3] = cpu_seconds();
+    c[3] = bench_cpu_seconds();
     if (rep >= 0)
       for (int k = 0; k < N_TIMES; k++) {
         wall[k * reps + rep] = w[k + 1] - w[k];
@@ -102,8 +79,8 @@ int main(int argc, char **argv) {
   }
   double mw[N_TIMES], mc[N_TIMES];
   for (int k = 0; k < N_TIMES; k++) {
-    mw[k] = median(wall + k * reps, reps);
-    mc[k] = median(cpu + k * reps, reps);
+    mw[k] = bench_median(wall + k * reps, reps);
+    mc[k] = bench_median(cpu + k * reps, reps);
   }
   double gflop = (double)t_rows * d * (d + 1) / 1e9; /* SYRK: 2 flops per multiply-add */
   printf("%-36s %9s %9s %9s\n", "method", "wall ms", "cpu ms", "GFLOP/s");
@@ -126,9 +103,9 @@ int main(int argc, char **argv) {
   printf("max ||R_kq| - |R_lapack|| / max |R|: %.2e\n", worst / scale);
 #endif
   for (int64_t i = 0; i < t_rows; i++) h[(size_t)i * d + d - 1] = h[(size_t)i * d];
-  double c0 = cpu_seconds(), t0 = kq_now_seconds();
+  double c0 = bench_cpu_seconds(), t0 = kq_now_seconds();
   kq_status st = kq_rfactor(&view, 1, r, d, &info);
-  double t1 = kq_now_seconds(), c1 = cpu_seconds();
+  double t1 = kq_now_seconds(), c1 = bench_cpu_seconds();
   printf("%-36s %9.2f %9.2f             (%s, status %d, 1 run)\n", "kq_rfactor, duplicated column",
          (t1 - t0) * 1e3, (c1 - c0) * 1e3,
          info.method == KQ_RFACTOR_TSQR ? "Gram, then TSQR" : "Gram+Cholesky", (int)st);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench_util.h"
 #include "linalg/kq_linalg.h"
 
 #ifdef KQ_HAVE_LAPACKE
@@ -24,31 +25,7 @@
 
 static uint64_t rng_state = 12345;
 static double gauss(void) {
-  double u[2];
-  for (int k = 0; k < 2; k++) {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    u[k] = ((double)(z >> 11) + 0.5) * 0x1p-53;
-  }
-  return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
-}
-
-static double cpu_seconds(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *t, int n) {
-  qsort(t, (size_t)n, sizeof(double), cmp_double);
-  return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+  return bench_gauss(&rng_state);
 }
 
 enum { KQ, SVJ, SDD, N_METHODS };
@@ -62,7 +39,7 @@ typedef struct bench_buffers {
  * in *cpu; false if the method failed. */
 static int run(int method, int n, const double *a, bench_buffers *b, double *wall, double *cpu) {
   memcpy(b->w, a, (size_t)n * n * sizeof(double));
-  double c0 = cpu_seconds(), t0 = kq_now_seconds();
+  double c0 = bench_cpu_seconds(), t0 = kq_now_seconds();
   int ok = 0;
   if (method == KQ) {
     ok = kq_svd_jacobi(n, n, b->w, n, b->s, b->v, n, NULL, NULL) == KQ_OK;
@@ -77,7 +54,7 @@ static int run(int method, int n, const double *a, bench_buffers *b, double *wal
   }
 #endif
   *wall = kq_now_seconds() - t0;
-  *cpu = cpu_seconds() - c0;
+  *cpu = bench_cpu_seconds() - c0;
   return ok;
 }
 
@@ -119,8 +96,8 @@ int main(int argc, char **argv) {
       for (int m = 0; m < n_methods; m++) run(m, n, a, &b, &wall[m * reps + r], &cpu[m * reps + r]);
     double mw[N_METHODS], mc[N_METHODS];
     for (int m = 0; m < n_methods; m++) {
-      mw[m] = median(wall + m * reps, reps);
-      mc[m] = median(cpu + m * reps, reps);
+      mw[m] = bench_median(wall + m * reps, reps);
+      mc[m] = bench_median(cpu + m * reps, reps);
     }
     int base = n_methods > 1 ? SVJ : KQ;
     for (int m = 0; m < n_methods; m++)
