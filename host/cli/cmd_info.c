@@ -16,11 +16,6 @@
 #include "io/kq_safetensors.h"
 #include "kqsvd.h"
 
-#ifdef KQ_HAVE_GGUF_INFO
-/* Provided by the model module: lists a GGUF file; returns the exit code. */
-int kq_cli_info_gguf(const char *path, int json);
-#endif
-
 static void usage(FILE *out) {
   fprintf(out, "usage: kqsvd info FILE [--json]\n\n"
                "Lists the tensors (name, dtype, shape, bytes) and the metadata of a\n"

@@ -6,9 +6,8 @@
 #include <cjson/cJSON.h>
 
 #include "cli_util.h"
+#include "commands.h"
 #include "model/kq_gguf.h"
-
-int kq_cli_info_gguf(const char *path, int json);
 
 static const char *vtype_text(kq_gguf_vtype t) {
   static const char *names[] = {"uint8",  "int8",    "uint16", "int16",  "uint32",
