@@ -232,8 +232,10 @@ int kq_cmd_conformance(int argc, char **argv) {
     if (device && !strcmp(device, "all")) {
       kq_device_info info;
       kq_status st = kq_device_info_get(d, &info);
-      if (st != KQ_OK) rc = kq_cli_fail(CMD, st);
-      snprintf(dr->name, sizeof dr->name, "%s", info.name);
+      if (st != KQ_OK)
+        rc = kq_cli_fail(CMD, st);
+      else
+        snprintf(dr->name, sizeof dr->name, "%s", info.name);
     } else {
       const char *env = getenv("KQSVD_DEVICE");
       const char *name = device && device[0] ? device : env && env[0] ? env : "cpu";
