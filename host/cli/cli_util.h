@@ -7,6 +7,7 @@
 #define KQ_CLI_UTIL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kqsvd.h"
@@ -22,6 +23,11 @@ bool kq_cli_parse_double(const char *cmd, const char *option, const char *text, 
 /* Parses a latent storage name, "f32" or "f16"; on failure prints
  * "kqsvd CMD: OPTION: ..." to stderr and returns false. */
 bool kq_cli_parse_storage(const char *cmd, const char *option, const char *text, kq_storage *out);
+
+/* Writes the folder that will hold the file `path` ("." when `path` names
+ * none) to dir[cap] and returns whether it exists and is writable, so that a
+ * long run does not end in a failed write. False when the path does not fit. */
+bool kq_cli_output_folder_writable(const char *path, char *dir, size_t cap);
 
 /* Prints "kqsvd CMD: <status string>: <kq_last_error()>" to stderr; returns 1. */
 int kq_cli_fail(const char *cmd, kq_status status);

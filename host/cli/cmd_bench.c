@@ -7,7 +7,6 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "bench.h"
 #include "cli_util.h"
@@ -124,20 +123,6 @@ static int parse_options(int argc, char **argv, bench_options *o) {
   return 0;
 }
 
-/* True when the folder that will hold `path` exists and is writable, so a
- * long run does not end in a failed write. */
-static bool svg_folder_writable(const char *path) {
-  char dir[4096];
-  if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir) return false;
-  char *slash = strrchr(dir, '/');
-  if (!slash) return access(".", W_OK) == 0;
-  if (slash == dir)
-    slash[1] = '\0';
-  else
-    *slash = '\0';
-  return access(dir, W_OK) == 0;
-}
-
 typedef struct shape {
   int32_t heads, kv_heads, head_dim;
 } shape;
@@ -232,7 +217,8 @@ int kq_cmd_bench(int argc, char **argv) {
   bench_options o;
   int rc = parse_options(argc, argv, &o);
   if (rc) return rc == 1 ? 0 : rc;
-  if (o.svg && !svg_folder_writable(o.svg)) {
+  char svg_dir[4096];
+  if (o.svg && !kq_cli_output_folder_writable(o.svg, svg_dir, sizeof svg_dir)) {
     fprintf(stderr, "kqsvd bench: --svg: cannot write %s (missing or read-only folder)\n", o.svg);
     return 1;
   }

@@ -3,7 +3,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli_util.h"
 #include "commands.h"
@@ -104,12 +103,9 @@ int kq_cmd_capture(int argc, char **argv) {
   }
   /* Fail before the long run if the output folder cannot take the file. */
   char dir[4096];
-  snprintf(dir, sizeof dir, "%s", out);
-  char *slash = strrchr(dir, '/');
-  if (slash) *(slash == dir ? slash + 1 : slash) = 0;
-  if (access(slash ? dir : ".", W_OK) != 0) {
+  if (!kq_cli_output_folder_writable(out, dir, sizeof dir)) {
     fprintf(stderr, "kqsvd capture: %s: the folder '%s' is not writable or does not exist\n", out,
-            slash ? dir : ".");
+            dir);
     free(texts);
     return 1;
   }
