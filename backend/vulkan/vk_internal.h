@@ -118,7 +118,6 @@ typedef struct vk_binding {
  * number of usable physical devices (0 without a driver). */
 int vk_physical_count(void);
 VkPhysicalDevice vk_physical(int index);
-VkInstance vk_instance(void);
 /* KQ_ERR_DEVICE with the recorded validation message if the validation layer
  * reported anything since the last call; KQ_OK otherwise. */
 kq_status vk_validation_check(const char *what);

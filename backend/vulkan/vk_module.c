@@ -177,11 +177,6 @@ VkPhysicalDevice vk_physical(int index) {
   return index >= 0 && index < vk_physical_count() ? g_phys[index] : VK_NULL_HANDLE;
 }
 
-VkInstance vk_instance(void) {
-  pthread_once(&g_once, vk_init_once);
-  return g_instance;
-}
-
 static int vk_count(void) {
   return vk_physical_count();
 }
