@@ -36,8 +36,10 @@ typedef struct kq_bench_report {
   int n_notes, notes_capacity;
   struct kq_bench_device_entry { /* devices measured, for "machine" */
     kq_device_info info;
-    double ceiling_gbps;
+    double ceiling_gbps; /* median of ceiling_samples */
     uint64_t target_bytes;
+    double *ceiling_samples; /* copy bandwidths (GB/s) measured during the run */
+    int n_ceiling_samples, ceiling_samples_capacity;
   } devices[16];
   int n_devices;
 } kq_bench_report;
@@ -52,9 +54,22 @@ bool kq_bench_report_note(kq_bench_report *rep, const char *fmt, ...)
     ;
 void kq_bench_report_free(kq_bench_report *rep);
 /* Records a measured device (info, ceiling, bytes per step) for "machine";
- * devices past the 16th are not listed. */
+ * the ceiling is its first ceiling sample. Devices past the 16th are not
+ * listed. */
 void kq_bench_report_device(kq_bench_report *rep, const kq_device_info *info, double ceiling_gbps,
                             uint64_t target_bytes);
+
+/* Adds a copy-bandwidth sample (GB/s) of the listed device named `device`,
+ * measured next to timed steps: its ceiling becomes the median of all its
+ * samples so far, and ceiling_gbps and pct_of_ceiling of its attention
+ * results already in the list follow. So every result of a device carries
+ * one ceiling that spans the whole run instead of one moment of it. False
+ * when out of memory or the device is not listed (nothing changes). */
+bool kq_bench_report_ceiling_sample(kq_bench_report *rep, const char *device, double gbps);
+
+/* The current ceiling (GB/s) of the listed device named `device`; NaN when
+ * it is not listed. */
+double kq_bench_report_ceiling(const kq_bench_report *rep, const char *device);
 
 /* Fills speedup_vs_full of every attention result: the seconds of the
  * rank-d result of the same device, op, context, shape, storage and rope
@@ -90,7 +105,8 @@ typedef struct kq_bench_attn_config {
 typedef struct kq_bench_device_ctx {
   kq_device *device;
   kq_device_info info;
-  double ceiling_gbps;   /* median copy bandwidth of this device in this run */
+  double ceiling_gbps;   /* median copy bandwidth of this device at the start */
+  uint64_t copy_bytes;   /* buffer size of the copy-ceiling measurements */
   uint64_t target_bytes; /* latent bytes one timed step should cover */
   uint64_t budget_bytes; /* most latent bytes a cache may hold */
   const volatile int *cancel;
@@ -107,8 +123,10 @@ kq_status kq_bench_device_prepare(kq_bench_device_ctx *ctx, int32_t copy_reps);
 /* Times a group of configurations that differ only in rank (n in [1, 8]):
  * for each, a cache of enough layers (SPEC §5) filled to the context; then
  * decode steps and/or prefill attends of the ranks alternate (so load
- * changes hit them alike) and one result per rank and op is appended. A
- * configuration that does not fit adds a note and is left out. */
+ * changes hit them alike), each round of steps followed by one copy-ceiling
+ * sample of the device (kq_bench_report_ceiling_sample), and one result per
+ * rank and op is appended. A configuration that does not fit adds a note
+ * and is left out. */
 kq_status kq_bench_attention(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfgs,
                              int n, kq_bench_report *rep);
 

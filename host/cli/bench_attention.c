@@ -49,6 +49,7 @@ kq_status kq_bench_device_prepare(kq_bench_device_ctx *ctx, int32_t copy_reps) {
   if (ctx->info.max_buffer_bytes && copy > ctx->info.max_buffer_bytes)
     copy = ctx->info.max_buffer_bytes;
   if (copy > mem / 8) copy = mem / 8;
+  ctx->copy_bytes = copy;
   return kq_device_copy_bandwidth(ctx->device, copy, copy_reps, &ctx->ceiling_gbps);
 }
 
@@ -151,9 +152,13 @@ static const char *rope_name(kq_rope_mode r) {
   return r == KQ_ROPE_PRE ? "pre" : r == KQ_ROPE_POST ? "post" : "none";
 }
 
-static void result_init(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfg,
-                        const char *op, int32_t context, int32_t m, double seconds,
-                        kq_bench_result *r) {
+/* A result of `ctx`'s device with the device's current run-wide ceiling
+ * (later ceiling samples update it, see kq_bench_report_ceiling_sample). */
+static void result_init(const kq_bench_device_ctx *ctx, const kq_bench_report *rep,
+                        const kq_bench_attn_config *cfg, const char *op, int32_t context, int32_t m,
+                        double seconds, kq_bench_result *r) {
+  double ceiling = kq_bench_report_ceiling(rep, ctx->info.name);
+  if (!isfinite(ceiling)) ceiling = ctx->ceiling_gbps;
   memset(r, 0, sizeof *r);
   snprintf(r->device, sizeof r->device, "%s", ctx->info.name);
   snprintf(r->op, sizeof r->op, "%s", op);
@@ -166,8 +171,8 @@ static void result_init(const kq_bench_device_ctx *ctx, const kq_bench_attn_conf
   r->tokens_per_s = m / seconds;
   r->bytes = attend_bytes(cfg, context, m);
   r->gbps = r->bytes / seconds / 1e9;
-  r->ceiling_gbps = ctx->ceiling_gbps;
-  r->pct_of_ceiling = 100.0 * r->gbps / ctx->ceiling_gbps;
+  r->ceiling_gbps = ceiling;
+  r->pct_of_ceiling = 100.0 * r->gbps / ceiling;
   r->speedup_vs_full = NAN;
 }
 
@@ -263,6 +268,19 @@ static kq_status member_step(bench_member *m, bool prefill, int32_t step, const 
   return st;
 }
 
+/* One copy-ceiling sample right after a round of timed steps (SPEC §5: the
+ * ceiling of the same run, on the same device), so that the ceiling sees
+ * the machine's load of the moments the steps saw, not one moment at the
+ * start of the run. */
+static kq_status ceiling_sample(const kq_bench_device_ctx *ctx, kq_bench_report *rep) {
+  if (!ctx->copy_bytes) return KQ_OK;
+  double gbps = 0.0;
+  kq_status st = kq_device_copy_bandwidth(ctx->device, ctx->copy_bytes, 1, &gbps);
+  if (st == KQ_OK && gbps > 0.0 && !kq_bench_report_ceiling_sample(rep, ctx->info.name, gbps))
+    st = KQ_ERR_OUT_OF_MEMORY;
+  return st;
+}
+
 kq_status kq_bench_attention(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfgs,
                              int n, kq_bench_report *rep) {
   if (n < 1 || n > 8) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "bench: %d ranks in a group", n);
@@ -286,13 +304,14 @@ kq_status kq_bench_attention(const kq_bench_device_ctx *ctx, const kq_bench_attn
       if (ctx->cancel && *ctx->cancel) st = kq_set_error(KQ_ERR_INTERRUPTED, "bench: interrupted");
       for (int i = 0; i < n && st == KQ_OK; i++)
         if (mem[i].cache) st = member_step(&mem[i], prefill, s, &b);
+      if (s >= 0 && st == KQ_OK) st = ceiling_sample(ctx, rep);
     }
     for (int i = 0; i < n && st == KQ_OK; i++) {
       if (!mem[i].cache) continue;
       double sec = kq_bench_median(prefill ? mem[i].prefill_t : mem[i].decode_t, reps);
       int32_t m = prefill ? KQ_BENCH_PREFILL_M : 1;
       kq_bench_result r;
-      result_init(ctx, mem[i].cfg, prefill ? "prefill" : "decode", c0->context, m, sec, &r);
+      result_init(ctx, rep, mem[i].cfg, prefill ? "prefill" : "decode", c0->context, m, sec, &r);
       if (!kq_bench_report_add(rep, &r)) st = KQ_ERR_OUT_OF_MEMORY;
     }
   }
@@ -331,7 +350,7 @@ kq_status kq_bench_overhead(const kq_bench_device_ctx *ctx, const kq_bench_attn_
   }
   if (st == KQ_OK) {
     kq_bench_result r;
-    result_init(ctx, cfg, "overhead", 1, 1, kq_bench_median(t, calls), &r);
+    result_init(ctx, rep, cfg, "overhead", 1, 1, kq_bench_median(t, calls), &r);
     if (!kq_bench_report_add(rep, &r)) st = KQ_ERR_OUT_OF_MEMORY;
   }
 done:

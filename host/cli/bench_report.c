@@ -46,14 +46,50 @@ bool kq_bench_report_note(kq_bench_report *rep, const char *fmt, ...) {
 void kq_bench_report_device(kq_bench_report *rep, const kq_device_info *info, double ceiling_gbps,
                             uint64_t target_bytes) {
   if (rep->n_devices >= (int)(sizeof rep->devices / sizeof rep->devices[0])) return;
-  rep->devices[rep->n_devices].info = *info;
-  rep->devices[rep->n_devices].ceiling_gbps = ceiling_gbps;
-  rep->devices[rep->n_devices].target_bytes = target_bytes;
+  struct kq_bench_device_entry *e = &rep->devices[rep->n_devices];
+  memset(e, 0, sizeof *e);
+  e->info = *info;
+  e->ceiling_gbps = ceiling_gbps;
+  e->target_bytes = target_bytes;
   rep->n_devices++;
+  kq_bench_report_ceiling_sample(rep, info->name, ceiling_gbps);
+}
+
+static struct kq_bench_device_entry *find_device(const kq_bench_report *rep, const char *device) {
+  for (int i = 0; i < rep->n_devices; i++)
+    if (strcmp(rep->devices[i].info.name, device) == 0)
+      return (struct kq_bench_device_entry *)&rep->devices[i];
+  return NULL;
+}
+
+bool kq_bench_report_ceiling_sample(kq_bench_report *rep, const char *device, double gbps) {
+  struct kq_bench_device_entry *e = find_device(rep, device);
+  if (!e) return false;
+  if (e->n_ceiling_samples == e->ceiling_samples_capacity) {
+    int cap = e->ceiling_samples_capacity ? 2 * e->ceiling_samples_capacity : 64;
+    double *p = realloc(e->ceiling_samples, (size_t)cap * sizeof *p);
+    if (!p) return false;
+    e->ceiling_samples = p, e->ceiling_samples_capacity = cap;
+  }
+  e->ceiling_samples[e->n_ceiling_samples++] = gbps;
+  e->ceiling_gbps = kq_bench_median(e->ceiling_samples, e->n_ceiling_samples); /* sorts: fine */
+  for (int i = 0; i < rep->count; i++) {
+    kq_bench_result *r = &rep->items[i];
+    if (strcmp(r->device, device) != 0 || !isfinite(r->ceiling_gbps)) continue;
+    r->ceiling_gbps = e->ceiling_gbps;
+    r->pct_of_ceiling = 100.0 * r->gbps / e->ceiling_gbps;
+  }
+  return true;
+}
+
+double kq_bench_report_ceiling(const kq_bench_report *rep, const char *device) {
+  const struct kq_bench_device_entry *e = find_device(rep, device);
+  return e ? e->ceiling_gbps : NAN;
 }
 
 void kq_bench_report_free(kq_bench_report *rep) {
   for (int i = 0; i < rep->n_notes; i++) free(rep->notes[i]);
+  for (int i = 0; i < rep->n_devices; i++) free(rep->devices[i].ceiling_samples);
   free(rep->notes);
   free(rep->items);
   memset(rep, 0, sizeof *rep);
