@@ -468,7 +468,7 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
   }
   /* Tiny jobs run on the calling thread: waking the team costs more. */
   double work = (double)op->n_ctx * op->n_queries * op->n_heads * (op->rank_k + op->rank_v);
-  int max_threads = work < 2e5 ? 1 : 0;
+  int max_threads = work < KQ_CPU_SERIAL_WORK ? 1 : 0;
   task_scratch sizing;
   st = kq_cpu_pool_run(n_tasks, max_threads, layout_scratch(&c, NULL, &sizing), attend_task, &c);
   if (st == KQ_OK && n_chunks > 1) merge_partials(&c);

@@ -15,6 +15,12 @@
 
 #include "kqsvd.h"
 
+/* Jobs of fewer multiply-adds than this run on the calling thread alone:
+ * waking the team (a condition-variable broadcast and a reschedule, tens of
+ * microseconds on a busy machine) costs more than the work it would share
+ * (about 1e6 multiply-adds, 50-100 us on one AVX2 core at decode shapes). */
+#define KQ_CPU_SERIAL_WORK 1e6
+
 /* One iteration of a job: `index` in [0, n), `worker` in [0, threads) names
  * the thread (the caller is worker 0), `scratch` is that worker's private
  * scratch of at least the bytes asked for (64-byte aligned). */

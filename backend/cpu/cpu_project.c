@@ -79,7 +79,7 @@ kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op) {
       .n_blocks = (op->n_tokens + KQ_PROJECT_ROWS - 1) / KQ_PROJECT_ROWS,
   };
   double work = (double)op->n_tokens * op->n_heads * op->head_dim * op->rank;
-  return kq_cpu_pool_run((int64_t)op->n_heads * c.n_blocks, work < 2e5 ? 1 : 0,
+  return kq_cpu_pool_run((int64_t)op->n_heads * c.n_blocks, work < KQ_CPU_SERIAL_WORK ? 1 : 0,
                          (size_t)KQ_PROJECT_ROWS * d * sizeof(float), project_task, &c);
 }
 
@@ -91,21 +91,31 @@ typedef struct up_ctx {
   int group;
 } up_ctx;
 
+/* One (query, kv head) pair: the group's query heads are adjacent, so their
+ * latents are `group` rows of rank_v and their outputs `group` rows of d.
+ * out row = E lat, i.e. the dot products of each latent with the d rows of
+ * E: the logits kernel, which loads every row of E once for four latents. */
 static void up_task(void *vctx, int64_t index, int worker, void *scratch) {
   (void)worker;
   (void)scratch;
   const up_ctx *c = vctx;
   const kq_up_op *op = c->op;
-  int head = (int)(index % op->n_heads);
-  int d = op->head_dim, rv = op->rank_v;
-  const float *lat = c->latent + (size_t)index * rv;
-  float *o = c->out + (size_t)index * d;
+  int d = op->head_dim, rv = op->rank_v, g = c->group;
+  size_t first = (size_t)index * g; /* row (query j, head h g) = j H + h g */
+  const float *lat = c->latent + first * rv;
+  float *o = c->out + first * d;
   if (!c->E) {
-    memcpy(o, lat, (size_t)d * sizeof(float));
+    memcpy(o, lat, (size_t)g * d * sizeof(float));
     return;
   }
-  const float *E = c->E + (size_t)(head / c->group) * d * rv;
-  for (int i = 0; i < d; i++) o[i] = c->kern->dot(lat, E + (size_t)i * rv, rv);
+  const float *E = c->E + (size_t)(index % op->n_kv_heads) * d * rv;
+  if (rv % KQ_CPU_PAD == 0) {
+    c->kern->logits(lat, g, E, d, rv, o, d);
+    return;
+  }
+  for (int r = 0; r < g; r++)
+    for (int i = 0; i < d; i++)
+      o[(size_t)r * d + i] = c->kern->dot(lat + (size_t)r * rv, E + (size_t)i * rv, rv);
 }
 
 kq_status kq_cpu_up(kq_bdevice *device, const kq_up_op *op) {
@@ -138,5 +148,6 @@ kq_status kq_cpu_up(kq_bdevice *device, const kq_up_op *op) {
       .group = op->n_heads / op->n_kv_heads,
   };
   double work = (double)rows * op->head_dim * op->rank_v;
-  return kq_cpu_pool_run((int64_t)rows, work < 2e5 ? 1 : 0, 0, up_task, &c);
+  return kq_cpu_pool_run((int64_t)op->n_queries * op->n_kv_heads, work < KQ_CPU_SERIAL_WORK ? 1 : 0,
+                         0, up_task, &c);
 }
