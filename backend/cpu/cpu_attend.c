@@ -29,6 +29,9 @@
 /* PRE key angles follow the angle-addition recurrence in double and are
  * recomputed exactly every this many positions (error ~1e-13, far below F32). */
 #define KQ_ROPE_RESYNC 1024
+/* Decode tasks per thread when the context is split (balance on a machine
+ * where a thread may be descheduled for a while). */
+#define KQ_TASKS_PER_THREAD 8
 
 static int pad_to(int n) {
   return (n + KQ_CPU_PAD - 1) / KQ_CPU_PAD * KQ_CPU_PAD;
@@ -427,11 +430,18 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
   c.n_qblocks = (op->n_queries + c.qblock - 1) / c.qblock;
 
   /* Split the context only when (kv head, block) pairs cannot feed every
-   * thread; chunk boundaries depend on the shape and team size only. */
+   * thread with several tasks each (decode: 8 kv heads on 2 threads, or 3 on
+   * 2); the task count is then a multiple of the team size, so that equal
+   * chunks end together (3 heads x 3 chunks on 2 threads left one thread
+   * idle for a ninth of the step). Chunk boundaries depend on the shape and
+   * team size only. */
   int threads = kq_cpu_pool_threads();
   int64_t base = (int64_t)op->n_kv_heads * c.n_qblocks;
   int n_chunks = 1;
-  if (threads > 1 && base < 4 * threads) n_chunks = (int)((4 * threads + base - 1) / base);
+  if (threads > 1 && base < KQ_TASKS_PER_THREAD * threads) {
+    n_chunks = (int)((KQ_TASKS_PER_THREAD * threads + base - 1) / base);
+    while (base * n_chunks % threads != 0) n_chunks++;
+  }
   int max_chunks = (op->n_ctx + 4 * KQ_TILE - 1) / (4 * KQ_TILE);
   if (n_chunks > max_chunks) n_chunks = max_chunks;
   if (n_chunks < 1) n_chunks = 1;

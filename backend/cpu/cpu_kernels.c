@@ -189,125 +189,130 @@ KQ_AVX2 static inline __m256 load8_f16(const uint16_t *p) {
   return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
 }
 
-/* Logits of 4 query rows against 2 key rows at a time (8 accumulators, the
- * key loads shared by the 4 rows and the query loads by the 2 keys). */
+/* The logits and P·V kernels work on blocks of R <= 4 query rows (R a
+ * constant after inlining, every loop over it unrolled, the accumulators in
+ * registers): a group of 3 heads (9/3) runs as one block of 3 rather than
+ * three single rows. KQ_ROWS unrolls a loop over the rows of a block. */
+#define KQ_INLINE static inline __attribute__((always_inline))
+#define KQ_ROWS _Pragma("GCC unroll 4")
+
+/* R rows against KB keys at a time (R x KB accumulators): KB = 2 for 3-4
+ * rows (the 4 sums of one key reduce together), 4 for 1-2 rows (the 4 sums
+ * of one row reduce into 4 adjacent logits), so there are always >= 4
+ * independent FMA chains. Each key load is shared by the R rows. */
 #define KQ_DEFINE_LOGITS(NAME, KT, LOADK)                                                          \
+  KQ_AVX2 KQ_INLINE void NAME##_block(const float *q, const int R, const KT *k, int nt, int dp,    \
+                                      float *s, int lds) {                                         \
+    const __m256 z = _mm256_setzero_ps();                                                          \
+    int t = 0;                                                                                     \
+    if (R <= 2) {                                                                                  \
+      for (; t + 4 <= nt; t += 4) {                                                                \
+        const KT *k0 = k + (size_t)t * dp;                                                         \
+        __m256 a[2][4] = {{z, z, z, z}, {z, z, z, z}};                                             \
+        for (int c = 0; c < dp; c += 8) {                                                          \
+          __m256 x0 = LOADK(k0 + c), x1 = LOADK(k0 + dp + c);                                      \
+          __m256 x2 = LOADK(k0 + 2 * dp + c), x3 = LOADK(k0 + 3 * dp + c);                         \
+          KQ_ROWS for (int r = 0; r < R; r++) {                                                    \
+            __m256 w = _mm256_loadu_ps(q + (size_t)r * dp + c);                                    \
+            a[r][0] = _mm256_fmadd_ps(w, x0, a[r][0]);                                             \
+            a[r][1] = _mm256_fmadd_ps(w, x1, a[r][1]);                                             \
+            a[r][2] = _mm256_fmadd_ps(w, x2, a[r][2]);                                             \
+            a[r][3] = _mm256_fmadd_ps(w, x3, a[r][3]);                                             \
+          }                                                                                        \
+        }                                                                                          \
+        KQ_ROWS for (int r = 0; r < R; r++)                                                        \
+            _mm_storeu_ps(s + (size_t)r * lds + t, hsum4x8(a[r][0], a[r][1], a[r][2], a[r][3]));   \
+      }                                                                                            \
+    }                                                                                              \
+    for (; t + 2 <= nt; t += 2) {                                                                  \
+      const KT *ka = k + (size_t)t * dp, *kb = ka + dp;                                            \
+      __m256 a[4] = {z, z, z, z}, b[4] = {z, z, z, z};                                             \
+      for (int c = 0; c < dp; c += 8) {                                                            \
+        __m256 x = LOADK(ka + c), y = LOADK(kb + c);                                               \
+        KQ_ROWS for (int r = 0; r < R; r++) {                                                      \
+          __m256 w = _mm256_loadu_ps(q + (size_t)r * dp + c);                                      \
+          a[r] = _mm256_fmadd_ps(w, x, a[r]);                                                      \
+          b[r] = _mm256_fmadd_ps(w, y, b[r]);                                                      \
+        }                                                                                          \
+      }                                                                                            \
+      float ra[4], rb[4];                                                                          \
+      _mm_storeu_ps(ra, hsum4x8(a[0], a[1], a[2], a[3]));                                          \
+      _mm_storeu_ps(rb, hsum4x8(b[0], b[1], b[2], b[3]));                                          \
+      KQ_ROWS for (int r = 0; r < R; r++) s[(size_t)r * lds + t] = ra[r],                          \
+                                                              s[(size_t)r * lds + t + 1] = rb[r];  \
+    }                                                                                              \
+    for (; t < nt; t++) {                                                                          \
+      const KT *ka = k + (size_t)t * dp;                                                           \
+      __m256 a[4] = {z, z, z, z};                                                                  \
+      for (int c = 0; c < dp; c += 8) {                                                            \
+        __m256 x = LOADK(ka + c);                                                                  \
+        KQ_ROWS for (int r = 0; r < R; r++) a[r] =                                                 \
+            _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)r * dp + c), x, a[r]);                     \
+      }                                                                                            \
+      float ra[4];                                                                                 \
+      _mm_storeu_ps(ra, hsum4x8(a[0], a[1], a[2], a[3]));                                          \
+      KQ_ROWS for (int r = 0; r < R; r++) s[(size_t)r * lds + t] = ra[r];                          \
+    }                                                                                              \
+  }                                                                                                \
   KQ_AVX2 static void NAME(const float *q, int rows, const KT *k, int nt, int dp, float *s,        \
                            int lds) {                                                              \
     int i = 0;                                                                                     \
-    for (; i + 4 <= rows; i += 4) {                                                                \
-      const float *q0 = q + (size_t)i * dp, *q1 = q0 + dp, *q2 = q1 + dp, *q3 = q2 + dp;           \
-      float *s0 = s + (size_t)i * lds;                                                             \
-      int t = 0;                                                                                   \
-      for (; t + 2 <= nt; t += 2) {                                                                \
-        const KT *ka = k + (size_t)t * dp, *kb = ka + dp;                                          \
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                                 \
-        __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();                                 \
-        __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();                                 \
-        __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();                                 \
-        for (int c = 0; c < dp; c += 8) {                                                          \
-          __m256 x = LOADK(ka + c), y = LOADK(kb + c);                                             \
-          __m256 w = _mm256_loadu_ps(q0 + c);                                                      \
-          a0 = _mm256_fmadd_ps(w, x, a0), b0 = _mm256_fmadd_ps(w, y, b0);                          \
-          w = _mm256_loadu_ps(q1 + c);                                                             \
-          a1 = _mm256_fmadd_ps(w, x, a1), b1 = _mm256_fmadd_ps(w, y, b1);                          \
-          w = _mm256_loadu_ps(q2 + c);                                                             \
-          a2 = _mm256_fmadd_ps(w, x, a2), b2 = _mm256_fmadd_ps(w, y, b2);                          \
-          w = _mm256_loadu_ps(q3 + c);                                                             \
-          a3 = _mm256_fmadd_ps(w, x, a3), b3 = _mm256_fmadd_ps(w, y, b3);                          \
-        }                                                                                          \
-        float ra[4], rb[4];                                                                        \
-        _mm_storeu_ps(ra, hsum4x8(a0, a1, a2, a3));                                                \
-        _mm_storeu_ps(rb, hsum4x8(b0, b1, b2, b3));                                                \
-        for (int r = 0; r < 4; r++)                                                                \
-          s0[(size_t)r * lds + t] = ra[r], s0[(size_t)r * lds + t + 1] = rb[r];                    \
-      }                                                                                            \
-      for (; t < nt; t++) {                                                                        \
-        const KT *ka = k + (size_t)t * dp;                                                         \
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                                 \
-        __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();                                 \
-        for (int c = 0; c < dp; c += 8) {                                                          \
-          __m256 x = LOADK(ka + c);                                                                \
-          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + c), x, a0);                                    \
-          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + c), x, a1);                                    \
-          a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + c), x, a2);                                    \
-          a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + c), x, a3);                                    \
-        }                                                                                          \
-        float ra[4];                                                                               \
-        _mm_storeu_ps(ra, hsum4x8(a0, a1, a2, a3));                                                \
-        for (int r = 0; r < 4; r++) s0[(size_t)r * lds + t] = ra[r];                               \
-      }                                                                                            \
-    }                                                                                              \
-    for (; i < rows; i++) {                                                                        \
-      const float *q0 = q + (size_t)i * dp;                                                        \
-      for (int t = 0; t < nt; t++) {                                                               \
-        const KT *ka = k + (size_t)t * dp;                                                         \
-        __m256 a0 = _mm256_setzero_ps();                                                           \
-        for (int c = 0; c < dp; c += 8)                                                            \
-          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + c), LOADK(ka + c), a0);                        \
-        s[(size_t)i * lds + t] = hsum8(a0);                                                        \
-      }                                                                                            \
+    for (; i + 4 <= rows; i += 4)                                                                  \
+      NAME##_block(q + (size_t)i * dp, 4, k, nt, dp, s + (size_t)i * lds, lds);                    \
+    const float *qi = q + (size_t)i * dp;                                                          \
+    float *si = s + (size_t)i * lds;                                                               \
+    switch (rows - i) {                                                                            \
+    case 3: NAME##_block(qi, 3, k, nt, dp, si, lds); break;                                        \
+    case 2: NAME##_block(qi, 2, k, nt, dp, si, lds); break;                                        \
+    case 1: NAME##_block(qi, 1, k, nt, dp, si, lds); break;                                        \
+    default: break;                                                                                \
     }                                                                                              \
   }
 
 KQ_DEFINE_LOGITS(avx2_logits, float, load8_f32)
 KQ_DEFINE_LOGITS(avx2_logits_f16, uint16_t, load8_f16)
 
-/* acc rows += P · V: 4 rows x 16 columns per pass (8 accumulators), each V
- * load shared by the 4 rows. */
+/* acc rows += P · V for R rows: CW column vectors (8 floats each) per pass,
+ * R x CW accumulators, each V load shared by the R rows; CW = 2 for 3-4
+ * rows, 4 for 1-2 rows (>= 4 independent FMA chains), one vector for the
+ * columns left over. */
 #define KQ_DEFINE_PV(NAME, VT, LOADV)                                                              \
+  KQ_AVX2 KQ_INLINE void NAME##_cols(const float *p, const int R, int lds, const VT *v, int nt,    \
+                                     int dp, float *acc, const int CW, int c) {                    \
+    __m256 a[4][4];                                                                                \
+    KQ_ROWS for (int r = 0; r < R; r++) KQ_ROWS for (int j = 0; j < CW; j++) a[r][j] =             \
+        _mm256_loadu_ps(acc + (size_t)r * dp + c + 8 * j);                                         \
+    for (int t = 0; t < nt; t++) {                                                                 \
+      const VT *vr = v + (size_t)t * dp + c;                                                       \
+      __m256 x[4];                                                                                 \
+      KQ_ROWS for (int j = 0; j < CW; j++) x[j] = LOADV(vr + 8 * j);                               \
+      KQ_ROWS for (int r = 0; r < R; r++) {                                                        \
+        __m256 w = _mm256_broadcast_ss(p + (size_t)r * lds + t);                                   \
+        KQ_ROWS for (int j = 0; j < CW; j++) a[r][j] = _mm256_fmadd_ps(w, x[j], a[r][j]);          \
+      }                                                                                            \
+    }                                                                                              \
+    KQ_ROWS for (int r = 0; r < R; r++) KQ_ROWS for (int j = 0; j < CW; j++)                       \
+        _mm256_storeu_ps(acc + (size_t)r * dp + c + 8 * j, a[r][j]);                               \
+  }                                                                                                \
+  KQ_AVX2 KQ_INLINE void NAME##_block(const float *p, const int R, int lds, const VT *v, int nt,   \
+                                      int dp, float *acc) {                                        \
+    const int CW = R <= 2 ? 4 : 2;                                                                 \
+    int c = 0;                                                                                     \
+    for (; c + 8 * CW <= dp; c += 8 * CW) NAME##_cols(p, R, lds, v, nt, dp, acc, CW, c);           \
+    for (; c < dp; c += 8) NAME##_cols(p, R, lds, v, nt, dp, acc, 1, c);                           \
+  }                                                                                                \
   KQ_AVX2 static void NAME(const float *p, int rows, int lds, const VT *v, int nt, int dp,         \
                            float *acc) {                                                           \
     int i = 0;                                                                                     \
-    for (; i + 4 <= rows; i += 4) {                                                                \
-      const float *p0 = p + (size_t)i * lds, *p1 = p0 + lds, *p2 = p1 + lds, *p3 = p2 + lds;       \
-      float *c0 = acc + (size_t)i * dp, *c1 = c0 + dp, *c2 = c1 + dp, *c3 = c2 + dp;               \
-      int c = 0;                                                                                   \
-      for (; c + 16 <= dp; c += 16) {                                                              \
-        __m256 a0 = _mm256_loadu_ps(c0 + c), b0 = _mm256_loadu_ps(c0 + c + 8);                     \
-        __m256 a1 = _mm256_loadu_ps(c1 + c), b1 = _mm256_loadu_ps(c1 + c + 8);                     \
-        __m256 a2 = _mm256_loadu_ps(c2 + c), b2 = _mm256_loadu_ps(c2 + c + 8);                     \
-        __m256 a3 = _mm256_loadu_ps(c3 + c), b3 = _mm256_loadu_ps(c3 + c + 8);                     \
-        for (int t = 0; t < nt; t++) {                                                             \
-          const VT *vr = v + (size_t)t * dp + c;                                                   \
-          __m256 va = LOADV(vr), vb = LOADV(vr + 8);                                               \
-          __m256 w = _mm256_broadcast_ss(p0 + t);                                                  \
-          a0 = _mm256_fmadd_ps(w, va, a0), b0 = _mm256_fmadd_ps(w, vb, b0);                        \
-          w = _mm256_broadcast_ss(p1 + t);                                                         \
-          a1 = _mm256_fmadd_ps(w, va, a1), b1 = _mm256_fmadd_ps(w, vb, b1);                        \
-          w = _mm256_broadcast_ss(p2 + t);                                                         \
-          a2 = _mm256_fmadd_ps(w, va, a2), b2 = _mm256_fmadd_ps(w, vb, b2);                        \
-          w = _mm256_broadcast_ss(p3 + t);                                                         \
-          a3 = _mm256_fmadd_ps(w, va, a3), b3 = _mm256_fmadd_ps(w, vb, b3);                        \
-        }                                                                                          \
-        _mm256_storeu_ps(c0 + c, a0), _mm256_storeu_ps(c0 + c + 8, b0);                            \
-        _mm256_storeu_ps(c1 + c, a1), _mm256_storeu_ps(c1 + c + 8, b1);                            \
-        _mm256_storeu_ps(c2 + c, a2), _mm256_storeu_ps(c2 + c + 8, b2);                            \
-        _mm256_storeu_ps(c3 + c, a3), _mm256_storeu_ps(c3 + c + 8, b3);                            \
-      }                                                                                            \
-      for (; c < dp; c += 8) {                                                                     \
-        __m256 a0 = _mm256_loadu_ps(c0 + c), a1 = _mm256_loadu_ps(c1 + c);                         \
-        __m256 a2 = _mm256_loadu_ps(c2 + c), a3 = _mm256_loadu_ps(c3 + c);                         \
-        for (int t = 0; t < nt; t++) {                                                             \
-          __m256 va = LOADV(v + (size_t)t * dp + c);                                               \
-          a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + t), va, a0);                               \
-          a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + t), va, a1);                               \
-          a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p2 + t), va, a2);                               \
-          a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(p3 + t), va, a3);                               \
-        }                                                                                          \
-        _mm256_storeu_ps(c0 + c, a0), _mm256_storeu_ps(c1 + c, a1);                                \
-        _mm256_storeu_ps(c2 + c, a2), _mm256_storeu_ps(c3 + c, a3);                                \
-      }                                                                                            \
-    }                                                                                              \
-    for (; i < rows; i++) {                                                                        \
-      const float *p0 = p + (size_t)i * lds;                                                       \
-      float *c0 = acc + (size_t)i * dp;                                                            \
-      for (int c = 0; c < dp; c += 8) {                                                            \
-        __m256 a0 = _mm256_loadu_ps(c0 + c);                                                       \
-        for (int t = 0; t < nt; t++)                                                               \
-          a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + t), LOADV(v + (size_t)t * dp + c), a0);    \
-        _mm256_storeu_ps(c0 + c, a0);                                                              \
-      }                                                                                            \
+    for (; i + 4 <= rows; i += 4)                                                                  \
+      NAME##_block(p + (size_t)i * lds, 4, lds, v, nt, dp, acc + (size_t)i * dp);                  \
+    const float *pi = p + (size_t)i * lds;                                                         \
+    float *ai = acc + (size_t)i * dp;                                                              \
+    switch (rows - i) {                                                                            \
+    case 3: NAME##_block(pi, 3, lds, v, nt, dp, ai); break;                                        \
+    case 2: NAME##_block(pi, 2, lds, v, nt, dp, ai); break;                                        \
+    case 1: NAME##_block(pi, 1, lds, v, nt, dp, ai); break;                                        \
+    default: break;                                                                                \
     }                                                                                              \
   }
 
