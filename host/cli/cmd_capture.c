@@ -11,7 +11,7 @@
 static void help(void) {
   printf("usage: kqsvd capture MODEL.gguf TEXT... -o CALIB.safetensors [--seq-len N]\n"
          "                    [--max-tokens N] [--rope post|pre] [--dtype f32|f16]\n"
-         "                    [--device NAME] [--threads N]\n"
+         "                    [--device NAME] [--threads N] [--special]\n"
          "\n"
          "Tokenizes the TEXT files (each on its own, ids concatenated), cuts the tokens into\n"
          "sequences of --seq-len, runs the model with full attention over each sequence and\n"
@@ -27,13 +27,16 @@ static void help(void) {
          "  --dtype f32|f16     storage type of the tensors (default f32)\n"
          "  --device NAME       device for the attention (default: $KQSVD_DEVICE or cpu)\n"
          "  --threads N         CPU threads for the model (default: all cores)\n"
+         "  --special           read the model's control-token strings in TEXT (<|im_start|>,\n"
+         "                      <|im_end|>, ...) as those tokens, as in a chat transcript;\n"
+         "                      without it they are plain text\n"
          "  -h, --help          this help\n");
 }
 
 int kq_cmd_capture(int argc, char **argv) {
   const char *cmd = "capture", *model_path = NULL, *out = NULL, *device = NULL;
   const char **texts = calloc((size_t)argc + 1, sizeof *texts);
-  int n_texts = 0;
+  int n_texts = 0, special = 0;
   long long seq_len = 512, max_tokens = 4096, threads = 0;
   kq_capture_params p = {.rope = KQ_ROPE_POST, .dtype = KQ_DTYPE_F32};
   if (!texts) return kq_cli_usage_error(cmd, "out of memory");
@@ -43,6 +46,10 @@ int kq_cmd_capture(int argc, char **argv) {
       help();
       free(texts);
       return 0;
+    }
+    if (!strcmp(a, "--special")) {
+      special = 1;
+      continue;
     }
     int bad = 0;
     if (a[0] == '-' && a[1] != '\0' && !val) {
@@ -126,7 +133,8 @@ int kq_cmd_capture(int argc, char **argv) {
     size_t len;
     int32_t *ids = NULL, n = 0;
     st = kq_model_read_text(texts[k], &text, &len);
-    if (st == KQ_OK) st = kq_tokenizer_encode(kq_llama_get_tokenizer(m), text, len, 0, &ids, &n);
+    if (st == KQ_OK)
+      st = kq_tokenizer_encode(kq_llama_get_tokenizer(m), text, len, special, &ids, &n);
     free(text);
     if (st == KQ_OK) {
       int32_t *grown = realloc(all, (size_t)(n_all + n + 1) * sizeof *all);

@@ -11,7 +11,8 @@
 static void help(void) {
   printf(
       "usage: kqsvd ppl MODEL.gguf TEXT [--proj PROJ] [--device NAME] [--storage f32|f16]\n"
-      "                [--ctx N] [--max-tokens N] [--batch N] [--threads N] [--json]\n"
+      "                [--ctx N] [--max-tokens N] [--batch N] [--threads N] [--special]\n"
+      "                [--skip-full] [--json]\n"
       "\n"
       "Tokenizes TEXT (a file) with the model's tokenizer and reports the perplexity\n"
       "exp(mean -log p(token | preceding tokens)) in consecutive windows of --ctx tokens\n"
@@ -21,12 +22,15 @@ static void help(void) {
       "kqsvd cache; the rest of the model runs on the CPU.\n"
       "\n"
       "  --proj PROJ         projection file (adds the compressed-cache run)\n"
+      "  --skip-full         with --proj: only the compressed run (\"full\": null)\n"
       "  --device NAME       cpu, vulkan:N, opencl:N (default: $KQSVD_DEVICE or cpu)\n"
       "  --storage T         latent cache storage, f32 (default) or f16\n"
       "  --ctx N             window length in tokens (default 512)\n"
       "  --max-tokens N      use only the first N tokens of the text (default: all)\n"
       "  --batch N           tokens per forward call (default 64)\n"
       "  --threads N         CPU threads for the model (default: all cores)\n"
+      "  --special           read control-token strings in TEXT (<|im_start|>, ...) as those\n"
+      "                      tokens, as in a chat transcript (default: plain text)\n"
       "  --json              {\"tokens\":N,\"full\":{\"ppl\":..,\"kv_bytes\":..},\n"
       "                       \"compressed\":{\"ppl\":..,\"kv_bytes\":..}} (null without --proj)\n"
       "  -h, --help          this help\n");
@@ -48,7 +52,7 @@ int kq_cmd_ppl(int argc, char **argv) {
   const char *cmd = "ppl", *model_path = NULL, *text_path = NULL, *proj = NULL, *device = NULL;
   kq_storage storage = KQ_STORAGE_F32;
   long long ctx = 512, max_tokens = 0, batch = 64, threads = 0;
-  int json = 0, skip_full = 0;
+  int json = 0, skip_full = 0, special = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -61,6 +65,10 @@ int kq_cmd_ppl(int argc, char **argv) {
     }
     if (!strcmp(a, "--skip-full")) {
       skip_full = 1;
+      continue;
+    }
+    if (!strcmp(a, "--special")) {
+      special = 1;
       continue;
     }
     if (a[0] == '-' && a[1] != '\0' && !val) return kq_cli_usage_error(cmd, "%s needs a value", a);
@@ -101,7 +109,8 @@ int kq_cmd_ppl(int argc, char **argv) {
   size_t len;
   kq_status st = kq_model_read_text(text_path, &text, &len);
   if (st == KQ_OK) st = kq_llama_load(model_path, (int)threads, &m);
-  if (st == KQ_OK) st = kq_tokenizer_encode(kq_llama_get_tokenizer(m), text, len, 0, &ids, &n_ids);
+  if (st == KQ_OK)
+    st = kq_tokenizer_encode(kq_llama_get_tokenizer(m), text, len, special, &ids, &n_ids);
   free(text);
   if (st == KQ_OK) st = kq_device_create(device, &dev);
   if (st != KQ_OK) {

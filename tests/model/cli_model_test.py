@@ -115,6 +115,23 @@ def main():
     ok &= check(g.stdout.startswith("The capital of France is") and len(g.stdout) > 26
                 and "tokens/s" in g.stderr, f"generate: {g.stdout.strip()!r}")
 
+    # --special: control-token strings become single tokens (chat transcripts).
+    chat = os.path.join(work, "chat.txt")
+    with open(chat, "w") as f:
+        f.write("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+                "<|im_start|>assistant\nThe capital of France is Paris.<|im_end|>\n" * 4)
+    plain = json.loads(run([kq, "ppl", model, chat, "--ctx", "256", "--json"]).stdout)
+    spec = json.loads(run([kq, "ppl", model, chat, "--ctx", "256", "--json", "--special"]).stdout)
+    # Each of the 16 markers is 1 token with --special and several without.
+    ok &= check(spec["tokens"] <= plain["tokens"] - 16,
+                f"ppl --special: {spec['tokens']} tokens, plain {plain['tokens']}")
+    calib = os.path.join(work, "calib-chat.safetensors")
+    for flag, name in (([], "plain"), (["--special"], "special")):
+        run([kq, "capture", model, chat, "-o", calib, "--seq-len", "8", "--max-tokens", "0"] + flag)
+        T = st_header(calib)["layers.0.k"]["shape"][1]
+        ok &= check(T == (spec if flag else plain)["tokens"] // 8 * 8,
+                    f"capture {name}: T = {T} whole sequences of the text's tokens")
+
     # Bad input: clear messages, exit 1 (failure) or 2 (usage), no output file.
     bad = os.path.join(work, "truncated.gguf")
     with open(model, "rb") as src, open(bad, "wb") as dst:
