@@ -192,54 +192,37 @@ KQ_AVX2 static inline __m256 load8_f16(const uint16_t *p) {
 /* The logits and P·V kernels work on blocks of R <= 4 query rows (R a
  * constant after inlining, every loop over it unrolled, the accumulators in
  * registers): a group of 3 heads (9/3) runs as one block of 3 rather than
- * three single rows. KQ_ROWS unrolls a loop over the rows of a block. */
+ * three single rows with one FMA chain each. KQ_ROWS unrolls a loop over the
+ * rows of a block. */
 #define KQ_INLINE static inline __attribute__((always_inline))
 #define KQ_ROWS _Pragma("GCC unroll 4")
 
-/* R rows against KB keys at a time (R x KB accumulators): KB = 2 for 3-4
- * rows (the 4 sums of one key reduce together), 4 for 1-2 rows (the 4 sums
- * of one row reduce into 4 adjacent logits), so there are always >= 4
- * independent FMA chains. Each key load is shared by the R rows. */
+/* R <= 3 rows against 4 keys at a time (R x 4 accumulators, each key load
+ * shared by the R rows): the 4 sums of one row reduce into 4 adjacent
+ * logits, one horizontal reduction per 4 outputs. Blocks of 2 rows beat one
+ * block of 4 (whose 16 accumulators spill, or with 2 keys reduce twice as
+ * often): measured 5-10% at ranks 32-128 on Zen 4. */
 #define KQ_DEFINE_LOGITS(NAME, KT, LOADK)                                                          \
   KQ_AVX2 KQ_INLINE void NAME##_block(const float *q, const int R, const KT *k, int nt, int dp,    \
                                       float *s, int lds) {                                         \
     const __m256 z = _mm256_setzero_ps();                                                          \
     int t = 0;                                                                                     \
-    if (R <= 2) {                                                                                  \
-      for (; t + 4 <= nt; t += 4) {                                                                \
-        const KT *k0 = k + (size_t)t * dp;                                                         \
-        __m256 a[2][4] = {{z, z, z, z}, {z, z, z, z}};                                             \
-        for (int c = 0; c < dp; c += 8) {                                                          \
-          __m256 x0 = LOADK(k0 + c), x1 = LOADK(k0 + dp + c);                                      \
-          __m256 x2 = LOADK(k0 + 2 * dp + c), x3 = LOADK(k0 + 3 * dp + c);                         \
-          KQ_ROWS for (int r = 0; r < R; r++) {                                                    \
-            __m256 w = _mm256_loadu_ps(q + (size_t)r * dp + c);                                    \
-            a[r][0] = _mm256_fmadd_ps(w, x0, a[r][0]);                                             \
-            a[r][1] = _mm256_fmadd_ps(w, x1, a[r][1]);                                             \
-            a[r][2] = _mm256_fmadd_ps(w, x2, a[r][2]);                                             \
-            a[r][3] = _mm256_fmadd_ps(w, x3, a[r][3]);                                             \
-          }                                                                                        \
-        }                                                                                          \
-        KQ_ROWS for (int r = 0; r < R; r++)                                                        \
-            _mm_storeu_ps(s + (size_t)r * lds + t, hsum4x8(a[r][0], a[r][1], a[r][2], a[r][3]));   \
-      }                                                                                            \
-    }                                                                                              \
-    for (; t + 2 <= nt; t += 2) {                                                                  \
-      const KT *ka = k + (size_t)t * dp, *kb = ka + dp;                                            \
-      __m256 a[4] = {z, z, z, z}, b[4] = {z, z, z, z};                                             \
+    for (; t + 4 <= nt; t += 4) {                                                                  \
+      const KT *k0 = k + (size_t)t * dp;                                                           \
+      __m256 a[3][4] = {{z, z, z, z}, {z, z, z, z}, {z, z, z, z}};                                 \
       for (int c = 0; c < dp; c += 8) {                                                            \
-        __m256 x = LOADK(ka + c), y = LOADK(kb + c);                                               \
+        __m256 x0 = LOADK(k0 + c), x1 = LOADK(k0 + dp + c);                                        \
+        __m256 x2 = LOADK(k0 + 2 * dp + c), x3 = LOADK(k0 + 3 * dp + c);                           \
         KQ_ROWS for (int r = 0; r < R; r++) {                                                      \
           __m256 w = _mm256_loadu_ps(q + (size_t)r * dp + c);                                      \
-          a[r] = _mm256_fmadd_ps(w, x, a[r]);                                                      \
-          b[r] = _mm256_fmadd_ps(w, y, b[r]);                                                      \
+          a[r][0] = _mm256_fmadd_ps(w, x0, a[r][0]);                                               \
+          a[r][1] = _mm256_fmadd_ps(w, x1, a[r][1]);                                               \
+          a[r][2] = _mm256_fmadd_ps(w, x2, a[r][2]);                                               \
+          a[r][3] = _mm256_fmadd_ps(w, x3, a[r][3]);                                               \
         }                                                                                          \
       }                                                                                            \
-      float ra[4], rb[4];                                                                          \
-      _mm_storeu_ps(ra, hsum4x8(a[0], a[1], a[2], a[3]));                                          \
-      _mm_storeu_ps(rb, hsum4x8(b[0], b[1], b[2], b[3]));                                          \
-      KQ_ROWS for (int r = 0; r < R; r++) s[(size_t)r * lds + t] = ra[r],                          \
-                                                              s[(size_t)r * lds + t + 1] = rb[r];  \
+      KQ_ROWS for (int r = 0; r < R; r++)                                                          \
+          _mm_storeu_ps(s + (size_t)r * lds + t, hsum4x8(a[r][0], a[r][1], a[r][2], a[r][3]));     \
     }                                                                                              \
     for (; t < nt; t++) {                                                                          \
       const KT *ka = k + (size_t)t * dp;                                                           \
@@ -257,8 +240,8 @@ KQ_AVX2 static inline __m256 load8_f16(const uint16_t *p) {
   KQ_AVX2 static void NAME(const float *q, int rows, const KT *k, int nt, int dp, float *s,        \
                            int lds) {                                                              \
     int i = 0;                                                                                     \
-    for (; i + 4 <= rows; i += 4)                                                                  \
-      NAME##_block(q + (size_t)i * dp, 4, k, nt, dp, s + (size_t)i * lds, lds);                    \
+    for (; rows - i > 3; i += 2)                                                                   \
+      NAME##_block(q + (size_t)i * dp, 2, k, nt, dp, s + (size_t)i * lds, lds);                    \
     const float *qi = q + (size_t)i * dp;                                                          \
     float *si = s + (size_t)i * lds;                                                               \
     switch (rows - i) {                                                                            \
