@@ -1,8 +1,8 @@
 /*
  * cpu_kernels.h — the CPU backend's inner loops, chosen once at run time:
- * an AVX2/FMA/F16C version on x86-64 CPUs that have it, portable C
- * elsewhere. The library is built for the baseline ISA; only these
- * functions are compiled for the wider one (target attributes), so one
+ * an AVX2/FMA/F16C version on x86-64 CPUs that have it (built twice, the
+ * second time with AVX-512VL for its 32 registers), portable C elsewhere. The library is built for
+ * the baseline ISA; only these functions are compiled for the wider one (target attributes), so one
  * binary runs everywhere.
  *
  * Shapes: row-major float32 with explicit leading dimensions. `dp` (padded
@@ -17,7 +17,7 @@
 #define KQ_CPU_PAD 8
 
 typedef struct kq_cpu_kernels {
-  const char *isa; /* "avx2+fma+f16c" or "generic" */
+  const char *isa; /* "avx2+fma+f16c+avx512vl", "avx2+fma+f16c" or "generic" */
   /* dst[i] = f16 src[i] for i < n (round trip exact). */
   void (*f16_to_f32)(const uint16_t *src, float *dst, int n);
   /* dst[i] = round-to-nearest-even f16 of src[i] for i < n. */
@@ -56,8 +56,10 @@ typedef struct kq_cpu_kernels {
                     const double *step_cos, const double *step_sin);
 } kq_cpu_kernels;
 
-/* The kernels for this CPU (detected once; thread-safe). KQSVD_CPU_ISA=generic
- * forces the portable ones. */
+/* The kernels for this CPU (detected once; thread-safe): the AVX2 set,
+ * compiled a second time with AVX-512VL (32 vector registers) for CPUs that
+ * have it, else portable C. KQSVD_CPU_ISA=generic forces the portable ones,
+ * KQSVD_CPU_ISA=avx2 the AVX2 set on an AVX-512 CPU. */
 const kq_cpu_kernels *kq_cpu_kernels_get(void);
 
 #endif
