@@ -159,7 +159,7 @@ static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts)
 }
 
 /* Builds the scaled query rows of a task: q̃ = q B (POST/NONE) or
- * q̂ = rot(q B Aᵀ, pos) (PRE), zero-padded to dkp. */
+ * q̂ = rot(q B Aᵀ, pos) (PRE), times scale · log2 e, zero-padded to dkp. */
 static void prepare_queries(const attend_ctx *c, task_scratch *ts, int h, int j0, int nq,
                             int qpos0) {
   const kq_attend_op *op = c->op;
@@ -183,13 +183,15 @@ static void prepare_queries(const attend_ctx *c, task_scratch *ts, int h, int j0
       c->kern->matmul_rows(ts->qraw, rows, d, B, d, rk, ts->qrows, c->dkp);
     }
   }
+  /* Logits in units of log2: the softmax works in base 2 (softmax_update). */
+  float qscale = op->scale * 1.44269504088896341f;
   double *cs = ts->rot, *sn = ts->rot + d / 2;
   for (int jj = 0; jj < nq; jj++) {
     if (pre) rope_angles((double)(qpos0 + jj), c->inv_freq, d / 2, cs, sn);
     for (int gi = 0; gi < c->group; gi++) {
       float *row = ts->qrows + (size_t)(jj * c->group + gi) * c->dkp;
       if (pre) rope_apply(row, d, cs, sn, op->rope_layout);
-      for (int i = 0; i < c->dk; i++) row[i] *= op->scale;
+      for (int i = 0; i < c->dk; i++) row[i] *= qscale;
       for (int i = c->dk; i < c->dkp; i++) row[i] = 0.0f;
     }
   }
@@ -338,7 +340,7 @@ static void merge_partials(const attend_ctx *c) {
         for (int ch = 0; ch < c->n_chunks; ch++) {
           const float *part = c->partials + ((size_t)(first + ch) * c->max_rows + r) * (rv + 2);
           if (part[0] == -INFINITY) continue;
-          float w = expf(part[0] - mmax);
+          float w = exp2f(part[0] - mmax); /* m in units of log2 */
           l += w * part[1];
           for (int i = 0; i < rv; i++) o[i] += w * part[2 + i];
         }

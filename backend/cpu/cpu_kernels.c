@@ -66,9 +66,9 @@ static void gen_softmax_update(float *s, int rows, int lds, int nt, float *m, fl
       continue;
     }
     float mnew = tmax > m[r] ? tmax : m[r];
-    alpha[r] = m[r] == -INFINITY ? 0.0f : mnew == m[r] ? 1.0f : expf(m[r] - mnew); /* exp(0) = 1 */
+    alpha[r] = m[r] == -INFINITY ? 0.0f : mnew == m[r] ? 1.0f : exp2f(m[r] - mnew);
     float sum = 0.0f;
-    for (int t = 0; t < nt; t++) sum += (x[t] = expf(x[t] - mnew));
+    for (int t = 0; t < nt; t++) sum += (x[t] = exp2f(x[t] - mnew));
     l[r] = l[r] * alpha[r] + sum;
     m[r] = mnew;
   }

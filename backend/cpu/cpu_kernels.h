@@ -30,12 +30,13 @@ typedef struct kq_cpu_kernels {
   void (*exp_inplace)(float *x, int n);
   /* Σ a[i] b[i] for i < n (any n). */
   float (*dot)(const float *a, const float *b, int n);
-  /* One online-softmax step over a tile of logits s[r * lds + t], t < nt
-   * (masked positions hold -inf; lds >= nt rounded up to 8, the columns past
-   * nt may be overwritten): mnew = max(m[r], max_t s), alpha[r] =
-   * exp(m[r] - mnew) (0 when m[r] = -inf), s = exp(s - mnew), l[r] =
-   * l[r] alpha[r] + Σ_t s, m[r] = mnew. A row with every position masked
-   * gets s = 0, alpha = 1 and keeps m, l. */
+  /* One online-softmax step in base 2 over a tile of logits s[r * lds + t],
+   * t < nt, given in units of log2 (the caller folds log2 e into the query
+   * scale, so 2^s is the natural-base weight; masked positions hold -inf;
+   * lds >= nt rounded up to 8, the columns past nt may be overwritten):
+   * mnew = max(m[r], max_t s), alpha[r] = 2^(m[r] - mnew) (0 when m[r] =
+   * -inf), s = 2^(s - mnew), l[r] = l[r] alpha[r] + Σ_t s, m[r] = mnew. A
+   * row with every position masked gets s = 0, alpha = 1 and keeps m, l. */
   void (*softmax_update)(float *s, int rows, int lds, int nt, float *m, float *l, float *alpha);
   /* out[t * ldo + k] = Σ_i x[t * ldx + i] · m[i * r + k] for t < n, k < r
    * (any r): n rows of length d times a [d, r] matrix. */
