@@ -19,6 +19,8 @@ static const char *const kernel_names[KQ_K_COUNT] = {
     [KQ_K_WIDEN_F16] = "kq_widen_f16",
     [KQ_K_ATTN_CHUNK_F32] = "kq_attn_chunk_f32",
     [KQ_K_ATTN_CHUNK_F16] = "kq_attn_chunk_f16",
+    [KQ_K_ATTN_SPLIT_F32] = "kq_attn_split_f32",
+    [KQ_K_ATTN_SPLIT_F16] = "kq_attn_split_f16",
     [KQ_K_QPROJ] = "kq_qproj",
     [KQ_K_QROT] = "kq_qrot",
     [KQ_K_ATTN_REDUCE] = "kq_attn_reduce",
@@ -29,12 +31,15 @@ static const char *const kernel_names[KQ_K_COUNT] = {
 
 static const char kv_f32_defs[] = "\n#define KV_T float\n#define KV_LOAD(p, i) ((p)[(i)])\n"
                                   "#define KV_LOAD4(p, i) vload4(0, (p) + (i))\n"
+                                  "#define KV_LOAD8(p, i) vload8(0, (p) + (i))\n"
                                   "#define KV_STORE(v, p, i) ((p)[(i)] = (v))\n"
                                   "#define KV_NAME(n) n##_f32\n";
 static const char kv_f16_defs[] =
-    "\n#undef KV_T\n#undef KV_LOAD\n#undef KV_LOAD4\n#undef KV_STORE\n#undef KV_NAME\n"
+    "\n#undef KV_T\n#undef KV_LOAD\n#undef KV_LOAD4\n#undef KV_LOAD8\n#undef KV_STORE\n"
+    "#undef KV_NAME\n"
     "#define KV_T half\n#define KV_LOAD(p, i) vload_half((i), (p))\n"
     "#define KV_LOAD4(p, i) vload_half4(0, (p) + (i))\n"
+    "#define KV_LOAD8(p, i) vload_half8(0, (p) + (i))\n"
     "#define KV_STORE(v, p, i) vstore_half_rte((v), (i), (p))\n#define KV_NAME(n) n##_f16\n";
 
 #define KQ_OCL_BUILD_OPTIONS "-cl-std=CL1.2"
@@ -123,6 +128,9 @@ kq_status kq_ocl_device_open(int index, kq_bdevice **out_device) {
   clGetDeviceInfo(id, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cu, &cu, NULL);
   dev->local_mem = (size_t)lmem;
   dev->compute_units = cu ? cu : 1;
+  cl_device_type type = 0;
+  clGetDeviceInfo(id, CL_DEVICE_TYPE, sizeof type, &type, NULL);
+  dev->cpu = (type & CL_DEVICE_TYPE_CPU) != 0;
   if (dev->max_wg == 0) dev->max_wg = 1;
 
   cl_int err;

@@ -35,6 +35,8 @@ enum kq_ocl_kernel_id {
   KQ_K_WIDEN_F16,
   KQ_K_ATTN_CHUNK_F32,
   KQ_K_ATTN_CHUNK_F16,
+  KQ_K_ATTN_SPLIT_F32,
+  KQ_K_ATTN_SPLIT_F16,
   KQ_K_QPROJ,
   KQ_K_QROT,
   KQ_K_ATTN_REDUCE,
@@ -78,6 +80,7 @@ struct kq_bdevice {
   size_t max_wg;                /* CL_DEVICE_MAX_WORK_GROUP_SIZE */
   size_t local_mem;             /* CL_DEVICE_LOCAL_MEM_SIZE */
   size_t compute_units;
+  int cpu; /* CL_DEVICE_TYPE_CPU: no value split (see attend_split) */
   cl_mem scratch[KQ_S_COUNT];
   size_t scratch_bytes[KQ_S_COUNT];
   int counted;           /* counted among the open devices */

@@ -7,6 +7,7 @@
  *   up:      latent-to-full output (Eᵀ)
  * Every op validates shapes, offsets and buffer ranges before enqueueing.
  */
+#include <math.h>
 #include <stdio.h>
 
 #include "ocl_internal.h"
@@ -132,7 +133,113 @@ static size_t wg_size(const kq_bdevice *dev, int k, size_t limit) {
   return w;
 }
 
-/* Split-K fused attention for every query (decode, small m, pre-RoPE). */
+/* Merges the split-K partials into the latent outputs. */
+static kq_status attend_reduce(kq_bdevice *dev, const kq_attend_op *op, cl_mem part_o,
+                               cl_mem part_ml, cl_int n_chunks, cl_ulong out_e) {
+  kq_status st = KQ_OK;
+  const int kr = KQ_K_ATTN_REDUCE;
+  ARG(kr, 0, part_o);
+  ARG(kr, 1, part_ml);
+  ARG(kr, 2, op->out->mem);
+  ARG(kr, 3, out_e);
+  ARG(kr, 4, op->n_heads);
+  ARG(kr, 5, op->rank_v);
+  ARG(kr, 6, n_chunks);
+  st = kq_ocl_launch(
+      dev, kr, (size_t[3]){(size_t)op->rank_v, (size_t)op->n_heads, (size_t)op->n_queries}, NULL);
+out:
+  return st;
+}
+
+/* Split-K attention without pre-RoPE (decode, small m): kq_attn_split_*.
+ * Positions per chunk: 256, doubled up to 1024 while there stay at least
+ * 8 work-groups per compute unit (fewer, larger chunks cost less per work-
+ * group where there are few compute units), then lowered with the query
+ * block until the local memory fits. The value pass splits the chunk over
+ * the work-items left when every (columns, row block) unit has one
+ * (vsplit); softmax segments likewise (nseg). On CPU devices the score pass
+ * also touches the value rows (see the kernel). */
+static kq_status attend_split(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp, cl_ulong k_e,
+                              cl_ulong v_e, cl_ulong out_e) {
+  kq_status st = KQ_OK;
+  const cl_int g = op->n_heads / op->n_kv_heads, rk = op->rank_k, rv = op->rank_v;
+  const int k = op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_SPLIT_F16 : KQ_K_ATTN_SPLIT_F32;
+  const size_t wg = wg_size(dev, k, 64), ncb = ((size_t)rv + 7) / 8;
+  cl_int qblock = op->n_queries < KQ_OCL_QBLOCK / 2 ? op->n_queries : KQ_OCL_QBLOCK / 2;
+  cl_int chunk = KQ_OCL_CHUNK;
+  for (;;) {
+    const size_t blocks = ((size_t)op->n_queries + qblock - 1) / qblock;
+    const size_t next = ((size_t)op->n_ctx + 2 * chunk - 1) / (2 * (size_t)chunk);
+    if (chunk >= 4 * KQ_OCL_CHUNK || next * op->n_kv_heads * blocks < 8 * dev->compute_units) break;
+    chunk *= 2;
+  }
+  size_t need = 0, rows = 0, rows4 = 0, s_len = 0, nseg = 1, vsplit = 1;
+  for (;;) {
+    rows = (size_t)qblock * g;
+    rows4 = (rows + 3) / 4 * 4;
+    const size_t units = ncb * (rows4 / 4);
+    nseg = rows4 / 4 < wg ? wg / (rows4 / 4) : 1;
+    if (nseg > (size_t)chunk / 8) nseg = (size_t)chunk / 8;
+    vsplit = units >= wg ? 1 : wg / units;
+    s_len = rows4 * (size_t)chunk;
+    if (s_len < vsplit * rows4 * ncb * 8) s_len = vsplit * rows4 * ncb * 8;
+    need = (s_len + rows4 * (size_t)rk + 2 * rows4 * nseg + 64) * sizeof(float);
+    if (need <= dev->local_mem) break;
+    if (chunk > 32)
+      chunk /= 2;
+    else if (qblock > 1)
+      qblock /= 2, chunk = KQ_OCL_CHUNK;
+    else
+      break;
+  }
+  if (need > dev->local_mem)
+    return kq_ocl_host->set_error(KQ_ERR_UNSUPPORTED,
+                                  "%s: attend: group of %d heads needs more local memory than "
+                                  "the device's %zu bytes",
+                                  dev->label, g, dev->local_mem);
+  const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
+  const size_t n_blocks = ((size_t)op->n_queries + qblock - 1) / qblock;
+  const size_t parts = prod4(op->n_queries, op->n_heads, n_chunks, 1);
+  cl_mem part_o, part_ml;
+  st = kq_ocl_scratch(dev, KQ_S_PART_O, prod4(parts, rv, 4, 1), &part_o);
+  if (st == KQ_OK) st = kq_ocl_scratch(dev, KQ_S_PART_ML, prod4(parts, 2, 4, 1), &part_ml);
+  if (st != KQ_OK) return st;
+  const float qs = op->scale * (float)M_LOG2E;
+  const cl_int cl_nseg = (cl_int)nseg, cl_vsplit = (cl_int)vsplit;
+  ARG(k, 0, qp);
+  ARG(k, 1, op->k_cache->mem);
+  ARG(k, 2, k_e);
+  ARG(k, 3, op->v_cache->mem);
+  ARG(k, 4, v_e);
+  ARG(k, 5, part_o);
+  ARG(k, 6, part_ml);
+  ARG(k, 7, op->n_queries);
+  ARG(k, 8, op->n_ctx);
+  ARG(k, 9, op->n_heads);
+  ARG(k, 10, g);
+  ARG(k, 11, rk);
+  ARG(k, 12, rv);
+  ARG(k, 13, op->capacity);
+  ARG(k, 14, chunk);
+  ARG(k, 15, n_chunks);
+  ARG(k, 16, qs);
+  ARG(k, 17, qblock);
+  ARG(k, 18, cl_nseg);
+  ARG(k, 19, cl_vsplit);
+  const cl_int touch = dev->cpu;
+  ARG(k, 20, touch);
+  st = kq_ocl_arg(dev, k, 21, s_len * sizeof(float), NULL);
+  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 22, rows4 * (size_t)rk * sizeof(float), NULL);
+  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 23, 2 * rows4 * nseg * sizeof(float), NULL);
+  if (st == KQ_OK)
+    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, n_blocks},
+                       (size_t[3]){wg, 1, 1});
+  if (st == KQ_OK) st = attend_reduce(dev, op, part_o, part_ml, n_chunks, out_e);
+out:
+  return st;
+}
+
+/* Split-K fused attention with pre-RoPE (keys rebuilt per position). */
 static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp, cl_int dq,
                               cl_ulong k_e, cl_ulong v_e, cl_ulong b_e, cl_ulong out_e) {
   kq_status st = KQ_OK;
@@ -198,8 +305,9 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   ARG(k, 20, ident);
   ARG(k, 21, halves);
   const float theta = op->rope_theta > 0.0f ? op->rope_theta : 10000.0f;
+  const float scale2 = op->scale * (float)M_LOG2E;
   ARG(k, 22, theta);
-  ARG(k, 23, op->scale);
+  ARG(k, 23, scale2);
   ARG(k, 24, qblock);
   st = kq_ocl_arg(dev, k, 25, rows * chunk * sizeof(float), NULL);
   if (st == KQ_OK)
@@ -209,17 +317,7 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   if (st != KQ_OK) goto out;
   st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, n_blocks},
                      (size_t[3]){wg, 1, 1});
-  if (st != KQ_OK) goto out;
-  const int kr = KQ_K_ATTN_REDUCE;
-  ARG(kr, 0, part_o);
-  ARG(kr, 1, part_ml);
-  ARG(kr, 2, op->out->mem);
-  ARG(kr, 3, out_e);
-  ARG(kr, 4, op->n_heads);
-  ARG(kr, 5, op->rank_v);
-  ARG(kr, 6, n_chunks);
-  st = kq_ocl_launch(
-      dev, kr, (size_t[3]){(size_t)op->rank_v, (size_t)op->n_heads, (size_t)op->n_queries}, NULL);
+  if (st == KQ_OK) st = attend_reduce(dev, op, part_o, part_ml, n_chunks, out_e);
 out:
   return st;
 }
@@ -355,7 +453,7 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
     ARG(k, 7, d);
     ARG(k, 8, rk);
     ARG(k, 9, id);
-    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)rk, (size_t)H, (size_t)m}, NULL);
+    st = kq_ocl_launch(dev, k, (size_t[3]){((size_t)rk + 3) / 4, (size_t)H, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
   }
   if (pre) {
@@ -383,7 +481,7 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
   } else if (m >= KQ_OCL_GEMM_MIN_QUERIES) {
     st = attend_gemm(dev, op, qt, k_e, v_e, out_e);
   } else {
-    st = attend_fused(dev, op, qt, rk, k_e, v_e, b_e, out_e);
+    st = attend_split(dev, op, qt, k_e, v_e, out_e);
   }
 out:
   pthread_mutex_unlock(&dev->lock);

@@ -5,28 +5,43 @@
  */
 
 /* t[j, h, c] = Σ_i q[j, h, i] B[h / g, i, c]   (identity: t = q, rank == d)
- * global size (rank, H, n_q). */
+ * Four columns c = 4·x .. 4·x + 3 per work-item (one B row load feeds all
+ * four); global size (ceil(rank / 4), H, n_q). */
 __kernel void kq_qproj(__global const float *q, ulong q_off, __global const float *bmat,
                        ulong b_off, __global float *t, int n_heads, int group, int head_dim,
                        int rank, int identity) {
-  const int c = get_global_id(0), h = get_global_id(1), j = get_global_id(2);
+  const int c0 = 4 * get_global_id(0), h = get_global_id(1), j = get_global_id(2);
+  const int nc = min(4, rank - c0);
   __global const float *qr = q + q_off + ((size_t)j * n_heads + h) * head_dim;
-  float acc;
+  __global float *tr = t + ((size_t)j * n_heads + h) * rank + c0;
+  float4 acc = (float4)(0.0f);
   if (identity) {
-    acc = qr[c];
+    acc = (float4)(qr[c0], nc > 1 ? qr[c0 + 1] : 0.0f, nc > 2 ? qr[c0 + 2] : 0.0f,
+                   nc > 3 ? qr[c0 + 3] : 0.0f);
+  } else if (nc == 4) {
+    __global const float *bh = bmat + b_off + (size_t)(h / group) * head_dim * rank + c0;
+    for (int i = 0; i < head_dim; ++i) acc += qr[i] * vload4(0, bh + (size_t)i * rank);
   } else {
-    __global const float *bh = bmat + b_off + (size_t)(h / group) * head_dim * rank;
-    acc = 0.0f;
-    for (int i = 0; i < head_dim; ++i) acc += qr[i] * bh[(size_t)i * rank + c];
+    __global const float *bh = bmat + b_off + (size_t)(h / group) * head_dim * rank + c0;
+    for (int i = 0; i < head_dim; ++i) {
+      __global const float *br = bh + (size_t)i * rank;
+      acc += qr[i] * (float4)(br[0], nc > 1 ? br[1] : 0.0f, nc > 2 ? br[2] : 0.0f, 0.0f);
+    }
   }
-  t[((size_t)j * n_heads + h) * rank + c] = acc;
+  if (nc == 4) {
+    vstore4(acc, 0, tr);
+  } else {
+    tr[0] = acc.x;
+    if (nc > 1) tr[1] = acc.y;
+    if (nc > 2) tr[2] = acc.z;
+  }
 }
 
 /* Pre-RoPE query: qh[j, h, :] = rot(t[j, h, :] Aᵀ, n_ctx - n_q + j), one rotary
  * pair per work-item; identity: A = I. global size (head_dim / 2, H, n_q). */
 __kernel void kq_qrot(__global const float *t, __global const float *amat, ulong a_off,
-                      __global float *qh, int n_q, int n_ctx, int n_heads, int group,
-                      int head_dim, int rank, int identity, int halves, float theta) {
+                      __global float *qh, int n_q, int n_ctx, int n_heads, int group, int head_dim,
+                      int rank, int identity, int halves, float theta) {
   const int pr = get_global_id(0), h = get_global_id(1), j = get_global_id(2);
   const int2 ab = kq_rope_pair(pr, head_dim, halves);
   __global const float *tr = t + ((size_t)j * n_heads + h) * rank;
@@ -51,8 +66,9 @@ __kernel void kq_qrot(__global const float *t, __global const float *amat, ulong
   o[ab.y] = xa * sn + xb * cs;
 }
 
-/* Merges the split-K partials of kq_attn_chunk_*:
- * out[j, h, d] = Σ_c e^{m_c - M} o_c[d] / Σ_c e^{m_c - M} l_c, M = max m_c.
+/* Merges the split-K partials of kq_attn_chunk_* / kq_attn_split_* (maxima
+ * in log2 units): out[j, h, d] = Σ_c 2^{m_c - M} o_c[d] / Σ_c 2^{m_c - M} l_c,
+ * M = max m_c.
  * global size (rank_v, H, n_q). */
 __kernel void kq_attn_reduce(__global const float *part_o, __global const float *part_ml,
                              __global float *out, ulong out_off, int n_heads, int rank_v,
@@ -66,7 +82,7 @@ __kernel void kq_attn_reduce(__global const float *part_o, __global const float 
   float l = 0.0f, acc = 0.0f;
   for (int c = 0; c < n_chunks; ++c) {
     if (ml[2 * c + 1] > 0.0f) {
-      const float w = exp(ml[2 * c] - mx);
+      const float w = exp2(ml[2 * c] - mx);
       l += w * ml[2 * c + 1];
       acc += w * part_o[(head * n_chunks + c) * rank_v + d];
     }

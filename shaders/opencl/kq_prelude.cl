@@ -15,3 +15,10 @@ inline float kq_rope_freq(int pair, int dim, float theta) {
 inline int2 kq_rope_pair(int pair, int dim, int halves) {
   return halves ? (int2)(pair, pair + dim / 2) : (int2)(2 * pair, 2 * pair + 1);
 }
+
+/* Causal lengths of rows r0 .. r0 + 3 (query (r0 + k) / group at position
+ * first + (r0 + k) / group) in the chunk at p0; 0 for padding rows >= rows. */
+inline int4 kq_row_len4(int r0, int rows, int group, int first, int p0, int chunk) {
+  const int4 r = (int4)(r0) + (int4)(0, 1, 2, 3);
+  return select((int4)(0), clamp((int4)(first + 1 - p0) + r / group, 0, chunk), r < rows);
+}

@@ -13,10 +13,12 @@ __kernel void kq_up(__global const float *latent, ulong lat_off, __global const 
   if (identity) {
     acc = lr[a];
   } else {
-    __global const float *er =
-        emat + e_off + ((size_t)(h / group) * head_dim + a) * rank_v;
-    acc = 0.0f;
-    for (int c = 0; c < rank_v; ++c) acc += lr[c] * er[c];
+    __global const float *er = emat + e_off + ((size_t)(h / group) * head_dim + a) * rank_v;
+    float4 a4 = (float4)(0.0f);
+    int c = 0;
+    for (; c + 4 <= rank_v; c += 4) a4 += vload4(0, lr + c) * vload4(0, er + c);
+    acc = (a4.x + a4.y) + (a4.z + a4.w);
+    for (; c < rank_v; ++c) acc += lr[c] * er[c];
   }
   out[out_off + ((size_t)j * n_heads + h) * head_dim + a] = acc;
 }
