@@ -224,17 +224,39 @@ static kq_status wait_event(kq_bdevice *dev, cl_event ev, const char *what) {
   return KQ_OK;
 }
 
+/* Uploads up to this size go through a private host copy and return
+ * without waiting (one host/device round trip less per attend). */
+#define KQ_OCL_UPLOAD_STAGE ((size_t)256 << 10)
+
+static void CL_CALLBACK free_stage(cl_event ev, cl_int status, void *copy) {
+  (void)ev, (void)status;
+  free(copy);
+}
+
 kq_status kq_ocl_buffer_upload(kq_bdevice *dev, kq_buffer *dst, size_t offset, const void *src,
                                size_t bytes) {
   kq_status st = check_range(dev, dst, offset, bytes, "upload");
   if (st != KQ_OK || bytes == 0) return st;
+  /* Small uploads: the caller may reuse src at once, so copy it and free
+   * the copy when the write completes; large ones wait. */
+  void *copy = bytes <= KQ_OCL_UPLOAD_STAGE ? malloc(bytes) : NULL;
+  if (copy) memcpy(copy, src, bytes);
   cl_event ev = NULL;
   pthread_mutex_lock(&dev->lock);
-  cl_int err =
-      clEnqueueWriteBuffer(dev->queue, dst->mem, CL_FALSE, offset, bytes, src, 0, NULL, &ev);
+  cl_int err = clEnqueueWriteBuffer(dev->queue, dst->mem, CL_FALSE, offset, bytes,
+                                    copy ? copy : src, 0, NULL, &ev);
   pthread_mutex_unlock(&dev->lock);
-  if (err != CL_SUCCESS) return kq_ocl_fail(dev, KQ_ERR_DEVICE, "clEnqueueWriteBuffer", err);
-  return wait_event(dev, ev, "upload");
+  if (err != CL_SUCCESS) {
+    free(copy);
+    return kq_ocl_fail(dev, KQ_ERR_DEVICE, "clEnqueueWriteBuffer", err);
+  }
+  if (copy && clSetEventCallback(ev, CL_COMPLETE, free_stage, copy) == CL_SUCCESS) {
+    clReleaseEvent(ev);
+    return KQ_OK;
+  }
+  st = wait_event(dev, ev, "upload");
+  free(copy);
+  return st;
 }
 
 kq_status kq_ocl_buffer_download(kq_bdevice *dev, const kq_buffer *src, size_t offset, void *dst,
