@@ -453,7 +453,8 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
     ARG(k, 7, d);
     ARG(k, 8, rk);
     ARG(k, 9, id);
-    st = kq_ocl_launch(dev, k, (size_t[3]){((size_t)rk + 3) / 4, (size_t)H, (size_t)m}, NULL);
+    const size_t hblocks = (size_t)op->n_kv_heads * (((size_t)g + 3) / 4);
+    st = kq_ocl_launch(dev, k, (size_t[3]){((size_t)rk + 7) / 8, hblocks, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
   }
   if (pre) {
@@ -522,8 +523,9 @@ kq_status kq_ocl_up(kq_bdevice *dev, const kq_up_op *op) {
   ARG(k, 8, op->head_dim);
   ARG(k, 9, op->rank_v);
   ARG(k, 10, id);
-  st = kq_ocl_launch(
-      dev, k, (size_t[3]){(size_t)op->head_dim, (size_t)op->n_heads, (size_t)op->n_queries}, NULL);
+  const size_t hblocks = (size_t)op->n_kv_heads * (((size_t)g + 3) / 4);
+  st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)op->head_dim, hblocks, (size_t)op->n_queries},
+                     NULL);
 out:
   pthread_mutex_unlock(&dev->lock);
   return st;

@@ -4,37 +4,55 @@
  * Offsets are in elements; q is [n_q, H, head_dim], projections [Hk, d, r].
  */
 
+/* Elements [0, n) of p, n in 1..8; the rest of the vector is 0. */
+inline float8 kq_load8f(__global const float *p, int n) {
+  return n >= 8 ? vload8(0, p)
+                : (float8)(p[0], n > 1 ? p[1] : 0.0f, n > 2 ? p[2] : 0.0f, n > 3 ? p[3] : 0.0f,
+                           n > 4 ? p[4] : 0.0f, n > 5 ? p[5] : 0.0f, n > 6 ? p[6] : 0.0f, 0.0f);
+}
+
+/* Stores elements [0, n) of v at p, n in 1..8. */
+inline void kq_store8f(float8 v, __global float *p, int n) {
+  if (n >= 8) {
+    vstore8(v, 0, p);
+    return;
+  }
+  const float e[8] = {v.s0, v.s1, v.s2, v.s3, v.s4, v.s5, v.s6, v.s7};
+  for (int i = 0; i < n; ++i) p[i] = e[i];
+}
+
 /* t[j, h, c] = Σ_i q[j, h, i] B[h / g, i, c]   (identity: t = q, rank == d)
- * Four columns c = 4·x .. 4·x + 3 per work-item (one B row load feeds all
- * four); global size (ceil(rank / 4), H, n_q). */
+ * Work-item = 8 columns c0 = 8·x .. of up to 4 heads of one kv head (head
+ * block y: kv head y / ceil(g/4)), so that one B row load feeds 4 heads;
+ * global size (ceil(rank / 8), Hk · ceil(g / 4), n_q). */
 __kernel void kq_qproj(__global const float *q, ulong q_off, __global const float *bmat,
                        ulong b_off, __global float *t, int n_heads, int group, int head_dim,
                        int rank, int identity) {
-  const int c0 = 4 * get_global_id(0), h = get_global_id(1), j = get_global_id(2);
-  const int nc = min(4, rank - c0);
-  __global const float *qr = q + q_off + ((size_t)j * n_heads + h) * head_dim;
-  __global float *tr = t + ((size_t)j * n_heads + h) * rank + c0;
-  float4 acc = (float4)(0.0f);
+  const int c0 = 8 * get_global_id(0), hb = get_global_id(1), j = get_global_id(2);
+  const int gb = (group + 3) / 4, kvh = hb / gb, u0 = (hb - kvh * gb) * 4;
+  const int nh = min(4, group - u0), nc = min(8, rank - c0), h0 = kvh * group + u0;
+  __global const float *q0 = q + q_off + ((size_t)j * n_heads + h0) * head_dim;
+  __global const float *q1 = q0 + (nh > 1 ? head_dim : 0), *q2 = q0 + (nh > 2 ? 2 * head_dim : 0),
+                       *q3 = q0 + (nh > 3 ? 3 * head_dim : 0);
+  float8 a0 = (float8)(0.0f), a1 = a0, a2 = a0, a3 = a0;
   if (identity) {
-    acc = (float4)(qr[c0], nc > 1 ? qr[c0 + 1] : 0.0f, nc > 2 ? qr[c0 + 2] : 0.0f,
-                   nc > 3 ? qr[c0 + 3] : 0.0f);
-  } else if (nc == 4) {
-    __global const float *bh = bmat + b_off + (size_t)(h / group) * head_dim * rank + c0;
-    for (int i = 0; i < head_dim; ++i) acc += qr[i] * vload4(0, bh + (size_t)i * rank);
+    a0 = kq_load8f(q0 + c0, nc);
+    a1 = kq_load8f(q1 + c0, nc);
+    a2 = kq_load8f(q2 + c0, nc);
+    a3 = kq_load8f(q3 + c0, nc);
   } else {
-    __global const float *bh = bmat + b_off + (size_t)(h / group) * head_dim * rank + c0;
+    __global const float *bh = bmat + b_off + (size_t)kvh * head_dim * rank + c0;
     for (int i = 0; i < head_dim; ++i) {
-      __global const float *br = bh + (size_t)i * rank;
-      acc += qr[i] * (float4)(br[0], nc > 1 ? br[1] : 0.0f, nc > 2 ? br[2] : 0.0f, 0.0f);
+      const float8 b8 = kq_load8f(bh + (size_t)i * rank, nc);
+      a0 += q0[i] * b8;
+      a1 += q1[i] * b8;
+      a2 += q2[i] * b8;
+      a3 += q3[i] * b8;
     }
   }
-  if (nc == 4) {
-    vstore4(acc, 0, tr);
-  } else {
-    tr[0] = acc.x;
-    if (nc > 1) tr[1] = acc.y;
-    if (nc > 2) tr[2] = acc.z;
-  }
+  __global float *t0 = t + ((size_t)j * n_heads + h0) * rank + c0;
+  const float8 acc[4] = {a0, a1, a2, a3};
+  for (int u = 0; u < nh; ++u) kq_store8f(acc[u], t0 + (size_t)u * rank, nc);
 }
 
 /* Pre-RoPE query: qh[j, h, :] = rot(t[j, h, :] Aᵀ, n_ctx - n_q + j), one rotary
