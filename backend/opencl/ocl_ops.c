@@ -159,6 +159,23 @@ out:
  * the work-items left when every (columns, row block) unit has one
  * (vsplit); softmax segments likewise (nseg). On CPU devices the score pass
  * also touches the value rows (see the kernel). */
+/* The split-K kernels' shared tail: the error when even the smallest block
+ * and chunk overflow local memory, and the per-chunk partial outputs
+ * (rank_v floats per query head and chunk) plus running max/sum pairs. */
+static kq_status local_mem_error(const kq_bdevice *dev, cl_int g) {
+  return kq_ocl_host->set_error(KQ_ERR_UNSUPPORTED,
+                                "%s: attend: group of %d heads needs more local memory than "
+                                "the device's %zu bytes",
+                                dev->label, g, dev->local_mem);
+}
+
+static kq_status partials(kq_bdevice *dev, const kq_attend_op *op, cl_int n_chunks, cl_int rv,
+                          cl_mem *part_o, cl_mem *part_ml) {
+  const size_t parts = prod4(op->n_queries, op->n_heads, n_chunks, 1);
+  kq_status st = kq_ocl_scratch(dev, KQ_S_PART_O, prod4(parts, rv, 4, 1), part_o);
+  return st == KQ_OK ? kq_ocl_scratch(dev, KQ_S_PART_ML, prod4(parts, 2, 4, 1), part_ml) : st;
+}
+
 static kq_status attend_split(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp, cl_ulong k_e,
                               cl_ulong v_e, cl_ulong out_e) {
   kq_status st = KQ_OK;
@@ -192,17 +209,11 @@ static kq_status attend_split(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
     else
       break;
   }
-  if (need > dev->local_mem)
-    return kq_ocl_host->set_error(KQ_ERR_UNSUPPORTED,
-                                  "%s: attend: group of %d heads needs more local memory than "
-                                  "the device's %zu bytes",
-                                  dev->label, g, dev->local_mem);
+  if (need > dev->local_mem) return local_mem_error(dev, g);
   const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
   const size_t n_blocks = ((size_t)op->n_queries + qblock - 1) / qblock;
-  const size_t parts = prod4(op->n_queries, op->n_heads, n_chunks, 1);
   cl_mem part_o, part_ml;
-  st = kq_ocl_scratch(dev, KQ_S_PART_O, prod4(parts, rv, 4, 1), &part_o);
-  if (st == KQ_OK) st = kq_ocl_scratch(dev, KQ_S_PART_ML, prod4(parts, 2, 4, 1), &part_ml);
+  st = partials(dev, op, n_chunks, rv, &part_o, &part_ml);
   if (st != KQ_OK) return st;
   const float qs = op->scale * (float)M_LOG2E;
   const cl_int cl_nseg = (cl_int)nseg, cl_vsplit = (cl_int)vsplit;
@@ -264,20 +275,14 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
     else
       break;
   }
-  if (need > dev->local_mem)
-    return kq_ocl_host->set_error(KQ_ERR_UNSUPPORTED,
-                                  "%s: attend: group of %d heads needs more local memory than "
-                                  "the device's %zu bytes",
-                                  dev->label, g, dev->local_mem);
+  if (need > dev->local_mem) return local_mem_error(dev, g);
   const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
   const size_t n_blocks = ((size_t)op->n_queries + qblock - 1) / qblock;
   const size_t rows = (size_t)qblock * g;
   const int k = op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_CHUNK_F16 : KQ_K_ATTN_CHUNK_F32;
   const size_t wg = wg_size(dev, k, 64);
-  const size_t parts = prod4(op->n_queries, op->n_heads, n_chunks, 1);
   cl_mem part_o, part_ml;
-  st = kq_ocl_scratch(dev, KQ_S_PART_O, prod4(parts, op->rank_v, 4, 1), &part_o);
-  if (st == KQ_OK) st = kq_ocl_scratch(dev, KQ_S_PART_ML, prod4(parts, 2, 4, 1), &part_ml);
+  st = partials(dev, op, n_chunks, op->rank_v, &part_o, &part_ml);
   if (st != KQ_OK) return st;
   const cl_int pre = op->rope == KQ_ROPE_PRE, ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0,
                halves = op->rope_layout == KQ_ROPE_HALVES;
