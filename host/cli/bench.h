@@ -61,15 +61,15 @@ void kq_bench_report_device(kq_bench_report *rep, const kq_device_info *info, do
 
 /* Adds a copy-bandwidth sample (GB/s) of the listed device named `device`,
  * measured next to timed steps: its ceiling becomes the median of all its
- * samples so far, and ceiling_gbps and pct_of_ceiling of its attention
- * results already in the list follow. So every result of a device carries
- * one ceiling that spans the whole run instead of one moment of it. False
- * when out of memory or the device is not listed (nothing changes). */
+ * samples so far. False when out of memory or the device is not listed
+ * (nothing changes). */
 bool kq_bench_report_ceiling_sample(kq_bench_report *rep, const char *device, double gbps);
 
-/* The current ceiling (GB/s) of the listed device named `device`; NaN when
- * it is not listed. */
-double kq_bench_report_ceiling(const kq_bench_report *rep, const char *device);
+/* Sets ceiling_gbps and pct_of_ceiling of every result that has a ceiling to
+ * its device's run-wide ceiling (the median of all its samples), so every
+ * result of a device carries one ceiling that spans the whole run. Call
+ * once, after the last sample. */
+void kq_bench_report_ceilings(kq_bench_report *rep);
 
 /* Fills speedup_vs_full of every attention result: the seconds of the
  * rank-d result of the same device, op, context, shape, storage and rope

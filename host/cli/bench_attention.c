@@ -152,13 +152,12 @@ static const char *rope_name(kq_rope_mode r) {
   return r == KQ_ROPE_PRE ? "pre" : r == KQ_ROPE_POST ? "post" : "none";
 }
 
-/* A result of `ctx`'s device with the device's current run-wide ceiling
- * (later ceiling samples update it, see kq_bench_report_ceiling_sample). */
-static void result_init(const kq_bench_device_ctx *ctx, const kq_bench_report *rep,
-                        const kq_bench_attn_config *cfg, const char *op, int32_t context, int32_t m,
-                        double seconds, kq_bench_result *r) {
-  double ceiling = kq_bench_report_ceiling(rep, ctx->info.name);
-  if (!isfinite(ceiling)) ceiling = ctx->ceiling_gbps;
+/* A result of `ctx`'s device with the ceiling measured at the start;
+ * kq_bench_report_ceilings replaces it with the run-wide one at the end. */
+static void result_init(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfg,
+                        const char *op, int32_t context, int32_t m, double seconds,
+                        kq_bench_result *r) {
+  double ceiling = ctx->ceiling_gbps;
   memset(r, 0, sizeof *r);
   snprintf(r->device, sizeof r->device, "%s", ctx->info.name);
   snprintf(r->op, sizeof r->op, "%s", op);
@@ -311,7 +310,7 @@ kq_status kq_bench_attention(const kq_bench_device_ctx *ctx, const kq_bench_attn
       double sec = kq_bench_median(prefill ? mem[i].prefill_t : mem[i].decode_t, reps);
       int32_t m = prefill ? KQ_BENCH_PREFILL_M : 1;
       kq_bench_result r;
-      result_init(ctx, rep, mem[i].cfg, prefill ? "prefill" : "decode", c0->context, m, sec, &r);
+      result_init(ctx, mem[i].cfg, prefill ? "prefill" : "decode", c0->context, m, sec, &r);
       if (!kq_bench_report_add(rep, &r)) st = KQ_ERR_OUT_OF_MEMORY;
     }
   }
@@ -350,7 +349,7 @@ kq_status kq_bench_overhead(const kq_bench_device_ctx *ctx, const kq_bench_attn_
   }
   if (st == KQ_OK) {
     kq_bench_result r;
-    result_init(ctx, rep, cfg, "overhead", 1, 1, kq_bench_median(t, calls), &r);
+    result_init(ctx, cfg, "overhead", 1, 1, kq_bench_median(t, calls), &r);
     if (!kq_bench_report_add(rep, &r)) st = KQ_ERR_OUT_OF_MEMORY;
   }
 done:

@@ -73,18 +73,17 @@ bool kq_bench_report_ceiling_sample(kq_bench_report *rep, const char *device, do
   }
   e->ceiling_samples[e->n_ceiling_samples++] = gbps;
   e->ceiling_gbps = kq_bench_median(e->ceiling_samples, e->n_ceiling_samples); /* sorts: fine */
-  for (int i = 0; i < rep->count; i++) {
-    kq_bench_result *r = &rep->items[i];
-    if (strcmp(r->device, device) != 0 || !isfinite(r->ceiling_gbps)) continue;
-    r->ceiling_gbps = e->ceiling_gbps;
-    r->pct_of_ceiling = 100.0 * r->gbps / e->ceiling_gbps;
-  }
   return true;
 }
 
-double kq_bench_report_ceiling(const kq_bench_report *rep, const char *device) {
-  const struct kq_bench_device_entry *e = find_device(rep, device);
-  return e ? e->ceiling_gbps : NAN;
+void kq_bench_report_ceilings(kq_bench_report *rep) {
+  for (int i = 0; i < rep->count; i++) {
+    kq_bench_result *r = &rep->items[i];
+    const struct kq_bench_device_entry *e = find_device(rep, r->device);
+    if (!e || !isfinite(r->ceiling_gbps)) continue;
+    r->ceiling_gbps = e->ceiling_gbps;
+    r->pct_of_ceiling = 100.0 * r->gbps / e->ceiling_gbps;
+  }
 }
 
 void kq_bench_report_free(kq_bench_report *rep) {

@@ -242,6 +242,7 @@ int kq_cmd_bench(int argc, char **argv) {
     kq_bench_report_free(&rep);
     return kq_cli_fail(CMD, st);
   }
+  kq_bench_report_ceilings(&rep);
   kq_bench_report_speedups(&rep);
   rc = 0;
   if (o.svg && !kq_bench_svg_write(&rep, o.svg)) rc = 1;
