@@ -99,12 +99,47 @@ typedef enum kq_rope_mode { KQ_ROPE_NONE = 0, KQ_ROPE_POST = 1, KQ_ROPE_PRE = 2 
  * (NeoX / Hugging Face). Angle = pos * theta^(-2j/d). */
 typedef enum kq_rope_layout { KQ_ROPE_PAIRS = 0, KQ_ROPE_HALVES = 1 } kq_rope_layout;
 
-typedef enum kq_method { KQ_METHOD_KQSVD = 0, KQ_METHOD_KSVD = 1, KQ_METHOD_EIGEN = 2 } kq_method;
+/* KQ_METHOD_QUANT is the quantization-only baseline of the transform-coded
+ * cache: an identity basis (up to a permutation and the segment rotations)
+ * with the same byte allocator, so a table shows what low rank adds. */
+typedef enum kq_method {
+  KQ_METHOD_KQSVD = 0,
+  KQ_METHOD_KSVD = 1,
+  KQ_METHOD_EIGEN = 2,
+  KQ_METHOD_QUANT = 3,
+} kq_method;
 
-/* "kq-svd", "k-svd", "eigen"; NULL for an invalid value. */
+/* "kq-svd", "k-svd", "eigen", "quant"; NULL for an invalid value. */
 const char *kq_method_name(kq_method method);
 /* Parses a method name; KQ_ERR_INVALID_ARGUMENT for an unknown one. */
 kq_status kq_method_parse(const char *name, kq_method *out_method);
+
+/* Latent layout (SPEC §1b). PER_HEAD: one latent per kv head (A, B, C, E
+ * are [n_kv_heads, head_dim, rank]). JOINT: one latent per layer shared by
+ * every head, MLA-like: key_down and value_down are [1, n_kv_heads·head_dim,
+ * R] and act on a token's keys/values of all kv heads concatenated;
+ * query_down and value_up stay per kv head [n_kv_heads, head_dim, R]. JOINT
+ * supports RoPE POST and NONE only. */
+typedef enum kq_layout { KQ_LAYOUT_PER_HEAD = 0, KQ_LAYOUT_JOINT = 1 } kq_layout;
+
+/* "per-head", "joint"; NULL for an invalid value. */
+const char *kq_layout_name(kq_layout layout);
+/* Parses a layout name; KQ_ERR_INVALID_ARGUMENT for an unknown one. */
+kq_status kq_layout_parse(const char *name, kq_layout *out_layout);
+
+/* Storage format of a run of latent dims (SPEC §1b). */
+#define KQ_SEG_FLOAT 0 /* the cache's storage type (F32 or F16) */
+#define KQ_SEG_Q8 8    /* int8, qmax 127, one F16 scale per token and group */
+#define KQ_SEG_Q4 4    /* int4, qmax 7, one F16 scale per token and group; width even */
+#define KQ_MAX_SEGMENTS 16
+
+/* A segment: `width` consecutive latent dims (in σ order) stored in format
+ * `bits` (KQ_SEG_FLOAT, KQ_SEG_Q8 or KQ_SEG_Q4). The segments of one layer's
+ * keys (or values) cover its rank exactly, in order. */
+typedef struct kq_segment {
+  int32_t width;
+  int32_t bits;
+} kq_segment;
 
 /* ------------------------------------------------------------------------ */
 /* Devices                                                                  */
@@ -173,9 +208,13 @@ typedef struct kq_projections_info {
   kq_rope_mode rope;
   kq_rope_layout rope_layout;
   float rope_theta;
+  kq_layout layout; /* PER_HEAD (v1 files) or JOINT */
 } kq_projections_info;
 
-/* Host views of one layer's matrices, each [n_kv_heads, head_dim, rank]. */
+/* Host views of one layer's matrices. PER_HEAD: each [n_kv_heads, head_dim,
+ * rank]. JOINT: key_down / value_down [n_kv_heads·head_dim, rank], query_down
+ * / value_up [n_kv_heads, head_dim, rank]; spectra [n_kv_heads·head_dim]
+ * either way (PER_HEAD: [n_kv_heads, head_dim]). */
 typedef struct kq_projection_layer {
   int32_t rank_k;
   int32_t rank_v;
@@ -185,6 +224,11 @@ typedef struct kq_projection_layer {
   float *value_up;       /* E  [Hk, d, rank_v]: out = (P Ṽ) Eᵀ */
   float *key_spectrum;   /* [Hk, d] singular values of the fitted key problem (may be zero) */
   float *value_spectrum; /* [Hk, d] */
+  /* Storage segments (read-only here; change them with
+   * kq_projections_set_segments). A new set has one KQ_SEG_FLOAT segment
+   * of the full rank per side. */
+  int32_t n_key_segments, n_value_segments;
+  const kq_segment *key_segments, *value_segments;
 } kq_projection_layer;
 
 typedef struct kq_projections kq_projections;
@@ -194,8 +238,8 @@ typedef struct kq_projections kq_projections;
 kq_status kq_projections_load(const char *path, kq_projections **out_proj);
 
 /* Creates zero-filled projections with the given per-layer ranks
- * (rank_k[l], rank_v[l] in [1, head_dim]); fill them through
- * kq_projections_layer(). */
+ * (rank_k[l], rank_v[l] in [1, head_dim], or [1, n_kv_heads·head_dim] for
+ * the JOINT layout); fill them through kq_projections_layer(). */
 kq_status kq_projections_create(const kq_projections_info *info, const int32_t *rank_k,
                                 const int32_t *rank_v, kq_projections **out_proj);
 
@@ -211,7 +255,27 @@ kq_status kq_projections_get_info(const kq_projections *proj, kq_projections_inf
  * destroyed. */
 kq_status kq_projections_layer(kq_projections *proj, int32_t layer, kq_projection_layer *out_layer);
 
-/* Writes a projection file (temporary name + rename; never a half file). */
+/* Which side of a layer a segment list describes. */
+typedef enum kq_side { KQ_SIDE_KEYS = 0, KQ_SIDE_VALUES = 1 } kq_side;
+
+/* Sets the storage segments of one side of layer `layer` (copied). The
+ * widths must be >= 1 and sum to that side's rank, bits in {KQ_SEG_FLOAT,
+ * KQ_SEG_Q8, KQ_SEG_Q4}, Q4 widths even, 1 <= n <= KQ_MAX_SEGMENTS.
+ * KQ_ERR_INVALID_ARGUMENT otherwise, naming the layer and segment. */
+kq_status kq_projections_set_segments(kq_projections *proj, int32_t layer, kq_side side,
+                                      int32_t n_segments, const kq_segment *segments);
+
+/* Bytes per token that layer `layer` stores for keys plus values, all kv
+ * groups, with float segments in `storage` (SPEC §1b: a quantized segment
+ * costs width·bits/8 + 2 bytes per group). */
+uint64_t kq_projections_layer_bytes(const kq_projections *proj, int32_t layer, kq_storage storage);
+
+/* The cache's bytes per token over all layers divided by those of a full
+ * F16 cache (2·2·head_dim·n_kv_heads·n_layers): SPEC §1b fraction_of_f16. */
+double kq_projections_fraction_of_f16(const kq_projections *proj, kq_storage storage);
+
+/* Writes a projection file, version 2 (temporary name + rename; never a
+ * half file). */
 kq_status kq_projections_save(const kq_projections *proj, const char *path);
 
 void kq_projections_destroy(kq_projections *proj);
@@ -267,7 +331,8 @@ kq_status kq_cache_truncate(kq_cache *cache, int32_t length);
 int32_t kq_cache_length(const kq_cache *cache, int32_t layer);
 
 typedef struct kq_cache_memory {
-  uint64_t kv_bytes;         /* latent keys + values at full capacity, all layers */
+  uint64_t kv_bytes;         /* latent keys + values at full capacity, all layers: the true
+                                bytes of SPEC §1b (quantized data + F16 scales) */
   uint64_t projection_bytes; /* A, B, C, E on the device */
   uint64_t scratch_bytes;    /* staging and work buffers currently held */
 } kq_cache_memory;
@@ -293,6 +358,14 @@ typedef struct kq_fit_params {
   int32_t rank_k, rank_v;
   double epsilon;
   double ratio;
+  /* bytes (in (0, 1]), the fourth rank mode: a byte budget as a fraction of
+   * a full F16 cache, scales included (SPEC §1b). Latent dims get formats
+   * (F16, q8, q4, dropped) where they remove the most predicted error per
+   * byte; quantized segments are rotated (seeded by `seed`). The only mode
+   * for KQ_METHOD_QUANT. */
+  double bytes;
+  kq_layout layout;        /* PER_HEAD (default) or JOINT (kq-svd, quant; RoPE post/none) */
+  uint64_t seed;           /* rotations of quantized segments; default 1 */
   int32_t n_threads;       /* 0 = all cores */
   kq_progress_fn progress; /* optional, called from the calling thread */
   void *progress_user;
@@ -301,9 +374,22 @@ typedef struct kq_fit_params {
 
 kq_fit_params kq_fit_default_params(void);
 
+/* What kq_fit chose, for its one-line summary. */
+typedef struct kq_fit_summary {
+  kq_layout layout;
+  double fraction_of_f16; /* bytes reached (F16 float segments) */
+  double mean_rank_k, mean_rank_v;
+  double mean_bits_k, mean_bits_v;             /* bits per kept latent dim, scales included */
+  double predicted_error_k, predicted_error_v; /* relative, mean over layers */
+} kq_fit_summary;
+
 /* Fits projections from calibration file `calib_path` (SPEC §2) and writes
  * `out_path` atomically. On any failure no output file exists. */
 kq_status kq_fit(const char *calib_path, const char *out_path, const kq_fit_params *params);
+
+/* kq_fit, also filling *out_summary (may be NULL) on success. */
+kq_status kq_fit_ex(const char *calib_path, const char *out_path, const kq_fit_params *params,
+                    kq_fit_summary *out_summary);
 
 typedef struct kq_eval_layer {
   int32_t layer, rank_k, rank_v;

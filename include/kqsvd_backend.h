@@ -42,7 +42,7 @@
 extern "C" {
 #endif
 
-#define KQ_BACKEND_ABI_VERSION 1u
+#define KQ_BACKEND_ABI_VERSION 2u
 #define KQ_BACKEND_ENTRY_SYMBOL "kq_backend_entry"
 
 typedef struct kq_backend_host {
@@ -64,12 +64,73 @@ typedef struct kq_buffer kq_buffer;   /* backend-defined */
 /* With an identity flag set the core passes NULL for the matching matrices
  * (proj; key_down and query_down; value_up): the backend must not read them. */
 
+/*
+ * Latent storage (SPEC §1b). A latent buffer holds, for `groups` groups (kv
+ * heads; 1 in the JOINT layout) and `capacity` positions, the segments of
+ * one side (keys or values) as PLANES, one after another in segment order:
+ *   segment s data  [groups, capacity, row_bytes(s)]
+ *   segment s scale [groups, capacity] F16            (quantized segments only)
+ * each plane starting at a multiple of KQ_PLANE_ALIGN bytes. Row bytes:
+ * KQ_SEG_FLOAT width · (4 for F32, 2 for F16) in `storage`; KQ_SEG_Q8 width
+ * (int8, two's complement); KQ_SEG_Q4 width / 2 (element 2i in the low
+ * nibble, 2i + 1 in the high nibble, each stored as q + 8, q in [-7, 7]).
+ * Quantization of a row x of a segment (computed from the F32 latent):
+ *   s = max_j |x_j| / qmax in F32, rounded to F16 (stored);
+ *   q_j = clamp(round_half_away(x_j / s), -qmax, qmax), q_j = 0 when s = 0;
+ * with x_j / s computed in F32 from the F16-rounded s. Dequantized: q_j · s.
+ * A v1 cache (n_segments == 0) is one float segment of width rank: exactly
+ * the ABI v1 layout [groups, capacity, rank].
+ */
+#define KQ_PLANE_ALIGN 256u
+
+/* Bytes of one row of segment `seg` in the data plane. */
+static inline size_t kq_segment_row_bytes(kq_segment seg, kq_storage storage) {
+  switch (seg.bits) {
+  case KQ_SEG_Q8: return (size_t)seg.width;
+  case KQ_SEG_Q4: return (size_t)seg.width / 2;
+  default: return (size_t)seg.width * (storage == KQ_STORAGE_F16 ? 2u : 4u);
+  }
+}
+
+/* Offsets of segment `index`'s data and scale planes (scale: 0 for a float
+ * segment) in a latent buffer, and the buffer's total bytes (may be NULL). */
+static inline void kq_segment_planes(const kq_segment *segs, int32_t n_segments, kq_storage storage,
+                                     size_t groups, size_t capacity, int32_t index,
+                                     size_t *out_data, size_t *out_scale, size_t *out_total) {
+  size_t off = 0, data = 0, scale = 0;
+  for (int32_t s = 0; s < n_segments; s++) {
+    off = (off + KQ_PLANE_ALIGN - 1) / KQ_PLANE_ALIGN * KQ_PLANE_ALIGN;
+    if (s == index) data = off;
+    off += groups * capacity * kq_segment_row_bytes(segs[s], storage);
+    if (segs[s].bits != KQ_SEG_FLOAT) {
+      off = (off + KQ_PLANE_ALIGN - 1) / KQ_PLANE_ALIGN * KQ_PLANE_ALIGN;
+      if (s == index) scale = off;
+      off += groups * capacity * 2;
+    }
+  }
+  if (out_data) *out_data = data;
+  if (out_scale) *out_scale = scale;
+  if (out_total) *out_total = off;
+}
+
+/* 1 when a segment list is the ABI v1 layout (no segments, or one float
+ * segment): backends without quantized kernels accept exactly these and
+ * report KQ_ERR_UNSUPPORTED for anything else. The core merges adjacent
+ * float segments, so a float-only list always arrives as one. */
+static inline int kq_segments_plain(int32_t n_segments, const kq_segment *segs) {
+  return n_segments == 0 || (n_segments == 1 && segs && segs[0].bits == KQ_SEG_FLOAT);
+}
+
 /* Latent projection of new tokens, for every kv head h:
  *   dst[h, pos + t, :] = src[t, h, :] · proj[h]       (t < n_tokens)
  * src  F32 [n_tokens, n_heads, head_dim]
  * proj F32 [n_heads, head_dim, rank]   (ignored with KQ_OP_IDENTITY_*; then rank == head_dim)
- * dst  storage [n_seqs, n_heads, capacity, rank]
- * Rows are written in `storage` (F16: round to nearest even). */
+ * dst  the latent buffer of `segments` (planes above), n_heads groups; with
+ *      n_segments == 0: storage [n_seqs, n_heads, capacity, rank].
+ * Float rows are written in `storage` (F16: round to nearest even),
+ * quantized segments as above. The JOINT layout uses this op with n_heads =
+ * 1 and head_dim = n_kv_heads · d (a token's keys of every kv head are one
+ * row). */
 typedef struct kq_project_op {
   const kq_buffer *src;
   size_t src_offset;
@@ -79,23 +140,30 @@ typedef struct kq_project_op {
   size_t dst_offset;
   int32_t n_tokens, n_heads, head_dim, rank, capacity, pos;
   kq_storage storage;
-  uint32_t flags; /* KQ_OP_IDENTITY_KEYS or KQ_OP_IDENTITY_VALUES means proj == I */
-  int32_t n_seqs; /* 1 in ABI v1 */
-  int32_t reserved[3];
+  uint32_t flags;             /* KQ_OP_IDENTITY_KEYS or KQ_OP_IDENTITY_VALUES means proj == I */
+  int32_t n_seqs;             /* 1 in ABI v2 */
+  int32_t n_segments;         /* 0: one float segment of width rank */
+  const kq_segment *segments; /* host array [n_segments], widths sum to rank */
+  int32_t reserved[2];
 } kq_project_op;
 
 /* Causal attention on latents for the last n_queries positions.
  * q          F32 [n_queries, n_heads, head_dim]       query j is at position n_ctx - n_queries + j
  * key_down   F32 [n_kv_heads, head_dim, rank_k]  (A)
  * query_down F32 [n_kv_heads, head_dim, rank_k]  (B)
- * k_cache    storage [n_seqs, n_kv_heads, capacity, rank_k]   positions [0, n_ctx) valid
- * v_cache    storage [n_seqs, n_kv_heads, capacity, rank_v]
+ * k_cache    latent buffer of key_segments (planes above), groups = n_kv_heads
+ *            (JOINT: 1); positions [0, n_ctx) valid
+ * v_cache    latent buffer of value_segments, likewise
  * out        F32 [n_queries, n_heads, rank_v]  = P Ṽ (latent output)
  * Query head h uses kv head h / (n_heads / n_kv_heads).
  *   rope NONE/POST:  q̃ = q B,  logit(j, p) = scale · q̃_j · k̃_p
  *   rope PRE:        q̂ = rot(q B Aᵀ, pos_j), k̂_p = rot(k̃_p Bᵀ, p),
  *                    logit = scale · q̂_j · k̂_p   (never materialise k̂ in memory)
- * softmax over p <= pos_j, accumulated in F32. */
+ * softmax over p <= pos_j, accumulated in F32.
+ * layout JOINT (rope NONE/POST only): the caches hold one group shared by
+ * every query head; q̃ for query head h is q_h · B[h / g] (query_down stays
+ * [n_kv_heads, head_dim, rank_k]); key_down is not read. Quantized segments
+ * enter the logits as scale(p) · (q̃_seg · int_seg(p)) and P·Ṽ likewise. */
 typedef struct kq_attend_op {
   const kq_buffer *q;
   size_t q_offset;
@@ -116,8 +184,11 @@ typedef struct kq_attend_op {
   float rope_theta;
   float scale; /* 1/sqrt(head_dim) */
   uint32_t flags;
-  int32_t n_seqs; /* 1 in ABI v1 */
-  int32_t reserved[3];
+  int32_t n_seqs; /* 1 in ABI v2 */
+  kq_layout layout;
+  int32_t n_key_segments, n_value_segments; /* 0: one float segment of the rank */
+  const kq_segment *key_segments, *value_segments;
+  int32_t reserved[2];
 } kq_attend_op;
 
 /* Latent-to-full output: out[j, h, :] = latent[j, h, :] · E[h / g]ᵀ

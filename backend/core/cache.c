@@ -22,6 +22,10 @@ static const char *const g_stage_names[STAGE_COUNT] = {"keys", "values", "querie
 
 typedef struct cache_layer {
   int32_t rank_k, rank_v;
+  /* Storage segments with adjacent float runs merged; n = 0 when a side is
+   * one float segment (the plain ABI v1 layout). */
+  int32_t n_kseg, n_vseg;
+  kq_segment kseg[KQ_MAX_SEGMENTS], vseg[KQ_MAX_SEGMENTS];
   uint32_t key_flags, value_flags;
   kq_buffer *A, *B, *C, *E; /* NULL when the identity flag is set */
   kq_buffer *k_cache, *v_cache;
@@ -41,6 +45,32 @@ struct kq_cache {
 kq_cache_params kq_cache_default_params(void) {
   kq_cache_params p = {.storage = KQ_STORAGE_F32, .capacity = 4096, .n_seqs = 1};
   return p;
+}
+
+/* Copies segs, merging adjacent float segments (equivalent: backends never
+ * see the rotations, and float dims have no scale); returns the count, 0
+ * when the result is one float segment. */
+static int32_t normalize_segments(const kq_segment *segs, int32_t n, kq_segment *out) {
+  int32_t m = 0;
+  for (int32_t i = 0; i < n; i++) {
+    if (m > 0 && segs[i].bits == KQ_SEG_FLOAT && out[m - 1].bits == KQ_SEG_FLOAT)
+      out[m - 1].width += segs[i].width;
+    else
+      out[m++] = segs[i];
+  }
+  return kq_segments_plain(m, out) ? 0 : m;
+}
+
+/* Bytes of one side's latent buffer (planes of kqsvd_backend.h). */
+static uint64_t side_buffer_bytes(const kq_segment *segs, int32_t n, int32_t rank,
+                                  kq_storage storage, uint64_t groups, uint64_t cap) {
+  kq_segment plain = {rank, KQ_SEG_FLOAT};
+  size_t total = 0;
+  if (n == 0)
+    kq_segment_planes(&plain, 1, storage, groups, cap, 0, NULL, NULL, &total);
+  else
+    kq_segment_planes(segs, n, storage, groups, cap, 0, NULL, NULL, &total);
+  return total;
 }
 
 /* 1 when every head's [d, d] matrix of `m` is exactly the identity. */
@@ -99,7 +129,8 @@ static kq_status validate_params(const kq_device *device, const kq_projections_i
                         device->info.name);
   if (info->n_layers < 1 || info->n_kv_heads < 1 || info->n_heads < info->n_kv_heads ||
       info->n_heads % info->n_kv_heads != 0 || info->head_dim < 1 ||
-      (info->rope == KQ_ROPE_PRE && info->head_dim % 2 != 0))
+      (info->rope == KQ_ROPE_PRE && info->head_dim % 2 != 0) ||
+      (info->layout == KQ_LAYOUT_JOINT && info->rope == KQ_ROPE_PRE))
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
                         "kq_cache_create: projections have inconsistent shape (layers %d, heads "
                         "%d/%d, head_dim %d)",
@@ -108,16 +139,15 @@ static kq_status validate_params(const kq_device *device, const kq_projections_i
   return KQ_OK;
 }
 
-/* Latent cache bytes of all layers at capacity, or UINT64_MAX on overflow. */
+/* Latent cache bytes of all layers at capacity (SPEC §1b: quantized data
+ * plus F16 scales, without plane alignment), or UINT64_MAX on overflow. */
 static uint64_t total_kv_bytes(const kq_projections *proj, const kq_projections_info *info,
                                const kq_cache_params *p) {
-  size_t esize = p->storage == KQ_STORAGE_F16 ? 2 : 4, total = 0, per_tok;
+  size_t total = 0;
   for (int32_t l = 0; l < info->n_layers; l++) {
-    kq_projection_layer v;
-    if (kq_projections_layer_view(proj, l, &v) != KQ_OK) return UINT64_MAX;
     size_t bytes;
-    if (!kq_mul_size((size_t)info->n_kv_heads, (size_t)(v.rank_k + v.rank_v), &per_tok) ||
-        !kq_mul_size(per_tok, (size_t)p->capacity, &bytes) || !kq_mul_size(bytes, esize, &bytes) ||
+    if (!kq_mul_size((size_t)kq_projections_layer_bytes(proj, l, p->storage), (size_t)p->capacity,
+                     &bytes) ||
         !kq_add_size(total, bytes, &total))
       return UINT64_MAX;
   }
@@ -150,14 +180,20 @@ static kq_status create_layer(kq_cache *c, const kq_projections *proj, int32_t l
   kq_status st = kq_projections_layer_view(proj, l, &v);
   if (st != KQ_OK) return st;
   int32_t Hk = info->n_kv_heads, d = info->head_dim;
-  if (v.rank_k < 1 || v.rank_k > d || v.rank_v < 1 || v.rank_v > d)
+  int joint = info->layout == KQ_LAYOUT_JOINT;
+  int32_t rmax = joint ? Hk * d : d;
+  if (v.rank_k < 1 || v.rank_k > rmax || v.rank_v < 1 || v.rank_v > rmax)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "layer %d: ranks %d/%d outside [1, %d]", (int)l,
-                        (int)v.rank_k, (int)v.rank_v, (int)d);
+                        (int)v.rank_k, (int)v.rank_v, (int)rmax);
   L->rank_k = v.rank_k;
   L->rank_v = v.rank_v;
-  if (is_identity(v.key_down, Hk, d, v.rank_k) && is_identity(v.query_down, Hk, d, v.rank_k))
+  L->n_kseg = normalize_segments(v.key_segments, v.n_key_segments, L->kseg);
+  L->n_vseg = normalize_segments(v.value_segments, v.n_value_segments, L->vseg);
+  if (!joint && L->n_kseg == 0 && is_identity(v.key_down, Hk, d, v.rank_k) &&
+      is_identity(v.query_down, Hk, d, v.rank_k))
     L->key_flags = KQ_OP_IDENTITY_KEYS;
-  if (is_identity(v.value_down, Hk, d, v.rank_v) && is_identity(v.value_up, Hk, d, v.rank_v))
+  if (!joint && L->n_vseg == 0 && is_identity(v.value_down, Hk, d, v.rank_v) &&
+      is_identity(v.value_up, Hk, d, v.rank_v))
     L->value_flags = KQ_OP_IDENTITY_VALUES;
   uint64_t kbytes = (uint64_t)Hk * d * v.rank_k * 4, vbytes = (uint64_t)Hk * d * v.rank_v * 4;
   if (!L->key_flags) {
@@ -170,12 +206,13 @@ static kq_status create_layer(kq_cache *c, const kq_projections *proj, int32_t l
     if (st == KQ_OK) st = upload_matrix(c, v.value_up, vbytes, &L->E, "value_up", l);
     if (st != KQ_OK) return st;
   }
-  uint64_t esize = c->params.storage == KQ_STORAGE_F16 ? 2 : 4;
-  uint64_t cap = (uint64_t)c->params.capacity;
-  st = alloc_buffer(c, (uint64_t)Hk * cap * v.rank_k * esize, &L->k_cache, "latent key cache", l);
+  uint64_t cap = (uint64_t)c->params.capacity, groups = joint ? 1 : (uint64_t)Hk;
+  kq_storage sto = c->params.storage;
+  st = alloc_buffer(c, side_buffer_bytes(L->kseg, L->n_kseg, v.rank_k, sto, groups, cap),
+                    &L->k_cache, "latent key cache", l);
   if (st == KQ_OK)
-    st = alloc_buffer(c, (uint64_t)Hk * cap * v.rank_v * esize, &L->v_cache, "latent value cache",
-                      l);
+    st = alloc_buffer(c, side_buffer_bytes(L->vseg, L->n_vseg, v.rank_v, sto, groups, cap),
+                      &L->v_cache, "latent value cache", l);
   return st;
 }
 
@@ -279,19 +316,23 @@ kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens, cons
   if (st == KQ_OK) st = ensure_stage(cache, STAGE_VALUES, bytes);
   if (st == KQ_OK) st = ifc->buffer_upload(bd, cache->stage[STAGE_KEYS], 0, keys, bytes);
   if (st == KQ_OK) st = ifc->buffer_upload(bd, cache->stage[STAGE_VALUES], 0, values, bytes);
+  /* JOINT: a token's keys of every kv head are one row of Hk·d. */
+  int joint = cache->info.layout == KQ_LAYOUT_JOINT;
   kq_project_op op = {
       .src = cache->stage[STAGE_KEYS],
       .proj = L->A,
       .dst = L->k_cache,
       .n_tokens = n_tokens,
-      .n_heads = cache->info.n_kv_heads,
-      .head_dim = cache->info.head_dim,
+      .n_heads = joint ? 1 : cache->info.n_kv_heads,
+      .head_dim = joint ? cache->info.n_kv_heads * cache->info.head_dim : cache->info.head_dim,
       .rank = L->rank_k,
       .capacity = cache->params.capacity,
       .pos = L->length,
       .storage = cache->params.storage,
       .flags = L->key_flags,
       .n_seqs = 1,
+      .n_segments = L->n_kseg,
+      .segments = L->n_kseg ? L->kseg : NULL,
   };
   if (st == KQ_OK) st = ifc->project(bd, &op);
   op.src = cache->stage[STAGE_VALUES];
@@ -299,6 +340,8 @@ kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens, cons
   op.dst = L->v_cache;
   op.rank = L->rank_v;
   op.flags = L->value_flags;
+  op.n_segments = L->n_vseg;
+  op.segments = L->n_vseg ? L->vseg : NULL;
   if (st == KQ_OK) st = ifc->project(bd, &op);
   if (st != KQ_OK)
     return kq_error_prefix(st, "kq_cache_append: device %s: layer %d", cache->device->info.name,
@@ -355,6 +398,11 @@ kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries, con
       .scale = 1.0f / sqrtf((float)d),
       .flags = L->key_flags | L->value_flags,
       .n_seqs = 1,
+      .layout = cache->info.layout,
+      .n_key_segments = L->n_kseg,
+      .n_value_segments = L->n_vseg,
+      .key_segments = L->n_kseg ? L->kseg : NULL,
+      .value_segments = L->n_vseg ? L->vseg : NULL,
   };
   if (st == KQ_OK) st = ifc->attend(bd, &op);
   if (st == KQ_OK && output == KQ_OUTPUT_FULL) {

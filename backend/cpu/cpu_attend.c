@@ -355,6 +355,10 @@ static kq_status validate(const kq_attend_op *op, size_t esize) {
   if (op->n_seqs != 1)
     return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: attend: n_seqs = %d (only 1 supported)",
                         op->n_seqs);
+  if (op->layout != KQ_LAYOUT_PER_HEAD ||
+      !kq_segments_plain(op->n_key_segments, op->key_segments) ||
+      !kq_segments_plain(op->n_value_segments, op->value_segments))
+    return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: attend: quantized/joint not implemented");
   if (op->n_queries < 1 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
       op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads != 0 ||
       op->head_dim < 1 || (op->rope == KQ_ROPE_PRE && op->head_dim % 2 != 0) || op->rank_k < 1 ||

@@ -51,6 +51,8 @@ kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op) {
   if (op->n_seqs != 1)
     return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: project: n_seqs = %d (only 1 supported)",
                         op->n_seqs);
+  if (!kq_segments_plain(op->n_segments, op->segments))
+    return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: project: quantized segments not implemented");
   if (op->n_tokens < 1 || op->n_heads < 1 || op->head_dim < 1 || op->rank < 1 ||
       op->rank > op->head_dim || op->pos < 0 || op->capacity < 1 ||
       op->pos > op->capacity - op->n_tokens || (identity && op->rank != op->head_dim) ||

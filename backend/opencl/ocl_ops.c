@@ -26,6 +26,13 @@ static kq_status bad(const kq_bdevice *dev, const char *op, const char *what) {
   return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %s: %s", dev->label, op, what);
 }
 
+/* A valid request this backend cannot serve yet (never wrong numbers). */
+static kq_status unsupported(const kq_bdevice *dev, const char *op, const char *what) {
+  return kq_ocl_host->set_error(KQ_ERR_UNSUPPORTED,
+                                "%s: %s: %s are not implemented in the OpenCL backend yet",
+                                dev->label, op, what);
+}
+
 /* Checks that `count` elements of `esz` bytes at byte offset `off` lie in buf
  * and that off is element-aligned; returns the element offset in *out_elem. */
 static kq_status span(const kq_bdevice *dev, const char *op, const char *name, const kq_buffer *buf,
@@ -66,9 +73,11 @@ kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
   if (op->n_tokens < 0 || op->n_heads <= 0 || op->head_dim <= 0 || op->rank <= 0 ||
       op->capacity <= 0 || op->pos < 0 || op->pos > op->capacity - op->n_tokens)
     return bad(dev, name, "shape out of range (tokens, heads, head_dim, rank, capacity, pos)");
-  if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v1");
+  if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v2");
   if (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16)
     return bad(dev, name, "unknown storage type");
+  if (!kq_segments_plain(op->n_segments, op->segments))
+    return unsupported(dev, name, "quantized latent segments (q8/q4)");
   const int identity = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
   if (identity && op->rank != op->head_dim)
     return bad(dev, name, "identity needs rank == head_dim");
@@ -408,9 +417,13 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
       op->head_dim <= 0 || op->rank_k <= 0 || op->rank_v <= 0 || op->rank_k > op->head_dim ||
       op->rank_v > op->head_dim)
     return bad(dev, name, "shape out of range (queries, context, heads, head_dim, ranks)");
-  if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v1");
+  if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v2");
   if (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16)
     return bad(dev, name, "unknown storage type");
+  if (op->layout != KQ_LAYOUT_PER_HEAD) return unsupported(dev, name, "joint-layout latents");
+  if (!kq_segments_plain(op->n_key_segments, op->key_segments) ||
+      !kq_segments_plain(op->n_value_segments, op->value_segments))
+    return unsupported(dev, name, "quantized latent segments (q8/q4)");
   const int ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
   if (ident && op->rank_k != op->head_dim) return bad(dev, name, "identity needs rank_k == d");
   const int pre = op->rope == KQ_ROPE_PRE;
@@ -500,7 +513,7 @@ kq_status kq_ocl_up(kq_bdevice *dev, const kq_up_op *op) {
       op->n_heads % op->n_kv_heads != 0 || op->head_dim <= 0 || op->rank_v <= 0 ||
       op->rank_v > op->head_dim)
     return bad(dev, name, "shape out of range (queries, heads, head_dim, rank_v)");
-  if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v1");
+  if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v2");
   const int ident = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
   if (ident && op->rank_v != op->head_dim) return bad(dev, name, "identity needs rank_v == d");
   cl_ulong l_e, e_e = 0, o_e;

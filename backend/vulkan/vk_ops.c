@@ -51,6 +51,11 @@ kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
   uint32_t elem = 0;
   kq_status st = check_storage(d, op->storage, &elem);
   if (st != KQ_OK) return st;
+  if (!kq_segments_plain(op->n_segments, op->segments))
+    return VK_ERR(KQ_ERR_UNSUPPORTED,
+                  "vulkan:%d: project: quantized latent segments (q8/q4) are not implemented "
+                  "in the Vulkan backend yet",
+                  d->index);
   const bool ident = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
   if (op->n_tokens < 0 || op->n_heads < 1 || op->head_dim < 1 || !rank_ok(op->rank, op->head_dim) ||
       (ident && op->rank != op->head_dim) || op->pos < 0 || op->capacity < 1 ||
@@ -232,6 +237,13 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
   attend_plan p = {0};
   kq_status st = check_storage(d, op->storage, &p.elem);
   if (st != KQ_OK) return st;
+  if (!kq_segments_plain(op->n_key_segments, op->key_segments) ||
+      !kq_segments_plain(op->n_value_segments, op->value_segments) ||
+      op->layout != KQ_LAYOUT_PER_HEAD)
+    return VK_ERR(KQ_ERR_UNSUPPORTED,
+                  "vulkan:%d: attend: %s are not implemented in the Vulkan backend yet", d->index,
+                  op->layout != KQ_LAYOUT_PER_HEAD ? "joint-layout latents"
+                                                   : "quantized latent segments (q8/q4)");
   const bool ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
   if (op->n_queries < 1 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
       op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads || op->head_dim < 2 ||

@@ -70,7 +70,7 @@ const char *kq_version(void) {
   return KQ_STR(KQ_VERSION_MAJOR) "." KQ_STR(KQ_VERSION_MINOR) "." KQ_STR(KQ_VERSION_PATCH);
 }
 
-static const char *const g_method_names[] = {"kq-svd", "k-svd", "eigen"};
+static const char *const g_method_names[] = {"kq-svd", "k-svd", "eigen", "quant"};
 
 const char *kq_method_name(kq_method method) {
   if ((unsigned)method >= sizeof g_method_names / sizeof g_method_names[0]) return NULL;
@@ -78,6 +78,8 @@ const char *kq_method_name(kq_method method) {
 }
 
 kq_status kq_method_parse(const char *name, kq_method *out_method) {
+  if (!out_method)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "method name: the output pointer is NULL");
   for (unsigned i = 0; i < sizeof g_method_names / sizeof g_method_names[0]; i++) {
     if (name && strcmp(name, g_method_names[i]) == 0) {
       *out_method = (kq_method)i;
@@ -85,5 +87,26 @@ kq_status kq_method_parse(const char *name, kq_method *out_method) {
     }
   }
   return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
-                      "unknown method '%s' (expected kq-svd, k-svd or eigen)", name ? name : "");
+                      "unknown method '%s' (expected kq-svd, k-svd, eigen or quant)",
+                      name ? name : "");
+}
+
+static const char *const g_layout_names[] = {"per-head", "joint"};
+
+const char *kq_layout_name(kq_layout layout) {
+  if ((unsigned)layout >= sizeof g_layout_names / sizeof g_layout_names[0]) return NULL;
+  return g_layout_names[layout];
+}
+
+kq_status kq_layout_parse(const char *name, kq_layout *out_layout) {
+  if (!out_layout)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "layout name: the output pointer is NULL");
+  for (unsigned i = 0; i < sizeof g_layout_names / sizeof g_layout_names[0]; i++) {
+    if (name && strcmp(name, g_layout_names[i]) == 0) {
+      *out_layout = (kq_layout)i;
+      return KQ_OK;
+    }
+  }
+  return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "unknown layout '%s' (expected per-head or joint)",
+                      name ? name : "");
 }

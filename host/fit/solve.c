@@ -86,6 +86,7 @@ kq_status kq_solve_keys(kq_method method, double alpha, int32_t d, const double 
       }
     return solve_right_vectors(2 * d, d, s, work + 2 * dd, a, b, sigma);
   }
+  case KQ_METHOD_QUANT: break; /* no solve: identity basis (host/fit/quant) */
   }
   return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "unknown method %d", (int)method);
 }

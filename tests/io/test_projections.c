@@ -102,12 +102,13 @@ static void save_then_load_returns_every_value_and_field(void **state) {
   kq_st_file *f = NULL;
   assert_int_equal(kq_st_open(path, &f), KQ_OK);
   assert_string_equal(kq_st_meta(f, "format"), "kqsvd-projections");
-  assert_string_equal(kq_st_meta(f, "version"), "1");
+  assert_string_equal(kq_st_meta(f, "version"), "2");
+  assert_string_equal(kq_st_meta(f, "layout"), "per-head");
   assert_string_equal(kq_st_meta(f, "method"), "k-svd");
   assert_string_equal(kq_st_meta(f, "rope"), "pre");
   assert_string_equal(kq_st_meta(f, "rope_layout"), "halves");
   assert_string_equal(kq_st_meta(f, "n_kv_heads"), "2");
-  assert_int_equal(kq_st_count(f), 18);
+  assert_int_equal(kq_st_count(f), 24); /* 6 matrices and 2 segment tables per layer */
   const kq_st_tensor *t = kq_st_find(f, "layers.2.value_up");
   assert_non_null(t);
   assert_int_equal(t->dtype, KQ_DTYPE_F32);
@@ -322,7 +323,7 @@ static const proj_case g_cases[] = {
      .mention = "'format'"},
     {.file = "future_version.kqproj",
      .meta_key = "version",
-     .meta_value = "2",
+     .meta_value = "3",
      .expect = KQ_ERR_UNSUPPORTED,
      .mention = "'version'"},
     {.file = "bad_method.kqproj",
@@ -480,6 +481,128 @@ static void malformed_projection_files_fail_naming_field_or_tensor(void **state)
   }
 }
 
+/* ------------------------------------------------------------------------ */
+/* Version 2: layouts and segment tables (SPEC §1b)                         */
+/* ------------------------------------------------------------------------ */
+
+/* A v2 file: 2 layers, H = 4, Hk = 2, d = 4, rank 2 on both sides, in
+ * `layout` and `rope`, with layer 0's key segment table `kseg` (n rows) and
+ * every other table one float segment; `extra_layer` >= 0 adds a segment
+ * table for that layer. */
+static kq_status write_v2(const char *file, const char *layout, const char *rope,
+                          const int32_t *kseg, int n, int extra_layer, char *path, size_t cap) {
+  snprintf(path, cap, "%s/%s", g_dir, file);
+  static float data[64];
+  for (size_t i = 0; i < 64; i++) data[i] = 0.25f;
+  static const int32_t plain[2] = {2, 0};
+  int joint = !strcmp(layout, "joint");
+  kq_st_writer *w = NULL;
+  kq_status st = kq_st_writer_create(path, &w);
+  const char *meta[][2] = {{"format", "kqsvd-projections"},
+                           {"version", "2"},
+                           {"method", "kq-svd"},
+                           {"n_layers", "2"},
+                           {"n_heads", "4"},
+                           {"n_kv_heads", "2"},
+                           {"head_dim", "4"},
+                           {"rope", rope},
+                           {"rope_theta", "10000"},
+                           {"rope_layout", "pairs"},
+                           {"layout", layout}};
+  for (size_t i = 0; i < sizeof meta / sizeof meta[0] && st == KQ_OK; i++)
+    st = kq_st_writer_meta(w, meta[i][0], meta[i][1]);
+  for (int l = 0; l < 2 && st == KQ_OK; l++) {
+    for (int k = 0; k < 6 && st == KQ_OK; k++) {
+      char name[64];
+      snprintf(name, sizeof name, "layers.%d.%s", l, g_kinds[k]);
+      int shared = joint && (k == 0 || k == 2 || k >= 4);
+      int64_t shape[3] = {shared ? 1 : 2, shared ? 8 : 4, 2};
+      st = kq_st_writer_add(w, name, KQ_DTYPE_F32, k < 4 ? 3 : 2, shape, data);
+    }
+    for (int side = 0; side < 2 && st == KQ_OK; side++) {
+      char name[64];
+      snprintf(name, sizeof name, "layers.%d.%s", l, side ? "value_segments" : "key_segments");
+      int custom = l == 0 && side == 0;
+      int64_t shape[2] = {custom ? n : 1, 2};
+      st = kq_st_writer_add(w, name, KQ_DTYPE_I32, 2, shape, custom ? kseg : plain);
+    }
+  }
+  if (extra_layer >= 0 && st == KQ_OK) {
+    char name[64];
+    snprintf(name, sizeof name, "layers.%d.key_segments", extra_layer);
+    int64_t shape[2] = {1, 2};
+    st = kq_st_writer_add(w, name, KQ_DTYPE_I32, 2, shape, plain);
+  }
+  if (st == KQ_OK) st = kq_st_writer_commit(w, NULL);
+  kq_st_writer_destroy(w);
+  return st;
+}
+
+static void v2_files_load_with_layout_and_segments(void **state) {
+  (void)state;
+  char path[1024];
+  const int32_t mixed[4] = {1, 0, 1, 8}; /* one float dim, one q8 dim */
+  assert_int_equal(write_v2("v2_mixed.kqproj", "per-head", "post", mixed, 2, -1, path, sizeof path),
+                   KQ_OK);
+  kq_projections *p = NULL;
+  assert_int_equal(kq_projections_load(path, &p), KQ_OK);
+  kq_projection_layer v;
+  assert_int_equal(kq_projections_layer(p, 0, &v), KQ_OK);
+  assert_int_equal(v.n_key_segments, 2);
+  assert_int_equal(v.key_segments[1].width, 1);
+  assert_int_equal(v.key_segments[1].bits, KQ_SEG_Q8);
+  assert_int_equal(v.n_value_segments, 1);
+  /* Bytes per token: keys 2 heads x (2 + 1 + 2 scale), values 2 x 2 x 2 (F16). */
+  assert_int_equal(kq_projections_layer_bytes(p, 0, KQ_STORAGE_F16), 2 * 5 + 2 * 4);
+  kq_projections_destroy(p);
+
+  const int32_t plain[2] = {2, 0};
+  assert_int_equal(write_v2("v2_joint.kqproj", "joint", "post", plain, 1, -1, path, sizeof path),
+                   KQ_OK);
+  assert_int_equal(kq_projections_load(path, &p), KQ_OK);
+  kq_projections_info info;
+  assert_int_equal(kq_projections_get_info(p, &info), KQ_OK);
+  assert_int_equal(info.layout, KQ_LAYOUT_JOINT);
+  /* One shared latent: 2 dims x 2 bytes per side, for the whole layer. */
+  assert_int_equal(kq_projections_layer_bytes(p, 0, KQ_STORAGE_F16), 8);
+  kq_projections_destroy(p);
+}
+
+static void v2_bad_segments_fail_naming_file_layer_and_tensor(void **state) {
+  (void)state;
+  char path[1024];
+  const int32_t short_sum[2] = {1, 0}, bad_bits[4] = {1, 0, 1, 5}, odd_q4[2] = {1, 4};
+  const int32_t plain[2] = {2, 0};
+  struct {
+    const char *file, *layout, *rope;
+    const int32_t *seg;
+    int n, extra;
+    const char *mention[2];
+  } cases[] = {
+      {"v2_sum.kqproj", "per-head", "post", short_sum, 1, -1, {"layers.0.key_segments", "sum"}},
+      {"v2_bits.kqproj", "per-head", "post", bad_bits, 2, -1, {"layers.0.key_segments", "bits 5"}},
+      {"v2_q4.kqproj", "per-head", "post", odd_q4, 1, -1, {"layers.0.key_segments", "odd"}},
+      {"v2_joint_pre.kqproj", "joint", "pre", plain, 1, -1, {"joint", "pre"}},
+      {"v2_layer.kqproj", "per-head", "post", plain, 1, 2, {"layers.2.key_segments", "no such"}},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    assert_int_equal(write_v2(cases[i].file, cases[i].layout, cases[i].rope, cases[i].seg,
+                              cases[i].n, cases[i].extra, path, sizeof path),
+                     KQ_OK);
+    kq_projections *p = NULL;
+    kq_status st = kq_projections_load(path, &p);
+    if (st != KQ_ERR_FORMAT || !strstr(kq_last_error(), cases[i].file) ||
+        !strstr(kq_last_error(), cases[i].mention[0]) ||
+        !strstr(kq_last_error(), cases[i].mention[1]))
+      print_error("case %s: status %d, message \"%s\"\n", cases[i].file, (int)st, kq_last_error());
+    assert_int_equal(st, KQ_ERR_FORMAT);
+    assert_null(p);
+    assert_non_null(strstr(kq_last_error(), cases[i].file));
+    assert_non_null(strstr(kq_last_error(), cases[i].mention[0]));
+    assert_non_null(strstr(kq_last_error(), cases[i].mention[1]));
+  }
+}
+
 /* Writes each case file of the table into `dir` (for the CLI test and the
  * fuzzing corpus). */
 static int write_files(const char *dir) {
@@ -499,6 +622,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(create_rejects_inconsistent_info_and_ranks),
       cmocka_unit_test(save_refuses_non_finite_values_and_writes_nothing),
       cmocka_unit_test(malformed_projection_files_fail_naming_field_or_tensor),
+      cmocka_unit_test(v2_files_load_with_layout_and_segments),
+      cmocka_unit_test(v2_bad_segments_fail_naming_file_layer_and_tensor),
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);
   io_test_remove_dir(g_dir);

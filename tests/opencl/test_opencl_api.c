@@ -18,7 +18,8 @@ enum { L = 2, H = 8, HK = 2, D = 32, RK = 12, RV = 10, N = 150, M = 3 };
 static kq_projections *proj;
 
 static void make_projections(void) {
-  kq_projections_info info = {KQ_METHOD_KQSVD, L, H, HK, D, KQ_ROPE_POST, KQ_ROPE_PAIRS, 1e4f};
+  kq_projections_info info = {KQ_METHOD_KQSVD,   L, H, HK, D, KQ_ROPE_POST, KQ_ROPE_PAIRS, 1e4f,
+                              KQ_LAYOUT_PER_HEAD};
   int32_t rk[L] = {RK, RK}, rv[L] = {RV, RV};
   assert_int_equal(kq_projections_create(&info, rk, rv, &proj), KQ_OK);
   for (int l = 0; l < L; ++l) {
