@@ -32,6 +32,13 @@ void kq_clear_error(void);
 /* IEEE binary16 <-> binary32; round to nearest even, Inf/NaN preserved. */
 float kq_f16_to_f32(uint16_t h);
 uint16_t kq_f32_to_f16(float f);
+
+/* Quantizes one row x[0, n) of a latent segment as SPEC §1b and
+ * kqsvd_backend.h say (qmax 127 for q8, 7 for q4): s = max|x| / qmax in
+ * F32, rounded to F16 (returned); q[j] = clamp(round-half-away(x[j] / s),
+ * -qmax, qmax) with x[j] / s in F32 from the F16 scale; all zeros when s
+ * is 0. The scalar definition every backend's quantizer must match. */
+uint16_t kq_quantize_row(const float *x, int n, int qmax, int8_t *q);
 /* bfloat16 <-> binary32; round to nearest even. */
 float kq_bf16_to_f32(uint16_t b);
 uint16_t kq_f32_to_bf16(float f);

@@ -168,3 +168,15 @@ void *kq_calloc_array(size_t count, size_t size, const char *what) {
   if (!p) kq_set_error(KQ_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes", what, bytes);
   return p;
 }
+
+uint16_t kq_quantize_row(const float *x, int n, int qmax, int8_t *q) {
+  float amax = 0.0f;
+  for (int j = 0; j < n; j++) amax = fmaxf(amax, fabsf(x[j]));
+  uint16_t sh = kq_f32_to_f16(amax / (float)qmax);
+  float s = kq_f16_to_f32(sh);
+  for (int j = 0; j < n; j++) {
+    float v = s > 0.0f ? roundf(x[j] / s) : 0.0f; /* roundf: half away from zero */
+    q[j] = (int8_t)(v > (float)qmax ? qmax : v < -(float)qmax ? -qmax : v);
+  }
+  return sh;
+}
