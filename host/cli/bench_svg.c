@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "kq_output_file.h"
 
 enum { WIDTH = 1060, ROW_H = 380, PANEL_W = 430, PANEL_H = 250, LEFT = 70, TOP = 60 };
 
@@ -218,14 +219,13 @@ static void draw_device(FILE *f, const kq_bench_report *rep, int d, double top) 
 }
 
 bool kq_bench_svg_write(const kq_bench_report *rep, const char *path) {
-  char tmp[4096];
-  if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
-    fprintf(stderr, "kqsvd bench: --svg: path too long\n");
-    return false;
-  }
-  FILE *f = fopen(tmp, "w");
-  if (!f) {
-    fprintf(stderr, "kqsvd bench: --svg: cannot write %s\n", path);
+  kq_output_file out;
+  FILE *f = NULL;
+  kq_status st = kq_output_open(path, &out);
+  if (st == KQ_OK && !(f = kq_output_stream(&out))) st = KQ_ERR_IO;
+  if (st != KQ_OK) {
+    kq_output_abort(&out);
+    fprintf(stderr, "kqsvd bench: --svg: %s\n", kq_last_error());
     return false;
   }
   int rows = rep->n_devices > 0 ? rep->n_devices : 1;
@@ -237,12 +237,14 @@ bool kq_bench_svg_write(const kq_bench_report *rep, const char *path) {
     fprintf(f, "<text x='20' y='40' font-size='14'>no attention results</text>\n");
   for (int d = 0; d < rep->n_devices; d++) draw_device(f, rep, d, (double)d * ROW_H);
   fputs("</svg>\n", f);
-  bool ok = !ferror(f);
-  ok = fclose(f) == 0 && ok;
-  if (ok && rename(tmp, path) != 0) ok = false;
-  if (!ok) {
-    unlink(tmp);
+  if (ferror(f)) {
+    kq_output_abort(&out);
     fprintf(stderr, "kqsvd bench: --svg: cannot write %s\n", path);
+    return false;
   }
-  return ok;
+  if (kq_output_commit(&out) != KQ_OK) {
+    fprintf(stderr, "kqsvd bench: --svg: %s\n", kq_last_error());
+    return false;
+  }
+  return true;
 }

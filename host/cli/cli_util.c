@@ -57,18 +57,6 @@ bool kq_cli_parse_storage(const char *cmd, const char *option, const char *text,
   return false;
 }
 
-bool kq_cli_output_folder_writable(const char *path, char *dir, size_t cap) {
-  if (snprintf(dir, cap, "%s", path) >= (int)cap) return false;
-  char *slash = strrchr(dir, '/');
-  if (!slash)
-    snprintf(dir, cap, ".");
-  else if (slash == dir)
-    slash[1] = '\0';
-  else
-    *slash = '\0';
-  return access(dir, W_OK) == 0;
-}
-
 int kq_cli_fail(const char *cmd, kq_status status) {
   kq_cli_progress_end();
   const char *msg = kq_last_error();

@@ -11,6 +11,7 @@
 #include "bench.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "kq_output_file.h"
 
 #define CMD "bench"
 #define MAX_CONTEXTS 16
@@ -217,9 +218,8 @@ int kq_cmd_bench(int argc, char **argv) {
   bench_options o;
   int rc = parse_options(argc, argv, &o);
   if (rc) return rc == 1 ? 0 : rc;
-  char svg_dir[4096];
-  if (o.svg && !kq_cli_output_folder_writable(o.svg, svg_dir, sizeof svg_dir)) {
-    fprintf(stderr, "kqsvd bench: --svg: cannot write %s (missing or read-only folder)\n", o.svg);
+  if (o.svg && kq_output_check(o.svg, NULL) != KQ_OK) {
+    fprintf(stderr, "kqsvd bench: --svg: %s\n", kq_last_error());
     return 1;
   }
   kq_bench_report rep = {0};

@@ -6,6 +6,7 @@
 
 #include "cli_util.h"
 #include "commands.h"
+#include "kq_output_file.h"
 #include "model/kq_model_run.h"
 
 static void help(void) {
@@ -108,13 +109,20 @@ int kq_cmd_capture(int argc, char **argv) {
     free(texts);
     return kq_cli_usage_error(cmd, "missing -o CALIB.safetensors");
   }
-  /* Fail before the long run if the output folder cannot take the file. */
-  char dir[4096];
-  if (!kq_cli_output_folder_writable(out, dir, sizeof dir)) {
-    fprintf(stderr, "kqsvd capture: %s: the folder '%s' is not writable or does not exist\n", out,
-            dir);
+  /* Fail before the long run if the output cannot be written or is one of
+   * the inputs (capture m.gguf t -o m.gguf would replace the model). */
+  const char **inputs = calloc((size_t)n_texts + 2, sizeof *inputs);
+  if (!inputs) {
     free(texts);
-    return 1;
+    return kq_cli_fail(cmd, KQ_ERR_OUT_OF_MEMORY);
+  }
+  inputs[0] = model_path;
+  for (int t = 0; t < n_texts; t++) inputs[t + 1] = texts[t];
+  kq_status cst = kq_output_check(out, inputs);
+  free(inputs);
+  if (cst != KQ_OK) {
+    free(texts);
+    return kq_cli_fail(cmd, cst);
   }
   p.seq_len = (int32_t)seq_len;
   p.max_tokens = max_tokens;

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "kq_fit.h"
+#include "kq_output_file.h"
 
 kq_synth_params kq_synth_default_params(void) {
   kq_synth_params p = {.n_layers = 4,
@@ -258,6 +259,8 @@ kq_status kq_synth(const char *out_path, const kq_synth_params *params) {
   kq_status st = check_params(&p);
   if (st) return st;
   if (!out_path) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "synth: output path is NULL");
+  st = kq_output_check(out_path, NULL); /* before generating anything */
+  if (st) return st;
   int32_t d = p.head_dim, dl = p.hidden < 64 ? p.hidden : 64;
   int64_t T = (int64_t)p.seq_len * p.n_seqs;
   size_t es = kq_dtype_size(p.dtype), kv_bytes, q_bytes, tmp;

@@ -1,7 +1,8 @@
 /*
- * safetensors_write.c — the safetensors writer. Output goes to
- * "<path>.tmp.<pid>", is fsynced and renamed onto `path`, so a reader never
- * sees a half-written file and a failed or cancelled write leaves nothing.
+ * safetensors_write.c — the safetensors writer. Output goes through
+ * kq_output_file (a fresh O_EXCL temporary file beside `path`, fsynced and
+ * renamed), so a reader never sees a half-written file, a failed or
+ * cancelled write leaves nothing and no planted link is followed.
  *
  * The header is emitted by hand rather than through cJSON: cJSON prints
  * large integers in exponent notation, which other safetensors readers
@@ -18,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "kq_output_file.h"
 #include "kq_safetensors.h"
 
 /* Bytes written per write() call; the cancel flag is polled between them. */
@@ -34,7 +36,6 @@ typedef struct st_out_tensor {
 
 struct kq_st_writer {
   char *path;
-  char *tmp_path; /* set while a temporary file may exist */
   int n_meta, cap_meta;
   char **meta_keys, **meta_values;
   int n_tensors, cap_tensors;
@@ -108,9 +109,10 @@ static char *dup_string(const char *s, const char *what) {
 }
 
 kq_status kq_st_writer_create(const char *path, kq_st_writer **out_writer) {
-  if (!path || !*path || !out_writer)
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_st_writer_create: NULL or empty argument");
+  if (!out_writer) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "no place for the writer");
   *out_writer = NULL;
+  kq_status st = kq_output_check(path, NULL);
+  if (st != KQ_OK) return st;
   kq_st_writer *w = calloc(1, sizeof *w);
   if (!w) return kq_set_error(KQ_ERR_OUT_OF_MEMORY, "%s: cannot allocate writer", path);
   w->path = dup_string(path, "writer path");
@@ -238,35 +240,6 @@ static kq_status build_header(const kq_st_writer *w, st_text *t) {
   return KQ_OK;
 }
 
-static kq_status write_all(int fd, const char *tmp, const void *data, size_t n,
-                           const volatile int *cancel) {
-  const unsigned char *p = data;
-  while (n > 0) {
-    if (cancel && *cancel) return kq_set_error(KQ_ERR_INTERRUPTED, "%s: write cancelled", tmp);
-    size_t chunk = n < KQ_ST_CHUNK ? n : KQ_ST_CHUNK;
-    ssize_t k = write(fd, p, chunk);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return kq_set_error(KQ_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
-    }
-    p += k;
-    n -= (size_t)k;
-  }
-  return KQ_OK;
-}
-
-/* Makes the rename durable; failure here is not an error for the data. */
-static void sync_parent_dir(const char *path) {
-  char *copy = dup_string(path, "directory name");
-  if (!copy) return;
-  int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    fsync(dfd);
-    close(dfd);
-  }
-  free(copy);
-}
-
 kq_status kq_st_writer_commit(kq_st_writer *w, const volatile int *cancel) {
   if (!w) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_st_writer_commit: NULL writer");
   st_text header = {0};
@@ -275,56 +248,31 @@ kq_status kq_st_writer_commit(kq_st_writer *w, const volatile int *cancel) {
     free(header.buf);
     return st;
   }
-  size_t plen = strlen(w->path) + 32;
-  free(w->tmp_path);
-  w->tmp_path = kq_malloc_array(plen, 1, "temporary path");
-  if (!w->tmp_path) {
-    free(header.buf);
-    return kq_error_prefix(KQ_ERR_OUT_OF_MEMORY, "%s", w->path);
-  }
-  snprintf(w->tmp_path, plen, "%s.tmp.%ld", w->path, (long)getpid());
-  int fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    st = kq_set_error(KQ_ERR_IO, "%s: cannot create temporary file %s: %s", w->path, w->tmp_path,
-                      strerror(errno));
-    free(w->tmp_path);
-    w->tmp_path = NULL;
+  kq_output_file out;
+  st = kq_output_open(w->path, &out);
+  if (st != KQ_OK) {
     free(header.buf);
     return st;
   }
   unsigned char len8[8];
   for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)header.len >> (8 * i));
-  st = write_all(fd, w->tmp_path, len8, 8, cancel);
-  if (st == KQ_OK) st = write_all(fd, w->tmp_path, header.buf, header.len, cancel);
+  st = kq_output_write(&out, len8, 8, cancel);
+  if (st == KQ_OK) st = kq_output_write(&out, header.buf, header.len, cancel);
   free(header.buf);
   for (int i = 0; st == KQ_OK && i < w->n_tensors; i++) {
-    st = write_all(fd, w->tmp_path, w->tensors[i].data, w->tensors[i].nbytes, cancel);
+    st = kq_output_write(&out, w->tensors[i].data, w->tensors[i].nbytes, cancel);
     if (st != KQ_OK && st != KQ_ERR_INTERRUPTED)
       kq_error_prefix(st, "tensor '%s'", w->tensors[i].name);
   }
   if (st == KQ_OK && cancel && *cancel)
     st = kq_set_error(KQ_ERR_INTERRUPTED, "%s: write cancelled", w->path);
-  if (st == KQ_OK && fsync(fd) != 0)
-    st = kq_set_error(KQ_ERR_IO, "%s: fsync failed: %s", w->tmp_path, strerror(errno));
-  if (close(fd) != 0 && st == KQ_OK)
-    st = kq_set_error(KQ_ERR_IO, "%s: close failed: %s", w->tmp_path, strerror(errno));
-  if (st == KQ_OK && rename(w->tmp_path, w->path) != 0)
-    st = kq_set_error(KQ_ERR_IO, "%s: cannot rename %s into place: %s", w->path, w->tmp_path,
-                      strerror(errno));
-  if (st != KQ_OK) {
-    unlink(w->tmp_path);
-  } else {
-    sync_parent_dir(w->path);
-  }
-  free(w->tmp_path);
-  w->tmp_path = NULL;
+  if (st == KQ_OK) return kq_output_commit(&out);
+  kq_output_abort(&out);
   return st;
 }
 
 void kq_st_writer_destroy(kq_st_writer *w) {
   if (!w) return;
-  if (w->tmp_path) unlink(w->tmp_path);
-  free(w->tmp_path);
   for (int i = 0; i < w->n_meta; i++) {
     free(w->meta_keys[i]);
     free(w->meta_values[i]);
