@@ -58,8 +58,8 @@ static kq_status parse_meta(kq_calib *c) {
   if (s) {
     char *end = NULL;
     errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (!*s || *end || errno || v < 1)
+    long long v = strspn(s, "0123456789") == strlen(s) ? strtoll(s, &end, 10) : 0;
+    if (!*s || !end || *end || errno || v < 1)
       return kq_set_error(KQ_ERR_FORMAT, "%s: metadata seq_len: '%s' is not a positive integer",
                           c->path, s);
     if (c->n_tokens % v != 0)

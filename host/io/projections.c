@@ -332,10 +332,11 @@ static kq_status meta_int(const kq_st_file *f, const char *key, long lo, long hi
   const char *s;
   kq_status st = meta_required(f, key, &s);
   if (st != KQ_OK) return st;
+  /* Plain decimal digits only: strtol alone would take " 2" or "+2". */
   char *end = NULL;
   errno = 0;
-  long v = strtol(s, &end, 10);
-  if (!*s || *end || errno || v < lo || v > hi)
+  long v = strspn(s, "0123456789") == strlen(s) ? strtol(s, &end, 10) : 0;
+  if (!*s || !end || *end || errno || v < lo || v > hi)
     return kq_set_error(KQ_ERR_FORMAT,
                         "%s: metadata field '%s' = \"%.40s\" is not an integer "
                         "in [%ld, %ld]",

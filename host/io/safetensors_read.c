@@ -207,9 +207,59 @@ static kq_status index_names(kq_st_file *f) {
   return KQ_OK;
 }
 
+/* The numbers of a safetensors header (shapes, data offsets) are plain
+ * integers. cJSON reads 2.0 and 2e0 as 2, so the raw text is scanned before
+ * parsing for a number literal with a fraction or exponent; the error names
+ * the tensor (the last key at depth 1) and the literal. A leading '-' is
+ * left to the shape checks. */
+static kq_status check_integer_literals(const char *path, const char *json, size_t len) {
+  bool in_string = false;
+  int depth = 0;
+  size_t str_start = 0, key = 0, key_len = 0;
+  for (size_t i = 0; i < len; i++) {
+    char c = json[i];
+    if (in_string) {
+      if (c == '\\') {
+        i++;
+      } else if (c == '"') {
+        in_string = false;
+        if (depth == 1) {
+          key = str_start;
+          key_len = i - str_start;
+        }
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+      str_start = i + 1;
+    } else if (c == '{' || c == '[') {
+      depth++;
+    } else if (c == '}' || c == ']') {
+      depth--;
+    } else if (c == '-' || (c >= '0' && c <= '9')) {
+      size_t start = i;
+      bool plain = true;
+      while (i + 1 < len && json[i + 1] && strchr("0123456789.eE+-", json[i + 1])) {
+        i++;
+        if (json[i] < '0' || json[i] > '9') plain = false;
+      }
+      if (!plain)
+        return kq_set_error(KQ_ERR_FORMAT,
+                            "%s: tensor '%.*s': number '%.*s' in the header is not a plain "
+                            "integer",
+                            path, (int)(key_len < 200 ? key_len : 200), json + key,
+                            (int)(i + 1 - start < 40 ? i + 1 - start : 40), json + start);
+    }
+  }
+  return KQ_OK;
+}
+
 static kq_status parse_header(kq_st_file *f, const char *json, size_t len, uint64_t data_size) {
   const char *path = f->path;
   const char *end = NULL;
+  kq_status lit = check_integer_literals(path, json, len);
+  if (lit != KQ_OK) return lit;
   cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
   if (!root) {
     /* On failure cJSON points `end` at the error (its global error pointer

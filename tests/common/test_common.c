@@ -82,6 +82,42 @@ static void parallel_for_visits_each_index_once_and_reports_failure(void **state
   assert_string_equal(kq_last_error(), "item 7 failed");
 }
 
+static void name_parsers_refuse_a_null_output_pointer(void **state) {
+  (void)state;
+  assert_int_equal(kq_method_parse("kq-svd", NULL), KQ_ERR_INVALID_ARGUMENT);
+  assert_int_equal(kq_layout_parse("joint", NULL), KQ_ERR_INVALID_ARGUMENT);
+  kq_method m;
+  assert_int_equal(kq_method_parse("quant", &m), KQ_OK);
+  assert_int_equal(m, KQ_METHOD_QUANT);
+  kq_layout l;
+  assert_int_equal(kq_layout_parse("joint", &l), KQ_OK);
+  assert_int_equal(l, KQ_LAYOUT_JOINT);
+  assert_int_equal(kq_layout_parse("mla", &l), KQ_ERR_INVALID_ARGUMENT);
+}
+
+/* The quantizer every backend must match (SPEC §1b), checked against values
+ * worked out by hand. */
+static void quantize_row_rounds_half_away_and_clamps(void **state) {
+  (void)state;
+  /* max |x| = 7 -> q4 scale 1 (exact in F16): 2.5 -> 3, -2.5 -> -3, 0.49 -> 0. */
+  const float x[6] = {7.0f, 2.5f, -2.5f, 0.49f, -7.0f, 0.5f};
+  int8_t q[6];
+  uint16_t s = kq_quantize_row(x, 6, 7, q);
+  assert_true(kq_f16_to_f32(s) == 1.0f);
+  const int8_t want[6] = {7, 3, -3, 0, -7, 1};
+  for (int i = 0; i < 6; i++) assert_int_equal(q[i], want[i]);
+  /* All zeros: scale 0, zeros stored. */
+  const float z[3] = {0, 0, -0.0f};
+  assert_int_equal(kq_quantize_row(z, 3, 127, q), 0);
+  for (int i = 0; i < 3; i++) assert_int_equal(q[i], 0);
+  /* q8: 254/127 = 2 -> 1.0 -> 0 or 1? 1.0 / 2 = 0.5 -> 1 (away from zero). */
+  const float y[2] = {254.0f, 1.0f};
+  s = kq_quantize_row(y, 2, 127, q);
+  assert_true(kq_f16_to_f32(s) == 2.0f);
+  assert_int_equal(q[0], 127);
+  assert_int_equal(q[1], 1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(f16_round_trips_every_finite_half),
@@ -90,6 +126,8 @@ int main(void) {
       cmocka_unit_test(size_arithmetic_detects_overflow),
       cmocka_unit_test(error_prefix_keeps_the_original_message),
       cmocka_unit_test(parallel_for_visits_each_index_once_and_reports_failure),
+      cmocka_unit_test(name_parsers_refuse_a_null_output_pointer),
+      cmocka_unit_test(quantize_row_rounds_half_away_and_clamps),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

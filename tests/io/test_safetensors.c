@@ -219,6 +219,11 @@ static const bad_case g_bad[] = {
      "{\"t\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 0, 0, 8, "'t'"},
     {"shape_fraction.safetensors",
      "{\"t\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,8]}}", 0, 0, 8, "'t'"},
+    /* 2.0 and 2e0 are integers to cJSON, not to a safetensors header. */
+    {"shape_float_integral.safetensors",
+     "{\"t\":{\"dtype\":\"F32\",\"shape\":[2.0],\"data_offsets\":[0,8]}}", 0, 0, 8, "'2.0'"},
+    {"offset_exponent.safetensors",
+     "{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8e0]}}", 0, 0, 8, "'t'"},
     {"shape_string.safetensors",
      "{\"t\":{\"dtype\":\"F32\",\"shape\":[\"2\"],\"data_offsets\":[0,8]}}", 0, 0, 8, "'t'"},
     {"shape_not_array.safetensors",
