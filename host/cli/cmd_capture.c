@@ -140,10 +140,17 @@ int kq_cmd_capture(int argc, char **argv) {
     char *text = NULL;
     size_t len;
     int32_t *ids = NULL, n = 0;
+    size_t dropped = 0;
     st = kq_model_read_text(texts[k], &text, &len);
-    if (st == KQ_OK)
-      st = kq_tokenizer_encode(kq_llama_get_tokenizer(m), text, len, special, &ids, &n);
+    if (st == KQ_OK) /* no more tokens than still needed */
+      st = kq_tokenizer_encode_ex(kq_llama_get_tokenizer(m), text, len, special,
+                                  max_tokens > 0 ? max_tokens - n_all : 0, &ids, &n, &dropped);
     free(text);
+    if (st == KQ_OK && dropped > 0)
+      fprintf(stderr,
+              "kqsvd capture: warning: %s: %zu bytes have no token in this model's vocabulary "
+              "and were left out\n",
+              texts[k], dropped);
     if (st == KQ_OK) {
       int32_t *grown = realloc(all, (size_t)(n_all + n + 1) * sizeof *all);
       if (!grown) {

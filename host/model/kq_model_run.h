@@ -87,7 +87,12 @@ kq_status kq_model_generate(kq_model_session *session, const int32_t *prompt, in
                             int32_t n_new, kq_token_fn on_token, void *user,
                             const volatile int *cancel, kq_generate_result *out);
 
-/* Reads a whole text file (NUL-terminated copy; caller frees). Errors name
+/* Largest text file read (bytes). */
+#define KQ_MAX_TEXT_BYTES ((uint64_t)1 << 30)
+
+/* Reads a whole text file (NUL-terminated copy; caller frees). Only regular
+ * files of at most KQ_MAX_TEXT_BYTES: a FIFO, device (/dev/zero) or
+ * directory is refused at once with KQ_ERR_INVALID_ARGUMENT. Errors name
  * the file. */
 kq_status kq_model_read_text(const char *path, char **out_text, size_t *out_len);
 

@@ -39,6 +39,16 @@ int kq_tokenizer_add_bos(const kq_tokenizer *tok);
 kq_status kq_tokenizer_encode(const kq_tokenizer *tok, const char *text, size_t len,
                               int parse_special, int32_t **out_ids, int32_t *out_n);
 
+/* kq_tokenizer_encode with a limit and a report: stops once max_tokens ids
+ * are produced (0: no limit; the text after that point is not even
+ * pre-tokenized, so a huge file with a small limit stays cheap), and sets
+ * *out_dropped (may be NULL) to the number of input bytes that have no token
+ * in this vocabulary and were left out (SmolLM2 has none for 0x04, 0x06,
+ * ...; the caller should warn: the encoded text differs from the input). */
+kq_status kq_tokenizer_encode_ex(const kq_tokenizer *tok, const char *text, size_t len,
+                                 int parse_special, int64_t max_tokens, int32_t **out_ids,
+                                 int32_t *out_n, size_t *out_dropped);
+
 /* The bytes a token stands for (valid while tok lives; not NUL-terminated).
  * Control tokens give their literal text. NULL for an id out of range. */
 const char *kq_tokenizer_token_bytes(const kq_tokenizer *tok, int32_t id, size_t *out_len);

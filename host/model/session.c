@@ -1,8 +1,11 @@
 /* A model bound to a kqsvd cache, and reading text files for the commands. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "kq_model_run.h"
 
@@ -51,32 +54,44 @@ void kq_model_session_destroy(kq_model_session *s) {
 kq_status kq_model_read_text(const char *path, char **out_text, size_t *out_len) {
   *out_text = NULL;
   *out_len = 0;
-  FILE *f = fopen(path, "rb");
-  if (!f) return kq_set_error(KQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-  size_t cap = 1 << 16, len = 0;
-  char *buf = malloc(cap);
-  while (buf) {
-    if (len + 1 >= cap) {
-      char *nb = cap < (SIZE_MAX >> 1) ? realloc(buf, cap * 2) : NULL;
-      if (!nb) {
-        free(buf);
-        buf = NULL;
-        break;
-      }
-      buf = nb;
-      cap *= 2;
+  /* O_NONBLOCK: a FIFO without a writer must not hang the open; it is then
+   * refused below like every file that is not regular (/dev/zero would be
+   * read until memory runs out). */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return kq_set_error(KQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+  struct stat sb;
+  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    close(fd);
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: not a regular file (text inputs are files)",
+                        path);
+  }
+  if ((uint64_t)sb.st_size > KQ_MAX_TEXT_BYTES) {
+    close(fd);
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "%s: %lld bytes, more than the %llu a text may have", path,
+                        (long long)sb.st_size, (unsigned long long)KQ_MAX_TEXT_BYTES);
+  }
+  size_t size = (size_t)sb.st_size;
+  char *buf = malloc(size + 1);
+  if (!buf) {
+    close(fd);
+    return kq_set_error(KQ_ERR_OUT_OF_MEMORY, "%s: out of memory reading %zu bytes of text", path,
+                        size);
+  }
+  size_t len = 0;
+  while (len < size) { /* a file that shrinks while read ends early; one that grows is cut */
+    ssize_t got = read(fd, buf + len, size - len);
+    if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (got < 0) {
+      int err = errno;
+      free(buf);
+      close(fd);
+      return kq_set_error(KQ_ERR_IO, "%s: read error: %s", path, strerror(err));
     }
-    size_t got = fread(buf + len, 1, cap - 1 - len, f);
-    len += got;
     if (got == 0) break;
+    len += (size_t)got;
   }
-  int err = ferror(f);
-  fclose(f);
-  if (!buf) return kq_set_error(KQ_ERR_OUT_OF_MEMORY, "%s: out of memory reading the text", path);
-  if (err) {
-    free(buf);
-    return kq_set_error(KQ_ERR_IO, "%s: read error", path);
-  }
+  close(fd);
   buf[len] = 0;
   *out_text = buf;
   *out_len = len;

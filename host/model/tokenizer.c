@@ -359,6 +359,7 @@ typedef struct bpe_work {
   int32_t *id, *prev, *next;
   heap_item *heap;
   size_t cap;
+  size_t dropped; /* input bytes with no token in the vocab */
 } bpe_work;
 
 static void try_pair(const kq_tokenizer *t, bpe_work *w, size_t *hn, int32_t a) {
@@ -386,8 +387,12 @@ static kq_status bpe_piece(const kq_tokenizer *t, const unsigned char *s, size_t
     w->cap = cap;
   }
   size_t m = 0;
-  for (size_t j = 0; j < n; j++)
-    if (t->byte_token[s[j]] >= 0) w->id[m++] = t->byte_token[s[j]];
+  for (size_t j = 0; j < n; j++) {
+    if (t->byte_token[s[j]] >= 0)
+      w->id[m++] = t->byte_token[s[j]];
+    else
+      w->dropped++;
+  }
   if (m == 0) return KQ_OK;
   n = m;
   for (size_t j = 0; j < n; j++) {
@@ -418,10 +423,16 @@ typedef struct piece_ctx {
   const kq_tokenizer *t;
   bpe_work w;
   id_vec out;
+  size_t max_tokens; /* 0: no limit */
+  int full;          /* the limit was reached: stop the pre-tokenizer */
 } piece_ctx;
 
 static kq_status on_piece(void *user, const char *s, size_t n) {
   piece_ctx *c = user;
+  if (c->max_tokens && c->out.n >= c->max_tokens) {
+    c->full = 1;
+    return KQ_ERR_INTERRUPTED; /* ends kq_pretokenize early; not an error */
+  }
   return bpe_piece(c->t, (const unsigned char *)s, n, &c->w, &c->out);
 }
 
@@ -440,13 +451,20 @@ static int32_t match_special(const kq_tokenizer *t, const char *s, size_t len, s
 
 kq_status kq_tokenizer_encode(const kq_tokenizer *t, const char *text, size_t len,
                               int parse_special, int32_t **out_ids, int32_t *out_n) {
+  return kq_tokenizer_encode_ex(t, text, len, parse_special, 0, out_ids, out_n, NULL);
+}
+
+kq_status kq_tokenizer_encode_ex(const kq_tokenizer *t, const char *text, size_t len,
+                                 int parse_special, int64_t max_tokens, int32_t **out_ids,
+                                 int32_t *out_n, size_t *out_dropped) {
   *out_ids = NULL;
   *out_n = 0;
-  piece_ctx c = {.t = t};
+  if (out_dropped) *out_dropped = 0;
+  piece_ctx c = {.t = t, .max_tokens = max_tokens > 0 ? (size_t)max_tokens : 0};
   kq_status st = KQ_OK;
   size_t start = 0;
   if (parse_special && t->n_special > 0) {
-    for (size_t i = 0; i < len && st == KQ_OK;) {
+    for (size_t i = 0; i < len && st == KQ_OK && !c.full;) {
       size_t n;
       int32_t id = match_special(t, text + i, len - i, &n);
       if (id < 0) {
@@ -459,7 +477,13 @@ kq_status kq_tokenizer_encode(const kq_tokenizer *t, const char *text, size_t le
       start = i;
     }
   }
-  if (st == KQ_OK) st = kq_pretokenize(text + start, len - start, t->split_digits, on_piece, &c);
+  if (st == KQ_OK && !c.full)
+    st = kq_pretokenize(text + start, len - start, t->split_digits, on_piece, &c);
+  if (c.full) { /* stopped at the limit on purpose */
+    kq_clear_error();
+    st = KQ_OK;
+    if (c.out.n > c.max_tokens) c.out.n = c.max_tokens;
+  }
   if (st == KQ_OK && c.out.n > INT32_MAX)
     st = kq_set_error(KQ_ERR_INVALID_ARGUMENT, "tokenizer: text gives more than 2^31 tokens");
   if (st == KQ_OK && !c.out.ids) { /* an empty text still returns an array */
@@ -474,5 +498,6 @@ kq_status kq_tokenizer_encode(const kq_tokenizer *t, const char *text, size_t le
   }
   *out_ids = c.out.ids;
   *out_n = (int32_t)c.out.n;
+  if (out_dropped) *out_dropped = c.w.dropped;
   return KQ_OK;
 }

@@ -1,7 +1,9 @@
 /* model_probe — test driver that exposes the model code to the Python
  * reference script (tests/model/reference_logits.py):
  *   model_probe tensor   FILE.gguf NAME OUT.f32     dequantise one tensor
- *   model_probe tokenize FILE.gguf TEXTFILE         print token ids
+ *   model_probe tokenize FILE.gguf TEXTFILE [MAX]   print token ids (at most MAX),
+ *                                                   "dropped N" (bytes without a
+ *                                                   token) on stderr
  *   model_probe logits   FILE.gguf OUT.f32 ID...    logits [n, vocab] through the
  *                                                   naive attention AND the
  *                                                   kqsvd cpu cache (identity
@@ -14,6 +16,7 @@
 
 #include "model/kq_gguf.h"
 #include "model/kq_llama.h"
+#include "model/kq_model_run.h"
 #include "model/kq_tokenizer.h"
 #include "naive_attention.h"
 
@@ -49,25 +52,26 @@ static int cmd_tensor(const char *path, const char *name, const char *out) {
   return rc;
 }
 
-static int cmd_tokenize(const char *path, const char *text_path) {
-  FILE *tf = fopen(text_path, "rb");
-  if (!tf) return fprintf(stderr, "model_probe: cannot open %s\n", text_path), 1;
-  char *text = malloc(1 << 20);
-  size_t len = text ? fread(text, 1, 1 << 20, tf) : 0;
-  fclose(tf);
+static int cmd_tokenize(const char *path, const char *text_path, int64_t max_tokens) {
+  char *text = NULL;
+  size_t len = 0;
+  kq_status st = kq_model_read_text(text_path, &text, &len);
+  if (st != KQ_OK) return fail(st);
   kq_gguf *f;
-  kq_status st = kq_gguf_open(path, &f);
+  st = kq_gguf_open(path, &f);
   if (st != KQ_OK) return free(text), fail(st);
   kq_tokenizer *tok;
   st = kq_tokenizer_load(f, &tok);
   kq_gguf_close(f);
   if (st != KQ_OK) return free(text), fail(st);
   int32_t *ids, n;
-  st = kq_tokenizer_encode(tok, text, len, 0, &ids, &n);
+  size_t dropped = 0;
+  st = kq_tokenizer_encode_ex(tok, text, len, 0, max_tokens, &ids, &n, &dropped);
   free(text);
   if (st != KQ_OK) return kq_tokenizer_destroy(tok), fail(st);
   for (int32_t j = 0; j < n; j++) printf("%s%d", j ? " " : "", ids[j]);
   printf("\n");
+  fprintf(stderr, "dropped %zu\n", dropped);
   free(ids);
   kq_tokenizer_destroy(tok);
   return 0;
@@ -129,7 +133,8 @@ done:
 
 int main(int argc, char **argv) {
   if (argc == 5 && !strcmp(argv[1], "tensor")) return cmd_tensor(argv[2], argv[3], argv[4]);
-  if (argc == 4 && !strcmp(argv[1], "tokenize")) return cmd_tokenize(argv[2], argv[3]);
+  if ((argc == 4 || argc == 5) && !strcmp(argv[1], "tokenize"))
+    return cmd_tokenize(argv[2], argv[3], argc == 5 ? atoll(argv[4]) : 0);
   if (argc >= 5 && !strcmp(argv[1], "logits"))
     return cmd_logits(argv[2], argv[3], argc - 4, argv + 4);
   fprintf(stderr, "usage: model_probe tensor|tokenize|logits ... (see the source)\n");
