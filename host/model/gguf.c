@@ -2,6 +2,7 @@
  * before it is used, so a lying header fails with a message instead of a
  * huge allocation or a read past the mapping. */
 #include <fcntl.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -495,6 +496,18 @@ kq_status kq_gguf_dequantize(const kq_gguf *f, const kq_gguf_tensor *t, float *d
   }
   kq_status st = kq_gguf_dequantize_raw(t->type, t->data, dst, (size_t)t->n_elements);
   if (st != KQ_OK) return kq_error_prefix(st, "%s: tensor '%s'", f->path, t->name);
+  return kq_gguf_check_finite(f, t, dst, (size_t)t->n_elements, 0);
+}
+
+kq_status kq_gguf_check_finite(const kq_gguf *f, const kq_gguf_tensor *t, const float *x, size_t n,
+                               uint64_t first) {
+  for (size_t i = 0; i < n; i++)
+    if (!isfinite(x[i]))
+      return kq_set_error(KQ_ERR_NUMERIC,
+                          "%s: tensor '%s': %s at element %llu (weights must be "
+                          "finite)",
+                          f->path, t->name, isnan(x[i]) ? "NaN" : "Inf",
+                          (unsigned long long)(first + i));
   return KQ_OK;
 }
 

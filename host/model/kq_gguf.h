@@ -142,6 +142,12 @@ kq_status kq_gguf_dequantize_raw(uint32_t type, const void *src, float *dst, siz
  * tensor and type (KQ_ERR_UNSUPPORTED for an unsupported type). */
 kq_status kq_gguf_dequantize(const kq_gguf *file, const kq_gguf_tensor *tensor, float *dst);
 
+/* KQ_ERR_NUMERIC naming the file, tensor and element (first + i) when
+ * x[0, n) holds a NaN or Inf. kq_gguf_dequantize checks every tensor it
+ * converts, so a model with non-finite weights fails at load. */
+kq_status kq_gguf_check_finite(const kq_gguf *file, const kq_gguf_tensor *tensor, const float *x,
+                               size_t n, uint64_t first);
+
 /* kq_gguf_find_tensor, then checks the shape (ne[0..n_dims), a value 0
  * accepts any size) and dequantises into a new buffer (caller frees).
  * Errors name the file and tensor. */

@@ -86,6 +86,20 @@ static kq_status read_hparams(const kq_gguf *f, kq_llama_hparams *hp) {
   return KQ_OK;
 }
 
+/* block_count comes from metadata; before anything is allocated per layer,
+ * the tensors must agree (a 370 KB file claiming 16 million layers used to
+ * allocate gigabytes first): every layer has 9 tensors, the last one too. */
+static kq_status check_layer_count(const kq_gguf *f, const kq_llama_hparams *hp) {
+  char name[KQ_GGUF_MAX_NAME];
+  snprintf(name, sizeof name, "blk.%d.attn_norm.weight", (int)hp->n_layers - 1);
+  if (kq_gguf_tensor_count(f) < 9 * (int64_t)hp->n_layers || !kq_gguf_find_tensor(f, name))
+    return kq_set_error(KQ_ERR_FORMAT,
+                        "%s: llama.block_count = %d, but the file has %lld tensors%s (9 per layer)",
+                        kq_gguf_path(f), (int)hp->n_layers, (long long)kq_gguf_tensor_count(f),
+                        kq_gguf_find_tensor(f, name) ? "" : " and no last layer");
+  return KQ_OK;
+}
+
 typedef struct load_job {
   const kq_gguf *f;
   kq_llama *m;
@@ -132,6 +146,7 @@ kq_status kq_llama_load(const char *path, int n_threads, kq_llama **out_model) {
   m->n_threads = kq_thread_count(n_threads);
   st = read_hparams(f, &m->hp);
   if (st == KQ_OK) st = kq_tokenizer_load(f, &m->tok);
+  if (st == KQ_OK) st = check_layer_count(f, &m->hp);
   if (st == KQ_OK) {
     m->hp.n_vocab = kq_tokenizer_vocab_size(m->tok);
     m->layers = kq_calloc_array((size_t)m->hp.n_layers, sizeof *m->layers, "model layers");
@@ -268,6 +283,19 @@ static kq_status run_layer(kq_llama *m, const kq_llama_attention *attn, const kq
   return KQ_OK;
 }
 
+/* KQ_ERR_NUMERIC naming the first non-finite row of x [rows, cols]. */
+static kq_status check_finite_rows(const char *what, const float *x, size_t rows, size_t cols,
+                                   int64_t pos0) {
+  for (size_t i = 0; i < rows * cols; i++)
+    if (!isfinite(x[i]))
+      return kq_set_error(KQ_ERR_NUMERIC,
+                          "llama: %s of the token at position %lld are not finite (%s): the "
+                          "weights, inputs or attention cache produced it",
+                          what, (long long)(pos0 + (int64_t)(i / cols)),
+                          isnan(x[i]) ? "NaN" : "Inf");
+  return KQ_OK;
+}
+
 kq_status kq_llama_forward(kq_llama *m, const kq_llama_attention *attn, const kq_llama_eval *ev) {
   const kq_llama_hparams *hp = &m->hp;
   if (!attn || !ev || !ev->tokens || ev->n <= 0 || ev->pos0 < 0)
@@ -282,10 +310,16 @@ kq_status kq_llama_forward(kq_llama *m, const kq_llama_attention *attn, const kq
   size_t D = (size_t)hp->n_embd;
   for (int32_t t = 0; t < ev->n; t++) kq_llama_weight_row(&m->tok_embd, ev->tokens[t], s.x + t * D);
   for (int32_t l = 0; l < hp->n_layers && st == KQ_OK; l++) st = run_layer(m, attn, ev, l, &s);
+  /* Never hand on NaN/Inf: perplexity, generation and calibration capture
+   * must fail instead of printing or writing them. */
+  if (st == KQ_OK) st = check_finite_rows("hidden state", s.x, (size_t)ev->n, D, ev->pos0);
   if (st == KQ_OK && ev->logits) {
     int32_t first = ev->last_only ? ev->n - 1 : 0, rows = ev->n - first;
     kq_llama_rmsnorm(s.xn, s.x + first * D, m->output_norm, rows, hp->n_embd, hp->rms_eps);
     st = kq_llama_matmul_w(ev->logits, s.xn, &m->output, rows, m->n_threads);
+    if (st == KQ_OK)
+      st = check_finite_rows("logits", ev->logits, (size_t)rows, (size_t)hp->n_vocab,
+                             ev->pos0 + first);
   }
   scratch_free(&s);
   return st;

@@ -32,7 +32,17 @@ kq_status kq_llama_weight_load(const kq_gguf *f, const char *name, int32_t rows,
     out->data = kq_malloc_array(t->nbytes, 1, name);
     if (!out->data) return KQ_ERR_OUT_OF_MEMORY;
     memcpy(out->data, t->data, t->nbytes);
-    return KQ_OK;
+    /* Kept quantized for the matmul, but checked once through the
+     * dequantiser: a NaN scale would otherwise poison every product. */
+    float *row = kq_malloc_array((size_t)cols, sizeof(float), name);
+    kq_status st = row ? KQ_OK : KQ_ERR_OUT_OF_MEMORY;
+    for (int32_t r = 0; r < rows && st == KQ_OK; r++) {
+      kq_llama_weight_row(out, r, row);
+      st = kq_gguf_check_finite(f, t, row, (size_t)cols, (uint64_t)r * (uint64_t)cols);
+    }
+    free(row);
+    if (st != KQ_OK) kq_llama_weight_free(out);
+    return st;
   }
   out->type = KQ_GGML_F32;
   out->row_bytes = (size_t)cols * sizeof(float);

@@ -13,12 +13,19 @@ behave as stated:
   - bytes the vocabulary has no token for (0x04, 0x06, ...): tokenized with a
     count of the dropped bytes (the probe reports it; capture warns);
   - a limit on tokens: exactly MAX ids, the same as the first MAX of the
-    whole text's ids.
+    whole text's ids;
+  - a model whose llama.block_count claims 16777216 layers: refused naming
+    block_count before per-layer state is allocated (run under a 3 GiB
+    address-space limit, where the old allocation of 3.75 GiB failed as "out
+    of memory" instead);
+  - a NaN in blk.0.attn_q.weight or an Inf in token_embd.weight: `ppl`
+    fails at load naming the tensor (it printed perplexity 291 or -nan).
 Exit 0 pass, 1 fail, 77 skip (model not fetchable).
 """
 import argparse
 import os
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -47,6 +54,47 @@ def check(cond, msg):
 
 def refused(p, *mentions):
     return 1 <= p.returncode <= 127 and all(m in p.stderr for m in mentions)
+
+
+def patched_copy(model, dst, patches):
+    data = bytearray(open(model, "rb").read())
+    for off, raw in patches:
+        data[off:off + len(raw)] = raw
+    with open(dst, "wb") as g:
+        g.write(data)
+
+
+def check_damaged_models(a, model, d, text):
+    try:
+        import gguf
+    except ImportError:
+        check(False, "python package gguf (installed by .ci/deps.sh) is missing")
+        return
+    reader = gguf.GGUFReader(model)
+    raw = open(model, "rb").read(1 << 20)
+    key = b"llama.block_count"
+    at = raw.find(key)
+    check(at > 0, "found llama.block_count in the header")
+    bad = os.path.join(d, "layers.gguf")
+    # key, then u32 value type (4 = UINT32), then the value.
+    patched_copy(model, bad, [(at + len(key) + 4, struct.pack("<I", 1 << 24))])
+    limit = "ulimit -v 3145728; "
+    p = subprocess.run(["bash", "-c", limit + " ".join([a.kqsvd, "ppl", bad, text, "--ctx", "64",
+                                                        "--max-tokens", "64"])],
+                       capture_output=True, text=True, timeout=120)
+    check(refused(p, bad, "block_count"), "16777216 claimed layers are refused naming block_count "
+          f"(got: {p.stderr.strip()[-160:]})")
+    tensors = {t.name: t for t in reader.tensors}
+    for name, value, label in (("blk.0.attn_q.weight", 0x7E00, "NaN"),
+                               ("token_embd.weight", 0x7C00, "Inf")):
+        t = tensors[name]
+        dst = os.path.join(d, "damaged.gguf")
+        # The first block's F16 scale (Q4_1 / Q8_0 blocks start with it).
+        patched_copy(model, dst, [(t.data_offset, struct.pack("<H", value))])
+        p = run([a.kqsvd, "ppl", dst, text, "--ctx", "64", "--max-tokens", "64"], timeout=120)
+        check(refused(p, dst, name, "finite"), f"{label} in {name} fails at load naming it")
+        os.unlink(dst)
+    os.unlink(bad)
 
 
 def main():
@@ -101,6 +149,7 @@ def main():
         full = run([a.probe, "tokenize", model, text]).stdout.split()
         part = run([a.probe, "tokenize", model, text, "100"]).stdout.split()
         check(len(full) > 100 and part == full[:100], "a limit of 100 gives the first 100 ids")
+        check_damaged_models(a, model, d, text)
     print(f"{failures} failed" if failures else "all passed")
     sys.exit(1 if failures else 0)
 
