@@ -17,6 +17,20 @@ kq_status kq_set_error(kq_status status, const char *fmt, ...) {
   return status;
 }
 
+/* g_error = a + b + c (each may be empty), cut to the capacity. */
+static void set_joined(const char *a, const char *b, const char *c) {
+  char out[KQ_ERROR_CAPACITY];
+  size_t n = 0;
+  const char *parts[3] = {a, b, c};
+  for (int i = 0; i < 3; i++) {
+    size_t m = strnlen(parts[i], sizeof out - 1 - n);
+    memcpy(out + n, parts[i], m);
+    n += m;
+  }
+  out[n] = '\0';
+  memcpy(g_error, out, n + 1);
+}
+
 kq_status kq_error_prefix(kq_status status, const char *fmt, ...) {
   char prefix[KQ_ERROR_CAPACITY];
   char old[KQ_ERROR_CAPACITY];
@@ -25,14 +39,34 @@ kq_status kq_error_prefix(kq_status status, const char *fmt, ...) {
   vsnprintf(prefix, sizeof prefix, fmt, ap);
   va_end(ap);
   memcpy(old, g_error, sizeof old);
-  size_t n = strlen(prefix);
-  if (n > sizeof g_error - 3) n = sizeof g_error - 3;
-  memcpy(g_error, prefix, n);
-  memcpy(g_error + n, ": ", 2);
-  size_t rest = sizeof g_error - n - 3;
-  size_t m = strnlen(old, rest);
-  memcpy(g_error + n + 2, old, m);
-  g_error[n + 2 + m] = '\0';
+  /* The message already names what the prefix starts with (usually the
+   * file): say it once, "X: context: rest" rather than "X: context: X: rest". */
+  const char *sep = strstr(old, ": ");
+  size_t head = sep ? (size_t)(sep - old) : 0;
+  if (head > 0 && strncmp(prefix, old, head) == 0 &&
+      (prefix[head] == '\0' || (prefix[head] == ':' && prefix[head + 1] == ' '))) {
+    set_joined(prefix, ": ", old + head + 2);
+    return status;
+  }
+  set_joined(prefix, *old ? ": " : "", old);
+  return status;
+}
+
+kq_status kq_error_context(kq_status status, const char *path, const char *fmt, ...) {
+  char ctx[KQ_ERROR_CAPACITY];
+  char old[KQ_ERROR_CAPACITY];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(ctx, sizeof ctx, fmt, ap);
+  va_end(ap);
+  memcpy(old, g_error, sizeof old);
+  size_t n = strlen(path);
+  const char *rest =
+      strncmp(old, path, n) == 0 && old[n] == ':' && old[n + 1] == ' ' ? old + n + 2 : old;
+  char tail[KQ_ERROR_CAPACITY];
+  set_joined(ctx, ": ", rest);
+  memcpy(tail, g_error, sizeof tail);
+  set_joined(path, ": ", tail);
   return status;
 }
 

@@ -27,6 +27,12 @@ kq_status kq_set_error(kq_status status, const char *fmt, ...) KQ_PRINTF(2, 3);
  * way up: "fit: layers.3.k: ..."). Returns status unchanged. */
 kq_status kq_error_prefix(kq_status status, const char *fmt, ...) KQ_PRINTF(2, 3);
 
+/* Adds context after the file name: "path: context: rest", whether or not
+ * the last error already starts with "path: " (the file is named once and
+ * first). Returns status unchanged. */
+kq_status kq_error_context(kq_status status, const char *path, const char *fmt, ...)
+    KQ_PRINTF(3, 4);
+
 void kq_clear_error(void);
 
 /* IEEE binary16 <-> binary32; round to nearest even, Inf/NaN preserved. */

@@ -147,7 +147,9 @@ static kq_status read_array(cursor *c, kq_gguf_kv *kv) {
     kv->strs = strs;
     for (uint64_t j = 0; j < n; j++) {
       st = read_str(c, kv->key, &strs[j]);
-      if (st != KQ_OK) return kq_error_prefix(st, "element %llu", (unsigned long long)j);
+      if (st != KQ_OK)
+        return kq_error_context(st, c->file->path, "key '%s': element %llu", kv->key,
+                                (unsigned long long)j);
     }
     return KQ_OK;
   }
@@ -174,7 +176,7 @@ static kq_status read_kv(kq_gguf *f, cursor *c, int64_t index) {
   kq_gguf_kv *kv = &f->kv[index];
   kq_gguf_str key;
   kq_status st = read_str(c, "key", &key);
-  if (st != KQ_OK) return kq_error_prefix(st, "key/value %lld", (long long)index);
+  if (st != KQ_OK) return kq_error_context(st, f->path, "key/value %lld", (long long)index);
   if (key.len == 0 || key.len > 65535 || memchr(key.ptr, 0, (size_t)key.len))
     return kq_set_error(KQ_ERR_FORMAT, "%s: key/value %lld: key is empty, too long or has NUL",
                         f->path, (long long)index);
@@ -202,7 +204,7 @@ static kq_status read_tensor_info(kq_gguf *f, cursor *c, int64_t index) {
   kq_gguf_tensor *t = &f->tensors[index];
   kq_gguf_str name;
   kq_status st = read_str(c, "tensor name", &name);
-  if (st != KQ_OK) return kq_error_prefix(st, "tensor %lld", (long long)index);
+  if (st != KQ_OK) return kq_error_context(st, f->path, "tensor %lld", (long long)index);
   if (name.len == 0 || name.len >= KQ_GGUF_MAX_NAME || memchr(name.ptr, 0, (size_t)name.len))
     return kq_set_error(KQ_ERR_FORMAT,
                         "%s: tensor %lld: name length %llu is not in [1, %d] or has NUL", f->path,

@@ -2,6 +2,7 @@
  * block's 32 weights are expanded in registers (w = d·q + m) and used
  * against up to four tokens at once, so decode streams the quantised bytes
  * instead of four times as many float32 bytes. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,12 +19,15 @@ kq_status kq_llama_weight_load(const kq_gguf *f, const char *name, int32_t rows,
   memset(out, 0, sizeof *out);
   const kq_gguf_tensor *t = kq_gguf_find_tensor(f, name);
   if (!t) return kq_set_error(KQ_ERR_NOT_FOUND, "%s: missing tensor '%s'", kq_gguf_path(f), name);
-  if (t->n_dims > 2 || t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows)
-    return kq_set_error(KQ_ERR_FORMAT,
-                        "%s: tensor '%s': shape [%llu, %llu] (ne0 first), expected "
-                        "[%d, %d]",
-                        kq_gguf_path(f), name, (unsigned long long)t->ne[0],
-                        (unsigned long long)t->ne[1], cols, rows);
+  if (t->n_dims > 2 || t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows) {
+    char shape[128];
+    int n = 0;
+    for (int d = 0; d < t->n_dims && n < (int)sizeof shape; d++) /* every dim, ne0 first */
+      n += snprintf(shape + n, sizeof shape - (size_t)n, "%s%llu", d ? ", " : "",
+                    (unsigned long long)t->ne[d]);
+    return kq_set_error(KQ_ERR_FORMAT, "%s: tensor '%s': shape [%s] (ne0 first), expected [%d, %d]",
+                        kq_gguf_path(f), name, shape, cols, rows);
+  }
   out->rows = rows;
   out->cols = cols;
   if (kept_type(t->type) && cols % 32 == 0) {

@@ -82,6 +82,26 @@ static void parallel_for_visits_each_index_once_and_reports_failure(void **state
   assert_string_equal(kq_last_error(), "item 7 failed");
 }
 
+/* Messages name the file first and once. */
+static void error_context_names_the_file_once_and_first(void **state) {
+  (void)state;
+  kq_set_error(KQ_ERR_FORMAT, "m.gguf: truncated: 4 bytes left");
+  kq_error_context(KQ_ERR_FORMAT, "m.gguf", "tensor %d", 136);
+  assert_string_equal(kq_last_error(), "m.gguf: tensor 136: truncated: 4 bytes left");
+  kq_set_error(KQ_ERR_IO, "no such file");
+  kq_error_context(KQ_ERR_IO, "m.gguf", "tensor %d", 1);
+  assert_string_equal(kq_last_error(), "m.gguf: tensor 1: no such file");
+  kq_set_error(KQ_ERR_FORMAT, "c.st: bad header");
+  kq_error_prefix(KQ_ERR_FORMAT, "c.st");
+  assert_string_equal(kq_last_error(), "c.st: bad header");
+  kq_set_error(KQ_ERR_FORMAT, "c.st: bad header");
+  kq_error_prefix(KQ_ERR_FORMAT, "c.st: layers.3.k");
+  assert_string_equal(kq_last_error(), "c.st: layers.3.k: bad header");
+  kq_set_error(KQ_ERR_FORMAT, "bad header");
+  kq_error_prefix(KQ_ERR_FORMAT, "c.st");
+  assert_string_equal(kq_last_error(), "c.st: bad header");
+}
+
 static void name_parsers_refuse_a_null_output_pointer(void **state) {
   (void)state;
   assert_int_equal(kq_method_parse("kq-svd", NULL), KQ_ERR_INVALID_ARGUMENT);
@@ -126,6 +146,7 @@ int main(void) {
       cmocka_unit_test(size_arithmetic_detects_overflow),
       cmocka_unit_test(error_prefix_keeps_the_original_message),
       cmocka_unit_test(parallel_for_visits_each_index_once_and_reports_failure),
+      cmocka_unit_test(error_context_names_the_file_once_and_first),
       cmocka_unit_test(name_parsers_refuse_a_null_output_pointer),
       cmocka_unit_test(quantize_row_rounds_half_away_and_clamps),
   };
