@@ -114,6 +114,48 @@ static void gen_rope_rows(float *x, int nt, int ldx, int d, int halves, double *
   gen_rope_cols(x, nt, ldx, d, halves, cs, sn, step_cos, step_sin, 0, d / 2);
 }
 
+static void gen_widen_q8(const int8_t *src, float *dst, int n) {
+  for (int i = 0; i < n; i++) dst[i] = (float)src[i];
+}
+
+static void gen_widen_q4(const uint8_t *src, float *dst, int n) {
+  for (int i = 0; i + 1 < n; i += 2) {
+    unsigned b = src[i / 2];
+    dst[i] = (float)((int)(b & 15u) - 8);
+    dst[i + 1] = (float)((int)(b >> 4) - 8);
+  }
+}
+
+static void gen_logits_seg(const float *q, int rows, const float *k, int nt, int dp,
+                           const kq_cpu_seg *seg, int nseg, float *s, int lds) {
+  for (int i = 0; i < rows; i++)
+    for (int t = 0; t < nt; t++) {
+      float sum = 0.0f;
+      for (int g = 0; g < nseg; g++) {
+        float part =
+            gen_dot(q + (size_t)i * dp + seg[g].off, k + (size_t)t * dp + seg[g].off, seg[g].width);
+        sum += seg[g].scale ? seg[g].scale[t] * part : part;
+      }
+      s[(size_t)i * lds + t] = sum;
+    }
+}
+
+static void gen_pv_seg(const float *p, int rows, int lds, const float *v, int nt, int dp,
+                       const kq_cpu_seg *seg, int nseg, float *acc, float *ptmp) {
+  (void)ptmp;
+  for (int i = 0; i < rows; i++)
+    for (int g = 0; g < nseg; g++) {
+      float *restrict a = acc + (size_t)i * dp + seg[g].off;
+      for (int t = 0; t < nt; t++) {
+        float w = p[(size_t)i * lds + t];
+        if (seg[g].scale) w *= seg[g].scale[t];
+        if (w == 0.0f) continue;
+        const float *restrict vr = v + (size_t)t * dp + seg[g].off;
+        for (int c = 0; c < seg[g].width; c++) a[c] += w * vr[c];
+      }
+    }
+}
+
 static const kq_cpu_kernels g_generic = {
     .isa = "generic",
     .f16_to_f32 = gen_f16_to_f32,
@@ -127,6 +169,10 @@ static const kq_cpu_kernels g_generic = {
     .logits_f16 = NULL,
     .pv_f16 = NULL,
     .rope_rows = gen_rope_rows,
+    .widen_q8 = gen_widen_q8,
+    .widen_q4 = gen_widen_q4,
+    .logits_seg = gen_logits_seg,
+    .pv_seg = gen_pv_seg,
 };
 
 /* ---------------------------------------------------------------------- */

@@ -16,6 +16,15 @@
 
 #define KQ_CPU_PAD 8
 
+/* One segment of a widened latent tile (quantized caches, SPEC §1b): its
+ * columns [off, off + width) of every F32 row, off and width multiples of
+ * KQ_CPU_PAD (the padding columns are zero in both operands), and the scale
+ * of each position of the tile (NULL: 1, a float segment). */
+typedef struct kq_cpu_seg {
+  int off, width;
+  const float *scale;
+} kq_cpu_seg;
+
 typedef struct kq_cpu_kernels {
   const char *isa; /* "avx2+fma+f16c+avx512vl", "avx2+fma+f16c" or "generic" */
   /* dst[i] = f16 src[i] for i < n (round trip exact). */
@@ -55,6 +64,22 @@ typedef struct kq_cpu_kernels {
    * (j, j + d / 2) when `halves`. The rotation itself is done in F32. */
   void (*rope_rows)(float *x, int nt, int ldx, int d, int halves, double *cs, double *sn,
                     const double *step_cos, const double *step_sin);
+  /* dst[i] = (float)src[i] for i < n: int8 latents, unscaled. */
+  void (*widen_q8)(const int8_t *src, float *dst, int n);
+  /* dst[i] = q_i for i < n (n even): int4 latents packed two per byte,
+   * element 2j in the low nibble of src[j], 2j + 1 in the high one, each
+   * stored as q + 8; unscaled. */
+  void (*widen_q4)(const uint8_t *src, float *dst, int n);
+  /* s[i * lds + t] = Σ_g scale_g[t] · (q[i, seg g] · k[t, seg g]) for
+   * i < rows, t < nt: logits of a widened tile whose segments carry
+   * per-position scales, each scale applied once per segment and position. */
+  void (*logits_seg)(const float *q, int rows, const float *k, int nt, int dp,
+                     const kq_cpu_seg *seg, int nseg, float *s, int lds);
+  /* acc[i, seg g] += Σ_t (p[i * lds + t] · scale_g[t]) · v[t, seg g] for
+   * i < rows: the scale folds into the softmax weight. ptmp holds
+   * [rows, lds] floats of scratch. */
+  void (*pv_seg)(const float *p, int rows, int lds, const float *v, int nt, int dp,
+                 const kq_cpu_seg *seg, int nseg, float *acc, float *ptmp);
 } kq_cpu_kernels;
 
 /* The kernels for this CPU (detected once; thread-safe): the AVX2 set,
