@@ -286,18 +286,8 @@ static void widen_tile(const attend_ctx *c, const side_layout *sl, int h, int p,
     const seg_plane *sp = &sl->seg[g];
     const unsigned char *src = sp->data + slot * sp->row_bytes;
     float *d0 = dst + (natural ? sp->noff : sp->poff);
-    for (int t = 0; t < nt; t++) {
-      const void *row = src + (size_t)t * sp->row_bytes;
-      float *d = d0 + (size_t)t * ld;
-      if (sp->bits == KQ_SEG_Q8)
-        kern->widen_q8(row, d, sp->width);
-      else if (sp->bits == KQ_SEG_Q4)
-        kern->widen_q4(row, d, sp->width);
-      else if (c->op->storage == KQ_STORAGE_F16)
-        kern->f16_to_f32(row, d, sp->width);
-      else
-        memcpy(d, row, (size_t)sp->width * sizeof(float));
-    }
+    kern->widen_rows(sp->bits, c->op->storage == KQ_STORAGE_F16, src, sp->row_bytes, nt, sp->width,
+                     d0, ld);
     if (sp->scale) {
       float *sc = scales + (size_t)g * KQ_TILE;
       kern->f16_to_f32(sp->scale + slot, sc, nt);

@@ -7,6 +7,7 @@
 
 #include "cpu_kernels.h"
 #include "kq_common.h"
+#include "kqsvd.h"
 
 /* ---------------------------------------------------------------------- */
 /* Portable versions                                                      */
@@ -126,6 +127,22 @@ static void gen_widen_q4(const uint8_t *src, float *dst, int n) {
   }
 }
 
+static void gen_widen_rows(int bits, int f16, const unsigned char *src, size_t stride, int nt,
+                           int width, float *dst, int ld) {
+  for (int t = 0; t < nt; t++) {
+    const void *row = src + (size_t)t * stride;
+    float *d = dst + (size_t)t * ld;
+    if (bits == KQ_SEG_Q8)
+      gen_widen_q8(row, d, width);
+    else if (bits == KQ_SEG_Q4)
+      gen_widen_q4(row, d, width);
+    else if (f16)
+      gen_f16_to_f32(row, d, width);
+    else
+      memcpy(d, row, (size_t)width * sizeof(float));
+  }
+}
+
 static void gen_logits_seg(const float *q, int rows, const float *k, int nt, int dp,
                            const kq_cpu_seg *seg, int nseg, float *s, int lds) {
   for (int i = 0; i < rows; i++)
@@ -169,8 +186,7 @@ static const kq_cpu_kernels g_generic = {
     .logits_f16 = NULL,
     .pv_f16 = NULL,
     .rope_rows = gen_rope_rows,
-    .widen_q8 = gen_widen_q8,
-    .widen_q4 = gen_widen_q4,
+    .widen_rows = gen_widen_rows,
     .logits_seg = gen_logits_seg,
     .pv_seg = gen_pv_seg,
 };

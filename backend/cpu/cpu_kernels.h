@@ -12,6 +12,7 @@
 #ifndef KQ_CPU_KERNELS_H
 #define KQ_CPU_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define KQ_CPU_PAD 8
@@ -64,12 +65,13 @@ typedef struct kq_cpu_kernels {
    * (j, j + d / 2) when `halves`. The rotation itself is done in F32. */
   void (*rope_rows)(float *x, int nt, int ldx, int d, int halves, double *cs, double *sn,
                     const double *step_cos, const double *step_sin);
-  /* dst[i] = (float)src[i] for i < n: int8 latents, unscaled. */
-  void (*widen_q8)(const int8_t *src, float *dst, int n);
-  /* dst[i] = q_i for i < n (n even): int4 latents packed two per byte,
-   * element 2j in the low nibble of src[j], 2j + 1 in the high one, each
-   * stored as q + 8; unscaled. */
-  void (*widen_q4)(const uint8_t *src, float *dst, int n);
+  /* dst[t * ld + i] = element i of row t (t < nt, i < width) of a latent
+   * plane whose rows start every `stride` bytes at src, as F32, unscaled:
+   * `bits` KQ_SEG_Q8 (int8), KQ_SEG_Q4 (width even; element 2j in the low
+   * nibble of byte j, 2j + 1 in the high one, each stored as q + 8), or
+   * KQ_SEG_FLOAT with f16 = 1 (F16) or 0 (F32). */
+  void (*widen_rows)(int bits, int f16, const unsigned char *src, size_t stride, int nt, int width,
+                     float *dst, int ld);
   /* s[i * lds + t] = Σ_g scale_g[t] · (q[i, seg g] · k[t, seg g]) for
    * i < rows, t < nt: logits of a widened tile whose segments carry
    * per-position scales, each scale applied once per segment and position. */
