@@ -187,6 +187,7 @@ static const kq_cpu_kernels g_generic = {
     .pv_f16 = NULL,
     .rope_rows = gen_rope_rows,
     .widen_rows = gen_widen_rows,
+    .quantize_row = kq_quantize_row,
     .logits_seg = gen_logits_seg,
     .pv_seg = gen_pv_seg,
 };

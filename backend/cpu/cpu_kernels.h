@@ -72,6 +72,9 @@ typedef struct kq_cpu_kernels {
    * KQ_SEG_FLOAT with f16 = 1 (F16) or 0 (F32). */
   void (*widen_rows)(int bits, int f16, const unsigned char *src, size_t stride, int nt, int width,
                      float *dst, int ld);
+  /* kq_quantize_row (SPEC §1b), bit for bit: q[j] for j < n and the F16
+   * scale returned. */
+  uint16_t (*quantize_row)(const float *x, int n, int qmax, int8_t *q);
   /* s[i * lds + t] = Σ_g scale_g[t] · (q[i, seg g] · k[t, seg g]) for
    * i < rows, t < nt: logits of a widened tile whose segments carry
    * per-position scales, each scale applied once per segment and position. */

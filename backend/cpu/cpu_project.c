@@ -21,7 +21,7 @@ typedef struct project_ctx {
 
 /* Writes n latent rows [n, r] of group h at positions slot .. slot + n - 1
  * (slot = h capacity + pos) into every segment's planes: float segments in
- * the storage type, quantized ones by kq_quantize_row (SPEC §1b). */
+ * the storage type, quantized ones by the rule of kq_quantize_row (SPEC §1b). */
 static void store_segments(const project_ctx *c, const float *rows, int n, size_t slot, int8_t *q) {
   const kq_project_op *op = c->op;
   int r = op->rank, col = 0;
@@ -39,9 +39,9 @@ static void store_segments(const project_ctx *c, const float *rows, int n, size_
         else
           memcpy(d, x, (size_t)seg.width * sizeof(float));
       } else if (seg.bits == KQ_SEG_Q8) {
-        scale[slot + t] = kq_quantize_row(x, seg.width, 127, (int8_t *)(void *)d);
+        scale[slot + t] = c->kern->quantize_row(x, seg.width, 127, (int8_t *)(void *)d);
       } else {
-        scale[slot + t] = kq_quantize_row(x, seg.width, 7, q);
+        scale[slot + t] = c->kern->quantize_row(x, seg.width, 7, q);
         for (int i = 0; i < seg.width; i += 2)
           d[i / 2] = (unsigned char)((q[i] + 8) | ((q[i + 1] + 8) << 4));
       }

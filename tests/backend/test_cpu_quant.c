@@ -490,6 +490,77 @@ static void test_project_quantizes_bit_exactly_by_the_rule(void **state) {
   }
 }
 
+/* Every width 1..72 (vector body and tails of the vectorised quantizer),
+ * q8 and q4, on rows with exact ties at an F16-exact scale, zeros, one huge
+ * value and random values: the stored bytes and scale equal kq_quantize_row
+ * and the SPEC rule written above. */
+static void test_project_quantizer_is_bit_exact_for_every_width(void **state) {
+  (void)state;
+  enum { T = 6, MAXW = 72 };
+  uint64_t rs = 4242;
+  for (int w = 1; w <= MAXW; w++)
+    for (int bits = 8; bits >= 4; bits -= 4) {
+      if (bits == 4 && w % 2) continue;
+      int qmax = bits == 8 ? 127 : 7;
+      float x[T][MAXW];
+      float s = 0.0078125f * (float)(1 + w % 5); /* F16-exact */
+      for (int i = 0; i < w; i++) {
+        int k = (int)((ref_rand(&rs) + 1.0) * qmax) - qmax;
+        x[0][i] = ((float)k + (k < 0 ? -0.5f : 0.5f)) * s; /* ties */
+        x[1][i] = 0.0f;
+        x[2][i] = (float)ref_rand(&rs) * 1e-3f;
+        x[3][i] = (float)ref_rand(&rs) * 50.0f;
+        x[4][i] = (float)ref_rand(&rs);
+        x[5][i] = (float)k * s; /* exact integers */
+      }
+      x[0][(7 * w) / 9] = (float)qmax * s; /* amax: the scale is exactly s */
+      x[2][w / 2] = 6.0e4f;
+      kq_segment seg = {w, bits};
+      size_t bytes, scale;
+      kq_segment_planes(&seg, 1, KQ_STORAGE_F32, 1, T, 0, NULL, &scale, &bytes);
+      kq_buffer *src = buffer_with(sizeof x, NULL), *dst = buffer_with(bytes, NULL);
+      for (int t = 0; t < T; t++)
+        assert_int_equal(g_if->buffer_upload(g_dev, src, (size_t)t * w * 4, x[t], (size_t)w * 4),
+                         KQ_OK);
+      kq_project_op op = {.src = src,
+                          .dst = dst,
+                          .n_tokens = T,
+                          .n_heads = 1,
+                          .head_dim = w,
+                          .rank = w,
+                          .capacity = T,
+                          .storage = KQ_STORAGE_F32,
+                          .flags = KQ_OP_IDENTITY_VALUES,
+                          .n_seqs = 1,
+                          .n_segments = 1,
+                          .segments = &seg};
+      expect_ok(g_if->project(g_dev, &op));
+      unsigned char h[4096];
+      assert_true(bytes <= sizeof h);
+      assert_int_equal(g_if->buffer_download(g_dev, dst, 0, h, bytes), KQ_OK);
+      for (int t = 0; t < T; t++) {
+        int want[MAXW];
+        int8_t lib[MAXW];
+        uint16_t sw = spec_quantize(x[t], w, qmax, want), sg;
+        assert_int_equal(kq_quantize_row(x[t], w, qmax, lib), sw);
+        memcpy(&sg, h + scale + (size_t)t * 2, 2);
+        if (sg != sw)
+          fail_msg("width %d bits %d row %d: scale %04x, rule %04x", w, bits, t, sg, sw);
+        const unsigned char *row = h + (size_t)t * kq_segment_row_bytes(seg, KQ_STORAGE_F32);
+        for (int i = 0; i < w; i++) {
+          int got = bits == 8 ? (int8_t)row[i]
+                    : i % 2   ? (row[i / 2] >> 4) - 8
+                              : (row[i / 2] & 15) - 8;
+          if (got != want[i] || lib[i] != want[i])
+            fail_msg("width %d bits %d row %d elem %d: stored %d, rule %d, kq_quantize_row %d", w,
+                     bits, t, i, got, want[i], lib[i]);
+        }
+      }
+      g_if->buffer_free(g_dev, src);
+      g_if->buffer_free(g_dev, dst);
+    }
+}
+
 /* Malformed segment lists and the joint + PRE combination are refused. */
 static void test_bad_segments_and_joint_pre_are_refused(void **state) {
   (void)state;
@@ -543,6 +614,7 @@ static void test_bad_segments_and_joint_pre_are_refused(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_project_quantizes_bit_exactly_by_the_rule),
+      cmocka_unit_test(test_project_quantizer_is_bit_exact_for_every_width),
       cmocka_unit_test(test_per_head_decode_mixed_segments_match_reference),
       cmocka_unit_test(test_per_head_prefill_f16_matches_reference),
       cmocka_unit_test(test_one_side_quantized_matches_reference),
