@@ -210,11 +210,13 @@ static const kq_cpu_kernels g_generic = {
 #define KQ_X86_PREFIX avx2_
 #define KQ_X86_ISA "avx2+fma+f16c"
 #define KQ_X86_ROWS 2
+#define KQ_X86_AVX512 0
 #include "cpu_kernels_x86.inc"
 #undef KQ_X86
 #undef KQ_X86_PREFIX
 #undef KQ_X86_ISA
 #undef KQ_X86_ROWS
+#undef KQ_X86_AVX512
 
 /* The same with AVX-512F/VL enabled: still 256-bit vectors (no 512-bit
  * frequency penalties anywhere), but 32 registers. */
@@ -222,11 +224,13 @@ static const kq_cpu_kernels g_generic = {
 #define KQ_X86_PREFIX avx512vl_
 #define KQ_X86_ISA "avx2+fma+f16c+avx512vl"
 #define KQ_X86_ROWS 4
+#define KQ_X86_AVX512 1
 #include "cpu_kernels_x86.inc"
 #undef KQ_X86
 #undef KQ_X86_PREFIX
 #undef KQ_X86_ISA
 #undef KQ_X86_ROWS
+#undef KQ_X86_AVX512
 
 #endif
 
