@@ -32,6 +32,11 @@
 /* Decode tasks per thread when the context is split (balance on a machine
  * where a thread may be descheduled for a while). */
 #define KQ_TASKS_PER_THREAD 8
+/* Tasks of at most this many query rows (decode with a GQA group of <= 4)
+ * read quantized planes in place (logits_plane / pv_plane: each row
+ * converted once, in registers); larger tasks (prefill, JOINT) widen each
+ * tile once into memory and share it by all their row blocks. */
+#define KQ_PLANE_ROWS 4
 
 static int pad_to(int n) {
   return (n + KQ_CPU_PAD - 1) / KQ_CPU_PAD * KQ_CPU_PAD;
@@ -89,6 +94,7 @@ typedef struct attend_ctx {
   int joint;
   side_layout kl, vl; /* key and value segments (n == 0: plain) */
   int kwide;          /* keys segmented and not PRE: logits_seg on widened tiles */
+  int kplane, vplane; /* segmented side whose planes the kernels can read in place */
   int max_rows;       /* query rows per task: KQ_MAX_ROWS, or KQ_PRE_ROWS with PRE rope */
   int qblock;         /* queries per block */
   int n_qblocks, n_chunks, chunk_len;
@@ -302,6 +308,52 @@ static void widen_tile(const attend_ctx *c, const side_layout *sl, int h, int p,
       for (int i = rank; i < ld; i++) dst[(size_t)t * ld + i] = 0.0f;
 }
 
+/* Logits of the key tile [p, p + nt) of group h read from the planes in
+ * place, segment by segment (each scale applied to its partial logit). */
+static void logits_planes(const attend_ctx *c, task_scratch *ts, int h, int p, int nt, int rows) {
+  size_t slot = (size_t)h * c->op->capacity + (size_t)p;
+  int f16 = c->op->storage == KQ_STORAGE_F16;
+  for (int g = 0; g < c->kl.n; g++) {
+    const seg_plane *sp = &c->kl.seg[g];
+    float *sc = NULL;
+    if (sp->scale) {
+      sc = ts->kscale + (size_t)g * KQ_TILE;
+      c->kern->f16_to_f32(sp->scale + slot, sc, nt);
+    }
+    c->kern->logits_plane(sp->bits, f16, ts->qrows + sp->poff, rows, c->dkp,
+                          sp->data + slot * sp->row_bytes, sp->row_bytes, nt, sp->width, sc, ts->s,
+                          KQ_TILE, g > 0);
+  }
+}
+
+/* acc += P · V for the value tile [p, p + nt) read from the planes in
+ * place; a quantized segment's scale folds into the weights (ptmp). */
+static void pv_planes(const attend_ctx *c, task_scratch *ts, int h, int p, int nt, int rows) {
+  size_t slot = (size_t)h * c->op->capacity + (size_t)p;
+  int f16 = c->op->storage == KQ_STORAGE_F16;
+  for (int g = 0; g < c->vl.n; g++) {
+    const seg_plane *sp = &c->vl.seg[g];
+    const float *w = ts->s;
+    if (sp->scale) {
+      float *sc = ts->vscale + (size_t)g * KQ_TILE;
+      c->kern->f16_to_f32(sp->scale + slot, sc, nt);
+      for (int r = 0; r < rows; r++)
+        for (int t = 0; t < nt; t++)
+          ts->ptmp[(size_t)r * KQ_TILE + t] = ts->s[(size_t)r * KQ_TILE + t] * sc[t];
+      w = ts->ptmp;
+    }
+    c->kern->pv_plane(sp->bits, f16, w, rows, KQ_TILE, sp->data + slot * sp->row_bytes,
+                      sp->row_bytes, nt, sp->width, ts->acc + sp->poff, c->rvp);
+  }
+}
+
+/* 1 when every segment width is a multiple of 8 (the in-place kernels). */
+static int widths_by_8(const side_layout *sl) {
+  for (int g = 0; g < sl->n; g++)
+    if (sl->seg[g].width % KQ_CPU_PAD) return 0;
+  return sl->n > 0;
+}
+
 /* The kernels' view of a side's segments in a widened tile. */
 static void seg_desc(const side_layout *sl, const float *scales, kq_cpu_seg *out) {
   for (int g = 0; g < sl->n; g++) {
@@ -397,6 +449,7 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
         for (int i = d; i < c->dkp; i++) ts.ktile[(size_t)t * c->dkp + i] = 0.0f;
     }
     kq_cpu_seg kdesc[KQ_MAX_SEGMENTS], vdesc[KQ_MAX_SEGMENTS];
+    int kplane = c->kplane && rows <= KQ_PLANE_ROWS, vplane = c->vplane && rows <= KQ_PLANE_ROWS;
     if (c->kwide) {
       seg_desc(&c->kl, ts.kscale, kdesc);
       memset(ts.ktile, 0, (size_t)KQ_TILE * c->dkp * sizeof(float));
@@ -412,7 +465,9 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
       int nt = p1 - p < c->tile ? p1 - p : c->tile;
       const unsigned char *ksrc = kbase + (size_t)p * rk * c->esize;
       const unsigned char *vsrc = vbase + (size_t)p * rv * c->esize;
-      if (c->kwide) {
+      if (kplane) {
+        logits_planes(c, &ts, h, p, nt, rows);
+      } else if (c->kwide) {
         widen_tile(c, &c->kl, h, p, nt, ts.ktile, c->dkp, ts.kscale, 0);
         c->kern->logits_seg(ts.qrows, rows, ts.ktile, nt, c->dkp, kdesc, c->kl.n, ts.s, KQ_TILE);
       } else if (c->direct_k) {
@@ -437,7 +492,9 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
         float *restrict a = ts.acc + (size_t)r * c->rvp;
         for (int i = 0; i < c->rvp; i++) a[i] *= alpha;
       }
-      if (c->vl.n) {
+      if (vplane) {
+        pv_planes(c, &ts, h, p, nt, rows);
+      } else if (c->vl.n) {
         widen_tile(c, &c->vl, h, p, nt, ts.vtile, c->rvp, ts.vscale, 0);
         c->kern->pv_seg(ts.s, rows, KQ_TILE, ts.vtile, nt, c->rvp, vdesc, c->vl.n, ts.acc, ts.ptmp);
       } else if (c->direct_v)
@@ -591,6 +648,8 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
   c.dkp = pad_to(c.dk);
   c.rkp = pad_to(op->rank_k);
   c.rvp = c.vl.n ? c.vl.padded : pad_to(op->rank_v);
+  c.kplane = c.kwide && c.kern->logits_plane && widths_by_8(&c.kl);
+  c.vplane = c.kern->pv_plane && widths_by_8(&c.vl);
   int f16 = op->storage == KQ_STORAGE_F16;
   c.direct_k = f16 && c.kern->logits_f16 && op->rope != KQ_ROPE_PRE &&
                op->rank_k % KQ_CPU_PAD == 0 && !c.kl.n;

@@ -85,6 +85,18 @@ typedef struct kq_cpu_kernels {
    * [rows, lds] floats of scratch. */
   void (*pv_seg)(const float *p, int rows, int lds, const float *v, int nt, int dp,
                  const kq_cpu_seg *seg, int nseg, float *acc, float *ptmp);
+  /* One segment read in place from its plane (rows every `stride` bytes at
+   * k / v, formats as in widen_rows, w a multiple of 8), each row converted
+   * once per block of query rows; NULL in the portable set (then the
+   * widened tile is used):
+   *   logits_plane: s[i * lds + t] (+ when accumulate) = scale[t] ·
+   *     Σ_c q[i * ldq + c] k_t[c] (scale NULL: 1), i < rows, t < nt;
+   *   pv_plane: acc[i * lda + c] += Σ_t p[i * lds + t] v_t[c], c < w. */
+  void (*logits_plane)(int bits, int f16, const float *q, int rows, int ldq, const unsigned char *k,
+                       size_t stride, int nt, int w, const float *scale, float *s, int lds,
+                       int accumulate);
+  void (*pv_plane)(int bits, int f16, const float *p, int rows, int lds, const unsigned char *v,
+                   size_t stride, int nt, int w, float *acc, int lda);
 } kq_cpu_kernels;
 
 /* The kernels for this CPU (detected once; thread-safe): the AVX2 set,

@@ -355,6 +355,18 @@ static void test_per_head_decode_mixed_segments_match_reference(void **state) {
       "5f 19q8 16q4", "12q8 32q4");
 }
 
+/* Widths by 8 and at most 4 query rows per task: the kernels read the
+ * planes in place (no widened tile); F16 and F32, tails of 1-3 keys. */
+static void test_decode_reading_planes_in_place_matches_reference(void **state) {
+  (void)state;
+  run(KQ_LAYOUT_PER_HEAD, KQ_ROPE_POST, KQ_ROPE_PAIRS, KQ_STORAGE_F16, 8, 2, 64, 1031, 1,
+      "16f 24q8 16q4", "8q8 48q4");
+  run(KQ_LAYOUT_PER_HEAD, KQ_ROPE_NONE, KQ_ROPE_PAIRS, KQ_STORAGE_F32, 4, 2, 64, 203, 2,
+      "8f 8q8 32q4", "16f 8q8 40q4");
+  run(KQ_LAYOUT_PER_HEAD, KQ_ROPE_POST, KQ_ROPE_PAIRS, KQ_STORAGE_F16, 3, 3, 32, 66, 1, "32q4",
+      "32q8");
+}
+
 /* Per head, prefill, F16 float segments, GQA 3, rope none. */
 static void test_per_head_prefill_f16_matches_reference(void **state) {
   (void)state;
@@ -616,6 +628,7 @@ int main(void) {
       cmocka_unit_test(test_project_quantizes_bit_exactly_by_the_rule),
       cmocka_unit_test(test_project_quantizer_is_bit_exact_for_every_width),
       cmocka_unit_test(test_per_head_decode_mixed_segments_match_reference),
+      cmocka_unit_test(test_decode_reading_planes_in_place_matches_reference),
       cmocka_unit_test(test_per_head_prefill_f16_matches_reference),
       cmocka_unit_test(test_one_side_quantized_matches_reference),
       cmocka_unit_test(test_per_head_pre_rope_quantized_matches_reference),
