@@ -10,6 +10,15 @@
  * thread busy (decode with few kv heads) the context is split into chunks
  * whose partial (max, sum, accumulator) triples are merged afterwards in a
  * fixed order, so results never depend on thread timing.
+ *
+ * Quantized latents (SPEC §1b) are planar, one plane per segment plus an
+ * F16 scale plane per quantized segment. A quantized segment's scale is
+ * applied once per (segment, position): to its partial logit, and folded
+ * into the softmax weight for P·V. Small decode tasks read the planes in
+ * place (logits_plane / pv_plane); others widen a tile to F32 once and
+ * share it by all their rows (logits_seg / pv_seg); PRE rope dequantizes
+ * the latent tile before rebuilding keys. The JOINT layout is one latent
+ * group read by every query head: q̃ = q_h B[h / g].
  */
 #include <math.h>
 #include <stdlib.h>
