@@ -170,7 +170,8 @@ kq_status kq_cpu_up(kq_bdevice *device, const kq_up_op *op) {
     return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: up: n_seqs = %d (only 1 supported)", op->n_seqs);
   if (op->n_queries < 1 || op->n_heads < 1 || op->n_kv_heads < 1 ||
       op->n_heads % op->n_kv_heads != 0 || op->head_dim < 1 || op->rank_v < 1 ||
-      op->rank_v > op->head_dim || (identity && op->rank_v != op->head_dim))
+      (int64_t)op->rank_v > (int64_t)op->n_kv_heads * op->head_dim ||
+      (identity && op->rank_v != op->head_dim))
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
                         "cpu: up: inconsistent shape (n_queries %d, heads %d/%d, head_dim %d, "
                         "rank_v %d)",

@@ -573,6 +573,54 @@ static void test_project_quantizer_is_bit_exact_for_every_width(void **state) {
     }
 }
 
+/* The JOINT value_up E is [Hk, d, R_v] with R_v up to Hk·d: up accepts a
+ * rank above head_dim (odd and a multiple of 8). */
+static void test_up_accepts_joint_rank_above_head_dim(void **state) {
+  (void)state;
+  const int H = 6, Hk = 2, d = 16, m = 3, g = H / Hk;
+  const int ranks[2] = {24, 29};
+  for (int k = 0; k < 2; k++) {
+    int rv = ranks[k];
+    uint64_t rs = 99 + (uint64_t)rv;
+    float *lat = malloc((size_t)m * H * rv * 4), *E = malloc((size_t)Hk * d * rv * 4);
+    float *out = malloc((size_t)m * H * d * 4);
+    ref_fill(lat, (size_t)m * H * rv, &rs, 1.0);
+    ref_fill(E, (size_t)Hk * d * rv, &rs, 1.0);
+    kq_buffer *bl = buffer_with((size_t)m * H * rv * 4, lat);
+    kq_buffer *be = buffer_with((size_t)Hk * d * rv * 4, E);
+    kq_buffer *bo = buffer_with((size_t)m * H * d * 4, NULL);
+    kq_up_op op = {.latent = bl,
+                   .value_up = be,
+                   .out = bo,
+                   .n_queries = m,
+                   .n_heads = H,
+                   .n_kv_heads = Hk,
+                   .head_dim = d,
+                   .rank_v = rv,
+                   .n_seqs = 1};
+    expect_ok(g_if->up(g_dev, &op));
+    assert_int_equal(g_if->buffer_download(g_dev, bo, 0, out, (size_t)m * H * d * 4), KQ_OK);
+    double *got = malloc((size_t)m * H * d * 8), *want = malloc((size_t)m * H * d * 8);
+    for (int j = 0; j < m; j++)
+      for (int h = 0; h < H; h++)
+        for (int i = 0; i < d; i++) {
+          double acc = 0;
+          for (int c = 0; c < rv; c++)
+            acc +=
+                (double)lat[((size_t)j * H + h) * rv + c] * E[((size_t)(h / g) * d + i) * rv + c];
+          size_t o = ((size_t)j * H + h) * d + i;
+          want[o] = acc;
+          got[o] = out[o];
+        }
+    double e = nmse(got, want, (size_t)m * H * d);
+    if (!(e < 1e-10)) fail_msg("up rank %d: NMSE %.3g", rv, e);
+    free(got), free(want), free(lat), free(E), free(out);
+    g_if->buffer_free(g_dev, bl);
+    g_if->buffer_free(g_dev, be);
+    g_if->buffer_free(g_dev, bo);
+  }
+}
+
 /* Malformed segment lists and the joint + PRE combination are refused. */
 static void test_bad_segments_and_joint_pre_are_refused(void **state) {
   (void)state;
@@ -633,6 +681,7 @@ int main(void) {
       cmocka_unit_test(test_one_side_quantized_matches_reference),
       cmocka_unit_test(test_per_head_pre_rope_quantized_matches_reference),
       cmocka_unit_test(test_joint_decode_and_prefill_match_reference),
+      cmocka_unit_test(test_up_accepts_joint_rank_above_head_dim),
       cmocka_unit_test(test_bad_segments_and_joint_pre_are_refused),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
