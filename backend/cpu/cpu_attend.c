@@ -10,6 +10,15 @@
  * thread busy (decode with few kv heads) the context is split into chunks
  * whose partial (max, sum, accumulator) triples are merged afterwards in a
  * fixed order, so results never depend on thread timing.
+ *
+ * Quantized latents (SPEC §1b) are planar, one plane per segment plus an
+ * F16 scale plane per quantized segment. A quantized segment's scale is
+ * applied once per (segment, position): to its partial logit, and folded
+ * into the softmax weight for P·V. Small decode tasks read the planes in
+ * place (logits_plane / pv_plane); others widen a tile to F32 once and
+ * share it by all their rows (logits_seg / pv_seg); PRE rope dequantizes
+ * the latent tile before rebuilding keys. The JOINT layout is one latent
+ * group read by every query head: q̃ = q_h B[h / g].
  */
 #include <math.h>
 #include <stdlib.h>
@@ -32,9 +41,53 @@
 /* Decode tasks per thread when the context is split (balance on a machine
  * where a thread may be descheduled for a while). */
 #define KQ_TASKS_PER_THREAD 8
+/* Tasks of at most this many query rows (decode with a GQA group of <= 4)
+ * read quantized planes in place (logits_plane / pv_plane: each row
+ * converted once, in registers); larger tasks (prefill, JOINT) widen each
+ * tile once into memory and share it by all their row blocks. */
+#define KQ_PLANE_ROWS 4
 
 static int pad_to(int n) {
   return (n + KQ_CPU_PAD - 1) / KQ_CPU_PAD * KQ_CPU_PAD;
+}
+
+/* One segment of a quantized (segmented) side, SPEC §1b. */
+typedef struct seg_plane {
+  int bits, width;
+  int noff; /* first latent dim (σ order) */
+  int poff; /* first column in a widened tile: segments start at multiples of 8 */
+  size_t row_bytes;
+  const unsigned char *data; /* data plane, group 0 */
+  const uint16_t *scale;     /* F16 scale plane, group 0; NULL for a float segment */
+} seg_plane;
+
+/* The segments of one side; n == 0: the plain layout (one float segment). */
+typedef struct side_layout {
+  int n;
+  int padded; /* Σ widths rounded up to 8: the widened row length */
+  seg_plane seg[KQ_MAX_SEGMENTS];
+} side_layout;
+
+static void side_layout_init(side_layout *sl, int32_t n, const kq_segment *segs, kq_storage storage,
+                             size_t groups, size_t capacity, const unsigned char *base) {
+  sl->n = kq_segments_plain(n, segs) ? 0 : n;
+  int noff = 0, poff = 0;
+  for (int g = 0; g < sl->n; g++) {
+    size_t data, scale;
+    kq_segment_planes(segs, n, storage, groups, capacity, g, &data, &scale, NULL);
+    seg_plane *sp = &sl->seg[g];
+    sp->bits = segs[g].bits;
+    sp->width = segs[g].width;
+    sp->noff = noff;
+    sp->poff = poff;
+    sp->row_bytes = kq_segment_row_bytes(segs[g], storage);
+    sp->data = base + data;
+    sp->scale =
+        segs[g].bits == KQ_SEG_FLOAT ? NULL : (const uint16_t *)(const void *)(base + scale);
+    noff += segs[g].width;
+    poff += pad_to(segs[g].width);
+  }
+  sl->padded = poff;
 }
 
 typedef struct attend_ctx {
@@ -42,14 +95,21 @@ typedef struct attend_ctx {
   const kq_cpu_kernels *kern;
   const unsigned char *k_cache, *v_cache;
   const float *q, *key_down, *query_down;
-  float *out;      /* latent output [n_queries, n_heads, rank_v] */
-  float *partials; /* [task][max_rows][rank_v + 2] when n_chunks > 1 */
-  int group;       /* query heads per kv head */
-  int max_rows;    /* query rows per task: KQ_MAX_ROWS, or KQ_PRE_ROWS with PRE rope */
-  int qblock;      /* queries per block */
+  float *out;       /* latent output [n_queries, n_heads, rank_v] */
+  float *partials;  /* [task][max_rows][rank_v + 2] when n_chunks > 1 */
+  int group;        /* query heads per latent group (JOINT: all heads) */
+  int n_groups;     /* latent groups in the caches: n_kv_heads, or 1 (JOINT) */
+  int heads_per_kv; /* query head h reads query_down[h / heads_per_kv] */
+  int joint;
+  side_layout kl, vl; /* key and value segments (n == 0: plain) */
+  int kwide;          /* keys segmented and not PRE: logits_seg on widened tiles */
+  int kplane, vplane; /* segmented side whose planes the kernels can read in place */
+  int max_rows;       /* query rows per task: KQ_MAX_ROWS, or KQ_PRE_ROWS with PRE rope */
+  int qblock;         /* queries per block */
   int n_qblocks, n_chunks, chunk_len;
-  int dk, dkp;  /* logit dimension (rank_k, or head_dim with PRE rope) and padded */
-  int rkp, rvp; /* padded ranks */
+  int dk, dkp;  /* logit dimension (rank_k, or head_dim with PRE rope) and padded
+                   (segmented keys: the widened row, kl.padded) */
+  int rkp, rvp; /* padded ranks (segmented values: vl.padded) */
   int identity_keys;
   int direct_k, direct_v; /* F16 rows read in place by the kernels */
   int tile;               /* positions per tile (<= KQ_TILE): K + V tiles stay in L1 */
@@ -120,6 +180,9 @@ typedef struct task_scratch {
   float *qraw;          /* [max_rows][head_dim]: the task's queries (non-identity) */
   float *qlat;          /* [max_rows][rkp]: q B (PRE, non-identity) */
   float *at;            /* [rank_k][head_dim]: Aᵀ (PRE, non-identity) */
+  float *kscale;        /* [n key segments][KQ_TILE]: a tile's key scales */
+  float *vscale;        /* [n value segments][KQ_TILE] */
+  float *ptmp;          /* [max_rows][KQ_TILE]: softmax weights times a value scale */
   int next_p;           /* PRE: position whose angles rot holds (-1: none) */
 } task_scratch;
 
@@ -127,6 +190,7 @@ static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts)
   const kq_attend_op *op = c->op;
   size_t rows = (size_t)c->max_rows;
   int pre_latent = op->rope == KQ_ROPE_PRE && !c->identity_keys;
+  int need_qlat = pre_latent || c->kwide, need_qraw = !c->identity_keys || c->kwide;
   size_t sizes[] = {
       rows * c->dkp,
       op->rope == KQ_ROPE_PRE ? (size_t)op->rank_k * op->head_dim : 0,
@@ -139,13 +203,16 @@ static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts)
       rows,
       rows * c->rvp,
       op->rope == KQ_ROPE_PRE ? (size_t)2 * op->head_dim : 0, /* doubles, in floats */
-      c->identity_keys ? 0 : rows * op->head_dim,
-      pre_latent ? rows * c->rkp : 0,
+      need_qraw ? rows * op->head_dim : 0,
+      need_qlat ? rows * c->rkp : 0,
       pre_latent ? (size_t)op->rank_k * op->head_dim : 0,
+      (size_t)c->kl.n * KQ_TILE,
+      (size_t)c->vl.n * KQ_TILE,
+      c->vl.n ? rows * KQ_TILE : 0,
   };
-  float **slots[] = {&ts->qrows, &ts->bt,   &ts->ktile, &ts->ltile, &ts->vtile,
-                     &ts->s,     &ts->m,    &ts->l,     &ts->alpha, &ts->acc,
-                     &ts->rotf,  &ts->qraw, &ts->qlat,  &ts->at};
+  float **slots[] = {&ts->qrows, &ts->bt, &ts->ktile,  &ts->ltile,  &ts->vtile, &ts->s,
+                     &ts->m,     &ts->l,  &ts->alpha,  &ts->acc,    &ts->rotf,  &ts->qraw,
+                     &ts->qlat,  &ts->at, &ts->kscale, &ts->vscale, &ts->ptmp};
   size_t off = 0;
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
     if (base) *slots[i] = base + off;
@@ -166,21 +233,44 @@ static void prepare_queries(const attend_ctx *c, task_scratch *ts, int h, int j0
   int d = op->head_dim, rk = op->rank_k, rows = nq * c->group;
   int pre = op->rope == KQ_ROPE_PRE;
   /* Row r = jj * group + gi is query j0 + jj of head h * group + gi; the
-   * group's heads are adjacent in q. */
-  float *raw = c->identity_keys ? ts->qrows : ts->qraw;
-  int ldr = c->identity_keys ? c->dkp : d;
+   * group's heads are adjacent in q. Segmented keys: q̃ is built in qlat
+   * (latent order), then spread to the widened layout of the key tiles. */
+  int direct = c->identity_keys && !c->kwide;
+  float *raw = direct ? ts->qrows : ts->qraw;
+  int ldr = direct ? c->dkp : d;
+  float *lat = c->kwide ? ts->qlat : ts->qrows;
+  int ldl = c->kwide ? c->rkp : c->dkp;
   for (int jj = 0; jj < nq; jj++)
     for (int gi = 0; gi < c->group; gi++)
       memcpy(raw + (size_t)(jj * c->group + gi) * ldr,
              c->q + ((size_t)(j0 + jj) * op->n_heads + h * c->group + gi) * d,
              (size_t)d * sizeof(float));
-  if (!c->identity_keys) { /* all rows at once: the blocked matmul kernel */
-    const float *B = c->query_down + (size_t)h * d * rk;
-    if (pre) {
-      c->kern->matmul_rows(ts->qraw, rows, d, B, d, rk, ts->qlat, c->rkp);
-      c->kern->matmul_rows(ts->qlat, rows, c->rkp, ts->at, rk, d, ts->qrows, c->dkp);
-    } else {
-      c->kern->matmul_rows(ts->qraw, rows, d, B, d, rk, ts->qrows, c->dkp);
+  if (!c->identity_keys) {
+    /* Rows sharing one B at once (the blocked matmul kernel): all of them
+     * per head; in the JOINT layout the runs of heads_per_kv heads. */
+    int run = c->joint ? c->heads_per_kv : rows;
+    for (int r0 = 0; r0 < rows; r0 += run) {
+      int head = h * c->group + r0 % c->group;
+      const float *B = c->query_down + (size_t)(head / c->heads_per_kv) * d * rk;
+      if (pre) {
+        c->kern->matmul_rows(ts->qraw, rows, d, B, d, rk, ts->qlat, c->rkp);
+        c->kern->matmul_rows(ts->qlat, rows, c->rkp, ts->at, rk, d, ts->qrows, c->dkp);
+      } else {
+        c->kern->matmul_rows(raw + (size_t)r0 * ldr, run, ldr, B, d, rk, lat + (size_t)r0 * ldl,
+                             ldl);
+      }
+    }
+  } else if (c->kwide) {
+    for (int r = 0; r < rows; r++)
+      memcpy(lat + (size_t)r * ldl, raw + (size_t)r * ldr, (size_t)d * sizeof(float));
+  }
+  if (c->kwide) {
+    for (int r = 0; r < rows; r++) {
+      float *row = ts->qrows + (size_t)r * c->dkp;
+      memset(row, 0, (size_t)c->dkp * sizeof(float));
+      for (int g = 0; g < c->kl.n; g++)
+        memcpy(row + c->kl.seg[g].poff, lat + (size_t)r * ldl + c->kl.seg[g].noff,
+               (size_t)c->kl.seg[g].width * sizeof(float));
     }
   }
   /* Logits in units of log2: the softmax works in base 2 (softmax_update). */
@@ -197,9 +287,94 @@ static void prepare_queries(const attend_ctx *c, task_scratch *ts, int h, int j0
   }
 }
 
+/* Positions [p, p + nt) of group h of a segmented side as F32 rows
+ * dst[t * ld ..]. Widened (natural = 0): each segment at its column poff,
+ * unscaled, its scales in scales[g * KQ_TILE + t]; the padding columns are
+ * left as they are (zero). Natural: each segment at its latent dim noff,
+ * dequantized (q · s), columns [rank, ld) zeroed. */
+static void widen_tile(const attend_ctx *c, const side_layout *sl, int h, int p, int nt, float *dst,
+                       int ld, float *scales, int natural) {
+  const kq_cpu_kernels *kern = c->kern;
+  size_t slot = (size_t)h * c->op->capacity + (size_t)p;
+  int rank = 0;
+  for (int g = 0; g < sl->n; g++) {
+    const seg_plane *sp = &sl->seg[g];
+    const unsigned char *src = sp->data + slot * sp->row_bytes;
+    float *d0 = dst + (natural ? sp->noff : sp->poff);
+    kern->widen_rows(sp->bits, c->op->storage == KQ_STORAGE_F16, src, sp->row_bytes, nt, sp->width,
+                     d0, ld);
+    if (sp->scale) {
+      float *sc = scales + (size_t)g * KQ_TILE;
+      kern->f16_to_f32(sp->scale + slot, sc, nt);
+      if (natural)
+        for (int t = 0; t < nt; t++)
+          for (int i = 0; i < sp->width; i++) d0[(size_t)t * ld + i] *= sc[t];
+    }
+    rank += sp->width;
+  }
+  if (natural)
+    for (int t = 0; t < nt; t++)
+      for (int i = rank; i < ld; i++) dst[(size_t)t * ld + i] = 0.0f;
+}
+
+/* Logits of the key tile [p, p + nt) of group h read from the planes in
+ * place, segment by segment (each scale applied to its partial logit). */
+static void logits_planes(const attend_ctx *c, task_scratch *ts, int h, int p, int nt, int rows) {
+  size_t slot = (size_t)h * c->op->capacity + (size_t)p;
+  int f16 = c->op->storage == KQ_STORAGE_F16;
+  for (int g = 0; g < c->kl.n; g++) {
+    const seg_plane *sp = &c->kl.seg[g];
+    float *sc = NULL;
+    if (sp->scale) {
+      sc = ts->kscale + (size_t)g * KQ_TILE;
+      c->kern->f16_to_f32(sp->scale + slot, sc, nt);
+    }
+    c->kern->logits_plane(sp->bits, f16, ts->qrows + sp->poff, rows, c->dkp,
+                          sp->data + slot * sp->row_bytes, sp->row_bytes, nt, sp->width, sc, ts->s,
+                          KQ_TILE, g > 0);
+  }
+}
+
+/* acc += P · V for the value tile [p, p + nt) read from the planes in
+ * place; a quantized segment's scale folds into the weights (ptmp). */
+static void pv_planes(const attend_ctx *c, task_scratch *ts, int h, int p, int nt, int rows) {
+  size_t slot = (size_t)h * c->op->capacity + (size_t)p;
+  int f16 = c->op->storage == KQ_STORAGE_F16;
+  for (int g = 0; g < c->vl.n; g++) {
+    const seg_plane *sp = &c->vl.seg[g];
+    const float *w = ts->s;
+    if (sp->scale) {
+      float *sc = ts->vscale + (size_t)g * KQ_TILE;
+      c->kern->f16_to_f32(sp->scale + slot, sc, nt);
+      for (int r = 0; r < rows; r++)
+        for (int t = 0; t < nt; t++)
+          ts->ptmp[(size_t)r * KQ_TILE + t] = ts->s[(size_t)r * KQ_TILE + t] * sc[t];
+      w = ts->ptmp;
+    }
+    c->kern->pv_plane(sp->bits, f16, w, rows, KQ_TILE, sp->data + slot * sp->row_bytes,
+                      sp->row_bytes, nt, sp->width, ts->acc + sp->poff, c->rvp);
+  }
+}
+
+/* 1 when every segment width is a multiple of 8 (the in-place kernels). */
+static int widths_by_8(const side_layout *sl) {
+  for (int g = 0; g < sl->n; g++)
+    if (sl->seg[g].width % KQ_CPU_PAD) return 0;
+  return sl->n > 0;
+}
+
+/* The kernels' view of a side's segments in a widened tile. */
+static void seg_desc(const side_layout *sl, const float *scales, kq_cpu_seg *out) {
+  for (int g = 0; g < sl->n; g++) {
+    out[g].off = sl->seg[g].poff;
+    out[g].width = pad_to(sl->seg[g].width);
+    out[g].scale = sl->seg[g].scale ? scales + (size_t)g * KQ_TILE : NULL;
+  }
+}
+
 /* The key tile [p, p + nt) as logit-ready F32 rows [nt, dkp]. */
-static const float *load_key_tile(const attend_ctx *c, task_scratch *ts, const unsigned char *kbase,
-                                  int p, int nt) {
+static const float *load_key_tile(const attend_ctx *c, task_scratch *ts, int h,
+                                  const unsigned char *kbase, int p, int nt) {
   const kq_attend_op *op = c->op;
   int rk = op->rank_k, d = op->head_dim;
   const unsigned char *src = kbase + (size_t)p * rk * c->esize;
@@ -207,7 +382,14 @@ static const float *load_key_tile(const attend_ctx *c, task_scratch *ts, const u
   /* PRE: k̂ = rot(k̃ Bᵀ, p), reconstructed in the tile only (once per task,
    * shared by all its rows). The padding columns [d, dkp) of ktile were
    * zeroed when the task started and are never written. */
-  if (c->identity_keys) {
+  if (c->kl.n) { /* quantized latents: dequantized first, then as below */
+    if (c->identity_keys) {
+      widen_tile(c, &c->kl, h, p, nt, ts->ktile, c->dkp, ts->kscale, 1);
+    } else {
+      widen_tile(c, &c->kl, h, p, nt, ts->ltile, c->rkp, ts->kscale, 1);
+      c->kern->matmul_rows(ts->ltile, nt, c->rkp, ts->bt, rk, d, ts->ktile, c->dkp);
+    }
+  } else if (c->identity_keys) {
     load_rows(c, src, nt, rk, c->dkp, ts->ktile, 1);
   } else {
     const float *lat = load_rows(c, src, nt, rk, c->rkp, ts->ltile, 0);
@@ -222,6 +404,19 @@ static const float *load_key_tile(const attend_ctx *c, task_scratch *ts, const u
                      c->step_cos, c->step_sin);
   ts->next_p = p + nt;
   return ts->ktile;
+}
+
+/* dst[i] = acc row i · mul for the rank_v latent dims (segmented values:
+ * gathered from the widened layout). */
+static void store_row(const attend_ctx *c, const float *a, float *dst, float mul) {
+  if (!c->vl.n) {
+    for (int i = 0; i < c->op->rank_v; i++) dst[i] = a[i] * mul;
+    return;
+  }
+  for (int g = 0; g < c->vl.n; g++) {
+    const seg_plane *sp = &c->vl.seg[g];
+    for (int i = 0; i < sp->width; i++) dst[sp->noff + i] = a[sp->poff + i] * mul;
+  }
 }
 
 static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
@@ -262,6 +457,16 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
       for (int t = 0; t < KQ_TILE; t++)
         for (int i = d; i < c->dkp; i++) ts.ktile[(size_t)t * c->dkp + i] = 0.0f;
     }
+    kq_cpu_seg kdesc[KQ_MAX_SEGMENTS], vdesc[KQ_MAX_SEGMENTS];
+    int kplane = c->kplane && rows <= KQ_PLANE_ROWS, vplane = c->vplane && rows <= KQ_PLANE_ROWS;
+    if (c->kwide) {
+      seg_desc(&c->kl, ts.kscale, kdesc);
+      memset(ts.ktile, 0, (size_t)KQ_TILE * c->dkp * sizeof(float));
+    }
+    if (c->vl.n) {
+      seg_desc(&c->vl, ts.vscale, vdesc);
+      memset(ts.vtile, 0, (size_t)KQ_TILE * c->rvp * sizeof(float));
+    }
     prepare_queries(c, &ts, h, j0, nq, qpos0);
     const unsigned char *kbase = c->k_cache + (size_t)h * op->capacity * rk * c->esize;
     const unsigned char *vbase = c->v_cache + (size_t)h * op->capacity * rv * c->esize;
@@ -269,12 +474,18 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
       int nt = p1 - p < c->tile ? p1 - p : c->tile;
       const unsigned char *ksrc = kbase + (size_t)p * rk * c->esize;
       const unsigned char *vsrc = vbase + (size_t)p * rv * c->esize;
-      if (c->direct_k)
+      if (kplane) {
+        logits_planes(c, &ts, h, p, nt, rows);
+      } else if (c->kwide) {
+        widen_tile(c, &c->kl, h, p, nt, ts.ktile, c->dkp, ts.kscale, 0);
+        c->kern->logits_seg(ts.qrows, rows, ts.ktile, nt, c->dkp, kdesc, c->kl.n, ts.s, KQ_TILE);
+      } else if (c->direct_k) {
         c->kern->logits_f16(ts.qrows, rows, (const uint16_t *)(const void *)ksrc, nt, c->dkp, ts.s,
                             KQ_TILE);
-      else
-        c->kern->logits(ts.qrows, rows, load_key_tile(c, &ts, kbase, p, nt), nt, c->dkp, ts.s,
+      } else {
+        c->kern->logits(ts.qrows, rows, load_key_tile(c, &ts, h, kbase, p, nt), nt, c->dkp, ts.s,
                         KQ_TILE);
+      }
       if (p + nt - 1 > qpos0) { /* the causal edge: later queries see more of the tile */
         for (int r = 0; r < rows; r++) {
           int valid = qpos0 + r / c->group - p + 1;
@@ -290,7 +501,12 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
         float *restrict a = ts.acc + (size_t)r * c->rvp;
         for (int i = 0; i < c->rvp; i++) a[i] *= alpha;
       }
-      if (c->direct_v)
+      if (vplane) {
+        pv_planes(c, &ts, h, p, nt, rows);
+      } else if (c->vl.n) {
+        widen_tile(c, &c->vl, h, p, nt, ts.vtile, c->rvp, ts.vscale, 0);
+        c->kern->pv_seg(ts.s, rows, KQ_TILE, ts.vtile, nt, c->rvp, vdesc, c->vl.n, ts.acc, ts.ptmp);
+      } else if (c->direct_v)
         c->kern->pv_f16(ts.s, rows, KQ_TILE, (const uint16_t *)(const void *)vsrc, nt, c->rvp,
                         ts.acc);
       else
@@ -304,15 +520,14 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
       int jj = r / c->group, head = h * c->group + r % c->group;
       float *o = c->out + ((size_t)(j0 + jj) * op->n_heads + head) * rv;
       float inv = ts.l[r] > 0.0f ? 1.0f / ts.l[r] : 0.0f;
-      const float *a = ts.acc + (size_t)r * c->rvp;
-      for (int i = 0; i < rv; i++) o[i] = a[i] * inv;
+      store_row(c, ts.acc + (size_t)r * c->rvp, o, inv);
     }
   } else {
     for (int r = 0; r < rows; r++) {
       float *part = c->partials + ((size_t)index * c->max_rows + r) * (rv + 2);
       part[0] = ts.m[r];
       part[1] = ts.l[r];
-      memcpy(part + 2, ts.acc + (size_t)r * c->rvp, (size_t)rv * sizeof(float));
+      store_row(c, ts.acc + (size_t)r * c->rvp, part + 2, 1.0f);
     }
   }
 }
@@ -322,7 +537,7 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
 static void merge_partials(const attend_ctx *c) {
   const kq_attend_op *op = c->op;
   int rv = op->rank_v;
-  for (int h = 0; h < op->n_kv_heads; h++) {
+  for (int h = 0; h < c->n_groups; h++) {
     for (int qb = 0; qb < c->n_qblocks; qb++) {
       int j0 = qb * c->qblock;
       int nq = op->n_queries - j0 < c->qblock ? op->n_queries - j0 : c->qblock;
@@ -351,19 +566,25 @@ static void merge_partials(const attend_ctx *c) {
   }
 }
 
-static kq_status validate(const kq_attend_op *op, size_t esize) {
+static kq_status validate(const kq_attend_op *op) {
   if (op->n_seqs != 1)
     return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: attend: n_seqs = %d (only 1 supported)",
                         op->n_seqs);
-  if (op->layout != KQ_LAYOUT_PER_HEAD ||
-      !kq_segments_plain(op->n_key_segments, op->key_segments) ||
-      !kq_segments_plain(op->n_value_segments, op->value_segments))
-    return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: attend: quantized/joint not implemented");
+  int joint = op->layout == KQ_LAYOUT_JOINT;
+  if (op->layout != KQ_LAYOUT_PER_HEAD && !joint)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "cpu: attend: unknown layout %d", (int)op->layout);
+  if (joint && op->rope == KQ_ROPE_PRE)
+    return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: attend: RoPE pre with the joint layout");
+  if (joint && (op->flags & KQ_OP_IDENTITY_KEYS))
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "cpu: attend: identity keys with the joint layout");
+  /* JOINT: one group of n_kv_heads · head_dim columns, every query head in it. */
+  int64_t rmax = joint ? (int64_t)op->n_kv_heads * op->head_dim : op->head_dim;
   if (op->n_queries < 1 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
       op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads != 0 ||
       op->head_dim < 1 || (op->rope == KQ_ROPE_PRE && op->head_dim % 2 != 0) || op->rank_k < 1 ||
-      op->rank_k > op->head_dim || op->rank_v < 1 || op->rank_v > op->head_dim ||
-      op->n_heads / op->n_kv_heads > KQ_MAX_ROWS)
+      op->rank_k > rmax || op->rank_v < 1 || op->rank_v > rmax ||
+      (joint ? op->n_heads : op->n_heads / op->n_kv_heads) > KQ_MAX_ROWS)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
                         "cpu: attend: inconsistent shape (n_queries %d, n_ctx %d, capacity %d, "
                         "heads %d/%d, head_dim %d, ranks %d/%d)",
@@ -372,21 +593,29 @@ static kq_status validate(const kq_attend_op *op, size_t esize) {
   if ((op->flags & KQ_OP_IDENTITY_KEYS) && op->rank_k != op->head_dim)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "cpu: attend: identity keys need rank_k == d");
   size_t nq = (size_t)op->n_queries, H = (size_t)op->n_heads, Hk = (size_t)op->n_kv_heads;
-  size_t d = (size_t)op->head_dim, cap = (size_t)op->capacity;
-  kq_status st = kq_cpu_check_range(op->q, op->q_offset, nq * H * d * 4, "attend queries");
+  size_t d = (size_t)op->head_dim, cap = (size_t)op->capacity, groups = joint ? 1 : Hk;
+  size_t k_bytes = 0, v_bytes = 0;
+  int32_t nks = kq_segments_plain(op->n_key_segments, op->key_segments) ? 0 : op->n_key_segments;
+  int32_t nvs =
+      kq_segments_plain(op->n_value_segments, op->value_segments) ? 0 : op->n_value_segments;
+  kq_status st = kq_cpu_latent_bytes(nks, op->key_segments, op->rank_k, op->storage, groups, cap,
+                                     "attend key segments", &k_bytes);
+  if (st == KQ_OK)
+    st = kq_cpu_latent_bytes(nvs, op->value_segments, op->rank_v, op->storage, groups, cap,
+                             "attend value segments", &v_bytes);
+  if (st == KQ_OK) st = kq_cpu_check_range(op->q, op->q_offset, nq * H * d * 4, "attend queries");
   if (st == KQ_OK && !(op->flags & KQ_OP_IDENTITY_KEYS)) {
-    st = kq_cpu_check_range(op->key_down, op->key_down_offset, Hk * d * op->rank_k * 4,
-                            "attend key_down");
+    if (!joint) /* the joint layout never reads key_down */
+      st = kq_cpu_check_range(op->key_down, op->key_down_offset, Hk * d * op->rank_k * 4,
+                              "attend key_down");
     if (st == KQ_OK)
       st = kq_cpu_check_range(op->query_down, op->query_down_offset, Hk * d * op->rank_k * 4,
                               "attend query_down");
   }
   if (st == KQ_OK)
-    st = kq_cpu_check_range(op->k_cache, op->k_cache_offset, Hk * cap * op->rank_k * esize,
-                            "attend k_cache");
+    st = kq_cpu_check_range(op->k_cache, op->k_cache_offset, k_bytes, "attend k_cache");
   if (st == KQ_OK)
-    st = kq_cpu_check_range(op->v_cache, op->v_cache_offset, Hk * cap * op->rank_v * esize,
-                            "attend v_cache");
+    st = kq_cpu_check_range(op->v_cache, op->v_cache_offset, v_bytes, "attend v_cache");
   if (st == KQ_OK)
     st = kq_cpu_check_range(op->out, op->out_offset, nq * H * op->rank_v * 4, "attend output");
   return st;
@@ -398,7 +627,7 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "cpu: attend: unknown storage %d",
                         (int)op->storage);
   size_t esize = op->storage == KQ_STORAGE_F16 ? 2 : 4;
-  kq_status st = validate(op, esize);
+  kq_status st = validate(op);
   if (st != KQ_OK) return st;
 
   attend_ctx c = {
@@ -408,21 +637,32 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
       .v_cache = op->v_cache->data + op->v_cache_offset,
       .q = (const float *)(op->q->data + op->q_offset),
       .out = (float *)(op->out->data + op->out_offset),
-      .group = op->n_heads / op->n_kv_heads,
+      .joint = op->layout == KQ_LAYOUT_JOINT,
+      .heads_per_kv = op->n_heads / op->n_kv_heads,
       .identity_keys = (op->flags & KQ_OP_IDENTITY_KEYS) != 0,
       .esize = esize,
   };
+  c.n_groups = c.joint ? 1 : op->n_kv_heads;
+  c.group = op->n_heads / c.n_groups;
   if (!c.identity_keys) {
-    c.key_down = (const float *)(op->key_down->data + op->key_down_offset);
+    if (!c.joint) c.key_down = (const float *)(op->key_down->data + op->key_down_offset);
     c.query_down = (const float *)(op->query_down->data + op->query_down_offset);
   }
-  c.dk = op->rope == KQ_ROPE_PRE ? op->head_dim : op->rank_k;
+  side_layout_init(&c.kl, op->n_key_segments, op->key_segments, op->storage, (size_t)c.n_groups,
+                   (size_t)op->capacity, c.k_cache);
+  side_layout_init(&c.vl, op->n_value_segments, op->value_segments, op->storage, (size_t)c.n_groups,
+                   (size_t)op->capacity, c.v_cache);
+  c.kwide = c.kl.n > 0 && op->rope != KQ_ROPE_PRE;
+  c.dk = op->rope == KQ_ROPE_PRE ? op->head_dim : c.kwide ? c.kl.padded : op->rank_k;
   c.dkp = pad_to(c.dk);
   c.rkp = pad_to(op->rank_k);
-  c.rvp = pad_to(op->rank_v);
+  c.rvp = c.vl.n ? c.vl.padded : pad_to(op->rank_v);
+  c.kplane = c.kwide && c.kern->logits_plane && widths_by_8(&c.kl);
+  c.vplane = c.kern->pv_plane && widths_by_8(&c.vl);
   int f16 = op->storage == KQ_STORAGE_F16;
-  c.direct_k = f16 && c.kern->logits_f16 && op->rope != KQ_ROPE_PRE && op->rank_k % KQ_CPU_PAD == 0;
-  c.direct_v = f16 && c.kern->pv_f16 && op->rank_v % KQ_CPU_PAD == 0;
+  c.direct_k = f16 && c.kern->logits_f16 && op->rope != KQ_ROPE_PRE &&
+               op->rank_k % KQ_CPU_PAD == 0 && !c.kl.n;
+  c.direct_v = f16 && c.kern->pv_f16 && op->rank_v % KQ_CPU_PAD == 0 && !c.vl.n;
   /* Positions per tile: about 2048 elements of the widest row, so the key
    * and value rows of a tile stay in L1 while the value kernel walks them
    * once per column block (measured on Zen: rank 64 best at 32 positions,
@@ -442,7 +682,7 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
    * idle for a ninth of the step). Chunk boundaries depend on the shape and
    * team size only. */
   int threads = kq_cpu_pool_threads();
-  int64_t base = (int64_t)op->n_kv_heads * c.n_qblocks;
+  int64_t base = (int64_t)c.n_groups * c.n_qblocks;
   int n_chunks = 1;
   if (threads > 1 && base < KQ_TASKS_PER_THREAD * threads) {
     n_chunks = (int)((KQ_TASKS_PER_THREAD * threads + base - 1) / base);

@@ -7,6 +7,7 @@
 
 #include "cpu_kernels.h"
 #include "kq_common.h"
+#include "kqsvd.h"
 
 /* ---------------------------------------------------------------------- */
 /* Portable versions                                                      */
@@ -114,6 +115,64 @@ static void gen_rope_rows(float *x, int nt, int ldx, int d, int halves, double *
   gen_rope_cols(x, nt, ldx, d, halves, cs, sn, step_cos, step_sin, 0, d / 2);
 }
 
+static void gen_widen_q8(const int8_t *src, float *dst, int n) {
+  for (int i = 0; i < n; i++) dst[i] = (float)src[i];
+}
+
+static void gen_widen_q4(const uint8_t *src, float *dst, int n) {
+  for (int i = 0; i + 1 < n; i += 2) {
+    unsigned b = src[i / 2];
+    dst[i] = (float)((int)(b & 15u) - 8);
+    dst[i + 1] = (float)((int)(b >> 4) - 8);
+  }
+}
+
+static void gen_widen_rows(int bits, int f16, const unsigned char *src, size_t stride, int nt,
+                           int width, float *dst, int ld) {
+  for (int t = 0; t < nt; t++) {
+    const void *row = src + (size_t)t * stride;
+    float *d = dst + (size_t)t * ld;
+    if (bits == KQ_SEG_Q8)
+      gen_widen_q8(row, d, width);
+    else if (bits == KQ_SEG_Q4)
+      gen_widen_q4(row, d, width);
+    else if (f16)
+      gen_f16_to_f32(row, d, width);
+    else
+      memcpy(d, row, (size_t)width * sizeof(float));
+  }
+}
+
+static void gen_logits_seg(const float *q, int rows, const float *k, int nt, int dp,
+                           const kq_cpu_seg *seg, int nseg, float *s, int lds) {
+  for (int i = 0; i < rows; i++)
+    for (int t = 0; t < nt; t++) {
+      float sum = 0.0f;
+      for (int g = 0; g < nseg; g++) {
+        float part =
+            gen_dot(q + (size_t)i * dp + seg[g].off, k + (size_t)t * dp + seg[g].off, seg[g].width);
+        sum += seg[g].scale ? seg[g].scale[t] * part : part;
+      }
+      s[(size_t)i * lds + t] = sum;
+    }
+}
+
+static void gen_pv_seg(const float *p, int rows, int lds, const float *v, int nt, int dp,
+                       const kq_cpu_seg *seg, int nseg, float *acc, float *ptmp) {
+  (void)ptmp;
+  for (int i = 0; i < rows; i++)
+    for (int g = 0; g < nseg; g++) {
+      float *restrict a = acc + (size_t)i * dp + seg[g].off;
+      for (int t = 0; t < nt; t++) {
+        float w = p[(size_t)i * lds + t];
+        if (seg[g].scale) w *= seg[g].scale[t];
+        if (w == 0.0f) continue;
+        const float *restrict vr = v + (size_t)t * dp + seg[g].off;
+        for (int c = 0; c < seg[g].width; c++) a[c] += w * vr[c];
+      }
+    }
+}
+
 static const kq_cpu_kernels g_generic = {
     .isa = "generic",
     .f16_to_f32 = gen_f16_to_f32,
@@ -127,6 +186,10 @@ static const kq_cpu_kernels g_generic = {
     .logits_f16 = NULL,
     .pv_f16 = NULL,
     .rope_rows = gen_rope_rows,
+    .widen_rows = gen_widen_rows,
+    .quantize_row = kq_quantize_row,
+    .logits_seg = gen_logits_seg,
+    .pv_seg = gen_pv_seg,
 };
 
 /* ---------------------------------------------------------------------- */
@@ -147,11 +210,13 @@ static const kq_cpu_kernels g_generic = {
 #define KQ_X86_PREFIX avx2_
 #define KQ_X86_ISA "avx2+fma+f16c"
 #define KQ_X86_ROWS 2
+#define KQ_X86_AVX512 0
 #include "cpu_kernels_x86.inc"
 #undef KQ_X86
 #undef KQ_X86_PREFIX
 #undef KQ_X86_ISA
 #undef KQ_X86_ROWS
+#undef KQ_X86_AVX512
 
 /* The same with AVX-512F/VL enabled: still 256-bit vectors (no 512-bit
  * frequency penalties anywhere), but 32 registers. */
@@ -159,11 +224,13 @@ static const kq_cpu_kernels g_generic = {
 #define KQ_X86_PREFIX avx512vl_
 #define KQ_X86_ISA "avx2+fma+f16c+avx512vl"
 #define KQ_X86_ROWS 4
+#define KQ_X86_AVX512 1
 #include "cpu_kernels_x86.inc"
 #undef KQ_X86
 #undef KQ_X86_PREFIX
 #undef KQ_X86_ISA
 #undef KQ_X86_ROWS
+#undef KQ_X86_AVX512
 
 #endif
 

@@ -12,9 +12,19 @@
 #ifndef KQ_CPU_KERNELS_H
 #define KQ_CPU_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define KQ_CPU_PAD 8
+
+/* One segment of a widened latent tile (quantized caches, SPEC §1b): its
+ * columns [off, off + width) of every F32 row, off and width multiples of
+ * KQ_CPU_PAD (the padding columns are zero in both operands), and the scale
+ * of each position of the tile (NULL: 1, a float segment). */
+typedef struct kq_cpu_seg {
+  int off, width;
+  const float *scale;
+} kq_cpu_seg;
 
 typedef struct kq_cpu_kernels {
   const char *isa; /* "avx2+fma+f16c+avx512vl", "avx2+fma+f16c" or "generic" */
@@ -55,6 +65,38 @@ typedef struct kq_cpu_kernels {
    * (j, j + d / 2) when `halves`. The rotation itself is done in F32. */
   void (*rope_rows)(float *x, int nt, int ldx, int d, int halves, double *cs, double *sn,
                     const double *step_cos, const double *step_sin);
+  /* dst[t * ld + i] = element i of row t (t < nt, i < width) of a latent
+   * plane whose rows start every `stride` bytes at src, as F32, unscaled:
+   * `bits` KQ_SEG_Q8 (int8), KQ_SEG_Q4 (width even; element 2j in the low
+   * nibble of byte j, 2j + 1 in the high one, each stored as q + 8), or
+   * KQ_SEG_FLOAT with f16 = 1 (F16) or 0 (F32). */
+  void (*widen_rows)(int bits, int f16, const unsigned char *src, size_t stride, int nt, int width,
+                     float *dst, int ld);
+  /* kq_quantize_row (SPEC §1b), bit for bit: q[j] for j < n and the F16
+   * scale returned. */
+  uint16_t (*quantize_row)(const float *x, int n, int qmax, int8_t *q);
+  /* s[i * lds + t] = Σ_g scale_g[t] · (q[i, seg g] · k[t, seg g]) for
+   * i < rows, t < nt: logits of a widened tile whose segments carry
+   * per-position scales, each scale applied once per segment and position. */
+  void (*logits_seg)(const float *q, int rows, const float *k, int nt, int dp,
+                     const kq_cpu_seg *seg, int nseg, float *s, int lds);
+  /* acc[i, seg g] += Σ_t (p[i * lds + t] · scale_g[t]) · v[t, seg g] for
+   * i < rows: the scale folds into the softmax weight. ptmp holds
+   * [rows, lds] floats of scratch. */
+  void (*pv_seg)(const float *p, int rows, int lds, const float *v, int nt, int dp,
+                 const kq_cpu_seg *seg, int nseg, float *acc, float *ptmp);
+  /* One segment read in place from its plane (rows every `stride` bytes at
+   * k / v, formats as in widen_rows, w a multiple of 8), each row converted
+   * once per block of query rows; NULL in the portable set (then the
+   * widened tile is used):
+   *   logits_plane: s[i * lds + t] (+ when accumulate) = scale[t] ·
+   *     Σ_c q[i * ldq + c] k_t[c] (scale NULL: 1), i < rows, t < nt;
+   *   pv_plane: acc[i * lda + c] += Σ_t p[i * lds + t] v_t[c], c < w. */
+  void (*logits_plane)(int bits, int f16, const float *q, int rows, int ldq, const unsigned char *k,
+                       size_t stride, int nt, int w, const float *scale, float *s, int lds,
+                       int accumulate);
+  void (*pv_plane)(int bits, int f16, const float *p, int rows, int lds, const unsigned char *v,
+                   size_t stride, int nt, int w, float *acc, int lda);
 } kq_cpu_kernels;
 
 /* The kernels for this CPU (detected once; thread-safe): the AVX2 set,

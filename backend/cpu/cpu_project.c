@@ -16,7 +16,39 @@ typedef struct project_ctx {
   const float *src, *proj;
   unsigned char *dst;
   int n_blocks;
+  size_t data[KQ_MAX_SEGMENTS], scale[KQ_MAX_SEGMENTS]; /* plane offsets (segmented dst) */
 } project_ctx;
+
+/* Writes n latent rows [n, r] of group h at positions slot .. slot + n - 1
+ * (slot = h capacity + pos) into every segment's planes: float segments in
+ * the storage type, quantized ones by the rule of kq_quantize_row (SPEC §1b). */
+static void store_segments(const project_ctx *c, const float *rows, int n, size_t slot, int8_t *q) {
+  const kq_project_op *op = c->op;
+  int r = op->rank, col = 0;
+  for (int g = 0; g < op->n_segments; g++) {
+    kq_segment seg = op->segments[g];
+    size_t rb = kq_segment_row_bytes(seg, op->storage);
+    unsigned char *data = c->dst + c->data[g];
+    uint16_t *scale = (uint16_t *)(void *)(c->dst + c->scale[g]);
+    for (int t = 0; t < n; t++) {
+      const float *x = rows + (size_t)t * r + col;
+      unsigned char *d = data + (slot + t) * rb;
+      if (seg.bits == KQ_SEG_FLOAT) {
+        if (op->storage == KQ_STORAGE_F16)
+          c->kern->f32_to_f16(x, (uint16_t *)(void *)d, seg.width);
+        else
+          memcpy(d, x, (size_t)seg.width * sizeof(float));
+      } else if (seg.bits == KQ_SEG_Q8) {
+        scale[slot + t] = c->kern->quantize_row(x, seg.width, 127, (int8_t *)(void *)d);
+      } else {
+        scale[slot + t] = c->kern->quantize_row(x, seg.width, 7, q);
+        for (int i = 0; i < seg.width; i += 2)
+          d[i / 2] = (unsigned char)((q[i] + 8) | ((q[i + 1] + 8) << 4));
+      }
+    }
+    col += seg.width;
+  }
+}
 
 static void project_task(void *vctx, int64_t index, int worker, void *scratch) {
   (void)worker;
@@ -39,6 +71,10 @@ static void project_task(void *vctx, int64_t index, int worker, void *scratch) {
   }
   /* Consecutive positions of one head are contiguous in the cache. */
   size_t slot = (size_t)h * op->capacity + (size_t)(op->pos + t0);
+  if (op->n_segments > 0) {
+    store_segments(c, rows, n, slot, (int8_t *)(rows + (size_t)KQ_PROJECT_ROWS * d));
+    return;
+  }
   if (op->storage == KQ_STORAGE_F16)
     c->kern->f32_to_f16(rows, (uint16_t *)c->dst + slot * r, n * r);
   else
@@ -51,8 +87,6 @@ kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op) {
   if (op->n_seqs != 1)
     return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: project: n_seqs = %d (only 1 supported)",
                         op->n_seqs);
-  if (!kq_segments_plain(op->n_segments, op->segments))
-    return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: project: quantized segments not implemented");
   if (op->n_tokens < 1 || op->n_heads < 1 || op->head_dim < 1 || op->rank < 1 ||
       op->rank > op->head_dim || op->pos < 0 || op->capacity < 1 ||
       op->pos > op->capacity - op->n_tokens || (identity && op->rank != op->head_dim) ||
@@ -61,16 +95,22 @@ kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op) {
                         "cpu: project: inconsistent shape (n_tokens %d, heads %d, head_dim %d, "
                         "rank %d, pos %d, capacity %d)",
                         op->n_tokens, op->n_heads, op->head_dim, op->rank, op->pos, op->capacity);
-  size_t esize = op->storage == KQ_STORAGE_F16 ? 2 : 4;
   size_t H = (size_t)op->n_heads, d = (size_t)op->head_dim, r = (size_t)op->rank;
-  kq_status st =
-      kq_cpu_check_range(op->src, op->src_offset, (size_t)op->n_tokens * H * d * 4, "project src");
+  /* One float segment is the plain layout: the fast path below. */
+  int32_t n_seg = kq_segments_plain(op->n_segments, op->segments) ? 0 : op->n_segments;
+  size_t dst_bytes = 0;
+  kq_status st = kq_cpu_latent_bytes(n_seg, op->segments, op->rank, op->storage, H,
+                                     (size_t)op->capacity, "project segments", &dst_bytes);
+  if (st == KQ_OK)
+    st = kq_cpu_check_range(op->src, op->src_offset, (size_t)op->n_tokens * H * d * 4,
+                            "project src");
   if (st == KQ_OK && !identity)
     st = kq_cpu_check_range(op->proj, op->proj_offset, H * d * r * 4, "project matrix");
-  if (st == KQ_OK)
-    st = kq_cpu_check_range(op->dst, op->dst_offset, H * (size_t)op->capacity * r * esize,
-                            "project dst");
+  if (st == KQ_OK) st = kq_cpu_check_range(op->dst, op->dst_offset, dst_bytes, "project dst");
   if (st != KQ_OK) return st;
+  kq_project_op plain_op = *op;
+  plain_op.n_segments = n_seg;
+  op = &plain_op;
 
   project_ctx c = {
       .op = op,
@@ -80,9 +120,12 @@ kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op) {
       .dst = op->dst->data + op->dst_offset,
       .n_blocks = (op->n_tokens + KQ_PROJECT_ROWS - 1) / KQ_PROJECT_ROWS,
   };
+  for (int32_t g = 0; g < n_seg; g++)
+    kq_segment_planes(op->segments, n_seg, op->storage, H, (size_t)op->capacity, g, &c.data[g],
+                      &c.scale[g], NULL);
   double work = (double)op->n_tokens * op->n_heads * op->head_dim * op->rank;
   return kq_cpu_pool_run((int64_t)op->n_heads * c.n_blocks, work < KQ_CPU_SERIAL_WORK ? 1 : 0,
-                         (size_t)KQ_PROJECT_ROWS * d * sizeof(float), project_task, &c);
+                         (size_t)KQ_PROJECT_ROWS * d * sizeof(float) + r, project_task, &c);
 }
 
 typedef struct up_ctx {
@@ -127,7 +170,8 @@ kq_status kq_cpu_up(kq_bdevice *device, const kq_up_op *op) {
     return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: up: n_seqs = %d (only 1 supported)", op->n_seqs);
   if (op->n_queries < 1 || op->n_heads < 1 || op->n_kv_heads < 1 ||
       op->n_heads % op->n_kv_heads != 0 || op->head_dim < 1 || op->rank_v < 1 ||
-      op->rank_v > op->head_dim || (identity && op->rank_v != op->head_dim))
+      (int64_t)op->rank_v > (int64_t)op->n_kv_heads * op->head_dim ||
+      (identity && op->rank_v != op->head_dim))
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
                         "cpu: up: inconsistent shape (n_queries %d, heads %d/%d, head_dim %d, "
                         "rank_v %d)",
