@@ -77,9 +77,10 @@ int kq_cmd_fit(int argc, char **argv) {
     } else if (!strcmp(a, "--ratio")) {
       if (!kq_cli_parse_double(cmd, a, val, 1e-9, 1.0, &p.ratio)) return 2;
     } else if (!strcmp(a, "--bytes")) {
-      if (!kq_cli_parse_double(cmd, a, val, 0.0, 1.0, &p.bytes)) return 2;
-      if (!(p.bytes > 0))
-        return kq_cli_usage_error(cmd, "--bytes: %s (expected a fraction in (0, 1])", val);
+      if (!kq_cli_parse_double(cmd, a, val, -1e300, 1e300, &p.bytes)) return 2;
+      if (!(p.bytes > 0 && p.bytes <= 1))
+        return kq_cli_usage_error(cmd, "--bytes: %s is not a fraction in (0, 1] of an F16 cache",
+                                  val);
       have_bytes = 1;
     } else if (!strcmp(a, "--layout")) {
       if (kq_layout_parse(val, &p.layout) != KQ_OK)
