@@ -19,8 +19,10 @@
 static const double k_bits[KQ_FMT_COUNT] = {16, 8, 4};
 
 void kq_alloc_side_init(kq_alloc_side *s) {
-  s->bound[0] = s->bound[1] = 0;
-  s->bound[2] = s->dim < KQ_ALLOC_STEP ? s->dim : KQ_ALLOC_STEP;
+  int32_t w = s->dim < KQ_ALLOC_STEP ? s->dim : KQ_ALLOC_STEP;
+  s->bound[0] = 0;
+  s->bound[1] = w % 2 ? w : 0; /* q4 widths are even: an odd side starts in q8 */
+  s->bound[2] = w;
 }
 
 static double bytes_of(const kq_alloc_side *s, const int32_t *b) {
@@ -132,7 +134,7 @@ kq_status kq_allocate_bytes(kq_alloc_side *keys, kq_alloc_side *values, int32_t 
   if (budget < min_bytes)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
                         "bytes: the budget of %.1f bytes per token is below the minimum of %.1f "
-                        "(%d q4 dims for keys and values in each of %d layers)",
+                        "(%d latent dims in q4 for keys and values in each of %d layers)",
                         budget, min_bytes, KQ_ALLOC_STEP, (int)n_layers);
   double used_k = spend(keys, n_layers, budget / 2);
   double used_v = spend(values, n_layers, budget - used_k);

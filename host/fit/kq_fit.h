@@ -193,7 +193,7 @@ typedef struct kq_alloc_side {
   int32_t bound[KQ_FMT_COUNT];
 } kq_alloc_side;
 
-/* Minimal state: 8 (or dim) dims of q4, nothing else. */
+/* Minimal state: 8 (or dim) dims of q4 (q8 when that width is odd). */
 void kq_alloc_side_init(kq_alloc_side *s);
 /* Bytes per token of the side's state, all groups (SPEC §1b). */
 double kq_alloc_side_bytes(const kq_alloc_side *s);

@@ -415,6 +415,27 @@ static void test_bad_byte_budgets_and_layouts_fail_clearly(void **state) {
   tcalib_free(&c);
 }
 
+static void test_odd_head_dim_gets_valid_segments(void **state) {
+  (void)state;
+  tcalib c = {.L = 2, .H = 2, .Hk = 1, .T = 32, .d = 5};
+  tcalib_random(&c, 0.9);
+  const char *calib = t_path("odd.st"), *proj = t_path("odd_p.st");
+  assert_int_equal(tcalib_write(&c, calib), KQ_OK);
+  const double fr[3] = {0.75, 0.9, 1.0}; /* the minimum is 5 q8 dims: 0.7 */
+  for (int x = 0; x < 3; x++) {
+    kq_fit_params p = kq_fit_default_params();
+    p.bytes = fr[x];
+    kq_fit_summary s;
+    assert_int_equal(kq_fit_ex(calib, proj, &p, &s), KQ_OK);
+    assert_true(s.fraction_of_f16 <= fr[x] + 1e-12);
+    int ok = 1;
+    read_segments(proj, c.L, c.d, &ok); /* the loader rejects odd q4 widths */
+    assert_true(ok);
+  }
+  unlink(calib), unlink(proj);
+  tcalib_free(&c);
+}
+
 static void test_eval_refuses_quantized_and_joint_files(void **state) {
   (void)state;
   tcalib c = {.L = 1, .H = 2, .Hk = 1, .T = 32, .d = 16};
@@ -446,6 +467,7 @@ int main(void) {
       cmocka_unit_test(test_fit_bytes_meets_budget_and_error_falls_with_budget),
       cmocka_unit_test(test_quant_method_is_a_rank_d_permutation_basis),
       cmocka_unit_test(test_bad_byte_budgets_and_layouts_fail_clearly),
+      cmocka_unit_test(test_odd_head_dim_gets_valid_segments),
       cmocka_unit_test(test_eval_refuses_quantized_and_joint_files),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
