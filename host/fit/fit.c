@@ -1,6 +1,8 @@
 /* kq_fit: streams a calibration file layer by layer (one layer's factors
- * alive at a time), solves every kv head in parallel, chooses ranks and
- * writes the projection file atomically. */
+ * alive at a time), solves every kv head in parallel (or the layer jointly,
+ * or the quant baseline's permutation basis), chooses ranks (and, for
+ * --bytes, segments: bytes.c), folds the segment rotations in and writes the
+ * projection file atomically. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

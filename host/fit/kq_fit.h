@@ -1,7 +1,9 @@
 /*
  * kq_fit.h — internal pieces of host/fit: the calibration file (SPEC §2),
  * per-layer R factors, the per-head KQ-SVD / K-SVD / Eigen solutions
- * (SPEC §1), rank choice, RoPE, and the attention used by kq_eval.
+ * (SPEC §1), the joint layout, the quant baseline, segment rotations and the
+ * byte allocator (SPEC §1b), rank choice, RoPE, and the attention used by
+ * kq_eval.
  *
  * Matrix storage: d×d R factors and SVD results are column-major doubles
  * (as host/linalg); projection matrices handed to files are row-major
