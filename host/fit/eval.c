@@ -139,6 +139,34 @@ static kq_status check_match(const kq_calib *c, const kq_projections_info *info,
   return KQ_OK;
 }
 
+/* eval's metrics are those of per-head float latents (SPEC §3): a joint
+ * file or quantized segments would get numbers that silently ignore the
+ * shared latent or the quantization error, so they are refused. */
+static kq_status check_evaluable(kq_projections *proj, const kq_projections_info *info,
+                                 const char *proj_path) {
+  if (info->layout != KQ_LAYOUT_PER_HEAD)
+    return kq_set_error(KQ_ERR_UNSUPPORTED,
+                        "%s: eval measures per-head projections only; this file has layout %s "
+                        "(use ppl to judge it)",
+                        proj_path, kq_layout_name(info->layout));
+  for (int32_t l = 0; l < info->n_layers; l++) {
+    kq_projection_layer pl;
+    kq_status st = kq_projections_layer(proj, l, &pl);
+    if (st) return st;
+    for (int side = 0; side < 2; side++) {
+      int32_t n = side ? pl.n_value_segments : pl.n_key_segments;
+      const kq_segment *seg = side ? pl.value_segments : pl.key_segments;
+      for (int32_t i = 0; i < n; i++)
+        if (seg[i].bits != KQ_SEG_FLOAT)
+          return kq_set_error(KQ_ERR_UNSUPPORTED,
+                              "%s: layers.%d: %s segment %d is q%d; eval measures float latents "
+                              "only (use ppl to judge quantized files)",
+                              proj_path, (int)l, side ? "value" : "key", (int)i, (int)seg[i].bits);
+    }
+  }
+  return KQ_OK;
+}
+
 static kq_status eval_layer(const kq_calib *calib, kq_projections *proj, int32_t l, int32_t n_seqs,
                             kq_cache *cache, const kq_eval_params *p, int n_threads,
                             kq_eval_layer *out) {
@@ -210,6 +238,7 @@ kq_status kq_eval(const char *calib_path, const char *proj_path, const kq_eval_p
   if ((st = kq_projections_load(proj_path, &proj))) goto done;
   if ((st = kq_projections_get_info(proj, &info))) goto done;
   if ((st = check_match(&calib, &info, proj_path))) goto done;
+  if ((st = check_evaluable(proj, &info, proj_path))) goto done;
   if (calib.seq_len > INT32_MAX) {
     st = kq_set_error(KQ_ERR_UNSUPPORTED, "%s: seq_len %lld too large for eval", calib.path,
                       (long long)calib.seq_len);

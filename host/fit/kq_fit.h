@@ -1,7 +1,9 @@
 /*
  * kq_fit.h — internal pieces of host/fit: the calibration file (SPEC §2),
  * per-layer R factors, the per-head KQ-SVD / K-SVD / Eigen solutions
- * (SPEC §1), rank choice, RoPE, and the attention used by kq_eval.
+ * (SPEC §1), the joint layout, the quant baseline, segment rotations and the
+ * byte allocator (SPEC §1b), rank choice, RoPE, and the attention used by
+ * kq_eval.
  *
  * Matrix storage: d×d R factors and SVD results are column-major doubles
  * (as host/linalg); projection matrices handed to files are row-major
@@ -123,6 +125,124 @@ int32_t kq_rank_for_epsilon(const double *sigma, int32_t n_heads, int32_t d, dou
 kq_status kq_rank_for_budget(const double *sigma_k, const double *sigma_v, int32_t n_layers,
                              int32_t n_heads, int32_t d, int64_t budget, int32_t *rank_k,
                              int32_t *rank_v);
+
+/* ------------------------------------------------------------------------ */
+/* Full-rank solutions of one layer, per-head or joint (SPEC §1, §1b)       */
+/* ------------------------------------------------------------------------ */
+
+/* A layer's full-rank solution in `groups` blocks of `dim` dims: per-head
+ * groups = Hk, dim = d; joint groups = 1, dim = Hk·d (A, C act on a token's
+ * kv heads concatenated; B, E as [Hk·d, dim] are the row blocks B_i, E_i
+ * stacked). Column j of each dim×dim (column-major) matrix is latent dim j
+ * in σ order. Owned by the struct (kq_layer_solution_free). */
+typedef struct kq_layer_solution {
+  int32_t groups, dim;
+  double *a, *b, *c, *e;     /* [groups][dim*dim] */
+  double *sigma_k, *sigma_v; /* [groups][dim], descending */
+} kq_layer_solution;
+
+/* Allocates zeroed arrays for groups × dim. */
+kq_status kq_layer_solution_alloc(int32_t groups, int32_t dim, kq_layer_solution *out);
+void kq_layer_solution_free(kq_layer_solution *s);
+
+/* Joint KQ-SVD of SPEC §1b from the layer's per-group factors f (r_query
+ * needed; r_wo used when present) and the R factors of the T × Hk·d
+ * concatenated keys and values, read from `layer` here. out: groups 1,
+ * dim Hk·d. Errors name the calibration file and layer. */
+kq_status kq_joint_solve(const kq_calib *calib, const kq_calib_layer *layer, int32_t layer_index,
+                         const kq_layer_factors *f, kq_layer_solution *out);
+
+/* The quantization-only basis (KQ_METHOD_QUANT): A = B and C = E are
+ * permutations sorting channels by the importance weight documented in
+ * quant_basis.c, which is also the returned "spectrum" squared. f needs
+ * r_query (and r_wo if the calibration has wo). layout JOINT ranks the
+ * Hk·d channels of all heads together (groups 1). */
+kq_status kq_quant_basis(const kq_layer_factors *f, kq_layout layout, kq_layer_solution *out);
+
+/* ------------------------------------------------------------------------ */
+/* Segment rotations (SPEC §1b)                                             */
+/* ------------------------------------------------------------------------ */
+
+/* The seed of one segment's rotation, from the fit seed and where the
+ * segment sits (layer, side 0 keys / 1 values, first dim, width). */
+uint64_t kq_rotation_seed(uint64_t seed, int32_t layer, int32_t side, int32_t start, int32_t width);
+
+/* r (width×width, column-major) := an orthogonal matrix drawn from `seed`:
+ * a randomised Hadamard diag(±1)·H/sqrt(w) when width is a power of two,
+ * else the Q of a Householder QR of a Gaussian matrix (signs fixed so the
+ * draw is Haar). KQ_ERR_INVALID_ARGUMENT for width < 1. */
+kq_status kq_rotation_make(int32_t width, uint64_t seed, double *r);
+
+/* m[:, start:start+width] := m[:, start:start+width] · r for a row-major
+ * rows × cols float matrix (r as from kq_rotation_make). */
+kq_status kq_rotation_apply(float *m, int64_t rows, int32_t cols, int32_t start, int32_t width,
+                            const double *r);
+
+/* ------------------------------------------------------------------------ */
+/* Byte allocation (SPEC §1b, fit --bytes)                                  */
+/* ------------------------------------------------------------------------ */
+
+enum { KQ_FMT_F16 = 0, KQ_FMT_Q8 = 1, KQ_FMT_Q4 = 2, KQ_FMT_COUNT = 3 };
+
+/* One side (keys or values) of one layer, as the allocator sees it. */
+typedef struct kq_alloc_side {
+  int32_t dim;                 /* latent dims available */
+  int32_t groups;              /* scale groups per token (Hk per head, 1 joint) */
+  const double *weight;        /* [dim] predicted error of dropping dim j, relative: Σ_j = 1 */
+  double relerr[KQ_FMT_COUNT]; /* measured E‖x−deq(q(x))‖²/E‖x‖² per format */
+  /* State and result: dims [0, bound[0]) F16, then q8 to bound[1], q4 to
+   * bound[2], the rest dropped. */
+  int32_t bound[KQ_FMT_COUNT];
+} kq_alloc_side;
+
+/* Minimal state: 8 (or dim) dims of q4 (q8 when that width is odd). */
+void kq_alloc_side_init(kq_alloc_side *s);
+/* Bytes per token of the side's state, all groups (SPEC §1b). */
+double kq_alloc_side_bytes(const kq_alloc_side *s);
+/* Predicted relative squared error of the side's state. */
+double kq_alloc_side_error(const kq_alloc_side *s);
+/* The state as segments (F16 as KQ_SEG_FLOAT, in the order float, q8, q4);
+ * returns the count (<= 3); rank = bound[2]. */
+int32_t kq_alloc_side_segments(const kq_alloc_side *s, kq_segment *segments);
+
+/* Spreads `budget` bytes per token over keys[l] and values[l] (l <
+ * n_layers, states initialised by kq_alloc_side_init): half to keys and half
+ * to values (what one side cannot use goes to the other), each spent
+ * greedily on the move (8 more dims of a format) that removes the most
+ * predicted error per byte over that side's layers. KQ_ERR_INVALID_ARGUMENT
+ * when the budget is below the minimal states' bytes. */
+kq_status kq_allocate_bytes(kq_alloc_side *keys, kq_alloc_side *values, int32_t n_layers,
+                            double budget);
+
+/* ------------------------------------------------------------------------ */
+/* The bytes mode of kq_fit (SPEC §1b)                                      */
+/* ------------------------------------------------------------------------ */
+
+/* What kq_fit keeps of a layer once its factors are gone. */
+typedef struct kq_layer_fit {
+  int32_t groups, dim;       /* as kq_layer_solution */
+  int32_t rank_k, rank_v;    /* columns held in a, b / c, e */
+  float *a, *b, *c, *e;      /* [groups, dim, rank] row-major */
+  double *sigma_k, *sigma_v; /* [groups][dim] */
+  int32_t n_seg_k, n_seg_v;  /* 0: one float segment of the whole rank */
+  kq_segment seg_k[KQ_MAX_SEGMENTS], seg_v[KQ_MAX_SEGMENTS];
+} kq_layer_fit;
+
+/* Chooses every layer's ranks and segments for p->bytes from layers at full
+ * rank (rank = dim): measures each format's relative error on up to 4096
+ * calibration tokens' latents (rotated, quantized with kq_quantize_row),
+ * allocates (kq_allocate_bytes), measures again on the chosen segments and
+ * allocates once more. Writes rank_k/rank_v [n_layers], the layers'
+ * segments, and the predicted relative errors (mean over layers of
+ * sqrt(predicted relative squared error)). */
+kq_status kq_fit_bytes(const kq_calib *calib, const kq_fit_params *p, int n_threads,
+                       kq_layer_fit *layers, int32_t *rank_k, int32_t *rank_v, double *out_error_k,
+                       double *out_error_v);
+
+/* Folds the rotation of every quantized segment of every layer into the
+ * columns of key_down/query_down (keys) and value_down/value_up (values),
+ * seeds from kq_rotation_seed(seed, layer, side, start, width). */
+kq_status kq_fold_rotations(kq_projections *proj, uint64_t seed);
 
 /* ------------------------------------------------------------------------ */
 /* RoPE and attention for kq_eval                                           */
