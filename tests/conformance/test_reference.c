@@ -690,6 +690,43 @@ static void case_table_covers_every_dimension(void **state) {
     }
 }
 
+/* The quantized / JOINT cases cover what SPEC §1b asks of a device. */
+static void case_table_covers_quantized_segments_and_joint(void **state) {
+  (void)state;
+  int n, recipes_k = 0, recipes_v = 0, ms = 0, mask = 0, odd_q8 = 0;
+  const kqc_case *cs = kqc_cases(&n);
+  for (int j = 0; j < n; j++) {
+    const kqc_case *c = &cs[j];
+    if (!kqc_case_uses_v2(c)) continue;
+    int joint = c->latent == KQ_LAYOUT_JOINT, D = joint ? c->n_kv_heads * c->head_dim : c->head_dim;
+    int rk = c->ties ? D : c->rank_k, rv = c->ties ? D : c->rank_v;
+    assert_true(rk == c->rank_k && rv == c->rank_v && rk <= D && rv <= D);
+    kq_segment segs[KQ_MAX_SEGMENTS];
+    int32_t nk = kqc_recipe_segments(c->key_recipe, rk, segs);
+    assert_true(nk >= 0);
+    for (int32_t k = 0; k < nk; k++) odd_q8 |= segs[k].bits == KQ_SEG_Q8 && segs[k].width % 2;
+    int32_t nv = kqc_recipe_segments(c->value_recipe, rv, segs);
+    assert_true(nv >= 0);
+    for (int32_t k = 0; k < nv; k++) odd_q8 |= segs[k].bits == KQ_SEG_Q8 && segs[k].width % 2;
+    assert_false(joint && c->rope == KQ_ROPE_PRE); /* refused by the SPEC */
+    recipes_k |= 1 << c->key_recipe, recipes_v |= 1 << c->value_recipe;
+    ms |= (c->m == 1) | (c->m == 5) << 1 | (c->m == 64) << 2;
+    mask |= (!joint && c->rope == KQ_ROPE_PRE) << 0 | (joint && c->n_kv_heads == 1) << 1;
+    mask |= (joint && c->n_kv_heads > 1) << 2 | (joint && c->rank_k > c->head_dim) << 3;
+    mask |= (c->storage == KQ_STORAGE_F16) << 4 | (c->storage == KQ_STORAGE_F32) << 5;
+    mask |= (c->append == KQC_APPEND_CHUNKS) << 6 | (c->truncate_to > 0) << 7;
+    mask |= (c->layer == 1) << 8 | (c->ties && !joint) << 9 | (c->ties && joint) << 10;
+    mask |= (c->rope == KQ_ROPE_NONE) << 11 | (c->rope == KQ_ROPE_POST) << 12;
+    mask |= (c->n_heads > c->n_kv_heads) << 13 | (c->output == KQ_OUTPUT_LATENT) << 14;
+    mask |= (c->output == KQ_OUTPUT_FULL) << 15 | (joint && c->rank_v > c->head_dim) << 16;
+  }
+  assert_int_equal(recipes_k & 0x3e, 0x3e); /* q8 q4 mix tail odd */
+  assert_int_equal(recipes_v & 0x3e, 0x3e);
+  assert_int_equal(ms, 7);
+  assert_int_equal(mask, (1 << 17) - 1);
+  assert_true(odd_q8);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(f16_rounding_is_nearest_even_with_subnormals_and_overflow),
@@ -702,6 +739,7 @@ int main(void) {
       cmocka_unit_test(case_table_covers_every_dimension),
       cmocka_unit_test(quantizer_rounds_half_away_with_a_binary16_scale),
       cmocka_unit_test(recipes_cover_the_rank_with_valid_formats),
+      cmocka_unit_test(case_table_covers_quantized_segments_and_joint),
       cmocka_unit_test(thresholds_separate_quantizer_bugs_from_rounding),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

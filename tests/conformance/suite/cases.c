@@ -109,6 +109,16 @@
  * (own token masked, query position + 1, wrong RoPE frequency, wrong kv head
  * for GQA) fail with NMSE 29x..1e4x above the threshold, and test_reference
  * checks a gap of 100x for such bugs on a 200-token reference.
+ * Quantized / JOINT cases, measured against the q8/q4 CPU kernels of the
+ * `cpu` branch (1c72dcb, built outside this tree): every case at most 0.03
+ * of its threshold once that branch's `up` op accepts rank_v > head_dim
+ * (JOINT full output; as committed it refuses it, and the two JOINT full
+ * cases with rank_v > d fail). Bugs planted in those kernels: round
+ * half-even fails both per-head tie cases (NMSE 2.9e-2 and 2.2e-2 against
+ * thresholds 1.9e-9 and 5.9e-7), truncation fails 17 of 18 cases (all but
+ * the float JOINT one), swapped q4 nibbles every case with q4 dims (14).
+ * test_reference plants the same bugs, a missing or doubled scale and
+ * segment boundary / offset errors in an emulated float32 device.
  * Thresholds are never loosened to make a case pass.
  */
 #include "cases.h"
