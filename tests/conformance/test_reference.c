@@ -241,8 +241,10 @@ static double *reference(const problem *p, kqc_ref_stats *st) {
   double *vl = malloc(sizeof(double) * (size_t)p->Hk * p->n * p->rv);
   double *out = malloc(sizeof(double) * (size_t)p->m * p->H * p->d);
   assert_non_null(kl), assert_non_null(vl), assert_non_null(out);
-  kqc_ref_project(p->k, p->A, p->n, p->Hk, p->d, p->rk, p->storage, kl, p->n, 0);
-  kqc_ref_project(p->v, p->C, p->n, p->Hk, p->d, p->rv, p->storage, vl, p->n, 0);
+  assert_int_equal(kqc_ref_project(p->k, p->A, p->n, p->Hk, p->d, p->rk, p->storage, kl, p->n, 0),
+                   0);
+  assert_int_equal(kqc_ref_project(p->v, p->C, p->n, p->Hk, p->d, p->rv, p->storage, vl, p->n, 0),
+                   0);
   kqc_ref_problem pb = {p->H,    p->Hk, p->d, p->rk, p->rv, p->rope,           p->layout,
                         10000.0, p->A,  p->B, p->E,  NULL,  KQ_LAYOUT_PER_HEAD};
   assert_int_equal(kqc_ref_attend(&pb, kl, vl, p->n, p->n, p->m, p->q, KQ_OUTPUT_FULL, out, st), 0);
@@ -559,8 +561,11 @@ static double quantized_nmse(const qshape *q, uint64_t seed, qbug bug, double *t
   double *dev = malloc(sizeof(double) * on);
   assert_true(kl && vl && ka && va && kdv && vdv && ref && alt && dev);
   kqc_quant_stats qs = {0};
-  kqc_ref_project_seg(k, A, q->n, G, D, rk, q->storage, ks, nk, kl, ka, q->n, 0, &qs.keys);
-  kqc_ref_project_seg(v, C, q->n, G, D, rv, q->storage, vs, nv, vl, va, q->n, 0, &qs.values);
+  assert_int_equal(
+      kqc_ref_project_seg(k, A, q->n, G, D, rk, q->storage, ks, nk, kl, ka, q->n, 0, &qs.keys), 0);
+  assert_int_equal(
+      kqc_ref_project_seg(v, C, q->n, G, D, rv, q->storage, vs, nv, vl, va, q->n, 0, &qs.values),
+      0);
   device_latents(k, A, q->n, G, D, rk, q->storage, ks, nk, bug, kdv);
   device_latents(v, C, q->n, G, D, rv, q->storage, vs, nv, bug, vdv);
   kqc_ref_problem pb = {q->H, q->Hk, q->d, rk, rv,   KQ_ROPE_POST, KQ_ROPE_PAIRS,

@@ -72,9 +72,9 @@
  *   Key errors reach the output through the logits (× s_rms², as for F16),
  *   value errors directly.
  *   One flip: the terms above are expectations; a case with few quantized
- *   elements (decode on 1 token: N = r elements, p·N ≈ 1e-3) could still
+ *   elements (decode on 1 token: N = r elements, p·N ≈ 2e-3) could still
  *   meet one flip, whose NMSE (one step out of r dims of a fully attended
- *   row, s²/(r·x²) ≈ 4e-5 for q8) would exceed S·p·s²/x². So the reference
+ *   row, s²/(r·x²) ≈ 3e-5 for q8, r = 16) would exceed S_q·p·s²/x². So the reference
  *   also finds every rounding a device may legitimately take the other way:
  *   an element whose x/s lies within dev/s of a boundary, dev = 4·u32·
  *   sqrt(nnz)·sqrt(Σ t²) + u32·|x| over the dot product's terms t (ten
@@ -92,12 +92,12 @@
  *   band can make, the expectation terms take a safety factor S_q = 10
  *   instead of 100: they only cover a device outside the band, and S_q = 10
  *   keeps the q4 threshold low enough to see format errors of single dims.
- *   Only elements whose latent may differ on a device (dev > 0 below) enter
+ *   Only elements whose latent may differ on a device (dev > 0) enter
  *   the flip terms, and only segments with such an element the scale terms.
  *   Ties: cases with identity projections and keys/values exactly on
  *   x/s = j + 1/2 with power-of-two scales have exact latents on any device
- *   (dev = 0), so they pin round-half-away: half-even or truncation is off
- *   by one step on every other element.
+ *   (dev = 0), so they pin round-half-away: half-even is off by one step
+ *   on about half of those elements, truncation on all of them.
  * Threshold = S·(float terms above) + S_q·(quantization terms) +
  * 4·NMSE(alt, reference), S = 100: the random-walk model is an
  * estimate, not a bound, and blocked or tree sums, FMA contraction and

@@ -24,9 +24,9 @@ double kqc_round_f16(double x) {
   return copysign(rint(a / ulp) * ulp, x);
 }
 
-void kqc_ref_project(const float *x, const float *proj, int32_t n, int32_t n_kv, int32_t d,
-                     int32_t r, kq_storage storage, double *out, int32_t ld, int32_t row0) {
-  kqc_ref_project_seg(x, proj, n, n_kv, d, r, storage, NULL, 0, out, NULL, ld, row0, NULL);
+int kqc_ref_project(const float *x, const float *proj, int32_t n, int32_t n_kv, int32_t d,
+                    int32_t r, kq_storage storage, double *out, int32_t ld, int32_t row0) {
+  return kqc_ref_project_seg(x, proj, n, n_kv, d, r, storage, NULL, 0, out, NULL, ld, row0, NULL);
 }
 
 /* round(a) for a >= 0, ties away from zero (a + 0.5 is exact here: a is a
@@ -102,16 +102,19 @@ static void store_quantized(const double *xf, const double *dev, int32_t w, int3
   }
 }
 
-void kqc_ref_project_seg(const float *x, const float *proj, int32_t n, int32_t n_kv, int32_t d,
-                         int32_t r, kq_storage storage, const kq_segment *segments,
-                         int32_t n_segments, double *out, double *alt, int32_t ld, int32_t row0,
-                         kqc_ref_qstats *stats) {
+int kqc_ref_project_seg(const float *x, const float *proj, int32_t n, int32_t n_kv, int32_t d,
+                        int32_t r, kq_storage storage, const kq_segment *segments,
+                        int32_t n_segments, double *out, double *alt, int32_t ld, int32_t row0,
+                        kqc_ref_qstats *stats) {
   const double u32 = 0x1p-24;
   kq_segment plain = {r, KQ_SEG_FLOAT};
   if (n_segments == 0) segments = &plain, n_segments = 1;
   double *sq = malloc(sizeof(double) * (size_t)r * 3); /* Σt², nnz, float32 latent / dev */
   int32_t *exact = malloc(sizeof(int32_t) * (size_t)r);
-  if (!sq || !exact) abort(); /* test code: a few KiB */
+  if (!sq || !exact) {
+    free(sq), free(exact);
+    return -1;
+  }
   double *nnz = sq + r, *xf = sq + 2 * (size_t)r;
   for (int32_t h = 0; h < n_kv; h++) {
     const float *p = proj + (size_t)h * d * r;
@@ -158,6 +161,7 @@ void kqc_ref_project_seg(const float *x, const float *proj, int32_t n, int32_t n
     }
   }
   free(sq), free(exact);
+  return 0;
 }
 
 void kqc_ref_rope(double *x, int32_t d, double pos, double theta, kq_rope_layout layout) {

@@ -24,9 +24,10 @@ double kqc_round_f16(double x);
  *   out[h, row0 + t, :] = x[t, h, :] · proj[h]        t < n
  * x [n, n_kv, d] float32, proj [n_kv, d, r] float32, out [n_kv, ld, r]
  * double (ld = rows reserved per head, row0 + n <= ld). With F16 storage
- * every element of out is rounded by kqc_round_f16. */
-void kqc_ref_project(const float *x, const float *proj, int32_t n, int32_t n_kv, int32_t d,
-                     int32_t r, kq_storage storage, double *out, int32_t ld, int32_t row0);
+ * every element of out is rounded by kqc_round_f16. Returns 0, or -1 when
+ * out of memory. */
+int kqc_ref_project(const float *x, const float *proj, int32_t n, int32_t n_kv, int32_t d,
+                    int32_t r, kq_storage storage, double *out, int32_t ld, int32_t row0);
 
 /* Quantizes one row segment x[w] (float32 values held in doubles) as SPEC
  * §1b and kqsvd_backend.h define it, written here independently of the
@@ -67,11 +68,12 @@ typedef struct kqc_ref_qstats {
  * dev/s of a rounding boundary may land on the other side (alt: the other
  * integer), and a scale whose max|x|/qmax lies within max(dev)/qmax of a
  * binary16 rounding boundary may become the other neighbour (alt: the
- * whole segment re-quantized with it). stats (may be NULL) accumulates. */
-void kqc_ref_project_seg(const float *x, const float *proj, int32_t n, int32_t n_kv, int32_t d,
-                         int32_t r, kq_storage storage, const kq_segment *segments,
-                         int32_t n_segments, double *out, double *alt, int32_t ld, int32_t row0,
-                         kqc_ref_qstats *stats);
+ * whole segment re-quantized with it). stats (may be NULL) accumulates.
+ * Returns 0, or -1 when out of memory. */
+int kqc_ref_project_seg(const float *x, const float *proj, int32_t n, int32_t n_kv, int32_t d,
+                        int32_t r, kq_storage storage, const kq_segment *segments,
+                        int32_t n_segments, double *out, double *alt, int32_t ld, int32_t row0,
+                        kqc_ref_qstats *stats);
 
 /* Rotates x[d] in place by RoPE at position pos (SPEC §1): pair j (j < d/2)
  * is (x[2j], x[2j+1]) for PAIRS or (x[j], x[j+d/2]) for HALVES, turned by

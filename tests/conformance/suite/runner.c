@@ -235,10 +235,11 @@ static int project_data(kqc_state *r, kqc_data *dt, kqc_quant_stats *qs) {
   if (v2) dt->klat_alt = alloc(r, kn, sizeof(double)), dt->vlat_alt = alloc(r, vn, sizeof(double));
   if (!dt->klat || !dt->vlat || (v2 && (!dt->klat_alt || !dt->vlat_alt))) return -1;
   int64_t risk = qs->keys.at_risk + qs->values.at_risk;
-  kqc_ref_project_seg(dt->keys, r->A, r->n, G, D, c->rank_k, c->storage, r->kseg, r->n_kseg,
-                      dt->klat, dt->klat_alt, r->n, 0, &qs->keys);
-  kqc_ref_project_seg(dt->values, r->C, r->n, G, D, c->rank_v, c->storage, r->vseg, r->n_vseg,
-                      dt->vlat, dt->vlat_alt, r->n, 0, &qs->values);
+  if (kqc_ref_project_seg(dt->keys, r->A, r->n, G, D, c->rank_k, c->storage, r->kseg, r->n_kseg,
+                          dt->klat, dt->klat_alt, r->n, 0, &qs->keys) ||
+      kqc_ref_project_seg(dt->values, r->C, r->n, G, D, c->rank_v, c->storage, r->vseg, r->n_vseg,
+                          dt->vlat, dt->vlat_alt, r->n, 0, &qs->values))
+    return fail(r, "out of host memory (reference projection)");
   if (qs->keys.at_risk + qs->values.at_risk == risk) { /* nothing at risk: no alternative */
     free(dt->klat_alt), free(dt->vlat_alt);
     dt->klat_alt = dt->vlat_alt = NULL;
