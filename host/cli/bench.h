@@ -26,6 +26,13 @@ typedef struct kq_bench_result {
   double tokens_per_s; /* query tokens per second (rows per second for rfactor/fit) */
   double bytes;        /* SPEC §5 bytes per layer-attend */
   double gbps, ceiling_gbps, pct_of_ceiling, speedup_vs_full;
+  /* Attention rows: the latent cache's bytes per token over a full F16
+   * cache's (kq_projections_fraction_of_f16) and its layout ("per-head",
+   * "joint"); bytes_budget is the byte budget of a transform-coded row
+   * (kq_bench_budget_segments), NaN for the rank rows. NaN / NULL for
+   * fitting. */
+  double bytes_fraction, bytes_budget;
+  const char *layout;
 } kq_bench_result;
 
 /* A growing list of results plus free-form notes (skipped configurations). */
@@ -72,8 +79,9 @@ bool kq_bench_report_ceiling_sample(kq_bench_report *rep, const char *device, do
 void kq_bench_report_ceilings(kq_bench_report *rep);
 
 /* Fills speedup_vs_full of every attention result: the seconds of the
- * rank-d result of the same device, op, context, shape, storage and rope
- * divided by its own seconds (NaN when that baseline is missing). */
+ * rank-d (not transform-coded) result of the same device, op, context,
+ * shape, storage and rope divided by its own seconds (NaN when that
+ * baseline is missing). */
 void kq_bench_report_speedups(kq_bench_report *rep);
 
 /* Writes {"machine": {...}, "results": [...]} to `out`; false on failure. */
@@ -90,9 +98,26 @@ uint64_t kq_bench_llc_bytes(void);
  * rename. Returns false with a message on stderr on failure. */
 bool kq_bench_svg_write(const kq_bench_report *rep, const char *path);
 
+/* The storage segments of a transform-coded cache at byte budget `budget`
+ * (a fraction of a full F16 cache, SPEC §1b) for latent groups of width
+ * `width` (head_dim per head, n_kv_heads·head_dim joint), F16 float
+ * segments. Recipes, as fractions of the width, keys | values:
+ *   >= 0.375: [F16 1/8, q8 1/4, q4 1/2] | [q8 1/4, q4 1/2]
+ *   >= 0.28:  [F16 1/16, q8 1/4, q4 1/2] | [q8 1/8, q4 1/2]
+ *   >= 0.25:  [q8 1/4, q4 1/2] | [q8 1/8, q4 1/2]
+ *   below:    [q8 1/8, q4 1/2] | [q4 1/2]
+ * then, while the bytes per token exceed the budget (scales at small
+ * widths), the last segment of the larger side shrinks by 2 dims. Writes
+ * the segments and ranks; false when the budget cannot be met. */
+bool kq_bench_budget_segments(double budget, int32_t width, kq_segment *keys, int32_t *n_keys,
+                              int32_t *rank_k, kq_segment *values, int32_t *n_values,
+                              int32_t *rank_v);
+
 /* One attention configuration on an open device. */
 typedef struct kq_bench_attn_config {
   int32_t heads, kv_heads, head_dim, rank; /* rank == head_dim: identity (full) */
+  double bytes_budget; /* > 0: transform-coded at this budget (rank unused), F16 storage */
+  kq_layout layout;    /* with bytes_budget: PER_HEAD or JOINT */
   kq_storage storage;
   kq_rope_mode rope;
   int32_t context;
@@ -120,13 +145,15 @@ typedef struct kq_bench_device_ctx {
  * memory, at most 4 GiB). */
 kq_status kq_bench_device_prepare(kq_bench_device_ctx *ctx, int32_t copy_reps);
 
-/* Times a group of configurations that differ only in rank (n in [1, 8]):
+/* Times a group of configurations that differ only in rank or budget and
+ * layout (n in [1, 8]):
  * for each, a cache of enough layers (SPEC §5) filled to the context; then
  * decode steps and/or prefill attends of the ranks alternate (so load
  * changes hit them alike), each round of steps followed by one copy-ceiling
  * sample of the device (kq_bench_report_ceiling_sample), and one result per
- * rank and op is appended. A configuration that does not fit adds a note
- * and is left out. */
+ * rank and op is appended. A configuration that does not fit, or that the
+ * device answers with KQ_ERR_UNSUPPORTED (quantized segments, joint layout),
+ * adds a note and is left out. */
 kq_status kq_bench_attention(const kq_bench_device_ctx *ctx, const kq_bench_attn_config *cfgs,
                              int n, kq_bench_report *rep);
 

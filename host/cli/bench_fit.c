@@ -35,6 +35,7 @@ static void result_fit(const char *op, int32_t rows, int32_t cols, const char *s
   r->seconds = seconds;
   r->tokens_per_s = strcmp(op, "svd") == 0 ? NAN : rows / seconds;
   r->bytes = r->gbps = r->ceiling_gbps = r->pct_of_ceiling = r->speedup_vs_full = NAN;
+  r->bytes_fraction = r->bytes_budget = NAN;
 }
 
 static kq_status interrupted(const volatile int *cancel) {

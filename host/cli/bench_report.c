@@ -112,7 +112,8 @@ void kq_bench_report_speedups(kq_bench_report *rep) {
     r->speedup_vs_full = NAN;
     for (int j = 0; j < rep->count; j++) {
       const kq_bench_result *f = &rep->items[j];
-      if (same_case(r, f) && f->rank_k == f->head_dim && f->rank_v == f->head_dim)
+      if (same_case(r, f) && f->rank_k == f->head_dim && f->rank_v == f->head_dim &&
+          !isfinite(f->bytes_budget))
         r->speedup_vs_full = f->seconds / r->seconds;
     }
   }
@@ -239,6 +240,9 @@ bool kq_bench_report_json(const kq_bench_report *rep, FILE *out) {
     add_number_or_null(o, "ceiling_gbps", r->ceiling_gbps);
     add_number_or_null(o, "pct_of_ceiling", r->pct_of_ceiling);
     add_number_or_null(o, "speedup_vs_full", r->speedup_vs_full);
+    add_number_or_null(o, "bytes_fraction", r->bytes_fraction);
+    add_number_or_null(o, "bytes_budget", r->bytes_budget);
+    add_string_or_null(o, "layout", r->layout);
     cJSON_AddItemToArray(arr, o);
   }
   char *text = cJSON_Print(root);
@@ -257,17 +261,21 @@ void kq_bench_report_text(const kq_bench_report *rep, FILE *out) {
   for (int i = 0; i < rep->n_devices; i++)
     fprintf(out, "device %s: %s; copy ceiling %.2f GB/s\n", rep->devices[i].info.name,
             rep->devices[i].info.description, rep->devices[i].ceiling_gbps);
-  fprintf(out, "\n%-10s %-8s %7s %9s %5s %5s %4s %4s %12s %12s %8s %6s %8s\n", "device", "op",
-          "context", "H/Hk/d", "rank", "", "stor", "rope", "seconds", "tokens/s", "GB/s", "%ceil",
-          "speedup");
+  fprintf(out, "\n%-10s %-8s %7s %9s %9s %-8s %6s %4s %4s %12s %12s %8s %6s %8s\n", "device", "op",
+          "context", "H/Hk/d", "rank k/v", "layout", "bytes", "stor", "rope", "seconds", "tokens/s",
+          "GB/s", "%ceil", "speedup");
   for (int i = 0; i < rep->count; i++) {
     const kq_bench_result *r = &rep->items[i];
     if (!is_attention(r)) continue;
-    char shape[32];
+    char shape[32], ranks[24];
     snprintf(shape, sizeof shape, "%d/%d/%d", r->heads, r->kv_heads, r->head_dim);
-    fprintf(out, "%-10s %-8s %7d %9s %5d %5s %4s %4s %12.4g %12.4g %8.2f %6.1f %7.2fx\n", r->device,
-            r->op, r->context, shape, r->rank_k, "", r->storage, r->rope, r->seconds,
-            r->tokens_per_s, r->gbps, r->pct_of_ceiling, r->speedup_vs_full);
+    snprintf(ranks, sizeof ranks, "%d/%d", r->rank_k, r->rank_v);
+    /* bytes: the fraction of a full F16 cache (transform-coded rows: reached
+     * for the budget in parentheses in the notes) */
+    fprintf(out, "%-10s %-8s %7d %9s %9s %-8s %6.3f %4s %4s %12.4g %12.4g %8.2f %6.1f %7.2fx\n",
+            r->device, r->op, r->context, shape, ranks, r->layout ? r->layout : "-",
+            r->bytes_fraction, r->storage, r->rope, r->seconds, r->tokens_per_s, r->gbps,
+            r->pct_of_ceiling, r->speedup_vs_full);
   }
   bool header = false;
   for (int i = 0; i < rep->count; i++) {

@@ -30,9 +30,12 @@ static void put_escaped(FILE *f, const char *s) {
   }
 }
 
+/* Decode rows of the rank grid (transform-coded budget rows are not
+ * charted: their series would mix with the ranks). */
 static bool wanted(const kq_bench_result *r, const char *device, const char *storage) {
   return strcmp(r->op, "decode") == 0 && strcmp(r->device, device) == 0 && r->storage &&
-         strcmp(r->storage, storage) == 0 && r->rope && strcmp(r->rope, "post") == 0;
+         strcmp(r->storage, storage) == 0 && r->rope && strcmp(r->rope, "post") == 0 &&
+         !isfinite(r->bytes_budget);
 }
 
 static const char *rank_colour(const kq_bench_result *r) {

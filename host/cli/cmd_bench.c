@@ -15,12 +15,13 @@
 
 #define CMD "bench"
 #define MAX_CONTEXTS 16
+#define MAX_BUDGETS 4
 
 static void usage(FILE *out) {
   fprintf(
       out,
       "usage: kqsvd bench [--device NAME|all] [--op decode|prefill|fit|all] [--json]\n"
-      "                   [--quick] [--context LIST] [--reps N] [--svg FILE]\n\n"
+      "                   [--quick] [--context LIST] [--bytes LIST] [--reps N] [--svg FILE]\n\n"
       "Measures compressed attention against full attention (identity projections,\n"
       "rank d) on a device, as a model runs it (SPEC section 5): each timed decode step\n"
       "attends once on every layer of a cache whose latents total 4x the CPU's\n"
@@ -28,7 +29,16 @@ static void usage(FILE *out) {
       "repetition, cycling through the layers. Medians after a warm-up.\n\n"
       "Grid: shapes H/Hk/d 32/8/128 (Llama-3-8B-like) and 9/3/64 (SmolLM2-like); ranks\n"
       "d, d/2, d/4; storage f32 and f16; RoPE post and pre; decode contexts 1k 4k 16k\n"
-      "32k 64k (64k only where memory allows), prefill contexts 1k 4k. Also: attend at\n"
+      "32k 64k (64k only where memory allows), prefill contexts 1k 4k. Transform-coded\n"
+      "caches (SPEC section 1b) at byte budgets 0.375 0.28 0.25 0.19 of a full F16\n"
+      "cache, per-head and joint, F16, RoPE post, decode: keys | values segments, as\n"
+      "fractions of the latent width w (d per head, Hk*d joint), F16/q8/q4:\n"
+      "  0.375: [F16 w/8, q8 w/4, q4 w/2] | [q8 w/4, q4 w/2]\n"
+      "  0.28:  [F16 w/16, q8 w/4, q4 w/2] | [q8 w/8, q4 w/2]\n"
+      "  0.25:  [q8 w/4, q4 w/2] | [q8 w/8, q4 w/2]\n"
+      "  0.19:  [q8 w/8, q4 w/2] | [q4 w/2]\n"
+      "shrunk by 2 dims at a time until the bytes (scales included) fit; the fraction\n"
+      "reached is printed and recorded (bytes_fraction). Also: attend at\n"
       "context 1 (per-call overhead, op \"overhead\"), the device's copy bandwidth\n"
       "(ceiling), and the host fitting steps: Jacobi SVD n = 128, 256 (op \"svd\"), R\n"
       "factor of 65536 x 128 F16 (op \"rfactor\"), kq_fit of one synthetic layer (op\n"
@@ -37,17 +47,24 @@ static void usage(FILE *out) {
       "  --device NAME|all  device to measure (default: KQSVD_DEVICE or cpu); all = every device\n"
       "  --op OP            decode, prefill, fit or all (default all; decode includes overhead)\n"
       "  --context LIST     comma-separated contexts (1024 or 1k), for decode and prefill\n"
+      "  --bytes LIST       comma-separated byte budgets in (0, 1] (at most 4) for the\n"
+      "                     transform-coded rows, or none (default: all four; --quick: 0.28)\n"
       "  --reps N           timed repetitions (default 7 decode, 3 prefill, 5 fitting)\n"
-      "  --quick            small subset: contexts 1k 4k, Llama shape, f16, post, ranks d, d/2\n"
+      "  --quick            small subset: contexts 1k 4k, Llama shape, f16, post, ranks d, d/2,\n"
+      "                     bytes 0.28 per-head\n"
       "  --json             print {\"machine\": {...}, \"results\": [...]} instead of a table\n"
       "  --svg FILE         write a chart of decode speedup and %% of ceiling against context\n"
       "  -h, --help         this text\n\n"
       "JSON records: device, op (decode, prefill, overhead, svd, rfactor, fit), context,\n"
       "heads, kv_heads, head_dim, rank_k, rank_v, storage, rope, seconds (per layer-attend,\n"
       "or per call), tokens_per_s (query tokens; rows for rfactor/fit), bytes (latent cache\n"
-      "read + queries + outputs), gbps, ceiling_gbps, pct_of_ceiling, speedup_vs_full.\n"
-      "Fitting records run on device \"host\": context = rows, head_dim = columns, null\n"
-      "where a field does not apply. machine.notes lists skipped configurations.\n\n"
+      "read + queries + outputs), gbps, ceiling_gbps, pct_of_ceiling, speedup_vs_full,\n"
+      "bytes_fraction (latent bytes per token over a full F16 cache's), bytes_budget\n"
+      "(transform-coded rows; else null), layout (per-head, joint). Latent bytes are\n"
+      "the true bytes: quantized data plus F16 scales. Fitting records run on device\n"
+      "\"host\": context = rows, head_dim = columns, null where a field does not apply.\n"
+      "machine.notes lists skipped configurations, including those a device does not\n"
+      "support (quantized segments or the joint layout: KQ_ERR_UNSUPPORTED).\n\n"
       "exit status: 0 success, 1 failure, 2 usage error\n");
 }
 
@@ -56,6 +73,9 @@ typedef struct bench_options {
   bool json, quick, decode, prefill, fit;
   int32_t contexts[MAX_CONTEXTS];
   int n_contexts;
+  double budgets[MAX_BUDGETS];
+  int n_budgets;    /* with budgets_set: the --bytes list (0 for none) */
+  bool budgets_set; /* --bytes given */
   int32_t reps;
 } bench_options;
 
@@ -81,6 +101,28 @@ static bool parse_contexts(const char *text, bench_options *o) {
   return true;
 }
 
+static bool parse_budgets(const char *text, bench_options *o) {
+  char buf[256];
+  o->budgets_set = true;
+  o->n_budgets = 0;
+  if (strcmp(text, "none") == 0) return true;
+  if (strlen(text) >= sizeof buf || !*text) {
+    kq_cli_usage_error(CMD, "--bytes: expected a comma-separated list like 0.28,0.19, or none");
+    return false;
+  }
+  snprintf(buf, sizeof buf, "%s", text);
+  for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    if (o->n_budgets == MAX_BUDGETS) {
+      kq_cli_usage_error(CMD, "--bytes: at most %d values", MAX_BUDGETS);
+      return false;
+    }
+    double v;
+    if (!kq_cli_parse_double(CMD, "--bytes", tok, 1e-3, 1.0, &v)) return false;
+    o->budgets[o->n_budgets++] = v;
+  }
+  return true;
+}
+
 /* Returns 0 to run, 1 when help was printed, 2 on a usage error. */
 static int parse_options(int argc, char **argv, bench_options *o) {
   memset(o, 0, sizeof *o);
@@ -96,7 +138,8 @@ static int parse_options(int argc, char **argv, bench_options *o) {
     } else if (strcmp(a, "--quick") == 0) {
       o->quick = true;
     } else if (strcmp(a, "--device") == 0 || strcmp(a, "--svg") == 0 || strcmp(a, "--op") == 0 ||
-               strcmp(a, "--context") == 0 || strcmp(a, "--reps") == 0) {
+               strcmp(a, "--context") == 0 || strcmp(a, "--reps") == 0 ||
+               strcmp(a, "--bytes") == 0) {
       if (!has_value) return kq_cli_usage_error(CMD, "%s needs a value", a);
       const char *v = argv[++i];
       if (strcmp(a, "--device") == 0) {
@@ -112,6 +155,8 @@ static int parse_options(int argc, char **argv, bench_options *o) {
           return kq_cli_usage_error(CMD, "--op: expected decode, prefill, fit or all, got '%s'", v);
       } else if (strcmp(a, "--context") == 0) {
         if (!parse_contexts(v, o)) return 2;
+      } else if (strcmp(a, "--bytes") == 0) {
+        if (!parse_budgets(v, o)) return 2;
       } else {
         long long n;
         if (!kq_cli_parse_int(CMD, "--reps", v, 1, 1000, &n)) return 2;
@@ -164,7 +209,31 @@ static kq_status bench_device(kq_device *device, const bench_options *o, kq_benc
   int32_t reps_decode = o->reps ? o->reps : (o->quick ? 3 : 7);
   int32_t reps_prefill = o->reps ? o->reps : (o->quick ? 2 : 3);
 
-  int total = n_shapes * (n_storages - first_storage) * n_ropes * n_ctx * n_rank_divs, index = 0;
+  /* Transform-coded rows: every budget and layout of a shape and context
+   * in one group (F16 storage, RoPE post, decode). */
+  static const double default_budgets[] = {0.375, 0.28, 0.25, 0.19};
+  double budgets[MAX_BUDGETS];
+  int n_budgets = 0;
+  if (o->budgets_set) {
+    n_budgets = o->n_budgets;
+    memcpy(budgets, o->budgets, sizeof(double) * (size_t)n_budgets);
+  } else if (o->quick) {
+    budgets[n_budgets++] = 0.28;
+  } else {
+    n_budgets = 4;
+    memcpy(budgets, default_budgets, sizeof default_budgets);
+  }
+  const kq_layout layouts[2] = {KQ_LAYOUT_PER_HEAD, KQ_LAYOUT_JOINT};
+  const int n_layouts = o->quick ? 1 : 2;
+  if (!o->decode) n_budgets = 0;
+  if (n_budgets && !ctx.info.fp16_storage) {
+    kq_bench_report_note(rep, "%s: no F16 storage; transform-coded (bytes) rows skipped",
+                         ctx.info.name);
+    n_budgets = 0;
+  }
+  int total = n_shapes * (n_storages - first_storage) * n_ropes * n_ctx * n_rank_divs +
+              n_shapes * n_ctx * n_budgets * n_layouts,
+      index = 0;
   for (int s = 0; s < n_shapes && st == KQ_OK; s++)
     for (int si = first_storage; si < n_storages && st == KQ_OK; si++)
       for (int ri = 0; ri < n_ropes && st == KQ_OK; ri++)
@@ -189,6 +258,27 @@ static kq_status bench_device(kq_device *device, const bench_options *o, kq_benc
                                               .total = total};
           if (o->decode || prefill) st = kq_bench_attention(&ctx, group, n_rank_divs, rep);
         }
+  for (int s = 0; s < n_shapes && n_budgets && st == KQ_OK; s++)
+    for (int c = 0; c < n_ctx && st == KQ_OK; c++) {
+      kq_bench_attn_config group[MAX_BUDGETS * 2];
+      int n = 0;
+      for (int b = 0; b < n_budgets; b++)
+        for (int li = 0; li < n_layouts; li++, n++)
+          group[n] = (kq_bench_attn_config){.heads = shapes[s].heads,
+                                            .kv_heads = shapes[s].kv_heads,
+                                            .head_dim = shapes[s].head_dim,
+                                            .rank = shapes[s].head_dim,
+                                            .bytes_budget = budgets[b],
+                                            .layout = layouts[li],
+                                            .storage = KQ_STORAGE_F16,
+                                            .rope = KQ_ROPE_POST,
+                                            .context = ctxs[c],
+                                            .decode = true,
+                                            .decode_reps = reps_decode,
+                                            .index = ++index,
+                                            .total = total};
+      st = kq_bench_attention(&ctx, group, n, rep);
+    }
   if (st == KQ_OK && o->decode) {
     for (int k = 0; k < 2 && st == KQ_OK; k++) {
       kq_bench_attn_config cfg = {.heads = 32,

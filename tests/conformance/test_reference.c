@@ -241,10 +241,12 @@ static double *reference(const problem *p, kqc_ref_stats *st) {
   double *vl = malloc(sizeof(double) * (size_t)p->Hk * p->n * p->rv);
   double *out = malloc(sizeof(double) * (size_t)p->m * p->H * p->d);
   assert_non_null(kl), assert_non_null(vl), assert_non_null(out);
-  kqc_ref_project(p->k, p->A, p->n, p->Hk, p->d, p->rk, p->storage, kl, p->n, 0);
-  kqc_ref_project(p->v, p->C, p->n, p->Hk, p->d, p->rv, p->storage, vl, p->n, 0);
-  kqc_ref_problem pb = {p->H,      p->Hk,   p->d, p->rk, p->rv, p->rope,
-                        p->layout, 10000.0, p->A, p->B,  p->E,  NULL};
+  assert_int_equal(kqc_ref_project(p->k, p->A, p->n, p->Hk, p->d, p->rk, p->storage, kl, p->n, 0),
+                   0);
+  assert_int_equal(kqc_ref_project(p->v, p->C, p->n, p->Hk, p->d, p->rv, p->storage, vl, p->n, 0),
+                   0);
+  kqc_ref_problem pb = {p->H,    p->Hk, p->d, p->rk, p->rv, p->rope,           p->layout,
+                        10000.0, p->A,  p->B, p->E,  NULL,  KQ_LAYOUT_PER_HEAD};
   assert_int_equal(kqc_ref_attend(&pb, kl, vl, p->n, p->n, p->m, p->q, KQ_OUTPUT_FULL, out, st), 0);
   size_t count = (size_t)p->m * p->H * p->d;
   double *keys = malloc(sizeof(double) * (size_t)p->Hk * p->n * kqc_ref_logit_width(&pb));
@@ -336,7 +338,8 @@ static void reference_refuses_m_outside_the_context(void **state) {
   float A[4] = {1, 0, 0, 1};
   double kl[2] = {0, 0}, out[2];
   float q[2] = {1, 1};
-  kqc_ref_problem pb = {1, 1, 2, 2, 2, KQ_ROPE_NONE, KQ_ROPE_PAIRS, 1e4, A, A, A, NULL};
+  kqc_ref_problem pb = {1,   1, 2, 2, 2,    KQ_ROPE_NONE,      KQ_ROPE_PAIRS,
+                        1e4, A, A, A, NULL, KQ_LAYOUT_PER_HEAD};
   assert_int_equal(kqc_ref_attend(&pb, kl, kl, 1, 0, 1, q, KQ_OUTPUT_FULL, out, NULL), -1);
   assert_int_equal(kqc_ref_attend(&pb, kl, kl, 1, 1, 2, q, KQ_OUTPUT_FULL, out, NULL), -1);
   assert_int_equal(kqc_ref_attend(&pb, kl, kl, 1, 1, 1, q, KQ_OUTPUT_FULL, out, NULL), 0);
@@ -366,7 +369,7 @@ static void thresholds_separate_bugs_from_rounding(void **state) {
                   .rope = p.rope,
                   .layout = p.layout,
                   .output = KQ_OUTPUT_FULL};
-    double thr = kqc_case_threshold(&c, &st);
+    double thr = kqc_case_threshold(&c, &st, NULL);
     size_t count = (size_t)p.m * p.H * p.d;
     double *bf = malloc(sizeof(double) * count);
     assert_non_null(bf);
@@ -390,6 +393,254 @@ static void thresholds_separate_bugs_from_rounding(void **state) {
     assert_true(thr < 1e-5);
     free(ref), free(ref2), free(bf);
     free_problem(&p);
+  }
+}
+
+/* --- quantized segments (SPEC §1b) ---------------------------------------- */
+
+static void quantizer_rounds_half_away_with_a_binary16_scale(void **state) {
+  (void)state;
+  /* Ties: s = 7·2^-4 / 7 = 2^-4 exactly; 2.5 -> 3, -2.5 -> -3 (half-even: 2). */
+  double x[4] = {2.5 / 16, -2.5 / 16, 7.0 / 16, 0.5 / 16}, out[4];
+  assert_true(kqc_ref_quantize(x, 4, 7, out) == 1.0 / 16);
+  assert_true(out[0] == 3.0 / 16 && out[1] == -3.0 / 16 && out[2] == 7.0 / 16);
+  assert_true(out[3] == 1.0 / 16); /* 0.5 -> 1 */
+  /* s = F16(1/127) = 1032·2^-17 (binary16 spacing 2^-17 in [2^-7, 2^-6)). */
+  double y[2] = {1.0, 0.5}, oy[2];
+  double s = kqc_ref_quantize(y, 2, 127, oy);
+  assert_true(s == 1032 * 0x1p-17);
+  assert_true(oy[0] == 127 * s && oy[1] == 64 * s); /* 0.5/s = 63.5039 -> 64 */
+  /* an all-zero row stores zeros with scale 0 */
+  double z[3] = {0, 0, 0}, oz[3] = {1, 1, 1};
+  assert_true(kqc_ref_quantize(z, 3, 127, oz) == 0.0);
+  assert_true(oz[0] == 0 && oz[1] == 0 && oz[2] == 0);
+  /* the F32 quotient x/s decides: 3.5 steps rounds away even when negative */
+  double w[2] = {-3.5 / 4, 7.0 / 4}, ow[2];
+  assert_true(kqc_ref_quantize(w, 2, 7, ow) == 0.25);
+  assert_true(ow[0] == -1.0);
+}
+
+static void recipes_cover_the_rank_with_valid_formats(void **state) {
+  (void)state;
+  for (int rec = 0; rec < KQC_RECIPE_COUNT; rec++)
+    for (int32_t r = 1; r <= 300; r++) {
+      kq_segment segs[KQ_MAX_SEGMENTS];
+      int32_t n = kqc_recipe_segments((kqc_recipe)rec, r, segs), sum = 0;
+      if (n <= 0) {
+        assert_true(n == 0 ? rec == KQC_FLOAT : 1);
+        continue;
+      }
+      for (int32_t k = 0; k < n; k++) {
+        assert_true(segs[k].width >= 1);
+        assert_true(segs[k].bits == KQ_SEG_FLOAT || segs[k].bits == KQ_SEG_Q8 ||
+                    segs[k].bits == KQ_SEG_Q4);
+        if (segs[k].bits == KQ_SEG_Q4) assert_int_equal(segs[k].width % 2, 0);
+        sum += segs[k].width;
+      }
+      assert_int_equal(sum, r);
+    }
+}
+
+/* How an emulated device stores its latents: correct, or with one bug. */
+typedef enum qbug {
+  QB_NONE,
+  QB_HALF_EVEN,   /* rint: ties to even instead of away */
+  QB_TRUNCATE,    /* toward zero */
+  QB_NO_SCALE,    /* dequantized q instead of q·s */
+  QB_SCALE_TWICE, /* q·s·s */
+  QB_BOUNDARY,    /* the q8|q4 format boundary one dim late (a q4 dim quantized as q8) */
+  QB_OFFSET,      /* a segment's data read from one dim past its start */
+  QB_NIBBLES,     /* q4: elements 2i and 2i+1 swapped */
+  QB_COUNT
+} qbug;
+static const char *const g_qbug_names[QB_COUNT] = {"none",     "half-even",      "truncate",
+                                                   "no scale", "scale twice",    "boundary+1",
+                                                   "offset+1", "nibbles swapped"};
+
+/* A float32 device: latent by float accumulation in reverse order, then
+ * the quantizer in float32 (roundf: half away), with `bug`. out [G, n, r]. */
+static void device_latents(const float *x, const float *proj, int32_t n, int32_t G, int32_t D,
+                           int32_t r, kq_storage storage, const kq_segment *segs0, int32_t n_segs,
+                           qbug bug, double *out) {
+  kq_segment segs[KQ_MAX_SEGMENTS];
+  memcpy(segs, segs0, sizeof(kq_segment) * (size_t)n_segs);
+  for (int32_t k = 0; bug == QB_BOUNDARY && k + 1 < n_segs; k++)
+    if (segs[k].bits == KQ_SEG_Q8 && segs[k + 1].bits == KQ_SEG_Q4) {
+      segs[k].width++, segs[k + 1].width--;
+      break;
+    }
+  float lat[1024];
+  for (int32_t g = 0; g < G; g++)
+    for (int32_t t = 0; t < n; t++) {
+      const float *xt = x + ((size_t)t * G + g) * D;
+      const float *p = proj + (size_t)g * D * r;
+      for (int32_t j = 0; j < r; j++) {
+        float acc = 0.0f;
+        for (int32_t i = D - 1; i >= 0; i--) acc += xt[i] * p[(size_t)i * r + j];
+        lat[j] = acc;
+      }
+      double *o = out + ((size_t)g * n + t) * r;
+      for (int32_t k = 0, start = 0; k < n_segs; start += segs[k].width, k++) {
+        int32_t w = segs[k].width;
+        if (segs[k].bits == KQ_SEG_FLOAT) {
+          for (int32_t j = 0; j < w; j++)
+            o[start + j] =
+                storage == KQ_STORAGE_F16 ? kqc_round_f16(lat[start + j]) : lat[start + j];
+          continue;
+        }
+        float qmax = segs[k].bits == KQ_SEG_Q8 ? 127.0f : 7.0f, amax = 0.0f;
+        for (int32_t j = 0; j < w; j++) amax = fmaxf(amax, fabsf(lat[start + j]));
+        float sc = (float)kqc_round_f16(amax / qmax);
+        for (int32_t j = 0; j < w; j++) {
+          float y = sc > 0 ? lat[start + j] / sc : 0.0f;
+          float q = bug == QB_HALF_EVEN ? rintf(y) : bug == QB_TRUNCATE ? truncf(y) : roundf(y);
+          q = fminf(fmaxf(q, -qmax), qmax);
+          double v = bug == QB_NO_SCALE      ? q
+                     : bug == QB_SCALE_TWICE ? (double)q * sc * sc
+                                             : (double)q * sc;
+          o[start + j] = v;
+        }
+        if (bug == QB_OFFSET && k == n_segs - 1) /* the last segment's dims one late */
+          for (int32_t j = 0; j < w; j++) o[start + j] = j + 1 < w ? o[start + j + 1] : 0.0;
+        if (bug == QB_NIBBLES && segs[k].bits == KQ_SEG_Q4)
+          for (int32_t j = 0; j + 1 < w; j += 2) {
+            double a = o[start + j];
+            o[start + j] = o[start + j + 1], o[start + j + 1] = a;
+          }
+      }
+    }
+}
+
+typedef struct qshape {
+  int32_t d, H, Hk, rk, rv, n, m;
+  kq_layout latent;
+  kqc_recipe kr, vr;
+  kq_storage storage;
+  int32_t ties; /* identity projections and tie data */
+} qshape;
+
+/* The case's reference (kqc_ref_project_seg: latents, alternatives,
+ * statistics) against an emulated device with `bug`; returns the device's
+ * NMSE and sets *thr to the case threshold. */
+static double quantized_nmse(const qshape *q, uint64_t seed, qbug bug, double *thr,
+                             int64_t *at_risk) {
+  int joint = q->latent == KQ_LAYOUT_JOINT;
+  int32_t G = joint ? 1 : q->Hk, D = joint ? q->Hk * q->d : q->d;
+  int32_t rk = q->ties ? D : q->rk, rv = q->ties ? D : q->rv;
+  kqc_rng rng;
+  kqc_rng_seed(&rng, seed);
+  kq_segment ks[KQ_MAX_SEGMENTS], vs[KQ_MAX_SEGMENTS];
+  int32_t nk = kqc_recipe_segments(q->kr, rk, ks), nv = kqc_recipe_segments(q->vr, rv, vs);
+  assert_true(nk > 0 && nv > 0);
+  size_t kd = (size_t)G * D;
+  float *A = calloc(kd * rk, sizeof(float)), *B = calloc(kd * rk, sizeof(float));
+  float *C = calloc(kd * rv, sizeof(float)), *E = calloc(kd * rv, sizeof(float));
+  float *k = malloc(sizeof(float) * kd * q->n), *v = malloc(sizeof(float) * kd * q->n);
+  float *qq = malloc(sizeof(float) * (size_t)q->m * q->H * q->d);
+  assert_true(A && B && C && E && k && v && qq);
+  if (q->ties) {
+    for (int32_t g = 0; g < G; g++)
+      for (int32_t i = 0; i < D; i++) {
+        size_t at = ((size_t)g * D + i) * D + i;
+        A[at] = B[at] = C[at] = E[at] = 1.0f;
+      }
+    kqc_fill_ties(&rng, k, 0, q->n, G, D, ks, nk);
+    kqc_fill_ties(&rng, v, 0, q->n, G, D, vs, nv);
+  } else {
+    assert_int_equal(kqc_make_projection_pair(&rng, G, D, rk, sqrt((double)D / rk), A, B), 0);
+    assert_int_equal(kqc_make_projection_pair(&rng, G, D, rv, 1.0, C, E), 0);
+    kqc_fill_normal(&rng, k, kd * q->n, 1.0);
+    kqc_fill_normal(&rng, v, kd * q->n, 1.0);
+  }
+  kqc_fill_normal(&rng, qq, (size_t)q->m * q->H * q->d, 1.5);
+  size_t kn = (size_t)G * q->n * rk, vn = (size_t)G * q->n * rv, on = (size_t)q->m * q->H * q->d;
+  double *kl = malloc(sizeof(double) * kn), *vl = malloc(sizeof(double) * vn);
+  double *ka = malloc(sizeof(double) * kn), *va = malloc(sizeof(double) * vn);
+  double *kdv = malloc(sizeof(double) * kn), *vdv = malloc(sizeof(double) * vn);
+  double *ref = malloc(sizeof(double) * on), *alt = malloc(sizeof(double) * on);
+  double *dev = malloc(sizeof(double) * on);
+  assert_true(kl && vl && ka && va && kdv && vdv && ref && alt && dev);
+  kqc_quant_stats qs = {0};
+  assert_int_equal(
+      kqc_ref_project_seg(k, A, q->n, G, D, rk, q->storage, ks, nk, kl, ka, q->n, 0, &qs.keys), 0);
+  assert_int_equal(
+      kqc_ref_project_seg(v, C, q->n, G, D, rv, q->storage, vs, nv, vl, va, q->n, 0, &qs.values),
+      0);
+  device_latents(k, A, q->n, G, D, rk, q->storage, ks, nk, bug, kdv);
+  device_latents(v, C, q->n, G, D, rv, q->storage, vs, nv, bug, vdv);
+  kqc_ref_problem pb = {q->H, q->Hk, q->d, rk, rv,   KQ_ROPE_POST, KQ_ROPE_PAIRS,
+                        1e4,  A,     B,    E,  NULL, q->latent};
+  kqc_ref_stats st;
+  assert_int_equal(kqc_ref_attend(&pb, kl, vl, q->n, q->n, q->m, qq, KQ_OUTPUT_FULL, ref, &st), 0);
+  assert_int_equal(kqc_ref_attend(&pb, ka, va, q->n, q->n, q->m, qq, KQ_OUTPUT_FULL, alt, NULL), 0);
+  assert_int_equal(kqc_ref_attend(&pb, kdv, vdv, q->n, q->n, q->m, qq, KQ_OUTPUT_FULL, dev, NULL),
+                   0);
+  qs.alt_nmse = nmse(alt, ref, on);
+  kqc_case c = {.head_dim = q->d,
+                .rank_k = rk,
+                .rank_v = rv,
+                .n_heads = q->H,
+                .n_kv_heads = q->Hk,
+                .n_ctx = q->n,
+                .m = q->m,
+                .storage = q->storage,
+                .rope = KQ_ROPE_POST,
+                .output = KQ_OUTPUT_FULL,
+                .key_recipe = q->kr,
+                .value_recipe = q->vr,
+                .latent = q->latent,
+                .ties = q->ties};
+  *thr = kqc_case_threshold(&c, &st, &qs);
+  *at_risk = qs.keys.at_risk + qs.values.at_risk;
+  double e = nmse(dev, ref, on);
+  free(A), free(B), free(C), free(E), free(k), free(v), free(qq);
+  free(kl), free(vl), free(ka), free(va), free(kdv), free(vdv), free(ref), free(alt), free(dev);
+  return e;
+}
+
+static const qshape g_qshapes[] = {
+    /* d  H  Hk  rk  rv   n   m  latent               keys      values    storage        ties */
+    {64, 4, 2, 16, 16, 200, 5, KQ_LAYOUT_PER_HEAD, KQC_Q8, KQC_Q8, KQ_STORAGE_F32, 0},
+    {64, 4, 2, 32, 24, 200, 5, KQ_LAYOUT_PER_HEAD, KQC_MIX, KQC_TAIL, KQ_STORAGE_F16, 0},
+    {64, 8, 2, 96, 64, 200, 1, KQ_LAYOUT_JOINT, KQC_TAIL, KQC_MIX, KQ_STORAGE_F32, 0},
+    {64, 4, 2, 0, 0, 64, 5, KQ_LAYOUT_PER_HEAD, KQC_Q8, KQC_Q4, KQ_STORAGE_F32, 1},
+    {32, 4, 2, 0, 0, 64, 5, KQ_LAYOUT_JOINT, KQC_Q4, KQC_Q8, KQ_STORAGE_F32, 1},
+};
+
+/* A correct float32 device stays below the threshold on every seed (flips
+ * included), and every planted quantizer bug lands above it: 100x for
+ * rounding, scale, offset and nibble-order bugs, 5x for one dim given the
+ * neighbouring segment's format. Half-even rounding shows only on ties,
+ * so the tie shapes carry it. */
+static void thresholds_separate_quantizer_bugs_from_rounding(void **state) {
+  (void)state;
+  for (size_t s = 0; s < sizeof g_qshapes / sizeof g_qshapes[0]; s++) {
+    const qshape *q = &g_qshapes[s];
+    double worst = 0, thr = 0;
+    int64_t risk = 0, risk_total = 0;
+    for (uint64_t seed = 0; seed < 8; seed++) {
+      double e = quantized_nmse(q, 5000 + 17 * s + seed, QB_NONE, &thr, &risk);
+      risk_total += risk;
+      worst = fmax(worst, e / thr);
+      assert_true(e <= thr);
+    }
+    print_message("qshape %zu: correct device at most %.3g of its threshold (%lld roundings at "
+                  "risk over 8 seeds)\n",
+                  s, worst, (long long)risk_total);
+    for (int b = QB_HALF_EVEN; b < QB_COUNT; b++) {
+      if (b == QB_HALF_EVEN && !q->ties) continue; /* no ties in random data */
+      int has_q4 = q->kr == KQC_Q4 || q->vr == KQC_Q4 || q->kr == KQC_MIX || q->vr == KQC_MIX ||
+                   q->kr == KQC_TAIL || q->vr == KQC_TAIL;
+      int has_boundary =
+          q->kr == KQC_MIX || q->vr == KQC_MIX || q->kr == KQC_TAIL || q->vr == KQC_TAIL;
+      if ((b == QB_NIBBLES && !has_q4) || (b == QB_BOUNDARY && !has_boundary)) continue;
+      double e = quantized_nmse(q, 5000 + 17 * s, (qbug)b, &thr, &risk);
+      print_message("qshape %zu bug %-15s: NMSE %.3e, threshold %.3e (%.0fx)\n", s, g_qbug_names[b],
+                    e, thr, e / thr);
+      /* A dim quantized in the neighbouring format is a small error (one dim
+       * of a row, q4 against q8 rounding); every other bug is gross. */
+      assert_true(e > (b == QB_BOUNDARY ? 5 : 100) * thr);
+    }
   }
 }
 
@@ -444,6 +695,43 @@ static void case_table_covers_every_dimension(void **state) {
     }
 }
 
+/* The quantized / JOINT cases cover what SPEC §1b asks of a device. */
+static void case_table_covers_quantized_segments_and_joint(void **state) {
+  (void)state;
+  int n, recipes_k = 0, recipes_v = 0, ms = 0, mask = 0, odd_q8 = 0;
+  const kqc_case *cs = kqc_cases(&n);
+  for (int j = 0; j < n; j++) {
+    const kqc_case *c = &cs[j];
+    if (!kqc_case_uses_v2(c)) continue;
+    int joint = c->latent == KQ_LAYOUT_JOINT, D = joint ? c->n_kv_heads * c->head_dim : c->head_dim;
+    int rk = c->ties ? D : c->rank_k, rv = c->ties ? D : c->rank_v;
+    assert_true(rk == c->rank_k && rv == c->rank_v && rk <= D && rv <= D);
+    kq_segment segs[KQ_MAX_SEGMENTS];
+    int32_t nk = kqc_recipe_segments(c->key_recipe, rk, segs);
+    assert_true(nk >= 0);
+    for (int32_t k = 0; k < nk; k++) odd_q8 |= segs[k].bits == KQ_SEG_Q8 && segs[k].width % 2;
+    int32_t nv = kqc_recipe_segments(c->value_recipe, rv, segs);
+    assert_true(nv >= 0);
+    for (int32_t k = 0; k < nv; k++) odd_q8 |= segs[k].bits == KQ_SEG_Q8 && segs[k].width % 2;
+    assert_false(joint && c->rope == KQ_ROPE_PRE); /* refused by the SPEC */
+    recipes_k |= 1 << c->key_recipe, recipes_v |= 1 << c->value_recipe;
+    ms |= (c->m == 1) | (c->m == 5) << 1 | (c->m == 64) << 2;
+    mask |= (!joint && c->rope == KQ_ROPE_PRE) << 0 | (joint && c->n_kv_heads == 1) << 1;
+    mask |= (joint && c->n_kv_heads > 1) << 2 | (joint && c->rank_k > c->head_dim) << 3;
+    mask |= (c->storage == KQ_STORAGE_F16) << 4 | (c->storage == KQ_STORAGE_F32) << 5;
+    mask |= (c->append == KQC_APPEND_CHUNKS) << 6 | (c->truncate_to > 0) << 7;
+    mask |= (c->layer == 1) << 8 | (c->ties && !joint) << 9 | (c->ties && joint) << 10;
+    mask |= (c->rope == KQ_ROPE_NONE) << 11 | (c->rope == KQ_ROPE_POST) << 12;
+    mask |= (c->n_heads > c->n_kv_heads) << 13 | (c->output == KQ_OUTPUT_LATENT) << 14;
+    mask |= (c->output == KQ_OUTPUT_FULL) << 15 | (joint && c->rank_v > c->head_dim) << 16;
+  }
+  assert_int_equal(recipes_k & 0x3e, 0x3e); /* q8 q4 mix tail odd */
+  assert_int_equal(recipes_v & 0x3e, 0x3e);
+  assert_int_equal(ms, 7);
+  assert_int_equal(mask, (1 << 17) - 1);
+  assert_true(odd_q8);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(f16_rounding_is_nearest_even_with_subnormals_and_overflow),
@@ -454,6 +742,10 @@ int main(void) {
       cmocka_unit_test(reference_refuses_m_outside_the_context),
       cmocka_unit_test(thresholds_separate_bugs_from_rounding),
       cmocka_unit_test(case_table_covers_every_dimension),
+      cmocka_unit_test(quantizer_rounds_half_away_with_a_binary16_scale),
+      cmocka_unit_test(recipes_cover_the_rank_with_valid_formats),
+      cmocka_unit_test(case_table_covers_quantized_segments_and_joint),
+      cmocka_unit_test(thresholds_separate_quantizer_bugs_from_rounding),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

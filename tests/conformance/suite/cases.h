@@ -18,6 +18,25 @@ typedef enum kqc_append {
                             output also compared with a second cache filled in one append */
 } kqc_append;
 
+/* Storage segment recipes (SPEC §1b), widths as functions of the rank r,
+ * in σ order. Names appear in case names. */
+typedef enum kqc_recipe {
+  KQC_FLOAT = 0, /* "float": one float segment (the v1 layout) */
+  KQC_Q8 = 1,    /* "q8": [q8 r] */
+  KQC_Q4 = 2,    /* "q4": [q4 r] (r even) */
+  KQC_MIX = 3,   /* "mix": [float max(1, r/8), q8 rest, q4 2·floor(r/4)] */
+  KQC_TAIL = 4,  /* "tail": [q8 r − 2·floor(r/4), q4 2·floor(r/4)] (no float dims) */
+  KQC_ODD = 5,   /* "odd": [q8 a, q4 b, q8 c, float 1], a and c odd (r odd, >= 7) */
+  KQC_RECIPE_COUNT
+} kqc_recipe;
+
+/* Fills segs (KQ_MAX_SEGMENTS entries) for rank r; returns the count (0 for
+ * KQC_FLOAT: the v1 layout), or -1 if the recipe does not fit r. */
+int32_t kqc_recipe_segments(kqc_recipe recipe, int32_t r, kq_segment *segs);
+
+/* "float", "q8", "q4", "mix", "tail", "odd". */
+const char *kqc_recipe_name(kqc_recipe recipe);
+
 typedef struct kqc_case {
   int32_t head_dim;
   int32_t rank_k, rank_v; /* rank_k == rank_v == head_dim with identity = 1: plain attention */
@@ -36,7 +55,19 @@ typedef struct kqc_case {
   float qscale;         /* queries ~ N(0, qscale²); 0 means the default 1.5 */
   int32_t expect_error; /* 1: the attend must fail with a status (empty cache, m > length) */
   int32_t layer;        /* layer under test (0 or 1); layers below get other ranks and tokens */
+  /* SPEC §1b: storage segments of keys and values, and the latent layout
+   * (JOINT: ranks up to n_kv_heads·head_dim, RoPE NONE/POST only). */
+  kqc_recipe key_recipe, value_recipe;
+  kq_layout latent;
+  /* 1: identity projections (rank d, or n_kv·d JOINT) and keys/values
+   * whose quantized segments sit exactly on rounding ties (x/s = j + 1/2
+   * with power-of-two scales), so that only round-half-away passes. */
+  int32_t ties;
 } kqc_case;
+
+/* 1 when a case needs ABI v2 features (quantized segments or the JOINT
+ * layout): a device may answer KQ_ERR_UNSUPPORTED for it. */
+int kqc_case_uses_v2(const kqc_case *c);
 
 /* The table, in order; *out_count cases. */
 const kqc_case *kqc_cases(int *out_count);
@@ -46,8 +77,18 @@ const kqc_case *kqc_cases(int *out_count);
  * Writes at most size bytes (NUL-terminated). */
 void kqc_case_name(const kqc_case *c, char *buf, size_t size);
 
+/* Quantization figures of a case's reference run (kqc_ref_project_seg
+ * statistics of keys and values, and the NMSE between the reference and
+ * its alternative with every at-risk rounding taken the other way). */
+typedef struct kqc_quant_stats {
+  kqc_ref_qstats keys, values;
+  double alt_nmse; /* 0 when nothing is at risk */
+} kqc_quant_stats;
+
 /* The NMSE threshold of a case given the logit statistics of its reference
- * run (derivation in cases.c). */
-double kqc_case_threshold(const kqc_case *c, const kqc_ref_stats *stats);
+ * run and (may be NULL for float-only cases) its quantization statistics
+ * (derivation in cases.c). */
+double kqc_case_threshold(const kqc_case *c, const kqc_ref_stats *stats,
+                          const kqc_quant_stats *quant);
 
 #endif /* KQC_CASES_H */

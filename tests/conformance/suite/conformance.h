@@ -17,6 +17,8 @@ typedef struct kqc_result {
   double threshold;      /* kqc_case_threshold(); 0 for error cases */
   int pass;              /* 1 if the case passed */
   int skipped;           /* 1: F16 storage on a device that reports none (neither pass nor fail) */
+  int unsupported;       /* 1: a quantized / JOINT case (kqc_case_uses_v2) the device answered
+                            with KQ_ERR_UNSUPPORTED (neither pass nor fail, counted apart) */
   double seconds;        /* wall time of the case: device work and reference */
   double device_seconds; /* wall time inside kq_cache_append and kq_cache_attend */
   char error[512];       /* why it failed (status and kq_last_error), or "" */

@@ -87,6 +87,29 @@ int kqc_make_projection_pair(kqc_rng *rng, int32_t n_kv, int32_t d, int32_t r, d
   return 0;
 }
 
+void kqc_fill_ties(kqc_rng *rng, float *x, int32_t from, int32_t n, int32_t G, int32_t D,
+                   const kq_segment *segs, int32_t n_segs) {
+  for (int32_t t = from; t < n; t++)
+    for (int32_t g = 0; g < G; g++) {
+      float *row = x + ((size_t)t * G + g) * D;
+      for (int32_t k = 0, start = 0; k < n_segs; start += segs[k].width, k++) {
+        int32_t w = segs[k].width, qmax = segs[k].bits == KQ_SEG_Q8 ? 127 : 7;
+        if (segs[k].bits == KQ_SEG_FLOAT) {
+          kqc_fill_normal(rng, row + start, (size_t)w, 1.0);
+          continue;
+        }
+        double s0 = ldexp(1.0, -((qmax == 127 ? 6 : 2) + (kqc_rng_uniform(rng) < 0.5)));
+        for (int32_t j = 0; j < w; j++) {
+          double sign = kqc_rng_uniform(rng) < 0.5 ? -1.0 : 1.0;
+          double q = floor(kqc_rng_uniform(rng) * qmax) + 0.5;
+          row[start + j] = (float)(sign * q * s0);
+        }
+        int32_t at = (int32_t)(kqc_rng_uniform(rng) * w);
+        row[start + at] = (float)((kqc_rng_uniform(rng) < 0.5 ? -qmax : qmax) * s0);
+      }
+    }
+}
+
 uint64_t kqc_hash(const char *text) {
   uint64_t h = 0xcbf29ce484222325ull;
   for (; *text; text++) h = (h ^ (uint8_t)*text) * 0x100000001b3ull;

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kqsvd.h"
+
 typedef struct kqc_rng {
   uint64_t s[4];
 } kqc_rng;
@@ -32,6 +34,14 @@ void kqc_fill_normal(kqc_rng *rng, float *x, size_t n, double sigma);
  * logits near unit scale at any rank. Returns 0, or -1 if out of memory. */
 int kqc_make_projection_pair(kqc_rng *rng, int32_t n_kv, int32_t d, int32_t r, double gain,
                              float *down, float *up);
+
+/* Rows [from, n) of x [n, G, D] whose quantized segments (segs, n_segs
+ * covering D; SPEC §1b) sit exactly on rounding ties: per row and segment
+ * a power-of-two step s0 with qmax·s0 in [1, 2), one element ±qmax·s0 (so
+ * the scale is exactly s0) and the others ±(j + 1/2)·s0, j in [0, qmax):
+ * x/s = j + 1/2 exactly in float32. Float segments get N(0, 1). */
+void kqc_fill_ties(kqc_rng *rng, float *x, int32_t from, int32_t n, int32_t G, int32_t D,
+                   const kq_segment *segs, int32_t n_segs);
 
 /* FNV-1a hash of a string (case seeds). */
 uint64_t kqc_hash(const char *text);

@@ -17,23 +17,36 @@
 
 #define KQC_THETA 10000.0
 
-/* Everything one case owns. Latents are the reference's, [Hk, n, r]. */
+/* One sequence of tokens and what the reference makes of it. Latents are
+ * [G, n, r] (G = n_kv heads, or 1 in the JOINT layout). */
+typedef struct kqc_data {
+  float *keys, *values;
+  double *klat, *vlat;
+  double *khat;                /* PRE: rotated keys (kqc_ref_logit_keys), else NULL */
+  double *klat_alt, *vlat_alt; /* at-risk roundings taken the other way; NULL: none */
+  double *khat_alt;
+} kqc_data;
+
+/* Everything one case owns. */
 typedef struct kqc_state {
   const kqc_case *c;
   kqc_result *res;
-  int32_t n, ow; /* tokens generated (>= 1), output width per head */
+  int32_t n, ow;     /* tokens generated (>= 1), output width per head */
+  int32_t groups, D; /* latent groups and the width one group projects (JOINT: 1, Hk·d) */
+  int32_t n_kseg, n_vseg;
+  kq_segment kseg[KQ_MAX_SEGMENTS], vseg[KQ_MAX_SEGMENTS];
   float *A, *B, *C, *E;
   float *own; /* identity matrices of an identity case, owned */
-  float *keys, *values, *queries;
-  float *stale_keys, *stale_values; /* truncate cases: what is cut off */
-  float *junk;                      /* [n, Hk, d] tokens for the layers below the tested one */
-  double *klat, *vlat, *klat_stale, *vlat_stale;
-  double *khat, *khat_stale; /* PRE: rotated keys (kqc_ref_logit_keys), else NULL */
+  float *queries;
+  kqc_data data, stale; /* stale: truncate cases, what is cut off */
+  float *junk;          /* [n, Hk, d] tokens for the layers below the tested one */
   float *out;
-  double *ref;
+  double *ref, *ref_alt;
   double num, den; /* Σ(a−b)², Σb² over every compared attend */
+  double alt_num;  /* Σ(alt − b)² over the same attends */
   double worst;    /* other NMSEs that must stay below the threshold */
   kqc_ref_stats stats;
+  kqc_quant_stats quant;
 } kqc_state;
 
 static double now(void) {
@@ -57,23 +70,91 @@ static int fail_status(kqc_state *r, const char *what, kq_status st) {
   return fail(r, "%s: %s: %s", what, kq_status_string(st), kq_last_error());
 }
 
+/* A failed device call (cache create / append / attend). A quantized or
+ * JOINT case that the device does not implement yet is "unsupported",
+ * neither passed nor failed; any other status is a failure. */
+static int fail_device(kqc_state *r, const char *what, kq_status st) {
+  if (st == KQ_ERR_UNSUPPORTED && kqc_case_uses_v2(r->c) && !r->res->error[0]) {
+    r->res->unsupported = 1;
+    (void)what; /* kq_last_error names the call, device and layer */
+    snprintf(r->res->error, sizeof r->res->error, "unsupported: %s", kq_last_error());
+    return -1;
+  }
+  return fail_status(r, what, st);
+}
+
 static void *alloc(kqc_state *r, size_t count, size_t size) {
   void *p = calloc(count ? count : 1, size);
   if (!p) fail(r, "out of host memory (%zu x %zu bytes)", count, size);
   return p;
 }
 
+static void data_free(kqc_data *d) {
+  free(d->keys), free(d->values), free(d->klat), free(d->vlat), free(d->khat);
+  free(d->klat_alt), free(d->vlat_alt), free(d->khat_alt);
+}
+
 static void release(kqc_state *r) {
-  free(r->own), free(r->keys), free(r->values), free(r->queries);
-  free(r->stale_keys), free(r->stale_values), free(r->junk);
-  free(r->klat), free(r->vlat), free(r->klat_stale), free(r->vlat_stale);
-  free(r->khat), free(r->khat_stale);
-  free(r->out), free(r->ref);
+  free(r->own), free(r->queries), free(r->junk);
+  data_free(&r->data), data_free(&r->stale);
+  free(r->out), free(r->ref), free(r->ref_alt);
+}
+
+/* Segments of layer l's keys or values: the case's recipe on the layer
+ * under test; lower layers take it too where it fits their rank, else q8. */
+static int set_segments(kqc_state *r, kq_projections *proj, int32_t l, kq_side side,
+                        kqc_recipe recipe, int32_t rank) {
+  kq_segment segs[KQ_MAX_SEGMENTS];
+  int32_t n = kqc_recipe_segments(recipe, rank, segs);
+  if (n < 0 && l == r->c->layer)
+    return fail(r, "recipe %s does not fit rank %d", kqc_recipe_name(recipe), (int)rank);
+  if (n < 0) n = kqc_recipe_segments(KQC_Q8, rank, segs);
+  if (l == r->c->layer) {
+    memcpy(side == KQ_SIDE_KEYS ? r->kseg : r->vseg, segs, sizeof(kq_segment) * (size_t)n);
+    *(side == KQ_SIDE_KEYS ? &r->n_kseg : &r->n_vseg) = n;
+  }
+  kq_status st = n > 0 ? kq_projections_set_segments(proj, l, side, n, segs) : KQ_OK;
+  return st == KQ_OK ? 0 : fail_status(r, "kq_projections_set_segments", st);
+}
+
+/* Identity matrices of every projection: per head [Hk, d, d], JOINT
+ * [Hk·d, Hk·d] (which is also query_down / value_up [Hk, d, Hk·d]: kv head
+ * i's block selects its own dims). */
+static int make_identity(kqc_state *r, kq_projections **out, const kq_projections_info *info) {
+  const kqc_case *c = r->c;
+  int32_t G = r->groups, D = r->D;
+  size_t sz = (size_t)G * D * D;
+  kq_status st;
+  if (!(r->own = alloc(r, sz, sizeof(float)))) return -1;
+  for (int32_t h = 0; h < G; h++)
+    for (int32_t i = 0; i < D; i++) r->own[((size_t)h * D + i) * D + i] = 1.0f;
+  r->A = r->B = r->C = r->E = r->own;
+  if (c->latent != KQ_LAYOUT_JOINT) {
+    if ((st = kq_projections_create_identity(info, out)) != KQ_OK)
+      return fail_status(r, "kq_projections_create_identity", st);
+  } else {
+    int32_t rk = D, rv = D;
+    kq_projection_layer L;
+    if ((st = kq_projections_create(info, &rk, &rv, out)) != KQ_OK)
+      return fail_status(r, "kq_projections_create", st);
+    if ((st = kq_projections_layer(*out, 0, &L)) != KQ_OK)
+      return fail_status(r, "kq_projections_layer", st);
+    memcpy(L.key_down, r->own, sz * sizeof(float));
+    memcpy(L.query_down, r->own, sz * sizeof(float));
+    memcpy(L.value_down, r->own, sz * sizeof(float));
+    memcpy(L.value_up, r->own, sz * sizeof(float));
+  }
+  if (set_segments(r, *out, 0, KQ_SIDE_KEYS, c->key_recipe, D) ||
+      set_segments(r, *out, 0, KQ_SIDE_VALUES, c->value_recipe, D))
+    return -1;
+  return 0;
 }
 
 /* Projections on the host: random pairs (data.h), or identity. The matrices
  * the reference reads are r->A..E: for identity cases the suite's own
- * identity matrices, never the library's. */
+ * identity matrices, never the library's. JOINT: key_down / value_down
+ * [Hk·d, R] and query_down / value_up [Hk, d, R] are one pair in the
+ * Hk·d-dimensional space (the same bytes as [Hk, d, R]). */
 static int make_projections(kqc_state *r, kqc_rng *rng, kq_projections **out) {
   const kqc_case *c = r->c;
   kq_projections_info info = {.method = KQ_METHOD_KQSVD,
@@ -83,26 +164,18 @@ static int make_projections(kqc_state *r, kqc_rng *rng, kq_projections **out) {
                               .head_dim = c->head_dim,
                               .rope = c->rope,
                               .rope_layout = c->layout,
-                              .rope_theta = (float)KQC_THETA};
-  int32_t d = c->head_dim, Hk = c->n_kv_heads;
+                              .rope_theta = (float)KQC_THETA,
+                              .layout = c->latent};
+  int32_t D = r->D, G = r->groups;
   kq_status st;
-  if (c->identity) {
-    if ((st = kq_projections_create_identity(&info, out)) != KQ_OK)
-      return fail_status(r, "kq_projections_create_identity", st);
-    size_t sz = (size_t)Hk * d * d;
-    if (!(r->own = alloc(r, sz, sizeof(float)))) return -1;
-    for (int32_t h = 0; h < Hk; h++)
-      for (int32_t i = 0; i < d; i++) r->own[((size_t)h * d + i) * d + i] = 1.0f;
-    r->A = r->B = r->C = r->E = r->own;
-    return 0;
-  }
+  if (c->identity) return make_identity(r, out, &info);
   /* Layers below the one under test get other ranks and their own random
    * matrices: a device that mixes layers up gets the wrong answer. */
   int32_t rk[2], rv[2];
   for (int32_t l = 0; l <= c->layer; l++) {
     int other = l != c->layer;
-    rk[l] = other ? (c->rank_k + 3 <= d ? c->rank_k + 3 : d / 2) : c->rank_k;
-    rv[l] = other ? (c->rank_v + 5 <= d ? c->rank_v + 5 : d / 2) : c->rank_v;
+    rk[l] = other ? (c->rank_k + 3 <= D ? c->rank_k + 3 : D / 2) : c->rank_k;
+    rv[l] = other ? (c->rank_v + 5 <= D ? c->rank_v + 5 : D / 2) : c->rank_v;
   }
   if ((st = kq_projections_create(&info, rk, rv, out)) != KQ_OK)
     return fail_status(r, "kq_projections_create", st);
@@ -113,10 +186,13 @@ static int make_projections(kqc_state *r, kqc_rng *rng, kq_projections **out) {
     if (L.rank_k != rk[l] || L.rank_v != rv[l])
       return fail(r, "kq_projections_layer %d: ranks %d/%d, expected %d/%d", (int)l, (int)L.rank_k,
                   (int)L.rank_v, (int)rk[l], (int)rv[l]);
-    if (kqc_make_projection_pair(rng, Hk, d, rk[l], sqrt((double)d / rk[l]), L.key_down,
+    if (kqc_make_projection_pair(rng, G, D, rk[l], sqrt((double)D / rk[l]), L.key_down,
                                  L.query_down) ||
-        kqc_make_projection_pair(rng, Hk, d, rv[l], 1.0, L.value_down, L.value_up))
+        kqc_make_projection_pair(rng, G, D, rv[l], 1.0, L.value_down, L.value_up))
       return fail(r, "out of host memory (projections)");
+    if (set_segments(r, *out, l, KQ_SIDE_KEYS, c->key_recipe, rk[l]) ||
+        set_segments(r, *out, l, KQ_SIDE_VALUES, c->value_recipe, rv[l]))
+      return -1;
     r->A = L.key_down, r->B = L.query_down, r->C = L.value_down, r->E = L.value_up;
   }
   return 0;
@@ -135,16 +211,44 @@ static kqc_ref_problem ref_problem(const kqc_state *r, const double *khat) {
                         .key_down = r->A,
                         .query_down = r->B,
                         .value_up = r->E,
-                        .logit_keys = khat};
+                        .logit_keys = khat,
+                        .latent_layout = c->latent};
   return pb;
 }
 
 /* PRE keys are rebuilt and rotated once per data set, not per attend. */
 static double *rotated_keys(kqc_state *r, const double *klat) {
   kqc_ref_problem pb = ref_problem(r, NULL);
-  double *khat = alloc(r, (size_t)r->c->n_kv_heads * r->n * r->c->head_dim, sizeof(double));
+  double *khat = alloc(r, (size_t)r->groups * r->n * r->c->head_dim, sizeof(double));
   if (khat) kqc_ref_logit_keys(&pb, klat, r->n, r->n, khat);
   return khat;
+}
+
+/* The reference's latents of one data set, and their alternatives when any
+ * rounding is at risk (kqc_ref_project_seg). */
+static int project_data(kqc_state *r, kqc_data *dt, kqc_quant_stats *qs) {
+  const kqc_case *c = r->c;
+  int32_t G = r->groups, D = r->D, v2 = kqc_case_uses_v2(c);
+  size_t kn = (size_t)G * r->n * c->rank_k, vn = (size_t)G * r->n * c->rank_v;
+  dt->klat = alloc(r, kn, sizeof(double));
+  dt->vlat = alloc(r, vn, sizeof(double));
+  if (v2) dt->klat_alt = alloc(r, kn, sizeof(double)), dt->vlat_alt = alloc(r, vn, sizeof(double));
+  if (!dt->klat || !dt->vlat || (v2 && (!dt->klat_alt || !dt->vlat_alt))) return -1;
+  int64_t risk = qs->keys.at_risk + qs->values.at_risk;
+  if (kqc_ref_project_seg(dt->keys, r->A, r->n, G, D, c->rank_k, c->storage, r->kseg, r->n_kseg,
+                          dt->klat, dt->klat_alt, r->n, 0, &qs->keys) ||
+      kqc_ref_project_seg(dt->values, r->C, r->n, G, D, c->rank_v, c->storage, r->vseg, r->n_vseg,
+                          dt->vlat, dt->vlat_alt, r->n, 0, &qs->values))
+    return fail(r, "out of host memory (reference projection)");
+  if (qs->keys.at_risk + qs->values.at_risk == risk) { /* nothing at risk: no alternative */
+    free(dt->klat_alt), free(dt->vlat_alt);
+    dt->klat_alt = dt->vlat_alt = NULL;
+  }
+  if (c->rope == KQ_ROPE_PRE) {
+    if (!(dt->khat = rotated_keys(r, dt->klat))) return -1;
+    if (dt->klat_alt && !(dt->khat_alt = rotated_keys(r, dt->klat_alt))) return -1;
+  }
+  return 0;
 }
 
 /* Inputs and the reference's latents of the final sequence (and of the
@@ -153,44 +257,49 @@ static int make_data(kqc_state *r, kqc_rng *rng) {
   const kqc_case *c = r->c;
   int32_t d = c->head_dim, Hk = c->n_kv_heads, H = c->n_heads;
   size_t nkv = (size_t)r->n * Hk * d;
-  r->keys = alloc(r, nkv, sizeof(float));
-  r->values = alloc(r, nkv, sizeof(float));
+  kqc_data *dt = &r->data;
+  dt->keys = alloc(r, nkv, sizeof(float));
+  dt->values = alloc(r, nkv, sizeof(float));
   /* Error cases may ask for more queries than tokens: rows for max(n, m). */
   int32_t rows = r->n > c->m ? r->n : c->m;
   r->queries = alloc(r, (size_t)rows * H * d, sizeof(float));
-  r->klat = alloc(r, (size_t)Hk * r->n * c->rank_k, sizeof(double));
-  r->vlat = alloc(r, (size_t)Hk * r->n * c->rank_v, sizeof(double));
   r->out = alloc(r, (size_t)rows * H * r->ow, sizeof(float));
   r->ref = alloc(r, (size_t)rows * H * r->ow, sizeof(double));
-  if (!r->keys || !r->values || !r->queries || !r->klat || !r->vlat || !r->out || !r->ref)
-    return -1;
-  kqc_fill_normal(rng, r->keys, nkv, 1.0);
-  kqc_fill_normal(rng, r->values, nkv, 1.0);
+  r->ref_alt = alloc(r, (size_t)rows * H * r->ow, sizeof(double));
+  if (!dt->keys || !dt->values || !r->queries || !r->out || !r->ref || !r->ref_alt) return -1;
+  if (c->ties) {
+    kqc_fill_ties(rng, dt->keys, 0, r->n, r->groups, r->D, r->kseg, r->n_kseg);
+    kqc_fill_ties(rng, dt->values, 0, r->n, r->groups, r->D, r->vseg, r->n_vseg);
+  } else {
+    kqc_fill_normal(rng, dt->keys, nkv, 1.0);
+    kqc_fill_normal(rng, dt->values, nkv, 1.0);
+  }
   kqc_fill_normal(rng, r->queries, (size_t)rows * H * d, c->qscale > 0 ? c->qscale : 1.5);
-  kqc_ref_project(r->keys, r->A, r->n, Hk, d, c->rank_k, c->storage, r->klat, r->n, 0);
-  kqc_ref_project(r->values, r->C, r->n, Hk, d, c->rank_v, c->storage, r->vlat, r->n, 0);
-  if (c->rope == KQ_ROPE_PRE && !(r->khat = rotated_keys(r, r->klat))) return -1;
+  if (project_data(r, dt, &r->quant)) return -1;
   if (c->layer > 0) {
     if (!(r->junk = alloc(r, nkv, sizeof(float)))) return -1;
     kqc_fill_normal(rng, r->junk, nkv, 3.0);
   }
   if (c->truncate_to > 0) {
     /* Same first truncate_to tokens, different ones after. */
-    r->stale_keys = alloc(r, nkv, sizeof(float));
-    r->stale_values = alloc(r, nkv, sizeof(float));
-    r->klat_stale = alloc(r, (size_t)Hk * r->n * c->rank_k, sizeof(double));
-    r->vlat_stale = alloc(r, (size_t)Hk * r->n * c->rank_v, sizeof(double));
-    if (!r->stale_keys || !r->stale_values || !r->klat_stale || !r->vlat_stale) return -1;
+    kqc_data *sd = &r->stale;
+    sd->keys = alloc(r, nkv, sizeof(float));
+    sd->values = alloc(r, nkv, sizeof(float));
+    if (!sd->keys || !sd->values) return -1;
     size_t keep = (size_t)c->truncate_to * Hk * d;
-    memcpy(r->stale_keys, r->keys, keep * sizeof(float));
-    memcpy(r->stale_values, r->values, keep * sizeof(float));
-    kqc_fill_normal(rng, r->stale_keys + keep, nkv - keep, 1.0);
-    kqc_fill_normal(rng, r->stale_values + keep, nkv - keep, 1.0);
-    kqc_ref_project(r->stale_keys, r->A, r->n, Hk, d, c->rank_k, c->storage, r->klat_stale, r->n,
-                    0);
-    kqc_ref_project(r->stale_values, r->C, r->n, Hk, d, c->rank_v, c->storage, r->vlat_stale, r->n,
-                    0);
-    if (c->rope == KQ_ROPE_PRE && !(r->khat_stale = rotated_keys(r, r->klat_stale))) return -1;
+    memcpy(sd->keys, dt->keys, keep * sizeof(float));
+    memcpy(sd->values, dt->values, keep * sizeof(float));
+    if (c->ties) {
+      kqc_fill_ties(rng, sd->keys, c->truncate_to, r->n, r->groups, r->D, r->kseg, r->n_kseg);
+      kqc_fill_ties(rng, sd->values, c->truncate_to, r->n, r->groups, r->D, r->vseg, r->n_vseg);
+    } else {
+      kqc_fill_normal(rng, sd->keys + keep, nkv - keep, 1.0);
+      kqc_fill_normal(rng, sd->values + keep, nkv - keep, 1.0);
+    }
+    kqc_quant_stats ignored = {0}; /* thresholds use the final sequence's figures */
+    if (project_data(r, sd, &ignored)) return -1;
+    r->quant.keys.at_risk += ignored.keys.at_risk;
+    r->quant.values.at_risk += ignored.values.at_risk;
   }
   return 0;
 }
@@ -207,9 +316,10 @@ static double nmse_of(const float *a, const double *b, size_t count, double *num
 }
 
 /* Attends the last m of `len` tokens on the device and the reference
- * (latents klat/vlat) and accumulates the squared errors. */
+ * (data set dt) and accumulates the squared errors; with at-risk roundings
+ * also the reference's distance to its alternative. */
 static int attend_and_compare(kqc_state *r, kq_cache *cache, int32_t len, int32_t m,
-                              const double *klat, const double *vlat) {
+                              const kqc_data *dt) {
   const kqc_case *c = r->c;
   int32_t H = c->n_heads;
   size_t count = (size_t)m * H * r->ow;
@@ -218,22 +328,31 @@ static int attend_and_compare(kqc_state *r, kq_cache *cache, int32_t len, int32_
   double t0 = now();
   kq_status st = kq_cache_attend(cache, c->layer, m, q, c->output, r->out);
   r->res->device_seconds += now() - t0;
-  if (st != KQ_OK) return fail_status(r, "kq_cache_attend", st);
-  kqc_ref_problem pb = ref_problem(r, klat == r->klat ? r->khat : r->khat_stale);
+  if (st != KQ_OK) return fail_device(r, "kq_cache_attend", st);
+  kqc_ref_problem pb = ref_problem(r, dt->khat);
   kqc_ref_stats stats;
-  if (kqc_ref_attend(&pb, klat, vlat, r->n, len, m, q, c->output, r->ref, &stats))
+  if (kqc_ref_attend(&pb, dt->klat, dt->vlat, r->n, len, m, q, c->output, r->ref, &stats))
     return fail(r, "reference attention failed (len %d, m %d)", (int)len, (int)m);
   r->stats.logit_max = fmax(r->stats.logit_max, stats.logit_max);
   r->stats.logit_rms = fmax(r->stats.logit_rms, stats.logit_rms);
   double e = nmse_of(r->out, r->ref, count, &r->num, &r->den);
   if (!(e == e)) return fail(r, "attend at length %d, m %d: non-finite output", (int)len, (int)m);
+  if (dt->klat_alt) {
+    pb.logit_keys = dt->khat_alt;
+    if (kqc_ref_attend(&pb, dt->klat_alt, dt->vlat_alt, r->n, len, m, q, c->output, r->ref_alt,
+                       NULL))
+      return fail(r, "reference attention failed (len %d, m %d)", (int)len, (int)m);
+    for (size_t i = 0; i < count; i++)
+      r->alt_num += (r->ref_alt[i] - r->ref[i]) * (r->ref_alt[i] - r->ref[i]);
+  }
   return 0;
 }
 
-/* Appends tokens [from, to) of keys/values (one call or growing chunks, each
- * followed by an attend) and ends with an attend of the case's m queries. */
+/* Appends tokens [from, to) of data set dt (one call or growing chunks,
+ * each followed by an attend) and ends with an attend of the case's m
+ * queries. */
 static int fill(kqc_state *r, kq_cache *cache, int32_t from, int32_t to, kqc_append mode,
-                const float *keys, const float *values, const double *klat, const double *vlat) {
+                const kqc_data *dt) {
   static const int32_t chunks[] = {1, 3, 8, 21, 55, 144, 377, 987};
   const kqc_case *c = r->c;
   size_t row = (size_t)c->n_kv_heads * c->head_dim;
@@ -248,9 +367,9 @@ static int fill(kqc_state *r, kq_cache *cache, int32_t from, int32_t to, kqc_app
     for (int32_t l = 0; l < c->layer && st == KQ_OK; l++)
       st = kq_cache_append(cache, l, step, r->junk + len * row, r->junk + (to - len - step) * row);
     if (st == KQ_OK)
-      st = kq_cache_append(cache, c->layer, step, keys + len * row, values + len * row);
+      st = kq_cache_append(cache, c->layer, step, dt->keys + len * row, dt->values + len * row);
     r->res->device_seconds += now() - t0;
-    if (st != KQ_OK) return fail_status(r, "kq_cache_append", st);
+    if (st != KQ_OK) return fail_device(r, "kq_cache_append", st);
     len += step;
     if (kq_cache_length(cache, c->layer) != len)
       return fail(r, "kq_cache_length is %d after appending up to %d",
@@ -258,9 +377,9 @@ static int fill(kqc_state *r, kq_cache *cache, int32_t from, int32_t to, kqc_app
     /* Between chunks: attend the newest few tokens (decode, small prefill);
      * at most 8 keeps software devices fast. */
     int32_t mi = step < c->m ? step : c->m;
-    if (len < to && attend_and_compare(r, cache, len, mi < 8 ? mi : 8, klat, vlat)) return -1;
+    if (len < to && attend_and_compare(r, cache, len, mi < 8 ? mi : 8, dt)) return -1;
   }
-  return attend_and_compare(r, cache, to, c->m, klat, vlat);
+  return attend_and_compare(r, cache, to, c->m, dt);
 }
 
 static kq_status new_cache(kq_device *dev, const kq_projections *proj, const kqc_case *c,
@@ -275,7 +394,7 @@ static kq_status new_cache(kq_device *dev, const kq_projections *proj, const kqc
 static void run_error_case(kqc_state *r, kq_cache *cache) {
   const kqc_case *c = r->c;
   if (c->n_ctx > 0) {
-    kq_status st = kq_cache_append(cache, c->layer, c->n_ctx, r->keys, r->values);
+    kq_status st = kq_cache_append(cache, c->layer, c->n_ctx, r->data.keys, r->data.values);
     if (st != KQ_OK) {
       fail_status(r, "kq_cache_append", st);
       return;
@@ -308,7 +427,7 @@ static void run_case(kqc_state *r, kq_device *dev, kq_projections *proj) {
     }
   }
   if (st != KQ_OK) {
-    fail_status(r, "kq_cache_create", st);
+    fail_device(r, "kq_cache_create", st);
     return;
   }
   if (c->expect_error) {
@@ -318,9 +437,7 @@ static void run_case(kqc_state *r, kq_device *dev, kq_projections *proj) {
   }
   int32_t from = 0;
   if (c->truncate_to > 0) {
-    if (fill(r, cache, 0, c->n_ctx, KQC_APPEND_ONE, r->stale_keys, r->stale_values, r->klat_stale,
-             r->vlat_stale))
-      goto done;
+    if (fill(r, cache, 0, c->n_ctx, KQC_APPEND_ONE, &r->stale)) goto done;
     if ((st = kq_cache_truncate(cache, c->truncate_to)) != KQ_OK) {
       fail_status(r, "kq_cache_truncate", st);
       goto done;
@@ -332,7 +449,7 @@ static void run_case(kqc_state *r, kq_device *dev, kq_projections *proj) {
     }
     from = c->truncate_to;
   }
-  if (fill(r, cache, from, c->n_ctx, c->append, r->keys, r->values, r->klat, r->vlat)) goto done;
+  if (fill(r, cache, from, c->n_ctx, c->append, &r->data)) goto done;
   if (c->append == KQC_APPEND_CHUNKS) {
     /* The chunked cache against a cache filled in one append. */
     size_t count = (size_t)c->m * c->n_heads * r->ow;
@@ -345,8 +462,8 @@ static void run_case(kqc_state *r, kq_device *dev, kq_projections *proj) {
     }
     memcpy(chunked, r->out, count * sizeof(float));
     int bad = (st = new_cache(dev, proj, c, &one)) != KQ_OK;
-    if (bad) fail_status(r, "kq_cache_create", st);
-    if (!bad) bad = fill(r, one, 0, c->n_ctx, KQC_APPEND_ONE, r->keys, r->values, r->klat, r->vlat);
+    if (bad) fail_device(r, "kq_cache_create", st);
+    if (!bad) bad = fill(r, one, 0, c->n_ctx, KQC_APPEND_ONE, &r->data);
     if (!bad) {
       for (size_t i = 0; i < count; i++) chunked_d[i] = r->out[i];
       r->worst = fmax(r->worst, nmse_of(chunked, chunked_d, count, NULL, NULL));
@@ -355,11 +472,13 @@ static void run_case(kqc_state *r, kq_device *dev, kq_projections *proj) {
     if (bad) goto done;
   }
   r->res->nmse = fmax(r->num / r->den, r->worst);
-  r->res->threshold = kqc_case_threshold(c, &r->stats);
+  r->quant.alt_nmse = r->alt_num / r->den;
+  r->res->threshold = kqc_case_threshold(c, &r->stats, kqc_case_uses_v2(c) ? &r->quant : NULL);
   r->res->pass = r->res->nmse <= r->res->threshold;
   if (!r->res->pass)
-    fail(r, "NMSE %.3e above threshold %.3e (logits max %.3g, rms %.3g)", r->res->nmse,
-         r->res->threshold, r->stats.logit_max, r->stats.logit_rms);
+    fail(r, "NMSE %.3e above threshold %.3e (logits max %.3g, rms %.3g; %lld roundings at risk)",
+         r->res->nmse, r->res->threshold, r->stats.logit_max, r->stats.logit_rms,
+         (long long)(r->quant.keys.at_risk + r->quant.values.at_risk));
 done:
   kq_cache_destroy(one);
   kq_cache_destroy(cache);
@@ -373,6 +492,8 @@ void kqc_run_case(kq_device *device, const kqc_case *c, kqc_result *out) {
   kqc_state r = {.c = c, .res = out};
   r.n = c->n_ctx > 0 ? c->n_ctx : 1;
   r.ow = c->output == KQ_OUTPUT_FULL ? c->head_dim : c->rank_v;
+  r.groups = c->latent == KQ_LAYOUT_JOINT ? 1 : c->n_kv_heads;
+  r.D = c->latent == KQ_LAYOUT_JOINT ? c->n_kv_heads * c->head_dim : c->head_dim;
   kqc_rng rng;
   kqc_rng_seed(&rng, kqc_hash(out->name));
   kq_projections *proj = NULL;
