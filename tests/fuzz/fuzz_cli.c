@@ -34,6 +34,8 @@ int kq_cmd_synth(int argc, char **argv);
 /* ---- link-time replacements for the heavy calls ------------------------ */
 
 kq_status __wrap_kq_fit(const char *calib, const char *out, const kq_fit_params *p);
+kq_status __wrap_kq_fit_ex(const char *calib, const char *out, const kq_fit_params *p,
+                           kq_fit_summary *summary);
 kq_status __wrap_kq_eval(const char *calib, const char *proj, const kq_eval_params *p,
                          kq_eval_result **out);
 kq_status __wrap_kq_synth(const char *out, const kq_synth_params *p);
@@ -49,12 +51,20 @@ static void require(int ok, const char *what) {
 kq_status __wrap_kq_fit(const char *calib, const char *out, const kq_fit_params *p) {
   require(calib && out && p, "fit: NULL path or params");
   require(kq_method_name(p->method) != NULL, "fit: invalid method");
-  int modes = (p->rank_k > 0 || p->rank_v > 0) + (p->epsilon > 0) + (p->ratio > 0);
+  int modes = (p->rank_k > 0 || p->rank_v > 0) + (p->epsilon > 0) + (p->ratio > 0) + (p->bytes > 0);
   require(modes == 1, "fit: not exactly one rank mode");
   require((p->rank_k > 0) == (p->rank_v > 0), "fit: only one of rank_k / rank_v");
-  require(p->ratio <= 1.0 && p->epsilon < 1.0 && p->alpha > 0, "fit: value out of range");
+  require(p->ratio <= 1.0 && p->epsilon < 1.0 && p->bytes <= 1.0 && p->alpha > 0,
+          "fit: value out of range");
+  require(kq_layout_name(p->layout) != NULL, "fit: invalid layout");
   require(p->n_threads >= 0, "fit: negative thread count");
   return kq_set_error(KQ_ERR_IO, "%s: parse-only fuzzing build", calib);
+}
+
+kq_status __wrap_kq_fit_ex(const char *calib, const char *out, const kq_fit_params *p,
+                           kq_fit_summary *summary) {
+  (void)summary;
+  return __wrap_kq_fit(calib, out, p);
 }
 
 kq_status __wrap_kq_eval(const char *calib, const char *proj, const kq_eval_params *p,
