@@ -57,6 +57,11 @@ bool kq_cli_parse_storage(const char *cmd, const char *option, const char *text,
   return false;
 }
 
+bool kq_cli_list_well_formed(const char *text) {
+  if (!text || !*text || text[0] == ',' || text[strlen(text) - 1] == ',') return false;
+  return strstr(text, ",,") == NULL;
+}
+
 int kq_cli_fail(const char *cmd, kq_status status) {
   kq_cli_progress_end();
   const char *msg = kq_last_error();

@@ -24,6 +24,10 @@ bool kq_cli_parse_double(const char *cmd, const char *option, const char *text, 
  * "kqsvd CMD: OPTION: ..." to stderr and returns false. */
 bool kq_cli_parse_storage(const char *cmd, const char *option, const char *text, kq_storage *out);
 
+/* True when `text` is a comma-separated list of non-empty items ("1k,4k"):
+ * not empty, no leading or trailing comma, no empty item ("1,,2", ","). */
+bool kq_cli_list_well_formed(const char *text);
+
 /* Prints "kqsvd CMD: <status string>: <kq_last_error()>" to stderr; returns 1. */
 int kq_cli_fail(const char *cmd, kq_status status);
 

@@ -81,7 +81,7 @@ typedef struct bench_options {
 
 static bool parse_contexts(const char *text, bench_options *o) {
   char buf[256];
-  if (strlen(text) >= sizeof buf || !*text) {
+  if (strlen(text) >= sizeof buf || !kq_cli_list_well_formed(text)) {
     kq_cli_usage_error(CMD, "--context: expected a comma-separated list like 1k,4k,32768");
     return false;
   }
@@ -106,7 +106,7 @@ static bool parse_budgets(const char *text, bench_options *o) {
   o->budgets_set = true;
   o->n_budgets = 0;
   if (strcmp(text, "none") == 0) return true;
-  if (strlen(text) >= sizeof buf || !*text) {
+  if (strlen(text) >= sizeof buf || !kq_cli_list_well_formed(text)) {
     kq_cli_usage_error(CMD, "--bytes: expected a comma-separated list like 0.28,0.19, or none");
     return false;
   }

@@ -181,6 +181,8 @@ int kq_cmd_conformance(int argc, char **argv) {
     } else if (!strcmp(a, "--list")) {
       list = 1;
     } else if (!strcmp(a, "--list-devices")) {
+      if (argc != 2) /* it takes nothing else; never ignore an argument */
+        return kq_cli_usage_error(CMD, "--list-devices takes no other argument");
       return list_devices();
     } else if (!strcmp(a, "--device") || !strcmp(a, "--filter")) {
       if (i + 1 >= argc) return kq_cli_usage_error(CMD, "%s needs a value", a);

@@ -227,6 +227,9 @@ kq_status kq_eval(const char *calib_path, const char *proj_path, const kq_eval_p
   kq_eval_params p = params ? *params : kq_eval_default_params();
   if (p.max_seqs < 0)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "eval: max_seqs %d < 0", (int)p.max_seqs);
+  if (p.n_threads < 0)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "eval: n_threads %d is negative (0 = all cores)",
+                        (int)p.n_threads);
   kq_calib calib;
   kq_status st = kq_calib_open(calib_path, &calib);
   if (st) return st;

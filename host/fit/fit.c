@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kq_fit.h"
+#include "kq_output_file.h"
 
 kq_fit_params kq_fit_default_params(void) {
   kq_fit_params p;
@@ -197,6 +198,9 @@ static kq_status check_params(const kq_fit_params *p) {
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "bytes %g must be in (0, 1]", p->bytes);
   if (!(p->alpha > 0 && isfinite(p->alpha)))
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "alpha %g must be a positive number", p->alpha);
+  if (p->n_threads < 0)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "n_threads %d is negative (0 = all cores)",
+                        (int)p->n_threads);
   if (!kq_method_name(p->method))
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "unknown method %d", (int)p->method);
   if (!kq_layout_name(p->layout))
@@ -299,6 +303,9 @@ kq_status kq_fit_ex(const char *calib_path, const char *out_path, const kq_fit_p
   kq_status st = check_params(&p);
   if (st) return st;
   if (!out_path) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "output path is NULL");
+  /* Before any work: a writable regular target that is not the input. */
+  const char *inputs[] = {calib_path, NULL};
+  if (calib_path && (st = kq_output_check(out_path, inputs)) != KQ_OK) return st;
   kq_calib calib;
   st = kq_calib_open(calib_path, &calib);
   if (st) return st;

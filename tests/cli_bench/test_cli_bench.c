@@ -331,6 +331,11 @@ static void bad_options_fail_with_a_message_and_no_output(void **state) {
   expect_failure(2, "--op", "--op sideways");
   expect_failure(2, "--context", "--context 0");
   expect_failure(2, "--context", "--context 1k,abc");
+  /* Empty list items are refused, not skipped. */
+  expect_failure(2, "--context", "--context 1,,2");
+  expect_failure(2, "--context", "--context ,");
+  expect_failure(2, "--context", "--context 1k,");
+  expect_failure(2, "--bytes", "--bytes 0.28,,0.19");
   expect_failure(2, "--reps", "--reps 0");
   expect_failure(2, "--bytes", "--bytes 0");
   expect_failure(2, "--bytes", "--bytes 1.5");
@@ -338,6 +343,8 @@ static void bad_options_fail_with_a_message_and_no_output(void **state) {
   expect_failure(2, "--reps", "--reps");
   expect_failure(2, "--frobnicate", "--frobnicate");
   expect_failure(1, "nosuchdevice", "--device nosuchdevice:3 --op decode");
+  /* The output must be a regular file: checked before any timing. */
+  expect_failure(1, "--svg", "--op fit --quick --svg /dev/null");
 }
 
 static void unwritable_svg_fails_without_leaving_a_file(void **state) {

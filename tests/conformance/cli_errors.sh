@@ -25,6 +25,7 @@ check 2 "matches no case" --filter "no-such-case"
 check 1 "no-such-device" --device no-such-device --filter "_n7_"
 check 1 "vulkan:99" --device vulkan:99 --filter "_n7_"
 check 0 "^cpu$" --list-devices
+check 2 "takes no other argument" --list-devices extra
 check 0 "_error$" --list --filter "_error"
 # --list prints exactly the selected names, one per line
 n=$("$cli" conformance --list --filter "_f16_" | grep -c "_f16_")

@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include <cmocka.h>
+#include <sys/stat.h>
 
 #include "fit_testutil.h"
 #include "kq_fit.h"
@@ -253,6 +254,42 @@ static void test_cancel_flag_interrupts_without_output(void **state) {
   tcalib_free(&c);
 }
 
+/* Reliability round 2: no silent acceptance of negative thread counts, and
+ * the output may never be the input or a non-regular file (checked before
+ * the fit runs). */
+static void test_bad_threads_and_outputs_are_refused_before_work(void **state) {
+  (void)state;
+  tcalib c = {.L = 1, .H = 2, .Hk = 1, .T = 16, .d = 4};
+  tcalib_random(&c, 1.0);
+  const char *calib = t_path("io.st");
+  assert_int_equal(tcalib_write(&c, calib), KQ_OK);
+  struct stat before;
+  assert_int_equal(stat(calib, &before), 0);
+  kq_fit_params p = kq_fit_default_params();
+  p.rank_k = p.rank_v = 2;
+  p.n_threads = -1;
+  assert_int_equal(kq_fit(calib, t_path("io_p.st"), &p), KQ_ERR_INVALID_ARGUMENT);
+  assert_non_null(strstr(kq_last_error(), "n_threads"));
+  assert_false(t_exists(t_path("io_p.st")));
+  p.n_threads = 0;
+  assert_int_equal(kq_fit(calib, calib, &p), KQ_ERR_INVALID_ARGUMENT);
+  assert_non_null(strstr(kq_last_error(), "is the input"));
+  struct stat after;
+  assert_int_equal(stat(calib, &after), 0);
+  assert_int_equal(after.st_size, before.st_size);
+  assert_int_equal(after.st_mtime, before.st_mtime);
+  assert_int_equal(kq_fit(calib, "/dev/null", &p), KQ_ERR_INVALID_ARGUMENT);
+  assert_non_null(strstr(kq_last_error(), "/dev/null"));
+  kq_eval_params e = kq_eval_default_params();
+  e.n_threads = -2;
+  kq_eval_result *r = NULL;
+  assert_int_equal(kq_eval(calib, calib, &e, &r), KQ_ERR_INVALID_ARGUMENT);
+  assert_null(r);
+  assert_non_null(strstr(kq_last_error(), "n_threads"));
+  unlink(calib);
+  tcalib_free(&c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_heads_not_multiple_of_kv_heads_is_rejected),
@@ -264,6 +301,7 @@ int main(void) {
       cmocka_unit_test(test_rope_pre_full_rank_attention_is_exact),
       cmocka_unit_test(test_rope_pre_device_output_matches_host),
       cmocka_unit_test(test_cancel_flag_interrupts_without_output),
+      cmocka_unit_test(test_bad_threads_and_outputs_are_refused_before_work),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
