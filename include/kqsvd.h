@@ -320,7 +320,15 @@ kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens, cons
  * head_dim] for KQ_OUTPUT_FULL or [n_queries, n_heads, rank_v] for
  * KQ_OUTPUT_LATENT. Scale 1/sqrt(head_dim). Errors (KQ_ERR_INVALID_ARGUMENT,
  * `out` untouched): empty cache, n_queries < 1 or > length, layer out of
- * range. */
+ * range.
+ * Non-finite data follows IEEE propagation, the same on every device: if
+ * any logit a query head computes over its causal range is NaN or ±Inf (a
+ * NaN or Inf in its query, in a key in range, or an overflow), that head's
+ * output row is NaN; NaN or Inf in a value in range makes the outputs it
+ * feeds non-finite (with a projection that mixes dims, the whole row). Rows
+ * that never see the bad data are unaffected. A quantized
+ * latent segment holding NaN/Inf stores a NaN scale, so it propagates the
+ * same way. Nothing is treated as masked. */
 kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries, const float *queries,
                           kq_output output, float *out);
 

@@ -184,6 +184,7 @@ typedef struct task_scratch {
   float *vscale;        /* [n value segments][KQ_TILE] */
   float *ptmp;          /* [max_rows][KQ_TILE]: softmax weights times a value scale */
   int next_p;           /* PRE: position whose angles rot holds (-1: none) */
+  float *bad;           /* [max_rows]: non-zero once a row met a non-finite logit */
 } task_scratch;
 
 static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts) {
@@ -209,10 +210,11 @@ static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts)
       (size_t)c->kl.n * KQ_TILE,
       (size_t)c->vl.n * KQ_TILE,
       c->vl.n ? rows * KQ_TILE : 0,
+      rows,
   };
   float **slots[] = {&ts->qrows, &ts->bt, &ts->ktile,  &ts->ltile,  &ts->vtile, &ts->s,
                      &ts->m,     &ts->l,  &ts->alpha,  &ts->acc,    &ts->rotf,  &ts->qraw,
-                     &ts->qlat,  &ts->at, &ts->kscale, &ts->vscale, &ts->ptmp};
+                     &ts->qlat,  &ts->at, &ts->kscale, &ts->vscale, &ts->ptmp,  &ts->bad};
   size_t off = 0;
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
     if (base) *slots[i] = base + off;
@@ -442,6 +444,7 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
   for (int r = 0; r < rows; r++) {
     ts.m[r] = -INFINITY;
     ts.l[r] = 0.0f;
+    ts.bad[r] = 0.0f;
   }
   memset(ts.acc, 0, (size_t)rows * c->rvp * sizeof(float));
 
@@ -486,13 +489,14 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
         c->kern->logits(ts.qrows, rows, load_key_tile(c, &ts, h, kbase, p, nt), nt, c->dkp, ts.s,
                         KQ_TILE);
       }
-      if (p + nt - 1 > qpos0) { /* the causal edge: later queries see more of the tile */
-        for (int r = 0; r < rows; r++) {
-          int valid = qpos0 + r / c->group - p + 1;
-          if (valid < 0) valid = 0;
-          float *sr = ts.s + (size_t)r * KQ_TILE;
-          for (int t = valid; t < nt; t++) sr[t] = -INFINITY;
-        }
+      /* IEEE semantics (kqsvd.h): a non-finite logit in a row's causal range
+       * makes that row's output NaN. Checked before the mask writes -inf. */
+      for (int r = 0; r < rows; r++) {
+        int valid = qpos0 + r / c->group - p + 1;
+        valid = valid < 0 ? 0 : valid > nt ? nt : valid;
+        float *sr = ts.s + (size_t)r * KQ_TILE;
+        if (kq_any_nonfinite_f32(sr, (size_t)valid)) ts.bad[r] = 1.0f;
+        for (int t = valid; t < nt; t++) sr[t] = -INFINITY;
       }
       c->kern->softmax_update(ts.s, rows, KQ_TILE, nt, ts.m, ts.l, ts.alpha);
       for (int r = 0; r < rows; r++) {
@@ -520,12 +524,12 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
       int jj = r / c->group, head = h * c->group + r % c->group;
       float *o = c->out + ((size_t)(j0 + jj) * op->n_heads + head) * rv;
       float inv = ts.l[r] > 0.0f ? 1.0f / ts.l[r] : 0.0f;
-      store_row(c, ts.acc + (size_t)r * c->rvp, o, inv);
+      store_row(c, ts.acc + (size_t)r * c->rvp, o, ts.bad[r] != 0.0f ? NAN : inv);
     }
   } else {
     for (int r = 0; r < rows; r++) {
       float *part = c->partials + ((size_t)index * c->max_rows + r) * (rv + 2);
-      part[0] = ts.m[r];
+      part[0] = ts.bad[r] != 0.0f ? INFINITY : ts.m[r]; /* +inf marks a poisoned chunk */
       part[1] = ts.l[r];
       store_row(c, ts.acc + (size_t)r * c->rvp, part + 2, 1.0f);
     }
@@ -560,6 +564,7 @@ static void merge_partials(const attend_ctx *c) {
           for (int i = 0; i < rv; i++) o[i] += w * part[2 + i];
         }
         float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        if (mmax == INFINITY) inv = NAN; /* a chunk met a non-finite logit */
         for (int i = 0; i < rv; i++) o[i] *= inv;
       }
     }
@@ -671,6 +676,7 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
   c.tile = KQ_TILE;
   while (c.tile > 8 && c.tile * widest > 2048) c.tile /= 2;
   c.max_rows = op->rope == KQ_ROPE_PRE ? KQ_PRE_ROWS : KQ_MAX_ROWS;
+  if (c.max_rows < c.group) c.max_rows = c.group; /* MQA with many heads: one query a block */
   c.qblock = c.max_rows / c.group;
   if (c.qblock > op->n_queries) c.qblock = op->n_queries;
   c.n_qblocks = (op->n_queries + c.qblock - 1) / c.qblock;

@@ -39,11 +39,21 @@ void kq_clear_error(void);
 float kq_f16_to_f32(uint16_t h);
 uint16_t kq_f32_to_f16(float f);
 
+/* 1 when any of x[0, n) is NaN or ±Inf. */
+int kq_any_nonfinite_f32(const float *x, size_t n);
+
+/* The F16 NaN a quantized segment stores as its scale when its row holds a
+ * NaN or an infinity. */
+#define KQ_F16_NAN ((uint16_t)0x7e00)
+
 /* Quantizes one row x[0, n) of a latent segment as SPEC §1b and
  * kqsvd_backend.h say (qmax 127 for q8, 7 for q4): s = max|x| / qmax in
  * F32, rounded to F16 (returned); q[j] = clamp(round-half-away(x[j] / s),
  * -qmax, qmax) with x[j] / s in F32 from the F16 scale; all zeros when s
- * is 0. The scalar definition every backend's quantizer must match. */
+ * is 0. A row holding NaN or ±Inf stores zeros and the scale KQ_F16_NAN, so
+ * it reads back as NaN (IEEE propagation, kqsvd.h). A row whose max|x| /
+ * qmax overflows F16 gets an infinite scale and also reads back non-finite.
+ * The scalar definition every backend's quantizer must match. */
 uint16_t kq_quantize_row(const float *x, int n, int qmax, int8_t *q);
 /* bfloat16 <-> binary32; round to nearest even. */
 float kq_bf16_to_f32(uint16_t b);

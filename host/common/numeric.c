@@ -169,7 +169,20 @@ void *kq_calloc_array(size_t count, size_t size, const char *what) {
   return p;
 }
 
+int kq_any_nonfinite_f32(const float *x, size_t n) {
+  /* On the bits (exponent all ones), so it vectorises and no fast-math
+   * setting can fold it away. */
+  const uint32_t *u = (const uint32_t *)(const void *)x;
+  uint32_t hit = 0;
+  for (size_t i = 0; i < n; i++) hit |= (u[i] & 0x7f800000u) == 0x7f800000u;
+  return hit != 0;
+}
+
 uint16_t kq_quantize_row(const float *x, int n, int qmax, int8_t *q) {
+  if (kq_any_nonfinite_f32(x, (size_t)n)) { /* IEEE: the segment reads back as NaN */
+    memset(q, 0, (size_t)n);
+    return KQ_F16_NAN;
+  }
   float amax = 0.0f;
   for (int j = 0; j < n; j++) amax = fmaxf(amax, fabsf(x[j]));
   uint16_t sh = kq_f32_to_f16(amax / (float)qmax);

@@ -105,7 +105,7 @@ __kernel void kq_attn_reduce(__global const float *part_o, __global const float 
       acc += w * part_o[(head * n_chunks + c) * rank_v + d];
     }
   }
-  out[out_off + head * rank_v + d] = acc / l;
+  out[out_off + head * rank_v + d] = mx >= 0.5f * KQ_POISON ? NAN : acc / l;
 }
 
 /* Causal softmax in place over the rows of s [H, rows, cols]: row r of every
@@ -119,7 +119,11 @@ __kernel void kq_softmax_causal(__global float *s, int rows, int cols, int first
   __global float *row = s + ((size_t)h * rows + r) * cols;
   const int n = min(first_pos + r + 1, cols);
   float mx = -INFINITY;
-  for (int p = lid; p < n; p += wg) mx = fmax(mx, row[p]);
+  for (int p = lid; p < n; p += wg) {
+    const float v = kq_poisoned(row[p]); /* NaN / Inf logits: the row becomes NaN */
+    row[p] = v;
+    mx = fmax(mx, v);
+  }
   red[lid] = mx;
   barrier(CLK_LOCAL_MEM_FENCE);
   for (int k = wg / 2; k > 0; k /= 2) {
@@ -140,6 +144,6 @@ __kernel void kq_softmax_causal(__global float *s, int rows, int cols, int first
     if (lid < k) red[lid] += red[lid + k];
     barrier(CLK_LOCAL_MEM_FENCE);
   }
-  const float inv = 1.0f / red[0];
+  const float inv = mx >= 0.5f * KQ_POISON ? NAN : 1.0f / red[0];
   for (int p = lid; p < cols; p += wg) row[p] = p < n ? row[p] * inv : 0.0f;
 }

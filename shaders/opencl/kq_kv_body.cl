@@ -146,6 +146,12 @@ __kernel void KV_NAME(kq_attn_chunk)(__global const float *qp, __global const KV
   }
   barrier(CLK_LOCAL_MEM_FENCE);
 
+  for (int i = lid; i < rows * len; i += wg) { /* NaN / Inf logits become KQ_POISON */
+    const int r = i / len;
+    s[r * chunk + (i - r * len)] = kq_poisoned(s[r * chunk + (i - r * len)]);
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+
   /* Softmax pieces, four positions per step (vector exp): per-row max over
    * the row's causal range (ql is free again), the exponentials spread over
    * every work-item (0 past the row's range), then per-row sums. A chunk is
@@ -295,6 +301,9 @@ __kernel void KV_NAME(kq_attn_split)(__global const float *qp, __global const KV
     }
   }
   if (warm == 0xffffffffu) red[0] = 0.0f; /* keeps the loads; red is rewritten below */
+  barrier(CLK_LOCAL_MEM_FENCE);
+
+  for (int i = lid; i < len * rows4; i += wg) s[i] = kq_poisoned(s[i]); /* NaN / Inf logits */
   barrier(CLK_LOCAL_MEM_FENCE);
 
   /* Softmax: segments of seg positions (even), two positions per exp2. */

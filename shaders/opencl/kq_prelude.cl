@@ -22,3 +22,16 @@ inline int4 kq_row_len4(int r0, int rows, int group, int first, int p0, int chun
   const int4 r = (int4)(r0) + (int4)(0, 1, 2, 3);
   return select((int4)(0), clamp((int4)(first + 1 - p0) + r / group, 0, chunk), r < rows);
 }
+
+/* Non-finite logits (kqsvd.h: a row that meets a NaN or Inf logit outputs
+ * NaN): the kernels replace such a logit by the finite marker KQ_POISON,
+ * which rides through the running maximum; a row or chunk maximum at or
+ * above KQ_POISON / 2 then yields NaN. Decided on the bits (exponent all
+ * ones). */
+#define KQ_POISON 1.0e30f
+inline int kq_nonfinite(float x) {
+  return (as_uint(x) & 0x7f800000u) == 0x7f800000u;
+}
+inline float kq_poisoned(float x) {
+  return kq_nonfinite(x) ? KQ_POISON : x;
+}

@@ -146,7 +146,8 @@ void main() {
       [[unroll]] for (uint row = 0u; row < R; ++row) {
         const uint tq = row / G;
         const bool ok = t < nk && tq < nqt && t0 + t <= pos0 + tq;
-        const float s = ok ? dots[row] * scale : KQ_NEG;
+        float s = ok ? dots[row] * scale : KQ_NEG;
+        if (ok && kq_nonfinite(s)) s = KQ_POISON;
         ss[row * TK + t] = s;
         tmax[row] = max(tmax[row], s);
       }

@@ -22,3 +22,13 @@ layout(push_constant) uniform kq_push {
 // Finite "minus infinity": the kernels never create Inf, so they stay correct
 // on drivers compiled with no-Inf/NaN fast-math assumptions.
 const float KQ_NEG = -1.0e30;
+// Finite marker of a row that met a NaN or Inf logit (kqsvd.h: that row's
+// output is NaN). It rides through the running maximum like any logit and
+// the reduce turns a maximum at or above KQ_POISON / 2 into NaN outputs.
+const float KQ_POISON = 1.0e30;
+
+// NaN or ±Inf, decided on the bits (exponent all ones), which no fast-math
+// assumption can fold away.
+bool kq_nonfinite(float x) {
+  return (floatBitsToUint(x) & 0x7f800000u) == 0x7f800000u;
+}

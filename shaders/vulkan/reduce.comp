@@ -21,7 +21,8 @@ void main() {
   float l = 0.0;
   for (uint c = 0u; c < nch; ++c)
     l += part[base + c * (RV + 2u) + 1u] * exp(part[base + c * (RV + 2u)] - m);
-  const float inv = l > 0.0 ? 1.0 / l : 0.0;
+  // A chunk that met a non-finite logit carries KQ_POISON as its maximum.
+  const float inv = m >= 0.5 * KQ_POISON ? uintBitsToFloat(0x7fc00000u) : l > 0.0 ? 1.0 / l : 0.0;
   for (uint e = lid; e < RV; e += wg) {
     float o = 0.0;
     for (uint c = 0u; c < nch; ++c) {

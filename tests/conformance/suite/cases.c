@@ -141,15 +141,18 @@
 /* clang-format off */
 /*  d    rk   rv  H  Hk  n_ctx  m  storage rope layout output append trunc identity qscale error */
 #define CASE(d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err) \
-  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err, 0, KQC_FLOAT, KQC_FLOAT, KQ_LAYOUT_PER_HEAD, 0}
+  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err, 0, KQC_FLOAT, KQC_FLOAT, KQ_LAYOUT_PER_HEAD, 0, KQC_NF_NONE}
 /* The same, tested on layer 1 of a two-layer cache. */
 #define CASE_L1(d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err) \
-  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err, 1, KQC_FLOAT, KQC_FLOAT, KQ_LAYOUT_PER_HEAD, 0}
+  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err, 1, KQC_FLOAT, KQC_FLOAT, KQ_LAYOUT_PER_HEAD, 0, KQC_NF_NONE}
 
 /* Quantized / joint cases: key and value recipes, latent layout, ties
  * (identity projections on tie data), layer. */
 #define QCASE(d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, kr, vr, lat, ties, layer) \
-  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, ties, 0, 0, layer, kr, vr, lat, ties}
+  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, ties, 0, 0, layer, kr, vr, lat, ties, KQC_NF_NONE}
+/* Non-finite inputs: one bad element (kqc_nonfinite), one append. */
+#define NFCASE(d, rk, rv, H, Hk, n, m, st, rope, out, kr, vr, lat, id, nf) \
+  {d, rk, rv, H, Hk, n, m, st, rope, KQ_ROPE_PAIRS, out, KQC_APPEND_ONE, 0, id, 0, 0, 0, kr, vr, lat, 0, nf}
 #define FLT KQC_FLOAT
 #define Q8 KQC_Q8
 #define Q4 KQC_Q4
@@ -218,6 +221,15 @@ static const kqc_case g_cases[] = {
   QCASE( 64, 128, 128, 4, 2,   64,  5, F32, NONE, PAIRS,  FULL, ONE,       0, Q8,   Q4,   JT, 1, 0),
   QCASE( 64,  40,  24, 4, 2,   64,  5, F16, POST, PAIRS,  LAT,  ONE,       0, Q4,   Q8,   JT, 0, 1),
   QCASE(128, 256, 128, 8, 2, 1000,  1, F32, POST, HALVES, FULL, ONE,       0, MIX,  TAIL, JT, 0, 0),
+  /* NaN / Inf in keys, values and queries: affected rows NaN, others exact */
+  NFCASE( 64,  16,  16, 8, 2,   64,  5, F32, POST, FULL, FLT,  FLT,  PH, 0, KQC_NF_KEY_NAN),
+  NFCASE( 64,  16,  16, 8, 2,   64,  5, F16, POST, LAT,  FLT,  FLT,  PH, 0, KQC_NF_KEY_INF),
+  NFCASE( 64,  64,  64, 4, 2,   64,  1, F32, NONE, FULL, FLT,  FLT,  PH, 1, KQC_NF_VALUE_NAN),
+  NFCASE( 64,  32,  32, 4, 2,  100,  5, F32, PRE,  FULL, FLT,  FLT,  PH, 0, KQC_NF_KEY_INF),
+  NFCASE(128,  96, 112, 8, 2,  100,  5, F16, POST, FULL, MIX,  TAIL, PH, 0, KQC_NF_KEY_NAN),
+  NFCASE(128,  96, 112, 8, 2,  100,  1, F16, POST, FULL, MIX,  TAIL, PH, 0, KQC_NF_VALUE_NAN),
+  NFCASE( 64,  96,  64, 8, 2,   64,  5, F32, POST, FULL, MIX,  Q4,   JT, 0, KQC_NF_KEY_NAN),
+  NFCASE( 64,  16,  16, 8, 2,  300,  1, F32, POST, FULL, FLT,  FLT,  PH, 0, KQC_NF_QUERY_NAN),
   /* errors: attend on an empty cache, m larger than the cache */
   CASE( 64,  16,  16, 4, 2,    0,  1, F32, NONE, PAIRS,  FULL, ONE,       0, 0,  0, 1),
   CASE(128,  32,  32, 4, 1,    0,  5, F16, PRE,  HALVES, LAT,  ONE,       0, 0,  0, 1),
@@ -293,6 +305,9 @@ void kqc_case_name(const kqc_case *c, char *buf, size_t size) {
     len += snprintf(extra + len, sizeof extra - (size_t)len, "_q%g", (double)c->qscale);
   if (c->layer > 0)
     len += snprintf(extra + len, sizeof extra - (size_t)len, "_layer%d", (int)c->layer);
+  static const char *const nf[] = {"", "_nan-key", "_inf-key", "_nan-value", "_nan-query"};
+  if (c->nonfinite)
+    len += snprintf(extra + len, sizeof extra - (size_t)len, "%s", nf[c->nonfinite]);
   if (c->expect_error) snprintf(extra + len, sizeof extra - (size_t)len, "_error");
   snprintf(buf, size, "d%d_rk%d_rv%d_h%dkv%d_n%d_m%d_%s_%s-%s_%s_%s%s", (int)c->head_dim,
            (int)c->rank_k, (int)c->rank_v, (int)c->n_heads, (int)c->n_kv_heads, (int)c->n_ctx,

@@ -37,6 +37,19 @@ int32_t kqc_recipe_segments(kqc_recipe recipe, int32_t r, kq_segment *segs);
 /* "float", "q8", "q4", "mix", "tail", "odd". */
 const char *kqc_recipe_name(kqc_recipe recipe);
 
+/* Non-finite inputs (kqsvd.h: IEEE propagation). One element of the
+ * device's data is replaced; the reference is computed on the clean data
+ * for the rows that never see it; every row that sees a bad key or query
+ * must come out entirely NaN, and one that sees a bad value must have a
+ * non-finite output (all of them once a projection mixes the dims). */
+typedef enum kqc_nonfinite {
+  KQC_NF_NONE = 0,
+  KQC_NF_KEY_NAN = 1,   /* key of token n − 2, kv head 0, dim 0 */
+  KQC_NF_KEY_INF = 2,   /* +Inf there */
+  KQC_NF_VALUE_NAN = 3, /* value of token n − 2, kv head 0, dim 0 */
+  KQC_NF_QUERY_NAN = 4, /* query of the last token, head 0, dim 0 */
+} kqc_nonfinite;
+
 typedef struct kqc_case {
   int32_t head_dim;
   int32_t rank_k, rank_v; /* rank_k == rank_v == head_dim with identity = 1: plain attention */
@@ -63,6 +76,7 @@ typedef struct kqc_case {
    * whose quantized segments sit exactly on rounding ties (x/s = j + 1/2
    * with power-of-two scales), so that only round-half-away passes. */
   int32_t ties;
+  kqc_nonfinite nonfinite;
 } kqc_case;
 
 /* 1 when a case needs ABI v2 features (quantized segments or the JOINT

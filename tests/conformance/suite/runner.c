@@ -47,6 +47,11 @@ typedef struct kqc_state {
   double worst;    /* other NMSEs that must stay below the threshold */
   kqc_ref_stats stats;
   kqc_quant_stats quant;
+  /* Non-finite cases: what the device gets (one element replaced); the
+   * reference keeps the clean data. NULL otherwise. */
+  float *dev_keys, *dev_values, *dev_queries;
+  int32_t nf_token;            /* the token whose key, value or query is bad */
+  int64_t nf_rows, nf_checked; /* affected output rows seen / compared rows */
 } kqc_state;
 
 static double now(void) {
@@ -98,6 +103,47 @@ static void release(kqc_state *r) {
   free(r->own), free(r->queries), free(r->junk);
   data_free(&r->data), data_free(&r->stale);
   free(r->out), free(r->ref), free(r->ref_alt);
+  free(r->dev_keys), free(r->dev_values), free(r->dev_queries);
+}
+
+/* Non-finite case: copies of the device's keys, values and queries with
+ * one element replaced (kqc_nonfinite). */
+static int inject_nonfinite(kqc_state *r) {
+  const kqc_case *c = r->c;
+  size_t nkv = (size_t)r->n * c->n_kv_heads * c->head_dim;
+  size_t nq = (size_t)r->n * c->n_heads * c->head_dim;
+  r->dev_keys = alloc(r, nkv, sizeof(float));
+  r->dev_values = alloc(r, nkv, sizeof(float));
+  r->dev_queries = alloc(r, nq, sizeof(float));
+  if (!r->dev_keys || !r->dev_values || !r->dev_queries) return -1;
+  memcpy(r->dev_keys, r->data.keys, nkv * sizeof(float));
+  memcpy(r->dev_values, r->data.values, nkv * sizeof(float));
+  memcpy(r->dev_queries, r->queries, nq * sizeof(float));
+  /* Late enough that the first queries of the final attend never see it. */
+  r->nf_token = r->n >= 2 ? r->n - 2 : 0;
+  size_t kv_at = (size_t)r->nf_token * c->n_kv_heads * c->head_dim; /* kv head 0, dim 0 */
+  switch (c->nonfinite) {
+  case KQC_NF_KEY_NAN: r->dev_keys[kv_at] = NAN; break;
+  case KQC_NF_KEY_INF: r->dev_keys[kv_at] = INFINITY; break;
+  case KQC_NF_VALUE_NAN: r->dev_values[kv_at] = NAN; break;
+  case KQC_NF_QUERY_NAN:
+    r->nf_token = r->n - 1;
+    r->dev_queries[(size_t)(r->n - 1) * c->n_heads * c->head_dim] = NAN;
+    break;
+  default: break;
+  }
+  return 0;
+}
+
+/* Whether output row (query j of the m at the end of len tokens, head h)
+ * sees the bad element of a non-finite case (kqsvd.h's rule). */
+static int row_affected(const kqc_state *r, int32_t len, int32_t m, int32_t j, int32_t h) {
+  const kqc_case *c = r->c;
+  int32_t pos = len - m + j;
+  if (c->nonfinite == KQC_NF_QUERY_NAN) return pos == r->nf_token && h == 0;
+  int32_t g = c->n_heads / c->n_kv_heads;
+  int in_group = c->latent == KQ_LAYOUT_JOINT || h / g == 0; /* joint: one latent for all */
+  return in_group && r->nf_token <= pos;
 }
 
 /* Segments of layer l's keys or values: the case's recipe on the layer
@@ -325,8 +371,9 @@ static int attend_and_compare(kqc_state *r, kq_cache *cache, int32_t len, int32_
   size_t count = (size_t)m * H * r->ow;
   for (size_t i = 0; i < count; i++) r->out[i] = NAN; /* unwritten outputs fail */
   const float *q = r->queries + (size_t)(len - m) * H * c->head_dim;
+  const float *dq = r->dev_queries ? r->dev_queries + (q - r->queries) : q;
   double t0 = now();
-  kq_status st = kq_cache_attend(cache, c->layer, m, q, c->output, r->out);
+  kq_status st = kq_cache_attend(cache, c->layer, m, dq, c->output, r->out);
   r->res->device_seconds += now() - t0;
   if (st != KQ_OK) return fail_device(r, "kq_cache_attend", st);
   kqc_ref_problem pb = ref_problem(r, dt->khat);
@@ -335,6 +382,34 @@ static int attend_and_compare(kqc_state *r, kq_cache *cache, int32_t len, int32_
     return fail(r, "reference attention failed (len %d, m %d)", (int)len, (int)m);
   r->stats.logit_max = fmax(r->stats.logit_max, stats.logit_max);
   r->stats.logit_rms = fmax(r->stats.logit_rms, stats.logit_rms);
+  if (c->nonfinite) { /* affected rows all non-finite; the rest as usual */
+    for (int32_t j = 0; j < m; j++)
+      for (int32_t h = 0; h < H; h++) {
+        size_t at = ((size_t)j * H + h) * r->ow;
+        if (row_affected(r, len, m, j, h)) {
+          r->nf_rows++;
+          int32_t finite = 0;
+          for (int32_t i = 0; i < r->ow; i++) finite += isfinite(r->out[at + i]) != 0;
+          /* A bad logit makes the whole row NaN; a bad value at least the
+           * outputs it feeds (all of them unless the projection is I). */
+          int whole = c->nonfinite != KQC_NF_VALUE_NAN || !c->identity;
+          if (whole ? finite > 0 : finite == r->ow)
+            return fail(r,
+                        "attend at length %d: query %d head %d sees the bad element but %d "
+                        "of its %d outputs are finite",
+                        (int)len, (int)j, (int)h, (int)finite, (int)r->ow);
+        } else {
+          r->nf_checked++;
+          double e = nmse_of(r->out + at, r->ref + at, (size_t)r->ow, &r->num, &r->den);
+          if (!(e == e))
+            return fail(r,
+                        "attend at length %d: query %d head %d never sees the bad element "
+                        "but its output is not finite",
+                        (int)len, (int)j, (int)h);
+        }
+      }
+    return 0;
+  }
   double e = nmse_of(r->out, r->ref, count, &r->num, &r->den);
   if (!(e == e)) return fail(r, "attend at length %d, m %d: non-finite output", (int)len, (int)m);
   if (dt->klat_alt) {
@@ -366,8 +441,10 @@ static int fill(kqc_state *r, kq_cache *cache, int32_t from, int32_t to, kqc_app
     double t0 = now();
     for (int32_t l = 0; l < c->layer && st == KQ_OK; l++)
       st = kq_cache_append(cache, l, step, r->junk + len * row, r->junk + (to - len - step) * row);
+    const float *keys = dt == &r->data && r->dev_keys ? r->dev_keys : dt->keys;
+    const float *values = dt == &r->data && r->dev_values ? r->dev_values : dt->values;
     if (st == KQ_OK)
-      st = kq_cache_append(cache, c->layer, step, dt->keys + len * row, dt->values + len * row);
+      st = kq_cache_append(cache, c->layer, step, keys + len * row, values + len * row);
     r->res->device_seconds += now() - t0;
     if (st != KQ_OK) return fail_device(r, "kq_cache_append", st);
     len += step;
@@ -475,6 +552,9 @@ static void run_case(kqc_state *r, kq_device *dev, kq_projections *proj) {
   r->quant.alt_nmse = r->alt_num / r->den;
   r->res->threshold = kqc_case_threshold(c, &r->stats, kqc_case_uses_v2(c) ? &r->quant : NULL);
   r->res->pass = r->res->nmse <= r->res->threshold;
+  if (r->res->pass && c->nonfinite && (r->nf_rows == 0 || r->nf_checked == 0))
+    fail(r, "non-finite case checked %lld affected and %lld clean rows: both must be > 0",
+         (long long)r->nf_rows, (long long)r->nf_checked);
   if (!r->res->pass)
     fail(r, "NMSE %.3e above threshold %.3e (logits max %.3g, rms %.3g; %lld roundings at risk)",
          r->res->nmse, r->res->threshold, r->stats.logit_max, r->stats.logit_rms,
@@ -497,7 +577,9 @@ void kqc_run_case(kq_device *device, const kqc_case *c, kqc_result *out) {
   kqc_rng rng;
   kqc_rng_seed(&rng, kqc_hash(out->name));
   kq_projections *proj = NULL;
-  if (!make_projections(&r, &rng, &proj) && !make_data(&r, &rng)) run_case(&r, device, proj);
+  if (!make_projections(&r, &rng, &proj) && !make_data(&r, &rng) &&
+      (!c->nonfinite || !inject_nonfinite(&r)))
+    run_case(&r, device, proj);
   kq_projections_destroy(proj);
   release(&r);
   out->seconds = now() - t0;
