@@ -6,6 +6,11 @@
 #   fuzz_safetensors  the safetensors reader + projection-file loader
 #   fuzz_gguf         the GGUF reader and dequantisers
 #   fuzz_cli          the argument parsers of kqsvd fit/eval/synth/info
+#   fuzz_model        a whole llama GGUF through kq_llama_load (hyper-parameters,
+#                     tokenizer, weights), then a short forward pass
+#   fuzz_tokenizer    BPE encode -> token bytes round trip and the token limit,
+#                     on the tokenizer of tests/fuzz/seeds_model/tiny_llama.gguf
+# With 5 targets at 60 s the job takes about 6 minutes on 2 cores.
 # Any crash, sanitizer report, leak, timeout (> 10 s an input) or out-of-memory
 # (> 2 GiB) fails the job; the reproducer is left in build-fuzz/artifacts/NAME/.
 # To turn one into a regression test: minimise it
@@ -22,10 +27,11 @@ start=$(date +%s)
 CC=clang cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKQ_WERROR=ON -DKQ_FUZZ=ON \
   -DKQ_SANITIZE=address,undefined -DCMAKE_C_FLAGS=-fsanitize=fuzzer-no-link \
   -DKQ_VULKAN=OFF -DKQ_OPENCL=OFF >/dev/null
-cmake --build "$build" -j"$(nproc)" --target fuzz_safetensors fuzz_gguf fuzz_cli >/dev/null
+cmake --build "$build" -j"$(nproc)" --target fuzz_safetensors fuzz_gguf fuzz_cli fuzz_model \
+  fuzz_tokenizer >/dev/null
 echo "fuzz: build done in $(($(date +%s) - start)) s"
 status=0
-for name in safetensors gguf cli; do
+for name in safetensors gguf cli model tokenizer; do
   corpus=$build/corpus/$name
   artifacts=$build/artifacts/$name
   log=$build/fuzz_$name.log

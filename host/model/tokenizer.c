@@ -473,6 +473,7 @@ kq_status kq_tokenizer_encode_ex(const kq_tokenizer *t, const char *text, size_t
       }
       st = kq_pretokenize(text + start, i - start, t->split_digits, on_piece, &c);
       if (st == KQ_OK) st = push_id(&c.out, id);
+      if (st == KQ_OK && c.max_tokens && c.out.n >= c.max_tokens) c.full = 1;
       i += n;
       start = i;
     }
@@ -482,8 +483,9 @@ kq_status kq_tokenizer_encode_ex(const kq_tokenizer *t, const char *text, size_t
   if (c.full) { /* stopped at the limit on purpose */
     kq_clear_error();
     st = KQ_OK;
-    if (c.out.n > c.max_tokens) c.out.n = c.max_tokens;
   }
+  /* The last piece may overshoot the limit without a next one to stop at. */
+  if (st == KQ_OK && c.max_tokens && c.out.n > c.max_tokens) c.out.n = c.max_tokens;
   if (st == KQ_OK && c.out.n > INT32_MAX)
     st = kq_set_error(KQ_ERR_INVALID_ARGUMENT, "tokenizer: text gives more than 2^31 tokens");
   if (st == KQ_OK && !c.out.ids) { /* an empty text still returns an array */
