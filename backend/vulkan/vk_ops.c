@@ -159,7 +159,9 @@ static kq_status rope_table(kq_bdevice *d, float theta, uint32_t head_dim, uint3
 /* --- attention --- */
 
 typedef struct attend_plan {
-  uint32_t G, QK, QT, TK, CH, slots, ntg, vec4, elem;
+  uint32_t G;     /* query heads per dispatch: the group, or a divisor of it (MQA) */
+  uint32_t n_sub; /* dispatches per kv head: group / G */
+  uint32_t QK, QT, TK, CH, slots, ntg, vec4, elem;
   uint64_t window; /* cache positions per binding */
   uint64_t qbatch; /* queries per batch */
   bool pre, ident;
@@ -172,7 +174,8 @@ static uint64_t attend_shared(uint32_t R, uint32_t QK, uint32_t TK, uint32_t rk,
 static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend_plan *p) {
   const VkPhysicalDeviceLimits *lim = &d->props.limits;
   const uint64_t H = (uint64_t)op->n_heads, rk = (uint64_t)op->rank_k, rv = (uint64_t)op->rank_v;
-  p->G = (uint32_t)(op->n_heads / op->n_kv_heads);
+  const uint32_t group = (uint32_t)(op->n_heads / op->n_kv_heads);
+  p->G = group;
   p->pre = op->rope == KQ_ROPE_PRE;
   p->ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
   p->QK = p->pre ? (uint32_t)op->head_dim : (uint32_t)rk;
@@ -191,9 +194,18 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend
       if (attend_shared(p->QT * p->G, p->QK, tk, (uint32_t)rk, p->pre) <=
           lim->maxComputeSharedMemorySize)
         p->TK = tk;
-    if (p->TK || p->QT == 1) break;
-    p->QT /= 2;
+    if (p->TK) break;
+    if (p->QT > 1) {
+      p->QT /= 2;
+    } else if (p->G > 1) { /* many heads on one kv head (MQA): split the group */
+      uint32_t g = p->G - 1;
+      while (group % g) g--;
+      p->G = g;
+    } else {
+      break;
+    }
   }
+  p->n_sub = group / p->G;
   if (!p->TK || VK_WG > lim->maxComputeWorkGroupInvocations ||
       VK_WG > lim->maxComputeWorkGroupSize[0])
     return VK_ERR(KQ_ERR_UNSUPPORTED,
@@ -201,7 +213,7 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend
                   "(%u bytes)",
                   d->index, p->G, op->head_dim, lim->maxComputeSharedMemorySize);
   /* Enough chunks to fill the device, chunks a multiple of the key tile. */
-  uint64_t tiles = (uint64_t)op->n_kv_heads * cdiv((uint64_t)op->n_queries, p->QT);
+  uint64_t tiles = (uint64_t)op->n_kv_heads * p->n_sub * cdiv((uint64_t)op->n_queries, p->QT);
   uint64_t target = tiles >= 512 ? 1 : 512 / tiles;
   uint64_t ch = cdiv(cdiv((uint64_t)op->n_ctx, target), p->TK) * (uint64_t)p->TK;
   if (ch < 2ull * p->TK) ch = 2ull * p->TK;
@@ -246,7 +258,7 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
                                                    : "quantized latent segments (q8/q4)");
   const bool ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
   if (op->n_queries < 1 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
-      op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads || op->head_dim < 2 ||
+      op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads || op->head_dim < 1 ||
       !rank_ok(op->rank_k, op->head_dim) || !rank_ok(op->rank_v, op->head_dim) ||
       (ident && op->rank_k != op->head_dim) || op->n_seqs > 1 || !op->q || !op->k_cache ||
       !op->v_cache || !op->out || (op->rope == KQ_ROPE_PRE && op->head_dim % 2))
@@ -325,7 +337,8 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
     if (st == KQ_OK)
       st = vk_bind_range(d, scratch, poff, nqb * H * nch * p.ntg * (rv + 2) * 4, 4, &ab[3], &e_part,
                          "partials");
-    for (uint64_t kv = 0; kv < Hk && st == KQ_OK; ++kv) {
+    for (uint64_t kvs = 0; kvs < Hk * p.n_sub && st == KQ_OK; ++kvs) {
+      const uint64_t kv = kvs / p.n_sub, head0 = kv * (H / Hk) + (kvs % p.n_sub) * p.G;
       for (uint64_t w0 = 0; w0 < kctx && st == KQ_OK; w0 += p.window) {
         const uint64_t wl = kctx - w0 < p.window ? kctx - w0 : p.window;
         uint32_t v[VK_PUSH_WORDS] = {0};
@@ -341,7 +354,7 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
         v[5] = (uint32_t)kctx;
         v[6] = (uint32_t)nqb;
         v[7] = (uint32_t)H;
-        v[8] = (uint32_t)kv;
+        v[8] = (uint32_t)head0;
         v[9] = (uint32_t)(w0 / p.CH);
         v[10] = (uint32_t)w0;
         v[11] = (uint32_t)(nch * p.ntg);

@@ -48,7 +48,7 @@ layout(std430, set = 0, binding = 2) readonly buffer kq_v4 { CACHE_T4 vc4[]; };
 
 // u[0] q offset (query 0, head 0, rows of QK)   u[1] key offset (token tok_base)
 // u[2] value offset (token tok_base)   u[3] partials offset   u[4] B offset (this kv head)
-// u[5] n_ctx   u[6] n_queries   u[7] n_heads   u[8] kv head   u[9] chunk of workgroup 0
+// u[5] n_ctx   u[6] n_queries   u[7] n_heads   u[8] first query head of the dispatch   u[9] chunk of workgroup 0
 // u[10] tok_base   u[11] chunks per row   u[12] rope hi offset   u[13] scale (float bits)
 // u[14] chunk length CH (multiple of TK)
 shared float sq[VEC4 != 0u ? 1u : R * QK];
@@ -60,7 +60,7 @@ shared float slat[PRE != 0u ? TK * RK : 1u];
 void main() {
   const uint lid = gl_LocalInvocationID.x, wg = gl_WorkGroupSize.x;
   const uint c = pc.u[9] + gl_WorkGroupID.x;
-  const uint n_ctx = pc.u[5], n_q = pc.u[6], H = pc.u[7], kv = pc.u[8];
+  const uint n_ctx = pc.u[5], n_q = pc.u[6], H = pc.u[7], head0 = pc.u[8];
   const uint tok_base = pc.u[10];
   const float scale = uintBitsToFloat(pc.u[13]);
   const uint q0 = gl_WorkGroupID.y * QT;
@@ -72,13 +72,13 @@ void main() {
   if (VEC4 != 0u) {
     for (uint i = lid; i < R * QK / 4u; i += wg) {
       uint row = i / (QK / 4u), e4 = i % (QK / 4u), tq = row / G;
-      uint at = pc.u[0] + ((q0 + tq) * H + kv * G + row % G) * QK;
+      uint at = pc.u[0] + ((q0 + tq) * H + head0 + row % G) * QK;
       sq4[i] = tq < nqt ? q4[at / 4u + e4] : vec4(0.0);
     }
   } else {
     for (uint i = lid; i < R * QK; i += wg) {
       uint row = i / QK, e = i % QK, tq = row / G;
-      sq[i] = tq < nqt ? q[pc.u[0] + ((q0 + tq) * H + kv * G + row % G) * QK + e] : 0.0;
+      sq[i] = tq < nqt ? q[pc.u[0] + ((q0 + tq) * H + head0 + row % G) * QK + e] : 0.0;
     }
   }
   const uint tg = NTG > 1u ? lid / EU : 0u;
@@ -202,7 +202,7 @@ void main() {
     const uint tq = row / G;
     if (tq >= nqt) continue;
     const uint base =
-        pc.u[3] + (((q0 + tq) * H + kv * G + row % G) * nch + c * NTG + tg) * (RV + 2u);
+        pc.u[3] + (((q0 + tq) * H + head0 + row % G) * nch + c * NTG + tg) * (RV + 2u);
     [[unroll]] for (uint slot = 0u; slot < SLOTS; ++slot) {
       const uint eu = eu0 + slot * wg;
       if (eu < EU) {

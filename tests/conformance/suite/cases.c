@@ -221,6 +221,11 @@ static const kqc_case g_cases[] = {
   QCASE( 64, 128, 128, 4, 2,   64,  5, F32, NONE, PAIRS,  FULL, ONE,       0, Q8,   Q4,   JT, 1, 0),
   QCASE( 64,  40,  24, 4, 2,   64,  5, F16, POST, PAIRS,  LAT,  ONE,       0, Q4,   Q8,   JT, 0, 1),
   QCASE(128, 256, 128, 8, 2, 1000,  1, F32, POST, HALVES, FULL, ONE,       0, MIX,  TAIL, JT, 0, 0),
+  /* shapes every backend must run (reliability issue): MQA with many heads
+   * (StarCoder / Falcon style), tiny heads, one head of one dim */
+  CASE(128, 128, 128,48, 1,   64,  5, F16, POST, PAIRS,  FULL, ONE,       0, 1,  0, 0),
+  CASE(  8,   8,   8,64, 1,  100,  5, F32, PRE,  HALVES, LAT,  ONE,       0, 1,  0, 0),
+  CASE(  1,   1,   1, 1, 1,    7,  1, F32, NONE, PAIRS,  FULL, ONE,       0, 1,  0, 0),
   /* NaN / Inf in keys, values and queries: affected rows NaN, others exact */
   NFCASE( 64,  16,  16, 8, 2,   64,  5, F32, POST, FULL, FLT,  FLT,  PH, 0, KQC_NF_KEY_NAN),
   NFCASE( 64,  16,  16, 8, 2,   64,  5, F16, POST, LAT,  FLT,  FLT,  PH, 0, KQC_NF_KEY_INF),

@@ -230,8 +230,9 @@ int kqc_ref_attend(const kqc_ref_problem *pb, const double *klat, const double *
                    kqc_ref_stats *stats) {
   int32_t H = pb->n_heads, Hk = pb->n_kv_heads, d = pb->head_dim, rk = pb->rank_k, rv = pb->rank_v;
   int joint = pb->latent_layout == KQ_LAYOUT_JOINT;
-  if (m < 1 || m > n_ctx || n_ctx > ld || Hk < 1 || H % Hk != 0 || d < 2 || d % 2 != 0 ||
-      (joint && pb->rope == KQ_ROPE_PRE))
+  /* Rotation needs pairs; without it any head_dim >= 1 is valid. */
+  if (m < 1 || m > n_ctx || n_ctx > ld || Hk < 1 || H % Hk != 0 || d < 1 ||
+      (pb->rope != KQ_ROPE_NONE && d % 2 != 0) || (joint && pb->rope == KQ_ROPE_PRE))
     return -1;
   int32_t g = H / Hk;
   int pre = pb->rope == KQ_ROPE_PRE;
