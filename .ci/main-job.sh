@@ -39,28 +39,15 @@ model=$(bash .ci/fetch-model.sh)
 calib_text=(/usr/share/games/fortunes/fortunes)  # its first 4096 tokens
 eval_text=/usr/share/common-licenses/GPL-3
 "$KQ" capture "$model" "${calib_text[@]}" -o "$OUT/calib.safetensors" --seq-len 256 --max-tokens 4096
+. .ci/fit-budget.sh
 projs=()
 labels=()
 for name in $methods; do
-  case $name in
-    kq-svd-joint) args=(--method kq-svd --layout joint) ;;
-    *) args=(--method "$name") ;;
-  esac
   proj="$OUT/proj-$name.safetensors"
-  fit=("$KQ" fit "$OUT/calib.safetensors" -o "$proj" "${args[@]}")
-  if ! "${fit[@]}" "$budget_flag" "$budget" 2>"$OUT/fit-$name.log"; then
-    # K-SVD and Eigen may lack a byte budget: then float-only low rank at the
-    # same fraction of the full cache's latent dims, labelled as such.
-    case $name in
-      k-svd | eigen) ;;
-      *) cat "$OUT/fit-$name.log" >&2; exit 1 ;;
-    esac
-    echo "fit: $name has no $budget_flag; float low rank at --ratio $budget" >&2
-    "${fit[@]}" --ratio "$budget" 2>"$OUT/fit-$name.log"
-    labels+=(--label "$proj=$name (--ratio $budget)")
-  fi
-  tail -n 1 "$OUT/fit-$name.log"
+  kq_fit_at_budget "$name" "$OUT/calib.safetensors" "$proj" "$budget"
+  tail -n 1 "$proj.log"
   projs+=(--proj "$proj")
+  labels+=(--label "$proj=$kq_fit_label")
 done
 # F16 storage: float latents and the full cache at 2 bytes a value, the unit of
 # --bytes; the full F16 cache is the KL reference (as llama.cpp's F16 KV base).

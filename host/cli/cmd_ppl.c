@@ -11,20 +11,18 @@
 #include "commands.h"
 #include "model/kq_model_run.h"
 
-/* Which tokens are scored, stated in the JSON. */
-#define SCORED "tokens 2..n of each window"
 /* --proj may be given this many times. */
 #define MAX_PROJ 16
 
 static void help(void) {
   printf("usage: kqsvd ppl MODEL.gguf TEXT [--proj PROJ]... [--device NAME] [--storage f32|f16]\n"
          "                [--ctx N] [--max-tokens N] [--batch N] [--threads N] [--special]\n"
-         "                [--skip-full] [--json]\n"
+         "                [--score-from N] [--skip-full] [--json]\n"
          "\n"
-         "Tokenizes TEXT (a file) with the model's tokenizer and reports the perplexity\n"
-         "exp(mean -log p(token | preceding tokens)) in consecutive windows of --ctx tokens\n"
-         "(the cache is cleared between windows; tokens 2..n of each window are scored) with\n"
-         "the full cache (identity projections, rank = head_dim) and, for each --proj, with the\n"
+         "Tokenizes TEXT (a file) with the model's tokenizer and reports the perplexity exp(mean\n"
+         "-log p(token | preceding tokens)) in consecutive windows of --ctx tokens (the cache is\n"
+         "cleared between windows; by default tokens 2..n of each window are scored) with the\n"
+         "full cache (identity projections, rank = head_dim) and, for each --proj, with the\n"
          "compressed cache of a projection file written by 'kqsvd fit'. The full model and the\n"
          "compressed ones run in lockstep (same windows, same batches), and each compressed run\n"
          "also reports, over the same scored tokens, the mean KL(p_full || p_compressed) of the\n"
@@ -36,6 +34,9 @@ static void help(void) {
          "\n"
          "  --proj PROJ         projection file (adds a compressed-cache run); repeat it to\n"
          "                      compare several (one pass of the full model serves them all)\n"
+         "  --score-from N      score only tokens N+1..n of each window, each predicted from at\n"
+         "                      least N tokens (default 1: tokens 2..n; N = ctx/2 + 1 scores the\n"
+         "                      tokens llama.cpp's llama-perplexity scores)\n"
          "  --skip-full         with --proj: no full-cache run, so no KL / top-1 (null)\n"
          "  --device NAME       cpu, vulkan:N, opencl:N (default: $KQSVD_DEVICE or cpu)\n"
          "  --storage T         float latent storage, f32 (default) or f16\n"
@@ -45,15 +46,14 @@ static void help(void) {
          "  --threads N         CPU threads for the model (default: all cores)\n"
          "  --special           read control-token strings in TEXT (<|im_start|>, ...) as those\n"
          "                      tokens, as in a chat transcript (default: plain text)\n"
-         "  --json              {\"tokens\", \"ctx\", \"windows\", \"predictions\", \"scored\",\n"
-         "                       \"device\", \"storage\", \"full\": RUN|null,\n"
-         "                       \"compressed\": RUN of the first --proj|null, \"runs\": [RUN per "
-         "--proj]}\n"
-         "                      RUN = {\"proj\", \"method\", \"layout\", \"ppl\", \"nll\", "
-         "\"kld\", \"top1\",\n"
-         "                       \"kv_bytes\", \"kv_bytes_per_token\", \"kv_fraction_f16\", "
-         "\"seconds\"};\n"
-         "                      kld/top1 null for the full run and with --skip-full\n"
+         "  --json              {\"tokens\", \"ctx\", \"windows\", \"predictions\",\n"
+         "                       \"scored\", \"device\", \"storage\", \"full\": RUN|null,\n"
+         "                       \"compressed\": RUN of the first --proj|null,\n"
+         "                       \"runs\": [RUN of each --proj]}, RUN = {\"proj\",\n"
+         "                       \"method\", \"layout\", \"ppl\", \"nll\", \"kld\", \"top1\",\n"
+         "                       \"kv_bytes\", \"kv_bytes_per_token\", \"kv_fraction_f16\",\n"
+         "                       \"seconds\"}; kld/top1 null for the full run and with\n"
+         "                       --skip-full; non-finite numbers null\n"
          "  -h, --help          this help\n");
 }
 
@@ -107,9 +107,9 @@ static cJSON *run_json(const ppl_run *r, int32_t ctx, const kq_llama_hparams *hp
   return o;
 }
 
-static int print_json(const char *text_path, int64_t n, int32_t ctx, const kq_device_info *di,
-                      kq_storage storage, const ppl_run *full, const ppl_run *comp, int n_comp,
-                      const kq_llama_hparams *hp) {
+static int print_json(const char *scored, const char *text_path, int64_t n, int32_t ctx,
+                      const kq_device_info *di, kq_storage storage, const ppl_run *full,
+                      const ppl_run *comp, int n_comp, const kq_llama_hparams *hp) {
   const kq_ppl_result *any = full ? &full->res : &comp[0].res;
   int64_t windows = n / ctx + (n % ctx >= 2);
   cJSON *root = cJSON_CreateObject(), *runs = NULL, *o;
@@ -118,7 +118,7 @@ static int print_json(const char *text_path, int64_t n, int32_t ctx, const kq_de
   ok = ok && cJSON_AddNumberToObject(root, "ctx", ctx);
   ok = ok && cJSON_AddNumberToObject(root, "windows", (double)windows);
   ok = ok && cJSON_AddNumberToObject(root, "predictions", (double)any->predictions);
-  ok = ok && cJSON_AddStringToObject(root, "scored", SCORED);
+  ok = ok && cJSON_AddStringToObject(root, "scored", scored);
   ok = ok && cJSON_AddStringToObject(root, "device", di->name);
   ok = ok && cJSON_AddStringToObject(root, "storage", storage == KQ_STORAGE_F16 ? "f16" : "f32");
   if (ok) {
@@ -167,12 +167,12 @@ static void print_row(const char *name, const ppl_run *r, const ppl_run *full, i
   printf("  %s\n", r->proj ? r->proj : "");
 }
 
-static void print_table(const char *text_path, int64_t n, int32_t ctx, const kq_device_info *di,
-                        kq_storage storage, const ppl_run *full, const ppl_run *comp, int n_comp,
-                        const kq_llama_hparams *hp) {
+static void print_table(const char *scored, const char *text_path, int64_t n, int32_t ctx,
+                        const kq_device_info *di, kq_storage storage, const ppl_run *full,
+                        const ppl_run *comp, int n_comp, const kq_llama_hparams *hp) {
   const kq_ppl_result *any = full ? &full->res : &comp[0].res;
-  printf("text        %s: %lld tokens, %lld scored (" SCORED "), windows of %d\n", text_path,
-         (long long)n, (long long)any->predictions, ctx);
+  printf("text        %s: %lld tokens, %lld scored (%s), windows of %d\n", text_path, (long long)n,
+         (long long)any->predictions, scored, ctx);
   printf("device      %s (%s), storage %s\n", di->name, di->description,
          storage == KQ_STORAGE_F16 ? "f16" : "f32");
   printf("%-10s %10s %11s %10s %7s %12s %9s %8s %9s  %s\n", "cache", "ppl", "Δppl", "KL", "top-1",
@@ -188,7 +188,7 @@ int kq_cmd_ppl(int argc, char **argv) {
   ppl_run *full = &runs[0], *comp = &runs[1];
   int n_comp = 0;
   kq_storage storage = KQ_STORAGE_F32;
-  long long ctx = 512, max_tokens = 0, batch = 64, threads = 0;
+  long long ctx = 512, max_tokens = 0, batch = 64, threads = 0, score_from = 1;
   int json = 0, skip_full = 0, special = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -221,6 +221,8 @@ int kq_cmd_ppl(int argc, char **argv) {
       if (!kq_cli_parse_int(cmd, a, val, 2, 1 << 20, &ctx)) return 2;
     } else if (!strcmp(a, "--max-tokens")) {
       if (!kq_cli_parse_int(cmd, a, val, 2, INT32_MAX, &max_tokens)) return 2;
+    } else if (!strcmp(a, "--score-from")) {
+      if (!kq_cli_parse_int(cmd, a, val, 1, 1 << 20, &score_from)) return 2;
     } else if (!strcmp(a, "--batch")) {
       if (!kq_cli_parse_int(cmd, a, val, 1, 4096, &batch)) return 2;
     } else if (!strcmp(a, "--threads")) {
@@ -240,6 +242,11 @@ int kq_cmd_ppl(int argc, char **argv) {
   }
   if (!model_path || !text_path) return kq_cli_usage_error(cmd, "need MODEL.gguf and TEXT");
   if (skip_full && !n_comp) return kq_cli_usage_error(cmd, "--skip-full needs --proj");
+  if (score_from >= ctx)
+    return kq_cli_usage_error(cmd, "--score-from %lld: windows of %lld tokens score nothing",
+                              score_from, ctx);
+  char scored[64];
+  snprintf(scored, sizeof scored, "tokens %lld..n of each window", score_from + 1);
 
   kq_llama *m = NULL;
   kq_device *dev = NULL;
@@ -259,6 +266,7 @@ int kq_cmd_ppl(int argc, char **argv) {
   int64_t n = max_tokens > 0 && max_tokens < n_ids ? max_tokens : n_ids;
   kq_ppl_params p = {.ctx = (int32_t)ctx,
                      .batch = (int32_t)batch,
+                     .score_from = (int32_t)score_from,
                      .progress = kq_cli_progress,
                      .progress_user = (void *)cmd,
                      .cancel = kq_cli_cancel_flag()};
@@ -279,9 +287,9 @@ int kq_cmd_ppl(int argc, char **argv) {
     kq_device_get_info(dev, &di);
     const kq_llama_hparams *hp = kq_llama_get_hparams(m);
     if (json)
-      rc = print_json(text_path, n, (int32_t)ctx, &di, storage, full, comp, n_comp, hp);
+      rc = print_json(scored, text_path, n, (int32_t)ctx, &di, storage, full, comp, n_comp, hp);
     else
-      print_table(text_path, n, (int32_t)ctx, &di, storage, full, comp, n_comp, hp);
+      print_table(scored, text_path, n, (int32_t)ctx, &di, storage, full, comp, n_comp, hp);
   }
   for (int r = 0; r < 1 + n_comp; r++)
     if (runs[r].created) kq_model_session_destroy(&runs[r].session);

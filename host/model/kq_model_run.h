@@ -33,13 +33,17 @@ void kq_model_session_destroy(kq_model_session *session);
 typedef struct kq_ppl_params {
   int32_t ctx;   /* tokens per window; the caches are cleared between windows */
   int32_t batch; /* tokens per forward call (prefill chunk), default 64 */
+  /* Score only the tokens at index >= score_from of each window (0-based;
+   * each predicted from at least score_from tokens). 0 or 1: every token
+   * after the first. */
+  int32_t score_from;
   kq_progress_fn progress;
   void *progress_user;
   const volatile int *cancel;
 } kq_ppl_params;
 
 typedef struct kq_ppl_result {
-  int64_t predictions; /* tokens scored: (window length - 1) summed over windows */
+  int64_t predictions; /* tokens scored: (window length - score_from) summed over windows */
   double nll;          /* mean negative log-likelihood, nats */
   double ppl;          /* exp(nll) */
   /* Against the reference session (NAN without one, and for the reference
@@ -53,8 +57,9 @@ typedef struct kq_ppl_result {
 
 /* Perplexity of ids[0..n) in consecutive non-overlapping windows of
  * params->ctx tokens (the last may be shorter; one of a single token is
- * skipped); inside a window every token after the first is predicted from
- * all the tokens before it. Needs n >= 2.
+ * skipped); inside a window every token after the first (from index
+ * params->score_from on) is predicted from all the tokens before it.
+ * Needs n >= 2; KQ_ERR_INVALID_ARGUMENT when no token is scored.
  *
  * The sessions run in lockstep: every window, batch by batch, goes through
  * `reference` (may be NULL) and then each of sessions[0..n_sessions), and

@@ -47,6 +47,7 @@ kq_status kq_model_perplexity(kq_model_session *reference, kq_model_session *con
   int has_ref = reference != NULL;
   int32_t n_runs = n_sessions + has_ref;
   int32_t ctx = p->ctx, batch = p->batch > 0 ? p->batch : 64;
+  int32_t score_from = p->score_from > 1 ? p->score_from : 1;
   if (n < 2 || ctx < 2)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
                         "perplexity needs at least 2 tokens and a window of 2 (got %lld, %d)",
@@ -71,7 +72,7 @@ kq_status kq_model_perplexity(kq_model_session *reference, kq_model_session *con
   for (int64_t w = 0; w < n_windows && st == KQ_OK; w++) {
     const int32_t *win = ids + w * ctx;
     int32_t len = (int32_t)(n - w * ctx < ctx ? n - w * ctx : ctx);
-    if (len < 2) break;
+    if (len <= score_from) break; /* nothing to score (the last window) */
     for (int32_t r = 0; r < n_runs && st == KQ_OK; r++)
       st = kq_cache_truncate(runs[r].session->cache, 0);
     for (int32_t b = 0; b < len && st == KQ_OK; b += batch) {
@@ -88,6 +89,7 @@ kq_status kq_model_perplexity(kq_model_session *reference, kq_model_session *con
       }
       for (int32_t t = 0; t < m && st == KQ_OK; t++) {
         if (b + t + 1 >= len) break;
+        if (b + t + 1 < score_from) continue;
         int32_t target = win[b + t + 1];
         const float *lp = runs[0].logits + (size_t)t * n_vocab;
         double lse_p = log_sum_exp(lp, n_vocab);
@@ -109,6 +111,11 @@ kq_status kq_model_perplexity(kq_model_session *reference, kq_model_session *con
                     (int32_t)(n > INT32_MAX ? INT32_MAX : n), "perplexity");
     }
   }
+  if (st == KQ_OK && scored == 0)
+    st = kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                      "perplexity: no token scored (%lld tokens, windows of %d, scoring from "
+                      "index %d of each window)",
+                      (long long)n, ctx, score_from);
   for (int32_t r = 0; r < n_runs && st == KQ_OK; r++) {
     kq_ppl_result *res = has_ref && r == 0 ? out_reference : &out[r - has_ref];
     res->predictions = scored;

@@ -17,7 +17,8 @@ Properties checked:
     gives KL > 0, top-1 < 1; every JSON number is finite; the byte fraction
     is kv_bytes / ctx over 2·2·head_dim·n_kv_heads·n_layers (F32 full = 2,
     F16 full = 1); running a cache beside the full one (lockstep) does not
-    change its perplexity (same as with --skip-full);
+    change its perplexity (same as with --skip-full); --score-from N scores
+    N fewer tokens per window;
   - generate prints the prompt and new text; bad input gives clear errors.
 Exit 0 pass, 1 fail, 77 skip (model not fetchable).
 """
@@ -172,6 +173,11 @@ def main():
                 f"ratio 0.5: kv_bytes {comp['kv_bytes']} <= half of {full['kv_bytes']}, "
                 f"fraction of F16 {comp['kv_fraction_f16']:.4f} = kv_bytes / ctx / {f16_per_token}")
     alone = ppl(proj, extra=["--skip-full"])
+    tail = ppl(extra=["--score-from", "33"])
+    ok &= check(tail["predictions"] == 2 * (64 - 33) and tail["scored"] == "tokens 34..n of each window",
+                f"--score-from 33: {tail['predictions']} scored ({tail['scored']}), 31 of each window")
+    p = run([kq, "ppl", model, EVAL_TEXT, "--ctx", "64", "--score-from", "64"], expect=2)
+    ok &= check("--score-from" in p.stderr, "ppl --score-from >= --ctx is a usage error")
     ok &= check(alone["full"] is None and alone["compressed"]["kld"] is None
                 and alone["compressed"]["top1"] is None and alone["compressed"]["ppl"] == comp["ppl"],
                 f"--skip-full: KL/top-1 null, ppl {alone['compressed']['ppl']} as in lockstep")
