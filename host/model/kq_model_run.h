@@ -13,7 +13,8 @@
 
 /* A kqsvd cache bound to a model. */
 typedef struct kq_model_session {
-  kq_llama *model; /* borrowed */
+  kq_llama *model;       /* borrowed */
+  const char *proj_path; /* borrowed; NULL: identity projections (the full cache) */
   kq_projections *proj;
   kq_cache *cache;
   kq_rope_mode rope; /* of the projections: PRE means the cache rotates */

@@ -86,6 +86,8 @@ kq_status kq_model_perplexity(kq_model_session *reference, kq_model_session *con
         double t0 = kq_now_seconds();
         st = kq_llama_forward(runs[r].session->model, &runs[r].session->attn, &ev);
         runs[r].seconds += kq_now_seconds() - t0;
+        if (st != KQ_OK && runs[r].session->proj_path)
+          st = kq_error_prefix(st, "%s", runs[r].session->proj_path);
       }
       for (int32_t t = 0; t < m && st == KQ_OK; t++) {
         if (b + t + 1 >= len) break;
