@@ -28,6 +28,12 @@ bool kq_cli_parse_storage(const char *cmd, const char *option, const char *text,
  * not empty, no leading or trailing comma, no empty item ("1,,2", ","). */
 bool kq_cli_list_well_formed(const char *text);
 
+/* Adds `value` to the cJSON object `obj` under `key`, as null when it is not
+ * finite (NaN and infinities are not JSON; a reader then sees "no value").
+ * Returns false when out of memory. */
+struct cJSON;
+bool kq_cli_json_add_number(struct cJSON *obj, const char *key, double value);
+
 /* Prints "kqsvd CMD: <status string>: <kq_last_error()>" to stderr; returns 1. */
 int kq_cli_fail(const char *cmd, kq_status status);
 
