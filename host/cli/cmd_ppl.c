@@ -255,9 +255,20 @@ int kq_cmd_ppl(int argc, char **argv) {
   size_t len;
   kq_status st = kq_model_read_text(text_path, &text, &len);
   if (st == KQ_OK) st = kq_llama_load(model_path, (int)threads, &m);
-  if (st == KQ_OK)
-    st = kq_tokenizer_encode(kq_llama_get_tokenizer(m), text, len, special, &ids, &n_ids);
+  size_t dropped = 0;
+  if (st == KQ_OK) /* tokenize no further than scored */
+    st = kq_tokenizer_encode_ex(kq_llama_get_tokenizer(m), text, len, special,
+                                max_tokens > 0 ? max_tokens : 0, &ids, &n_ids, &dropped);
   free(text);
+  if (st == KQ_OK && dropped > 0)
+    fprintf(stderr,
+            "kqsvd ppl: warning: %s: %zu bytes have no token in this model's vocabulary and were "
+            "left out\n",
+            text_path, dropped);
+  if (st == KQ_OK && n_ids < 2)
+    st =
+        kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %d token%s of text; perplexity needs at least 2",
+                     text_path, (int)n_ids, n_ids == 1 ? "" : "s");
   if (st == KQ_OK) st = kq_device_create(device, &dev);
   if (skip_full) full = NULL;
   if (full && st == KQ_OK) st = open_run(m, dev, storage, (int32_t)ctx, full);

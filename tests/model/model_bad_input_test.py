@@ -145,6 +145,19 @@ def main():
         check(p.returncode == 0 and "3 bytes have no token" in p.stderr and ctl in p.stderr,
               "capture warns about the dropped bytes, naming the file")
 
+        # ppl: the same text checks, and a text too short names the file.
+        p = run([a.kqsvd, "ppl", model, fifo, "--ctx", "64"])
+        check(refused(p, fifo, "not a regular file"), "ppl refuses a FIFO as text")
+        short = os.path.join(d, "short.txt")
+        with open(short, "w") as g:
+            g.write("a")
+        p = run([a.kqsvd, "ppl", model, short, "--ctx", "64"])
+        check(refused(p, short, "at least 2"), "ppl on a one-token text names the text file")
+        p = run([a.kqsvd, "ppl", model, ctl, "--ctx", "64"])
+        check("3 bytes have no token" in p.stderr and ctl in p.stderr,
+              "ppl warns about dropped bytes, naming the file")
+        os.unlink(short)
+
         # A token limit: exactly MAX ids, a prefix of the whole encoding.
         full = run([a.probe, "tokenize", model, text]).stdout.split()
         part = run([a.probe, "tokenize", model, text, "100"]).stdout.split()
