@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Prints the README's CLI reference from the built CLI's own --help texts,
-# so the two cannot drift apart: bash .ci/cli-reference.sh [build/bin/kqsvd]
+# Prints docs/cli.md (the CLI reference) from the built CLI's own --help texts,
+# so the two cannot drift apart: bash .ci/cli-reference.sh [build/bin/kqsvd] > docs/cli.md
 set -euo pipefail
 kq=${1:-build/bin/kqsvd}
+echo '# CLI reference'
+echo
+echo 'Generated from the built CLI'"'"'s own help texts by `bash .ci/cli-reference.sh > docs/cli.md`,'
+echo 'so the two cannot drift apart.'
+echo
 echo '`kqsvd --help`:'
 echo
 echo '```'
