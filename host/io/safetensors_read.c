@@ -366,7 +366,8 @@ static kq_status align_tensors(kq_st_file *f) {
 }
 
 kq_status kq_st_open(const char *path, kq_st_file **out_file) {
-  if (!path || !out_file) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_st_open: NULL argument");
+  if (!path || !out_file)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "safetensors file: no path given");
   *out_file = NULL;
   kq_st_file *f = calloc(1, sizeof *f);
   if (!f) return kq_set_error(KQ_ERR_OUT_OF_MEMORY, "%s: cannot allocate reader", path);
@@ -506,7 +507,7 @@ kq_status kq_st_require(const kq_st_file *f, const char *name, int expect_dims,
                         const int64_t *expect_shape, int float_only,
                         const kq_st_tensor **out_tensor) {
   if (!f || !name || !out_tensor)
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_st_require: NULL argument");
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "safetensors: no file or tensor name given");
   *out_tensor = NULL;
   const kq_st_tensor *t = kq_st_find(f, name);
   if (!t) return kq_set_error(KQ_ERR_NOT_FOUND, "%s: tensor '%s' is missing", f->path, name);
@@ -550,7 +551,8 @@ void kq_st_meta_at(const kq_st_file *f, int index, const char **out_key, const c
 }
 
 kq_status kq_st_check_finite(const kq_st_file *f, const kq_st_tensor *t) {
-  if (!f || !t) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_st_check_finite: NULL argument");
+  if (!f || !t)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "safetensors: no file or tensor given");
   const unsigned char *p = t->data;
   uint64_t n = t->n_elements;
   uint64_t bad = n;

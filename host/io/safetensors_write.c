@@ -138,7 +138,7 @@ static bool grow(void **array, int *cap, int count, size_t elem) {
 
 kq_status kq_st_writer_meta(kq_st_writer *w, const char *key, const char *value) {
   if (!w || !key || !value)
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_st_writer_meta: NULL argument");
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "output file: metadata without a key or value");
   char *v = dup_string(value, "metadata value");
   if (!v) return kq_error_prefix(KQ_ERR_OUT_OF_MEMORY, "%s: metadata '%s'", w->path, key);
   for (int i = 0; i < w->n_meta; i++) {
@@ -166,7 +166,7 @@ kq_status kq_st_writer_meta(kq_st_writer *w, const char *key, const char *value)
 kq_status kq_st_writer_add(kq_st_writer *w, const char *name, kq_dtype dtype, int n_dims,
                            const int64_t *shape, const void *data) {
   if (!w || !name || (n_dims > 0 && !shape))
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_st_writer_add: NULL argument");
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "output file: a tensor without a name or data");
   const char *path = w->path;
   if (!*name || strcmp(name, "__metadata__") == 0)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: invalid tensor name '%s'", path, name);
@@ -241,7 +241,7 @@ static kq_status build_header(const kq_st_writer *w, st_text *t) {
 }
 
 kq_status kq_st_writer_commit(kq_st_writer *w, const volatile int *cancel) {
-  if (!w) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_st_writer_commit: NULL writer");
+  if (!w) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "output file: nothing to write");
   st_text header = {0};
   kq_status st = build_header(w, &header);
   if (st != KQ_OK) {

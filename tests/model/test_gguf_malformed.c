@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "model/kq_gguf.h"
+#include "model/kq_llama_ops.h"
 
 /* ---- a tiny GGUF builder ---------------------------------------------- */
 
@@ -373,6 +374,26 @@ static void bad_values_and_duplicates_are_refused(void **state) {
   expect_open(&s, KQ_ERR_FORMAT, "duplicate tensor 'blk.0.f32'");
 }
 
+/* A weight of the wrong rank is reported with its whole shape (a 3-D
+ * tensor used to print as 2-D), the file named once and first. */
+static void wrong_weight_shape_prints_every_dimension(void **state) {
+  (void)state;
+  spec s = good_spec();
+  s.t1_dims = 3; /* [32, 1, 1] */
+  buf b = build(&s);
+  write_file(&b, b.n);
+  free(b.p);
+  kq_gguf *g = NULL;
+  assert_int_equal(kq_gguf_open(g_path, &g), KQ_OK);
+  kq_llama_weight w;
+  assert_int_equal(kq_llama_weight_load(g, "blk.0.q8", 1, 32, &w), KQ_ERR_FORMAT);
+  const char *msg = kq_last_error();
+  if (!strstr(msg, "[32, 1, 1]")) fail_msg("message '%s' lacks the 3-D shape", msg);
+  assert_ptr_equal(strstr(msg, g_path), msg);        /* the file first */
+  assert_null(strstr(msg + strlen(g_path), g_path)); /* and once */
+  kq_gguf_close(g);
+}
+
 static void missing_and_empty_files_are_io_or_format_errors(void **state) {
   (void)state;
   kq_gguf *g = NULL;
@@ -397,6 +418,7 @@ int main(void) {
       cmocka_unit_test(type_without_dequantiser_fails_naming_tensor_and_type),
       cmocka_unit_test(bad_dims_are_refused),
       cmocka_unit_test(bad_values_and_duplicates_are_refused),
+      cmocka_unit_test(wrong_weight_shape_prints_every_dimension),
       cmocka_unit_test(missing_and_empty_files_are_io_or_format_errors),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
