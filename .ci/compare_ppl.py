@@ -14,6 +14,9 @@ import math
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ppl_args  # noqa: E402
+
 
 def name_of(proj, labels):
     if proj in labels:
@@ -29,16 +32,7 @@ def num(fmt, v):
 
 
 def main(argv):
-    files, labels = [], {}
-    i = 0
-    while i < len(argv):
-        if argv[i] == "--label" and i + 1 < len(argv):
-            proj, _, name = argv[i + 1].partition("=")
-            labels[proj] = name
-            i += 2
-        else:
-            files.append(argv[i])
-            i += 1
+    files, labels, _ = ppl_args.parse(argv)
     if not files:
         sys.exit(__doc__)
     results = []

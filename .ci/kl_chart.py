@@ -9,7 +9,11 @@ A run's series is its --label name, else its method and layout from the JSON ("k
 """
 import json
 import math
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ppl_args  # noqa: E402
 from xml.sax.saxutils import escape
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
@@ -24,20 +28,8 @@ def series_name(run, labels):
 
 
 def parse(argv):
-    files, labels, out = [], {}, None
-    i = 0
-    while i < len(argv):
-        if argv[i] == "--label" and i + 1 < len(argv):
-            proj, _, name = argv[i + 1].partition("=")
-            labels[proj] = name
-            i += 2
-        elif argv[i] == "-o" and i + 1 < len(argv):
-            out = argv[i + 1]
-            i += 2
-        else:
-            files.append(argv[i])
-            i += 1
-    if not files or not out:
+    files, labels, out = ppl_args.parse(argv, want_out=True)
+    if not files:
         sys.exit(__doc__)
     return files, labels, out
 

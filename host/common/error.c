@@ -104,43 +104,44 @@ const char *kq_version(void) {
   return KQ_STR(KQ_VERSION_MAJOR) "." KQ_STR(KQ_VERSION_MINOR) "." KQ_STR(KQ_VERSION_PATCH);
 }
 
+/* Index of `name` in names[0, n), or -1. */
+static int name_index(const char *const *names, int n, const char *name) {
+  for (int i = 0; name && i < n; i++)
+    if (strcmp(name, names[i]) == 0) return i;
+  return -1;
+}
+
 static const char *const g_method_names[] = {"kq-svd", "k-svd", "eigen", "quant"};
+static const char *const g_layout_names[] = {"per-head", "joint"};
+#define KQ_COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 const char *kq_method_name(kq_method method) {
-  if ((unsigned)method >= sizeof g_method_names / sizeof g_method_names[0]) return NULL;
-  return g_method_names[method];
+  return (unsigned)method < (unsigned)KQ_COUNT(g_method_names) ? g_method_names[method] : NULL;
+}
+
+const char *kq_layout_name(kq_layout layout) {
+  return (unsigned)layout < (unsigned)KQ_COUNT(g_layout_names) ? g_layout_names[layout] : NULL;
 }
 
 kq_status kq_method_parse(const char *name, kq_method *out_method) {
   if (!out_method)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "method name: the output pointer is NULL");
-  for (unsigned i = 0; i < sizeof g_method_names / sizeof g_method_names[0]; i++) {
-    if (name && strcmp(name, g_method_names[i]) == 0) {
-      *out_method = (kq_method)i;
-      return KQ_OK;
-    }
-  }
-  return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
-                      "unknown method '%s' (expected kq-svd, k-svd, eigen or quant)",
-                      name ? name : "");
-}
-
-static const char *const g_layout_names[] = {"per-head", "joint"};
-
-const char *kq_layout_name(kq_layout layout) {
-  if ((unsigned)layout >= sizeof g_layout_names / sizeof g_layout_names[0]) return NULL;
-  return g_layout_names[layout];
+  int i = name_index(g_method_names, KQ_COUNT(g_method_names), name);
+  if (i < 0)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "unknown method '%s' (expected kq-svd, k-svd, eigen or quant)",
+                        name ? name : "");
+  *out_method = (kq_method)i;
+  return KQ_OK;
 }
 
 kq_status kq_layout_parse(const char *name, kq_layout *out_layout) {
   if (!out_layout)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "layout name: the output pointer is NULL");
-  for (unsigned i = 0; i < sizeof g_layout_names / sizeof g_layout_names[0]; i++) {
-    if (name && strcmp(name, g_layout_names[i]) == 0) {
-      *out_layout = (kq_layout)i;
-      return KQ_OK;
-    }
-  }
-  return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "unknown layout '%s' (expected per-head or joint)",
-                      name ? name : "");
+  int i = name_index(g_layout_names, KQ_COUNT(g_layout_names), name);
+  if (i < 0)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "unknown layout '%s' (expected per-head or joint)",
+                        name ? name : "");
+  *out_layout = (kq_layout)i;
+  return KQ_OK;
 }
