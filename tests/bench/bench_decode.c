@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "kqsvd.h"
 
 typedef struct bench_cfg {
@@ -32,24 +33,6 @@ typedef struct bench_result {
   double ms, gbps, bytes;
   int layers;
 } bench_result;
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static float frand(uint64_t *s) {
-  *s ^= *s << 13;
-  *s ^= *s >> 7;
-  *s ^= *s << 17;
-  return (float)((double)(*s >> 11) / 4503599627370496.0 - 1.0);
-}
 
 static int fail(const char *what) {
   fprintf(stderr, "bench_decode: %s: %s\n", what, kq_last_error());
@@ -93,54 +76,27 @@ static int build(const bench_cfg *cfg, kq_device *dev, int rk, int rv, int layer
       if (kq_projections_layer(proj, l, &pl) != KQ_OK) return fail("projection layer");
       const float amp = 1.0f / sqrtf((float)d);
       for (size_t i = 0; i < (size_t)Hk * d * rk; ++i) {
-        pl.key_down[i] = amp * frand(&seed);
-        pl.query_down[i] = amp * frand(&seed);
+        pl.key_down[i] = amp * bench_frand(&seed);
+        pl.query_down[i] = amp * bench_frand(&seed);
       }
       for (size_t i = 0; i < (size_t)Hk * d * rv; ++i) {
-        pl.value_down[i] = amp * frand(&seed);
-        pl.value_up[i] = amp * frand(&seed);
+        pl.value_down[i] = amp * bench_frand(&seed);
+        pl.value_up[i] = amp * bench_frand(&seed);
       }
     }
   }
-  kq_cache_params params = kq_cache_default_params();
-  params.storage = cfg->storage;
-  params.capacity = cfg->ctx;
-  kq_cache *cache = NULL;
-  kq_status st = kq_cache_create(dev, proj, &params, &cache);
-  kq_projections_destroy(proj);
-  if (st != KQ_OK) return fail("cache create");
-
-  const int chunk = 2048;
-  float *kv = malloc((size_t)chunk * Hk * d * sizeof *kv);
-  int rc = kv ? 0 : fail("host buffers");
-  for (size_t i = 0; kv && i < (size_t)chunk * Hk * d; ++i) kv[i] = frand(&seed);
-  for (int l = 0; l < layers && rc == 0; ++l)
-    for (int t = 0; t < cfg->ctx && rc == 0; t += chunk) {
-      int n = cfg->ctx - t < chunk ? cfg->ctx - t : chunk;
-      if (kq_cache_append(cache, l, n, kv, kv) != KQ_OK) rc = fail("append");
-    }
-  free(kv);
-  if (rc) {
-    kq_cache_destroy(cache);
-    return rc;
-  }
-  *out_cache = cache;
-  return 0;
+  return bench_filled_cache("bench_decode", dev, proj, cfg->storage, cfg->ctx, layers, Hk, d, &seed,
+                            out_cache);
 }
 
 /* One timed step: one decode query in every layer. */
 static int step(const bench_cfg *cfg, kq_cache *cache, int layers, const float *q, float *out,
                 double *seconds) {
-  double t0 = now_s();
+  double t0 = bench_now_seconds();
   for (int l = 0; l < layers; ++l)
     if (kq_cache_attend(cache, l, 1, q, cfg->output, out) != KQ_OK) return fail("attend");
-  *seconds = now_s() - t0;
+  *seconds = bench_now_seconds() - t0;
   return 0;
-}
-
-static double median(double *x, int n) {
-  qsort(x, (size_t)n, sizeof *x, cmp_double);
-  return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
 
 /* Bytes per step: latent caches read + queries + outputs, every layer. */
@@ -263,13 +219,13 @@ int main(int argc, char **argv) {
          *tf = calloc((size_t)cfg.steps + 1, sizeof *tf);
   if (!q || !out || !tc || !tf) return fail("host buffers");
   uint64_t seed = 99;
-  for (size_t i = 0; i < (size_t)cfg.heads * cfg.dim; ++i) q[i] = frand(&seed);
+  for (size_t i = 0; i < (size_t)cfg.heads * cfg.dim; ++i) q[i] = bench_frand(&seed);
   for (int s = 0; s <= cfg.steps; ++s) /* step 0 is the warm-up */
     if (step(&cfg, ccomp, layers, q, out, &tc[s]) || step(&cfg, cfull, layers, q, out, &tf[s]))
       return 1;
   bench_result comp = {0}, full = {0};
-  figures(&cfg, cfg.rank_k, cfg.rank_v, layers, median(tc + 1, cfg.steps), &comp);
-  figures(&cfg, cfg.dim, cfg.dim, layers, median(tf + 1, cfg.steps), &full);
+  figures(&cfg, cfg.rank_k, cfg.rank_v, layers, bench_median(tc + 1, cfg.steps), &comp);
+  figures(&cfg, cfg.dim, cfg.dim, layers, bench_median(tf + 1, cfg.steps), &full);
   free(q), free(out), free(tc), free(tf);
   kq_cache_destroy(ccomp);
   kq_cache_destroy(cfull);

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "kqsvd.h"
 
 typedef struct bench_cfg {
@@ -27,29 +28,6 @@ typedef struct bench_cfg {
   kq_layout layout;
   kq_output output;
 } bench_cfg;
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *x, int n) {
-  qsort(x, (size_t)n, sizeof *x, cmp_double);
-  return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}
-
-static float frand(uint64_t *s) {
-  *s ^= *s << 13;
-  *s ^= *s >> 7;
-  *s ^= *s << 17;
-  return (float)((double)(*s >> 11) / 4503599627370496.0 - 1.0);
-}
 
 static int fail(const char *what) {
   fprintf(stderr, "bench_quant: %s: %s\n", what, kq_last_error());
@@ -113,12 +91,12 @@ static int build(const bench_cfg *cfg, kq_device *dev, int full, int layers, kq_
       kq_projection_layer pl;
       if (kq_projections_layer(proj, l, &pl) != KQ_OK) return fail("projection layer");
       for (size_t i = 0; i < (size_t)Hk * d * rk; ++i) {
-        pl.key_down[i] = amp * frand(&seed);
-        pl.query_down[i] = amp * frand(&seed);
+        pl.key_down[i] = amp * bench_frand(&seed);
+        pl.query_down[i] = amp * bench_frand(&seed);
       }
       for (size_t i = 0; i < (size_t)Hk * d * rv; ++i) {
-        pl.value_down[i] = amp * frand(&seed);
-        pl.value_up[i] = amp * frand(&seed);
+        pl.value_down[i] = amp * bench_frand(&seed);
+        pl.value_up[i] = amp * bench_frand(&seed);
       }
       if (kq_projections_set_segments(proj, l, KQ_SIDE_KEYS, nks, ks) != KQ_OK ||
           kq_projections_set_segments(proj, l, KQ_SIDE_VALUES, nvs, vs) != KQ_OK)
@@ -126,46 +104,19 @@ static int build(const bench_cfg *cfg, kq_device *dev, int full, int layers, kq_
     }
   }
   *out_fraction = kq_projections_fraction_of_f16(proj, KQ_STORAGE_F16);
-  kq_cache_params params = kq_cache_default_params();
-  params.storage = KQ_STORAGE_F16;
-  params.capacity = cfg->ctx;
-  kq_cache *cache = NULL;
-  kq_status st = kq_cache_create(dev, proj, &params, &cache);
-  kq_projections_destroy(proj);
-  if (st != KQ_OK) return fail("cache create");
-  const int chunk = 2048;
-  float *kv = malloc((size_t)chunk * Hk * d * sizeof *kv);
-  int rc = kv ? 0 : fail("host buffers");
-  for (size_t i = 0; kv && i < (size_t)chunk * Hk * d; ++i) kv[i] = frand(&seed);
-  for (int l = 0; l < layers && rc == 0; ++l)
-    for (int t = 0; t < cfg->ctx && rc == 0; t += chunk) {
-      int n = cfg->ctx - t < chunk ? cfg->ctx - t : chunk;
-      if (kq_cache_append(cache, l, n, kv, kv) != KQ_OK) rc = fail("append");
-    }
-  free(kv);
-  if (rc) {
-    kq_cache_destroy(cache);
-    return rc;
-  }
-  *out_cache = cache;
-  return 0;
-}
-
-static double cpu_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+  return bench_filled_cache("bench_quant", dev, proj, KQ_STORAGE_F16, cfg->ctx, layers, Hk, d,
+                            &seed, out_cache);
 }
 
 /* Wall and process CPU seconds of one step (CPU time, all threads, is the
  * steadier figure on a machine shared with other work). */
 static int step(const bench_cfg *cfg, kq_cache *cache, int layers, const float *q, float *out,
                 double *seconds, double *cpu) {
-  double t0 = now_s(), c0 = cpu_s();
+  double t0 = bench_now_seconds(), c0 = bench_cpu_seconds();
   for (int l = 0; l < layers; ++l)
     if (kq_cache_attend(cache, l, 1, q, cfg->output, out) != KQ_OK) return fail("attend");
-  *seconds = now_s() - t0;
-  *cpu = cpu_s() - c0;
+  *seconds = bench_now_seconds() - t0;
+  *cpu = bench_cpu_seconds() - c0;
   return 0;
 }
 
@@ -255,15 +206,15 @@ int main(int argc, char **argv) {
   double *cq_s = calloc((size_t)cfg.steps + 1, 8), *cf_s = calloc((size_t)cfg.steps + 1, 8);
   if (!q || !out || !tq || !tf || !cq_s || !cf_s) return fail("host buffers");
   uint64_t seed = 99;
-  for (size_t i = 0; i < (size_t)cfg.heads * cfg.dim; ++i) q[i] = frand(&seed);
+  for (size_t i = 0; i < (size_t)cfg.heads * cfg.dim; ++i) q[i] = bench_frand(&seed);
   for (int s = 0; s <= cfg.steps; ++s) /* step 0 warms up */
     if (step(&cfg, cq, layers, q, out, &tq[s], &cq_s[s]) ||
         step(&cfg, cf, layers, q, out, &tf[s], &cf_s[s]))
       return 1;
-  double mq = 1e3 * median(tq + 1, cfg.steps) / layers;
-  double mf = 1e3 * median(tf + 1, cfg.steps) / layers;
-  double uq = 1e3 * median(cq_s + 1, cfg.steps) / layers;
-  double uf = 1e3 * median(cf_s + 1, cfg.steps) / layers;
+  double mq = 1e3 * bench_median(tq + 1, cfg.steps) / layers;
+  double mf = 1e3 * bench_median(tf + 1, cfg.steps) / layers;
+  double uq = 1e3 * bench_median(cq_s + 1, cfg.steps) / layers;
+  double uf = 1e3 * bench_median(cf_s + 1, cfg.steps) / layers;
   printf("device %s (%s)\n", info.name, info.description);
   printf("decode ctx %d, H %d, Hk %d, d %d, layout %s, %d layers, median of %d steps\n", cfg.ctx,
          cfg.heads, cfg.kv_heads, cfg.dim, kq_layout_name(cfg.layout), layers, cfg.steps);

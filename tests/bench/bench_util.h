@@ -8,8 +8,11 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+
+#include "kqsvd.h"
 
 /* Next standard normal from the generator state *state. */
 static inline double bench_gauss(uint64_t *state) {
@@ -40,6 +43,54 @@ static inline int bench_cmp_double(const void *a, const void *b) {
 static inline double bench_median(double *t, int n) {
   qsort(t, (size_t)n, sizeof(double), bench_cmp_double);
   return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+/* Wall-clock seconds (monotonic). */
+static inline double bench_now_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Uniform in [-1, 1) from a xorshift64 state (never 0). */
+static inline float bench_frand(uint64_t *s) {
+  *s ^= *s << 13;
+  *s ^= *s >> 7;
+  *s ^= *s << 17;
+  return (float)((double)(*s >> 11) / 4503599627370496.0 - 1.0);
+}
+
+/* Creates a cache of `ctx` tokens for `proj` and fills every layer to
+ * capacity with random keys/values [n, Hk, d] in appends of 2048 tokens.
+ * Takes ownership of proj (destroyed here). Prints "PROG: what: error" and
+ * returns 1 on failure, else 0 with *out_cache set. */
+static inline int bench_filled_cache(const char *prog, kq_device *dev, kq_projections *proj,
+                                     kq_storage storage, int ctx, int layers, int Hk, int d,
+                                     uint64_t *seed, kq_cache **out_cache) {
+  kq_cache_params params = kq_cache_default_params();
+  params.storage = storage;
+  params.capacity = ctx;
+  kq_cache *cache = NULL;
+  kq_status st = kq_cache_create(dev, proj, &params, &cache);
+  kq_projections_destroy(proj);
+  const char *what = st != KQ_OK ? "cache create" : NULL;
+  const int chunk = 2048;
+  float *kv = what ? NULL : malloc((size_t)chunk * Hk * d * sizeof *kv);
+  if (!what && !kv) what = "host buffers";
+  for (size_t i = 0; kv && i < (size_t)chunk * Hk * d; ++i) kv[i] = bench_frand(seed);
+  for (int l = 0; l < layers && !what; ++l)
+    for (int t = 0; t < ctx && !what; t += chunk) {
+      int n = ctx - t < chunk ? ctx - t : chunk;
+      if (kq_cache_append(cache, l, n, kv, kv) != KQ_OK) what = "append";
+    }
+  free(kv);
+  if (what) {
+    fprintf(stderr, "%s: %s: %s\n", prog, what, kq_last_error());
+    kq_cache_destroy(cache);
+    return 1;
+  }
+  *out_cache = cache;
+  return 0;
 }
 
 #endif
