@@ -3,9 +3,15 @@
 #   1. synthetic check: KQ-SVD vs K-SVD vs Eigen at equal ranks (logits error
 #      at the Eckart–Young optimum, below both baselines);
 #   2. the real model: fetch SmolLM2-135M, capture calibration activations from
-#      Debian's fortune file, fit the three methods at --ratio 0.5, print the fidelity
-#      table and the perplexity on a different text with the full cache and
-#      each compressed cache.
+#      Debian's fortune file, fit each method at one byte budget (--bytes 0.28 of a
+#      full F16 cache: KQ-SVD per-head and joint, the quantization-only baseline,
+#      K-SVD and Eigen) and print perplexity, KL divergence and top-1 agreement
+#      against the full cache on a different text, in one table. The full model runs
+#      once, in lockstep with every compressed cache (one `kqsvd ppl` with several
+#      --proj), so all are scored on the same tokens.
+# Env: KQ (the CLI), KQ_OUT (output folder), KQSVD_DEVICE, BUDGET (default 0.28),
+#      METHODS (default "kq-svd kq-svd-joint quant k-svd eigen"), BUDGET_FLAG (default
+#      --bytes; --ratio fits float-only low rank, for fit builds without --bytes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KQ=${KQ:-build/bin/kqsvd}
@@ -25,20 +31,26 @@ done
 python3 .ci/compare_methods.py "$OUT/synth-kq-svd.json:$OUT/synth-kq-svd.safetensors" \
   "$OUT"/synth-{k-svd,eigen}.json
 
-echo "== 2. SmolLM2-135M: capture, fit at --ratio 0.5, perplexity =="
+budget=${BUDGET:-0.28}
+budget_flag=${BUDGET_FLAG:---bytes}
+methods=${METHODS:-"kq-svd kq-svd-joint quant k-svd eigen"}
+echo "== 2. SmolLM2-135M: capture, fit at $budget_flag $budget, perplexity / KL / top-1 =="
 model=$(bash .ci/fetch-model.sh)
 calib_text=(/usr/share/games/fortunes/fortunes)  # its first 4096 tokens
 eval_text=/usr/share/common-licenses/GPL-3
 "$KQ" capture "$model" "${calib_text[@]}" -o "$OUT/calib.safetensors" --seq-len 256 --max-tokens 4096
-for m in kq-svd k-svd eigen; do
-  "$KQ" fit "$OUT/calib.safetensors" -o "$OUT/proj-$m.safetensors" --method "$m" --ratio 0.5 2>/dev/null
-  "$KQ" eval "$OUT/calib.safetensors" "$OUT/proj-$m.safetensors" --json --max-seqs 4 >"$OUT/eval-$m.json"
+. .ci/fit-budget.sh
+projs=()
+labels=()
+for name in $methods; do
+  proj="$OUT/proj-$name.safetensors"
+  kq_fit_at_budget "$name" "$OUT/calib.safetensors" "$proj" "$budget"
+  tail -n 1 "$proj.log"
+  projs+=(--proj "$proj")
+  labels+=(--label "$proj=$kq_fit_label")
 done
-python3 .ci/compare_methods.py "$OUT/eval-kq-svd.json:$OUT/proj-kq-svd.safetensors" \
-  "$OUT"/eval-{k-svd,eigen}.json
-ppl=("$KQ" ppl "$model" "$eval_text" --device "$dev" --ctx 256 --max-tokens 1024 --json)
-"${ppl[@]}" >"$OUT/ppl-full.json"  # the full cache once; each method then skips it
-for m in kq-svd k-svd eigen; do
-  "${ppl[@]}" --proj "$OUT/proj-$m.safetensors" --skip-full >"$OUT/ppl-$m.json"
-done
-python3 .ci/compare_ppl.py "$OUT/ppl-full.json" "$OUT"/ppl-{kq-svd,k-svd,eigen}.json
+# F16 storage: float latents and the full cache at 2 bytes a value, the unit of
+# --bytes; the full F16 cache is the KL reference (as llama.cpp's F16 KV base).
+"$KQ" ppl "$model" "$eval_text" --device "$dev" --ctx 256 --max-tokens 1024 --storage f16 \
+  "${projs[@]}" --json >"$OUT/ppl.json"
+python3 .ci/compare_ppl.py "$OUT/ppl.json" "${labels[@]}"

@@ -1,6 +1,7 @@
 /* Shared CLI helpers: parsing, error printing, signals, progress. */
 #include "cli_util.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -25,6 +26,11 @@ bool kq_cli_parse_int(const char *cmd, const char *option, const char *text, lon
   }
   *out = v;
   return true;
+}
+
+bool kq_cli_json_add_number(cJSON *obj, const char *key, double value) {
+  return (isfinite(value) ? cJSON_AddNumberToObject(obj, key, value)
+                          : cJSON_AddNullToObject(obj, key)) != NULL;
 }
 
 bool kq_cli_parse_double(const char *cmd, const char *option, const char *text, double lo,

@@ -24,6 +24,17 @@ bool kq_cli_parse_double(const char *cmd, const char *option, const char *text, 
  * "kqsvd CMD: OPTION: ..." to stderr and returns false. */
 bool kq_cli_parse_storage(const char *cmd, const char *option, const char *text, kq_storage *out);
 
+/* Writes the folder that will hold the file `path` ("." when `path` names
+ * none) to dir[cap] and returns whether it exists and is writable, so that a
+ * long run does not end in a failed write. False when the path does not fit. */
+bool kq_cli_output_folder_writable(const char *path, char *dir, size_t cap);
+
+/* Adds `value` to the cJSON object `obj` under `key`, as null when it is not
+ * finite (NaN and infinities are not JSON; a reader then sees "no value").
+ * Returns false when out of memory. */
+struct cJSON;
+bool kq_cli_json_add_number(struct cJSON *obj, const char *key, double value);
+
 /* Prints "kqsvd CMD: <status string>: <kq_last_error()>" to stderr; returns 1. */
 int kq_cli_fail(const char *cmd, kq_status status);
 

@@ -3,13 +3,6 @@
 
 #include "kq_model_run.h"
 
-static int32_t argmax(const float *x, int32_t n) {
-  int32_t best = 0;
-  for (int32_t j = 1; j < n; j++)
-    if (x[j] > x[best]) best = j;
-  return best;
-}
-
 kq_status kq_model_generate(kq_model_session *s, const int32_t *prompt, int32_t n_prompt,
                             int32_t n_new, kq_token_fn on_token, void *user,
                             const volatile int *cancel, kq_generate_result *out) {
@@ -28,7 +21,7 @@ kq_status kq_model_generate(kq_model_session *s, const int32_t *prompt, int32_t 
   out->prefill_seconds = t1 - t0;
   int32_t pos = n_prompt;
   for (int32_t j = 0; j < n_new && st == KQ_OK; j++) {
-    int32_t next = argmax(logits, hp->n_vocab);
+    int32_t next = kq_model_argmax(logits, hp->n_vocab);
     out->n_generated++;
     if ((on_token && on_token(user, next)) || next == kq_tokenizer_eos(tok)) break;
     if (j + 1 == n_new) break;

@@ -13,7 +13,8 @@
 
 /* A kqsvd cache bound to a model. */
 typedef struct kq_model_session {
-  kq_llama *model; /* borrowed */
+  kq_llama *model;       /* borrowed */
+  const char *proj_path; /* borrowed; NULL: identity projections (the full cache) */
   kq_projections *proj;
   kq_cache *cache;
   kq_rope_mode rope; /* of the projections: PRE means the cache rotates */
@@ -31,26 +32,50 @@ kq_status kq_model_session_create(kq_llama *model, kq_device *device, const char
 void kq_model_session_destroy(kq_model_session *session);
 
 typedef struct kq_ppl_params {
-  int32_t ctx;   /* tokens per window; the cache is cleared between windows */
+  int32_t ctx;   /* tokens per window; the caches are cleared between windows */
   int32_t batch; /* tokens per forward call (prefill chunk), default 64 */
+  /* Score only the tokens at index >= score_from of each window (0-based;
+   * each predicted from at least score_from tokens). 0 or 1: every token
+   * after the first. */
+  int32_t score_from;
   kq_progress_fn progress;
   void *progress_user;
   const volatile int *cancel;
 } kq_ppl_params;
 
 typedef struct kq_ppl_result {
-  int64_t predictions; /* tokens scored: (window length - 1) summed over windows */
+  int64_t predictions; /* tokens scored: (window length - score_from) summed over windows */
   double nll;          /* mean negative log-likelihood, nats */
   double ppl;          /* exp(nll) */
-  double seconds;      /* wall time of the forward passes */
+  /* Against the reference session (NAN without one, and for the reference
+   * itself): mean KL(p_reference || p_this) of the next-token
+   * distributions, nats, and the share of scored tokens whose argmax (first
+   * index on ties) is the reference's. */
+  double kld;
+  double top1;
+  double seconds; /* wall time of this session's forward passes */
 } kq_ppl_result;
 
 /* Perplexity of ids[0..n) in consecutive non-overlapping windows of
  * params->ctx tokens (the last may be shorter; one of a single token is
- * skipped); inside a window every token after the first is predicted from
- * all the tokens before it. Needs n >= 2. */
-kq_status kq_model_perplexity(kq_model_session *session, const int32_t *ids, int64_t n,
-                              const kq_ppl_params *params, kq_ppl_result *out);
+ * skipped); inside a window every token after the first (from index
+ * params->score_from on) is predicted from all the tokens before it.
+ * Needs n >= 2; KQ_ERR_INVALID_ARGUMENT when no token is scored.
+ *
+ * The sessions run in lockstep: every window, batch by batch, goes through
+ * `reference` (may be NULL) and then each of sessions[0..n_sessions), and
+ * each position's logits are compared with the reference's at once, so all
+ * score exactly the same tokens (KL and log-sum-exp in double).
+ * out_reference (ignored when reference is NULL) and out[n_sessions] get
+ * the results; kld/top1 are NAN without a reference. All sessions' caches
+ * must hold params->ctx tokens. */
+kq_status kq_model_perplexity(kq_model_session *reference, kq_model_session *const *sessions,
+                              int32_t n_sessions, const int32_t *ids, int64_t n,
+                              const kq_ppl_params *params, kq_ppl_result *out_reference,
+                              kq_ppl_result *out);
+
+/* Index of the largest of x[0..n) (the first on ties); n >= 1. */
+int32_t kq_model_argmax(const float *x, int32_t n);
 
 typedef struct kq_capture_params {
   int32_t seq_len;    /* tokens per calibration sequence */

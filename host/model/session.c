@@ -13,6 +13,7 @@ kq_status kq_model_session_create(kq_llama *model, kq_device *device, const char
                                   kq_storage storage, int32_t capacity, kq_model_session *out) {
   memset(out, 0, sizeof *out);
   out->model = model;
+  out->proj_path = proj_path;
   kq_status st;
   kq_projections_info info;
   if (proj_path) {
@@ -36,7 +37,7 @@ kq_status kq_model_session_create(kq_llama *model, kq_device *device, const char
   if (st == KQ_OK) st = kq_cache_get_memory(out->cache, &mem);
   if (st != KQ_OK) {
     kq_model_session_destroy(out);
-    return st;
+    return proj_path ? kq_error_prefix(st, "%s", proj_path) : st;
   }
   out->kv_bytes = mem.kv_bytes;
   out->rope = info.rope;

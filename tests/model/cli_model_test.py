@@ -11,11 +11,20 @@ Properties checked:
     pre (the cache reconstructs and rotates keys itself): this ties the
     model's RoPE (pairs layout, theta) to the backend's;
   - at --ratio 0.5 the compressed KV bytes are at most half of the full ones;
+  - KL / top-1 against the full cache (lockstep runs): identity projections
+    read from a file give KL exactly 0, top-1 exactly 1 and the same
+    perplexity (same code path, same scored tokens); a rank-reduced cache
+    gives KL > 0, top-1 < 1; every JSON number is finite; the byte fraction
+    is kv_bytes / ctx over 2·2·head_dim·n_kv_heads·n_layers (F32 full = 2,
+    F16 full = 1); running a cache beside the full one (lockstep) does not
+    change its perplexity (same as with --skip-full); --score-from N scores
+    N fewer tokens per window;
   - generate prints the prompt and new text; bad input gives clear errors.
 Exit 0 pass, 1 fail, 77 skip (model not fetchable).
 """
 import argparse
 import json
+import math
 import os
 import struct
 import subprocess
@@ -39,6 +48,28 @@ def st_header(path):
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         return json.loads(f.read(n))
+
+
+def write_identity(fitted, out):
+    """Copies a rank-d projection file with A, B, C, E replaced by exact
+    identities (same header and metadata, so the file still names its model)."""
+    with open(fitted, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = f.read(n)
+        data = bytearray(f.read())
+    h = json.loads(head)
+    for name, t in h.items():
+        if name == "__metadata__" or name.split(".")[-1] not in (
+                "key_down", "query_down", "value_down", "value_up"):
+            continue
+        heads, d, r = t["shape"]
+        assert t["dtype"] == "F32" and d == r, (name, t)
+        eye = b"".join(struct.pack("<%df" % d, *[1.0 if j == i else 0.0 for j in range(d)])
+                       for i in range(d))
+        lo, hi = t["data_offsets"]
+        data[lo:hi] = eye * heads
+    with open(out, "wb") as f:
+        f.write(struct.pack("<Q", n) + head + bytes(data))
 
 
 def check(cond, msg):
@@ -65,11 +96,11 @@ def main():
     kq = a.kqsvd
     ok = True
 
-    def ppl(proj=None, tokens=128):
+    def ppl(*projs, tokens=128, extra=()):
         cmd = [kq, "ppl", model, EVAL_TEXT, "--ctx", "64", "--max-tokens", str(tokens), "--json"]
-        if proj:
-            cmd += ["--proj", proj]
-        return json.loads(run(cmd).stdout)
+        for p in projs:
+            cmd += ["--proj", p]
+        return json.loads(run(cmd + list(extra)).stdout)
 
     base = ppl()
     ok &= check(base["tokens"] == 128 and 5 < base["full"]["ppl"] < 60,
@@ -105,11 +136,51 @@ def main():
     ok &= check(abs(r16["full"]["ppl"] - base["full"]["ppl"]) <= 0.01 * base["full"]["ppl"]
                 and r16["full"]["kv_bytes"] * 2 == base["full"]["kv_bytes"],
                 f"f16 storage: ppl {r16['full']['ppl']:.4f}, half the kv_bytes")
+    # Bytes: SmolLM2-135M has 30 layers, 3 kv heads of 64; F32 stores 4 bytes a value.
+    f16_per_token = 2 * 2 * 64 * 3 * 30
+    ok &= check(base["full"]["kv_bytes"] == 64 * 30 * 3 * 64 * 2 * 4
+                and base["full"]["kv_bytes_per_token"] == 2 * f16_per_token
+                and base["full"]["kv_fraction_f16"] == 2.0,
+                f"f32 full cache: kv_bytes {base['full']['kv_bytes']} at ctx 64, fraction of F16 "
+                f"{base['full']['kv_fraction_f16']} == 2")
+    ok &= check(r16["full"]["kv_fraction_f16"] == 1.0,
+                f"f16 full cache: fraction of F16 {r16['full']['kv_fraction_f16']} == 1")
+
     proj = os.path.join(work, "proj-post-0.5.safetensors")
     run([kq, "fit", os.path.join(work, "calib-post.safetensors"), "-o", proj, "--ratio", "0.5"])
-    r = ppl(proj, tokens=64)
-    ok &= check(r["compressed"]["kv_bytes"] * 2 <= r["full"]["kv_bytes"],
-                f"ratio 0.5: kv_bytes {r['compressed']['kv_bytes']} <= half of {r['full']['kv_bytes']}")
+    ident = os.path.join(work, "identity.safetensors")
+    write_identity(os.path.join(work, "proj-post-1.0.safetensors"), ident)
+    r = ppl(ident, proj)
+    full, idr, comp = r["full"], r["runs"][0], r["runs"][1]
+    fields = ("ppl", "nll", "kld", "top1", "kv_bytes", "kv_bytes_per_token", "kv_fraction_f16",
+              "seconds")
+    finite = all(isinstance(x[k], (int, float)) and math.isfinite(x[k])
+                 for x in (idr, comp) for k in fields)
+    finite &= all(isinstance(full[k], (int, float)) and math.isfinite(full[k])
+                  for k in fields if k not in ("kld", "top1"))
+    ok &= check(finite and full["kld"] is None and full["top1"] is None,
+                "ppl --json: every field of every run present and finite (full: kld/top1 null)")
+    ok &= check(r["predictions"] == 2 * 63 and r["windows"] == 2 and "2..n" in r["scored"]
+                and r["compressed"] == idr,
+                f"scored {r['predictions']} tokens ({r['scored']}), 63 of each of 2 windows")
+    ok &= check(idr["kld"] == 0.0 and idr["top1"] == 1.0 and idr["ppl"] == full["ppl"],
+                f"identity projections from a file: KL {idr['kld']} == 0, top-1 {idr['top1']} == 1, "
+                f"ppl {idr['ppl']} == full {full['ppl']}")
+    ok &= check(comp["kld"] > 1e-3 and 0 <= comp["top1"] < 1 and comp["ppl"] > full["ppl"],
+                f"ratio 0.5: KL {comp['kld']:.4f} > 0, top-1 {comp['top1']:.3f} < 1")
+    ok &= check(comp["kv_bytes"] * 2 <= full["kv_bytes"]
+                and comp["kv_fraction_f16"] == comp["kv_bytes"] / 64 / f16_per_token <= 1.0,
+                f"ratio 0.5: kv_bytes {comp['kv_bytes']} <= half of {full['kv_bytes']}, "
+                f"fraction of F16 {comp['kv_fraction_f16']:.4f} = kv_bytes / ctx / {f16_per_token}")
+    alone = ppl(proj, extra=["--skip-full"])
+    tail = ppl(extra=["--score-from", "33"])
+    ok &= check(tail["predictions"] == 2 * (64 - 33) and tail["scored"] == "tokens 34..n of each window",
+                f"--score-from 33: {tail['predictions']} scored ({tail['scored']}), 31 of each window")
+    p = run([kq, "ppl", model, EVAL_TEXT, "--ctx", "64", "--score-from", "64"], expect=2)
+    ok &= check("--score-from" in p.stderr, "ppl --score-from >= --ctx is a usage error")
+    ok &= check(alone["full"] is None and alone["compressed"]["kld"] is None
+                and alone["compressed"]["top1"] is None and alone["compressed"]["ppl"] == comp["ppl"],
+                f"--skip-full: KL/top-1 null, ppl {alone['compressed']['ppl']} as in lockstep")
 
     g = run([kq, "generate", model, "--prompt", "The capital of France is", "-n", "6"])
     ok &= check(g.stdout.startswith("The capital of France is") and len(g.stdout) > 26
