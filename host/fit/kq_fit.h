@@ -247,7 +247,8 @@ typedef struct kq_layer_fit {
  * allocates (kq_allocate_bytes), measures again on the chosen segments and
  * allocates once more. Writes rank_k/rank_v [n_layers], the layers'
  * segments, and the predicted relative errors (mean over layers of
- * sqrt(predicted relative squared error)). */
+ * sqrt(predicted relative squared error, rounding error weighted by
+ * KQ_ALLOC_ROUNDING_WEIGHT)). */
 kq_status kq_fit_bytes(const kq_calib *calib, const kq_fit_params *p, int n_threads,
                        kq_layer_fit *layers, int32_t *rank_k, int32_t *rank_v, double *out_error_k,
                        double *out_error_v);
