@@ -7,7 +7,8 @@
  * format by 8 dims (taking them from the formats after it) and is scored by
  * the predicted error it removes per byte it costs; the predicted error of
  * dim j in format f is weight_j · relerr_f (weight_j: σ_j² over the side's
- * Σσ², so every layer's error is relative), dropped dims cost weight_j.
+ * Σσ², so every layer's error is relative; relerr_f the measured rounding
+ * error discounted by KQ_ALLOC_ROUNDING_WEIGHT), dropped dims cost weight_j.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -45,6 +46,10 @@ static double error_of(const kq_alloc_side *s, const int32_t *b) {
   }
   for (int32_t j = lo; j < s->dim; j++) e += s->weight[j];
   return e;
+}
+
+void kq_alloc_side_set_relerr(kq_alloc_side *s, int fmt, double measured) {
+  s->relerr[fmt] = measured * KQ_ALLOC_ROUNDING_WEIGHT;
 }
 
 double kq_alloc_side_bytes(const kq_alloc_side *s) {

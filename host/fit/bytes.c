@@ -161,7 +161,7 @@ static void side_weights(const double *sigma, int32_t groups, int32_t n, double 
 /* Updates relerr of every format the measured sums cover. */
 static void take_relerr(const double *sums, kq_alloc_side *a) {
   for (int f = 0; f < KQ_FMT_COUNT; f++)
-    if (sums[2 * f + 1] > 0) a->relerr[f] = sums[2 * f] / sums[2 * f + 1];
+    if (sums[2 * f + 1] > 0) kq_alloc_side_set_relerr(a, f, sums[2 * f] / sums[2 * f + 1]);
 }
 
 kq_status kq_fit_bytes(const kq_calib *calib, const kq_fit_params *p, int n_threads,

@@ -248,6 +248,52 @@ static void test_allocator_respects_budget_and_more_budget_never_predicts_more_e
   free(c.wk), free(c.wv), free(c.k), free(c.v);
 }
 
+/* Rounding noise counts for less than the error of dropped dims: given the
+ * same measured errors through kq_alloc_side_set_relerr, the allocator keeps
+ * more latent dims (in coarser formats) than when rounding error is counted
+ * at face value, within the same budget. */
+static void test_measured_rounding_error_is_discounted_against_dropped_dims(void **s) {
+  (void)s;
+  enum { L = 4, DIM = 64, GROUPS = 3 };
+  const double measured[KQ_FMT_COUNT] = {1e-7, 3e-4, 0.06};
+  kq_alloc_side probe = {.dim = DIM};
+  for (int f = 0; f < KQ_FMT_COUNT; f++) {
+    kq_alloc_side_set_relerr(&probe, f, measured[f]);
+    assert_true(probe.relerr[f] > 0 && probe.relerr[f] < measured[f]);
+  }
+  double *w = t_alloc(DIM), total = 0;
+  for (int j = 0; j < DIM; j++) total += w[j] = exp(-0.06 * j);
+  for (int j = 0; j < DIM; j++) w[j] /= total;
+  int32_t kept[2] = {0, 0}, wide[2] = {0, 0};
+  double budget = 0.25 * 4.0 * DIM * GROUPS * L;
+  for (int discounted = 0; discounted < 2; discounted++) {
+    kq_alloc_side k[L], v[L];
+    for (int l = 0; l < L; l++) {
+      k[l] = (kq_alloc_side){.dim = DIM, .groups = GROUPS, .weight = w};
+      for (int f = 0; f < KQ_FMT_COUNT; f++) {
+        if (discounted)
+          kq_alloc_side_set_relerr(&k[l], f, measured[f]);
+        else
+          k[l].relerr[f] = measured[f];
+      }
+      v[l] = k[l];
+      kq_alloc_side_init(&k[l]);
+      kq_alloc_side_init(&v[l]);
+    }
+    assert_int_equal(kq_allocate_bytes(k, v, L, budget), KQ_OK);
+    double used = 0;
+    for (int l = 0; l < L; l++) {
+      used += kq_alloc_side_bytes(&k[l]) + kq_alloc_side_bytes(&v[l]);
+      kept[discounted] += k[l].bound[2] + v[l].bound[2];
+      wide[discounted] += k[l].bound[1] + v[l].bound[1]; /* F16 and q8 dims */
+    }
+    assert_true(used <= budget + 1e-9);
+  }
+  assert_true(kept[1] > kept[0]);
+  assert_true(wide[1] <= wide[0]);
+  free(w);
+}
+
 /* ------------------------------------------------------------------------ */
 /* kq_fit_ex --bytes end to end                                             */
 /* ------------------------------------------------------------------------ */
@@ -464,6 +510,7 @@ int main(void) {
       cmocka_unit_test(test_randomised_hadamard_and_random_rotations_are_orthogonal),
       cmocka_unit_test(test_rotations_keep_products_and_depend_only_on_seed),
       cmocka_unit_test(test_allocator_respects_budget_and_more_budget_never_predicts_more_error),
+      cmocka_unit_test(test_measured_rounding_error_is_discounted_against_dropped_dims),
       cmocka_unit_test(test_fit_bytes_meets_budget_and_error_falls_with_budget),
       cmocka_unit_test(test_quant_method_is_a_rank_d_permutation_basis),
       cmocka_unit_test(test_bad_byte_budgets_and_layouts_fail_clearly),
