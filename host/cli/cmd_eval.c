@@ -60,12 +60,7 @@ static int print_json(const kq_eval_result *r) {
   }
   mean = cJSON_AddObjectToObject(root, "mean");
   if (mean) add_metrics(mean, &r->mean, r->has_wo);
-  char *text = cJSON_Print(root);
-  cJSON_Delete(root);
-  if (!text) return 1;
-  printf("%s\n", text);
-  cJSON_free(text);
-  return 0;
+  return kq_cli_json_print("eval", root);
 }
 
 static void print_row(const char *label, const kq_eval_layer *e, int has_wo, int ranks) {
@@ -93,40 +88,47 @@ static void print_table(const kq_eval_result *r) {
   print_row("mean", &r->mean, r->has_wo, 0);
 }
 
+enum { OPT_JSON = 256, OPT_MAX_SEQS, OPT_DEVICE, OPT_STORAGE };
+
+static const struct option g_options[] = {
+    {"threads", required_argument, NULL, 't'},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"max-seqs", required_argument, NULL, OPT_MAX_SEQS},
+    {"device", required_argument, NULL, OPT_DEVICE},
+    {"storage", required_argument, NULL, OPT_STORAGE},
+    KQ_CLI_COMMON_LONG,
+    {NULL, 0, NULL, 0},
+};
+
 int kq_cmd_eval(int argc, char **argv) {
   const char *cmd = "eval", *files[2] = {NULL, NULL};
   int n_files = 0, json = 0;
   kq_eval_params p = kq_eval_default_params();
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+  int c;
+  kq_cli_getopt_begin();
+  while ((c = kq_cli_getopt(cmd, argc, argv, KQ_CLI_COMMON_SHORT "t:", g_options)) != -1) {
     long long n;
-    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      help();
-      return 0;
-    }
-    if (!strcmp(a, "--json")) {
-      json = 1;
-      continue;
-    }
-    if (a[0] == '-' && a[1] != '\0' && !val) return kq_cli_usage_error(cmd, "%s needs a value", a);
-    if (!strcmp(a, "--max-seqs")) {
-      if (!kq_cli_parse_int(cmd, a, val, 1, 1 << 30, &n)) return 2;
+    switch (c) {
+    case 'h': help(); return 0;
+    case OPT_JSON: json = 1; break;
+    case OPT_MAX_SEQS:
+      if (!kq_cli_parse_int(cmd, "--max-seqs", optarg, 1, 1 << 30, &n)) return 2;
       p.max_seqs = (int32_t)n;
-    } else if (!strcmp(a, "--device")) {
-      p.device = val;
-    } else if (!strcmp(a, "--storage")) {
-      if (!kq_cli_parse_storage(cmd, a, val, &p.storage)) return 2;
-    } else if (!strcmp(a, "--threads")) {
-      if (!kq_cli_parse_int(cmd, a, val, 1, 1024, &n)) return 2;
+      break;
+    case OPT_DEVICE: p.device = optarg; break;
+    case OPT_STORAGE:
+      if (!kq_cli_parse_storage(cmd, "--storage", optarg, &p.storage)) return 2;
+      break;
+    case 't':
+      if (!kq_cli_parse_int(cmd, "--threads", optarg, 1, 1024, &n)) return 2;
       p.n_threads = (int32_t)n;
-    } else if (a[0] == '-' && a[1] != '\0') {
-      return kq_cli_usage_error(cmd, "unknown option '%s'", a);
-    } else {
-      if (n_files == 2) return kq_cli_usage_error(cmd, "unexpected argument '%s'", a);
-      files[n_files++] = a;
-      continue;
+      break;
+    default: return 2;
     }
-    i++;
+  }
+  for (int i = optind; i < argc; i++) {
+    if (n_files == 2) return kq_cli_usage_error(cmd, "unexpected argument '%s'", argv[i]);
+    files[n_files++] = argv[i];
   }
   if (n_files != 2) return kq_cli_usage_error(cmd, "expected CALIB and PROJ");
   p.progress = kq_cli_progress;
@@ -146,8 +148,8 @@ int kq_cmd_eval(int argc, char **argv) {
   else
     print_table(r);
   if (r->seqs_used < r->seqs_total)
-    fprintf(stderr, "kqsvd eval: softmax/output use %d of %d sequences\n", (int)r->seqs_used,
-            (int)r->seqs_total);
+    kq_cli_note(cmd, "softmax/output use %d of %d sequences", (int)r->seqs_used,
+                (int)r->seqs_total);
   kq_eval_result_destroy(r);
   return rc;
 }
