@@ -194,12 +194,12 @@ int kq_cmd_conformance(int argc, char **argv) {
     default: return 2;
     }
   }
-  if (optind < argc) return kq_cli_usage_error(CMD, "unknown argument '%s'", argv[optind]);
   if (list_devs) {
     if (argc != 2) /* it takes nothing else; never ignore an argument */
       return kq_cli_usage_error(CMD, "--list-devices takes no other argument");
     return list_devices();
   }
+  if (optind < argc) return kq_cli_usage_error(CMD, "unknown argument '%s'", argv[optind]);
   int count;
   (void)kqc_cases(&count);
   int *indices = malloc(sizeof(int) * (size_t)count);
