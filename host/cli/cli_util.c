@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -238,11 +239,16 @@ void kq_cli_progress(void *user, int32_t done, int32_t total, const char *stage)
   rate_text(done, total, now - g_stage_start, rate, sizeof rate);
   if (isatty(STDERR_FILENO)) {
     if (!finished && !new_stage && now - g_last_print < 0.1) return; /* no flicker */
-    int width = 30, filled = total > 0 ? (int)((long long)width * done / total) : 0;
-    char bar[64];
+    int width = 24, filled = total > 0 ? (int)((long long)width * done / total) : 0;
+    char bar[64], line[256];
     for (int i = 0; i < width; i++) bar[i] = i < filled ? '#' : '.';
     bar[width] = '\0';
-    fprintf(stderr, "\r%s: %-24.24s [%s] %d/%d %-24s", cmd, stage, bar, done, total, rate);
+    snprintf(line, sizeof line, "%s: %s [%s] %d/%d %s", cmd, stage, bar, done, total, rate);
+    /* One row of the terminal: a wrapped line would not be redrawn by \r. */
+    struct winsize ws;
+    int cols = ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 ? ws.ws_col : 80;
+    if (cols > (int)sizeof line) cols = (int)sizeof line;
+    fprintf(stderr, "\r%-*.*s", cols - 1, cols - 1, line);
     g_progress_open = 1;
     if (finished) kq_cli_progress_end();
   } else {

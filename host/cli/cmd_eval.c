@@ -134,9 +134,14 @@ int kq_cmd_eval(int argc, char **argv) {
   p.progress = kq_cli_progress;
   p.progress_user = (void *)cmd;
   p.cancel = kq_cli_cancel_flag();
+  kq_cli_detail(cmd, "%s with %s: device %s, storage %s, threads %d, max_seqs %d", files[0],
+                files[1], p.device ? p.device : "host (float64)",
+                p.storage == KQ_STORAGE_F16 ? "f16" : "f32", (int)p.n_threads, (int)p.max_seqs);
+  double t0 = kq_cli_seconds();
   kq_eval_result *r = NULL;
   kq_status st = kq_eval(files[0], files[1], &p, &r);
   kq_cli_progress_end();
+  kq_cli_detail(cmd, "evaluated in %.2f s", kq_cli_seconds() - t0);
   if (st == KQ_ERR_INTERRUPTED) {
     fprintf(stderr, "kqsvd eval: interrupted\n");
     return 130;

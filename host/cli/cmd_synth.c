@@ -124,6 +124,11 @@ int kq_cmd_synth(int argc, char **argv) {
     return kq_cli_usage_error(cmd, "--heads %d is not a multiple of --kv-heads %d", (int)p.n_heads,
                               (int)p.n_kv_heads);
   if (p.head_dim % 2) return kq_cli_usage_error(cmd, "--head-dim %d must be even", (int)p.head_dim);
+  kq_cli_detail(cmd,
+                "%s: %d layers, %d heads, %d kv heads, head_dim %d, hidden %d, %d x %d tokens, "
+                "seed %llu",
+                out, (int)p.n_layers, (int)p.n_heads, (int)p.n_kv_heads, (int)p.head_dim,
+                (int)p.hidden, (int)p.n_seqs, (int)p.seq_len, (unsigned long long)p.seed);
   kq_status st = kq_synth(out, &p);
   if (st) return kq_cli_fail(cmd, st);
   kq_cli_note(cmd, "wrote %s (%d layers, %lld tokens)", out, (int)p.n_layers,
