@@ -44,16 +44,9 @@ static void usage(FILE *out) {
                "                      terminal (default 5; 0 = every update)\n");
 }
 
-/* Set by CMake at configure time (host/cli/CMakeLists.txt). */
-#ifndef KQ_GIT_COMMIT
-#define KQ_GIT_COMMIT "unknown"
-#endif
-#ifndef KQ_BUILD_BACKENDS
-#define KQ_BUILD_BACKENDS "cpu"
-#endif
-#ifndef KQ_COMPILER
-#define KQ_COMPILER "unknown"
-#endif
+/* KQ_GIT_COMMIT, KQ_BUILD_BACKENDS, KQ_COMPILER: written at build time by
+ * host/cli/build_info.cmake. */
+#include "kq_cli_build_info.h"
 
 static void version(void) {
   printf("kqsvd %s\n"
