@@ -54,9 +54,16 @@ int kq_cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
       const char *what = "unknown argument '%s'";
       if (c == ':') {
         what = "%s needs a value";
-      } else if (name[0] == '-' && name[1] == '-' && strchr(argv[optind - 1], '=')) {
-        for (const struct option *o = longopts; o && o->name; o++)
+      } else if (name[0] == '-' && name[1] == '-') {
+        /* getopt_long takes unique prefixes (--rat for --ratio): say which failed */
+        size_t len = strlen(name + 2);
+        int prefix_of = 0, exact = 0;
+        for (const struct option *o = longopts; o && o->name; o++) {
+          if (!strcmp(o->name, name + 2)) exact = 1;
           if (!strcmp(o->name, name + 2) && o->has_arg == no_argument) what = "%s takes no value";
+          prefix_of += !strncmp(o->name, name + 2, len);
+        }
+        if (prefix_of > 1 && !exact) what = "ambiguous option '%s' (spell it out)";
       }
       kq_cli_usage_error(cmd, what, name);
       return KQ_CLI_OPT_ERROR;

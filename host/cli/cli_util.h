@@ -1,7 +1,8 @@
 /*
- * cli_util.h — small helpers every CLI command shares: strict number
- * parsing with messages that name the option, error reporting from the
- * library's status channel, SIGINT handling and a stderr progress line.
+ * cli_util.h — small helpers every CLI command shares: option parsing
+ * (getopt_long, -q/-v), strict number parsing with messages that name the
+ * option, one JSON printer, error reporting from the library's status
+ * channel, SIGINT handling and a stderr progress line.
  */
 #ifndef KQ_CLI_UTIL_H
 #define KQ_CLI_UTIL_H
@@ -17,10 +18,12 @@
  * command's to handle ('h'); -q/--quiet and -v/--verbose are taken by
  * kq_cli_getopt itself. */
 #define KQ_CLI_COMMON_SHORT "hqv"
+/* clang-format off */
 #define KQ_CLI_COMMON_LONG                                                                         \
-  {"help", no_argument, NULL, 'h'}, {"quiet", no_argument, NULL, 'q'}, {                           \
-    "verbose", no_argument, NULL, 'v'                                                              \
-  }
+  {"help", no_argument, NULL, 'h'},                                                                \
+  {"quiet", no_argument, NULL, 'q'},                                                               \
+  {"verbose", no_argument, NULL, 'v'}
+/* clang-format on */
 
 /* kq_cli_getopt's answer after it printed a usage error. */
 #define KQ_CLI_OPT_ERROR (-2)
@@ -43,9 +46,10 @@ void kq_cli_getopt_begin(void);
 /* getopt_long over argv[0..argc) (argv[0] = command name) with the shared
  * conventions: --opt=value and --opt value, clustered short options, `--`
  * ends options, non-options are moved behind the options (read them from
- * argv[optind..argc) once it returns -1). -q and -v are consumed here. Returns the option's value
- * (optarg holds its argument), -1 at the end, or KQ_CLI_OPT_ERROR after printing "kqsvd CMD: ..."
- * naming an unknown option, a missing value or a value given to a flag. */
+ * argv[optind..argc) once it returns -1). -q and -v are consumed here.
+ * Returns the option's value (optarg holds its argument), -1 at the end, or
+ * KQ_CLI_OPT_ERROR after printing "kqsvd CMD: ..." naming an unknown option,
+ * a missing value or a value given to a flag. */
 int kq_cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
                   const struct option *longopts);
 

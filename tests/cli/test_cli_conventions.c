@@ -77,6 +77,7 @@ static void test_option_errors_are_usage_errors_naming_the_option(void **state) 
       {"fit '%s' -o x.st --ratio=0.5 --bogus=1", "kqsvd fit: unknown argument '--bogus'"},
       {"fit '%s' -o x.st --ratio=2", "kqsvd fit: --ratio: 2 is out of range"},
       {"eval '%s' -t", "kqsvd eval: -t needs a value"},
+      {"fit '%s' -o x.st --r 4", "kqsvd fit: ambiguous option '--r'"}, /* --rank-k/v, --ratio */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char *err = NULL;
