@@ -11,7 +11,7 @@
 static void help(void) {
   printf(
       "usage: kqsvd eval CALIB PROJ [--json] [--max-seqs N] [--device NAME]\n"
-      "                  [--storage f32|f16] [--threads N]\n"
+      "                  [--storage f32|f16] [-t N] [-q|-v]\n"
       "\n"
       "Measures projection file PROJ on calibration file CALIB (SPEC §3). Per layer,\n"
       "relative Frobenius errors with heads pooled by summing squares:\n"
@@ -27,8 +27,12 @@ static void help(void) {
       "                   compressed cache (cpu, vulkan:N, opencl:N). The device returns\n"
       "                   outputs, not probabilities, so softmax stays the host's float64 value\n"
       "  --storage S      latent cache storage on the device: f32 (default) or f16\n"
-      "  --threads N      worker threads (default: all cores)\n"
-      "  -h, --help       this help\n");
+      "  -t, --threads N  worker threads (default: all cores)\n"
+      "  -q, --quiet      no progress, only errors and the results\n"
+      "  -v, --verbose    also the settings in effect and the time taken\n"
+      "  -h, --help       this help\n"
+      "\n"
+      "Options take their value as --opt V or --opt=V; -- ends the options.\n");
 }
 
 static void add_metrics(cJSON *o, const kq_eval_layer *e, int has_wo) {
