@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "cli_util.h"
 #include "common/kq_common.h"
 #include "kqsvd_backend.h"
 
@@ -389,11 +390,12 @@ static kq_status member_build(const kq_bench_device_ctx *ctx, bench_member *m,
       snprintf(label + strlen(label), sizeof label - strlen(label), " (ranks %d/%d, %.3f of F16)",
                (int)L.rank_k, (int)L.rank_v, kq_projections_fraction_of_f16(m->proj, cfg->storage));
   }
-  fprintf(stderr, "kqsvd bench: [%d/%d] %s %s ctx %d H %d/%d d %d %s %s %s: %d layers (%.0f MiB)\n",
-          cfg->index, cfg->total, ctx->info.name,
-          cfg->bytes_budget <= 0 && cfg->rank == cfg->head_dim ? "full" : "compressed",
-          cfg->context, cfg->heads, cfg->kv_heads, cfg->head_dim, label, storage_name(cfg->storage),
-          rope_name(cfg->rope), layers, per_layer * layers / 1048576.0);
+  kq_cli_note("bench", "[%d/%d] %s %s ctx %d H %d/%d d %d %s %s %s: %d layers (%.0f MiB)",
+              cfg->index, cfg->total, ctx->info.name,
+              cfg->bytes_budget <= 0 && cfg->rank == cfg->head_dim ? "full" : "compressed",
+              cfg->context, cfg->heads, cfg->kv_heads, cfg->head_dim, label,
+              storage_name(cfg->storage), rope_name(cfg->rope), layers,
+              per_layer * layers / 1048576.0);
   /* Layer 0 first, with one attend: a device without the kernels of a
    * budget configuration (quantized segments, joint) says so here. */
   st = fill_layer(m->cache, 0, cfg->context, b, ctx->cancel);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "cli_util.h"
 #include "common/kq_common.h"
 #include "linalg/kq_linalg.h"
 
@@ -114,8 +115,7 @@ static kq_status bench_layer_fit(int32_t tokens, int reps, const volatile int *c
   sp.n_seqs = tokens / 1024;
   sp.dtype = KQ_DTYPE_F16;
   sp.with_wo = 0;
-  fprintf(stderr, "kqsvd bench: writing a synthetic layer (%d tokens) for the fit timing\n",
-          tokens);
+  kq_cli_note("bench", "writing a synthetic layer (%d tokens) for the fit timing", tokens);
   kq_status st = kq_synth(calib, &sp);
   double *t = kq_calloc_array((size_t)reps, sizeof(double), "bench times");
   if (!t && st == KQ_OK) st = KQ_ERR_OUT_OF_MEMORY;
@@ -142,7 +142,7 @@ static kq_status bench_layer_fit(int32_t tokens, int reps, const volatile int *c
 
 kq_status kq_bench_fit(bool quick, int32_t reps, const volatile int *cancel, kq_bench_report *rep) {
   int r = reps > 0 ? reps : (quick ? 2 : 5);
-  fprintf(stderr, "kqsvd bench: fitting: Jacobi SVD, R factor, one-layer fit\n");
+  kq_cli_note("bench", "fitting: Jacobi SVD, R factor, one-layer fit");
   kq_status st = bench_svd(128, r, cancel, rep);
   if (st == KQ_OK && !quick) st = bench_svd(256, r, cancel, rep);
   if (st == KQ_OK) st = bench_rfactor(quick ? 16384 : 65536, r, cancel, rep);

@@ -9,7 +9,104 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
+
+static kq_cli_verbosity g_verbosity = KQ_CLI_NORMAL;
+
+kq_cli_verbosity kq_cli_get_verbosity(void) {
+  return g_verbosity;
+}
+
+/* The option text a getopt error is about: "--name" (without "=value") or "-c". */
+static void bad_option(char **argv, int argc, char *buf, size_t cap) {
+  const char *a = optind - 1 >= 0 && optind - 1 < argc ? argv[optind - 1] : "";
+  if (!strncmp(a, "--", 2) && strlen(a) > 2) {
+    size_t n = strcspn(a, "=");
+    snprintf(buf, cap, "%.*s", (int)(n < cap ? n : cap - 1), a);
+  } else if (optopt > 0) {
+    snprintf(buf, cap, "-%c", optopt);
+  } else {
+    snprintf(buf, cap, "%s", a);
+  }
+}
+
+void kq_cli_getopt_begin(void) {
+  g_verbosity = KQ_CLI_NORMAL;
+  optind = 0; /* glibc: 0 re-initializes getopt's global state completely */
+}
+
+int kq_cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
+                  const struct option *longopts) {
+  opterr = 0;
+  char spec[128];
+  snprintf(spec, sizeof spec, ":%s", shortopts); /* ':' reports a missing value apart */
+  for (;;) {
+    int c = getopt_long(argc, argv, spec, longopts, NULL);
+    if (c == 'q') {
+      g_verbosity = KQ_CLI_QUIET;
+    } else if (c == 'v') {
+      g_verbosity = KQ_CLI_VERBOSE;
+    } else if (c == ':' || c == '?') {
+      char name[64];
+      bad_option(argv, argc, name, sizeof name);
+      const char *what = "unknown argument '%s'";
+      if (c == ':') {
+        what = "%s needs a value";
+      } else if (name[0] == '-' && name[1] == '-') {
+        /* getopt_long takes unique prefixes (--rat for --ratio): say which failed */
+        size_t len = strlen(name + 2);
+        int prefix_of = 0, exact = 0;
+        for (const struct option *o = longopts; o && o->name; o++) {
+          if (!strcmp(o->name, name + 2)) exact = 1;
+          if (!strcmp(o->name, name + 2) && o->has_arg == no_argument) what = "%s takes no value";
+          prefix_of += !strncmp(o->name, name + 2, len);
+        }
+        if (prefix_of > 1 && !exact) what = "ambiguous option '%s' (spell it out)";
+      }
+      kq_cli_usage_error(cmd, what, name);
+      return KQ_CLI_OPT_ERROR;
+    } else {
+      return c;
+    }
+  }
+}
+
+static void vnote(const char *cmd, const char *fmt, va_list ap) {
+  kq_cli_progress_end();
+  fprintf(stderr, "kqsvd %s: ", cmd);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+}
+
+void kq_cli_note(const char *cmd, const char *fmt, ...) {
+  if (g_verbosity < KQ_CLI_NORMAL) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vnote(cmd, fmt, ap);
+  va_end(ap);
+}
+
+void kq_cli_detail(const char *cmd, const char *fmt, ...) {
+  if (g_verbosity < KQ_CLI_VERBOSE) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vnote(cmd, fmt, ap);
+  va_end(ap);
+}
+
+int kq_cli_json_print(const char *cmd, cJSON *root) {
+  char *text = root ? cJSON_Print(root) : NULL;
+  cJSON_Delete(root);
+  if (!text) {
+    fprintf(stderr, "kqsvd %s: out of memory writing JSON\n", cmd);
+    return 1;
+  }
+  printf("%s\n", text);
+  cJSON_free(text);
+  return 0;
+}
 
 bool kq_cli_parse_int(const char *cmd, const char *option, const char *text, long long lo,
                       long long hi, long long *out) {
@@ -106,22 +203,66 @@ const volatile int *kq_cli_cancel_flag(void) {
 
 static int g_progress_open;
 static char g_progress_stage[64];
+static double g_stage_start, g_last_print;
+
+double kq_cli_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double progress_interval(void) {
+  const char *e = getenv("KQSVD_PROGRESS_INTERVAL");
+  char *end = NULL;
+  double v = e && *e ? strtod(e, &end) : 5.0;
+  return end && *end == '\0' && isfinite(v) && v >= 0 ? v : 5.0;
+}
+
+/* "12.3/s ETA 0:42" from the progress of the current stage, or "" too early. */
+static void rate_text(int32_t done, int32_t total, double elapsed, char *buf, size_t cap) {
+  buf[0] = '\0';
+  if (done <= 0 || elapsed <= 0) return;
+  double rate = done / elapsed;
+  long eta = (long)((total - done) / rate + 0.5);
+  if (done >= total)
+    snprintf(buf, cap, "%.3g/s in %.1f s", rate, elapsed);
+  else
+    snprintf(buf, cap, "%.3g/s ETA %ld:%02ld", rate, eta / 60, eta % 60);
+}
 
 void kq_cli_progress(void *user, int32_t done, int32_t total, const char *stage) {
   const char *cmd = user ? (const char *)user : "kqsvd";
   if (!stage) stage = "";
+  if (g_verbosity < KQ_CLI_NORMAL) return;
+  double now = kq_cli_seconds();
+  int new_stage = strncmp(stage, g_progress_stage, sizeof g_progress_stage - 1) != 0 || done == 0;
+  if (new_stage) {
+    g_stage_start = now;
+    g_last_print = -1e300;
+    snprintf(g_progress_stage, sizeof g_progress_stage, "%s", stage);
+  }
+  int finished = done >= total;
+  char rate[64];
+  rate_text(done, total, now - g_stage_start, rate, sizeof rate);
   if (isatty(STDERR_FILENO)) {
-    int width = 30, filled = total > 0 ? (int)((long long)width * done / total) : 0;
-    char bar[64];
+    if (!finished && !new_stage && now - g_last_print < 0.1) return; /* no flicker */
+    int width = 24, filled = total > 0 ? (int)((long long)width * done / total) : 0;
+    char bar[64], line[256];
     for (int i = 0; i < width; i++) bar[i] = i < filled ? '#' : '.';
     bar[width] = '\0';
-    fprintf(stderr, "\r%s: %-24.24s [%s] %d/%d", cmd, stage, bar, done, total);
+    snprintf(line, sizeof line, "%s: %s [%s] %d/%d %s", cmd, stage, bar, done, total, rate);
+    /* One row of the terminal: a wrapped line would not be redrawn by \r. */
+    struct winsize ws;
+    int cols = ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 ? ws.ws_col : 80;
+    if (cols > (int)sizeof line) cols = (int)sizeof line;
+    fprintf(stderr, "\r%-*.*s", cols - 1, cols - 1, line);
     g_progress_open = 1;
-    if (done >= total) kq_cli_progress_end();
-  } else if (strcmp(stage, g_progress_stage) != 0 || done >= total || done == 0) {
-    fprintf(stderr, "%s: %s %d/%d\n", cmd, stage, done, total);
+    if (finished) kq_cli_progress_end();
+  } else {
+    if (!new_stage && !finished && now - g_last_print < progress_interval()) return;
+    fprintf(stderr, "%s: %s %d/%d%s%s\n", cmd, stage, done, total, rate[0] ? " " : "", rate);
   }
-  snprintf(g_progress_stage, sizeof g_progress_stage, "%s", stage);
+  g_last_print = now;
   fflush(stderr);
 }
 

@@ -1,16 +1,80 @@
 /*
- * cli_util.h — small helpers every CLI command shares: strict number
- * parsing with messages that name the option, error reporting from the
- * library's status channel, SIGINT handling and a stderr progress line.
+ * cli_util.h — small helpers every CLI command shares: option parsing
+ * (getopt_long, -q/-v), strict number parsing with messages that name the
+ * option, one JSON printer, error reporting from the library's status
+ * channel, SIGINT handling and a stderr progress line.
  */
 #ifndef KQ_CLI_UTIL_H
 #define KQ_CLI_UTIL_H
 
+#include <getopt.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "kqsvd.h"
+
+/* Options every command takes, for its getopt_long tables: -h/--help is the
+ * command's to handle ('h'); -q/--quiet and -v/--verbose are taken by
+ * kq_cli_getopt itself. */
+#define KQ_CLI_COMMON_SHORT "hqv"
+/* clang-format off */
+#define KQ_CLI_COMMON_LONG                                                                         \
+  {"help", no_argument, NULL, 'h'},                                                                \
+  {"quiet", no_argument, NULL, 'q'},                                                               \
+  {"verbose", no_argument, NULL, 'v'}
+/* clang-format on */
+
+/* kq_cli_getopt's answer after it printed a usage error. */
+#define KQ_CLI_OPT_ERROR (-2)
+
+/* How much a command prints on stderr besides errors and its results. */
+typedef enum kq_cli_verbosity {
+  KQ_CLI_QUIET = 0,   /* -q: only errors, warnings and results */
+  KQ_CLI_NORMAL = 1,  /* progress and what was written */
+  KQ_CLI_VERBOSE = 2, /* -v: also the settings in effect and timings */
+} kq_cli_verbosity;
+
+/* The level set by the last parse (-q / -v); KQ_CLI_NORMAL before one. */
+kq_cli_verbosity kq_cli_get_verbosity(void);
+
+/* Starts a fresh parse (getopt's state is global and a process may run
+ * several commands, as the fuzz harness does) and resets the verbosity to
+ * normal. Call it before the first kq_cli_getopt of a command. */
+void kq_cli_getopt_begin(void);
+
+/* getopt_long over argv[0..argc) (argv[0] = command name) with the shared
+ * conventions: --opt=value and --opt value, clustered short options, `--`
+ * ends options, non-options are moved behind the options (read them from
+ * argv[optind..argc) once it returns -1). -q and -v are consumed here.
+ * Returns the option's value (optarg holds its argument), -1 at the end, or
+ * KQ_CLI_OPT_ERROR after printing "kqsvd CMD: ..." naming an unknown option,
+ * a missing value or a value given to a flag. */
+int kq_cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
+                  const struct option *longopts);
+
+/* Prints "kqsvd CMD: message" on stderr at normal verbosity or above. */
+void kq_cli_note(const char *cmd, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Prints "kqsvd CMD: message" on stderr only with -v. */
+void kq_cli_detail(const char *cmd, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Monotonic wall-clock seconds (differences only). */
+double kq_cli_seconds(void);
+
+/* Prints `root` on stdout as formatted JSON and a newline, the one JSON
+ * formatting of every command, and deletes it (NULL = out of memory).
+ * Returns 0, or 1 after "kqsvd CMD: out of memory writing JSON". */
+struct cJSON;
+int kq_cli_json_print(const char *cmd, struct cJSON *root);
 
 /* Parses all of `text` as an integer in [lo, hi]; on failure prints
  * "kqsvd CMD: OPTION: ..." to stderr and returns false. */
@@ -48,8 +112,10 @@ int kq_cli_usage_error(const char *cmd, const char *fmt, ...)
  * a kq_*_params.cancel). A second signal restores the default action. */
 const volatile int *kq_cli_cancel_flag(void);
 
-/* A kq_progress_fn drawing "stage [#####.....] done/total" on stderr when it
- * is a terminal, one line per stage change otherwise. user = command name. */
+/* A kq_progress_fn; user = command name. Silent with -q. On a terminal it
+ * redraws "cmd: stage [####....] done/total rate/s ETA m:ss" on stderr; off a
+ * terminal it prints a line when a stage starts and ends and every
+ * $KQSVD_PROGRESS_INTERVAL seconds between (default 5; 0 = every update). */
 void kq_cli_progress(void *user, int32_t done, int32_t total, const char *stage);
 /* Ends a progress line (newline on a terminal). */
 void kq_cli_progress_end(void);

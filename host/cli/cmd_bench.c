@@ -46,7 +46,7 @@ static void usage(FILE *out) {
       "options:\n"
       "  --device NAME|all  device to measure (default: KQSVD_DEVICE or cpu); all = every device\n"
       "  --op OP            decode, prefill, fit or all (default all; decode includes overhead)\n"
-      "  --context LIST     comma-separated contexts (1024 or 1k), for decode and prefill\n"
+      "  -c, --context LIST comma-separated contexts (1024 or 1k), for decode and prefill\n"
       "  --bytes LIST       comma-separated byte budgets in (0, 1] (at most 4) for the\n"
       "                     transform-coded rows, or none (default: all four; --quick: 0.28)\n"
       "  --reps N           timed repetitions (default 7 decode, 3 prefill, 5 fitting)\n"
@@ -54,6 +54,8 @@ static void usage(FILE *out) {
       "                     bytes 0.28 per-head\n"
       "  --json             print {\"machine\": {...}, \"results\": [...]} instead of a table\n"
       "  --svg FILE         write a chart of decode speedup and %% of ceiling against context\n"
+      "  -q, --quiet        no progress lines, only errors and the results\n"
+      "  -v, --verbose      more detail\n"
       "  -h, --help         this text\n\n"
       "JSON records: device, op (decode, prefill, overhead, svd, rfactor, fit), context,\n"
       "heads, kv_heads, head_dim, rank_k, rank_v, storage, rope, seconds (per layer-attend,\n"
@@ -127,45 +129,51 @@ static bool parse_budgets(const char *text, bench_options *o) {
 static int parse_options(int argc, char **argv, bench_options *o) {
   memset(o, 0, sizeof *o);
   o->decode = o->prefill = o->fit = true;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    bool has_value = i + 1 < argc;
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      usage(stdout);
-      return 1;
-    } else if (strcmp(a, "--json") == 0) {
-      o->json = true;
-    } else if (strcmp(a, "--quick") == 0) {
-      o->quick = true;
-    } else if (strcmp(a, "--device") == 0 || strcmp(a, "--svg") == 0 || strcmp(a, "--op") == 0 ||
-               strcmp(a, "--context") == 0 || strcmp(a, "--reps") == 0 ||
-               strcmp(a, "--bytes") == 0) {
-      if (!has_value) return kq_cli_usage_error(CMD, "%s needs a value", a);
-      const char *v = argv[++i];
-      if (strcmp(a, "--device") == 0) {
-        o->device = v;
-      } else if (strcmp(a, "--svg") == 0) {
-        o->svg = v;
-      } else if (strcmp(a, "--op") == 0) {
-        bool all = strcmp(v, "all") == 0;
-        o->decode = all || strcmp(v, "decode") == 0;
-        o->prefill = all || strcmp(v, "prefill") == 0;
-        o->fit = all || strcmp(v, "fit") == 0;
-        if (!o->decode && !o->prefill && !o->fit)
-          return kq_cli_usage_error(CMD, "--op: expected decode, prefill, fit or all, got '%s'", v);
-      } else if (strcmp(a, "--context") == 0) {
-        if (!parse_contexts(v, o)) return 2;
-      } else if (strcmp(a, "--bytes") == 0) {
-        if (!parse_budgets(v, o)) return 2;
-      } else {
-        long long n;
-        if (!kq_cli_parse_int(CMD, "--reps", v, 1, 1000, &n)) return 2;
-        o->reps = (int32_t)n;
-      }
-    } else {
-      return kq_cli_usage_error(CMD, "unknown option '%s'", a);
+  enum { OPT_JSON = 256, OPT_QUICK, OPT_DEVICE, OPT_SVG, OPT_OP, OPT_REPS, OPT_BYTES };
+  static const struct option options[] = {{"json", no_argument, NULL, OPT_JSON},
+                                          {"quick", no_argument, NULL, OPT_QUICK},
+                                          {"device", required_argument, NULL, OPT_DEVICE},
+                                          {"svg", required_argument, NULL, OPT_SVG},
+                                          {"op", required_argument, NULL, OPT_OP},
+                                          {"context", required_argument, NULL, 'c'},
+                                          {"reps", required_argument, NULL, OPT_REPS},
+                                          {"bytes", required_argument, NULL, OPT_BYTES},
+                                          KQ_CLI_COMMON_LONG,
+                                          {NULL, 0, NULL, 0}};
+  int c;
+  long long n;
+  kq_cli_getopt_begin();
+  while ((c = kq_cli_getopt(CMD, argc, argv, KQ_CLI_COMMON_SHORT "c:", options)) != -1) {
+    const char *v = optarg;
+    switch (c) {
+    case 'h': usage(stdout); return 1;
+    case OPT_JSON: o->json = true; break;
+    case OPT_QUICK: o->quick = true; break;
+    case OPT_DEVICE: o->device = v; break;
+    case OPT_SVG: o->svg = v; break;
+    case OPT_OP: {
+      bool all = strcmp(v, "all") == 0;
+      o->decode = all || strcmp(v, "decode") == 0;
+      o->prefill = all || strcmp(v, "prefill") == 0;
+      o->fit = all || strcmp(v, "fit") == 0;
+      if (!o->decode && !o->prefill && !o->fit)
+        return kq_cli_usage_error(CMD, "--op: expected decode, prefill, fit or all, got '%s'", v);
+      break;
+    }
+    case 'c':
+      if (!parse_contexts(v, o)) return 2;
+      break;
+    case OPT_BYTES:
+      if (!parse_budgets(v, o)) return 2;
+      break;
+    case OPT_REPS:
+      if (!kq_cli_parse_int(CMD, "--reps", v, 1, 1000, &n)) return 2;
+      o->reps = (int32_t)n;
+      break;
+    default: return 2;
     }
   }
+  if (optind < argc) return kq_cli_usage_error(CMD, "unknown argument '%s'", argv[optind]);
   return 0;
 }
 
@@ -178,11 +186,11 @@ static kq_status bench_device(kq_device *device, const bench_options *o, kq_benc
   kq_bench_device_ctx ctx = {.device = device, .cancel = kq_cli_cancel_flag()};
   kq_status st = kq_device_get_info(device, &ctx.info);
   if (st) return st;
-  fprintf(stderr, "kqsvd bench: %s: measuring the copy ceiling\n", ctx.info.name);
+  kq_cli_note(CMD, "%s: measuring the copy ceiling", ctx.info.name);
   st = kq_bench_device_prepare(&ctx, o->quick ? 5 : 7);
   if (st) return st;
-  fprintf(stderr, "kqsvd bench: %s: copy ceiling %.2f GB/s; %.0f MiB of latents per step\n",
-          ctx.info.name, ctx.ceiling_gbps, (double)ctx.target_bytes / 1048576.0);
+  kq_cli_note(CMD, "%s: copy ceiling %.2f GB/s; %.0f MiB of latents per step", ctx.info.name,
+              ctx.ceiling_gbps, (double)ctx.target_bytes / 1048576.0);
   kq_bench_report_device(rep, &ctx.info, ctx.ceiling_gbps, ctx.target_bytes);
 
   static const shape shapes[] = {{32, 8, 128}, {9, 3, 64}};

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "cli_util.h"
 #include "commands.h"
 #include "kq_output_file.h"
@@ -12,7 +14,8 @@
 static void help(void) {
   printf("usage: kqsvd capture MODEL.gguf TEXT... -o CALIB.safetensors [--seq-len N]\n"
          "                    [--max-tokens N] [--rope post|pre] [--dtype f32|f16]\n"
-         "                    [--device NAME] [--threads N] [--special]\n"
+         "                    [--device NAME] [-t N] [--special] [--json] [-q|-v]\n"
+         "       kqsvd capture -m MODEL.gguf -f TEXT [-f TEXT]... -o CALIB.safetensors ...\n"
          "\n"
          "Tokenizes the TEXT files (each on its own, ids concatenated), cuts the tokens into\n"
          "sequences of --seq-len, runs the model with full attention over each sequence and\n"
@@ -22,84 +25,109 @@ static void help(void) {
          "is written atomically (no file on failure or Ctrl-C).\n"
          "\n"
          "  -o, --output FILE   calibration file to write\n"
+         "  -m, --model FILE    the model (instead of the first argument)\n"
+         "  -f, --file TEXT     a text file (repeatable; adds to the TEXT arguments)\n"
          "  --seq-len N         tokens per sequence (default 512)\n"
          "  --max-tokens N      cap on T (default 4096; 0 = all the text)\n"
          "  --rope post|pre     post (default): keys/queries after RoPE; pre: before\n"
          "  --dtype f32|f16     storage type of the tensors (default f32)\n"
          "  --device NAME       device for the attention (default: $KQSVD_DEVICE or cpu)\n"
-         "  --threads N         CPU threads for the model (default: all cores)\n"
+         "  -t, --threads N     CPU threads for the model (default: all cores)\n"
          "  --special           read the model's control-token strings in TEXT (<|im_start|>,\n"
          "                      <|im_end|>, ...) as those tokens, as in a chat transcript;\n"
          "                      without it they are plain text\n"
-         "  -h, --help          this help\n");
+         "  --json              print the summary as one JSON object on stdout: {\"output\",\n"
+         "                      \"model\", \"layers\", \"tokens\", \"sequences\", \"seq_len\",\n"
+         "                      \"text_tokens\", \"rope\", \"dtype\", \"seconds\"}\n"
+         "  -q, --quiet         no progress, only errors, warnings and the summary\n"
+         "  -v, --verbose       also the settings in effect\n"
+         "  -h, --help          this help\n"
+         "\n"
+         "Options take their value as --opt V or --opt=V; -- ends the options.\n");
+}
+
+enum { OPT_SEQ_LEN = 256, OPT_MAX_TOKENS, OPT_DEVICE, OPT_ROPE, OPT_DTYPE, OPT_SPECIAL, OPT_JSON };
+
+static const struct option g_options[] = {
+    {"output", required_argument, NULL, 'o'},
+    {"model", required_argument, NULL, 'm'},
+    {"file", required_argument, NULL, 'f'},
+    {"threads", required_argument, NULL, 't'},
+    {"seq-len", required_argument, NULL, OPT_SEQ_LEN},
+    {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
+    {"device", required_argument, NULL, OPT_DEVICE},
+    {"rope", required_argument, NULL, OPT_ROPE},
+    {"dtype", required_argument, NULL, OPT_DTYPE},
+    {"special", no_argument, NULL, OPT_SPECIAL},
+    {"json", no_argument, NULL, OPT_JSON},
+    KQ_CLI_COMMON_LONG,
+    {NULL, 0, NULL, 0},
+};
+
+/* Returns 0 to run, 1 after --help, 2 on a usage error (printed). */
+static int parse(int argc, char **argv, const char **model_path, const char **texts, int *n_texts,
+                 const char **out, const char **device, long long *seq_len, long long *max_tokens,
+                 long long *threads, int *special, int *json, kq_capture_params *p) {
+  const char *cmd = "capture";
+  int c, bad = 0;
+  kq_cli_getopt_begin();
+  while (!bad &&
+         (c = kq_cli_getopt(cmd, argc, argv, KQ_CLI_COMMON_SHORT "o:m:f:t:", g_options)) != -1) {
+    const char *val = optarg;
+    switch (c) {
+    case 'h': help(); return 1;
+    case OPT_SPECIAL: *special = 1; break;
+    case OPT_JSON: *json = 1; break;
+    case 'o': *out = val; break;
+    case 'm': *model_path = val; break;
+    case 'f': texts[(*n_texts)++] = val; break;
+    case OPT_SEQ_LEN: bad = !kq_cli_parse_int(cmd, "--seq-len", val, 2, 1 << 20, seq_len); break;
+    case OPT_MAX_TOKENS:
+      bad = !kq_cli_parse_int(cmd, "--max-tokens", val, 0, INT32_MAX, max_tokens);
+      break;
+    case 't': bad = !kq_cli_parse_int(cmd, "--threads", val, 1, 1024, threads); break;
+    case OPT_DEVICE: *device = val; break;
+    case OPT_ROPE:
+      if (!strcmp(val, "post"))
+        p->rope = KQ_ROPE_POST;
+      else if (!strcmp(val, "pre"))
+        p->rope = KQ_ROPE_PRE;
+      else
+        return kq_cli_usage_error(cmd, "--rope: '%s' (expected post or pre)", val);
+      break;
+    case OPT_DTYPE:
+      if (!strcmp(val, "f32"))
+        p->dtype = KQ_DTYPE_F32;
+      else if (!strcmp(val, "f16"))
+        p->dtype = KQ_DTYPE_F16;
+      else
+        return kq_cli_usage_error(cmd, "--dtype: '%s' (expected f32 or f16)", val);
+      break;
+    default: return 2;
+    }
+  }
+  if (bad) return 2;
+  for (int i = optind; i < argc; i++) {
+    if (!*model_path)
+      *model_path = argv[i];
+    else
+      texts[(*n_texts)++] = argv[i];
+  }
+  return 0;
 }
 
 int kq_cmd_capture(int argc, char **argv) {
   const char *cmd = "capture", *model_path = NULL, *out = NULL, *device = NULL;
   const char **texts = calloc((size_t)argc + 1, sizeof *texts);
-  int n_texts = 0, special = 0;
+  int n_texts = 0, special = 0, json = 0;
   long long seq_len = 512, max_tokens = 4096, threads = 0;
   kq_capture_params p = {.rope = KQ_ROPE_POST, .dtype = KQ_DTYPE_F32};
   if (!texts) return kq_cli_usage_error(cmd, "out of memory");
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      help();
-      free(texts);
-      return 0;
-    }
-    if (!strcmp(a, "--special")) {
-      special = 1;
-      continue;
-    }
-    int bad = 0;
-    if (a[0] == '-' && a[1] != '\0' && !val) {
-      free(texts);
-      return kq_cli_usage_error(cmd, "%s needs a value", a);
-    }
-    if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
-      out = val;
-    } else if (!strcmp(a, "--seq-len")) {
-      bad = !kq_cli_parse_int(cmd, a, val, 2, 1 << 20, &seq_len);
-    } else if (!strcmp(a, "--max-tokens")) {
-      bad = !kq_cli_parse_int(cmd, a, val, 0, INT32_MAX, &max_tokens);
-    } else if (!strcmp(a, "--threads")) {
-      bad = !kq_cli_parse_int(cmd, a, val, 1, 1024, &threads);
-    } else if (!strcmp(a, "--device")) {
-      device = val;
-    } else if (!strcmp(a, "--rope")) {
-      if (!strcmp(val, "post"))
-        p.rope = KQ_ROPE_POST;
-      else if (!strcmp(val, "pre"))
-        p.rope = KQ_ROPE_PRE;
-      else {
-        free(texts);
-        return kq_cli_usage_error(cmd, "--rope: '%s' (expected post or pre)", val);
-      }
-    } else if (!strcmp(a, "--dtype")) {
-      if (!strcmp(val, "f32"))
-        p.dtype = KQ_DTYPE_F32;
-      else if (!strcmp(val, "f16"))
-        p.dtype = KQ_DTYPE_F16;
-      else {
-        free(texts);
-        return kq_cli_usage_error(cmd, "--dtype: '%s' (expected f32 or f16)", val);
-      }
-    } else if (a[0] == '-' && a[1] != '\0') {
-      free(texts);
-      return kq_cli_usage_error(cmd, "unknown option '%s'", a);
-    } else {
-      if (!model_path)
-        model_path = a;
-      else
-        texts[n_texts++] = a;
-      continue;
-    }
-    if (bad) {
-      free(texts);
-      return 2;
-    }
-    i++;
+  int prc = parse(argc, argv, &model_path, texts, &n_texts, &out, &device, &seq_len, &max_tokens,
+                  &threads, &special, &json, &p);
+  if (prc) {
+    free(texts);
+    return prc == 1 ? 0 : 2;
   }
   if (!model_path || n_texts == 0) {
     free(texts);
@@ -130,6 +158,9 @@ int kq_cmd_capture(int argc, char **argv) {
   p.progress_user = (void *)cmd;
   p.cancel = kq_cli_cancel_flag();
 
+  kq_cli_detail(cmd, "%s: %d text file%s -> %s, seq_len %lld, max_tokens %lld, threads %lld",
+                model_path, n_texts, n_texts == 1 ? "" : "s", out, seq_len, max_tokens, threads);
+  double t0 = kq_cli_seconds();
   kq_llama *m = NULL;
   kq_device *dev = NULL;
   int32_t *all = NULL;
@@ -177,6 +208,24 @@ int kq_cmd_capture(int argc, char **argv) {
     rc = 130;
   } else if (st != KQ_OK) {
     rc = kq_cli_fail(cmd, st);
+  } else if (json) {
+    const kq_llama_hparams *hp = kq_llama_get_hparams(m);
+    cJSON *root = cJSON_CreateObject();
+    int ok = root && cJSON_AddStringToObject(root, "output", out) &&
+             cJSON_AddStringToObject(root, "model", model_path) &&
+             kq_cli_json_add_number(root, "layers", hp->n_layers) &&
+             kq_cli_json_add_number(root, "tokens", (double)T) &&
+             kq_cli_json_add_number(root, "sequences", (double)(T / seq_len)) &&
+             kq_cli_json_add_number(root, "seq_len", (double)seq_len) &&
+             kq_cli_json_add_number(root, "text_tokens", (double)n_all) &&
+             cJSON_AddStringToObject(root, "rope", p.rope == KQ_ROPE_POST ? "post" : "pre") &&
+             cJSON_AddStringToObject(root, "dtype", p.dtype == KQ_DTYPE_F16 ? "f16" : "f32") &&
+             kq_cli_json_add_number(root, "seconds", kq_cli_seconds() - t0);
+    if (!ok) {
+      cJSON_Delete(root);
+      root = NULL;
+    }
+    rc = kq_cli_json_print(cmd, root);
   } else {
     const kq_llama_hparams *hp = kq_llama_get_hparams(m);
     fprintf(stderr,

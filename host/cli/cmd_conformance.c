@@ -28,6 +28,8 @@ static void usage(FILE *out) {
                "  --json          print the results as JSON on stdout\n"
                "  --list          print the selected case names and exit\n"
                "  --list-devices  print the device names, one per line, and exit\n"
+               "  -q, --quiet     only errors and the results\n"
+               "  -v, --verbose   more detail\n"
                "  -h, --help      this text\n\n"
                "A case with F16 storage on a device that reports no F16 support is skipped\n"
                "(listed as skip, neither passed nor failed). A case with quantized latent\n"
@@ -171,29 +173,33 @@ oom:
 int kq_cmd_conformance(int argc, char **argv) {
   const char *device = NULL, *filter = NULL;
   int json = 0, list = 0;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      usage(stdout);
-      return 0;
-    } else if (!strcmp(a, "--json")) {
-      json = 1;
-    } else if (!strcmp(a, "--list")) {
-      list = 1;
-    } else if (!strcmp(a, "--list-devices")) {
-      if (argc != 2) /* it takes nothing else; never ignore an argument */
-        return kq_cli_usage_error(CMD, "--list-devices takes no other argument");
-      return list_devices();
-    } else if (!strcmp(a, "--device") || !strcmp(a, "--filter")) {
-      if (i + 1 >= argc) return kq_cli_usage_error(CMD, "%s needs a value", a);
-      if (!strcmp(a, "--device"))
-        device = argv[++i];
-      else
-        filter = argv[++i];
-    } else {
-      return kq_cli_usage_error(CMD, "unknown argument '%s'", a);
+  enum { OPT_JSON = 256, OPT_LIST, OPT_LIST_DEVICES, OPT_DEVICE, OPT_FILTER };
+  static const struct option options[] = {{"json", no_argument, NULL, OPT_JSON},
+                                          {"list", no_argument, NULL, OPT_LIST},
+                                          {"list-devices", no_argument, NULL, OPT_LIST_DEVICES},
+                                          {"device", required_argument, NULL, OPT_DEVICE},
+                                          {"filter", required_argument, NULL, OPT_FILTER},
+                                          KQ_CLI_COMMON_LONG,
+                                          {NULL, 0, NULL, 0}};
+  int c, list_devs = 0;
+  kq_cli_getopt_begin();
+  while ((c = kq_cli_getopt(CMD, argc, argv, KQ_CLI_COMMON_SHORT, options)) != -1) {
+    switch (c) {
+    case 'h': usage(stdout); return 0;
+    case OPT_JSON: json = 1; break;
+    case OPT_LIST: list = 1; break;
+    case OPT_LIST_DEVICES: list_devs = 1; break;
+    case OPT_DEVICE: device = optarg; break;
+    case OPT_FILTER: filter = optarg; break;
+    default: return 2;
     }
   }
+  if (list_devs) {
+    if (argc != 2) /* it takes nothing else; never ignore an argument */
+      return kq_cli_usage_error(CMD, "--list-devices takes no other argument");
+    return list_devices();
+  }
+  if (optind < argc) return kq_cli_usage_error(CMD, "unknown argument '%s'", argv[optind]);
   int count;
   (void)kqc_cases(&count);
   int *indices = malloc(sizeof(int) * (size_t)count);

@@ -22,8 +22,10 @@ static void usage(FILE *out) {
                "Modules (libkqsvd-NAME.so) are searched next to libkqsvd and in the folders\n"
                "of KQSVD_BACKEND_PATH (':'-separated).\n\n"
                "options:\n"
-               "  --json     print one JSON object {\"devices\": [...], \"problems\": [...]}\n"
-               "  -h, --help this text\n\n"
+               "  --json        print one JSON object {\"devices\": [...], \"problems\": [...]}\n"
+               "  -q, --quiet   accepted for symmetry (devices prints only results)\n"
+               "  -v, --verbose accepted for symmetry\n"
+               "  -h, --help    this text\n\n"
                "exit status: 0 success, 1 failure, 2 usage error\n");
 }
 
@@ -113,16 +115,19 @@ static int print_text(int n) {
 
 int kq_cmd_devices(int argc, char **argv) {
   int json = 0;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--json")) {
-      json = 1;
-    } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+  static const struct option options[] = {
+      {"json", no_argument, NULL, 'j'}, KQ_CLI_COMMON_LONG, {NULL, 0, NULL, 0}};
+  int c;
+  kq_cli_getopt_begin();
+  while ((c = kq_cli_getopt("devices", argc, argv, KQ_CLI_COMMON_SHORT, options)) != -1) {
+    if (c == 'h') {
       usage(stdout);
       return 0;
-    } else {
-      return kq_cli_usage_error("devices", "unknown argument '%s'", argv[i]);
     }
+    if (c != 'j') return 2;
+    json = 1;
   }
+  if (optind < argc) return kq_cli_usage_error("devices", "unknown argument '%s'", argv[optind]);
   int n = 0;
   kq_status st = kq_device_count(&n);
   if (st != KQ_OK) return kq_cli_fail("devices", st);

@@ -11,7 +11,7 @@
 static void help(void) {
   printf(
       "usage: kqsvd eval CALIB PROJ [--json] [--max-seqs N] [--device NAME]\n"
-      "                  [--storage f32|f16] [--threads N]\n"
+      "                  [--storage f32|f16] [-t N] [-q|-v]\n"
       "\n"
       "Measures projection file PROJ on calibration file CALIB (SPEC §3). Per layer,\n"
       "relative Frobenius errors with heads pooled by summing squares:\n"
@@ -27,8 +27,12 @@ static void help(void) {
       "                   compressed cache (cpu, vulkan:N, opencl:N). The device returns\n"
       "                   outputs, not probabilities, so softmax stays the host's float64 value\n"
       "  --storage S      latent cache storage on the device: f32 (default) or f16\n"
-      "  --threads N      worker threads (default: all cores)\n"
-      "  -h, --help       this help\n");
+      "  -t, --threads N  worker threads (default: all cores)\n"
+      "  -q, --quiet      no progress, only errors and the results\n"
+      "  -v, --verbose    also the settings in effect and the time taken\n"
+      "  -h, --help       this help\n"
+      "\n"
+      "Options take their value as --opt V or --opt=V; -- ends the options.\n");
 }
 
 static void add_metrics(cJSON *o, const kq_eval_layer *e, int has_wo) {
@@ -60,12 +64,7 @@ static int print_json(const kq_eval_result *r) {
   }
   mean = cJSON_AddObjectToObject(root, "mean");
   if (mean) add_metrics(mean, &r->mean, r->has_wo);
-  char *text = cJSON_Print(root);
-  cJSON_Delete(root);
-  if (!text) return 1;
-  printf("%s\n", text);
-  cJSON_free(text);
-  return 0;
+  return kq_cli_json_print("eval", root);
 }
 
 static void print_row(const char *label, const kq_eval_layer *e, int has_wo, int ranks) {
@@ -93,48 +92,60 @@ static void print_table(const kq_eval_result *r) {
   print_row("mean", &r->mean, r->has_wo, 0);
 }
 
+enum { OPT_JSON = 256, OPT_MAX_SEQS, OPT_DEVICE, OPT_STORAGE };
+
+static const struct option g_options[] = {
+    {"threads", required_argument, NULL, 't'},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"max-seqs", required_argument, NULL, OPT_MAX_SEQS},
+    {"device", required_argument, NULL, OPT_DEVICE},
+    {"storage", required_argument, NULL, OPT_STORAGE},
+    KQ_CLI_COMMON_LONG,
+    {NULL, 0, NULL, 0},
+};
+
 int kq_cmd_eval(int argc, char **argv) {
   const char *cmd = "eval", *files[2] = {NULL, NULL};
   int n_files = 0, json = 0;
   kq_eval_params p = kq_eval_default_params();
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+  int c;
+  kq_cli_getopt_begin();
+  while ((c = kq_cli_getopt(cmd, argc, argv, KQ_CLI_COMMON_SHORT "t:", g_options)) != -1) {
     long long n;
-    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      help();
-      return 0;
-    }
-    if (!strcmp(a, "--json")) {
-      json = 1;
-      continue;
-    }
-    if (a[0] == '-' && a[1] != '\0' && !val) return kq_cli_usage_error(cmd, "%s needs a value", a);
-    if (!strcmp(a, "--max-seqs")) {
-      if (!kq_cli_parse_int(cmd, a, val, 1, 1 << 30, &n)) return 2;
+    switch (c) {
+    case 'h': help(); return 0;
+    case OPT_JSON: json = 1; break;
+    case OPT_MAX_SEQS:
+      if (!kq_cli_parse_int(cmd, "--max-seqs", optarg, 1, 1 << 30, &n)) return 2;
       p.max_seqs = (int32_t)n;
-    } else if (!strcmp(a, "--device")) {
-      p.device = val;
-    } else if (!strcmp(a, "--storage")) {
-      if (!kq_cli_parse_storage(cmd, a, val, &p.storage)) return 2;
-    } else if (!strcmp(a, "--threads")) {
-      if (!kq_cli_parse_int(cmd, a, val, 1, 1024, &n)) return 2;
+      break;
+    case OPT_DEVICE: p.device = optarg; break;
+    case OPT_STORAGE:
+      if (!kq_cli_parse_storage(cmd, "--storage", optarg, &p.storage)) return 2;
+      break;
+    case 't':
+      if (!kq_cli_parse_int(cmd, "--threads", optarg, 1, 1024, &n)) return 2;
       p.n_threads = (int32_t)n;
-    } else if (a[0] == '-' && a[1] != '\0') {
-      return kq_cli_usage_error(cmd, "unknown option '%s'", a);
-    } else {
-      if (n_files == 2) return kq_cli_usage_error(cmd, "unexpected argument '%s'", a);
-      files[n_files++] = a;
-      continue;
+      break;
+    default: return 2;
     }
-    i++;
+  }
+  for (int i = optind; i < argc; i++) {
+    if (n_files == 2) return kq_cli_usage_error(cmd, "unexpected argument '%s'", argv[i]);
+    files[n_files++] = argv[i];
   }
   if (n_files != 2) return kq_cli_usage_error(cmd, "expected CALIB and PROJ");
   p.progress = kq_cli_progress;
   p.progress_user = (void *)cmd;
   p.cancel = kq_cli_cancel_flag();
+  kq_cli_detail(cmd, "%s with %s: device %s, storage %s, threads %d, max_seqs %d", files[0],
+                files[1], p.device ? p.device : "host (float64)",
+                p.storage == KQ_STORAGE_F16 ? "f16" : "f32", (int)p.n_threads, (int)p.max_seqs);
+  double t0 = kq_cli_seconds();
   kq_eval_result *r = NULL;
   kq_status st = kq_eval(files[0], files[1], &p, &r);
   kq_cli_progress_end();
+  kq_cli_detail(cmd, "evaluated in %.2f s", kq_cli_seconds() - t0);
   if (st == KQ_ERR_INTERRUPTED) {
     fprintf(stderr, "kqsvd eval: interrupted\n");
     return 130;
@@ -146,8 +157,8 @@ int kq_cmd_eval(int argc, char **argv) {
   else
     print_table(r);
   if (r->seqs_used < r->seqs_total)
-    fprintf(stderr, "kqsvd eval: softmax/output use %d of %d sequences\n", (int)r->seqs_used,
-            (int)r->seqs_total);
+    kq_cli_note(cmd, "softmax/output use %d of %d sequences", (int)r->seqs_used,
+                (int)r->seqs_total);
   kq_eval_result_destroy(r);
   return rc;
 }

@@ -24,8 +24,10 @@ static void usage(FILE *out) {
                "every layer. The file is checked completely: a malformed file is an\n"
                "error naming the file and the tensor.\n\n"
                "options:\n"
-               "  --json     print one JSON object instead of tables\n"
-               "  -h, --help this text\n\n"
+               "  --json        print one JSON object instead of tables\n"
+               "  -q, --quiet   accepted for symmetry (info prints only results)\n"
+               "  -v, --verbose accepted for symmetry\n"
+               "  -h, --help    this text\n\n"
                "exit status: 0 success, 1 unreadable or malformed file, 2 usage error\n");
 }
 
@@ -183,20 +185,22 @@ static int starts_with_gguf(const char *path) {
 int kq_cmd_info(int argc, char **argv) {
   const char *path = NULL;
   int json = 0;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+  static const struct option options[] = {
+      {"json", no_argument, NULL, 'j'}, KQ_CLI_COMMON_LONG, {NULL, 0, NULL, 0}};
+  int c;
+  kq_cli_getopt_begin();
+  while ((c = kq_cli_getopt("info", argc, argv, KQ_CLI_COMMON_SHORT, options)) != -1) {
+    if (c == 'h') {
       usage(stdout);
       return 0;
     }
-    if (!strcmp(argv[i], "--json")) {
-      json = 1;
-    } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
-      return kq_cli_usage_error("info", "unknown option '%s'", argv[i]);
-    } else if (path) {
+    if (c != 'j') return 2;
+    json = 1;
+  }
+  for (int i = optind; i < argc; i++) {
+    if (path)
       return kq_cli_usage_error("info", "one FILE expected, got '%s' and '%s'", path, argv[i]);
-    } else {
-      path = argv[i];
-    }
+    path = argv[i];
   }
   if (!path) return kq_cli_usage_error("info", "missing FILE");
 

@@ -100,15 +100,7 @@ static int print_json(const kq_gguf *g) {
     else
       cJSON_AddNumberToObject(types, type_text(t->type), 1);
   }
-  char *text = cJSON_PrintUnformatted(root);
-  cJSON_Delete(root);
-  if (!text) {
-    fprintf(stderr, "kqsvd info: out of memory while building JSON\n");
-    return 1;
-  }
-  puts(text);
-  cJSON_free(text);
-  return 0;
+  return kq_cli_json_print("info", root);
 }
 
 static void print_tables(const kq_gguf *g, const char *path) {

@@ -16,8 +16,9 @@
 
 static void help(void) {
   printf("usage: kqsvd ppl MODEL.gguf TEXT [--proj PROJ]... [--device NAME] [--storage f32|f16]\n"
-         "                [--ctx N] [--max-tokens N] [--batch N] [--threads N] [--special]\n"
-         "                [--score-from N] [--skip-full] [--json]\n"
+         "                [-c N] [--max-tokens N] [-b N] [-t N] [--special]\n"
+         "                [--score-from N] [--skip-full] [--json] [-q|-v]\n"
+         "       kqsvd ppl -m MODEL.gguf -f TEXT ...\n"
          "\n"
          "Tokenizes TEXT (a file) with the model's tokenizer and reports the perplexity exp(mean\n"
          "-log p(token | preceding tokens)) in consecutive windows of --ctx tokens (the cache is\n"
@@ -40,10 +41,12 @@ static void help(void) {
          "  --skip-full         with --proj: no full-cache run, so no KL / top-1 (null)\n"
          "  --device NAME       cpu, vulkan:N, opencl:N (default: $KQSVD_DEVICE or cpu)\n"
          "  --storage T         float latent storage, f32 (default) or f16\n"
-         "  --ctx N             window length in tokens (default 512)\n"
+         "  -m, --model FILE    the model (instead of the MODEL.gguf argument)\n"
+         "  -f, --file TEXT     the text file (instead of the TEXT argument)\n"
+         "  -c, --ctx N         window length in tokens (default 512; also --ctx-size)\n"
          "  --max-tokens N      use only the first N tokens of the text (default: all)\n"
-         "  --batch N           tokens per forward call (default 64)\n"
-         "  --threads N         CPU threads for the model (default: all cores)\n"
+         "  -b, --batch N       tokens per forward call (default 64)\n"
+         "  -t, --threads N     CPU threads for the model (default: all cores)\n"
          "  --special           read control-token strings in TEXT (<|im_start|>, ...) as those\n"
          "                      tokens, as in a chat transcript (default: plain text)\n"
          "  --json              {\"tokens\", \"ctx\", \"windows\", \"predictions\",\n"
@@ -54,7 +57,13 @@ static void help(void) {
          "                       \"kv_bytes\", \"kv_bytes_per_token\", \"kv_fraction_f16\",\n"
          "                       \"seconds\"}; kld/top1 null for the full run and with\n"
          "                       --skip-full; non-finite numbers null\n"
-         "  -h, --help          this help\n");
+         "  -q, --quiet         no progress, only errors, warnings and the results\n"
+         "  -v, --verbose       also the settings in effect\n"
+         "  -h, --help          this help\n"
+         "\n"
+         "Progress labels the pass: \"full pass\", \"full + N compressed pass\" (lockstep) or\n"
+         "\"compressed pass\" (--skip-full). Options take their value as --opt V or --opt=V;\n"
+         "-- ends the options.\n");
 }
 
 /* One cache the text runs through: the full one (proj NULL) or a file's. */
@@ -134,15 +143,11 @@ static int print_json(const char *scored, const char *text_path, int64_t n, int3
     o = run_json(&comp[i], ctx, hp);
     ok = o && cJSON_AddItemToArray(runs, o);
   }
-  char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
-  cJSON_Delete(root);
-  if (!text) {
-    fprintf(stderr, "kqsvd ppl: out of memory writing JSON\n");
-    return 1;
+  if (!ok) {
+    cJSON_Delete(root);
+    root = NULL;
   }
-  printf("%s\n", text);
-  cJSON_free(text);
-  return 0;
+  return kq_cli_json_print("ppl", root);
 }
 
 /* A table cell: the number, or "-" when there is none. */
@@ -181,64 +186,100 @@ static void print_table(const char *scored, const char *text_path, int64_t n, in
   for (int i = 0; i < n_comp; i++) print_row("compressed", &comp[i], full, ctx, n, hp);
 }
 
+enum {
+  OPT_PROJ = 256,
+  OPT_DEVICE,
+  OPT_STORAGE,
+  OPT_MAX_TOKENS,
+  OPT_SCORE_FROM,
+  OPT_JSON,
+  OPT_SKIP_FULL,
+  OPT_SPECIAL
+};
+
+static const struct option g_options[] = {
+    {"model", required_argument, NULL, 'm'},
+    {"file", required_argument, NULL, 'f'},
+    {"ctx", required_argument, NULL, 'c'},
+    {"ctx-size", required_argument, NULL, 'c'},
+    {"batch", required_argument, NULL, 'b'},
+    {"threads", required_argument, NULL, 't'},
+    {"proj", required_argument, NULL, OPT_PROJ},
+    {"device", required_argument, NULL, OPT_DEVICE},
+    {"storage", required_argument, NULL, OPT_STORAGE},
+    {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
+    {"score-from", required_argument, NULL, OPT_SCORE_FROM},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"skip-full", no_argument, NULL, OPT_SKIP_FULL},
+    {"special", no_argument, NULL, OPT_SPECIAL},
+    KQ_CLI_COMMON_LONG,
+    {NULL, 0, NULL, 0},
+};
+
+/* The progress label says which caches run in the pass (they run in lockstep). */
+static char g_pass_label[64];
+
+static void pass_progress(void *user, int32_t done, int32_t total, const char *stage) {
+  (void)stage;
+  kq_cli_progress(user, done, total, g_pass_label);
+}
+
 int kq_cmd_ppl(int argc, char **argv) {
   const char *cmd = "ppl", *model_path = NULL, *text_path = NULL, *device = NULL;
   ppl_run runs[1 + MAX_PROJ];
   memset(runs, 0, sizeof runs);
   ppl_run *full = &runs[0], *comp = &runs[1];
-  int n_comp = 0;
+  int n_comp = 0, c;
   kq_storage storage = KQ_STORAGE_F32;
   long long ctx = 512, max_tokens = 0, batch = 64, threads = 0, score_from = 1;
   int json = 0, skip_full = 0, special = 0;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      help();
-      return 0;
-    }
-    if (!strcmp(a, "--json")) {
-      json = 1;
-      continue;
-    }
-    if (!strcmp(a, "--skip-full")) {
-      skip_full = 1;
-      continue;
-    }
-    if (!strcmp(a, "--special")) {
-      special = 1;
-      continue;
-    }
-    if (a[0] == '-' && a[1] != '\0' && !val) return kq_cli_usage_error(cmd, "%s needs a value", a);
-    if (!strcmp(a, "--proj")) {
+  kq_cli_getopt_begin();
+  while ((c = kq_cli_getopt(cmd, argc, argv, KQ_CLI_COMMON_SHORT "m:f:c:b:t:", g_options)) != -1) {
+    const char *val = optarg;
+    switch (c) {
+    case 'h': help(); return 0;
+    case OPT_JSON: json = 1; break;
+    case OPT_SKIP_FULL: skip_full = 1; break;
+    case OPT_SPECIAL: special = 1; break;
+    case 'm': model_path = val; break;
+    case 'f':
+      if (text_path) return kq_cli_usage_error(cmd, "one TEXT file expected ('%s')", val);
+      text_path = val;
+      break;
+    case OPT_PROJ:
       if (n_comp == MAX_PROJ)
         return kq_cli_usage_error(cmd, "--proj: at most %d projection files", MAX_PROJ);
       comp[n_comp++].proj = val;
-    } else if (!strcmp(a, "--device")) {
-      device = val;
-    } else if (!strcmp(a, "--storage")) {
-      if (!kq_cli_parse_storage(cmd, a, val, &storage)) return 2;
-    } else if (!strcmp(a, "--ctx")) {
-      if (!kq_cli_parse_int(cmd, a, val, 2, 1 << 20, &ctx)) return 2;
-    } else if (!strcmp(a, "--max-tokens")) {
-      if (!kq_cli_parse_int(cmd, a, val, 2, INT32_MAX, &max_tokens)) return 2;
-    } else if (!strcmp(a, "--score-from")) {
-      if (!kq_cli_parse_int(cmd, a, val, 1, 1 << 20, &score_from)) return 2;
-    } else if (!strcmp(a, "--batch")) {
-      if (!kq_cli_parse_int(cmd, a, val, 1, 4096, &batch)) return 2;
-    } else if (!strcmp(a, "--threads")) {
-      if (!kq_cli_parse_int(cmd, a, val, 1, 1024, &threads)) return 2;
-    } else if (a[0] == '-' && a[1] != '\0') {
-      return kq_cli_usage_error(cmd, "unknown option '%s'", a);
-    } else {
-      if (!model_path)
-        model_path = a;
-      else if (!text_path)
-        text_path = a;
-      else
-        return kq_cli_usage_error(cmd, "unexpected argument '%s'", a);
-      continue;
+      break;
+    case OPT_DEVICE: device = val; break;
+    case OPT_STORAGE:
+      if (!kq_cli_parse_storage(cmd, "--storage", val, &storage)) return 2;
+      break;
+    case 'c':
+      if (!kq_cli_parse_int(cmd, "--ctx", val, 2, 1 << 20, &ctx)) return 2;
+      break;
+    case OPT_MAX_TOKENS:
+      if (!kq_cli_parse_int(cmd, "--max-tokens", val, 2, INT32_MAX, &max_tokens)) return 2;
+      break;
+    case OPT_SCORE_FROM:
+      if (!kq_cli_parse_int(cmd, "--score-from", val, 1, 1 << 20, &score_from)) return 2;
+      break;
+    case 'b':
+      if (!kq_cli_parse_int(cmd, "--batch", val, 1, 4096, &batch)) return 2;
+      break;
+    case 't':
+      if (!kq_cli_parse_int(cmd, "--threads", val, 1, 1024, &threads)) return 2;
+      break;
+    default: return 2;
     }
-    i++;
+  }
+  for (int i = optind; i < argc; i++) {
+    if (!model_path)
+      model_path = argv[i];
+    else if (!text_path)
+      text_path = argv[i];
+    else
+      return kq_cli_usage_error(cmd, "unexpected argument '%s'", argv[i]);
   }
   if (!model_path || !text_path) return kq_cli_usage_error(cmd, "need MODEL.gguf and TEXT");
   if (skip_full && !n_comp) return kq_cli_usage_error(cmd, "--skip-full needs --proj");
@@ -278,9 +319,18 @@ int kq_cmd_ppl(int argc, char **argv) {
   kq_ppl_params p = {.ctx = (int32_t)ctx,
                      .batch = (int32_t)batch,
                      .score_from = (int32_t)score_from,
-                     .progress = kq_cli_progress,
+                     .progress = pass_progress,
                      .progress_user = (void *)cmd,
                      .cancel = kq_cli_cancel_flag()};
+  if (skip_full)
+    snprintf(g_pass_label, sizeof g_pass_label, "compressed pass (%d cache%s)", n_comp,
+             n_comp == 1 ? "" : "s");
+  else if (n_comp)
+    snprintf(g_pass_label, sizeof g_pass_label, "full + %d compressed pass", n_comp);
+  else
+    snprintf(g_pass_label, sizeof g_pass_label, "full pass");
+  kq_cli_detail(cmd, "%s: %s: %lld tokens, ctx %lld, batch %lld, %s", model_path, text_path,
+                (long long)n, ctx, batch, scored);
   kq_model_session *sessions[MAX_PROJ];
   kq_ppl_result results[MAX_PROJ];
   for (int i = 0; i < n_comp; i++) sessions[i] = &comp[i].session;
