@@ -10,7 +10,7 @@ static void help(void) {
   printf(
       "usage: kqsvd fit CALIB -o PROJ [--method kq-svd|k-svd|eigen|quant] [--alpha A]\n"
       "                 (--rank-k N --rank-v N | --epsilon E | --ratio F | --bytes F)\n"
-      "                 [--layout per-head|joint] [--seed N] [--threads N]\n"
+      "                 [--layout per-head|joint] [--seed N] [--positions N] [--threads N]\n"
       "\n"
       "Fits per-layer projections (SPEC §1, §1b) from calibration file CALIB\n"
       "(layers.{l}.k/q/v, optional layers.{l}.wo) and writes projection file PROJ atomically:\n"
@@ -40,7 +40,10 @@ static void help(void) {
       "                      remove the most predicted error per byte (errors of q8/q4\n"
       "                      measured on the calibration latents); half to keys, half to\n"
       "                      values; quantized segments are rotated\n"
-      "  --seed N            seed of the segment rotations (default 1)\n"
+      "  --seed N            seed of the segment rotations and of --positions (default 1)\n"
+      "  --positions N       position-robust post-RoPE fit from a rope pre calibration: each\n"
+      "                      key and query row is rotated to its own position drawn from\n"
+      "                      [0, N) before factoring; writes a rope post file for positions < N\n"
       "  --threads N         worker threads (default: all cores)\n"
       "  -h, --help          this help\n");
 }
@@ -91,6 +94,9 @@ int kq_cmd_fit(int argc, char **argv) {
       if (!end || end == val || *end != '\0')
         return kq_cli_usage_error(cmd, "--seed: '%s' (expected a non-negative integer)", val);
       p.seed = (uint64_t)seed;
+    } else if (!strcmp(a, "--positions")) {
+      if (!kq_cli_parse_int(cmd, a, val, 1, (long long)1 << 40, &n)) return 2;
+      p.positions = (int64_t)n;
     } else if (!strcmp(a, "--threads")) {
       if (!kq_cli_parse_int(cmd, a, val, 1, 1024, &n)) return 2;
       p.n_threads = (int32_t)n;
