@@ -67,7 +67,9 @@ void kq_calib_release_range(const void *data, uint64_t nbytes);
  * side, h, t), the result is written (in the file's dtype, with values and
  * wo unchanged) to a temporary file "<tmp_near>.positions.<pid>" that is
  * unlinked once mapped, and *out describes it as rope post; out->path is
- * `path` (which must outlive *out). n_threads as kq_thread_count's result. */
+ * `path` (which must outlive *out). n_threads as kq_thread_count's result.
+ * Memory: the rotated keys and queries of all layers until the file is
+ * written; disk: a copy of the calibration in the output's folder. */
 kq_status kq_calib_open_positions(const char *path, int64_t positions, uint64_t seed, int n_threads,
                                   const char *tmp_near, kq_calib *out);
 
