@@ -372,8 +372,13 @@ typedef struct kq_fit_params {
    * byte; quantized segments are rotated (seeded by `seed`). The only mode
    * for KQ_METHOD_QUANT. */
   double bytes;
-  kq_layout layout;        /* PER_HEAD (default) or JOINT (kq-svd, quant; RoPE post/none) */
-  uint64_t seed;           /* rotations of quantized segments; default 1 */
+  kq_layout layout; /* PER_HEAD (default) or JOINT (kq-svd, quant; RoPE post/none) */
+  uint64_t seed;    /* rotations of quantized segments; default 1 */
+  /* positions (> 0, calibration rope pre only): every calibration key and
+   * query row is first rotated by RoPE to its own position drawn from
+   * [0, positions) (seeded by `seed`); the fit is then a rope post one,
+   * meant for any position < positions. 0 (default): off. */
+  int64_t positions;
   int32_t n_threads;       /* 0 = all cores */
   kq_progress_fn progress; /* optional, called from the calling thread */
   void *progress_user;

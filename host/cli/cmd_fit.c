@@ -12,7 +12,8 @@ static void help(void) {
   printf(
       "usage: kqsvd fit CALIB -o PROJ [--method kq-svd|k-svd|eigen|quant] [--alpha A]\n"
       "                 (--rank-k N --rank-v N | --epsilon E | --ratio F | --bytes F)\n"
-      "                 [--layout per-head|joint] [--seed N] [-t N] [--json] [-q|-v]\n"
+      "                 [--layout per-head|joint] [--seed N] [--positions N] [-t N] [--json]\n"
+      "                 [-q|-v]\n"
       "\n"
       "Fits per-layer projections (SPEC §1, §1b) from calibration file CALIB\n"
       "(layers.{l}.k/q/v, optional layers.{l}.wo) and writes projection file PROJ atomically:\n"
@@ -42,7 +43,10 @@ static void help(void) {
       "                      remove the most predicted error per byte (errors of q8/q4\n"
       "                      measured on the calibration latents); half to keys, half to\n"
       "                      values; quantized segments are rotated\n"
-      "  --seed N            seed of the segment rotations (default 1)\n"
+      "  --seed N            seed of the segment rotations and of --positions (default 1)\n"
+      "  --positions N       position-robust post-RoPE fit from a rope pre calibration: each\n"
+      "                      key and query row is rotated to its own position drawn from\n"
+      "                      [0, N) before factoring; writes a rope post file for positions < N\n"
       "  -t, --threads N     worker threads (default: all cores)\n"
       "  --json              print the summary as one JSON object on stdout: {\"output\",\n"
       "                      \"method\", \"layout\", \"fraction_of_f16\", \"mean_rank_k\",\n"
@@ -65,6 +69,7 @@ enum {
   OPT_BYTES,
   OPT_LAYOUT,
   OPT_SEED,
+  OPT_POSITIONS,
   OPT_JSON
 };
 
@@ -80,6 +85,7 @@ static const struct option g_options[] = {
     {"bytes", required_argument, NULL, OPT_BYTES},
     {"layout", required_argument, NULL, OPT_LAYOUT},
     {"seed", required_argument, NULL, OPT_SEED},
+    {"positions", required_argument, NULL, OPT_POSITIONS},
     {"json", no_argument, NULL, OPT_JSON},
     KQ_CLI_COMMON_LONG,
     {NULL, 0, NULL, 0},
@@ -158,6 +164,10 @@ int kq_cmd_fit(int argc, char **argv) {
       p.seed = (uint64_t)seed;
       break;
     }
+    case OPT_POSITIONS:
+      if (!kq_cli_parse_int(cmd, "--positions", val, 1, (long long)1 << 40, &n)) return 2;
+      p.positions = (int64_t)n;
+      break;
     case 't':
       if (!kq_cli_parse_int(cmd, "--threads", val, 1, 1024, &n)) return 2;
       p.n_threads = (int32_t)n;

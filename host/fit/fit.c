@@ -196,6 +196,9 @@ static kq_status check_params(const kq_fit_params *p) {
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "ratio %g must be in (0, 1]", p->ratio);
   if (p->bytes != 0 && !(p->bytes > 0 && p->bytes <= 1))
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "bytes %g must be in (0, 1]", p->bytes);
+  if (p->positions < 0)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "positions %lld is negative (0 = off)",
+                        (long long)p->positions);
   if (!(p->alpha > 0 && isfinite(p->alpha)))
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "alpha %g must be a positive number", p->alpha);
   if (p->n_threads < 0)
@@ -307,7 +310,8 @@ kq_status kq_fit_ex(const char *calib_path, const char *out_path, const kq_fit_p
   const char *inputs[] = {calib_path, NULL};
   if (calib_path && (st = kq_output_check(out_path, inputs)) != KQ_OK) return st;
   kq_calib calib;
-  st = kq_calib_open(calib_path, &calib);
+  st = kq_calib_open_positions(calib_path, p.positions, p.seed, kq_thread_count(p.n_threads),
+                               out_path, &calib);
   if (st) return st;
   int joint = p.layout == KQ_LAYOUT_JOINT;
   int32_t n_layers = calib.n_layers, d = calib.head_dim;

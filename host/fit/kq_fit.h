@@ -60,6 +60,24 @@ void kq_calib_release_layer(const kq_calib *calib, const kq_calib_layer *layer);
 /* The same for one byte range inside the mapping (whole pages only). */
 void kq_calib_release_range(const void *data, uint64_t nbytes);
 
+/* Position-robust calibration (fit --positions, positions.c). positions
+ * <= 0: kq_calib_open. Otherwise `path` must have rope pre; every key
+ * (side 0) and query (side 1) row of layer l, head h, token t is rotated by
+ * kq_rope_rotate to position kq_calib_row_position(seed, positions, l,
+ * side, h, t), the result is written (in the file's dtype, with values and
+ * wo unchanged) to a temporary file "<tmp_near>.positions.<pid>" that is
+ * unlinked once mapped, and *out describes it as rope post; out->path is
+ * `path` (which must outlive *out). n_threads as kq_thread_count's result.
+ * Memory: the rotated keys and queries of all layers until the file is
+ * written; disk: a copy of the calibration in the output's folder. */
+kq_status kq_calib_open_positions(const char *path, int64_t positions, uint64_t seed, int n_threads,
+                                  const char *tmp_near, kq_calib *out);
+
+/* The position in [0, positions) of one calibration row: a hash of (seed,
+ * layer, side, head, token); 0 when positions <= 1. */
+int64_t kq_calib_row_position(uint64_t seed, int64_t positions, int32_t layer, int32_t side,
+                              int32_t head, int64_t token);
+
 /* ------------------------------------------------------------------------ */
 /* R factors of one layer                                                   */
 /* ------------------------------------------------------------------------ */
