@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 
 #include "bench.h"
+#include "cli_util.h"
 
 bool kq_bench_report_add(kq_bench_report *rep, const kq_bench_result *r) {
   if (rep->count == rep->capacity) {
@@ -160,13 +161,6 @@ static void cpu_model(char *buf, size_t size) {
   fclose(f);
 }
 
-static void add_number_or_null(cJSON *o, const char *key, double v) {
-  if (isfinite(v))
-    cJSON_AddNumberToObject(o, key, v);
-  else
-    cJSON_AddNullToObject(o, key);
-}
-
 static void add_int_or_null(cJSON *o, const char *key, int32_t v) {
   if (v >= 0)
     cJSON_AddNumberToObject(o, key, v);
@@ -196,7 +190,7 @@ static cJSON *machine_json(const kq_bench_report *rep) {
     if (fscanf(f, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3) load[0] = NAN;
     fclose(f);
   }
-  add_number_or_null(m, "load_average_1min", load[0]);
+  kq_cli_json_add_number(m, "load_average_1min", load[0]);
   cJSON *devs = cJSON_AddArrayToObject(m, "devices");
   for (int i = 0; i < rep->n_devices; i++) {
     const kq_device_info *d = &rep->devices[i].info;
@@ -205,7 +199,7 @@ static cJSON *machine_json(const kq_bench_report *rep) {
     cJSON_AddStringToObject(o, "description", d->description);
     cJSON_AddStringToObject(o, "driver", d->driver);
     cJSON_AddNumberToObject(o, "memory_bytes", (double)d->memory_bytes);
-    add_number_or_null(o, "ceiling_gbps", rep->devices[i].ceiling_gbps);
+    kq_cli_json_add_number(o, "ceiling_gbps", rep->devices[i].ceiling_gbps);
     cJSON_AddNumberToObject(o, "step_bytes", (double)rep->devices[i].target_bytes);
     cJSON_AddItemToArray(devs, o);
   }
@@ -233,15 +227,15 @@ bool kq_bench_report_json(const kq_bench_report *rep, FILE *out) {
     add_int_or_null(o, "rank_v", r->rank_v);
     add_string_or_null(o, "storage", r->storage);
     add_string_or_null(o, "rope", r->rope);
-    add_number_or_null(o, "seconds", r->seconds);
-    add_number_or_null(o, "tokens_per_s", r->tokens_per_s);
-    add_number_or_null(o, "bytes", r->bytes);
-    add_number_or_null(o, "gbps", r->gbps);
-    add_number_or_null(o, "ceiling_gbps", r->ceiling_gbps);
-    add_number_or_null(o, "pct_of_ceiling", r->pct_of_ceiling);
-    add_number_or_null(o, "speedup_vs_full", r->speedup_vs_full);
-    add_number_or_null(o, "bytes_fraction", r->bytes_fraction);
-    add_number_or_null(o, "bytes_budget", r->bytes_budget);
+    kq_cli_json_add_number(o, "seconds", r->seconds);
+    kq_cli_json_add_number(o, "tokens_per_s", r->tokens_per_s);
+    kq_cli_json_add_number(o, "bytes", r->bytes);
+    kq_cli_json_add_number(o, "gbps", r->gbps);
+    kq_cli_json_add_number(o, "ceiling_gbps", r->ceiling_gbps);
+    kq_cli_json_add_number(o, "pct_of_ceiling", r->pct_of_ceiling);
+    kq_cli_json_add_number(o, "speedup_vs_full", r->speedup_vs_full);
+    kq_cli_json_add_number(o, "bytes_fraction", r->bytes_fraction);
+    kq_cli_json_add_number(o, "bytes_budget", r->bytes_budget);
     add_string_or_null(o, "layout", r->layout);
     cJSON_AddItemToArray(arr, o);
   }

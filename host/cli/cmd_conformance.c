@@ -109,14 +109,6 @@ static void run_device(device_run *dr, const int *indices, int n, int json) {
   dr->seconds = sum, dr->device_seconds = dev_sum;
 }
 
-static void add_number(cJSON *obj, const char *key, double value) {
-  /* Non-finite numbers are not JSON: they become null (and fail checks). */
-  if (isfinite(value))
-    cJSON_AddNumberToObject(obj, key, value);
-  else
-    cJSON_AddNullToObject(obj, key);
-}
-
 static int print_json(const device_run *runs, int n_runs, int n, int ok) {
   cJSON *root = cJSON_CreateObject();
   cJSON *devs = cJSON_AddArrayToObject(root, "devices");
@@ -147,8 +139,8 @@ static int print_json(const device_run *runs, int n_runs, int n, int ok) {
       int expected_error = r->pass && r->threshold == 0;
       cJSON_AddBoolToObject(c, "expect_error", expected_error);
       /* An expected error has nothing to compare: NMSE 0 by definition. */
-      add_number(c, "nmse", expected_error ? 0.0 : r->nmse);
-      add_number(c, "threshold", r->threshold);
+      kq_cli_json_add_number(c, "nmse", expected_error ? 0.0 : r->nmse);
+      kq_cli_json_add_number(c, "threshold", r->threshold);
       cJSON_AddBoolToObject(c, "pass", r->pass);
       cJSON_AddBoolToObject(c, "skipped", r->skipped);
       cJSON_AddBoolToObject(c, "unsupported", r->unsupported);
