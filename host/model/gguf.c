@@ -503,6 +503,7 @@ kq_status kq_gguf_dequantize(const kq_gguf *f, const kq_gguf_tensor *t, float *d
 
 kq_status kq_gguf_check_finite(const kq_gguf *f, const kq_gguf_tensor *t, const float *x, size_t n,
                                uint64_t first) {
+  if (!kq_any_nonfinite_f32(x, n)) return KQ_OK; /* the vectorised common case */
   for (size_t i = 0; i < n; i++)
     if (!isfinite(x[i]))
       return kq_set_error(KQ_ERR_NUMERIC,

@@ -286,6 +286,7 @@ static kq_status run_layer(kq_llama *m, const kq_llama_attention *attn, const kq
 /* KQ_ERR_NUMERIC naming the first non-finite row of x [rows, cols]. */
 static kq_status check_finite_rows(const char *what, const float *x, size_t rows, size_t cols,
                                    int64_t pos0) {
+  if (!kq_any_nonfinite_f32(x, rows * cols)) return KQ_OK; /* the vectorised common case */
   for (size_t i = 0; i < rows * cols; i++)
     if (!isfinite(x[i]))
       return kq_set_error(KQ_ERR_NUMERIC,
