@@ -146,24 +146,26 @@ __kernel void KV_NAME(kq_attn_chunk)(__global const float *qp, __global const KV
   }
   barrier(CLK_LOCAL_MEM_FENCE);
 
-  for (int i = lid; i < rows * len; i += wg) { /* NaN / Inf logits become KQ_POISON */
-    const int r = i / len;
-    s[r * chunk + (i - r * len)] = kq_poisoned(s[r * chunk + (i - r * len)]);
-  }
-  barrier(CLK_LOCAL_MEM_FENCE);
-
   /* Softmax pieces, four positions per step (vector exp): per-row max over
    * the row's causal range (ql is free again), the exponentials spread over
    * every work-item (0 past the row's range), then per-row sums. A chunk is
    * a multiple of 4 positions, so the last step stays inside the row. */
   for (int r = lid; r < rows; r += wg) {
     const int lr = max(min(p0 + chunk, n_ctx - n_q + j0 + r / group + 1) - p0, 0);
-    __local const float *sr = s + r * chunk;
+    __local float *sr = s + r * chunk;
     float4 m4 = (float4)(-INFINITY);
     int p = 0;
-    for (; p + 4 <= lr; p += 4) m4 = fmax(m4, vload4(0, sr + p));
+    /* NaN / Inf logits in the row's range become KQ_POISON on the way. */
+    for (; p + 4 <= lr; p += 4) {
+      const float4 v = kq_poisoned4(vload4(0, sr + p));
+      vstore4(v, 0, sr + p);
+      m4 = fmax(m4, v);
+    }
     float mx = fmax(fmax(m4.x, m4.y), fmax(m4.z, m4.w));
-    for (; p < lr; ++p) mx = fmax(mx, sr[p]);
+    for (; p < lr; ++p) {
+      sr[p] = kq_poisoned(sr[p]);
+      mx = fmax(mx, sr[p]);
+    }
     ql[2 * r] = mx;
     ql[2 * r + 1] = (float)lr;
   }
@@ -303,9 +305,6 @@ __kernel void KV_NAME(kq_attn_split)(__global const float *qp, __global const KV
   if (warm == 0xffffffffu) red[0] = 0.0f; /* keeps the loads; red is rewritten below */
   barrier(CLK_LOCAL_MEM_FENCE);
 
-  for (int i = lid; i < len * rows4; i += wg) s[i] = kq_poisoned(s[i]); /* NaN / Inf logits */
-  barrier(CLK_LOCAL_MEM_FENCE);
-
   /* Softmax: segments of seg positions (even), two positions per exp2. */
   const int nrb = rows4 / 4, seg = (((len + nseg - 1) / nseg) + 1) & ~1;
   __local float *rmax = red, *rsum = red + rows4 * nseg;
@@ -313,8 +312,9 @@ __kernel void KV_NAME(kq_attn_split)(__global const float *qp, __global const KV
     const int rb = i / nseg, a = (i - rb * nseg) * seg, b = min(a + seg, len);
     const int4 lr = kq_row_len4(rb * 4, rows, group, first, p0, chunk);
     float4 m4 = (float4)(-INFINITY);
-    for (int p = a; p < b; ++p) {
-      const float4 v = vload4(0, s + (size_t)p * rows4 + rb * 4);
+    for (int p = a; p < b; ++p) { /* NaN / Inf logits become KQ_POISON on the way */
+      const float4 v = kq_poisoned4(vload4(0, s + (size_t)p * rows4 + rb * 4));
+      vstore4(v, 0, s + (size_t)p * rows4 + rb * 4);
       m4 = select(m4, v, (v > m4) & ((int4)(p) < lr));
     }
     vstore4(m4, i, rmax);

@@ -35,3 +35,6 @@ inline int kq_nonfinite(float x) {
 inline float kq_poisoned(float x) {
   return kq_nonfinite(x) ? KQ_POISON : x;
 }
+inline float4 kq_poisoned4(float4 x) {
+  return select(x, (float4)(KQ_POISON), (as_uint4(x) & 0x7f800000u) == 0x7f800000u);
+}
