@@ -192,6 +192,39 @@ kq_status kq_device_get_info(const kq_device *device, kq_device_info *out_info);
 kq_status kq_device_copy_bandwidth(kq_device *device, uint64_t bytes, int32_t reps,
                                    double *out_gbps);
 
+/*
+ * Structural costs of a device, counted since it was created (cumulative:
+ * take differences around the work of interest). The counters say what the
+ * backend did, not what was asked: a backend that batches two ops into one
+ * submission counts one submit.
+ *   submits             queue submissions (Vulkan vkQueueSubmit, OpenCL
+ *                       clFlush of a batch); the CPU backend counts 0
+ *   dispatches          kernel launches (CPU: ops run)
+ *   host_waits          times the host blocked on the device (fence or event
+ *                       wait, clFinish, a blocking read)
+ *   bytes_uploaded      host -> device bytes
+ *   bytes_downloaded    device -> host bytes
+ *   device_allocations  device memory allocations of any kind (buffers,
+ *                       staging, scratch)
+ * Set struct_size = sizeof(kq_device_stats) before the call; the library
+ * fills the fields that fit in struct_size and leaves the rest alone.
+ */
+typedef struct kq_device_stats {
+  uint32_t struct_size;
+  uint32_t reserved;
+  uint64_t submits;
+  uint64_t dispatches;
+  uint64_t host_waits;
+  uint64_t bytes_uploaded;
+  uint64_t bytes_downloaded;
+  uint64_t device_allocations;
+} kq_device_stats;
+
+/* Reads the device's counters into *out_stats (struct_size set by the
+ * caller, at least offsetof(kq_device_stats, submits)). KQ_ERR_UNSUPPORTED
+ * when the device's backend does not count. */
+kq_status kq_device_get_stats(const kq_device *device, kq_device_stats *out_stats);
+
 /* Closes a device. Every cache created on it must be destroyed first. */
 void kq_device_destroy(kq_device *device);
 

@@ -36,13 +36,15 @@
 #ifndef KQSVD_BACKEND_H
 #define KQSVD_BACKEND_H
 
+#include <math.h>
+
 #include "kqsvd.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define KQ_BACKEND_ABI_VERSION 2u
+#define KQ_BACKEND_ABI_VERSION 3u
 #define KQ_BACKEND_ENTRY_SYMBOL "kq_backend_entry"
 
 typedef struct kq_backend_host {
@@ -121,6 +123,19 @@ static inline int kq_segments_plain(int32_t n_segments, const kq_segment *segs) 
   return n_segments == 0 || (n_segments == 1 && segs && segs[0].bits == KQ_SEG_FLOAT);
 }
 
+/* The one RoPE angle scheme of every backend and of the host model: pair j
+ * (elements (2j, 2j+1) in the interleaved layout, (j, j + d/2) in the
+ * half-split one) of a vector at position p is rotated by the angle
+ *   p · kq_rope_inv_freq(theta, head_dim, j),
+ * both factors in double; cos and sin are taken in double and rounded to F32
+ * once. Backends that tabulate angles (two-level tables, recurrences) must
+ * stay within F32 rounding of this definition for every position below the
+ * cache's capacity. theta <= 0 means the default 10000. */
+static inline double kq_rope_inv_freq(double theta, int32_t head_dim, int32_t j) {
+  if (!(theta > 0.0)) theta = 10000.0;
+  return pow(theta, -2.0 * (double)j / (double)head_dim);
+}
+
 /* Latent projection of new tokens, for every kv head h:
  *   dst[h, pos + t, :] = src[t, h, :] · proj[h]       (t < n_tokens)
  * src  F32 [n_tokens, n_heads, head_dim]
@@ -188,6 +203,13 @@ typedef struct kq_attend_op {
   kq_layout layout;
   int32_t n_key_segments, n_value_segments; /* 0: one float segment of the rank */
   const kq_segment *key_segments, *value_segments;
+  /* Fused up-projection: only for a backend with KQ_BACKEND_CAP_FUSED_UP,
+   * and only with KQ_OP_IDENTITY_VALUES clear. When value_up is non-NULL,
+   * `out` receives the full output F32 [n_queries, n_heads, head_dim] =
+   * (P Ṽ)[j, h, :] · E[h / g]ᵀ (value_up laid out as in kq_up_op) instead of
+   * the latent; the latent need not be stored anywhere. */
+  const kq_buffer *value_up;
+  size_t value_up_offset;
   int32_t reserved[2];
 } kq_attend_op;
 
@@ -232,9 +254,17 @@ typedef struct kq_backend_iface {
   kq_status (*copy)(kq_bdevice *device, kq_buffer *dst, const kq_buffer *src, size_t bytes);
   kq_status (*synchronize)(kq_bdevice *device);
 
-  /* Called once when the core unloads the module (may be NULL). */
-  void (*shutdown)(void);
+  /* Counters since device_open (kqsvd.h, kq_device_stats): fill every field
+   * after struct_size/reserved. May be NULL (kq_device_get_stats then
+   * reports KQ_ERR_UNSUPPORTED). */
+  kq_status (*get_stats)(kq_bdevice *device, kq_device_stats *out_stats);
+
+  uint32_t caps; /* KQ_BACKEND_CAP_* */
 } kq_backend_iface;
+
+/* The backend's attend honours kq_attend_op.value_up (fused up-projection),
+ * so the core issues one attend instead of attend + up. */
+#define KQ_BACKEND_CAP_FUSED_UP 1u
 
 typedef kq_status (*kq_backend_entry_fn)(const kq_backend_host *host,
                                          const kq_backend_iface **out_iface);

@@ -404,8 +404,17 @@ kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries, con
       .key_segments = L->n_kseg ? L->kseg : NULL,
       .value_segments = L->n_vseg ? L->vseg : NULL,
   };
+  /* A backend that fuses the up-projection writes the full output itself. */
+  bool fused = output == KQ_OUTPUT_FULL && (ifc->caps & KQ_BACKEND_CAP_FUSED_UP) &&
+               !(L->value_flags & KQ_OP_IDENTITY_VALUES);
+  if (fused) {
+    op.value_up = L->E;
+    op.out = cache->stage[STAGE_OUT];
+  }
   if (st == KQ_OK) st = ifc->attend(bd, &op);
-  if (st == KQ_OK && output == KQ_OUTPUT_FULL) {
+  if (st == KQ_OK && fused) {
+    st = ifc->buffer_download(bd, cache->stage[STAGE_OUT], 0, out, qbytes);
+  } else if (st == KQ_OK && output == KQ_OUTPUT_FULL) {
     kq_up_op up = {
         .latent = cache->stage[STAGE_LATENT],
         .value_up = L->E,

@@ -1,4 +1,5 @@
 /* kq_device_*: opening devices by name and the copy-bandwidth probe. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,6 +88,27 @@ kq_status kq_device_copy_bandwidth(kq_device *device, uint64_t bytes, int32_t re
   if (src) ifc->buffer_free(device->bdev, src);
   free(times);
   return st;
+}
+
+kq_status kq_device_get_stats(const kq_device *device, kq_device_stats *out_stats) {
+  if (!device || !out_stats)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_device_get_stats: NULL argument");
+  size_t want = out_stats->struct_size;
+  if (want < offsetof(kq_device_stats, submits))
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "kq_device_get_stats: struct_size %zu is too small (set it to "
+                        "sizeof(kq_device_stats))",
+                        want);
+  if (!device->iface->get_stats)
+    return kq_set_error(KQ_ERR_UNSUPPORTED, "device %s: the %s backend does not count its work",
+                        device->info.name, device->iface->name);
+  kq_device_stats all = {.struct_size = sizeof all};
+  kq_status st = device->iface->get_stats(device->bdev, &all);
+  if (st != KQ_OK) return kq_error_prefix(st, "device %s: stats", device->info.name);
+  if (want > sizeof all) want = sizeof all;
+  size_t head = offsetof(kq_device_stats, submits);
+  memcpy((char *)out_stats + head, (const char *)&all + head, want - head);
+  return KQ_OK;
 }
 
 void kq_device_destroy(kq_device *device) {

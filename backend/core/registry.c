@@ -154,7 +154,6 @@ static void load_module(const char *path, const char *backend_name) {
     if (strcmp(g_reg.backends[b].iface->name, iface->name) == 0) {
       add_problem(KQ_ERR_ABI, backend_name, "%s: skipped: backend \"%s\" already loaded from %s",
                   path, iface->name, g_reg.backends[b].path);
-      if (iface->shutdown) iface->shutdown();
       dlclose(handle);
       return;
     }
@@ -227,9 +226,8 @@ static void registry_init(void) {
   }
 }
 
-/* Modules stay loaded for the life of the process (their shutdown hook is
- * never called): unloading GPU drivers from exit handlers is a classic
- * source of crashes at exit, and the handles cost nothing. */
+/* Modules stay loaded for the life of the process: unloading GPU drivers from exit handlers is a
+ * classic source of crashes at exit, and the handles cost nothing. */
 static void registry_ensure(void) {
   pthread_once(&g_reg_once, registry_init);
 }

@@ -709,9 +709,7 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
     int half = op->head_dim / 2;
     inv_freq = kq_malloc_array((size_t)3 * half, sizeof(double), "cpu rope table");
     if (!inv_freq) return KQ_ERR_OUT_OF_MEMORY;
-    double theta = op->rope_theta > 0.0f ? (double)op->rope_theta : 10000.0;
-    for (int j = 0; j < op->head_dim / 2; j++)
-      inv_freq[j] = pow(theta, -2.0 * j / (double)op->head_dim);
+    for (int j = 0; j < half; j++) inv_freq[j] = kq_rope_inv_freq(op->rope_theta, op->head_dim, j);
     for (int j = 0; j < half; j++) {
       inv_freq[half + j] = cos(inv_freq[j]);
       inv_freq[2 * half + j] = sin(inv_freq[j]);

@@ -13,7 +13,8 @@
 
 /* All opens share one static device: the CPU and its thread team. */
 struct kq_bdevice {
-  int unused;
+  /* kq_device_stats counters, shared by every open of the one CPU device. */
+  _Atomic uint64_t dispatches, bytes_uploaded, bytes_downloaded, allocations;
 };
 static struct kq_bdevice g_cpu_device;
 
@@ -119,7 +120,7 @@ static void cpu_device_close(kq_bdevice *device) {
 }
 
 static kq_status cpu_buffer_alloc(kq_bdevice *device, size_t bytes, kq_buffer **out_buffer) {
-  (void)device;
+  device->allocations++;
   kq_buffer *b = calloc(1, sizeof *b);
   size_t rounded;
   if (!b || !kq_add_size(bytes, 63, &rounded)) {
@@ -157,18 +158,18 @@ static void cpu_buffer_free(kq_bdevice *device, kq_buffer *buffer) {
 
 static kq_status cpu_buffer_upload(kq_bdevice *device, kq_buffer *dst, size_t offset,
                                    const void *src, size_t bytes) {
-  (void)device;
   kq_status st = kq_cpu_check_range(dst, offset, bytes, "upload");
   if (st != KQ_OK) return st;
+  device->bytes_uploaded += bytes;
   if (bytes) memcpy(dst->data + offset, src, bytes);
   return KQ_OK;
 }
 
 static kq_status cpu_buffer_download(kq_bdevice *device, const kq_buffer *src, size_t offset,
                                      void *dst, size_t bytes) {
-  (void)device;
   kq_status st = kq_cpu_check_range(src, offset, bytes, "download");
   if (st != KQ_OK) return st;
+  device->bytes_downloaded += bytes;
   if (bytes) memcpy(dst, src->data + offset, bytes);
   return KQ_OK;
 }
@@ -189,7 +190,7 @@ static void copy_task(void *ctx, int64_t index, int worker, void *scratch) {
 }
 
 static kq_status cpu_copy(kq_bdevice *device, kq_buffer *dst, const kq_buffer *src, size_t bytes) {
-  (void)device;
+  device->dispatches++;
   kq_status st = kq_cpu_check_range(dst, 0, bytes, "copy destination");
   if (st == KQ_OK) st = kq_cpu_check_range(src, 0, bytes, "copy source");
   if (st != KQ_OK) return st;
@@ -201,6 +202,32 @@ static kq_status cpu_copy(kq_bdevice *device, kq_buffer *dst, const kq_buffer *s
 static kq_status cpu_synchronize(kq_bdevice *device) {
   (void)device;
   return KQ_OK; /* every op runs to completion before it returns */
+}
+
+/* The ops, counted (kq_device_stats: every op is one dispatch). */
+static kq_status cpu_project(kq_bdevice *device, const kq_project_op *op) {
+  device->dispatches++;
+  return kq_cpu_project(device, op);
+}
+
+static kq_status cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
+  device->dispatches++;
+  return kq_cpu_attend(device, op);
+}
+
+static kq_status cpu_up(kq_bdevice *device, const kq_up_op *op) {
+  device->dispatches++;
+  return kq_cpu_up(device, op);
+}
+
+static kq_status cpu_get_stats(kq_bdevice *device, kq_device_stats *out) {
+  out->submits = 0;
+  out->host_waits = 0;
+  out->dispatches = device->dispatches;
+  out->bytes_uploaded = device->bytes_uploaded;
+  out->bytes_downloaded = device->bytes_downloaded;
+  out->device_allocations = device->allocations;
+  return KQ_OK;
 }
 
 static const kq_backend_iface g_cpu_iface = {
@@ -215,12 +242,12 @@ static const kq_backend_iface g_cpu_iface = {
     .buffer_free = cpu_buffer_free,
     .buffer_upload = cpu_buffer_upload,
     .buffer_download = cpu_buffer_download,
-    .project = kq_cpu_project,
-    .attend = kq_cpu_attend,
-    .up = kq_cpu_up,
+    .project = cpu_project,
+    .attend = cpu_attend,
+    .up = cpu_up,
     .copy = cpu_copy,
     .synchronize = cpu_synchronize,
-    .shutdown = NULL,
+    .get_stats = cpu_get_stats,
 };
 
 const kq_backend_iface *kq_cpu_backend_iface(void) {

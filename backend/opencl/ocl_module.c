@@ -220,7 +220,6 @@ static const kq_backend_iface opencl_iface = {
     .up = kq_ocl_up,
     .copy = kq_ocl_copy,
     .synchronize = kq_ocl_synchronize,
-    .shutdown = NULL,
 };
 
 __attribute__((visibility("default"))) kq_status

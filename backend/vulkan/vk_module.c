@@ -274,18 +274,6 @@ static kq_status vk_up_entry(kq_bdevice *d, const kq_up_op *op) {
   return vk_op_up(d, op);
 }
 
-/* The core unloads the module: every device is closed by then. After this
- * the module reports no devices until it is loaded again. */
-static void vk_shutdown(void) {
-  pthread_once(&g_once, vk_init_once);
-  g_n_phys = 0;
-  if (g_messenger && vkDestroyDebugUtilsMessengerEXT)
-    vkDestroyDebugUtilsMessengerEXT(g_instance, g_messenger, NULL);
-  g_messenger = VK_NULL_HANDLE;
-  if (g_instance) vkDestroyInstance(g_instance, NULL);
-  g_instance = VK_NULL_HANDLE;
-}
-
 static const kq_backend_iface g_iface = {
     .abi_version = KQ_BACKEND_ABI_VERSION,
     .struct_size = sizeof(kq_backend_iface),
@@ -303,7 +291,6 @@ static const kq_backend_iface g_iface = {
     .up = vk_up_entry,
     .copy = vk_copy,
     .synchronize = vk_synchronize,
-    .shutdown = vk_shutdown,
 };
 
 __attribute__((visibility("default"))) kq_status kq_backend_entry(const kq_backend_host *host,

@@ -137,7 +137,7 @@ static kq_status rope_table(kq_bdevice *d, float theta, uint32_t head_dim, uint3
     return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan:%d: RoPE table", d->index);
   }
   for (uint32_t j = 0; j < half; ++j) {
-    double inv = pow((double)theta, -2.0 * j / (double)head_dim);
+    double inv = kq_rope_inv_freq(theta, (int32_t)head_dim, (int32_t)j);
     for (uint32_t p = 0; p < 256 + n_hi; ++p) {
       double pos = p < 256 ? (double)p : 256.0 * (double)(p - 256);
       double a = pos * inv;

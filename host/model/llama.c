@@ -8,6 +8,7 @@
 #include "kq_gguf.h"
 #include "kq_llama.h"
 #include "kq_llama_ops.h"
+#include "kqsvd_backend.h"
 
 typedef struct layer_weights {
   float *attn_norm, *ffn_norm;
@@ -202,7 +203,7 @@ void kq_llama_rope(float *x, int32_t n, int32_t n_heads, int32_t head_dim, int32
   for (int32_t t = 0; t < n; t++) {
     double pos = (double)pos0 + t;
     for (int32_t j = 0; j < head_dim / 2; j++) {
-      double angle = pos * pow((double)theta, -2.0 * j / head_dim);
+      double angle = pos * kq_rope_inv_freq(theta, head_dim, j);
       float c = (float)cos(angle), s = (float)sin(angle);
       for (int32_t h = 0; h < n_heads; h++) {
         float *p = x + ((size_t)t * n_heads + h) * head_dim + 2 * j;

@@ -211,6 +211,39 @@ static void copy_bandwidth_validates_and_measures(void **state) {
   assert_true(gbps > 0.01 && gbps < 1e5); /* a real, finite rate */
 }
 
+/* The CPU device counts what it did: an append is two projections, a full
+ * attend an attend and an up, and the bytes moved are the tensors' bytes. */
+static void device_stats_count_ops_and_bytes(void **state) {
+  fixture *f = *state;
+  kq_device_stats a = {.struct_size = sizeof a}, b = {.struct_size = sizeof b};
+  /* warm-up: the cache sizes its staging buffers on first use */
+  assert_int_equal(kq_cache_append(f->cache, 0, 4, f->keys, f->keys), KQ_OK);
+  assert_int_equal(kq_cache_attend(f->cache, 0, 2, f->queries, KQ_OUTPUT_FULL, f->out), KQ_OK);
+  assert_int_equal(kq_device_get_stats(f->dev, &a), KQ_OK);
+  assert_int_equal(kq_cache_append(f->cache, 0, 4, f->keys, f->keys), KQ_OK);
+  assert_int_equal(kq_cache_attend(f->cache, 0, 2, f->queries, KQ_OUTPUT_FULL, f->out), KQ_OK);
+  assert_int_equal(kq_device_get_stats(f->dev, &b), KQ_OK);
+  assert_int_equal(b.dispatches - a.dispatches, 4);
+  assert_int_equal(b.submits, 0);
+  assert_int_equal(b.host_waits, 0);
+  /* keys and values of 4 tokens, 2 kv heads, d 16; 2 queries of 4 heads */
+  assert_int_equal(b.bytes_uploaded - a.bytes_uploaded,
+                   2u * 4u * 2u * 16u * 4u + 2u * 4u * 16u * 4u);
+  assert_int_equal(b.bytes_downloaded - a.bytes_downloaded, 2u * 4u * 16u * 4u);
+  assert_int_equal(b.device_allocations, a.device_allocations); /* staging already sized */
+  /* A short struct gets only the fields that fit; a too-short one is refused. */
+  kq_device_stats c;
+  memset(&c, 0xAB, sizeof c);
+  c.struct_size = (uint32_t)offsetof(kq_device_stats, dispatches);
+  assert_int_equal(kq_device_get_stats(f->dev, &c), KQ_OK);
+  assert_int_equal(c.submits, 0);
+  assert_int_equal(c.dispatches, 0xABABABABABABABABull);
+  c.struct_size = 4;
+  assert_int_equal(kq_device_get_stats(f->dev, &c), KQ_ERR_INVALID_ARGUMENT);
+  assert_non_null(strstr(kq_last_error(), "struct_size"));
+  assert_int_equal(kq_device_get_stats(NULL, &a), KQ_ERR_INVALID_ARGUMENT);
+}
+
 static void destroy_functions_accept_null(void **state) {
   (void)state;
   kq_cache_destroy(NULL);
@@ -233,6 +266,7 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(truncate_shortens_and_append_continues, setup, teardown),
       cmocka_unit_test_setup_teardown(copy_bandwidth_validates_and_measures, setup, teardown),
+      cmocka_unit_test_setup_teardown(device_stats_count_ops_and_bytes, setup, teardown),
       cmocka_unit_test(destroy_functions_accept_null),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

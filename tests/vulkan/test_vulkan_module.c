@@ -328,7 +328,6 @@ int main(void) {
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);
   g_vk->device_close(g_dev);
-  if (g_vk->shutdown) g_vk->shutdown();
   dlclose(lib);
   return failed ? 1 : 0;
 }

@@ -59,7 +59,6 @@ int main(void) {
   EXPECT(memcmp(x, y, sizeof x) == 0);
   vk->buffer_free(dev, b);
   vk->device_close(dev);
-  if (vk->shutdown) vk->shutdown();
   dlclose(lib);
   printf("validation message -> KQ_ERR_DEVICE: ok\n");
   return 0;
