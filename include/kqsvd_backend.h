@@ -156,7 +156,7 @@ typedef struct kq_project_op {
   int32_t n_tokens, n_heads, head_dim, rank, capacity, pos;
   kq_storage storage;
   uint32_t flags;             /* KQ_OP_IDENTITY_KEYS or KQ_OP_IDENTITY_VALUES means proj == I */
-  int32_t n_seqs;             /* 1 in ABI v2 */
+  int32_t n_seqs;             /* 1 (one sequence per op) */
   int32_t n_segments;         /* 0: one float segment of width rank */
   const kq_segment *segments; /* host array [n_segments], widths sum to rank */
   int32_t reserved[2];
@@ -199,7 +199,7 @@ typedef struct kq_attend_op {
   float rope_theta;
   float scale; /* 1/sqrt(head_dim) */
   uint32_t flags;
-  int32_t n_seqs; /* 1 in ABI v2 */
+  int32_t n_seqs; /* 1 (one sequence per op) */
   kq_layout layout;
   int32_t n_key_segments, n_value_segments; /* 0: one float segment of the rank */
   const kq_segment *key_segments, *value_segments;
