@@ -325,7 +325,7 @@ typedef enum kq_output {
 typedef struct kq_cache_params {
   kq_storage storage; /* latent storage type, default F32 */
   int32_t capacity;   /* tokens per layer, default 4096 */
-  int32_t n_seqs;     /* sequences; must be 1 in this version (batching reserved) */
+  int32_t n_seqs;     /* sequences (ids [0, n_seqs)), each with `capacity` positions; default 1 */
 } kq_cache_params;
 
 kq_cache_params kq_cache_default_params(void);
@@ -381,6 +381,66 @@ typedef struct kq_cache_memory {
 kq_status kq_cache_get_memory(const kq_cache *cache, kq_cache_memory *out_memory);
 
 void kq_cache_destroy(kq_cache *cache);
+
+/* ------------------------------------------------------------------------ */
+/* Sequences: many independent sequences in one cache                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A cache created with n_seqs = S holds S sequences with ids [0, S). Each
+ * has its own length per layer and `capacity` positions of its own (the
+ * latent memory is S times that of one sequence); a token's position is its
+ * index in its sequence. The single-sequence calls above (kq_cache_append,
+ * kq_cache_attend, kq_cache_truncate, kq_cache_length) act on sequence 0.
+ *
+ * A batch is a list of spans, each naming a sequence and a token count; the
+ * host arrays of a batched call hold the spans' rows one after another in
+ * span order. One batched call uploads each input once and downloads the
+ * outputs once, however many sequences it serves.
+ */
+typedef struct kq_seq_span {
+  int32_t seq;      /* sequence id in [0, n_seqs) */
+  int32_t n_tokens; /* rows of this sequence in the batch, >= 1 */
+} kq_seq_span;
+
+/* Appends the keys/values of n_spans spans to layer `layer`: span i's
+ * n_tokens rows go to the next positions of sequence spans[i].seq. keys,
+ * values: [Σ n_tokens, n_kv_heads, head_dim] (rotation as kq_cache_append).
+ * A sequence appears at most once per call. Every span is checked before
+ * anything is stored: on an error no sequence's length changes
+ * (KQ_ERR_CAPACITY naming the sequence when one would exceed capacity). */
+kq_status kq_cache_append_batch(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                const kq_seq_span *spans, const float *keys, const float *values);
+
+/* Causal attention of layer `layer` for n_spans spans: span i's n_tokens
+ * queries are the last n_tokens appended positions of sequence
+ * spans[i].seq, each attending to its own sequence only (positions 0..its
+ * own). queries: [Σ n_tokens, n_heads, head_dim]; out: [Σ n_tokens,
+ * n_heads, head_dim] (KQ_OUTPUT_FULL) or [Σ n_tokens, n_heads, rank_v]
+ * (KQ_OUTPUT_LATENT), rows in span order. Errors as kq_cache_attend, naming
+ * the sequence; `out` untouched on an argument error. */
+kq_status kq_cache_attend_batch(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                const kq_seq_span *spans, const float *queries, kq_output output,
+                                float *out);
+
+/* Shortens sequence `seq` to `length` tokens in every layer (no-op for
+ * layers already shorter). */
+kq_status kq_cache_seq_truncate(kq_cache *cache, int32_t seq, int32_t length);
+
+/* Empties sequence `seq` in every layer (kq_cache_seq_truncate to 0). */
+kq_status kq_cache_seq_clear(kq_cache *cache, int32_t seq);
+
+/* Prefix sharing: copies the first n_tokens positions of sequence src_seq
+ * into sequence dst_seq in every layer; dst_seq then holds exactly those
+ * n_tokens (its former contents are dropped). n_tokens must be <= the
+ * length of src_seq in every layer; src_seq == dst_seq is a truncate. The
+ * copy is exact (latents, quantization scales), made on the device's queue
+ * through the host (one download and one upload per plane and group). */
+kq_status kq_cache_seq_copy(kq_cache *cache, int32_t src_seq, int32_t dst_seq, int32_t n_tokens);
+
+/* Tokens stored in sequence `seq` of `layer` (0 for an invalid layer or
+ * sequence). */
+int32_t kq_cache_seq_length(const kq_cache *cache, int32_t layer, int32_t seq);
 
 /* ------------------------------------------------------------------------ */
 /* Fitting (host)                                                           */
