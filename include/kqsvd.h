@@ -563,6 +563,72 @@ kq_synth_params kq_synth_default_params(void);
  * channels the queries ignore (where K-SVD wastes rank). */
 kq_status kq_synth(const char *out_path, const kq_synth_params *params);
 
+/* ------------------------------------------------------------------------ */
+/* Calibration from an engine                                               */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * An engine with its own model code writes the calibration file of SPEC §2
+ * (the input of kq_fit / kq_eval) without the kqsvd CLI: open, add the
+ * q/k/v rows of every layer batch by batch as its forward passes make them,
+ * set each layer's W_O, close. Rows are spilled as they arrive to an
+ * unlinked temporary file beside the target (memory stays at one batch);
+ * close writes the file atomically (temporary name + rename) and any
+ * failure, or abort, leaves no file. `kqsvd capture` is built on it.
+ */
+typedef struct kq_calib_writer kq_calib_writer;
+
+typedef struct kq_calib_writer_params {
+  int32_t n_layers, n_heads, n_kv_heads, head_dim; /* H % Hk == 0 */
+  int32_t hidden;             /* model width D: every layer's wo [D, H·d] must be set; 0 = no wo */
+  int32_t seq_len;            /* tokens per calibration sequence (metadata seq_len); 0 = T */
+  kq_rope_mode rope;          /* POST: q/k rows already rotated; PRE: un-rotated; NONE */
+  kq_rope_layout rope_layout; /* metadata rope_layout */
+  float rope_theta;           /* metadata rope_theta (> 0) */
+  kq_dtype dtype;             /* stored type: F32 (default), F16 or BF16 */
+  const volatile int *cancel; /* optional: non-zero makes close fail with KQ_ERR_INTERRUPTED */
+} kq_calib_writer_params;
+
+/* Zero shapes (fill them), rope POST, PAIRS, theta 10000, F32. */
+kq_calib_writer_params kq_calib_writer_default_params(void);
+
+/* Starts a calibration file at `path` (checked at once: a directory, device
+ * or unwritable folder is refused). Nothing appears at `path` before
+ * kq_calib_writer_close. */
+kq_status kq_calib_writer_open(const char *path, const kq_calib_writer_params *params,
+                               kq_calib_writer **out_writer);
+
+/* Adds n_tokens rows of layer `layer`: q [n_tokens, n_heads, head_dim],
+ * k and v [n_tokens, n_kv_heads, head_dim] (an engine's natural layout; the
+ * file stores [heads, T, d]). Rows of a layer are kept in the order added;
+ * every layer must receive the same tokens in the same order. Non-finite
+ * values fail with KQ_ERR_NUMERIC naming the layer and row; on any error
+ * nothing of this call is kept. */
+kq_status kq_calib_writer_add(kq_calib_writer *writer, int32_t layer, int32_t n_tokens,
+                              const float *q, const float *k, const float *v);
+
+/* Sets layer `layer`'s W_O, [hidden, n_heads·head_dim] (PyTorch
+ * o_proj.weight); a second call replaces the first. */
+kq_status kq_calib_writer_set_wo(kq_calib_writer *writer, int32_t layer, const float *wo);
+
+/* Adds a metadata string (model identity: "model_name", "model_sha256",
+ * ...); a repeated key replaces the value. The keys the params own
+ * (seq_len, rope, rope_theta, rope_layout) are refused. */
+kq_status kq_calib_writer_set_meta(kq_calib_writer *writer, const char *key, const char *value);
+
+/* Tokens added so far to layer `layer` (0 for an invalid layer). */
+int64_t kq_calib_writer_tokens(const kq_calib_writer *writer, int32_t layer);
+
+/* Checks the file is complete (every layer the same T >= 1 rows, T a
+ * multiple of seq_len, every wo set when hidden > 0), writes it atomically
+ * and frees the writer, whatever the outcome. On failure no file exists at
+ * the path (an earlier file there is left unchanged). */
+kq_status kq_calib_writer_close(kq_calib_writer *writer);
+
+/* Drops everything written and frees the writer; no file appears. Accepts
+ * NULL. */
+void kq_calib_writer_abort(kq_calib_writer *writer);
+
 #ifdef __cplusplus
 }
 #endif
