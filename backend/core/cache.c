@@ -34,8 +34,10 @@ typedef struct cache_layer {
   uint32_t key_flags, value_flags;
   kq_buffer *A, *B, *C, *E; /* NULL when the identity flag is set */
   kq_buffer *k_cache, *v_cache;
-  size_t k_region, v_region; /* bytes of one sequence's region, KQ_PLANE_ALIGN multiples */
-  int32_t *length;           /* [n_seqs], into kq_cache.lengths */
+  size_t k_region, v_region;       /* bytes of one sequence's region, KQ_PLANE_ALIGN multiples */
+  size_t k_bytes, v_bytes;         /* of k_cache, v_cache: n_seqs regions */
+  size_t kproj_bytes, vproj_bytes; /* of A and B, of C and E (0 when omitted) */
+  int32_t *length;                 /* [n_seqs], into kq_cache.lengths */
 } cache_layer;
 
 struct kq_cache {
@@ -213,6 +215,8 @@ static kq_status create_layer(kq_cache *c, const kq_projections *proj, int32_t l
       is_identity(v.value_up, Hk, d, v.rank_v))
     L->value_flags = KQ_OP_IDENTITY_VALUES;
   uint64_t kbytes = (uint64_t)Hk * d * v.rank_k * 4, vbytes = (uint64_t)Hk * d * v.rank_v * 4;
+  if (!L->key_flags) L->kproj_bytes = (size_t)kbytes;
+  if (!L->value_flags) L->vproj_bytes = (size_t)vbytes;
   if (!L->key_flags) {
     st = upload_matrix(c, v.key_down, kbytes, &L->A, "key_down", l);
     if (st == KQ_OK) st = upload_matrix(c, v.query_down, kbytes, &L->B, "query_down", l);
@@ -233,6 +237,8 @@ static kq_status create_layer(kq_cache *c, const kq_projections *proj, int32_t l
     return kq_set_error(KQ_ERR_DEVICE_MEMORY,
                         "device %s: layer %d latent cache of %d sequences overflows size_t",
                         c->device->info.name, (int)l, (int)c->params.n_seqs);
+  L->k_bytes = kb;
+  L->v_bytes = vb;
   st = alloc_buffer(c, kb, &L->k_cache, "latent key cache", l);
   if (st == KQ_OK) st = alloc_buffer(c, vb, &L->v_cache, "latent value cache", l);
   return st;
@@ -436,7 +442,12 @@ static kq_status append_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
     vop.dst_offset = (size_t)seq * L->v_region;
     kop.n_tokens = vop.n_tokens = spans[i].n_tokens;
     kop.pos = vop.pos = L->length[seq];
-    st = ifc->project(bd, &kop);
+    const int fp16 = cache->device->info.fp16_storage;
+    kq_op_sizes kz = {.src = bytes, .proj = L->kproj_bytes, .dst = L->k_bytes};
+    kq_op_sizes vz = {.src = bytes, .proj = L->vproj_bytes, .dst = L->v_bytes};
+    st = kq_core_check_project(&kop, &kz, fp16);
+    if (st == KQ_OK) st = kq_core_check_project(&vop, &vz, fp16);
+    if (st == KQ_OK) st = ifc->project(bd, &kop);
     if (st == KQ_OK) st = ifc->project(bd, &vop);
     row0 += (size_t)spans[i].n_tokens;
   }
@@ -526,7 +537,15 @@ static kq_status attend_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
     op.v_cache_offset = (size_t)seq * L->v_region;
     op.n_queries = spans[i].n_tokens;
     op.n_ctx = L->length[seq];
-    st = ifc->attend(bd, &op);
+    kq_op_sizes z = {.q = qbytes,
+                     .key_down = L->kproj_bytes,
+                     .query_down = L->kproj_bytes,
+                     .k_cache = L->k_bytes,
+                     .v_cache = L->v_bytes,
+                     .out = fused ? qbytes : lbytes,
+                     .value_up = L->vproj_bytes};
+    st = kq_core_check_attend(&op, &z, cache->device->info.fp16_storage, ifc->caps);
+    if (st == KQ_OK) st = ifc->attend(bd, &op);
     row0 += (size_t)spans[i].n_tokens;
   }
   if (st == KQ_OK && fused) {
@@ -545,7 +564,9 @@ static kq_status attend_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
         .flags = L->value_flags,
         .n_seqs = 1,
     };
-    st = ifc->up(bd, &up);
+    kq_op_sizes z = {.src = lbytes, .value_up = L->vproj_bytes, .out = qbytes};
+    st = kq_core_check_up(&up, &z);
+    if (st == KQ_OK) st = ifc->up(bd, &up);
     if (st == KQ_OK) st = ifc->buffer_download(bd, cache->stage[STAGE_OUT], 0, out, qbytes);
   } else if (st == KQ_OK) {
     st = ifc->buffer_download(bd, cache->stage[STAGE_LATENT], 0, out, lbytes);

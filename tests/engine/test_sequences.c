@@ -140,7 +140,7 @@ static void step_and_compare(fixture *f, int n_spans, const kq_seq_span *spans) 
     fill(k, (size_t)rows * HK * D, 1000 + f->step);
     fill(v, (size_t)rows * HK * D, 2000 + f->step);
     fill(q, (size_t)rows * H * D, 3000 + f->step);
-    assert_int_equal(kq_cache_append_batch(f->batched, l, n_spans, spans, k, v), KQ_OK);
+    if (kq_cache_append_batch(f->batched, l, n_spans, spans, k, v)) fail_msg("%s", kq_last_error());
     int row = 0;
     for (int i = 0; i < n_spans; i++) {
       kq_cache *c = f->single[spans[i].seq];
