@@ -443,6 +443,65 @@ kq_status kq_cache_seq_copy(kq_cache *cache, int32_t src_seq, int32_t dst_seq, i
 int32_t kq_cache_seq_length(const kq_cache *cache, int32_t layer, int32_t seq);
 
 /* ------------------------------------------------------------------------ */
+/* Device buffers and device-resident ops                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A device buffer is memory on a kq_device that an engine fills and reads
+ * itself, so queries, keys, values and outputs can stay on the device
+ * between layers. Work on a device is queued in order: the *_device cache
+ * calls and kq_device_buffer_write return without waiting for the device;
+ * kq_device_buffer_read and kq_device_synchronize wait for everything
+ * queued before them. Ownership: the caller creates and destroys a buffer;
+ * destroy it before its device (destroy waits for queued work that may
+ * still use it). A buffer may be used by one cache call at a time as
+ * output; inputs may be shared.
+ */
+typedef struct kq_device_buffer kq_device_buffer;
+
+/* Allocates `bytes` (>= 1) of device memory (contents undefined).
+ * KQ_ERR_DEVICE_MEMORY naming the device and size when it does not fit. */
+kq_status kq_device_buffer_create(kq_device *device, size_t bytes, kq_device_buffer **out_buffer);
+
+/* Copies `bytes` from host `src` to buffer bytes [offset, offset + bytes),
+ * queued after earlier work; `src` may be reused when the call returns. */
+kq_status kq_device_buffer_write(kq_device_buffer *buffer, size_t offset, const void *src,
+                                 size_t bytes);
+
+/* Copies buffer bytes [offset, offset + bytes) to host `dst`, after all
+ * earlier work on the device has finished (one host wait). */
+kq_status kq_device_buffer_read(const kq_device_buffer *buffer, size_t offset, void *dst,
+                                size_t bytes);
+
+/* Size in bytes (0 for NULL). */
+size_t kq_device_buffer_size(const kq_device_buffer *buffer);
+
+/* Waits for queued work, then frees the buffer. Accepts NULL. */
+void kq_device_buffer_destroy(kq_device_buffer *buffer);
+
+/* Waits until all work queued on the device has finished. */
+kq_status kq_device_synchronize(kq_device *device);
+
+/* kq_cache_append_batch with keys and values in device buffers of the
+ * cache's device: F32 [Σ n_tokens, n_kv_heads, head_dim] at byte offsets
+ * keys_offset / values_offset (multiples of 4). Queued; returns without
+ * waiting. Same checks and errors as kq_cache_append_batch. */
+kq_status kq_cache_append_device(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                 const kq_seq_span *spans, const kq_device_buffer *keys,
+                                 size_t keys_offset, const kq_device_buffer *values,
+                                 size_t values_offset);
+
+/* kq_cache_attend_batch reading queries F32 [Σ n_tokens, n_heads, head_dim]
+ * from a device buffer and writing the output (layout as
+ * kq_cache_attend_batch) into `out` at out_offset (offsets multiples of 4;
+ * `out` distinct from `queries`). Queued; returns without waiting: read
+ * `out` with kq_device_buffer_read or after kq_device_synchronize. */
+kq_status kq_cache_attend_device(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                 const kq_seq_span *spans, const kq_device_buffer *queries,
+                                 size_t queries_offset, kq_output output, kq_device_buffer *out,
+                                 size_t out_offset);
+
+/* ------------------------------------------------------------------------ */
 /* Fitting (host)                                                           */
 /* ------------------------------------------------------------------------ */
 

@@ -377,17 +377,55 @@ static kq_status check_distinct(kq_cache *c, int32_t layer, int32_t n_spans,
   return st;
 }
 
+/* Where a batched call's input or output lives: host memory (staged by
+ * the core) or the caller's device buffer at a byte offset. */
+typedef struct io {
+  void *host; /* NULL with a device buffer */
+  const kq_device_buffer *dev;
+  size_t offset;
+} io;
+
+static io host_io(const void *p) {
+  io x = {.host = (void *)(uintptr_t)p};
+  return x;
+}
+
+static io device_io(const kq_device_buffer *b, size_t offset) {
+  io x = {.dev = b, .offset = offset};
+  return x;
+}
+
+/* A device buffer holds `bytes` at its offset, on the cache's device. */
+static kq_status check_io(const kq_cache *c, io x, size_t bytes, const char *what, const char *fn,
+                          int32_t layer) {
+  if (!x.dev && !x.host)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: layer %d: %s is NULL", fn, (int)layer, what);
+  if (!x.dev) return KQ_OK;
+  size_t end;
+  if (x.dev->device != c->device)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "%s: layer %d: the %s buffer is on device %s, the cache on %s", fn,
+                        (int)layer, what, x.dev->device->info.name, c->device->info.name);
+  if (x.offset % 4 || !kq_add_size(x.offset, bytes, &end) || end > x.dev->bytes)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "%s: layer %d: %s needs %zu bytes at offset %zu (a multiple of 4) of a "
+                        "buffer of %zu bytes",
+                        fn, (int)layer, what, bytes, x.offset, x.dev->bytes);
+  return KQ_OK;
+}
+
 static kq_status append_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
-                              const kq_seq_span *spans, const float *keys, const float *values,
-                              const char *fn) {
+                              const kq_seq_span *spans, io keys, io values, const char *fn) {
   kq_status st = check_layer(cache, layer, fn);
   int32_t rows = 0;
   if (st == KQ_OK) st = check_spans(cache, layer, n_spans, spans, fn, &rows);
   if (st != KQ_OK) return st;
-  if (!keys || !values)
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: layer %d: keys and values must be non-NULL",
-                        fn, (int)layer);
-  st = check_distinct(cache, layer, n_spans, spans, fn);
+  size_t row_bytes = (size_t)cache->info.n_kv_heads * cache->info.head_dim * 4, bytes;
+  if (!kq_mul_size((size_t)rows, row_bytes, &bytes))
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %d tokens overflow", fn, (int)rows);
+  st = check_io(cache, keys, bytes, "keys", fn, layer);
+  if (st == KQ_OK) st = check_io(cache, values, bytes, "values", fn, layer);
+  if (st == KQ_OK) st = check_distinct(cache, layer, n_spans, spans, fn);
   if (st != KQ_OK) return st;
   cache_layer *L = &cache->layers[layer];
   for (int32_t i = 0; i < n_spans; i++) {
@@ -401,17 +439,23 @@ static kq_status append_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
   }
   const kq_backend_iface *ifc = cache->device->iface;
   kq_bdevice *bd = cache->device->bdev;
-  size_t row_bytes = (size_t)cache->info.n_kv_heads * cache->info.head_dim * 4, bytes;
-  if (!kq_mul_size((size_t)rows, row_bytes, &bytes))
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %d tokens overflow", fn, (int)rows);
-  st = ensure_stage(cache, STAGE_KEYS, bytes);
-  if (st == KQ_OK) st = ensure_stage(cache, STAGE_VALUES, bytes);
-  if (st == KQ_OK) st = ifc->buffer_upload(bd, cache->stage[STAGE_KEYS], 0, keys, bytes);
-  if (st == KQ_OK) st = ifc->buffer_upload(bd, cache->stage[STAGE_VALUES], 0, values, bytes);
+  /* Host inputs go through the staging buffers; device inputs are read in place. */
+  if (!keys.dev) {
+    st = ensure_stage(cache, STAGE_KEYS, bytes);
+    if (st == KQ_OK) st = ifc->buffer_upload(bd, cache->stage[STAGE_KEYS], 0, keys.host, bytes);
+  }
+  if (st == KQ_OK && !values.dev) {
+    st = ensure_stage(cache, STAGE_VALUES, bytes);
+    if (st == KQ_OK) st = ifc->buffer_upload(bd, cache->stage[STAGE_VALUES], 0, values.host, bytes);
+  }
+  const kq_buffer *ksrc = keys.dev ? keys.dev->buf : cache->stage[STAGE_KEYS];
+  const kq_buffer *vsrc = values.dev ? values.dev->buf : cache->stage[STAGE_VALUES];
+  size_t ksize = keys.dev ? keys.dev->bytes : cache->stage_bytes[STAGE_KEYS];
+  size_t vsize = values.dev ? values.dev->bytes : cache->stage_bytes[STAGE_VALUES];
   /* JOINT: a token's keys of every kv head are one row of Hk·d. */
   int joint = cache->info.layout == KQ_LAYOUT_JOINT;
   kq_project_op kop = {
-      .src = cache->stage[STAGE_KEYS],
+      .src = ksrc,
       .proj = L->A,
       .dst = L->k_cache,
       .n_heads = joint ? 1 : cache->info.n_kv_heads,
@@ -425,7 +469,7 @@ static kq_status append_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
       .segments = L->n_kseg ? L->kseg : NULL,
   };
   kq_project_op vop = kop;
-  vop.src = cache->stage[STAGE_VALUES];
+  vop.src = vsrc;
   vop.proj = L->C;
   vop.dst = L->v_cache;
   vop.rank = L->rank_v;
@@ -437,14 +481,15 @@ static kq_status append_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
   for (int32_t i = 0; i < n_spans && st == KQ_OK; i++) {
     int32_t seq = spans[i].seq;
     failed_seq = seq;
-    kop.src_offset = vop.src_offset = row0 * row_bytes;
+    kop.src_offset = keys.offset + row0 * row_bytes;
+    vop.src_offset = values.offset + row0 * row_bytes;
     kop.dst_offset = (size_t)seq * L->k_region;
     vop.dst_offset = (size_t)seq * L->v_region;
     kop.n_tokens = vop.n_tokens = spans[i].n_tokens;
     kop.pos = vop.pos = L->length[seq];
     const int fp16 = cache->device->info.fp16_storage;
-    kq_op_sizes kz = {.src = bytes, .proj = L->kproj_bytes, .dst = L->k_bytes};
-    kq_op_sizes vz = {.src = bytes, .proj = L->vproj_bytes, .dst = L->v_bytes};
+    kq_op_sizes kz = {.src = ksize, .proj = L->kproj_bytes, .dst = L->k_bytes};
+    kq_op_sizes vz = {.src = vsize, .proj = L->vproj_bytes, .dst = L->v_bytes};
     st = kq_core_check_project(&kop, &kz, fp16);
     if (st == KQ_OK) st = kq_core_check_project(&vop, &vz, fp16);
     if (st == KQ_OK) st = ifc->project(bd, &kop);
@@ -459,17 +504,16 @@ static kq_status append_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
 }
 
 static kq_status attend_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
-                              const kq_seq_span *spans, const float *queries, kq_output output,
-                              float *out, const char *fn) {
+                              const kq_seq_span *spans, io queries, kq_output output, io out,
+                              const char *fn) {
   kq_status st = check_layer(cache, layer, fn);
   int32_t rows = 0;
   if (st == KQ_OK) st = check_spans(cache, layer, n_spans, spans, fn, &rows);
   if (st != KQ_OK) return st;
   cache_layer *L = &cache->layers[layer];
-  if (!queries || !out || (output != KQ_OUTPUT_FULL && output != KQ_OUTPUT_LATENT))
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
-                        "%s: layer %d: NULL queries/out or unknown output kind %d", fn, (int)layer,
-                        (int)output);
+  if (output != KQ_OUTPUT_FULL && output != KQ_OUTPUT_LATENT)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: layer %d: unknown output kind %d", fn,
+                        (int)layer, (int)output);
   for (int32_t i = 0; i < n_spans; i++) {
     int32_t seq = spans[i].seq, len = L->length[seq];
     if (len == 0)
@@ -487,17 +531,43 @@ static kq_status attend_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
   size_t q_row = (size_t)H * d * 4, l_row = (size_t)H * L->rank_v * 4, qbytes, lbytes;
   if (!kq_mul_size((size_t)rows, q_row, &qbytes) || !kq_mul_size((size_t)rows, l_row, &lbytes))
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %d queries overflow", fn, (int)rows);
-  st = ensure_stage(cache, STAGE_QUERIES, qbytes);
-  if (st == KQ_OK) st = ensure_stage(cache, STAGE_LATENT, lbytes);
-  if (st == KQ_OK && output == KQ_OUTPUT_FULL) st = ensure_stage(cache, STAGE_OUT, qbytes);
-  if (st == KQ_OK) st = ifc->buffer_upload(bd, cache->stage[STAGE_QUERIES], 0, queries, qbytes);
+  const size_t obytes = output == KQ_OUTPUT_FULL ? qbytes : lbytes;
+  st = check_io(cache, queries, qbytes, "queries", fn, layer);
+  if (st == KQ_OK) st = check_io(cache, out, obytes, "out", fn, layer);
+  if (st == KQ_OK && out.dev && out.dev == queries.dev)
+    st = kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: layer %d: out is the queries' buffer", fn,
+                      (int)layer);
+  if (st != KQ_OK) return st;
+  /* A backend that fuses the up-projection writes the full output itself. */
+  const bool fused = output == KQ_OUTPUT_FULL && (ifc->caps & KQ_BACKEND_CAP_FUSED_UP) &&
+                     !(L->value_flags & KQ_OP_IDENTITY_VALUES);
+  const bool up_op = output == KQ_OUTPUT_FULL && !fused;
+  /* Host queries and outputs go through staging buffers; device ones are used in place. */
+  if (!queries.dev) {
+    st = ensure_stage(cache, STAGE_QUERIES, qbytes);
+    if (st == KQ_OK)
+      st = ifc->buffer_upload(bd, cache->stage[STAGE_QUERIES], 0, queries.host, qbytes);
+  }
+  if (st == KQ_OK && (up_op || (!out.dev && output == KQ_OUTPUT_LATENT)))
+    st = ensure_stage(cache, STAGE_LATENT, lbytes);
+  if (st == KQ_OK && !out.dev && output == KQ_OUTPUT_FULL)
+    st = ensure_stage(cache, STAGE_OUT, qbytes);
+  if (st != KQ_OK) return st;
+  /* Where the final rows go, and where the attend op writes. */
+  const int final_stage = output == KQ_OUTPUT_FULL ? STAGE_OUT : STAGE_LATENT;
+  kq_buffer *final_buf = out.dev ? out.dev->buf : cache->stage[final_stage];
+  size_t final_off = out.dev ? out.offset : 0;
+  size_t final_size = out.dev ? out.dev->bytes : cache->stage_bytes[final_stage];
+  kq_buffer *att_buf = up_op ? cache->stage[STAGE_LATENT] : final_buf;
+  size_t att_off = up_op ? 0 : final_off;
+  size_t att_size = up_op ? cache->stage_bytes[STAGE_LATENT] : final_size;
   kq_attend_op op = {
-      .q = cache->stage[STAGE_QUERIES],
+      .q = queries.dev ? queries.dev->buf : cache->stage[STAGE_QUERIES],
       .key_down = L->A,
       .query_down = L->B,
       .k_cache = L->k_cache,
       .v_cache = L->v_cache,
-      .out = cache->stage[STAGE_LATENT],
+      .out = att_buf,
       .n_heads = H,
       .n_kv_heads = cache->info.n_kv_heads,
       .head_dim = d,
@@ -516,46 +586,38 @@ static kq_status attend_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
       .n_value_segments = L->n_vseg,
       .key_segments = L->n_kseg ? L->kseg : NULL,
       .value_segments = L->n_vseg ? L->vseg : NULL,
+      .value_up = fused ? L->E : NULL,
   };
-  /* A backend that fuses the up-projection writes the full output itself. */
-  bool fused = output == KQ_OUTPUT_FULL && (ifc->caps & KQ_BACKEND_CAP_FUSED_UP) &&
-               !(L->value_flags & KQ_OP_IDENTITY_VALUES);
-  size_t out_row = l_row;
-  if (fused) {
-    op.value_up = L->E;
-    op.out = cache->stage[STAGE_OUT];
-    out_row = q_row;
-  }
+  const size_t out_row = fused ? q_row : l_row;
+  kq_op_sizes z = {.q = queries.dev ? queries.dev->bytes : cache->stage_bytes[STAGE_QUERIES],
+                   .key_down = L->kproj_bytes,
+                   .query_down = L->kproj_bytes,
+                   .k_cache = L->k_bytes,
+                   .v_cache = L->v_bytes,
+                   .out = att_size,
+                   .value_up = L->vproj_bytes};
   size_t row0 = 0;
   int32_t failed_seq = spans[0].seq;
   for (int32_t i = 0; i < n_spans && st == KQ_OK; i++) {
     int32_t seq = spans[i].seq;
     failed_seq = seq;
-    op.q_offset = row0 * q_row;
-    op.out_offset = row0 * out_row;
+    op.q_offset = queries.offset + row0 * q_row;
+    op.out_offset = att_off + row0 * out_row;
     op.k_cache_offset = (size_t)seq * L->k_region;
     op.v_cache_offset = (size_t)seq * L->v_region;
     op.n_queries = spans[i].n_tokens;
     op.n_ctx = L->length[seq];
-    kq_op_sizes z = {.q = qbytes,
-                     .key_down = L->kproj_bytes,
-                     .query_down = L->kproj_bytes,
-                     .k_cache = L->k_bytes,
-                     .v_cache = L->v_bytes,
-                     .out = fused ? qbytes : lbytes,
-                     .value_up = L->vproj_bytes};
     st = kq_core_check_attend(&op, &z, cache->device->info.fp16_storage, ifc->caps);
     if (st == KQ_OK) st = ifc->attend(bd, &op);
     row0 += (size_t)spans[i].n_tokens;
   }
-  if (st == KQ_OK && fused) {
-    st = ifc->buffer_download(bd, cache->stage[STAGE_OUT], 0, out, qbytes);
-  } else if (st == KQ_OK && output == KQ_OUTPUT_FULL) {
+  if (st == KQ_OK && up_op) {
     /* The up-projection is per row: one op serves every sequence. */
     kq_up_op up = {
         .latent = cache->stage[STAGE_LATENT],
         .value_up = L->E,
-        .out = cache->stage[STAGE_OUT],
+        .out = final_buf,
+        .out_offset = final_off,
         .n_queries = rows,
         .n_heads = H,
         .n_kv_heads = cache->info.n_kv_heads,
@@ -564,13 +626,12 @@ static kq_status attend_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
         .flags = L->value_flags,
         .n_seqs = 1,
     };
-    kq_op_sizes z = {.src = lbytes, .value_up = L->vproj_bytes, .out = qbytes};
-    st = kq_core_check_up(&up, &z);
+    kq_op_sizes uz = {
+        .src = cache->stage_bytes[STAGE_LATENT], .value_up = L->vproj_bytes, .out = final_size};
+    st = kq_core_check_up(&up, &uz);
     if (st == KQ_OK) st = ifc->up(bd, &up);
-    if (st == KQ_OK) st = ifc->buffer_download(bd, cache->stage[STAGE_OUT], 0, out, qbytes);
-  } else if (st == KQ_OK) {
-    st = ifc->buffer_download(bd, cache->stage[STAGE_LATENT], 0, out, lbytes);
   }
+  if (st == KQ_OK && !out.dev) st = ifc->buffer_download(bd, final_buf, 0, out.host, obytes);
   if (st != KQ_OK)
     return kq_error_prefix(st, "%s: device %s: layer %d, sequence %d", fn, cache->device->info.name,
                            (int)layer, (int)failed_seq);
@@ -580,24 +641,47 @@ static kq_status attend_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
 kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens, const float *keys,
                           const float *values) {
   kq_seq_span span = {.seq = 0, .n_tokens = n_tokens};
-  return append_spans(cache, layer, 1, &span, keys, values, "kq_cache_append");
+  return append_spans(cache, layer, 1, &span, host_io(keys), host_io(values), "kq_cache_append");
 }
 
 kq_status kq_cache_append_batch(kq_cache *cache, int32_t layer, int32_t n_spans,
                                 const kq_seq_span *spans, const float *keys, const float *values) {
-  return append_spans(cache, layer, n_spans, spans, keys, values, "kq_cache_append_batch");
+  return append_spans(cache, layer, n_spans, spans, host_io(keys), host_io(values),
+                      "kq_cache_append_batch");
+}
+
+kq_status kq_cache_append_device(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                 const kq_seq_span *spans, const kq_device_buffer *keys,
+                                 size_t keys_offset, const kq_device_buffer *values,
+                                 size_t values_offset) {
+  if (!keys || !values)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_cache_append_device: NULL buffer");
+  return append_spans(cache, layer, n_spans, spans, device_io(keys, keys_offset),
+                      device_io(values, values_offset), "kq_cache_append_device");
 }
 
 kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries, const float *queries,
                           kq_output output, float *out) {
   kq_seq_span span = {.seq = 0, .n_tokens = n_queries};
-  return attend_spans(cache, layer, 1, &span, queries, output, out, "kq_cache_attend");
+  return attend_spans(cache, layer, 1, &span, host_io(queries), output, host_io(out),
+                      "kq_cache_attend");
 }
 
 kq_status kq_cache_attend_batch(kq_cache *cache, int32_t layer, int32_t n_spans,
                                 const kq_seq_span *spans, const float *queries, kq_output output,
                                 float *out) {
-  return attend_spans(cache, layer, n_spans, spans, queries, output, out, "kq_cache_attend_batch");
+  return attend_spans(cache, layer, n_spans, spans, host_io(queries), output, host_io(out),
+                      "kq_cache_attend_batch");
+}
+
+kq_status kq_cache_attend_device(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                 const kq_seq_span *spans, const kq_device_buffer *queries,
+                                 size_t queries_offset, kq_output output, kq_device_buffer *out,
+                                 size_t out_offset) {
+  if (!queries || !out)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_cache_attend_device: NULL buffer");
+  return attend_spans(cache, layer, n_spans, spans, device_io(queries, queries_offset), output,
+                      device_io(out, out_offset), "kq_cache_attend_device");
 }
 
 static void truncate_seq(kq_cache *cache, int32_t seq, int32_t length) {

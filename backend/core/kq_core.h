@@ -17,6 +17,13 @@ struct kq_device {
   kq_device_info info;
 };
 
+/* A public device buffer: backend memory plus the device it lives on. */
+struct kq_device_buffer {
+  kq_device *device;
+  kq_buffer *buf;
+  size_t bytes;
+};
+
 /* Problems met while loading backend modules (refused ABI, failed dlopen,
  * missing entry symbol, failed entry call), in load order. The messages name
  * the module path; they stay valid for the life of the process. */
