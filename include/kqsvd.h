@@ -16,6 +16,10 @@
  *        kq_cache_create()       a latent KV cache on that device
  *        kq_cache_append()       compress the keys/values of new tokens
  *        kq_cache_attend()       causal attention for the last m tokens
+ *      Engines: a cache holds n_seqs sequences (kq_cache_append_batch /
+ *      kq_cache_attend_batch serve many in one call), inputs and outputs may
+ *      stay in device buffers (kq_device_buffer_*, kq_cache_*_device), and
+ *      kq_calib_writer_* writes calibration from the engine's own passes.
  *
  * Conventions (see ../shared/SPEC.md in the project for the maths):
  *   - Every fallible function returns kq_status. On failure a message naming
