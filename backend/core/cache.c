@@ -8,10 +8,12 @@
  * [groups, capacity, row] per segment) padded to KQ_PLANE_ALIGN: an op on
  * sequence s is the single-sequence op with dst/cache offset s · region, so
  * every backend runs it unchanged. Inputs and outputs pass through staging
- * buffers that grow as needed; a batched call uploads each input once,
- * issues one backend op per sequence and downloads once. Thread safety (kqsvd.h): a cache is driven
- * by one thread at a time; several caches may share a device from different threads, since every
- * backend call made here is safe to issue concurrently on one device.
+ * buffers that grow as needed (device buffers of the *_device calls are used
+ * in place); a batched call uploads each input once, issues one backend op
+ * per sequence and downloads once. Thread safety (kqsvd.h): a cache is
+ * driven by one thread at a time; several caches may share a device from
+ * different threads, since every backend call made here is safe to issue
+ * concurrently on one device.
  */
 #include <math.h>
 #include <stdlib.h>
