@@ -16,6 +16,10 @@
  *        kq_cache_create()       a latent KV cache on that device
  *        kq_cache_append()       compress the keys/values of new tokens
  *        kq_cache_attend()       causal attention for the last m tokens
+ *      Engines: a cache holds n_seqs sequences (kq_cache_append_batch /
+ *      kq_cache_attend_batch serve many in one call), inputs and outputs may
+ *      stay in device buffers (kq_device_buffer_*, kq_cache_*_device), and
+ *      kq_calib_writer_* writes calibration from the engine's own passes.
  *
  * Conventions (see ../shared/SPEC.md in the project for the maths):
  *   - Every fallible function returns kq_status. On failure a message naming
@@ -325,7 +329,7 @@ typedef enum kq_output {
 typedef struct kq_cache_params {
   kq_storage storage; /* latent storage type, default F32 */
   int32_t capacity;   /* tokens per layer, default 4096 */
-  int32_t n_seqs;     /* sequences; must be 1 in this version (batching reserved) */
+  int32_t n_seqs;     /* sequences (ids [0, n_seqs)), each with `capacity` positions; default 1 */
 } kq_cache_params;
 
 kq_cache_params kq_cache_default_params(void);
@@ -381,6 +385,125 @@ typedef struct kq_cache_memory {
 kq_status kq_cache_get_memory(const kq_cache *cache, kq_cache_memory *out_memory);
 
 void kq_cache_destroy(kq_cache *cache);
+
+/* ------------------------------------------------------------------------ */
+/* Sequences: many independent sequences in one cache                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A cache created with n_seqs = S holds S sequences with ids [0, S). Each
+ * has its own length per layer and `capacity` positions of its own (the
+ * latent memory is S times that of one sequence); a token's position is its
+ * index in its sequence. The single-sequence calls above (kq_cache_append,
+ * kq_cache_attend, kq_cache_truncate, kq_cache_length) act on sequence 0.
+ *
+ * A batch is a list of spans, each naming a sequence and a token count; the
+ * host arrays of a batched call hold the spans' rows one after another in
+ * span order. One batched call uploads each input once and downloads the
+ * outputs once, however many sequences it serves.
+ */
+typedef struct kq_seq_span {
+  int32_t seq;      /* sequence id in [0, n_seqs) */
+  int32_t n_tokens; /* rows of this sequence in the batch, >= 1 */
+} kq_seq_span;
+
+/* Appends the keys/values of n_spans spans to layer `layer`: span i's
+ * n_tokens rows go to the next positions of sequence spans[i].seq. keys,
+ * values: [Σ n_tokens, n_kv_heads, head_dim] (rotation as kq_cache_append).
+ * A sequence appears at most once per call. Every span is checked before
+ * anything is stored: on an error no sequence's length changes
+ * (KQ_ERR_CAPACITY naming the sequence when one would exceed capacity). */
+kq_status kq_cache_append_batch(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                const kq_seq_span *spans, const float *keys, const float *values);
+
+/* Causal attention of layer `layer` for n_spans spans: span i's n_tokens
+ * queries are the last n_tokens appended positions of sequence
+ * spans[i].seq, each attending to its own sequence only (positions 0..its
+ * own). queries: [Σ n_tokens, n_heads, head_dim]; out: [Σ n_tokens,
+ * n_heads, head_dim] (KQ_OUTPUT_FULL) or [Σ n_tokens, n_heads, rank_v]
+ * (KQ_OUTPUT_LATENT), rows in span order. Errors as kq_cache_attend, naming
+ * the sequence; `out` untouched on an argument error. */
+kq_status kq_cache_attend_batch(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                const kq_seq_span *spans, const float *queries, kq_output output,
+                                float *out);
+
+/* Shortens sequence `seq` to `length` tokens in every layer (no-op for
+ * layers already shorter). */
+kq_status kq_cache_seq_truncate(kq_cache *cache, int32_t seq, int32_t length);
+
+/* Empties sequence `seq` in every layer (kq_cache_seq_truncate to 0). */
+kq_status kq_cache_seq_clear(kq_cache *cache, int32_t seq);
+
+/* Prefix sharing: copies the first n_tokens positions of sequence src_seq
+ * into sequence dst_seq in every layer; dst_seq then holds exactly those
+ * n_tokens (its former contents are dropped). n_tokens must be <= the
+ * length of src_seq in every layer; src_seq == dst_seq is a truncate. The
+ * copy is exact (latents, quantization scales), made on the device's queue
+ * through the host (one download and one upload per plane and group). */
+kq_status kq_cache_seq_copy(kq_cache *cache, int32_t src_seq, int32_t dst_seq, int32_t n_tokens);
+
+/* Tokens stored in sequence `seq` of `layer` (0 for an invalid layer or
+ * sequence). */
+int32_t kq_cache_seq_length(const kq_cache *cache, int32_t layer, int32_t seq);
+
+/* ------------------------------------------------------------------------ */
+/* Device buffers and device-resident ops                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A device buffer is memory on a kq_device that an engine fills and reads
+ * itself, so queries, keys, values and outputs can stay on the device
+ * between layers. Work on a device is queued in order: the *_device cache
+ * calls and kq_device_buffer_write return without waiting for the device;
+ * kq_device_buffer_read and kq_device_synchronize wait for everything
+ * queued before them. Ownership: the caller creates and destroys a buffer;
+ * destroy it before its device (destroy waits for queued work that may
+ * still use it). A buffer may be used by one cache call at a time as
+ * output; inputs may be shared.
+ */
+typedef struct kq_device_buffer kq_device_buffer;
+
+/* Allocates `bytes` (>= 1) of device memory (contents undefined).
+ * KQ_ERR_DEVICE_MEMORY naming the device and size when it does not fit. */
+kq_status kq_device_buffer_create(kq_device *device, size_t bytes, kq_device_buffer **out_buffer);
+
+/* Copies `bytes` from host `src` to buffer bytes [offset, offset + bytes),
+ * queued after earlier work; `src` may be reused when the call returns. */
+kq_status kq_device_buffer_write(kq_device_buffer *buffer, size_t offset, const void *src,
+                                 size_t bytes);
+
+/* Copies buffer bytes [offset, offset + bytes) to host `dst`, after all
+ * earlier work on the device has finished (one host wait). */
+kq_status kq_device_buffer_read(const kq_device_buffer *buffer, size_t offset, void *dst,
+                                size_t bytes);
+
+/* Size in bytes (0 for NULL). */
+size_t kq_device_buffer_size(const kq_device_buffer *buffer);
+
+/* Waits for queued work, then frees the buffer. Accepts NULL. */
+void kq_device_buffer_destroy(kq_device_buffer *buffer);
+
+/* Waits until all work queued on the device has finished. */
+kq_status kq_device_synchronize(kq_device *device);
+
+/* kq_cache_append_batch with keys and values in device buffers of the
+ * cache's device: F32 [Σ n_tokens, n_kv_heads, head_dim] at byte offsets
+ * keys_offset / values_offset (multiples of 4). Queued; returns without
+ * waiting. Same checks and errors as kq_cache_append_batch. */
+kq_status kq_cache_append_device(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                 const kq_seq_span *spans, const kq_device_buffer *keys,
+                                 size_t keys_offset, const kq_device_buffer *values,
+                                 size_t values_offset);
+
+/* kq_cache_attend_batch reading queries F32 [Σ n_tokens, n_heads, head_dim]
+ * from a device buffer and writing the output (layout as
+ * kq_cache_attend_batch) into `out` at out_offset (offsets multiples of 4;
+ * `out` distinct from `queries`). Queued; returns without waiting: read
+ * `out` with kq_device_buffer_read or after kq_device_synchronize. */
+kq_status kq_cache_attend_device(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                 const kq_seq_span *spans, const kq_device_buffer *queries,
+                                 size_t queries_offset, kq_output output, kq_device_buffer *out,
+                                 size_t out_offset);
 
 /* ------------------------------------------------------------------------ */
 /* Fitting (host)                                                           */
@@ -502,6 +625,72 @@ kq_synth_params kq_synth_default_params(void);
  * hidden states, GQA, post-RoPE keys/queries, and a few high-variance key
  * channels the queries ignore (where K-SVD wastes rank). */
 kq_status kq_synth(const char *out_path, const kq_synth_params *params);
+
+/* ------------------------------------------------------------------------ */
+/* Calibration from an engine                                               */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * An engine with its own model code writes the calibration file of SPEC §2
+ * (the input of kq_fit / kq_eval) without the kqsvd CLI: open, add the
+ * q/k/v rows of every layer batch by batch as its forward passes make them,
+ * set each layer's W_O, close. Rows are spilled as they arrive to an
+ * unlinked temporary file beside the target (memory stays at one batch);
+ * close writes the file atomically (temporary name + rename) and any
+ * failure, or abort, leaves no file. `kqsvd capture` is built on it.
+ */
+typedef struct kq_calib_writer kq_calib_writer;
+
+typedef struct kq_calib_writer_params {
+  int32_t n_layers, n_heads, n_kv_heads, head_dim; /* H % Hk == 0 */
+  int32_t hidden;             /* model width D: every layer's wo [D, H·d] must be set; 0 = no wo */
+  int32_t seq_len;            /* tokens per calibration sequence (metadata seq_len); 0 = T */
+  kq_rope_mode rope;          /* POST: q/k rows already rotated; PRE: un-rotated; NONE */
+  kq_rope_layout rope_layout; /* metadata rope_layout */
+  float rope_theta;           /* metadata rope_theta (> 0) */
+  kq_dtype dtype;             /* stored type: F32 (default), F16 or BF16 */
+  const volatile int *cancel; /* optional: non-zero makes close fail with KQ_ERR_INTERRUPTED */
+} kq_calib_writer_params;
+
+/* Zero shapes (fill them), rope POST, PAIRS, theta 10000, F32. */
+kq_calib_writer_params kq_calib_writer_default_params(void);
+
+/* Starts a calibration file at `path` (checked at once: a directory, device
+ * or unwritable folder is refused). Nothing appears at `path` before
+ * kq_calib_writer_close. */
+kq_status kq_calib_writer_open(const char *path, const kq_calib_writer_params *params,
+                               kq_calib_writer **out_writer);
+
+/* Adds n_tokens rows of layer `layer`: q [n_tokens, n_heads, head_dim],
+ * k and v [n_tokens, n_kv_heads, head_dim] (an engine's natural layout; the
+ * file stores [heads, T, d]). Rows of a layer are kept in the order added;
+ * every layer must receive the same tokens in the same order. Non-finite
+ * values fail with KQ_ERR_NUMERIC naming the layer and row; on any error
+ * nothing of this call is kept. */
+kq_status kq_calib_writer_add(kq_calib_writer *writer, int32_t layer, int32_t n_tokens,
+                              const float *q, const float *k, const float *v);
+
+/* Sets layer `layer`'s W_O, [hidden, n_heads·head_dim] (PyTorch
+ * o_proj.weight); a second call replaces the first. */
+kq_status kq_calib_writer_set_wo(kq_calib_writer *writer, int32_t layer, const float *wo);
+
+/* Adds a metadata string (model identity: "model_name", "model_sha256",
+ * ...); a repeated key replaces the value. The keys the params own
+ * (seq_len, rope, rope_theta, rope_layout) are refused. */
+kq_status kq_calib_writer_set_meta(kq_calib_writer *writer, const char *key, const char *value);
+
+/* Tokens added so far to layer `layer` (0 for an invalid layer). */
+int64_t kq_calib_writer_tokens(const kq_calib_writer *writer, int32_t layer);
+
+/* Checks the file is complete (every layer the same T >= 1 rows, T a
+ * multiple of seq_len, every wo set when hidden > 0), writes it atomically
+ * and frees the writer, whatever the outcome. On failure no file exists at
+ * the path (an earlier file there is left unchanged). */
+kq_status kq_calib_writer_close(kq_calib_writer *writer);
+
+/* Drops everything written and frees the writer; no file appears. Accepts
+ * NULL. */
+void kq_calib_writer_abort(kq_calib_writer *writer);
 
 #ifdef __cplusplus
 }

@@ -30,6 +30,36 @@
  *     respect, by splitting dispatches or binding with offsets.
  *   - All offsets are in bytes. Matrices are row-major.
  *
+ * What a backend may trust. The core validates user arguments once, in the
+ * public calls, and checks every op it issues against the list below before
+ * the backend sees it (backend/core/op_check.c; a broken promise is a core
+ * bug reported as KQ_ERR_INVALID_ARGUMENT, never passed on). A backend need
+ * not re-check these; it checks only its own limits (shared memory, work
+ * group counts, binding ranges, which features it implements):
+ *   - Buffers an op reads or writes are non-NULL; a projection matrix is
+ *     NULL exactly when its identity flag is set (then rank == head_dim;
+ *     never in the JOINT layout); attend's key_down is non-NULL for a
+ *     per-head op without KQ_OP_IDENTITY_KEYS.
+ *   - Every range the op addresses lies inside its buffer: src/q/out/latent
+ *     and matrices at offsets that are multiples of 4 bytes; latent caches
+ *     at multiples of KQ_PLANE_ALIGN, with the whole buffer of the op's
+ *     segments (kq_segment_planes at `capacity`) in bounds.
+ *   - project: n_tokens >= 1, n_heads >= 1, 1 <= rank <= head_dim,
+ *     0 <= pos <= capacity - n_tokens. attend: 1 <= n_queries <= n_ctx <=
+ *     capacity, n_heads a multiple of n_kv_heads, 1 <= rank_k, rank_v <=
+ *     head_dim (JOINT: <= n_kv_heads·head_dim), PRE only with an even
+ *     head_dim and the per-head layout, rope and layout values known.
+ *     up: n_queries >= 1, 1 <= rank_v <= n_kv_heads·head_dim. n_seqs == 1.
+ *   - storage is F32, or F16 on a device reporting fp16_storage.
+ *   - Segments are 0 (one float segment) or a normalized list: 1..16
+ *     segments, widths >= 1 summing to the rank, bits in {float, 8, 4}, Q4
+ *     widths even, never two adjacent float segments, never a single float
+ *     segment.
+ *   - attend's value_up is set only for a backend with
+ *     KQ_BACKEND_CAP_FUSED_UP and never with KQ_OP_IDENTITY_VALUES; `out`
+ *     then holds head_dim floats per query head.
+ *   - An op's output range never overlaps its inputs.
+ *
  * ABI versioning: any change to a struct layout or the meaning of a field
  * bumps KQ_BACKEND_ABI_VERSION. Fields named reserved must be zero.
  */

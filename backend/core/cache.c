@@ -2,11 +2,18 @@
  * kq_cache_*: the compressed KV cache on a device.
  *
  * Per layer the device holds A, B, C, E (F32, omitted when exactly the
- * identity) and the latent caches k [Hk, cap, r_k], v [Hk, cap, r_v] in the
- * storage type. Inputs and outputs pass through staging buffers that grow
- * as needed. Thread safety (kqsvd.h): a cache is driven by one thread at a
- * time; several caches may share a device from different threads, since
- * every backend call made here is safe to issue concurrently on one device.
+ * identity) and one latent buffer per side (keys, values). A side's buffer
+ * is [n_seqs] regions, one per sequence, each a complete latent buffer of
+ * `capacity` positions in the planar layout of kqsvd_backend.h (planes
+ * [groups, capacity, row] per segment) padded to KQ_PLANE_ALIGN: an op on
+ * sequence s is the single-sequence op with dst/cache offset s · region, so
+ * every backend runs it unchanged. Inputs and outputs pass through staging
+ * buffers that grow as needed (device buffers of the *_device calls are used
+ * in place); a batched call uploads each input once, issues one backend op
+ * per sequence and downloads once. Thread safety (kqsvd.h): a cache is
+ * driven by one thread at a time; several caches may share a device from
+ * different threads, since every backend call made here is safe to issue
+ * concurrently on one device.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -29,7 +36,10 @@ typedef struct cache_layer {
   uint32_t key_flags, value_flags;
   kq_buffer *A, *B, *C, *E; /* NULL when the identity flag is set */
   kq_buffer *k_cache, *v_cache;
-  int32_t length;
+  size_t k_region, v_region;       /* bytes of one sequence's region, KQ_PLANE_ALIGN multiples */
+  size_t k_bytes, v_bytes;         /* of k_cache, v_cache: n_seqs regions */
+  size_t kproj_bytes, vproj_bytes; /* of A and B, of C and E (0 when omitted) */
+  int32_t *length;                 /* [n_seqs], into kq_cache.lengths */
 } cache_layer;
 
 struct kq_cache {
@@ -37,6 +47,8 @@ struct kq_cache {
   kq_projections_info info;
   kq_cache_params params;
   cache_layer *layers;
+  int32_t *lengths;       /* [n_layers, n_seqs] */
+  unsigned char *in_call; /* [n_seqs]: sequences already named by the current batch */
   kq_buffer *stage[STAGE_COUNT];
   size_t stage_bytes[STAGE_COUNT];
   uint64_t kv_bytes, projection_bytes;
@@ -71,6 +83,12 @@ static uint64_t side_buffer_bytes(const kq_segment *segs, int32_t n, int32_t ran
   else
     kq_segment_planes(segs, n, storage, groups, cap, 0, NULL, NULL, &total);
   return total;
+}
+
+/* A sequence's region: the planes padded so that every region, and so every
+ * plane in it, starts at a multiple of KQ_PLANE_ALIGN. */
+static size_t region_bytes(uint64_t bytes) {
+  return (size_t)((bytes + KQ_PLANE_ALIGN - 1) / KQ_PLANE_ALIGN * KQ_PLANE_ALIGN);
 }
 
 /* 1 when every head's [d, d] matrix of `m` is exactly the identity. */
@@ -121,9 +139,9 @@ static kq_status validate_params(const kq_device *device, const kq_projections_i
   if (p->capacity < 1)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_cache_create: capacity %d must be >= 1",
                         (int)p->capacity);
-  if (p->n_seqs != 1)
-    return kq_set_error(KQ_ERR_UNSUPPORTED,
-                        "kq_cache_create: n_seqs = %d (this version supports 1)", (int)p->n_seqs);
+  if (p->n_seqs < 1)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_cache_create: n_seqs %d must be >= 1",
+                        (int)p->n_seqs);
   if (p->storage == KQ_STORAGE_F16 && !device->info.fp16_storage)
     return kq_set_error(KQ_ERR_UNSUPPORTED, "device %s: F16 storage is not supported",
                         device->info.name);
@@ -151,6 +169,7 @@ static uint64_t total_kv_bytes(const kq_projections *proj, const kq_projections_
         !kq_add_size(total, bytes, &total))
       return UINT64_MAX;
   }
+  if (!kq_mul_size(total, (size_t)p->n_seqs, &total)) return UINT64_MAX;
   return total;
 }
 
@@ -170,6 +189,8 @@ void kq_cache_destroy(kq_cache *cache) {
   for (int s = 0; s < STAGE_COUNT; s++)
     if (cache->stage[s]) ifc->buffer_free(bd, cache->stage[s]);
   free(cache->layers);
+  free(cache->lengths);
+  free(cache->in_call);
   free(cache);
 }
 
@@ -196,6 +217,8 @@ static kq_status create_layer(kq_cache *c, const kq_projections *proj, int32_t l
       is_identity(v.value_up, Hk, d, v.rank_v))
     L->value_flags = KQ_OP_IDENTITY_VALUES;
   uint64_t kbytes = (uint64_t)Hk * d * v.rank_k * 4, vbytes = (uint64_t)Hk * d * v.rank_v * 4;
+  if (!L->key_flags) L->kproj_bytes = (size_t)kbytes;
+  if (!L->value_flags) L->vproj_bytes = (size_t)vbytes;
   if (!L->key_flags) {
     st = upload_matrix(c, v.key_down, kbytes, &L->A, "key_down", l);
     if (st == KQ_OK) st = upload_matrix(c, v.query_down, kbytes, &L->B, "query_down", l);
@@ -208,11 +231,18 @@ static kq_status create_layer(kq_cache *c, const kq_projections *proj, int32_t l
   }
   uint64_t cap = (uint64_t)c->params.capacity, groups = joint ? 1 : (uint64_t)Hk;
   kq_storage sto = c->params.storage;
-  st = alloc_buffer(c, side_buffer_bytes(L->kseg, L->n_kseg, v.rank_k, sto, groups, cap),
-                    &L->k_cache, "latent key cache", l);
-  if (st == KQ_OK)
-    st = alloc_buffer(c, side_buffer_bytes(L->vseg, L->n_vseg, v.rank_v, sto, groups, cap),
-                      &L->v_cache, "latent value cache", l);
+  L->k_region = region_bytes(side_buffer_bytes(L->kseg, L->n_kseg, v.rank_k, sto, groups, cap));
+  L->v_region = region_bytes(side_buffer_bytes(L->vseg, L->n_vseg, v.rank_v, sto, groups, cap));
+  size_t kb, vb;
+  if (!kq_mul_size(L->k_region, (size_t)c->params.n_seqs, &kb) ||
+      !kq_mul_size(L->v_region, (size_t)c->params.n_seqs, &vb))
+    return kq_set_error(KQ_ERR_DEVICE_MEMORY,
+                        "device %s: layer %d latent cache of %d sequences overflows size_t",
+                        c->device->info.name, (int)l, (int)c->params.n_seqs);
+  L->k_bytes = kb;
+  L->v_bytes = vb;
+  st = alloc_buffer(c, kb, &L->k_cache, "latent key cache", l);
+  if (st == KQ_OK) st = alloc_buffer(c, vb, &L->v_cache, "latent value cache", l);
   return st;
 }
 
@@ -244,10 +274,16 @@ kq_status kq_cache_create(kq_device *device, const kq_projections *proj,
   c->params = p;
   c->kv_bytes = kv;
   c->layers = kq_calloc_array((size_t)info.n_layers, sizeof *c->layers, "cache layers");
-  if (!c->layers) {
-    free(c);
+  c->lengths = c->layers ? kq_calloc_array((size_t)info.n_layers * (size_t)p.n_seqs,
+                                           sizeof(int32_t), "cache sequence lengths")
+                         : NULL;
+  c->in_call = c->lengths ? kq_calloc_array((size_t)p.n_seqs, 1, "cache sequence flags") : NULL;
+  if (!c->in_call) {
+    kq_cache_destroy(c);
     return KQ_ERR_OUT_OF_MEMORY;
   }
+  for (int32_t l = 0; l < info.n_layers; l++)
+    c->layers[l].length = c->lengths + (size_t)l * (size_t)p.n_seqs;
   for (int32_t l = 0; l < info.n_layers && st == KQ_OK; l++) st = create_layer(c, proj, l);
   if (st != KQ_OK) {
     kq_cache_destroy(c);
@@ -290,101 +326,250 @@ static kq_status check_layer(const kq_cache *cache, int32_t layer, const char *f
   return KQ_OK;
 }
 
-kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens, const float *keys,
-                          const float *values) {
-  kq_status st = check_layer(cache, layer, "kq_cache_append");
-  if (st != KQ_OK) return st;
-  if (n_tokens < 1 || !keys || !values)
+static kq_status check_seq(const kq_cache *cache, int32_t seq, const char *fn) {
+  if (!cache) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: cache is NULL", fn);
+  if (seq < 0 || seq >= cache->params.n_seqs)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: sequence %d outside [0, %d)", fn, (int)seq,
+                        (int)cache->params.n_seqs);
+  return KQ_OK;
+}
+
+/* Checks every span of a batch (sequence in range, n_tokens >= 1) and sums
+ * their rows into *out_rows. */
+static kq_status check_spans(const kq_cache *c, int32_t layer, int32_t n_spans,
+                             const kq_seq_span *spans, const char *fn, int32_t *out_rows) {
+  if (n_spans < 1 || !spans)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: layer %d: %d spans (need >= 1, non-NULL)", fn,
+                        (int)layer, (int)n_spans);
+  int64_t rows = 0;
+  for (int32_t i = 0; i < n_spans; i++) {
+    if (spans[i].seq < 0 || spans[i].seq >= c->params.n_seqs)
+      return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                          "%s: layer %d: span %d: sequence %d outside "
+                          "[0, %d)",
+                          fn, (int)layer, (int)i, (int)spans[i].seq, (int)c->params.n_seqs);
+    if (spans[i].n_tokens < 1)
+      return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                          "%s: layer %d, sequence %d: n_tokens %d must be >= 1", fn, (int)layer,
+                          (int)spans[i].seq, (int)spans[i].n_tokens);
+    rows += spans[i].n_tokens;
+    if (rows > INT32_MAX)
+      return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: layer %d: more than %d rows in one batch",
+                          fn, (int)layer, (int)INT32_MAX);
+  }
+  *out_rows = (int32_t)rows;
+  return KQ_OK;
+}
+
+/* KQ_ERR_INVALID_ARGUMENT when a sequence is named twice in one batch. */
+static kq_status check_distinct(kq_cache *c, int32_t layer, int32_t n_spans,
+                                const kq_seq_span *spans, const char *fn) {
+  kq_status st = KQ_OK;
+  int32_t i = 0;
+  for (; i < n_spans; i++) {
+    if (c->in_call[spans[i].seq]) {
+      st = kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "%s: layer %d: sequence %d appears twice in one batch", fn, (int)layer,
+                        (int)spans[i].seq);
+      break;
+    }
+    c->in_call[spans[i].seq] = 1;
+  }
+  for (int32_t j = 0; j < i; j++) c->in_call[spans[j].seq] = 0;
+  return st;
+}
+
+/* Where a batched call's input or output lives: host memory (staged by
+ * the core) or the caller's device buffer at a byte offset. */
+typedef struct io {
+  void *host; /* NULL with a device buffer */
+  const kq_device_buffer *dev;
+  size_t offset;
+} io;
+
+static io host_io(const void *p) {
+  io x = {.host = (void *)(uintptr_t)p};
+  return x;
+}
+
+static io device_io(const kq_device_buffer *b, size_t offset) {
+  io x = {.dev = b, .offset = offset};
+  return x;
+}
+
+/* A device buffer holds `bytes` at its offset, on the cache's device. */
+static kq_status check_io(const kq_cache *c, io x, size_t bytes, const char *what, const char *fn,
+                          int32_t layer) {
+  if (!x.dev && !x.host)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: layer %d: %s is NULL", fn, (int)layer, what);
+  if (!x.dev) return KQ_OK;
+  size_t end;
+  if (x.dev->device != c->device)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
-                        "kq_cache_append: layer %d: n_tokens %d must be >= 1 with non-NULL keys "
-                        "and values",
-                        (int)layer, (int)n_tokens);
+                        "%s: layer %d: the %s buffer is on device %s, the cache on %s", fn,
+                        (int)layer, what, x.dev->device->info.name, c->device->info.name);
+  if (x.offset % 4 || !kq_add_size(x.offset, bytes, &end) || end > x.dev->bytes)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "%s: layer %d: %s needs %zu bytes at offset %zu (a multiple of 4) of a "
+                        "buffer of %zu bytes",
+                        fn, (int)layer, what, bytes, x.offset, x.dev->bytes);
+  return KQ_OK;
+}
+
+static kq_status append_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
+                              const kq_seq_span *spans, io keys, io values, const char *fn) {
+  kq_status st = check_layer(cache, layer, fn);
+  int32_t rows = 0;
+  if (st == KQ_OK) st = check_spans(cache, layer, n_spans, spans, fn, &rows);
+  if (st != KQ_OK) return st;
+  size_t row_bytes = (size_t)cache->info.n_kv_heads * cache->info.head_dim * 4, bytes;
+  if (!kq_mul_size((size_t)rows, row_bytes, &bytes))
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %d tokens overflow", fn, (int)rows);
+  st = check_io(cache, keys, bytes, "keys", fn, layer);
+  if (st == KQ_OK) st = check_io(cache, values, bytes, "values", fn, layer);
+  if (st == KQ_OK) st = check_distinct(cache, layer, n_spans, spans, fn);
+  if (st != KQ_OK) return st;
   cache_layer *L = &cache->layers[layer];
-  if (n_tokens > cache->params.capacity - L->length)
-    return kq_set_error(KQ_ERR_CAPACITY,
-                        "kq_cache_append: layer %d: appending %d tokens to length %d exceeds the "
-                        "capacity of %d tokens",
-                        (int)layer, (int)n_tokens, (int)L->length, (int)cache->params.capacity);
+  for (int32_t i = 0; i < n_spans; i++) {
+    int32_t len = L->length[spans[i].seq];
+    if (spans[i].n_tokens > cache->params.capacity - len)
+      return kq_set_error(KQ_ERR_CAPACITY,
+                          "%s: layer %d, sequence %d: appending %d tokens to length %d exceeds the "
+                          "capacity of %d tokens",
+                          fn, (int)layer, (int)spans[i].seq, (int)spans[i].n_tokens, (int)len,
+                          (int)cache->params.capacity);
+  }
   const kq_backend_iface *ifc = cache->device->iface;
   kq_bdevice *bd = cache->device->bdev;
-  size_t bytes;
-  if (!kq_mul_size((size_t)n_tokens, (size_t)cache->info.n_kv_heads * cache->info.head_dim * 4,
-                   &bytes))
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_cache_append: %d tokens overflow",
-                        (int)n_tokens);
-  st = ensure_stage(cache, STAGE_KEYS, bytes);
-  if (st == KQ_OK) st = ensure_stage(cache, STAGE_VALUES, bytes);
-  if (st == KQ_OK) st = ifc->buffer_upload(bd, cache->stage[STAGE_KEYS], 0, keys, bytes);
-  if (st == KQ_OK) st = ifc->buffer_upload(bd, cache->stage[STAGE_VALUES], 0, values, bytes);
+  /* Host inputs go through the staging buffers; device inputs are read in place. */
+  if (!keys.dev) {
+    st = ensure_stage(cache, STAGE_KEYS, bytes);
+    if (st == KQ_OK) st = ifc->buffer_upload(bd, cache->stage[STAGE_KEYS], 0, keys.host, bytes);
+  }
+  if (st == KQ_OK && !values.dev) {
+    st = ensure_stage(cache, STAGE_VALUES, bytes);
+    if (st == KQ_OK) st = ifc->buffer_upload(bd, cache->stage[STAGE_VALUES], 0, values.host, bytes);
+  }
+  const kq_buffer *ksrc = keys.dev ? keys.dev->buf : cache->stage[STAGE_KEYS];
+  const kq_buffer *vsrc = values.dev ? values.dev->buf : cache->stage[STAGE_VALUES];
+  size_t ksize = keys.dev ? keys.dev->bytes : cache->stage_bytes[STAGE_KEYS];
+  size_t vsize = values.dev ? values.dev->bytes : cache->stage_bytes[STAGE_VALUES];
   /* JOINT: a token's keys of every kv head are one row of Hk·d. */
   int joint = cache->info.layout == KQ_LAYOUT_JOINT;
-  kq_project_op op = {
-      .src = cache->stage[STAGE_KEYS],
+  kq_project_op kop = {
+      .src = ksrc,
       .proj = L->A,
       .dst = L->k_cache,
-      .n_tokens = n_tokens,
       .n_heads = joint ? 1 : cache->info.n_kv_heads,
       .head_dim = joint ? cache->info.n_kv_heads * cache->info.head_dim : cache->info.head_dim,
       .rank = L->rank_k,
       .capacity = cache->params.capacity,
-      .pos = L->length,
       .storage = cache->params.storage,
       .flags = L->key_flags,
       .n_seqs = 1,
       .n_segments = L->n_kseg,
       .segments = L->n_kseg ? L->kseg : NULL,
   };
-  if (st == KQ_OK) st = ifc->project(bd, &op);
-  op.src = cache->stage[STAGE_VALUES];
-  op.proj = L->C;
-  op.dst = L->v_cache;
-  op.rank = L->rank_v;
-  op.flags = L->value_flags;
-  op.n_segments = L->n_vseg;
-  op.segments = L->n_vseg ? L->vseg : NULL;
-  if (st == KQ_OK) st = ifc->project(bd, &op);
+  kq_project_op vop = kop;
+  vop.src = vsrc;
+  vop.proj = L->C;
+  vop.dst = L->v_cache;
+  vop.rank = L->rank_v;
+  vop.flags = L->value_flags;
+  vop.n_segments = L->n_vseg;
+  vop.segments = L->n_vseg ? L->vseg : NULL;
+  size_t row0 = 0;
+  int32_t failed_seq = spans[0].seq;
+  for (int32_t i = 0; i < n_spans && st == KQ_OK; i++) {
+    int32_t seq = spans[i].seq;
+    failed_seq = seq;
+    kop.src_offset = keys.offset + row0 * row_bytes;
+    vop.src_offset = values.offset + row0 * row_bytes;
+    kop.dst_offset = (size_t)seq * L->k_region;
+    vop.dst_offset = (size_t)seq * L->v_region;
+    kop.n_tokens = vop.n_tokens = spans[i].n_tokens;
+    kop.pos = vop.pos = L->length[seq];
+    const int fp16 = cache->device->info.fp16_storage;
+    kq_op_sizes kz = {.src = ksize, .proj = L->kproj_bytes, .dst = L->k_bytes};
+    kq_op_sizes vz = {.src = vsize, .proj = L->vproj_bytes, .dst = L->v_bytes};
+    st = kq_core_check_project(&kop, &kz, fp16);
+    if (st == KQ_OK) st = kq_core_check_project(&vop, &vz, fp16);
+    if (st == KQ_OK) st = ifc->project(bd, &kop);
+    if (st == KQ_OK) st = ifc->project(bd, &vop);
+    row0 += (size_t)spans[i].n_tokens;
+  }
   if (st != KQ_OK)
-    return kq_error_prefix(st, "kq_cache_append: device %s: layer %d", cache->device->info.name,
-                           (int)layer);
-  L->length += n_tokens;
+    return kq_error_prefix(st, "%s: device %s: layer %d, sequence %d", fn, cache->device->info.name,
+                           (int)layer, (int)failed_seq);
+  for (int32_t i = 0; i < n_spans; i++) L->length[spans[i].seq] += spans[i].n_tokens;
   return KQ_OK;
 }
 
-kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries, const float *queries,
-                          kq_output output, float *out) {
-  kq_status st = check_layer(cache, layer, "kq_cache_attend");
+static kq_status attend_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
+                              const kq_seq_span *spans, io queries, kq_output output, io out,
+                              const char *fn) {
+  kq_status st = check_layer(cache, layer, fn);
+  int32_t rows = 0;
+  if (st == KQ_OK) st = check_spans(cache, layer, n_spans, spans, fn, &rows);
   if (st != KQ_OK) return st;
   cache_layer *L = &cache->layers[layer];
-  if (!queries || !out || (output != KQ_OUTPUT_FULL && output != KQ_OUTPUT_LATENT))
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
-                        "kq_cache_attend: layer %d: NULL queries/out or unknown output kind %d",
+  if (output != KQ_OUTPUT_FULL && output != KQ_OUTPUT_LATENT)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: layer %d: unknown output kind %d", fn,
                         (int)layer, (int)output);
-  if (L->length == 0)
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
-                        "kq_cache_attend: layer %d: the cache is empty (append tokens first)",
-                        (int)layer);
-  if (n_queries < 1 || n_queries > L->length)
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
-                        "kq_cache_attend: layer %d: n_queries %d outside [1, length %d]",
-                        (int)layer, (int)n_queries, (int)L->length);
+  for (int32_t i = 0; i < n_spans; i++) {
+    int32_t seq = spans[i].seq, len = L->length[seq];
+    if (len == 0)
+      return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                          "%s: layer %d, sequence %d: the cache is empty (append tokens first)", fn,
+                          (int)layer, (int)seq);
+    if (spans[i].n_tokens > len)
+      return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                          "%s: layer %d, sequence %d: n_queries %d outside [1, length %d]", fn,
+                          (int)layer, (int)seq, (int)spans[i].n_tokens, (int)len);
+  }
   const kq_backend_iface *ifc = cache->device->iface;
   kq_bdevice *bd = cache->device->bdev;
   int32_t H = cache->info.n_heads, d = cache->info.head_dim;
-  size_t qbytes = (size_t)n_queries * H * d * 4;
-  size_t lbytes = (size_t)n_queries * H * L->rank_v * 4;
-  st = ensure_stage(cache, STAGE_QUERIES, qbytes);
-  if (st == KQ_OK) st = ensure_stage(cache, STAGE_LATENT, lbytes);
-  if (st == KQ_OK && output == KQ_OUTPUT_FULL) st = ensure_stage(cache, STAGE_OUT, qbytes);
-  if (st == KQ_OK) st = ifc->buffer_upload(bd, cache->stage[STAGE_QUERIES], 0, queries, qbytes);
+  size_t q_row = (size_t)H * d * 4, l_row = (size_t)H * L->rank_v * 4, qbytes, lbytes;
+  if (!kq_mul_size((size_t)rows, q_row, &qbytes) || !kq_mul_size((size_t)rows, l_row, &lbytes))
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %d queries overflow", fn, (int)rows);
+  const size_t obytes = output == KQ_OUTPUT_FULL ? qbytes : lbytes;
+  st = check_io(cache, queries, qbytes, "queries", fn, layer);
+  if (st == KQ_OK) st = check_io(cache, out, obytes, "out", fn, layer);
+  if (st == KQ_OK && out.dev && out.dev == queries.dev)
+    st = kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: layer %d: out is the queries' buffer", fn,
+                      (int)layer);
+  if (st != KQ_OK) return st;
+  /* A backend that fuses the up-projection writes the full output itself. */
+  const bool fused = output == KQ_OUTPUT_FULL && (ifc->caps & KQ_BACKEND_CAP_FUSED_UP) &&
+                     !(L->value_flags & KQ_OP_IDENTITY_VALUES);
+  const bool up_op = output == KQ_OUTPUT_FULL && !fused;
+  /* Host queries and outputs go through staging buffers; device ones are used in place. */
+  if (!queries.dev) {
+    st = ensure_stage(cache, STAGE_QUERIES, qbytes);
+    if (st == KQ_OK)
+      st = ifc->buffer_upload(bd, cache->stage[STAGE_QUERIES], 0, queries.host, qbytes);
+  }
+  if (st == KQ_OK && (up_op || (!out.dev && output == KQ_OUTPUT_LATENT)))
+    st = ensure_stage(cache, STAGE_LATENT, lbytes);
+  if (st == KQ_OK && !out.dev && output == KQ_OUTPUT_FULL)
+    st = ensure_stage(cache, STAGE_OUT, qbytes);
+  if (st != KQ_OK) return st;
+  /* Where the final rows go, and where the attend op writes. */
+  const int final_stage = output == KQ_OUTPUT_FULL ? STAGE_OUT : STAGE_LATENT;
+  kq_buffer *final_buf = out.dev ? out.dev->buf : cache->stage[final_stage];
+  size_t final_off = out.dev ? out.offset : 0;
+  size_t final_size = out.dev ? out.dev->bytes : cache->stage_bytes[final_stage];
+  kq_buffer *att_buf = up_op ? cache->stage[STAGE_LATENT] : final_buf;
+  size_t att_off = up_op ? 0 : final_off;
+  size_t att_size = up_op ? cache->stage_bytes[STAGE_LATENT] : final_size;
   kq_attend_op op = {
-      .q = cache->stage[STAGE_QUERIES],
+      .q = queries.dev ? queries.dev->buf : cache->stage[STAGE_QUERIES],
       .key_down = L->A,
       .query_down = L->B,
       .k_cache = L->k_cache,
       .v_cache = L->v_cache,
-      .out = cache->stage[STAGE_LATENT],
-      .n_queries = n_queries,
-      .n_ctx = L->length,
+      .out = att_buf,
       .n_heads = H,
       .n_kv_heads = cache->info.n_kv_heads,
       .head_dim = d,
@@ -403,23 +588,39 @@ kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries, con
       .n_value_segments = L->n_vseg,
       .key_segments = L->n_kseg ? L->kseg : NULL,
       .value_segments = L->n_vseg ? L->vseg : NULL,
+      .value_up = fused ? L->E : NULL,
   };
-  /* A backend that fuses the up-projection writes the full output itself. */
-  bool fused = output == KQ_OUTPUT_FULL && (ifc->caps & KQ_BACKEND_CAP_FUSED_UP) &&
-               !(L->value_flags & KQ_OP_IDENTITY_VALUES);
-  if (fused) {
-    op.value_up = L->E;
-    op.out = cache->stage[STAGE_OUT];
+  const size_t out_row = fused ? q_row : l_row;
+  kq_op_sizes z = {.q = queries.dev ? queries.dev->bytes : cache->stage_bytes[STAGE_QUERIES],
+                   .key_down = L->kproj_bytes,
+                   .query_down = L->kproj_bytes,
+                   .k_cache = L->k_bytes,
+                   .v_cache = L->v_bytes,
+                   .out = att_size,
+                   .value_up = L->vproj_bytes};
+  size_t row0 = 0;
+  int32_t failed_seq = spans[0].seq;
+  for (int32_t i = 0; i < n_spans && st == KQ_OK; i++) {
+    int32_t seq = spans[i].seq;
+    failed_seq = seq;
+    op.q_offset = queries.offset + row0 * q_row;
+    op.out_offset = att_off + row0 * out_row;
+    op.k_cache_offset = (size_t)seq * L->k_region;
+    op.v_cache_offset = (size_t)seq * L->v_region;
+    op.n_queries = spans[i].n_tokens;
+    op.n_ctx = L->length[seq];
+    st = kq_core_check_attend(&op, &z, cache->device->info.fp16_storage, ifc->caps);
+    if (st == KQ_OK) st = ifc->attend(bd, &op);
+    row0 += (size_t)spans[i].n_tokens;
   }
-  if (st == KQ_OK) st = ifc->attend(bd, &op);
-  if (st == KQ_OK && fused) {
-    st = ifc->buffer_download(bd, cache->stage[STAGE_OUT], 0, out, qbytes);
-  } else if (st == KQ_OK && output == KQ_OUTPUT_FULL) {
+  if (st == KQ_OK && up_op) {
+    /* The up-projection is per row: one op serves every sequence. */
     kq_up_op up = {
         .latent = cache->stage[STAGE_LATENT],
         .value_up = L->E,
-        .out = cache->stage[STAGE_OUT],
-        .n_queries = n_queries,
+        .out = final_buf,
+        .out_offset = final_off,
+        .n_queries = rows,
         .n_heads = H,
         .n_kv_heads = cache->info.n_kv_heads,
         .head_dim = d,
@@ -427,15 +628,67 @@ kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries, con
         .flags = L->value_flags,
         .n_seqs = 1,
     };
-    st = ifc->up(bd, &up);
-    if (st == KQ_OK) st = ifc->buffer_download(bd, cache->stage[STAGE_OUT], 0, out, qbytes);
-  } else if (st == KQ_OK) {
-    st = ifc->buffer_download(bd, cache->stage[STAGE_LATENT], 0, out, lbytes);
+    kq_op_sizes uz = {
+        .src = cache->stage_bytes[STAGE_LATENT], .value_up = L->vproj_bytes, .out = final_size};
+    st = kq_core_check_up(&up, &uz);
+    if (st == KQ_OK) st = ifc->up(bd, &up);
   }
+  if (st == KQ_OK && !out.dev) st = ifc->buffer_download(bd, final_buf, 0, out.host, obytes);
   if (st != KQ_OK)
-    return kq_error_prefix(st, "kq_cache_attend: device %s: layer %d", cache->device->info.name,
-                           (int)layer);
+    return kq_error_prefix(st, "%s: device %s: layer %d, sequence %d", fn, cache->device->info.name,
+                           (int)layer, (int)failed_seq);
   return KQ_OK;
+}
+
+kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens, const float *keys,
+                          const float *values) {
+  kq_seq_span span = {.seq = 0, .n_tokens = n_tokens};
+  return append_spans(cache, layer, 1, &span, host_io(keys), host_io(values), "kq_cache_append");
+}
+
+kq_status kq_cache_append_batch(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                const kq_seq_span *spans, const float *keys, const float *values) {
+  return append_spans(cache, layer, n_spans, spans, host_io(keys), host_io(values),
+                      "kq_cache_append_batch");
+}
+
+kq_status kq_cache_append_device(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                 const kq_seq_span *spans, const kq_device_buffer *keys,
+                                 size_t keys_offset, const kq_device_buffer *values,
+                                 size_t values_offset) {
+  if (!keys || !values)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_cache_append_device: NULL buffer");
+  return append_spans(cache, layer, n_spans, spans, device_io(keys, keys_offset),
+                      device_io(values, values_offset), "kq_cache_append_device");
+}
+
+kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries, const float *queries,
+                          kq_output output, float *out) {
+  kq_seq_span span = {.seq = 0, .n_tokens = n_queries};
+  return attend_spans(cache, layer, 1, &span, host_io(queries), output, host_io(out),
+                      "kq_cache_attend");
+}
+
+kq_status kq_cache_attend_batch(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                const kq_seq_span *spans, const float *queries, kq_output output,
+                                float *out) {
+  return attend_spans(cache, layer, n_spans, spans, host_io(queries), output, host_io(out),
+                      "kq_cache_attend_batch");
+}
+
+kq_status kq_cache_attend_device(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                 const kq_seq_span *spans, const kq_device_buffer *queries,
+                                 size_t queries_offset, kq_output output, kq_device_buffer *out,
+                                 size_t out_offset) {
+  if (!queries || !out)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_cache_attend_device: NULL buffer");
+  return attend_spans(cache, layer, n_spans, spans, device_io(queries, queries_offset), output,
+                      device_io(out, out_offset), "kq_cache_attend_device");
+}
+
+static void truncate_seq(kq_cache *cache, int32_t seq, int32_t length) {
+  for (int32_t l = 0; l < cache->info.n_layers; l++)
+    if (cache->layers[l].length[seq] > length) cache->layers[l].length[seq] = length;
 }
 
 kq_status kq_cache_truncate(kq_cache *cache, int32_t length) {
@@ -443,14 +696,111 @@ kq_status kq_cache_truncate(kq_cache *cache, int32_t length) {
   if (length < 0)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_cache_truncate: length %d is negative",
                         (int)length);
+  truncate_seq(cache, 0, length);
+  return KQ_OK;
+}
+
+kq_status kq_cache_seq_truncate(kq_cache *cache, int32_t seq, int32_t length) {
+  kq_status st = check_seq(cache, seq, "kq_cache_seq_truncate");
+  if (st != KQ_OK) return st;
+  if (length < 0)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "kq_cache_seq_truncate: sequence %d: length %d is negative", (int)seq,
+                        (int)length);
+  truncate_seq(cache, seq, length);
+  return KQ_OK;
+}
+
+kq_status kq_cache_seq_clear(kq_cache *cache, int32_t seq) {
+  kq_status st = check_seq(cache, seq, "kq_cache_seq_clear");
+  if (st != KQ_OK) return st;
+  truncate_seq(cache, seq, 0);
+  return KQ_OK;
+}
+
+/* Copies rows [0, n) of every plane and group of one side of a layer from
+ * sequence src's region to dst's, through the host. */
+static kq_status copy_side(kq_cache *c, kq_buffer *buf, size_t region, const kq_segment *segs,
+                           int32_t n_segs, int32_t rank, int32_t src, int32_t dst, int32_t n) {
+  const kq_backend_iface *ifc = c->device->iface;
+  kq_bdevice *bd = c->device->bdev;
+  kq_segment plain = {rank, KQ_SEG_FLOAT};
+  if (n_segs == 0) {
+    segs = &plain;
+    n_segs = 1;
+  }
+  size_t groups = c->info.layout == KQ_LAYOUT_JOINT ? 1 : (size_t)c->info.n_kv_heads;
+  size_t cap = (size_t)c->params.capacity, per_row = 0;
+  for (int32_t s = 0; s < n_segs; s++)
+    per_row += kq_segment_row_bytes(segs[s], c->params.storage) + (segs[s].bits ? 2 : 0);
+  unsigned char *host = kq_malloc_array(groups * (size_t)n, per_row, "sequence copy");
+  if (!host) return KQ_ERR_OUT_OF_MEMORY;
+  kq_status st = KQ_OK;
+  /* Every download first (the first one waits for queued work), then every
+   * upload: one pass over the planes each way. */
+  for (int pass = 0; pass < 2 && st == KQ_OK; pass++) {
+    unsigned char *p = host;
+    for (int32_t s = 0; s < n_segs && st == KQ_OK; s++) {
+      size_t data, scale;
+      kq_segment_planes(segs, n_segs, c->params.storage, groups, cap, s, &data, &scale, NULL);
+      size_t planes[2] = {data, scale},
+             rows[2] = {kq_segment_row_bytes(segs[s], c->params.storage), 2};
+      for (int k = 0; k < (segs[s].bits ? 2 : 1) && st == KQ_OK; k++)
+        for (size_t g = 0; g < groups && st == KQ_OK; g++) {
+          size_t off = planes[k] + g * cap * rows[k], bytes = (size_t)n * rows[k];
+          if (pass == 0)
+            st = ifc->buffer_download(bd, buf, (size_t)src * region + off, p, bytes);
+          else
+            st = ifc->buffer_upload(bd, buf, (size_t)dst * region + off, p, bytes);
+          p += bytes;
+        }
+    }
+  }
+  free(host);
+  return st;
+}
+
+kq_status kq_cache_seq_copy(kq_cache *cache, int32_t src_seq, int32_t dst_seq, int32_t n_tokens) {
+  const char *fn = "kq_cache_seq_copy";
+  kq_status st = check_seq(cache, src_seq, fn);
+  if (st == KQ_OK) st = check_seq(cache, dst_seq, fn);
+  if (st != KQ_OK) return st;
   for (int32_t l = 0; l < cache->info.n_layers; l++)
-    if (cache->layers[l].length > length) cache->layers[l].length = length;
+    if (n_tokens < 0 || n_tokens > cache->layers[l].length[src_seq])
+      return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                          "%s: %d tokens outside [0, length %d] of sequence %d in layer %d", fn,
+                          (int)n_tokens, (int)cache->layers[l].length[src_seq], (int)src_seq,
+                          (int)l);
+  if (src_seq == dst_seq || n_tokens == 0) {
+    truncate_seq(cache, dst_seq, n_tokens);
+    return KQ_OK;
+  }
+  /* dst is emptied first: after a failure it holds nothing, never a mix. */
+  truncate_seq(cache, dst_seq, 0);
+  for (int32_t l = 0; l < cache->info.n_layers && st == KQ_OK; l++) {
+    cache_layer *L = &cache->layers[l];
+    st = copy_side(cache, L->k_cache, L->k_region, L->kseg, L->n_kseg, L->rank_k, src_seq, dst_seq,
+                   n_tokens);
+    if (st == KQ_OK)
+      st = copy_side(cache, L->v_cache, L->v_region, L->vseg, L->n_vseg, L->rank_v, src_seq,
+                     dst_seq, n_tokens);
+    if (st != KQ_OK)
+      return kq_error_prefix(st, "%s: device %s: layer %d, sequence %d to %d", fn,
+                             cache->device->info.name, (int)l, (int)src_seq, (int)dst_seq);
+  }
+  for (int32_t l = 0; l < cache->info.n_layers; l++) cache->layers[l].length[dst_seq] = n_tokens;
   return KQ_OK;
 }
 
 int32_t kq_cache_length(const kq_cache *cache, int32_t layer) {
-  if (!cache || layer < 0 || layer >= cache->info.n_layers) return 0;
-  return cache->layers[layer].length;
+  return kq_cache_seq_length(cache, layer, 0);
+}
+
+int32_t kq_cache_seq_length(const kq_cache *cache, int32_t layer, int32_t seq) {
+  if (!cache || layer < 0 || layer >= cache->info.n_layers || seq < 0 ||
+      seq >= cache->params.n_seqs)
+    return 0;
+  return cache->layers[layer].length[seq];
 }
 
 kq_status kq_cache_get_memory(const kq_cache *cache, kq_cache_memory *out_memory) {

@@ -17,6 +17,13 @@ struct kq_device {
   kq_device_info info;
 };
 
+/* A public device buffer: backend memory plus the device it lives on. */
+struct kq_device_buffer {
+  kq_device *device;
+  kq_buffer *buf;
+  size_t bytes;
+};
+
 /* Problems met while loading backend modules (refused ABI, failed dlopen,
  * missing entry symbol, failed entry call), in load order. The messages name
  * the module path; they stay valid for the life of the process. */
@@ -31,5 +38,23 @@ kq_status kq_backend_problem_status(int index);
  * the name belongs to a backend whose module was refused. */
 kq_status kq_registry_find(const char *name, const kq_backend_iface **out_iface,
                            int *out_local_index);
+
+/* Byte sizes of the buffers an op names (fields an op does not use are
+ * ignored): project src/proj/dst; attend q, key_down, query_down, k_cache,
+ * v_cache, out, value_up; up: src = latent, value_up, out. */
+typedef struct kq_op_sizes {
+  size_t src, proj, dst;
+  size_t q, key_down, query_down, k_cache, v_cache, out, value_up;
+} kq_op_sizes;
+
+/* The core's one validation of the ops it issues (op_check.c): every
+ * promise of kqsvd_backend.h's "What a backend may trust" is checked
+ * against the buffers' sizes `z`; fp16 = the device stores F16; caps = the
+ * backend's KQ_BACKEND_CAP_* bits. KQ_ERR_INVALID_ARGUMENT naming the op
+ * and the broken promise (a bug in the core, never a user error). */
+kq_status kq_core_check_project(const kq_project_op *op, const kq_op_sizes *z, int fp16);
+kq_status kq_core_check_attend(const kq_attend_op *op, const kq_op_sizes *z, int fp16,
+                               uint32_t caps);
+kq_status kq_core_check_up(const kq_up_op *op, const kq_op_sizes *z);
 
 #endif

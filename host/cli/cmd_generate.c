@@ -13,13 +13,22 @@ static void help(void) {
   printf(
       "usage: kqsvd generate MODEL.gguf -p TEXT [--proj PROJ] [--device NAME]\n"
       "                     [-n N] [--storage f32|f16] [--chat] [-t N] [--json] [-q|-v]\n"
+      "       kqsvd generate MODEL.gguf (-p TEXT)... | -f PROMPTS [--parallel N] ...\n"
       "\n"
       "Greedy decoding: prints the prompt and the generated text on stdout, then prefill\n"
       "and decode speed on stderr. Attention runs on --device through the kqsvd cache:\n"
       "the full cache, or with --proj the compressed cache of a projection file.\n"
       "\n"
+      "Several prompts (-p repeated, or -f with one prompt per line) run as sequences of\n"
+      "one cache: up to --parallel N at once, every decode step one batched forward pass\n"
+      "over all of them; a finished sequence takes the next prompt. Each prompt gets the\n"
+      "tokens it gets alone. The texts are printed in prompt order once all are done;\n"
+      "stderr reports the aggregate tokens/s.\n"
+      "\n"
       "  -m, --model FILE    the model (instead of the MODEL.gguf argument)\n"
-      "  -p, --prompt TEXT   the prompt\n"
+      "  -p, --prompt TEXT   a prompt (repeatable)\n"
+      "  -f, --file FILE     prompts, one per non-empty line\n"
+      "  --parallel N        sequences decoded together (default 1)\n"
       "  --proj PROJ         projection file from 'kqsvd fit' (default: full cache)\n"
       "  --device NAME       cpu, vulkan:N, opencl:N (default: $KQSVD_DEVICE or cpu)\n"
       "  -n, --n-predict N   tokens to generate (default 64); stops early at EOS\n"
@@ -31,6 +40,13 @@ static void help(void) {
       "                      \"text\" (generated), \"cache\", \"proj\", \"device\", \"kv_bytes\",\n"
       "                      \"prompt_tokens\", \"prefill_seconds\", \"prefill_tokens_per_s\",\n"
       "                      \"generated_tokens\", \"decode_seconds\", \"decode_tokens_per_s\"}\n"
+      "                      (several prompts: {\"results\": [{\"prompt\", \"text\",\n"
+      "                      \"prompt_tokens\", \"generated_tokens\"}, ...], \"parallel\", "
+      "\"cache\",\n"
+      "                      \"proj\", \"device\", \"kv_bytes\", \"generated_tokens\", "
+      "\"seconds\",\n"
+      "                      \"tokens_per_s\", \"prefill_seconds\", \"decode_seconds\",\n"
+      "                      \"decode_steps\", \"decode_tokens_per_s\"})\n"
       "  -q, --quiet         only the text (or JSON) and errors\n"
       "  -v, --verbose       also the settings in effect\n"
       "  -h, --help          this help\n"
@@ -44,10 +60,12 @@ typedef struct printer {
   char *text; /* NULL: print */
   size_t len, cap;
   int oom;
+  int32_t n_tokens; /* every token seen, EOS included */
 } printer;
 
 static int print_token(void *user, int32_t id) {
   printer *p = user;
+  p->n_tokens++;
   size_t len;
   const char *b = kq_tokenizer_token_bytes(p->tok, id, &len);
   if (!b || id == kq_tokenizer_eos(p->tok)) return 0;
@@ -71,7 +89,10 @@ static int print_token(void *user, int32_t id) {
   return 0;
 }
 
-enum { OPT_PROJ = 256, OPT_DEVICE, OPT_STORAGE, OPT_CHAT, OPT_JSON };
+enum { OPT_PROJ = 256, OPT_DEVICE, OPT_STORAGE, OPT_CHAT, OPT_JSON, OPT_PARALLEL };
+
+/* Most prompts one run takes (-p and -f together). */
+#define MAX_PROMPTS 4096
 
 static const struct option g_options[] = {
     {"prompt", required_argument, NULL, 'p'},
@@ -83,22 +104,210 @@ static const struct option g_options[] = {
     {"storage", required_argument, NULL, OPT_STORAGE},
     {"chat", no_argument, NULL, OPT_CHAT},
     {"json", no_argument, NULL, OPT_JSON},
+    {"file", required_argument, NULL, 'f'},
+    {"parallel", required_argument, NULL, OPT_PARALLEL},
     KQ_CLI_COMMON_LONG,
     {NULL, 0, NULL, 0},
 };
 
+/* The prompt as the model reads it: wrapped in chat markers with --chat
+ * (*out_wrapped then owns the text), then tokenized. */
+static kq_status encode_prompt(kq_llama *m, const char *prompt, int chat, char **out_wrapped,
+                               int32_t **out_ids, int32_t *out_n) {
+  const char *text = prompt;
+  *out_wrapped = NULL;
+  if (chat) {
+    size_t len = strlen(prompt) + 64;
+    char *w = malloc(len);
+    if (!w) return kq_set_error(KQ_ERR_OUT_OF_MEMORY, "chat prompt");
+    snprintf(w, len, "<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n", prompt);
+    *out_wrapped = w;
+    text = w;
+  }
+  kq_status st =
+      kq_tokenizer_encode(kq_llama_get_tokenizer(m), text, strlen(text), chat, out_ids, out_n);
+  if (st == KQ_OK && *out_n == 0)
+    st = kq_set_error(KQ_ERR_INVALID_ARGUMENT, "the prompt gives no tokens");
+  return st;
+}
+
+/* Generated text of each prompt of a parallel run. */
+typedef struct many_out {
+  printer *pr; /* [n_prompts] */
+} many_out;
+
+static int collect_token(void *user, int32_t index, int32_t id) {
+  many_out *o = user;
+  return print_token(&o->pr[index], id);
+}
+
+typedef struct many_options {
+  const char *cmd, *model_path, *proj, *device;
+  long long n_new, threads, parallel;
+  int chat, json;
+  kq_storage storage;
+} many_options;
+
+/* Several prompts as sequences of one cache (--parallel). */
+static int generate_many(const many_options *o, char **prompts, int32_t n_prompts) {
+  const char *cmd = o->cmd;
+  kq_llama *m = NULL;
+  kq_device *dev = NULL;
+  kq_model_session s = {0};
+  int have_session = 0;
+  kq_parallel_prompt *pp = calloc((size_t)n_prompts, sizeof *pp);
+  char **shown = calloc((size_t)n_prompts, sizeof *shown); /* wrapped (--chat) texts */
+  printer *pr = calloc((size_t)n_prompts, sizeof *pr);
+  kq_status st = pp && shown && pr ? KQ_OK : kq_set_error(KQ_ERR_OUT_OF_MEMORY, "prompts");
+  if (st == KQ_OK) st = kq_llama_load(o->model_path, (int)o->threads, &m);
+  int32_t longest = 0;
+  int64_t prompt_tokens = 0;
+  for (int32_t i = 0; i < n_prompts && st == KQ_OK; i++) {
+    int32_t *ids = NULL;
+    st = encode_prompt(m, prompts[i], o->chat, &shown[i], &ids, &pp[i].n_ids);
+    pp[i].ids = ids;
+    if (st != KQ_OK) {
+      kq_error_prefix(st, "prompt %d", (int)i + 1);
+      break;
+    }
+    if (pp[i].n_ids > longest) longest = pp[i].n_ids;
+    prompt_tokens += pp[i].n_ids;
+    pr[i].tok = kq_llama_get_tokenizer(m);
+    pr[i].text = calloc(1, 1), pr[i].cap = 1;
+    if (!pr[i].text) st = kq_set_error(KQ_ERR_OUT_OF_MEMORY, "generated text");
+  }
+  int32_t N = (int32_t)(o->parallel < n_prompts ? o->parallel : n_prompts);
+  if (st == KQ_OK) st = kq_device_create(o->device, &dev);
+  kq_cli_detail(cmd, "%s: %d prompts (%lld tokens), %d sequences, up to %lld new each, %s cache",
+                o->model_path, (int)n_prompts, (long long)prompt_tokens, (int)N, o->n_new,
+                o->proj ? o->proj : "full");
+  if (st == KQ_OK)
+    st = kq_model_session_create_seqs(m, dev, o->proj, o->storage, longest + (int32_t)o->n_new, N,
+                                      &s);
+  have_session = st == KQ_OK;
+  kq_parallel_result r = {0};
+  many_out mo = {.pr = pr};
+  double t0 = kq_now_seconds();
+  if (st == KQ_OK)
+    st = kq_model_generate_parallel(&s, pp, n_prompts, (int32_t)o->n_new, collect_token, &mo,
+                                    kq_cli_cancel_flag(), &r);
+  double seconds = kq_now_seconds() - t0;
+  for (int32_t i = 0; i < n_prompts && st == KQ_OK; i++)
+    if (pr[i].oom) st = kq_set_error(KQ_ERR_OUT_OF_MEMORY, "generated text");
+  int rc = 0;
+  if (st != KQ_OK) {
+    rc = st == KQ_ERR_INTERRUPTED ? 130 : kq_cli_fail(cmd, st);
+  } else {
+    kq_device_info di;
+    kq_device_get_info(dev, &di);
+    /* Decode passes produce every token after each prompt's first. */
+    double decode_rate =
+        r.decode_seconds > 0 ? (double)(r.n_generated - n_prompts) / r.decode_seconds : 0.0;
+    double rate = seconds > 0 ? (double)r.n_generated / seconds : 0.0;
+    if (o->json) {
+      cJSON *root = cJSON_CreateObject(), *results = cJSON_CreateArray();
+      int ok = root && results && cJSON_AddItemToObject(root, "results", results);
+      if (!ok) cJSON_Delete(results);
+      for (int32_t i = 0; i < n_prompts && ok; i++) {
+        cJSON *one = cJSON_CreateObject();
+        ok = one && cJSON_AddItemToArray(results, one);
+        if (!ok) {
+          cJSON_Delete(one);
+          break;
+        }
+        int32_t generated = pr[i].n_tokens;
+        ok = cJSON_AddStringToObject(one, "prompt", shown[i] ? shown[i] : prompts[i]) &&
+             cJSON_AddStringToObject(one, "text", pr[i].text) &&
+             kq_cli_json_add_number(one, "prompt_tokens", pp[i].n_ids) &&
+             kq_cli_json_add_number(one, "generated_tokens", generated);
+      }
+      ok = ok && kq_cli_json_add_number(root, "parallel", N) &&
+           cJSON_AddStringToObject(root, "cache", o->proj ? "compressed" : "full") &&
+           (o->proj ? cJSON_AddStringToObject(root, "proj", o->proj)
+                    : cJSON_AddNullToObject(root, "proj")) &&
+           cJSON_AddStringToObject(root, "device", di.name) &&
+           kq_cli_json_add_number(root, "kv_bytes", (double)s.kv_bytes) &&
+           kq_cli_json_add_number(root, "generated_tokens", (double)r.n_generated) &&
+           kq_cli_json_add_number(root, "seconds", seconds) &&
+           kq_cli_json_add_number(root, "tokens_per_s", rate) &&
+           kq_cli_json_add_number(root, "prefill_seconds", r.prefill_seconds) &&
+           kq_cli_json_add_number(root, "decode_seconds", r.decode_seconds) &&
+           kq_cli_json_add_number(root, "decode_steps", (double)r.decode_steps) &&
+           kq_cli_json_add_number(root, "decode_tokens_per_s", decode_rate);
+      if (!ok) {
+        cJSON_Delete(root);
+        root = NULL;
+      }
+      rc = kq_cli_json_print(cmd, root);
+    } else {
+      for (int32_t i = 0; i < n_prompts; i++)
+        printf("%s%s\n", shown[i] ? shown[i] : prompts[i], pr[i].text);
+      fflush(stdout);
+      if (kq_cli_get_verbosity() >= KQ_CLI_NORMAL)
+        fprintf(stderr,
+                "kqsvd generate: %d prompts as %d sequences of one %s cache on %s, kv_bytes "
+                "%llu: %lld tokens generated in %.3f s, aggregate %.1f tokens/s (decode %.1f "
+                "tokens/s in %lld batched steps of up to %d sequences)\n",
+                (int)n_prompts, (int)N, o->proj ? "compressed" : "full", di.name,
+                (unsigned long long)s.kv_bytes, (long long)r.n_generated, seconds, rate,
+                decode_rate, (long long)r.decode_steps, (int)r.max_batch);
+    }
+  }
+  if (have_session) kq_model_session_destroy(&s);
+  kq_device_destroy(dev);
+  for (int32_t i = 0; pp && i < n_prompts; i++) free((void *)pp[i].ids);
+  for (int32_t i = 0; shown && i < n_prompts; i++) free(shown[i]);
+  for (int32_t i = 0; pr && i < n_prompts; i++) free(pr[i].text);
+  free(pp);
+  free(shown);
+  free(pr);
+  kq_llama_destroy(m);
+  return rc;
+}
+
+/* Splits a prompts file into its non-empty lines (in place; "\r\n" too). */
+static int add_file_prompts(const char *cmd, char *text, char **prompts, int32_t *n) {
+  for (char *line = text; line && *line;) {
+    char *nl = strchr(line, '\n');
+    if (nl) *nl = '\0';
+    size_t len = strlen(line);
+    if (len && line[len - 1] == '\r') line[--len] = '\0';
+    if (len) {
+      if (*n == MAX_PROMPTS) {
+        kq_cli_usage_error(cmd, "more than %d prompts", MAX_PROMPTS);
+        return -1;
+      }
+      prompts[(*n)++] = line;
+    }
+    line = nl ? nl + 1 : NULL;
+  }
+  return 0;
+}
+
 int kq_cmd_generate(int argc, char **argv) {
   const char *cmd = "generate", *model_path = NULL, *prompt = NULL, *proj = NULL, *device = NULL;
-  long long n_new = 64, threads = 0;
-  int chat = 0, json = 0, c;
+  long long n_new = 64, threads = 0, parallel = 1;
+  int chat = 0, json = 0, parallel_set = 0, c;
+  static char *prompts[MAX_PROMPTS];
+  int32_t n_prompts = 0;
+  const char *prompt_file = NULL;
   kq_storage storage = KQ_STORAGE_F32;
   kq_cli_getopt_begin();
-  while ((c = kq_cli_getopt(cmd, argc, argv, KQ_CLI_COMMON_SHORT "p:m:t:n:", g_options)) != -1) {
+  while ((c = kq_cli_getopt(cmd, argc, argv, KQ_CLI_COMMON_SHORT "p:m:t:n:f:", g_options)) != -1) {
     switch (c) {
     case 'h': help(); return 0;
     case OPT_CHAT: chat = 1; break;
     case OPT_JSON: json = 1; break;
-    case 'p': prompt = optarg; break;
+    case 'p':
+      if (n_prompts == MAX_PROMPTS)
+        return kq_cli_usage_error(cmd, "more than %d prompts", MAX_PROMPTS);
+      prompt = prompts[n_prompts++] = optarg;
+      break;
+    case 'f': prompt_file = optarg; break;
+    case OPT_PARALLEL:
+      if (!kq_cli_parse_int(cmd, "--parallel", optarg, 1, 1024, &parallel)) return 2;
+      parallel_set = 1;
+      break;
     case 'm': model_path = optarg; break;
     case OPT_PROJ: proj = optarg; break;
     case OPT_DEVICE: device = optarg; break;
@@ -119,6 +328,40 @@ int kq_cmd_generate(int argc, char **argv) {
     model_path = argv[i];
   }
   if (!model_path) return kq_cli_usage_error(cmd, "missing MODEL.gguf");
+  char *file_text = NULL;
+  if (prompt_file) {
+    size_t len;
+    kq_status fst = kq_model_read_text(prompt_file, &file_text, &len);
+    if (fst != KQ_OK) return kq_cli_fail(cmd, fst);
+    if (add_file_prompts(cmd, file_text, prompts, &n_prompts) != 0) {
+      free(file_text);
+      return 2;
+    }
+    if (n_prompts == 0) {
+      free(file_text);
+      return kq_cli_usage_error(cmd, "%s holds no prompt", prompt_file);
+    }
+  }
+  for (int32_t i = 0; i < n_prompts; i++)
+    if (!*prompts[i]) {
+      free(file_text);
+      return kq_cli_usage_error(cmd, "prompt %d is empty", (int)i + 1);
+    }
+  if (n_prompts > 1 || parallel_set || prompt_file) {
+    many_options mo = {.cmd = cmd,
+                       .model_path = model_path,
+                       .proj = proj,
+                       .device = device,
+                       .n_new = n_new,
+                       .threads = threads,
+                       .parallel = parallel,
+                       .chat = chat,
+                       .json = json,
+                       .storage = storage};
+    int rc = generate_many(&mo, prompts, n_prompts);
+    free(file_text);
+    return rc;
+  }
   if (!prompt || !*prompt) return kq_cli_usage_error(cmd, "missing --prompt TEXT");
 
   kq_llama *m = NULL;
@@ -128,19 +371,7 @@ int kq_cmd_generate(int argc, char **argv) {
   kq_model_session s = {0};
   int have_session = 0;
   kq_status st = kq_llama_load(model_path, (int)threads, &m);
-  if (st == KQ_OK) {
-    const char *text = prompt;
-    if (chat) {
-      size_t len = strlen(prompt) + 64;
-      wrapped = malloc(len);
-      if (!wrapped) return kq_cli_usage_error(cmd, "out of memory");
-      snprintf(wrapped, len, "<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n", prompt);
-      text = wrapped;
-    }
-    st = kq_tokenizer_encode(kq_llama_get_tokenizer(m), text, strlen(text), chat, &ids, &n_ids);
-  }
-  if (st == KQ_OK && n_ids == 0)
-    st = kq_set_error(KQ_ERR_INVALID_ARGUMENT, "the prompt gives no tokens");
+  if (st == KQ_OK) st = encode_prompt(m, prompt, chat, &wrapped, &ids, &n_ids);
   if (st == KQ_OK) st = kq_device_create(device, &dev);
   kq_cli_detail(cmd, "%s: %d prompt tokens, up to %lld new, %s cache, storage %s", model_path,
                 (int)n_ids, n_new, proj ? proj : "full", storage == KQ_STORAGE_F16 ? "f16" : "f32");

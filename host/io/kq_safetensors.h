@@ -87,6 +87,15 @@ kq_status kq_st_writer_create(const char *path, kq_st_writer **out_writer);
 kq_status kq_st_writer_meta(kq_st_writer *w, const char *key, const char *value);
 kq_status kq_st_writer_add(kq_st_writer *w, const char *name, kq_dtype dtype, int n_dims,
                            const int64_t *shape, const void *data);
+/* Produces the next `bytes` bytes of a streamed tensor into dst. The writer
+ * calls it in order, in chunks that are multiples of 8 bytes (the last one
+ * excepted) and together cover the tensor exactly once. */
+typedef kq_status (*kq_st_source_fn)(void *user, void *dst, size_t bytes);
+
+/* kq_st_writer_add for a tensor whose bytes come from `source` at commit
+ * (never all in memory at once). Same checks as kq_st_writer_add. */
+kq_status kq_st_writer_add_source(kq_st_writer *w, const char *name, kq_dtype dtype, int n_dims,
+                                  const int64_t *shape, kq_st_source_fn source, void *user);
 /* Writes "<path>.tmp.<pid>", fsyncs, renames onto path. `cancel` (may be
  * NULL) is polled while writing; on cancel or error the temporary file is
  * removed. */

@@ -32,6 +32,8 @@ typedef struct st_out_tensor {
   int64_t shape[KQ_ST_MAX_DIMS];
   size_t nbytes;
   const void *data;
+  kq_st_source_fn source; /* instead of data when non-NULL */
+  void *source_user;
 } st_out_tensor;
 
 struct kq_st_writer {
@@ -163,8 +165,9 @@ kq_status kq_st_writer_meta(kq_st_writer *w, const char *key, const char *value)
   return KQ_OK;
 }
 
-kq_status kq_st_writer_add(kq_st_writer *w, const char *name, kq_dtype dtype, int n_dims,
-                           const int64_t *shape, const void *data) {
+static kq_status add_tensor(kq_st_writer *w, const char *name, kq_dtype dtype, int n_dims,
+                            const int64_t *shape, const void *data, kq_st_source_fn source,
+                            void *source_user) {
   if (!w || !name || (n_dims > 0 && !shape))
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "output file: a tensor without a name or data");
   const char *path = w->path;
@@ -183,7 +186,7 @@ kq_status kq_st_writer_add(kq_st_writer *w, const char *name, kq_dtype dtype, in
       return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: tensor '%s': invalid shape[%d] = %lld",
                           path, name, i, (long long)shape[i]);
   }
-  if (bytes > 0 && !data)
+  if (bytes > 0 && !data && !source)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: tensor '%s': NULL data", path, name);
   for (int i = 0; i < w->n_tensors; i++)
     if (strcmp(w->tensors[i].name, name) == 0)
@@ -199,8 +202,39 @@ kq_status kq_st_writer_add(kq_st_writer *w, const char *name, kq_dtype dtype, in
   for (int i = 0; i < n_dims; i++) t->shape[i] = shape[i];
   t->nbytes = bytes;
   t->data = data;
+  t->source = source;
+  t->source_user = source_user;
   w->n_tensors++;
   return KQ_OK;
+}
+
+kq_status kq_st_writer_add(kq_st_writer *w, const char *name, kq_dtype dtype, int n_dims,
+                           const int64_t *shape, const void *data) {
+  return add_tensor(w, name, dtype, n_dims, shape, data, NULL, NULL);
+}
+
+kq_status kq_st_writer_add_source(kq_st_writer *w, const char *name, kq_dtype dtype, int n_dims,
+                                  const int64_t *shape, kq_st_source_fn source, void *user) {
+  if (!source)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "output file: tensor '%s' without a source",
+                        name ? name : "?");
+  return add_tensor(w, name, dtype, n_dims, shape, NULL, source, user);
+}
+
+/* Pulls a streamed tensor through one chunk-sized buffer. */
+static kq_status write_source(kq_output_file *out, const st_out_tensor *t, unsigned char **chunk,
+                              const volatile int *cancel) {
+  if (!*chunk && t->nbytes > 0) {
+    *chunk = kq_malloc_array(KQ_ST_CHUNK, 1, "tensor chunk");
+    if (!*chunk) return KQ_ERR_OUT_OF_MEMORY;
+  }
+  kq_status st = KQ_OK;
+  for (size_t done = 0; done < t->nbytes && st == KQ_OK; done += KQ_ST_CHUNK) {
+    size_t n = t->nbytes - done < KQ_ST_CHUNK ? t->nbytes - done : KQ_ST_CHUNK;
+    st = t->source(t->source_user, *chunk, n);
+    if (st == KQ_OK) st = kq_output_write(out, *chunk, n, cancel);
+  }
+  return st;
 }
 
 /* The header JSON padded with spaces so the data section starts at a
@@ -259,11 +293,16 @@ kq_status kq_st_writer_commit(kq_st_writer *w, const volatile int *cancel) {
   st = kq_output_write(&out, len8, 8, cancel);
   if (st == KQ_OK) st = kq_output_write(&out, header.buf, header.len, cancel);
   free(header.buf);
+  unsigned char *chunk = NULL;
   for (int i = 0; st == KQ_OK && i < w->n_tensors; i++) {
-    st = kq_output_write(&out, w->tensors[i].data, w->tensors[i].nbytes, cancel);
+    if (w->tensors[i].source)
+      st = write_source(&out, &w->tensors[i], &chunk, cancel);
+    else
+      st = kq_output_write(&out, w->tensors[i].data, w->tensors[i].nbytes, cancel);
     if (st != KQ_OK && st != KQ_ERR_INTERRUPTED)
       kq_error_prefix(st, "tensor '%s'", w->tensors[i].name);
   }
+  free(chunk);
   if (st == KQ_OK && cancel && *cancel)
     st = kq_set_error(KQ_ERR_INTERRUPTED, "%s: write cancelled", w->path);
   if (st == KQ_OK) return kq_output_commit(&out);

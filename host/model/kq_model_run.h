@@ -20,6 +20,7 @@ typedef struct kq_model_session {
   kq_rope_mode rope; /* of the projections: PRE means the cache rotates */
   kq_llama_attention attn;
   uint64_t kv_bytes; /* latent K+V at full capacity, all layers */
+  int32_t n_seqs;    /* sequences of the cache */
 } kq_model_session;
 
 /* Creates a cache of `capacity` tokens on `device` with identity
@@ -29,6 +30,11 @@ typedef struct kq_model_session {
 kq_status kq_model_session_create(kq_llama *model, kq_device *device, const char *proj_path,
                                   kq_storage storage, int32_t capacity,
                                   kq_model_session *out_session);
+/* kq_model_session_create with a cache of n_seqs sequences of `capacity`
+ * tokens each (kq_cache_params.n_seqs). */
+kq_status kq_model_session_create_seqs(kq_llama *model, kq_device *device, const char *proj_path,
+                                       kq_storage storage, int32_t capacity, int32_t n_seqs,
+                                       kq_model_session *out_session);
 void kq_model_session_destroy(kq_model_session *session);
 
 typedef struct kq_ppl_params {
@@ -111,6 +117,38 @@ typedef struct kq_generate_result {
 kq_status kq_model_generate(kq_model_session *session, const int32_t *prompt, int32_t n_prompt,
                             int32_t n_new, kq_token_fn on_token, void *user,
                             const volatile int *cancel, kq_generate_result *out);
+
+/* One prompt of a parallel run. */
+typedef struct kq_parallel_prompt {
+  const int32_t *ids;
+  int32_t n_ids;
+} kq_parallel_prompt;
+
+/* Called with each generated token of prompt `index`; a non-zero return
+ * stops that prompt. */
+typedef int (*kq_seq_token_fn)(void *user, int32_t index, int32_t token);
+
+typedef struct kq_parallel_result {
+  int64_t n_generated;    /* tokens generated, all prompts */
+  double prefill_seconds; /* forward passes over prompts */
+  double decode_seconds;  /* batched decode passes */
+  int64_t decode_steps;   /* batched decode passes (one per step, all sequences) */
+  int32_t max_batch;      /* most sequences in one decode pass */
+} kq_parallel_result;
+
+/* Greedy decoding of n_prompts prompts as sequences of one cache (the
+ * session's cache has n_seqs sequences, each holding any prompt's n_ids +
+ * n_new tokens). Up to n_seqs prompts are in flight: each is prefilled into
+ * a free sequence, then every step decodes one token of every sequence in
+ * flight in ONE forward pass (kq_cache_append_batch/attend_batch); a
+ * finished sequence is cleared and takes the next prompt. Each prompt stops
+ * as kq_model_generate does (n_new tokens, EOS, or on_token non-zero), and
+ * gets the tokens kq_model_generate would give it alone: RoPE is applied per
+ * sequence at its own positions. */
+kq_status kq_model_generate_parallel(kq_model_session *session, const kq_parallel_prompt *prompts,
+                                     int32_t n_prompts, int32_t n_new, kq_seq_token_fn on_token,
+                                     void *user, const volatile int *cancel,
+                                     kq_parallel_result *out);
 
 /* Largest text file read (bytes). */
 #define KQ_MAX_TEXT_BYTES ((uint64_t)1 << 30)

@@ -11,6 +11,12 @@
 
 kq_status kq_model_session_create(kq_llama *model, kq_device *device, const char *proj_path,
                                   kq_storage storage, int32_t capacity, kq_model_session *out) {
+  return kq_model_session_create_seqs(model, device, proj_path, storage, capacity, 1, out);
+}
+
+kq_status kq_model_session_create_seqs(kq_llama *model, kq_device *device, const char *proj_path,
+                                       kq_storage storage, int32_t capacity, int32_t n_seqs,
+                                       kq_model_session *out) {
   memset(out, 0, sizeof *out);
   out->model = model;
   out->proj_path = proj_path;
@@ -32,6 +38,7 @@ kq_status kq_model_session_create(kq_llama *model, kq_device *device, const char
   kq_cache_params cp = kq_cache_default_params();
   cp.storage = storage;
   cp.capacity = capacity;
+  cp.n_seqs = n_seqs;
   st = kq_cache_create(device, out->proj, &cp, &out->cache);
   kq_cache_memory mem;
   if (st == KQ_OK) st = kq_cache_get_memory(out->cache, &mem);
@@ -40,6 +47,7 @@ kq_status kq_model_session_create(kq_llama *model, kq_device *device, const char
     return proj_path ? kq_error_prefix(st, "%s", proj_path) : st;
   }
   out->kv_bytes = mem.kv_bytes;
+  out->n_seqs = n_seqs;
   out->rope = info.rope;
   out->attn = kq_llama_cache_attention(out->cache, info.rope);
   return KQ_OK;

@@ -2,6 +2,10 @@
  * <kqsvd.h>): it opens a device, creates projections (identity and random
  * rank-r ones), a cache, appends tokens one by one and decodes, and checks
  * every decode output against a small float64 attention written here.
+ * Then, on cpu and on vulkan:0 / opencl:0 where present, it decodes three
+ * sequences of different lengths in one cache with queries, keys, values and
+ * outputs in device buffers (batched device-resident calls, one read per
+ * step), checked against the same reference per sequence.
  * Exit 0 when everything matches, 1 otherwise. */
 #include <math.h>
 #include <stdio.h>
@@ -61,7 +65,7 @@ static void reference(const kq_projection_layer *L, int n, const float *keys, co
   }
 }
 
-static int run(kq_device *dev, int rank) {
+static int make_projections(int rank, unsigned long long *seed, kq_projections **out_proj) {
   kq_projections_info info = {.method = KQ_METHOD_KQSVD,
                               .n_layers = 1,
                               .n_heads = H,
@@ -70,26 +74,118 @@ static int run(kq_device *dev, int rank) {
                               .rope = KQ_ROPE_POST,
                               .rope_layout = KQ_ROPE_PAIRS,
                               .rope_theta = 10000.0f};
+  int32_t r[1] = {rank};
+  kq_status st = kq_projections_create(&info, r, r, out_proj);
+  if (st != KQ_OK) return fail("projections", st);
+  kq_projection_layer L;
+  if ((st = kq_projections_layer(*out_proj, 0, &L)) != KQ_OK) return fail("layer", st);
+  for (int i = 0; i < HK * D * rank; i++) {
+    L.key_down[i] = (float)(0.5 * rnd(seed));
+    L.query_down[i] = (float)(0.5 * rnd(seed));
+    L.value_down[i] = (float)(0.5 * rnd(seed));
+    L.value_up[i] = (float)(0.5 * rnd(seed));
+  }
+  return 0;
+}
+
+enum { NSEQ = 3, STEPS = 24 };
+
+/* Three sequences in one cache, device-resident: sequence s joins at step
+ * 4s, so every batched step mixes different lengths. */
+static int run_sequences(const char *name, int rank) {
+  kq_device *dev = NULL;
+  kq_status st = kq_device_create(name, &dev);
+  if (st != KQ_OK) {
+    printf("engine: %s: absent, skipped\n", name);
+    return 0;
+  }
+  unsigned long long seed = 77u;
+  kq_projections *proj = NULL;
+  if (make_projections(rank, &seed, &proj)) return 1;
+  kq_projection_layer L;
+  kq_projections_layer(proj, 0, &L);
+  kq_cache_params params = kq_cache_default_params();
+  params.capacity = STEPS;
+  params.n_seqs = NSEQ;
+  kq_cache *cache = NULL;
+  kq_device_buffer *bk = NULL, *bv = NULL, *bq = NULL, *bo = NULL;
+  if ((st = kq_cache_create(dev, proj, &params, &cache)) != KQ_OK) return fail("cache", st);
+  if ((st = kq_device_buffer_create(dev, NSEQ * HK * D * 4, &bk)) != KQ_OK ||
+      (st = kq_device_buffer_create(dev, NSEQ * HK * D * 4, &bv)) != KQ_OK ||
+      (st = kq_device_buffer_create(dev, NSEQ * H * D * 4, &bq)) != KQ_OK ||
+      (st = kq_device_buffer_create(dev, NSEQ * H * D * 4, &bo)) != KQ_OK)
+    return fail("device buffers", st);
+  static float keys[NSEQ][STEPS * HK * D], values[NSEQ][STEPS * HK * D];
+  float k[NSEQ * HK * D], v[NSEQ * HK * D], q[NSEQ * H * D], out[NSEQ * H * D];
+  int len[NSEQ] = {0};
+  double ref[H * D], worst = 0.0;
+  for (int t = 0; t < STEPS; t++) {
+    kq_seq_span spans[NSEQ];
+    int n = 0;
+    for (int sq = 0; sq < NSEQ; sq++) {
+      if (t < 4 * sq) continue;
+      spans[n] = (kq_seq_span){.seq = sq, .n_tokens = 1};
+      for (int i = 0; i < HK * D; i++) {
+        k[n * HK * D + i] = keys[sq][len[sq] * HK * D + i] = (float)rnd(&seed);
+        v[n * HK * D + i] = values[sq][len[sq] * HK * D + i] = (float)rnd(&seed);
+      }
+      for (int i = 0; i < H * D; i++) q[n * H * D + i] = (float)rnd(&seed);
+      len[sq]++;
+      n++;
+    }
+    if ((st = kq_device_buffer_write(bk, 0, k, (size_t)n * HK * D * 4)) != KQ_OK ||
+        (st = kq_device_buffer_write(bv, 0, v, (size_t)n * HK * D * 4)) != KQ_OK ||
+        (st = kq_device_buffer_write(bq, 0, q, (size_t)n * H * D * 4)) != KQ_OK)
+      return fail("write", st);
+    if ((st = kq_cache_append_device(cache, 0, n, spans, bk, 0, bv, 0)) != KQ_OK)
+      return fail("append_device", st);
+    if ((st = kq_cache_attend_device(cache, 0, n, spans, bq, 0, KQ_OUTPUT_FULL, bo, 0)) != KQ_OK)
+      return fail("attend_device", st);
+    if ((st = kq_device_buffer_read(bo, 0, out, (size_t)n * H * D * 4)) != KQ_OK)
+      return fail("read", st);
+    for (int i = 0; i < n; i++) {
+      int sq = spans[i].seq;
+      reference(&L, len[sq], keys[sq], values[sq], q + i * H * D, ref);
+      double num = 0.0, den = 0.0;
+      for (int j = 0; j < H * D; j++) {
+        num += (out[i * H * D + j] - ref[j]) * (out[i * H * D + j] - ref[j]);
+        den += ref[j] * ref[j];
+      }
+      if (num / den > worst) worst = num / den;
+    }
+  }
+  kq_device_buffer_destroy(bk);
+  kq_device_buffer_destroy(bv);
+  kq_device_buffer_destroy(bq);
+  kq_device_buffer_destroy(bo);
+  kq_cache_destroy(cache);
+  kq_projections_destroy(proj);
+  kq_device_destroy(dev);
+  printf("engine: %s: %d sequences, %d device-resident batched steps, worst NMSE %.3e\n", name,
+         NSEQ, STEPS, worst);
+  return worst <= 1e-9 ? 0 : 1;
+}
+
+static int run(kq_device *dev, int rank) {
   kq_projections *proj = NULL;
   kq_status st;
   unsigned long long seed = 2024u + (unsigned)rank;
   if (rank == D) {
-    st = kq_projections_create_identity(&info, &proj);
-  } else {
-    int32_t r[1] = {rank};
-    st = kq_projections_create(&info, r, r, &proj);
+    kq_projections_info info = {.method = KQ_METHOD_KQSVD,
+                                .n_layers = 1,
+                                .n_heads = H,
+                                .n_kv_heads = HK,
+                                .head_dim = D,
+                                .rope = KQ_ROPE_POST,
+                                .rope_layout = KQ_ROPE_PAIRS,
+                                .rope_theta = 10000.0f};
+    if ((st = kq_projections_create_identity(&info, &proj)) != KQ_OK)
+      return fail("projections", st);
+  } else if (make_projections(rank, &seed, &proj)) {
+    return 1;
   }
-  if (st != KQ_OK) return fail("projections", st);
   kq_projection_layer L;
   if ((st = kq_projections_layer(proj, 0, &L)) != KQ_OK) return fail("layer", st);
-  if (rank != D) {
-    for (int i = 0; i < HK * D * rank; i++) {
-      L.key_down[i] = (float)(0.5 * rnd(&seed));
-      L.query_down[i] = (float)(0.5 * rnd(&seed));
-      L.value_down[i] = (float)(0.5 * rnd(&seed));
-      L.value_up[i] = (float)(0.5 * rnd(&seed));
-    }
-  }
   kq_cache_params params = kq_cache_default_params();
   params.capacity = TOKENS;
   kq_cache *cache = NULL;
@@ -129,5 +225,6 @@ int main(void) {
   printf("engine: kqsvd %s\n", kq_version());
   int rc = run(dev, D) | run(dev, 5);
   kq_device_destroy(dev);
+  rc |= run_sequences("cpu", 6) | run_sequences("vulkan:0", 6) | run_sequences("opencl:0", 6);
   return rc;
 }

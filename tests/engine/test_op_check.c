@@ -1,0 +1,165 @@
+/*
+ * test_op_check.c — the core's one validation of backend ops
+ * (backend/core/op_check.c): an op as the core builds it passes, and each
+ * broken promise of kqsvd_backend.h's "What a backend may trust" is caught,
+ * one mutation at a time.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "backend/core/kq_core.h"
+
+/* Stand-ins: the checks compare pointers with NULL, never dereference. */
+static char g_a, g_b, g_c, g_d, g_e, g_f;
+#define BUF(x) ((kq_buffer *)(void *)&(x))
+
+enum { H = 4, HK = 2, D = 16, R = 8, CAP = 32 };
+
+static kq_project_op project_op(void) {
+  kq_project_op op = {.src = BUF(g_a),
+                      .proj = BUF(g_b),
+                      .dst = BUF(g_c),
+                      .dst_offset = 2 * 256 * 4, /* sequence 2 of regions of 1024 bytes */
+                      .n_tokens = 3,
+                      .n_heads = HK,
+                      .head_dim = D,
+                      .rank = R,
+                      .capacity = CAP,
+                      .pos = CAP - 3,
+                      .storage = KQ_STORAGE_F32,
+                      .n_seqs = 1};
+  return op;
+}
+/* src 3 tokens, proj Hk·d·r floats, dst 4 regions of Hk·cap·r floats. */
+static const kq_op_sizes g_pz = {
+    .src = 3 * HK * D * 4, .proj = HK * D * R * 4, .dst = 4 * HK * CAP * R * 4};
+
+static void a_core_project_op_passes_and_each_break_is_caught(void **state) {
+  (void)state;
+  kq_project_op op = project_op();
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_OK);
+  op.pos++; /* past capacity */
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = project_op();
+  op.dst_offset += 4; /* a region not on a plane boundary */
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = project_op();
+  op.dst_offset = 4 * (size_t)HK * CAP * R * 4; /* a fifth region: out of bounds */
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = project_op();
+  op.src_offset = 4; /* src range past its buffer */
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = project_op();
+  op.storage = KQ_STORAGE_F16; /* the device has no F16 */
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 1), KQ_OK);
+  op = project_op();
+  op.flags = KQ_OP_IDENTITY_KEYS; /* identity with rank < d, and a matrix given */
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = project_op();
+  kq_segment segs[2] = {{4, KQ_SEG_FLOAT}, {3, KQ_SEG_Q4}}; /* odd q4, widths sum 7 */
+  op.n_segments = 2;
+  op.segments = segs;
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  segs[1] = (kq_segment){4, KQ_SEG_Q8};
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_OK);
+  segs[1] = (kq_segment){4, KQ_SEG_FLOAT}; /* adjacent float segments are never sent */
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = project_op();
+  op.dst = BUF(g_a); /* writing over its own input (src) */
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = project_op();
+  op.n_seqs = 2;
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+}
+
+static kq_attend_op attend_op(void) {
+  kq_attend_op op = {.q = BUF(g_a),
+                     .key_down = BUF(g_b),
+                     .query_down = BUF(g_c),
+                     .k_cache = BUF(g_d),
+                     .v_cache = BUF(g_e),
+                     .out = BUF(g_f),
+                     .n_queries = 2,
+                     .n_ctx = 5,
+                     .n_heads = H,
+                     .n_kv_heads = HK,
+                     .head_dim = D,
+                     .rank_k = R,
+                     .rank_v = R,
+                     .capacity = CAP,
+                     .rope = KQ_ROPE_PRE,
+                     .scale = 0.25f,
+                     .n_seqs = 1};
+  return op;
+}
+static const kq_op_sizes g_az = {.q = 2 * H * D * 4,
+                                 .key_down = HK * D * R * 4,
+                                 .query_down = HK * D * R * 4,
+                                 .k_cache = HK * CAP * R * 4,
+                                 .v_cache = HK * CAP * R * 4,
+                                 .out = 2 * H * D * 4,
+                                 .value_up = HK * D * R * 4};
+
+static void a_core_attend_op_passes_and_each_break_is_caught(void **state) {
+  (void)state;
+  kq_attend_op op = attend_op();
+  assert_int_equal(kq_core_check_attend(&op, &g_az, 0, 0), KQ_OK);
+  op.n_ctx = CAP + 1;
+  assert_int_equal(kq_core_check_attend(&op, &g_az, 0, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = attend_op();
+  op.n_queries = 6; /* more queries than positions */
+  assert_int_equal(kq_core_check_attend(&op, &g_az, 0, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = attend_op();
+  op.n_kv_heads = 3; /* H not a multiple */
+  assert_int_equal(kq_core_check_attend(&op, &g_az, 0, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = attend_op();
+  op.layout = KQ_LAYOUT_JOINT; /* PRE with the joint layout */
+  assert_int_equal(kq_core_check_attend(&op, &g_az, 0, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = attend_op();
+  op.key_down = NULL; /* per-head PRE reads A */
+  assert_int_equal(kq_core_check_attend(&op, &g_az, 0, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = attend_op();
+  op.v_cache_offset = 256; /* a second region that the buffer does not have */
+  assert_int_equal(kq_core_check_attend(&op, &g_az, 0, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = attend_op();
+  op.value_up = BUF(g_a); /* fused up-projection on a backend without the cap */
+  assert_int_equal(kq_core_check_attend(&op, &g_az, 0, 0), KQ_ERR_INVALID_ARGUMENT);
+  assert_int_equal(kq_core_check_attend(&op, &g_az, 0, KQ_BACKEND_CAP_FUSED_UP), KQ_OK);
+  op.out_offset = 4; /* the full output then needs H·d floats per query */
+  assert_int_equal(kq_core_check_attend(&op, &g_az, 0, KQ_BACKEND_CAP_FUSED_UP),
+                   KQ_ERR_INVALID_ARGUMENT);
+}
+
+static void a_core_up_op_passes_and_each_break_is_caught(void **state) {
+  (void)state;
+  kq_up_op op = {.latent = BUF(g_a),
+                 .value_up = BUF(g_b),
+                 .out = BUF(g_c),
+                 .n_queries = 3,
+                 .n_heads = H,
+                 .n_kv_heads = HK,
+                 .head_dim = D,
+                 .rank_v = R,
+                 .n_seqs = 1};
+  kq_op_sizes z = {.src = 3 * H * R * 4, .value_up = HK * D * R * 4, .out = 3 * H * D * 4};
+  assert_int_equal(kq_core_check_up(&op, &z), KQ_OK);
+  op.n_queries = 4;
+  assert_int_equal(kq_core_check_up(&op, &z), KQ_ERR_INVALID_ARGUMENT);
+  op.n_queries = 3;
+  op.flags = KQ_OP_IDENTITY_VALUES; /* identity, but rank < d and a matrix given */
+  assert_int_equal(kq_core_check_up(&op, &z), KQ_ERR_INVALID_ARGUMENT);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(a_core_project_op_passes_and_each_break_is_caught),
+      cmocka_unit_test(a_core_attend_op_passes_and_each_break_is_caught),
+      cmocka_unit_test(a_core_up_op_passes_and_each_break_is_caught),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
