@@ -47,6 +47,16 @@
 extern "C" {
 #endif
 
+/* KQ_API marks the functions libkqsvd exports; everything else in the
+ * library is hidden (built with -fvisibility=hidden). */
+#ifndef KQ_API
+#if defined(__GNUC__) || defined(__clang__)
+#define KQ_API __attribute__((visibility("default")))
+#else
+#define KQ_API
+#endif
+#endif
+
 #define KQ_VERSION_MAJOR 0
 #define KQ_VERSION_MINOR 1
 #define KQ_VERSION_PATCH 0
@@ -73,14 +83,14 @@ typedef enum kq_status {
 } kq_status;
 
 /* A static English name for a status ("KQ_ERR_FORMAT" -> "malformed file"). */
-const char *kq_status_string(kq_status status);
+KQ_API const char *kq_status_string(kq_status status);
 
 /* The message of the last failure on the calling thread ("" if none). The
  * pointer stays valid until the next kqsvd call on this thread. */
-const char *kq_last_error(void);
+KQ_API const char *kq_last_error(void);
 
 /* "MAJOR.MINOR.PATCH". */
-const char *kq_version(void);
+KQ_API const char *kq_version(void);
 
 /* ------------------------------------------------------------------------ */
 /* Common enums                                                             */
@@ -110,9 +120,9 @@ typedef enum kq_method {
 } kq_method;
 
 /* "kq-svd", "k-svd", "eigen", "quant"; NULL for an invalid value. */
-const char *kq_method_name(kq_method method);
+KQ_API const char *kq_method_name(kq_method method);
 /* Parses a method name; KQ_ERR_INVALID_ARGUMENT for an unknown one. */
-kq_status kq_method_parse(const char *name, kq_method *out_method);
+KQ_API kq_status kq_method_parse(const char *name, kq_method *out_method);
 
 /* Latent layout (SPEC §1b). PER_HEAD: one latent per kv head (A, B, C, E
  * are [n_kv_heads, head_dim, rank]). JOINT: one latent per layer shared by
@@ -123,9 +133,9 @@ kq_status kq_method_parse(const char *name, kq_method *out_method);
 typedef enum kq_layout { KQ_LAYOUT_PER_HEAD = 0, KQ_LAYOUT_JOINT = 1 } kq_layout;
 
 /* "per-head", "joint"; NULL for an invalid value. */
-const char *kq_layout_name(kq_layout layout);
+KQ_API const char *kq_layout_name(kq_layout layout);
 /* Parses a layout name; KQ_ERR_INVALID_ARGUMENT for an unknown one. */
-kq_status kq_layout_parse(const char *name, kq_layout *out_layout);
+KQ_API kq_status kq_layout_parse(const char *name, kq_layout *out_layout);
 
 /* Storage format of a run of latent dims (SPEC §1b). */
 #define KQ_SEG_FLOAT 0 /* the cache's storage type (F32 or F16) */
@@ -172,28 +182,28 @@ typedef struct kq_device kq_device;
 
 /* Number of devices over all backends found (CPU first). Backend modules are
  * loaded on first use; a module whose driver is missing contributes 0. */
-kq_status kq_device_count(int *out_count);
+KQ_API kq_status kq_device_count(int *out_count);
 
 /* Info of the device at index [0, count). */
-kq_status kq_device_info_get(int index, kq_device_info *out_info);
+KQ_API kq_status kq_device_info_get(int index, kq_device_info *out_info);
 
 /* Opens a device by name ("cpu", "vulkan:N", "opencl:N"). name == NULL or ""
  * means the KQSVD_DEVICE environment variable, or "cpu" if unset. Unknown
  * names fail with KQ_ERR_NOT_FOUND and a message listing the devices. */
-kq_status kq_device_create(const char *name, kq_device **out_device);
+KQ_API kq_status kq_device_create(const char *name, kq_device **out_device);
 
 /* Info of an open device. */
-kq_status kq_device_get_info(const kq_device *device, kq_device_info *out_info);
+KQ_API kq_status kq_device_get_info(const kq_device *device, kq_device_info *out_info);
 
 /* Streaming-copy bandwidth of the device (the benchmark ceiling, SPEC §5):
  * copies `bytes` between two device buffers `reps` times after one warm-up
  * copy and returns the median GB/s, counting bytes read plus written
  * (2 * bytes per copy, 1e9 bytes per GB). */
-kq_status kq_device_copy_bandwidth(kq_device *device, uint64_t bytes, int32_t reps,
-                                   double *out_gbps);
+KQ_API kq_status kq_device_copy_bandwidth(kq_device *device, uint64_t bytes, int32_t reps,
+                                          double *out_gbps);
 
 /* Closes a device. Every cache created on it must be destroyed first. */
-void kq_device_destroy(kq_device *device);
+KQ_API void kq_device_destroy(kq_device *device);
 
 /* ------------------------------------------------------------------------ */
 /* Projections (SPEC §2, projection file)                                   */
@@ -235,25 +245,26 @@ typedef struct kq_projections kq_projections;
 
 /* Reads and validates a projection file (shapes against metadata, ranks in
  * [1, d], finite values). Errors name the file and tensor. */
-kq_status kq_projections_load(const char *path, kq_projections **out_proj);
+KQ_API kq_status kq_projections_load(const char *path, kq_projections **out_proj);
 
 /* Creates zero-filled projections with the given per-layer ranks
  * (rank_k[l], rank_v[l] in [1, head_dim], or [1, n_kv_heads·head_dim] for
  * the JOINT layout); fill them through kq_projections_layer(). */
-kq_status kq_projections_create(const kq_projections_info *info, const int32_t *rank_k,
-                                const int32_t *rank_v, kq_projections **out_proj);
+KQ_API kq_status kq_projections_create(const kq_projections_info *info, const int32_t *rank_k,
+                                       const int32_t *rank_v, kq_projections **out_proj);
 
 /* Creates identity projections (rank = head_dim everywhere): plain full
  * attention, the baseline every speedup is measured against. */
-kq_status kq_projections_create_identity(const kq_projections_info *info,
-                                         kq_projections **out_proj);
+KQ_API kq_status kq_projections_create_identity(const kq_projections_info *info,
+                                                kq_projections **out_proj);
 
 /* Metadata of a projection set. */
-kq_status kq_projections_get_info(const kq_projections *proj, kq_projections_info *out_info);
+KQ_API kq_status kq_projections_get_info(const kq_projections *proj, kq_projections_info *out_info);
 
 /* Writable host views of layer `layer`; valid until the projections are
  * destroyed. */
-kq_status kq_projections_layer(kq_projections *proj, int32_t layer, kq_projection_layer *out_layer);
+KQ_API kq_status kq_projections_layer(kq_projections *proj, int32_t layer,
+                                      kq_projection_layer *out_layer);
 
 /* Which side of a layer a segment list describes. */
 typedef enum kq_side { KQ_SIDE_KEYS = 0, KQ_SIDE_VALUES = 1 } kq_side;
@@ -262,23 +273,24 @@ typedef enum kq_side { KQ_SIDE_KEYS = 0, KQ_SIDE_VALUES = 1 } kq_side;
  * widths must be >= 1 and sum to that side's rank, bits in {KQ_SEG_FLOAT,
  * KQ_SEG_Q8, KQ_SEG_Q4}, Q4 widths even, 1 <= n <= KQ_MAX_SEGMENTS.
  * KQ_ERR_INVALID_ARGUMENT otherwise, naming the layer and segment. */
-kq_status kq_projections_set_segments(kq_projections *proj, int32_t layer, kq_side side,
-                                      int32_t n_segments, const kq_segment *segments);
+KQ_API kq_status kq_projections_set_segments(kq_projections *proj, int32_t layer, kq_side side,
+                                             int32_t n_segments, const kq_segment *segments);
 
 /* Bytes per token that layer `layer` stores for keys plus values, all kv
  * groups, with float segments in `storage` (SPEC §1b: a quantized segment
  * costs width·bits/8 + 2 bytes per group). */
-uint64_t kq_projections_layer_bytes(const kq_projections *proj, int32_t layer, kq_storage storage);
+KQ_API uint64_t kq_projections_layer_bytes(const kq_projections *proj, int32_t layer,
+                                           kq_storage storage);
 
 /* The cache's bytes per token over all layers divided by those of a full
  * F16 cache (2·2·head_dim·n_kv_heads·n_layers): SPEC §1b fraction_of_f16. */
-double kq_projections_fraction_of_f16(const kq_projections *proj, kq_storage storage);
+KQ_API double kq_projections_fraction_of_f16(const kq_projections *proj, kq_storage storage);
 
 /* Writes a projection file, version 2 (temporary name + rename; never a
  * half file). */
-kq_status kq_projections_save(const kq_projections *proj, const char *path);
+KQ_API kq_status kq_projections_save(const kq_projections *proj, const char *path);
 
-void kq_projections_destroy(kq_projections *proj);
+KQ_API void kq_projections_destroy(kq_projections *proj);
 
 /* ------------------------------------------------------------------------ */
 /* Compressed KV cache                                                      */
@@ -295,7 +307,7 @@ typedef struct kq_cache_params {
   int32_t n_seqs;     /* sequences; must be 1 in this version (batching reserved) */
 } kq_cache_params;
 
-kq_cache_params kq_cache_default_params(void);
+KQ_API kq_cache_params kq_cache_default_params(void);
 
 typedef struct kq_cache kq_cache;
 
@@ -303,15 +315,15 @@ typedef struct kq_cache kq_cache;
  * projections are copied to the device; `proj` may be destroyed afterwards.
  * Fails with KQ_ERR_DEVICE_MEMORY (naming the device and size) when the cache
  * does not fit, KQ_ERR_UNSUPPORTED for F16 on a device without it. */
-kq_status kq_cache_create(kq_device *device, const kq_projections *proj,
-                          const kq_cache_params *params, kq_cache **out_cache);
+KQ_API kq_status kq_cache_create(kq_device *device, const kq_projections *proj,
+                                 const kq_cache_params *params, kq_cache **out_cache);
 
 /* Compresses n_tokens new tokens of layer `layer` and stores them at the
  * next positions. keys, values: [n_tokens, n_kv_heads, head_dim]. In PRE
  * rope mode the keys are un-rotated; in POST mode already rotated. Position
  * of a token = its index in the cache. KQ_ERR_CAPACITY past capacity. */
-kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens, const float *keys,
-                          const float *values);
+KQ_API kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens,
+                                 const float *keys, const float *values);
 
 /* Causal attention for the last n_queries appended tokens of `layer`
  * (n_queries = 1 is decode): query j sits at position len - n_queries + j and
@@ -329,14 +341,14 @@ kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens, cons
  * that never see the bad data are unaffected. A quantized
  * latent segment holding NaN/Inf stores a NaN scale, so it propagates the
  * same way. Nothing is treated as masked. */
-kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries, const float *queries,
-                          kq_output output, float *out);
+KQ_API kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries,
+                                 const float *queries, kq_output output, float *out);
 
 /* Shortens every layer to `length` tokens (no-op for layers already shorter). */
-kq_status kq_cache_truncate(kq_cache *cache, int32_t length);
+KQ_API kq_status kq_cache_truncate(kq_cache *cache, int32_t length);
 
 /* Tokens stored in `layer` (0 for an invalid layer). */
-int32_t kq_cache_length(const kq_cache *cache, int32_t layer);
+KQ_API int32_t kq_cache_length(const kq_cache *cache, int32_t layer);
 
 typedef struct kq_cache_memory {
   uint64_t kv_bytes;         /* latent keys + values at full capacity, all layers: the true
@@ -345,9 +357,9 @@ typedef struct kq_cache_memory {
   uint64_t scratch_bytes;    /* staging and work buffers currently held */
 } kq_cache_memory;
 
-kq_status kq_cache_get_memory(const kq_cache *cache, kq_cache_memory *out_memory);
+KQ_API kq_status kq_cache_get_memory(const kq_cache *cache, kq_cache_memory *out_memory);
 
-void kq_cache_destroy(kq_cache *cache);
+KQ_API void kq_cache_destroy(kq_cache *cache);
 
 /* ------------------------------------------------------------------------ */
 /* Fitting (host)                                                           */
@@ -385,7 +397,7 @@ typedef struct kq_fit_params {
   const volatile int *cancel; /* optional: non-zero aborts with KQ_ERR_INTERRUPTED */
 } kq_fit_params;
 
-kq_fit_params kq_fit_default_params(void);
+KQ_API kq_fit_params kq_fit_default_params(void);
 
 /* What kq_fit chose, for its one-line summary. */
 typedef struct kq_fit_summary {
@@ -398,11 +410,11 @@ typedef struct kq_fit_summary {
 
 /* Fits projections from calibration file `calib_path` (SPEC §2) and writes
  * `out_path` atomically. On any failure no output file exists. */
-kq_status kq_fit(const char *calib_path, const char *out_path, const kq_fit_params *params);
+KQ_API kq_status kq_fit(const char *calib_path, const char *out_path, const kq_fit_params *params);
 
 /* kq_fit, also filling *out_summary (may be NULL) on success. */
-kq_status kq_fit_ex(const char *calib_path, const char *out_path, const kq_fit_params *params,
-                    kq_fit_summary *out_summary);
+KQ_API kq_status kq_fit_ex(const char *calib_path, const char *out_path,
+                           const kq_fit_params *params, kq_fit_summary *out_summary);
 
 typedef struct kq_eval_layer {
   int32_t layer, rank_k, rank_v;
@@ -430,14 +442,14 @@ typedef struct kq_eval_params {
   const volatile int *cancel;
 } kq_eval_params;
 
-kq_eval_params kq_eval_default_params(void);
+KQ_API kq_eval_params kq_eval_default_params(void);
 
 /* Computes the SPEC §3 metrics of projection file `proj_path` on calibration
  * file `calib_path`. Free the result with kq_eval_result_destroy. */
-kq_status kq_eval(const char *calib_path, const char *proj_path, const kq_eval_params *params,
-                  kq_eval_result **out_result);
+KQ_API kq_status kq_eval(const char *calib_path, const char *proj_path,
+                         const kq_eval_params *params, kq_eval_result **out_result);
 
-void kq_eval_result_destroy(kq_eval_result *result);
+KQ_API void kq_eval_result_destroy(kq_eval_result *result);
 
 /* ------------------------------------------------------------------------ */
 /* Synthetic calibration data                                               */
@@ -463,12 +475,12 @@ typedef struct kq_synth_params {
   int32_t with_wo; /* write layers.{l}.wo */
 } kq_synth_params;
 
-kq_synth_params kq_synth_default_params(void);
+KQ_API kq_synth_params kq_synth_default_params(void);
 
 /* Writes a synthetic calibration file with realistic structure: anisotropic
  * hidden states, GQA, post-RoPE keys/queries, and a few high-variance key
  * channels the queries ignore (where K-SVD wastes rank). */
-kq_status kq_synth(const char *out_path, const kq_synth_params *params);
+KQ_API kq_status kq_synth(const char *out_path, const kq_synth_params *params);
 
 #ifdef __cplusplus
 }
