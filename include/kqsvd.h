@@ -25,6 +25,11 @@
  *   - Host arrays are row-major float32 unless said otherwise; shapes are
  *     written [outer, ..., inner].
  *   - The library never prints and never exits the process.
+ *   - Params structs (kq_cache_params, kq_fit_params, kq_eval_params,
+ *     kq_synth_params) grow with new options: start from their
+ *     *_default_params(), which sets the leading struct_size, and change
+ *     fields by name. A struct_size the library does not know fails with
+ *     KQ_ERR_ABI.
  *
  * Thread safety:
  *   - kq_last_error() is per thread: it reports the last failure on the
@@ -302,6 +307,7 @@ typedef enum kq_output {
 } kq_output;
 
 typedef struct kq_cache_params {
+  size_t struct_size; /* sizeof(kq_cache_params): set by kq_cache_default_params() */
   kq_storage storage; /* latent storage type, default F32 */
   int32_t capacity;   /* tokens per layer, default 4096 */
   int32_t n_seqs;     /* sequences; must be 1 in this version (batching reserved) */
@@ -368,8 +374,9 @@ KQ_API void kq_cache_destroy(kq_cache *cache);
 typedef void (*kq_progress_fn)(void *user, int32_t done, int32_t total, const char *stage);
 
 typedef struct kq_fit_params {
-  kq_method method; /* default KQ_METHOD_KQSVD */
-  double alpha;     /* eigen: stack [alpha K; Q / alpha], default 1 */
+  size_t struct_size; /* sizeof(kq_fit_params): set by kq_fit_default_params() */
+  kq_method method;   /* default KQ_METHOD_KQSVD */
+  double alpha;       /* eigen: stack [alpha K; Q / alpha], default 1 */
   /* Rank choice, exactly one of: fixed ranks (rank_k, rank_v > 0), epsilon
    * (> 0: per layer smallest rank with predicted relative error <= epsilon),
    * ratio (in (0, 1]: latent cache <= ratio of the full cache; half the
@@ -432,6 +439,7 @@ typedef struct kq_eval_result {
 } kq_eval_result;
 
 typedef struct kq_eval_params {
+  size_t struct_size; /* sizeof(kq_eval_params): set by kq_eval_default_params() */
   int32_t max_seqs;   /* 0 = all sequences */
   const char *device; /* NULL: host float64 attention; else softmax/output go
                          through that device's append + attend */
@@ -467,6 +475,7 @@ typedef enum kq_dtype {
 } kq_dtype;
 
 typedef struct kq_synth_params {
+  size_t struct_size; /* sizeof(kq_synth_params): set by kq_synth_default_params() */
   int32_t n_layers, n_heads, n_kv_heads, head_dim, hidden; /* hidden = model width D */
   int32_t seq_len, n_seqs;
   kq_dtype dtype; /* F32, F16 or BF16 */

@@ -35,6 +35,17 @@ kq_status kq_error_context(kq_status status, const char *path, const char *fmt, 
 
 void kq_clear_error(void);
 
+/* Public params structs start with `size_t struct_size` (the size the caller
+ * was compiled with, set by the struct's *_default_params()). `out` holds
+ * the defaults, `size` bytes (this library's sizeof); copies the caller's
+ * `given` struct over them, so fields of a newer version that an older
+ * caller lacks keep their defaults, and sets out's struct_size to `size`.
+ * KQ_ERR_ABI naming `what` and `defaults_fn` unless min_size <= the given
+ * struct_size <= size (min_size: the first version's size). given == NULL
+ * keeps the defaults. */
+kq_status kq_params_adopt(void *out, size_t size, size_t min_size, const void *given,
+                          const char *what, const char *defaults_fn);
+
 /* IEEE binary16 <-> binary32; round to nearest even, Inf/NaN preserved. */
 float kq_f16_to_f32(uint16_t h);
 uint16_t kq_f32_to_f16(float f);

@@ -12,6 +12,7 @@
 kq_eval_params kq_eval_default_params(void) {
   kq_eval_params p;
   memset(&p, 0, sizeof p);
+  p.struct_size = sizeof p;
   p.storage = KQ_STORAGE_F32;
   return p;
 }
@@ -224,7 +225,10 @@ kq_status kq_eval(const char *calib_path, const char *proj_path, const kq_eval_p
                   kq_eval_result **out_result) {
   if (!out_result) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "eval: out_result is NULL");
   *out_result = NULL;
-  kq_eval_params p = params ? *params : kq_eval_default_params();
+  kq_eval_params p = kq_eval_default_params();
+  kq_status adopt =
+      kq_params_adopt(&p, sizeof p, sizeof p, params, "kq_eval_params", "kq_eval_default_params");
+  if (adopt) return adopt;
   if (p.max_seqs < 0)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "eval: max_seqs %d < 0", (int)p.max_seqs);
   if (p.n_threads < 0)

@@ -27,7 +27,8 @@ void kq_device_destroy(kq_device *device) {
 }
 
 kq_cache_params kq_cache_default_params(void) {
-  kq_cache_params p = {.storage = KQ_STORAGE_F32, .capacity = 4096, .n_seqs = 1};
+  kq_cache_params p = {
+      .struct_size = sizeof p, .storage = KQ_STORAGE_F32, .capacity = 4096, .n_seqs = 1};
   return p;
 }
 kq_status kq_cache_create(kq_device *device, const kq_projections *proj,
