@@ -13,6 +13,7 @@
 kq_fit_params kq_fit_default_params(void) {
   kq_fit_params p;
   memset(&p, 0, sizeof p);
+  p.struct_size = sizeof p;
   p.method = KQ_METHOD_KQSVD;
   p.alpha = 1.0;
   p.layout = KQ_LAYOUT_PER_HEAD;
@@ -302,8 +303,11 @@ kq_status kq_fit(const char *calib_path, const char *out_path, const kq_fit_para
 
 kq_status kq_fit_ex(const char *calib_path, const char *out_path, const kq_fit_params *params,
                     kq_fit_summary *out_summary) {
-  kq_fit_params p = params ? *params : kq_fit_default_params();
-  kq_status st = check_params(&p);
+  kq_fit_params p = kq_fit_default_params();
+  kq_status st =
+      kq_params_adopt(&p, sizeof p, sizeof p, params, "kq_fit_params", "kq_fit_default_params");
+  if (st) return st;
+  st = check_params(&p);
   if (st) return st;
   if (!out_path) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "output path is NULL");
   /* Before any work: a writable regular target that is not the input. */
