@@ -35,6 +35,22 @@ kq_status kq_error_context(kq_status status, const char *path, const char *fmt, 
 
 void kq_clear_error(void);
 
+/* SHA-256 (FIPS 180-4), streaming: init, update any number of times, final
+ * writes 64 lowercase hex digits and a NUL. */
+typedef struct kq_sha256 {
+  uint32_t h[8];
+  uint64_t n_bytes;
+  uint8_t buf[64];
+  size_t n_buf;
+} kq_sha256;
+void kq_sha256_init(kq_sha256 *s);
+void kq_sha256_update(kq_sha256 *s, const void *data, size_t n);
+void kq_sha256_final(kq_sha256 *s, char out_hex[65]);
+
+/* SHA-256 of a whole file, as `sha256sum` prints it. KQ_ERR_IO naming the
+ * file when it cannot be read. */
+kq_status kq_sha256_file(const char *path, char out_hex[65]);
+
 /* Public params structs start with `size_t struct_size` (the size the caller
  * was compiled with, set by the struct's *_default_params()). `out` holds
  * the defaults, `size` bytes (this library's sizeof); copies the caller's
