@@ -106,6 +106,10 @@ kq_status kq_model_capture(kq_llama *model, kq_device *device, const int32_t *id
     st = kq_st_writer_meta(w, "rope_theta", text);
   }
   if (st == KQ_OK) st = kq_st_writer_meta(w, "rope_layout", "pairs");
+  const kq_model_identity *id = NULL; /* SPEC §1b: fit copies it into the projections */
+  if (st == KQ_OK) st = kq_llama_identity(model, &id);
+  if (st == KQ_OK && id->name[0]) st = kq_st_writer_meta(w, "model_name", id->name);
+  if (st == KQ_OK) st = kq_st_writer_meta(w, "model_sha256", id->sha256);
   for (int32_t l = 0; l < L && st == KQ_OK; l++) {
     char name[64];
     int64_t sq[3] = {H, T, d}, skv[3] = {Hk, T, d}, swo[2] = {hp->n_embd, (int64_t)H * d};

@@ -90,8 +90,8 @@ typedef struct kq_capture_params {
 
 /* Runs the model (full attention on `device`) over whole seq_len-token
  * sequences of ids and writes per layer q [H,T,d], k, v [Hk,T,d] and
- * wo [D, H·d] with metadata seq_len, rope, rope_theta, rope_layout=pairs
- * to out_path (atomically). *out_tokens = T. KQ_ERR_INVALID_ARGUMENT when
+ * wo [D, H·d] with metadata seq_len, rope, rope_theta, rope_layout=pairs,
+ * model_name and model_sha256 (kq_llama_identity) to out_path (atomically). *out_tokens = T. KQ_ERR_INVALID_ARGUMENT when
  * fewer than seq_len tokens are given. */
 kq_status kq_model_capture(kq_llama *model, kq_device *device, const int32_t *ids, int64_t n,
                            const char *out_path, const kq_capture_params *params,
