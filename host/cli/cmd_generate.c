@@ -5,6 +5,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "cli_model.h"
 #include "cli_util.h"
 #include "commands.h"
 #include "model/kq_model_run.h"
@@ -128,6 +129,7 @@ int kq_cmd_generate(int argc, char **argv) {
   kq_model_session s = {0};
   int have_session = 0;
   kq_status st = kq_llama_load(model_path, (int)threads, &m);
+  if (st == KQ_OK && proj) st = kq_cli_check_proj(cmd, m, proj); /* before any work */
   if (st == KQ_OK) {
     const char *text = prompt;
     if (chat) {

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_model.h"
 #include "cli_util.h"
 #include "commands.h"
 #include "model/kq_model_run.h"
@@ -296,6 +297,8 @@ int kq_cmd_ppl(int argc, char **argv) {
   size_t len;
   kq_status st = kq_model_read_text(text_path, &text, &len);
   if (st == KQ_OK) st = kq_llama_load(model_path, (int)threads, &m);
+  for (int i = 0; i < n_comp && st == KQ_OK; i++) /* before tokenizing or any pass */
+    st = kq_cli_check_proj(cmd, m, comp[i].proj);
   size_t dropped = 0;
   if (st == KQ_OK) /* tokenize no further than scored */
     st = kq_tokenizer_encode_ex(kq_llama_get_tokenizer(m), text, len, special,
