@@ -8,6 +8,7 @@
 #include "cli_model.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "model/kq_chat.h"
 #include "model/kq_model_run.h"
 
 static void help(void) {
@@ -15,9 +16,10 @@ static void help(void) {
       "usage: kqsvd generate MODEL.gguf -p TEXT [--proj PROJ] [--device NAME]\n"
       "                     [-n N] [--storage f32|f16] [--chat] [-t N] [--json] [-q|-v]\n"
       "\n"
-      "Greedy decoding: prints the prompt and the generated text on stdout, then prefill\n"
-      "and decode speed on stderr. Attention runs on --device through the kqsvd cache:\n"
-      "the full cache, or with --proj the compressed cache of a projection file.\n"
+      "Greedy decoding: prints the prompt and the generated text on stdout (with --chat\n"
+      "only the reply), then prefill and decode speed on stderr. Attention runs on\n"
+      "--device through the kqsvd cache: the full cache, or with --proj the compressed\n"
+      "cache of a projection file (refused when it was fitted for another model).\n"
       "\n"
       "  -m, --model FILE    the model (instead of the MODEL.gguf argument)\n"
       "  -p, --prompt TEXT   the prompt\n"
@@ -25,8 +27,10 @@ static void help(void) {
       "  --device NAME       cpu, vulkan:N, opencl:N (default: $KQSVD_DEVICE or cpu)\n"
       "  -n, --n-predict N   tokens to generate (default 64); stops early at EOS\n"
       "  --storage T         latent cache storage, f32 (default) or f16\n"
-      "  --chat              wrap the prompt in the model's chat turn markers\n"
-      "                      (<|im_start|>user ... <|im_end|> <|im_start|>assistant)\n"
+      "  --chat              the prompt is a user message: render the model's chat\n"
+      "                      template (GGUF tokenizer.chat_template; ChatML with its\n"
+      "                      default system prompt, or Llama-3 turns; ChatML with a\n"
+      "                      warning when the GGUF has neither) and print only the reply\n"
       "  -t, --threads N     CPU threads for the model (default: all cores)\n"
       "  --json              print one JSON object on stdout instead of the text: {\"prompt\",\n"
       "                      \"text\" (generated), \"cache\", \"proj\", \"device\", \"kv_bytes\",\n"
@@ -45,6 +49,7 @@ typedef struct printer {
   char *text; /* NULL: print */
   size_t len, cap;
   int oom;
+  char last; /* last byte printed, '\0' before any */
 } printer;
 
 static int print_token(void *user, int32_t id) {
@@ -52,6 +57,7 @@ static int print_token(void *user, int32_t id) {
   size_t len;
   const char *b = kq_tokenizer_token_bytes(p->tok, id, &len);
   if (!b || id == kq_tokenizer_eos(p->tok)) return 0;
+  if (len) p->last = b[len - 1];
   if (!p->text) {
     fwrite(b, 1, len, stdout);
     fflush(stdout);
@@ -133,13 +139,21 @@ int kq_cmd_generate(int argc, char **argv) {
   if (st == KQ_OK) {
     const char *text = prompt;
     if (chat) {
-      size_t len = strlen(prompt) + 64;
-      wrapped = malloc(len);
-      if (!wrapped) return kq_cli_usage_error(cmd, "out of memory");
-      snprintf(wrapped, len, "<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n", prompt);
+      kq_chat_format fmt;
+      kq_chat_detect(kq_llama_chat_template(m), &fmt);
+      if (fmt.guessed)
+        fprintf(stderr,
+                "kqsvd generate: warning: %s has %s chat template; using ChatML turn markers "
+                "(<|im_start|>user ... <|im_end|>)\n",
+                model_path, kq_llama_chat_template(m) ? "no known" : "no");
+      kq_cli_detail(cmd, "chat template: %s%s%s",
+                    fmt.family == KQ_CHAT_LLAMA3 ? "Llama-3" : "ChatML",
+                    fmt.default_system[0] ? ", default system prompt: " : "", fmt.default_system);
+      st = kq_chat_render(&fmt, prompt, &wrapped);
       text = wrapped;
     }
-    st = kq_tokenizer_encode(kq_llama_get_tokenizer(m), text, strlen(text), chat, &ids, &n_ids);
+    if (st == KQ_OK)
+      st = kq_tokenizer_encode(kq_llama_get_tokenizer(m), text, strlen(text), chat, &ids, &n_ids);
   }
   if (st == KQ_OK && n_ids == 0)
     st = kq_set_error(KQ_ERR_INVALID_ARGUMENT, "the prompt gives no tokens");
@@ -154,12 +168,12 @@ int kq_cmd_generate(int argc, char **argv) {
     pr.tok = kq_llama_get_tokenizer(m);
     if (json)
       pr.text = calloc(1, 1), pr.cap = 1, pr.oom = pr.text == NULL;
-    else
-      fwrite(chat ? wrapped : prompt, 1, strlen(chat ? wrapped : prompt), stdout);
+    else if (!chat)
+      fwrite(prompt, 1, strlen(prompt), stdout);
     st = kq_model_generate(&s, ids, n_ids, (int32_t)n_new, print_token, &pr, kq_cli_cancel_flag(),
                            &r);
     if (st == KQ_OK && pr.oom) st = kq_set_error(KQ_ERR_OUT_OF_MEMORY, "generated text");
-    if (!json) printf("\n");
+    if (!json && (!chat || pr.last != '\n')) printf("\n"); /* the reply ends with a newline */
   }
   int rc = 0;
   if (st != KQ_OK) {
