@@ -1,6 +1,6 @@
 /*
  * fuzz_cli_stubs.c — stand-ins for the public device and cache API, which
- * kq_fit's device eval references but the CLI fuzz harness never reaches
+ * kq_eval's device path references but the CLI fuzz harness never reaches
  * (kq_eval is replaced there). Each fails cleanly with KQ_ERR_UNSUPPORTED, so
  * that reaching one by accident is an error, not a crash.
  */

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kq_fit.h"
+#include "kq_eval.h"
 #include "kq_projections_internal.h"
 
 kq_eval_params kq_eval_default_params(void) {
