@@ -57,6 +57,11 @@ typedef struct kq_ppl_params {
   kq_progress_fn progress;
   void *progress_user;
   const volatile int *cancel;
+  /* Optional, [reference ? 1 + n_sessions : n_sessions], reference first:
+   * the perplexity so far of each run (exp of the mean NLL of the tokens
+   * scored so far; NAN before the first), written before each progress
+   * call, so a progress display can show it. */
+  double *running_ppl;
 } kq_ppl_params;
 
 typedef struct kq_ppl_result {
