@@ -112,10 +112,33 @@ void *kq_calloc_array(size_t count, size_t size, const char *what);
 /* Number of threads to use: requested > 0 ? requested : online CPUs. */
 int kq_thread_count(int requested);
 
-/* Runs fn(ctx, i) for i in [0, n) on up to n_threads threads (the caller is
- * one of them). Iterations are handed out dynamically. Returns the first
- * non-OK status any iteration returned (remaining iterations are skipped).
- * Error messages set by a worker thread are copied to the caller's thread. */
+/* The library's one CPU thread team, created on first use and kept: its
+ * size is $KQSVD_CPU_THREADS, or the online CPU count. Decode-sized CPU ops
+ * and coarse host work (fitting, the model) share it. One job runs at a
+ * time: concurrent callers wait their turn (so every result is independent
+ * of other threads); a job started from inside a job's iteration runs on
+ * the calling thread alone.
+ *
+ * One iteration: `index` in [0, n), `worker` in [0, threads) names the
+ * thread (the caller is worker 0), `scratch` is that worker's private
+ * scratch of at least the bytes asked for (64-byte aligned). */
+typedef void (*kq_pool_task_fn)(void *ctx, int64_t index, int worker, void *scratch);
+
+/* Threads in the team, the caller included (>= 1). */
+int kq_pool_threads(void);
+
+/* Runs fn(ctx, i, worker, scratch) for every i in [0, n) and returns when
+ * all have finished. Iterations are handed out dynamically; at most
+ * `max_threads` threads take part (0 = all). Fails only with
+ * KQ_ERR_OUT_OF_MEMORY when a scratch area cannot be grown. */
+kq_status kq_pool_run(int64_t n, int max_threads, size_t scratch_bytes, kq_pool_task_fn fn,
+                      void *ctx);
+
+/* Runs fn(ctx, i) for i in [0, n) on the thread team (kq_pool_run), with
+ * at most n_threads threads (0 = all; more than the team has gives the
+ * team). Iterations are handed out dynamically. Returns the first non-OK
+ * status any iteration returned (remaining iterations are skipped). Error
+ * messages set by a worker thread are copied to the caller's thread. */
 typedef kq_status (*kq_task_fn)(void *ctx, int64_t index);
 kq_status kq_parallel_for(int64_t n, int n_threads, kq_task_fn fn, void *ctx);
 

@@ -85,6 +85,31 @@ static void parallel_for_visits_each_index_once_and_reports_failure(void **state
   assert_string_equal(kq_last_error(), "item 7 failed");
 }
 
+/* A parallel_for inside an iteration of another (a fit step calling a
+ * parallel helper) runs on that thread instead of waiting for the team it
+ * belongs to: it completes, every inner index once, and an inner failure
+ * comes back through both levels. */
+static kq_status nested_sum(void *ctx, int64_t i) {
+  (void)ctx;
+  (void)i;
+  return kq_parallel_for(100, 0, add_index, NULL);
+}
+static kq_status nested_fail(void *ctx, int64_t i) {
+  (void)ctx;
+  return i == 3 ? kq_parallel_for(100, 0, fail_at_seven, NULL) : KQ_OK;
+}
+
+static void nested_parallel_for_completes_and_reports_failure(void **state) {
+  (void)state;
+  atomic_store(&g_sum, 0);
+  assert_int_equal(kq_parallel_for(8, 0, nested_sum, NULL), KQ_OK);
+  assert_int_equal(atomic_load(&g_sum), 8 * (99 * 100 / 2));
+  kq_clear_error();
+  assert_int_equal(kq_parallel_for(8, 0, nested_fail, NULL), KQ_ERR_NUMERIC);
+  assert_string_equal(kq_last_error(), "item 7 failed");
+  assert_true(kq_pool_threads() >= 1);
+}
+
 /* Messages name the file first and once. */
 static void error_context_names_the_file_once_and_first(void **state) {
   (void)state;
@@ -214,6 +239,7 @@ int main(void) {
       cmocka_unit_test(size_arithmetic_detects_overflow),
       cmocka_unit_test(error_prefix_keeps_the_original_message),
       cmocka_unit_test(parallel_for_visits_each_index_once_and_reports_failure),
+      cmocka_unit_test(nested_parallel_for_completes_and_reports_failure),
       cmocka_unit_test(error_context_names_the_file_once_and_first),
       cmocka_unit_test(name_parsers_refuse_a_null_output_pointer),
       cmocka_unit_test(quantize_row_rounds_half_away_and_clamps),
