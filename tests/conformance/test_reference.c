@@ -15,7 +15,7 @@
 
 #include "conformance/suite/cases.h"
 #include "conformance/suite/data.h"
-#include "conformance/suite/reference.h"
+#include "common/attn_reference.h"
 
 /* |a - b| <= tol, with the values in the failure message. */
 #define assert_close(a, b, tol)                                                                    \

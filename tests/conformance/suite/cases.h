@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #include "kqsvd.h"
-#include "reference.h"
+#include "attn_reference.h"
 
 typedef enum kqc_append {
   KQC_APPEND_ONE = 0,    /* all tokens in one append, then one attend */

@@ -13,7 +13,7 @@
 
 #include "conformance.h"
 #include "data.h"
-#include "reference.h"
+#include "attn_reference.h"
 
 #define KQC_THETA 10000.0
 
