@@ -26,8 +26,11 @@ transcripts() { # PROMPTS OUT
   local i=0 pids=() q
   while IFS= read -r q; do
     [ -n "$q" ] || continue
-    "$KQ" generate "$model" --chat --prompt "$q" -n 200 --threads 1 --device "$device" \
-      2>/dev/null >"$2.part$i" &
+    # --chat prints only the reply: the transcript is --json's rendered prompt + reply.
+    "$KQ" generate "$model" --chat --prompt "$q" -n 200 --threads 1 --device "$device" --json \
+      2>/dev/null | python3 -c 'import json, sys
+j = json.load(sys.stdin)
+sys.stdout.write(j["prompt"] + j["text"])' >"$2.part$i" &
     pids+=($!)
     i=$((i + 1))
     if [ ${#pids[@]} -ge 2 ]; then wait "${pids[@]}"; pids=(); fi
@@ -59,7 +62,7 @@ print("%.2f" % (j["compressed"] or j["full"])["ppl"])'
 reply() { # PROJ|"" PROMPT -> the reply on one line
   local args=("$KQ" generate "$model" --chat --prompt "$2" -n 48 --device "$device")
   if [ -n "$1" ]; then args+=(--proj "$1"); fi
-  "${args[@]}" 2>/dev/null | tail -n +4 | tr '\n' ' ' | sed 's/|/\\|/g; s/  */ /g; s/ $//'
+  "${args[@]}" 2>/dev/null | tr '\n' ' ' | sed 's/|/\\|/g; s/  */ /g; s/ $//'
 }
 
 full=$(ppl_of "")

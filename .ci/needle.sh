@@ -65,7 +65,7 @@ for len in $lengths; do
       out="$OUT/gen-$name-$len-$depth.txt"
       "$KQ" generate "$model" --chat --prompt "$(cat "$prompt")" -n 10 --device "$dev" \
         --storage f16 "${threads[@]}" "${args[@]}" >"$out" 2>"$out.log"
-      answer=$(sed -n '/^<|im_start|>assistant/,$p' "$out" | tail -n +2 | tr '\n' ' ')
+      answer=$(tr '\n' ' ' <"$out") # --chat prints only the reply
       tokens=$(grep -o 'prompt [0-9]* tokens' "$out.log" | grep -o '[0-9]*' || echo '?')
       ok=0
       case $answer in *"$key"*) ok=1 ;; esac

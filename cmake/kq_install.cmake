@@ -4,11 +4,8 @@
 # `cmake --install build --prefix ANYWHERE` gives a usable tree.
 include(CMakePackageConfigHelpers)
 
-# The CLI finds libkqsvd (and so the modules) relative to itself.
-file(RELATIVE_PATH kq_bin_to_lib "/kq/${CMAKE_INSTALL_BINDIR}" "/kq/${CMAKE_INSTALL_LIBDIR}")
-if(TARGET kqsvd_cli)
-  set_target_properties(kqsvd_cli PROPERTIES INSTALL_RPATH "$ORIGIN/${kq_bin_to_lib}")
-endif()
+# The CLI links the library statically and finds the backend modules in the
+# library folder relative to itself (host/cli/main.c), so it needs no RPATH.
 
 install(TARGETS kqsvd EXPORT kqsvdTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}

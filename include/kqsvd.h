@@ -29,6 +29,11 @@
  *   - Host arrays are row-major float32 unless said otherwise; shapes are
  *     written [outer, ..., inner].
  *   - The library never prints and never exits the process.
+ *   - Params structs (kq_cache_params, kq_fit_params, kq_eval_params,
+ *     kq_synth_params) grow with new options: start from their
+ *     *_default_params(), which sets the leading struct_size, and change
+ *     fields by name. A struct_size the library does not know fails with
+ *     KQ_ERR_ABI.
  *
  * Thread safety:
  *   - kq_last_error() is per thread: it reports the last failure on the
@@ -49,6 +54,16 @@
 
 #ifdef __cplusplus
 extern "C" {
+#endif
+
+/* KQ_API marks the functions libkqsvd exports; everything else in the
+ * library is hidden (built with -fvisibility=hidden). */
+#ifndef KQ_API
+#if defined(__GNUC__) || defined(__clang__)
+#define KQ_API __attribute__((visibility("default")))
+#else
+#define KQ_API
+#endif
 #endif
 
 #define KQ_VERSION_MAJOR 0
@@ -77,14 +92,14 @@ typedef enum kq_status {
 } kq_status;
 
 /* A static English name for a status ("KQ_ERR_FORMAT" -> "malformed file"). */
-const char *kq_status_string(kq_status status);
+KQ_API const char *kq_status_string(kq_status status);
 
 /* The message of the last failure on the calling thread ("" if none). The
  * pointer stays valid until the next kqsvd call on this thread. */
-const char *kq_last_error(void);
+KQ_API const char *kq_last_error(void);
 
 /* "MAJOR.MINOR.PATCH". */
-const char *kq_version(void);
+KQ_API const char *kq_version(void);
 
 /* ------------------------------------------------------------------------ */
 /* Common enums                                                             */
@@ -114,9 +129,9 @@ typedef enum kq_method {
 } kq_method;
 
 /* "kq-svd", "k-svd", "eigen", "quant"; NULL for an invalid value. */
-const char *kq_method_name(kq_method method);
+KQ_API const char *kq_method_name(kq_method method);
 /* Parses a method name; KQ_ERR_INVALID_ARGUMENT for an unknown one. */
-kq_status kq_method_parse(const char *name, kq_method *out_method);
+KQ_API kq_status kq_method_parse(const char *name, kq_method *out_method);
 
 /* Latent layout (SPEC §1b). PER_HEAD: one latent per kv head (A, B, C, E
  * are [n_kv_heads, head_dim, rank]). JOINT: one latent per layer shared by
@@ -127,9 +142,9 @@ kq_status kq_method_parse(const char *name, kq_method *out_method);
 typedef enum kq_layout { KQ_LAYOUT_PER_HEAD = 0, KQ_LAYOUT_JOINT = 1 } kq_layout;
 
 /* "per-head", "joint"; NULL for an invalid value. */
-const char *kq_layout_name(kq_layout layout);
+KQ_API const char *kq_layout_name(kq_layout layout);
 /* Parses a layout name; KQ_ERR_INVALID_ARGUMENT for an unknown one. */
-kq_status kq_layout_parse(const char *name, kq_layout *out_layout);
+KQ_API kq_status kq_layout_parse(const char *name, kq_layout *out_layout);
 
 /* Storage format of a run of latent dims (SPEC §1b). */
 #define KQ_SEG_FLOAT 0 /* the cache's storage type (F32 or F16) */
@@ -176,25 +191,25 @@ typedef struct kq_device kq_device;
 
 /* Number of devices over all backends found (CPU first). Backend modules are
  * loaded on first use; a module whose driver is missing contributes 0. */
-kq_status kq_device_count(int *out_count);
+KQ_API kq_status kq_device_count(int *out_count);
 
 /* Info of the device at index [0, count). */
-kq_status kq_device_info_get(int index, kq_device_info *out_info);
+KQ_API kq_status kq_device_info_get(int index, kq_device_info *out_info);
 
 /* Opens a device by name ("cpu", "vulkan:N", "opencl:N"). name == NULL or ""
  * means the KQSVD_DEVICE environment variable, or "cpu" if unset. Unknown
  * names fail with KQ_ERR_NOT_FOUND and a message listing the devices. */
-kq_status kq_device_create(const char *name, kq_device **out_device);
+KQ_API kq_status kq_device_create(const char *name, kq_device **out_device);
 
 /* Info of an open device. */
-kq_status kq_device_get_info(const kq_device *device, kq_device_info *out_info);
+KQ_API kq_status kq_device_get_info(const kq_device *device, kq_device_info *out_info);
 
 /* Streaming-copy bandwidth of the device (the benchmark ceiling, SPEC §5):
  * copies `bytes` between two device buffers `reps` times after one warm-up
  * copy and returns the median GB/s, counting bytes read plus written
  * (2 * bytes per copy, 1e9 bytes per GB). */
-kq_status kq_device_copy_bandwidth(kq_device *device, uint64_t bytes, int32_t reps,
-                                   double *out_gbps);
+KQ_API kq_status kq_device_copy_bandwidth(kq_device *device, uint64_t bytes, int32_t reps,
+                                          double *out_gbps);
 
 /*
  * Structural costs of a device, counted since it was created (cumulative:
@@ -227,10 +242,10 @@ typedef struct kq_device_stats {
 /* Reads the device's counters into *out_stats (struct_size set by the
  * caller, at least offsetof(kq_device_stats, submits)). KQ_ERR_UNSUPPORTED
  * when the device's backend does not count. */
-kq_status kq_device_get_stats(const kq_device *device, kq_device_stats *out_stats);
+KQ_API kq_status kq_device_get_stats(const kq_device *device, kq_device_stats *out_stats);
 
 /* Closes a device. Every cache created on it must be destroyed first. */
-void kq_device_destroy(kq_device *device);
+KQ_API void kq_device_destroy(kq_device *device);
 
 /* ------------------------------------------------------------------------ */
 /* Projections (SPEC §2, projection file)                                   */
@@ -272,25 +287,26 @@ typedef struct kq_projections kq_projections;
 
 /* Reads and validates a projection file (shapes against metadata, ranks in
  * [1, d], finite values). Errors name the file and tensor. */
-kq_status kq_projections_load(const char *path, kq_projections **out_proj);
+KQ_API kq_status kq_projections_load(const char *path, kq_projections **out_proj);
 
 /* Creates zero-filled projections with the given per-layer ranks
  * (rank_k[l], rank_v[l] in [1, head_dim], or [1, n_kv_heads·head_dim] for
  * the JOINT layout); fill them through kq_projections_layer(). */
-kq_status kq_projections_create(const kq_projections_info *info, const int32_t *rank_k,
-                                const int32_t *rank_v, kq_projections **out_proj);
+KQ_API kq_status kq_projections_create(const kq_projections_info *info, const int32_t *rank_k,
+                                       const int32_t *rank_v, kq_projections **out_proj);
 
 /* Creates identity projections (rank = head_dim everywhere): plain full
  * attention, the baseline every speedup is measured against. */
-kq_status kq_projections_create_identity(const kq_projections_info *info,
-                                         kq_projections **out_proj);
+KQ_API kq_status kq_projections_create_identity(const kq_projections_info *info,
+                                                kq_projections **out_proj);
 
 /* Metadata of a projection set. */
-kq_status kq_projections_get_info(const kq_projections *proj, kq_projections_info *out_info);
+KQ_API kq_status kq_projections_get_info(const kq_projections *proj, kq_projections_info *out_info);
 
 /* Writable host views of layer `layer`; valid until the projections are
  * destroyed. */
-kq_status kq_projections_layer(kq_projections *proj, int32_t layer, kq_projection_layer *out_layer);
+KQ_API kq_status kq_projections_layer(kq_projections *proj, int32_t layer,
+                                      kq_projection_layer *out_layer);
 
 /* Which side of a layer a segment list describes. */
 typedef enum kq_side { KQ_SIDE_KEYS = 0, KQ_SIDE_VALUES = 1 } kq_side;
@@ -299,23 +315,24 @@ typedef enum kq_side { KQ_SIDE_KEYS = 0, KQ_SIDE_VALUES = 1 } kq_side;
  * widths must be >= 1 and sum to that side's rank, bits in {KQ_SEG_FLOAT,
  * KQ_SEG_Q8, KQ_SEG_Q4}, Q4 widths even, 1 <= n <= KQ_MAX_SEGMENTS.
  * KQ_ERR_INVALID_ARGUMENT otherwise, naming the layer and segment. */
-kq_status kq_projections_set_segments(kq_projections *proj, int32_t layer, kq_side side,
-                                      int32_t n_segments, const kq_segment *segments);
+KQ_API kq_status kq_projections_set_segments(kq_projections *proj, int32_t layer, kq_side side,
+                                             int32_t n_segments, const kq_segment *segments);
 
 /* Bytes per token that layer `layer` stores for keys plus values, all kv
  * groups, with float segments in `storage` (SPEC §1b: a quantized segment
  * costs width·bits/8 + 2 bytes per group). */
-uint64_t kq_projections_layer_bytes(const kq_projections *proj, int32_t layer, kq_storage storage);
+KQ_API uint64_t kq_projections_layer_bytes(const kq_projections *proj, int32_t layer,
+                                           kq_storage storage);
 
 /* The cache's bytes per token over all layers divided by those of a full
  * F16 cache (2·2·head_dim·n_kv_heads·n_layers): SPEC §1b fraction_of_f16. */
-double kq_projections_fraction_of_f16(const kq_projections *proj, kq_storage storage);
+KQ_API double kq_projections_fraction_of_f16(const kq_projections *proj, kq_storage storage);
 
 /* Writes a projection file, version 2 (temporary name + rename; never a
  * half file). */
-kq_status kq_projections_save(const kq_projections *proj, const char *path);
+KQ_API kq_status kq_projections_save(const kq_projections *proj, const char *path);
 
-void kq_projections_destroy(kq_projections *proj);
+KQ_API void kq_projections_destroy(kq_projections *proj);
 
 /* ------------------------------------------------------------------------ */
 /* Compressed KV cache                                                      */
@@ -327,12 +344,13 @@ typedef enum kq_output {
 } kq_output;
 
 typedef struct kq_cache_params {
+  size_t struct_size; /* sizeof(kq_cache_params): set by kq_cache_default_params() */
   kq_storage storage; /* latent storage type, default F32 */
   int32_t capacity;   /* tokens per layer, default 4096 */
   int32_t n_seqs;     /* sequences (ids [0, n_seqs)), each with `capacity` positions; default 1 */
 } kq_cache_params;
 
-kq_cache_params kq_cache_default_params(void);
+KQ_API kq_cache_params kq_cache_default_params(void);
 
 typedef struct kq_cache kq_cache;
 
@@ -340,15 +358,15 @@ typedef struct kq_cache kq_cache;
  * projections are copied to the device; `proj` may be destroyed afterwards.
  * Fails with KQ_ERR_DEVICE_MEMORY (naming the device and size) when the cache
  * does not fit, KQ_ERR_UNSUPPORTED for F16 on a device without it. */
-kq_status kq_cache_create(kq_device *device, const kq_projections *proj,
-                          const kq_cache_params *params, kq_cache **out_cache);
+KQ_API kq_status kq_cache_create(kq_device *device, const kq_projections *proj,
+                                 const kq_cache_params *params, kq_cache **out_cache);
 
 /* Compresses n_tokens new tokens of layer `layer` and stores them at the
  * next positions. keys, values: [n_tokens, n_kv_heads, head_dim]. In PRE
  * rope mode the keys are un-rotated; in POST mode already rotated. Position
  * of a token = its index in the cache. KQ_ERR_CAPACITY past capacity. */
-kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens, const float *keys,
-                          const float *values);
+KQ_API kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens,
+                                 const float *keys, const float *values);
 
 /* Causal attention for the last n_queries appended tokens of `layer`
  * (n_queries = 1 is decode): query j sits at position len - n_queries + j and
@@ -366,14 +384,14 @@ kq_status kq_cache_append(kq_cache *cache, int32_t layer, int32_t n_tokens, cons
  * that never see the bad data are unaffected. A quantized
  * latent segment holding NaN/Inf stores a NaN scale, so it propagates the
  * same way. Nothing is treated as masked. */
-kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries, const float *queries,
-                          kq_output output, float *out);
+KQ_API kq_status kq_cache_attend(kq_cache *cache, int32_t layer, int32_t n_queries,
+                                 const float *queries, kq_output output, float *out);
 
 /* Shortens every layer to `length` tokens (no-op for layers already shorter). */
-kq_status kq_cache_truncate(kq_cache *cache, int32_t length);
+KQ_API kq_status kq_cache_truncate(kq_cache *cache, int32_t length);
 
 /* Tokens stored in `layer` (0 for an invalid layer). */
-int32_t kq_cache_length(const kq_cache *cache, int32_t layer);
+KQ_API int32_t kq_cache_length(const kq_cache *cache, int32_t layer);
 
 typedef struct kq_cache_memory {
   uint64_t kv_bytes;         /* latent keys + values at full capacity, all layers: the true
@@ -382,9 +400,9 @@ typedef struct kq_cache_memory {
   uint64_t scratch_bytes;    /* staging and work buffers currently held */
 } kq_cache_memory;
 
-kq_status kq_cache_get_memory(const kq_cache *cache, kq_cache_memory *out_memory);
+KQ_API kq_status kq_cache_get_memory(const kq_cache *cache, kq_cache_memory *out_memory);
 
-void kq_cache_destroy(kq_cache *cache);
+KQ_API void kq_cache_destroy(kq_cache *cache);
 
 /* ------------------------------------------------------------------------ */
 /* Sequences: many independent sequences in one cache                       */
@@ -413,8 +431,9 @@ typedef struct kq_seq_span {
  * A sequence appears at most once per call. Every span is checked before
  * anything is stored: on an error no sequence's length changes
  * (KQ_ERR_CAPACITY naming the sequence when one would exceed capacity). */
-kq_status kq_cache_append_batch(kq_cache *cache, int32_t layer, int32_t n_spans,
-                                const kq_seq_span *spans, const float *keys, const float *values);
+KQ_API kq_status kq_cache_append_batch(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                       const kq_seq_span *spans, const float *keys,
+                                       const float *values);
 
 /* Causal attention of layer `layer` for n_spans spans: span i's n_tokens
  * queries are the last n_tokens appended positions of sequence
@@ -423,16 +442,16 @@ kq_status kq_cache_append_batch(kq_cache *cache, int32_t layer, int32_t n_spans,
  * n_heads, head_dim] (KQ_OUTPUT_FULL) or [Σ n_tokens, n_heads, rank_v]
  * (KQ_OUTPUT_LATENT), rows in span order. Errors as kq_cache_attend, naming
  * the sequence; `out` untouched on an argument error. */
-kq_status kq_cache_attend_batch(kq_cache *cache, int32_t layer, int32_t n_spans,
-                                const kq_seq_span *spans, const float *queries, kq_output output,
-                                float *out);
+KQ_API kq_status kq_cache_attend_batch(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                       const kq_seq_span *spans, const float *queries,
+                                       kq_output output, float *out);
 
 /* Shortens sequence `seq` to `length` tokens in every layer (no-op for
  * layers already shorter). */
-kq_status kq_cache_seq_truncate(kq_cache *cache, int32_t seq, int32_t length);
+KQ_API kq_status kq_cache_seq_truncate(kq_cache *cache, int32_t seq, int32_t length);
 
 /* Empties sequence `seq` in every layer (kq_cache_seq_truncate to 0). */
-kq_status kq_cache_seq_clear(kq_cache *cache, int32_t seq);
+KQ_API kq_status kq_cache_seq_clear(kq_cache *cache, int32_t seq);
 
 /* Prefix sharing: copies the first n_tokens positions of sequence src_seq
  * into sequence dst_seq in every layer; dst_seq then holds exactly those
@@ -440,11 +459,12 @@ kq_status kq_cache_seq_clear(kq_cache *cache, int32_t seq);
  * length of src_seq in every layer; src_seq == dst_seq is a truncate. The
  * copy is exact (latents, quantization scales), made on the device's queue
  * through the host (one download and one upload per plane and group). */
-kq_status kq_cache_seq_copy(kq_cache *cache, int32_t src_seq, int32_t dst_seq, int32_t n_tokens);
+KQ_API kq_status kq_cache_seq_copy(kq_cache *cache, int32_t src_seq, int32_t dst_seq,
+                                   int32_t n_tokens);
 
 /* Tokens stored in sequence `seq` of `layer` (0 for an invalid layer or
  * sequence). */
-int32_t kq_cache_seq_length(const kq_cache *cache, int32_t layer, int32_t seq);
+KQ_API int32_t kq_cache_seq_length(const kq_cache *cache, int32_t layer, int32_t seq);
 
 /* ------------------------------------------------------------------------ */
 /* Device buffers and device-resident ops                                   */
@@ -465,45 +485,46 @@ typedef struct kq_device_buffer kq_device_buffer;
 
 /* Allocates `bytes` (>= 1) of device memory (contents undefined).
  * KQ_ERR_DEVICE_MEMORY naming the device and size when it does not fit. */
-kq_status kq_device_buffer_create(kq_device *device, size_t bytes, kq_device_buffer **out_buffer);
+KQ_API kq_status kq_device_buffer_create(kq_device *device, size_t bytes,
+                                         kq_device_buffer **out_buffer);
 
 /* Copies `bytes` from host `src` to buffer bytes [offset, offset + bytes),
  * queued after earlier work; `src` may be reused when the call returns. */
-kq_status kq_device_buffer_write(kq_device_buffer *buffer, size_t offset, const void *src,
-                                 size_t bytes);
+KQ_API kq_status kq_device_buffer_write(kq_device_buffer *buffer, size_t offset, const void *src,
+                                        size_t bytes);
 
 /* Copies buffer bytes [offset, offset + bytes) to host `dst`, after all
  * earlier work on the device has finished (one host wait). */
-kq_status kq_device_buffer_read(const kq_device_buffer *buffer, size_t offset, void *dst,
-                                size_t bytes);
+KQ_API kq_status kq_device_buffer_read(const kq_device_buffer *buffer, size_t offset, void *dst,
+                                       size_t bytes);
 
 /* Size in bytes (0 for NULL). */
-size_t kq_device_buffer_size(const kq_device_buffer *buffer);
+KQ_API size_t kq_device_buffer_size(const kq_device_buffer *buffer);
 
 /* Waits for queued work, then frees the buffer. Accepts NULL. */
-void kq_device_buffer_destroy(kq_device_buffer *buffer);
+KQ_API void kq_device_buffer_destroy(kq_device_buffer *buffer);
 
 /* Waits until all work queued on the device has finished. */
-kq_status kq_device_synchronize(kq_device *device);
+KQ_API kq_status kq_device_synchronize(kq_device *device);
 
 /* kq_cache_append_batch with keys and values in device buffers of the
  * cache's device: F32 [Σ n_tokens, n_kv_heads, head_dim] at byte offsets
  * keys_offset / values_offset (multiples of 4). Queued; returns without
  * waiting. Same checks and errors as kq_cache_append_batch. */
-kq_status kq_cache_append_device(kq_cache *cache, int32_t layer, int32_t n_spans,
-                                 const kq_seq_span *spans, const kq_device_buffer *keys,
-                                 size_t keys_offset, const kq_device_buffer *values,
-                                 size_t values_offset);
+KQ_API kq_status kq_cache_append_device(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                        const kq_seq_span *spans, const kq_device_buffer *keys,
+                                        size_t keys_offset, const kq_device_buffer *values,
+                                        size_t values_offset);
 
 /* kq_cache_attend_batch reading queries F32 [Σ n_tokens, n_heads, head_dim]
  * from a device buffer and writing the output (layout as
  * kq_cache_attend_batch) into `out` at out_offset (offsets multiples of 4;
  * `out` distinct from `queries`). Queued; returns without waiting: read
  * `out` with kq_device_buffer_read or after kq_device_synchronize. */
-kq_status kq_cache_attend_device(kq_cache *cache, int32_t layer, int32_t n_spans,
-                                 const kq_seq_span *spans, const kq_device_buffer *queries,
-                                 size_t queries_offset, kq_output output, kq_device_buffer *out,
-                                 size_t out_offset);
+KQ_API kq_status kq_cache_attend_device(kq_cache *cache, int32_t layer, int32_t n_spans,
+                                        const kq_seq_span *spans, const kq_device_buffer *queries,
+                                        size_t queries_offset, kq_output output,
+                                        kq_device_buffer *out, size_t out_offset);
 
 /* ------------------------------------------------------------------------ */
 /* Fitting (host)                                                           */
@@ -512,8 +533,9 @@ kq_status kq_cache_attend_device(kq_cache *cache, int32_t layer, int32_t n_spans
 typedef void (*kq_progress_fn)(void *user, int32_t done, int32_t total, const char *stage);
 
 typedef struct kq_fit_params {
-  kq_method method; /* default KQ_METHOD_KQSVD */
-  double alpha;     /* eigen: stack [alpha K; Q / alpha], default 1 */
+  size_t struct_size; /* sizeof(kq_fit_params): set by kq_fit_default_params() */
+  kq_method method;   /* default KQ_METHOD_KQSVD */
+  double alpha;       /* eigen: stack [alpha K; Q / alpha], default 1 */
   /* Rank choice, exactly one of: fixed ranks (rank_k, rank_v > 0), epsilon
    * (> 0: per layer smallest rank with predicted relative error <= epsilon),
    * ratio (in (0, 1]: latent cache <= ratio of the full cache; half the
@@ -541,7 +563,7 @@ typedef struct kq_fit_params {
   const volatile int *cancel; /* optional: non-zero aborts with KQ_ERR_INTERRUPTED */
 } kq_fit_params;
 
-kq_fit_params kq_fit_default_params(void);
+KQ_API kq_fit_params kq_fit_default_params(void);
 
 /* What kq_fit chose, for its one-line summary. */
 typedef struct kq_fit_summary {
@@ -554,11 +576,11 @@ typedef struct kq_fit_summary {
 
 /* Fits projections from calibration file `calib_path` (SPEC §2) and writes
  * `out_path` atomically. On any failure no output file exists. */
-kq_status kq_fit(const char *calib_path, const char *out_path, const kq_fit_params *params);
+KQ_API kq_status kq_fit(const char *calib_path, const char *out_path, const kq_fit_params *params);
 
 /* kq_fit, also filling *out_summary (may be NULL) on success. */
-kq_status kq_fit_ex(const char *calib_path, const char *out_path, const kq_fit_params *params,
-                    kq_fit_summary *out_summary);
+KQ_API kq_status kq_fit_ex(const char *calib_path, const char *out_path,
+                           const kq_fit_params *params, kq_fit_summary *out_summary);
 
 typedef struct kq_eval_layer {
   int32_t layer, rank_k, rank_v;
@@ -576,6 +598,7 @@ typedef struct kq_eval_result {
 } kq_eval_result;
 
 typedef struct kq_eval_params {
+  size_t struct_size; /* sizeof(kq_eval_params): set by kq_eval_default_params() */
   int32_t max_seqs;   /* 0 = all sequences */
   const char *device; /* NULL: host float64 attention; else softmax/output go
                          through that device's append + attend */
@@ -586,14 +609,14 @@ typedef struct kq_eval_params {
   const volatile int *cancel;
 } kq_eval_params;
 
-kq_eval_params kq_eval_default_params(void);
+KQ_API kq_eval_params kq_eval_default_params(void);
 
 /* Computes the SPEC §3 metrics of projection file `proj_path` on calibration
  * file `calib_path`. Free the result with kq_eval_result_destroy. */
-kq_status kq_eval(const char *calib_path, const char *proj_path, const kq_eval_params *params,
-                  kq_eval_result **out_result);
+KQ_API kq_status kq_eval(const char *calib_path, const char *proj_path,
+                         const kq_eval_params *params, kq_eval_result **out_result);
 
-void kq_eval_result_destroy(kq_eval_result *result);
+KQ_API void kq_eval_result_destroy(kq_eval_result *result);
 
 /* ------------------------------------------------------------------------ */
 /* Synthetic calibration data                                               */
@@ -611,6 +634,7 @@ typedef enum kq_dtype {
 } kq_dtype;
 
 typedef struct kq_synth_params {
+  size_t struct_size; /* sizeof(kq_synth_params): set by kq_synth_default_params() */
   int32_t n_layers, n_heads, n_kv_heads, head_dim, hidden; /* hidden = model width D */
   int32_t seq_len, n_seqs;
   kq_dtype dtype; /* F32, F16 or BF16 */
@@ -619,12 +643,12 @@ typedef struct kq_synth_params {
   int32_t with_wo; /* write layers.{l}.wo */
 } kq_synth_params;
 
-kq_synth_params kq_synth_default_params(void);
+KQ_API kq_synth_params kq_synth_default_params(void);
 
 /* Writes a synthetic calibration file with realistic structure: anisotropic
  * hidden states, GQA, post-RoPE keys/queries, and a few high-variance key
  * channels the queries ignore (where K-SVD wastes rank). */
-kq_status kq_synth(const char *out_path, const kq_synth_params *params);
+KQ_API kq_status kq_synth(const char *out_path, const kq_synth_params *params);
 
 /* ------------------------------------------------------------------------ */
 /* Calibration from an engine                                               */
@@ -653,13 +677,13 @@ typedef struct kq_calib_writer_params {
 } kq_calib_writer_params;
 
 /* Zero shapes (fill them), rope POST, PAIRS, theta 10000, F32. */
-kq_calib_writer_params kq_calib_writer_default_params(void);
+KQ_API kq_calib_writer_params kq_calib_writer_default_params(void);
 
 /* Starts a calibration file at `path` (checked at once: a directory, device
  * or unwritable folder is refused). Nothing appears at `path` before
  * kq_calib_writer_close. */
-kq_status kq_calib_writer_open(const char *path, const kq_calib_writer_params *params,
-                               kq_calib_writer **out_writer);
+KQ_API kq_status kq_calib_writer_open(const char *path, const kq_calib_writer_params *params,
+                                      kq_calib_writer **out_writer);
 
 /* Adds n_tokens rows of layer `layer`: q [n_tokens, n_heads, head_dim],
  * k and v [n_tokens, n_kv_heads, head_dim] (an engine's natural layout; the
@@ -667,30 +691,31 @@ kq_status kq_calib_writer_open(const char *path, const kq_calib_writer_params *p
  * every layer must receive the same tokens in the same order. Non-finite
  * values fail with KQ_ERR_NUMERIC naming the layer and row; on any error
  * nothing of this call is kept. */
-kq_status kq_calib_writer_add(kq_calib_writer *writer, int32_t layer, int32_t n_tokens,
-                              const float *q, const float *k, const float *v);
+KQ_API kq_status kq_calib_writer_add(kq_calib_writer *writer, int32_t layer, int32_t n_tokens,
+                                     const float *q, const float *k, const float *v);
 
 /* Sets layer `layer`'s W_O, [hidden, n_heads·head_dim] (PyTorch
  * o_proj.weight); a second call replaces the first. */
-kq_status kq_calib_writer_set_wo(kq_calib_writer *writer, int32_t layer, const float *wo);
+KQ_API kq_status kq_calib_writer_set_wo(kq_calib_writer *writer, int32_t layer, const float *wo);
 
 /* Adds a metadata string (model identity: "model_name", "model_sha256",
  * ...); a repeated key replaces the value. The keys the params own
  * (seq_len, rope, rope_theta, rope_layout) are refused. */
-kq_status kq_calib_writer_set_meta(kq_calib_writer *writer, const char *key, const char *value);
+KQ_API kq_status kq_calib_writer_set_meta(kq_calib_writer *writer, const char *key,
+                                          const char *value);
 
 /* Tokens added so far to layer `layer` (0 for an invalid layer). */
-int64_t kq_calib_writer_tokens(const kq_calib_writer *writer, int32_t layer);
+KQ_API int64_t kq_calib_writer_tokens(const kq_calib_writer *writer, int32_t layer);
 
 /* Checks the file is complete (every layer the same T >= 1 rows, T a
  * multiple of seq_len, every wo set when hidden > 0), writes it atomically
  * and frees the writer, whatever the outcome. On failure no file exists at
  * the path (an earlier file there is left unchanged). */
-kq_status kq_calib_writer_close(kq_calib_writer *writer);
+KQ_API kq_status kq_calib_writer_close(kq_calib_writer *writer);
 
 /* Drops everything written and frees the writer; no file appears. Accepts
  * NULL. */
-void kq_calib_writer_abort(kq_calib_writer *writer);
+KQ_API void kq_calib_writer_abort(kq_calib_writer *writer);
 
 #ifdef __cplusplus
 }

@@ -55,7 +55,8 @@ struct kq_cache {
 };
 
 kq_cache_params kq_cache_default_params(void) {
-  kq_cache_params p = {.storage = KQ_STORAGE_F32, .capacity = 4096, .n_seqs = 1};
+  kq_cache_params p = {
+      .struct_size = sizeof p, .storage = KQ_STORAGE_F32, .capacity = 4096, .n_seqs = 1};
   return p;
 }
 
@@ -251,9 +252,12 @@ kq_status kq_cache_create(kq_device *device, const kq_projections *proj,
   if (!device || !proj || !out_cache)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_cache_create: NULL argument");
   *out_cache = NULL;
-  kq_cache_params p = params ? *params : kq_cache_default_params();
+  kq_cache_params p = kq_cache_default_params();
+  kq_status st =
+      kq_params_adopt(&p, sizeof p, sizeof p, params, "kq_cache_params", "kq_cache_default_params");
+  if (st != KQ_OK) return st;
   kq_projections_info info;
-  kq_status st = kq_projections_get_info(proj, &info);
+  st = kq_projections_get_info(proj, &info);
   if (st != KQ_OK) return st;
   st = validate_params(device, &info, &p);
   if (st != KQ_OK) return st;

@@ -1,5 +1,6 @@
 /*
- * cpu_pool.h — the CPU backend's persistent thread team.
+ * cpu_pool.h — the CPU backend's thread team: the library's one team
+ * (host/common/pool.c, kq_pool_run), under the names the kernels use.
  *
  * Decode calls are small and frequent, so the workers are created once (on
  * first use) and parked on a condition variable between calls. One job runs
@@ -13,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kq_common.h"
 #include "kqsvd.h"
 
 /* Jobs of fewer multiply-adds than this run on the calling thread alone:
@@ -24,17 +26,21 @@
 /* One iteration of a job: `index` in [0, n), `worker` in [0, threads) names
  * the thread (the caller is worker 0), `scratch` is that worker's private
  * scratch of at least the bytes asked for (64-byte aligned). */
-typedef void (*kq_cpu_task_fn)(void *ctx, int64_t index, int worker, void *scratch);
+typedef kq_pool_task_fn kq_cpu_task_fn;
 
 /* Threads in the team, the caller included (>= 1). KQSVD_CPU_THREADS
  * overrides the online CPU count. */
-int kq_cpu_pool_threads(void);
+static inline int kq_cpu_pool_threads(void) {
+  return kq_pool_threads();
+}
 
 /* Runs fn(ctx, i, worker, scratch) for every i in [0, n) and returns when all
  * have finished. Iterations are handed out dynamically; at most
  * `max_threads` threads take part (0 = all). Fails only with
  * KQ_ERR_OUT_OF_MEMORY when a scratch area cannot be grown. */
-kq_status kq_cpu_pool_run(int64_t n, int max_threads, size_t scratch_bytes, kq_cpu_task_fn fn,
-                          void *ctx);
+static inline kq_status kq_cpu_pool_run(int64_t n, int max_threads, size_t scratch_bytes,
+                                        kq_cpu_task_fn fn, void *ctx) {
+  return kq_pool_run(n, max_threads, scratch_bytes, fn, ctx);
+}
 
 #endif

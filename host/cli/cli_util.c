@@ -231,8 +231,14 @@ static void rate_text(int32_t done, int32_t total, double elapsed, char *buf, si
 }
 
 void kq_cli_progress(void *user, int32_t done, int32_t total, const char *stage) {
+  kq_cli_progress_note(user, done, total, stage, NULL);
+}
+
+void kq_cli_progress_note(void *user, int32_t done, int32_t total, const char *stage,
+                          const char *note) {
   const char *cmd = user ? (const char *)user : "kqsvd";
   if (!stage) stage = "";
+  if (!note) note = "";
   if (g_verbosity < KQ_CLI_NORMAL) return;
   double now = kq_cli_seconds();
   int new_stage = strncmp(stage, g_progress_stage, sizeof g_progress_stage - 1) != 0 || done == 0;
@@ -247,10 +253,11 @@ void kq_cli_progress(void *user, int32_t done, int32_t total, const char *stage)
   if (isatty(STDERR_FILENO)) {
     if (!finished && !new_stage && now - g_last_print < 0.1) return; /* no flicker */
     int width = 24, filled = total > 0 ? (int)((long long)width * done / total) : 0;
-    char bar[64], line[256];
+    char bar[64], line[512];
     for (int i = 0; i < width; i++) bar[i] = i < filled ? '#' : '.';
     bar[width] = '\0';
-    snprintf(line, sizeof line, "%s: %s [%s] %d/%d %s", cmd, stage, bar, done, total, rate);
+    snprintf(line, sizeof line, "%s: %s [%s] %d/%d %s%s%s", cmd, stage, bar, done, total, rate,
+             note[0] ? "  " : "", note);
     /* One row of the terminal: a wrapped line would not be redrawn by \r. */
     struct winsize ws;
     int cols = ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 ? ws.ws_col : 80;
@@ -260,7 +267,8 @@ void kq_cli_progress(void *user, int32_t done, int32_t total, const char *stage)
     if (finished) kq_cli_progress_end();
   } else {
     if (!new_stage && !finished && now - g_last_print < progress_interval()) return;
-    fprintf(stderr, "%s: %s %d/%d%s%s\n", cmd, stage, done, total, rate[0] ? " " : "", rate);
+    fprintf(stderr, "%s: %s %d/%d%s%s%s%s\n", cmd, stage, done, total, rate[0] ? " " : "", rate,
+            note[0] ? ", " : "", note);
   }
   g_last_print = now;
   fflush(stderr);

@@ -117,6 +117,10 @@ const volatile int *kq_cli_cancel_flag(void);
  * terminal it prints a line when a stage starts and ends and every
  * $KQSVD_PROGRESS_INTERVAL seconds between (default 5; 0 = every update). */
 void kq_cli_progress(void *user, int32_t done, int32_t total, const char *stage);
+/* kq_cli_progress with a `note` after the rate (NULL: none) that may change
+ * on every call without starting a new stage (ppl's running perplexity). */
+void kq_cli_progress_note(void *user, int32_t done, int32_t total, const char *stage,
+                          const char *note);
 /* Ends a progress line (newline on a terminal). */
 void kq_cli_progress_end(void);
 

@@ -5,8 +5,10 @@
 
 #include <cjson/cJSON.h>
 
+#include "cli_model.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "model/kq_chat.h"
 #include "model/kq_model_run.h"
 
 static void help(void) {
@@ -15,9 +17,10 @@ static void help(void) {
       "                     [-n N] [--storage f32|f16] [--chat] [-t N] [--json] [-q|-v]\n"
       "       kqsvd generate MODEL.gguf (-p TEXT)... | -f PROMPTS [--parallel N] ...\n"
       "\n"
-      "Greedy decoding: prints the prompt and the generated text on stdout, then prefill\n"
-      "and decode speed on stderr. Attention runs on --device through the kqsvd cache:\n"
-      "the full cache, or with --proj the compressed cache of a projection file.\n"
+      "Greedy decoding: prints the prompt and the generated text on stdout (with --chat\n"
+      "only the reply), then prefill and decode speed on stderr. Attention runs on\n"
+      "--device through the kqsvd cache: the full cache, or with --proj the compressed\n"
+      "cache of a projection file (refused when it was fitted for another model).\n"
       "\n"
       "Several prompts (-p repeated, or -f with one prompt per line) run as sequences of\n"
       "one cache: up to --parallel N at once, every decode step one batched forward pass\n"
@@ -33,8 +36,10 @@ static void help(void) {
       "  --device NAME       cpu, vulkan:N, opencl:N (default: $KQSVD_DEVICE or cpu)\n"
       "  -n, --n-predict N   tokens to generate (default 64); stops early at EOS\n"
       "  --storage T         latent cache storage, f32 (default) or f16\n"
-      "  --chat              wrap the prompt in the model's chat turn markers\n"
-      "                      (<|im_start|>user ... <|im_end|> <|im_start|>assistant)\n"
+      "  --chat              the prompt is a user message: render the model's chat\n"
+      "                      template (GGUF tokenizer.chat_template; ChatML with its\n"
+      "                      default system prompt, or Llama-3 turns; ChatML with a\n"
+      "                      warning when the GGUF has neither) and print only the reply\n"
       "  -t, --threads N     CPU threads for the model (default: all cores)\n"
       "  --json              print one JSON object on stdout instead of the text: {\"prompt\",\n"
       "                      \"text\" (generated), \"cache\", \"proj\", \"device\", \"kv_bytes\",\n"
@@ -61,6 +66,7 @@ typedef struct printer {
   size_t len, cap;
   int oom;
   int32_t n_tokens; /* every token seen, EOS included */
+  char last;        /* last byte printed, '\0' before any */
 } printer;
 
 static int print_token(void *user, int32_t id) {
@@ -69,6 +75,7 @@ static int print_token(void *user, int32_t id) {
   size_t len;
   const char *b = kq_tokenizer_token_bytes(p->tok, id, &len);
   if (!b || id == kq_tokenizer_eos(p->tok)) return 0;
+  if (len) p->last = b[len - 1];
   if (!p->text) {
     fwrite(b, 1, len, stdout);
     fflush(stdout);
@@ -112,20 +119,34 @@ static const struct option g_options[] = {
 
 /* The prompt as the model reads it: wrapped in chat markers with --chat
  * (*out_wrapped then owns the text), then tokenized. */
-static kq_status encode_prompt(kq_llama *m, const char *prompt, int chat, char **out_wrapped,
+/* Tokens of one prompt; with `chat` the prompt is a user message rendered
+ * with the model's chat template (*out_wrapped: the rendered text). The
+ * template notice is printed once per command (`*noticed`). */
+static kq_status encode_prompt(const char *cmd, const char *model_path, kq_llama *m,
+                               const char *prompt, int chat, int *noticed, char **out_wrapped,
                                int32_t **out_ids, int32_t *out_n) {
   const char *text = prompt;
   *out_wrapped = NULL;
+  kq_status st = KQ_OK;
   if (chat) {
-    size_t len = strlen(prompt) + 64;
-    char *w = malloc(len);
-    if (!w) return kq_set_error(KQ_ERR_OUT_OF_MEMORY, "chat prompt");
-    snprintf(w, len, "<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n", prompt);
-    *out_wrapped = w;
-    text = w;
+    kq_chat_format fmt;
+    kq_chat_detect(kq_llama_chat_template(m), &fmt);
+    if (!*noticed) {
+      *noticed = 1;
+      if (fmt.guessed)
+        fprintf(stderr,
+                "kqsvd generate: warning: %s has %s chat template; using ChatML turn markers "
+                "(<|im_start|>user ... <|im_end|>)\n",
+                model_path, kq_llama_chat_template(m) ? "no known" : "no");
+      kq_cli_detail(cmd, "chat template: %s%s%s",
+                    fmt.family == KQ_CHAT_LLAMA3 ? "Llama-3" : "ChatML",
+                    fmt.default_system[0] ? ", default system prompt: " : "", fmt.default_system);
+    }
+    st = kq_chat_render(&fmt, prompt, out_wrapped);
+    text = *out_wrapped;
   }
-  kq_status st =
-      kq_tokenizer_encode(kq_llama_get_tokenizer(m), text, strlen(text), chat, out_ids, out_n);
+  if (st == KQ_OK)
+    st = kq_tokenizer_encode(kq_llama_get_tokenizer(m), text, strlen(text), chat, out_ids, out_n);
   if (st == KQ_OK && *out_n == 0)
     st = kq_set_error(KQ_ERR_INVALID_ARGUMENT, "the prompt gives no tokens");
   return st;
@@ -160,11 +181,13 @@ static int generate_many(const many_options *o, char **prompts, int32_t n_prompt
   printer *pr = calloc((size_t)n_prompts, sizeof *pr);
   kq_status st = pp && shown && pr ? KQ_OK : kq_set_error(KQ_ERR_OUT_OF_MEMORY, "prompts");
   if (st == KQ_OK) st = kq_llama_load(o->model_path, (int)o->threads, &m);
-  int32_t longest = 0;
+  if (st == KQ_OK && o->proj) st = kq_cli_check_proj(cmd, m, o->proj); /* before any work */
+  int32_t longest = 0, noticed = 0;
   int64_t prompt_tokens = 0;
   for (int32_t i = 0; i < n_prompts && st == KQ_OK; i++) {
     int32_t *ids = NULL;
-    st = encode_prompt(m, prompts[i], o->chat, &shown[i], &ids, &pp[i].n_ids);
+    st = encode_prompt(cmd, o->model_path, m, prompts[i], o->chat, &noticed, &shown[i], &ids,
+                       &pp[i].n_ids);
     pp[i].ids = ids;
     if (st != KQ_OK) {
       kq_error_prefix(st, "prompt %d", (int)i + 1);
@@ -241,7 +264,8 @@ static int generate_many(const many_options *o, char **prompts, int32_t n_prompt
       rc = kq_cli_json_print(cmd, root);
     } else {
       for (int32_t i = 0; i < n_prompts; i++)
-        printf("%s%s\n", shown[i] ? shown[i] : prompts[i], pr[i].text);
+        printf("%s%s%s", o->chat ? "" : prompts[i], pr[i].text, /* --chat: only the reply */
+               pr[i].last == '\n' && o->chat ? "" : "\n");
       fflush(stdout);
       if (kq_cli_get_verbosity() >= KQ_CLI_NORMAL)
         fprintf(stderr,
@@ -371,7 +395,10 @@ int kq_cmd_generate(int argc, char **argv) {
   kq_model_session s = {0};
   int have_session = 0;
   kq_status st = kq_llama_load(model_path, (int)threads, &m);
-  if (st == KQ_OK) st = encode_prompt(m, prompt, chat, &wrapped, &ids, &n_ids);
+  if (st == KQ_OK && proj) st = kq_cli_check_proj(cmd, m, proj); /* before any work */
+  int noticed = 0;
+  if (st == KQ_OK)
+    st = encode_prompt(cmd, model_path, m, prompt, chat, &noticed, &wrapped, &ids, &n_ids);
   if (st == KQ_OK) st = kq_device_create(device, &dev);
   kq_cli_detail(cmd, "%s: %d prompt tokens, up to %lld new, %s cache, storage %s", model_path,
                 (int)n_ids, n_new, proj ? proj : "full", storage == KQ_STORAGE_F16 ? "f16" : "f32");
@@ -383,12 +410,12 @@ int kq_cmd_generate(int argc, char **argv) {
     pr.tok = kq_llama_get_tokenizer(m);
     if (json)
       pr.text = calloc(1, 1), pr.cap = 1, pr.oom = pr.text == NULL;
-    else
-      fwrite(chat ? wrapped : prompt, 1, strlen(chat ? wrapped : prompt), stdout);
+    else if (!chat)
+      fwrite(prompt, 1, strlen(prompt), stdout);
     st = kq_model_generate(&s, ids, n_ids, (int32_t)n_new, print_token, &pr, kq_cli_cancel_flag(),
                            &r);
     if (st == KQ_OK && pr.oom) st = kq_set_error(KQ_ERR_OUT_OF_MEMORY, "generated text");
-    if (!json) printf("\n");
+    if (!json && (!chat || pr.last != '\n')) printf("\n"); /* the reply ends with a newline */
   }
   int rc = 0;
   if (st != KQ_OK) {

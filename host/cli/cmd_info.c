@@ -205,17 +205,7 @@ int kq_cmd_info(int argc, char **argv) {
   if (!path) return kq_cli_usage_error("info", "missing FILE");
 
   int is_gguf = starts_with_gguf(path);
-#ifdef KQ_HAVE_GGUF_INFO
   if (is_gguf) return kq_cli_info_gguf(path, json);
-#else
-  if (is_gguf) {
-    fprintf(stderr,
-            "kqsvd info: %s: this is a GGUF file; GGUF listing comes from the model module, "
-            "which this build does not include\n",
-            path);
-    return 1;
-  }
-#endif
 
   kq_st_file *f = NULL;
   kq_status st = kq_st_open(path, &f);

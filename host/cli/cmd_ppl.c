@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_model.h"
 #include "cli_util.h"
 #include "commands.h"
 #include "model/kq_model_run.h"
@@ -62,8 +63,9 @@ static void help(void) {
          "  -h, --help          this help\n"
          "\n"
          "Progress labels the pass: \"full pass\", \"full + N compressed pass\" (lockstep) or\n"
-         "\"compressed pass\" (--skip-full). Options take their value as --opt V or --opt=V;\n"
-         "-- ends the options.\n");
+         "\"compressed pass\" (--skip-full), and shows each cache's perplexity so far\n"
+         "(\"ppl full 22.413, proj.st 23.051\"). Options take their value as --opt V or\n"
+         "--opt=V; -- ends the options.\n");
 }
 
 /* One cache the text runs through: the full one (proj NULL) or a file's. */
@@ -216,12 +218,23 @@ static const struct option g_options[] = {
     {NULL, 0, NULL, 0},
 };
 
-/* The progress label says which caches run in the pass (they run in lockstep). */
+/* The progress label says which caches run in the pass (they run in
+ * lockstep); the note gives each one's perplexity so far. */
 static char g_pass_label[64];
+static double g_running[1 + MAX_PROJ];
+static const char *g_run_names[1 + MAX_PROJ];
+static int g_n_running;
 
 static void pass_progress(void *user, int32_t done, int32_t total, const char *stage) {
   (void)stage;
-  kq_cli_progress(user, done, total, g_pass_label);
+  char note[512] = "", *at = note;
+  for (int r = 0; r < g_n_running && isfinite(g_running[r]); r++) {
+    size_t left = sizeof note - (size_t)(at - note);
+    int n = snprintf(at, left, "%s%s %.3f", r ? ", " : "ppl ", g_run_names[r], g_running[r]);
+    if (n < 0 || (size_t)n >= left) break;
+    at += n;
+  }
+  kq_cli_progress_note(user, done, total, g_pass_label, note);
 }
 
 int kq_cmd_ppl(int argc, char **argv) {
@@ -296,6 +309,8 @@ int kq_cmd_ppl(int argc, char **argv) {
   size_t len;
   kq_status st = kq_model_read_text(text_path, &text, &len);
   if (st == KQ_OK) st = kq_llama_load(model_path, (int)threads, &m);
+  for (int i = 0; i < n_comp && st == KQ_OK; i++) /* before tokenizing or any pass */
+    st = kq_cli_check_proj(cmd, m, comp[i].proj);
   size_t dropped = 0;
   if (st == KQ_OK) /* tokenize no further than scored */
     st = kq_tokenizer_encode_ex(kq_llama_get_tokenizer(m), text, len, special,
@@ -321,7 +336,11 @@ int kq_cmd_ppl(int argc, char **argv) {
                      .score_from = (int32_t)score_from,
                      .progress = pass_progress,
                      .progress_user = (void *)cmd,
-                     .cancel = kq_cli_cancel_flag()};
+                     .cancel = kq_cli_cancel_flag(),
+                     .running_ppl = g_running};
+  g_n_running = 0;
+  if (full) g_run_names[g_n_running++] = "full";
+  for (int i = 0; i < n_comp; i++) g_run_names[g_n_running++] = comp[i].proj;
   if (skip_full)
     snprintf(g_pass_label, sizeof g_pass_label, "compressed pass (%d cache%s)", n_comp,
              n_comp == 1 ? "" : "s");

@@ -18,7 +18,7 @@ int kq_cmd_ppl(int argc, char **argv);
 int kq_cmd_generate(int argc, char **argv);
 int kq_cmd_bench(int argc, char **argv);
 
-/* `kqsvd info` on a GGUF file (cmd_info_gguf.c, built with KQ_HAVE_GGUF_INFO):
+/* `kqsvd info` on a GGUF file (cmd_info_gguf.c):
  * lists it as text or, with json != 0, one JSON object; returns the exit code. */
 int kq_cli_info_gguf(const char *path, int json);
 

@@ -1,6 +1,10 @@
 /* kqsvd — command-line entry point: dispatches to one command per file. */
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "commands.h"
 #include "kqsvd.h"
@@ -56,6 +60,33 @@ static void version(void) {
          kq_version(), KQ_GIT_COMMIT, KQ_BUILD_BACKENDS, KQ_COMPILER);
 }
 
+/* The CLI links libkqsvd statically, so the core's registry (which looks
+ * next to the binary that holds it) would search bin/. The backend modules
+ * sit in the library folder, KQ_CLI_MODULE_DIR relative to the program
+ * (bin/../lib in the build tree and when installed): put it first in
+ * KQSVD_BACKEND_PATH, before any folders the user named. Before any library
+ * call, so the registry sees it when it first loads. */
+static void add_module_dir(void) {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return;
+  exe[n] = '\0';
+  char *slash = strrchr(exe, '/');
+  if (!slash) return;
+  *slash = '\0';
+  char dir[PATH_MAX + 64];
+  struct stat st;
+  snprintf(dir, sizeof dir, "%s/%s", exe, KQ_CLI_MODULE_DIR);
+  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) return;
+  const char *user = getenv("KQSVD_BACKEND_PATH");
+  size_t len = strlen(dir) + (user ? strlen(user) + 1 : 0) + 1;
+  char *path = malloc(len);
+  if (!path) return;
+  snprintf(path, len, "%s%s%s", dir, user && *user ? ":" : "", user && *user ? user : "");
+  setenv("KQSVD_BACKEND_PATH", path, 1);
+  free(path);
+}
+
 static const command *find_command(const char *name) {
   for (size_t i = 0; i < N_COMMANDS; i++)
     if (!strcmp(name, g_commands[i].name)) return &g_commands[i];
@@ -63,6 +94,7 @@ static const command *find_command(const char *name) {
 }
 
 int main(int argc, char **argv) {
+  add_module_dir();
   if (argc < 2) {
     usage(stderr);
     return 2;

@@ -35,6 +35,33 @@ kq_status kq_error_context(kq_status status, const char *path, const char *fmt, 
 
 void kq_clear_error(void);
 
+/* SHA-256 (FIPS 180-4), streaming: init, update any number of times, final
+ * writes 64 lowercase hex digits and a NUL. */
+typedef struct kq_sha256 {
+  uint32_t h[8];
+  uint64_t n_bytes;
+  uint8_t buf[64];
+  size_t n_buf;
+} kq_sha256;
+void kq_sha256_init(kq_sha256 *s);
+void kq_sha256_update(kq_sha256 *s, const void *data, size_t n);
+void kq_sha256_final(kq_sha256 *s, char out_hex[65]);
+
+/* SHA-256 of a whole file, as `sha256sum` prints it. KQ_ERR_IO naming the
+ * file when it cannot be read. */
+kq_status kq_sha256_file(const char *path, char out_hex[65]);
+
+/* Public params structs start with `size_t struct_size` (the size the caller
+ * was compiled with, set by the struct's *_default_params()). `out` holds
+ * the defaults, `size` bytes (this library's sizeof); copies the caller's
+ * `given` struct over them, so fields of a newer version that an older
+ * caller lacks keep their defaults, and sets out's struct_size to `size`.
+ * KQ_ERR_ABI naming `what` and `defaults_fn` unless min_size <= the given
+ * struct_size <= size (min_size: the first version's size). given == NULL
+ * keeps the defaults. */
+kq_status kq_params_adopt(void *out, size_t size, size_t min_size, const void *given,
+                          const char *what, const char *defaults_fn);
+
 /* IEEE binary16 <-> binary32; round to nearest even, Inf/NaN preserved. */
 float kq_f16_to_f32(uint16_t h);
 uint16_t kq_f32_to_f16(float f);
@@ -85,10 +112,33 @@ void *kq_calloc_array(size_t count, size_t size, const char *what);
 /* Number of threads to use: requested > 0 ? requested : online CPUs. */
 int kq_thread_count(int requested);
 
-/* Runs fn(ctx, i) for i in [0, n) on up to n_threads threads (the caller is
- * one of them). Iterations are handed out dynamically. Returns the first
- * non-OK status any iteration returned (remaining iterations are skipped).
- * Error messages set by a worker thread are copied to the caller's thread. */
+/* The library's one CPU thread team, created on first use and kept: its
+ * size is $KQSVD_CPU_THREADS, or the online CPU count. Decode-sized CPU ops
+ * and coarse host work (fitting, the model) share it. One job runs at a
+ * time: concurrent callers wait their turn (so every result is independent
+ * of other threads); a job started from inside a job's iteration runs on
+ * the calling thread alone.
+ *
+ * One iteration: `index` in [0, n), `worker` in [0, threads) names the
+ * thread (the caller is worker 0), `scratch` is that worker's private
+ * scratch of at least the bytes asked for (64-byte aligned). */
+typedef void (*kq_pool_task_fn)(void *ctx, int64_t index, int worker, void *scratch);
+
+/* Threads in the team, the caller included (>= 1). */
+int kq_pool_threads(void);
+
+/* Runs fn(ctx, i, worker, scratch) for every i in [0, n) and returns when
+ * all have finished. Iterations are handed out dynamically; at most
+ * `max_threads` threads take part (0 = all). Fails only with
+ * KQ_ERR_OUT_OF_MEMORY when a scratch area cannot be grown. */
+kq_status kq_pool_run(int64_t n, int max_threads, size_t scratch_bytes, kq_pool_task_fn fn,
+                      void *ctx);
+
+/* Runs fn(ctx, i) for i in [0, n) on the thread team (kq_pool_run), with
+ * at most n_threads threads (0 = all; more than the team has gives the
+ * team). Iterations are handed out dynamically. Returns the first non-OK
+ * status any iteration returned (remaining iterations are skipped). Error
+ * messages set by a worker thread are copied to the caller's thread. */
 typedef kq_status (*kq_task_fn)(void *ctx, int64_t index);
 kq_status kq_parallel_for(int64_t n, int n_threads, kq_task_fn fn, void *ctx);
 

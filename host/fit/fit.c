@@ -9,10 +9,12 @@
 
 #include "kq_fit.h"
 #include "kq_output_file.h"
+#include "kq_projections_internal.h"
 
 kq_fit_params kq_fit_default_params(void) {
   kq_fit_params p;
   memset(&p, 0, sizeof p);
+  p.struct_size = sizeof p;
   p.method = KQ_METHOD_KQSVD;
   p.alpha = 1.0;
   p.layout = KQ_LAYOUT_PER_HEAD;
@@ -241,6 +243,21 @@ static double rank_error(const double *sigma, int32_t groups, int32_t n, int32_t
   return sqrt(s / groups);
 }
 
+/* The model the calibration data came from (capture records it) is the
+ * model the projections are for: SPEC §1b model_name / model_sha256. */
+static kq_status copy_model_identity(const kq_calib *calib, kq_projections *proj) {
+  const char *name = kq_st_meta(calib->file, "model_name");
+  const char *sha = kq_st_meta(calib->file, "model_sha256");
+  if (!name && !sha) return KQ_OK;
+  if (sha && !kq_model_sha256_valid(sha))
+    return kq_set_error(KQ_ERR_FORMAT, "%s: metadata model_sha256: '%.70s' is not 64 hex digits",
+                        calib->path, sha);
+  kq_model_identity id;
+  snprintf(id.name, sizeof id.name, "%s", name ? name : "");
+  snprintf(id.sha256, sizeof id.sha256, "%s", sha ? sha : "");
+  return kq_projections_set_model(proj, &id);
+}
+
 static kq_status write_projections(const kq_calib *calib, const kq_fit_params *p, kq_layer_fit *res,
                                    const int32_t *rank_k, const int32_t *rank_v,
                                    const char *out_path, kq_fit_summary *sum) {
@@ -257,6 +274,7 @@ static kq_status write_projections(const kq_calib *calib, const kq_fit_params *p
   kq_projections *proj = NULL;
   kq_status st = kq_projections_create(&info, rank_k, rank_v, &proj);
   if (st) return st;
+  st = copy_model_identity(calib, proj);
   double bits_k = 0, bits_v = 0, dims_k = 0, dims_v = 0;
   for (int32_t l = 0; l < L && !st; l++) {
     kq_projection_layer v;
@@ -302,8 +320,11 @@ kq_status kq_fit(const char *calib_path, const char *out_path, const kq_fit_para
 
 kq_status kq_fit_ex(const char *calib_path, const char *out_path, const kq_fit_params *params,
                     kq_fit_summary *out_summary) {
-  kq_fit_params p = params ? *params : kq_fit_default_params();
-  kq_status st = check_params(&p);
+  kq_fit_params p = kq_fit_default_params();
+  kq_status st =
+      kq_params_adopt(&p, sizeof p, sizeof p, params, "kq_fit_params", "kq_fit_default_params");
+  if (st) return st;
+  st = check_params(&p);
   if (st) return st;
   if (!out_path) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "output path is NULL");
   /* Before any work: a writable regular target that is not the input. */

@@ -2,8 +2,8 @@
  * kq_fit.h — internal pieces of host/fit: the calibration file (SPEC §2),
  * per-layer R factors, the per-head KQ-SVD / K-SVD / Eigen solutions
  * (SPEC §1), the joint layout, the quant baseline, segment rotations and the
- * byte allocator (SPEC §1b), rank choice, RoPE, and the attention used by
- * kq_eval.
+ * byte allocator (SPEC §1b), rank choice and RoPE. Host-only maths: the
+ * device evaluation of kq_eval lives in host/eval.
  *
  * Matrix storage: d×d R factors and SVD results are column-major doubles
  * (as host/linalg); projection matrices handed to files are row-major
@@ -277,19 +277,8 @@ kq_status kq_fit_bytes(const kq_calib *calib, const kq_fit_params *p, int n_thre
 kq_status kq_fold_rotations(kq_projections *proj, uint64_t seed);
 
 /* ------------------------------------------------------------------------ */
-/* RoPE and attention for kq_eval                                           */
+/* RoPE                                                                     */
 /* ------------------------------------------------------------------------ */
-
-/* Softmax and output metrics of one layer over the first n_seqs sequences
- * (SPEC §3): causal attention inside each sequence, exact vs projected.
- * cache != NULL: the projected outputs come from the device (append +
- * attend of this layer, truncated to 0 per sequence); the softmax metric is
- * always the host's (the device returns outputs, not P). Sums of squares are
- * returned so layers/heads pool before the ratio. */
-kq_status kq_eval_attention(const kq_calib *calib, const kq_calib_layer *layer,
-                            const kq_projection_layer *proj, int32_t layer_index, int32_t n_seqs,
-                            kq_cache *cache, int n_threads, const volatile int *cancel,
-                            double out_softmax[2], double out_output[2]);
 
 /* Rotates x [d] in place for position `pos` (angle pos·theta^(−2j/d)). */
 void kq_rope_rotate(double *x, int32_t d, int64_t pos, double theta, kq_rope_layout layout);

@@ -27,7 +27,8 @@
 #include "kq_output_file.h"
 
 kq_synth_params kq_synth_default_params(void) {
-  kq_synth_params p = {.n_layers = 4,
+  kq_synth_params p = {.struct_size = sizeof p,
+                       .n_layers = 4,
                        .n_heads = 8,
                        .n_kv_heads = 2,
                        .head_dim = 64,
@@ -255,8 +256,11 @@ static void make_weights(const kq_synth_params *p, int32_t layer, int32_t dl, fl
 }
 
 kq_status kq_synth(const char *out_path, const kq_synth_params *params) {
-  kq_synth_params p = params ? *params : kq_synth_default_params();
-  kq_status st = check_params(&p);
+  kq_synth_params p = kq_synth_default_params();
+  kq_status st =
+      kq_params_adopt(&p, sizeof p, sizeof p, params, "kq_synth_params", "kq_synth_default_params");
+  if (st) return st;
+  st = check_params(&p);
   if (st) return st;
   if (!out_path) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "synth: output path is NULL");
   st = kq_output_check(out_path, NULL); /* before generating anything */

@@ -21,4 +21,23 @@
 kq_status kq_projections_layer_view(const kq_projections *proj, int32_t layer,
                                     kq_projection_layer *out_layer);
 
+/* The model a projection set was fitted for (SPEC §1b metadata model_name,
+ * model_sha256): the GGUF's general.name and the SHA-256 of the whole GGUF
+ * file (64 lowercase hex digits, as sha256sum prints it). Empty strings:
+ * unknown (files written before identities were recorded). */
+typedef struct kq_model_identity {
+  char name[128]; /* longer names are cut */
+  char sha256[65];
+} kq_model_identity;
+
+/* Sets the identity kq_projections_save writes (copied; NULL clears it).
+ * KQ_ERR_INVALID_ARGUMENT when sha256 is neither empty nor 64 hex digits. */
+kq_status kq_projections_set_model(kq_projections *proj, const kq_model_identity *id);
+
+/* The identity read from the file or set; never NULL for a valid proj. */
+const kq_model_identity *kq_projections_get_model(const kq_projections *proj);
+
+/* 1 when s is 64 lowercase hex digits. */
+int kq_model_sha256_valid(const char *s);
+
 #endif /* KQ_PROJECTIONS_INTERNAL_H */

@@ -30,6 +30,7 @@ struct kq_projections {
   float **blocks;           /* [n_layers], one allocation per layer */
   int32_t *n_segments;      /* [n_layers][2] (keys, values) */
   kq_segment *segments;     /* [n_layers][2][KQ_MAX_SEGMENTS] */
+  kq_model_identity model;  /* metadata model_name / model_sha256, "" if unknown */
 };
 
 /* The six matrices of every version, then the two v2 segment tables. */
@@ -577,6 +578,15 @@ kq_status kq_projections_load(const char *path, kq_projections **out_proj) {
                               segs)) != KQ_OK)
         goto done;
     }
+  const char *model_name = kq_st_meta(f, "model_name"), *model_sha = kq_st_meta(f, "model_sha256");
+  if (model_sha && !kq_model_sha256_valid(model_sha)) {
+    st = kq_set_error(KQ_ERR_FORMAT,
+                      "%s: metadata field 'model_sha256' = \"%.70s\" is not 64 hex digits", path,
+                      model_sha);
+    goto done;
+  }
+  snprintf(p->model.name, sizeof p->model.name, "%s", model_name ? model_name : "");
+  snprintf(p->model.sha256, sizeof p->model.sha256, "%s", model_sha ? model_sha : "");
   for (int32_t l = 0; l < info.n_layers; l++) {
     const kq_st_tensor **t = tens + 6 * (size_t)l;
     kq_projection_layer v;
@@ -636,6 +646,9 @@ kq_status kq_projections_save(const kq_projections *proj, const char *path) {
   /* %.9g round-trips every float exactly. */
   snprintf(buf, sizeof buf, "%.9g", (double)info->rope_theta);
   if (st == KQ_OK) st = kq_st_writer_meta(w, "rope_theta", buf);
+  if (st == KQ_OK && proj->model.name[0]) st = kq_st_writer_meta(w, "model_name", proj->model.name);
+  if (st == KQ_OK && proj->model.sha256[0])
+    st = kq_st_writer_meta(w, "model_sha256", proj->model.sha256);
   for (int32_t l = 0; l < info->n_layers && st == KQ_OK; l++) {
     kq_projection_layer v;
     kq_projections_layer_view(proj, l, &v);
@@ -670,4 +683,28 @@ kq_status kq_projections_save(const kq_projections *proj, const char *path) {
   if (st == KQ_OK) st = kq_st_writer_commit(w, NULL);
   kq_st_writer_destroy(w);
   return st;
+}
+
+int kq_model_sha256_valid(const char *s) {
+  size_t n = 0;
+  for (; s[n]; n++)
+    if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f'))) return 0;
+  return n == 64;
+}
+
+kq_status kq_projections_set_model(kq_projections *proj, const kq_model_identity *id) {
+  if (!proj) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_projections_set_model: NULL");
+  if (id && id->sha256[0] && !kq_model_sha256_valid(id->sha256))
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "model sha256 '%.70s' is not 64 hex digits",
+                        id->sha256);
+  memset(&proj->model, 0, sizeof proj->model);
+  if (id) {
+    snprintf(proj->model.name, sizeof proj->model.name, "%s", id->name);
+    snprintf(proj->model.sha256, sizeof proj->model.sha256, "%s", id->sha256);
+  }
+  return KQ_OK;
+}
+
+const kq_model_identity *kq_projections_get_model(const kq_projections *proj) {
+  return &proj->model;
 }

@@ -46,8 +46,13 @@ kq_status kq_model_capture(kq_llama *model, kq_device *device, const int32_t *id
   wp.rope_theta = hp->rope_theta;
   wp.dtype = p->dtype;
   wp.cancel = p->cancel;
-  kq_status st = kq_calib_writer_open(out_path, &wp, &c.w);
+  const kq_model_identity *id = NULL; /* SPEC §1b: fit copies it into the projections */
+  kq_status st = kq_llama_identity(model, &id);
   if (st != KQ_OK) return st;
+  st = kq_calib_writer_open(out_path, &wp, &c.w);
+  if (st != KQ_OK) return st;
+  if (id->name[0]) st = kq_calib_writer_set_meta(c.w, "model_name", id->name);
+  if (st == KQ_OK) st = kq_calib_writer_set_meta(c.w, "model_sha256", id->sha256);
   float *wo = kq_malloc_array((size_t)hp->n_embd * H, (size_t)d * sizeof(float), "captured wo");
   if (!wo) st = KQ_ERR_OUT_OF_MEMORY;
   for (int32_t l = 0; l < L && st == KQ_OK; l++) {

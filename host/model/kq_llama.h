@@ -13,6 +13,7 @@
 
 #include <stdint.h>
 
+#include "kq_projections_internal.h"
 #include "kq_tokenizer.h"
 #include "kqsvd.h"
 
@@ -30,6 +31,20 @@ kq_status kq_llama_load(const char *path, int n_threads, kq_llama **out_model);
 void kq_llama_destroy(kq_llama *model);
 
 const kq_llama_hparams *kq_llama_get_hparams(const kq_llama *model);
+
+/* The model's identity as projection and calibration files record it (SPEC
+ * §1b): name = the GGUF's general.name ("" without one), sha256 = SHA-256 of
+ * the whole GGUF file (what `sha256sum MODEL.gguf` prints). The hash is
+ * computed on the first call (one read of the file) and kept. Errors name
+ * the file. */
+kq_status kq_llama_identity(kq_llama *model, const kq_model_identity **out_id);
+
+/* The GGUF path the model was loaded from. */
+const char *kq_llama_path(const kq_llama *model);
+
+/* tokenizer.chat_template of the GGUF (NUL-terminated copy), NULL when the
+ * file has none. */
+const char *kq_llama_chat_template(const kq_llama *model);
 const kq_tokenizer *kq_llama_get_tokenizer(const kq_llama *model);
 
 /* Where a layer's keys/values go and its attention comes from. Shapes:

@@ -21,12 +21,28 @@ typedef struct kq_model_session {
   kq_llama_attention attn;
   uint64_t kv_bytes; /* latent K+V at full capacity, all layers */
   int32_t n_seqs;    /* sequences of the cache */
+  int no_identity;   /* the projection file records no model (older files) */
 } kq_model_session;
+
+/* Whether projections `proj` (read from `proj_path`, for messages) were
+ * fitted for `model`: their model_sha256 must be the model's (or, in a file
+ * with a name but no hash, their model_name). KQ_ERR_INVALID_ARGUMENT naming
+ * both models otherwise. A file without any identity passes with
+ * *out_unknown = 1 (the caller warns). Hashes the GGUF on first use. */
+kq_status kq_model_check_identity(kq_llama *model, const kq_projections *proj,
+                                  const char *proj_path, int *out_unknown);
+
+/* Everything kq_model_session_create checks about a projection file, without
+ * a device or cache: it loads, its shapes fit the model
+ * (kq_llama_check_projections) and it was fitted for this model
+ * (kq_model_check_identity). For commands to refuse a mismatch before any
+ * work. Errors name the file. */
+kq_status kq_model_check_projection_file(kq_llama *model, const char *proj_path, int *out_unknown);
 
 /* Creates a cache of `capacity` tokens on `device` with identity
  * projections (proj_path == NULL: full attention, rope POST) or the
- * projections of `proj_path` (checked against the model; errors name the
- * file). */
+ * projections of `proj_path` (checked against the model's shapes and
+ * identity as kq_model_check_projection_file does; errors name the file). */
 kq_status kq_model_session_create(kq_llama *model, kq_device *device, const char *proj_path,
                                   kq_storage storage, int32_t capacity,
                                   kq_model_session *out_session);
@@ -47,6 +63,11 @@ typedef struct kq_ppl_params {
   kq_progress_fn progress;
   void *progress_user;
   const volatile int *cancel;
+  /* Optional, [reference ? 1 + n_sessions : n_sessions], reference first:
+   * the perplexity so far of each run (exp of the mean NLL of the tokens
+   * scored so far; NAN before the first), written before each progress
+   * call, so a progress display can show it. */
+  double *running_ppl;
 } kq_ppl_params;
 
 typedef struct kq_ppl_result {
@@ -96,9 +117,9 @@ typedef struct kq_capture_params {
 
 /* Runs the model (full attention on `device`) over whole seq_len-token
  * sequences of ids and writes per layer q [H,T,d], k, v [Hk,T,d] and
- * wo [D, H·d] with metadata seq_len, rope, rope_theta, rope_layout=pairs
- * to out_path (atomically). *out_tokens = T. KQ_ERR_INVALID_ARGUMENT when
- * fewer than seq_len tokens are given. */
+ * wo [D, H·d] with metadata seq_len, rope, rope_theta, rope_layout=pairs,
+ * model_name and model_sha256 (kq_llama_identity) to out_path (atomically). *out_tokens = T.
+ * KQ_ERR_INVALID_ARGUMENT when fewer than seq_len tokens are given. */
 kq_status kq_model_capture(kq_llama *model, kq_device *device, const int32_t *ids, int64_t n,
                            const char *out_path, const kq_capture_params *params,
                            int64_t *out_tokens);

@@ -23,6 +23,9 @@ struct kq_llama {
   float *output_norm;
   layer_weights *layers;
   kq_tokenizer *tok;
+  char *path;           /* the GGUF file */
+  char *chat_template;  /* tokenizer.chat_template, NULL if absent */
+  kq_model_identity id; /* name at load; sha256 on first kq_llama_identity */
 };
 
 static kq_status get_u32_key(const kq_gguf *f, const char *arch, const char *suffix, int32_t *out) {
@@ -134,6 +137,27 @@ static kq_status load_layer(void *ctx, int64_t l) {
   return st;
 }
 
+/* general.name (for the model identity) and tokenizer.chat_template, both
+ * optional. */
+static kq_status read_strings(const kq_gguf *f, kq_llama *m) {
+  kq_gguf_str s;
+  if (kq_gguf_find_kv(f, "general.name") && kq_gguf_get_str(f, "general.name", &s) == KQ_OK) {
+    size_t n = s.len < sizeof m->id.name ? (size_t)s.len : sizeof m->id.name - 1;
+    memcpy(m->id.name, s.ptr, n);
+    m->id.name[n] = '\0';
+  }
+  if (kq_gguf_find_kv(f, "tokenizer.chat_template") &&
+      kq_gguf_get_str(f, "tokenizer.chat_template", &s) == KQ_OK) {
+    m->chat_template = malloc((size_t)s.len + 1);
+    if (!m->chat_template)
+      return kq_set_error(KQ_ERR_OUT_OF_MEMORY, "%s: out of memory", kq_gguf_path(f));
+    memcpy(m->chat_template, s.ptr, (size_t)s.len);
+    m->chat_template[s.len] = '\0';
+  }
+  kq_clear_error(); /* a general.name of another type is not an error */
+  return KQ_OK;
+}
+
 kq_status kq_llama_load(const char *path, int n_threads, kq_llama **out_model) {
   *out_model = NULL;
   kq_gguf *f = NULL;
@@ -145,7 +169,10 @@ kq_status kq_llama_load(const char *path, int n_threads, kq_llama **out_model) {
     return kq_set_error(KQ_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
   }
   m->n_threads = kq_thread_count(n_threads);
-  st = read_hparams(f, &m->hp);
+  m->path = strdup(path);
+  if (!m->path) st = kq_set_error(KQ_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+  if (st == KQ_OK) st = read_strings(f, m);
+  if (st == KQ_OK) st = read_hparams(f, &m->hp);
   if (st == KQ_OK) st = kq_tokenizer_load(f, &m->tok);
   if (st == KQ_OK) st = check_layer_count(f, &m->hp);
   if (st == KQ_OK) {
@@ -188,6 +215,8 @@ void kq_llama_destroy(kq_llama *m) {
   kq_llama_weight_free(&m->tok_embd);
   free(m->output_norm);
   kq_tokenizer_destroy(m->tok);
+  free(m->path);
+  free(m->chat_template);
   free(m);
 }
 
@@ -196,6 +225,23 @@ const kq_llama_hparams *kq_llama_get_hparams(const kq_llama *m) {
 }
 const kq_tokenizer *kq_llama_get_tokenizer(const kq_llama *m) {
   return m->tok;
+}
+
+kq_status kq_llama_identity(kq_llama *m, const kq_model_identity **out_id) {
+  if (!m->id.sha256[0]) {
+    kq_status st = kq_sha256_file(m->path, m->id.sha256);
+    if (st != KQ_OK) return st;
+  }
+  *out_id = &m->id;
+  return KQ_OK;
+}
+
+const char *kq_llama_path(const kq_llama *m) {
+  return m->path;
+}
+
+const char *kq_llama_chat_template(const kq_llama *m) {
+  return m->chat_template;
 }
 
 void kq_llama_rope(float *x, int32_t n, int32_t n_heads, int32_t head_dim, int32_t pos0,

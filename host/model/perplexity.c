@@ -108,6 +108,8 @@ kq_status kq_model_perplexity(kq_model_session *reference, kq_model_session *con
         }
         scored++;
       }
+      for (int32_t r = 0; r < n_runs && p->running_ppl; r++)
+        p->running_ppl[r] = scored ? exp(runs[r].nll / (double)scored) : NAN;
       if (p->progress && st == KQ_OK)
         p->progress(p->progress_user, (int32_t)(w * ctx + b + m),
                     (int32_t)(n > INT32_MAX ? INT32_MAX : n), "perplexity");

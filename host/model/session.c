@@ -9,6 +9,40 @@
 
 #include "kq_model_run.h"
 
+kq_status kq_model_check_identity(kq_llama *model, const kq_projections *proj,
+                                  const char *proj_path, int *out_unknown) {
+  const kq_model_identity *want = kq_projections_get_model(proj), *have = NULL;
+  *out_unknown = !want->sha256[0] && !want->name[0];
+  if (*out_unknown) return KQ_OK;
+  kq_status st = kq_llama_identity(model, &have);
+  if (st != KQ_OK) return st;
+  int same =
+      want->sha256[0] ? !strcmp(want->sha256, have->sha256) : !strcmp(want->name, have->name);
+  if (same) return KQ_OK;
+  return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                      "%s was fitted for model '%s' (sha256 %s), not for %s: '%s' (sha256 %s); "
+                      "capture and fit again with this model",
+                      proj_path, want->name, want->sha256[0] ? want->sha256 : "not recorded",
+                      kq_llama_path(model), have->name, have->sha256);
+}
+
+static kq_status load_checked(kq_llama *model, const char *proj_path, kq_projections **out_proj,
+                              kq_projections_info *out_info, int *out_unknown) {
+  kq_status st = kq_projections_load(proj_path, out_proj);
+  if (st == KQ_OK) st = kq_projections_get_info(*out_proj, out_info);
+  if (st == KQ_OK) st = kq_llama_check_projections(model, out_info);
+  if (st != KQ_OK) return kq_error_prefix(st, "%s", proj_path);
+  return kq_model_check_identity(model, *out_proj, proj_path, out_unknown);
+}
+
+kq_status kq_model_check_projection_file(kq_llama *model, const char *proj_path, int *out_unknown) {
+  kq_projections *proj = NULL;
+  kq_projections_info info;
+  kq_status st = load_checked(model, proj_path, &proj, &info, out_unknown);
+  kq_projections_destroy(proj);
+  return st;
+}
+
 kq_status kq_model_session_create(kq_llama *model, kq_device *device, const char *proj_path,
                                   kq_storage storage, int32_t capacity, kq_model_session *out) {
   return kq_model_session_create_seqs(model, device, proj_path, storage, capacity, 1, out);
@@ -23,12 +57,10 @@ kq_status kq_model_session_create_seqs(kq_llama *model, kq_device *device, const
   kq_status st;
   kq_projections_info info;
   if (proj_path) {
-    st = kq_projections_load(proj_path, &out->proj);
-    if (st == KQ_OK) st = kq_projections_get_info(out->proj, &info);
-    if (st == KQ_OK) st = kq_llama_check_projections(model, &info);
+    st = load_checked(model, proj_path, &out->proj, &info, &out->no_identity);
     if (st != KQ_OK) {
       kq_model_session_destroy(out);
-      return kq_error_prefix(st, "%s", proj_path);
+      return st;
     }
   } else {
     info = kq_llama_projection_info(model);

@@ -8,7 +8,10 @@
 #include <cmocka.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/kq_common.h"
 
@@ -82,6 +85,31 @@ static void parallel_for_visits_each_index_once_and_reports_failure(void **state
   assert_string_equal(kq_last_error(), "item 7 failed");
 }
 
+/* A parallel_for inside an iteration of another (a fit step calling a
+ * parallel helper) runs on that thread instead of waiting for the team it
+ * belongs to: it completes, every inner index once, and an inner failure
+ * comes back through both levels. */
+static kq_status nested_sum(void *ctx, int64_t i) {
+  (void)ctx;
+  (void)i;
+  return kq_parallel_for(100, 0, add_index, NULL);
+}
+static kq_status nested_fail(void *ctx, int64_t i) {
+  (void)ctx;
+  return i == 3 ? kq_parallel_for(100, 0, fail_at_seven, NULL) : KQ_OK;
+}
+
+static void nested_parallel_for_completes_and_reports_failure(void **state) {
+  (void)state;
+  atomic_store(&g_sum, 0);
+  assert_int_equal(kq_parallel_for(8, 0, nested_sum, NULL), KQ_OK);
+  assert_int_equal(atomic_load(&g_sum), 8 * (99 * 100 / 2));
+  kq_clear_error();
+  assert_int_equal(kq_parallel_for(8, 0, nested_fail, NULL), KQ_ERR_NUMERIC);
+  assert_string_equal(kq_last_error(), "item 7 failed");
+  assert_true(kq_pool_threads() >= 1);
+}
+
 /* Messages name the file first and once. */
 static void error_context_names_the_file_once_and_first(void **state) {
   (void)state;
@@ -138,14 +166,80 @@ static void quantize_row_rounds_half_away_and_clamps(void **state) {
   assert_int_equal(q[1], 1);
 }
 
+/* The FIPS 180-2 example messages, one-shot and fed in uneven pieces (every
+ * split point crosses the 64-byte block and padding boundaries). */
+static void sha256_matches_the_standard_examples(void **state) {
+  (void)state;
+  static const struct {
+    const char *msg;
+    const char *hex;
+  } cases[] = {
+      {"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+      {"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+      {"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+       "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"},
+  };
+  char hex[65];
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    size_t n = strlen(cases[i].msg);
+    for (size_t cut = 0; cut <= n; cut++) {
+      kq_sha256 s;
+      kq_sha256_init(&s);
+      kq_sha256_update(&s, cases[i].msg, cut);
+      kq_sha256_update(&s, cases[i].msg + cut, n - cut);
+      kq_sha256_final(&s, hex);
+      assert_string_equal(hex, cases[i].hex);
+    }
+  }
+  kq_sha256 s; /* one million 'a', in 1000-byte pieces */
+  kq_sha256_init(&s);
+  char a[1000];
+  memset(a, 'a', sizeof a);
+  for (int i = 0; i < 1000; i++) kq_sha256_update(&s, a, sizeof a);
+  kq_sha256_final(&s, hex);
+  assert_string_equal(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+/* kq_sha256_file agrees with the system's sha256sum on a file longer than
+ * its 1 MiB read buffer. */
+static void sha256_file_agrees_with_sha256sum(void **state) {
+  (void)state;
+  char path[] = "/tmp/kq_sha256_XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  FILE *f = fdopen(fd, "wb");
+  uint32_t x = 12345;
+  for (int i = 0; i < (1 << 20) + 777; i++) {
+    x = x * 1664525u + 1013904223u;
+    fputc((int)(x >> 24), f);
+  }
+  fclose(f);
+  char hex[65], cmd[128], want[65] = "";
+  assert_int_equal(kq_sha256_file(path, hex), KQ_OK);
+  snprintf(cmd, sizeof cmd, "sha256sum %s", path);
+  FILE *p = popen(cmd, "r");
+  if (p) {
+    if (fscanf(p, "%64s", want) != 1) want[0] = '\0';
+    pclose(p);
+  }
+  unlink(path);
+  if (!want[0]) skip(); /* no sha256sum on this system */
+  assert_string_equal(hex, want);
+  assert_int_equal(kq_sha256_file("/nonexistent/kq_model.gguf", hex), KQ_ERR_IO);
+  assert_non_null(strstr(kq_last_error(), "/nonexistent/kq_model.gguf"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(f16_round_trips_every_finite_half),
+      cmocka_unit_test(sha256_matches_the_standard_examples),
+      cmocka_unit_test(sha256_file_agrees_with_sha256sum),
       cmocka_unit_test(f16_rounds_to_nearest_even),
       cmocka_unit_test(bf16_round_trips_and_rounds_to_even),
       cmocka_unit_test(size_arithmetic_detects_overflow),
       cmocka_unit_test(error_prefix_keeps_the_original_message),
       cmocka_unit_test(parallel_for_visits_each_index_once_and_reports_failure),
+      cmocka_unit_test(nested_parallel_for_completes_and_reports_failure),
       cmocka_unit_test(error_context_names_the_file_once_and_first),
       cmocka_unit_test(name_parsers_refuse_a_null_output_pointer),
       cmocka_unit_test(quantize_row_rounds_half_away_and_clamps),

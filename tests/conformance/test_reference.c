@@ -13,9 +13,9 @@
 
 #include <cmocka.h>
 
+#include "common/attn_reference.h"
 #include "conformance/suite/cases.h"
 #include "conformance/suite/data.h"
-#include "conformance/suite/reference.h"
 
 /* |a - b| <= tol, with the values in the failure message. */
 #define assert_close(a, b, tol)                                                                    \

@@ -290,6 +290,65 @@ static void test_bad_threads_and_outputs_are_refused_before_work(void **state) {
   tcalib_free(&c);
 }
 
+/* Params structs carry their size: a zero-initialised struct (struct_size 0,
+ * not started from the defaults) or one from a newer header is refused with
+ * KQ_ERR_ABI naming the struct, before any file is touched. */
+static void test_params_with_unknown_struct_size_are_refused(void **state) {
+  (void)state;
+  tcalib c = {.L = 1, .H = 2, .Hk = 1, .T = 16, .d = 4};
+  tcalib_random(&c, 1.0);
+  const char *calib = t_path("size.st"), *proj = t_path("size_p.st");
+  unlink(proj);
+  assert_int_equal(tcalib_write(&c, calib), KQ_OK);
+  const size_t bad[] = {0, sizeof(kq_fit_params) + 8};
+  for (int i = 0; i < 2; i++) {
+    kq_fit_params p = kq_fit_default_params();
+    assert_int_equal(p.struct_size, sizeof p);
+    p.rank_k = p.rank_v = 2;
+    p.struct_size = bad[i];
+    assert_int_equal(kq_fit(calib, proj, &p), KQ_ERR_ABI);
+    assert_non_null(strstr(kq_last_error(), "kq_fit_params.struct_size"));
+    assert_false(t_exists(proj));
+  }
+  kq_fit_params ok = kq_fit_default_params();
+  ok.rank_k = ok.rank_v = 2;
+  assert_int_equal(kq_fit(calib, proj, &ok), KQ_OK);
+
+  kq_eval_params e = kq_eval_default_params();
+  assert_int_equal(e.struct_size, sizeof e);
+  e.struct_size = 0;
+  kq_eval_result *r = NULL;
+  assert_int_equal(kq_eval(calib, proj, &e, &r), KQ_ERR_ABI);
+  assert_null(r);
+  assert_non_null(strstr(kq_last_error(), "kq_eval_params"));
+
+  kq_synth_params sp = kq_synth_default_params();
+  assert_int_equal(sp.struct_size, sizeof sp);
+  sp.struct_size = sizeof sp + 4;
+  assert_int_equal(kq_synth(t_path("size_synth.st"), &sp), KQ_ERR_ABI);
+  assert_non_null(strstr(kq_last_error(), "kq_synth_params"));
+  assert_false(t_exists(t_path("size_synth.st")));
+
+  kq_projections *pr = NULL;
+  assert_int_equal(kq_projections_load(proj, &pr), KQ_OK);
+  kq_device *dev = NULL;
+  assert_int_equal(kq_device_create("cpu", &dev), KQ_OK);
+  kq_cache_params cp = kq_cache_default_params();
+  assert_int_equal(cp.struct_size, sizeof cp);
+  cp.struct_size = 0;
+  kq_cache *cache = NULL;
+  assert_int_equal(kq_cache_create(dev, pr, &cp, &cache), KQ_ERR_ABI);
+  assert_null(cache);
+  assert_non_null(strstr(kq_last_error(), "kq_cache_params"));
+  assert_int_equal(kq_cache_create(dev, pr, NULL, &cache), KQ_OK); /* NULL: the defaults */
+  kq_cache_destroy(cache);
+  kq_device_destroy(dev);
+  kq_projections_destroy(pr);
+  unlink(proj);
+  unlink(calib);
+  tcalib_free(&c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_heads_not_multiple_of_kv_heads_is_rejected),
@@ -302,6 +361,7 @@ int main(void) {
       cmocka_unit_test(test_rope_pre_device_output_matches_host),
       cmocka_unit_test(test_cancel_flag_interrupts_without_output),
       cmocka_unit_test(test_bad_threads_and_outputs_are_refused_before_work),
+      cmocka_unit_test(test_params_with_unknown_struct_size_are_refused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

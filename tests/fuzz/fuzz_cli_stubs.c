@@ -1,6 +1,6 @@
 /*
  * fuzz_cli_stubs.c — stand-ins for the public device and cache API, which
- * kq_fit's device eval references but the CLI fuzz harness never reaches
+ * kq_eval's device path references but the CLI fuzz harness never reaches
  * (kq_eval is replaced there). Each fails cleanly with KQ_ERR_UNSUPPORTED, so
  * that reaching one by accident is an error, not a crash.
  */
@@ -27,7 +27,8 @@ void kq_device_destroy(kq_device *device) {
 }
 
 kq_cache_params kq_cache_default_params(void) {
-  kq_cache_params p = {.storage = KQ_STORAGE_F32, .capacity = 4096, .n_seqs = 1};
+  kq_cache_params p = {
+      .struct_size = sizeof p, .storage = KQ_STORAGE_F32, .capacity = 4096, .n_seqs = 1};
   return p;
 }
 kq_status kq_cache_create(kq_device *device, const kq_projections *proj,

@@ -25,6 +25,12 @@ for module in "$build"/lib/libkqsvd-*.so; do
   test -f "$lib/$(basename "$module")" || { echo "not installed: $module"; exit 1; }
 done
 
+# The installed library exports exactly what the installed headers declare.
+if command -v python3 > /dev/null && command -v nm > /dev/null; then
+  python3 "$src/tests/install/check_exports.py" "$lib/libkqsvd.so" "$prefix/include/kqsvd.h" \
+    "$prefix/include/kqsvd_backend.h"
+fi
+
 # 1. CMake package.
 cmake -S "$src/tests/install/consumer" -B "$work/cmake-build" -DCMAKE_PREFIX_PATH="$prefix" \
   -DCMAKE_C_COMPILER="$cc" -DCMAKE_C_FLAGS="$extra" -DCMAKE_EXE_LINKER_FLAGS="$extra" \

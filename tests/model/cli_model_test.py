@@ -5,7 +5,8 @@ SmolLM2-135M (test only; a few hundred tokens in all).
 Properties checked:
   - full-cache perplexity on English text (GPL-3) is in the range of a 135M
     model (5..60; measured 22 on the whole text);
-  - the capture file has exactly the SPEC §2 tensors, shapes and metadata;
+  - the capture file has exactly the SPEC §2 tensors, shapes and metadata
+    (with the model identity: general.name and the GGUF's SHA-256);
   - at --ratio 1.0 (rank = head_dim) the compressed cache reproduces the
     full cache's perplexity, for RoPE post (latents rotated by the model) AND
     pre (the cache reconstructs and rotates keys itself): this ties the
@@ -23,6 +24,7 @@ Properties checked:
 Exit 0 pass, 1 fail, 77 skip (model not fetchable).
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -102,6 +104,8 @@ def main():
             cmd += ["--proj", p]
         return json.loads(run(cmd + list(extra)).stdout)
 
+    with open(model, "rb") as f:  # the identity capture records (SPEC §1b)
+        model_sha256 = hashlib.sha256(f.read()).hexdigest()
     base = ppl()
     ok &= check(base["tokens"] == 128 and 5 < base["full"]["ppl"] < 60,
                 f"full-cache perplexity {base['full']['ppl']:.3f} on {base['tokens']} tokens in (5, 60)")
@@ -119,7 +123,8 @@ def main():
             for l in range(30))
         ok &= check(shapes_ok, f"capture --rope {rope}: 30 layers of q [9,T,64], k/v [3,T,64], wo [576,576]")
         ok &= check(meta == {"seq_len": "64", "rope": rope, "rope_theta": "100000",
-                             "rope_layout": "pairs"}, f"capture --rope {rope}: metadata {meta}")
+                             "rope_layout": "pairs", "model_name": "Smollm2 135M 8k Lc100K Mix1 Ep2",
+                             "model_sha256": model_sha256}, f"capture --rope {rope}: metadata {meta}")
         proj = os.path.join(work, f"proj-{rope}-1.0.safetensors")
         run([kq, "fit", calib, "-o", proj, "--ratio", "1.0"])
         r = ppl(proj)

@@ -1,6 +1,6 @@
 /*
  * ocl_harness.h — loads libkqsvd-opencl.so directly (dlopen + kq_backend_entry)
- * for the backend tests, and a float64 reference of the backend ops.
+ * for the backend tests, and their float64 reference (tests/common's).
  * Header-only test helper; KQ_OCL_MODULE_PATH is set by tests/opencl/CMakeLists.txt.
  */
 #ifndef KQ_OCL_HARNESS_H
@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/attn_reference.h"
 #include "kqsvd_backend.h"
 
 /* ctest's SKIP_RETURN_CODE for "no OpenCL device here". */
@@ -58,99 +59,38 @@ static void harness_fill(float *x, size_t n, uint64_t seed, float scale) {
   }
 }
 
-/* x (d values) rotated at position pos, float64. */
-static void harness_rope(double *x, int d, double pos, double theta, int halves) {
-  for (int j = 0; j < d / 2; ++j) {
-    int a = halves ? j : 2 * j, b = halves ? j + d / 2 : 2 * j + 1;
-    double ang = pos * pow(theta, -2.0 * j / d), c = cos(ang), s = sin(ang);
-    double xa = x[a], xb = x[b];
-    x[a] = xa * c - xb * s;
-    x[b] = xa * s + xb * c;
-  }
-}
-
-/* Float64 causal latent attention (SPEC §4) from full keys/values:
- * k, v [n_ctx, Hk, d]; q [m, H, d]; A, B [Hk, d, rk]; C [Hk, d, rv];
- * out [m, H, rv] = P Ṽ. identity_k: A = B = I (rk == d). */
+/* Float64 causal latent attention (SPEC §4) from full keys/values, by the
+ * tests' one reference (kqc_ref_attend_kv, exact latents): k, v [n_ctx, Hk,
+ * d]; q [m, H, d]; A, B [Hk, d, rk]; C [Hk, d, rv]; out [m, H, rv] = P Ṽ.
+ * identity_k: A = B = I (rk == d; A and B are not read). pre: RoPE PRE
+ * (else none: POST latents arrive rotated). NaN everywhere on failure. */
 static void harness_reference(const float *k, const float *v, const float *q, const float *A,
                               const float *B, const float *C, int n_ctx, int m, int H, int Hk,
                               int d, int rk, int rv, int identity_k, int pre, double theta,
                               int halves, double *out) {
-  int g = H / Hk;
-  double *kl = calloc((size_t)n_ctx * Hk * rk, sizeof(double));
-  double *vl = calloc((size_t)n_ctx * Hk * rv, sizeof(double));
-  double *w = calloc((size_t)n_ctx, sizeof(double));
-  double *qq = calloc((size_t)d, sizeof(double)), *t = calloc((size_t)d, sizeof(double));
-  double *kh = calloc((size_t)d, sizeof(double));
-  for (int p = 0; p < n_ctx; ++p)
-    for (int i = 0; i < Hk; ++i) {
-      for (int c = 0; c < rk; ++c) {
-        double acc = 0;
-        for (int e = 0; e < d; ++e)
-          acc += (double)k[((size_t)p * Hk + i) * d + e] *
-                 (identity_k ? (e == c) : A[((size_t)i * d + e) * rk + c]);
-        kl[((size_t)i * n_ctx + p) * rk + c] = acc;
-      }
-      for (int c = 0; c < rv; ++c) {
-        double acc = 0;
-        for (int e = 0; e < d; ++e)
-          acc += (double)v[((size_t)p * Hk + i) * d + e] * C[((size_t)i * d + e) * rv + c];
-        vl[((size_t)i * n_ctx + p) * rv + c] = acc;
-      }
-    }
-  double scale = 1.0 / sqrt((double)d);
-  for (int j = 0; j < m; ++j)
-    for (int h = 0; h < H; ++h) {
-      int i = h / g, pos = n_ctx - m + j;
-      const float *qr = q + ((size_t)j * H + h) * d;
-      for (int c = 0; c < rk; ++c) { /* t = q B */
-        double acc = 0;
-        for (int e = 0; e < d; ++e)
-          acc += (double)qr[e] * (identity_k ? (e == c) : B[((size_t)i * d + e) * rk + c]);
-        t[c] = acc;
-      }
-      if (pre) { /* q̂ = rot(t Aᵀ, pos) */
-        for (int e = 0; e < d; ++e) {
-          double acc = 0;
-          for (int c = 0; c < rk; ++c)
-            acc += t[c] * (identity_k ? (e == c) : A[((size_t)i * d + e) * rk + c]);
-          qq[e] = acc;
-        }
-        harness_rope(qq, d, pos, theta, halves);
-      }
-      double mx = -INFINITY;
-      for (int p = 0; p <= pos; ++p) {
-        const double *kr = kl + ((size_t)i * n_ctx + p) * rk;
-        double s = 0;
-        if (pre) { /* k̂ = rot(k̃ Bᵀ, p) */
-          for (int e = 0; e < d; ++e) {
-            double acc = 0;
-            for (int c = 0; c < rk; ++c)
-              acc += kr[c] * (identity_k ? (e == c) : B[((size_t)i * d + e) * rk + c]);
-            kh[e] = acc;
-          }
-          harness_rope(kh, d, p, theta, halves);
-          for (int e = 0; e < d; ++e) s += qq[e] * kh[e];
-        } else {
-          for (int c = 0; c < rk; ++c) s += t[c] * kr[c];
-        }
-        w[p] = s * scale;
-        if (w[p] > mx) mx = w[p];
-      }
-      double l = 0;
-      for (int p = 0; p <= pos; ++p) l += (w[p] = exp(w[p] - mx));
-      for (int c = 0; c < rv; ++c) {
-        double acc = 0;
-        for (int p = 0; p <= pos; ++p) acc += w[p] * vl[((size_t)i * n_ctx + p) * rv + c];
-        out[((size_t)j * H + h) * rv + c] = acc / l;
-      }
-    }
-  free(kl);
-  free(vl);
-  free(w);
-  free(qq);
-  free(t);
-  free(kh);
+  float *eye = NULL;
+  if (identity_k) {
+    eye = calloc((size_t)Hk * d * rk, sizeof(float));
+    for (int i = 0; eye && i < Hk; ++i)
+      for (int e = 0; e < d && e < rk; ++e) eye[((size_t)i * d + e) * rk + e] = 1.0f;
+    A = B = eye;
+  }
+  kqc_ref_problem pb = {.n_heads = H,
+                        .n_kv_heads = Hk,
+                        .head_dim = d,
+                        .rank_k = rk,
+                        .rank_v = rv,
+                        .rope = pre ? KQ_ROPE_PRE : KQ_ROPE_NONE,
+                        .layout = halves ? KQ_ROPE_HALVES : KQ_ROPE_PAIRS,
+                        .theta = theta,
+                        .key_down = A,
+                        .query_down = B,
+                        .value_up = C, /* not read for the latent output */
+                        .latent_layout = KQ_LAYOUT_PER_HEAD};
+  if ((identity_k && !eye) ||
+      kqc_ref_attend_kv(&pb, C, KQ_STORAGE_F32, k, v, n_ctx, m, q, KQ_OUTPUT_LATENT, out) != 0)
+    for (size_t i = 0; i < (size_t)m * H * rv; ++i) out[i] = NAN;
+  free(eye);
 }
 
 /* Σ(a-b)² / Σb². */

@@ -8,8 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "attn_reference.h"
 #include "kqsvd.h"
-#include "reference.h"
 
 typedef enum kqc_append {
   KQC_APPEND_ONE = 0,    /* all tokens in one append, then one attend */

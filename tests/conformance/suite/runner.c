@@ -11,9 +11,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "attn_reference.h"
 #include "conformance.h"
 #include "data.h"
-#include "reference.h"
 
 #define KQC_THETA 10000.0
 

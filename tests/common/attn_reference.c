@@ -1,9 +1,9 @@
 /*
- * reference.c — float64 reference of latent projection, RoPE and causal
- * latent attention (see reference.h). Plain loops, written for clarity, not
+ * attn_reference.c — float64 reference of latent projection, RoPE and
+ * causal latent attention (see attn_reference.h). Plain loops, written for clarity, not
  * speed: the suite keeps its sizes small enough for that.
  */
-#include "reference.h"
+#include "attn_reference.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -230,9 +230,10 @@ int kqc_ref_attend(const kqc_ref_problem *pb, const double *klat, const double *
                    kqc_ref_stats *stats) {
   int32_t H = pb->n_heads, Hk = pb->n_kv_heads, d = pb->head_dim, rk = pb->rank_k, rv = pb->rank_v;
   int joint = pb->latent_layout == KQ_LAYOUT_JOINT;
-  /* Rotation needs pairs; without it any head_dim >= 1 is valid. */
+  /* PRE rotation needs pairs (POST latents arrive rotated); otherwise any
+   * head_dim >= 1 is valid. */
   if (m < 1 || m > n_ctx || n_ctx > ld || Hk < 1 || H % Hk != 0 || d < 1 ||
-      (pb->rope != KQ_ROPE_NONE && d % 2 != 0) || (joint && pb->rope == KQ_ROPE_PRE))
+      (pb->rope == KQ_ROPE_PRE && d % 2 != 0) || (joint && pb->rope == KQ_ROPE_PRE))
     return -1;
   int32_t g = H / Hk;
   int pre = pb->rope == KQ_ROPE_PRE;
@@ -311,4 +312,22 @@ int kqc_ref_attend(const kqc_ref_problem *pb, const double *klat, const double *
   free(scratch), free(qv), free(logits), free(z);
   return 0;
 #undef GROUP
+}
+
+int kqc_ref_attend_kv(const kqc_ref_problem *pb, const float *value_down, kq_storage storage,
+                      const float *keys, const float *values, int32_t n_ctx, int32_t m,
+                      const float *q, kq_output output, double *out) {
+  if (pb->latent_layout != KQ_LAYOUT_PER_HEAD || n_ctx < 1) return -1;
+  int32_t hk = pb->n_kv_heads, d = pb->head_dim;
+  double *klat = malloc(sizeof(double) * (size_t)hk * n_ctx * pb->rank_k);
+  double *vlat = malloc(sizeof(double) * (size_t)hk * n_ctx * pb->rank_v);
+  int rc = klat && vlat ? 0 : -1;
+  if (rc == 0)
+    rc = kqc_ref_project(keys, pb->key_down, n_ctx, hk, d, pb->rank_k, storage, klat, n_ctx, 0);
+  if (rc == 0)
+    rc = kqc_ref_project(values, value_down, n_ctx, hk, d, pb->rank_v, storage, vlat, n_ctx, 0);
+  if (rc == 0) rc = kqc_ref_attend(pb, klat, vlat, n_ctx, n_ctx, m, q, output, out, NULL);
+  free(klat);
+  free(vlat);
+  return rc;
 }

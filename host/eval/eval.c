@@ -7,11 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kq_fit.h"
+#include "kq_eval.h"
+#include "kq_projections_internal.h"
 
 kq_eval_params kq_eval_default_params(void) {
   kq_eval_params p;
   memset(&p, 0, sizeof p);
+  p.struct_size = sizeof p;
   p.storage = KQ_STORAGE_F32;
   return p;
 }
@@ -114,6 +116,20 @@ static kq_status metric_task(void *ctx, int64_t kv) {
   }
   free(buf);
   return KQ_OK;
+}
+
+/* Projections fitted for one model say little about another's activations:
+ * when both files record a model (SPEC §1b), it must be the same. */
+static kq_status check_same_model(const kq_calib *c, const kq_projections *proj,
+                                  const char *proj_path) {
+  const kq_model_identity *id = kq_projections_get_model(proj);
+  const char *sha = kq_st_meta(c->file, "model_sha256");
+  if (!sha || !id->sha256[0] || !strcmp(sha, id->sha256)) return KQ_OK;
+  const char *name = kq_st_meta(c->file, "model_name");
+  return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                      "%s was fitted for model '%s' (sha256 %s), but %s was captured from '%s' "
+                      "(sha256 %.64s)",
+                      proj_path, id->name, id->sha256, c->path, name ? name : "", sha);
 }
 
 static kq_status check_match(const kq_calib *c, const kq_projections_info *info,
@@ -224,7 +240,10 @@ kq_status kq_eval(const char *calib_path, const char *proj_path, const kq_eval_p
                   kq_eval_result **out_result) {
   if (!out_result) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "eval: out_result is NULL");
   *out_result = NULL;
-  kq_eval_params p = params ? *params : kq_eval_default_params();
+  kq_eval_params p = kq_eval_default_params();
+  kq_status adopt =
+      kq_params_adopt(&p, sizeof p, sizeof p, params, "kq_eval_params", "kq_eval_default_params");
+  if (adopt) return adopt;
   if (p.max_seqs < 0)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "eval: max_seqs %d < 0", (int)p.max_seqs);
   if (p.n_threads < 0)
@@ -241,6 +260,7 @@ kq_status kq_eval(const char *calib_path, const char *proj_path, const kq_eval_p
   if ((st = kq_projections_load(proj_path, &proj))) goto done;
   if ((st = kq_projections_get_info(proj, &info))) goto done;
   if ((st = check_match(&calib, &info, proj_path))) goto done;
+  if ((st = check_same_model(&calib, proj, proj_path))) goto done;
   if ((st = check_evaluable(proj, &info, proj_path))) goto done;
   if (calib.seq_len > INT32_MAX) {
     st = kq_set_error(KQ_ERR_UNSUPPORTED, "%s: seq_len %lld too large for eval", calib.path,

@@ -1,7 +1,8 @@
 /*
- * reference.h — float64 reference of compressed attention (SPEC §1, §4),
- * written independently of the library for the conformance suite. Test code
- * only: never linked into libkqsvd.
+ * attn_reference.h — THE float64 reference of compressed attention (SPEC
+ * §1, §4) of the tests, written independently of the library: the
+ * conformance suite, the backend, Vulkan and OpenCL tests all compare with
+ * it. Test code only: never linked into libkqsvd.
  *
  * Inputs are the exact float32 arrays handed to a device; everything is
  * computed in double. F16 storage is modelled: each latent element is the
@@ -132,5 +133,16 @@ typedef struct kqc_ref_stats {
 int kqc_ref_attend(const kqc_ref_problem *pb, const double *klat, const double *vlat, int32_t ld,
                    int32_t n_ctx, int32_t m, const float *q, kq_output output, double *out,
                    kqc_ref_stats *stats);
+
+/* The whole per-head pipeline from full keys and values, for tests that
+ * hand a device keys/values and compare its attention: latents k̃ = k A,
+ * ṽ = v C of every position as kqc_ref_project computes them (`storage`
+ * F16: rounded to binary16), then kqc_ref_attend. pb->latent_layout must
+ * be PER_HEAD; keys, values [n_ctx, n_kv_heads, head_dim]; value_down C
+ * [n_kv_heads, head_dim, rank_v]; q, output, out as kqc_ref_attend.
+ * Returns 0, or -1 on bad arguments or allocation failure. */
+int kqc_ref_attend_kv(const kqc_ref_problem *pb, const float *value_down, kq_storage storage,
+                      const float *keys, const float *values, int32_t n_ctx, int32_t m,
+                      const float *q, kq_output output, double *out);
 
 #endif /* KQC_REFERENCE_H */

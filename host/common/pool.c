@@ -1,11 +1,12 @@
-/* A persistent fork-join team: workers sleep on a condition variable and
- * are woken per job by bumping a generation counter. */
+/* The one CPU thread team of the library: a persistent fork-join pool
+ * (workers sleep on a condition variable and are woken per job by bumping a
+ * generation counter). The CPU backend runs its ops on it (cpu_pool.h) and
+ * kq_parallel_for (fitting, eval, the model) runs on it too. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu_pool.h"
 #include "kq_common.h"
 
 #define KQ_POOL_MAX_THREADS 64
@@ -20,7 +21,7 @@ typedef struct pool {
   int closed;  /* the caller has finished the current job's iterations */
   int running; /* workers inside the current job */
   /* current job */
-  kq_cpu_task_fn fn;
+  kq_pool_task_fn fn;
   void *ctx;
   int64_t n;
   int active; /* workers with index < active take part */
@@ -31,6 +32,11 @@ typedef struct pool {
 
 static pool g_pool;
 static pthread_once_t g_pool_once = PTHREAD_ONCE_INIT;
+
+/* Set on the pool's workers and on a caller while it runs a job: a job
+ * started from inside one (an iteration calling kq_parallel_for) runs on
+ * that thread alone instead of waiting for the team it is part of. */
+static _Thread_local int t_in_job;
 
 static void run_iterations(pool *p, int worker) {
   for (;;) {
@@ -46,6 +52,7 @@ static void run_iterations(pool *p, int worker) {
 static void *worker_main(void *arg) {
   int worker = (int)(intptr_t)arg;
   pool *p = &g_pool;
+  t_in_job = 1;
   uint64_t seen = 0;
   pthread_mutex_lock(&p->lock);
   for (;;) {
@@ -86,7 +93,7 @@ static void pool_init(void) {
   }
 }
 
-int kq_cpu_pool_threads(void) {
+int kq_pool_threads(void) {
   pthread_once(&g_pool_once, pool_init);
   return g_pool.n_threads;
 }
@@ -106,9 +113,22 @@ static kq_status grow_scratch(pool *p, int workers, size_t bytes) {
   return KQ_OK;
 }
 
-kq_status kq_cpu_pool_run(int64_t n, int max_threads, size_t scratch_bytes, kq_cpu_task_fn fn,
-                          void *ctx) {
+/* A nested job: every iteration on the calling thread, with scratch of its
+ * own (the team's belongs to the job in progress). */
+static kq_status run_nested(int64_t n, size_t scratch_bytes, kq_pool_task_fn fn, void *ctx) {
+  size_t bytes = ((scratch_bytes ? scratch_bytes : 1) + 63) & ~(size_t)63;
+  void *scratch = aligned_alloc(64, bytes);
+  if (!scratch)
+    return kq_set_error(KQ_ERR_OUT_OF_MEMORY, "cpu: cannot allocate %zu bytes of scratch", bytes);
+  for (int64_t i = 0; i < n; i++) fn(ctx, i, 0, scratch);
+  free(scratch);
+  return KQ_OK;
+}
+
+kq_status kq_pool_run(int64_t n, int max_threads, size_t scratch_bytes, kq_pool_task_fn fn,
+                      void *ctx) {
   if (n <= 0) return KQ_OK;
+  if (t_in_job) return run_nested(n, scratch_bytes, fn, ctx);
   pthread_once(&g_pool_once, pool_init);
   pool *p = &g_pool;
   int active = p->n_threads;
@@ -134,7 +154,9 @@ kq_status kq_cpu_pool_run(int64_t n, int max_threads, size_t scratch_bytes, kq_c
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
   }
+  t_in_job = 1;
   run_iterations(p, 0);
+  t_in_job = 0;
   if (active > 1) {
     pthread_mutex_lock(&p->lock);
     p->closed = 1;
