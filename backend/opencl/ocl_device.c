@@ -27,6 +27,8 @@ static const char *const kernel_names[KQ_K_COUNT] = {
     [KQ_K_SOFTMAX_CAUSAL] = "kq_softmax_causal",
     [KQ_K_UP] = "kq_up",
     [KQ_K_COPY_U4] = "kq_copy_u4",
+    [KQ_K_SEG_STORE] = "kq_seg_store",
+    [KQ_K_SEG_WIDEN] = "kq_seg_widen",
 };
 
 static const char kv_f32_defs[] = "\n#define KV_T float\n#define KV_LOAD(p, i) ((p)[(i)])\n"
@@ -55,7 +57,7 @@ static int open_devices;
 static char *program_source(void) {
   const char *parts[] = {kq_ocl_src_kq_prelude, kv_f32_defs,           kq_ocl_src_kq_kv_body,
                          kv_f16_defs,           kq_ocl_src_kq_kv_body, kq_ocl_src_kq_attend,
-                         kq_ocl_src_kq_up,      kq_ocl_src_kq_copy};
+                         kq_ocl_src_kq_up,      kq_ocl_src_kq_copy,    kq_ocl_src_kq_segments};
   size_t n = 1;
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; ++i) n += strlen(parts[i]) + 1;
   char *s = malloc(n);
@@ -183,6 +185,9 @@ kq_status kq_ocl_buffer_alloc(kq_bdevice *dev, size_t bytes, kq_buffer **out_buf
   cl_int err;
   buf->bytes = bytes;
   buf->mem = clCreateBuffer(dev->context, CL_MEM_READ_WRITE, bytes ? bytes : 16, NULL, &err);
+  pthread_mutex_lock(&dev->lock);
+  dev->stats.device_allocations++;
+  pthread_mutex_unlock(&dev->lock);
   if (err != CL_SUCCESS) {
     free(buf);
     kq_status st = err == CL_INVALID_BUFFER_SIZE || err == CL_MEM_OBJECT_ALLOCATION_FAILURE ||
@@ -214,6 +219,9 @@ static kq_status check_range(kq_bdevice *dev, const kq_buffer *buf, size_t offse
 
 /* Waits for `ev` outside the device lock so other threads keep enqueueing. */
 static kq_status wait_event(kq_bdevice *dev, cl_event ev, const char *what) {
+  pthread_mutex_lock(&dev->lock);
+  dev->stats.host_waits++;
+  pthread_mutex_unlock(&dev->lock);
   cl_int err = clWaitForEvents(1, &ev);
   cl_int status = CL_COMPLETE;
   if (err == CL_SUCCESS)
@@ -245,6 +253,7 @@ kq_status kq_ocl_buffer_upload(kq_bdevice *dev, kq_buffer *dst, size_t offset, c
   pthread_mutex_lock(&dev->lock);
   cl_int err = clEnqueueWriteBuffer(dev->queue, dst->mem, CL_FALSE, offset, bytes,
                                     copy ? copy : src, 0, NULL, &ev);
+  if (err == CL_SUCCESS) dev->stats.bytes_uploaded += bytes;
   pthread_mutex_unlock(&dev->lock);
   if (err != CL_SUCCESS) {
     free(copy);
@@ -267,6 +276,7 @@ kq_status kq_ocl_buffer_download(kq_bdevice *dev, const kq_buffer *src, size_t o
   pthread_mutex_lock(&dev->lock);
   cl_int err =
       clEnqueueReadBuffer(dev->queue, src->mem, CL_FALSE, offset, bytes, dst, 0, NULL, &ev);
+  if (err == CL_SUCCESS) dev->stats.bytes_downloaded += bytes;
   pthread_mutex_unlock(&dev->lock);
   if (err != CL_SUCCESS) return kq_ocl_fail(dev, KQ_ERR_DEVICE, "clEnqueueReadBuffer", err);
   return wait_event(dev, ev, "download");
@@ -295,6 +305,7 @@ kq_status kq_ocl_launch(kq_bdevice *dev, int k, const size_t global[3], const si
   if (global[0] == 0 || global[1] == 0 || global[2] == 0) return KQ_OK;
   cl_int err =
       clEnqueueNDRangeKernel(dev->queue, dev->kernels[k], 3, NULL, global, local, 0, NULL, NULL);
+  dev->stats.dispatches++;
   if (err != CL_SUCCESS) return kq_ocl_fail(dev, KQ_ERR_DEVICE, kernel_names[k], err);
   return KQ_OK;
 }
@@ -307,6 +318,7 @@ kq_status kq_ocl_scratch(kq_bdevice *dev, int id, size_t bytes, cl_mem *out) {
     dev->scratch_bytes[id] = 0;
     cl_int err;
     cl_mem m = clCreateBuffer(dev->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
+    dev->stats.device_allocations++;
     if (err != CL_SUCCESS)
       return kq_ocl_host->set_error(KQ_ERR_DEVICE_MEMORY,
                                     "%s: scratch buffer of %zu bytes: %s (%d)", dev->label, bytes,
@@ -337,6 +349,23 @@ kq_status kq_ocl_copy(kq_bdevice *dev, kq_buffer *dst, const kq_buffer *src, siz
     cl_int err = clEnqueueCopyBuffer(dev->queue, src->mem, dst->mem, off, off, tail, 0, NULL, NULL);
     if (err != CL_SUCCESS) st = kq_ocl_fail(dev, KQ_ERR_DEVICE, "clEnqueueCopyBuffer", err);
   }
+  if (st == KQ_OK) st = kq_ocl_flush(dev);
   pthread_mutex_unlock(&dev->lock);
   return st;
+}
+
+kq_status kq_ocl_flush(kq_bdevice *dev) {
+  cl_int err = clFlush(dev->queue);
+  dev->stats.submits++;
+  return err == CL_SUCCESS ? KQ_OK : kq_ocl_fail(dev, KQ_ERR_DEVICE, "clFlush", err);
+}
+
+kq_status kq_ocl_get_stats(kq_bdevice *dev, kq_device_stats *out_stats) {
+  pthread_mutex_lock(&dev->lock);
+  const uint32_t size = out_stats->struct_size, reserved = out_stats->reserved;
+  *out_stats = dev->stats;
+  out_stats->struct_size = size;
+  out_stats->reserved = reserved;
+  pthread_mutex_unlock(&dev->lock);
+  return KQ_OK;
 }

@@ -43,6 +43,8 @@ enum kq_ocl_kernel_id {
   KQ_K_SOFTMAX_CAUSAL,
   KQ_K_UP,
   KQ_K_COPY_U4,
+  KQ_K_SEG_STORE,
+  KQ_K_SEG_WIDEN,
   KQ_K_COUNT
 };
 
@@ -53,10 +55,11 @@ enum kq_ocl_scratch_id {
   KQ_S_QROT,     /* rot(q B Aᵀ) [m, H, d] */
   KQ_S_PART_O,   /* split-K partial outputs */
   KQ_S_PART_ML,  /* split-K partial (max, sum) */
-  KQ_S_KWIDE,    /* F32 copy of F16 latent keys (prefill GEMM) */
-  KQ_S_VWIDE,    /* F32 copy of F16 latent values (prefill GEMM) */
+  KQ_S_KWIDE,    /* F32 copy of F16 or quantized latent keys [groups, n_ctx, rank_k] */
+  KQ_S_VWIDE,    /* F32 copy of F16 or quantized latent values */
   KQ_S_SCORES,   /* prefill logits / probabilities [H, rows, cols] */
   KQ_S_CLBLAST,  /* CLBlast's GEMM temporary buffer */
+  KQ_S_LATENT,   /* P Ṽ before the fused up-projection [m, H, rank_v] */
   KQ_S_COUNT
 };
 
@@ -88,6 +91,11 @@ struct kq_bdevice {
   double gemm_warmup_s;  /* how long that took */
   double program_load_s; /* building or loading our own program */
   int program_origin;    /* kq_ocl_prog_origin */
+  /* kq_device_stats counters, updated under `lock`: submits = clFlush calls
+   * (one at the end of every op), dispatches = clEnqueueNDRangeKernel calls
+   * plus one per CLBlast routine call, host_waits = event waits and clFinish,
+   * device_allocations = clCreateBuffer calls (buffers, scratch, warm-up). */
+  kq_device_stats stats;
 };
 
 /* Device list (filled once by kq_ocl_enumerate). */
@@ -108,6 +116,14 @@ kq_status kq_ocl_synchronize(kq_bdevice *device);
 kq_status kq_ocl_project(kq_bdevice *device, const kq_project_op *op);
 kq_status kq_ocl_attend(kq_bdevice *device, const kq_attend_op *op);
 kq_status kq_ocl_up(kq_bdevice *device, const kq_up_op *op);
+
+/* Flushes the queue at the end of an op, so that a GPU driver starts the
+ * work without waiting for a host sync; counts one submit. Caller holds
+ * dev->lock. */
+kq_status kq_ocl_flush(kq_bdevice *dev);
+
+/* Reads the counters (iface get_stats). */
+kq_status kq_ocl_get_stats(kq_bdevice *dev, kq_device_stats *out_stats);
 
 /* Makes scratch buffer `id` at least `bytes` large (caller holds dev->lock). */
 kq_status kq_ocl_scratch(kq_bdevice *dev, int id, size_t bytes, cl_mem *out);

@@ -68,29 +68,108 @@ static size_t prod4(int64_t a, int64_t b, int64_t c, int64_t d) {
     if (st != KQ_OK) goto out;                                                                     \
   } while (0)
 
+/* Checks a segment list (SPEC §1b: widths >= 1 summing to the rank, q4
+ * widths even) and that its planes for `groups` groups lie in buf at byte
+ * offset off (a multiple of 4, for the F16 and F32 planes); *out_plain = 1
+ * for the plain layout (kq_segments_plain), whose caller checks the range
+ * itself. */
+static kq_status check_segments(const kq_bdevice *dev, const char *op, const char *name, int32_t n,
+                                const kq_segment *segs, int32_t rank, kq_storage storage,
+                                size_t groups, size_t capacity, const kq_buffer *buf, size_t off,
+                                int *out_plain) {
+  *out_plain = kq_segments_plain(n, segs);
+  if (*out_plain) return KQ_OK;
+  if (n < 0 || n > KQ_MAX_SEGMENTS || !segs)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %s: %s: %d segments (1 to %d)",
+                                  dev->label, op, name, (int)n, KQ_MAX_SEGMENTS);
+  int64_t sum = 0;
+  for (int32_t s = 0; s < n; s++) {
+    const kq_segment g = segs[s];
+    if (g.width < 1 || (g.bits != KQ_SEG_FLOAT && g.bits != KQ_SEG_Q8 && g.bits != KQ_SEG_Q4) ||
+        (g.bits == KQ_SEG_Q4 && g.width % 2 != 0))
+      return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
+                                    "%s: %s: %s: segment %d (width %d, bits %d) invalid",
+                                    dev->label, op, name, (int)s, (int)g.width, (int)g.bits);
+    sum += g.width;
+  }
+  if (sum != rank)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
+                                  "%s: %s: %s: segment widths sum to %lld, the rank is %d",
+                                  dev->label, op, name, (long long)sum, (int)rank);
+  size_t total = 0;
+  kq_segment_planes(segs, n, storage, groups, capacity, 0, NULL, NULL, &total);
+  cl_ulong unused;
+  kq_status st = span(dev, op, name, buf, off, total, 1, &unused);
+  if (st == KQ_OK && off % 4 != 0)
+    st = kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
+                                "%s: %s: %s offset %zu is not a multiple of 4", dev->label, op,
+                                name, off);
+  return st;
+}
+
+/* Stores latent rows src[off + h·head_stride + t·row_stride + c] (t <
+ * n_tokens, h < groups) into every segment's planes at positions pos ..
+ * (one kq_seg_store per segment). Caller holds dev->lock. */
+static kq_status store_segments(kq_bdevice *dev, cl_mem src, cl_ulong off, cl_int row_stride,
+                                cl_int head_stride, const kq_project_op *op) {
+  kq_status st = KQ_OK;
+  const int k = KQ_K_SEG_STORE;
+  const cl_int f16 = op->storage == KQ_STORAGE_F16;
+  cl_int col = 0;
+  for (int32_t s = 0; s < op->n_segments; s++) {
+    size_t data = 0, scale = 0;
+    kq_segment_planes(op->segments, op->n_segments, op->storage, (size_t)op->n_heads,
+                      (size_t)op->capacity, s, &data, &scale, NULL);
+    const cl_ulong data_off = op->dst_offset + data, scale_off = op->dst_offset + scale;
+    const cl_int width = op->segments[s].width, bits = op->segments[s].bits;
+    ARG(k, 0, src);
+    ARG(k, 1, off);
+    ARG(k, 2, row_stride);
+    ARG(k, 3, head_stride);
+    ARG(k, 4, col);
+    ARG(k, 5, width);
+    ARG(k, 6, bits);
+    ARG(k, 7, f16);
+    ARG(k, 8, op->dst->mem);
+    ARG(k, 9, data_off);
+    ARG(k, 10, scale_off);
+    ARG(k, 11, op->capacity);
+    ARG(k, 12, op->pos);
+    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)op->n_tokens, (size_t)op->n_heads, 1}, NULL);
+    if (st != KQ_OK) break;
+    col += width;
+  }
+out:
+  return st;
+}
+
 kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
   static const char *name = "project";
   if (op->n_tokens < 0 || op->n_heads <= 0 || op->head_dim <= 0 || op->rank <= 0 ||
-      op->capacity <= 0 || op->pos < 0 || op->pos > op->capacity - op->n_tokens)
+      op->rank > op->head_dim || op->capacity <= 0 || op->pos < 0 ||
+      op->pos > op->capacity - op->n_tokens)
     return bad(dev, name, "shape out of range (tokens, heads, head_dim, rank, capacity, pos)");
   if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v2");
   if (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16)
     return bad(dev, name, "unknown storage type");
-  if (!kq_segments_plain(op->n_segments, op->segments))
-    return unsupported(dev, name, "quantized latent segments (q8/q4)");
   const int identity = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
   if (identity && op->rank != op->head_dim)
     return bad(dev, name, "identity needs rank == head_dim");
+  int plain = 1;
+  kq_status st =
+      check_segments(dev, name, "dst", op->n_segments, op->segments, op->rank, op->storage,
+                     (size_t)op->n_heads, (size_t)op->capacity, op->dst, op->dst_offset, &plain);
+  if (st != KQ_OK) return st;
   if (op->n_tokens == 0) return KQ_OK;
   const int f16 = op->storage == KQ_STORAGE_F16;
   const size_t esz = f16 ? 2 : 4;
-  cl_ulong src_e, proj_e = 0, dst_e;
-  kq_status st = span(dev, name, "src", op->src, op->src_offset,
-                      prod4(op->n_tokens, op->n_heads, op->head_dim, 1), 4, &src_e);
+  cl_ulong src_e, proj_e = 0, dst_e = 0;
+  st = span(dev, name, "src", op->src, op->src_offset,
+            prod4(op->n_tokens, op->n_heads, op->head_dim, 1), 4, &src_e);
   if (st == KQ_OK && !identity)
     st = span(dev, name, "proj", op->proj, op->proj_offset,
               prod4(op->n_heads, op->head_dim, op->rank, 1), 4, &proj_e);
-  if (st == KQ_OK)
+  if (st == KQ_OK && plain)
     st = span(dev, name, "dst", op->dst, op->dst_offset,
               prod4(op->n_heads, op->capacity, op->rank, 1), esz, &dst_e);
   if (st != KQ_OK) return st;
@@ -103,9 +182,11 @@ kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
   cl_ulong rows_off = src_e;
   cl_int row_stride = n_heads * d, head_stride = d;
   if (!identity) {
+    /* F32 storage: the GEMM writes the cache rows directly; F16 and
+     * segmented storage go through F32 rows [H, n, r] in scratch. */
     cl_mem c = op->dst->mem;
     size_t c_off = dst_e + (size_t)pos * r, c_stride = (size_t)cap * r;
-    if (f16) {
+    if (f16 || !plain) {
       st = kq_ocl_scratch(dev, KQ_S_GEMM_OUT, prod4(n_heads, n, r, 4), &c);
       if (st != KQ_OK) goto out;
       c_off = 0;
@@ -114,11 +195,15 @@ kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
     st = kq_ocl_gemm_strided_batched(dev, n, r, d, op->src->mem, src_e, (size_t)n_heads * d, d,
                                      op->proj->mem, proj_e, r, (size_t)d * r, c, c_off, r, c_stride,
                                      n_heads);
-    if (st != KQ_OK || !f16) goto out;
+    if (st != KQ_OK || (!f16 && plain)) goto out;
     rows_src = c;
     rows_off = 0;
     row_stride = r;
     head_stride = n * r;
+  }
+  if (!plain) {
+    st = store_segments(dev, rows_src, rows_off, row_stride, head_stride, op);
+    goto out;
   }
   ARG(k, 0, rows_src);
   ARG(k, 1, rows_off);
@@ -131,6 +216,7 @@ kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
   ARG(k, 8, pos);
   st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)r, (size_t)n, (size_t)n_heads}, NULL);
 out:
+  if (st == KQ_OK) st = kq_ocl_flush(dev);
   pthread_mutex_unlock(&dev->lock);
   return st;
 }
@@ -410,49 +496,134 @@ out:
   return st;
 }
 
+/* F32 copy [groups, n_ctx, rank] of one side's latent cache (segmented, or
+ * plain in `storage`) in scratch `sid`, one kq_seg_widen per segment. */
+static kq_status widen_side(kq_bdevice *dev, const kq_buffer *cache, size_t cache_offset,
+                            int32_t n_seg, const kq_segment *segs, cl_int rank, kq_storage storage,
+                            cl_int groups, cl_int capacity, cl_int n_ctx, int sid, cl_mem *out) {
+  kq_segment plain = {rank, KQ_SEG_FLOAT};
+  if (kq_segments_plain(n_seg, segs)) n_seg = 1, segs = &plain;
+  kq_status st = kq_ocl_scratch(dev, sid, prod4(groups, n_ctx, rank, 4), out);
+  if (st != KQ_OK) return st;
+  const int k = KQ_K_SEG_WIDEN;
+  const cl_int f16 = storage == KQ_STORAGE_F16, p0 = 0;
+  cl_int col = 0;
+  for (int32_t s = 0; s < n_seg; s++) {
+    size_t data = 0, scale = 0;
+    kq_segment_planes(segs, n_seg, storage, (size_t)groups, (size_t)capacity, s, &data, &scale,
+                      NULL);
+    const cl_ulong data_off = cache_offset + data, scale_off = cache_offset + scale;
+    const cl_int width = segs[s].width, bits = segs[s].bits;
+    ARG(k, 0, cache->mem);
+    ARG(k, 1, data_off);
+    ARG(k, 2, scale_off);
+    ARG(k, 3, width);
+    ARG(k, 4, bits);
+    ARG(k, 5, f16);
+    ARG(k, 6, capacity);
+    ARG(k, 7, p0);
+    ARG(k, 8, *out);
+    ARG(k, 9, n_ctx);
+    ARG(k, 10, rank);
+    ARG(k, 11, col);
+    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)width, (size_t)n_ctx, (size_t)groups}, NULL);
+    if (st != KQ_OK) break;
+    col += width;
+  }
+out:
+  return st;
+}
+
+/* out[j, h, :] = latent[j, h, :] · E[h / g]ᵀ (kq_up). Caller holds dev->lock. */
+static kq_status launch_up(kq_bdevice *dev, cl_mem latent, cl_ulong l_e, cl_mem emem, cl_ulong e_e,
+                           cl_mem out_mem, cl_ulong o_e, cl_int n_q, cl_int n_heads,
+                           cl_int n_kv_heads, cl_int head_dim, cl_int rank_v, cl_int identity) {
+  kq_status st = KQ_OK;
+  const cl_int g = n_heads / n_kv_heads;
+  const int k = KQ_K_UP;
+  ARG(k, 0, latent);
+  ARG(k, 1, l_e);
+  ARG(k, 2, emem);
+  ARG(k, 3, e_e);
+  ARG(k, 4, out_mem);
+  ARG(k, 5, o_e);
+  ARG(k, 6, n_heads);
+  ARG(k, 7, g);
+  ARG(k, 8, head_dim);
+  ARG(k, 9, rank_v);
+  ARG(k, 10, identity);
+  const size_t hblocks = (size_t)n_kv_heads * (((size_t)g + 3) / 4);
+  st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)head_dim, hblocks, (size_t)n_q}, NULL);
+out:
+  return st;
+}
+
 kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
   static const char *name = "attend";
+  const int joint = op->layout == KQ_LAYOUT_JOINT;
+  if (op->layout != KQ_LAYOUT_PER_HEAD && !joint) return bad(dev, name, "unknown layout");
+  /* JOINT: one latent group of n_kv_heads · head_dim columns. */
+  const int64_t rmax = joint ? (int64_t)op->n_kv_heads * op->head_dim : op->head_dim;
   if (op->n_queries <= 0 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
       op->n_heads <= 0 || op->n_kv_heads <= 0 || op->n_heads % op->n_kv_heads != 0 ||
-      op->head_dim <= 0 || op->rank_k <= 0 || op->rank_v <= 0 || op->rank_k > op->head_dim ||
-      op->rank_v > op->head_dim)
+      op->head_dim <= 0 || op->rank_k <= 0 || op->rank_v <= 0 || op->rank_k > rmax ||
+      op->rank_v > rmax)
     return bad(dev, name, "shape out of range (queries, context, heads, head_dim, ranks)");
   if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v2");
   if (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16)
     return bad(dev, name, "unknown storage type");
-  if (op->layout != KQ_LAYOUT_PER_HEAD) return unsupported(dev, name, "joint-layout latents");
-  if (!kq_segments_plain(op->n_key_segments, op->key_segments) ||
-      !kq_segments_plain(op->n_value_segments, op->value_segments))
-    return unsupported(dev, name, "quantized latent segments (q8/q4)");
   const int ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
   if (ident && op->rank_k != op->head_dim) return bad(dev, name, "identity needs rank_k == d");
   const int pre = op->rope == KQ_ROPE_PRE;
   if (pre && op->head_dim % 2 != 0) return bad(dev, name, "pre-RoPE needs an even head_dim");
+  if (joint && pre) return unsupported(dev, name, "RoPE pre with the joint layout");
+  if (joint && ident) return bad(dev, name, "identity keys with the joint layout");
+  const int ident_v = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
+  if (op->value_up && ident_v) return bad(dev, name, "value_up with identity values");
   /* Same default as the CPU backend when the projections carry no theta. */
   const float theta = op->rope_theta > 0.0f ? op->rope_theta : 10000.0f;
   const size_t esz = op->storage == KQ_STORAGE_F16 ? 2 : 4;
-  cl_ulong q_e, a_e = 0, b_e = 0, k_e, v_e, out_e;
-  kq_status st = span(dev, name, "q", op->q, op->q_offset,
-                      prod4(op->n_queries, op->n_heads, op->head_dim, 1), 4, &q_e);
+  const cl_int groups = joint ? 1 : op->n_kv_heads;
+  int kplain = 1, vplain = 1;
+  kq_status st = check_segments(dev, name, "k_cache", op->n_key_segments, op->key_segments,
+                                op->rank_k, op->storage, (size_t)groups, (size_t)op->capacity,
+                                op->k_cache, op->k_cache_offset, &kplain);
+  if (st == KQ_OK)
+    st = check_segments(dev, name, "v_cache", op->n_value_segments, op->value_segments, op->rank_v,
+                        op->storage, (size_t)groups, (size_t)op->capacity, op->v_cache,
+                        op->v_cache_offset, &vplain);
+  cl_ulong q_e = 0, a_e = 0, b_e = 0, k_e = 0, v_e = 0, out_e = 0, e_e = 0;
+  if (st == KQ_OK)
+    st = span(dev, name, "q", op->q, op->q_offset,
+              prod4(op->n_queries, op->n_heads, op->head_dim, 1), 4, &q_e);
   const size_t proj = prod4(op->n_kv_heads, op->head_dim, op->rank_k, 1);
   if (st == KQ_OK && !ident)
     st = span(dev, name, "query_down", op->query_down, op->query_down_offset, proj, 4, &b_e);
   if (st == KQ_OK && !ident && pre)
     st = span(dev, name, "key_down", op->key_down, op->key_down_offset, proj, 4, &a_e);
-  if (st == KQ_OK)
+  if (st == KQ_OK && kplain)
     st = span(dev, name, "k_cache", op->k_cache, op->k_cache_offset,
-              prod4(op->n_kv_heads, op->capacity, op->rank_k, 1), esz, &k_e);
-  if (st == KQ_OK)
+              prod4(groups, op->capacity, op->rank_k, 1), esz, &k_e);
+  if (st == KQ_OK && vplain)
     st = span(dev, name, "v_cache", op->v_cache, op->v_cache_offset,
-              prod4(op->n_kv_heads, op->capacity, op->rank_v, 1), esz, &v_e);
+              prod4(groups, op->capacity, op->rank_v, 1), esz, &v_e);
+  if (st == KQ_OK && op->value_up)
+    st = span(dev, name, "value_up", op->value_up, op->value_up_offset,
+              prod4(op->n_kv_heads, op->head_dim, op->rank_v, 1), 4, &e_e);
   if (st == KQ_OK)
     st = span(dev, name, "out", op->out, op->out_offset,
-              prod4(op->n_queries, op->n_heads, op->rank_v, 1), 4, &out_e);
+              prod4(op->n_queries, op->n_heads, op->value_up ? op->head_dim : op->rank_v, 1), 4,
+              &out_e);
   if (st != KQ_OK) return st;
 
   const cl_int H = op->n_heads, g = op->n_heads / op->n_kv_heads, d = op->head_dim, rk = op->rank_k,
                m = op->n_queries;
   const cl_int halves = op->rope_layout == KQ_ROPE_HALVES;
+  /* The kernels below see `w`: segmented (or, beside one, F16) caches as
+   * their F32 copies, the JOINT layout as one kv head shared by every query
+   * head, and the latent output in scratch when the up-projection is fused. */
+  kq_attend_op w = *op;
+  kq_buffer kwide, vwide, latent;
   pthread_mutex_lock(&dev->lock);
   cl_mem qt, qh;
   st = kq_ocl_scratch(dev, KQ_S_QPREP, prod4(m, H, rk, 4), &qt);
@@ -475,6 +646,32 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
     st = kq_ocl_launch(dev, k, (size_t[3]){((size_t)rk + 7) / 8, hblocks, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
   }
+  if (!kplain || !vplain) {
+    st = widen_side(dev, op->k_cache, op->k_cache_offset, op->n_key_segments, op->key_segments, rk,
+                    op->storage, groups, op->capacity, op->n_ctx, KQ_S_KWIDE, &kwide.mem);
+    if (st == KQ_OK)
+      st = widen_side(dev, op->v_cache, op->v_cache_offset, op->n_value_segments,
+                      op->value_segments, op->rank_v, op->storage, groups, op->capacity, op->n_ctx,
+                      KQ_S_VWIDE, &vwide.mem);
+    if (st != KQ_OK) goto out;
+    kwide.bytes = prod4(groups, op->n_ctx, rk, 4);
+    vwide.bytes = prod4(groups, op->n_ctx, op->rank_v, 4);
+    w.k_cache = &kwide;
+    w.v_cache = &vwide;
+    w.k_cache_offset = w.v_cache_offset = 0;
+    k_e = v_e = 0;
+    w.storage = KQ_STORAGE_F32;
+    w.capacity = op->n_ctx;
+  }
+  if (joint) w.n_kv_heads = 1;
+  if (op->value_up) {
+    st = kq_ocl_scratch(dev, KQ_S_LATENT, prod4(m, H, op->rank_v, 4), &latent.mem);
+    if (st != KQ_OK) goto out;
+    latent.bytes = prod4(m, H, op->rank_v, 4);
+    w.out = &latent;
+    w.out_offset = 0;
+  }
+  const cl_ulong wout_e = op->value_up ? 0 : out_e;
   if (pre) {
     st = kq_ocl_scratch(dev, KQ_S_QROT, prod4(m, H, d, 4), &qh);
     if (st != KQ_OK) goto out;
@@ -496,13 +693,17 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
     ARG(k, 12, theta);
     st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)d / 2, (size_t)H, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
-    st = attend_fused(dev, op, qh, d, k_e, v_e, b_e, out_e);
+    st = attend_fused(dev, &w, qh, d, k_e, v_e, b_e, wout_e);
   } else if (m >= KQ_OCL_GEMM_MIN_QUERIES) {
-    st = attend_gemm(dev, op, qt, k_e, v_e, out_e);
+    st = attend_gemm(dev, &w, qt, k_e, v_e, wout_e);
   } else {
-    st = attend_split(dev, op, qt, k_e, v_e, out_e);
+    st = attend_split(dev, &w, qt, k_e, v_e, wout_e);
   }
+  if (st == KQ_OK && op->value_up)
+    st = launch_up(dev, latent.mem, 0, op->value_up->mem, e_e, op->out->mem, out_e, m, H,
+                   op->n_kv_heads, d, op->rank_v, 0);
 out:
+  if (st == KQ_OK) st = kq_ocl_flush(dev);
   pthread_mutex_unlock(&dev->lock);
   return st;
 }
@@ -510,8 +711,7 @@ out:
 kq_status kq_ocl_up(kq_bdevice *dev, const kq_up_op *op) {
   static const char *name = "up";
   if (op->n_queries <= 0 || op->n_heads <= 0 || op->n_kv_heads <= 0 ||
-      op->n_heads % op->n_kv_heads != 0 || op->head_dim <= 0 || op->rank_v <= 0 ||
-      op->rank_v > op->head_dim)
+      op->n_heads % op->n_kv_heads != 0 || op->head_dim <= 0 || op->rank_v <= 0)
     return bad(dev, name, "shape out of range (queries, heads, head_dim, rank_v)");
   if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v2");
   const int ident = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
@@ -526,25 +726,11 @@ kq_status kq_ocl_up(kq_bdevice *dev, const kq_up_op *op) {
     st = span(dev, name, "out", op->out, op->out_offset,
               prod4(op->n_queries, op->n_heads, op->head_dim, 1), 4, &o_e);
   if (st != KQ_OK) return st;
-  const cl_int g = op->n_heads / op->n_kv_heads, id = ident;
   cl_mem emem = ident ? op->latent->mem : op->value_up->mem;
-  const int k = KQ_K_UP;
   pthread_mutex_lock(&dev->lock);
-  ARG(k, 0, op->latent->mem);
-  ARG(k, 1, l_e);
-  ARG(k, 2, emem);
-  ARG(k, 3, e_e);
-  ARG(k, 4, op->out->mem);
-  ARG(k, 5, o_e);
-  ARG(k, 6, op->n_heads);
-  ARG(k, 7, g);
-  ARG(k, 8, op->head_dim);
-  ARG(k, 9, op->rank_v);
-  ARG(k, 10, id);
-  const size_t hblocks = (size_t)op->n_kv_heads * (((size_t)g + 3) / 4);
-  st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)op->head_dim, hblocks, (size_t)op->n_queries},
-                     NULL);
-out:
+  st = launch_up(dev, op->latent->mem, l_e, emem, e_e, op->out->mem, o_e, op->n_queries,
+                 op->n_heads, op->n_kv_heads, op->head_dim, op->rank_v, ident);
+  if (st == KQ_OK) st = kq_ocl_flush(dev);
   pthread_mutex_unlock(&dev->lock);
   return st;
 }
