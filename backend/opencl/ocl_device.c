@@ -165,6 +165,8 @@ void kq_ocl_device_close(kq_bdevice *dev) {
   if (dev->queue) clFinish(dev->queue);
   for (int i = 0; i < KQ_S_COUNT; ++i)
     if (dev->scratch[i]) clReleaseMemObject(dev->scratch[i]);
+  for (int i = 0; i < KQ_OCL_ROPE_TABLES; ++i)
+    if (dev->rope[i].mem) clReleaseMemObject(dev->rope[i].mem);
   for (int k = 0; k < KQ_K_COUNT; ++k)
     if (dev->kernels[k]) clReleaseKernel(dev->kernels[k]);
   if (dev->program) clReleaseProgram(dev->program);

@@ -63,6 +63,16 @@ enum kq_ocl_scratch_id {
   KQ_S_COUNT
 };
 
+/* RoPE angle tables kept per device (ocl_ops.c rope_table), one per
+ * (theta, head_dim), grown with the largest capacity seen. */
+#define KQ_OCL_ROPE_TABLES 4
+typedef struct kq_ocl_rope {
+  float theta;
+  int head_dim;
+  int hi_rows; /* positions covered: 256 · hi_rows */
+  cl_mem mem;
+} kq_ocl_rope;
+
 struct kq_buffer {
   cl_mem mem;
   size_t bytes;
@@ -84,6 +94,8 @@ struct kq_bdevice {
   size_t local_mem;             /* CL_DEVICE_LOCAL_MEM_SIZE */
   size_t compute_units;
   int cpu; /* CL_DEVICE_TYPE_CPU: no value split (see attend_split) */
+  kq_ocl_rope rope[KQ_OCL_ROPE_TABLES];
+  int rope_next; /* slot the next new table replaces */
   cl_mem scratch[KQ_S_COUNT];
   size_t scratch_bytes[KQ_S_COUNT];
   int counted;           /* counted among the open devices */

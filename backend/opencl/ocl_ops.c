@@ -9,6 +9,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "ocl_internal.h"
 
@@ -346,8 +347,8 @@ out:
 }
 
 /* Split-K fused attention with pre-RoPE (keys rebuilt per position). */
-static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp, cl_int dq,
-                              cl_ulong k_e, cl_ulong v_e, cl_ulong b_e, cl_ulong out_e) {
+static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp, cl_mem rope,
+                              cl_int dq, cl_ulong k_e, cl_ulong v_e, cl_ulong b_e, cl_ulong out_e) {
   kq_status st = KQ_OK;
   const cl_int g = op->n_heads / op->n_kv_heads;
   /* Queries per work-group: they share every latent row the group loads
@@ -359,9 +360,7 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   size_t need = 0;
   for (;;) {
     const size_t rows = (size_t)qblock * g;
-    need = (rows * (size_t)(dq > 2 ? dq : 2) + rows * (size_t)chunk + (size_t)op->head_dim / 2 + 1 +
-            64) *
-           sizeof(float);
+    need = (rows * (size_t)(dq > 2 ? dq : 2) + rows * (size_t)chunk + 64) * sizeof(float);
     if (need <= dev->local_mem) break;
     if (chunk > 32)
       chunk /= 2;
@@ -404,16 +403,13 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   ARG(k, 19, pre);
   ARG(k, 20, ident);
   ARG(k, 21, halves);
-  const float theta = op->rope_theta > 0.0f ? op->rope_theta : 10000.0f;
   const float scale2 = op->scale * (float)M_LOG2E;
-  ARG(k, 22, theta);
+  ARG(k, 22, rope);
   ARG(k, 23, scale2);
   ARG(k, 24, qblock);
   st = kq_ocl_arg(dev, k, 25, rows * chunk * sizeof(float), NULL);
   if (st == KQ_OK)
     st = kq_ocl_arg(dev, k, 26, rows * (size_t)(dq > 2 ? dq : 2) * sizeof(float), NULL);
-  if (st == KQ_OK)
-    st = kq_ocl_arg(dev, k, 27, ((size_t)op->head_dim / 2 + 1) * sizeof(float), NULL);
   if (st != KQ_OK) goto out;
   st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, n_blocks},
                      (size_t[3]){wg, 1, 1});
@@ -494,6 +490,73 @@ static kq_status attend_gemm(kq_bdevice *dev, const kq_attend_op *op, cl_mem qt,
   }
 out:
   return st;
+}
+
+static void CL_CALLBACK free_table(cl_event ev, cl_int status, void *host) {
+  (void)ev, (void)status;
+  free(host);
+}
+
+/* The RoPE angle table of (theta, head_dim) covering positions below
+ * `capacity` (kq_rope_cs in kq_prelude.cl): float2 (cos, sin) rows
+ * [256 + ceil(capacity / 256), head_dim / 2], the first 256 rows for the
+ * angles p · f_j (p < 256), then one row per multiple of 256, each angle
+ * p · kq_rope_inv_freq(theta, head_dim, j) formed in double and its cos and
+ * sin rounded once to F32. Built on the first attend that needs it (and
+ * again only when a longer capacity comes), uploaded without a host wait;
+ * the host copy is freed when the write completes. Caller holds dev->lock. */
+static kq_status rope_table(kq_bdevice *dev, float theta, int head_dim, int capacity, cl_mem *out) {
+  const int half = head_dim / 2, hi_rows = (capacity + 255) / 256;
+  int slot = -1;
+  for (int i = 0; i < KQ_OCL_ROPE_TABLES; ++i) {
+    const kq_ocl_rope *t = &dev->rope[i];
+    if (t->mem && t->theta == theta && t->head_dim == head_dim) {
+      if (t->hi_rows >= hi_rows) {
+        *out = t->mem;
+        return KQ_OK;
+      }
+      slot = i;
+    }
+  }
+  if (slot < 0) slot = dev->rope_next++ % KQ_OCL_ROPE_TABLES;
+  const size_t rows = 256 + (size_t)hi_rows, bytes = rows * (size_t)half * 2 * sizeof(float);
+  float *host = malloc(bytes);
+  if (!host) return kq_ocl_host->set_error(KQ_ERR_OUT_OF_MEMORY, "%s: RoPE table", dev->label);
+  for (int j = 0; j < half; ++j) {
+    const double f = kq_rope_inv_freq(theta, head_dim, j);
+    for (size_t r = 0; r < rows; ++r) {
+      const double a = (double)(r < 256 ? r : 256 * (r - 256)) * f;
+      host[(r * half + j) * 2] = (float)cos(a);
+      host[(r * half + j) * 2 + 1] = (float)sin(a);
+    }
+  }
+  kq_ocl_rope *t = &dev->rope[slot];
+  if (t->mem) clReleaseMemObject(t->mem); /* queued kernels keep it alive */
+  *t = (kq_ocl_rope){0};
+  cl_int err;
+  cl_mem mem = clCreateBuffer(dev->context, CL_MEM_READ_ONLY, bytes, NULL, &err);
+  dev->stats.device_allocations++;
+  if (err != CL_SUCCESS) {
+    free(host);
+    return kq_ocl_fail(dev, KQ_ERR_DEVICE_MEMORY, "RoPE table", err);
+  }
+  cl_event ev = NULL;
+  err = clEnqueueWriteBuffer(dev->queue, mem, CL_FALSE, 0, bytes, host, 0, NULL, &ev);
+  if (err == CL_SUCCESS) {
+    dev->stats.bytes_uploaded += bytes;
+    err = clSetEventCallback(ev, CL_COMPLETE, free_table, host);
+    clReleaseEvent(ev);
+  }
+  if (err != CL_SUCCESS) { /* the write may still read host: wait, then free */
+    clFinish(dev->queue);
+    dev->stats.host_waits++;
+    free(host);
+    clReleaseMemObject(mem);
+    return kq_ocl_fail(dev, KQ_ERR_DEVICE, "RoPE table upload", err);
+  }
+  *t = (kq_ocl_rope){theta, head_dim, hi_rows, mem};
+  *out = mem;
+  return KQ_OK;
 }
 
 /* F32 copy [groups, n_ctx, rank] of one side's latent cache (segmented, or
@@ -673,7 +736,9 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
   }
   const cl_ulong wout_e = op->value_up ? 0 : out_e;
   if (pre) {
+    cl_mem rope;
     st = kq_ocl_scratch(dev, KQ_S_QROT, prod4(m, H, d, 4), &qh);
+    if (st == KQ_OK) st = rope_table(dev, theta, d, op->capacity, &rope);
     if (st != KQ_OK) goto out;
     const int k = KQ_K_QROT;
     cl_mem amem = ident ? qt : op->key_down->mem;
@@ -690,10 +755,10 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
     ARG(k, 9, rk);
     ARG(k, 10, id);
     ARG(k, 11, halves);
-    ARG(k, 12, theta);
+    ARG(k, 12, rope);
     st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)d / 2, (size_t)H, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
-    st = attend_fused(dev, &w, qh, d, k_e, v_e, b_e, wout_e);
+    st = attend_fused(dev, &w, qh, rope, d, k_e, v_e, b_e, wout_e);
   } else if (m >= KQ_OCL_GEMM_MIN_QUERIES) {
     st = attend_gemm(dev, &w, qt, k_e, v_e, wout_e);
   } else {
