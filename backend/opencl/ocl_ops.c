@@ -13,6 +13,9 @@
 
 #include "ocl_internal.h"
 
+/* Appends of at most this many tokens project with kq_qproj, larger ones
+ * with CLBlast. */
+#define KQ_OCL_SMALL_PROJECT 16
 /* Prefill (n_queries >= this, no pre-RoPE) goes through CLBlast. */
 #define KQ_OCL_GEMM_MIN_QUERIES 32
 /* Largest prefill score block [H, rows, cols] in bytes. */
@@ -182,7 +185,32 @@ kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
   cl_mem rows_src = op->src->mem;
   cl_ulong rows_off = src_e;
   cl_int row_stride = n_heads * d, head_stride = d;
-  if (!identity) {
+  if (!identity && n <= KQ_OCL_SMALL_PROJECT) {
+    /* Decode-size appends: kq_qproj (one head per group) into F32 rows
+     * [n, H, r] in scratch, then stored below; no CLBlast call (which may
+     * allocate device memory of its own). */
+    cl_mem c;
+    const int kp = KQ_K_QPROJ;
+    const cl_int one = 1, no = 0;
+    st = kq_ocl_scratch(dev, KQ_S_GEMM_OUT, prod4(n_heads, n, r, 4), &c);
+    if (st != KQ_OK) goto out;
+    ARG(kp, 0, op->src->mem);
+    ARG(kp, 1, src_e);
+    ARG(kp, 2, op->proj->mem);
+    ARG(kp, 3, proj_e);
+    ARG(kp, 4, c);
+    ARG(kp, 5, n_heads);
+    ARG(kp, 6, one);
+    ARG(kp, 7, d);
+    ARG(kp, 8, r);
+    ARG(kp, 9, no);
+    st = kq_ocl_launch(dev, kp, (size_t[3]){((size_t)r + 7) / 8, (size_t)n_heads, (size_t)n}, NULL);
+    if (st != KQ_OK) goto out;
+    rows_src = c;
+    rows_off = 0;
+    row_stride = n_heads * r;
+    head_stride = r;
+  } else if (!identity) {
     /* F32 storage: the GEMM writes the cache rows directly; F16 and
      * segmented storage go through F32 rows [H, n, r] in scratch. */
     cl_mem c = op->dst->mem;
@@ -265,9 +293,11 @@ static kq_status local_mem_error(const kq_bdevice *dev, cl_int g) {
                                 dev->label, g, dev->local_mem);
 }
 
-static kq_status partials(kq_bdevice *dev, const kq_attend_op *op, cl_int n_chunks, cl_int rv,
+static kq_status partials(kq_bdevice *dev, const kq_attend_op *op, cl_int chunk, cl_int rv,
                           cl_mem *part_o, cl_mem *part_ml) {
-  const size_t parts = prod4(op->n_queries, op->n_heads, n_chunks, 1);
+  /* Sized for the whole capacity: the chunk only grows with the context,
+   * so decode steps never regrow them. */
+  const size_t parts = prod4(op->n_queries, op->n_heads, (op->capacity + chunk - 1) / chunk, 1);
   kq_status st = kq_ocl_scratch(dev, KQ_S_PART_O, prod4(parts, rv, 4, 1), part_o);
   return st == KQ_OK ? kq_ocl_scratch(dev, KQ_S_PART_ML, prod4(parts, 2, 4, 1), part_ml) : st;
 }
@@ -309,7 +339,7 @@ static kq_status attend_split(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
   const size_t n_blocks = ((size_t)op->n_queries + qblock - 1) / qblock;
   cl_mem part_o, part_ml;
-  st = partials(dev, op, n_chunks, rv, &part_o, &part_ml);
+  st = partials(dev, op, chunk, rv, &part_o, &part_ml);
   if (st != KQ_OK) return st;
   const float qs = op->scale * (float)M_LOG2E;
   const cl_int cl_nseg = (cl_int)nseg, cl_vsplit = (cl_int)vsplit;
@@ -376,7 +406,7 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   const int k = op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_CHUNK_F16 : KQ_K_ATTN_CHUNK_F32;
   const size_t wg = wg_size(dev, k, 64);
   cl_mem part_o, part_ml;
-  st = partials(dev, op, n_chunks, op->rank_v, &part_o, &part_ml);
+  st = partials(dev, op, chunk, op->rank_v, &part_o, &part_ml);
   if (st != KQ_OK) return st;
   const cl_int pre = op->rope == KQ_ROPE_PRE, ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0,
                halves = op->rope_layout == KQ_ROPE_HALVES;
@@ -559,14 +589,16 @@ static kq_status rope_table(kq_bdevice *dev, float theta, int head_dim, int capa
   return KQ_OK;
 }
 
-/* F32 copy [groups, n_ctx, rank] of one side's latent cache (segmented, or
- * plain in `storage`) in scratch `sid`, one kq_seg_widen per segment. */
+/* F32 copy [groups, capacity, rank] (positions below n_ctx filled) of one
+ * side's latent cache (segmented, or plain in `storage`) in scratch `sid`,
+ * one kq_seg_widen per segment. */
 static kq_status widen_side(kq_bdevice *dev, const kq_buffer *cache, size_t cache_offset,
                             int32_t n_seg, const kq_segment *segs, cl_int rank, kq_storage storage,
                             cl_int groups, cl_int capacity, cl_int n_ctx, int sid, cl_mem *out) {
   kq_segment plain = {rank, KQ_SEG_FLOAT};
   if (kq_segments_plain(n_seg, segs)) n_seg = 1, segs = &plain;
-  kq_status st = kq_ocl_scratch(dev, sid, prod4(groups, n_ctx, rank, 4), out);
+  /* Sized for the whole capacity, so that decode steps never regrow it. */
+  kq_status st = kq_ocl_scratch(dev, sid, prod4(groups, capacity, rank, 4), out);
   if (st != KQ_OK) return st;
   const int k = KQ_K_SEG_WIDEN;
   const cl_int f16 = storage == KQ_STORAGE_F16, p0 = 0;
@@ -586,7 +618,7 @@ static kq_status widen_side(kq_bdevice *dev, const kq_buffer *cache, size_t cach
     ARG(k, 6, capacity);
     ARG(k, 7, p0);
     ARG(k, 8, *out);
-    ARG(k, 9, n_ctx);
+    ARG(k, 9, capacity);
     ARG(k, 10, rank);
     ARG(k, 11, col);
     st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)width, (size_t)n_ctx, (size_t)groups}, NULL);
@@ -717,14 +749,13 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
                       op->value_segments, op->rank_v, op->storage, groups, op->capacity, op->n_ctx,
                       KQ_S_VWIDE, &vwide.mem);
     if (st != KQ_OK) goto out;
-    kwide.bytes = prod4(groups, op->n_ctx, rk, 4);
-    vwide.bytes = prod4(groups, op->n_ctx, op->rank_v, 4);
+    kwide.bytes = prod4(groups, op->capacity, rk, 4);
+    vwide.bytes = prod4(groups, op->capacity, op->rank_v, 4);
     w.k_cache = &kwide;
     w.v_cache = &vwide;
     w.k_cache_offset = w.v_cache_offset = 0;
     k_e = v_e = 0;
     w.storage = KQ_STORAGE_F32;
-    w.capacity = op->n_ctx;
   }
   if (joint) w.n_kv_heads = 1;
   if (op->value_up) {

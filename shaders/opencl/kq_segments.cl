@@ -98,12 +98,12 @@ inline float kq_seg_load(__global const uchar *base, ulong data_off, ulong scale
 }
 
 /* out[h, p, col + i] = segment element i of group h at position p0 + p, for
- * i < width, p < n (out is [groups, n, ld] F32). global size (width, n,
- * groups). */
+ * i < width (out is [groups, rows, ld] F32). global size (width, positions,
+ * groups), positions <= rows. */
 __kernel void kq_seg_widen(__global const uchar *base, ulong data_off, ulong scale_off, int width,
-                           int bits, int f16, int capacity, int p0, __global float *out, int n,
+                           int bits, int f16, int capacity, int p0, __global float *out, int rows,
                            int ld, int col) {
   const int i = get_global_id(0), p = get_global_id(1), h = get_global_id(2);
-  out[((size_t)h * n + p) * ld + col + i] =
+  out[((size_t)h * rows + p) * ld + col + i] =
       kq_seg_load(base, data_off, scale_off, width, bits, f16, (size_t)h * capacity + p0 + p, i);
 }
