@@ -29,6 +29,8 @@ static const char *const kernel_names[KQ_K_COUNT] = {
     [KQ_K_COPY_U4] = "kq_copy_u4",
     [KQ_K_SEG_STORE] = "kq_seg_store",
     [KQ_K_SEG_WIDEN] = "kq_seg_widen",
+    [KQ_K_ATTN_DECODE] = "kq_attn_decode",
+    [KQ_K_ATTN_REDUCE_UP] = "kq_attn_reduce_up",
 };
 
 static const char kv_f32_defs[] = "\n#define KV_T float\n#define KV_LOAD(p, i) ((p)[(i)])\n"
@@ -57,7 +59,8 @@ static int open_devices;
 static char *program_source(void) {
   const char *parts[] = {kq_ocl_src_kq_prelude, kv_f32_defs,           kq_ocl_src_kq_kv_body,
                          kv_f16_defs,           kq_ocl_src_kq_kv_body, kq_ocl_src_kq_attend,
-                         kq_ocl_src_kq_up,      kq_ocl_src_kq_copy,    kq_ocl_src_kq_segments};
+                         kq_ocl_src_kq_up,      kq_ocl_src_kq_copy,    kq_ocl_src_kq_segments,
+                         kq_ocl_src_kq_decode};
   size_t n = 1;
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; ++i) n += strlen(parts[i]) + 1;
   char *s = malloc(n);
@@ -133,6 +136,12 @@ kq_status kq_ocl_device_open(int index, kq_bdevice **out_device) {
   cl_device_type type = 0;
   clGetDeviceInfo(id, CL_DEVICE_TYPE, sizeof type, &type, NULL);
   dev->cpu = (type & CL_DEVICE_TYPE_CPU) != 0;
+  /* KQSVD_OPENCL_LAYOUT=gpu|cpu overrides the kernel layout chosen by
+   * device type, so that the GPU-shaped kernels are tested on a CPU driver
+   * (tests/opencl: conformance_opencl_gpu_layout). */
+  const char *layout = getenv("KQSVD_OPENCL_LAYOUT");
+  if (layout && strcmp(layout, "gpu") == 0) dev->cpu = 0;
+  if (layout && strcmp(layout, "cpu") == 0) dev->cpu = 1;
   if (dev->max_wg == 0) dev->max_wg = 1;
 
   cl_int err;

@@ -45,6 +45,8 @@ enum kq_ocl_kernel_id {
   KQ_K_COPY_U4,
   KQ_K_SEG_STORE,
   KQ_K_SEG_WIDEN,
+  KQ_K_ATTN_DECODE,
+  KQ_K_ATTN_REDUCE_UP,
   KQ_K_COUNT
 };
 
@@ -93,7 +95,8 @@ struct kq_bdevice {
   size_t max_wg;                /* CL_DEVICE_MAX_WORK_GROUP_SIZE */
   size_t local_mem;             /* CL_DEVICE_LOCAL_MEM_SIZE */
   size_t compute_units;
-  int cpu; /* CL_DEVICE_TYPE_CPU: no value split (see attend_split) */
+  int cpu; /* CL_DEVICE_TYPE_CPU (or KQSVD_OPENCL_LAYOUT=cpu): the kernel layouts tuned for
+              CPU drivers (attend_split, attend_decode) */
   kq_ocl_rope rope[KQ_OCL_ROPE_TABLES];
   int rope_next; /* slot the next new table replaces */
   cl_mem scratch[KQ_S_COUNT];

@@ -589,6 +589,149 @@ static kq_status rope_table(kq_bdevice *dev, float theta, int head_dim, int capa
   return KQ_OK;
 }
 
+/* Mirror of kq_seg4 in kq_decode.cl (by-value kernel argument; 128 bytes,
+ * no padding on either side). */
+#define KQ_OCL_SEG4 4
+typedef struct kq_ocl_seg4 {
+  cl_ulong data[KQ_OCL_SEG4];
+  cl_ulong scale[KQ_OCL_SEG4];
+  cl_int width[KQ_OCL_SEG4];
+  cl_int bits[KQ_OCL_SEG4];
+  cl_int col[KQ_OCL_SEG4];
+  cl_int n, f16, pad0, pad1;
+} kq_ocl_seg4;
+
+/* The planes of one side (plain: one float segment of the rank) for
+ * kq_attn_decode; 0 when it has more than KQ_OCL_SEG4 segments. */
+static int seg4_of(int32_t n, const kq_segment *segs, int32_t rank, kq_storage storage,
+                   size_t groups, size_t capacity, size_t offset, kq_ocl_seg4 *out) {
+  const kq_segment plain = {rank, KQ_SEG_FLOAT};
+  if (kq_segments_plain(n, segs)) n = 1, segs = &plain;
+  if (n > KQ_OCL_SEG4) return 0;
+  *out = (kq_ocl_seg4){.n = n, .f16 = storage == KQ_STORAGE_F16};
+  cl_int col = 0;
+  for (int32_t s = 0; s < n; s++) {
+    size_t data = 0, scale = 0;
+    kq_segment_planes(segs, n, storage, groups, capacity, s, &data, &scale, NULL);
+    out->data[s] = offset + data;
+    out->scale[s] = offset + scale;
+    out->width[s] = segs[s].width;
+    out->bits[s] = segs[s].bits;
+    out->col[s] = col;
+    col += segs[s].width;
+  }
+  return 1;
+}
+
+/* Merges split-K partials into op->out: the latent, or with value_up the
+ * full output (kq_attn_reduce_up; group = query heads per E matrix). */
+static kq_status reduce_up(kq_bdevice *dev, const kq_attend_op *op, cl_mem part_o, cl_mem part_ml,
+                           cl_int n_chunks, cl_int group, cl_ulong out_e, cl_ulong e_e) {
+  kq_status st = KQ_OK;
+  const int k = KQ_K_ATTN_REDUCE_UP;
+  const cl_int use_e = op->value_up != NULL;
+  cl_mem emem = use_e ? op->value_up->mem : part_o;
+  const size_t wg = wg_size(dev, k, 64);
+  ARG(k, 0, part_o);
+  ARG(k, 1, part_ml);
+  ARG(k, 2, op->out->mem);
+  ARG(k, 3, out_e);
+  ARG(k, 4, emem);
+  ARG(k, 5, e_e);
+  ARG(k, 6, use_e);
+  ARG(k, 7, op->n_heads);
+  ARG(k, 8, group);
+  ARG(k, 9, op->head_dim);
+  ARG(k, 10, op->rank_v);
+  ARG(k, 11, n_chunks);
+  st = kq_ocl_arg(dev, k, 12, (size_t)op->rank_v * sizeof(float), NULL);
+  if (st == KQ_OK)
+    st = kq_ocl_launch(dev, k, (size_t[3]){wg, (size_t)op->n_heads, (size_t)op->n_queries},
+                       (size_t[3]){wg, 1, 1});
+out:
+  return st;
+}
+
+/* Split-K attention on the stored latents (kq_attn_decode), for decode and
+ * small m without pre-RoPE; `op` with the JOINT layout already seen as one
+ * kv group (n_kv_heads 1), `group_e` the query heads per E matrix.
+ * Split count from the device: chunks of 64..512 positions (multiples of
+ * 64), as short as gives at least 4 work-groups per compute unit over
+ * (chunks, kv groups, row blocks), so that a GPU has work-groups to switch
+ * between while loads are in flight, and as long as that allows, so that the
+ * reduce reads few partials. A team of lanes per position (16-byte loads
+ * over the row) on GPUs; one work-item per position on CPU devices, whose
+ * drivers run a work-group's items as loop iterations (team = 1 there). */
+static kq_status attend_decode(kq_bdevice *dev, const kq_attend_op *op, cl_mem qt,
+                               const kq_ocl_seg4 *ks, const kq_ocl_seg4 *vs, cl_int group_e,
+                               cl_ulong out_e, cl_ulong e_e) {
+  kq_status st = KQ_OK;
+  const int k = KQ_K_ATTN_DECODE, rows_max = 8;
+  const cl_int g = op->n_heads / op->n_kv_heads;
+  const size_t rblocks = ((size_t)op->n_queries * g + rows_max - 1) / rows_max;
+  size_t wg = wg_size(dev, k, dev->cpu ? 64 : 256);
+  /* Lanes per position: a 16-byte piece each over the key row. */
+  size_t row_bytes = 0;
+  for (int s = 0; s < ks->n; ++s)
+    row_bytes += kq_segment_row_bytes((kq_segment){ks->width[s], ks->bits[s]},
+                                      ks->f16 ? KQ_STORAGE_F16 : KQ_STORAGE_F32);
+  cl_int team = 1;
+  if (!dev->cpu)
+    while (team < 16 && (size_t)team * 2 * 16 <= row_bytes && (size_t)team * 2 <= wg) team *= 2;
+  const size_t groups = (size_t)op->n_kv_heads * rblocks, want = 4 * dev->compute_units;
+  const size_t splits = want > groups ? (want + groups - 1) / groups : 1;
+  cl_int chunk = (cl_int)(((size_t)op->n_ctx + splits - 1) / splits);
+  chunk = (chunk + 63) / 64 * 64;
+  if (chunk < 64) chunk = 64;
+  if (chunk > 512) chunk = 512;
+  const size_t rmax = (size_t)(op->rank_k > op->rank_v ? op->rank_k : op->rank_v);
+  size_t need = 0;
+  for (;;) {
+    need = (size_t)rows_max * ((size_t)chunk + rmax + wg) * sizeof(float) + 256;
+    if (need <= dev->local_mem) break;
+    if (chunk > 64)
+      chunk /= 2;
+    else if (wg > (size_t)team && wg > 16)
+      wg /= 2;
+    else
+      return local_mem_error(dev, g);
+  }
+  const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
+  cl_mem part_o, part_ml;
+  st = partials(dev, op, chunk, op->rank_v, &part_o, &part_ml);
+  if (st != KQ_OK) return st;
+  const float qs = op->scale * (float)M_LOG2E;
+  ARG(k, 0, qt);
+  ARG(k, 1, op->k_cache->mem);
+  st = kq_ocl_arg(dev, k, 2, sizeof *ks, ks);
+  if (st != KQ_OK) goto out;
+  ARG(k, 3, op->v_cache->mem);
+  st = kq_ocl_arg(dev, k, 4, sizeof *vs, vs);
+  if (st != KQ_OK) goto out;
+  ARG(k, 5, part_o);
+  ARG(k, 6, part_ml);
+  ARG(k, 7, op->n_queries);
+  ARG(k, 8, op->n_ctx);
+  ARG(k, 9, op->n_heads);
+  ARG(k, 10, g);
+  ARG(k, 11, op->rank_k);
+  ARG(k, 12, op->rank_v);
+  ARG(k, 13, op->capacity);
+  ARG(k, 14, chunk);
+  ARG(k, 15, n_chunks);
+  ARG(k, 16, qs);
+  ARG(k, 17, team);
+  st = kq_ocl_arg(dev, k, 18, (size_t)rows_max * chunk * sizeof(float), NULL);
+  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 19, (size_t)rows_max * rmax * sizeof(float), NULL);
+  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 20, (size_t)rows_max * wg * sizeof(float), NULL);
+  if (st == KQ_OK)
+    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, rblocks},
+                       (size_t[3]){wg, 1, 1});
+  if (st == KQ_OK) st = reduce_up(dev, op, part_o, part_ml, n_chunks, group_e, out_e, e_e);
+out:
+  return st;
+}
+
 /* F32 copy [groups, capacity, rank] (positions below n_ctx filled) of one
  * side's latent cache (segmented, or plain in `storage`) in scratch `sid`,
  * one kq_seg_widen per segment. */
@@ -740,6 +883,20 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
     const size_t hblocks = (size_t)op->n_kv_heads * (((size_t)g + 3) / 4);
     st = kq_ocl_launch(dev, k, (size_t[3]){((size_t)rk + 7) / 8, hblocks, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
+  }
+  /* kq_attn_decode reads every storage in place; it serves decode and small
+   * m without pre-RoPE on GPUs, and segmented caches on any device (CPU
+   * devices keep kq_attn_split for plain caches: tuned for PoCL). */
+  kq_ocl_seg4 ks4, vs4;
+  const int decode = !pre && m < KQ_OCL_GEMM_MIN_QUERIES && (!dev->cpu || !kplain || !vplain) &&
+                     seg4_of(op->n_key_segments, op->key_segments, rk, op->storage, (size_t)groups,
+                             (size_t)op->capacity, op->k_cache_offset, &ks4) &&
+                     seg4_of(op->n_value_segments, op->value_segments, op->rank_v, op->storage,
+                             (size_t)groups, (size_t)op->capacity, op->v_cache_offset, &vs4);
+  if (decode) {
+    if (joint) w.n_kv_heads = 1;
+    st = attend_decode(dev, &w, qt, &ks4, &vs4, g, out_e, e_e);
+    goto out;
   }
   if (!kplain || !vplain) {
     st = widen_side(dev, op->k_cache, op->k_cache_offset, op->n_key_segments, op->key_segments, rk,
