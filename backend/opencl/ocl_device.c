@@ -29,7 +29,8 @@ static const char *const kernel_names[KQ_K_COUNT] = {
     [KQ_K_COPY_U4] = "kq_copy_u4",
     [KQ_K_SEG_STORE] = "kq_seg_store",
     [KQ_K_SEG_WIDEN] = "kq_seg_widen",
-    [KQ_K_ATTN_DECODE] = "kq_attn_decode",
+    [KQ_K_ATTN_DECODE] = "kq_attn_decode_team",
+    [KQ_K_ATTN_DECODE_ONE] = "kq_attn_decode_one",
     [KQ_K_ATTN_REDUCE_UP] = "kq_attn_reduce_up",
 };
 
@@ -46,6 +47,11 @@ static const char kv_f16_defs[] =
     "#define KV_LOAD8(p, i) vload_half8(0, (p) + (i))\n"
     "#define KV_STORE(v, p, i) vstore_half_rte((v), (i), (p))\n#define KV_NAME(n) n##_f16\n";
 
+/* kq_decode_body.cl instantiated for the GPU and the CPU layout. */
+static const char dec_team_defs[] = "\n#define DEC_TEAM1 0\n#define DEC_NAME(n) n##_team\n";
+static const char dec_one_defs[] = "\n#undef DEC_TEAM1\n#undef DEC_NAME\n#define DEC_TEAM1 1\n"
+                                   "#define DEC_NAME(n) n##_one\n";
+
 #define KQ_OCL_BUILD_OPTIONS "-cl-std=CL1.2"
 
 /* Devices open in this process. CLBlast keeps the programs it compiled (and
@@ -57,10 +63,13 @@ static int open_devices;
 
 /* The whole program text (malloc'd). */
 static char *program_source(void) {
-  const char *parts[] = {kq_ocl_src_kq_prelude, kv_f32_defs,           kq_ocl_src_kq_kv_body,
-                         kv_f16_defs,           kq_ocl_src_kq_kv_body, kq_ocl_src_kq_attend,
-                         kq_ocl_src_kq_up,      kq_ocl_src_kq_copy,    kq_ocl_src_kq_segments,
-                         kq_ocl_src_kq_decode};
+  const char *parts[] = {kq_ocl_src_kq_prelude,  kv_f32_defs,
+                         kq_ocl_src_kq_kv_body,  kv_f16_defs,
+                         kq_ocl_src_kq_kv_body,  kq_ocl_src_kq_attend,
+                         kq_ocl_src_kq_up,       kq_ocl_src_kq_copy,
+                         kq_ocl_src_kq_segments, kq_ocl_src_kq_decode,
+                         dec_team_defs,          kq_ocl_src_kq_decode_body,
+                         dec_one_defs,           kq_ocl_src_kq_decode_body};
   size_t n = 1;
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; ++i) n += strlen(parts[i]) + 1;
   char *s = malloc(n);

@@ -45,7 +45,8 @@ enum kq_ocl_kernel_id {
   KQ_K_COPY_U4,
   KQ_K_SEG_STORE,
   KQ_K_SEG_WIDEN,
-  KQ_K_ATTN_DECODE,
+  KQ_K_ATTN_DECODE,     /* GPU layout: a team of lanes per position */
+  KQ_K_ATTN_DECODE_ONE, /* CPU layout: one work-item per position */
   KQ_K_ATTN_REDUCE_UP,
   KQ_K_COUNT
 };

@@ -295,9 +295,10 @@ static kq_status local_mem_error(const kq_bdevice *dev, cl_int g) {
 
 static kq_status partials(kq_bdevice *dev, const kq_attend_op *op, cl_int chunk, cl_int rv,
                           cl_mem *part_o, cl_mem *part_ml) {
-  /* Sized for the whole capacity: the chunk only grows with the context,
-   * so decode steps never regrow them. */
-  const size_t parts = prod4(op->n_queries, op->n_heads, (op->capacity + chunk - 1) / chunk, 1);
+  /* Decode-size m: sized for the whole capacity (the chunk only grows with
+   * the context, so decode steps never regrow them); prefill: the context. */
+  const int32_t upto = op->n_queries <= KQ_OCL_QBLOCK ? op->capacity : op->n_ctx;
+  const size_t parts = prod4(op->n_queries, op->n_heads, (upto + chunk - 1) / chunk, 1);
   kq_status st = kq_ocl_scratch(dev, KQ_S_PART_O, prod4(parts, rv, 4, 1), part_o);
   return st == KQ_OK ? kq_ocl_scratch(dev, KQ_S_PART_ML, prod4(parts, 2, 4, 1), part_ml) : st;
 }
@@ -666,7 +667,7 @@ static kq_status attend_decode(kq_bdevice *dev, const kq_attend_op *op, cl_mem q
                                const kq_ocl_seg4 *ks, const kq_ocl_seg4 *vs, cl_int group_e,
                                cl_ulong out_e, cl_ulong e_e) {
   kq_status st = KQ_OK;
-  const int k = KQ_K_ATTN_DECODE, rows_max = 8;
+  const int k = dev->cpu ? KQ_K_ATTN_DECODE_ONE : KQ_K_ATTN_DECODE, rows_max = 8;
   const cl_int g = op->n_heads / op->n_kv_heads;
   const size_t rblocks = ((size_t)op->n_queries * g + rows_max - 1) / rows_max;
   size_t wg = wg_size(dev, k, dev->cpu ? 64 : 256);
@@ -884,11 +885,16 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
     st = kq_ocl_launch(dev, k, (size_t[3]){((size_t)rk + 7) / 8, hblocks, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
   }
-  /* kq_attn_decode reads every storage in place; it serves decode and small
-   * m without pre-RoPE on GPUs, and segmented caches on any device (CPU
-   * devices keep kq_attn_split for plain caches: tuned for PoCL). */
+  /* kq_attn_decode reads every storage in place (no F32 copy of a cache).
+   * Without pre-RoPE it serves: segmented caches at any m on every device;
+   * plain caches at decode and small m on GPUs; F16 prefill on GPUs (F32
+   * prefill reads the cache in place through CLBlast). CPU devices keep
+   * kq_attn_split for plain decode and CLBlast on a widened copy for F16
+   * prefill: both measured faster on PoCL. */
+  const int small_m = m < KQ_OCL_GEMM_MIN_QUERIES, f32 = op->storage == KQ_STORAGE_F32;
+  const int in_place = !kplain || !vplain || (!dev->cpu && (small_m || !f32));
   kq_ocl_seg4 ks4, vs4;
-  const int decode = !pre && m < KQ_OCL_GEMM_MIN_QUERIES && (!dev->cpu || !kplain || !vplain) &&
+  const int decode = !pre && in_place &&
                      seg4_of(op->n_key_segments, op->key_segments, rk, op->storage, (size_t)groups,
                              (size_t)op->capacity, op->k_cache_offset, &ks4) &&
                      seg4_of(op->n_value_segments, op->value_segments, op->rank_v, op->storage,
