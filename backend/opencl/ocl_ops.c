@@ -1,10 +1,25 @@
 /*
  * ocl_ops.c — the three compute ops of the backend ABI on OpenCL:
- *   project: latent projection of new tokens (CLBlast strided-batched SGEMM
- *            over kv heads; F16 storage narrows a F32 result with vstore_half)
- *   attend:  causal attention on latents; split-K fused kernels for decode and
- *            small m or pre-RoPE, CLBlast Q̃K̃ᵀ → causal softmax → PṼ for large m
+ *   project: latent projection of new tokens (kq_qproj for up to
+ *            KQ_OCL_SMALL_PROJECT tokens, else CLBlast strided-batched SGEMM
+ *            over kv heads), stored as F32, F16 (vstore_half_rte) or
+ *            quantized segments (kq_seg_store, the rule of kq_quantize_row)
+ *   attend:  causal attention on latents, PER_HEAD or JOINT (one latent group
+ *            shared by every query head):
+ *            - kq_attn_decode on the stored latents (float, q8, q4 read in
+ *              place) for segmented caches, and on GPUs for plain decode and
+ *              F16 prefill; then kq_attn_reduce_up (merge + Eᵀ in one kernel)
+ *            - kq_attn_split (CPU drivers, plain decode / small m)
+ *            - kq_attn_chunk with pre-RoPE (keys rebuilt per position, angles
+ *              from the double-precision table of rope_table)
+ *            - CLBlast Q̃K̃ᵀ → causal softmax → PṼ for F32 prefill, and F16
+ *              prefill on CPU drivers (through a widened copy)
+ *            With value_up (KQ_BACKEND_CAP_FUSED_UP) the full output is
+ *            written by the same op.
  *   up:      latent-to-full output (Eᵀ)
+ * Nothing here waits for the device: ops are enqueued and flushed (one
+ * clFlush per op); scratch buffers persist per device and are sized so that
+ * decode steps never regrow them.
  * Every op validates shapes, offsets and buffer ranges before enqueueing.
  */
 #include <math.h>
