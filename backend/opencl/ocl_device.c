@@ -27,6 +27,11 @@ static const char *const kernel_names[KQ_K_COUNT] = {
     [KQ_K_SOFTMAX_CAUSAL] = "kq_softmax_causal",
     [KQ_K_UP] = "kq_up",
     [KQ_K_COPY_U4] = "kq_copy_u4",
+    [KQ_K_SEG_STORE] = "kq_seg_store",
+    [KQ_K_SEG_WIDEN] = "kq_seg_widen",
+    [KQ_K_ATTN_DECODE] = "kq_attn_decode_team",
+    [KQ_K_ATTN_DECODE_ONE] = "kq_attn_decode_one",
+    [KQ_K_ATTN_REDUCE_UP] = "kq_attn_reduce_up",
 };
 
 static const char kv_f32_defs[] = "\n#define KV_T float\n#define KV_LOAD(p, i) ((p)[(i)])\n"
@@ -42,6 +47,11 @@ static const char kv_f16_defs[] =
     "#define KV_LOAD8(p, i) vload_half8(0, (p) + (i))\n"
     "#define KV_STORE(v, p, i) vstore_half_rte((v), (i), (p))\n#define KV_NAME(n) n##_f16\n";
 
+/* kq_decode_body.cl instantiated for the GPU and the CPU layout. */
+static const char dec_team_defs[] = "\n#define DEC_TEAM1 0\n#define DEC_NAME(n) n##_team\n";
+static const char dec_one_defs[] = "\n#undef DEC_TEAM1\n#undef DEC_NAME\n#define DEC_TEAM1 1\n"
+                                   "#define DEC_NAME(n) n##_one\n";
+
 #define KQ_OCL_BUILD_OPTIONS "-cl-std=CL1.2"
 
 /* Devices open in this process. CLBlast keeps the programs it compiled (and
@@ -53,9 +63,13 @@ static int open_devices;
 
 /* The whole program text (malloc'd). */
 static char *program_source(void) {
-  const char *parts[] = {kq_ocl_src_kq_prelude, kv_f32_defs,           kq_ocl_src_kq_kv_body,
-                         kv_f16_defs,           kq_ocl_src_kq_kv_body, kq_ocl_src_kq_attend,
-                         kq_ocl_src_kq_up,      kq_ocl_src_kq_copy};
+  const char *parts[] = {kq_ocl_src_kq_prelude,  kv_f32_defs,
+                         kq_ocl_src_kq_kv_body,  kv_f16_defs,
+                         kq_ocl_src_kq_kv_body,  kq_ocl_src_kq_attend,
+                         kq_ocl_src_kq_up,       kq_ocl_src_kq_copy,
+                         kq_ocl_src_kq_segments, kq_ocl_src_kq_decode,
+                         dec_team_defs,          kq_ocl_src_kq_decode_body,
+                         dec_one_defs,           kq_ocl_src_kq_decode_body};
   size_t n = 1;
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; ++i) n += strlen(parts[i]) + 1;
   char *s = malloc(n);
@@ -131,6 +145,12 @@ kq_status kq_ocl_device_open(int index, kq_bdevice **out_device) {
   cl_device_type type = 0;
   clGetDeviceInfo(id, CL_DEVICE_TYPE, sizeof type, &type, NULL);
   dev->cpu = (type & CL_DEVICE_TYPE_CPU) != 0;
+  /* KQSVD_OPENCL_LAYOUT=gpu|cpu overrides the kernel layout chosen by
+   * device type, so that the GPU-shaped kernels are tested on a CPU driver
+   * (tests/opencl: conformance_opencl_gpu_layout). */
+  const char *layout = getenv("KQSVD_OPENCL_LAYOUT");
+  if (layout && strcmp(layout, "gpu") == 0) dev->cpu = 0;
+  if (layout && strcmp(layout, "cpu") == 0) dev->cpu = 1;
   if (dev->max_wg == 0) dev->max_wg = 1;
 
   cl_int err;
@@ -163,6 +183,8 @@ void kq_ocl_device_close(kq_bdevice *dev) {
   if (dev->queue) clFinish(dev->queue);
   for (int i = 0; i < KQ_S_COUNT; ++i)
     if (dev->scratch[i]) clReleaseMemObject(dev->scratch[i]);
+  for (int i = 0; i < KQ_OCL_ROPE_TABLES; ++i)
+    if (dev->rope[i].mem) clReleaseMemObject(dev->rope[i].mem);
   for (int k = 0; k < KQ_K_COUNT; ++k)
     if (dev->kernels[k]) clReleaseKernel(dev->kernels[k]);
   if (dev->program) clReleaseProgram(dev->program);
@@ -183,6 +205,9 @@ kq_status kq_ocl_buffer_alloc(kq_bdevice *dev, size_t bytes, kq_buffer **out_buf
   cl_int err;
   buf->bytes = bytes;
   buf->mem = clCreateBuffer(dev->context, CL_MEM_READ_WRITE, bytes ? bytes : 16, NULL, &err);
+  pthread_mutex_lock(&dev->lock);
+  dev->stats.device_allocations++;
+  pthread_mutex_unlock(&dev->lock);
   if (err != CL_SUCCESS) {
     free(buf);
     kq_status st = err == CL_INVALID_BUFFER_SIZE || err == CL_MEM_OBJECT_ALLOCATION_FAILURE ||
@@ -214,6 +239,9 @@ static kq_status check_range(kq_bdevice *dev, const kq_buffer *buf, size_t offse
 
 /* Waits for `ev` outside the device lock so other threads keep enqueueing. */
 static kq_status wait_event(kq_bdevice *dev, cl_event ev, const char *what) {
+  pthread_mutex_lock(&dev->lock);
+  dev->stats.host_waits++;
+  pthread_mutex_unlock(&dev->lock);
   cl_int err = clWaitForEvents(1, &ev);
   cl_int status = CL_COMPLETE;
   if (err == CL_SUCCESS)
@@ -245,6 +273,7 @@ kq_status kq_ocl_buffer_upload(kq_bdevice *dev, kq_buffer *dst, size_t offset, c
   pthread_mutex_lock(&dev->lock);
   cl_int err = clEnqueueWriteBuffer(dev->queue, dst->mem, CL_FALSE, offset, bytes,
                                     copy ? copy : src, 0, NULL, &ev);
+  if (err == CL_SUCCESS) dev->stats.bytes_uploaded += bytes;
   pthread_mutex_unlock(&dev->lock);
   if (err != CL_SUCCESS) {
     free(copy);
@@ -267,6 +296,7 @@ kq_status kq_ocl_buffer_download(kq_bdevice *dev, const kq_buffer *src, size_t o
   pthread_mutex_lock(&dev->lock);
   cl_int err =
       clEnqueueReadBuffer(dev->queue, src->mem, CL_FALSE, offset, bytes, dst, 0, NULL, &ev);
+  if (err == CL_SUCCESS) dev->stats.bytes_downloaded += bytes;
   pthread_mutex_unlock(&dev->lock);
   if (err != CL_SUCCESS) return kq_ocl_fail(dev, KQ_ERR_DEVICE, "clEnqueueReadBuffer", err);
   return wait_event(dev, ev, "download");
@@ -295,6 +325,7 @@ kq_status kq_ocl_launch(kq_bdevice *dev, int k, const size_t global[3], const si
   if (global[0] == 0 || global[1] == 0 || global[2] == 0) return KQ_OK;
   cl_int err =
       clEnqueueNDRangeKernel(dev->queue, dev->kernels[k], 3, NULL, global, local, 0, NULL, NULL);
+  dev->stats.dispatches++;
   if (err != CL_SUCCESS) return kq_ocl_fail(dev, KQ_ERR_DEVICE, kernel_names[k], err);
   return KQ_OK;
 }
@@ -307,6 +338,7 @@ kq_status kq_ocl_scratch(kq_bdevice *dev, int id, size_t bytes, cl_mem *out) {
     dev->scratch_bytes[id] = 0;
     cl_int err;
     cl_mem m = clCreateBuffer(dev->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
+    dev->stats.device_allocations++;
     if (err != CL_SUCCESS)
       return kq_ocl_host->set_error(KQ_ERR_DEVICE_MEMORY,
                                     "%s: scratch buffer of %zu bytes: %s (%d)", dev->label, bytes,
@@ -337,6 +369,23 @@ kq_status kq_ocl_copy(kq_bdevice *dev, kq_buffer *dst, const kq_buffer *src, siz
     cl_int err = clEnqueueCopyBuffer(dev->queue, src->mem, dst->mem, off, off, tail, 0, NULL, NULL);
     if (err != CL_SUCCESS) st = kq_ocl_fail(dev, KQ_ERR_DEVICE, "clEnqueueCopyBuffer", err);
   }
+  if (st == KQ_OK) st = kq_ocl_flush(dev);
   pthread_mutex_unlock(&dev->lock);
   return st;
+}
+
+kq_status kq_ocl_flush(kq_bdevice *dev) {
+  cl_int err = clFlush(dev->queue);
+  dev->stats.submits++;
+  return err == CL_SUCCESS ? KQ_OK : kq_ocl_fail(dev, KQ_ERR_DEVICE, "clFlush", err);
+}
+
+kq_status kq_ocl_get_stats(kq_bdevice *dev, kq_device_stats *out_stats) {
+  pthread_mutex_lock(&dev->lock);
+  const uint32_t size = out_stats->struct_size, reserved = out_stats->reserved;
+  *out_stats = dev->stats;
+  out_stats->struct_size = size;
+  out_stats->reserved = reserved;
+  pthread_mutex_unlock(&dev->lock);
+  return KQ_OK;
 }

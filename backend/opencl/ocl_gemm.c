@@ -30,6 +30,7 @@ kq_status kq_ocl_gemm_strided_batched(kq_bdevice *dev, size_t m, size_t n, size_
   CLBlastStatusCode r = CLBlastSgemmStridedBatched(
       CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeNo, m, n, k, 1.0f, a, a_off, lda,
       sa, b, b_off, ldb, sb, 0.0f, c, c_off, ldc, sc, batch, &dev->queue, NULL);
+  dev->stats.dispatches++;
   if (r != CLBlastSuccess) return clblast_fail(dev, "CLBlastSgemmStridedBatched", r);
   return KQ_OK;
 }
@@ -52,6 +53,7 @@ kq_status kq_ocl_gemm(kq_bdevice *dev, int b_trans, size_t m, size_t n, size_t k
   r = CLBlastSgemmWithTempBuffer(CLBlastLayoutRowMajor, CLBlastTransposeNo, tb, m, n, k, alpha, a,
                                  a_off, lda, b, b_off, ldb, 0.0f, c, c_off, ldc, &dev->queue, NULL,
                                  temp);
+  dev->stats.dispatches++;
   if (r != CLBlastSuccess) return clblast_fail(dev, "CLBlastSgemmWithTempBuffer", r);
   return KQ_OK;
 }
@@ -66,6 +68,7 @@ kq_status kq_ocl_gemm_warmup(kq_bdevice *dev) {
   kq_status st = KQ_OK;
   for (int i = 0; i < 3 && st == KQ_OK; ++i) {
     buf[i] = clCreateBuffer(dev->context, CL_MEM_READ_WRITE, 2 * n * n * sizeof(float), NULL, &err);
+    dev->stats.device_allocations++;
     if (err != CL_SUCCESS) st = kq_ocl_fail(dev, KQ_ERR_DEVICE_MEMORY, "CLBlast warm-up", err);
   }
   /* The shapes the backend uses: decode-size and prefill-size projections,
@@ -82,6 +85,7 @@ kq_status kq_ocl_gemm_warmup(kq_bdevice *dev) {
     st = kq_ocl_gemm(dev, 0, n, 64, n, 1.0f, buf[0], 0, n, buf[1], 0, 64, buf[2], 0, 64);
   if (st == KQ_OK) {
     err = clFinish(dev->queue);
+    dev->stats.host_waits++;
     if (err != CL_SUCCESS) st = kq_ocl_fail(dev, KQ_ERR_DEVICE, "CLBlast warm-up", err);
   }
   for (int i = 0; i < 3; ++i)

@@ -43,6 +43,11 @@ enum kq_ocl_kernel_id {
   KQ_K_SOFTMAX_CAUSAL,
   KQ_K_UP,
   KQ_K_COPY_U4,
+  KQ_K_SEG_STORE,
+  KQ_K_SEG_WIDEN,
+  KQ_K_ATTN_DECODE,     /* GPU layout: a team of lanes per position */
+  KQ_K_ATTN_DECODE_ONE, /* CPU layout: one work-item per position */
+  KQ_K_ATTN_REDUCE_UP,
   KQ_K_COUNT
 };
 
@@ -53,12 +58,23 @@ enum kq_ocl_scratch_id {
   KQ_S_QROT,     /* rot(q B Aᵀ) [m, H, d] */
   KQ_S_PART_O,   /* split-K partial outputs */
   KQ_S_PART_ML,  /* split-K partial (max, sum) */
-  KQ_S_KWIDE,    /* F32 copy of F16 latent keys (prefill GEMM) */
-  KQ_S_VWIDE,    /* F32 copy of F16 latent values (prefill GEMM) */
+  KQ_S_KWIDE,    /* F32 copy of F16 or quantized latent keys [groups, n_ctx, rank_k] */
+  KQ_S_VWIDE,    /* F32 copy of F16 or quantized latent values */
   KQ_S_SCORES,   /* prefill logits / probabilities [H, rows, cols] */
   KQ_S_CLBLAST,  /* CLBlast's GEMM temporary buffer */
+  KQ_S_LATENT,   /* P Ṽ before the fused up-projection [m, H, rank_v] */
   KQ_S_COUNT
 };
+
+/* RoPE angle tables kept per device (ocl_ops.c rope_table), one per
+ * (theta, head_dim), grown with the largest capacity seen. */
+#define KQ_OCL_ROPE_TABLES 4
+typedef struct kq_ocl_rope {
+  float theta;
+  int head_dim;
+  int hi_rows; /* positions covered: 256 · hi_rows */
+  cl_mem mem;
+} kq_ocl_rope;
 
 struct kq_buffer {
   cl_mem mem;
@@ -80,7 +96,10 @@ struct kq_bdevice {
   size_t max_wg;                /* CL_DEVICE_MAX_WORK_GROUP_SIZE */
   size_t local_mem;             /* CL_DEVICE_LOCAL_MEM_SIZE */
   size_t compute_units;
-  int cpu; /* CL_DEVICE_TYPE_CPU: no value split (see attend_split) */
+  int cpu; /* CL_DEVICE_TYPE_CPU (or KQSVD_OPENCL_LAYOUT=cpu): the kernel layouts tuned for
+              CPU drivers (attend_split, attend_decode) */
+  kq_ocl_rope rope[KQ_OCL_ROPE_TABLES];
+  int rope_next; /* slot the next new table replaces */
   cl_mem scratch[KQ_S_COUNT];
   size_t scratch_bytes[KQ_S_COUNT];
   int counted;           /* counted among the open devices */
@@ -88,6 +107,11 @@ struct kq_bdevice {
   double gemm_warmup_s;  /* how long that took */
   double program_load_s; /* building or loading our own program */
   int program_origin;    /* kq_ocl_prog_origin */
+  /* kq_device_stats counters, updated under `lock`: submits = clFlush calls
+   * (one at the end of every op), dispatches = clEnqueueNDRangeKernel calls
+   * plus one per CLBlast routine call, host_waits = event waits and clFinish,
+   * device_allocations = clCreateBuffer calls (buffers, scratch, warm-up). */
+  kq_device_stats stats;
 };
 
 /* Device list (filled once by kq_ocl_enumerate). */
@@ -108,6 +132,14 @@ kq_status kq_ocl_synchronize(kq_bdevice *device);
 kq_status kq_ocl_project(kq_bdevice *device, const kq_project_op *op);
 kq_status kq_ocl_attend(kq_bdevice *device, const kq_attend_op *op);
 kq_status kq_ocl_up(kq_bdevice *device, const kq_up_op *op);
+
+/* Flushes the queue at the end of an op, so that a GPU driver starts the
+ * work without waiting for a host sync; counts one submit. Caller holds
+ * dev->lock. */
+kq_status kq_ocl_flush(kq_bdevice *dev);
+
+/* Reads the counters (iface get_stats). */
+kq_status kq_ocl_get_stats(kq_bdevice *dev, kq_device_stats *out_stats);
 
 /* Makes scratch buffer `id` at least `bytes` large (caller holds dev->lock). */
 kq_status kq_ocl_scratch(kq_bdevice *dev, int id, size_t bytes, cl_mem *out);

@@ -220,6 +220,8 @@ static const kq_backend_iface opencl_iface = {
     .up = kq_ocl_up,
     .copy = kq_ocl_copy,
     .synchronize = kq_ocl_synchronize,
+    .get_stats = kq_ocl_get_stats,
+    .caps = KQ_BACKEND_CAP_FUSED_UP,
 };
 
 __attribute__((visibility("default"))) kq_status

@@ -1,17 +1,36 @@
 /*
  * ocl_ops.c — the three compute ops of the backend ABI on OpenCL:
- *   project: latent projection of new tokens (CLBlast strided-batched SGEMM
- *            over kv heads; F16 storage narrows a F32 result with vstore_half)
- *   attend:  causal attention on latents; split-K fused kernels for decode and
- *            small m or pre-RoPE, CLBlast Q̃K̃ᵀ → causal softmax → PṼ for large m
+ *   project: latent projection of new tokens (kq_qproj for up to
+ *            KQ_OCL_SMALL_PROJECT tokens, else CLBlast strided-batched SGEMM
+ *            over kv heads), stored as F32, F16 (vstore_half_rte) or
+ *            quantized segments (kq_seg_store, the rule of kq_quantize_row)
+ *   attend:  causal attention on latents, PER_HEAD or JOINT (one latent group
+ *            shared by every query head):
+ *            - kq_attn_decode on the stored latents (float, q8, q4 read in
+ *              place) for segmented caches, and on GPUs for plain decode and
+ *              F16 prefill; then kq_attn_reduce_up (merge + Eᵀ in one kernel)
+ *            - kq_attn_split (CPU drivers, plain decode / small m)
+ *            - kq_attn_chunk with pre-RoPE (keys rebuilt per position, angles
+ *              from the double-precision table of rope_table)
+ *            - CLBlast Q̃K̃ᵀ → causal softmax → PṼ for F32 prefill, and F16
+ *              prefill on CPU drivers (through a widened copy)
+ *            With value_up (KQ_BACKEND_CAP_FUSED_UP) the full output is
+ *            written by the same op.
  *   up:      latent-to-full output (Eᵀ)
+ * Nothing here waits for the device: ops are enqueued and flushed (one
+ * clFlush per op); scratch buffers persist per device and are sized so that
+ * decode steps never regrow them.
  * Every op validates shapes, offsets and buffer ranges before enqueueing.
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "ocl_internal.h"
 
+/* Appends of at most this many tokens project with kq_qproj, larger ones
+ * with CLBlast. */
+#define KQ_OCL_SMALL_PROJECT 16
 /* Prefill (n_queries >= this, no pre-RoPE) goes through CLBlast. */
 #define KQ_OCL_GEMM_MIN_QUERIES 32
 /* Largest prefill score block [H, rows, cols] in bytes. */
@@ -68,29 +87,108 @@ static size_t prod4(int64_t a, int64_t b, int64_t c, int64_t d) {
     if (st != KQ_OK) goto out;                                                                     \
   } while (0)
 
+/* Checks a segment list (SPEC §1b: widths >= 1 summing to the rank, q4
+ * widths even) and that its planes for `groups` groups lie in buf at byte
+ * offset off (a multiple of 4, for the F16 and F32 planes); *out_plain = 1
+ * for the plain layout (kq_segments_plain), whose caller checks the range
+ * itself. */
+static kq_status check_segments(const kq_bdevice *dev, const char *op, const char *name, int32_t n,
+                                const kq_segment *segs, int32_t rank, kq_storage storage,
+                                size_t groups, size_t capacity, const kq_buffer *buf, size_t off,
+                                int *out_plain) {
+  *out_plain = kq_segments_plain(n, segs);
+  if (*out_plain) return KQ_OK;
+  if (n < 0 || n > KQ_MAX_SEGMENTS || !segs)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %s: %s: %d segments (1 to %d)",
+                                  dev->label, op, name, (int)n, KQ_MAX_SEGMENTS);
+  int64_t sum = 0;
+  for (int32_t s = 0; s < n; s++) {
+    const kq_segment g = segs[s];
+    if (g.width < 1 || (g.bits != KQ_SEG_FLOAT && g.bits != KQ_SEG_Q8 && g.bits != KQ_SEG_Q4) ||
+        (g.bits == KQ_SEG_Q4 && g.width % 2 != 0))
+      return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
+                                    "%s: %s: %s: segment %d (width %d, bits %d) invalid",
+                                    dev->label, op, name, (int)s, (int)g.width, (int)g.bits);
+    sum += g.width;
+  }
+  if (sum != rank)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
+                                  "%s: %s: %s: segment widths sum to %lld, the rank is %d",
+                                  dev->label, op, name, (long long)sum, (int)rank);
+  size_t total = 0;
+  kq_segment_planes(segs, n, storage, groups, capacity, 0, NULL, NULL, &total);
+  cl_ulong unused;
+  kq_status st = span(dev, op, name, buf, off, total, 1, &unused);
+  if (st == KQ_OK && off % 4 != 0)
+    st = kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
+                                "%s: %s: %s offset %zu is not a multiple of 4", dev->label, op,
+                                name, off);
+  return st;
+}
+
+/* Stores latent rows src[off + h·head_stride + t·row_stride + c] (t <
+ * n_tokens, h < groups) into every segment's planes at positions pos ..
+ * (one kq_seg_store per segment). Caller holds dev->lock. */
+static kq_status store_segments(kq_bdevice *dev, cl_mem src, cl_ulong off, cl_int row_stride,
+                                cl_int head_stride, const kq_project_op *op) {
+  kq_status st = KQ_OK;
+  const int k = KQ_K_SEG_STORE;
+  const cl_int f16 = op->storage == KQ_STORAGE_F16;
+  cl_int col = 0;
+  for (int32_t s = 0; s < op->n_segments; s++) {
+    size_t data = 0, scale = 0;
+    kq_segment_planes(op->segments, op->n_segments, op->storage, (size_t)op->n_heads,
+                      (size_t)op->capacity, s, &data, &scale, NULL);
+    const cl_ulong data_off = op->dst_offset + data, scale_off = op->dst_offset + scale;
+    const cl_int width = op->segments[s].width, bits = op->segments[s].bits;
+    ARG(k, 0, src);
+    ARG(k, 1, off);
+    ARG(k, 2, row_stride);
+    ARG(k, 3, head_stride);
+    ARG(k, 4, col);
+    ARG(k, 5, width);
+    ARG(k, 6, bits);
+    ARG(k, 7, f16);
+    ARG(k, 8, op->dst->mem);
+    ARG(k, 9, data_off);
+    ARG(k, 10, scale_off);
+    ARG(k, 11, op->capacity);
+    ARG(k, 12, op->pos);
+    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)op->n_tokens, (size_t)op->n_heads, 1}, NULL);
+    if (st != KQ_OK) break;
+    col += width;
+  }
+out:
+  return st;
+}
+
 kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
   static const char *name = "project";
   if (op->n_tokens < 0 || op->n_heads <= 0 || op->head_dim <= 0 || op->rank <= 0 ||
-      op->capacity <= 0 || op->pos < 0 || op->pos > op->capacity - op->n_tokens)
+      op->rank > op->head_dim || op->capacity <= 0 || op->pos < 0 ||
+      op->pos > op->capacity - op->n_tokens)
     return bad(dev, name, "shape out of range (tokens, heads, head_dim, rank, capacity, pos)");
   if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v2");
   if (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16)
     return bad(dev, name, "unknown storage type");
-  if (!kq_segments_plain(op->n_segments, op->segments))
-    return unsupported(dev, name, "quantized latent segments (q8/q4)");
   const int identity = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
   if (identity && op->rank != op->head_dim)
     return bad(dev, name, "identity needs rank == head_dim");
+  int plain = 1;
+  kq_status st =
+      check_segments(dev, name, "dst", op->n_segments, op->segments, op->rank, op->storage,
+                     (size_t)op->n_heads, (size_t)op->capacity, op->dst, op->dst_offset, &plain);
+  if (st != KQ_OK) return st;
   if (op->n_tokens == 0) return KQ_OK;
   const int f16 = op->storage == KQ_STORAGE_F16;
   const size_t esz = f16 ? 2 : 4;
-  cl_ulong src_e, proj_e = 0, dst_e;
-  kq_status st = span(dev, name, "src", op->src, op->src_offset,
-                      prod4(op->n_tokens, op->n_heads, op->head_dim, 1), 4, &src_e);
+  cl_ulong src_e, proj_e = 0, dst_e = 0;
+  st = span(dev, name, "src", op->src, op->src_offset,
+            prod4(op->n_tokens, op->n_heads, op->head_dim, 1), 4, &src_e);
   if (st == KQ_OK && !identity)
     st = span(dev, name, "proj", op->proj, op->proj_offset,
               prod4(op->n_heads, op->head_dim, op->rank, 1), 4, &proj_e);
-  if (st == KQ_OK)
+  if (st == KQ_OK && plain)
     st = span(dev, name, "dst", op->dst, op->dst_offset,
               prod4(op->n_heads, op->capacity, op->rank, 1), esz, &dst_e);
   if (st != KQ_OK) return st;
@@ -102,10 +200,37 @@ kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
   cl_mem rows_src = op->src->mem;
   cl_ulong rows_off = src_e;
   cl_int row_stride = n_heads * d, head_stride = d;
-  if (!identity) {
+  if (!identity && n <= KQ_OCL_SMALL_PROJECT) {
+    /* Decode-size appends: kq_qproj (one head per group) into F32 rows
+     * [n, H, r] in scratch, then stored below; no CLBlast call (which may
+     * allocate device memory of its own). */
+    cl_mem c;
+    const int kp = KQ_K_QPROJ;
+    const cl_int one = 1, no = 0;
+    st = kq_ocl_scratch(dev, KQ_S_GEMM_OUT, prod4(n_heads, n, r, 4), &c);
+    if (st != KQ_OK) goto out;
+    ARG(kp, 0, op->src->mem);
+    ARG(kp, 1, src_e);
+    ARG(kp, 2, op->proj->mem);
+    ARG(kp, 3, proj_e);
+    ARG(kp, 4, c);
+    ARG(kp, 5, n_heads);
+    ARG(kp, 6, one);
+    ARG(kp, 7, d);
+    ARG(kp, 8, r);
+    ARG(kp, 9, no);
+    st = kq_ocl_launch(dev, kp, (size_t[3]){((size_t)r + 7) / 8, (size_t)n_heads, (size_t)n}, NULL);
+    if (st != KQ_OK) goto out;
+    rows_src = c;
+    rows_off = 0;
+    row_stride = n_heads * r;
+    head_stride = r;
+  } else if (!identity) {
+    /* F32 storage: the GEMM writes the cache rows directly; F16 and
+     * segmented storage go through F32 rows [H, n, r] in scratch. */
     cl_mem c = op->dst->mem;
     size_t c_off = dst_e + (size_t)pos * r, c_stride = (size_t)cap * r;
-    if (f16) {
+    if (f16 || !plain) {
       st = kq_ocl_scratch(dev, KQ_S_GEMM_OUT, prod4(n_heads, n, r, 4), &c);
       if (st != KQ_OK) goto out;
       c_off = 0;
@@ -114,11 +239,15 @@ kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
     st = kq_ocl_gemm_strided_batched(dev, n, r, d, op->src->mem, src_e, (size_t)n_heads * d, d,
                                      op->proj->mem, proj_e, r, (size_t)d * r, c, c_off, r, c_stride,
                                      n_heads);
-    if (st != KQ_OK || !f16) goto out;
+    if (st != KQ_OK || (!f16 && plain)) goto out;
     rows_src = c;
     rows_off = 0;
     row_stride = r;
     head_stride = n * r;
+  }
+  if (!plain) {
+    st = store_segments(dev, rows_src, rows_off, row_stride, head_stride, op);
+    goto out;
   }
   ARG(k, 0, rows_src);
   ARG(k, 1, rows_off);
@@ -131,6 +260,7 @@ kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
   ARG(k, 8, pos);
   st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)r, (size_t)n, (size_t)n_heads}, NULL);
 out:
+  if (st == KQ_OK) st = kq_ocl_flush(dev);
   pthread_mutex_unlock(&dev->lock);
   return st;
 }
@@ -178,9 +308,12 @@ static kq_status local_mem_error(const kq_bdevice *dev, cl_int g) {
                                 dev->label, g, dev->local_mem);
 }
 
-static kq_status partials(kq_bdevice *dev, const kq_attend_op *op, cl_int n_chunks, cl_int rv,
+static kq_status partials(kq_bdevice *dev, const kq_attend_op *op, cl_int chunk, cl_int rv,
                           cl_mem *part_o, cl_mem *part_ml) {
-  const size_t parts = prod4(op->n_queries, op->n_heads, n_chunks, 1);
+  /* Decode-size m: sized for the whole capacity (the chunk only grows with
+   * the context, so decode steps never regrow them); prefill: the context. */
+  const int32_t upto = op->n_queries <= KQ_OCL_QBLOCK ? op->capacity : op->n_ctx;
+  const size_t parts = prod4(op->n_queries, op->n_heads, (upto + chunk - 1) / chunk, 1);
   kq_status st = kq_ocl_scratch(dev, KQ_S_PART_O, prod4(parts, rv, 4, 1), part_o);
   return st == KQ_OK ? kq_ocl_scratch(dev, KQ_S_PART_ML, prod4(parts, 2, 4, 1), part_ml) : st;
 }
@@ -222,7 +355,7 @@ static kq_status attend_split(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
   const size_t n_blocks = ((size_t)op->n_queries + qblock - 1) / qblock;
   cl_mem part_o, part_ml;
-  st = partials(dev, op, n_chunks, rv, &part_o, &part_ml);
+  st = partials(dev, op, chunk, rv, &part_o, &part_ml);
   if (st != KQ_OK) return st;
   const float qs = op->scale * (float)M_LOG2E;
   const cl_int cl_nseg = (cl_int)nseg, cl_vsplit = (cl_int)vsplit;
@@ -260,8 +393,8 @@ out:
 }
 
 /* Split-K fused attention with pre-RoPE (keys rebuilt per position). */
-static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp, cl_int dq,
-                              cl_ulong k_e, cl_ulong v_e, cl_ulong b_e, cl_ulong out_e) {
+static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp, cl_mem rope,
+                              cl_int dq, cl_ulong k_e, cl_ulong v_e, cl_ulong b_e, cl_ulong out_e) {
   kq_status st = KQ_OK;
   const cl_int g = op->n_heads / op->n_kv_heads;
   /* Queries per work-group: they share every latent row the group loads
@@ -273,9 +406,7 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   size_t need = 0;
   for (;;) {
     const size_t rows = (size_t)qblock * g;
-    need = (rows * (size_t)(dq > 2 ? dq : 2) + rows * (size_t)chunk + (size_t)op->head_dim / 2 + 1 +
-            64) *
-           sizeof(float);
+    need = (rows * (size_t)(dq > 2 ? dq : 2) + rows * (size_t)chunk + 64) * sizeof(float);
     if (need <= dev->local_mem) break;
     if (chunk > 32)
       chunk /= 2;
@@ -291,7 +422,7 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   const int k = op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_CHUNK_F16 : KQ_K_ATTN_CHUNK_F32;
   const size_t wg = wg_size(dev, k, 64);
   cl_mem part_o, part_ml;
-  st = partials(dev, op, n_chunks, op->rank_v, &part_o, &part_ml);
+  st = partials(dev, op, chunk, op->rank_v, &part_o, &part_ml);
   if (st != KQ_OK) return st;
   const cl_int pre = op->rope == KQ_ROPE_PRE, ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0,
                halves = op->rope_layout == KQ_ROPE_HALVES;
@@ -318,16 +449,13 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   ARG(k, 19, pre);
   ARG(k, 20, ident);
   ARG(k, 21, halves);
-  const float theta = op->rope_theta > 0.0f ? op->rope_theta : 10000.0f;
   const float scale2 = op->scale * (float)M_LOG2E;
-  ARG(k, 22, theta);
+  ARG(k, 22, rope);
   ARG(k, 23, scale2);
   ARG(k, 24, qblock);
   st = kq_ocl_arg(dev, k, 25, rows * chunk * sizeof(float), NULL);
   if (st == KQ_OK)
     st = kq_ocl_arg(dev, k, 26, rows * (size_t)(dq > 2 ? dq : 2) * sizeof(float), NULL);
-  if (st == KQ_OK)
-    st = kq_ocl_arg(dev, k, 27, ((size_t)op->head_dim / 2 + 1) * sizeof(float), NULL);
   if (st != KQ_OK) goto out;
   st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, n_blocks},
                      (size_t[3]){wg, 1, 1});
@@ -410,49 +538,346 @@ out:
   return st;
 }
 
+static void CL_CALLBACK free_table(cl_event ev, cl_int status, void *host) {
+  (void)ev, (void)status;
+  free(host);
+}
+
+/* The RoPE angle table of (theta, head_dim) covering positions below
+ * `capacity` (kq_rope_cs in kq_prelude.cl): float2 (cos, sin) rows
+ * [256 + ceil(capacity / 256), head_dim / 2], the first 256 rows for the
+ * angles p · f_j (p < 256), then one row per multiple of 256, each angle
+ * p · kq_rope_inv_freq(theta, head_dim, j) formed in double and its cos and
+ * sin rounded once to F32. Built on the first attend that needs it (and
+ * again only when a longer capacity comes), uploaded without a host wait;
+ * the host copy is freed when the write completes. Caller holds dev->lock. */
+static kq_status rope_table(kq_bdevice *dev, float theta, int head_dim, int capacity, cl_mem *out) {
+  const int half = head_dim / 2, hi_rows = (capacity + 255) / 256;
+  int slot = -1;
+  for (int i = 0; i < KQ_OCL_ROPE_TABLES; ++i) {
+    const kq_ocl_rope *t = &dev->rope[i];
+    if (t->mem && t->theta == theta && t->head_dim == head_dim) {
+      if (t->hi_rows >= hi_rows) {
+        *out = t->mem;
+        return KQ_OK;
+      }
+      slot = i;
+    }
+  }
+  if (slot < 0) slot = dev->rope_next++ % KQ_OCL_ROPE_TABLES;
+  const size_t rows = 256 + (size_t)hi_rows, bytes = rows * (size_t)half * 2 * sizeof(float);
+  float *host = malloc(bytes);
+  if (!host) return kq_ocl_host->set_error(KQ_ERR_OUT_OF_MEMORY, "%s: RoPE table", dev->label);
+  for (int j = 0; j < half; ++j) {
+    const double f = kq_rope_inv_freq(theta, head_dim, j);
+    for (size_t r = 0; r < rows; ++r) {
+      const double a = (double)(r < 256 ? r : 256 * (r - 256)) * f;
+      host[(r * half + j) * 2] = (float)cos(a);
+      host[(r * half + j) * 2 + 1] = (float)sin(a);
+    }
+  }
+  kq_ocl_rope *t = &dev->rope[slot];
+  if (t->mem) clReleaseMemObject(t->mem); /* queued kernels keep it alive */
+  *t = (kq_ocl_rope){0};
+  cl_int err;
+  cl_mem mem = clCreateBuffer(dev->context, CL_MEM_READ_ONLY, bytes, NULL, &err);
+  dev->stats.device_allocations++;
+  if (err != CL_SUCCESS) {
+    free(host);
+    return kq_ocl_fail(dev, KQ_ERR_DEVICE_MEMORY, "RoPE table", err);
+  }
+  cl_event ev = NULL;
+  err = clEnqueueWriteBuffer(dev->queue, mem, CL_FALSE, 0, bytes, host, 0, NULL, &ev);
+  if (err == CL_SUCCESS) {
+    dev->stats.bytes_uploaded += bytes;
+    err = clSetEventCallback(ev, CL_COMPLETE, free_table, host);
+    clReleaseEvent(ev);
+  }
+  if (err != CL_SUCCESS) { /* the write may still read host: wait, then free */
+    clFinish(dev->queue);
+    dev->stats.host_waits++;
+    free(host);
+    clReleaseMemObject(mem);
+    return kq_ocl_fail(dev, KQ_ERR_DEVICE, "RoPE table upload", err);
+  }
+  *t = (kq_ocl_rope){theta, head_dim, hi_rows, mem};
+  *out = mem;
+  return KQ_OK;
+}
+
+/* Mirror of kq_seg4 in kq_decode.cl (by-value kernel argument; 128 bytes,
+ * no padding on either side). */
+#define KQ_OCL_SEG4 4
+typedef struct kq_ocl_seg4 {
+  cl_ulong data[KQ_OCL_SEG4];
+  cl_ulong scale[KQ_OCL_SEG4];
+  cl_int width[KQ_OCL_SEG4];
+  cl_int bits[KQ_OCL_SEG4];
+  cl_int col[KQ_OCL_SEG4];
+  cl_int n, f16, pad0, pad1;
+} kq_ocl_seg4;
+
+/* The planes of one side (plain: one float segment of the rank) for
+ * kq_attn_decode; 0 when it has more than KQ_OCL_SEG4 segments. */
+static int seg4_of(int32_t n, const kq_segment *segs, int32_t rank, kq_storage storage,
+                   size_t groups, size_t capacity, size_t offset, kq_ocl_seg4 *out) {
+  const kq_segment plain = {rank, KQ_SEG_FLOAT};
+  if (kq_segments_plain(n, segs)) n = 1, segs = &plain;
+  if (n > KQ_OCL_SEG4) return 0;
+  *out = (kq_ocl_seg4){.n = n, .f16 = storage == KQ_STORAGE_F16};
+  cl_int col = 0;
+  for (int32_t s = 0; s < n; s++) {
+    size_t data = 0, scale = 0;
+    kq_segment_planes(segs, n, storage, groups, capacity, s, &data, &scale, NULL);
+    out->data[s] = offset + data;
+    out->scale[s] = offset + scale;
+    out->width[s] = segs[s].width;
+    out->bits[s] = segs[s].bits;
+    out->col[s] = col;
+    col += segs[s].width;
+  }
+  return 1;
+}
+
+/* Merges split-K partials into op->out: the latent, or with value_up the
+ * full output (kq_attn_reduce_up; group = query heads per E matrix). */
+static kq_status reduce_up(kq_bdevice *dev, const kq_attend_op *op, cl_mem part_o, cl_mem part_ml,
+                           cl_int n_chunks, cl_int group, cl_ulong out_e, cl_ulong e_e) {
+  kq_status st = KQ_OK;
+  const int k = KQ_K_ATTN_REDUCE_UP;
+  const cl_int use_e = op->value_up != NULL;
+  cl_mem emem = use_e ? op->value_up->mem : part_o;
+  const size_t wg = wg_size(dev, k, 64);
+  ARG(k, 0, part_o);
+  ARG(k, 1, part_ml);
+  ARG(k, 2, op->out->mem);
+  ARG(k, 3, out_e);
+  ARG(k, 4, emem);
+  ARG(k, 5, e_e);
+  ARG(k, 6, use_e);
+  ARG(k, 7, op->n_heads);
+  ARG(k, 8, group);
+  ARG(k, 9, op->head_dim);
+  ARG(k, 10, op->rank_v);
+  ARG(k, 11, n_chunks);
+  st = kq_ocl_arg(dev, k, 12, (size_t)op->rank_v * sizeof(float), NULL);
+  if (st == KQ_OK)
+    st = kq_ocl_launch(dev, k, (size_t[3]){wg, (size_t)op->n_heads, (size_t)op->n_queries},
+                       (size_t[3]){wg, 1, 1});
+out:
+  return st;
+}
+
+/* Split-K attention on the stored latents (kq_attn_decode), for decode and
+ * small m without pre-RoPE; `op` with the JOINT layout already seen as one
+ * kv group (n_kv_heads 1), `group_e` the query heads per E matrix.
+ * Split count from the device: chunks of 64..512 positions (multiples of
+ * 64), as short as gives at least 4 work-groups per compute unit over
+ * (chunks, kv groups, row blocks), so that a GPU has work-groups to switch
+ * between while loads are in flight, and as long as that allows, so that the
+ * reduce reads few partials. A team of lanes per position (16-byte loads
+ * over the row) on GPUs; one work-item per position on CPU devices, whose
+ * drivers run a work-group's items as loop iterations (team = 1 there). */
+static kq_status attend_decode(kq_bdevice *dev, const kq_attend_op *op, cl_mem qt,
+                               const kq_ocl_seg4 *ks, const kq_ocl_seg4 *vs, cl_int group_e,
+                               cl_ulong out_e, cl_ulong e_e) {
+  kq_status st = KQ_OK;
+  const int k = dev->cpu ? KQ_K_ATTN_DECODE_ONE : KQ_K_ATTN_DECODE, rows_max = 8;
+  const cl_int g = op->n_heads / op->n_kv_heads;
+  const size_t rblocks = ((size_t)op->n_queries * g + rows_max - 1) / rows_max;
+  size_t wg = wg_size(dev, k, dev->cpu ? 64 : 256);
+  /* Lanes per position: a 16-byte piece each over the key row. */
+  size_t row_bytes = 0;
+  for (int s = 0; s < ks->n; ++s)
+    row_bytes += kq_segment_row_bytes((kq_segment){ks->width[s], ks->bits[s]},
+                                      ks->f16 ? KQ_STORAGE_F16 : KQ_STORAGE_F32);
+  cl_int team = 1;
+  if (!dev->cpu)
+    while (team < 16 && (size_t)team * 2 * 16 <= row_bytes && (size_t)team * 2 <= wg) team *= 2;
+  const size_t groups = (size_t)op->n_kv_heads * rblocks, want = 4 * dev->compute_units;
+  const size_t splits = want > groups ? (want + groups - 1) / groups : 1;
+  cl_int chunk = (cl_int)(((size_t)op->n_ctx + splits - 1) / splits);
+  chunk = (chunk + 63) / 64 * 64;
+  if (chunk < 64) chunk = 64;
+  if (chunk > 512) chunk = 512;
+  const size_t rmax = (size_t)(op->rank_k > op->rank_v ? op->rank_k : op->rank_v);
+  size_t need = 0;
+  for (;;) {
+    need = (size_t)rows_max * ((size_t)chunk + rmax + wg) * sizeof(float) + 256;
+    if (need <= dev->local_mem) break;
+    if (chunk > 64)
+      chunk /= 2;
+    else if (wg > (size_t)team && wg > 16)
+      wg /= 2;
+    else
+      return local_mem_error(dev, g);
+  }
+  const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
+  cl_mem part_o, part_ml;
+  st = partials(dev, op, chunk, op->rank_v, &part_o, &part_ml);
+  if (st != KQ_OK) return st;
+  const float qs = op->scale * (float)M_LOG2E;
+  ARG(k, 0, qt);
+  ARG(k, 1, op->k_cache->mem);
+  st = kq_ocl_arg(dev, k, 2, sizeof *ks, ks);
+  if (st != KQ_OK) goto out;
+  ARG(k, 3, op->v_cache->mem);
+  st = kq_ocl_arg(dev, k, 4, sizeof *vs, vs);
+  if (st != KQ_OK) goto out;
+  ARG(k, 5, part_o);
+  ARG(k, 6, part_ml);
+  ARG(k, 7, op->n_queries);
+  ARG(k, 8, op->n_ctx);
+  ARG(k, 9, op->n_heads);
+  ARG(k, 10, g);
+  ARG(k, 11, op->rank_k);
+  ARG(k, 12, op->rank_v);
+  ARG(k, 13, op->capacity);
+  ARG(k, 14, chunk);
+  ARG(k, 15, n_chunks);
+  ARG(k, 16, qs);
+  ARG(k, 17, team);
+  st = kq_ocl_arg(dev, k, 18, (size_t)rows_max * chunk * sizeof(float), NULL);
+  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 19, (size_t)rows_max * rmax * sizeof(float), NULL);
+  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 20, (size_t)rows_max * wg * sizeof(float), NULL);
+  if (st == KQ_OK)
+    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, rblocks},
+                       (size_t[3]){wg, 1, 1});
+  if (st == KQ_OK) st = reduce_up(dev, op, part_o, part_ml, n_chunks, group_e, out_e, e_e);
+out:
+  return st;
+}
+
+/* F32 copy [groups, capacity, rank] (positions below n_ctx filled) of one
+ * side's latent cache (segmented, or plain in `storage`) in scratch `sid`,
+ * one kq_seg_widen per segment. */
+static kq_status widen_side(kq_bdevice *dev, const kq_buffer *cache, size_t cache_offset,
+                            int32_t n_seg, const kq_segment *segs, cl_int rank, kq_storage storage,
+                            cl_int groups, cl_int capacity, cl_int n_ctx, int sid, cl_mem *out) {
+  kq_segment plain = {rank, KQ_SEG_FLOAT};
+  if (kq_segments_plain(n_seg, segs)) n_seg = 1, segs = &plain;
+  /* Sized for the whole capacity, so that decode steps never regrow it. */
+  kq_status st = kq_ocl_scratch(dev, sid, prod4(groups, capacity, rank, 4), out);
+  if (st != KQ_OK) return st;
+  const int k = KQ_K_SEG_WIDEN;
+  const cl_int f16 = storage == KQ_STORAGE_F16, p0 = 0;
+  cl_int col = 0;
+  for (int32_t s = 0; s < n_seg; s++) {
+    size_t data = 0, scale = 0;
+    kq_segment_planes(segs, n_seg, storage, (size_t)groups, (size_t)capacity, s, &data, &scale,
+                      NULL);
+    const cl_ulong data_off = cache_offset + data, scale_off = cache_offset + scale;
+    const cl_int width = segs[s].width, bits = segs[s].bits;
+    ARG(k, 0, cache->mem);
+    ARG(k, 1, data_off);
+    ARG(k, 2, scale_off);
+    ARG(k, 3, width);
+    ARG(k, 4, bits);
+    ARG(k, 5, f16);
+    ARG(k, 6, capacity);
+    ARG(k, 7, p0);
+    ARG(k, 8, *out);
+    ARG(k, 9, capacity);
+    ARG(k, 10, rank);
+    ARG(k, 11, col);
+    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)width, (size_t)n_ctx, (size_t)groups}, NULL);
+    if (st != KQ_OK) break;
+    col += width;
+  }
+out:
+  return st;
+}
+
+/* out[j, h, :] = latent[j, h, :] · E[h / g]ᵀ (kq_up). Caller holds dev->lock. */
+static kq_status launch_up(kq_bdevice *dev, cl_mem latent, cl_ulong l_e, cl_mem emem, cl_ulong e_e,
+                           cl_mem out_mem, cl_ulong o_e, cl_int n_q, cl_int n_heads,
+                           cl_int n_kv_heads, cl_int head_dim, cl_int rank_v, cl_int identity) {
+  kq_status st = KQ_OK;
+  const cl_int g = n_heads / n_kv_heads;
+  const int k = KQ_K_UP;
+  ARG(k, 0, latent);
+  ARG(k, 1, l_e);
+  ARG(k, 2, emem);
+  ARG(k, 3, e_e);
+  ARG(k, 4, out_mem);
+  ARG(k, 5, o_e);
+  ARG(k, 6, n_heads);
+  ARG(k, 7, g);
+  ARG(k, 8, head_dim);
+  ARG(k, 9, rank_v);
+  ARG(k, 10, identity);
+  const size_t hblocks = (size_t)n_kv_heads * (((size_t)g + 3) / 4);
+  st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)head_dim, hblocks, (size_t)n_q}, NULL);
+out:
+  return st;
+}
+
 kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
   static const char *name = "attend";
+  const int joint = op->layout == KQ_LAYOUT_JOINT;
+  if (op->layout != KQ_LAYOUT_PER_HEAD && !joint) return bad(dev, name, "unknown layout");
+  /* JOINT: one latent group of n_kv_heads · head_dim columns. */
+  const int64_t rmax = joint ? (int64_t)op->n_kv_heads * op->head_dim : op->head_dim;
   if (op->n_queries <= 0 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
       op->n_heads <= 0 || op->n_kv_heads <= 0 || op->n_heads % op->n_kv_heads != 0 ||
-      op->head_dim <= 0 || op->rank_k <= 0 || op->rank_v <= 0 || op->rank_k > op->head_dim ||
-      op->rank_v > op->head_dim)
+      op->head_dim <= 0 || op->rank_k <= 0 || op->rank_v <= 0 || op->rank_k > rmax ||
+      op->rank_v > rmax)
     return bad(dev, name, "shape out of range (queries, context, heads, head_dim, ranks)");
   if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v2");
   if (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16)
     return bad(dev, name, "unknown storage type");
-  if (op->layout != KQ_LAYOUT_PER_HEAD) return unsupported(dev, name, "joint-layout latents");
-  if (!kq_segments_plain(op->n_key_segments, op->key_segments) ||
-      !kq_segments_plain(op->n_value_segments, op->value_segments))
-    return unsupported(dev, name, "quantized latent segments (q8/q4)");
   const int ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
   if (ident && op->rank_k != op->head_dim) return bad(dev, name, "identity needs rank_k == d");
   const int pre = op->rope == KQ_ROPE_PRE;
   if (pre && op->head_dim % 2 != 0) return bad(dev, name, "pre-RoPE needs an even head_dim");
+  if (joint && pre) return unsupported(dev, name, "RoPE pre with the joint layout");
+  if (joint && ident) return bad(dev, name, "identity keys with the joint layout");
+  const int ident_v = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
+  if (op->value_up && ident_v) return bad(dev, name, "value_up with identity values");
   /* Same default as the CPU backend when the projections carry no theta. */
   const float theta = op->rope_theta > 0.0f ? op->rope_theta : 10000.0f;
   const size_t esz = op->storage == KQ_STORAGE_F16 ? 2 : 4;
-  cl_ulong q_e, a_e = 0, b_e = 0, k_e, v_e, out_e;
-  kq_status st = span(dev, name, "q", op->q, op->q_offset,
-                      prod4(op->n_queries, op->n_heads, op->head_dim, 1), 4, &q_e);
+  const cl_int groups = joint ? 1 : op->n_kv_heads;
+  int kplain = 1, vplain = 1;
+  kq_status st = check_segments(dev, name, "k_cache", op->n_key_segments, op->key_segments,
+                                op->rank_k, op->storage, (size_t)groups, (size_t)op->capacity,
+                                op->k_cache, op->k_cache_offset, &kplain);
+  if (st == KQ_OK)
+    st = check_segments(dev, name, "v_cache", op->n_value_segments, op->value_segments, op->rank_v,
+                        op->storage, (size_t)groups, (size_t)op->capacity, op->v_cache,
+                        op->v_cache_offset, &vplain);
+  cl_ulong q_e = 0, a_e = 0, b_e = 0, k_e = 0, v_e = 0, out_e = 0, e_e = 0;
+  if (st == KQ_OK)
+    st = span(dev, name, "q", op->q, op->q_offset,
+              prod4(op->n_queries, op->n_heads, op->head_dim, 1), 4, &q_e);
   const size_t proj = prod4(op->n_kv_heads, op->head_dim, op->rank_k, 1);
   if (st == KQ_OK && !ident)
     st = span(dev, name, "query_down", op->query_down, op->query_down_offset, proj, 4, &b_e);
   if (st == KQ_OK && !ident && pre)
     st = span(dev, name, "key_down", op->key_down, op->key_down_offset, proj, 4, &a_e);
-  if (st == KQ_OK)
+  if (st == KQ_OK && kplain)
     st = span(dev, name, "k_cache", op->k_cache, op->k_cache_offset,
-              prod4(op->n_kv_heads, op->capacity, op->rank_k, 1), esz, &k_e);
-  if (st == KQ_OK)
+              prod4(groups, op->capacity, op->rank_k, 1), esz, &k_e);
+  if (st == KQ_OK && vplain)
     st = span(dev, name, "v_cache", op->v_cache, op->v_cache_offset,
-              prod4(op->n_kv_heads, op->capacity, op->rank_v, 1), esz, &v_e);
+              prod4(groups, op->capacity, op->rank_v, 1), esz, &v_e);
+  if (st == KQ_OK && op->value_up)
+    st = span(dev, name, "value_up", op->value_up, op->value_up_offset,
+              prod4(op->n_kv_heads, op->head_dim, op->rank_v, 1), 4, &e_e);
   if (st == KQ_OK)
     st = span(dev, name, "out", op->out, op->out_offset,
-              prod4(op->n_queries, op->n_heads, op->rank_v, 1), 4, &out_e);
+              prod4(op->n_queries, op->n_heads, op->value_up ? op->head_dim : op->rank_v, 1), 4,
+              &out_e);
   if (st != KQ_OK) return st;
 
   const cl_int H = op->n_heads, g = op->n_heads / op->n_kv_heads, d = op->head_dim, rk = op->rank_k,
                m = op->n_queries;
   const cl_int halves = op->rope_layout == KQ_ROPE_HALVES;
+  /* The kernels below see `w`: segmented (or, beside one, F16) caches as
+   * their F32 copies, the JOINT layout as one kv head shared by every query
+   * head, and the latent output in scratch when the up-projection is fused. */
+  kq_attend_op w = *op;
+  kq_buffer kwide, vwide, latent;
   pthread_mutex_lock(&dev->lock);
   cl_mem qt, qh;
   st = kq_ocl_scratch(dev, KQ_S_QPREP, prod4(m, H, rk, 4), &qt);
@@ -475,8 +900,54 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
     st = kq_ocl_launch(dev, k, (size_t[3]){((size_t)rk + 7) / 8, hblocks, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
   }
+  /* kq_attn_decode reads every storage in place (no F32 copy of a cache).
+   * Without pre-RoPE it serves: segmented caches at any m on every device;
+   * plain caches at decode and small m on GPUs; F16 prefill on GPUs (F32
+   * prefill reads the cache in place through CLBlast). CPU devices keep
+   * kq_attn_split for plain decode and CLBlast on a widened copy for F16
+   * prefill: both measured faster on PoCL. */
+  const int small_m = m < KQ_OCL_GEMM_MIN_QUERIES, f32 = op->storage == KQ_STORAGE_F32;
+  const int in_place = !kplain || !vplain || (!dev->cpu && (small_m || !f32));
+  kq_ocl_seg4 ks4, vs4;
+  const int decode = !pre && in_place &&
+                     seg4_of(op->n_key_segments, op->key_segments, rk, op->storage, (size_t)groups,
+                             (size_t)op->capacity, op->k_cache_offset, &ks4) &&
+                     seg4_of(op->n_value_segments, op->value_segments, op->rank_v, op->storage,
+                             (size_t)groups, (size_t)op->capacity, op->v_cache_offset, &vs4);
+  if (decode) {
+    if (joint) w.n_kv_heads = 1;
+    st = attend_decode(dev, &w, qt, &ks4, &vs4, g, out_e, e_e);
+    goto out;
+  }
+  if (!kplain || !vplain) {
+    st = widen_side(dev, op->k_cache, op->k_cache_offset, op->n_key_segments, op->key_segments, rk,
+                    op->storage, groups, op->capacity, op->n_ctx, KQ_S_KWIDE, &kwide.mem);
+    if (st == KQ_OK)
+      st = widen_side(dev, op->v_cache, op->v_cache_offset, op->n_value_segments,
+                      op->value_segments, op->rank_v, op->storage, groups, op->capacity, op->n_ctx,
+                      KQ_S_VWIDE, &vwide.mem);
+    if (st != KQ_OK) goto out;
+    kwide.bytes = prod4(groups, op->capacity, rk, 4);
+    vwide.bytes = prod4(groups, op->capacity, op->rank_v, 4);
+    w.k_cache = &kwide;
+    w.v_cache = &vwide;
+    w.k_cache_offset = w.v_cache_offset = 0;
+    k_e = v_e = 0;
+    w.storage = KQ_STORAGE_F32;
+  }
+  if (joint) w.n_kv_heads = 1;
+  if (op->value_up) {
+    st = kq_ocl_scratch(dev, KQ_S_LATENT, prod4(m, H, op->rank_v, 4), &latent.mem);
+    if (st != KQ_OK) goto out;
+    latent.bytes = prod4(m, H, op->rank_v, 4);
+    w.out = &latent;
+    w.out_offset = 0;
+  }
+  const cl_ulong wout_e = op->value_up ? 0 : out_e;
   if (pre) {
+    cl_mem rope;
     st = kq_ocl_scratch(dev, KQ_S_QROT, prod4(m, H, d, 4), &qh);
+    if (st == KQ_OK) st = rope_table(dev, theta, d, op->capacity, &rope);
     if (st != KQ_OK) goto out;
     const int k = KQ_K_QROT;
     cl_mem amem = ident ? qt : op->key_down->mem;
@@ -493,16 +964,20 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
     ARG(k, 9, rk);
     ARG(k, 10, id);
     ARG(k, 11, halves);
-    ARG(k, 12, theta);
+    ARG(k, 12, rope);
     st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)d / 2, (size_t)H, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
-    st = attend_fused(dev, op, qh, d, k_e, v_e, b_e, out_e);
+    st = attend_fused(dev, &w, qh, rope, d, k_e, v_e, b_e, wout_e);
   } else if (m >= KQ_OCL_GEMM_MIN_QUERIES) {
-    st = attend_gemm(dev, op, qt, k_e, v_e, out_e);
+    st = attend_gemm(dev, &w, qt, k_e, v_e, wout_e);
   } else {
-    st = attend_split(dev, op, qt, k_e, v_e, out_e);
+    st = attend_split(dev, &w, qt, k_e, v_e, wout_e);
   }
+  if (st == KQ_OK && op->value_up)
+    st = launch_up(dev, latent.mem, 0, op->value_up->mem, e_e, op->out->mem, out_e, m, H,
+                   op->n_kv_heads, d, op->rank_v, 0);
 out:
+  if (st == KQ_OK) st = kq_ocl_flush(dev);
   pthread_mutex_unlock(&dev->lock);
   return st;
 }
@@ -510,8 +985,7 @@ out:
 kq_status kq_ocl_up(kq_bdevice *dev, const kq_up_op *op) {
   static const char *name = "up";
   if (op->n_queries <= 0 || op->n_heads <= 0 || op->n_kv_heads <= 0 ||
-      op->n_heads % op->n_kv_heads != 0 || op->head_dim <= 0 || op->rank_v <= 0 ||
-      op->rank_v > op->head_dim)
+      op->n_heads % op->n_kv_heads != 0 || op->head_dim <= 0 || op->rank_v <= 0)
     return bad(dev, name, "shape out of range (queries, heads, head_dim, rank_v)");
   if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v2");
   const int ident = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
@@ -526,25 +1000,11 @@ kq_status kq_ocl_up(kq_bdevice *dev, const kq_up_op *op) {
     st = span(dev, name, "out", op->out, op->out_offset,
               prod4(op->n_queries, op->n_heads, op->head_dim, 1), 4, &o_e);
   if (st != KQ_OK) return st;
-  const cl_int g = op->n_heads / op->n_kv_heads, id = ident;
   cl_mem emem = ident ? op->latent->mem : op->value_up->mem;
-  const int k = KQ_K_UP;
   pthread_mutex_lock(&dev->lock);
-  ARG(k, 0, op->latent->mem);
-  ARG(k, 1, l_e);
-  ARG(k, 2, emem);
-  ARG(k, 3, e_e);
-  ARG(k, 4, op->out->mem);
-  ARG(k, 5, o_e);
-  ARG(k, 6, op->n_heads);
-  ARG(k, 7, g);
-  ARG(k, 8, op->head_dim);
-  ARG(k, 9, op->rank_v);
-  ARG(k, 10, id);
-  const size_t hblocks = (size_t)op->n_kv_heads * (((size_t)g + 3) / 4);
-  st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)op->head_dim, hblocks, (size_t)op->n_queries},
-                     NULL);
-out:
+  st = launch_up(dev, op->latent->mem, l_e, emem, e_e, op->out->mem, o_e, op->n_queries,
+                 op->n_heads, op->n_kv_heads, op->head_dim, op->rank_v, ident);
+  if (st == KQ_OK) st = kq_ocl_flush(dev);
   pthread_mutex_unlock(&dev->lock);
   return st;
 }

@@ -59,7 +59,7 @@ __kernel void kq_qproj(__global const float *q, ulong q_off, __global const floa
  * pair per work-item; identity: A = I. global size (head_dim / 2, H, n_q). */
 __kernel void kq_qrot(__global const float *t, __global const float *amat, ulong a_off,
                       __global float *qh, int n_q, int n_ctx, int n_heads, int group, int head_dim,
-                      int rank, int identity, int halves, float theta) {
+                      int rank, int identity, int halves, __global const float2 *rope) {
   const int pr = get_global_id(0), h = get_global_id(1), j = get_global_id(2);
   const int2 ab = kq_rope_pair(pr, head_dim, halves);
   __global const float *tr = t + ((size_t)j * n_heads + h) * rank;
@@ -76,9 +76,8 @@ __kernel void kq_qrot(__global const float *t, __global const float *amat, ulong
       xb += tr[c] * ah[(size_t)ab.y * rank + c];
     }
   }
-  const float ang = (float)(n_ctx - n_q + j) * kq_rope_freq(pr, head_dim, theta);
-  float cs;
-  const float sn = sincos(ang, &cs);
+  const float2 csn = kq_rope_cs(rope, head_dim / 2, n_ctx - n_q + j, pr);
+  const float cs = csn.x, sn = csn.y;
   __global float *o = qh + ((size_t)j * n_heads + h) * head_dim;
   o[ab.x] = xa * cs - xb * sn;
   o[ab.y] = xa * sn + xb * cs;

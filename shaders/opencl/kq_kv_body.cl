@@ -43,16 +43,17 @@ __kernel void KV_NAME(kq_widen)(__global const KV_T *cache, ulong cache_off, int
  * Logits s_p are in log2 units (scale = softmax scale · log2 e). Writes
  * part_o [n_q, H, n_chunks, rank_v] = Σ_p 2^{s_p - m} ṽ_p and
  * part_ml [n_q, H, n_chunks, 2] = (m, Σ_p 2^{s_p - m}); an empty row gives
- * (-inf, 0). Local memory: s [rows * chunk], ql [rows * dq], freq [d/2 + 1]. */
+ * (-inf, 0). rope: the angle table (kq_rope_cs). Local memory: s [rows * chunk],
+ * ql [rows * dq]. */
 __kernel void KV_NAME(kq_attn_chunk)(__global const float *qp, __global const KV_T *kc,
                                      ulong kc_off, __global const KV_T *vc, ulong vc_off,
                                      __global const float *bmat, ulong b_off,
                                      __global float *part_o, __global float *part_ml, int n_q,
                                      int n_ctx, int n_heads, int group, int head_dim, int rank_k,
                                      int rank_v, int capacity, int chunk, int n_chunks,
-                                     int pre_rope, int identity_k, int halves, float theta,
-                                     float scale, int qblock, __local float *s, __local float *ql,
-                                     __local float *freq) {
+                                     int pre_rope, int identity_k, int halves,
+                                     __global const float2 *rope, float scale, int qblock,
+                                     __local float *s, __local float *ql) {
   const int lid = get_local_id(0), wg = get_local_size(0);
   const int c = get_group_id(0), kvh = get_global_id(1), j0 = get_group_id(2) * qblock;
   const int nqb = min(qblock, n_q - j0), rows = nqb * group;
@@ -64,8 +65,6 @@ __kernel void KV_NAME(kq_attn_chunk)(__global const float *qp, __global const KV
     const int r = i / dq, jj = r / group, u = r - jj * group;
     ql[i] = qp[((size_t)(j0 + jj) * n_heads + (size_t)kvh * group + u) * dq + (i - r * dq)];
   }
-  if (pre_rope)
-    for (int i = lid; i < head_dim / 2; i += wg) freq[i] = kq_rope_freq(i, head_dim, theta);
   barrier(CLK_LOCAL_MEM_FENCE);
 
   const size_t kbase = kc_off + ((size_t)kvh * capacity + p0) * rank_k;
@@ -110,7 +109,6 @@ __kernel void KV_NAME(kq_attn_chunk)(__global const float *qp, __global const KV
     __global const float *bh = bmat + b_off + (size_t)kvh * head_dim * rank_k;
     for (int p = lid; p < len; p += wg) {
       const size_t krow = kbase + (size_t)p * rank_k;
-      const float posf = (float)(p0 + p);
       for (int r = 0; r < rows; ++r) s[r * chunk + p] = 0.0f;
       for (int pr = 0; pr < head_dim / 2; ++pr) {
         const int2 ab = kq_rope_pair(pr, head_dim, halves);
@@ -135,8 +133,8 @@ __kernel void KV_NAME(kq_attn_chunk)(__global const float *qp, __global const KV
             xb += k * bb[i];
           }
         }
-        float cs;
-        const float sn = sincos(posf * freq[pr], &cs);
+        const float2 csn = kq_rope_cs(rope, head_dim / 2, p0 + p, pr);
+        const float cs = csn.x, sn = csn.y;
         const float ra = xa * cs - xb * sn, rb = xa * sn + xb * cs;
         for (int r = 0; r < rows; ++r)
           s[r * chunk + p] += ql[r * head_dim + ab.x] * ra + ql[r * head_dim + ab.y] * rb;

@@ -6,9 +6,16 @@
  * OpenCL C and need no cl_khr_fp16.
  */
 
-/* Rotary angle frequency theta^(-2j/d), j = pair index. */
-inline float kq_rope_freq(int pair, int dim, float theta) {
-  return pow(theta, -2.0f * (float)pair / (float)dim);
+/* (cos, sin) of rotary pair `pair`'s angle at position pos, from the host's
+ * two-level table (ocl_ops.c rope_table: angles pos · kq_rope_inv_freq
+ * formed in double, cos/sin rounded once to F32): rope[(pos & 255)·npairs +
+ * pair] holds the angle of pos mod 256, rope[(256 + pos / 256)·npairs + pair]
+ * that of 256·(pos / 256); one angle addition joins them, a few F32
+ * roundings from the exact value at any position below the capacity. */
+inline float2 kq_rope_cs(__global const float2 *rope, int npairs, int pos, int pair) {
+  const float2 lo = rope[(size_t)(pos & 255) * npairs + pair];
+  const float2 hi = rope[(size_t)(256 + (pos >> 8)) * npairs + pair];
+  return (float2)(lo.x * hi.x - lo.y * hi.y, lo.y * hi.x + lo.x * hi.y);
 }
 
 /* Indices (a, b) of rotary pair `pair`: PAIRS layout = (2j, 2j+1), HALVES = (j, j + d/2). */

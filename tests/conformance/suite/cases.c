@@ -141,18 +141,22 @@
 /* clang-format off */
 /*  d    rk   rv  H  Hk  n_ctx  m  storage rope layout output append trunc identity qscale error */
 #define CASE(d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err) \
-  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err, 0, KQC_FLOAT, KQC_FLOAT, KQ_LAYOUT_PER_HEAD, 0, KQC_NF_NONE}
+  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err, 0, KQC_FLOAT, KQC_FLOAT, KQ_LAYOUT_PER_HEAD, 0, KQC_NF_NONE, 0}
 /* The same, tested on layer 1 of a two-layer cache. */
 #define CASE_L1(d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err) \
-  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err, 1, KQC_FLOAT, KQC_FLOAT, KQ_LAYOUT_PER_HEAD, 0, KQC_NF_NONE}
+  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, id, qs, err, 1, KQC_FLOAT, KQC_FLOAT, KQ_LAYOUT_PER_HEAD, 0, KQC_NF_NONE, 0}
+/* Long positions (beyond 100k) with exact RoPE angles: identity
+ * projections, one append, threshold without the F32-angle term. */
+#define LCASE(d, H, Hk, n, m, st, lay, qs) \
+  {d, d, d, H, Hk, n, m, st, KQ_ROPE_PRE, lay, KQ_OUTPUT_LATENT, KQC_APPEND_ONE, 0, 1, qs, 0, 0, KQC_FLOAT, KQC_FLOAT, KQ_LAYOUT_PER_HEAD, 0, KQC_NF_NONE, 1}
 
 /* Quantized / joint cases: key and value recipes, latent layout, ties
  * (identity projections on tie data), layer. */
 #define QCASE(d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, kr, vr, lat, ties, layer) \
-  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, ties, 0, 0, layer, kr, vr, lat, ties, KQC_NF_NONE}
+  {d, rk, rv, H, Hk, n, m, st, rope, lay, out, app, trunc, ties, 0, 0, layer, kr, vr, lat, ties, KQC_NF_NONE, 0}
 /* Non-finite inputs: one bad element (kqc_nonfinite), one append. */
 #define NFCASE(d, rk, rv, H, Hk, n, m, st, rope, out, kr, vr, lat, id, nf) \
-  {d, rk, rv, H, Hk, n, m, st, rope, KQ_ROPE_PAIRS, out, KQC_APPEND_ONE, 0, id, 0, 0, 0, kr, vr, lat, 0, nf}
+  {d, rk, rv, H, Hk, n, m, st, rope, KQ_ROPE_PAIRS, out, KQC_APPEND_ONE, 0, id, 0, 0, 0, kr, vr, lat, 0, nf, 0}
 #define FLT KQC_FLOAT
 #define Q8 KQC_Q8
 #define Q4 KQC_Q4
@@ -226,6 +230,8 @@ static const kqc_case g_cases[] = {
   CASE(128, 128, 128,48, 1,   64,  5, F16, POST, PAIRS,  FULL, ONE,       0, 1,  0, 0),
   CASE(  8,   8,   8,64, 1,  100,  5, F32, PRE,  HALVES, LAT,  ONE,       0, 1,  0, 0),
   CASE(  1,   1,   1, 1, 1,    7,  1, F32, NONE, PAIRS,  FULL, ONE,       0, 1,  0, 0),
+  /* positions beyond 100k: RoPE angles must be exact to F32 rounding */
+  LCASE( 16, 2, 1, 131075, 5, F32, PAIRS, 4),
   /* NaN / Inf in keys, values and queries: affected rows NaN, others exact */
   NFCASE( 64,  16,  16, 8, 2,   64,  5, F32, POST, FULL, FLT,  FLT,  PH, 0, KQC_NF_KEY_NAN),
   NFCASE( 64,  16,  16, 8, 2,   64,  5, F16, POST, LAT,  FLT,  FLT,  PH, 0, KQC_NF_KEY_INF),
@@ -313,6 +319,7 @@ void kqc_case_name(const kqc_case *c, char *buf, size_t size) {
   static const char *const nf[] = {"", "_nan-key", "_inf-key", "_nan-value", "_nan-query"};
   if (c->nonfinite)
     len += snprintf(extra + len, sizeof extra - (size_t)len, "%s", nf[c->nonfinite]);
+  if (c->rope_exact) len += snprintf(extra + len, sizeof extra - (size_t)len, "_exact-angles");
   if (c->expect_error) snprintf(extra + len, sizeof extra - (size_t)len, "_error");
   snprintf(buf, size, "d%d_rk%d_rv%d_h%dkv%d_n%d_m%d_%s_%s-%s_%s_%s%s", (int)c->head_dim,
            (int)c->rank_k, (int)c->rank_v, (int)c->n_heads, (int)c->n_kv_heads, (int)c->n_ctx,
@@ -350,7 +357,7 @@ double kqc_case_threshold(const kqc_case *c, const kqc_ref_stats *stats,
   if (pre) {
     double sum = 0;
     for (int j = 0; j < c->head_dim / 2; j++) sum += pow(theta, -4.0 * j / d);
-    double angle = 4 * u32 * (n - 1);
+    double angle = c->rope_exact ? 4 * u32 : 4 * u32 * (n - 1);
     var += 2 * angle * angle * srms * srms * (2 / d) * sum;
   }
   if (c->storage == KQ_STORAGE_F16) {

@@ -77,6 +77,11 @@ typedef struct kqc_case {
    * with power-of-two scales), so that only round-half-away passes. */
   int32_t ties;
   kqc_nonfinite nonfinite;
+  /* 1: RoPE angles are held to the kqsvd_backend.h contract (within F32
+   * rounding of pos · kq_rope_inv_freq in double at every position), so the
+   * threshold has no term for angles formed in F32 (pos · u32): a device
+   * that forms them in F32 fails at long positions. */
+  int32_t rope_exact;
 } kqc_case;
 
 /* 1 when a case needs ABI v2 features (quantized segments or the JOINT
