@@ -385,24 +385,22 @@ static void pv_planes(const attend_ctx *c, task_scratch *ts, int h, int p, int n
           ts->ptmp[(size_t)r * KQ_TILE + t] = ts->s[(size_t)r * KQ_TILE + t] * sc[t];
       w = ts->ptmp;
     }
-    if (c->qint && sp->scale)
-      c->kern->pv_plane_i16(sp->bits, w, rows, KQ_TILE, sp->data + slot * sp->row_bytes,
-                            sp->row_bytes, nt, sp->width, ts->acc + sp->poff, c->rvp, ts->wtmp);
-    else
-      c->kern->pv_plane(sp->bits, f16, w, rows, KQ_TILE, sp->data + slot * sp->row_bytes,
-                        sp->row_bytes, nt, sp->width, ts->acc + sp->poff, c->rvp);
+    const unsigned char *v = sp->data + slot * sp->row_bytes;
+    if (c->qint && sp->scale) {
+      c->kern->pv_plane_i16(sp->bits, w, rows, KQ_TILE, v, sp->row_bytes, nt, sp->width,
+                            ts->acc + sp->poff, c->rvp, ts->wtmp);
+    } else {
+      c->kern->pv_plane(sp->bits, f16, w, rows, KQ_TILE, v, sp->row_bytes, nt, sp->width,
+                        ts->acc + sp->poff, c->rvp);
+    }
   }
 }
 
-/* 1 when the in-place kernels take every segment: float segments (and
- * quantized ones without the int16 kernels) of widths by 8; quantized ones
- * with them of width <= KQ_CPU_I16_MAX_WIDTH. */
+/* 1 when the in-place kernels take every segment: the F32 ones any width,
+ * the int16 ones widths up to KQ_CPU_I16_MAX_WIDTH. */
 static int planes_ok(const side_layout *sl, int qint) {
-  for (int g = 0; g < sl->n; g++) {
-    const seg_plane *sp = &sl->seg[g];
-    if (qint && sp->scale ? sp->width > KQ_CPU_I16_MAX_WIDTH : sp->width % KQ_CPU_PAD != 0)
-      return 0;
-  }
+  for (int g = 0; g < sl->n; g++)
+    if (qint && sl->seg[g].scale && sl->seg[g].width > KQ_CPU_I16_MAX_WIDTH) return 0;
   return sl->n > 0;
 }
 

@@ -86,7 +86,8 @@ typedef struct kq_cpu_kernels {
   void (*pv_seg)(const float *p, int rows, int lds, const float *v, int nt, int dp,
                  const kq_cpu_seg *seg, int nseg, float *acc, float *ptmp);
   /* One segment read in place from its plane (rows every `stride` bytes at
-   * k / v, formats as in widen_rows, w a multiple of 8), each row converted
+   * k / v, formats as in widen_rows, any w: the last w % 8 elements through
+   * a zero-padded copy, never read past a row), each row converted
    * once per block of query rows; NULL in the portable set (then the
    * widened tile is used):
    *   logits_plane: s[i * lds + t] (+ when accumulate) = scale[t] ·
