@@ -311,6 +311,63 @@ static int cpu_x86_level(void) {
 
 static const kq_cpu_kernels *g_kernels = &g_generic;
 static pthread_once_t g_kernels_once = PTHREAD_ONCE_INIT;
+static char g_isa_note[96]; /* how the set was chosen, for kq_cpu_code_path */
+
+/* CPU seconds of this thread: a timing that a descheduled thread does not
+ * inflate (the machines are shared). */
+static double cpu_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Seconds of the fastest of 5 trials of `reps` F16 decode tiles on kernel
+ * set k: 4 query rows (a GQA group), logits and P·V over 16 positions at
+ * rank 128 and 32 at rank 64 (the tiles attend uses). */
+static double time_f16_decode(const kq_cpu_kernels *k, const uint16_t *kv, const float *q, float *s,
+                              float *acc, int reps) {
+  double best = INFINITY;
+  for (int trial = 0; trial < 5; trial++) {
+    double t0 = cpu_now_s();
+    for (int i = 0; i < reps; i++) {
+      k->logits_f16(q, 4, kv, 16, 128, s, 64);
+      k->pv_f16(s, 4, 64, kv, 16, 128, acc);
+      k->logits_f16(q, 4, kv, 32, 64, s, 64);
+      k->pv_f16(s, 4, 64, kv, 32, 64, acc);
+    }
+    double dt = cpu_now_s() - t0;
+    best = dt < best ? dt : best;
+  }
+  return best;
+}
+
+/* The AVX-512 set (32 registers, blocks of 4 rows) or the AVX2 one (16,
+ * blocks of 2): they compute the same sums in the same order (bit-identical
+ * results), but which is faster depends on the core (register file, the
+ * AVX-512 licence on some Intel parts), so it is measured once. Returns
+ * the faster and notes the ratio. */
+static const kq_cpu_kernels *faster_set(const kq_cpu_kernels *wide) {
+  uint16_t *kv = calloc(32 * 128, sizeof *kv);
+  float *q = calloc(4 * 128, sizeof *q), *s = calloc(4 * 64, sizeof *s);
+  float *acc = calloc(4 * 128, sizeof *acc);
+  const kq_cpu_kernels *pick = wide;
+  if (kv && q && s && acc) {
+    for (int i = 0; i < 32 * 128; i++) kv[i] = kq_f32_to_f16((float)((i * 37) % 19 - 9) * 0.05f);
+    for (int i = 0; i < 4 * 128; i++) q[i] = (float)((i * 29) % 17 - 8) * 0.01f;
+    time_f16_decode(wide, kv, q, s, acc, 20); /* warm-up */
+    double tw = time_f16_decode(wide, kv, q, s, acc, 200);
+    double t2 = time_f16_decode(&avx2_kernels, kv, q, s, acc, 200);
+    pick = t2 < tw ? &avx2_kernels : wide;
+    /* speed of the AVX-512 set relative to the AVX2 one */
+    snprintf(g_isa_note, sizeof g_isa_note,
+             pick == wide ? " (timed %.2fx avx2)" : " (avx512 timed %.2fx)",
+             pick == wide ? t2 / tw
+             : tw > 0     ? t2 / tw
+                          : 0.0);
+  }
+  free(kv), free(q), free(s), free(acc);
+  return pick;
+}
 
 static void kernels_init(void) {
   const char *force = getenv("KQSVD_CPU_ISA");
@@ -322,6 +379,7 @@ static void kernels_init(void) {
   if (level >= 1) g_kernels = &avx2_kernels;
   if (level >= 2) g_kernels = &avx512vl_kernels;
   if (level >= 3) g_kernels = &avx512vnni_kernels;
+  if (level >= 2 && !(force && *force)) g_kernels = faster_set(g_kernels);
 #endif
 }
 
@@ -335,14 +393,8 @@ const kq_cpu_kernels *kq_cpu_kernels_get(void) {
 /* ---------------------------------------------------------------------- */
 
 static int g_quant_int16;
-static char g_code_path[160];
+static char g_code_path[256];
 static pthread_once_t g_quant_once = PTHREAD_ONCE_INIT;
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Seconds of the fastest of 5 trials of `reps` decode tiles (4 query rows,
  * 64 positions, keys [32 q8, 64 q4], values [16 q8, 64 q4]: the Llama-shape
@@ -356,7 +408,7 @@ static double time_quant_path(const kq_cpu_kernels *k, int int16, unsigned char 
   for (int t = 0; t < NT; t++) sc[t] = 0.01f;
   double best = INFINITY;
   for (int trial = 0; trial < 5; trial++) {
-    double t0 = now_s();
+    double t0 = cpu_now_s();
     for (int i = 0; i < reps; i++) {
       if (int16) {
         k->logits_plane_i16(KQ_SEG_Q8, q16, R, 96, qs, qsum, kq8, 32, NT, 32, sc, s, NT, 0);
@@ -370,7 +422,7 @@ static double time_quant_path(const kq_cpu_kernels *k, int int16, unsigned char 
         k->pv_plane(KQ_SEG_Q4, 0, p, R, NT, kq4, 32, NT, 64, acc + 16, 80);
       }
     }
-    double dt = now_s() - t0;
+    double dt = cpu_now_s() - t0;
     best = dt < best ? dt : best;
   }
   return best;
@@ -409,10 +461,10 @@ static void quant_init(void) {
     free(kq8), free(kq4), free(q), free(p), free(acc), free(q16), free(wtmp);
   }
   if (isfinite(ratio))
-    snprintf(g_code_path, sizeof g_code_path, "%s, quantized %s (int16 measured %.2fx f32)",
-             k->isa, g_quant_int16 ? "int16" : "f32", ratio);
+    snprintf(g_code_path, sizeof g_code_path, "%s%s, quantized %s (int16 timed %.2fx f32)", k->isa,
+             g_isa_note, g_quant_int16 ? "int16" : "f32", ratio);
   else
-    snprintf(g_code_path, sizeof g_code_path, "%s, quantized %s", k->isa,
+    snprintf(g_code_path, sizeof g_code_path, "%s%s, quantized %s", k->isa, g_isa_note,
              g_quant_int16 ? "int16" : "f32");
 }
 

@@ -136,9 +136,12 @@ static inline int kq_cpu_i16_width(int w) {
 void kq_cpu_query_i16(int bits, const float *x, int w, int16_t *q, float *scale, int32_t *sum);
 
 /* The kernels for this CPU (detected once; thread-safe): the AVX2 set,
- * compiled a second time with AVX-512VL (32 vector registers) for CPUs that
- * have it, else portable C. KQSVD_CPU_ISA=generic forces the portable ones,
- * KQSVD_CPU_ISA=avx2 the AVX2 set on an AVX-512 CPU. */
+ * compiled again with AVX-512VL (32 vector registers) and with AVX-512VL +
+ * VNNI, else portable C. On an AVX-512 CPU the AVX-512 set and the AVX2 set
+ * (bit-identical results) are timed on F16 decode tiles at first use (a
+ * few ms of one thread's CPU time) and the faster is kept.
+ * KQSVD_CPU_ISA=generic, avx2, avx512novnni or avx512 forces a set (the
+ * widest the CPU has at most) without timing. */
 const kq_cpu_kernels *kq_cpu_kernels_get(void);
 
 /* 1 when quantized segments go through the int16 kernels of the set
