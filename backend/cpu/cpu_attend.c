@@ -350,6 +350,21 @@ static void widen_tile(const attend_ctx *c, const side_layout *sl, int h, int p,
 static void logits_planes(const attend_ctx *c, task_scratch *ts, int h, int p, int nt, int rows) {
   size_t slot = (size_t)h * c->op->capacity + (size_t)p;
   int f16 = c->op->storage == KQ_STORAGE_F16;
+  if (!c->qint && c->kern->logits_planes) { /* every segment in one pass */
+    kq_cpu_plane pl[KQ_MAX_SEGMENTS];
+    for (int g = 0; g < c->kl.n; g++) {
+      const seg_plane *sp = &c->kl.seg[g];
+      float *sc = NULL;
+      if (sp->scale) {
+        sc = ts->kscale + (size_t)g * KQ_TILE;
+        c->kern->f16_to_f32(sp->scale + slot, sc, nt);
+      }
+      pl[g] = (kq_cpu_plane){
+          sp->bits, f16, sp->width, sp->poff, sp->data + slot * sp->row_bytes, sp->row_bytes, sc};
+    }
+    c->kern->logits_planes(pl, c->kl.n, ts->qrows, rows, c->dkp, nt, ts->s, KQ_TILE);
+    return;
+  }
   for (int g = 0; g < c->kl.n; g++) {
     const seg_plane *sp = &c->kl.seg[g];
     float *sc = NULL;

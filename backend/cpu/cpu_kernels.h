@@ -26,6 +26,16 @@ typedef struct kq_cpu_seg {
   const float *scale;
 } kq_cpu_seg;
 
+/* One segment of a key tile read in place (logits_planes): rows every
+ * `stride` bytes at `data`, formats as in widen_rows, any width; its query
+ * columns start at qoff; scale[t] per position (NULL: 1). */
+typedef struct kq_cpu_plane {
+  int bits, f16, width, qoff;
+  const unsigned char *data;
+  size_t stride;
+  const float *scale;
+} kq_cpu_plane;
+
 typedef struct kq_cpu_kernels {
   const char *isa; /* "avx2+fma+f16c+avx512vl", "avx2+fma+f16c" or "generic" */
   /* dst[i] = f16 src[i] for i < n (round trip exact). */
@@ -98,6 +108,13 @@ typedef struct kq_cpu_kernels {
                        int accumulate);
   void (*pv_plane)(int bits, int f16, const float *p, int rows, int lds, const unsigned char *v,
                    size_t stride, int nt, int w, float *acc, int lda);
+  /* s[i * lds + t] = Σ_g Σ_c q[i * ldq + pl[g].qoff + c] · scale_g[t] k_g,t[c]
+   * for i < rows, t < nt: every segment of a key tile in one pass, each key
+   * vector scaled once as it is loaded (shared by the rows) and one
+   * horizontal reduction per row and key for all segments. NULL in the
+   * portable set. */
+  void (*logits_planes)(const kq_cpu_plane *pl, int npl, const float *q, int rows, int ldq, int nt,
+                        float *s, int lds);
   /* Integer versions of logits_plane / pv_plane for one quantized segment
    * (bits KQ_SEG_Q8 or KQ_SEG_Q4, any width w <= KQ_CPU_I16_MAX_WIDTH, even
    * for q4), int16 x int16 -> int32 products (VNNI vpdpwssd where present,
