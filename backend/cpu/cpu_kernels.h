@@ -1,9 +1,10 @@
 /*
  * cpu_kernels.h — the CPU backend's inner loops, chosen once at run time:
- * an AVX2/FMA/F16C version on x86-64 CPUs that have it (built twice, the
- * second time with AVX-512VL for its 32 registers), portable C elsewhere. The library is built for
- * the baseline ISA; only these functions are compiled for the wider one (target attributes), so one
- * binary runs everywhere.
+ * an AVX2/FMA/F16C version on x86-64 CPUs that have it (built three times:
+ * AVX2, with AVX-512VL for its 32 registers, and with AVX-512VL + VNNI for
+ * the int16 dot products of quantized segments), portable C elsewhere. The
+ * library is built for the baseline ISA; only these functions are compiled
+ * for the wider ones (target attributes), so one binary runs everywhere.
  *
  * Shapes: row-major float32 with explicit leading dimensions. `dp` (padded
  * dimension) is always a multiple of KQ_CPU_PAD and the padding columns of
