@@ -101,11 +101,14 @@ typedef struct attend_ctx {
   int n_groups;     /* latent groups in the caches: n_kv_heads, or 1 (JOINT) */
   int heads_per_kv; /* query head h reads query_down[h / heads_per_kv] */
   int joint;
-  side_layout kl, vl; /* key and value segments (n == 0: plain) */
-  int kwide;          /* keys segmented and not PRE: logits_seg on widened tiles */
-  int kplane, vplane; /* segmented side whose planes the kernels can read in place */
-  int max_rows;       /* query rows per task: KQ_MAX_ROWS, or KQ_PRE_ROWS with PRE rope */
-  int qblock;         /* queries per block */
+  side_layout kl, vl;        /* key and value segments (n == 0: plain) */
+  int kwide;                 /* keys segmented and not PRE: logits_seg on widened tiles */
+  int kplane, vplane;        /* segmented side whose planes the kernels can read in place */
+  int qint;                  /* quantized planes read by the int16 kernels (logits_plane_i16) */
+  int kq16[KQ_MAX_SEGMENTS]; /* qint: first int16 query column of each key segment */
+  int ldq16;                 /* qint: int16 query row length */
+  int max_rows;              /* query rows per task: KQ_MAX_ROWS, or KQ_PRE_ROWS with PRE rope */
+  int qblock;                /* queries per block */
   int n_qblocks, n_chunks, chunk_len;
   int dk, dkp;  /* logit dimension (rank_k, or head_dim with PRE rope) and padded
                    (segmented keys: the widened row, kl.padded) */
@@ -185,6 +188,10 @@ typedef struct task_scratch {
   float *ptmp;          /* [max_rows][KQ_TILE]: softmax weights times a value scale */
   int next_p;           /* PRE: position whose angles rot holds (-1: none) */
   float *bad;           /* [max_rows]: non-zero once a row met a non-finite logit */
+  int16_t *q16;         /* [max_rows][ldq16]: int16 queries of the quantized key segments */
+  float *q16scale;      /* [n key segments][max_rows] */
+  int32_t *q16sum;      /* [n key segments][max_rows] */
+  int16_t *wtmp;        /* [KQ_CPU_I16_ROWS][66]: int16 softmax weights */
 } task_scratch;
 
 static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts) {
@@ -211,16 +218,25 @@ static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts)
       (size_t)c->vl.n * KQ_TILE,
       c->vl.n ? rows * KQ_TILE : 0,
       rows,
+      c->qint ? (rows * c->ldq16 + 1) / 2 : 0, /* int16, in floats */
+      c->qint ? (size_t)c->kl.n * rows : 0,
+      c->qint ? (size_t)c->kl.n * rows : 0, /* int32 */
+      c->qint ? (size_t)KQ_CPU_I16_ROWS * 66 / 2 : 0,
   };
-  float **slots[] = {&ts->qrows, &ts->bt, &ts->ktile,  &ts->ltile,  &ts->vtile, &ts->s,
-                     &ts->m,     &ts->l,  &ts->alpha,  &ts->acc,    &ts->rotf,  &ts->qraw,
-                     &ts->qlat,  &ts->at, &ts->kscale, &ts->vscale, &ts->ptmp,  &ts->bad};
+  float *q16, *q16sum, *wtmp;
+  float **slots[] = {&ts->qrows, &ts->bt,       &ts->ktile,  &ts->ltile,  &ts->vtile, &ts->s,
+                     &ts->m,     &ts->l,        &ts->alpha,  &ts->acc,    &ts->rotf,  &ts->qraw,
+                     &ts->qlat,  &ts->at,       &ts->kscale, &ts->vscale, &ts->ptmp,  &ts->bad,
+                     &q16,       &ts->q16scale, &q16sum,     &wtmp};
   size_t off = 0;
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
     if (base) *slots[i] = base + off;
     off += (sizes[i] + 15) & ~(size_t)15; /* keep every slot 64-byte aligned */
   }
   if (base) {
+    ts->q16 = (int16_t *)(void *)q16;
+    ts->q16sum = (int32_t *)(void *)q16sum;
+    ts->wtmp = (int16_t *)(void *)wtmp;
     ts->rot = (double *)(void *)ts->rotf;
     ts->next_p = -1;
   }
@@ -287,6 +303,16 @@ static void prepare_queries(const attend_ctx *c, task_scratch *ts, int h, int j0
       for (int i = c->dk; i < c->dkp; i++) row[i] = 0.0f;
     }
   }
+  if (c->qint && c->kplane) /* the int16 queries of the quantized key segments */
+    for (int g = 0; g < c->kl.n; g++) {
+      const seg_plane *sp = &c->kl.seg[g];
+      if (!sp->scale) continue;
+      for (int r = 0; r < rows; r++)
+        kq_cpu_query_i16(sp->bits, ts->qrows + (size_t)r * c->dkp + sp->poff, sp->width,
+                         ts->q16 + (size_t)r * c->ldq16 + c->kq16[g],
+                         ts->q16scale + (size_t)g * c->max_rows + r,
+                         ts->q16sum + (size_t)g * c->max_rows + r);
+    }
 }
 
 /* Positions [p, p + nt) of group h of a segmented side as F32 rows
@@ -324,6 +350,21 @@ static void widen_tile(const attend_ctx *c, const side_layout *sl, int h, int p,
 static void logits_planes(const attend_ctx *c, task_scratch *ts, int h, int p, int nt, int rows) {
   size_t slot = (size_t)h * c->op->capacity + (size_t)p;
   int f16 = c->op->storage == KQ_STORAGE_F16;
+  if (!c->qint && c->kern->logits_planes) { /* every segment in one pass */
+    kq_cpu_plane pl[KQ_MAX_SEGMENTS];
+    for (int g = 0; g < c->kl.n; g++) {
+      const seg_plane *sp = &c->kl.seg[g];
+      float *sc = NULL;
+      if (sp->scale) {
+        sc = ts->kscale + (size_t)g * KQ_TILE;
+        c->kern->f16_to_f32(sp->scale + slot, sc, nt);
+      }
+      pl[g] = (kq_cpu_plane){
+          sp->bits, f16, sp->width, sp->poff, sp->data + slot * sp->row_bytes, sp->row_bytes, sc};
+    }
+    c->kern->logits_planes(pl, c->kl.n, ts->qrows, rows, c->dkp, nt, ts->s, KQ_TILE);
+    return;
+  }
   for (int g = 0; g < c->kl.n; g++) {
     const seg_plane *sp = &c->kl.seg[g];
     float *sc = NULL;
@@ -331,9 +372,15 @@ static void logits_planes(const attend_ctx *c, task_scratch *ts, int h, int p, i
       sc = ts->kscale + (size_t)g * KQ_TILE;
       c->kern->f16_to_f32(sp->scale + slot, sc, nt);
     }
-    c->kern->logits_plane(sp->bits, f16, ts->qrows + sp->poff, rows, c->dkp,
-                          sp->data + slot * sp->row_bytes, sp->row_bytes, nt, sp->width, sc, ts->s,
-                          KQ_TILE, g > 0);
+    if (c->qint && sp->scale)
+      c->kern->logits_plane_i16(
+          sp->bits, ts->q16 + c->kq16[g], rows, c->ldq16, ts->q16scale + (size_t)g * c->max_rows,
+          ts->q16sum + (size_t)g * c->max_rows, sp->data + slot * sp->row_bytes, sp->row_bytes, nt,
+          sp->width, sc, ts->s, KQ_TILE, g > 0);
+    else
+      c->kern->logits_plane(sp->bits, f16, ts->qrows + sp->poff, rows, c->dkp,
+                            sp->data + slot * sp->row_bytes, sp->row_bytes, nt, sp->width, sc,
+                            ts->s, KQ_TILE, g > 0);
   }
 }
 
@@ -353,15 +400,22 @@ static void pv_planes(const attend_ctx *c, task_scratch *ts, int h, int p, int n
           ts->ptmp[(size_t)r * KQ_TILE + t] = ts->s[(size_t)r * KQ_TILE + t] * sc[t];
       w = ts->ptmp;
     }
-    c->kern->pv_plane(sp->bits, f16, w, rows, KQ_TILE, sp->data + slot * sp->row_bytes,
-                      sp->row_bytes, nt, sp->width, ts->acc + sp->poff, c->rvp);
+    const unsigned char *v = sp->data + slot * sp->row_bytes;
+    if (c->qint && sp->scale) {
+      c->kern->pv_plane_i16(sp->bits, w, rows, KQ_TILE, v, sp->row_bytes, nt, sp->width,
+                            ts->acc + sp->poff, c->rvp, ts->wtmp);
+    } else {
+      c->kern->pv_plane(sp->bits, f16, w, rows, KQ_TILE, v, sp->row_bytes, nt, sp->width,
+                        ts->acc + sp->poff, c->rvp);
+    }
   }
 }
 
-/* 1 when every segment width is a multiple of 8 (the in-place kernels). */
-static int widths_by_8(const side_layout *sl) {
+/* 1 when the in-place kernels take every segment: the F32 ones any width,
+ * the int16 ones widths up to KQ_CPU_I16_MAX_WIDTH. */
+static int planes_ok(const side_layout *sl, int qint) {
   for (int g = 0; g < sl->n; g++)
-    if (sl->seg[g].width % KQ_CPU_PAD) return 0;
+    if (qint && sl->seg[g].scale && sl->seg[g].width > KQ_CPU_I16_MAX_WIDTH) return 0;
   return sl->n > 0;
 }
 
@@ -461,7 +515,10 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
         for (int i = d; i < c->dkp; i++) ts.ktile[(size_t)t * c->dkp + i] = 0.0f;
     }
     kq_cpu_seg kdesc[KQ_MAX_SEGMENTS], vdesc[KQ_MAX_SEGMENTS];
-    int kplane = c->kplane && rows <= KQ_PLANE_ROWS, vplane = c->vplane && rows <= KQ_PLANE_ROWS;
+    /* The int16 kernels read planes in place for any number of rows (a
+     * conversion to int16 is cheap next to the products it feeds). */
+    int kplane = c->kplane && (c->qint || rows <= KQ_PLANE_ROWS);
+    int vplane = c->vplane && (c->qint || rows <= KQ_PLANE_ROWS);
     if (c->kwide) {
       seg_desc(&c->kl, ts.kscale, kdesc);
       memset(ts.ktile, 0, (size_t)KQ_TILE * c->dkp * sizeof(float));
@@ -662,8 +719,14 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
   c.dkp = pad_to(c.dk);
   c.rkp = pad_to(op->rank_k);
   c.rvp = c.vl.n ? c.vl.padded : pad_to(op->rank_v);
-  c.kplane = c.kwide && c.kern->logits_plane && widths_by_8(&c.kl);
-  c.vplane = c.kern->pv_plane && widths_by_8(&c.vl);
+  c.qint = c.kern->logits_plane_i16 && kq_cpu_quant_int16();
+  c.kplane = c.kwide && c.kern->logits_plane && planes_ok(&c.kl, c.qint);
+  c.vplane = c.kern->pv_plane && planes_ok(&c.vl, c.qint);
+  if (!c.kplane && !c.vplane) c.qint = 0;
+  for (int g = 0; g < c.kl.n && c.qint && c.kplane; g++) {
+    c.kq16[g] = c.ldq16;
+    if (c.kl.seg[g].scale) c.ldq16 += kq_cpu_i16_width(c.kl.seg[g].width);
+  }
   int f16 = op->storage == KQ_STORAGE_F16;
   c.direct_k = f16 && c.kern->logits_f16 && op->rope != KQ_ROPE_PRE &&
                op->rank_k % KQ_CPU_PAD == 0 && !c.kl.n;

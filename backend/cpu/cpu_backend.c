@@ -94,8 +94,8 @@ static kq_status cpu_device_info(int index, kq_device_info *out) {
   cpuinfo_field("vendor_id", out->vendor, sizeof out->vendor);
   const kq_cpu_kernels *k = kq_cpu_kernels_get();
   int threads = kq_cpu_pool_threads();
-  snprintf(out->driver, sizeof out->driver, "kqsvd cpu %s (%s, %d threads)", kq_version(), k->isa,
-           threads);
+  snprintf(out->driver, sizeof out->driver, "kqsvd cpu %s (%s, %d threads)", kq_version(),
+           kq_cpu_code_path(), threads);
   snprintf(out->extensions, sizeof out->extensions, "%s", k->isa);
   out->type = KQ_DEVICE_TYPE_CPU;
   long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);

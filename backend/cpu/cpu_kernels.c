@@ -2,8 +2,10 @@
  * selected at run time (the rest of the library stays baseline x86-64). */
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cpu_kernels.h"
 #include "kq_common.h"
@@ -173,6 +175,36 @@ static void gen_pv_seg(const float *p, int rows, int lds, const float *v, int nt
     }
 }
 
+void kq_cpu_query_i16(int bits, const float *x, int w, int16_t *q, float *scale, int32_t *sum) {
+  int wp = kq_cpu_i16_width(w);
+  float amax = 0.0f;
+  for (int c = 0; c < w; c++) amax = fmaxf(amax, fabsf(x[c]));
+  memset(q, 0, (size_t)wp * sizeof *q);
+  *sum = 0;
+  *scale = amax / 32767.0f;
+  if (!(amax > 0.0f) || !isfinite(amax)) {
+    /* zeros, or a non-finite query: a NaN scale makes every logit NaN */
+    if (!(amax == 0.0f)) *scale = NAN;
+    return;
+  }
+  float inv = 32767.0f / amax;
+  int32_t total = 0;
+  /* chunk [c0, c0 + n): n = 32 while 32 elements remain, then 16 */
+  for (int c0 = 0; c0 < wp;) {
+    int n = bits == KQ_SEG_Q4 && c0 + 32 <= w ? 32 : 16;
+    for (int j = 0; j < n && c0 + j < w; j++) {
+      float v = x[c0 + j] * inv;
+      int iv = (int)nearbyintf(v);
+      iv = iv > 32767 ? 32767 : iv < -32767 ? -32767 : iv;
+      int at = bits == KQ_SEG_Q4 ? (j % 2 ? n / 2 + j / 2 : j / 2) : j;
+      q[c0 + at] = (int16_t)iv;
+      total += iv;
+    }
+    c0 += n;
+  }
+  *sum = total;
+}
+
 static const kq_cpu_kernels g_generic = {
     .isa = "generic",
     .f16_to_f32 = gen_f16_to_f32,
@@ -211,12 +243,14 @@ static const kq_cpu_kernels g_generic = {
 #define KQ_X86_ISA "avx2+fma+f16c"
 #define KQ_X86_ROWS 2
 #define KQ_X86_AVX512 0
+#define KQ_X86_VNNI 0
 #include "cpu_kernels_x86.inc"
 #undef KQ_X86
 #undef KQ_X86_PREFIX
 #undef KQ_X86_ISA
 #undef KQ_X86_ROWS
 #undef KQ_X86_AVX512
+#undef KQ_X86_VNNI
 
 /* The same with AVX-512F/VL enabled: still 256-bit vectors (no 512-bit
  * frequency penalties anywhere), but 32 registers. */
@@ -225,19 +259,38 @@ static const kq_cpu_kernels g_generic = {
 #define KQ_X86_ISA "avx2+fma+f16c+avx512vl"
 #define KQ_X86_ROWS 4
 #define KQ_X86_AVX512 1
+#define KQ_X86_VNNI 0
 #include "cpu_kernels_x86.inc"
 #undef KQ_X86
 #undef KQ_X86_PREFIX
 #undef KQ_X86_ISA
 #undef KQ_X86_ROWS
 #undef KQ_X86_AVX512
+#undef KQ_X86_VNNI
+
+/* The same with AVX-512 VNNI: the integer kernels of quantized segments use
+ * vpdpwssd (one instruction for vpmaddwd + vpaddd). */
+#define KQ_X86 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+#define KQ_X86_PREFIX avx512vnni_
+#define KQ_X86_ISA "avx2+fma+f16c+avx512vl+vnni"
+#define KQ_X86_ROWS 4
+#define KQ_X86_AVX512 1
+#define KQ_X86_VNNI 1
+#include "cpu_kernels_x86.inc"
+#undef KQ_X86
+#undef KQ_X86_PREFIX
+#undef KQ_X86_ISA
+#undef KQ_X86_ROWS
+#undef KQ_X86_AVX512
+#undef KQ_X86_VNNI
 
 #endif
 
 #ifdef KQ_HAVE_X86_KERNELS
 #include <cpuid.h>
-/* 2: AVX2, FMA, F16C, AVX-512F and AVX-512VL with their register state
- * enabled by the OS (XCR0); 1: the same without AVX-512; 0: neither. */
+/* 3: AVX2, FMA, F16C, AVX-512F/VL/BW and AVX-512 VNNI with their register
+ * state enabled by the OS (XCR0); 2: the same without VNNI or BW; 1: without
+ * AVX-512; 0: none of them. */
 static int cpu_x86_level(void) {
   unsigned a, b, c, d;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
@@ -248,14 +301,73 @@ static int cpu_x86_level(void) {
   if ((lo & 6u) != 6u) return 0; /* XMM and YMM state */
   if (__get_cpuid_max(0, NULL) < 7) return 0;
   __cpuid_count(7, 0, a, b, c, d);
-  if (!((b >> 5) & 1)) return 0;                   /* AVX2 */
-  int avx512 = ((b >> 16) & 1) && ((b >> 31) & 1); /* F and VL */
-  return avx512 && (lo & 0xE0u) == 0xE0u ? 2 : 1;  /* opmask and ZMM state */
+  if (!((b >> 5) & 1)) return 0;                    /* AVX2 */
+  int avx512 = ((b >> 16) & 1) && ((b >> 31) & 1);  /* F and VL */
+  if (!(avx512 && (lo & 0xE0u) == 0xE0u)) return 1; /* opmask and ZMM state */
+  int vnni = ((c >> 11) & 1) && ((b >> 30) & 1);    /* VNNI and BW */
+  return vnni ? 3 : 2;
 }
 #endif
 
 static const kq_cpu_kernels *g_kernels = &g_generic;
 static pthread_once_t g_kernels_once = PTHREAD_ONCE_INIT;
+static char g_isa_note[96]; /* how the set was chosen, for kq_cpu_code_path */
+
+/* CPU seconds of this thread: a timing that a descheduled thread does not
+ * inflate (the machines are shared). */
+static double cpu_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Seconds of the fastest of 5 trials of `reps` F16 decode tiles on kernel
+ * set k: 4 query rows (a GQA group), logits and P·V over 16 positions at
+ * rank 128 and 32 at rank 64 (the tiles attend uses). */
+static double time_f16_decode(const kq_cpu_kernels *k, const uint16_t *kv, const float *q, float *s,
+                              float *acc, int reps) {
+  double best = INFINITY;
+  for (int trial = 0; trial < 5; trial++) {
+    double t0 = cpu_now_s();
+    for (int i = 0; i < reps; i++) {
+      k->logits_f16(q, 4, kv, 16, 128, s, 64);
+      k->pv_f16(s, 4, 64, kv, 16, 128, acc);
+      k->logits_f16(q, 4, kv, 32, 64, s, 64);
+      k->pv_f16(s, 4, 64, kv, 32, 64, acc);
+    }
+    double dt = cpu_now_s() - t0;
+    best = dt < best ? dt : best;
+  }
+  return best;
+}
+
+/* The AVX-512 set (32 registers, blocks of 4 rows) or the AVX2 one (16,
+ * blocks of 2): they compute the same sums in the same order (bit-identical
+ * results), but which is faster depends on the core (register file, the
+ * AVX-512 licence on some Intel parts), so it is measured once. Returns
+ * the faster and notes the ratio. */
+static const kq_cpu_kernels *faster_set(const kq_cpu_kernels *wide) {
+  uint16_t *kv = calloc(32 * 128, sizeof *kv);
+  float *q = calloc(4 * 128, sizeof *q), *s = calloc(4 * 64, sizeof *s);
+  float *acc = calloc(4 * 128, sizeof *acc);
+  const kq_cpu_kernels *pick = wide;
+  if (kv && q && s && acc) {
+    for (int i = 0; i < 32 * 128; i++) kv[i] = kq_f32_to_f16((float)((i * 37) % 19 - 9) * 0.05f);
+    for (int i = 0; i < 4 * 128; i++) q[i] = (float)((i * 29) % 17 - 8) * 0.01f;
+    time_f16_decode(wide, kv, q, s, acc, 20); /* warm-up */
+    double tw = time_f16_decode(wide, kv, q, s, acc, 200);
+    double t2 = time_f16_decode(&avx2_kernels, kv, q, s, acc, 200);
+    pick = t2 < tw ? &avx2_kernels : wide;
+    /* speed of the AVX-512 set relative to the AVX2 one */
+    snprintf(g_isa_note, sizeof g_isa_note,
+             pick == wide ? " (timed %.2fx avx2)" : " (avx512 timed %.2fx)",
+             pick == wide ? t2 / tw
+             : tw > 0     ? t2 / tw
+                          : 0.0);
+  }
+  free(kv), free(q), free(s), free(acc);
+  return pick;
+}
 
 static void kernels_init(void) {
   const char *force = getenv("KQSVD_CPU_ISA");
@@ -263,12 +375,105 @@ static void kernels_init(void) {
 #ifdef KQ_HAVE_X86_KERNELS
   int level = cpu_x86_level();
   if (force && strcmp(force, "avx2") == 0 && level > 1) level = 1;
+  if (force && strcmp(force, "avx512novnni") == 0 && level > 2) level = 2;
   if (level >= 1) g_kernels = &avx2_kernels;
   if (level >= 2) g_kernels = &avx512vl_kernels;
+  if (level >= 3) g_kernels = &avx512vnni_kernels;
+  if (level >= 2 && !(force && *force)) g_kernels = faster_set(g_kernels);
 #endif
 }
 
 const kq_cpu_kernels *kq_cpu_kernels_get(void) {
   pthread_once(&g_kernels_once, kernels_init);
   return g_kernels;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Quantized path: int16 or F32 kernels, by measurement                    */
+/* ---------------------------------------------------------------------- */
+
+static int g_quant_int16;
+static char g_code_path[256];
+static pthread_once_t g_quant_once = PTHREAD_ONCE_INIT;
+
+/* Seconds of the fastest of 5 trials of `reps` decode tiles (4 query rows,
+ * 64 positions, keys [32 q8, 64 q4], values [16 q8, 64 q4]: the Llama-shape
+ * 0.28 recipe) on kernel path int16 (1) or F32 (0). */
+static double time_quant_path(const kq_cpu_kernels *k, int int16, unsigned char *kq8,
+                              unsigned char *kq4, float *q, int16_t *q16, float *p, float *acc,
+                              int16_t *wtmp, int reps) {
+  enum { R = 4, NT = 64 };
+  float sc[NT], qs[R] = {1e-3f, 1e-3f, 1e-3f, 1e-3f}, s[R * NT];
+  int32_t qsum[R] = {0};
+  for (int t = 0; t < NT; t++) sc[t] = 0.01f;
+  double best = INFINITY;
+  for (int trial = 0; trial < 5; trial++) {
+    double t0 = cpu_now_s();
+    for (int i = 0; i < reps; i++) {
+      if (int16) {
+        k->logits_plane_i16(KQ_SEG_Q8, q16, R, 96, qs, qsum, kq8, 32, NT, 32, sc, s, NT, 0);
+        k->logits_plane_i16(KQ_SEG_Q4, q16 + 32, R, 96, qs, qsum, kq4, 32, NT, 64, sc, s, NT, 1);
+        k->pv_plane_i16(KQ_SEG_Q8, p, R, NT, kq8, 32, NT, 16, acc, 80, wtmp);
+        k->pv_plane_i16(KQ_SEG_Q4, p, R, NT, kq4, 32, NT, 64, acc + 16, 80, wtmp);
+      } else {
+        k->logits_plane(KQ_SEG_Q8, 0, q, R, 96, kq8, 32, NT, 32, sc, s, NT, 0);
+        k->logits_plane(KQ_SEG_Q4, 0, q + 32, R, 96, kq4, 32, NT, 64, sc, s, NT, 1);
+        k->pv_plane(KQ_SEG_Q8, 0, p, R, NT, kq8, 32, NT, 16, acc, 80);
+        k->pv_plane(KQ_SEG_Q4, 0, p, R, NT, kq4, 32, NT, 64, acc + 16, 80);
+      }
+    }
+    double dt = cpu_now_s() - t0;
+    best = dt < best ? dt : best;
+  }
+  return best;
+}
+
+static void quant_init(void) {
+  const kq_cpu_kernels *k = kq_cpu_kernels_get();
+  const char *mode = getenv("KQSVD_CPU_QUANT");
+  double ratio = NAN;
+  int have = k->logits_plane_i16 && k->logits_plane;
+  g_quant_int16 = 0;
+  if (have && mode && strcmp(mode, "int16") == 0) {
+    g_quant_int16 = 1;
+  } else if (have && mode && strcmp(mode, "auto") == 0) {
+    enum { NT = 64 };
+    unsigned char *kq8 = calloc(NT * 32, 1), *kq4 = calloc(NT * 32, 1);
+    float *q = calloc(4 * 96, sizeof *q), *p = calloc(4 * NT, sizeof *p);
+    float *acc = calloc(4 * 80, sizeof *acc);
+    int16_t *q16 = calloc(4 * 96, sizeof *q16), *wtmp = calloc(KQ_CPU_I16_ROWS * 66, 2);
+    if (kq8 && kq4 && q && p && acc && q16 && wtmp) {
+      for (int i = 0; i < NT * 32; i++) {
+        kq8[i] = (unsigned char)(i * 37 + 11);
+        kq4[i] = (unsigned char)(i * 53 + 5);
+      }
+      for (int i = 0; i < 4 * 96; i++) {
+        q[i] = (float)((i * 29) % 17 - 8) * 0.1f;
+        q16[i] = (int16_t)((i * 977) % 20001 - 10000);
+      }
+      for (int i = 0; i < 4 * NT; i++) p[i] = (float)((i * 13) % 7) * 0.1f;
+      time_quant_path(k, 1, kq8, kq4, q, q16, p, acc, wtmp, 20); /* warm-up */
+      double ti = time_quant_path(k, 1, kq8, kq4, q, q16, p, acc, wtmp, 100);
+      double tf = time_quant_path(k, 0, kq8, kq4, q, q16, p, acc, wtmp, 100);
+      ratio = tf / ti;
+      g_quant_int16 = ti < tf;
+    }
+    free(kq8), free(kq4), free(q), free(p), free(acc), free(q16), free(wtmp);
+  }
+  if (isfinite(ratio))
+    snprintf(g_code_path, sizeof g_code_path, "%s%s, quantized %s (int16 timed %.2fx f32)", k->isa,
+             g_isa_note, g_quant_int16 ? "int16" : "f32", ratio);
+  else
+    snprintf(g_code_path, sizeof g_code_path, "%s%s, quantized %s", k->isa, g_isa_note,
+             g_quant_int16 ? "int16" : "f32");
+}
+
+int kq_cpu_quant_int16(void) {
+  pthread_once(&g_quant_once, quant_init);
+  return g_quant_int16;
+}
+
+const char *kq_cpu_code_path(void) {
+  pthread_once(&g_quant_once, quant_init);
+  return g_code_path;
 }

@@ -1,9 +1,10 @@
 /*
  * cpu_kernels.h — the CPU backend's inner loops, chosen once at run time:
- * an AVX2/FMA/F16C version on x86-64 CPUs that have it (built twice, the
- * second time with AVX-512VL for its 32 registers), portable C elsewhere. The library is built for
- * the baseline ISA; only these functions are compiled for the wider one (target attributes), so one
- * binary runs everywhere.
+ * an AVX2/FMA/F16C version on x86-64 CPUs that have it (built three times:
+ * AVX2, with AVX-512VL for its 32 registers, and with AVX-512VL + VNNI for
+ * the int16 dot products of quantized segments), portable C elsewhere. The
+ * library is built for the baseline ISA; only these functions are compiled
+ * for the wider ones (target attributes), so one binary runs everywhere.
  *
  * Shapes: row-major float32 with explicit leading dimensions. `dp` (padded
  * dimension) is always a multiple of KQ_CPU_PAD and the padding columns of
@@ -25,6 +26,16 @@ typedef struct kq_cpu_seg {
   int off, width;
   const float *scale;
 } kq_cpu_seg;
+
+/* One segment of a key tile read in place (logits_planes): rows every
+ * `stride` bytes at `data`, formats as in widen_rows, any width; its query
+ * columns start at qoff; scale[t] per position (NULL: 1). */
+typedef struct kq_cpu_plane {
+  int bits, f16, width, qoff;
+  const unsigned char *data;
+  size_t stride;
+  const float *scale;
+} kq_cpu_plane;
 
 typedef struct kq_cpu_kernels {
   const char *isa; /* "avx2+fma+f16c+avx512vl", "avx2+fma+f16c" or "generic" */
@@ -86,7 +97,8 @@ typedef struct kq_cpu_kernels {
   void (*pv_seg)(const float *p, int rows, int lds, const float *v, int nt, int dp,
                  const kq_cpu_seg *seg, int nseg, float *acc, float *ptmp);
   /* One segment read in place from its plane (rows every `stride` bytes at
-   * k / v, formats as in widen_rows, w a multiple of 8), each row converted
+   * k / v, formats as in widen_rows, any w: the last w % 8 elements through
+   * a zero-padded copy, never read past a row), each row converted
    * once per block of query rows; NULL in the portable set (then the
    * widened tile is used):
    *   logits_plane: s[i * lds + t] (+ when accumulate) = scale[t] ·
@@ -97,12 +109,71 @@ typedef struct kq_cpu_kernels {
                        int accumulate);
   void (*pv_plane)(int bits, int f16, const float *p, int rows, int lds, const unsigned char *v,
                    size_t stride, int nt, int w, float *acc, int lda);
+  /* s[i * lds + t] = Σ_g Σ_c q[i * ldq + pl[g].qoff + c] · scale_g[t] k_g,t[c]
+   * for i < rows, t < nt: every segment of a key tile in one pass, each key
+   * vector scaled once as it is loaded (shared by the rows) and one
+   * horizontal reduction per row and key for all segments. NULL in the
+   * portable set. */
+  void (*logits_planes)(const kq_cpu_plane *pl, int npl, const float *q, int rows, int ldq, int nt,
+                        float *s, int lds);
+  /* Integer versions of logits_plane / pv_plane for one quantized segment
+   * (bits KQ_SEG_Q8 or KQ_SEG_Q4, any width w <= KQ_CPU_I16_MAX_WIDTH, even
+   * for q4), int16 x int16 -> int32 products (VNNI vpdpwssd where present,
+   * else vpmaddwd): NULL when the set has none.
+   *   logits_plane_i16: s[i * lds + t] (+ when accumulate) = kscale[t] ·
+   *     qscale[i] · (Σ_c q[i * ldq + c] k_t[c]), q from kq_cpu_query_i16
+   *     (ldq >= kq_cpu_i16_width(w)), k_t the stored integers (q4: u - 8);
+   *   pv_plane_i16: acc[i * lda + c] += Σ_t p[i * lds + t] v_t[c], c < w, the
+   *     weights rounded per row and call to int16 (max -> 32767; nt <= 64);
+   *     wtmp holds KQ_CPU_I16_ROWS * 66 int16 of scratch. */
+  void (*logits_plane_i16)(int bits, const int16_t *q, int rows, int ldq, const float *qscale,
+                           const int32_t *qsum, const unsigned char *k, size_t stride, int nt,
+                           int w, const float *kscale, float *s, int lds, int accumulate);
+  void (*pv_plane_i16)(int bits, const float *p, int rows, int lds, const unsigned char *v,
+                       size_t stride, int nt, int w, float *acc, int lda, int16_t *wtmp);
 } kq_cpu_kernels;
 
+/* Widest quantized segment piece the int16 kernels take at once: int32 sums
+ * of 32767 · 127 · 512 stay below 2^31. Wider segments are cut in pieces. */
+#define KQ_CPU_I16_MAX_WIDTH 512
+/* Rows whose int16 weights pv_plane_i16 holds at once. */
+#define KQ_CPU_I16_ROWS 16
+
+/* Elements of the int16 query of a quantized segment of width w: w rounded
+ * up to 16. */
+static inline int kq_cpu_i16_width(int w) {
+  return (w + 15) & ~15;
+}
+
+/* The int16 query of one quantized segment piece for logits_plane_i16: x[c],
+ * c < w, rounded to q = round(x / s) with s = max |x| / 32767 (*scale = s;
+ * all zero when x is), padded with zeros to kq_cpu_i16_width(w). For q4
+ * each chunk of 32 (then 16) elements is stored even elements first, then
+ * odd ones: the order in which the kernels expand a byte's two nibbles.
+ * *sum = Σ q, the kernels' correction for the +8 of stored nibbles. */
+void kq_cpu_query_i16(int bits, const float *x, int w, int16_t *q, float *scale, int32_t *sum);
+
 /* The kernels for this CPU (detected once; thread-safe): the AVX2 set,
- * compiled a second time with AVX-512VL (32 vector registers) for CPUs that
- * have it, else portable C. KQSVD_CPU_ISA=generic forces the portable ones,
- * KQSVD_CPU_ISA=avx2 the AVX2 set on an AVX-512 CPU. */
+ * compiled again with AVX-512VL (32 vector registers) and with AVX-512VL +
+ * VNNI, else portable C. On an AVX-512 CPU the AVX-512 set and the AVX2 set
+ * (bit-identical results) are timed on F16 decode tiles at first use (a
+ * few ms of one thread's CPU time) and the faster is kept.
+ * KQSVD_CPU_ISA=generic, avx2, avx512novnni or avx512 forces a set (the
+ * widest the CPU has at most) without timing. */
 const kq_cpu_kernels *kq_cpu_kernels_get(void);
+
+/* 1 when quantized segments go through the int16 kernels of the set
+ * (logits_plane_i16 / pv_plane_i16), 0 for the F32 ones (the default: the
+ * int16 rounding of queries and softmax weights, 2^-16 of a row's largest
+ * element, is above the F32 error the conformance suite allows where no
+ * storage rounding is at risk, and measured at most ~1.1x faster on Zen 4).
+ * KQSVD_CPU_QUANT=int16 selects them, =auto times both on a decode tile on
+ * first use and takes the faster (results then depend on that timing).
+ * Always 0 for a set without them. Decided once per process; thread-safe. */
+int kq_cpu_quant_int16(void);
+
+/* The code path in words for reports, e.g. "avx2+fma+f16c+avx512vl+vnni,
+ * quantized int16 (measured 2.3x f32)"; a static string. */
+const char *kq_cpu_code_path(void);
 
 #endif

@@ -253,8 +253,9 @@ void kq_bench_report_text(const kq_bench_report *rep, FILE *out) {
   fprintf(out, "machine: %s, %ld cores, LLC %.0f MiB\n", model, sysconf(_SC_NPROCESSORS_ONLN),
           (double)kq_bench_llc_bytes() / 1048576.0);
   for (int i = 0; i < rep->n_devices; i++)
-    fprintf(out, "device %s: %s; copy ceiling %.2f GB/s\n", rep->devices[i].info.name,
-            rep->devices[i].info.description, rep->devices[i].ceiling_gbps);
+    fprintf(out, "device %s: %s; %s; copy ceiling %.2f GB/s\n", rep->devices[i].info.name,
+            rep->devices[i].info.description, rep->devices[i].info.driver,
+            rep->devices[i].ceiling_gbps);
   fprintf(out, "\n%-10s %-8s %7s %9s %9s %-8s %6s %4s %4s %12s %12s %8s %6s %8s\n", "device", "op",
           "context", "H/Hk/d", "rank k/v", "layout", "bytes", "stor", "rope", "seconds", "tokens/s",
           "GB/s", "%ceil", "speedup");

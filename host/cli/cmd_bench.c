@@ -66,7 +66,11 @@ static void usage(FILE *out) {
       "the true bytes: quantized data plus F16 scales. Fitting records run on device\n"
       "\"host\": context = rows, head_dim = columns, null where a field does not apply.\n"
       "machine.notes lists skipped configurations, including those a device does not\n"
-      "support (quantized segments or the joint layout: KQ_ERR_UNSUPPORTED).\n\n"
+      "support (quantized segments or the joint layout: KQ_ERR_UNSUPPORTED).\n"
+      "machine.cpu is the CPU model (/proc/cpuinfo); machine.devices[].driver names the\n"
+      "code path (cpu: the kernel set's ISA and the quantized path, f32 or int16; the\n"
+      "text output prints it on the device line), so figures of different machines\n"
+      "or paths are not mixed up.\n\n"
       "exit status: 0 success, 1 failure, 2 usage error\n");
 }
 

@@ -7,8 +7,12 @@
  * Thresholds (NMSE = Σ(a−b)²/Σb²):
  *   attend 1e-8: the reference reads the very latents the backend stored, so
  *     the only differences are F32 accumulation and the 2^x polynomial
- *     (relative ~2e-7 per term, NMSE ~1e-13); a wrong scale, segment offset
- *     or nibble order gives NMSE >= 1e-3.
+ *     (relative ~2e-7 per term, NMSE ~1e-13); with KQSVD_CPU_QUANT=int16 the
+ *     query and softmax weights of quantized segments are rounded to int16
+ *     (error 2^-16 of a row's largest element: NMSE ~1e-10); a wrong scale,
+ *     segment offset or nibble order gives NMSE >= 1e-3.
+ *   int16 kernels alone: logits are exact integer sums times F32 scales
+ *     (relative 1e-6); P·V 2^-16 of the largest weight per position.
  *   project: stored (dequantized) vs float64 latents, the quantization noise
  *     (step s = amax/qmax, uniform error s²/12): for rows of uniform values
  *     amax ≈ max|x| ≈ sqrt(3)·rms, so NMSE ≈ 3/(12 qmax²): 1.6e-5 (q8),
@@ -26,6 +30,7 @@
 #include <cmocka.h>
 
 #include "attn_ref.h"
+#include "cpu_kernels.h"
 #include "kq_cpu_backend.h"
 
 typedef struct qcase {
@@ -671,6 +676,139 @@ static void test_bad_segments_and_joint_pre_are_refused(void **state) {
   g_if->buffer_free(g_dev, b);
 }
 
+/* Deterministic values in [-1, 1). */
+static double urand(uint64_t *st) {
+  *st = *st * 6364136223846793005ull + 1442695040888963407ull;
+  return (double)(*st >> 11) / 4503599627370496.0 - 1.0;
+}
+
+/* Element c of a q4 query chunk layout: chunks of 32 while 32 elements
+ * remain, then 16; even elements first within a chunk. */
+static int q4_slot(int w, int c) {
+  int c0 = 0;
+  for (;;) {
+    int n = c0 + 32 <= w ? 32 : 16;
+    if (c < c0 + n) return c0 + ((c - c0) % 2 ? n / 2 + (c - c0) / 2 : (c - c0) / 2);
+    c0 += n;
+  }
+}
+
+/* kq_cpu_query_i16 by its contract: round(x / s), s = max|x| / 32767, at
+ * the documented slot, zeros elsewhere, and Σ q. */
+static void test_int16_query_follows_its_layout(void **state) {
+  (void)state;
+  uint64_t st = 7;
+  int widths[] = {1, 2, 7, 14, 16, 17, 30, 32, 34, 48, 62, 64, 96, 100, 512};
+  for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
+    for (int bits = KQ_SEG_Q4; bits <= KQ_SEG_Q8; bits += 4) {
+      int w = widths[wi];
+      if (bits == KQ_SEG_Q4 && w % 2) continue;
+      float x[512];
+      int16_t q[512 + 16];
+      for (int c = 0; c < w; c++) x[c] = (float)(3.0 * urand(&st));
+      float scale;
+      int32_t sum;
+      kq_cpu_query_i16(bits, x, w, q, &scale, &sum);
+      double amax = 0;
+      for (int c = 0; c < w; c++) amax = fmax(amax, fabs(x[c]));
+      assert_true(fabs(scale - amax / 32767.0) <= 1e-6 * scale);
+      assert_int_equal(kq_cpu_i16_width(w) % 16, 0);
+      int seen[512 + 16] = {0};
+      int64_t total = 0;
+      for (int c = 0; c < w; c++) {
+        int at = bits == KQ_SEG_Q4 ? q4_slot(w, c) : c;
+        assert_true(at < kq_cpu_i16_width(w));
+        double want = round((double)x[c] / scale);
+        if (fabs(q[at] - want) > 1)
+          fail_msg("w %d bits %d element %d: %d, want %.0f", w, bits, c, q[at], want);
+        seen[at] = 1;
+        total += q[at];
+      }
+      for (int c = 0; c < kq_cpu_i16_width(w); c++)
+        if (!seen[c]) assert_int_equal(q[c], 0);
+      assert_int_equal(sum, total);
+    }
+}
+
+/* The int16 kernels of the selected set against float64 on odd widths, 1-5
+ * rows, tiles of 1-64 positions (including tails of 1-3 keys and an odd
+ * count for the position pairs of P·V). */
+static void test_int16_kernels_match_float64_for_odd_shapes(void **state) {
+  (void)state;
+  const kq_cpu_kernels *k = kq_cpu_kernels_get();
+  if (!k->logits_plane_i16) {
+    print_message("isa %s has no int16 kernels\n", k->isa);
+    return;
+  }
+  uint64_t st = 11;
+  int widths[] = {2, 8, 14, 16, 30, 32, 40, 64, 66, 510, 512};
+  int nts[] = {1, 3, 5, 33, 64};
+  for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
+    for (int bits = KQ_SEG_Q4; bits <= KQ_SEG_Q8; bits += 4)
+      for (size_t ni = 0; ni < sizeof nts / sizeof nts[0]; ni++)
+        for (int rows = 1; rows <= 5; rows += 2) {
+          int w = widths[wi], nt = nts[ni], wp = kq_cpu_i16_width(w);
+          size_t rb = bits == KQ_SEG_Q8 ? (size_t)w : (size_t)w / 2;
+          unsigned char *plane = malloc(rb * nt);
+          double *val = malloc(sizeof(double) * w * nt);
+          for (int t = 0; t < nt; t++)
+            for (int c = 0; c < w; c++) {
+              int v = bits == KQ_SEG_Q8 ? (int)(127.0 * urand(&st)) : (int)(8.0 * urand(&st));
+              if (bits == KQ_SEG_Q4 && v > 7) v = 7;
+              val[(size_t)t * w + c] = v;
+              if (bits == KQ_SEG_Q8) {
+                plane[(size_t)t * rb + c] = (unsigned char)(int8_t)v;
+              } else {
+                unsigned char *b = &plane[(size_t)t * rb + c / 2];
+                unsigned u = (unsigned)(v + 8);
+                *b = c % 2 ? (unsigned char)((*b & 15u) | (u << 4)) : (unsigned char)u;
+              }
+            }
+          float x[5][512], qs[5], ks[64], s[5 * 64], p[5 * 64], acc[5 * 512];
+          int16_t q16[5 * 528], wtmp[KQ_CPU_I16_ROWS * 66];
+          int32_t qsum[5];
+          for (int r = 0; r < rows; r++) {
+            for (int c = 0; c < w; c++) x[r][c] = (float)urand(&st);
+            kq_cpu_query_i16(bits, x[r], w, q16 + (size_t)r * wp, &qs[r], &qsum[r]);
+          }
+          for (int t = 0; t < nt; t++) ks[t] = (float)(0.01 * (1.5 + urand(&st)));
+          for (int i = 0; i < rows * 64; i++) p[i] = (float)(0.5 + 0.5 * urand(&st));
+          for (int i = 0; i < rows * w; i++) acc[i] = 0.25f;
+          k->logits_plane_i16(bits, q16, rows, wp, qs, qsum, plane, rb, nt, w, ks, s, 64, 0);
+          k->pv_plane_i16(bits, p, rows, 64, plane, rb, nt, w, acc, w, wtmp);
+          /* Per element: the int16 rounding (half a step per product, the
+           * step qs for the query, max p / 32767 for the weights) plus F32
+           * rounding of the scale products (1e-6 of Σ|terms|). */
+          for (int r = 0; r < rows; r++) {
+            for (int t = 0; t < nt; t++) {
+              double ref = 0, mag = 0, vabs = 0;
+              for (int c = 0; c < w; c++) {
+                double v = val[(size_t)t * w + c];
+                ref += (double)x[r][c] * v, mag += fabs((double)x[r][c] * v), vabs += fabs(v);
+              }
+              double got = s[r * 64 + t], bound = ks[t] * (0.5 * qs[r] * vabs + 1e-6 * mag);
+              if (!(fabs(got - ks[t] * ref) <= bound))
+                fail_msg("isa %s bits %d w %d nt %d rows %d: logit %d,%d %.9g, want %.9g", k->isa,
+                         bits, w, nt, rows, r, t, got, ks[t] * ref);
+            }
+            double pmax = 0;
+            for (int t = 0; t < nt; t++) pmax = fmax(pmax, p[r * 64 + t]);
+            for (int c = 0; c < w; c++) {
+              double ref = 0.25, mag = 0.25, vabs = 0;
+              for (int t = 0; t < nt; t++) {
+                double v = val[(size_t)t * w + c];
+                ref += (double)p[r * 64 + t] * v, mag += fabs(p[r * 64 + t] * v), vabs += fabs(v);
+              }
+              double bound = 0.5 * pmax / 32767.0 * vabs * 1.001 + 1e-6 * mag;
+              if (!(fabs(acc[r * w + c] - ref) <= bound))
+                fail_msg("isa %s bits %d w %d nt %d rows %d: P·V %d,%d %.9g, want %.9g", k->isa,
+                         bits, w, nt, rows, r, c, acc[r * w + c], ref);
+            }
+          }
+          free(plane), free(val);
+        }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_project_quantizes_bit_exactly_by_the_rule),
@@ -683,6 +821,8 @@ int main(void) {
       cmocka_unit_test(test_joint_decode_and_prefill_match_reference),
       cmocka_unit_test(test_up_accepts_joint_rank_above_head_dim),
       cmocka_unit_test(test_bad_segments_and_joint_pre_are_refused),
+      cmocka_unit_test(test_int16_query_follows_its_layout),
+      cmocka_unit_test(test_int16_kernels_match_float64_for_odd_shapes),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
