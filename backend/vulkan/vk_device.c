@@ -234,6 +234,18 @@ kq_status vk_frame_descriptor(kq_bdevice *d, vk_frame *f, VkDescriptorSet *out) 
 
 /* --- devices --- */
 
+static bool device_has_extension(VkPhysicalDevice phys, const char *name) {
+  uint32_t n = 0;
+  if (vkEnumerateDeviceExtensionProperties(phys, NULL, &n, NULL) != VK_SUCCESS || n == 0)
+    return false;
+  VkExtensionProperties *props = calloc(n, sizeof *props);
+  bool found = false;
+  if (props && vkEnumerateDeviceExtensionProperties(phys, NULL, &n, props) == VK_SUCCESS)
+    for (uint32_t i = 0; i < n && !found; ++i) found = strcmp(props[i].extensionName, name) == 0;
+  free(props);
+  return found;
+}
+
 static kq_status open_fail(kq_bdevice *d, kq_status st) {
   vk_device_close(d);
   return st;
@@ -265,12 +277,17 @@ kq_status vk_device_open(int index, kq_bdevice **out_device) {
                       (sub.supportedOperations & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
                       !getenv("KQSVD_VULKAN_NO_SUBGROUPS");
   d->max_alloc = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : ((VkDeviceSize)1 << 30);
+  VkPhysicalDevice8BitStorageFeaturesKHR f8 = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_8BIT_STORAGE_FEATURES_KHR};
   VkPhysicalDevice16BitStorageFeatures f16 = {
       .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES};
+  const bool has8 = device_has_extension(phys, VK_KHR_8BIT_STORAGE_EXTENSION_NAME);
+  if (has8) f16.pNext = &f8;
   VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
                                   .pNext = &f16};
   vkGetPhysicalDeviceFeatures2(phys, &f2);
   d->fp16_storage = f16.storageBuffer16BitAccess == VK_TRUE;
+  d->int8_storage = has8 && f8.storageBuffer8BitAccess == VK_TRUE;
 
   /* A compute queue: a compute-only family if there is one, else any. */
   uint32_t nq = 0;
@@ -292,13 +309,20 @@ kq_status vk_device_open(int index, kq_bdevice **out_device) {
                                 .queueFamilyIndex = d->queue_family,
                                 .queueCount = 1,
                                 .pQueuePriorities = &prio};
+  VkPhysicalDevice8BitStorageFeaturesKHR want8 = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_8BIT_STORAGE_FEATURES_KHR,
+      .storageBuffer8BitAccess = VK_TRUE};
   VkPhysicalDevice16BitStorageFeatures want16 = {
       .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES,
+      .pNext = d->int8_storage ? &want8 : NULL,
       .storageBuffer16BitAccess = d->fp16_storage ? VK_TRUE : VK_FALSE};
+  const char *exts[] = {VK_KHR_8BIT_STORAGE_EXTENSION_NAME};
   VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
                            .pNext = &want16,
                            .queueCreateInfoCount = 1,
-                           .pQueueCreateInfos = &qi};
+                           .pQueueCreateInfos = &qi,
+                           .enabledExtensionCount = d->int8_storage ? 1u : 0u,
+                           .ppEnabledExtensionNames = exts};
   VkResult r = vkCreateDevice(phys, &di, NULL, &d->dev);
   if (r != VK_SUCCESS) {
     d->dev = VK_NULL_HANDLE;

@@ -22,7 +22,7 @@
 #define VK_FRAMES 4
 #define VK_MAX_BINDINGS 6
 #define VK_PUSH_WORDS 32
-#define VK_SPEC_COUNT 16
+#define VK_SPEC_COUNT 64
 #define VK_MAX_POOLS 16
 
 /* Set once by kq_backend_entry: the core's error channel. */
@@ -61,6 +61,10 @@ typedef enum vk_shader {
   VK_SHADER_ATTEND_F16_SG,
   VK_SHADER_REDUCE,
   VK_SHADER_UP,
+  VK_SHADER_PROJECT_SEG_F32, /* segmented (q8/q4) latent store */
+  VK_SHADER_PROJECT_SEG_F16,
+  VK_SHADER_DEQUANT_F32, /* segmented latent -> F32 rows */
+  VK_SHADER_DEQUANT_F16,
   VK_SHADER_COUNT
 } vk_shader;
 
@@ -83,6 +87,7 @@ struct kq_bdevice {
   VkPhysicalDeviceMemoryProperties mem_props;
   VkDeviceSize max_alloc;
   bool fp16_storage;
+  bool int8_storage;   /* storageBuffer8BitAccess: quantized (q8/q4) latent segments */
   bool subgroup_arith; /* subgroup arithmetic in compute shaders */
   VkDevice dev;
   VkQueue queue;

@@ -47,15 +47,120 @@ static kq_status bind_opt(const kq_bdevice *d, const kq_buffer *b, size_t offset
   return vk_bind_range(d, &b->mem, offset, bytes, 4, out, elem, what);
 }
 
+/* Specialization constants of a segment table (kq_seg.glsl): the count at
+ * spec[at], then one word width | bits << 16 per segment. A plain list (v1
+ * layout) is one float segment of the rank. */
+static void seg_spec(uint32_t *spec, int at, int32_t n, const kq_segment *segs, int32_t rank) {
+  if (kq_segments_plain(n, segs)) {
+    spec[at] = 1;
+    spec[at + 1] = (uint32_t)rank;
+    return;
+  }
+  spec[at] = (uint32_t)n;
+  for (int32_t i = 0; i < n; ++i)
+    spec[at + 1 + i] = (uint32_t)segs[i].width | ((uint32_t)segs[i].bits << 16);
+}
+
+/* Checks a segment list against the rank; quantized segments need 8-bit
+ * storage buffers. */
+static kq_status check_segments(const kq_bdevice *d, int32_t n, const kq_segment *segs,
+                                int32_t rank, const char *what) {
+  if (kq_segments_plain(n, segs)) return KQ_OK;
+  if (n < 1 || n > KQ_MAX_SEGMENTS || !segs)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s: %d segments", d->index, what, n);
+  int32_t sum = 0;
+  for (int32_t i = 0; i < n; ++i) {
+    if (segs[i].width < 1 ||
+        (segs[i].bits != KQ_SEG_FLOAT && segs[i].bits != KQ_SEG_Q8 && segs[i].bits != KQ_SEG_Q4) ||
+        (segs[i].bits == KQ_SEG_Q4 && segs[i].width % 2))
+      return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s: segment %d (width %d, bits %d)",
+                    d->index, what, i, segs[i].width, segs[i].bits);
+    sum += segs[i].width;
+  }
+  if (sum != rank)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s: segment widths sum to %d, rank %d",
+                  d->index, what, sum, rank);
+  if (!d->int8_storage)
+    return VK_ERR(KQ_ERR_UNSUPPORTED,
+                  "vulkan:%d: %s: quantized latent segments need storageBuffer8BitAccess", d->index,
+                  what);
+  return KQ_OK;
+}
+
+/* Binding of a whole latent buffer (segmented, or plain [groups, capacity,
+ * rank]); *out_base = its first byte relative to the bound offset. */
+static kq_status bind_latent(const kq_bdevice *d, const kq_buffer *b, size_t offset, int32_t n,
+                             const kq_segment *segs, int32_t rank, kq_storage storage,
+                             uint64_t groups, uint64_t capacity, vk_binding *out,
+                             uint32_t *out_base, const char *what) {
+  const kq_segment plain = {.width = rank, .bits = KQ_SEG_FLOAT};
+  if (kq_segments_plain(n, segs)) {
+    n = 1;
+    segs = &plain;
+  }
+  size_t total = 0;
+  kq_segment_planes(segs, n, storage, groups, capacity, 0, NULL, NULL, &total);
+  return vk_bind_range(d, &b->mem, offset, total, 1, out, out_base, what);
+}
+
+/* project into a segmented (q8/q4) latent buffer: project_seg.comp. */
+static kq_status project_segmented(kq_bdevice *d, const kq_project_op *op, uint32_t elem) {
+  kq_status st =
+      check_segments(d, op->n_segments, op->segments, op->rank, "project latent segments");
+  if (st != KQ_OK) return st;
+  const bool ident = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
+  const uint64_t D = (uint64_t)op->head_dim, R = (uint64_t)op->rank, Hs = (uint64_t)op->n_heads;
+  const uint64_t row = Hs * D * 4, max_bind = vk_max_binding(d);
+  const uint64_t shared = d->props.limits.maxComputeSharedMemorySize;
+  uint32_t tt = 16;
+  while (tt > 1 && tt * (D + R) * 4 > shared) tt /= 2;
+  uint64_t tb = (uint64_t)op->n_tokens;
+  if (tb > max_bind / row) tb = max_bind / row;
+  if (tb > (uint64_t)d->props.limits.maxComputeWorkGroupCount[0] * tt)
+    tb = (uint64_t)d->props.limits.maxComputeWorkGroupCount[0] * tt;
+  if (tb == 0 || tt * (D + R) * 4 > shared || Hs > d->props.limits.maxComputeWorkGroupCount[1])
+    return VK_ERR(KQ_ERR_UNSUPPORTED, "vulkan:%d: project: head_dim %d too large for this device",
+                  d->index, op->head_dim);
+  uint32_t spec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)R, tt, ident};
+  seg_spec(spec, 16, op->n_segments, op->segments, op->rank);
+  const vk_shader shader =
+      op->storage == KQ_STORAGE_F16 ? VK_SHADER_PROJECT_SEG_F16 : VK_SHADER_PROJECT_SEG_F32;
+  vk_binding b[3];
+  uint32_t push[VK_PUSH_WORDS] = {0};
+  st =
+      bind_opt(d, op->proj, op->proj_offset, Hs * D * R * 4, !ident, &b[1], &push[1], "projection");
+  if (st == KQ_OK)
+    st = bind_latent(d, op->dst, op->dst_offset, op->n_segments, op->segments, op->rank,
+                     op->storage, Hs, (uint64_t)op->capacity, &b[2], &push[2], "latent cache");
+  if (st == KQ_OK && push[2] % elem)
+    st = VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: project: cache offset %zu misaligned",
+                d->index, op->dst_offset);
+  if (st != KQ_OK) return st;
+  vk_frame *f;
+  if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
+  for (uint64_t t0 = 0; t0 < (uint64_t)op->n_tokens && st == KQ_OK; t0 += tb) {
+    uint64_t nb = (uint64_t)op->n_tokens - t0 < tb ? (uint64_t)op->n_tokens - t0 : tb;
+    st = vk_bind_range(d, &op->src->mem, op->src_offset + t0 * row, nb * row, 4, &b[0], &push[0],
+                       "project source");
+    push[3] = (uint32_t)nb;
+    push[4] = (uint32_t)Hs;
+    push[5] = (uint32_t)(Hs * (uint64_t)op->capacity);
+    push[6] = (uint32_t)op->capacity;
+    push[7] = (uint32_t)((uint64_t)op->pos + t0);
+    if (st == KQ_OK)
+      st = vk_dispatch(d, f, shader, spec, b, 3, push, cdiv(nb, tt), (uint32_t)Hs, 1);
+  }
+  if (st != KQ_OK) {
+    vk_frame_abort(d, f);
+    return st;
+  }
+  return vk_frame_submit(d, f, false, "project");
+}
+
 kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
   uint32_t elem = 0;
   kq_status st = check_storage(d, op->storage, &elem);
   if (st != KQ_OK) return st;
-  if (!kq_segments_plain(op->n_segments, op->segments))
-    return VK_ERR(KQ_ERR_UNSUPPORTED,
-                  "vulkan:%d: project: quantized latent segments (q8/q4) are not implemented "
-                  "in the Vulkan backend yet",
-                  d->index);
   const bool ident = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
   if (op->n_tokens < 0 || op->n_heads < 1 || op->head_dim < 1 || !rank_ok(op->rank, op->head_dim) ||
       (ident && op->rank != op->head_dim) || op->pos < 0 || op->capacity < 1 ||
@@ -66,6 +171,7 @@ kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
                   d->index, op->n_tokens, op->n_heads, op->head_dim, op->rank, op->pos,
                   op->capacity);
   if (op->n_tokens == 0) return KQ_OK;
+  if (!kq_segments_plain(op->n_segments, op->segments)) return project_segmented(d, op, elem);
   const uint64_t D = (uint64_t)op->head_dim, R = (uint64_t)op->rank, Hs = (uint64_t)op->n_heads;
   const uint64_t row = Hs * D * 4, max_bind = vk_max_binding(d);
   uint32_t tt = 16;
@@ -171,17 +277,18 @@ static uint64_t attend_shared(uint32_t R, uint32_t QK, uint32_t TK, uint32_t rk,
   return 4ull * (R * QK + R * TK + (pre ? TK * QK + TK * rk : 2) + 2 * R * VK_WG);
 }
 
-static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend_plan *p) {
+static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, uint64_t koff,
+                             uint64_t voff, uint32_t cache_groups, attend_plan *p) {
   const VkPhysicalDeviceLimits *lim = &d->props.limits;
   const uint64_t H = (uint64_t)op->n_heads, rk = (uint64_t)op->rank_k, rv = (uint64_t)op->rank_v;
-  const uint32_t group = (uint32_t)(op->n_heads / op->n_kv_heads);
+  const uint32_t group = (uint32_t)op->n_heads / cache_groups;
   p->G = group;
   p->pre = op->rope == KQ_ROPE_PRE;
   p->ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
   p->QK = p->pre ? (uint32_t)op->head_dim : (uint32_t)rk;
   /* 4-vector loads when the rows and the cache offsets allow them. */
-  p->vec4 = !p->pre && rk % 4 == 0 && rv % 4 == 0 && op->k_cache_offset % (4 * p->elem) == 0 &&
-            op->v_cache_offset % (4 * p->elem) == 0;
+  p->vec4 = !p->pre && rk % 4 == 0 && rv % 4 == 0 && koff % (4 * p->elem) == 0 &&
+            voff % (4 * p->elem) == 0;
   const uint64_t eu = p->vec4 ? rv / 4 : rv;
   p->slots = eu >= VK_WG ? cdiv(eu, VK_WG) : 1;
   p->ntg = eu >= VK_WG ? 1 : (uint32_t)(VK_WG / eu);
@@ -213,7 +320,7 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend
                   "(%u bytes)",
                   d->index, p->G, op->head_dim, lim->maxComputeSharedMemorySize);
   /* Enough chunks to fill the device, chunks a multiple of the key tile. */
-  uint64_t tiles = (uint64_t)op->n_kv_heads * p->n_sub * cdiv((uint64_t)op->n_queries, p->QT);
+  uint64_t tiles = (uint64_t)cache_groups * p->n_sub * cdiv((uint64_t)op->n_queries, p->QT);
   uint64_t target = tiles >= 512 ? 1 : 512 / tiles;
   uint64_t ch = cdiv(cdiv((uint64_t)op->n_ctx, target), p->TK) * (uint64_t)p->TK;
   if (ch < 2ull * p->TK) ch = 2ull * p->TK;
@@ -245,21 +352,56 @@ static VkDeviceSize align_up(VkDeviceSize v, VkDeviceSize a) {
   return (v + a - 1) / a * a;
 }
 
+/* Dequantizes positions [0, n_ctx) of a segmented latent buffer into F32
+ * rows [groups, n_ctx, rank] at `out_offset` of the frame scratch. */
+static kq_status record_dequant(kq_bdevice *d, vk_frame *f, const kq_buffer *cache,
+                                size_t cache_offset, int32_t n_seg, const kq_segment *segs,
+                                kq_storage storage, uint64_t groups, uint64_t capacity,
+                                uint64_t n_ctx, uint32_t rank, VkDeviceSize out_offset,
+                                const char *what) {
+  uint32_t spec[VK_SPEC_COUNT] = {VK_WG, 0, rank};
+  seg_spec(spec, 16, n_seg, segs, (int32_t)rank);
+  vk_binding b[2];
+  uint32_t u[VK_PUSH_WORDS] = {0};
+  kq_status st = bind_latent(d, cache, cache_offset, n_seg, segs, (int32_t)rank, storage, groups,
+                             capacity, &b[0], &u[0], what);
+  if (st == KQ_OK)
+    st = vk_bind_range(d, &f->scratch, out_offset, groups * n_ctx * rank * 4, 4, &b[1], &u[1],
+                       "dequantized latents");
+  if (st != KQ_OK) return st;
+  u[2] = (uint32_t)(groups * capacity);
+  u[3] = (uint32_t)capacity;
+  u[4] = (uint32_t)n_ctx;
+  u[5] = (uint32_t)groups;
+  uint64_t gx = cdiv(n_ctx * rank, VK_WG);
+  if (gx > d->props.limits.maxComputeWorkGroupCount[0])
+    gx = d->props.limits.maxComputeWorkGroupCount[0];
+  const vk_shader sh = storage == KQ_STORAGE_F16 ? VK_SHADER_DEQUANT_F16 : VK_SHADER_DEQUANT_F32;
+  return vk_dispatch(d, f, sh, spec, b, 2, u, (uint32_t)gx, (uint32_t)groups, 1);
+}
+
 kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
   attend_plan p = {0};
   kq_status st = check_storage(d, op->storage, &p.elem);
   if (st != KQ_OK) return st;
-  if (!kq_segments_plain(op->n_key_segments, op->key_segments) ||
-      !kq_segments_plain(op->n_value_segments, op->value_segments) ||
-      op->layout != KQ_LAYOUT_PER_HEAD)
-    return VK_ERR(KQ_ERR_UNSUPPORTED,
-                  "vulkan:%d: attend: %s are not implemented in the Vulkan backend yet", d->index,
-                  op->layout != KQ_LAYOUT_PER_HEAD ? "joint-layout latents"
-                                                   : "quantized latent segments (q8/q4)");
+  const bool joint = op->layout == KQ_LAYOUT_JOINT;
+  if (op->layout != KQ_LAYOUT_PER_HEAD && !joint)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: attend: unknown layout %d", d->index,
+                  (int)op->layout);
+  if (joint && op->rope == KQ_ROPE_PRE)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: attend: RoPE pre with the joint layout",
+                  d->index);
+  if ((st = check_segments(d, op->n_key_segments, op->key_segments, op->rank_k,
+                           "attend key segments")) != KQ_OK ||
+      (st = check_segments(d, op->n_value_segments, op->value_segments, op->rank_v,
+                           "attend value segments")) != KQ_OK)
+    return st;
   const bool ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
+  /* JOINT: one latent group, ranks up to n_kv_heads · head_dim. */
+  const int32_t rmax = joint ? op->n_kv_heads * op->head_dim : op->head_dim;
   if (op->n_queries < 1 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
       op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads || op->head_dim < 1 ||
-      !rank_ok(op->rank_k, op->head_dim) || !rank_ok(op->rank_v, op->head_dim) ||
+      !rank_ok(op->rank_k, rmax) || !rank_ok(op->rank_v, rmax) ||
       (ident && op->rank_k != op->head_dim) || op->n_seqs > 1 || !op->q || !op->k_cache ||
       !op->v_cache || !op->out || (op->rope == KQ_ROPE_PRE && op->head_dim % 2))
     return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
@@ -267,7 +409,14 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
                   "dim %d, ranks %d/%d)",
                   d->index, op->n_queries, op->n_ctx, op->capacity, op->n_heads, op->n_kv_heads,
                   op->head_dim, op->rank_k, op->rank_v);
-  if ((st = plan_attend(d, op, &p)) != KQ_OK) return st;
+  const uint32_t cgroups = joint ? 1u : (uint32_t)op->n_kv_heads;
+  /* Segmented caches are dequantized to F32 rows in scratch first. */
+  const bool seg = !kq_segments_plain(op->n_key_segments, op->key_segments) ||
+                   !kq_segments_plain(op->n_value_segments, op->value_segments);
+  if (seg) p.elem = 4;
+  if ((st = plan_attend(d, op, seg ? 0 : op->k_cache_offset, seg ? 0 : op->v_cache_offset, cgroups,
+                        &p)) != KQ_OK)
+    return st;
   const uint64_t H = (uint64_t)op->n_heads, Hk = (uint64_t)op->n_kv_heads;
   const uint64_t D = (uint64_t)op->head_dim, rk = (uint64_t)op->rank_k, rv = (uint64_t)op->rank_v;
   const uint64_t cap = (uint64_t)op->capacity, nq = (uint64_t)op->n_queries;
@@ -283,13 +432,17 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
   const VkDeviceSize qbytes = p.qbatch * H * p.QK * 4;
   const VkDeviceSize poff = align_up(qbytes, align);
   const VkDeviceSize pbytes = p.qbatch * H * nch_max * p.ntg * (rv + 2) * 4;
+  const uint64_t nctx = (uint64_t)op->n_ctx;
+  const VkDeviceSize kdeq = align_up(poff + pbytes, align);
+  const VkDeviceSize vdeq = align_up(kdeq + cgroups * nctx * rk * 4, align);
+  const VkDeviceSize scratch_bytes = seg ? vdeq + cgroups * nctx * rv * 4 : poff + pbytes;
 
   const uint32_t qspec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)rk, p.pre, halves, ident};
   const uint32_t aspec[VK_SPEC_COUNT] = {VK_WG,   (uint32_t)D, (uint32_t)rk, (uint32_t)rv, p.G,
                                          p.QT,    p.TK,        p.pre,        halves,       ident,
                                          p.slots, p.QK,        p.vec4,       p.ntg};
   const uint32_t rspec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)rv};
-  const bool f16 = op->storage == KQ_STORAGE_F16;
+  const bool f16 = op->storage == KQ_STORAGE_F16 && !seg;
   const vk_shader ashader = d->subgroup_arith
                                 ? (f16 ? VK_SHADER_ATTEND_F16_SG : VK_SHADER_ATTEND_F32_SG)
                                 : (f16 ? VK_SHADER_ATTEND_F16 : VK_SHADER_ATTEND_F32);
@@ -300,8 +453,20 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
 
   vk_frame *f;
   if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
-  st = vk_frame_scratch(d, f, poff + pbytes);
+  st = vk_frame_scratch(d, f, scratch_bytes);
   vk_mem *scratch = &f->scratch;
+  const vk_mem *kmem = seg ? scratch : &op->k_cache->mem;
+  const vk_mem *vmem = seg ? scratch : &op->v_cache->mem;
+  const uint64_t koff = seg ? kdeq : op->k_cache_offset, voff = seg ? vdeq : op->v_cache_offset;
+  const uint64_t kcap = seg ? nctx : cap;
+  if (seg && st == KQ_OK)
+    st = record_dequant(d, f, op->k_cache, op->k_cache_offset, op->n_key_segments, op->key_segments,
+                        op->storage, cgroups, cap, nctx, (uint32_t)rk, kdeq, "key cache");
+  if (seg && st == KQ_OK)
+    st = record_dequant(d, f, op->v_cache, op->v_cache_offset, op->n_value_segments,
+                        op->value_segments, op->storage, cgroups, cap, nctx, (uint32_t)rv, vdeq,
+                        "value cache");
+  if (seg) vk_frame_barrier(f);
   for (uint64_t j0 = 0; j0 < nq && st == KQ_OK; j0 += p.qbatch) {
     const uint64_t nqb = nq - j0 < p.qbatch ? nq - j0 : p.qbatch;
     const uint64_t kctx = (uint64_t)op->n_ctx - nq + j0 + nqb;
@@ -327,7 +492,7 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
     u[2] = e_a;
     u[3] = e_q;
     u[4] = (uint32_t)H;
-    u[5] = p.G;
+    u[5] = (uint32_t)(H / Hk); /* B of query head h: kv head h / group */
     u[6] = (uint32_t)(kctx - nqb);
     u[7] = hi_off;
     st = vk_dispatch(d, f, VK_SHADER_QPREP, qspec, b, 5, u, (uint32_t)H, (uint32_t)nqb, 1);
@@ -337,16 +502,15 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
     if (st == KQ_OK)
       st = vk_bind_range(d, scratch, poff, nqb * H * nch * p.ntg * (rv + 2) * 4, 4, &ab[3], &e_part,
                          "partials");
-    for (uint64_t kvs = 0; kvs < Hk * p.n_sub && st == KQ_OK; ++kvs) {
-      const uint64_t kv = kvs / p.n_sub, head0 = kv * (H / Hk) + (kvs % p.n_sub) * p.G;
+    for (uint64_t kvs = 0; kvs < cgroups * p.n_sub && st == KQ_OK; ++kvs) {
+      const uint64_t kv = kvs / p.n_sub, head0 = kv * (H / cgroups) + (kvs % p.n_sub) * p.G;
       for (uint64_t w0 = 0; w0 < kctx && st == KQ_OK; w0 += p.window) {
         const uint64_t wl = kctx - w0 < p.window ? kctx - w0 : p.window;
         uint32_t v[VK_PUSH_WORDS] = {0};
-        st = vk_bind_range(d, &op->k_cache->mem, op->k_cache_offset + (kv * cap + w0) * rk * p.elem,
-                           wl * rk * p.elem, p.elem, &ab[1], &v[1], "key cache");
+        st = vk_bind_range(d, kmem, koff + (kv * kcap + w0) * rk * p.elem, wl * rk * p.elem, p.elem,
+                           &ab[1], &v[1], "key cache");
         if (st == KQ_OK)
-          st = vk_bind_range(d, &op->v_cache->mem,
-                             op->v_cache_offset + (kv * cap + w0) * rv * p.elem, wl * rv * p.elem,
+          st = vk_bind_range(d, vmem, voff + (kv * kcap + w0) * rv * p.elem, wl * rv * p.elem,
                              p.elem, &ab[2], &v[2], "value cache");
         v[0] = e_q;
         v[3] = e_part;
@@ -389,7 +553,7 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
 kq_status vk_op_up(kq_bdevice *d, const kq_up_op *op) {
   const bool ident = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
   if (op->n_queries < 0 || op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads ||
-      op->head_dim < 1 || !rank_ok(op->rank_v, op->head_dim) ||
+      op->head_dim < 1 || !rank_ok(op->rank_v, op->n_kv_heads * op->head_dim) ||
       (ident && op->rank_v != op->head_dim) || op->n_seqs > 1 || !op->latent || !op->out)
     return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
                   "vulkan:%d: up: bad shape (queries %d, heads %d/%d, dim %d, rank %d)", d->index,
