@@ -40,16 +40,27 @@ struct kq_buffer {
   vk_mem mem;
 };
 
+/* A frame is recorded by successive ops and submitted only when the host
+ * needs a result (download, synchronize, buffer_free) or when it grows past
+ * VK_FRAME_MAX_OPS: a decode step is one submit. States: idle, open
+ * (recording; d->open_frame), in flight (submitted, fence pending). */
 typedef struct vk_frame {
   VkCommandBuffer cmd;
   VkFence fence;
-  bool in_flight;
+  bool in_flight, open;
+  uint32_t n_ops; /* ops recorded since the frame was opened */
   VkDescriptorPool pools[VK_MAX_POOLS];
   int n_pools, pool_used;
-  vk_mem scratch;  /* device-local work memory of the frame's op */
-  vk_mem *staging; /* host-visible buffers released when the frame retires */
-  int n_staging, cap_staging;
+  vk_mem scratch;           /* device-local work memory of the frame's ops (grow-only) */
+  vk_mem upload;            /* persistent mapped staging of the frame's uploads (grow-only) */
+  VkDeviceSize upload_used; /* bytes of `upload` taken since the frame was opened */
 } vk_frame;
+
+/* Counters of kq_device_stats (relaxed atomics). */
+typedef struct vk_counters {
+  uint64_t submits, dispatches, host_waits, bytes_up, bytes_down, allocations;
+} vk_counters;
+#define VK_COUNT(d, field, n) __atomic_fetch_add(&(d)->counters.field, (n), __ATOMIC_RELAXED)
 
 typedef enum vk_shader {
   VK_SHADER_PROJECT_F32,
@@ -74,6 +85,9 @@ typedef struct vk_pipeline_entry {
   VkPipeline pipeline;
 } vk_pipeline_entry;
 
+/* RoPE angle tables, one per (theta, head_dim), grown by replacement: a
+ * table is never moved or freed while the device is open, so a pointer
+ * returned under rope_lock stays valid after the lock is released. */
 typedef struct vk_rope_table {
   float theta;
   uint32_t half_dim, n_hi;
@@ -93,10 +107,14 @@ struct kq_bdevice {
   VkQueue queue;
   uint32_t queue_family;
 
-  pthread_mutex_t lock; /* queue, command pool, frames, rope tables */
+  pthread_mutex_t lock; /* queue, command pool, frames, download staging */
   VkCommandPool cmd_pool;
   vk_frame frames[VK_FRAMES];
   int next_frame;
+  int open_frame;  /* index of the frame being recorded, -1 when none */
+  vk_mem download; /* persistent mapped download staging (grow-only) */
+  bool push_desc;  /* VK_KHR_push_descriptor: no descriptor sets are allocated */
+  vk_counters counters;
 
   pthread_mutex_t pipe_lock; /* pipeline cache */
   VkShaderModule modules[VK_SHADER_COUNT];
@@ -107,7 +125,7 @@ struct kq_bdevice {
 
   vk_mem dummy;              /* bound to unused bindings */
   pthread_mutex_t rope_lock; /* taken before (never inside) `lock` */
-  vk_rope_table *ropes;
+  vk_rope_table **ropes;     /* each table allocated on its own (stable addresses) */
   int n_ropes;
 };
 
@@ -134,18 +152,28 @@ typedef enum vk_mem_kind { VK_MEM_DEVICE, VK_MEM_UPLOAD, VK_MEM_DOWNLOAD } vk_me
 kq_status vk_mem_alloc(kq_bdevice *d, VkDeviceSize bytes, vk_mem_kind kind, vk_mem *out,
                        const char *what);
 void vk_mem_free(kq_bdevice *d, vk_mem *m);
-/* Takes the device lock and a free frame, begins its command buffer with a
- * barrier against all earlier work. On failure the lock is released. */
+/* Takes the device lock and the open frame (opening one if none is),
+ * recording a barrier against all earlier work. On failure the lock is
+ * released. */
 kq_status vk_frame_begin(kq_bdevice *d, vk_frame **out);
-/* Grows the frame's scratch buffer to at least `bytes`. */
-kq_status vk_frame_scratch(kq_bdevice *d, vk_frame *f, VkDeviceSize bytes);
-/* A descriptor set of the device layout, valid until the frame retires. */
+/* Ensures the frame's scratch holds `bytes`. Growing a scratch that earlier
+ * ops of the frame still use submits the frame first and continues in a
+ * fresh one (*f changes). */
+kq_status vk_frame_scratch(kq_bdevice *d, vk_frame **f, VkDeviceSize bytes);
+/* `bytes` of mapped upload staging in the frame, valid until it retires;
+ * may submit the frame and continue in a fresh one like vk_frame_scratch. */
+kq_status vk_frame_stage(kq_bdevice *d, vk_frame **f, VkDeviceSize bytes, vk_mem **out_mem,
+                         VkDeviceSize *out_offset);
+/* A descriptor set of the device layout, valid until the frame retires
+ * (only without push descriptors). */
 kq_status vk_frame_descriptor(kq_bdevice *d, vk_frame *f, VkDescriptorSet *out);
 /* Full compute/transfer memory barrier inside the frame. */
 void vk_frame_barrier(vk_frame *f);
-/* Ends and submits the frame, optionally waits for it; releases the lock. */
+/* Ends the op: leaves the frame open for the next op (submitting it when it
+ * is full, or when `wait`, then also waiting for it); releases the lock. */
 kq_status vk_frame_submit(kq_bdevice *d, vk_frame *f, bool wait, const char *what);
-/* Ends the frame without submitting (error path); releases the lock. */
+/* Ends an op that failed while recording; the work recorded so far stays
+ * queued. Releases the lock. */
 void vk_frame_abort(kq_bdevice *d, vk_frame *f);
 /* Binding of [offset, offset + bytes) of `buf` with the offset rounded down
  * to the device alignment; *out_elem = elements between the bound offset and
@@ -167,6 +195,7 @@ kq_status vk_buffer_download(kq_bdevice *d, const kq_buffer *src, size_t offset,
                              size_t bytes);
 kq_status vk_copy(kq_bdevice *d, kq_buffer *dst, const kq_buffer *src, size_t bytes);
 kq_status vk_synchronize(kq_bdevice *d);
+kq_status vk_get_stats(kq_bdevice *d, kq_device_stats *out);
 /* Uploads host data into a fresh device buffer and waits (small tables). */
 kq_status vk_upload_new(kq_bdevice *d, const void *src, size_t bytes, kq_buffer **out);
 

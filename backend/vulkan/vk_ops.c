@@ -220,14 +220,19 @@ kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
 
 /* --- RoPE tables --- */
 
+/* The table of (theta, head_dim) covering n_pos positions. Tables are
+ * allocated one by one and never moved or freed before device_close, so the
+ * pointer stays valid after rope_lock is released while another thread adds
+ * a table (the pointer array may be reallocated, the tables are not). */
 static kq_status rope_table(kq_bdevice *d, float theta, uint32_t head_dim, uint32_t n_pos,
                             const vk_rope_table **out) {
   const uint32_t half = head_dim / 2, need_hi = cdiv(n_pos, 256);
   kq_status st = KQ_OK;
   pthread_mutex_lock(&d->rope_lock);
   for (int i = d->n_ropes - 1; i >= 0; --i)
-    if (d->ropes[i].theta == theta && d->ropes[i].half_dim == half && d->ropes[i].n_hi >= need_hi) {
-      *out = &d->ropes[i];
+    if (d->ropes[i]->theta == theta && d->ropes[i]->half_dim == half &&
+        d->ropes[i]->n_hi >= need_hi) {
+      *out = d->ropes[i];
       pthread_mutex_unlock(&d->rope_lock);
       return KQ_OK;
     }
@@ -235,10 +240,12 @@ static kq_status rope_table(kq_bdevice *d, float theta, uint32_t head_dim, uint3
   while (n_hi < need_hi) n_hi *= 2;
   size_t n = (size_t)(256 + n_hi) * half * 2;
   float *tab = malloc(n * sizeof *tab);
-  vk_rope_table *grown = realloc(d->ropes, (size_t)(d->n_ropes + 1) * sizeof *grown);
+  vk_rope_table *t = calloc(1, sizeof *t);
+  vk_rope_table **grown = realloc(d->ropes, (size_t)(d->n_ropes + 1) * sizeof *grown);
   if (grown) d->ropes = grown;
-  if (!tab || !grown) {
+  if (!tab || !t || !grown) {
     free(tab);
+    free(t);
     pthread_mutex_unlock(&d->rope_lock);
     return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan:%d: RoPE table", d->index);
   }
@@ -251,12 +258,14 @@ static kq_status rope_table(kq_bdevice *d, float theta, uint32_t head_dim, uint3
       tab[((size_t)p * half + j) * 2 + 1] = (float)sin(a);
     }
   }
-  vk_rope_table t = {.theta = theta, .half_dim = half, .n_hi = n_hi};
-  st = vk_upload_new(d, tab, n * sizeof *tab, &t.buffer);
+  *t = (vk_rope_table){.theta = theta, .half_dim = half, .n_hi = n_hi};
+  st = vk_upload_new(d, tab, n * sizeof *tab, &t->buffer);
   free(tab);
   if (st == KQ_OK) {
-    d->ropes[d->n_ropes] = t;
-    *out = &d->ropes[d->n_ropes++];
+    d->ropes[d->n_ropes++] = t;
+    *out = t;
+  } else {
+    free(t);
   }
   pthread_mutex_unlock(&d->rope_lock);
   return st;
@@ -453,7 +462,7 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
 
   vk_frame *f;
   if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
-  st = vk_frame_scratch(d, f, scratch_bytes);
+  st = vk_frame_scratch(d, &f, scratch_bytes);
   vk_mem *scratch = &f->scratch;
   const vk_mem *kmem = seg ? scratch : &op->k_cache->mem;
   const vk_mem *vmem = seg ? scratch : &op->v_cache->mem;

@@ -15,10 +15,11 @@ kq_status vk_pipelines_init(kq_bdevice *d) {
                                           .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                           .descriptorCount = 1,
                                           .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
-  VkDescriptorSetLayoutCreateInfo li = {.sType =
-                                            VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
-                                        .bindingCount = VK_MAX_BINDINGS,
-                                        .pBindings = b};
+  VkDescriptorSetLayoutCreateInfo li = {
+      .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+      .flags = d->push_desc ? VK_DESCRIPTOR_SET_LAYOUT_CREATE_PUSH_DESCRIPTOR_BIT_KHR : 0u,
+      .bindingCount = VK_MAX_BINDINGS,
+      .pBindings = b};
   if (vkCreateDescriptorSetLayout(d->dev, &li, NULL, &d->set_layout) != VK_SUCCESS)
     return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: vkCreateDescriptorSetLayout failed", d->index);
   VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, VK_PUSH_WORDS * 4};
@@ -116,8 +117,8 @@ kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
                   gx, gy, gz);
   VkPipeline pipe;
   kq_status st = get_pipeline(d, shader, spec, &pipe);
-  VkDescriptorSet set;
-  if (st == KQ_OK) st = vk_frame_descriptor(d, f, &set);
+  VkDescriptorSet set = VK_NULL_HANDLE;
+  if (st == KQ_OK && !d->push_desc) st = vk_frame_descriptor(d, f, &set);
   if (st != KQ_OK) return st;
   VkDescriptorBufferInfo info[VK_MAX_BINDINGS];
   VkWriteDescriptorSet w[VK_MAX_BINDINGS];
@@ -133,12 +134,18 @@ kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
                                   .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                   .pBufferInfo = &info[i]};
   }
-  vkUpdateDescriptorSets(d->dev, VK_MAX_BINDINGS, w, 0, NULL);
   vkCmdBindPipeline(f->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
-  vkCmdBindDescriptorSets(f->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->pipe_layout, 0, 1, &set, 0,
-                          NULL);
+  if (d->push_desc) {
+    vkCmdPushDescriptorSetKHR(f->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->pipe_layout, 0,
+                              VK_MAX_BINDINGS, w);
+  } else {
+    vkUpdateDescriptorSets(d->dev, VK_MAX_BINDINGS, w, 0, NULL);
+    vkCmdBindDescriptorSets(f->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->pipe_layout, 0, 1, &set, 0,
+                            NULL);
+  }
   vkCmdPushConstants(f->cmd, d->pipe_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, VK_PUSH_WORDS * 4,
                      push);
+  VK_COUNT(d, dispatches, 1);
   vkCmdDispatch(f->cmd, gx, gy, gz);
   return KQ_OK;
 }
