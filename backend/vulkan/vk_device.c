@@ -4,6 +4,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vk_internal.h"
 
@@ -289,6 +290,41 @@ kq_status vk_frame_descriptor(kq_bdevice *d, vk_frame *f, VkDescriptorSet *out) 
 
 /* --- devices --- */
 
+static bool device_has_extension(VkPhysicalDevice phys, const char *name);
+
+/* Compute units (SMs, CUs, Xe cores) that a decode grid must fill: from
+ * VK_NV_shader_sm_builtins or VK_AMD_shader_core_properties when the driver
+ * has them. Otherwise a heuristic: a CPU device (lavapipe) counts its online
+ * cores; a discrete GPU 64 (an H100 has 132 SMs, an RTX 4090 128, a 7900 XTX
+ * 96 CUs, so 64 keeps at least ~2 workgroups per unit with
+ * VK_DECODE_WG_PER_CU = 4 without reading the real count); an integrated or
+ * other GPU 16. */
+static uint32_t count_compute_units(VkPhysicalDevice phys, const VkPhysicalDeviceProperties *pr) {
+  if (device_has_extension(phys, VK_NV_SHADER_SM_BUILTINS_EXTENSION_NAME)) {
+    VkPhysicalDeviceShaderSMBuiltinsPropertiesNV sm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_SM_BUILTINS_PROPERTIES_NV};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                      .pNext = &sm};
+    vkGetPhysicalDeviceProperties2(phys, &p2);
+    if (sm.shaderSMCount) return sm.shaderSMCount;
+  }
+  if (device_has_extension(phys, VK_AMD_SHADER_CORE_PROPERTIES_EXTENSION_NAME)) {
+    VkPhysicalDeviceShaderCorePropertiesAMD core = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_CORE_PROPERTIES_AMD};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                      .pNext = &core};
+    vkGetPhysicalDeviceProperties2(phys, &p2);
+    uint32_t n =
+        core.shaderEngineCount * core.shaderArraysPerEngineCount * core.computeUnitsPerShaderArray;
+    if (n) return n;
+  }
+  if (pr->deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (uint32_t)n : 1u;
+  }
+  return pr->deviceType == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU ? 64u : 16u;
+}
+
 static bool device_has_extension(VkPhysicalDevice phys, const char *name) {
   uint32_t n = 0;
   if (vkEnumerateDeviceExtensionProperties(phys, NULL, &n, NULL) != VK_SUCCESS || n == 0)
@@ -332,6 +368,12 @@ kq_status vk_device_open(int index, kq_bdevice **out_device) {
                       (sub.supportedOperations & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
                       !getenv("KQSVD_VULKAN_NO_SUBGROUPS");
   d->max_alloc = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : ((VkDeviceSize)1 << 30);
+  d->subgroup_size = sub.subgroupSize ? sub.subgroupSize : 1;
+  d->subgroup_shuffle = (sub.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+                        (sub.supportedOperations & VK_SUBGROUP_FEATURE_SHUFFLE_BIT) &&
+                        (sub.supportedOperations & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
+                        !getenv("KQSVD_VULKAN_NO_SUBGROUPS");
+  d->compute_units = count_compute_units(phys, &d->props);
   VkPhysicalDevice8BitStorageFeaturesKHR f8 = {
       .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_8BIT_STORAGE_FEATURES_KHR};
   VkPhysicalDevice16BitStorageFeatures f16 = {

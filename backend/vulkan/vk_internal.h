@@ -76,6 +76,11 @@ typedef enum vk_shader {
   VK_SHADER_PROJECT_SEG_F16,
   VK_SHADER_DEQUANT_F32, /* segmented latent -> F32 rows */
   VK_SHADER_DEQUANT_F16,
+  VK_SHADER_ATTEND_DEC_F32, /* decode: one dispatch over (chunk, row group, query) */
+  VK_SHADER_ATTEND_DEC_F16,
+  VK_SHADER_ATTEND_DEC_F32_SG, /* clusters reduce by subgroup shuffles */
+  VK_SHADER_ATTEND_DEC_F16_SG,
+  VK_SHADER_MERGE_UP, /* merge of the decode chunks fused with the Eᵀ up-projection */
   VK_SHADER_COUNT
 } vk_shader;
 
@@ -101,8 +106,11 @@ struct kq_bdevice {
   VkPhysicalDeviceMemoryProperties mem_props;
   VkDeviceSize max_alloc;
   bool fp16_storage;
-  bool int8_storage;   /* storageBuffer8BitAccess: quantized (q8/q4) latent segments */
-  bool subgroup_arith; /* subgroup arithmetic in compute shaders */
+  bool int8_storage;     /* storageBuffer8BitAccess: quantized (q8/q4) latent segments */
+  bool subgroup_arith;   /* subgroup arithmetic in compute shaders */
+  bool subgroup_shuffle; /* subgroup shuffles in compute shaders (attend_dec.comp) */
+  uint32_t subgroup_size;
+  uint32_t compute_units; /* vk_device.c: count_compute_units */
   VkDevice dev;
   VkQueue queue;
   uint32_t queue_family;

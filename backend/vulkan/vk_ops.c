@@ -4,10 +4,23 @@
  * (binding range, workgroup counts, shared memory), and recording.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kq_push.h"
 #include "vk_internal.h"
+#include "vk_split.h"
+
+/* The C and GLSL views of the typed push constants agree (kq_push.h: all
+ * fields 32-bit scalars, std430 = C layout); both fit the 128 bytes every
+ * device offers. */
+_Static_assert(sizeof(kq_push_decode) == 15 * 4, "kq_push_decode layout");
+_Static_assert(offsetof(kq_push_decode, gc) == 10 * 4, "kq_push_decode.gc offset");
+_Static_assert(offsetof(kq_push_decode, scale_bits) == 14 * 4, "kq_push_decode.scale_bits");
+_Static_assert(sizeof(kq_push_merge) == 6 * 4, "kq_push_merge layout");
+_Static_assert(offsetof(kq_push_merge, n_chunks) == 5 * 4, "kq_push_merge.n_chunks offset");
+_Static_assert(sizeof(kq_push_decode) <= VK_PUSH_WORDS * 4, "push constants exceed 128 bytes");
 
 #define VK_WG 64u
 
@@ -389,6 +402,172 @@ static kq_status record_dequant(kq_bdevice *d, vk_frame *f, const kq_buffer *cac
   return vk_dispatch(d, f, sh, spec, b, 2, u, (uint32_t)gx, (uint32_t)groups, 1);
 }
 
+/* --- decode: attend_dec.comp + merge_up.comp --- */
+
+/* Most query tokens that take the decode path (one workgroup row per query;
+ * longer prefills share key loads across queries in attend.comp). */
+#define VK_DECODE_MAX_QUERIES 8
+
+typedef struct decode_plan {
+  uint32_t rows, lpr, wg, npar, chunks, chunk;
+  bool subgroups;
+} decode_plan;
+
+static uint64_t decode_shared(uint32_t rows, uint32_t npar, uint32_t lpr, uint64_t D, uint64_t rk,
+                              uint64_t rv, bool subgroups) {
+  return 4ull * (rows * D + rows * rk + (uint64_t)npar * rows * (rv + 2) +
+                 (subgroups ? 0 : (uint64_t)npar * rows * lpr));
+}
+
+/* Shapes the decode grid; false when the shape does not fit (the caller
+ * then takes the tiled path). */
+static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cgroups,
+                        decode_plan *p) {
+  const VkPhysicalDeviceLimits *lim = &d->props.limits;
+  const uint64_t D = (uint64_t)op->head_dim, rk = (uint64_t)op->rank_k, rv = (uint64_t)op->rank_v;
+  const uint32_t H = (uint32_t)op->n_heads, G = H / cgroups;
+  const bool joint = op->layout == KQ_LAYOUT_JOINT;
+  if (op->rope == KQ_ROPE_PRE || op->n_queries > VK_DECODE_MAX_QUERIES) return false;
+  p->subgroups = d->subgroup_shuffle && d->subgroup_size >= 1 && d->subgroup_size <= 128;
+  const uint32_t sg = p->subgroups ? d->subgroup_size : 1;
+  /* A multiple of the subgroup size, at least 64 invocations. */
+  p->wg = sg >= 64 ? sg : 64 / sg * sg;
+  if (p->wg > lim->maxComputeWorkGroupInvocations || p->wg > lim->maxComputeWorkGroupSize[0])
+    return false;
+  /* Lanes per row: a power of two near a quarter of the widest rank (each
+   * lane a few dims), within one subgroup. */
+  const uint64_t widest = rk > rv ? rk : rv;
+  uint32_t lpr = 1;
+  while (lpr * 2 <= (p->subgroups ? sg : 32u) && lpr * 2 * 4 <= widest) lpr *= 2;
+  for (p->rows = joint ? 1 : (G < 8 ? G : 8); p->rows >= 1; --p->rows) {
+    if (G % p->rows) continue;
+    for (p->lpr = lpr; p->lpr <= (p->subgroups ? sg : p->wg); p->lpr *= 2) {
+      p->npar = p->wg / p->lpr;
+      if (p->npar >= 1 && decode_shared(p->rows, p->npar, p->lpr, D, rk, rv, p->subgroups) <=
+                              lim->maxComputeSharedMemorySize)
+        goto fits;
+    }
+  }
+  return false;
+fits:
+  p->chunks = vk_decode_chunks((uint64_t)op->n_ctx, H / p->rows, (uint32_t)op->n_queries,
+                               d->compute_units, p->npar);
+  if (p->chunks > lim->maxComputeWorkGroupCount[0]) p->chunks = lim->maxComputeWorkGroupCount[0];
+  p->chunk = vk_decode_chunk_len((uint64_t)op->n_ctx, p->chunks);
+  p->chunks = cdiv((uint64_t)op->n_ctx, p->chunk);
+  return H / p->rows <= lim->maxComputeWorkGroupCount[1] &&
+         (uint32_t)op->n_queries <= lim->maxComputeWorkGroupCount[2] &&
+         H <= lim->maxComputeWorkGroupCount[0];
+}
+
+/* Both latent buffers fit one binding (the decode kernel addresses whole
+ * segment planes; the tiled path splits plain caches into windows). */
+static bool latent_fits(const kq_bdevice *d, const kq_attend_op *op, uint32_t cgroups) {
+  const kq_segment kp = {.width = op->rank_k, .bits = KQ_SEG_FLOAT};
+  const kq_segment vp = {.width = op->rank_v, .bits = KQ_SEG_FLOAT};
+  const bool kplain = kq_segments_plain(op->n_key_segments, op->key_segments);
+  const bool vplain = kq_segments_plain(op->n_value_segments, op->value_segments);
+  size_t kb = 0, vb = 0;
+  kq_segment_planes(kplain ? &kp : op->key_segments, kplain ? 1 : op->n_key_segments, op->storage,
+                    cgroups, (size_t)op->capacity, 0, NULL, NULL, &kb);
+  kq_segment_planes(vplain ? &vp : op->value_segments, vplain ? 1 : op->n_value_segments,
+                    op->storage, cgroups, (size_t)op->capacity, 0, NULL, NULL, &vb);
+  const uint64_t max = vk_max_binding(d);
+  return kb <= max && vb <= max;
+}
+
+/* Two dispatches: attend_dec.comp (q·B folded in, latents read in place from
+ * their segments), then merge_up.comp (chunks merged, Eᵀ applied when
+ * op->value_up is set). */
+static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, uint32_t cgroups,
+                               const decode_plan *pl) {
+  const uint64_t H = (uint64_t)op->n_heads, Hk = (uint64_t)op->n_kv_heads;
+  const uint64_t D = (uint64_t)op->head_dim, rk = (uint64_t)op->rank_k, rv = (uint64_t)op->rank_v;
+  const uint64_t nq = (uint64_t)op->n_queries, cap = (uint64_t)op->capacity;
+  const bool ident_k = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
+  const bool ident_v = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
+  const bool up = op->value_up != NULL && !ident_v;
+  const bool f16 = op->storage == KQ_STORAGE_F16;
+  uint32_t aspec[VK_SPEC_COUNT] = {0};
+  aspec[KQ_SPEC_WG] = pl->wg;
+  aspec[KQ_SPEC_D] = (uint32_t)D;
+  aspec[KQ_SPEC_RK] = (uint32_t)rk;
+  aspec[KQ_SPEC_RV] = (uint32_t)rv;
+  aspec[KQ_SPEC_ROWS] = pl->rows;
+  aspec[KQ_SPEC_LPR] = pl->lpr;
+  aspec[KQ_SPEC_IDENT] = ident_k;
+  seg_spec(aspec, KQ_SPEC_KEY_SEGS, op->n_key_segments, op->key_segments, op->rank_k);
+  seg_spec(aspec, KQ_SPEC_VALUE_SEGS, op->n_value_segments, op->value_segments, op->rank_v);
+  uint32_t mspec[VK_SPEC_COUNT] = {0};
+  mspec[KQ_SPEC_WG] = 64;
+  mspec[KQ_SPEC_D] = (uint32_t)D;
+  mspec[KQ_SPEC_RV] = (uint32_t)rv;
+  mspec[KQ_SPEC_IDENT] = ident_v;
+  mspec[KQ_SPEC_UP] = up;
+  const vk_shader ashader = pl->subgroups
+                                ? (f16 ? VK_SHADER_ATTEND_DEC_F16_SG : VK_SHADER_ATTEND_DEC_F32_SG)
+                                : (f16 ? VK_SHADER_ATTEND_DEC_F16 : VK_SHADER_ATTEND_DEC_F32);
+  kq_push_decode pa = {.n_ctx = (uint32_t)op->n_ctx,
+                       .n_queries = (uint32_t)nq,
+                       .n_heads = (uint32_t)H,
+                       .b_group = (uint32_t)(H / Hk),
+                       .c_group = (uint32_t)(H / cgroups),
+                       .gc = (uint32_t)(cgroups * cap),
+                       .capacity = (uint32_t)cap,
+                       .chunk = pl->chunk,
+                       .n_chunks = pl->chunks};
+  float scale = op->scale;
+  memcpy(&pa.scale_bits, &scale, 4);
+  vk_binding ab[5], mb[3];
+  kq_status st =
+      vk_bind_range(d, &op->q->mem, op->q_offset, nq * H * D * 4, 4, &ab[0], &pa.q_off, "queries");
+  if (st == KQ_OK)
+    st = bind_opt(d, op->query_down, op->query_down_offset, Hk * D * rk * 4, !ident_k, &ab[1],
+                  &pa.b_off, "query_down");
+  if (st == KQ_OK)
+    st = bind_latent(d, op->k_cache, op->k_cache_offset, op->n_key_segments, op->key_segments,
+                     op->rank_k, op->storage, cgroups, cap, &ab[2], &pa.k_base, "key cache");
+  if (st == KQ_OK)
+    st = bind_latent(d, op->v_cache, op->v_cache_offset, op->n_value_segments, op->value_segments,
+                     op->rank_v, op->storage, cgroups, cap, &ab[3], &pa.v_base, "value cache");
+  const uint32_t elem = f16 ? 2 : 4;
+  if (st == KQ_OK && (pa.k_base % elem || pa.v_base % elem))
+    st = VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: attend: cache offsets misaligned", d->index);
+  kq_push_merge pm = {
+      .n_heads = (uint32_t)H, .e_group = (uint32_t)(H / Hk), .n_chunks = pl->chunks};
+  const uint64_t out_row = up ? D : rv;
+  if (st == KQ_OK)
+    st = bind_opt(d, op->value_up, op->value_up_offset, Hk * D * rv * 4, up, &mb[1], &pm.e_off,
+                  "value_up");
+  if (st == KQ_OK)
+    st = vk_bind_range(d, &op->out->mem, op->out_offset, nq * H * out_row * 4, 4, &mb[2],
+                       &pm.out_off, "output");
+  if (st != KQ_OK) return st;
+  const VkDeviceSize pbytes = nq * H * pl->chunks * (rv + 2) * 4;
+  vk_frame *f;
+  if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
+  st = vk_frame_scratch(d, &f, pbytes);
+  if (st == KQ_OK)
+    st = vk_bind_range(d, &f->scratch, 0, pbytes, 4, &ab[4], &pa.part_off, "partials");
+  mb[0] = ab[4];
+  pm.part_off = pa.part_off;
+  uint32_t push[VK_PUSH_WORDS] = {0};
+  memcpy(push, &pa, sizeof pa);
+  if (st == KQ_OK)
+    st = vk_dispatch(d, f, ashader, aspec, ab, 5, push, pl->chunks, (uint32_t)(H / pl->rows),
+                     (uint32_t)nq);
+  vk_frame_barrier(f);
+  memset(push, 0, sizeof push);
+  memcpy(push, &pm, sizeof pm);
+  if (st == KQ_OK)
+    st = vk_dispatch(d, f, VK_SHADER_MERGE_UP, mspec, mb, 3, push, (uint32_t)H, (uint32_t)nq, 1);
+  if (st != KQ_OK) {
+    vk_frame_abort(d, f);
+    return st;
+  }
+  return vk_frame_submit(d, f, false, "attend");
+}
+
 kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
   attend_plan p = {0};
   kq_status st = check_storage(d, op->storage, &p.elem);
@@ -419,6 +598,13 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
                   d->index, op->n_queries, op->n_ctx, op->capacity, op->n_heads, op->n_kv_heads,
                   op->head_dim, op->rank_k, op->rank_v);
   const uint32_t cgroups = joint ? 1u : (uint32_t)op->n_kv_heads;
+  if (op->value_up && (op->flags & KQ_OP_IDENTITY_VALUES))
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
+                  "vulkan:%d: attend: fused up-projection with identity values", d->index);
+  decode_plan dp;
+  if (!getenv("KQSVD_VULKAN_NO_DECODE_KERNEL") && plan_decode(d, op, cgroups, &dp) &&
+      latent_fits(d, op, cgroups))
+    return attend_decode(d, op, cgroups, &dp);
   /* Segmented caches are dequantized to F32 rows in scratch first. */
   const bool seg = !kq_segments_plain(op->n_key_segments, op->key_segments) ||
                    !kq_segments_plain(op->n_value_segments, op->value_segments);
@@ -444,7 +630,11 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
   const uint64_t nctx = (uint64_t)op->n_ctx;
   const VkDeviceSize kdeq = align_up(poff + pbytes, align);
   const VkDeviceSize vdeq = align_up(kdeq + cgroups * nctx * rk * 4, align);
-  const VkDeviceSize scratch_bytes = seg ? vdeq + cgroups * nctx * rv * 4 : poff + pbytes;
+  const VkDeviceSize seg_end = seg ? vdeq + cgroups * nctx * rv * 4 : poff + pbytes;
+  /* Fused up-projection: the latent output goes to scratch, up.comp writes out. */
+  const bool up = op->value_up != NULL;
+  const VkDeviceSize latoff = align_up(seg_end, align);
+  const VkDeviceSize scratch_bytes = up ? latoff + p.qbatch * H * rv * 4 : seg_end;
 
   const uint32_t qspec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)rk, p.pre, halves, ident};
   const uint32_t aspec[VK_SPEC_COUNT] = {VK_WG,   (uint32_t)D, (uint32_t)rk, (uint32_t)rv, p.G,
@@ -542,7 +732,9 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
     /* 3. merge the chunks into the latent output */
     vk_binding rb[2] = {ab[3], {0}};
     uint32_t w[VK_PUSH_WORDS] = {0};
-    if (st == KQ_OK)
+    if (st == KQ_OK && up)
+      st = vk_bind_range(d, scratch, latoff, nqb * H * rv * 4, 4, &rb[1], &w[1], "latent output");
+    else if (st == KQ_OK)
       st = vk_bind_range(d, &op->out->mem, op->out_offset + j0 * H * rv * 4, nqb * H * rv * 4, 4,
                          &rb[1], &w[1], "output");
     w[0] = e_part;
@@ -551,6 +743,22 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
     if (st == KQ_OK)
       st = vk_dispatch(d, f, VK_SHADER_REDUCE, rspec, rb, 2, w, (uint32_t)H, (uint32_t)nqb, 1);
     vk_frame_barrier(f);
+    if (st == KQ_OK && up) { /* 4. fused up-projection: out = latent · Eᵀ */
+      const uint32_t uspec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)rv, 0};
+      vk_binding ub[3] = {rb[1], {0}, {0}};
+      uint32_t x[VK_PUSH_WORDS] = {0};
+      x[0] = w[1];
+      st = vk_bind_range(d, &op->value_up->mem, op->value_up_offset, Hk * D * rv * 4, 4, &ub[1],
+                         &x[1], "value_up");
+      if (st == KQ_OK)
+        st = vk_bind_range(d, &op->out->mem, op->out_offset + j0 * H * D * 4, nqb * H * D * 4, 4,
+                           &ub[2], &x[2], "output");
+      x[3] = (uint32_t)H;
+      x[4] = (uint32_t)(H / Hk);
+      if (st == KQ_OK)
+        st = vk_dispatch(d, f, VK_SHADER_UP, uspec, ub, 3, x, (uint32_t)H, (uint32_t)nqb, 1);
+      vk_frame_barrier(f);
+    }
   }
   if (st != KQ_OK) {
     vk_frame_abort(d, f);

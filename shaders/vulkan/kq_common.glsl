@@ -15,9 +15,11 @@
 #define CACHE_T4 vec4
 #endif
 
+#ifndef KQ_TYPED_PUSH // shaders with a struct of kq_push.h declare their own block
 layout(push_constant) uniform kq_push {
   uint u[32];
 } pc;
+#endif
 
 // Finite "minus infinity": the kernels never create Inf, so they stay correct
 // on drivers compiled with no-Inf/NaN fast-math assumptions.

@@ -1,0 +1,39 @@
+/*
+ * vk_split.h — how a decode dispatch splits the context into chunks (pure
+ * functions, no Vulkan: tests call them with pretend devices).
+ */
+#ifndef KQ_VK_SPLIT_H
+#define KQ_VK_SPLIT_H
+
+#include <stdint.h>
+
+/* Workgroups a decode dispatch aims for per compute unit: two resident
+ * workgroups per CU plus slack for the tail (chunks of unequal cost). */
+#define VK_DECODE_WG_PER_CU 4u
+/* Most chunks per (query, head): the merge kernel keeps one weight per chunk
+ * in shared memory. */
+#define VK_DECODE_MAX_CHUNKS 1024u
+
+/* Chunks per (query, row group) of a decode dispatch over `row_groups` ×
+ * `n_queries` workgroup rows, on a device with `n_cus` compute units, where
+ * one workgroup takes `npar` positions per step: enough chunks that the grid
+ * holds VK_DECODE_WG_PER_CU · n_cus workgroups, but no chunk shorter than one
+ * step (npar positions) and at most VK_DECODE_MAX_CHUNKS. There is no fixed
+ * chunk floor: a short context is still spread over the device. Returns >= 1. */
+static inline uint32_t vk_decode_chunks(uint64_t n_ctx, uint32_t row_groups, uint32_t n_queries,
+                                        uint32_t n_cus, uint32_t npar) {
+  const uint64_t rows = (uint64_t)(row_groups ? row_groups : 1) * (n_queries ? n_queries : 1);
+  const uint64_t target = (uint64_t)VK_DECODE_WG_PER_CU * (n_cus ? n_cus : 1);
+  uint64_t n = (target + rows - 1) / rows;
+  const uint64_t steps = (n_ctx + (npar ? npar : 1) - 1) / (npar ? npar : 1);
+  if (n > steps) n = steps;
+  if (n > VK_DECODE_MAX_CHUNKS) n = VK_DECODE_MAX_CHUNKS;
+  return n < 1 ? 1u : (uint32_t)n;
+}
+
+/* Positions per chunk for `chunks` chunks (the last one may be shorter). */
+static inline uint32_t vk_decode_chunk_len(uint64_t n_ctx, uint32_t chunks) {
+  return (uint32_t)((n_ctx + chunks - 1) / chunks);
+}
+
+#endif /* KQ_VK_SPLIT_H */
