@@ -217,13 +217,18 @@ static kq_status frame_fresh(kq_bdevice *d, vk_frame **f) {
 }
 
 kq_status vk_frame_scratch(kq_bdevice *d, vk_frame **f, VkDeviceSize bytes) {
-  if ((*f)->scratch.size >= bytes) return KQ_OK;
-  kq_status st = frame_fresh(d, f);
+  if (d->scratch.size >= bytes) return KQ_OK;
+  /* Queued work may still use the old scratch: submit, wait, continue in a
+   * fresh frame (only while the sizes grow during warm-up). */
+  kq_status st = (*f)->open ? frame_flush(d, *f, false) : KQ_OK;
+  for (int i = 0; i < VK_FRAMES && st == KQ_OK; ++i) st = wait_fence(d, &d->frames[i]);
+  if (st == KQ_OK) st = frame_open(d, f);
   if (st != KQ_OK) return st;
-  vk_mem_free(d, &(*f)->scratch);
+  (*f)->n_ops = 1;
+  vk_mem_free(d, &d->scratch);
   VkDeviceSize grow = bytes + bytes / 4;
   if (grow > d->max_alloc) grow = bytes;
-  return vk_mem_alloc(d, grow, VK_MEM_DEVICE, &(*f)->scratch, "scratch buffer");
+  return vk_mem_alloc(d, grow, VK_MEM_DEVICE, &d->scratch, "scratch buffer");
 }
 
 kq_status vk_frame_stage(kq_bdevice *d, vk_frame **f, VkDeviceSize bytes, vk_mem **out_mem,
@@ -465,7 +470,6 @@ void vk_device_close(kq_bdevice *d) {
       vk_frame *f = &d->frames[i];
       f->in_flight = false;
       frame_retire(d, f);
-      vk_mem_free(d, &f->scratch);
       vk_mem_free(d, &f->upload);
       for (int p = 0; p < f->n_pools; ++p) vkDestroyDescriptorPool(d->dev, f->pools[p], NULL);
       if (f->fence) vkDestroyFence(d->dev, f->fence, NULL);
@@ -476,6 +480,7 @@ void vk_device_close(kq_bdevice *d) {
     }
     free(d->ropes);
     vk_mem_free(d, &d->download);
+    vk_mem_free(d, &d->scratch);
     vk_pipelines_destroy(d);
     vk_mem_free(d, &d->dummy);
     if (d->cmd_pool) vkDestroyCommandPool(d->dev, d->cmd_pool, NULL);

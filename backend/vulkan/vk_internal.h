@@ -4,7 +4,7 @@
  * One process-wide instance (vk_module.c) lists the physical devices; each
  * opened device (kq_bdevice) owns a logical device with one compute queue.
  * Work is recorded into "frames": a command buffer, its fence, descriptor
- * pools and a scratch buffer, reused round-robin once their fence signalled.
+ * pools and upload staging, reused round-robin once their fence signalled.
  * Every op takes the device mutex for the whole record-and-submit, so ops
  * from several threads are serialised on the host and ordered on the queue.
  */
@@ -51,7 +51,6 @@ typedef struct vk_frame {
   uint32_t n_ops; /* ops recorded since the frame was opened */
   VkDescriptorPool pools[VK_MAX_POOLS];
   int n_pools, pool_used;
-  vk_mem scratch;           /* device-local work memory of the frame's ops (grow-only) */
   vk_mem upload;            /* persistent mapped staging of the frame's uploads (grow-only) */
   VkDeviceSize upload_used; /* bytes of `upload` taken since the frame was opened */
 } vk_frame;
@@ -121,6 +120,7 @@ struct kq_bdevice {
   int next_frame;
   int open_frame;  /* index of the frame being recorded, -1 when none */
   vk_mem download; /* persistent mapped download staging (grow-only) */
+  vk_mem scratch;  /* device-local work memory of the ops (grow-only) */
   bool push_desc;  /* VK_KHR_push_descriptor: no descriptor sets are allocated */
   vk_counters counters;
 
@@ -164,9 +164,10 @@ void vk_mem_free(kq_bdevice *d, vk_mem *m);
  * recording a barrier against all earlier work. On failure the lock is
  * released. */
 kq_status vk_frame_begin(kq_bdevice *d, vk_frame **out);
-/* Ensures the frame's scratch holds `bytes`. Growing a scratch that earlier
- * ops of the frame still use submits the frame first and continues in a
- * fresh one (*f changes). */
+/* Ensures the device scratch (d->scratch) holds `bytes`. Every op starts
+ * with a barrier against all earlier work on the queue, so ops share one
+ * scratch; growing it submits and waits for queued work first and continues
+ * in a fresh frame (*f changes). */
 kq_status vk_frame_scratch(kq_bdevice *d, vk_frame **f, VkDeviceSize bytes);
 /* `bytes` of mapped upload staging in the frame, valid until it retires;
  * may submit the frame and continue in a fresh one like vk_frame_scratch. */

@@ -375,7 +375,7 @@ static VkDeviceSize align_up(VkDeviceSize v, VkDeviceSize a) {
 }
 
 /* Dequantizes positions [0, n_ctx) of a segmented latent buffer into F32
- * rows [groups, n_ctx, rank] at `out_offset` of the frame scratch. */
+ * rows [groups, n_ctx, rank] at `out_offset` of the device scratch. */
 static kq_status record_dequant(kq_bdevice *d, vk_frame *f, const kq_buffer *cache,
                                 size_t cache_offset, int32_t n_seg, const kq_segment *segs,
                                 kq_storage storage, uint64_t groups, uint64_t capacity,
@@ -388,7 +388,7 @@ static kq_status record_dequant(kq_bdevice *d, vk_frame *f, const kq_buffer *cac
   kq_status st = bind_latent(d, cache, cache_offset, n_seg, segs, (int32_t)rank, storage, groups,
                              capacity, &b[0], &u[0], what);
   if (st == KQ_OK)
-    st = vk_bind_range(d, &f->scratch, out_offset, groups * n_ctx * rank * 4, 4, &b[1], &u[1],
+    st = vk_bind_range(d, &d->scratch, out_offset, groups * n_ctx * rank * 4, 4, &b[1], &u[1],
                        "dequantized latents");
   if (st != KQ_OK) return st;
   u[2] = (uint32_t)(groups * capacity);
@@ -450,11 +450,11 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
   }
   return false;
 fits:
-  p->chunks = vk_decode_chunks((uint64_t)op->n_ctx, H / p->rows, (uint32_t)op->n_queries,
-                               d->compute_units, p->npar);
+  p->chunks =
+      vk_decode_chunks((uint64_t)op->n_ctx, H / p->rows, (uint32_t)op->n_queries, d->compute_units);
   if (p->chunks > lim->maxComputeWorkGroupCount[0]) p->chunks = lim->maxComputeWorkGroupCount[0];
   p->chunk = vk_decode_chunk_len((uint64_t)op->n_ctx, p->chunks);
-  p->chunks = cdiv((uint64_t)op->n_ctx, p->chunk);
+  p->chunks = cdiv((uint64_t)op->n_ctx, p->chunk); /* changes only after the device cap */
   return H / p->rows <= lim->maxComputeWorkGroupCount[1] &&
          (uint32_t)op->n_queries <= lim->maxComputeWorkGroupCount[2] &&
          H <= lim->maxComputeWorkGroupCount[0];
@@ -548,7 +548,7 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, uint32_t c
   if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
   st = vk_frame_scratch(d, &f, pbytes);
   if (st == KQ_OK)
-    st = vk_bind_range(d, &f->scratch, 0, pbytes, 4, &ab[4], &pa.part_off, "partials");
+    st = vk_bind_range(d, &d->scratch, 0, pbytes, 4, &ab[4], &pa.part_off, "partials");
   mb[0] = ab[4];
   pm.part_off = pa.part_off;
   uint32_t push[VK_PUSH_WORDS] = {0};
@@ -653,7 +653,7 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
   vk_frame *f;
   if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
   st = vk_frame_scratch(d, &f, scratch_bytes);
-  vk_mem *scratch = &f->scratch;
+  vk_mem *scratch = &d->scratch;
   const vk_mem *kmem = seg ? scratch : &op->k_cache->mem;
   const vk_mem *vmem = seg ? scratch : &op->v_cache->mem;
   const uint64_t koff = seg ? kdeq : op->k_cache_offset, voff = seg ? vdeq : op->v_cache_offset;

@@ -15,19 +15,24 @@
 #define VK_DECODE_MAX_CHUNKS 1024u
 
 /* Chunks per (query, row group) of a decode dispatch over `row_groups` ×
- * `n_queries` workgroup rows, on a device with `n_cus` compute units, where
- * one workgroup takes `npar` positions per step: enough chunks that the grid
- * holds VK_DECODE_WG_PER_CU · n_cus workgroups, but no chunk shorter than one
- * step (npar positions) and at most VK_DECODE_MAX_CHUNKS. There is no fixed
- * chunk floor: a short context is still spread over the device. Returns >= 1. */
+ * `n_queries` workgroup rows, on a device with `n_cus` compute units: enough
+ * chunks that the grid holds VK_DECODE_WG_PER_CU · n_cus workgroups, at most
+ * one per position and at most VK_DECODE_MAX_CHUNKS. There is no chunk
+ * floor: a short context is still spread over the whole device (a chunk
+ * shorter than a workgroup's step leaves some of its lanes idle, which costs
+ * less than idle compute units). Returns >= 1; vk_decode_chunk_len gives
+ * their length, every chunk non-empty. */
 static inline uint32_t vk_decode_chunks(uint64_t n_ctx, uint32_t row_groups, uint32_t n_queries,
-                                        uint32_t n_cus, uint32_t npar) {
+                                        uint32_t n_cus) {
   const uint64_t rows = (uint64_t)(row_groups ? row_groups : 1) * (n_queries ? n_queries : 1);
   const uint64_t target = (uint64_t)VK_DECODE_WG_PER_CU * (n_cus ? n_cus : 1);
   uint64_t n = (target + rows - 1) / rows;
-  const uint64_t steps = (n_ctx + (npar ? npar : 1) - 1) / (npar ? npar : 1);
-  if (n > steps) n = steps;
+  if (n > n_ctx) n = n_ctx;
   if (n > VK_DECODE_MAX_CHUNKS) n = VK_DECODE_MAX_CHUNKS;
+  if (n < 1) n = 1;
+  /* Equal chunks of ceil(n_ctx / n) positions: none of them empty. */
+  const uint64_t len = (n_ctx + n - 1) / n;
+  n = len ? (n_ctx + len - 1) / len : 1;
   return n < 1 ? 1u : (uint32_t)n;
 }
 
