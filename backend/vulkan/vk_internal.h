@@ -125,6 +125,10 @@ struct kq_bdevice {
   vk_counters counters;
 
   pthread_mutex_t pipe_lock; /* pipeline cache */
+  VkPipelineCache pcache;    /* vk_pcache.c: persisted on disk */
+  bool pcache_disk;          /* a cache file path is known and enabled */
+  bool pcache_loaded;        /* the file held valid data for this device */
+  bool pcache_dirty;         /* pipelines were built since the load */
   VkShaderModule modules[VK_SHADER_COUNT];
   vk_pipeline_entry *pipes;
   int n_pipes, cap_pipes;
@@ -211,6 +215,15 @@ kq_status vk_upload_new(kq_bdevice *d, const void *src, size_t bytes, kq_buffer 
 /* --- vk_shaders.c --- */
 /* Embedded SPIR-V of a shader and its display name. */
 const uint32_t *vk_shader_code(vk_shader s, size_t *out_bytes, const char **out_name);
+
+/* --- vk_pcache.c --- */
+/* The on-disk path of the device's pipeline cache; 0 without a cache dir. */
+int vk_pcache_path(const kq_bdevice *d, char *out, size_t size);
+/* Creates d->pcache from the file when it is valid for this device, else
+ * empty. Never fails: without a cache pipelines are simply not cached. */
+kq_status vk_pcache_open(kq_bdevice *d);
+/* Writes the cache back atomically when new pipelines were built; destroys it. */
+void vk_pcache_close(kq_bdevice *d);
 
 /* --- vk_pipeline.c --- */
 /* Records one dispatch: descriptor set for `bindings` (unused = dummy),

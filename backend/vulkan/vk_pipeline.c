@@ -30,10 +30,11 @@ kq_status vk_pipelines_init(kq_bdevice *d) {
                                    .pPushConstantRanges = &pr};
   if (vkCreatePipelineLayout(d->dev, &pi, NULL, &d->pipe_layout) != VK_SUCCESS)
     return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: vkCreatePipelineLayout failed", d->index);
-  return KQ_OK;
+  return vk_pcache_open(d);
 }
 
 void vk_pipelines_destroy(kq_bdevice *d) {
+  vk_pcache_close(d);
   for (int i = 0; i < d->n_pipes; ++i) vkDestroyPipeline(d->dev, d->pipes[i].pipeline, NULL);
   free(d->pipes);
   d->pipes = NULL;
@@ -67,7 +68,8 @@ static kq_status create_pipeline(kq_bdevice *d, vk_shader shader, const uint32_t
                 .pName = "main",
                 .pSpecializationInfo = &si},
       .layout = d->pipe_layout};
-  VkResult r = vkCreateComputePipelines(d->dev, VK_NULL_HANDLE, 1, &ci, NULL, out);
+  VkResult r = vkCreateComputePipelines(d->dev, d->pcache, 1, &ci, NULL, out);
+  d->pcache_dirty = true;
   if (r != VK_SUCCESS)
     return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: %s: vkCreateComputePipelines failed (VkResult %d)",
                   d->index, name, (int)r);

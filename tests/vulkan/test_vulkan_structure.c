@@ -6,8 +6,9 @@
  * allocation after warm-up; its output matches the CPU backend. Also the
  * decode split (vk_split.h) against pretend devices: the grid of a 4k or 32k
  * context holds at least twice as many workgroups as the device has compute
- * units. The split tests run without a device; the rest exits 77 (ctest
- * SKIP) when no Vulkan device is present.
+ * units. The pipeline cache is written to KQSVD_CACHE_DIR when a device
+ * closes, and a damaged file is ignored and rewritten. The split tests run without a device; the
+ * rest exits 77 (ctest SKIP) when no Vulkan device is present.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -218,6 +220,67 @@ static void test_decode_step_joint(void **state) {
   run_step_case(&sc, 400);
 }
 
+/* --- the pipeline cache on disk --- */
+
+/* One small decode on a fresh device, then the device is closed. */
+static void decode_once(void) {
+  step_case sc = {.layout = KQ_LAYOUT_PER_HEAD, .storage = KQ_STORAGE_F32};
+  run_step_case(&sc, 40);
+}
+
+/* 1 when `path` is a whole cache file: our header, then a Vulkan pipeline
+ * cache blob (header version one, at least 32 bytes). */
+static int valid_cache_file(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return 0;
+  unsigned char buf[4096];
+  size_t n = fread(buf, 1, sizeof buf, f);
+  fclose(f);
+  if (n < 24 + 32 || memcmp(buf, "KQVKPC01", 8) != 0) return 0;
+  uint64_t len = 0;
+  for (int i = 7; i >= 0; --i) len = (len << 8) | buf[8 + i];
+  uint32_t hdr_len = (uint32_t)buf[24] | (uint32_t)buf[25] << 8 | (uint32_t)buf[26] << 16 |
+                     (uint32_t)buf[27] << 24;
+  return len + 24 == n && hdr_len >= 32 && buf[28] == 1;
+}
+
+/* The single cache file in `dir` (its path into out), or 0. */
+static int find_cache_file(const char *dir, char *out, size_t size) {
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "ls %s/vulkan-*.pcache 2>/dev/null", dir);
+  FILE *p = popen(cmd, "r");
+  if (!p) return 0;
+  int ok = fgets(out, (int)size, p) != NULL;
+  pclose(p);
+  if (ok) out[strcspn(out, "\n")] = '\0';
+  return ok && out[0];
+}
+
+static void test_pipeline_cache_persists(void **state) {
+  (void)state;
+  char dir[] = "/tmp/kqsvd-vk-pcache-XXXXXX", path[700];
+  assert_non_null(mkdtemp(dir));
+  setenv("KQSVD_CACHE_DIR", dir, 1);
+  decode_once();
+  if (!find_cache_file(dir, path, sizeof path)) fail_msg("no pipeline cache written in %s", dir);
+  assert_true(valid_cache_file(path));
+  /* A truncated file is ignored, and the next close writes a whole one. */
+  assert_int_equal(truncate(path, 30), 0);
+  decode_once();
+  assert_true(valid_cache_file(path));
+  /* Garbage of the right length is ignored too (checksum). */
+  FILE *f = fopen(path, "r+b");
+  assert_non_null(f);
+  fseek(f, 30, SEEK_SET);
+  fputc(0x5a, f);
+  fclose(f);
+  decode_once();
+  assert_true(valid_cache_file(path));
+  unsetenv("KQSVD_CACHE_DIR");
+  unlink(path);
+  rmdir(dir);
+}
+
 int main(void) {
   const struct CMUnitTest pure[] = {
       cmocka_unit_test(test_split_fills_the_device),
@@ -242,6 +305,7 @@ int main(void) {
       cmocka_unit_test(test_decode_step_per_head_float),
       cmocka_unit_test(test_decode_step_per_head_quantized),
       cmocka_unit_test(test_decode_step_joint),
+      cmocka_unit_test(test_pipeline_cache_persists),
   };
   return cmocka_run_group_tests(tests, NULL, NULL) ? 1 : 0;
 }
