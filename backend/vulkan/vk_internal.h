@@ -21,7 +21,7 @@
 
 #define VK_FRAMES 4
 #define VK_MAX_BINDINGS 6
-#define VK_PUSH_WORDS 32
+#define VK_PUSH_BYTES 128u /* push-constant range (kq_push.h structs) */
 #define VK_SPEC_COUNT 64
 #define VK_MAX_POOLS 16
 
@@ -227,11 +227,12 @@ void vk_pcache_close(kq_bdevice *d);
 
 /* --- vk_pipeline.c --- */
 /* Records one dispatch: descriptor set for `bindings` (unused = dummy),
- * pipeline for (shader, spec), push constants, group counts. */
+ * pipeline for (shader, spec), push constants (a kq_push.h struct of
+ * push_bytes <= VK_PUSH_BYTES), group counts. */
 kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
                       const uint32_t spec[VK_SPEC_COUNT], const vk_binding *bindings,
-                      int n_bindings, const uint32_t push[VK_PUSH_WORDS], uint32_t gx, uint32_t gy,
-                      uint32_t gz);
+                      int n_bindings, const void *push, uint32_t push_bytes, uint32_t gx,
+                      uint32_t gy, uint32_t gz);
 kq_status vk_pipelines_init(kq_bdevice *d);
 void vk_pipelines_destroy(kq_bdevice *d);
 

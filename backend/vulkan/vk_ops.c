@@ -20,7 +20,12 @@ _Static_assert(offsetof(kq_push_decode, gc) == 10 * 4, "kq_push_decode.gc offset
 _Static_assert(offsetof(kq_push_decode, scale_bits) == 14 * 4, "kq_push_decode.scale_bits");
 _Static_assert(sizeof(kq_push_merge) == 6 * 4, "kq_push_merge layout");
 _Static_assert(offsetof(kq_push_merge, n_chunks) == 5 * 4, "kq_push_merge.n_chunks offset");
-_Static_assert(sizeof(kq_push_decode) <= VK_PUSH_WORDS * 4, "push constants exceed 128 bytes");
+_Static_assert(sizeof(kq_push_attend) == 15 * 4, "kq_push_attend layout");
+_Static_assert(offsetof(kq_push_attend, chunk) == 14 * 4, "kq_push_attend.chunk offset");
+_Static_assert(sizeof(kq_push_project_seg) == 8 * 4, "kq_push_project_seg layout");
+_Static_assert(sizeof(kq_push_qprep) == 8 * 4, "kq_push_qprep layout");
+_Static_assert(sizeof(kq_push_decode) <= VK_PUSH_BYTES && sizeof(kq_push_attend) <= VK_PUSH_BYTES,
+               "push constants exceed the 128 bytes every device offers");
 
 #define VK_WG 64u
 
@@ -139,13 +144,14 @@ static kq_status project_segmented(kq_bdevice *d, const kq_project_op *op, uint3
   const vk_shader shader =
       op->storage == KQ_STORAGE_F16 ? VK_SHADER_PROJECT_SEG_F16 : VK_SHADER_PROJECT_SEG_F32;
   vk_binding b[3];
-  uint32_t push[VK_PUSH_WORDS] = {0};
-  st =
-      bind_opt(d, op->proj, op->proj_offset, Hs * D * R * 4, !ident, &b[1], &push[1], "projection");
+  kq_push_project_seg push = {0};
+  st = bind_opt(d, op->proj, op->proj_offset, Hs * D * R * 4, !ident, &b[1], &push.proj_off,
+                "projection");
   if (st == KQ_OK)
-    st = bind_latent(d, op->dst, op->dst_offset, op->n_segments, op->segments, op->rank,
-                     op->storage, Hs, (uint64_t)op->capacity, &b[2], &push[2], "latent cache");
-  if (st == KQ_OK && push[2] % elem)
+    st =
+        bind_latent(d, op->dst, op->dst_offset, op->n_segments, op->segments, op->rank, op->storage,
+                    Hs, (uint64_t)op->capacity, &b[2], &push.dst_base, "latent cache");
+  if (st == KQ_OK && push.dst_base % elem)
     st = VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: project: cache offset %zu misaligned",
                 d->index, op->dst_offset);
   if (st != KQ_OK) return st;
@@ -153,15 +159,15 @@ static kq_status project_segmented(kq_bdevice *d, const kq_project_op *op, uint3
   if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
   for (uint64_t t0 = 0; t0 < (uint64_t)op->n_tokens && st == KQ_OK; t0 += tb) {
     uint64_t nb = (uint64_t)op->n_tokens - t0 < tb ? (uint64_t)op->n_tokens - t0 : tb;
-    st = vk_bind_range(d, &op->src->mem, op->src_offset + t0 * row, nb * row, 4, &b[0], &push[0],
-                       "project source");
-    push[3] = (uint32_t)nb;
-    push[4] = (uint32_t)Hs;
-    push[5] = (uint32_t)(Hs * (uint64_t)op->capacity);
-    push[6] = (uint32_t)op->capacity;
-    push[7] = (uint32_t)((uint64_t)op->pos + t0);
+    st = vk_bind_range(d, &op->src->mem, op->src_offset + t0 * row, nb * row, 4, &b[0],
+                       &push.src_off, "project source");
+    push.n_tokens = (uint32_t)nb;
+    push.n_heads = (uint32_t)Hs;
+    push.gc = (uint32_t)(Hs * (uint64_t)op->capacity);
+    push.capacity = (uint32_t)op->capacity;
+    push.pos = (uint32_t)((uint64_t)op->pos + t0);
     if (st == KQ_OK)
-      st = vk_dispatch(d, f, shader, spec, b, 3, push, cdiv(nb, tt), (uint32_t)Hs, 1);
+      st = vk_dispatch(d, f, shader, spec, b, 3, &push, sizeof push, cdiv(nb, tt), (uint32_t)Hs, 1);
   }
   if (st != KQ_OK) {
     vk_frame_abort(d, f);
@@ -207,21 +213,22 @@ kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
   for (uint64_t t0 = 0; t0 < (uint64_t)op->n_tokens && st == KQ_OK; t0 += tb) {
     uint64_t nb = (uint64_t)op->n_tokens - t0 < tb ? (uint64_t)op->n_tokens - t0 : tb;
     vk_binding b[3];
-    uint32_t push[VK_PUSH_WORDS] = {0};
-    st = vk_bind_range(d, &op->src->mem, op->src_offset + t0 * row, nb * row, 4, &b[0], &push[0],
-                       "project source");
+    kq_push_project push = {0};
+    st = vk_bind_range(d, &op->src->mem, op->src_offset + t0 * row, nb * row, 4, &b[0],
+                       &push.src_off, "project source");
     for (uint64_t h = 0; h < Hs && st == KQ_OK; ++h) {
       st = bind_opt(d, op->proj, op->proj_offset + h * D * R * 4, D * R * 4, !ident, &b[1],
-                    &push[1], "projection");
+                    &push.proj_off, "projection");
       if (st == KQ_OK)
         st = vk_bind_range(d, &op->dst->mem,
                            op->dst_offset +
                                ((h * (uint64_t)op->capacity) + (uint64_t)op->pos + t0) * R * elem,
-                           nb * R * elem, elem, &b[2], &push[2], "cache");
-      push[3] = (uint32_t)nb;
-      push[4] = (uint32_t)h;
-      push[5] = (uint32_t)Hs;
-      if (st == KQ_OK) st = vk_dispatch(d, f, shader, spec, b, 3, push, cdiv(nb, tt), 1, 1);
+                           nb * R * elem, elem, &b[2], &push.dst_off, "cache");
+      push.n_tokens = (uint32_t)nb;
+      push.head = (uint32_t)h;
+      push.n_heads = (uint32_t)Hs;
+      if (st == KQ_OK)
+        st = vk_dispatch(d, f, shader, spec, b, 3, &push, sizeof push, cdiv(nb, tt), 1, 1);
     }
   }
   if (st != KQ_OK) {
@@ -384,22 +391,22 @@ static kq_status record_dequant(kq_bdevice *d, vk_frame *f, const kq_buffer *cac
   uint32_t spec[VK_SPEC_COUNT] = {VK_WG, 0, rank};
   seg_spec(spec, 16, n_seg, segs, (int32_t)rank);
   vk_binding b[2];
-  uint32_t u[VK_PUSH_WORDS] = {0};
+  kq_push_dequant u = {0};
   kq_status st = bind_latent(d, cache, cache_offset, n_seg, segs, (int32_t)rank, storage, groups,
-                             capacity, &b[0], &u[0], what);
+                             capacity, &b[0], &u.src_base, what);
   if (st == KQ_OK)
-    st = vk_bind_range(d, &d->scratch, out_offset, groups * n_ctx * rank * 4, 4, &b[1], &u[1],
+    st = vk_bind_range(d, &d->scratch, out_offset, groups * n_ctx * rank * 4, 4, &b[1], &u.out_off,
                        "dequantized latents");
   if (st != KQ_OK) return st;
-  u[2] = (uint32_t)(groups * capacity);
-  u[3] = (uint32_t)capacity;
-  u[4] = (uint32_t)n_ctx;
-  u[5] = (uint32_t)groups;
+  u.gc = (uint32_t)(groups * capacity);
+  u.capacity = (uint32_t)capacity;
+  u.n = (uint32_t)n_ctx;
+  u.groups = (uint32_t)groups;
   uint64_t gx = cdiv(n_ctx * rank, VK_WG);
   if (gx > d->props.limits.maxComputeWorkGroupCount[0])
     gx = d->props.limits.maxComputeWorkGroupCount[0];
   const vk_shader sh = storage == KQ_STORAGE_F16 ? VK_SHADER_DEQUANT_F16 : VK_SHADER_DEQUANT_F32;
-  return vk_dispatch(d, f, sh, spec, b, 2, u, (uint32_t)gx, (uint32_t)groups, 1);
+  return vk_dispatch(d, f, sh, spec, b, 2, &u, sizeof u, (uint32_t)gx, (uint32_t)groups, 1);
 }
 
 /* --- decode: attend_dec.comp + merge_up.comp --- */
@@ -551,16 +558,13 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, uint32_t c
     st = vk_bind_range(d, &d->scratch, 0, pbytes, 4, &ab[4], &pa.part_off, "partials");
   mb[0] = ab[4];
   pm.part_off = pa.part_off;
-  uint32_t push[VK_PUSH_WORDS] = {0};
-  memcpy(push, &pa, sizeof pa);
   if (st == KQ_OK)
-    st = vk_dispatch(d, f, ashader, aspec, ab, 5, push, pl->chunks, (uint32_t)(H / pl->rows),
-                     (uint32_t)nq);
+    st = vk_dispatch(d, f, ashader, aspec, ab, 5, &pa, sizeof pa, pl->chunks,
+                     (uint32_t)(H / pl->rows), (uint32_t)nq);
   vk_frame_barrier(f);
-  memset(push, 0, sizeof push);
-  memcpy(push, &pm, sizeof pm);
   if (st == KQ_OK)
-    st = vk_dispatch(d, f, VK_SHADER_MERGE_UP, mspec, mb, 3, push, (uint32_t)H, (uint32_t)nq, 1);
+    st = vk_dispatch(d, f, VK_SHADER_MERGE_UP, mspec, mb, 3, &pm, sizeof pm, (uint32_t)H,
+                     (uint32_t)nq, 1);
   if (st != KQ_OK) {
     vk_frame_abort(d, f);
     return st;
@@ -671,10 +675,11 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
     const uint64_t kctx = (uint64_t)op->n_ctx - nq + j0 + nqb;
     const uint64_t nch = cdiv(kctx, p.CH);
     vk_binding b[VK_MAX_BINDINGS] = {0};
-    uint32_t u[VK_PUSH_WORDS] = {0}, e_rope = 0, e_b = 0, e_a = 0, e_q = 0, e_part = 0;
+    kq_push_qprep u = {0};
+    uint32_t e_rope = 0, e_b = 0, e_a = 0, e_q = 0, e_part = 0;
     /* 1. prepared queries q B (or rotated q B Aᵀ) into scratch */
     st = vk_bind_range(d, &op->q->mem, op->q_offset + j0 * H * D * 4, nqb * H * D * 4, 4, &b[0],
-                       &u[0], "queries");
+                       &u.q_off, "queries");
     if (st == KQ_OK)
       st = bind_opt(d, op->query_down, op->query_down_offset, Hk * D * rk * 4, !ident, &b[1], &e_b,
                     "query_down");
@@ -687,14 +692,15 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
       st = vk_bind_range(d, &rope->buffer->mem, 0, rope->buffer->mem.size, 4, &b[4], &e_rope,
                          "rope table");
     if (st != KQ_OK) break;
-    u[1] = e_b;
-    u[2] = e_a;
-    u[3] = e_q;
-    u[4] = (uint32_t)H;
-    u[5] = (uint32_t)(H / Hk); /* B of query head h: kv head h / group */
-    u[6] = (uint32_t)(kctx - nqb);
-    u[7] = hi_off;
-    st = vk_dispatch(d, f, VK_SHADER_QPREP, qspec, b, 5, u, (uint32_t)H, (uint32_t)nqb, 1);
+    u.b_off = e_b;
+    u.a_off = e_a;
+    u.out_off = e_q;
+    u.n_heads = (uint32_t)H;
+    u.group = (uint32_t)(H / Hk); /* B of query head h: kv head h / group */
+    u.pos0 = (uint32_t)(kctx - nqb);
+    u.rope_hi = hi_off;
+    st = vk_dispatch(d, f, VK_SHADER_QPREP, qspec, b, 5, &u, sizeof u, (uint32_t)H, (uint32_t)nqb,
+                     1);
     vk_frame_barrier(f);
     /* 2. partial attention per kv head and cache window */
     vk_binding ab[VK_MAX_BINDINGS] = {b[3], {0}, {0}, {0}, b[4], b[1]};
@@ -705,58 +711,62 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
       const uint64_t kv = kvs / p.n_sub, head0 = kv * (H / cgroups) + (kvs % p.n_sub) * p.G;
       for (uint64_t w0 = 0; w0 < kctx && st == KQ_OK; w0 += p.window) {
         const uint64_t wl = kctx - w0 < p.window ? kctx - w0 : p.window;
-        uint32_t v[VK_PUSH_WORDS] = {0};
+        kq_push_attend v = {0};
         st = vk_bind_range(d, kmem, koff + (kv * kcap + w0) * rk * p.elem, wl * rk * p.elem, p.elem,
-                           &ab[1], &v[1], "key cache");
+                           &ab[1], &v.k_off, "key cache");
         if (st == KQ_OK)
           st = vk_bind_range(d, vmem, voff + (kv * kcap + w0) * rv * p.elem, wl * rv * p.elem,
-                             p.elem, &ab[2], &v[2], "value cache");
-        v[0] = e_q;
-        v[3] = e_part;
-        v[4] = e_b + (uint32_t)(kv * D * rk);
-        v[5] = (uint32_t)kctx;
-        v[6] = (uint32_t)nqb;
-        v[7] = (uint32_t)H;
-        v[8] = (uint32_t)head0;
-        v[9] = (uint32_t)(w0 / p.CH);
-        v[10] = (uint32_t)w0;
-        v[11] = (uint32_t)(nch * p.ntg);
-        v[12] = hi_off;
-        v[13] = scale_bits;
-        v[14] = p.CH;
+                             p.elem, &ab[2], &v.v_off, "value cache");
+        v.q_off = e_q;
+        v.part_off = e_part;
+        v.b_off = e_b + (uint32_t)(kv * D * rk);
+        v.n_ctx = (uint32_t)kctx;
+        v.n_queries = (uint32_t)nqb;
+        v.n_heads = (uint32_t)H;
+        v.head0 = (uint32_t)head0;
+        v.chunk0 = (uint32_t)(w0 / p.CH);
+        v.tok_base = (uint32_t)w0;
+        v.n_parts = (uint32_t)(nch * p.ntg);
+        v.rope_hi = hi_off;
+        v.scale_bits = scale_bits;
+        v.chunk = p.CH;
         if (st == KQ_OK)
-          st = vk_dispatch(d, f, ashader, aspec, ab, 6, v, cdiv(wl, p.CH), cdiv(nqb, p.QT), 1);
+          st = vk_dispatch(d, f, ashader, aspec, ab, 6, &v, sizeof v, cdiv(wl, p.CH),
+                           cdiv(nqb, p.QT), 1);
       }
     }
     vk_frame_barrier(f);
     /* 3. merge the chunks into the latent output */
     vk_binding rb[2] = {ab[3], {0}};
-    uint32_t w[VK_PUSH_WORDS] = {0};
+    kq_push_reduce w = {0};
     if (st == KQ_OK && up)
-      st = vk_bind_range(d, scratch, latoff, nqb * H * rv * 4, 4, &rb[1], &w[1], "latent output");
+      st = vk_bind_range(d, scratch, latoff, nqb * H * rv * 4, 4, &rb[1], &w.out_off,
+                         "latent output");
     else if (st == KQ_OK)
       st = vk_bind_range(d, &op->out->mem, op->out_offset + j0 * H * rv * 4, nqb * H * rv * 4, 4,
-                         &rb[1], &w[1], "output");
-    w[0] = e_part;
-    w[2] = (uint32_t)(nch * p.ntg);
-    w[3] = (uint32_t)H;
+                         &rb[1], &w.out_off, "output");
+    w.part_off = e_part;
+    w.n_parts = (uint32_t)(nch * p.ntg);
+    w.n_heads = (uint32_t)H;
     if (st == KQ_OK)
-      st = vk_dispatch(d, f, VK_SHADER_REDUCE, rspec, rb, 2, w, (uint32_t)H, (uint32_t)nqb, 1);
+      st = vk_dispatch(d, f, VK_SHADER_REDUCE, rspec, rb, 2, &w, sizeof w, (uint32_t)H,
+                       (uint32_t)nqb, 1);
     vk_frame_barrier(f);
     if (st == KQ_OK && up) { /* 4. fused up-projection: out = latent · Eᵀ */
       const uint32_t uspec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)rv, 0};
       vk_binding ub[3] = {rb[1], {0}, {0}};
-      uint32_t x[VK_PUSH_WORDS] = {0};
-      x[0] = w[1];
+      kq_push_up x = {0};
+      x.lat_off = w.out_off;
       st = vk_bind_range(d, &op->value_up->mem, op->value_up_offset, Hk * D * rv * 4, 4, &ub[1],
-                         &x[1], "value_up");
+                         &x.e_off, "value_up");
       if (st == KQ_OK)
         st = vk_bind_range(d, &op->out->mem, op->out_offset + j0 * H * D * 4, nqb * H * D * 4, 4,
-                           &ub[2], &x[2], "output");
-      x[3] = (uint32_t)H;
-      x[4] = (uint32_t)(H / Hk);
+                           &ub[2], &x.out_off, "output");
+      x.n_heads = (uint32_t)H;
+      x.group = (uint32_t)(H / Hk);
       if (st == KQ_OK)
-        st = vk_dispatch(d, f, VK_SHADER_UP, uspec, ub, 3, x, (uint32_t)H, (uint32_t)nqb, 1);
+        st = vk_dispatch(d, f, VK_SHADER_UP, uspec, ub, 3, &x, sizeof x, (uint32_t)H, (uint32_t)nqb,
+                         1);
       vk_frame_barrier(f);
     }
   }
@@ -792,19 +802,19 @@ kq_status vk_op_up(kq_bdevice *d, const kq_up_op *op) {
   for (uint64_t j0 = 0; j0 < (uint64_t)op->n_queries && st == KQ_OK; j0 += qb) {
     const uint64_t n = (uint64_t)op->n_queries - j0 < qb ? (uint64_t)op->n_queries - j0 : qb;
     vk_binding b[3];
-    uint32_t u[VK_PUSH_WORDS] = {0};
+    kq_push_up u = {0};
     st = vk_bind_range(d, &op->latent->mem, op->latent_offset + j0 * H * rv * 4, n * H * rv * 4, 4,
-                       &b[0], &u[0], "latent output");
+                       &b[0], &u.lat_off, "latent output");
     if (st == KQ_OK)
       st = bind_opt(d, op->value_up, op->value_up_offset, (uint64_t)op->n_kv_heads * D * rv * 4,
-                    !ident, &b[1], &u[1], "value_up");
+                    !ident, &b[1], &u.e_off, "value_up");
     if (st == KQ_OK)
       st = vk_bind_range(d, &op->out->mem, op->out_offset + j0 * H * D * 4, n * H * D * 4, 4, &b[2],
-                         &u[2], "output");
-    u[3] = (uint32_t)H;
-    u[4] = (uint32_t)(op->n_heads / op->n_kv_heads);
+                         &u.out_off, "output");
+    u.n_heads = (uint32_t)H;
+    u.group = (uint32_t)(op->n_heads / op->n_kv_heads);
     if (st == KQ_OK)
-      st = vk_dispatch(d, f, VK_SHADER_UP, spec, b, 3, u, (uint32_t)H, (uint32_t)n, 1);
+      st = vk_dispatch(d, f, VK_SHADER_UP, spec, b, 3, &u, sizeof u, (uint32_t)H, (uint32_t)n, 1);
   }
   if (st != KQ_OK) {
     vk_frame_abort(d, f);

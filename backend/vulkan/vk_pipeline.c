@@ -22,7 +22,7 @@ kq_status vk_pipelines_init(kq_bdevice *d) {
       .pBindings = b};
   if (vkCreateDescriptorSetLayout(d->dev, &li, NULL, &d->set_layout) != VK_SUCCESS)
     return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: vkCreateDescriptorSetLayout failed", d->index);
-  VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, VK_PUSH_WORDS * 4};
+  VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, VK_PUSH_BYTES};
   VkPipelineLayoutCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
                                    .setLayoutCount = 1,
                                    .pSetLayouts = &d->set_layout,
@@ -109,9 +109,12 @@ static kq_status get_pipeline(kq_bdevice *d, vk_shader shader, const uint32_t *s
 
 kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
                       const uint32_t spec[VK_SPEC_COUNT], const vk_binding *bindings,
-                      int n_bindings, const uint32_t push[VK_PUSH_WORDS], uint32_t gx, uint32_t gy,
-                      uint32_t gz) {
+                      int n_bindings, const void *push, uint32_t push_bytes, uint32_t gx,
+                      uint32_t gy, uint32_t gz) {
   if (gx == 0 || gy == 0 || gz == 0) return KQ_OK;
+  if (push_bytes == 0 || push_bytes > VK_PUSH_BYTES || push_bytes % 4)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %u bytes of push constants", d->index,
+                  push_bytes);
   const uint32_t *lim = d->props.limits.maxComputeWorkGroupCount;
   if (gx > lim[0] || gy > lim[1] || gz > lim[2])
     return VK_ERR(KQ_ERR_UNSUPPORTED,
@@ -145,8 +148,7 @@ kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
     vkCmdBindDescriptorSets(f->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->pipe_layout, 0, 1, &set, 0,
                             NULL);
   }
-  vkCmdPushConstants(f->cmd, d->pipe_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, VK_PUSH_WORDS * 4,
-                     push);
+  vkCmdPushConstants(f->cmd, d->pipe_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_bytes, push);
   VK_COUNT(d, dispatches, 1);
   vkCmdDispatch(f->cmd, gx, gy, gz);
   return KQ_OK;

@@ -21,7 +21,6 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
 #endif
-#define KQ_TYPED_PUSH 1
 #include "kq_common.glsl"
 #include "kq_push.h"
 #include "kq_seg.glsl"

@@ -8,9 +8,11 @@
 #extension GL_EXT_shader_8bit_storage : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int8 : require
 #include "kq_common.glsl"
+#include "kq_push.h"
 #include "kq_seg.glsl"
 
 layout(local_size_x_id = 0) in;
+layout(push_constant) uniform kq_pc { kq_push_dequant p; } pc;
 layout(constant_id = 2) const uint R = 64;
 
 layout(std430, set = 0, binding = 0) readonly buffer kq_src8 { uint8_t s8[]; };
@@ -24,13 +26,12 @@ const uint ELEM = 2u;
 const uint ELEM = 4u;
 #endif
 
-// u[0] src byte base   u[1] out offset   u[2] groups * capacity   u[3] capacity
-// u[4] positions n   u[5] groups
+// Push constants: kq_push_dequant (kq_push.h).
 void main() {
-  const uint g = gl_WorkGroupID.y, total = pc.u[4] * R;
-  const uint gc = pc.u[2], base = pc.u[0];
+  const uint g = gl_WorkGroupID.y, total = pc.p.n * R;
+  const uint gc = pc.p.gc, base = pc.p.src_base;
   for (uint i = gl_GlobalInvocationID.x; i < total; i += gl_NumWorkGroups.x * gl_WorkGroupSize.x) {
-    const uint p = i / R, e = i % R, slot = g * pc.u[3] + p;
+    const uint p = i / R, e = i % R, slot = g * pc.p.capacity + p;
     uint s = 0u, col = 0u;
     while (s + 1u < KSEG_N && e >= col + kq_seg_width(kq_seg(KQ_KEYS, s))) col += kq_seg_width(kq_seg(KQ_KEYS, s++));
     const uint w = kq_seg(KQ_KEYS, s), bits = kq_seg_bits(w), j = e - col;
@@ -51,6 +52,6 @@ void main() {
       }
       x = q * sc;
     }
-    outv[pc.u[1] + (g * pc.u[4] + p) * R + e] = x;
+    outv[pc.p.out_off + (g * pc.p.n + p) * R + e] = x;
   }
 }

@@ -6,7 +6,6 @@
 // The maximum and the weights are computed in parallel over chunks; a chunk
 // maximum at or above KQ_POISON / 2 (a NaN/Inf logit) makes the row NaN.
 #extension GL_GOOGLE_include_directive : require
-#define KQ_TYPED_PUSH 1
 #include "kq_common.glsl"
 #include "kq_push.h"
 

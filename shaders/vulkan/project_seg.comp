@@ -13,9 +13,11 @@
 #extension GL_EXT_shader_8bit_storage : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int8 : require
 #include "kq_common.glsl"
+#include "kq_push.h"
 #include "kq_seg.glsl"
 
 layout(local_size_x_id = 0) in;
+layout(push_constant) uniform kq_pc { kq_push_project_seg p; } pc;
 layout(constant_id = 1) const uint D = 128;
 layout(constant_id = 2) const uint R = 64;
 layout(constant_id = 3) const uint TT = 16;
@@ -32,8 +34,7 @@ const uint ELEM = 2u;
 const uint ELEM = 4u;
 #endif
 
-// u[0] src offset (token 0, head 0)   u[1] proj offset (head 0)   u[2] dst byte base
-// u[3] n_tokens   u[4] n_heads   u[5] groups * capacity   u[6] capacity   u[7] pos
+// Push constants: kq_push_project_seg (kq_push.h).
 shared float tile[TT * D];
 shared float lat[TT * R];
 
@@ -56,11 +57,11 @@ void store_byte(uint at, uint v) { d8[at] = uint8_t(v); }
 void main() {
   const uint lid = gl_LocalInvocationID.x, wg = gl_WorkGroupSize.x;
   const uint t0 = gl_WorkGroupID.x * TT, head = gl_WorkGroupID.y;
-  const uint nt = min(TT, pc.u[3] - t0);
-  const uint stride = pc.u[4] * D;
+  const uint nt = min(TT, pc.p.n_tokens - t0);
+  const uint stride = pc.p.n_heads * D;
   for (uint i = lid; i < nt * D; i += wg) {
     const uint t = i / D, k = i % D;
-    tile[i] = src[pc.u[0] + (t0 + t) * stride + head * D + k];
+    tile[i] = src[pc.p.src_off + (t0 + t) * stride + head * D + k];
   }
   barrier();
   for (uint i = lid; i < nt * R; i += wg) {
@@ -69,20 +70,20 @@ void main() {
     if (IDENT != 0u) {
       acc = tile[t * D + r];
     } else {
-      const uint p = pc.u[1] + head * D * R + r;
+      const uint p = pc.p.proj_off + head * D * R + r;
       for (uint k = 0u; k < D; ++k) acc += tile[t * D + k] * proj[p + k * R];
     }
     lat[t * R + r] = acc;
   }
   barrier();
-  const uint gc = pc.u[5], base = pc.u[2];
+  const uint gc = pc.p.gc, base = pc.p.dst_base;
   for (uint i = lid; i < nt * KSEG_N; i += wg) {
     const uint t = i / KSEG_N, s = i % KSEG_N;
     const uint w = kq_seg(KQ_KEYS, s), n = kq_seg_width(w), bits = kq_seg_bits(w);
     uint col = 0u;
     for (uint j = 0u; j < s; ++j) col += kq_seg_width(kq_seg(KQ_KEYS, j));
     const uvec2 pl = kq_seg_planes(KQ_KEYS, s, gc, ELEM);
-    const uint slot = head * pc.u[6] + pc.u[7] + t0 + t;
+    const uint slot = head * pc.p.capacity + pc.p.pos + t0 + t;
     const uint row = base + pl.x + slot * kq_seg_row_bytes(w, ELEM);
     const uint x0 = t * R + col;
     if (bits == 0u) {
