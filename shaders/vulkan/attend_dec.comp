@@ -186,11 +186,15 @@ void main() {
     [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
       float s = dots[r] * scale;
       if (kq_nonfinite(s)) s = KQ_POISON;
-      const float mx = max(m_run[r], s);
-      const float f = exp(m_run[r] - mx), w = exp(s - mx);
-      m_run[r] = mx;
-      l_run[r] = l_run[r] * f + w;
-      [[unroll]] for (uint i = 0u; i < VPL; ++i) acc[r * VPL + i] = acc[r * VPL + i] * f + w * v[i];
+      if (s > m_run[r]) { // rescale only when the running maximum grows (rarely, after a while)
+        const float f = exp(m_run[r] - s);
+        m_run[r] = s;
+        l_run[r] *= f;
+        [[unroll]] for (uint i = 0u; i < VPL; ++i) acc[r * VPL + i] *= f;
+      }
+      const float w = exp(s - m_run[r]);
+      l_run[r] += w;
+      [[unroll]] for (uint i = 0u; i < VPL; ++i) acc[r * VPL + i] += w * v[i];
     }
   }
 
