@@ -418,6 +418,7 @@ static kq_status record_dequant(kq_bdevice *d, vk_frame *f, const kq_buffer *cac
 typedef struct decode_plan {
   uint32_t rows, lpr, wg, npar, chunks, chunk;
   bool subgroups;
+  bool kvec, vvec; /* 16-byte loads (one float segment of whole 16-byte rows) */
 } decode_plan;
 
 static uint64_t decode_shared(uint32_t rows, uint32_t npar, uint32_t lpr, uint64_t D, uint64_t rk,
@@ -443,9 +444,17 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
     return false;
   /* Lanes per row: a power of two near a quarter of the widest rank (each
    * lane a few dims), within one subgroup. */
-  const uint64_t widest = rk > rv ? rk : rv;
+  /* Lanes per row: a power of two, at most one subgroup, so that each lane
+   * gets at least one 16-byte unit of a vectorised side or 4 dims of a
+   * scalar one. */
+  const uint64_t elem = op->storage == KQ_STORAGE_F16 ? 2 : 4;
+  p->kvec = kq_segments_plain(op->n_key_segments, op->key_segments) && rk * elem % 16 == 0;
+  p->vvec = kq_segments_plain(op->n_value_segments, op->value_segments) && rv * elem % 16 == 0;
+  const uint64_t kslots = p->kvec ? rk * elem / 16 : rk / 4,
+                 vslots = p->vvec ? rv * elem / 16 : rv / 4;
+  const uint64_t widest = kslots > vslots ? kslots : vslots;
   uint32_t lpr = 1;
-  while (lpr * 2 <= (p->subgroups ? sg : 32u) && lpr * 2 * 4 <= widest) lpr *= 2;
+  while (lpr * 2 <= (p->subgroups ? sg : 32u) && lpr * 2 <= widest) lpr *= 2;
   for (p->rows = joint ? 1 : (G < 8 ? G : 8); p->rows >= 1; --p->rows) {
     if (G % p->rows) continue;
     for (p->lpr = lpr; p->lpr <= (p->subgroups ? sg : p->wg); p->lpr *= 2) {
@@ -540,6 +549,8 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, uint32_t c
   const uint32_t elem = f16 ? 2 : 4;
   if (st == KQ_OK && (pa.k_base % elem || pa.v_base % elem))
     st = VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: attend: cache offsets misaligned", d->index);
+  aspec[KQ_SPEC_KVEC] = pl->kvec && pa.k_base % 16 == 0;
+  aspec[KQ_SPEC_VVEC] = pl->vvec && pa.v_base % 16 == 0;
   kq_push_merge pm = {
       .n_heads = (uint32_t)H, .e_group = (uint32_t)(H / Hk), .n_chunks = pl->chunks};
   const uint64_t out_row = up ? D : rv;

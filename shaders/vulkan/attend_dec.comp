@@ -32,6 +32,10 @@ layout(constant_id = KQ_SPEC_RV) const uint RV = 64;
 layout(constant_id = KQ_SPEC_ROWS) const uint ROWS = 1;
 layout(constant_id = KQ_SPEC_LPR) const uint LPR = 8;
 layout(constant_id = KQ_SPEC_IDENT) const uint IDENT = 0;
+// 16-byte loads: the side is one float segment whose rows are whole 16-byte
+// units at 16-byte aligned addresses; lane l loads units l, l + LPR, ...
+layout(constant_id = KQ_SPEC_KVEC) const uint KVEC = 0;
+layout(constant_id = KQ_SPEC_VVEC) const uint VVEC = 0;
 
 layout(push_constant) uniform kq_pc { kq_push_decode p; } pc;
 
@@ -44,6 +48,8 @@ layout(std430, set = 0, binding = 3) readonly buffer kq_v8 { uint8_t v8[]; };
 layout(std430, set = 0, binding = 3) readonly buffer kq_vi8 { int8_t vi8[]; };
 layout(std430, set = 0, binding = 3) readonly buffer kq_vf { CACHE_T vf[]; };
 layout(std430, set = 0, binding = 4) writeonly buffer kq_part { float part[]; };
+layout(std430, set = 0, binding = 2) readonly buffer kq_k16 { uvec4 k16[]; };
+layout(std430, set = 0, binding = 3) readonly buffer kq_v16 { uvec4 v16[]; };
 
 #if KQ_F16
 const uint ELEM = 2u;
@@ -54,6 +60,23 @@ const uint WG = gl_WorkGroupSize.x;
 const uint NPAR = WG / LPR;             // positions in flight per workgroup
 const uint KPL = (RK + LPR - 1u) / LPR; // key dims per lane
 const uint VPL = (RV + LPR - 1u) / LPR; // value dims per lane
+const uint DPU = 16u / ELEM;            // dims per 16-byte unit
+const uint KU = RK / DPU, VU = RV / DPU; // units per row (KVEC / VVEC)
+const uint KUPL = KVEC != 0u ? (KU + LPR - 1u) / LPR : 1u; // key units per lane
+const uint VUPL = VVEC != 0u ? (VU + LPR - 1u) / LPR : 1u;
+
+// The DPU floats of a 16-byte unit of float storage.
+void kq_unpack(uvec4 w, out float x[DPU]) {
+#if KQ_F16
+  [[unroll]] for (uint k = 0u; k < 4u; ++k) {
+    const vec2 h = unpackHalf2x16(w[k]);
+    x[2u * k] = h.x;
+    x[2u * k + 1u] = h.y;
+  }
+#else
+  [[unroll]] for (uint k = 0u; k < 4u; ++k) x[k] = uintBitsToFloat(w[k]);
+#endif
+}
 
 shared float sqin[ROWS * D];
 shared float sq[ROWS * RK];
@@ -146,6 +169,17 @@ void main() {
   }
   [[unroll]] for (uint i = 0u; i < VPL; ++i)
     vd[i] = kq_locate(KQ_VALUES, min(lane + i * LPR, RV - 1u), pc.p.v_base, pc.p.gc);
+  float qv[KVEC != 0u ? ROWS * KUPL * DPU : 1u];
+  [[unroll]] for (uint i = 0u; i < (KVEC != 0u ? KUPL : 0u); ++i) {
+    const uint u = lane + i * LPR;
+    [[unroll]] for (uint k = 0u; k < DPU; ++k)
+      [[unroll]] for (uint r = 0u; r < ROWS; ++r)
+        qv[(r * KUPL + i) * DPU + k] = u < KU ? sq[r * RK + u * DPU + k] : 0.0;
+  }
+  // First 16-byte unit of row 0 of the (single) float segment: its plane is at 0.
+  const uint k16_base = pc.p.k_base / 16u, v16_base = pc.p.v_base / 16u;
+  float accv[VVEC != 0u ? ROWS * VUPL * DPU : 1u];
+  [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? ROWS * VUPL * DPU : 0u); ++i) accv[i] = 0.0;
   float m_run[ROWS], l_run[ROWS], acc[ROWS * VPL];
   [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
     m_run[r] = KQ_NEG;
@@ -160,10 +194,22 @@ void main() {
     const uint slot = slot0 + (ok ? p : cs);
     float dots[ROWS];
     [[unroll]] for (uint r = 0u; r < ROWS; ++r) dots[r] = 0.0;
-    [[unroll]] for (uint i = 0u; i < KPL; ++i) {
-      if (lane + i * LPR < RK) {
-        const float k = kq_load_k(kd[i], slot);
-        [[unroll]] for (uint r = 0u; r < ROWS; ++r) dots[r] += qr[r * KPL + i] * k;
+    if (KVEC != 0u) {
+      [[unroll]] for (uint i = 0u; i < KUPL; ++i) {
+        const uint u = lane + i * LPR;
+        if (u < KU) {
+          float x[DPU];
+          kq_unpack(k16[k16_base + slot * KU + u], x);
+          [[unroll]] for (uint k = 0u; k < DPU; ++k)
+            [[unroll]] for (uint r = 0u; r < ROWS; ++r) dots[r] += qv[(r * KUPL + i) * DPU + k] * x[k];
+        }
+      }
+    } else {
+      [[unroll]] for (uint i = 0u; i < KPL; ++i) {
+        if (lane + i * LPR < RK) {
+          const float k = kq_load_k(kd[i], slot);
+          [[unroll]] for (uint r = 0u; r < ROWS; ++r) dots[r] += qr[r * KPL + i] * k;
+        }
       }
     }
 #if KQ_SUBGROUP
@@ -180,9 +226,16 @@ void main() {
     barrier();
 #endif
     if (!ok) continue;
-    float v[VPL];
-    [[unroll]] for (uint i = 0u; i < VPL; ++i)
+    float v[VVEC != 0u ? 1u : VPL];
+    [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? 0u : VPL); ++i)
       v[i] = lane + i * LPR < RV ? kq_load_v(vd[i], slot) : 0.0;
+    float vv[VVEC != 0u ? VUPL * DPU : 1u];
+    [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? VUPL : 0u); ++i) {
+      const uint u = lane + i * LPR;
+      float x[DPU];
+      kq_unpack(u < VU ? v16[v16_base + slot * VU + u] : uvec4(0u), x);
+      [[unroll]] for (uint k = 0u; k < DPU; ++k) vv[i * DPU + k] = x[k];
+    }
     [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
       float s = dots[r] * scale;
       if (kq_nonfinite(s)) s = KQ_POISON;
@@ -190,11 +243,15 @@ void main() {
         const float f = exp(m_run[r] - s);
         m_run[r] = s;
         l_run[r] *= f;
-        [[unroll]] for (uint i = 0u; i < VPL; ++i) acc[r * VPL + i] *= f;
+        [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? 0u : VPL); ++i) acc[r * VPL + i] *= f;
+        [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? VUPL * DPU : 0u); ++i)
+          accv[r * VUPL * DPU + i] *= f;
       }
       const float w = exp(s - m_run[r]);
       l_run[r] += w;
-      [[unroll]] for (uint i = 0u; i < VPL; ++i) acc[r * VPL + i] += w * v[i];
+      [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? 0u : VPL); ++i) acc[r * VPL + i] += w * v[i];
+      [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? VUPL * DPU : 0u); ++i)
+        accv[r * VUPL * DPU + i] += w * vv[i];
     }
   }
 
@@ -205,8 +262,14 @@ void main() {
       smrg[b] = m_run[r];
       smrg[b + 1u] = l_run[r];
     }
-    [[unroll]] for (uint i = 0u; i < VPL; ++i)
+    [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? 0u : VPL); ++i)
       if (lane + i * LPR < RV) smrg[b + 2u + lane + i * LPR] = acc[r * VPL + i];
+    [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? VUPL : 0u); ++i) {
+      const uint u = lane + i * LPR;
+      if (u < VU)
+        [[unroll]] for (uint k = 0u; k < DPU; ++k)
+          smrg[b + 2u + u * DPU + k] = accv[(r * VUPL + i) * DPU + k];
+    }
   }
   barrier();
   for (uint i = lid; i < ROWS * (RV + 1u); i += WG) {

@@ -30,6 +30,8 @@
 #define KQ_SPEC_LPR 5   /* lanes splitting one latent row (power of two) */
 #define KQ_SPEC_IDENT 6 /* A = B = I (keys) / C = E = I (values) */
 #define KQ_SPEC_UP 7    /* merge_up: multiply by Eᵀ */
+#define KQ_SPEC_KVEC 8  /* attend_dec: keys read as 16-byte units (one float segment) */
+#define KQ_SPEC_VVEC 9  /* attend_dec: values likewise */
 /* kq_seg.glsl: key segment table at 16..32, value table at 33..49. */
 #define KQ_SPEC_KEY_SEGS 16
 #define KQ_SPEC_VALUE_SEGS 33
