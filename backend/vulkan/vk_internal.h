@@ -5,8 +5,9 @@
  * opened device (kq_bdevice) owns a logical device with one compute queue.
  * Work is recorded into "frames": a command buffer, its fence, descriptor
  * pools and upload staging, reused round-robin once their fence signalled.
- * Every op takes the device mutex for the whole record-and-submit, so ops
- * from several threads are serialised on the host and ordered on the queue.
+ * Every op takes the device mutex while it records into the open frame, so
+ * ops from several threads are serialised on the host and ordered on the
+ * queue; the frame is submitted when the host needs a result.
  */
 #ifndef KQ_VK_INTERNAL_H
 #define KQ_VK_INTERNAL_H

@@ -1,9 +1,10 @@
 // kq_common.glsl — declarations shared by every kqsvd compute shader.
 //
 // Push constants are the typed structs of kq_push.h (shared with the C
-// side); each shader declares its block. Offsets are in elements of the bound array, relative
-// to a descriptor bound at an aligned byte offset (the host splits large
-// buffers so that no binding exceeds maxStorageBufferRange).
+// side); each shader declares its block. Offsets are in elements of the
+// bound array, relative to a descriptor bound at an aligned byte offset
+// (the host splits large buffers so that no binding exceeds
+// maxStorageBufferRange).
 #extension GL_EXT_control_flow_attributes : enable
 
 #if KQ_F16
