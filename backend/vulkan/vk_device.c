@@ -4,6 +4,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vk_internal.h"
 
@@ -60,6 +61,7 @@ kq_status vk_mem_alloc(kq_bdevice *d, VkDeviceSize bytes, vk_mem_kind kind, vk_m
   VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
                              .allocationSize = req.size,
                              .memoryTypeIndex = (uint32_t)type};
+  VK_COUNT(d, allocations, 1);
   r = vkAllocateMemory(d->dev, &ai, NULL, &out->memory);
   if (r == VK_SUCCESS) r = vkBindBufferMemory(d->dev, out->buffer, out->memory, 0);
   if (r == VK_SUCCESS && kind != VK_MEM_DEVICE)
@@ -122,25 +124,58 @@ kq_status vk_bind_range(const kq_bdevice *d, const vk_mem *buf, VkDeviceSize off
 
 /* --- frames --- */
 
-static void frame_retire(kq_bdevice *d, vk_frame *f) {
-  if (f->in_flight) vkWaitForFences(d->dev, 1, &f->fence, VK_TRUE, UINT64_MAX);
+#define VK_FRAME_MAX_OPS 256u
+
+static kq_status wait_fence(kq_bdevice *d, vk_frame *f) {
+  if (!f->in_flight) return KQ_OK;
+  VK_COUNT(d, host_waits, 1);
+  VkResult r = vkWaitForFences(d->dev, 1, &f->fence, VK_TRUE, UINT64_MAX);
   f->in_flight = false;
-  for (int i = 0; i < f->n_staging; ++i) vk_mem_free(d, &f->staging[i]);
-  f->n_staging = 0;
-  for (int i = 0; i < f->n_pools; ++i) vkResetDescriptorPool(d->dev, f->pools[i], 0);
-  f->pool_used = 0;
+  return r == VK_SUCCESS ? KQ_OK : vk_fail(r, "vkWaitForFences");
 }
 
-static kq_status frame_add_staging(vk_frame *f, const vk_mem *m) {
-  if (f->n_staging == f->cap_staging) {
-    int cap = f->cap_staging ? 2 * f->cap_staging : 8;
-    vk_mem *p = realloc(f->staging, (size_t)cap * sizeof *p);
-    if (!p) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan: staging list");
-    f->staging = p;
-    f->cap_staging = cap;
-  }
-  f->staging[f->n_staging++] = *m;
+/* Caller holds the lock. Waits for the frame and recycles its pools. */
+static kq_status frame_retire(kq_bdevice *d, vk_frame *f) {
+  kq_status st = wait_fence(d, f);
+  for (int i = 0; i < f->n_pools; ++i) vkResetDescriptorPool(d->dev, f->pools[i], 0);
+  f->pool_used = 0;
+  return st;
+}
+
+/* Caller holds the lock: opens the next frame of the ring for recording. */
+static kq_status frame_open(kq_bdevice *d, vk_frame **out) {
+  const int idx = d->next_frame;
+  vk_frame *f = &d->frames[idx];
+  d->next_frame = (d->next_frame + 1) % VK_FRAMES;
+  kq_status st = frame_retire(d, f);
+  if (st != KQ_OK) return st;
+  VkResult r = vkResetCommandBuffer(f->cmd, 0);
+  VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                 .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+  if (r == VK_SUCCESS) r = vkBeginCommandBuffer(f->cmd, &bi);
+  if (r != VK_SUCCESS) return vk_fail(r, "vkBeginCommandBuffer");
+  f->open = true;
+  f->n_ops = 0;
+  f->upload_used = 0;
+  d->open_frame = idx;
+  *out = f;
   return KQ_OK;
+}
+
+/* Caller holds the lock: submits the open frame (one vkQueueSubmit). */
+static kq_status frame_flush(kq_bdevice *d, vk_frame *f, bool wait) {
+  if (!f->open) return KQ_OK;
+  f->open = false;
+  d->open_frame = -1;
+  VkResult r = vkEndCommandBuffer(f->cmd);
+  if (r == VK_SUCCESS) r = vkResetFences(d->dev, 1, &f->fence);
+  VkSubmitInfo si = {
+      .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &f->cmd};
+  if (r == VK_SUCCESS) r = vkQueueSubmit(d->queue, 1, &si, f->fence);
+  if (r != VK_SUCCESS) return vk_fail(r, "vkQueueSubmit");
+  VK_COUNT(d, submits, 1);
+  f->in_flight = true;
+  return wait ? wait_fence(d, f) : KQ_OK;
 }
 
 static const VkMemoryBarrier k_full_barrier = {
@@ -159,48 +194,74 @@ kq_status vk_frame_begin(kq_bdevice *d, vk_frame **out) {
   kq_status st = vk_validation_check("vulkan");
   if (st != KQ_OK) return st;
   pthread_mutex_lock(&d->lock);
-  vk_frame *f = &d->frames[d->next_frame];
-  d->next_frame = (d->next_frame + 1) % VK_FRAMES;
-  frame_retire(d, f);
-  VkResult r = vkResetCommandBuffer(f->cmd, 0);
-  VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
-                                 .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
-  if (r == VK_SUCCESS) r = vkBeginCommandBuffer(f->cmd, &bi);
-  if (r != VK_SUCCESS) {
+  vk_frame *f = d->open_frame >= 0 ? &d->frames[d->open_frame] : NULL;
+  if (!f && (st = frame_open(d, &f)) != KQ_OK) {
     pthread_mutex_unlock(&d->lock);
-    return vk_fail(r, "vkBeginCommandBuffer");
+    return st;
   }
-  /* Orders this frame after every earlier submission on the queue. */
+  /* Orders this op after every earlier one (same frame or submitted). */
   vk_frame_barrier(f);
+  f->n_ops++;
   *out = f;
   return KQ_OK;
 }
 
-kq_status vk_frame_scratch(kq_bdevice *d, vk_frame *f, VkDeviceSize bytes) {
-  if (f->scratch.size >= bytes) return KQ_OK;
-  vk_mem_free(d, &f->scratch);
+/* Caller holds the lock: when ops before the current one are recorded in
+ * *f, submits it and continues the current op in a fresh frame. */
+static kq_status frame_fresh(kq_bdevice *d, vk_frame **f) {
+  if ((*f)->n_ops <= 1 && (*f)->upload_used == 0) return KQ_OK;
+  kq_status st = frame_flush(d, *f, false);
+  if (st == KQ_OK) st = frame_open(d, f);
+  if (st == KQ_OK) (*f)->n_ops = 1;
+  return st;
+}
+
+kq_status vk_frame_scratch(kq_bdevice *d, vk_frame **f, VkDeviceSize bytes) {
+  if (d->scratch.size >= bytes) return KQ_OK;
+  /* Queued work may still use the old scratch: submit, wait, continue in a
+   * fresh frame (only while the sizes grow during warm-up). */
+  kq_status st = (*f)->open ? frame_flush(d, *f, false) : KQ_OK;
+  for (int i = 0; i < VK_FRAMES && st == KQ_OK; ++i) st = wait_fence(d, &d->frames[i]);
+  if (st == KQ_OK) st = frame_open(d, f);
+  if (st != KQ_OK) return st;
+  (*f)->n_ops = 1;
+  vk_mem_free(d, &d->scratch);
   VkDeviceSize grow = bytes + bytes / 4;
   if (grow > d->max_alloc) grow = bytes;
-  return vk_mem_alloc(d, grow, VK_MEM_DEVICE, &f->scratch, "scratch buffer");
+  return vk_mem_alloc(d, grow, VK_MEM_DEVICE, &d->scratch, "scratch buffer");
+}
+
+kq_status vk_frame_stage(kq_bdevice *d, vk_frame **f, VkDeviceSize bytes, vk_mem **out_mem,
+                         VkDeviceSize *out_offset) {
+  VkDeviceSize at = ((*f)->upload_used + 15) / 16 * 16;
+  if (at + bytes > (*f)->upload.size) {
+    kq_status st = frame_fresh(d, f);
+    if (st != KQ_OK) return st;
+    at = 0;
+    if ((*f)->upload.size < bytes) {
+      vk_mem_free(d, &(*f)->upload);
+      VkDeviceSize grow = bytes < ((VkDeviceSize)1 << 20) ? ((VkDeviceSize)1 << 20) : bytes;
+      st = vk_mem_alloc(d, grow, VK_MEM_UPLOAD, &(*f)->upload, "upload staging");
+      if (st != KQ_OK) return st;
+    }
+  }
+  (*f)->upload_used = at + bytes;
+  *out_mem = &(*f)->upload;
+  *out_offset = at;
+  return KQ_OK;
 }
 
 kq_status vk_frame_submit(kq_bdevice *d, vk_frame *f, bool wait, const char *what) {
-  VkResult r = vkEndCommandBuffer(f->cmd);
-  if (r == VK_SUCCESS) r = vkResetFences(d->dev, 1, &f->fence);
-  VkSubmitInfo si = {
-      .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &f->cmd};
-  if (r == VK_SUCCESS) r = vkQueueSubmit(d->queue, 1, &si, f->fence);
-  if (r == VK_SUCCESS) {
-    f->in_flight = true;
-    if (wait) r = vkWaitForFences(d->dev, 1, &f->fence, VK_TRUE, UINT64_MAX);
-  }
+  kq_status st = KQ_OK;
+  if (wait || f->n_ops >= VK_FRAME_MAX_OPS || f->pool_used >= VK_MAX_POOLS - 1)
+    st = frame_flush(d, f, wait);
   pthread_mutex_unlock(&d->lock);
-  if (r != VK_SUCCESS) return vk_fail(r, what);
+  if (st != KQ_OK) return st;
   return vk_validation_check(what);
 }
 
 void vk_frame_abort(kq_bdevice *d, vk_frame *f) {
-  vkEndCommandBuffer(f->cmd);
+  (void)f;
   pthread_mutex_unlock(&d->lock);
 }
 
@@ -234,6 +295,53 @@ kq_status vk_frame_descriptor(kq_bdevice *d, vk_frame *f, VkDescriptorSet *out) 
 
 /* --- devices --- */
 
+static bool device_has_extension(VkPhysicalDevice phys, const char *name);
+
+/* Compute units (SMs, CUs, Xe cores) that a decode grid must fill: from
+ * VK_NV_shader_sm_builtins or VK_AMD_shader_core_properties when the driver
+ * has them. Otherwise a heuristic: a CPU device (lavapipe) counts its online
+ * cores; a discrete GPU 64 (an H100 has 132 SMs, an RTX 4090 128, a 7900 XTX
+ * 96 CUs, so 64 keeps at least ~2 workgroups per unit with
+ * VK_DECODE_WG_PER_CU = 4 without reading the real count); an integrated or
+ * other GPU 16. */
+static uint32_t count_compute_units(VkPhysicalDevice phys, const VkPhysicalDeviceProperties *pr) {
+  if (device_has_extension(phys, VK_NV_SHADER_SM_BUILTINS_EXTENSION_NAME)) {
+    VkPhysicalDeviceShaderSMBuiltinsPropertiesNV sm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_SM_BUILTINS_PROPERTIES_NV};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                      .pNext = &sm};
+    vkGetPhysicalDeviceProperties2(phys, &p2);
+    if (sm.shaderSMCount) return sm.shaderSMCount;
+  }
+  if (device_has_extension(phys, VK_AMD_SHADER_CORE_PROPERTIES_EXTENSION_NAME)) {
+    VkPhysicalDeviceShaderCorePropertiesAMD core = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_CORE_PROPERTIES_AMD};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                      .pNext = &core};
+    vkGetPhysicalDeviceProperties2(phys, &p2);
+    uint32_t n =
+        core.shaderEngineCount * core.shaderArraysPerEngineCount * core.computeUnitsPerShaderArray;
+    if (n) return n;
+  }
+  if (pr->deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (uint32_t)n : 1u;
+  }
+  return pr->deviceType == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU ? 64u : 16u;
+}
+
+static bool device_has_extension(VkPhysicalDevice phys, const char *name) {
+  uint32_t n = 0;
+  if (vkEnumerateDeviceExtensionProperties(phys, NULL, &n, NULL) != VK_SUCCESS || n == 0)
+    return false;
+  VkExtensionProperties *props = calloc(n, sizeof *props);
+  bool found = false;
+  if (props && vkEnumerateDeviceExtensionProperties(phys, NULL, &n, props) == VK_SUCCESS)
+    for (uint32_t i = 0; i < n && !found; ++i) found = strcmp(props[i].extensionName, name) == 0;
+  free(props);
+  return found;
+}
+
 static kq_status open_fail(kq_bdevice *d, kq_status st) {
   vk_device_close(d);
   return st;
@@ -265,12 +373,23 @@ kq_status vk_device_open(int index, kq_bdevice **out_device) {
                       (sub.supportedOperations & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
                       !getenv("KQSVD_VULKAN_NO_SUBGROUPS");
   d->max_alloc = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : ((VkDeviceSize)1 << 30);
+  d->subgroup_size = sub.subgroupSize ? sub.subgroupSize : 1;
+  d->subgroup_shuffle = (sub.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+                        (sub.supportedOperations & VK_SUBGROUP_FEATURE_SHUFFLE_BIT) &&
+                        (sub.supportedOperations & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
+                        !getenv("KQSVD_VULKAN_NO_SUBGROUPS");
+  d->compute_units = count_compute_units(phys, &d->props);
+  VkPhysicalDevice8BitStorageFeaturesKHR f8 = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_8BIT_STORAGE_FEATURES_KHR};
   VkPhysicalDevice16BitStorageFeatures f16 = {
       .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES};
+  const bool has8 = device_has_extension(phys, VK_KHR_8BIT_STORAGE_EXTENSION_NAME);
+  if (has8) f16.pNext = &f8;
   VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
                                   .pNext = &f16};
   vkGetPhysicalDeviceFeatures2(phys, &f2);
   d->fp16_storage = f16.storageBuffer16BitAccess == VK_TRUE;
+  d->int8_storage = has8 && f8.storageBuffer8BitAccess == VK_TRUE;
 
   /* A compute queue: a compute-only family if there is one, else any. */
   uint32_t nq = 0;
@@ -292,13 +411,25 @@ kq_status vk_device_open(int index, kq_bdevice **out_device) {
                                 .queueFamilyIndex = d->queue_family,
                                 .queueCount = 1,
                                 .pQueuePriorities = &prio};
+  VkPhysicalDevice8BitStorageFeaturesKHR want8 = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_8BIT_STORAGE_FEATURES_KHR,
+      .storageBuffer8BitAccess = VK_TRUE};
   VkPhysicalDevice16BitStorageFeatures want16 = {
       .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES,
+      .pNext = d->int8_storage ? &want8 : NULL,
       .storageBuffer16BitAccess = d->fp16_storage ? VK_TRUE : VK_FALSE};
+  const char *exts[2];
+  uint32_t n_exts = 0;
+  if (d->int8_storage) exts[n_exts++] = VK_KHR_8BIT_STORAGE_EXTENSION_NAME;
+  d->push_desc = device_has_extension(phys, VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME) &&
+                 !getenv("KQSVD_VULKAN_NO_PUSH_DESCRIPTORS");
+  if (d->push_desc) exts[n_exts++] = VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME;
   VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
                            .pNext = &want16,
                            .queueCreateInfoCount = 1,
-                           .pQueueCreateInfos = &qi};
+                           .pQueueCreateInfos = &qi,
+                           .enabledExtensionCount = n_exts,
+                           .ppEnabledExtensionNames = exts};
   VkResult r = vkCreateDevice(phys, &di, NULL, &d->dev);
   if (r != VK_SUCCESS) {
     d->dev = VK_NULL_HANDLE;
@@ -322,6 +453,7 @@ kq_status vk_device_open(int index, kq_bdevice **out_device) {
     if (r == VK_SUCCESS) r = vkCreateFence(d->dev, &fi, NULL, &f->fence);
     if (r != VK_SUCCESS) return open_fail(d, vk_fail(r, "frame setup"));
   }
+  d->open_frame = -1;
   kq_status st = vk_mem_alloc(d, 256, VK_MEM_DEVICE, &d->dummy, "dummy binding");
   if (st == KQ_OK) st = vk_pipelines_init(d);
   if (st != KQ_OK) return open_fail(d, st);
@@ -332,18 +464,23 @@ kq_status vk_device_open(int index, kq_bdevice **out_device) {
 void vk_device_close(kq_bdevice *d) {
   if (!d) return;
   if (d->dev) {
+    if (d->open_frame >= 0) frame_flush(d, &d->frames[d->open_frame], false);
     vkDeviceWaitIdle(d->dev);
     for (int i = 0; i < VK_FRAMES; ++i) {
       vk_frame *f = &d->frames[i];
       f->in_flight = false;
       frame_retire(d, f);
-      free(f->staging);
-      vk_mem_free(d, &f->scratch);
+      vk_mem_free(d, &f->upload);
       for (int p = 0; p < f->n_pools; ++p) vkDestroyDescriptorPool(d->dev, f->pools[p], NULL);
       if (f->fence) vkDestroyFence(d->dev, f->fence, NULL);
     }
-    for (int i = 0; i < d->n_ropes; ++i) vk_buffer_free(d, d->ropes[i].buffer);
+    for (int i = 0; i < d->n_ropes; ++i) {
+      vk_buffer_free(d, d->ropes[i]->buffer);
+      free(d->ropes[i]);
+    }
     free(d->ropes);
+    vk_mem_free(d, &d->download);
+    vk_mem_free(d, &d->scratch);
     vk_pipelines_destroy(d);
     vk_mem_free(d, &d->dummy);
     if (d->cmd_pool) vkDestroyCommandPool(d->dev, d->cmd_pool, NULL);
@@ -372,12 +509,8 @@ kq_status vk_buffer_alloc(kq_bdevice *d, size_t bytes, kq_buffer **out_buffer) {
 
 void vk_buffer_free(kq_bdevice *d, kq_buffer *b) {
   if (!b) return;
-  /* The buffer may still be read by queued work. */
-  pthread_mutex_lock(&d->lock);
-  for (int i = 0; i < VK_FRAMES; ++i)
-    if (d->frames[i].in_flight)
-      vkWaitForFences(d->dev, 1, &d->frames[i].fence, VK_TRUE, UINT64_MAX);
-  pthread_mutex_unlock(&d->lock);
+  /* The buffer may still be read by recorded or queued work. */
+  vk_synchronize(d);
   vk_mem_free(d, &b->mem);
   free(b);
 }
@@ -395,6 +528,7 @@ kq_status vk_buffer_upload(kq_bdevice *d, kq_buffer *dst, size_t offset, const v
   kq_status st = check_range(d, dst, offset, bytes, "upload");
   if (st != KQ_OK || bytes == 0) return st;
   const char *p = src;
+  VK_COUNT(d, bytes_up, bytes);
   while (bytes > 0) {
     vk_frame *f;
     if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
@@ -404,16 +538,15 @@ kq_status vk_buffer_upload(kq_bdevice *d, kq_buffer *dst, size_t offset, const v
       vkCmdUpdateBuffer(f->cmd, dst->mem.buffer, offset, n, p);
     } else {
       n = bytes < VK_STAGING_PIECE ? bytes : VK_STAGING_PIECE;
-      vk_mem stage;
-      st = vk_mem_alloc(d, n, VK_MEM_UPLOAD, &stage, "upload staging");
-      if (st == KQ_OK && (st = frame_add_staging(f, &stage)) != KQ_OK) vk_mem_free(d, &stage);
-      if (st != KQ_OK) {
+      vk_mem *stage;
+      VkDeviceSize at;
+      if ((st = vk_frame_stage(d, &f, n, &stage, &at)) != KQ_OK) {
         vk_frame_abort(d, f);
         return st;
       }
-      memcpy(stage.mapped, p, n);
-      VkBufferCopy region = {0, offset, n};
-      vkCmdCopyBuffer(f->cmd, stage.buffer, dst->mem.buffer, 1, &region);
+      memcpy((char *)stage->mapped + at, p, n);
+      VkBufferCopy region = {at, offset, n};
+      vkCmdCopyBuffer(f->cmd, stage->buffer, dst->mem.buffer, 1, &region);
     }
     if ((st = vk_frame_submit(d, f, false, "upload")) != KQ_OK) return st;
     p += n;
@@ -429,25 +562,34 @@ kq_status vk_buffer_download(kq_bdevice *d, const kq_buffer *src, size_t offset,
   if (st != KQ_OK) return st;
   if (bytes == 0) return vk_synchronize(d);
   char *p = dst;
+  VK_COUNT(d, bytes_down, bytes);
   while (bytes > 0) {
     size_t n = bytes < VK_STAGING_PIECE ? bytes : VK_STAGING_PIECE;
-    vk_mem stage;
-    if ((st = vk_mem_alloc(d, n, VK_MEM_DOWNLOAD, &stage, "download staging")) != KQ_OK) return st;
     vk_frame *f;
-    if ((st = vk_frame_begin(d, &f)) != KQ_OK) {
-      vk_mem_free(d, &stage);
-      return st;
+    if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
+    /* The staging buffer is only touched by downloads, which complete before
+     * they return: growing it cannot pull memory from under queued work. */
+    if (d->download.size < n) {
+      vk_mem_free(d, &d->download);
+      VkDeviceSize grow = n < ((VkDeviceSize)1 << 20) ? ((VkDeviceSize)1 << 20) : n;
+      st = vk_mem_alloc(d, grow, VK_MEM_DOWNLOAD, &d->download, "download staging");
+      if (st != KQ_OK) {
+        vk_frame_abort(d, f);
+        return st;
+      }
     }
     VkBufferCopy region = {offset, 0, n};
-    vkCmdCopyBuffer(f->cmd, src->mem.buffer, stage.buffer, 1, &region);
+    vkCmdCopyBuffer(f->cmd, src->mem.buffer, d->download.buffer, 1, &region);
     VkMemoryBarrier hb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
                           .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
                           .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
     vkCmdPipelineBarrier(f->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_HOST_BIT, 0, 1,
                          &hb, 0, NULL, 0, NULL);
-    st = vk_frame_submit(d, f, true, "download");
-    if (st == KQ_OK) memcpy(p, stage.mapped, n);
-    vk_mem_free(d, &stage);
+    /* The lock is held until the copy is out of the staging buffer. */
+    st = frame_flush(d, f, true);
+    if (st == KQ_OK) memcpy(p, d->download.mapped, n);
+    pthread_mutex_unlock(&d->lock);
+    if (st == KQ_OK) st = vk_validation_check("download");
     if (st != KQ_OK) return st;
     p += n;
     offset += n;
@@ -469,13 +611,22 @@ kq_status vk_copy(kq_bdevice *d, kq_buffer *dst, const kq_buffer *src, size_t by
 
 kq_status vk_synchronize(kq_bdevice *d) {
   pthread_mutex_lock(&d->lock);
-  VkResult r = VK_SUCCESS;
-  for (int i = 0; i < VK_FRAMES && r == VK_SUCCESS; ++i)
-    if (d->frames[i].in_flight)
-      r = vkWaitForFences(d->dev, 1, &d->frames[i].fence, VK_TRUE, UINT64_MAX);
+  kq_status st = KQ_OK;
+  if (d->open_frame >= 0) st = frame_flush(d, &d->frames[d->open_frame], false);
+  for (int i = 0; i < VK_FRAMES && st == KQ_OK; ++i) st = wait_fence(d, &d->frames[i]);
   pthread_mutex_unlock(&d->lock);
-  if (r != VK_SUCCESS) return vk_fail(r, "synchronize");
+  if (st != KQ_OK) return st;
   return vk_validation_check("synchronize");
+}
+
+kq_status vk_get_stats(kq_bdevice *d, kq_device_stats *out) {
+  out->submits = __atomic_load_n(&d->counters.submits, __ATOMIC_RELAXED);
+  out->dispatches = __atomic_load_n(&d->counters.dispatches, __ATOMIC_RELAXED);
+  out->host_waits = __atomic_load_n(&d->counters.host_waits, __ATOMIC_RELAXED);
+  out->bytes_uploaded = __atomic_load_n(&d->counters.bytes_up, __ATOMIC_RELAXED);
+  out->bytes_downloaded = __atomic_load_n(&d->counters.bytes_down, __ATOMIC_RELAXED);
+  out->device_allocations = __atomic_load_n(&d->counters.allocations, __ATOMIC_RELAXED);
+  return KQ_OK;
 }
 
 kq_status vk_upload_new(kq_bdevice *d, const void *src, size_t bytes, kq_buffer **out) {

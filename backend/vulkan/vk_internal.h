@@ -4,9 +4,10 @@
  * One process-wide instance (vk_module.c) lists the physical devices; each
  * opened device (kq_bdevice) owns a logical device with one compute queue.
  * Work is recorded into "frames": a command buffer, its fence, descriptor
- * pools and a scratch buffer, reused round-robin once their fence signalled.
- * Every op takes the device mutex for the whole record-and-submit, so ops
- * from several threads are serialised on the host and ordered on the queue.
+ * pools and upload staging, reused round-robin once their fence signalled.
+ * Every op takes the device mutex while it records into the open frame, so
+ * ops from several threads are serialised on the host and ordered on the
+ * queue; the frame is submitted when the host needs a result.
  */
 #ifndef KQ_VK_INTERNAL_H
 #define KQ_VK_INTERNAL_H
@@ -21,8 +22,8 @@
 
 #define VK_FRAMES 4
 #define VK_MAX_BINDINGS 6
-#define VK_PUSH_WORDS 32
-#define VK_SPEC_COUNT 16
+#define VK_PUSH_BYTES 128u /* push-constant range (kq_push.h structs) */
+#define VK_SPEC_COUNT 64
 #define VK_MAX_POOLS 16
 
 /* Set once by kq_backend_entry: the core's error channel. */
@@ -40,16 +41,26 @@ struct kq_buffer {
   vk_mem mem;
 };
 
+/* A frame is recorded by successive ops and submitted only when the host
+ * needs a result (download, synchronize, buffer_free) or when it grows past
+ * VK_FRAME_MAX_OPS: a decode step is one submit. States: idle, open
+ * (recording; d->open_frame), in flight (submitted, fence pending). */
 typedef struct vk_frame {
   VkCommandBuffer cmd;
   VkFence fence;
-  bool in_flight;
+  bool in_flight, open;
+  uint32_t n_ops; /* ops recorded since the frame was opened */
   VkDescriptorPool pools[VK_MAX_POOLS];
   int n_pools, pool_used;
-  vk_mem scratch;  /* device-local work memory of the frame's op */
-  vk_mem *staging; /* host-visible buffers released when the frame retires */
-  int n_staging, cap_staging;
+  vk_mem upload;            /* persistent mapped staging of the frame's uploads (grow-only) */
+  VkDeviceSize upload_used; /* bytes of `upload` taken since the frame was opened */
 } vk_frame;
+
+/* Counters of kq_device_stats (relaxed atomics). */
+typedef struct vk_counters {
+  uint64_t submits, dispatches, host_waits, bytes_up, bytes_down, allocations;
+} vk_counters;
+#define VK_COUNT(d, field, n) __atomic_fetch_add(&(d)->counters.field, (n), __ATOMIC_RELAXED)
 
 typedef enum vk_shader {
   VK_SHADER_PROJECT_F32,
@@ -61,6 +72,15 @@ typedef enum vk_shader {
   VK_SHADER_ATTEND_F16_SG,
   VK_SHADER_REDUCE,
   VK_SHADER_UP,
+  VK_SHADER_PROJECT_SEG_F32, /* segmented (q8/q4) latent store */
+  VK_SHADER_PROJECT_SEG_F16,
+  VK_SHADER_DEQUANT_F32, /* segmented latent -> F32 rows */
+  VK_SHADER_DEQUANT_F16,
+  VK_SHADER_ATTEND_DEC_F32, /* decode: one dispatch over (chunk, row group, query) */
+  VK_SHADER_ATTEND_DEC_F16,
+  VK_SHADER_ATTEND_DEC_F32_SG, /* clusters reduce by subgroup shuffles */
+  VK_SHADER_ATTEND_DEC_F16_SG,
+  VK_SHADER_MERGE_UP, /* merge of the decode chunks fused with the Eᵀ up-projection */
   VK_SHADER_COUNT
 } vk_shader;
 
@@ -70,6 +90,9 @@ typedef struct vk_pipeline_entry {
   VkPipeline pipeline;
 } vk_pipeline_entry;
 
+/* RoPE angle tables, one per (theta, head_dim), grown by replacement: a
+ * table is never moved or freed while the device is open, so a pointer
+ * returned under rope_lock stays valid after the lock is released. */
 typedef struct vk_rope_table {
   float theta;
   uint32_t half_dim, n_hi;
@@ -83,17 +106,30 @@ struct kq_bdevice {
   VkPhysicalDeviceMemoryProperties mem_props;
   VkDeviceSize max_alloc;
   bool fp16_storage;
-  bool subgroup_arith; /* subgroup arithmetic in compute shaders */
+  bool int8_storage;     /* storageBuffer8BitAccess: quantized (q8/q4) latent segments */
+  bool subgroup_arith;   /* subgroup arithmetic in compute shaders */
+  bool subgroup_shuffle; /* subgroup shuffles in compute shaders (attend_dec.comp) */
+  uint32_t subgroup_size;
+  uint32_t compute_units; /* vk_device.c: count_compute_units */
   VkDevice dev;
   VkQueue queue;
   uint32_t queue_family;
 
-  pthread_mutex_t lock; /* queue, command pool, frames, rope tables */
+  pthread_mutex_t lock; /* queue, command pool, frames, download staging */
   VkCommandPool cmd_pool;
   vk_frame frames[VK_FRAMES];
   int next_frame;
+  int open_frame;  /* index of the frame being recorded, -1 when none */
+  vk_mem download; /* persistent mapped download staging (grow-only) */
+  vk_mem scratch;  /* device-local work memory of the ops (grow-only) */
+  bool push_desc;  /* VK_KHR_push_descriptor: no descriptor sets are allocated */
+  vk_counters counters;
 
   pthread_mutex_t pipe_lock; /* pipeline cache */
+  VkPipelineCache pcache;    /* vk_pcache.c: persisted on disk */
+  bool pcache_disk;          /* a cache file path is known and enabled */
+  bool pcache_loaded;        /* the file held valid data for this device */
+  bool pcache_dirty;         /* pipelines were built since the load */
   VkShaderModule modules[VK_SHADER_COUNT];
   vk_pipeline_entry *pipes;
   int n_pipes, cap_pipes;
@@ -102,7 +138,7 @@ struct kq_bdevice {
 
   vk_mem dummy;              /* bound to unused bindings */
   pthread_mutex_t rope_lock; /* taken before (never inside) `lock` */
-  vk_rope_table *ropes;
+  vk_rope_table **ropes;     /* each table allocated on its own (stable addresses) */
   int n_ropes;
 };
 
@@ -129,18 +165,29 @@ typedef enum vk_mem_kind { VK_MEM_DEVICE, VK_MEM_UPLOAD, VK_MEM_DOWNLOAD } vk_me
 kq_status vk_mem_alloc(kq_bdevice *d, VkDeviceSize bytes, vk_mem_kind kind, vk_mem *out,
                        const char *what);
 void vk_mem_free(kq_bdevice *d, vk_mem *m);
-/* Takes the device lock and a free frame, begins its command buffer with a
- * barrier against all earlier work. On failure the lock is released. */
+/* Takes the device lock and the open frame (opening one if none is),
+ * recording a barrier against all earlier work. On failure the lock is
+ * released. */
 kq_status vk_frame_begin(kq_bdevice *d, vk_frame **out);
-/* Grows the frame's scratch buffer to at least `bytes`. */
-kq_status vk_frame_scratch(kq_bdevice *d, vk_frame *f, VkDeviceSize bytes);
-/* A descriptor set of the device layout, valid until the frame retires. */
+/* Ensures the device scratch (d->scratch) holds `bytes`. Every op starts
+ * with a barrier against all earlier work on the queue, so ops share one
+ * scratch; growing it submits and waits for queued work first and continues
+ * in a fresh frame (*f changes). */
+kq_status vk_frame_scratch(kq_bdevice *d, vk_frame **f, VkDeviceSize bytes);
+/* `bytes` of mapped upload staging in the frame, valid until it retires;
+ * may submit the frame and continue in a fresh one like vk_frame_scratch. */
+kq_status vk_frame_stage(kq_bdevice *d, vk_frame **f, VkDeviceSize bytes, vk_mem **out_mem,
+                         VkDeviceSize *out_offset);
+/* A descriptor set of the device layout, valid until the frame retires
+ * (only without push descriptors). */
 kq_status vk_frame_descriptor(kq_bdevice *d, vk_frame *f, VkDescriptorSet *out);
 /* Full compute/transfer memory barrier inside the frame. */
 void vk_frame_barrier(vk_frame *f);
-/* Ends and submits the frame, optionally waits for it; releases the lock. */
+/* Ends the op: leaves the frame open for the next op (submitting it when it
+ * is full, or when `wait`, then also waiting for it); releases the lock. */
 kq_status vk_frame_submit(kq_bdevice *d, vk_frame *f, bool wait, const char *what);
-/* Ends the frame without submitting (error path); releases the lock. */
+/* Ends an op that failed while recording; the work recorded so far stays
+ * queued. Releases the lock. */
 void vk_frame_abort(kq_bdevice *d, vk_frame *f);
 /* Binding of [offset, offset + bytes) of `buf` with the offset rounded down
  * to the device alignment; *out_elem = elements between the bound offset and
@@ -162,6 +209,7 @@ kq_status vk_buffer_download(kq_bdevice *d, const kq_buffer *src, size_t offset,
                              size_t bytes);
 kq_status vk_copy(kq_bdevice *d, kq_buffer *dst, const kq_buffer *src, size_t bytes);
 kq_status vk_synchronize(kq_bdevice *d);
+kq_status vk_get_stats(kq_bdevice *d, kq_device_stats *out);
 /* Uploads host data into a fresh device buffer and waits (small tables). */
 kq_status vk_upload_new(kq_bdevice *d, const void *src, size_t bytes, kq_buffer **out);
 
@@ -169,13 +217,23 @@ kq_status vk_upload_new(kq_bdevice *d, const void *src, size_t bytes, kq_buffer 
 /* Embedded SPIR-V of a shader and its display name. */
 const uint32_t *vk_shader_code(vk_shader s, size_t *out_bytes, const char **out_name);
 
+/* --- vk_pcache.c --- */
+/* The on-disk path of the device's pipeline cache; 0 without a cache dir. */
+int vk_pcache_path(const kq_bdevice *d, char *out, size_t size);
+/* Creates d->pcache from the file when it is valid for this device, else
+ * empty. Never fails: without a cache pipelines are simply not cached. */
+kq_status vk_pcache_open(kq_bdevice *d);
+/* Writes the cache back atomically when new pipelines were built; destroys it. */
+void vk_pcache_close(kq_bdevice *d);
+
 /* --- vk_pipeline.c --- */
 /* Records one dispatch: descriptor set for `bindings` (unused = dummy),
- * pipeline for (shader, spec), push constants, group counts. */
+ * pipeline for (shader, spec), push constants (a kq_push.h struct of
+ * push_bytes <= VK_PUSH_BYTES), group counts. */
 kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
                       const uint32_t spec[VK_SPEC_COUNT], const vk_binding *bindings,
-                      int n_bindings, const uint32_t push[VK_PUSH_WORDS], uint32_t gx, uint32_t gy,
-                      uint32_t gz);
+                      int n_bindings, const void *push, uint32_t push_bytes, uint32_t gx,
+                      uint32_t gy, uint32_t gz);
 kq_status vk_pipelines_init(kq_bdevice *d);
 void vk_pipelines_destroy(kq_bdevice *d);
 

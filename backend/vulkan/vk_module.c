@@ -291,6 +291,8 @@ static const kq_backend_iface g_iface = {
     .up = vk_up_entry,
     .copy = vk_copy,
     .synchronize = vk_synchronize,
+    .get_stats = vk_get_stats,
+    .caps = KQ_BACKEND_CAP_FUSED_UP,
 };
 
 __attribute__((visibility("default"))) kq_status kq_backend_entry(const kq_backend_host *host,

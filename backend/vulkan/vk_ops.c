@@ -4,10 +4,28 @@
  * (binding range, workgroup counts, shared memory), and recording.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kq_push.h"
 #include "vk_internal.h"
+#include "vk_split.h"
+
+/* The C and GLSL views of the typed push constants agree (kq_push.h: all
+ * fields 32-bit scalars, std430 = C layout); both fit the 128 bytes every
+ * device offers. */
+_Static_assert(sizeof(kq_push_decode) == 15 * 4, "kq_push_decode layout");
+_Static_assert(offsetof(kq_push_decode, gc) == 10 * 4, "kq_push_decode.gc offset");
+_Static_assert(offsetof(kq_push_decode, scale_bits) == 14 * 4, "kq_push_decode.scale_bits");
+_Static_assert(sizeof(kq_push_merge) == 6 * 4, "kq_push_merge layout");
+_Static_assert(offsetof(kq_push_merge, n_chunks) == 5 * 4, "kq_push_merge.n_chunks offset");
+_Static_assert(sizeof(kq_push_attend) == 15 * 4, "kq_push_attend layout");
+_Static_assert(offsetof(kq_push_attend, chunk) == 14 * 4, "kq_push_attend.chunk offset");
+_Static_assert(sizeof(kq_push_project_seg) == 8 * 4, "kq_push_project_seg layout");
+_Static_assert(sizeof(kq_push_qprep) == 8 * 4, "kq_push_qprep layout");
+_Static_assert(sizeof(kq_push_decode) <= VK_PUSH_BYTES && sizeof(kq_push_attend) <= VK_PUSH_BYTES,
+               "push constants exceed the 128 bytes every device offers");
 
 #define VK_WG 64u
 
@@ -47,15 +65,121 @@ static kq_status bind_opt(const kq_bdevice *d, const kq_buffer *b, size_t offset
   return vk_bind_range(d, &b->mem, offset, bytes, 4, out, elem, what);
 }
 
+/* Specialization constants of a segment table (kq_seg.glsl): the count at
+ * spec[at], then one word width | bits << 16 per segment. A plain list (v1
+ * layout) is one float segment of the rank. */
+static void seg_spec(uint32_t *spec, int at, int32_t n, const kq_segment *segs, int32_t rank) {
+  if (kq_segments_plain(n, segs)) {
+    spec[at] = 1;
+    spec[at + 1] = (uint32_t)rank;
+    return;
+  }
+  spec[at] = (uint32_t)n;
+  for (int32_t i = 0; i < n; ++i)
+    spec[at + 1 + i] = (uint32_t)segs[i].width | ((uint32_t)segs[i].bits << 16);
+}
+
+/* Checks a segment list against the rank; quantized segments need 8-bit
+ * storage buffers. */
+static kq_status check_segments(const kq_bdevice *d, int32_t n, const kq_segment *segs,
+                                int32_t rank, const char *what) {
+  if (kq_segments_plain(n, segs)) return KQ_OK;
+  if (n < 1 || n > KQ_MAX_SEGMENTS || !segs)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s: %d segments", d->index, what, n);
+  int32_t sum = 0;
+  for (int32_t i = 0; i < n; ++i) {
+    if (segs[i].width < 1 ||
+        (segs[i].bits != KQ_SEG_FLOAT && segs[i].bits != KQ_SEG_Q8 && segs[i].bits != KQ_SEG_Q4) ||
+        (segs[i].bits == KQ_SEG_Q4 && segs[i].width % 2))
+      return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s: segment %d (width %d, bits %d)",
+                    d->index, what, i, segs[i].width, segs[i].bits);
+    sum += segs[i].width;
+  }
+  if (sum != rank)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s: segment widths sum to %d, rank %d",
+                  d->index, what, sum, rank);
+  if (!d->int8_storage)
+    return VK_ERR(KQ_ERR_UNSUPPORTED,
+                  "vulkan:%d: %s: quantized latent segments need storageBuffer8BitAccess", d->index,
+                  what);
+  return KQ_OK;
+}
+
+/* Binding of a whole latent buffer (segmented, or plain [groups, capacity,
+ * rank]); *out_base = its first byte relative to the bound offset. */
+static kq_status bind_latent(const kq_bdevice *d, const kq_buffer *b, size_t offset, int32_t n,
+                             const kq_segment *segs, int32_t rank, kq_storage storage,
+                             uint64_t groups, uint64_t capacity, vk_binding *out,
+                             uint32_t *out_base, const char *what) {
+  const kq_segment plain = {.width = rank, .bits = KQ_SEG_FLOAT};
+  if (kq_segments_plain(n, segs)) {
+    n = 1;
+    segs = &plain;
+  }
+  size_t total = 0;
+  kq_segment_planes(segs, n, storage, groups, capacity, 0, NULL, NULL, &total);
+  return vk_bind_range(d, &b->mem, offset, total, 1, out, out_base, what);
+}
+
+/* project into a segmented (q8/q4) latent buffer: project_seg.comp. */
+static kq_status project_segmented(kq_bdevice *d, const kq_project_op *op, uint32_t elem) {
+  kq_status st =
+      check_segments(d, op->n_segments, op->segments, op->rank, "project latent segments");
+  if (st != KQ_OK) return st;
+  const bool ident = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
+  const uint64_t D = (uint64_t)op->head_dim, R = (uint64_t)op->rank, Hs = (uint64_t)op->n_heads;
+  const uint64_t row = Hs * D * 4, max_bind = vk_max_binding(d);
+  const uint64_t shared = d->props.limits.maxComputeSharedMemorySize;
+  uint32_t tt = 16;
+  while (tt > 1 && tt * (D + R) * 4 > shared) tt /= 2;
+  uint64_t tb = (uint64_t)op->n_tokens;
+  if (tb > max_bind / row) tb = max_bind / row;
+  if (tb > (uint64_t)d->props.limits.maxComputeWorkGroupCount[0] * tt)
+    tb = (uint64_t)d->props.limits.maxComputeWorkGroupCount[0] * tt;
+  if (tb == 0 || tt * (D + R) * 4 > shared || Hs > d->props.limits.maxComputeWorkGroupCount[1])
+    return VK_ERR(KQ_ERR_UNSUPPORTED, "vulkan:%d: project: head_dim %d too large for this device",
+                  d->index, op->head_dim);
+  uint32_t spec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)R, tt, ident};
+  seg_spec(spec, 16, op->n_segments, op->segments, op->rank);
+  const vk_shader shader =
+      op->storage == KQ_STORAGE_F16 ? VK_SHADER_PROJECT_SEG_F16 : VK_SHADER_PROJECT_SEG_F32;
+  vk_binding b[3];
+  kq_push_project_seg push = {0};
+  st = bind_opt(d, op->proj, op->proj_offset, Hs * D * R * 4, !ident, &b[1], &push.proj_off,
+                "projection");
+  if (st == KQ_OK)
+    st =
+        bind_latent(d, op->dst, op->dst_offset, op->n_segments, op->segments, op->rank, op->storage,
+                    Hs, (uint64_t)op->capacity, &b[2], &push.dst_base, "latent cache");
+  if (st == KQ_OK && push.dst_base % elem)
+    st = VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: project: cache offset %zu misaligned",
+                d->index, op->dst_offset);
+  if (st != KQ_OK) return st;
+  vk_frame *f;
+  if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
+  for (uint64_t t0 = 0; t0 < (uint64_t)op->n_tokens && st == KQ_OK; t0 += tb) {
+    uint64_t nb = (uint64_t)op->n_tokens - t0 < tb ? (uint64_t)op->n_tokens - t0 : tb;
+    st = vk_bind_range(d, &op->src->mem, op->src_offset + t0 * row, nb * row, 4, &b[0],
+                       &push.src_off, "project source");
+    push.n_tokens = (uint32_t)nb;
+    push.n_heads = (uint32_t)Hs;
+    push.gc = (uint32_t)(Hs * (uint64_t)op->capacity);
+    push.capacity = (uint32_t)op->capacity;
+    push.pos = (uint32_t)((uint64_t)op->pos + t0);
+    if (st == KQ_OK)
+      st = vk_dispatch(d, f, shader, spec, b, 3, &push, sizeof push, cdiv(nb, tt), (uint32_t)Hs, 1);
+  }
+  if (st != KQ_OK) {
+    vk_frame_abort(d, f);
+    return st;
+  }
+  return vk_frame_submit(d, f, false, "project");
+}
+
 kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
   uint32_t elem = 0;
   kq_status st = check_storage(d, op->storage, &elem);
   if (st != KQ_OK) return st;
-  if (!kq_segments_plain(op->n_segments, op->segments))
-    return VK_ERR(KQ_ERR_UNSUPPORTED,
-                  "vulkan:%d: project: quantized latent segments (q8/q4) are not implemented "
-                  "in the Vulkan backend yet",
-                  d->index);
   const bool ident = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
   if (op->n_tokens < 0 || op->n_heads < 1 || op->head_dim < 1 || !rank_ok(op->rank, op->head_dim) ||
       (ident && op->rank != op->head_dim) || op->pos < 0 || op->capacity < 1 ||
@@ -66,6 +190,7 @@ kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
                   d->index, op->n_tokens, op->n_heads, op->head_dim, op->rank, op->pos,
                   op->capacity);
   if (op->n_tokens == 0) return KQ_OK;
+  if (!kq_segments_plain(op->n_segments, op->segments)) return project_segmented(d, op, elem);
   const uint64_t D = (uint64_t)op->head_dim, R = (uint64_t)op->rank, Hs = (uint64_t)op->n_heads;
   const uint64_t row = Hs * D * 4, max_bind = vk_max_binding(d);
   uint32_t tt = 16;
@@ -88,21 +213,22 @@ kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
   for (uint64_t t0 = 0; t0 < (uint64_t)op->n_tokens && st == KQ_OK; t0 += tb) {
     uint64_t nb = (uint64_t)op->n_tokens - t0 < tb ? (uint64_t)op->n_tokens - t0 : tb;
     vk_binding b[3];
-    uint32_t push[VK_PUSH_WORDS] = {0};
-    st = vk_bind_range(d, &op->src->mem, op->src_offset + t0 * row, nb * row, 4, &b[0], &push[0],
-                       "project source");
+    kq_push_project push = {0};
+    st = vk_bind_range(d, &op->src->mem, op->src_offset + t0 * row, nb * row, 4, &b[0],
+                       &push.src_off, "project source");
     for (uint64_t h = 0; h < Hs && st == KQ_OK; ++h) {
       st = bind_opt(d, op->proj, op->proj_offset + h * D * R * 4, D * R * 4, !ident, &b[1],
-                    &push[1], "projection");
+                    &push.proj_off, "projection");
       if (st == KQ_OK)
         st = vk_bind_range(d, &op->dst->mem,
                            op->dst_offset +
                                ((h * (uint64_t)op->capacity) + (uint64_t)op->pos + t0) * R * elem,
-                           nb * R * elem, elem, &b[2], &push[2], "cache");
-      push[3] = (uint32_t)nb;
-      push[4] = (uint32_t)h;
-      push[5] = (uint32_t)Hs;
-      if (st == KQ_OK) st = vk_dispatch(d, f, shader, spec, b, 3, push, cdiv(nb, tt), 1, 1);
+                           nb * R * elem, elem, &b[2], &push.dst_off, "cache");
+      push.n_tokens = (uint32_t)nb;
+      push.head = (uint32_t)h;
+      push.n_heads = (uint32_t)Hs;
+      if (st == KQ_OK)
+        st = vk_dispatch(d, f, shader, spec, b, 3, &push, sizeof push, cdiv(nb, tt), 1, 1);
     }
   }
   if (st != KQ_OK) {
@@ -114,14 +240,19 @@ kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
 
 /* --- RoPE tables --- */
 
+/* The table of (theta, head_dim) covering n_pos positions. Tables are
+ * allocated one by one and never moved or freed before device_close, so the
+ * pointer stays valid after rope_lock is released while another thread adds
+ * a table (the pointer array may be reallocated, the tables are not). */
 static kq_status rope_table(kq_bdevice *d, float theta, uint32_t head_dim, uint32_t n_pos,
                             const vk_rope_table **out) {
   const uint32_t half = head_dim / 2, need_hi = cdiv(n_pos, 256);
   kq_status st = KQ_OK;
   pthread_mutex_lock(&d->rope_lock);
   for (int i = d->n_ropes - 1; i >= 0; --i)
-    if (d->ropes[i].theta == theta && d->ropes[i].half_dim == half && d->ropes[i].n_hi >= need_hi) {
-      *out = &d->ropes[i];
+    if (d->ropes[i]->theta == theta && d->ropes[i]->half_dim == half &&
+        d->ropes[i]->n_hi >= need_hi) {
+      *out = d->ropes[i];
       pthread_mutex_unlock(&d->rope_lock);
       return KQ_OK;
     }
@@ -129,10 +260,12 @@ static kq_status rope_table(kq_bdevice *d, float theta, uint32_t head_dim, uint3
   while (n_hi < need_hi) n_hi *= 2;
   size_t n = (size_t)(256 + n_hi) * half * 2;
   float *tab = malloc(n * sizeof *tab);
-  vk_rope_table *grown = realloc(d->ropes, (size_t)(d->n_ropes + 1) * sizeof *grown);
+  vk_rope_table *t = calloc(1, sizeof *t);
+  vk_rope_table **grown = realloc(d->ropes, (size_t)(d->n_ropes + 1) * sizeof *grown);
   if (grown) d->ropes = grown;
-  if (!tab || !grown) {
+  if (!tab || !t || !grown) {
     free(tab);
+    free(t);
     pthread_mutex_unlock(&d->rope_lock);
     return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan:%d: RoPE table", d->index);
   }
@@ -145,12 +278,14 @@ static kq_status rope_table(kq_bdevice *d, float theta, uint32_t head_dim, uint3
       tab[((size_t)p * half + j) * 2 + 1] = (float)sin(a);
     }
   }
-  vk_rope_table t = {.theta = theta, .half_dim = half, .n_hi = n_hi};
-  st = vk_upload_new(d, tab, n * sizeof *tab, &t.buffer);
+  *t = (vk_rope_table){.theta = theta, .half_dim = half, .n_hi = n_hi};
+  st = vk_upload_new(d, tab, n * sizeof *tab, &t->buffer);
   free(tab);
   if (st == KQ_OK) {
-    d->ropes[d->n_ropes] = t;
-    *out = &d->ropes[d->n_ropes++];
+    d->ropes[d->n_ropes++] = t;
+    *out = t;
+  } else {
+    free(t);
   }
   pthread_mutex_unlock(&d->rope_lock);
   return st;
@@ -171,17 +306,18 @@ static uint64_t attend_shared(uint32_t R, uint32_t QK, uint32_t TK, uint32_t rk,
   return 4ull * (R * QK + R * TK + (pre ? TK * QK + TK * rk : 2) + 2 * R * VK_WG);
 }
 
-static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend_plan *p) {
+static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, uint64_t koff,
+                             uint64_t voff, uint32_t cache_groups, attend_plan *p) {
   const VkPhysicalDeviceLimits *lim = &d->props.limits;
   const uint64_t H = (uint64_t)op->n_heads, rk = (uint64_t)op->rank_k, rv = (uint64_t)op->rank_v;
-  const uint32_t group = (uint32_t)(op->n_heads / op->n_kv_heads);
+  const uint32_t group = (uint32_t)op->n_heads / cache_groups;
   p->G = group;
   p->pre = op->rope == KQ_ROPE_PRE;
   p->ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
   p->QK = p->pre ? (uint32_t)op->head_dim : (uint32_t)rk;
   /* 4-vector loads when the rows and the cache offsets allow them. */
-  p->vec4 = !p->pre && rk % 4 == 0 && rv % 4 == 0 && op->k_cache_offset % (4 * p->elem) == 0 &&
-            op->v_cache_offset % (4 * p->elem) == 0;
+  p->vec4 = !p->pre && rk % 4 == 0 && rv % 4 == 0 && koff % (4 * p->elem) == 0 &&
+            voff % (4 * p->elem) == 0;
   const uint64_t eu = p->vec4 ? rv / 4 : rv;
   p->slots = eu >= VK_WG ? cdiv(eu, VK_WG) : 1;
   p->ntg = eu >= VK_WG ? 1 : (uint32_t)(VK_WG / eu);
@@ -213,7 +349,7 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, attend
                   "(%u bytes)",
                   d->index, p->G, op->head_dim, lim->maxComputeSharedMemorySize);
   /* Enough chunks to fill the device, chunks a multiple of the key tile. */
-  uint64_t tiles = (uint64_t)op->n_kv_heads * p->n_sub * cdiv((uint64_t)op->n_queries, p->QT);
+  uint64_t tiles = (uint64_t)cache_groups * p->n_sub * cdiv((uint64_t)op->n_queries, p->QT);
   uint64_t target = tiles >= 512 ? 1 : 512 / tiles;
   uint64_t ch = cdiv(cdiv((uint64_t)op->n_ctx, target), p->TK) * (uint64_t)p->TK;
   if (ch < 2ull * p->TK) ch = 2ull * p->TK;
@@ -245,21 +381,230 @@ static VkDeviceSize align_up(VkDeviceSize v, VkDeviceSize a) {
   return (v + a - 1) / a * a;
 }
 
+/* Dequantizes positions [0, n_ctx) of a segmented latent buffer into F32
+ * rows [groups, n_ctx, rank] at `out_offset` of the device scratch. */
+static kq_status record_dequant(kq_bdevice *d, vk_frame *f, const kq_buffer *cache,
+                                size_t cache_offset, int32_t n_seg, const kq_segment *segs,
+                                kq_storage storage, uint64_t groups, uint64_t capacity,
+                                uint64_t n_ctx, uint32_t rank, VkDeviceSize out_offset,
+                                const char *what) {
+  uint32_t spec[VK_SPEC_COUNT] = {VK_WG, 0, rank};
+  seg_spec(spec, 16, n_seg, segs, (int32_t)rank);
+  vk_binding b[2];
+  kq_push_dequant u = {0};
+  kq_status st = bind_latent(d, cache, cache_offset, n_seg, segs, (int32_t)rank, storage, groups,
+                             capacity, &b[0], &u.src_base, what);
+  if (st == KQ_OK)
+    st = vk_bind_range(d, &d->scratch, out_offset, groups * n_ctx * rank * 4, 4, &b[1], &u.out_off,
+                       "dequantized latents");
+  if (st != KQ_OK) return st;
+  u.gc = (uint32_t)(groups * capacity);
+  u.capacity = (uint32_t)capacity;
+  u.n = (uint32_t)n_ctx;
+  u.groups = (uint32_t)groups;
+  uint64_t gx = cdiv(n_ctx * rank, VK_WG);
+  if (gx > d->props.limits.maxComputeWorkGroupCount[0])
+    gx = d->props.limits.maxComputeWorkGroupCount[0];
+  const vk_shader sh = storage == KQ_STORAGE_F16 ? VK_SHADER_DEQUANT_F16 : VK_SHADER_DEQUANT_F32;
+  return vk_dispatch(d, f, sh, spec, b, 2, &u, sizeof u, (uint32_t)gx, (uint32_t)groups, 1);
+}
+
+/* --- decode: attend_dec.comp + merge_up.comp --- */
+
+/* Most query tokens that take the decode path (one workgroup row per query;
+ * longer prefills share key loads across queries in attend.comp). */
+#define VK_DECODE_MAX_QUERIES 8
+
+typedef struct decode_plan {
+  uint32_t rows, lpr, wg, npar, chunks, chunk;
+  bool subgroups;
+  bool kvec, vvec; /* 16-byte loads (one float segment of whole 16-byte rows) */
+} decode_plan;
+
+static uint64_t decode_shared(uint32_t rows, uint32_t npar, uint32_t lpr, uint64_t D, uint64_t rk,
+                              uint64_t rv, bool subgroups) {
+  return 4ull * (rows * D + rows * rk + (uint64_t)npar * rows * (rv + 2) +
+                 (subgroups ? 0 : (uint64_t)npar * rows * lpr));
+}
+
+/* Shapes the decode grid; false when the shape does not fit (the caller
+ * then takes the tiled path). */
+static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cgroups,
+                        decode_plan *p) {
+  const VkPhysicalDeviceLimits *lim = &d->props.limits;
+  const uint64_t D = (uint64_t)op->head_dim, rk = (uint64_t)op->rank_k, rv = (uint64_t)op->rank_v;
+  const uint32_t H = (uint32_t)op->n_heads, G = H / cgroups;
+  const bool joint = op->layout == KQ_LAYOUT_JOINT;
+  if (op->rope == KQ_ROPE_PRE || op->n_queries > VK_DECODE_MAX_QUERIES) return false;
+  p->subgroups = d->subgroup_shuffle && d->subgroup_size >= 1 && d->subgroup_size <= 128;
+  const uint32_t sg = p->subgroups ? d->subgroup_size : 1;
+  /* A multiple of the subgroup size, at least 64 invocations. */
+  p->wg = sg >= 64 ? sg : 64 / sg * sg;
+  if (p->wg > lim->maxComputeWorkGroupInvocations || p->wg > lim->maxComputeWorkGroupSize[0])
+    return false;
+  /* Lanes per row: a power of two near a quarter of the widest rank (each
+   * lane a few dims), within one subgroup. */
+  /* Lanes per row: a power of two, at most one subgroup, so that each lane
+   * gets at least one 16-byte unit of a vectorised side or 4 dims of a
+   * scalar one. */
+  const uint64_t elem = op->storage == KQ_STORAGE_F16 ? 2 : 4;
+  p->kvec = kq_segments_plain(op->n_key_segments, op->key_segments) && rk * elem % 16 == 0;
+  p->vvec = kq_segments_plain(op->n_value_segments, op->value_segments) && rv * elem % 16 == 0;
+  const uint64_t kslots = p->kvec ? rk * elem / 16 : rk / 4,
+                 vslots = p->vvec ? rv * elem / 16 : rv / 4;
+  const uint64_t widest = kslots > vslots ? kslots : vslots;
+  uint32_t lpr = 1;
+  while (lpr * 2 <= (p->subgroups ? sg : 32u) && lpr * 2 <= widest) lpr *= 2;
+  for (p->rows = joint ? 1 : (G < 8 ? G : 8); p->rows >= 1; --p->rows) {
+    if (G % p->rows) continue;
+    for (p->lpr = lpr; p->lpr <= (p->subgroups ? sg : p->wg); p->lpr *= 2) {
+      p->npar = p->wg / p->lpr;
+      if (p->npar >= 1 && decode_shared(p->rows, p->npar, p->lpr, D, rk, rv, p->subgroups) <=
+                              lim->maxComputeSharedMemorySize)
+        goto fits;
+    }
+  }
+  return false;
+fits:
+  p->chunks =
+      vk_decode_chunks((uint64_t)op->n_ctx, H / p->rows, (uint32_t)op->n_queries, d->compute_units);
+  if (p->chunks > lim->maxComputeWorkGroupCount[0]) p->chunks = lim->maxComputeWorkGroupCount[0];
+  p->chunk = vk_decode_chunk_len((uint64_t)op->n_ctx, p->chunks);
+  p->chunks = cdiv((uint64_t)op->n_ctx, p->chunk); /* changes only after the device cap */
+  return H / p->rows <= lim->maxComputeWorkGroupCount[1] &&
+         (uint32_t)op->n_queries <= lim->maxComputeWorkGroupCount[2] &&
+         H <= lim->maxComputeWorkGroupCount[0];
+}
+
+/* Both latent buffers fit one binding (the decode kernel addresses whole
+ * segment planes; the tiled path splits plain caches into windows). */
+static bool latent_fits(const kq_bdevice *d, const kq_attend_op *op, uint32_t cgroups) {
+  const kq_segment kp = {.width = op->rank_k, .bits = KQ_SEG_FLOAT};
+  const kq_segment vp = {.width = op->rank_v, .bits = KQ_SEG_FLOAT};
+  const bool kplain = kq_segments_plain(op->n_key_segments, op->key_segments);
+  const bool vplain = kq_segments_plain(op->n_value_segments, op->value_segments);
+  size_t kb = 0, vb = 0;
+  kq_segment_planes(kplain ? &kp : op->key_segments, kplain ? 1 : op->n_key_segments, op->storage,
+                    cgroups, (size_t)op->capacity, 0, NULL, NULL, &kb);
+  kq_segment_planes(vplain ? &vp : op->value_segments, vplain ? 1 : op->n_value_segments,
+                    op->storage, cgroups, (size_t)op->capacity, 0, NULL, NULL, &vb);
+  const uint64_t max = vk_max_binding(d);
+  return kb <= max && vb <= max;
+}
+
+/* Two dispatches: attend_dec.comp (q·B folded in, latents read in place from
+ * their segments), then merge_up.comp (chunks merged, Eᵀ applied when
+ * op->value_up is set). */
+static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, uint32_t cgroups,
+                               const decode_plan *pl) {
+  const uint64_t H = (uint64_t)op->n_heads, Hk = (uint64_t)op->n_kv_heads;
+  const uint64_t D = (uint64_t)op->head_dim, rk = (uint64_t)op->rank_k, rv = (uint64_t)op->rank_v;
+  const uint64_t nq = (uint64_t)op->n_queries, cap = (uint64_t)op->capacity;
+  const bool ident_k = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
+  const bool ident_v = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
+  const bool up = op->value_up != NULL && !ident_v;
+  const bool f16 = op->storage == KQ_STORAGE_F16;
+  uint32_t aspec[VK_SPEC_COUNT] = {0};
+  aspec[KQ_SPEC_WG] = pl->wg;
+  aspec[KQ_SPEC_D] = (uint32_t)D;
+  aspec[KQ_SPEC_RK] = (uint32_t)rk;
+  aspec[KQ_SPEC_RV] = (uint32_t)rv;
+  aspec[KQ_SPEC_ROWS] = pl->rows;
+  aspec[KQ_SPEC_LPR] = pl->lpr;
+  aspec[KQ_SPEC_IDENT] = ident_k;
+  seg_spec(aspec, KQ_SPEC_KEY_SEGS, op->n_key_segments, op->key_segments, op->rank_k);
+  seg_spec(aspec, KQ_SPEC_VALUE_SEGS, op->n_value_segments, op->value_segments, op->rank_v);
+  uint32_t mspec[VK_SPEC_COUNT] = {0};
+  mspec[KQ_SPEC_WG] = 64;
+  mspec[KQ_SPEC_D] = (uint32_t)D;
+  mspec[KQ_SPEC_RV] = (uint32_t)rv;
+  mspec[KQ_SPEC_IDENT] = ident_v;
+  mspec[KQ_SPEC_UP] = up;
+  const vk_shader ashader = pl->subgroups
+                                ? (f16 ? VK_SHADER_ATTEND_DEC_F16_SG : VK_SHADER_ATTEND_DEC_F32_SG)
+                                : (f16 ? VK_SHADER_ATTEND_DEC_F16 : VK_SHADER_ATTEND_DEC_F32);
+  kq_push_decode pa = {.n_ctx = (uint32_t)op->n_ctx,
+                       .n_queries = (uint32_t)nq,
+                       .n_heads = (uint32_t)H,
+                       .b_group = (uint32_t)(H / Hk),
+                       .c_group = (uint32_t)(H / cgroups),
+                       .gc = (uint32_t)(cgroups * cap),
+                       .capacity = (uint32_t)cap,
+                       .chunk = pl->chunk,
+                       .n_chunks = pl->chunks};
+  float scale = op->scale;
+  memcpy(&pa.scale_bits, &scale, 4);
+  vk_binding ab[5], mb[3];
+  kq_status st =
+      vk_bind_range(d, &op->q->mem, op->q_offset, nq * H * D * 4, 4, &ab[0], &pa.q_off, "queries");
+  if (st == KQ_OK)
+    st = bind_opt(d, op->query_down, op->query_down_offset, Hk * D * rk * 4, !ident_k, &ab[1],
+                  &pa.b_off, "query_down");
+  if (st == KQ_OK)
+    st = bind_latent(d, op->k_cache, op->k_cache_offset, op->n_key_segments, op->key_segments,
+                     op->rank_k, op->storage, cgroups, cap, &ab[2], &pa.k_base, "key cache");
+  if (st == KQ_OK)
+    st = bind_latent(d, op->v_cache, op->v_cache_offset, op->n_value_segments, op->value_segments,
+                     op->rank_v, op->storage, cgroups, cap, &ab[3], &pa.v_base, "value cache");
+  const uint32_t elem = f16 ? 2 : 4;
+  if (st == KQ_OK && (pa.k_base % elem || pa.v_base % elem))
+    st = VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: attend: cache offsets misaligned", d->index);
+  aspec[KQ_SPEC_KVEC] = pl->kvec && pa.k_base % 16 == 0;
+  aspec[KQ_SPEC_VVEC] = pl->vvec && pa.v_base % 16 == 0;
+  kq_push_merge pm = {
+      .n_heads = (uint32_t)H, .e_group = (uint32_t)(H / Hk), .n_chunks = pl->chunks};
+  const uint64_t out_row = up ? D : rv;
+  if (st == KQ_OK)
+    st = bind_opt(d, op->value_up, op->value_up_offset, Hk * D * rv * 4, up, &mb[1], &pm.e_off,
+                  "value_up");
+  if (st == KQ_OK)
+    st = vk_bind_range(d, &op->out->mem, op->out_offset, nq * H * out_row * 4, 4, &mb[2],
+                       &pm.out_off, "output");
+  if (st != KQ_OK) return st;
+  const VkDeviceSize pbytes = nq * H * pl->chunks * (rv + 2) * 4;
+  vk_frame *f;
+  if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
+  st = vk_frame_scratch(d, &f, pbytes);
+  if (st == KQ_OK)
+    st = vk_bind_range(d, &d->scratch, 0, pbytes, 4, &ab[4], &pa.part_off, "partials");
+  mb[0] = ab[4];
+  pm.part_off = pa.part_off;
+  if (st == KQ_OK)
+    st = vk_dispatch(d, f, ashader, aspec, ab, 5, &pa, sizeof pa, pl->chunks,
+                     (uint32_t)(H / pl->rows), (uint32_t)nq);
+  vk_frame_barrier(f);
+  if (st == KQ_OK)
+    st = vk_dispatch(d, f, VK_SHADER_MERGE_UP, mspec, mb, 3, &pm, sizeof pm, (uint32_t)H,
+                     (uint32_t)nq, 1);
+  if (st != KQ_OK) {
+    vk_frame_abort(d, f);
+    return st;
+  }
+  return vk_frame_submit(d, f, false, "attend");
+}
+
 kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
   attend_plan p = {0};
   kq_status st = check_storage(d, op->storage, &p.elem);
   if (st != KQ_OK) return st;
-  if (!kq_segments_plain(op->n_key_segments, op->key_segments) ||
-      !kq_segments_plain(op->n_value_segments, op->value_segments) ||
-      op->layout != KQ_LAYOUT_PER_HEAD)
-    return VK_ERR(KQ_ERR_UNSUPPORTED,
-                  "vulkan:%d: attend: %s are not implemented in the Vulkan backend yet", d->index,
-                  op->layout != KQ_LAYOUT_PER_HEAD ? "joint-layout latents"
-                                                   : "quantized latent segments (q8/q4)");
+  const bool joint = op->layout == KQ_LAYOUT_JOINT;
+  if (op->layout != KQ_LAYOUT_PER_HEAD && !joint)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: attend: unknown layout %d", d->index,
+                  (int)op->layout);
+  if (joint && op->rope == KQ_ROPE_PRE)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: attend: RoPE pre with the joint layout",
+                  d->index);
+  if ((st = check_segments(d, op->n_key_segments, op->key_segments, op->rank_k,
+                           "attend key segments")) != KQ_OK ||
+      (st = check_segments(d, op->n_value_segments, op->value_segments, op->rank_v,
+                           "attend value segments")) != KQ_OK)
+    return st;
   const bool ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
+  /* JOINT: one latent group, ranks up to n_kv_heads · head_dim. */
+  const int32_t rmax = joint ? op->n_kv_heads * op->head_dim : op->head_dim;
   if (op->n_queries < 1 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
       op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads || op->head_dim < 1 ||
-      !rank_ok(op->rank_k, op->head_dim) || !rank_ok(op->rank_v, op->head_dim) ||
+      !rank_ok(op->rank_k, rmax) || !rank_ok(op->rank_v, rmax) ||
       (ident && op->rank_k != op->head_dim) || op->n_seqs > 1 || !op->q || !op->k_cache ||
       !op->v_cache || !op->out || (op->rope == KQ_ROPE_PRE && op->head_dim % 2))
     return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
@@ -267,7 +612,21 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
                   "dim %d, ranks %d/%d)",
                   d->index, op->n_queries, op->n_ctx, op->capacity, op->n_heads, op->n_kv_heads,
                   op->head_dim, op->rank_k, op->rank_v);
-  if ((st = plan_attend(d, op, &p)) != KQ_OK) return st;
+  const uint32_t cgroups = joint ? 1u : (uint32_t)op->n_kv_heads;
+  if (op->value_up && (op->flags & KQ_OP_IDENTITY_VALUES))
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
+                  "vulkan:%d: attend: fused up-projection with identity values", d->index);
+  decode_plan dp;
+  if (!getenv("KQSVD_VULKAN_NO_DECODE_KERNEL") && plan_decode(d, op, cgroups, &dp) &&
+      latent_fits(d, op, cgroups))
+    return attend_decode(d, op, cgroups, &dp);
+  /* Segmented caches are dequantized to F32 rows in scratch first. */
+  const bool seg = !kq_segments_plain(op->n_key_segments, op->key_segments) ||
+                   !kq_segments_plain(op->n_value_segments, op->value_segments);
+  if (seg) p.elem = 4;
+  if ((st = plan_attend(d, op, seg ? 0 : op->k_cache_offset, seg ? 0 : op->v_cache_offset, cgroups,
+                        &p)) != KQ_OK)
+    return st;
   const uint64_t H = (uint64_t)op->n_heads, Hk = (uint64_t)op->n_kv_heads;
   const uint64_t D = (uint64_t)op->head_dim, rk = (uint64_t)op->rank_k, rv = (uint64_t)op->rank_v;
   const uint64_t cap = (uint64_t)op->capacity, nq = (uint64_t)op->n_queries;
@@ -283,13 +642,21 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
   const VkDeviceSize qbytes = p.qbatch * H * p.QK * 4;
   const VkDeviceSize poff = align_up(qbytes, align);
   const VkDeviceSize pbytes = p.qbatch * H * nch_max * p.ntg * (rv + 2) * 4;
+  const uint64_t nctx = (uint64_t)op->n_ctx;
+  const VkDeviceSize kdeq = align_up(poff + pbytes, align);
+  const VkDeviceSize vdeq = align_up(kdeq + cgroups * nctx * rk * 4, align);
+  const VkDeviceSize seg_end = seg ? vdeq + cgroups * nctx * rv * 4 : poff + pbytes;
+  /* Fused up-projection: the latent output goes to scratch, up.comp writes out. */
+  const bool up = op->value_up != NULL;
+  const VkDeviceSize latoff = align_up(seg_end, align);
+  const VkDeviceSize scratch_bytes = up ? latoff + p.qbatch * H * rv * 4 : seg_end;
 
   const uint32_t qspec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)rk, p.pre, halves, ident};
   const uint32_t aspec[VK_SPEC_COUNT] = {VK_WG,   (uint32_t)D, (uint32_t)rk, (uint32_t)rv, p.G,
                                          p.QT,    p.TK,        p.pre,        halves,       ident,
                                          p.slots, p.QK,        p.vec4,       p.ntg};
   const uint32_t rspec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)rv};
-  const bool f16 = op->storage == KQ_STORAGE_F16;
+  const bool f16 = op->storage == KQ_STORAGE_F16 && !seg;
   const vk_shader ashader = d->subgroup_arith
                                 ? (f16 ? VK_SHADER_ATTEND_F16_SG : VK_SHADER_ATTEND_F32_SG)
                                 : (f16 ? VK_SHADER_ATTEND_F16 : VK_SHADER_ATTEND_F32);
@@ -300,17 +667,30 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
 
   vk_frame *f;
   if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
-  st = vk_frame_scratch(d, f, poff + pbytes);
-  vk_mem *scratch = &f->scratch;
+  st = vk_frame_scratch(d, &f, scratch_bytes);
+  vk_mem *scratch = &d->scratch;
+  const vk_mem *kmem = seg ? scratch : &op->k_cache->mem;
+  const vk_mem *vmem = seg ? scratch : &op->v_cache->mem;
+  const uint64_t koff = seg ? kdeq : op->k_cache_offset, voff = seg ? vdeq : op->v_cache_offset;
+  const uint64_t kcap = seg ? nctx : cap;
+  if (seg && st == KQ_OK)
+    st = record_dequant(d, f, op->k_cache, op->k_cache_offset, op->n_key_segments, op->key_segments,
+                        op->storage, cgroups, cap, nctx, (uint32_t)rk, kdeq, "key cache");
+  if (seg && st == KQ_OK)
+    st = record_dequant(d, f, op->v_cache, op->v_cache_offset, op->n_value_segments,
+                        op->value_segments, op->storage, cgroups, cap, nctx, (uint32_t)rv, vdeq,
+                        "value cache");
+  if (seg) vk_frame_barrier(f);
   for (uint64_t j0 = 0; j0 < nq && st == KQ_OK; j0 += p.qbatch) {
     const uint64_t nqb = nq - j0 < p.qbatch ? nq - j0 : p.qbatch;
     const uint64_t kctx = (uint64_t)op->n_ctx - nq + j0 + nqb;
     const uint64_t nch = cdiv(kctx, p.CH);
     vk_binding b[VK_MAX_BINDINGS] = {0};
-    uint32_t u[VK_PUSH_WORDS] = {0}, e_rope = 0, e_b = 0, e_a = 0, e_q = 0, e_part = 0;
+    kq_push_qprep u = {0};
+    uint32_t e_rope = 0, e_b = 0, e_a = 0, e_q = 0, e_part = 0;
     /* 1. prepared queries q B (or rotated q B Aᵀ) into scratch */
     st = vk_bind_range(d, &op->q->mem, op->q_offset + j0 * H * D * 4, nqb * H * D * 4, 4, &b[0],
-                       &u[0], "queries");
+                       &u.q_off, "queries");
     if (st == KQ_OK)
       st = bind_opt(d, op->query_down, op->query_down_offset, Hk * D * rk * 4, !ident, &b[1], &e_b,
                     "query_down");
@@ -323,61 +703,83 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
       st = vk_bind_range(d, &rope->buffer->mem, 0, rope->buffer->mem.size, 4, &b[4], &e_rope,
                          "rope table");
     if (st != KQ_OK) break;
-    u[1] = e_b;
-    u[2] = e_a;
-    u[3] = e_q;
-    u[4] = (uint32_t)H;
-    u[5] = p.G;
-    u[6] = (uint32_t)(kctx - nqb);
-    u[7] = hi_off;
-    st = vk_dispatch(d, f, VK_SHADER_QPREP, qspec, b, 5, u, (uint32_t)H, (uint32_t)nqb, 1);
+    u.b_off = e_b;
+    u.a_off = e_a;
+    u.out_off = e_q;
+    u.n_heads = (uint32_t)H;
+    u.group = (uint32_t)(H / Hk); /* B of query head h: kv head h / group */
+    u.pos0 = (uint32_t)(kctx - nqb);
+    u.rope_hi = hi_off;
+    st = vk_dispatch(d, f, VK_SHADER_QPREP, qspec, b, 5, &u, sizeof u, (uint32_t)H, (uint32_t)nqb,
+                     1);
     vk_frame_barrier(f);
     /* 2. partial attention per kv head and cache window */
     vk_binding ab[VK_MAX_BINDINGS] = {b[3], {0}, {0}, {0}, b[4], b[1]};
     if (st == KQ_OK)
       st = vk_bind_range(d, scratch, poff, nqb * H * nch * p.ntg * (rv + 2) * 4, 4, &ab[3], &e_part,
                          "partials");
-    for (uint64_t kvs = 0; kvs < Hk * p.n_sub && st == KQ_OK; ++kvs) {
-      const uint64_t kv = kvs / p.n_sub, head0 = kv * (H / Hk) + (kvs % p.n_sub) * p.G;
+    for (uint64_t kvs = 0; kvs < cgroups * p.n_sub && st == KQ_OK; ++kvs) {
+      const uint64_t kv = kvs / p.n_sub, head0 = kv * (H / cgroups) + (kvs % p.n_sub) * p.G;
       for (uint64_t w0 = 0; w0 < kctx && st == KQ_OK; w0 += p.window) {
         const uint64_t wl = kctx - w0 < p.window ? kctx - w0 : p.window;
-        uint32_t v[VK_PUSH_WORDS] = {0};
-        st = vk_bind_range(d, &op->k_cache->mem, op->k_cache_offset + (kv * cap + w0) * rk * p.elem,
-                           wl * rk * p.elem, p.elem, &ab[1], &v[1], "key cache");
+        kq_push_attend v = {0};
+        st = vk_bind_range(d, kmem, koff + (kv * kcap + w0) * rk * p.elem, wl * rk * p.elem, p.elem,
+                           &ab[1], &v.k_off, "key cache");
         if (st == KQ_OK)
-          st = vk_bind_range(d, &op->v_cache->mem,
-                             op->v_cache_offset + (kv * cap + w0) * rv * p.elem, wl * rv * p.elem,
-                             p.elem, &ab[2], &v[2], "value cache");
-        v[0] = e_q;
-        v[3] = e_part;
-        v[4] = e_b + (uint32_t)(kv * D * rk);
-        v[5] = (uint32_t)kctx;
-        v[6] = (uint32_t)nqb;
-        v[7] = (uint32_t)H;
-        v[8] = (uint32_t)head0;
-        v[9] = (uint32_t)(w0 / p.CH);
-        v[10] = (uint32_t)w0;
-        v[11] = (uint32_t)(nch * p.ntg);
-        v[12] = hi_off;
-        v[13] = scale_bits;
-        v[14] = p.CH;
+          st = vk_bind_range(d, vmem, voff + (kv * kcap + w0) * rv * p.elem, wl * rv * p.elem,
+                             p.elem, &ab[2], &v.v_off, "value cache");
+        v.q_off = e_q;
+        v.part_off = e_part;
+        v.b_off = e_b + (uint32_t)(kv * D * rk);
+        v.n_ctx = (uint32_t)kctx;
+        v.n_queries = (uint32_t)nqb;
+        v.n_heads = (uint32_t)H;
+        v.head0 = (uint32_t)head0;
+        v.chunk0 = (uint32_t)(w0 / p.CH);
+        v.tok_base = (uint32_t)w0;
+        v.n_parts = (uint32_t)(nch * p.ntg);
+        v.rope_hi = hi_off;
+        v.scale_bits = scale_bits;
+        v.chunk = p.CH;
         if (st == KQ_OK)
-          st = vk_dispatch(d, f, ashader, aspec, ab, 6, v, cdiv(wl, p.CH), cdiv(nqb, p.QT), 1);
+          st = vk_dispatch(d, f, ashader, aspec, ab, 6, &v, sizeof v, cdiv(wl, p.CH),
+                           cdiv(nqb, p.QT), 1);
       }
     }
     vk_frame_barrier(f);
     /* 3. merge the chunks into the latent output */
     vk_binding rb[2] = {ab[3], {0}};
-    uint32_t w[VK_PUSH_WORDS] = {0};
-    if (st == KQ_OK)
+    kq_push_reduce w = {0};
+    if (st == KQ_OK && up)
+      st = vk_bind_range(d, scratch, latoff, nqb * H * rv * 4, 4, &rb[1], &w.out_off,
+                         "latent output");
+    else if (st == KQ_OK)
       st = vk_bind_range(d, &op->out->mem, op->out_offset + j0 * H * rv * 4, nqb * H * rv * 4, 4,
-                         &rb[1], &w[1], "output");
-    w[0] = e_part;
-    w[2] = (uint32_t)(nch * p.ntg);
-    w[3] = (uint32_t)H;
+                         &rb[1], &w.out_off, "output");
+    w.part_off = e_part;
+    w.n_parts = (uint32_t)(nch * p.ntg);
+    w.n_heads = (uint32_t)H;
     if (st == KQ_OK)
-      st = vk_dispatch(d, f, VK_SHADER_REDUCE, rspec, rb, 2, w, (uint32_t)H, (uint32_t)nqb, 1);
+      st = vk_dispatch(d, f, VK_SHADER_REDUCE, rspec, rb, 2, &w, sizeof w, (uint32_t)H,
+                       (uint32_t)nqb, 1);
     vk_frame_barrier(f);
+    if (st == KQ_OK && up) { /* 4. fused up-projection: out = latent · Eᵀ */
+      const uint32_t uspec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)rv, 0};
+      vk_binding ub[3] = {rb[1], {0}, {0}};
+      kq_push_up x = {0};
+      x.lat_off = w.out_off;
+      st = vk_bind_range(d, &op->value_up->mem, op->value_up_offset, Hk * D * rv * 4, 4, &ub[1],
+                         &x.e_off, "value_up");
+      if (st == KQ_OK)
+        st = vk_bind_range(d, &op->out->mem, op->out_offset + j0 * H * D * 4, nqb * H * D * 4, 4,
+                           &ub[2], &x.out_off, "output");
+      x.n_heads = (uint32_t)H;
+      x.group = (uint32_t)(H / Hk);
+      if (st == KQ_OK)
+        st = vk_dispatch(d, f, VK_SHADER_UP, uspec, ub, 3, &x, sizeof x, (uint32_t)H, (uint32_t)nqb,
+                         1);
+      vk_frame_barrier(f);
+    }
   }
   if (st != KQ_OK) {
     vk_frame_abort(d, f);
@@ -389,7 +791,7 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
 kq_status vk_op_up(kq_bdevice *d, const kq_up_op *op) {
   const bool ident = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
   if (op->n_queries < 0 || op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads ||
-      op->head_dim < 1 || !rank_ok(op->rank_v, op->head_dim) ||
+      op->head_dim < 1 || !rank_ok(op->rank_v, op->n_kv_heads * op->head_dim) ||
       (ident && op->rank_v != op->head_dim) || op->n_seqs > 1 || !op->latent || !op->out)
     return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
                   "vulkan:%d: up: bad shape (queries %d, heads %d/%d, dim %d, rank %d)", d->index,
@@ -411,19 +813,19 @@ kq_status vk_op_up(kq_bdevice *d, const kq_up_op *op) {
   for (uint64_t j0 = 0; j0 < (uint64_t)op->n_queries && st == KQ_OK; j0 += qb) {
     const uint64_t n = (uint64_t)op->n_queries - j0 < qb ? (uint64_t)op->n_queries - j0 : qb;
     vk_binding b[3];
-    uint32_t u[VK_PUSH_WORDS] = {0};
+    kq_push_up u = {0};
     st = vk_bind_range(d, &op->latent->mem, op->latent_offset + j0 * H * rv * 4, n * H * rv * 4, 4,
-                       &b[0], &u[0], "latent output");
+                       &b[0], &u.lat_off, "latent output");
     if (st == KQ_OK)
       st = bind_opt(d, op->value_up, op->value_up_offset, (uint64_t)op->n_kv_heads * D * rv * 4,
-                    !ident, &b[1], &u[1], "value_up");
+                    !ident, &b[1], &u.e_off, "value_up");
     if (st == KQ_OK)
       st = vk_bind_range(d, &op->out->mem, op->out_offset + j0 * H * D * 4, n * H * D * 4, 4, &b[2],
-                         &u[2], "output");
-    u[3] = (uint32_t)H;
-    u[4] = (uint32_t)(op->n_heads / op->n_kv_heads);
+                         &u.out_off, "output");
+    u.n_heads = (uint32_t)H;
+    u.group = (uint32_t)(op->n_heads / op->n_kv_heads);
     if (st == KQ_OK)
-      st = vk_dispatch(d, f, VK_SHADER_UP, spec, b, 3, u, (uint32_t)H, (uint32_t)n, 1);
+      st = vk_dispatch(d, f, VK_SHADER_UP, spec, b, 3, &u, sizeof u, (uint32_t)H, (uint32_t)n, 1);
   }
   if (st != KQ_OK) {
     vk_frame_abort(d, f);

@@ -15,13 +15,14 @@ kq_status vk_pipelines_init(kq_bdevice *d) {
                                           .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                           .descriptorCount = 1,
                                           .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
-  VkDescriptorSetLayoutCreateInfo li = {.sType =
-                                            VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
-                                        .bindingCount = VK_MAX_BINDINGS,
-                                        .pBindings = b};
+  VkDescriptorSetLayoutCreateInfo li = {
+      .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+      .flags = d->push_desc ? VK_DESCRIPTOR_SET_LAYOUT_CREATE_PUSH_DESCRIPTOR_BIT_KHR : 0u,
+      .bindingCount = VK_MAX_BINDINGS,
+      .pBindings = b};
   if (vkCreateDescriptorSetLayout(d->dev, &li, NULL, &d->set_layout) != VK_SUCCESS)
     return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: vkCreateDescriptorSetLayout failed", d->index);
-  VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, VK_PUSH_WORDS * 4};
+  VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, VK_PUSH_BYTES};
   VkPipelineLayoutCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
                                    .setLayoutCount = 1,
                                    .pSetLayouts = &d->set_layout,
@@ -29,10 +30,11 @@ kq_status vk_pipelines_init(kq_bdevice *d) {
                                    .pPushConstantRanges = &pr};
   if (vkCreatePipelineLayout(d->dev, &pi, NULL, &d->pipe_layout) != VK_SUCCESS)
     return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: vkCreatePipelineLayout failed", d->index);
-  return KQ_OK;
+  return vk_pcache_open(d);
 }
 
 void vk_pipelines_destroy(kq_bdevice *d) {
+  vk_pcache_close(d);
   for (int i = 0; i < d->n_pipes; ++i) vkDestroyPipeline(d->dev, d->pipes[i].pipeline, NULL);
   free(d->pipes);
   d->pipes = NULL;
@@ -66,7 +68,8 @@ static kq_status create_pipeline(kq_bdevice *d, vk_shader shader, const uint32_t
                 .pName = "main",
                 .pSpecializationInfo = &si},
       .layout = d->pipe_layout};
-  VkResult r = vkCreateComputePipelines(d->dev, VK_NULL_HANDLE, 1, &ci, NULL, out);
+  VkResult r = vkCreateComputePipelines(d->dev, d->pcache, 1, &ci, NULL, out);
+  d->pcache_dirty = true;
   if (r != VK_SUCCESS)
     return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: %s: vkCreateComputePipelines failed (VkResult %d)",
                   d->index, name, (int)r);
@@ -106,9 +109,12 @@ static kq_status get_pipeline(kq_bdevice *d, vk_shader shader, const uint32_t *s
 
 kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
                       const uint32_t spec[VK_SPEC_COUNT], const vk_binding *bindings,
-                      int n_bindings, const uint32_t push[VK_PUSH_WORDS], uint32_t gx, uint32_t gy,
-                      uint32_t gz) {
+                      int n_bindings, const void *push, uint32_t push_bytes, uint32_t gx,
+                      uint32_t gy, uint32_t gz) {
   if (gx == 0 || gy == 0 || gz == 0) return KQ_OK;
+  if (push_bytes == 0 || push_bytes > VK_PUSH_BYTES || push_bytes % 4)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %u bytes of push constants", d->index,
+                  push_bytes);
   const uint32_t *lim = d->props.limits.maxComputeWorkGroupCount;
   if (gx > lim[0] || gy > lim[1] || gz > lim[2])
     return VK_ERR(KQ_ERR_UNSUPPORTED,
@@ -116,8 +122,8 @@ kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
                   gx, gy, gz);
   VkPipeline pipe;
   kq_status st = get_pipeline(d, shader, spec, &pipe);
-  VkDescriptorSet set;
-  if (st == KQ_OK) st = vk_frame_descriptor(d, f, &set);
+  VkDescriptorSet set = VK_NULL_HANDLE;
+  if (st == KQ_OK && !d->push_desc) st = vk_frame_descriptor(d, f, &set);
   if (st != KQ_OK) return st;
   VkDescriptorBufferInfo info[VK_MAX_BINDINGS];
   VkWriteDescriptorSet w[VK_MAX_BINDINGS];
@@ -133,12 +139,17 @@ kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
                                   .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                   .pBufferInfo = &info[i]};
   }
-  vkUpdateDescriptorSets(d->dev, VK_MAX_BINDINGS, w, 0, NULL);
   vkCmdBindPipeline(f->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
-  vkCmdBindDescriptorSets(f->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->pipe_layout, 0, 1, &set, 0,
-                          NULL);
-  vkCmdPushConstants(f->cmd, d->pipe_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, VK_PUSH_WORDS * 4,
-                     push);
+  if (d->push_desc) {
+    vkCmdPushDescriptorSetKHR(f->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->pipe_layout, 0,
+                              VK_MAX_BINDINGS, w);
+  } else {
+    vkUpdateDescriptorSets(d->dev, VK_MAX_BINDINGS, w, 0, NULL);
+    vkCmdBindDescriptorSets(f->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->pipe_layout, 0, 1, &set, 0,
+                            NULL);
+  }
+  vkCmdPushConstants(f->cmd, d->pipe_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_bytes, push);
+  VK_COUNT(d, dispatches, 1);
   vkCmdDispatch(f->cmd, gx, gy, gz);
   return KQ_OK;
 }

@@ -10,8 +10,10 @@
 // prepared queries are already q̂ (qprep.comp), so logits are q̂·k̂.
 #extension GL_GOOGLE_include_directive : require
 #include "kq_common.glsl"
+#include "kq_push.h"
 
 layout(local_size_x_id = 0) in;
+layout(push_constant) uniform kq_pc { kq_push_attend p; } pc;
 layout(constant_id = 1) const uint D = 128;
 layout(constant_id = 2) const uint RK = 64;
 layout(constant_id = 3) const uint RV = 64;
@@ -46,11 +48,7 @@ layout(std430, set = 0, binding = 2) readonly buffer kq_v4 { CACHE_T4 vc4[]; };
 #include "kq_reduce.glsl"
 #include "kq_rope.glsl"
 
-// u[0] q offset (query 0, head 0, rows of QK)   u[1] key offset (token tok_base)
-// u[2] value offset (token tok_base)   u[3] partials offset   u[4] B offset (this kv head)
-// u[5] n_ctx   u[6] n_queries   u[7] n_heads   u[8] first query head of the dispatch   u[9] chunk of workgroup 0
-// u[10] tok_base   u[11] chunks per row   u[12] rope hi offset   u[13] scale (float bits)
-// u[14] chunk length CH (multiple of TK)
+// Push constants: kq_push_attend (kq_push.h).
 shared float sq[VEC4 != 0u ? 1u : R * QK];
 shared vec4 sq4[VEC4 != 0u ? R * QK / 4u : 1u];
 shared float sk[PRE != 0u ? TK * QK : 1u];
@@ -59,26 +57,26 @@ shared float slat[PRE != 0u ? TK * RK : 1u];
 
 void main() {
   const uint lid = gl_LocalInvocationID.x, wg = gl_WorkGroupSize.x;
-  const uint c = pc.u[9] + gl_WorkGroupID.x;
-  const uint n_ctx = pc.u[5], n_q = pc.u[6], H = pc.u[7], head0 = pc.u[8];
-  const uint tok_base = pc.u[10];
-  const float scale = uintBitsToFloat(pc.u[13]);
+  const uint c = pc.p.chunk0 + gl_WorkGroupID.x;
+  const uint n_ctx = pc.p.n_ctx, n_q = pc.p.n_queries, H = pc.p.n_heads, head0 = pc.p.head0;
+  const uint tok_base = pc.p.tok_base;
+  const float scale = uintBitsToFloat(pc.p.scale_bits);
   const uint q0 = gl_WorkGroupID.y * QT;
   const uint nqt = min(QT, n_q - q0);
   const uint pos0 = n_ctx - n_q + q0; // position of the tile's first query
-  const uint cs = c * pc.u[14];
-  const uint ce = min(cs + pc.u[14], pos0 + nqt);
+  const uint cs = c * pc.p.chunk;
+  const uint ce = min(cs + pc.p.chunk, pos0 + nqt);
 
   if (VEC4 != 0u) {
     for (uint i = lid; i < R * QK / 4u; i += wg) {
       uint row = i / (QK / 4u), e4 = i % (QK / 4u), tq = row / G;
-      uint at = pc.u[0] + ((q0 + tq) * H + head0 + row % G) * QK;
+      uint at = pc.p.q_off + ((q0 + tq) * H + head0 + row % G) * QK;
       sq4[i] = tq < nqt ? q4[at / 4u + e4] : vec4(0.0);
     }
   } else {
     for (uint i = lid; i < R * QK; i += wg) {
       uint row = i / QK, e = i % QK, tq = row / G;
-      sq[i] = tq < nqt ? q[pc.u[0] + ((q0 + tq) * H + head0 + row % G) * QK + e] : 0.0;
+      sq[i] = tq < nqt ? q[pc.p.q_off + ((q0 + tq) * H + head0 + row % G) * QK + e] : 0.0;
     }
   }
   const uint tg = NTG > 1u ? lid / EU : 0u;
@@ -98,7 +96,7 @@ void main() {
 
   for (uint t0 = cs; t0 < ce; t0 += TK) {
     const uint nk = min(TK, ce - t0);
-    const uint kbase = pc.u[1] + (t0 - tok_base) * RK;
+    const uint kbase = pc.p.k_off + (t0 - tok_base) * RK;
     if (PRE != 0u) {
       for (uint i = lid; i < nk * RK; i += wg) slat[i] = float(kc[kbase + i]);
       barrier();
@@ -110,14 +108,14 @@ void main() {
           x0 = slat[t * RK + e.x];
           x1 = slat[t * RK + e.y];
         } else {
-          const uint b0 = pc.u[4] + e.x * RK, b1 = pc.u[4] + e.y * RK;
+          const uint b0 = pc.p.b_off + e.x * RK, b1 = pc.p.b_off + e.y * RK;
           for (uint r = 0u; r < RK; ++r) {
             float l = slat[t * RK + r];
             x0 += l * bm[b0 + r];
             x1 += l * bm[b1 + r];
           }
         }
-        vec2 cs2 = kq_rope_cs(t0 + t, jj, D / 2u, pc.u[12]);
+        vec2 cs2 = kq_rope_cs(t0 + t, jj, D / 2u, pc.p.rope_hi);
         sk[t * D + e.x] = x0 * cs2.x - x1 * cs2.y;
         sk[t * D + e.y] = x0 * cs2.y + x1 * cs2.x;
       }
@@ -172,7 +170,7 @@ void main() {
     }
     kq_reduce_rows(KQ_RED_SUM, tsum); // its barrier also publishes ss
     [[unroll]] for (uint row = 0u; row < R; ++row) l_run[row] = l_run[row] * f[row] + tsum[row];
-    const uint vbase = pc.u[2] + (t0 - tok_base) * RV;
+    const uint vbase = pc.p.v_off + (t0 - tok_base) * RV;
     [[unroll]] for (uint slot = 0u; slot < SLOTS; ++slot) {
       const uint eu = eu0 + slot * wg;
       if (eu < EU && tg < NTG) {
@@ -196,13 +194,13 @@ void main() {
     barrier();
   }
 
-  const uint nch = pc.u[11]; // partials per row: chunks * NTG
+  const uint nch = pc.p.n_parts; // partials per row: chunks * NTG
   if (tg >= NTG) return;
   [[unroll]] for (uint row = 0u; row < R; ++row) {
     const uint tq = row / G;
     if (tq >= nqt) continue;
     const uint base =
-        pc.u[3] + (((q0 + tq) * H + head0 + row % G) * nch + c * NTG + tg) * (RV + 2u);
+        pc.p.part_off + (((q0 + tq) * H + head0 + row % G) * nch + c * NTG + tg) * (RV + 2u);
     [[unroll]] for (uint slot = 0u; slot < SLOTS; ++slot) {
       const uint eu = eu0 + slot * wg;
       if (eu < EU) {

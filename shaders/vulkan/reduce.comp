@@ -3,19 +3,21 @@
 //   out = Σ_c o_c e^(m_c - M) / Σ_c l_c e^(m_c - M),  M = max_c m_c.
 #extension GL_GOOGLE_include_directive : require
 #include "kq_common.glsl"
+#include "kq_push.h"
 
 layout(local_size_x_id = 0) in;
+layout(push_constant) uniform kq_pc { kq_push_reduce p; } pc;
 layout(constant_id = 1) const uint RV = 64;
 
 layout(std430, set = 0, binding = 0) readonly buffer kq_part { float part[]; };
 layout(std430, set = 0, binding = 1) writeonly buffer kq_out { float outv[]; };
 
-// u[0] partials offset   u[1] out offset   u[2] chunks per row   u[3] n_heads
+// Push constants: kq_push_reduce (kq_push.h).
 void main() {
   const uint lid = gl_LocalInvocationID.x, wg = gl_WorkGroupSize.x;
-  const uint h = gl_WorkGroupID.x, j = gl_WorkGroupID.y, nch = pc.u[2];
-  const uint row = j * pc.u[3] + h;
-  const uint base = pc.u[0] + row * nch * (RV + 2u);
+  const uint h = gl_WorkGroupID.x, j = gl_WorkGroupID.y, nch = pc.p.n_parts;
+  const uint row = j * pc.p.n_heads + h;
+  const uint base = pc.p.part_off + row * nch * (RV + 2u);
   float m = KQ_NEG;
   for (uint c = 0u; c < nch; ++c) m = max(m, part[base + c * (RV + 2u)]);
   float l = 0.0;
@@ -29,6 +31,6 @@ void main() {
       uint b = base + c * (RV + 2u);
       o += part[b + 2u + e] * exp(part[b] - m);
     }
-    outv[pc.u[1] + row * RV + e] = o * inv;
+    outv[pc.p.out_off + row * RV + e] = o * inv;
   }
 }

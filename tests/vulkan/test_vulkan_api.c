@@ -1,8 +1,9 @@
 /*
  * test_vulkan_api.c — the Vulkan backend through the public API: device
  * listing (lavapipe reported as a CPU-type Vulkan device), decode and prefill
- * against a float64 reference for F32/F16 and RoPE none/post/pre, and two
- * threads using two caches on one device at once.
+ * against a float64 reference for F32/F16 and RoPE none/post/pre, two
+ * threads using two caches on one device at once, and four threads with RoPE
+ * PRE caches of different thetas (RoPE tables added while others are in use).
  * Exits 77 (ctest SKIP) when the registry finds no Vulkan device.
  */
 #include <pthread.h>
@@ -173,6 +174,56 @@ static void test_two_threads_share_one_device(void **state) {
       fail_msg("thread %d: NMSE/limit %.3g %s", i, args[i].worst, args[i].error);
 }
 
+typedef struct pre_arg {
+  kq_device *dev;
+  int index;
+  double worst;
+  char error[256];
+} pre_arg;
+
+/* RoPE PRE caches with a theta of their own per thread and round: every
+ * attend adds a RoPE table to the device while other threads attend with
+ * tables they looked up before (the table list grows under them). */
+static void *pre_thread_main(void *p) {
+  pre_arg *a = p;
+  a->worst = 0;
+  for (int rep = 0; rep < 4; ++rep) {
+    const double theta = 5000.0 + 1000.0 * a->index + 97.0 * rep;
+    api_case ac = {
+        {40 + 30 * rep, 1 + 2 * (rep % 2), 4, 2, 32, 12, 12, 2, (a->index + rep) % 2, theta},
+        rep % 2 ? KQ_STORAGE_F16 : KQ_STORAGE_F32,
+        KQ_OUTPUT_FULL};
+    double e = run_api_case(a->dev, &ac, 300 + (uint64_t)(a->index * 10 + rep));
+    if (e < 0) {
+      snprintf(a->error, sizeof a->error, "%s", kq_last_error());
+      a->worst = 1e30;
+      return NULL;
+    }
+    e /= tolerance(ac.storage);
+    if (e > a->worst) a->worst = e;
+  }
+  return NULL;
+}
+
+/* Issue 13 item 7: PRE caches on one device from several threads. */
+static void test_pre_caches_from_many_threads(void **state) {
+  (void)state;
+  enum { N = 4 };
+  kq_device *dev = NULL;
+  CHECK_OK(kq_device_create(g_vk_name, &dev));
+  pre_arg args[N];
+  pthread_t th[N];
+  for (int i = 0; i < N; ++i) {
+    args[i] = (pre_arg){.dev = dev, .index = i};
+    assert_int_equal(pthread_create(&th[i], NULL, pre_thread_main, &args[i]), 0);
+  }
+  for (int i = 0; i < N; ++i) pthread_join(th[i], NULL);
+  kq_device_destroy(dev);
+  for (int i = 0; i < N; ++i)
+    if (args[i].worst > 1.0)
+      fail_msg("thread %d: NMSE/limit %.3g %s", i, args[i].worst, args[i].error);
+}
+
 int main(void) {
   int n = 0;
   if (kq_device_count(&n) != KQ_OK) {
@@ -192,6 +243,7 @@ int main(void) {
       cmocka_unit_test(test_registry_lists_vulkan_devices),
       cmocka_unit_test(test_decode_and_prefill_match_reference),
       cmocka_unit_test(test_two_threads_share_one_device),
+      cmocka_unit_test(test_pre_caches_from_many_threads),
   };
   return cmocka_run_group_tests(tests, NULL, NULL) ? 1 : 0;
 }

@@ -1,0 +1,44 @@
+/*
+ * vk_split.h — how a decode dispatch splits the context into chunks (pure
+ * functions, no Vulkan: tests call them with pretend devices).
+ */
+#ifndef KQ_VK_SPLIT_H
+#define KQ_VK_SPLIT_H
+
+#include <stdint.h>
+
+/* Workgroups a decode dispatch aims for per compute unit: two resident
+ * workgroups per CU plus slack for the tail (chunks of unequal cost). */
+#define VK_DECODE_WG_PER_CU 4u
+/* Most chunks per (query, head): the merge kernel keeps one weight per chunk
+ * in shared memory. */
+#define VK_DECODE_MAX_CHUNKS 1024u
+
+/* Chunks per (query, row group) of a decode dispatch over `row_groups` ×
+ * `n_queries` workgroup rows, on a device with `n_cus` compute units: enough
+ * chunks that the grid holds VK_DECODE_WG_PER_CU · n_cus workgroups, at most
+ * one per position and at most VK_DECODE_MAX_CHUNKS. There is no chunk
+ * floor: a short context is still spread over the whole device (a chunk
+ * shorter than a workgroup's step leaves some of its lanes idle, which costs
+ * less than idle compute units). Returns >= 1; vk_decode_chunk_len gives
+ * their length, every chunk non-empty. */
+static inline uint32_t vk_decode_chunks(uint64_t n_ctx, uint32_t row_groups, uint32_t n_queries,
+                                        uint32_t n_cus) {
+  const uint64_t rows = (uint64_t)(row_groups ? row_groups : 1) * (n_queries ? n_queries : 1);
+  const uint64_t target = (uint64_t)VK_DECODE_WG_PER_CU * (n_cus ? n_cus : 1);
+  uint64_t n = (target + rows - 1) / rows;
+  if (n > n_ctx) n = n_ctx;
+  if (n > VK_DECODE_MAX_CHUNKS) n = VK_DECODE_MAX_CHUNKS;
+  if (n < 1) n = 1;
+  /* Equal chunks of ceil(n_ctx / n) positions: none of them empty. */
+  const uint64_t len = (n_ctx + n - 1) / n;
+  n = len ? (n_ctx + len - 1) / len : 1;
+  return n < 1 ? 1u : (uint32_t)n;
+}
+
+/* Positions per chunk for `chunks` chunks (the last one may be shorter). */
+static inline uint32_t vk_decode_chunk_len(uint64_t n_ctx, uint32_t chunks) {
+  return (uint32_t)((n_ctx + chunks - 1) / chunks);
+}
+
+#endif /* KQ_VK_SPLIT_H */

@@ -1,0 +1,160 @@
+/*
+ * kq_push.h — typed push constants and specialization-constant ids shared by
+ * the C side (backend/vulkan) and the GLSL side (shaders/vulkan). Every field
+ * is a 32-bit scalar, so the std430 layout of a push-constant block holding
+ * one of these structs is the C layout; vk_ops.c checks sizes and offsets
+ * with static asserts. Offsets named *_off count elements of the bound array
+ * from the binding's start, *_base bytes.
+ */
+#ifndef KQ_PUSH_H
+#define KQ_PUSH_H
+
+#ifdef VULKAN /* glslang */
+#define KQ_U32 uint
+#define KQ_STRUCT(T) struct T
+#define KQ_END(T) ;
+#else
+#include <stdint.h>
+#define KQ_U32 uint32_t
+#define KQ_STRUCT(T) typedef struct T
+#define KQ_END(T) T;
+#endif
+
+/* Specialization constant ids of attend_dec.comp and merge_up.comp (the
+ * older shaders number theirs in their own files). */
+#define KQ_SPEC_WG 0
+#define KQ_SPEC_D 1
+#define KQ_SPEC_RK 2
+#define KQ_SPEC_RV 3
+#define KQ_SPEC_ROWS 4  /* query heads per workgroup */
+#define KQ_SPEC_LPR 5   /* lanes splitting one latent row (power of two) */
+#define KQ_SPEC_IDENT 6 /* A = B = I (keys) / C = E = I (values) */
+#define KQ_SPEC_UP 7    /* merge_up: multiply by Eᵀ */
+#define KQ_SPEC_KVEC 8  /* attend_dec: keys read as 16-byte units (one float segment) */
+#define KQ_SPEC_VVEC 9  /* attend_dec: values likewise */
+/* kq_seg.glsl: key segment table at 16..32, value table at 33..49. */
+#define KQ_SPEC_KEY_SEGS 16
+#define KQ_SPEC_VALUE_SEGS 33
+
+/* attend_dec.comp: one workgroup per (chunk, row group, query). */
+KQ_STRUCT(kq_push_decode) {
+  KQ_U32 q_off;      /* queries F32 [n_queries, n_heads, D] */
+  KQ_U32 b_off;      /* query_down F32 [n_kv_heads, D, RK] */
+  KQ_U32 k_base;     /* key latent buffer (planes of kq_seg.glsl) */
+  KQ_U32 v_base;     /* value latent buffer */
+  KQ_U32 part_off;   /* partials F32 [n_queries, n_heads, n_chunks, RV + 2] */
+  KQ_U32 n_ctx;      /* positions in the cache */
+  KQ_U32 n_queries;  /* query j sits at position n_ctx - n_queries + j */
+  KQ_U32 n_heads;    /* query heads */
+  KQ_U32 b_group;    /* query heads per kv head: B of head h is B[h / b_group] */
+  KQ_U32 c_group;    /* query heads per cache group (n_heads in the JOINT layout) */
+  KQ_U32 gc;         /* cache groups · capacity (plane size in rows) */
+  KQ_U32 capacity;   /* positions per cache group */
+  KQ_U32 chunk;      /* positions per chunk */
+  KQ_U32 n_chunks;   /* chunks per (query, head) */
+  KQ_U32 scale_bits; /* logit scale, float bits */
+}
+KQ_END(kq_push_decode)
+
+/* merge_up.comp: one workgroup per (head, query). */
+KQ_STRUCT(kq_push_merge) {
+  KQ_U32 part_off; /* partials of attend_dec.comp */
+  KQ_U32 e_off;    /* value_up F32 [n_kv_heads, D, RV] (UP only) */
+  KQ_U32 out_off;  /* F32 [n_queries, n_heads, UP ? D : RV] */
+  KQ_U32 n_heads;
+  KQ_U32 e_group;  /* query heads per kv head: E of head h is E[h / e_group] */
+  KQ_U32 n_chunks;
+}
+KQ_END(kq_push_merge)
+
+/* project.comp: latent rows of one kv head, plain float layout. */
+KQ_STRUCT(kq_push_project) {
+  KQ_U32 src_off;  /* src F32 [n_tokens, n_heads, D] (token 0 of the batch) */
+  KQ_U32 proj_off; /* this head's projection [D, R] */
+  KQ_U32 dst_off;  /* cache rows of this head (token 0 of the batch) */
+  KQ_U32 n_tokens;
+  KQ_U32 head;
+  KQ_U32 n_heads;
+}
+KQ_END(kq_push_project)
+
+/* project_seg.comp: every group (workgroup y) into a segmented buffer. */
+KQ_STRUCT(kq_push_project_seg) {
+  KQ_U32 src_off;  /* src F32 [n_tokens, n_heads, D] (token 0 of the batch) */
+  KQ_U32 proj_off; /* projections [n_heads, D, R] */
+  KQ_U32 dst_base; /* latent buffer, bytes */
+  KQ_U32 n_tokens;
+  KQ_U32 n_heads;
+  KQ_U32 gc;       /* groups · capacity */
+  KQ_U32 capacity;
+  KQ_U32 pos;      /* position of token 0 of the batch */
+}
+KQ_END(kq_push_project_seg)
+
+/* dequant.comp: positions [0, n) of a segmented buffer to F32 rows. */
+KQ_STRUCT(kq_push_dequant) {
+  KQ_U32 src_base; /* latent buffer, bytes */
+  KQ_U32 out_off;  /* F32 [groups, n, R] */
+  KQ_U32 gc;       /* groups · capacity */
+  KQ_U32 capacity;
+  KQ_U32 n;
+  KQ_U32 groups;
+}
+KQ_END(kq_push_dequant)
+
+/* qprep.comp: prepared queries of the tiled path. */
+KQ_STRUCT(kq_push_qprep) {
+  KQ_U32 q_off;
+  KQ_U32 b_off;   /* query_down, kv head 0 */
+  KQ_U32 a_off;   /* key_down, kv head 0 (PRE) */
+  KQ_U32 out_off; /* F32 [n_queries, n_heads, QK] */
+  KQ_U32 n_heads;
+  KQ_U32 group;   /* query heads per kv head */
+  KQ_U32 pos0;    /* position of query 0 */
+  KQ_U32 rope_hi; /* element offset of the RoPE table's high part */
+}
+KQ_END(kq_push_qprep)
+
+/* attend.comp: tiled partial attention over one cache window. */
+KQ_STRUCT(kq_push_attend) {
+  KQ_U32 q_off;      /* prepared queries (query 0, head 0, rows of QK) */
+  KQ_U32 k_off;      /* key rows from token tok_base */
+  KQ_U32 v_off;      /* value rows from token tok_base */
+  KQ_U32 part_off;   /* partials */
+  KQ_U32 b_off;      /* query_down of this kv head (PRE rebuild) */
+  KQ_U32 n_ctx;
+  KQ_U32 n_queries;
+  KQ_U32 n_heads;
+  KQ_U32 head0;      /* first query head of the dispatch */
+  KQ_U32 chunk0;     /* chunk of workgroup 0 */
+  KQ_U32 tok_base;   /* first position of the bound window */
+  KQ_U32 n_parts;    /* partials per row: chunks · key groups */
+  KQ_U32 rope_hi;
+  KQ_U32 scale_bits;
+  KQ_U32 chunk;      /* positions per chunk (multiple of the key tile) */
+}
+KQ_END(kq_push_attend)
+
+/* reduce.comp: merges the partials of attend.comp. */
+KQ_STRUCT(kq_push_reduce) {
+  KQ_U32 part_off;
+  KQ_U32 out_off;
+  KQ_U32 n_parts; /* partials per row */
+  KQ_U32 n_heads;
+}
+KQ_END(kq_push_reduce)
+
+/* up.comp: latent to full output. */
+KQ_STRUCT(kq_push_up) {
+  KQ_U32 lat_off;
+  KQ_U32 e_off; /* value_up, kv head 0 */
+  KQ_U32 out_off;
+  KQ_U32 n_heads;
+  KQ_U32 group; /* query heads per kv head */
+}
+KQ_END(kq_push_up)
+
+#undef KQ_STRUCT
+#undef KQ_END
+
+#endif /* KQ_PUSH_H */
