@@ -173,13 +173,17 @@ static void device_resident_decode_equals_host_calls(void **state) {
   }
   if (g_counted) {
     /* Five device-resident steps after warm-up: the engine's writes and its
-     * one read per step are all that crosses; nothing is allocated; at most
-     * one host wait (the read) per step. */
+     * one read per step are all that crosses; nothing is allocated. */
     const uint64_t writes = sizeof s.q + sizeof s.k + sizeof s.v, reads = sizeof s.out_dev;
     assert_int_equal(g_dev_delta.device_allocations, 0);
     assert_int_equal(g_dev_delta.bytes_uploaded, 5 * writes);
     assert_int_equal(g_dev_delta.bytes_downloaded, 5 * reads);
-    assert_true(g_dev_delta.host_waits <= 5);
+    /* exactly one host wait per step over all layers (the read) on a device
+     * that queues work; the CPU runs ops to completion and never waits */
+    if (g_dev_delta.submits > 0)
+      assert_int_equal(g_dev_delta.host_waits, 5);
+    else
+      assert_int_equal(g_dev_delta.host_waits, 0);
     printf("%s: 5 device-resident decode steps x %d layers: %llu allocations, %llu host waits, "
            "%llu submits\n",
            g_device, NL, (unsigned long long)g_dev_delta.device_allocations,
