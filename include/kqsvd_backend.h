@@ -67,6 +67,8 @@
 #define KQSVD_BACKEND_H
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #include "kqsvd.h"
 
@@ -151,6 +153,25 @@ static inline void kq_segment_planes(const kq_segment *segs, int32_t n_segments,
  * float segments, so a float-only list always arrives as one. */
 static inline int kq_segments_plain(int32_t n_segments, const kq_segment *segs) {
   return n_segments == 0 || (n_segments == 1 && segs && segs[0].bits == KQ_SEG_FLOAT);
+}
+
+/* The folder where backends keep compiled kernels across runs (OpenCL
+ * program binaries, the Vulkan pipeline cache): $KQSVD_CACHE_DIR, else
+ * $XDG_CACHE_HOME/kqsvd, else $HOME/.cache/kqsvd. Writes it to out; 0 when
+ * no variable gives one or it does not fit in `size`. The CLI reads the same
+ * folder to say when a first run will compile kernels. */
+static inline int kq_kernel_cache_dir(char *out, size_t size) {
+  const char *dir = getenv("KQSVD_CACHE_DIR");
+  int n;
+  if (dir && dir[0])
+    n = snprintf(out, size, "%s", dir);
+  else if ((dir = getenv("XDG_CACHE_HOME")) && dir[0])
+    n = snprintf(out, size, "%s/kqsvd", dir);
+  else if ((dir = getenv("HOME")) && dir[0])
+    n = snprintf(out, size, "%s/.cache/kqsvd", dir);
+  else
+    return 0;
+  return n > 0 && (size_t)n < size;
 }
 
 /* The one RoPE angle scheme of every backend and of the host model: pair j

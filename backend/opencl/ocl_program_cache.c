@@ -1,6 +1,7 @@
 /*
  * ocl_program_cache.c — the on-disk program-binary cache (see ocl_program_cache.h).
  */
+#include "kqsvd_backend.h"
 #include "ocl_program_cache.h"
 
 #include <errno.h>
@@ -21,21 +22,6 @@ uint64_t kq_ocl_fnv1a64(const void *data, size_t n) {
     h *= 0x100000001b3ull; /* FNV prime */
   }
   return h;
-}
-
-int kq_ocl_cache_dir(char *out, size_t size) {
-  const char *dir = getenv("KQSVD_CACHE_DIR");
-  int n;
-  if (dir && dir[0]) {
-    n = snprintf(out, size, "%s", dir);
-  } else if ((dir = getenv("XDG_CACHE_HOME")) && dir[0]) {
-    n = snprintf(out, size, "%s/kqsvd", dir);
-  } else if ((dir = getenv("HOME")) && dir[0]) {
-    n = snprintf(out, size, "%s/.cache/kqsvd", dir);
-  } else {
-    return 0;
-  }
-  return n > 0 && (size_t)n < size;
 }
 
 /* mkdir -p; returns 0 on success. */
@@ -224,7 +210,7 @@ cl_int kq_ocl_program_get(cl_context context, cl_device_id device, const char *s
   char dir[900];
   enum { KEY_MAX = 8192 };
   char *keybuf = malloc(KEY_MAX);
-  int have_dir = kq_ocl_cache_dir(dir, sizeof dir);
+  int have_dir = kq_kernel_cache_dir(dir, sizeof dir);
   int have_key = keybuf && make_key(device, source, options, keybuf, KEY_MAX);
   if (have_dir && have_key) {
     unsigned long long h = kq_ocl_fnv1a64(keybuf, strlen(keybuf));

@@ -51,10 +51,6 @@ typedef struct kq_ocl_prog_report {
 /* FNV-1a 64-bit hash of n bytes. */
 uint64_t kq_ocl_fnv1a64(const void *data, size_t n);
 
-/* Writes the cache directory (see above) into out; returns 0 if none can be
- * determined or it does not fit. */
-int kq_ocl_cache_dir(char *out, size_t size);
-
 /* Returns a built program for `device` from `source` with `options`, through
  * the cache. On CL_SUCCESS *out_program is built and owned by the caller.
  * On failure returns the OpenCL error of the source build

@@ -42,20 +42,6 @@ static uint64_t get_u64(const unsigned char *p) {
   return v;
 }
 
-static int cache_dir(char *out, size_t size) {
-  const char *dir = getenv("KQSVD_CACHE_DIR");
-  int n;
-  if (dir && dir[0])
-    n = snprintf(out, size, "%s", dir);
-  else if ((dir = getenv("XDG_CACHE_HOME")) && dir[0])
-    n = snprintf(out, size, "%s/kqsvd", dir);
-  else if ((dir = getenv("HOME")) && dir[0])
-    n = snprintf(out, size, "%s/.cache/kqsvd", dir);
-  else
-    return 0;
-  return n > 0 && (size_t)n < size;
-}
-
 /* mkdir -p; 0 on success. */
 static int make_dirs(const char *path) {
   char tmp[1024];
@@ -74,7 +60,7 @@ static int make_dirs(const char *path) {
 
 int vk_pcache_path(const kq_bdevice *d, char *out, size_t size) {
   char dir[900];
-  if (!cache_dir(dir, sizeof dir)) return 0;
+  if (!kq_kernel_cache_dir(dir, sizeof dir)) return 0;
   char uuid[2 * VK_UUID_SIZE + 1];
   for (unsigned i = 0; i < VK_UUID_SIZE; ++i)
     snprintf(uuid + 2 * i, 3, "%02x", d->props.pipelineCacheUUID[i]);
@@ -143,7 +129,7 @@ void vk_pcache_close(kq_bdevice *d) {
   size_t n = 0;
   unsigned char *blob = NULL;
   if (d->pcache_disk && d->pcache_dirty && vk_pcache_path(d, path, sizeof path) &&
-      cache_dir(dir, sizeof dir) && make_dirs(dir) == 0 &&
+      kq_kernel_cache_dir(dir, sizeof dir) && make_dirs(dir) == 0 &&
       vkGetPipelineCacheData(d->dev, d->pcache, &n, NULL) == VK_SUCCESS && n > 0 &&
       n <= VK_PCACHE_MAX && (blob = malloc(n)) &&
       vkGetPipelineCacheData(d->dev, d->pcache, &n, blob) == VK_SUCCESS &&

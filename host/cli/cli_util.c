@@ -1,7 +1,10 @@
 /* Shared CLI helpers: parsing, error printing, signals, progress. */
 #include "cli_util.h"
 
+#include "kqsvd_backend.h"
+
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -277,4 +280,33 @@ void kq_cli_progress_note(void *user, int32_t done, int32_t total, const char *s
 void kq_cli_progress_end(void) {
   if (g_progress_open) fputc('\n', stderr);
   g_progress_open = 0;
+}
+
+/* 1 when `dir` holds a file named PREFIX...SUFFIX. */
+static int dir_has(const char *dir, const char *prefix, const char *suffix) {
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  int found = 0;
+  size_t np = strlen(prefix), ns = strlen(suffix);
+  for (struct dirent *e; !found && (e = readdir(d));) {
+    size_t n = strlen(e->d_name);
+    found = n >= np + ns && !strncmp(e->d_name, prefix, np) && !strcmp(e->d_name + n - ns, suffix);
+  }
+  closedir(d);
+  return found;
+}
+
+kq_status kq_cli_device_create(const char *cmd, const char *name, kq_device **out_device) {
+  const char *n = name && *name ? name : getenv("KQSVD_DEVICE");
+  /* The file names the Vulkan and OpenCL backends give their caches; the
+   * check comes first because OpenCL builds its programs as it opens. */
+  int vk = n && !strncmp(n, "vulkan", 6), cl = n && !strncmp(n, "opencl", 6);
+  char dir[1024];
+  if ((vk || cl) && kq_kernel_cache_dir(dir, sizeof dir) &&
+      !dir_has(dir, vk ? "vulkan-" : "ocl-", vk ? ".pcache" : ".bin"))
+    kq_cli_note(cmd,
+                "%s: first use: compiling its kernels, which can take a minute (kept in %s for "
+                "later runs)",
+                n, dir);
+  return kq_device_create(name, out_device);
 }

@@ -60,6 +60,12 @@ void kq_cli_note(const char *cmd, const char *fmt, ...)
 #endif
     ;
 
+/* Opens device `name` (kq_device_create). When it names a Vulkan or OpenCL
+ * device and the kernel cache folder (kq_kernel_cache_dir) holds no compiled
+ * kernels of that backend yet, first says on stderr (normal verbosity) that
+ * this run compiles them, so the wait is not silent. */
+kq_status kq_cli_device_create(const char *cmd, const char *name, kq_device **out_device);
+
 /* Prints "kqsvd CMD: message" on stderr only with -v. */
 void kq_cli_detail(const char *cmd, const char *fmt, ...)
 #if defined(__GNUC__)

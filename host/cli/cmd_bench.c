@@ -309,7 +309,7 @@ static kq_status bench_device(kq_device *device, const bench_options *o, kq_benc
 /* Opens and measures one named device. */
 static kq_status bench_named(const char *name, const bench_options *o, kq_bench_report *rep) {
   kq_device *device = NULL;
-  kq_status st = kq_device_create(name, &device);
+  kq_status st = kq_cli_device_create("bench", name, &device);
   if (st) return st;
   st = bench_device(device, o, rep);
   kq_device_destroy(device);

@@ -200,7 +200,7 @@ int kq_cmd_capture(int argc, char **argv) {
     }
     free(ids);
   }
-  if (st == KQ_OK) st = kq_device_create(device, &dev);
+  if (st == KQ_OK) st = kq_cli_device_create(cmd, device, &dev);
   int64_t T = 0;
   if (st == KQ_OK) st = kq_model_capture(m, dev, all, n_all, out, &p, &T);
   kq_cli_progress_end();

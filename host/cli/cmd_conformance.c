@@ -83,7 +83,7 @@ static int list_devices(void) {
 
 static void run_device(device_run *dr, const int *indices, int n, int json) {
   kq_device *dev = NULL;
-  dr->status = kq_device_create(dr->name, &dev);
+  dr->status = kq_cli_device_create("conformance", dr->name, &dev);
   if (dr->status != KQ_OK) {
     snprintf(dr->error, sizeof dr->error, "%s: %s", kq_status_string(dr->status), kq_last_error());
     return;

@@ -200,7 +200,7 @@ static int generate_many(const many_options *o, char **prompts, int32_t n_prompt
     if (!pr[i].text) st = kq_set_error(KQ_ERR_OUT_OF_MEMORY, "generated text");
   }
   int32_t N = (int32_t)(o->parallel < n_prompts ? o->parallel : n_prompts);
-  if (st == KQ_OK) st = kq_device_create(o->device, &dev);
+  if (st == KQ_OK) st = kq_cli_device_create(cmd, o->device, &dev);
   kq_cli_detail(cmd, "%s: %d prompts (%lld tokens), %d sequences, up to %lld new each, %s cache",
                 o->model_path, (int)n_prompts, (long long)prompt_tokens, (int)N, o->n_new,
                 o->proj ? o->proj : "full");
@@ -399,7 +399,7 @@ int kq_cmd_generate(int argc, char **argv) {
   int noticed = 0;
   if (st == KQ_OK)
     st = encode_prompt(cmd, model_path, m, prompt, chat, &noticed, &wrapped, &ids, &n_ids);
-  if (st == KQ_OK) st = kq_device_create(device, &dev);
+  if (st == KQ_OK) st = kq_cli_device_create(cmd, device, &dev);
   kq_cli_detail(cmd, "%s: %d prompt tokens, up to %lld new, %s cache, storage %s", model_path,
                 (int)n_ids, n_new, proj ? proj : "full", storage == KQ_STORAGE_F16 ? "f16" : "f32");
   if (st == KQ_OK) st = kq_model_session_create(m, dev, proj, storage, n_ids + (int32_t)n_new, &s);

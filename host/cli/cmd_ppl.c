@@ -325,7 +325,7 @@ int kq_cmd_ppl(int argc, char **argv) {
     st =
         kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %d token%s of text; perplexity needs at least 2",
                      text_path, (int)n_ids, n_ids == 1 ? "" : "s");
-  if (st == KQ_OK) st = kq_device_create(device, &dev);
+  if (st == KQ_OK) st = kq_cli_device_create(cmd, device, &dev);
   if (skip_full) full = NULL;
   if (full && st == KQ_OK) st = open_run(m, dev, storage, (int32_t)ctx, full);
   for (int i = 0; i < n_comp && st == KQ_OK; i++)
