@@ -13,6 +13,7 @@ install(TARGETS kqsvd EXPORT kqsvdTargets
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
   INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(FILES ${PROJECT_SOURCE_DIR}/include/kqsvd.h ${PROJECT_SOURCE_DIR}/include/kqsvd_backend.h
+              ${PROJECT_SOURCE_DIR}/include/kqsvd_vulkan.h ${PROJECT_SOURCE_DIR}/include/kqsvd_opencl.h
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 
 # Backend modules: libkqsvd-NAME.so beside libkqsvd.

@@ -311,6 +311,23 @@ typedef struct kq_backend_iface {
   kq_status (*get_stats)(kq_bdevice *device, kq_device_stats *out_stats);
 
   uint32_t caps; /* KQ_BACKEND_CAP_* */
+
+  /* An engine's own device and buffers (may be NULL: the backend cannot
+   * adopt them; the core then reports KQ_ERR_UNSUPPORTED).
+   * device_open_external: `handles` is the backend's public handle struct
+   * (kqsvd_vulkan.h: kq_vulkan_device_handles; kqsvd_opencl.h:
+   * kq_opencl_device_handles), struct_size first; fills *out_info like
+   * device_info (name "NAME:external") and opens a device that uses those
+   * handles. device_close then destroys only what the backend created itself,
+   * never the engine's handles.
+   * buffer_import: `native` is the backend's public buffer struct
+   * (kq_vulkan_buffer; kq_opencl_buffer), on the device's own context;
+   * returns a kq_buffer usable in every op and its usable size in
+   * *out_bytes; buffer_free releases only the wrapper. */
+  kq_status (*device_open_external)(const void *handles, kq_device_info *out_info,
+                                    kq_bdevice **out_device);
+  kq_status (*buffer_import)(kq_bdevice *device, const void *native, size_t *out_bytes,
+                             kq_buffer **out_buffer);
 } kq_backend_iface;
 
 /* The backend's attend honours kq_attend_op.value_up (fused up-projection),

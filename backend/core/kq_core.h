@@ -39,6 +39,11 @@ kq_status kq_backend_problem_status(int index);
 kq_status kq_registry_find(const char *name, const kq_backend_iface **out_iface,
                            int *out_local_index);
 
+/* The interface of backend `backend` ("vulkan", "opencl"), loading the
+ * modules if needed; KQ_ERR_NOT_FOUND when no such backend is loaded (a
+ * refused module's own status and message when it was refused). */
+kq_status kq_registry_backend(const char *backend, const kq_backend_iface **out_iface);
+
 /* Byte sizes of the buffers an op names (fields an op does not use are
  * ignored): project src/proj/dst; attend q, key_down, query_down, k_cache,
  * v_cache, out, value_up; up: src = latent, value_up, out. */

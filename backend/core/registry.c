@@ -268,6 +268,27 @@ kq_status kq_device_info_get(int index, kq_device_info *out_info) {
   return KQ_OK;
 }
 
+kq_status kq_registry_backend(const char *backend, const kq_backend_iface **out_iface) {
+  if (strcmp(backend, "cpu") == 0) {
+    *out_iface = kq_cpu_backend_iface();
+    return KQ_OK;
+  }
+  registry_ensure();
+  for (int b = 0; b < g_reg.n_backends; b++)
+    if (strcmp(g_reg.backends[b].iface->name, backend) == 0) {
+      *out_iface = g_reg.backends[b].iface;
+      return KQ_OK;
+    }
+  for (int p = 0; p < g_reg.n_problems; p++)
+    if (strcmp(g_reg.problems[p].backend, backend) == 0)
+      return kq_set_error(g_reg.problems[p].status, "backend %s: %s", backend,
+                          g_reg.problems[p].message);
+  return kq_set_error(KQ_ERR_NOT_FOUND,
+                      "backend %s: no module loaded (built with it? see "
+                      "'kqsvd devices')",
+                      backend);
+}
+
 kq_status kq_registry_find(const char *name, const kq_backend_iface **out_iface,
                            int *out_local_index) {
   /* The built-in CPU device needs no module scan: a CPU-only user never pays

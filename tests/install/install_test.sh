@@ -28,7 +28,7 @@ done
 # The installed library exports exactly what the installed headers declare.
 if command -v python3 > /dev/null && command -v nm > /dev/null; then
   python3 "$src/tests/install/check_exports.py" "$lib/libkqsvd.so" "$prefix/include/kqsvd.h" \
-    "$prefix/include/kqsvd_backend.h"
+    "$prefix/include/kqsvd_backend.h" "$prefix/include/kqsvd_vulkan.h" "$prefix/include/kqsvd_opencl.h"
 fi
 
 # 1. CMake package.
