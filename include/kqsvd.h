@@ -557,6 +557,15 @@ typedef struct kq_fit_params {
    * [0, positions) (seeded by `seed`); the fit is then a rope post one,
    * meant for any position < positions. 0 (default): off. */
   int64_t positions;
+  /* sensitivity (bytes mode only, optional): path of a text file of the
+   * model's measured sensitivity to each layer's compressed keys and values
+   * (lines "keys L KL" / "values L KL", every layer of both sides once; KL =
+   * mean KL(full ‖ compressed) of the next-token distribution on calibration
+   * text with only that side of layer L compressed as this fit without
+   * `sensitivity` compresses it). The allocator then weighs each layer's
+   * predicted error by sqrt(KL / predicted error), normalised to mean 1 per
+   * side, and allocates again. NULL (default): off. */
+  const char *sensitivity;
   int32_t n_threads;       /* 0 = all cores */
   kq_progress_fn progress; /* optional, called from the calling thread */
   void *progress_user;

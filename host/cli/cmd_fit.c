@@ -12,8 +12,8 @@ static void help(void) {
   printf(
       "usage: kqsvd fit CALIB -o PROJ [--method kq-svd|k-svd|eigen|quant] [--alpha A]\n"
       "                 (--rank-k N --rank-v N | --epsilon E | --ratio F | --bytes F)\n"
-      "                 [--layout per-head|joint] [--seed N] [--positions N] [-t N] [--json]\n"
-      "                 [-q|-v]\n"
+      "                 [--layout per-head|joint] [--seed N] [--positions N]\n"
+      "                 [--sensitivity FILE] [-t N] [--json] [-q|-v]\n"
       "\n"
       "Fits per-layer projections (SPEC §1, §1b) from calibration file CALIB\n"
       "(layers.{l}.k/q/v, optional layers.{l}.wo) and writes projection file PROJ atomically:\n"
@@ -47,6 +47,10 @@ static void help(void) {
       "  --positions N       position-robust post-RoPE fit from a rope pre calibration: each\n"
       "                      key and query row is rotated to its own position drawn from\n"
       "                      [0, N) before factoring; writes a rope post file for positions < N\n"
+      "  --sensitivity FILE  with --bytes: the model's measured KL per layer for keys and\n"
+      "                      values (lines \"keys|values LAYER KL\", .ci/sensitivity.sh);\n"
+      "                      each layer's predicted error is weighed by sqrt(KL / predicted\n"
+      "                      error) and the bytes allocated again\n"
       "  -t, --threads N     worker threads (default: all cores)\n"
       "  --json              print the summary as one JSON object on stdout: {\"output\",\n"
       "                      \"method\", \"layout\", \"fraction_of_f16\", \"mean_rank_k\",\n"
@@ -70,6 +74,7 @@ enum {
   OPT_LAYOUT,
   OPT_SEED,
   OPT_POSITIONS,
+  OPT_SENSITIVITY,
   OPT_JSON
 };
 
@@ -86,6 +91,7 @@ static const struct option g_options[] = {
     {"layout", required_argument, NULL, OPT_LAYOUT},
     {"seed", required_argument, NULL, OPT_SEED},
     {"positions", required_argument, NULL, OPT_POSITIONS},
+    {"sensitivity", required_argument, NULL, OPT_SENSITIVITY},
     {"json", no_argument, NULL, OPT_JSON},
     KQ_CLI_COMMON_LONG,
     {NULL, 0, NULL, 0},
@@ -168,6 +174,7 @@ int kq_cmd_fit(int argc, char **argv) {
       if (!kq_cli_parse_int(cmd, "--positions", val, 1, (long long)1 << 40, &n)) return 2;
       p.positions = (int64_t)n;
       break;
+    case OPT_SENSITIVITY: p.sensitivity = val; break;
     case 't':
       if (!kq_cli_parse_int(cmd, "--threads", val, 1, 1024, &n)) return 2;
       p.n_threads = (int32_t)n;

@@ -203,6 +203,34 @@ kq_status kq_fit_bytes(const kq_calib *calib, const kq_fit_params *p, int n_thre
     if (st) st = kq_error_prefix(st, "%s: bytes %g", calib->path, p->bytes);
     if (p->progress) p->progress(p->progress_user, round + 1, 2, "allocate bytes");
   }
+  /* The model's measured sensitivity: reweigh each layer and side (the
+   * allocation just made is the one the sensitivity was measured at) and
+   * allocate once more with the same measured rounding errors. */
+  double *kl = NULL, *mult = NULL;
+  if (!st && p->sensitivity) {
+    kl = kq_malloc_array(n_sides * 3, sizeof *kl, "sensitivity");
+    if (!kl) st = KQ_ERR_OUT_OF_MEMORY;
+    if (!st) st = kq_sensitivity_load(p->sensitivity, L, kl);
+  }
+  if (kl && !st) {
+    double *pred = kl + n_sides;
+    mult = pred + n_sides;
+    for (int32_t l = 0; l < L; l++) {
+      pred[l] = kq_alloc_side_error(&keys[l]);
+      pred[L + l] = kq_alloc_side_error(&values[l]);
+    }
+    kq_sensitivity_multipliers(kl, pred, L, mult);
+    kq_sensitivity_multipliers(kl + L, pred + L, L, mult + L);
+    for (int32_t l = 0; l < L; l++)
+      for (int side = 0; side < 2; side++) {
+        int32_t n = layers[l].dim;
+        double *w = weights + ((size_t)l * 2 + side) * n;
+        for (int32_t j = 0; j < n; j++) w[j] *= mult[side * L + l];
+        kq_alloc_side_init(side ? &values[l] : &keys[l]);
+      }
+    st = kq_allocate_bytes(keys, values, L, budget);
+    if (st) st = kq_error_prefix(st, "%s: bytes %g", calib->path, p->bytes);
+  }
   if (!st) {
     double ek = 0, ev = 0;
     for (int32_t l = 0; l < L; l++) {
@@ -211,12 +239,14 @@ kq_status kq_fit_bytes(const kq_calib *calib, const kq_fit_params *p, int n_thre
       lf->n_seg_v = kq_alloc_side_segments(&values[l], lf->seg_v);
       rank_k[l] = keys[l].bound[2];
       rank_v[l] = values[l].bound[2];
-      ek += sqrt(kq_alloc_side_error(&keys[l]));
-      ev += sqrt(kq_alloc_side_error(&values[l]));
+      /* The summary's errors stay relative: without the multipliers. */
+      ek += sqrt(kq_alloc_side_error(&keys[l]) / (mult ? mult[l] : 1));
+      ev += sqrt(kq_alloc_side_error(&values[l]) / (mult ? mult[L + l] : 1));
     }
     *out_error_k = ek / L;
     *out_error_v = ev / L;
   }
+  free(kl);
   free(lists);
   free(sums);
   free(weights);

@@ -198,6 +198,10 @@ static kq_status check_params(const kq_fit_params *p) {
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "ratio %g must be in (0, 1]", p->ratio);
   if (p->bytes != 0 && !(p->bytes > 0 && p->bytes <= 1))
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "bytes %g must be in (0, 1]", p->bytes);
+  if (p->sensitivity && p->bytes == 0)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "sensitivity %s needs a byte budget (bytes): it weighs the byte allocation",
+                        p->sensitivity);
   if (p->positions < 0)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "positions %lld is negative (0 = off)",
                         (long long)p->positions);

@@ -271,6 +271,16 @@ kq_status kq_fit_bytes(const kq_calib *calib, const kq_fit_params *p, int n_thre
                        kq_layer_fit *layers, int32_t *rank_k, int32_t *rank_v, double *out_error_k,
                        double *out_error_v);
 
+/* Reads a sensitivity file (kq_fit_params.sensitivity) of a model with
+ * n_layers layers into kl[2 * n_layers] (keys of layers 0.., then values).
+ * Every layer of both sides must appear exactly once with a finite KL >= 0;
+ * errors name the file and line. */
+kq_status kq_sensitivity_load(const char *path, int32_t n_layers, double *kl);
+
+/* m[l] := sqrt(kl[l] / predicted[l]) over l < n, normalised to mean 1 and
+ * floored at 1/16 (a layer with no predicted error gets the floor). */
+void kq_sensitivity_multipliers(const double *kl, const double *predicted, int32_t n, double *m);
+
 /* Folds the rotation of every quantized segment of every layer into the
  * columns of key_down/query_down (keys) and value_down/value_up (values),
  * seeds from kq_rotation_seed(seed, layer, side, start, width). */
