@@ -353,10 +353,12 @@ kq_status kq_ocl_buffer_import(kq_bdevice *dev, const void *native, size_t *out_
     cl_buffer_region region = {base_off + nb->offset, nb->size};
     if (region.origin % align != 0) {
       free(buf);
-      return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
-                                    "%s: import: offset %zu is not a multiple of "
-                                    "CL_DEVICE_MEM_BASE_ADDR_ALIGN (%zu bytes)",
-                                    dev->label, region.origin, align);
+      return kq_ocl_host->set_error(
+          KQ_ERR_INVALID_ARGUMENT,
+          "%s: import: offset %zu is not a multiple of "
+          "CL_DEVICE_MEM_BASE_ADDR_ALIGN (%zu bytes); import an aligned range "
+          "and pass the rest as the call's byte offset",
+          dev->label, region.origin, align);
     }
     buf->mem = clCreateSubBuffer(mem, 0, CL_BUFFER_CREATE_TYPE_REGION, &region, &err);
     if (err != CL_SUCCESS) {
