@@ -9,6 +9,7 @@
 #include <clblast_c.h>
 
 #include "kq_ocl_sources.h"
+#include "kqsvd_opencl.h"
 #include "ocl_internal.h"
 #include "ocl_program_cache.h"
 
@@ -116,24 +117,26 @@ static kq_status build_program(kq_bdevice *dev) {
   return KQ_OK;
 }
 
-kq_status kq_ocl_device_open(int index, kq_bdevice **out_device) {
-  cl_platform_id plat = NULL;
-  cl_device_id id = NULL;
-  kq_status st = kq_ocl_device_ids(index, &plat, &id);
-  if (st != KQ_OK) return st;
+/* A device record for `id` with its limits and kernel layout, before any
+ * context or queue. */
+static kq_status device_new(int index, cl_platform_id plat, cl_device_id id, kq_bdevice **out_dev) {
   kq_bdevice *dev = calloc(1, sizeof *dev);
-  if (!dev) return kq_ocl_host->set_error(KQ_ERR_OUT_OF_MEMORY, "opencl:%d: device", index);
+  if (!dev) return kq_ocl_host->set_error(KQ_ERR_OUT_OF_MEMORY, "opencl: device");
   dev->index = index;
   dev->platform = plat;
   dev->id = id;
-  snprintf(dev->name, sizeof dev->name, "opencl:%d", index);
+  if (index >= 0)
+    snprintf(dev->name, sizeof dev->name, "opencl:%d", index);
+  else
+    snprintf(dev->name, sizeof dev->name, "opencl:external");
   char dname[120] = "";
   if (clGetDeviceInfo(id, CL_DEVICE_NAME, sizeof dname, dname, NULL) != CL_SUCCESS) dname[0] = '\0';
   dname[sizeof dname - 1] = '\0';
   snprintf(dev->label, sizeof dev->label, "%s (%s)", dev->name, dname);
   if (pthread_mutex_init(&dev->lock, NULL) != 0) {
+    kq_status st = kq_ocl_host->set_error(KQ_ERR_DEVICE, "%s: mutex", dev->label);
     free(dev);
-    return kq_ocl_host->set_error(KQ_ERR_DEVICE, "opencl:%d: mutex", index);
+    return st;
   }
   cl_uint cu = 0;
   cl_ulong lmem = 0;
@@ -152,30 +155,106 @@ kq_status kq_ocl_device_open(int index, kq_bdevice **out_device) {
   if (layout && strcmp(layout, "gpu") == 0) dev->cpu = 0;
   if (layout && strcmp(layout, "cpu") == 0) dev->cpu = 1;
   if (dev->max_wg == 0) dev->max_wg = 1;
+  *out_dev = dev;
+  return KQ_OK;
+}
 
-  cl_int err;
-  cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)plat, 0};
-  dev->context = clCreateContext(props, 1, &id, NULL, NULL, &err);
-  if (err != CL_SUCCESS) {
-    st = kq_ocl_fail(dev, KQ_ERR_DEVICE, "clCreateContext", err);
-    goto fail;
+/* Builds the program in dev->context and counts the device as open. */
+static kq_status device_finish(kq_bdevice *dev, kq_bdevice **out_device) {
+  kq_status st = build_program(dev);
+  if (st != KQ_OK) {
+    kq_ocl_device_close(dev);
+    return st;
   }
-  dev->queue = clCreateCommandQueue(dev->context, id, 0, &err);
-  if (err != CL_SUCCESS) {
-    st = kq_ocl_fail(dev, KQ_ERR_DEVICE, "clCreateCommandQueue", err);
-    goto fail;
-  }
-  st = build_program(dev);
-  if (st != KQ_OK) goto fail;
   pthread_mutex_lock(&open_lock);
   ++open_devices;
   pthread_mutex_unlock(&open_lock);
   dev->counted = 1;
   *out_device = dev;
   return KQ_OK;
-fail:
-  kq_ocl_device_close(dev);
-  return st;
+}
+
+kq_status kq_ocl_device_open(int index, kq_bdevice **out_device) {
+  cl_platform_id plat = NULL;
+  cl_device_id id = NULL;
+  kq_status st = kq_ocl_device_ids(index, &plat, &id);
+  if (st != KQ_OK) return st;
+  kq_bdevice *dev = NULL;
+  st = device_new(index, plat, id, &dev);
+  if (st != KQ_OK) return st;
+  cl_int err;
+  cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)plat, 0};
+  dev->context = clCreateContext(props, 1, &id, NULL, NULL, &err);
+  if (err != CL_SUCCESS) {
+    st = kq_ocl_fail(dev, KQ_ERR_DEVICE, "clCreateContext", err);
+    kq_ocl_device_close(dev);
+    return st;
+  }
+  dev->queue = clCreateCommandQueue(dev->context, id, 0, &err);
+  if (err != CL_SUCCESS) {
+    st = kq_ocl_fail(dev, KQ_ERR_DEVICE, "clCreateCommandQueue", err);
+    kq_ocl_device_close(dev);
+    return st;
+  }
+  return device_finish(dev, out_device);
+}
+
+/* Checks that the engine's queue belongs to its context and device and
+ * executes in order; *out_platform is the device's platform. */
+static kq_status check_handles(const kq_opencl_device_handles *h, cl_platform_id *out_platform) {
+  if (h->struct_size < sizeof *h)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
+                                  "opencl:external: handles.struct_size %u, expected %zu",
+                                  (unsigned)h->struct_size, sizeof *h);
+  if (!h->context || !h->device || !h->queue)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
+                                  "opencl:external: NULL context, device or queue");
+  cl_int err =
+      clGetDeviceInfo(h->device, CL_DEVICE_PLATFORM, sizeof *out_platform, out_platform, NULL);
+  if (err != CL_SUCCESS)
+    return kq_ocl_host->set_error(KQ_ERR_DEVICE, "opencl:external: device: %s (%d)",
+                                  kq_ocl_error_name(err), (int)err);
+  cl_context qctx = NULL;
+  cl_device_id qdev = NULL;
+  cl_command_queue_properties qprops = 0;
+  err = clGetCommandQueueInfo(h->queue, CL_QUEUE_CONTEXT, sizeof qctx, &qctx, NULL);
+  if (err == CL_SUCCESS)
+    err = clGetCommandQueueInfo(h->queue, CL_QUEUE_DEVICE, sizeof qdev, &qdev, NULL);
+  if (err == CL_SUCCESS)
+    err = clGetCommandQueueInfo(h->queue, CL_QUEUE_PROPERTIES, sizeof qprops, &qprops, NULL);
+  if (err != CL_SUCCESS)
+    return kq_ocl_host->set_error(KQ_ERR_DEVICE, "opencl:external: queue: %s (%d)",
+                                  kq_ocl_error_name(err), (int)err);
+  if (qctx != h->context || qdev != h->device)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
+                                  "opencl:external: the queue belongs to another %s",
+                                  qctx != h->context ? "context" : "device");
+  if (qprops & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)
+    return kq_ocl_host->set_error(KQ_ERR_DEVICE,
+                                  "opencl:external: the queue has "
+                                  "CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE; kqsvd needs an "
+                                  "in-order queue");
+  return KQ_OK;
+}
+
+kq_status kq_ocl_device_open_external(const void *handles, kq_device_info *out_info,
+                                      kq_bdevice **out_device) {
+  const kq_opencl_device_handles *h = handles;
+  cl_platform_id plat = NULL;
+  kq_status st = check_handles(h, &plat);
+  if (st == KQ_OK) st = kq_ocl_describe(plat, h->device, -1, out_info);
+  if (st != KQ_OK) return st;
+  kq_bdevice *dev = NULL;
+  st = device_new(-1, plat, h->device, &dev);
+  if (st != KQ_OK) return st;
+  /* Retained before anything can fail: close releases exactly these. */
+  dev->external = 1;
+  clRetainDevice(h->device);
+  clRetainContext(h->context);
+  clRetainCommandQueue(h->queue);
+  dev->context = h->context;
+  dev->queue = h->queue;
+  return device_finish(dev, out_device);
 }
 
 void kq_ocl_device_close(kq_bdevice *dev) {
@@ -190,6 +269,7 @@ void kq_ocl_device_close(kq_bdevice *dev) {
   if (dev->program) clReleaseProgram(dev->program);
   if (dev->queue) clReleaseCommandQueue(dev->queue);
   if (dev->context) clReleaseContext(dev->context);
+  if (dev->external) clReleaseDevice(dev->id);
   pthread_mutex_destroy(&dev->lock);
   if (dev->counted) {
     pthread_mutex_lock(&open_lock);
@@ -226,6 +306,69 @@ void kq_ocl_buffer_free(kq_bdevice *dev, kq_buffer *buf) {
   if (!buf) return;
   clReleaseMemObject(buf->mem);
   free(buf);
+}
+
+kq_status kq_ocl_buffer_import(kq_bdevice *dev, const void *native, size_t *out_bytes,
+                               kq_buffer **out_buffer) {
+  const kq_opencl_buffer *nb = native;
+  if (nb->struct_size < sizeof *nb || !nb->mem)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT, "%s: import: %s", dev->label,
+                                  nb->mem ? "struct_size too small" : "NULL cl_mem");
+  cl_context ctx = NULL;
+  cl_mem_object_type type = 0;
+  size_t mem_size = 0, base_off = 0;
+  cl_mem mem = nb->mem, parent = NULL;
+  cl_int err = clGetMemObjectInfo(mem, CL_MEM_CONTEXT, sizeof ctx, &ctx, NULL);
+  if (err == CL_SUCCESS) err = clGetMemObjectInfo(mem, CL_MEM_TYPE, sizeof type, &type, NULL);
+  if (err == CL_SUCCESS)
+    err = clGetMemObjectInfo(mem, CL_MEM_SIZE, sizeof mem_size, &mem_size, NULL);
+  if (err == CL_SUCCESS)
+    err = clGetMemObjectInfo(mem, CL_MEM_ASSOCIATED_MEMOBJECT, sizeof parent, &parent, NULL);
+  if (err == CL_SUCCESS && parent)
+    err = clGetMemObjectInfo(mem, CL_MEM_OFFSET, sizeof base_off, &base_off, NULL);
+  if (err != CL_SUCCESS) return kq_ocl_fail(dev, KQ_ERR_INVALID_ARGUMENT, "import: cl_mem", err);
+  if (ctx != dev->context || type != CL_MEM_OBJECT_BUFFER)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT, "%s: import: the cl_mem is %s",
+                                  dev->label,
+                                  ctx != dev->context ? "in another context" : "not a buffer");
+  if (nb->size == 0 || nb->offset > mem_size || nb->size > mem_size - nb->offset)
+    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
+                                  "%s: import: range of %zu bytes at %zu outside a cl_mem of "
+                                  "%zu bytes (or empty)",
+                                  dev->label, nb->size, nb->offset, mem_size);
+  kq_buffer *buf = calloc(1, sizeof *buf);
+  if (!buf) return kq_ocl_host->set_error(KQ_ERR_OUT_OF_MEMORY, "%s: import", dev->label);
+  buf->bytes = nb->size;
+  if (nb->offset == 0 && nb->size == mem_size) {
+    clRetainMemObject(mem);
+    buf->mem = mem;
+  } else {
+    /* A sub-buffer of the root buffer (a sub-buffer cannot have one), at an
+     * origin aligned to CL_DEVICE_MEM_BASE_ADDR_ALIGN. It keeps its parent
+     * alive, which is the retain the contract asks for. */
+    if (parent) mem = parent;
+    cl_uint align_bits = 0;
+    clGetDeviceInfo(dev->id, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL);
+    size_t align = align_bits >= 8 ? align_bits / 8 : 1;
+    cl_buffer_region region = {base_off + nb->offset, nb->size};
+    if (region.origin % align != 0) {
+      free(buf);
+      return kq_ocl_host->set_error(
+          KQ_ERR_INVALID_ARGUMENT,
+          "%s: import: offset %zu is not a multiple of "
+          "CL_DEVICE_MEM_BASE_ADDR_ALIGN (%zu bytes); import an aligned range "
+          "and pass the rest as the call's byte offset",
+          dev->label, region.origin, align);
+    }
+    buf->mem = clCreateSubBuffer(mem, 0, CL_BUFFER_CREATE_TYPE_REGION, &region, &err);
+    if (err != CL_SUCCESS) {
+      free(buf);
+      return kq_ocl_fail(dev, KQ_ERR_DEVICE, "import: clCreateSubBuffer", err);
+    }
+  }
+  *out_bytes = buf->bytes;
+  *out_buffer = buf;
+  return KQ_OK;
 }
 
 static kq_status check_range(kq_bdevice *dev, const kq_buffer *buf, size_t offset, size_t bytes,

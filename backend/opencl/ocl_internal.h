@@ -82,8 +82,8 @@ struct kq_buffer {
 };
 
 struct kq_bdevice {
-  int index;
-  char name[32];   /* "opencl:N" */
+  int index;       /* -1 for an engine's device */
+  char name[32];   /* "opencl:N" or "opencl:external" */
   char label[160]; /* "opencl:N (driver device name)" for messages */
   cl_platform_id platform;
   cl_device_id id;
@@ -102,6 +102,7 @@ struct kq_bdevice {
   int rope_next; /* slot the next new table replaces */
   cl_mem scratch[KQ_S_COUNT];
   size_t scratch_bytes[KQ_S_COUNT];
+  int external;          /* context, queue and device are an engine's (retained here) */
   int counted;           /* counted among the open devices */
   int gemm_warm;         /* CLBlast kernels compiled for this device */
   double gemm_warmup_s;  /* how long that took */
@@ -114,12 +115,24 @@ struct kq_bdevice {
   kq_device_stats stats;
 };
 
+/* Fills *info for device `dev` of platform `plat`: named "opencl:INDEX", or
+ * "opencl:external" when index < 0 (an engine's device). */
+kq_status kq_ocl_describe(cl_platform_id plat, cl_device_id dev, int index, kq_device_info *info);
+
 /* Device list (filled once by kq_ocl_enumerate). */
 int kq_ocl_device_total(void);
 kq_status kq_ocl_device_ids(int index, cl_platform_id *out_platform, cl_device_id *out_device);
 
 /* Iface functions implemented in ocl_device.c / ocl_ops.c / ocl_module.c. */
 kq_status kq_ocl_device_open(int index, kq_bdevice **out_device);
+/* A device on an engine's kq_opencl_device_handles (retained, released at
+ * close); fills *out_info. */
+kq_status kq_ocl_device_open_external(const void *handles, kq_device_info *out_info,
+                                      kq_bdevice **out_device);
+/* Wraps an engine's kq_opencl_buffer range without a copy: the cl_mem
+ * itself (retained) for a whole buffer, a sub-buffer otherwise. */
+kq_status kq_ocl_buffer_import(kq_bdevice *device, const void *native, size_t *out_bytes,
+                               kq_buffer **out_buffer);
 void kq_ocl_device_close(kq_bdevice *device);
 kq_status kq_ocl_buffer_alloc(kq_bdevice *device, size_t bytes, kq_buffer **out_buffer);
 void kq_ocl_buffer_free(kq_bdevice *device, kq_buffer *buffer);

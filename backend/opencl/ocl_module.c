@@ -111,8 +111,15 @@ static kq_status device_info(int index, kq_device_info *info) {
   cl_device_id dev = NULL;
   kq_status st = kq_ocl_device_ids(index, &plat, &dev);
   if (st != KQ_OK) return st;
+  return kq_ocl_describe(plat, dev, index, info);
+}
+
+kq_status kq_ocl_describe(cl_platform_id plat, cl_device_id dev, int index, kq_device_info *info) {
   memset(info, 0, sizeof *info);
-  snprintf(info->name, sizeof info->name, "opencl:%d", index);
+  if (index >= 0)
+    snprintf(info->name, sizeof info->name, "opencl:%d", index);
+  else
+    snprintf(info->name, sizeof info->name, "opencl:external");
   snprintf(info->backend, sizeof info->backend, "opencl");
   dev_str(dev, CL_DEVICE_NAME, info->description, sizeof info->description);
   dev_str(dev, CL_DEVICE_VENDOR, info->vendor, sizeof info->vendor);
@@ -151,7 +158,7 @@ static kq_status device_info(int index, kq_device_info *info) {
   if (!ext || clGetDeviceInfo(dev, CL_DEVICE_EXTENSIONS, ext_len, ext, NULL) != CL_SUCCESS) {
     free(ext);
     ext = calloc(1, 1);
-    if (!ext) return kq_ocl_host->set_error(KQ_ERR_OUT_OF_MEMORY, "opencl:%d: device info", index);
+    if (!ext) return kq_ocl_host->set_error(KQ_ERR_OUT_OF_MEMORY, "%s: device info", info->name);
   }
   dev_str(dev, CL_DEVICE_OPENCL_C_VERSION, cver, sizeof cver);
   char *list = info->extensions;
@@ -186,7 +193,7 @@ static kq_status device_info(int index, kq_device_info *info) {
   }
   free(ext);
   pthread_mutex_lock(&notes_lock);
-  if (index < KQ_OCL_MAX_DEVICES && notes[index].have_program) {
+  if (index >= 0 && index < KQ_OCL_MAX_DEVICES && notes[index].have_program) {
     static const char *origins[] = {"cache", "built", "rebuilt"};
     char w[96];
     int o = notes[index].origin;
@@ -194,7 +201,7 @@ static kq_status device_info(int index, kq_device_info *info) {
              notes[index].program_s);
     add_word(list, lsize, w);
   }
-  if (index < KQ_OCL_MAX_DEVICES && notes[index].have_gemm) {
+  if (index >= 0 && index < KQ_OCL_MAX_DEVICES && notes[index].have_gemm) {
     char w[64];
     snprintf(w, sizeof w, "clblast-warmup:%.3fs", notes[index].gemm_s);
     add_word(list, lsize, w);
@@ -222,6 +229,8 @@ static const kq_backend_iface opencl_iface = {
     .synchronize = kq_ocl_synchronize,
     .get_stats = kq_ocl_get_stats,
     .caps = KQ_BACKEND_CAP_FUSED_UP,
+    .device_open_external = kq_ocl_device_open_external,
+    .buffer_import = kq_ocl_buffer_import,
 };
 
 __attribute__((visibility("default"))) kq_status

@@ -41,4 +41,11 @@ typedef void (*kqc_progress_fn)(void *user, const kqc_result *result, int done, 
 kq_status kqc_run(const char *device_name, const int *indices, int n, kqc_result *results,
                   kqc_progress_fn progress, void *user);
 
+/* Runs the cases `indices[0..n)` (indices NULL: the first n cases of the
+ * table, at most all of them) on an already open device, such as one made
+ * from an engine's own handles, and fills results[0..n). The device stays
+ * open; progress as for kqc_run. */
+void kqc_run_all_on_device(kq_device *device, const int *indices, int n, kqc_result *results,
+                           kqc_progress_fn progress, void *user);
+
 #endif /* KQC_CONFORMANCE_H */

@@ -615,12 +615,18 @@ kq_status kqc_run(const char *device_name, const int *indices, int n, kqc_result
   kq_device *dev = NULL;
   kq_status st = kq_device_create(device_name, &dev);
   if (st != KQ_OK) return st;
-  int count;
-  const kqc_case *cases = kqc_cases(&count);
-  for (int i = 0; i < n; i++) {
-    kqc_run_case(dev, &cases[indices[i]], &results[i]);
-    if (progress) progress(user, &results[i], i + 1, n);
-  }
+  kqc_run_all_on_device(dev, indices, n, results, progress, user);
   kq_device_destroy(dev);
   return KQ_OK;
+}
+
+void kqc_run_all_on_device(kq_device *device, const int *indices, int n, kqc_result *results,
+                           kqc_progress_fn progress, void *user) {
+  int count;
+  const kqc_case *cases = kqc_cases(&count);
+  if (!indices && n > count) n = count;
+  for (int i = 0; i < n; i++) {
+    kqc_run_case(device, &cases[indices ? indices[i] : i], &results[i]);
+    if (progress) progress(user, &results[i], i + 1, n);
+  }
 }
