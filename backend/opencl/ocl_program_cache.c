@@ -1,8 +1,8 @@
 /*
  * ocl_program_cache.c — the on-disk program-binary cache (see ocl_program_cache.h).
  */
-#include "kqsvd_backend.h"
 #include "ocl_program_cache.h"
+#include "kqsvd_backend.h"
 
 #include <errno.h>
 #include <stdio.h>
