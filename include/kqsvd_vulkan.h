@@ -42,9 +42,19 @@ typedef struct kq_vulkan_device_handles {
   /* The loader's entry point the engine uses (NULL: the system loader's
    * vkGetInstanceProcAddr). */
   PFN_vkGetInstanceProcAddr get_instance_proc_addr;
+  /* Optional features the engine enabled when it created `device` (a
+   * VkDevice cannot be asked which): kqsvd uses one only when it is set here.
+   * Without 16-bit storage the device reports no fp16_storage (F32 latents
+   * only); without 8-bit storage q8/q4 segments are KQ_ERR_UNSUPPORTED. */
+  VkBool32 storage_buffer_16bit_access; /* VkPhysicalDevice16BitStorageFeatures */
+  VkBool32 storage_buffer_8bit_access;  /* VK_KHR_8bit_storage and its storageBuffer8BitAccess */
+  VkBool32 push_descriptor;             /* VK_KHR_push_descriptor */
 } kq_vulkan_device_handles;
 
-/* A range of an engine's VkBuffer: [offset, offset + size). */
+/* A range of an engine's VkBuffer: [offset, offset + size). offset is a
+ * multiple of the device's minStorageBufferOffsetAlignment (an import at
+ * another offset is refused with KQ_ERR_INVALID_ARGUMENT); size is in bytes,
+ * never VK_WHOLE_SIZE. */
 typedef struct kq_vulkan_buffer {
   uint32_t struct_size; /* sizeof(kq_vulkan_buffer) */
   VkBuffer buffer;

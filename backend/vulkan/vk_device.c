@@ -2,6 +2,7 @@
  * vk_device.c — logical devices, memory, frames (command submission) and the
  * buffer entry points of the backend ABI.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -108,9 +109,11 @@ kq_status vk_bind_range(const kq_bdevice *d, const vk_mem *buf, VkDeviceSize off
                   "vulkan:%d: %s: range [%llu, +%llu) exceeds the buffer (%llu bytes)", d->index,
                   what, (unsigned long long)offset, (unsigned long long)bytes,
                   (unsigned long long)buf->size);
-  VkDeviceSize base = offset / align * align;
-  VkDeviceSize range = offset - base + bytes;
-  if (range < elem_size) range = buf->size - base < 16 ? buf->size - base : 16;
+  /* buf->base (an import's start) is a multiple of the alignment. */
+  const VkDeviceSize at = buf->base + offset, end = buf->base + buf->size;
+  VkDeviceSize base = at / align * align;
+  VkDeviceSize range = at - base + bytes;
+  if (range < elem_size) range = end - base < 16 ? end - base : 16;
   if (range > d->props.limits.maxStorageBufferRange)
     return VK_ERR(KQ_ERR_UNSUPPORTED,
                   "vulkan:%d: %s: binding of %llu bytes exceeds maxStorageBufferRange (%u)",
@@ -118,7 +121,7 @@ kq_status vk_bind_range(const kq_bdevice *d, const vk_mem *buf, VkDeviceSize off
   out->buffer = buf->buffer;
   out->offset = base;
   out->range = range;
-  *out_elem = (uint32_t)((offset - base) / elem_size);
+  *out_elem = (uint32_t)((at - base) / elem_size);
   return KQ_OK;
 }
 
@@ -347,17 +350,22 @@ static kq_status open_fail(kq_bdevice *d, kq_status st) {
   return st;
 }
 
-kq_status vk_device_open(int index, kq_bdevice **out_device) {
-  *out_device = NULL;
-  VkPhysicalDevice phys = vk_physical(index);
-  if (!phys) return VK_ERR(KQ_ERR_NOT_FOUND, "vulkan:%d: no such Vulkan device", index);
+static kq_bdevice *device_new(int index, VkPhysicalDevice phys) {
   kq_bdevice *d = calloc(1, sizeof *d);
-  if (!d) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan:%d: device state", index);
+  if (!d) return NULL;
   d->index = index;
   d->phys = phys;
+  d->open_frame = -1;
   pthread_mutex_init(&d->lock, NULL);
   pthread_mutex_init(&d->pipe_lock, NULL);
   pthread_mutex_init(&d->rope_lock, NULL);
+  return d;
+}
+
+/* Properties of d->phys, and which optional storage features it supports
+ * (d->fp16_storage, d->int8_storage: to be narrowed to what is enabled). */
+static void probe_physical(kq_bdevice *d) {
+  VkPhysicalDevice phys = d->phys;
   vkGetPhysicalDeviceProperties(phys, &d->props);
   vkGetPhysicalDeviceMemoryProperties(phys, &d->mem_props);
   VkPhysicalDeviceMaintenance3Properties m3 = {
@@ -390,6 +398,39 @@ kq_status vk_device_open(int index, kq_bdevice **out_device) {
   vkGetPhysicalDeviceFeatures2(phys, &f2);
   d->fp16_storage = f16.storageBuffer16BitAccess == VK_TRUE;
   d->int8_storage = has8 && f8.storageBuffer8BitAccess == VK_TRUE;
+}
+
+/* Everything the backend creates on d->dev: command pool, frames, the dummy
+ * binding, pipelines. */
+static kq_status device_setup(kq_bdevice *d) {
+  VkCommandPoolCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+                                .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
+                                .queueFamilyIndex = d->queue_family};
+  VkResult r = vkCreateCommandPool(d->dev, &ci, NULL, &d->cmd_pool);
+  if (r != VK_SUCCESS) return vk_fail(r, "vkCreateCommandPool");
+  for (int i = 0; i < VK_FRAMES; ++i) {
+    vk_frame *f = &d->frames[i];
+    VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+                                      .commandPool = d->cmd_pool,
+                                      .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+                                      .commandBufferCount = 1};
+    r = vkAllocateCommandBuffers(d->dev, &ai, &f->cmd);
+    VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    if (r == VK_SUCCESS) r = vkCreateFence(d->dev, &fi, NULL, &f->fence);
+    if (r != VK_SUCCESS) return vk_fail(r, "frame setup");
+  }
+  kq_status st = vk_mem_alloc(d, 256, VK_MEM_DEVICE, &d->dummy, "dummy binding");
+  if (st == KQ_OK) st = vk_pipelines_init(d);
+  return st;
+}
+
+kq_status vk_device_open(int index, kq_bdevice **out_device) {
+  *out_device = NULL;
+  VkPhysicalDevice phys = vk_physical(index);
+  if (!phys) return VK_ERR(KQ_ERR_NOT_FOUND, "vulkan:%d: no such Vulkan device", index);
+  kq_bdevice *d = device_new(index, phys);
+  if (!d) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan:%d: device state", index);
+  probe_physical(d);
 
   /* A compute queue: a compute-only family if there is one, else any. */
   uint32_t nq = 0;
@@ -436,27 +477,69 @@ kq_status vk_device_open(int index, kq_bdevice **out_device) {
     return open_fail(d, vk_fail(r, "vkCreateDevice"));
   }
   vkGetDeviceQueue(d->dev, d->queue_family, 0, &d->queue);
-
-  VkCommandPoolCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
-                                .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
-                                .queueFamilyIndex = d->queue_family};
-  r = vkCreateCommandPool(d->dev, &ci, NULL, &d->cmd_pool);
-  if (r != VK_SUCCESS) return open_fail(d, vk_fail(r, "vkCreateCommandPool"));
-  for (int i = 0; i < VK_FRAMES; ++i) {
-    vk_frame *f = &d->frames[i];
-    VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
-                                      .commandPool = d->cmd_pool,
-                                      .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
-                                      .commandBufferCount = 1};
-    r = vkAllocateCommandBuffers(d->dev, &ai, &f->cmd);
-    VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
-    if (r == VK_SUCCESS) r = vkCreateFence(d->dev, &fi, NULL, &f->fence);
-    if (r != VK_SUCCESS) return open_fail(d, vk_fail(r, "frame setup"));
-  }
-  d->open_frame = -1;
-  kq_status st = vk_mem_alloc(d, 256, VK_MEM_DEVICE, &d->dummy, "dummy binding");
-  if (st == KQ_OK) st = vk_pipelines_init(d);
+  kq_status st = device_setup(d);
   if (st != KQ_OK) return open_fail(d, st);
+  *out_device = d;
+  return KQ_OK;
+}
+
+/* The fields of kq_vulkan_device_handles this module reads, in order: a
+ * caller built against an older kqsvd_vulkan.h passes a smaller struct_size
+ * and gets the optional features off. */
+#define VK_HANDLES_BASE_SIZE                                                                       \
+  (offsetof(kq_vulkan_device_handles, get_instance_proc_addr) + sizeof(PFN_vkGetInstanceProcAddr))
+
+kq_status vk_device_open_external(const void *handles, kq_device_info *out_info,
+                                  kq_bdevice **out_device) {
+  *out_device = NULL;
+  kq_vulkan_device_handles h = {0};
+  uint32_t size = *(const uint32_t *)handles;
+  if (size < VK_HANDLES_BASE_SIZE)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
+                  "vulkan:external: handles.struct_size %u is smaller than the smallest "
+                  "kq_vulkan_device_handles (%zu)",
+                  size, (size_t)VK_HANDLES_BASE_SIZE);
+  memcpy(&h, handles, size < sizeof h ? size : sizeof h);
+  if (!h.instance || !h.physical_device || !h.device || !h.queue)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
+                  "vulkan:external: instance, physical_device, device and queue must all be set");
+  kq_status st = vk_load_external(h.instance, h.get_instance_proc_addr);
+  if (st != KQ_OK) return st;
+
+  kq_bdevice *d = device_new(-1, h.physical_device);
+  if (!d) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan:external: device state");
+  d->external = true;
+  probe_physical(d);
+  if (d->props.apiVersion < VK_API_VERSION_1_1)
+    return open_fail(d, VK_ERR(KQ_ERR_DEVICE,
+                               "vulkan:external: %s supports Vulkan %u.%u; kqsvd needs 1.1 "
+                               "(subgroup operations, 16-bit storage, maintenance3)",
+                               d->props.deviceName, VK_API_VERSION_MAJOR(d->props.apiVersion),
+                               VK_API_VERSION_MINOR(d->props.apiVersion)));
+  uint32_t nq = 0;
+  vkGetPhysicalDeviceQueueFamilyProperties(h.physical_device, &nq, NULL);
+  VkQueueFamilyProperties qf[32];
+  if (nq > 32) nq = 32;
+  vkGetPhysicalDeviceQueueFamilyProperties(h.physical_device, &nq, qf);
+  if (h.queue_family >= nq || !(qf[h.queue_family].queueFlags & VK_QUEUE_COMPUTE_BIT))
+    return open_fail(d, VK_ERR(KQ_ERR_DEVICE,
+                               "vulkan:external: queue family %u of %s has no "
+                               "VK_QUEUE_COMPUTE_BIT (%u families)",
+                               h.queue_family, d->props.deviceName, nq));
+  /* What the engine enabled (fields beyond struct_size read as 0),
+   * narrowed by what the device supports. */
+  d->fp16_storage = d->fp16_storage && h.storage_buffer_16bit_access;
+  d->int8_storage = d->int8_storage && h.storage_buffer_8bit_access;
+  d->push_desc = h.push_descriptor &&
+                 device_has_extension(h.physical_device, VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME) &&
+                 !getenv("KQSVD_VULKAN_NO_PUSH_DESCRIPTORS");
+  d->dev = h.device;
+  d->queue_family = h.queue_family;
+  d->queue = h.queue;
+  st = device_setup(d);
+  if (st != KQ_OK) return open_fail(d, st);
+  vk_info_physical(h.physical_device, "vulkan:external", out_info);
+  out_info->fp16_storage = d->fp16_storage ? 1 : 0;
   *out_device = d;
   return KQ_OK;
 }
@@ -465,7 +548,12 @@ void vk_device_close(kq_bdevice *d) {
   if (!d) return;
   if (d->dev) {
     if (d->open_frame >= 0) frame_flush(d, &d->frames[d->open_frame], false);
-    vkDeviceWaitIdle(d->dev);
+    /* An engine's device may be busy with the engine's own work on other
+     * queues: wait only for kqsvd's frames there. */
+    if (d->external)
+      for (int i = 0; i < VK_FRAMES; ++i) wait_fence(d, &d->frames[i]);
+    else
+      vkDeviceWaitIdle(d->dev);
     for (int i = 0; i < VK_FRAMES; ++i) {
       vk_frame *f = &d->frames[i];
       f->in_flight = false;
@@ -484,7 +572,7 @@ void vk_device_close(kq_bdevice *d) {
     vk_pipelines_destroy(d);
     vk_mem_free(d, &d->dummy);
     if (d->cmd_pool) vkDestroyCommandPool(d->dev, d->cmd_pool, NULL);
-    vkDestroyDevice(d->dev, NULL);
+    if (!d->external) vkDestroyDevice(d->dev, NULL);
   }
   pthread_mutex_destroy(&d->lock);
   pthread_mutex_destroy(&d->pipe_lock);
@@ -511,8 +599,44 @@ void vk_buffer_free(kq_bdevice *d, kq_buffer *b) {
   if (!b) return;
   /* The buffer may still be read by recorded or queued work. */
   vk_synchronize(d);
-  vk_mem_free(d, &b->mem);
+  if (!b->imported) vk_mem_free(d, &b->mem);
   free(b);
+}
+
+#define VK_BUFFER_BASE_SIZE (offsetof(kq_vulkan_buffer, size) + sizeof(VkDeviceSize))
+
+kq_status vk_buffer_import(kq_bdevice *d, const void *native, size_t *out_bytes,
+                           kq_buffer **out_buffer) {
+  *out_buffer = NULL;
+  kq_vulkan_buffer nb = {0};
+  uint32_t size = *(const uint32_t *)native;
+  if (size < VK_BUFFER_BASE_SIZE)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
+                  "vulkan: import: struct_size %u is smaller than kq_vulkan_buffer (%zu)", size,
+                  (size_t)VK_BUFFER_BASE_SIZE);
+  memcpy(&nb, native, size < sizeof nb ? size : sizeof nb);
+  const VkDeviceSize align = d->props.limits.minStorageBufferOffsetAlignment;
+  if (!nb.buffer || nb.size == 0 || nb.size == VK_WHOLE_SIZE)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
+                  "vulkan: import: a VkBuffer and a size in bytes (not 0 or VK_WHOLE_SIZE) are "
+                  "needed");
+  if (align > 1 && nb.offset % align)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
+                  "vulkan: import: offset %llu is not a multiple of the device's "
+                  "minStorageBufferOffsetAlignment (%llu)",
+                  (unsigned long long)nb.offset, (unsigned long long)align);
+  if (nb.size > (VkDeviceSize)SIZE_MAX)
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan: import: size %llu does not fit in size_t",
+                  (unsigned long long)nb.size);
+  kq_buffer *b = calloc(1, sizeof *b);
+  if (!b) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan: import: buffer handle");
+  b->imported = true;
+  b->mem.buffer = nb.buffer;
+  b->mem.base = nb.offset;
+  b->mem.size = nb.size;
+  *out_bytes = (size_t)nb.size;
+  *out_buffer = b;
+  return KQ_OK;
 }
 
 static kq_status check_range(const kq_bdevice *d, const kq_buffer *b, size_t offset, size_t bytes,
@@ -535,7 +659,7 @@ kq_status vk_buffer_upload(kq_bdevice *d, kq_buffer *dst, size_t offset, const v
     size_t n;
     if (bytes <= 65536 && bytes % 4 == 0 && offset % 4 == 0) {
       n = bytes; /* small: inline in the command buffer, no staging */
-      vkCmdUpdateBuffer(f->cmd, dst->mem.buffer, offset, n, p);
+      vkCmdUpdateBuffer(f->cmd, dst->mem.buffer, dst->mem.base + offset, n, p);
     } else {
       n = bytes < VK_STAGING_PIECE ? bytes : VK_STAGING_PIECE;
       vk_mem *stage;
@@ -545,7 +669,7 @@ kq_status vk_buffer_upload(kq_bdevice *d, kq_buffer *dst, size_t offset, const v
         return st;
       }
       memcpy((char *)stage->mapped + at, p, n);
-      VkBufferCopy region = {at, offset, n};
+      VkBufferCopy region = {at, dst->mem.base + offset, n};
       vkCmdCopyBuffer(f->cmd, stage->buffer, dst->mem.buffer, 1, &region);
     }
     if ((st = vk_frame_submit(d, f, false, "upload")) != KQ_OK) return st;
@@ -578,7 +702,7 @@ kq_status vk_buffer_download(kq_bdevice *d, const kq_buffer *src, size_t offset,
         return st;
       }
     }
-    VkBufferCopy region = {offset, 0, n};
+    VkBufferCopy region = {src->mem.base + offset, 0, n};
     vkCmdCopyBuffer(f->cmd, src->mem.buffer, d->download.buffer, 1, &region);
     VkMemoryBarrier hb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
                           .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
@@ -604,7 +728,7 @@ kq_status vk_copy(kq_bdevice *d, kq_buffer *dst, const kq_buffer *src, size_t by
   if (st != KQ_OK || bytes == 0) return st;
   vk_frame *f;
   if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
-  VkBufferCopy region = {0, 0, bytes};
+  VkBufferCopy region = {src->mem.base, dst->mem.base, bytes};
   vkCmdCopyBuffer(f->cmd, src->mem.buffer, dst->mem.buffer, 1, &region);
   return vk_frame_submit(d, f, false, "copy");
 }

@@ -19,6 +19,8 @@
 
 #include "kqsvd_backend.h"
 #include "volk.h"
+/* after volk.h: the public handle structs use its Vulkan types */
+#include "kqsvd_vulkan.h"
 
 #define VK_FRAMES 4
 #define VK_MAX_BINDINGS 6
@@ -34,11 +36,13 @@ typedef struct vk_mem {
   VkBuffer buffer;
   VkDeviceMemory memory;
   VkDeviceSize size;
-  void *mapped; /* host-visible allocations only */
+  void *mapped;      /* host-visible allocations only */
+  VkDeviceSize base; /* where the range starts in `buffer` (an engine's import; else 0) */
 } vk_mem;
 
 struct kq_buffer {
   vk_mem mem;
+  bool imported; /* an engine's VkBuffer range: freeing releases only this wrapper */
 };
 
 /* A frame is recorded by successive ops and submitted only when the host
@@ -100,7 +104,8 @@ typedef struct vk_rope_table {
 } vk_rope_table;
 
 struct kq_bdevice {
-  int index;
+  int index;     /* -1 for an engine's device */
+  bool external; /* the VkDevice and queue belong to an engine: never destroyed here */
   VkPhysicalDevice phys;
   VkPhysicalDeviceProperties props;
   VkPhysicalDeviceMemoryProperties mem_props;
@@ -157,6 +162,13 @@ VkPhysicalDevice vk_physical(int index);
 /* KQ_ERR_DEVICE with the recorded validation message if the validation layer
  * reported anything since the last call; KQ_OK otherwise. */
 kq_status vk_validation_check(const char *what);
+/* Makes volk's function pointers usable on an engine's instance: the system
+ * loader's (get_instance_proc_addr NULL or that loader's own), or the
+ * engine's loader when kqsvd has not loaded one yet. KQ_ERR_DEVICE when
+ * there is no loader or the engine's differs from the one already in use. */
+kq_status vk_load_external(VkInstance instance, PFN_vkGetInstanceProcAddr get_instance_proc_addr);
+/* kq_device_info of a physical device under `name` (device_info's fields). */
+void vk_info_physical(VkPhysicalDevice phys, const char *name, kq_device_info *out);
 
 /* --- vk_device.c --- */
 typedef enum vk_mem_kind { VK_MEM_DEVICE, VK_MEM_UPLOAD, VK_MEM_DOWNLOAD } vk_mem_kind;
@@ -200,6 +212,10 @@ VkDeviceSize vk_max_binding(const kq_bdevice *d);
 
 /* The iface entry points implemented in vk_device.c (see kqsvd_backend.h). */
 kq_status vk_device_open(int index, kq_bdevice **out_device);
+kq_status vk_device_open_external(const void *handles, kq_device_info *out_info,
+                                  kq_bdevice **out_device);
+kq_status vk_buffer_import(kq_bdevice *d, const void *native, size_t *out_bytes,
+                           kq_buffer **out_buffer);
 void vk_device_close(kq_bdevice *d);
 kq_status vk_buffer_alloc(kq_bdevice *d, size_t bytes, kq_buffer **out_buffer);
 void vk_buffer_free(kq_bdevice *d, kq_buffer *b);

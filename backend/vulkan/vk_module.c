@@ -204,11 +204,43 @@ static const char *vendor_name(uint32_t id) {
   }
 }
 
+static pthread_mutex_t g_ext_lock = PTHREAD_MUTEX_INITIALIZER;
+
+kq_status vk_load_external(VkInstance instance, PFN_vkGetInstanceProcAddr get_instance_proc_addr) {
+  /* kqsvd's own instance, when the system loader has one: its entry points
+   * are the loader's trampolines, which dispatch on any instance and device
+   * of that loader, the engine's included. */
+  vk_physical_count();
+  kq_status st = KQ_OK;
+  pthread_mutex_lock(&g_ext_lock);
+  if (!volkGetLoadedInstance()) {
+    if (get_instance_proc_addr) volkInitializeCustom(get_instance_proc_addr);
+    if (!vkGetInstanceProcAddr)
+      st = VK_ERR(KQ_ERR_DEVICE, "vulkan:external: no Vulkan loader (libvulkan.so.1 not found and "
+                                 "no get_instance_proc_addr given)");
+    else
+      volkLoadInstance(instance);
+  } else if (get_instance_proc_addr && get_instance_proc_addr != vkGetInstanceProcAddr) {
+    st =
+        VK_ERR(KQ_ERR_DEVICE, "vulkan:external: the engine's vkGetInstanceProcAddr is not the "
+                              "Vulkan loader kqsvd already uses (pass NULL for the system loader)");
+  }
+  pthread_mutex_unlock(&g_ext_lock);
+  return st;
+}
+
 static kq_status vk_info(int index, kq_device_info *out) {
   VkPhysicalDevice phys = vk_physical(index);
   if (!phys)
     return VK_ERR(KQ_ERR_NOT_FOUND, "vulkan:%d: no such Vulkan device (%d found)", index,
                   vk_physical_count());
+  char name[32];
+  snprintf(name, sizeof name, "vulkan:%d", index);
+  vk_info_physical(phys, name, out);
+  return KQ_OK;
+}
+
+void vk_info_physical(VkPhysicalDevice phys, const char *name, kq_device_info *out) {
   memset(out, 0, sizeof *out);
   VkPhysicalDeviceProperties props;
   vkGetPhysicalDeviceProperties(phys, &props);
@@ -231,7 +263,7 @@ static kq_status vk_info(int index, kq_device_info *out) {
   VkPhysicalDeviceMemoryProperties mp;
   vkGetPhysicalDeviceMemoryProperties(phys, &mp);
 
-  snprintf(out->name, sizeof out->name, "vulkan:%d", index);
+  snprintf(out->name, sizeof out->name, "%s", name);
   snprintf(out->backend, sizeof out->backend, "vulkan");
   snprintf(out->description, sizeof out->description, "%s", props.deviceName);
   const char *vendor = vendor_name(props.vendorID);
@@ -261,7 +293,6 @@ static kq_status vk_info(int index, kq_device_info *out) {
            arith ? " subgroup-arithmetic" : "",
            (unsigned long long)props.limits.maxStorageBufferRange,
            props.limits.maxComputeSharedMemorySize, props.limits.maxComputeWorkGroupInvocations);
-  return KQ_OK;
 }
 
 static kq_status vk_project_entry(kq_bdevice *d, const kq_project_op *op) {
@@ -293,6 +324,8 @@ static const kq_backend_iface g_iface = {
     .synchronize = vk_synchronize,
     .get_stats = vk_get_stats,
     .caps = KQ_BACKEND_CAP_FUSED_UP,
+    .device_open_external = vk_device_open_external,
+    .buffer_import = vk_buffer_import,
 };
 
 __attribute__((visibility("default"))) kq_status kq_backend_entry(const kq_backend_host *host,
