@@ -628,69 +628,16 @@ static void merge_partials(const attend_ctx *c) {
   }
 }
 
-static kq_status validate(const kq_attend_op *op) {
-  if (op->n_seqs != 1)
-    return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: attend: n_seqs = %d (only 1 supported)",
-                        op->n_seqs);
-  int joint = op->layout == KQ_LAYOUT_JOINT;
-  if (op->layout != KQ_LAYOUT_PER_HEAD && !joint)
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "cpu: attend: unknown layout %d", (int)op->layout);
-  if (joint && op->rope == KQ_ROPE_PRE)
-    return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: attend: RoPE pre with the joint layout");
-  if (joint && (op->flags & KQ_OP_IDENTITY_KEYS))
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
-                        "cpu: attend: identity keys with the joint layout");
-  /* JOINT: one group of n_kv_heads · head_dim columns, every query head in it. */
-  int64_t rmax = joint ? (int64_t)op->n_kv_heads * op->head_dim : op->head_dim;
-  if (op->n_queries < 1 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
-      op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads != 0 ||
-      op->head_dim < 1 || (op->rope == KQ_ROPE_PRE && op->head_dim % 2 != 0) || op->rank_k < 1 ||
-      op->rank_k > rmax || op->rank_v < 1 || op->rank_v > rmax ||
-      (joint ? op->n_heads : op->n_heads / op->n_kv_heads) > KQ_MAX_ROWS)
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
-                        "cpu: attend: inconsistent shape (n_queries %d, n_ctx %d, capacity %d, "
-                        "heads %d/%d, head_dim %d, ranks %d/%d)",
-                        op->n_queries, op->n_ctx, op->capacity, op->n_heads, op->n_kv_heads,
-                        op->head_dim, op->rank_k, op->rank_v);
-  if ((op->flags & KQ_OP_IDENTITY_KEYS) && op->rank_k != op->head_dim)
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "cpu: attend: identity keys need rank_k == d");
-  size_t nq = (size_t)op->n_queries, H = (size_t)op->n_heads, Hk = (size_t)op->n_kv_heads;
-  size_t d = (size_t)op->head_dim, cap = (size_t)op->capacity, groups = joint ? 1 : Hk;
-  size_t k_bytes = 0, v_bytes = 0;
-  int32_t nks = kq_segments_plain(op->n_key_segments, op->key_segments) ? 0 : op->n_key_segments;
-  int32_t nvs =
-      kq_segments_plain(op->n_value_segments, op->value_segments) ? 0 : op->n_value_segments;
-  kq_status st = kq_cpu_latent_bytes(nks, op->key_segments, op->rank_k, op->storage, groups, cap,
-                                     "attend key segments", &k_bytes);
-  if (st == KQ_OK)
-    st = kq_cpu_latent_bytes(nvs, op->value_segments, op->rank_v, op->storage, groups, cap,
-                             "attend value segments", &v_bytes);
-  if (st == KQ_OK) st = kq_cpu_check_range(op->q, op->q_offset, nq * H * d * 4, "attend queries");
-  if (st == KQ_OK && !(op->flags & KQ_OP_IDENTITY_KEYS)) {
-    if (!joint) /* the joint layout never reads key_down */
-      st = kq_cpu_check_range(op->key_down, op->key_down_offset, Hk * d * op->rank_k * 4,
-                              "attend key_down");
-    if (st == KQ_OK)
-      st = kq_cpu_check_range(op->query_down, op->query_down_offset, Hk * d * op->rank_k * 4,
-                              "attend query_down");
-  }
-  if (st == KQ_OK)
-    st = kq_cpu_check_range(op->k_cache, op->k_cache_offset, k_bytes, "attend k_cache");
-  if (st == KQ_OK)
-    st = kq_cpu_check_range(op->v_cache, op->v_cache_offset, v_bytes, "attend v_cache");
-  if (st == KQ_OK)
-    st = kq_cpu_check_range(op->out, op->out_offset, nq * H * op->rank_v * 4, "attend output");
-  return st;
-}
-
 kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
   (void)device;
-  if (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16)
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "cpu: attend: unknown storage %d",
-                        (int)op->storage);
+  /* The core checked the op (kqsvd_backend.h, "What a backend may trust");
+   * the rows of one group must fit this backend's tiles. */
+  int joint = op->layout == KQ_LAYOUT_JOINT;
+  if ((joint ? op->n_heads : op->n_heads / op->n_kv_heads) > KQ_MAX_ROWS)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "cpu: attend: %d query heads per latent group (at most %d)",
+                        joint ? op->n_heads : op->n_heads / op->n_kv_heads, KQ_MAX_ROWS);
   size_t esize = op->storage == KQ_STORAGE_F16 ? 2 : 4;
-  kq_status st = validate(op);
-  if (st != KQ_OK) return st;
 
   attend_ctx c = {
       .op = op,
@@ -699,7 +646,7 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
       .v_cache = op->v_cache->data + op->v_cache_offset,
       .q = (const float *)(op->q->data + op->q_offset),
       .out = (float *)(op->out->data + op->out_offset),
-      .joint = op->layout == KQ_LAYOUT_JOINT,
+      .joint = joint,
       .heads_per_kv = op->n_heads / op->n_kv_heads,
       .identity_keys = (op->flags & KQ_OP_IDENTITY_KEYS) != 0,
       .esize = esize,
@@ -793,7 +740,8 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
   double work = (double)op->n_ctx * op->n_queries * op->n_heads * (op->rank_k + op->rank_v);
   int max_threads = work < KQ_CPU_SERIAL_WORK ? 1 : 0;
   task_scratch sizing;
-  st = kq_cpu_pool_run(n_tasks, max_threads, layout_scratch(&c, NULL, &sizing), attend_task, &c);
+  kq_status st =
+      kq_cpu_pool_run(n_tasks, max_threads, layout_scratch(&c, NULL, &sizing), attend_task, &c);
   if (st == KQ_OK && n_chunks > 1) merge_partials(&c);
   free(c.partials);
   free(inv_freq);

@@ -28,35 +28,6 @@ kq_status kq_cpu_check_range(const kq_buffer *buf, size_t offset, size_t bytes, 
   return KQ_OK;
 }
 
-kq_status kq_cpu_latent_bytes(int32_t n_segments, const kq_segment *segs, int32_t rank,
-                              kq_storage storage, size_t groups, size_t capacity, const char *what,
-                              size_t *out_bytes) {
-  if (n_segments == 0) {
-    kq_segment plain = {rank, KQ_SEG_FLOAT};
-    kq_segment_planes(&plain, 1, storage, groups, capacity, 0, NULL, NULL, out_bytes);
-    return KQ_OK;
-  }
-  if (n_segments < 0 || n_segments > KQ_MAX_SEGMENTS || !segs)
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "cpu: %s: %d segments (1 to %d allowed)", what,
-                        (int)n_segments, KQ_MAX_SEGMENTS);
-  int64_t sum = 0;
-  for (int32_t s = 0; s < n_segments; s++) {
-    kq_segment g = segs[s];
-    if (g.width < 1 || (g.bits != KQ_SEG_FLOAT && g.bits != KQ_SEG_Q8 && g.bits != KQ_SEG_Q4) ||
-        (g.bits == KQ_SEG_Q4 && g.width % 2 != 0))
-      return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
-                          "cpu: %s: segment %d (width %d, bits %d) invalid", what, (int)s,
-                          (int)g.width, (int)g.bits);
-    sum += g.width;
-  }
-  if (sum != rank)
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
-                        "cpu: %s: segment widths sum to %lld, the rank is %d", what, (long long)sum,
-                        (int)rank);
-  kq_segment_planes(segs, n_segments, storage, groups, capacity, 0, NULL, NULL, out_bytes);
-  return KQ_OK;
-}
-
 static int cpu_device_count(void) {
   return 1;
 }

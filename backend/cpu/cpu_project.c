@@ -83,34 +83,10 @@ static void project_task(void *vctx, int64_t index, int worker, void *scratch) {
 
 kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op) {
   (void)device;
+  /* The core checked the op (kqsvd_backend.h, "What a backend may trust"). */
   int identity = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
-  if (op->n_seqs != 1)
-    return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: project: n_seqs = %d (only 1 supported)",
-                        op->n_seqs);
-  if (op->n_tokens < 1 || op->n_heads < 1 || op->head_dim < 1 || op->rank < 1 ||
-      op->rank > op->head_dim || op->pos < 0 || op->capacity < 1 ||
-      op->pos > op->capacity - op->n_tokens || (identity && op->rank != op->head_dim) ||
-      (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16))
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
-                        "cpu: project: inconsistent shape (n_tokens %d, heads %d, head_dim %d, "
-                        "rank %d, pos %d, capacity %d)",
-                        op->n_tokens, op->n_heads, op->head_dim, op->rank, op->pos, op->capacity);
   size_t H = (size_t)op->n_heads, d = (size_t)op->head_dim, r = (size_t)op->rank;
-  /* One float segment is the plain layout: the fast path below. */
-  int32_t n_seg = kq_segments_plain(op->n_segments, op->segments) ? 0 : op->n_segments;
-  size_t dst_bytes = 0;
-  kq_status st = kq_cpu_latent_bytes(n_seg, op->segments, op->rank, op->storage, H,
-                                     (size_t)op->capacity, "project segments", &dst_bytes);
-  if (st == KQ_OK)
-    st = kq_cpu_check_range(op->src, op->src_offset, (size_t)op->n_tokens * H * d * 4,
-                            "project src");
-  if (st == KQ_OK && !identity)
-    st = kq_cpu_check_range(op->proj, op->proj_offset, H * d * r * 4, "project matrix");
-  if (st == KQ_OK) st = kq_cpu_check_range(op->dst, op->dst_offset, dst_bytes, "project dst");
-  if (st != KQ_OK) return st;
-  kq_project_op plain_op = *op;
-  plain_op.n_segments = n_seg;
-  op = &plain_op;
+  int32_t n_seg = op->n_segments; /* 0: the plain layout, the fast path below */
 
   project_ctx c = {
       .op = op,
@@ -165,26 +141,9 @@ static void up_task(void *vctx, int64_t index, int worker, void *scratch) {
 
 kq_status kq_cpu_up(kq_bdevice *device, const kq_up_op *op) {
   (void)device;
+  /* The core checked the op (kqsvd_backend.h, "What a backend may trust"). */
   int identity = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
-  if (op->n_seqs != 1)
-    return kq_set_error(KQ_ERR_UNSUPPORTED, "cpu: up: n_seqs = %d (only 1 supported)", op->n_seqs);
-  if (op->n_queries < 1 || op->n_heads < 1 || op->n_kv_heads < 1 ||
-      op->n_heads % op->n_kv_heads != 0 || op->head_dim < 1 || op->rank_v < 1 ||
-      (int64_t)op->rank_v > (int64_t)op->n_kv_heads * op->head_dim ||
-      (identity && op->rank_v != op->head_dim))
-    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
-                        "cpu: up: inconsistent shape (n_queries %d, heads %d/%d, head_dim %d, "
-                        "rank_v %d)",
-                        op->n_queries, op->n_heads, op->n_kv_heads, op->head_dim, op->rank_v);
   size_t rows = (size_t)op->n_queries * op->n_heads;
-  kq_status st =
-      kq_cpu_check_range(op->latent, op->latent_offset, rows * op->rank_v * 4, "up latent");
-  if (st == KQ_OK && !identity)
-    st = kq_cpu_check_range(op->value_up, op->value_up_offset,
-                            (size_t)op->n_kv_heads * op->head_dim * op->rank_v * 4, "up value_up");
-  if (st == KQ_OK)
-    st = kq_cpu_check_range(op->out, op->out_offset, rows * op->head_dim * 4, "up output");
-  if (st != KQ_OK) return st;
   up_ctx c = {
       .op = op,
       .kern = kq_cpu_kernels_get(),

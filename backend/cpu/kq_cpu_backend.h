@@ -24,15 +24,6 @@ struct kq_buffer {
  * KQ_ERR_INVALID_ARGUMENT naming `what`. */
 kq_status kq_cpu_check_range(const kq_buffer *buf, size_t offset, size_t bytes, const char *what);
 
-/* Checks the segment list of one side (n_segments == 0: one float segment
- * of `rank`; widths >= 1 summing to rank, known bits, even Q4 widths) and
- * sets *out_bytes to the bytes of its latent buffer for `groups` x
- * `capacity` positions (kq_segment_planes). KQ_ERR_INVALID_ARGUMENT naming
- * `what` otherwise. */
-kq_status kq_cpu_latent_bytes(int32_t n_segments, const kq_segment *segs, int32_t rank,
-                              kq_storage storage, size_t groups, size_t capacity, const char *what,
-                              size_t *out_bytes);
-
 /* The ops (cpu_attend.c, cpu_project.c). */
 kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op);
 kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op);

@@ -41,38 +41,7 @@
  * that otherwise). */
 #define KQ_OCL_QBLOCK 16
 
-static kq_status bad(const kq_bdevice *dev, const char *op, const char *what) {
-  return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %s: %s", dev->label, op, what);
-}
-
-/* A valid request this backend cannot serve yet (never wrong numbers). */
-static kq_status unsupported(const kq_bdevice *dev, const char *op, const char *what) {
-  return kq_ocl_host->set_error(KQ_ERR_UNSUPPORTED,
-                                "%s: %s: %s are not implemented in the OpenCL backend yet",
-                                dev->label, op, what);
-}
-
-/* Checks that `count` elements of `esz` bytes at byte offset `off` lie in buf
- * and that off is element-aligned; returns the element offset in *out_elem. */
-static kq_status span(const kq_bdevice *dev, const char *op, const char *name, const kq_buffer *buf,
-                      size_t off, size_t count, size_t esz, cl_ulong *out_elem) {
-  size_t bytes;
-  if (!buf)
-    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %s: %s is NULL", dev->label, op,
-                                  name);
-  if (__builtin_mul_overflow(count, esz, &bytes) || off > buf->bytes || bytes > buf->bytes - off)
-    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
-                                  "%s: %s: %s needs %zu elements at byte %zu, buffer has %zu bytes",
-                                  dev->label, op, name, count, off, buf->bytes);
-  if (off % esz)
-    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
-                                  "%s: %s: %s offset %zu is not a multiple of %zu", dev->label, op,
-                                  name, off, esz);
-  *out_elem = off / esz;
-  return KQ_OK;
-}
-
-/* a*b*c*d as size_t; SIZE_MAX on overflow (span() then rejects it). */
+/* a*b*c*d as size_t; SIZE_MAX on overflow. */
 static size_t prod4(int64_t a, int64_t b, int64_t c, int64_t d) {
   size_t r = 1;
   int64_t v[4] = {a, b, c, d};
@@ -86,45 +55,6 @@ static size_t prod4(int64_t a, int64_t b, int64_t c, int64_t d) {
     st = kq_ocl_arg(dev, (k), (i), sizeof(v), &(v));                                               \
     if (st != KQ_OK) goto out;                                                                     \
   } while (0)
-
-/* Checks a segment list (SPEC §1b: widths >= 1 summing to the rank, q4
- * widths even) and that its planes for `groups` groups lie in buf at byte
- * offset off (a multiple of 4, for the F16 and F32 planes); *out_plain = 1
- * for the plain layout (kq_segments_plain), whose caller checks the range
- * itself. */
-static kq_status check_segments(const kq_bdevice *dev, const char *op, const char *name, int32_t n,
-                                const kq_segment *segs, int32_t rank, kq_storage storage,
-                                size_t groups, size_t capacity, const kq_buffer *buf, size_t off,
-                                int *out_plain) {
-  *out_plain = kq_segments_plain(n, segs);
-  if (*out_plain) return KQ_OK;
-  if (n < 0 || n > KQ_MAX_SEGMENTS || !segs)
-    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT, "%s: %s: %s: %d segments (1 to %d)",
-                                  dev->label, op, name, (int)n, KQ_MAX_SEGMENTS);
-  int64_t sum = 0;
-  for (int32_t s = 0; s < n; s++) {
-    const kq_segment g = segs[s];
-    if (g.width < 1 || (g.bits != KQ_SEG_FLOAT && g.bits != KQ_SEG_Q8 && g.bits != KQ_SEG_Q4) ||
-        (g.bits == KQ_SEG_Q4 && g.width % 2 != 0))
-      return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
-                                    "%s: %s: %s: segment %d (width %d, bits %d) invalid",
-                                    dev->label, op, name, (int)s, (int)g.width, (int)g.bits);
-    sum += g.width;
-  }
-  if (sum != rank)
-    return kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
-                                  "%s: %s: %s: segment widths sum to %lld, the rank is %d",
-                                  dev->label, op, name, (long long)sum, (int)rank);
-  size_t total = 0;
-  kq_segment_planes(segs, n, storage, groups, capacity, 0, NULL, NULL, &total);
-  cl_ulong unused;
-  kq_status st = span(dev, op, name, buf, off, total, 1, &unused);
-  if (st == KQ_OK && off % 4 != 0)
-    st = kq_ocl_host->set_error(KQ_ERR_INVALID_ARGUMENT,
-                                "%s: %s: %s offset %zu is not a multiple of 4", dev->label, op,
-                                name, off);
-  return st;
-}
 
 /* Stores latent rows src[off + h·head_stride + t·row_stride + c] (t <
  * n_tokens, h < groups) into every segment's planes at positions pos ..
@@ -163,36 +93,14 @@ out:
 }
 
 kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
-  static const char *name = "project";
-  if (op->n_tokens < 0 || op->n_heads <= 0 || op->head_dim <= 0 || op->rank <= 0 ||
-      op->rank > op->head_dim || op->capacity <= 0 || op->pos < 0 ||
-      op->pos > op->capacity - op->n_tokens)
-    return bad(dev, name, "shape out of range (tokens, heads, head_dim, rank, capacity, pos)");
-  if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v2");
-  if (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16)
-    return bad(dev, name, "unknown storage type");
+  /* The core checked the op (kqsvd_backend.h, "What a backend may trust"):
+   * offsets are whole elements inside their buffers. */
   const int identity = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
-  if (identity && op->rank != op->head_dim)
-    return bad(dev, name, "identity needs rank == head_dim");
-  int plain = 1;
-  kq_status st =
-      check_segments(dev, name, "dst", op->n_segments, op->segments, op->rank, op->storage,
-                     (size_t)op->n_heads, (size_t)op->capacity, op->dst, op->dst_offset, &plain);
-  if (st != KQ_OK) return st;
-  if (op->n_tokens == 0) return KQ_OK;
+  const int plain = kq_segments_plain(op->n_segments, op->segments);
   const int f16 = op->storage == KQ_STORAGE_F16;
-  const size_t esz = f16 ? 2 : 4;
-  cl_ulong src_e, proj_e = 0, dst_e = 0;
-  st = span(dev, name, "src", op->src, op->src_offset,
-            prod4(op->n_tokens, op->n_heads, op->head_dim, 1), 4, &src_e);
-  if (st == KQ_OK && !identity)
-    st = span(dev, name, "proj", op->proj, op->proj_offset,
-              prod4(op->n_heads, op->head_dim, op->rank, 1), 4, &proj_e);
-  if (st == KQ_OK && plain)
-    st = span(dev, name, "dst", op->dst, op->dst_offset,
-              prod4(op->n_heads, op->capacity, op->rank, 1), esz, &dst_e);
-  if (st != KQ_OK) return st;
-
+  const cl_ulong src_e = op->src_offset / 4, proj_e = identity ? 0 : op->proj_offset / 4;
+  const cl_ulong dst_e = plain ? op->dst_offset / (f16 ? 2 : 4) : 0;
+  kq_status st = KQ_OK;
   const cl_int n_heads = op->n_heads, d = op->head_dim, r = op->rank, cap = op->capacity,
                pos = op->pos, n = op->n_tokens;
   pthread_mutex_lock(&dev->lock);
@@ -813,62 +721,24 @@ out:
 }
 
 kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
-  static const char *name = "attend";
+  /* The core checked the op (kqsvd_backend.h, "What a backend may trust"):
+   * offsets are whole elements inside their buffers. */
   const int joint = op->layout == KQ_LAYOUT_JOINT;
-  if (op->layout != KQ_LAYOUT_PER_HEAD && !joint) return bad(dev, name, "unknown layout");
-  /* JOINT: one latent group of n_kv_heads · head_dim columns. */
-  const int64_t rmax = joint ? (int64_t)op->n_kv_heads * op->head_dim : op->head_dim;
-  if (op->n_queries <= 0 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
-      op->n_heads <= 0 || op->n_kv_heads <= 0 || op->n_heads % op->n_kv_heads != 0 ||
-      op->head_dim <= 0 || op->rank_k <= 0 || op->rank_v <= 0 || op->rank_k > rmax ||
-      op->rank_v > rmax)
-    return bad(dev, name, "shape out of range (queries, context, heads, head_dim, ranks)");
-  if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v2");
-  if (op->storage != KQ_STORAGE_F32 && op->storage != KQ_STORAGE_F16)
-    return bad(dev, name, "unknown storage type");
   const int ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
-  if (ident && op->rank_k != op->head_dim) return bad(dev, name, "identity needs rank_k == d");
   const int pre = op->rope == KQ_ROPE_PRE;
-  if (pre && op->head_dim % 2 != 0) return bad(dev, name, "pre-RoPE needs an even head_dim");
-  if (joint && pre) return unsupported(dev, name, "RoPE pre with the joint layout");
-  if (joint && ident) return bad(dev, name, "identity keys with the joint layout");
-  const int ident_v = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
-  if (op->value_up && ident_v) return bad(dev, name, "value_up with identity values");
   /* Same default as the CPU backend when the projections carry no theta. */
   const float theta = op->rope_theta > 0.0f ? op->rope_theta : 10000.0f;
   const size_t esz = op->storage == KQ_STORAGE_F16 ? 2 : 4;
   const cl_int groups = joint ? 1 : op->n_kv_heads;
-  int kplain = 1, vplain = 1;
-  kq_status st = check_segments(dev, name, "k_cache", op->n_key_segments, op->key_segments,
-                                op->rank_k, op->storage, (size_t)groups, (size_t)op->capacity,
-                                op->k_cache, op->k_cache_offset, &kplain);
-  if (st == KQ_OK)
-    st = check_segments(dev, name, "v_cache", op->n_value_segments, op->value_segments, op->rank_v,
-                        op->storage, (size_t)groups, (size_t)op->capacity, op->v_cache,
-                        op->v_cache_offset, &vplain);
-  cl_ulong q_e = 0, a_e = 0, b_e = 0, k_e = 0, v_e = 0, out_e = 0, e_e = 0;
-  if (st == KQ_OK)
-    st = span(dev, name, "q", op->q, op->q_offset,
-              prod4(op->n_queries, op->n_heads, op->head_dim, 1), 4, &q_e);
-  const size_t proj = prod4(op->n_kv_heads, op->head_dim, op->rank_k, 1);
-  if (st == KQ_OK && !ident)
-    st = span(dev, name, "query_down", op->query_down, op->query_down_offset, proj, 4, &b_e);
-  if (st == KQ_OK && !ident && pre)
-    st = span(dev, name, "key_down", op->key_down, op->key_down_offset, proj, 4, &a_e);
-  if (st == KQ_OK && kplain)
-    st = span(dev, name, "k_cache", op->k_cache, op->k_cache_offset,
-              prod4(groups, op->capacity, op->rank_k, 1), esz, &k_e);
-  if (st == KQ_OK && vplain)
-    st = span(dev, name, "v_cache", op->v_cache, op->v_cache_offset,
-              prod4(groups, op->capacity, op->rank_v, 1), esz, &v_e);
-  if (st == KQ_OK && op->value_up)
-    st = span(dev, name, "value_up", op->value_up, op->value_up_offset,
-              prod4(op->n_kv_heads, op->head_dim, op->rank_v, 1), 4, &e_e);
-  if (st == KQ_OK)
-    st = span(dev, name, "out", op->out, op->out_offset,
-              prod4(op->n_queries, op->n_heads, op->value_up ? op->head_dim : op->rank_v, 1), 4,
-              &out_e);
-  if (st != KQ_OK) return st;
+  const int kplain = kq_segments_plain(op->n_key_segments, op->key_segments);
+  const int vplain = kq_segments_plain(op->n_value_segments, op->value_segments);
+  const cl_ulong q_e = op->q_offset / 4, out_e = op->out_offset / 4;
+  const cl_ulong b_e = ident ? 0 : op->query_down_offset / 4;
+  const cl_ulong a_e = !ident && pre ? op->key_down_offset / 4 : 0;
+  const cl_ulong e_e = op->value_up ? op->value_up_offset / 4 : 0;
+  /* Plain caches are read in place; segmented ones are widened below. */
+  cl_ulong k_e = kplain ? op->k_cache_offset / esz : 0, v_e = vplain ? op->v_cache_offset / esz : 0;
+  kq_status st = KQ_OK;
 
   const cl_int H = op->n_heads, g = op->n_heads / op->n_kv_heads, d = op->head_dim, rk = op->rank_k,
                m = op->n_queries;
@@ -983,23 +853,11 @@ out:
 }
 
 kq_status kq_ocl_up(kq_bdevice *dev, const kq_up_op *op) {
-  static const char *name = "up";
-  if (op->n_queries <= 0 || op->n_heads <= 0 || op->n_kv_heads <= 0 ||
-      op->n_heads % op->n_kv_heads != 0 || op->head_dim <= 0 || op->rank_v <= 0)
-    return bad(dev, name, "shape out of range (queries, heads, head_dim, rank_v)");
-  if (op->n_seqs > 1) return bad(dev, name, "n_seqs > 1 is not supported in ABI v2");
+  /* The core checked the op (kqsvd_backend.h, "What a backend may trust"). */
   const int ident = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
-  if (ident && op->rank_v != op->head_dim) return bad(dev, name, "identity needs rank_v == d");
-  cl_ulong l_e, e_e = 0, o_e;
-  kq_status st = span(dev, name, "latent", op->latent, op->latent_offset,
-                      prod4(op->n_queries, op->n_heads, op->rank_v, 1), 4, &l_e);
-  if (st == KQ_OK && !ident)
-    st = span(dev, name, "value_up", op->value_up, op->value_up_offset,
-              prod4(op->n_kv_heads, op->head_dim, op->rank_v, 1), 4, &e_e);
-  if (st == KQ_OK)
-    st = span(dev, name, "out", op->out, op->out_offset,
-              prod4(op->n_queries, op->n_heads, op->head_dim, 1), 4, &o_e);
-  if (st != KQ_OK) return st;
+  const cl_ulong l_e = op->latent_offset / 4, o_e = op->out_offset / 4;
+  const cl_ulong e_e = ident ? 0 : op->value_up_offset / 4;
+  kq_status st;
   cl_mem emem = ident ? op->latent->mem : op->value_up->mem;
   pthread_mutex_lock(&dev->lock);
   st = launch_up(dev, op->latent->mem, l_e, emem, e_e, op->out->mem, o_e, op->n_queries,

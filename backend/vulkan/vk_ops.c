@@ -33,23 +33,10 @@ static uint32_t cdiv(uint64_t a, uint64_t b) {
   return (uint32_t)((a + b - 1) / b);
 }
 
-static bool rank_ok(int32_t r, int32_t d) {
-  return r >= 1 && r <= d;
-}
-
-static kq_status check_storage(const kq_bdevice *d, kq_storage s, uint32_t *elem) {
-  if (s == KQ_STORAGE_F32) {
-    *elem = 4;
-    return KQ_OK;
-  }
-  if (s == KQ_STORAGE_F16) {
-    if (!d->fp16_storage)
-      return VK_ERR(KQ_ERR_UNSUPPORTED, "vulkan:%d: F16 storage needs storageBuffer16BitAccess",
-                    d->index);
-    *elem = 2;
-    return KQ_OK;
-  }
-  return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: unknown storage type %d", d->index, (int)s);
+/* Bytes of one latent element; the core sends F16 only to a device with
+ * storageBuffer16BitAccess (kqsvd_backend.h, "What a backend may trust"). */
+static uint32_t storage_elem(kq_storage s) {
+  return s == KQ_STORAGE_F16 ? 2 : 4;
 }
 
 /* Binding of a whole small matrix set (projections), or the dummy when the
@@ -61,7 +48,6 @@ static kq_status bind_opt(const kq_bdevice *d, const kq_buffer *b, size_t offset
     *elem = 0;
     return KQ_OK;
   }
-  if (!b) return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s buffer missing", d->index, what);
   return vk_bind_range(d, &b->mem, offset, bytes, 4, out, elem, what);
 }
 
@@ -79,30 +65,14 @@ static void seg_spec(uint32_t *spec, int at, int32_t n, const kq_segment *segs, 
     spec[at + 1 + i] = (uint32_t)segs[i].width | ((uint32_t)segs[i].bits << 16);
 }
 
-/* Checks a segment list against the rank; quantized segments need 8-bit
- * storage buffers. */
+/* Quantized segments (the core checked the list) need 8-bit storage
+ * buffers. */
 static kq_status check_segments(const kq_bdevice *d, int32_t n, const kq_segment *segs,
-                                int32_t rank, const char *what) {
-  if (kq_segments_plain(n, segs)) return KQ_OK;
-  if (n < 1 || n > KQ_MAX_SEGMENTS || !segs)
-    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s: %d segments", d->index, what, n);
-  int32_t sum = 0;
-  for (int32_t i = 0; i < n; ++i) {
-    if (segs[i].width < 1 ||
-        (segs[i].bits != KQ_SEG_FLOAT && segs[i].bits != KQ_SEG_Q8 && segs[i].bits != KQ_SEG_Q4) ||
-        (segs[i].bits == KQ_SEG_Q4 && segs[i].width % 2))
-      return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s: segment %d (width %d, bits %d)",
-                    d->index, what, i, segs[i].width, segs[i].bits);
-    sum += segs[i].width;
-  }
-  if (sum != rank)
-    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s: segment widths sum to %d, rank %d",
-                  d->index, what, sum, rank);
-  if (!d->int8_storage)
-    return VK_ERR(KQ_ERR_UNSUPPORTED,
-                  "vulkan:%d: %s: quantized latent segments need storageBuffer8BitAccess", d->index,
-                  what);
-  return KQ_OK;
+                                const char *what) {
+  if (kq_segments_plain(n, segs) || d->int8_storage) return KQ_OK;
+  return VK_ERR(KQ_ERR_UNSUPPORTED,
+                "vulkan:%d: %s: quantized latent segments need storageBuffer8BitAccess", d->index,
+                what);
 }
 
 /* Binding of a whole latent buffer (segmented, or plain [groups, capacity,
@@ -122,9 +92,8 @@ static kq_status bind_latent(const kq_bdevice *d, const kq_buffer *b, size_t off
 }
 
 /* project into a segmented (q8/q4) latent buffer: project_seg.comp. */
-static kq_status project_segmented(kq_bdevice *d, const kq_project_op *op, uint32_t elem) {
-  kq_status st =
-      check_segments(d, op->n_segments, op->segments, op->rank, "project latent segments");
+static kq_status project_segmented(kq_bdevice *d, const kq_project_op *op) {
+  kq_status st = check_segments(d, op->n_segments, op->segments, "project latent segments");
   if (st != KQ_OK) return st;
   const bool ident = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
   const uint64_t D = (uint64_t)op->head_dim, R = (uint64_t)op->rank, Hs = (uint64_t)op->n_heads;
@@ -151,9 +120,6 @@ static kq_status project_segmented(kq_bdevice *d, const kq_project_op *op, uint3
     st =
         bind_latent(d, op->dst, op->dst_offset, op->n_segments, op->segments, op->rank, op->storage,
                     Hs, (uint64_t)op->capacity, &b[2], &push.dst_base, "latent cache");
-  if (st == KQ_OK && push.dst_base % elem)
-    st = VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: project: cache offset %zu misaligned",
-                d->index, op->dst_offset);
   if (st != KQ_OK) return st;
   vk_frame *f;
   if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
@@ -177,20 +143,9 @@ static kq_status project_segmented(kq_bdevice *d, const kq_project_op *op, uint3
 }
 
 kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
-  uint32_t elem = 0;
-  kq_status st = check_storage(d, op->storage, &elem);
-  if (st != KQ_OK) return st;
+  const uint32_t elem = storage_elem(op->storage);
   const bool ident = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
-  if (op->n_tokens < 0 || op->n_heads < 1 || op->head_dim < 1 || !rank_ok(op->rank, op->head_dim) ||
-      (ident && op->rank != op->head_dim) || op->pos < 0 || op->capacity < 1 ||
-      (int64_t)op->pos + op->n_tokens > op->capacity || op->n_seqs > 1 || !op->src || !op->dst)
-    return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
-                  "vulkan:%d: project: bad shape (tokens %d, heads %d, dim %d, rank %d, pos %d, "
-                  "capacity %d)",
-                  d->index, op->n_tokens, op->n_heads, op->head_dim, op->rank, op->pos,
-                  op->capacity);
-  if (op->n_tokens == 0) return KQ_OK;
-  if (!kq_segments_plain(op->n_segments, op->segments)) return project_segmented(d, op, elem);
+  if (!kq_segments_plain(op->n_segments, op->segments)) return project_segmented(d, op);
   const uint64_t D = (uint64_t)op->head_dim, R = (uint64_t)op->rank, Hs = (uint64_t)op->n_heads;
   const uint64_t row = Hs * D * 4, max_bind = vk_max_binding(d);
   uint32_t tt = 16;
@@ -209,6 +164,7 @@ kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
   const vk_shader shader =
       op->storage == KQ_STORAGE_F16 ? VK_SHADER_PROJECT_F16 : VK_SHADER_PROJECT_F32;
   vk_frame *f;
+  kq_status st;
   if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
   for (uint64_t t0 = 0; t0 < (uint64_t)op->n_tokens && st == KQ_OK; t0 += tb) {
     uint64_t nb = (uint64_t)op->n_tokens - t0 < tb ? (uint64_t)op->n_tokens - t0 : tb;
@@ -546,9 +502,6 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, uint32_t c
   if (st == KQ_OK)
     st = bind_latent(d, op->v_cache, op->v_cache_offset, op->n_value_segments, op->value_segments,
                      op->rank_v, op->storage, cgroups, cap, &ab[3], &pa.v_base, "value cache");
-  const uint32_t elem = f16 ? 2 : 4;
-  if (st == KQ_OK && (pa.k_base % elem || pa.v_base % elem))
-    st = VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: attend: cache offsets misaligned", d->index);
   aspec[KQ_SPEC_KVEC] = pl->kvec && pa.k_base % 16 == 0;
   aspec[KQ_SPEC_VVEC] = pl->vvec && pa.v_base % 16 == 0;
   kq_push_merge pm = {
@@ -584,38 +537,16 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, uint32_t c
 }
 
 kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
-  attend_plan p = {0};
-  kq_status st = check_storage(d, op->storage, &p.elem);
-  if (st != KQ_OK) return st;
+  attend_plan p = {.elem = storage_elem(op->storage)};
   const bool joint = op->layout == KQ_LAYOUT_JOINT;
-  if (op->layout != KQ_LAYOUT_PER_HEAD && !joint)
-    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: attend: unknown layout %d", d->index,
-                  (int)op->layout);
-  if (joint && op->rope == KQ_ROPE_PRE)
-    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: attend: RoPE pre with the joint layout",
-                  d->index);
-  if ((st = check_segments(d, op->n_key_segments, op->key_segments, op->rank_k,
-                           "attend key segments")) != KQ_OK ||
-      (st = check_segments(d, op->n_value_segments, op->value_segments, op->rank_v,
-                           "attend value segments")) != KQ_OK)
+  kq_status st;
+  if ((st = check_segments(d, op->n_key_segments, op->key_segments, "attend key segments")) !=
+          KQ_OK ||
+      (st = check_segments(d, op->n_value_segments, op->value_segments, "attend value segments")) !=
+          KQ_OK)
     return st;
   const bool ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
-  /* JOINT: one latent group, ranks up to n_kv_heads · head_dim. */
-  const int32_t rmax = joint ? op->n_kv_heads * op->head_dim : op->head_dim;
-  if (op->n_queries < 1 || op->n_ctx < op->n_queries || op->n_ctx > op->capacity ||
-      op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads || op->head_dim < 1 ||
-      !rank_ok(op->rank_k, rmax) || !rank_ok(op->rank_v, rmax) ||
-      (ident && op->rank_k != op->head_dim) || op->n_seqs > 1 || !op->q || !op->k_cache ||
-      !op->v_cache || !op->out || (op->rope == KQ_ROPE_PRE && op->head_dim % 2))
-    return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
-                  "vulkan:%d: attend: bad shape (queries %d, ctx %d, capacity %d, heads %d/%d, "
-                  "dim %d, ranks %d/%d)",
-                  d->index, op->n_queries, op->n_ctx, op->capacity, op->n_heads, op->n_kv_heads,
-                  op->head_dim, op->rank_k, op->rank_v);
   const uint32_t cgroups = joint ? 1u : (uint32_t)op->n_kv_heads;
-  if (op->value_up && (op->flags & KQ_OP_IDENTITY_VALUES))
-    return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
-                  "vulkan:%d: attend: fused up-projection with identity values", d->index);
   decode_plan dp;
   if (!getenv("KQSVD_VULKAN_NO_DECODE_KERNEL") && plan_decode(d, op, cgroups, &dp) &&
       latent_fits(d, op, cgroups))
@@ -790,13 +721,6 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
 
 kq_status vk_op_up(kq_bdevice *d, const kq_up_op *op) {
   const bool ident = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
-  if (op->n_queries < 0 || op->n_heads < 1 || op->n_kv_heads < 1 || op->n_heads % op->n_kv_heads ||
-      op->head_dim < 1 || !rank_ok(op->rank_v, op->n_kv_heads * op->head_dim) ||
-      (ident && op->rank_v != op->head_dim) || op->n_seqs > 1 || !op->latent || !op->out)
-    return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
-                  "vulkan:%d: up: bad shape (queries %d, heads %d/%d, dim %d, rank %d)", d->index,
-                  op->n_queries, op->n_heads, op->n_kv_heads, op->head_dim, op->rank_v);
-  if (op->n_queries == 0) return KQ_OK;
   const uint64_t H = (uint64_t)op->n_heads, D = (uint64_t)op->head_dim, rv = (uint64_t)op->rank_v;
   const uint64_t max_bind = vk_max_binding(d);
   uint64_t qb = (uint64_t)op->n_queries;

@@ -626,56 +626,6 @@ static void test_up_accepts_joint_rank_above_head_dim(void **state) {
   }
 }
 
-/* Malformed segment lists and the joint + PRE combination are refused. */
-static void test_bad_segments_and_joint_pre_are_refused(void **state) {
-  (void)state;
-  kq_buffer *b = buffer_with(1 << 16, NULL);
-  kq_segment odd_q4[2] = {SEG(5, 4), SEG(3, 8)}, short_sum[1] = {SEG(7, 8)};
-  kq_project_op op = {.src = b,
-                      .proj = b,
-                      .dst = b,
-                      .n_tokens = 1,
-                      .n_heads = 1,
-                      .head_dim = 8,
-                      .rank = 8,
-                      .capacity = 4,
-                      .storage = KQ_STORAGE_F32,
-                      .n_seqs = 1,
-                      .n_segments = 2,
-                      .segments = odd_q4};
-  assert_int_equal(g_if->project(g_dev, &op), KQ_ERR_INVALID_ARGUMENT);
-  op.n_segments = 1, op.segments = short_sum;
-  assert_int_equal(g_if->project(g_dev, &op), KQ_ERR_INVALID_ARGUMENT);
-  kq_segment ok[1] = {SEG(8, 8)};
-  kq_attend_op at = {.q = b,
-                     .key_down = b,
-                     .query_down = b,
-                     .k_cache = b,
-                     .v_cache = b,
-                     .out = b,
-                     .n_queries = 1,
-                     .n_ctx = 2,
-                     .n_heads = 2,
-                     .n_kv_heads = 1,
-                     .head_dim = 8,
-                     .rank_k = 8,
-                     .rank_v = 8,
-                     .capacity = 4,
-                     .storage = KQ_STORAGE_F32,
-                     .rope = KQ_ROPE_PRE,
-                     .scale = 0.35f,
-                     .n_seqs = 1,
-                     .layout = KQ_LAYOUT_JOINT,
-                     .n_key_segments = 1,
-                     .n_value_segments = 1,
-                     .key_segments = ok,
-                     .value_segments = ok};
-  assert_int_equal(g_if->attend(g_dev, &at), KQ_ERR_UNSUPPORTED);
-  at.rope = KQ_ROPE_POST, at.key_segments = short_sum;
-  assert_int_equal(g_if->attend(g_dev, &at), KQ_ERR_INVALID_ARGUMENT);
-  g_if->buffer_free(g_dev, b);
-}
-
 /* Deterministic values in [-1, 1). */
 static double urand(uint64_t *st) {
   *st = *st * 6364136223846793005ull + 1442695040888963407ull;
@@ -820,7 +770,6 @@ int main(void) {
       cmocka_unit_test(test_per_head_pre_rope_quantized_matches_reference),
       cmocka_unit_test(test_joint_decode_and_prefill_match_reference),
       cmocka_unit_test(test_up_accepts_joint_rank_above_head_dim),
-      cmocka_unit_test(test_bad_segments_and_joint_pre_are_refused),
       cmocka_unit_test(test_int16_query_follows_its_layout),
       cmocka_unit_test(test_int16_kernels_match_float64_for_odd_shapes),
   };

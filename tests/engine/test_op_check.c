@@ -54,6 +54,11 @@ static void a_core_project_op_passes_and_each_break_is_caught(void **state) {
   op.src_offset = 4; /* src range past its buffer */
   assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
   op = project_op();
+  op.n_tokens = 2, op.pos = 0, op.src_offset = 2; /* in bounds, not a whole float */
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  op.src_offset = HK * D * 4; /* one token further: in bounds and aligned */
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_OK);
+  op = project_op();
   op.storage = KQ_STORAGE_F16; /* the device has no F16 */
   assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
   assert_int_equal(kq_core_check_project(&op, &g_pz, 1), KQ_OK);
@@ -68,6 +73,14 @@ static void a_core_project_op_passes_and_each_break_is_caught(void **state) {
   segs[1] = (kq_segment){4, KQ_SEG_Q8};
   assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_OK);
   segs[1] = (kq_segment){4, KQ_SEG_FLOAT}; /* adjacent float segments are never sent */
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  segs[0] = (kq_segment){5, KQ_SEG_Q4}, segs[1] = (kq_segment){3, KQ_SEG_Q8}; /* odd q4 only */
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  segs[0] = (kq_segment){4, KQ_SEG_Q4}, segs[1] = (kq_segment){4, KQ_SEG_Q8};
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_OK);
+  op.n_segments = 1, segs[0] = (kq_segment){7, KQ_SEG_Q8}; /* widths sum to 7, rank 8 */
+  assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  segs[0] = (kq_segment){8, KQ_SEG_FLOAT}; /* one float segment is sent as n_segments 0 */
   assert_int_equal(kq_core_check_project(&op, &g_pz, 0), KQ_ERR_INVALID_ARGUMENT);
   op = project_op();
   op.dst = BUF(g_a); /* writing over its own input (src) */
@@ -126,6 +139,12 @@ static void a_core_attend_op_passes_and_each_break_is_caught(void **state) {
   op = attend_op();
   op.v_cache_offset = 256; /* a second region that the buffer does not have */
   assert_int_equal(kq_core_check_attend(&op, &g_az, 0, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = attend_op();
+  kq_segment short_sum[1] = {{R - 1, KQ_SEG_Q8}}; /* key widths sum to rank_k - 1 */
+  op.n_key_segments = 1, op.key_segments = short_sum;
+  assert_int_equal(kq_core_check_attend(&op, &g_az, 0, 0), KQ_ERR_INVALID_ARGUMENT);
+  short_sum[0].width = R;
+  assert_int_equal(kq_core_check_attend(&op, &g_az, 0, 0), KQ_OK);
   op = attend_op();
   op.value_up = BUF(g_a); /* fused up-projection on a backend without the cap */
   assert_int_equal(kq_core_check_attend(&op, &g_az, 0, 0), KQ_ERR_INVALID_ARGUMENT);
