@@ -293,6 +293,7 @@ static const kq_backend_iface g_iface = {
     .synchronize = vk_synchronize,
     .get_stats = vk_get_stats,
     .caps = KQ_BACKEND_CAP_FUSED_UP,
+    .prepare = vk_prepare,
 };
 
 __attribute__((visibility("default"))) kq_status kq_backend_entry(const kq_backend_host *host,

@@ -1,12 +1,17 @@
 /*
  * vk_pipeline.c — the descriptor/pipeline layout shared by every shader, the
  * in-process pipeline cache (keyed by shader + specialization constants,
- * built lazily on first use) and dispatch recording.
+ * built by kq_cache_create through vk_prepare, or else on first use) and
+ * dispatch recording.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "vk_internal.h"
+
+/* Set while vk_prepare runs the ops of a cache on this thread: vk_dispatch
+ * then builds the pipeline and records nothing. */
+static _Thread_local bool g_prepare_only;
 
 kq_status vk_pipelines_init(kq_bdevice *d) {
   VkDescriptorSetLayoutBinding b[VK_MAX_BINDINGS];
@@ -97,6 +102,7 @@ static kq_status get_pipeline(kq_bdevice *d, vk_shader shader, const uint32_t *s
     d->cap_pipes = cap;
   }
   st = create_pipeline(d, shader, spec, out);
+  if (st == KQ_OK) VK_COUNT(d, pipelines, 1);
   if (st == KQ_OK) {
     vk_pipeline_entry *e = &d->pipes[d->n_pipes++];
     e->shader = shader;
@@ -122,6 +128,7 @@ kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
                   gx, gy, gz);
   VkPipeline pipe;
   kq_status st = get_pipeline(d, shader, spec, &pipe);
+  if (g_prepare_only) return st;
   VkDescriptorSet set = VK_NULL_HANDLE;
   if (st == KQ_OK && !d->push_desc) st = vk_frame_descriptor(d, f, &set);
   if (st != KQ_OK) return st;
@@ -152,4 +159,50 @@ kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
   VK_COUNT(d, dispatches, 1);
   vkCmdDispatch(f->cmd, gx, gy, gz);
   return KQ_OK;
+}
+
+/* The pipelines of the ops depend on their shapes, formats and offsets, not
+ * on the token counts, except where a count picks the kernel: attend takes
+ * the decode kernels up to VK_DECODE_MAX_QUERIES queries (tiled kernels
+ * with RoPE pre) and specializes the tiled ones for one query or several.
+ * So one token, and 1, 2 and VK_DECODE_MAX_QUERIES + 1 queries (those not
+ * above the bound), cover every count up to the bound. */
+kq_status vk_prepare(kq_bdevice *d, const kq_project_op *append_keys,
+                     const kq_project_op *append_values, const kq_attend_op *attend,
+                     const kq_up_op *up) {
+  /* Stands in for the caller's buffers: bound nowhere, as nothing is recorded. */
+  kq_buffer standin = {.mem = {.buffer = d->dummy.buffer, .size = (VkDeviceSize)1 << 48}};
+  kq_status st = KQ_OK;
+  g_prepare_only = true;
+  const kq_project_op *appends[2] = {append_keys, append_values};
+  for (int i = 0; i < 2 && st == KQ_OK; ++i) {
+    if (!appends[i] || appends[i]->n_tokens < 1) continue;
+    kq_project_op op = *appends[i];
+    if (!op.src) op.src = &standin;
+    op.n_tokens = 1;
+    op.pos = 0;
+    st = vk_op_project(d, &op);
+  }
+  const int32_t counts[] = {1, 2, VK_DECODE_MAX_QUERIES + 1};
+  for (int i = 0; attend && i < 3 && st == KQ_OK; ++i) {
+    if (counts[i] > attend->n_queries) break;
+    kq_attend_op op = *attend;
+    if (!op.q) op.q = &standin;
+    if (!op.out) op.out = &standin;
+    op.n_queries = op.n_ctx = counts[i];
+    st = vk_op_attend(d, &op);
+  }
+  if (up && up->n_queries >= 1 && st == KQ_OK) {
+    kq_up_op op = *up;
+    if (!op.latent) op.latent = &standin;
+    if (!op.out) op.out = &standin;
+    op.n_queries = 1;
+    st = vk_op_up(d, &op);
+  }
+  g_prepare_only = false;
+  /* The dry ops opened frames (barriers only) and may have grown the
+   * scratch: retire them now, so the first real step finds the frame ring
+   * as after any completed work. */
+  if (st == KQ_OK) st = vk_synchronize(d);
+  return st;
 }
