@@ -332,8 +332,10 @@ typedef struct kq_backend_iface {
   /* Called by kq_cache_create once per layer, before the cache is used: the
    * backend creates (or loads from its kernel cache) every pipeline or kernel
    * that the ops described here will need, so the first append or attend
-   * compiles nothing. May be NULL. Nothing runs and nothing is written: the
-   * ops describe shapes. append_keys / append_values are the layer's project
+   * compiles nothing. May be NULL. The ops describe shapes; a backend may
+   * run them once on data of its own (some drivers compile at the first
+   * dispatch), writing latent positions [0, n_tokens) of the cache, which
+   * hold nothing yet. append_keys / append_values are the layer's project
    * ops, attend its attend op (value_up set as for a full output), up the up
    * op the core issues after attend (NULL when it issues none); any of them
    * may be NULL. Counts are upper bounds: the backend prepares for every

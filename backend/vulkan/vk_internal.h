@@ -239,10 +239,11 @@ kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
                       int n_bindings, const void *push, uint32_t push_bytes, uint32_t gx,
                       uint32_t gy, uint32_t gz);
 kq_status vk_pipelines_init(kq_bdevice *d);
-/* The iface prepare hook (kqsvd_backend.h): runs the described ops through
- * vk_op_* in a dry mode of the calling thread, where vk_dispatch builds the
- * pipeline of each dispatch and records nothing, so the pipelines are exactly
- * those the real ops will ask for. NULL buffers stand for the dummy. */
+/* The iface prepare hook (kqsvd_backend.h): runs the described ops once
+ * through vk_op_* (NULL inputs and outputs replaced by zeroed buffers of its
+ * own, freed before it returns), so the pipelines built are exactly those
+ * the real ops ask for, compiled down to the driver's machine code. Writes
+ * latent position 0 of the op's cache; waits for the device. */
 kq_status vk_prepare(kq_bdevice *d, const kq_project_op *append_keys,
                      const kq_project_op *append_values, const kq_attend_op *attend,
                      const kq_up_op *up);
