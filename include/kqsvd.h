@@ -227,8 +227,9 @@ KQ_API kq_status kq_device_copy_bandwidth(kq_device *device, uint64_t bytes, int
  *                       staging, scratch)
  *   pipelines_created   compute pipelines built (compiled, or loaded from
  *                       the kernel cache on disk); kq_cache_create builds
- *                       those its cache's ops need, so a decode step builds
- *                       none. The CPU and OpenCL backends count 0
+ *                       those its cache's appends and full-output attends
+ *                       need, so they build none. The CPU and OpenCL
+ *                       backends count 0
  * Set struct_size = sizeof(kq_device_stats) before the call; the library
  * fills the fields that fit in struct_size and leaves the rest alone.
  */

@@ -291,7 +291,8 @@ kq_status kq_cache_create(kq_device *device, const kq_projections *proj,
   for (int32_t l = 0; l < info.n_layers; l++)
     c->layers[l].length = c->lengths + (size_t)l * (size_t)p.n_seqs;
   for (int32_t l = 0; l < info.n_layers && st == KQ_OK; l++) st = create_layer(c, proj, l);
-  for (int32_t l = 0; l < info.n_layers && st == KQ_OK; l++) st = prepare_layer(c, l, 1);
+  /* Every count up to the capacity: the first prefill compiles nothing either. */
+  for (int32_t l = 0; l < info.n_layers && st == KQ_OK; l++) st = prepare_layer(c, l, p.capacity);
   if (st != KQ_OK) {
     kq_cache_destroy(c);
     return st;
@@ -485,7 +486,8 @@ static bool fuses_up(const kq_cache *c, const cache_layer *L) {
 }
 
 /* Lets the backend build the kernels of a layer's ops now (kqsvd_backend.h,
- * prepare): appends and attends of 1 to n tokens, full output. */
+ * prepare): appends and attends of 1 to n tokens, full output. The latent
+ * output (no fused up-projection) is not prepared. */
 static kq_status prepare_layer(kq_cache *c, int32_t l, int32_t n) {
   const kq_backend_iface *ifc = c->device->iface;
   if (!ifc->prepare) return KQ_OK;

@@ -2,10 +2,10 @@
  * test_vulkan_prepare.c — kq_cache_create builds the pipelines its cache
  * needs (kqsvd_backend.h, prepare), counted through
  * kq_device_stats.pipelines_created, never timed: after the cache is
- * created, appending and a decode step (one query, full output) build no
- * pipeline, for per-head F16 float latents, per-head q8/q4 segments and the
- * joint layout; a second cache of the same shapes on the same device builds
- * none either. Exits 77 (ctest SKIP) when no Vulkan device is present.
+ * created, a prefill (40 tokens appended and attended) and decode steps (one
+ * query, full output) build no pipeline, for per-head F16 float latents,
+ * per-head q8/q4 segments and the joint layout; a second cache of the same shapes on the same
+ * device builds none either. Exits 77 (ctest SKIP) when no Vulkan device is present.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -73,18 +73,19 @@ static kq_projections *make_projections(const prep_case *pc, int H, int Hk, int 
   return proj;
 }
 
-/* Appends `n` tokens and runs one decode step (one query, full output) on
- * every layer. */
+/* Appends `n` tokens, attends with all n of them when n > 1 (a prefill),
+ * then runs one decode step (one query, full output), on every layer. */
 static void decode_steps(kq_cache *cache, int n, int H, int Hk, int d, uint64_t *seed) {
   const size_t row = (size_t)Hk * d, qrow = (size_t)H * d;
   float *K = malloc((size_t)n * row * 4), *V = malloc((size_t)n * row * 4);
-  float *q = malloc(qrow * 4), *out = malloc(qrow * 4);
+  float *q = malloc((size_t)n * qrow * 4), *out = malloc((size_t)n * qrow * 4);
   assert_non_null(K && V && q && out);
   for (int32_t l = 0; l < 2; ++l) {
     vk_ref_fill(K, (size_t)n * row, 1.0, seed);
     vk_ref_fill(V, (size_t)n * row, 1.0, seed);
-    vk_ref_fill(q, qrow, 1.0, seed);
+    vk_ref_fill(q, (size_t)n * qrow, 1.0, seed);
     CHECK_OK(kq_cache_append(cache, l, n, K, V));
+    if (n > 1) CHECK_OK(kq_cache_attend(cache, l, n, q, KQ_OUTPUT_FULL, out));
     CHECK_OK(kq_cache_attend(cache, l, 1, q, KQ_OUTPUT_FULL, out));
   }
   free(K), free(V), free(q), free(out);
@@ -103,11 +104,11 @@ static void run_prep_case(const prep_case *pc) {
   CHECK_OK(kq_cache_create(dev, proj, &params, &cache));
   const uint64_t p_created = pipelines(dev);
   uint64_t seed = 11;
-  decode_steps(cache, 40, H, Hk, d, &seed); /* first append and first decode step */
+  decode_steps(cache, 40, H, Hk, d, &seed); /* a prefill and the first decode step */
   decode_steps(cache, 1, H, Hk, d, &seed);  /* an ordinary decode step */
   const uint64_t p_steps = pipelines(dev);
   if (p_steps != p_created)
-    fail_msg("append and decode built %llu pipelines after kq_cache_create",
+    fail_msg("prefill and decode built %llu pipelines after kq_cache_create",
              (unsigned long long)(p_steps - p_created));
   /* The counter counts: a fresh device built the cache's pipelines. */
   if (p_created <= p_open) fail_msg("kq_cache_create built no pipeline");
