@@ -192,7 +192,10 @@ kq_status vk_prepare(kq_bdevice *d, const kq_project_op *append_keys,
   for (int i = 0; i < 2 && st == KQ_OK; ++i) {
     if (!appends[i] || appends[i]->n_tokens < 1) continue;
     kq_project_op op = *appends[i];
-    if (!op.src) op.src = in, op.src_offset = 0;
+    if (!op.src) {
+      op.src = in;
+      op.src_offset = 0;
+    }
     op.n_tokens = 1;
     op.pos = 0; /* a position the new cache does not hold yet */
     st = vk_op_project(d, &op);
@@ -200,15 +203,27 @@ kq_status vk_prepare(kq_bdevice *d, const kq_project_op *append_keys,
   for (int i = 0; attend && i < 3 && st == KQ_OK; ++i) {
     if (counts[i] > attend->n_queries) break;
     kq_attend_op op = *attend;
-    if (!op.q) op.q = in, op.q_offset = 0;
-    if (!op.out) op.out = out, op.out_offset = 0;
+    if (!op.q) {
+      op.q = in;
+      op.q_offset = 0;
+    }
+    if (!op.out) {
+      op.out = out;
+      op.out_offset = 0;
+    }
     op.n_queries = op.n_ctx = counts[i];
     st = vk_op_attend(d, &op);
   }
   if (up && up->n_queries >= 1 && st == KQ_OK) {
     kq_up_op op = *up;
-    if (!op.latent) op.latent = in, op.latent_offset = 0;
-    if (!op.out) op.out = out, op.out_offset = 0;
+    if (!op.latent) {
+      op.latent = in;
+      op.latent_offset = 0;
+    }
+    if (!op.out) {
+      op.out = out;
+      op.out_offset = 0;
+    }
     op.n_queries = 1;
     st = vk_op_up(d, &op);
   }
