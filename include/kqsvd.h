@@ -225,6 +225,11 @@ KQ_API kq_status kq_device_copy_bandwidth(kq_device *device, uint64_t bytes, int
  *   bytes_downloaded    device -> host bytes
  *   device_allocations  device memory allocations of any kind (buffers,
  *                       staging, scratch)
+ *   pipelines_created   compute pipelines built (compiled, or loaded from
+ *                       the kernel cache on disk); kq_cache_create builds
+ *                       those its cache's appends and full-output attends
+ *                       need, so they build none. The CPU and OpenCL
+ *                       backends count 0
  * Set struct_size = sizeof(kq_device_stats) before the call; the library
  * fills the fields that fit in struct_size and leaves the rest alone.
  */
@@ -237,6 +242,7 @@ typedef struct kq_device_stats {
   uint64_t bytes_uploaded;
   uint64_t bytes_downloaded;
   uint64_t device_allocations;
+  uint64_t pipelines_created;
 } kq_device_stats;
 
 /* Reads the device's counters into *out_stats (struct_size set by the

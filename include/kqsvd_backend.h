@@ -76,7 +76,7 @@
 extern "C" {
 #endif
 
-#define KQ_BACKEND_ABI_VERSION 3u
+#define KQ_BACKEND_ABI_VERSION 4u
 #define KQ_BACKEND_ENTRY_SYMBOL "kq_backend_entry"
 
 typedef struct kq_backend_host {
@@ -328,6 +328,24 @@ typedef struct kq_backend_iface {
                                     kq_bdevice **out_device);
   kq_status (*buffer_import)(kq_bdevice *device, const void *native, size_t *out_bytes,
                              kq_buffer **out_buffer);
+
+  /* Called by kq_cache_create once per layer, before the cache is used: the
+   * backend creates (or loads from its kernel cache) every pipeline or kernel
+   * that the ops described here will need, so the first append or attend
+   * compiles nothing. May be NULL. The ops describe shapes; a backend may
+   * run them once on data of its own (some drivers compile at the first
+   * dispatch), writing latent positions [0, n_tokens) of the cache, which
+   * hold nothing yet. append_keys / append_values are the layer's project
+   * ops, attend its attend op (value_up set as for a full output), up the up
+   * op the core issues after attend (NULL when it issues none); any of them
+   * may be NULL. Counts are upper bounds: the backend prepares for every
+   * n_tokens in [1, append->n_tokens] and every n_queries in
+   * [1, attend->n_queries] (n_ctx == n_queries, pos 0). The matrices and
+   * latent buffers are the cache's own, at the offsets of sequence 0; src,
+   * q and out are NULL (the caller's data is not known yet). */
+  kq_status (*prepare)(kq_bdevice *device, const kq_project_op *append_keys,
+                       const kq_project_op *append_values, const kq_attend_op *attend,
+                       const kq_up_op *up);
 } kq_backend_iface;
 
 /* The backend's attend honours kq_attend_op.value_up (fused up-projection),

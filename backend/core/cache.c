@@ -247,6 +247,8 @@ static kq_status create_layer(kq_cache *c, const kq_projections *proj, int32_t l
   return st;
 }
 
+static kq_status prepare_layer(kq_cache *c, int32_t l, int32_t n);
+
 kq_status kq_cache_create(kq_device *device, const kq_projections *proj,
                           const kq_cache_params *params, kq_cache **out_cache) {
   if (!device || !proj || !out_cache)
@@ -289,6 +291,8 @@ kq_status kq_cache_create(kq_device *device, const kq_projections *proj,
   for (int32_t l = 0; l < info.n_layers; l++)
     c->layers[l].length = c->lengths + (size_t)l * (size_t)p.n_seqs;
   for (int32_t l = 0; l < info.n_layers && st == KQ_OK; l++) st = create_layer(c, proj, l);
+  /* Every count up to the capacity: the first prefill compiles nothing either. */
+  for (int32_t l = 0; l < info.n_layers && st == KQ_OK; l++) st = prepare_layer(c, l, p.capacity);
   if (st != KQ_OK) {
     kq_cache_destroy(c);
     return st;
@@ -420,6 +424,96 @@ static kq_status check_io(const kq_cache *c, io x, size_t bytes, const char *wha
   return KQ_OK;
 }
 
+/* The project op of one side of a layer (keys: side 0, values: side 1)
+ * without its per-call fields (src, offsets, n_tokens, pos). JOINT: a
+ * token's keys of every kv head are one row of Hk·d. */
+static kq_project_op layer_project_op(const kq_cache *c, const cache_layer *L, int values) {
+  int joint = c->info.layout == KQ_LAYOUT_JOINT;
+  kq_project_op op = {
+      .proj = values ? L->C : L->A,
+      .dst = values ? L->v_cache : L->k_cache,
+      .n_heads = joint ? 1 : c->info.n_kv_heads,
+      .head_dim = joint ? c->info.n_kv_heads * c->info.head_dim : c->info.head_dim,
+      .rank = values ? L->rank_v : L->rank_k,
+      .capacity = c->params.capacity,
+      .storage = c->params.storage,
+      .flags = values ? L->value_flags : L->key_flags,
+      .n_seqs = 1,
+      .n_segments = values ? L->n_vseg : L->n_kseg,
+  };
+  op.segments = op.n_segments ? (values ? L->vseg : L->kseg) : NULL;
+  return op;
+}
+
+/* The attend op of a layer without its per-call fields (q, out, offsets,
+ * n_queries, n_ctx); value_up set when the backend fuses the up-projection
+ * of a full output. */
+static kq_attend_op layer_attend_op(const kq_cache *c, const cache_layer *L, bool fused) {
+  int32_t d = c->info.head_dim;
+  kq_attend_op op = {
+      .key_down = L->A,
+      .query_down = L->B,
+      .k_cache = L->k_cache,
+      .v_cache = L->v_cache,
+      .n_heads = c->info.n_heads,
+      .n_kv_heads = c->info.n_kv_heads,
+      .head_dim = d,
+      .rank_k = L->rank_k,
+      .rank_v = L->rank_v,
+      .capacity = c->params.capacity,
+      .storage = c->params.storage,
+      .rope = c->info.rope,
+      .rope_layout = c->info.rope_layout,
+      .rope_theta = c->info.rope_theta,
+      .scale = 1.0f / sqrtf((float)d),
+      .flags = L->key_flags | L->value_flags,
+      .n_seqs = 1,
+      .layout = c->info.layout,
+      .n_key_segments = L->n_kseg,
+      .n_value_segments = L->n_vseg,
+      .key_segments = L->n_kseg ? L->kseg : NULL,
+      .value_segments = L->n_vseg ? L->vseg : NULL,
+      .value_up = fused ? L->E : NULL,
+  };
+  return op;
+}
+
+/* A full output is fused into attend when the backend can and the values
+ * are projected; otherwise the core issues an up op after attend. */
+static bool fuses_up(const kq_cache *c, const cache_layer *L) {
+  return (c->device->iface->caps & KQ_BACKEND_CAP_FUSED_UP) &&
+         !(L->value_flags & KQ_OP_IDENTITY_VALUES);
+}
+
+/* Lets the backend build the kernels of a layer's ops now (kqsvd_backend.h,
+ * prepare): appends and attends of 1 to n tokens, full output. The latent
+ * output (no fused up-projection) is not prepared. */
+static kq_status prepare_layer(kq_cache *c, int32_t l, int32_t n) {
+  const kq_backend_iface *ifc = c->device->iface;
+  if (!ifc->prepare) return KQ_OK;
+  const cache_layer *L = &c->layers[l];
+  kq_project_op kop = layer_project_op(c, L, 0), vop = layer_project_op(c, L, 1);
+  kop.n_tokens = vop.n_tokens = n;
+  const bool fused = fuses_up(c, L);
+  kq_attend_op aop = layer_attend_op(c, L, fused);
+  aop.n_queries = aop.n_ctx = n;
+  kq_up_op up = {
+      .value_up = L->E,
+      .n_queries = n,
+      .n_heads = c->info.n_heads,
+      .n_kv_heads = c->info.n_kv_heads,
+      .head_dim = c->info.head_dim,
+      .rank_v = L->rank_v,
+      .flags = L->value_flags,
+      .n_seqs = 1,
+  };
+  kq_status st = ifc->prepare(c->device->bdev, &kop, &vop, &aop, fused ? NULL : &up);
+  if (st != KQ_OK)
+    return kq_error_prefix(st, "kq_cache_create: device %s: layer %d: preparing kernels",
+                           c->device->info.name, (int)l);
+  return KQ_OK;
+}
+
 static kq_status append_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
                               const kq_seq_span *spans, io keys, io values, const char *fn) {
   kq_status st = check_layer(cache, layer, fn);
@@ -458,30 +552,9 @@ static kq_status append_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
   const kq_buffer *vsrc = values.dev ? values.dev->buf : cache->stage[STAGE_VALUES];
   size_t ksize = keys.dev ? keys.dev->bytes : cache->stage_bytes[STAGE_KEYS];
   size_t vsize = values.dev ? values.dev->bytes : cache->stage_bytes[STAGE_VALUES];
-  /* JOINT: a token's keys of every kv head are one row of Hk·d. */
-  int joint = cache->info.layout == KQ_LAYOUT_JOINT;
-  kq_project_op kop = {
-      .src = ksrc,
-      .proj = L->A,
-      .dst = L->k_cache,
-      .n_heads = joint ? 1 : cache->info.n_kv_heads,
-      .head_dim = joint ? cache->info.n_kv_heads * cache->info.head_dim : cache->info.head_dim,
-      .rank = L->rank_k,
-      .capacity = cache->params.capacity,
-      .storage = cache->params.storage,
-      .flags = L->key_flags,
-      .n_seqs = 1,
-      .n_segments = L->n_kseg,
-      .segments = L->n_kseg ? L->kseg : NULL,
-  };
-  kq_project_op vop = kop;
+  kq_project_op kop = layer_project_op(cache, L, 0), vop = layer_project_op(cache, L, 1);
+  kop.src = ksrc;
   vop.src = vsrc;
-  vop.proj = L->C;
-  vop.dst = L->v_cache;
-  vop.rank = L->rank_v;
-  vop.flags = L->value_flags;
-  vop.n_segments = L->n_vseg;
-  vop.segments = L->n_vseg ? L->vseg : NULL;
   size_t row0 = 0;
   int32_t failed_seq = spans[0].seq;
   for (int32_t i = 0; i < n_spans && st == KQ_OK; i++) {
@@ -545,8 +618,7 @@ static kq_status attend_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
                       (int)layer);
   if (st != KQ_OK) return st;
   /* A backend that fuses the up-projection writes the full output itself. */
-  const bool fused = output == KQ_OUTPUT_FULL && (ifc->caps & KQ_BACKEND_CAP_FUSED_UP) &&
-                     !(L->value_flags & KQ_OP_IDENTITY_VALUES);
+  const bool fused = output == KQ_OUTPUT_FULL && fuses_up(cache, L);
   const bool up_op = output == KQ_OUTPUT_FULL && !fused;
   /* Host queries and outputs go through staging buffers; device ones are used in place. */
   if (!queries.dev) {
@@ -567,33 +639,9 @@ static kq_status attend_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
   kq_buffer *att_buf = up_op ? cache->stage[STAGE_LATENT] : final_buf;
   size_t att_off = up_op ? 0 : final_off;
   size_t att_size = up_op ? cache->stage_bytes[STAGE_LATENT] : final_size;
-  kq_attend_op op = {
-      .q = queries.dev ? queries.dev->buf : cache->stage[STAGE_QUERIES],
-      .key_down = L->A,
-      .query_down = L->B,
-      .k_cache = L->k_cache,
-      .v_cache = L->v_cache,
-      .out = att_buf,
-      .n_heads = H,
-      .n_kv_heads = cache->info.n_kv_heads,
-      .head_dim = d,
-      .rank_k = L->rank_k,
-      .rank_v = L->rank_v,
-      .capacity = cache->params.capacity,
-      .storage = cache->params.storage,
-      .rope = cache->info.rope,
-      .rope_layout = cache->info.rope_layout,
-      .rope_theta = cache->info.rope_theta,
-      .scale = 1.0f / sqrtf((float)d),
-      .flags = L->key_flags | L->value_flags,
-      .n_seqs = 1,
-      .layout = cache->info.layout,
-      .n_key_segments = L->n_kseg,
-      .n_value_segments = L->n_vseg,
-      .key_segments = L->n_kseg ? L->kseg : NULL,
-      .value_segments = L->n_vseg ? L->vseg : NULL,
-      .value_up = fused ? L->E : NULL,
-  };
+  kq_attend_op op = layer_attend_op(cache, L, fused);
+  op.q = queries.dev ? queries.dev->buf : cache->stage[STAGE_QUERIES];
+  op.out = att_buf;
   const size_t out_row = fused ? q_row : l_row;
   kq_op_sizes z = {.q = queries.dev ? queries.dev->bytes : cache->stage_bytes[STAGE_QUERIES],
                    .key_down = L->kproj_bytes,

@@ -750,6 +750,7 @@ kq_status vk_get_stats(kq_bdevice *d, kq_device_stats *out) {
   out->bytes_uploaded = __atomic_load_n(&d->counters.bytes_up, __ATOMIC_RELAXED);
   out->bytes_downloaded = __atomic_load_n(&d->counters.bytes_down, __ATOMIC_RELAXED);
   out->device_allocations = __atomic_load_n(&d->counters.allocations, __ATOMIC_RELAXED);
+  out->pipelines_created = __atomic_load_n(&d->counters.pipelines, __ATOMIC_RELAXED);
   return KQ_OK;
 }
 

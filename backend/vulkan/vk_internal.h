@@ -27,6 +27,9 @@
 #define VK_PUSH_BYTES 128u /* push-constant range (kq_push.h structs) */
 #define VK_SPEC_COUNT 64
 #define VK_MAX_POOLS 16
+/* Most query tokens that take the decode path (one workgroup row per query;
+ * longer prefills share key loads across queries in attend.comp). */
+#define VK_DECODE_MAX_QUERIES 8
 
 /* Set once by kq_backend_entry: the core's error channel. */
 extern const kq_backend_host *vk_host;
@@ -63,6 +66,7 @@ typedef struct vk_frame {
 /* Counters of kq_device_stats (relaxed atomics). */
 typedef struct vk_counters {
   uint64_t submits, dispatches, host_waits, bytes_up, bytes_down, allocations;
+  uint64_t pipelines; /* VkPipelines created (vk_pipeline.c) */
 } vk_counters;
 #define VK_COUNT(d, field, n) __atomic_fetch_add(&(d)->counters.field, (n), __ATOMIC_RELAXED)
 
@@ -251,6 +255,14 @@ kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
                       int n_bindings, const void *push, uint32_t push_bytes, uint32_t gx,
                       uint32_t gy, uint32_t gz);
 kq_status vk_pipelines_init(kq_bdevice *d);
+/* The iface prepare hook (kqsvd_backend.h): runs the described ops once
+ * through vk_op_* (NULL inputs and outputs replaced by zeroed buffers of its
+ * own, freed before it returns), so the pipelines built are exactly those
+ * the real ops ask for, compiled down to the driver's machine code. Writes
+ * latent position 0 of the op's cache; waits for the device. */
+kq_status vk_prepare(kq_bdevice *d, const kq_project_op *append_keys,
+                     const kq_project_op *append_values, const kq_attend_op *attend,
+                     const kq_up_op *up);
 void vk_pipelines_destroy(kq_bdevice *d);
 
 /* --- vk_ops.c --- */

@@ -326,6 +326,7 @@ static const kq_backend_iface g_iface = {
     .caps = KQ_BACKEND_CAP_FUSED_UP,
     .device_open_external = vk_device_open_external,
     .buffer_import = vk_buffer_import,
+    .prepare = vk_prepare,
 };
 
 __attribute__((visibility("default"))) kq_status kq_backend_entry(const kq_backend_host *host,

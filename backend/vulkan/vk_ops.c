@@ -367,10 +367,6 @@ static kq_status record_dequant(kq_bdevice *d, vk_frame *f, const kq_buffer *cac
 
 /* --- decode: attend_dec.comp + merge_up.comp --- */
 
-/* Most query tokens that take the decode path (one workgroup row per query;
- * longer prefills share key loads across queries in attend.comp). */
-#define VK_DECODE_MAX_QUERIES 8
-
 typedef struct decode_plan {
   uint32_t rows, lpr, wg, npar, chunks, chunk;
   bool subgroups;

@@ -1,7 +1,8 @@
 /*
  * vk_pipeline.c — the descriptor/pipeline layout shared by every shader, the
  * in-process pipeline cache (keyed by shader + specialization constants,
- * built lazily on first use) and dispatch recording.
+ * built by kq_cache_create through vk_prepare, or else on first use) and
+ * dispatch recording.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +98,7 @@ static kq_status get_pipeline(kq_bdevice *d, vk_shader shader, const uint32_t *s
     d->cap_pipes = cap;
   }
   st = create_pipeline(d, shader, spec, out);
+  if (st == KQ_OK) VK_COUNT(d, pipelines, 1);
   if (st == KQ_OK) {
     vk_pipeline_entry *e = &d->pipes[d->n_pipes++];
     e->shader = shader;
@@ -152,4 +154,83 @@ kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
   VK_COUNT(d, dispatches, 1);
   vkCmdDispatch(f->cmd, gx, gy, gz);
   return KQ_OK;
+}
+
+static size_t zmax(size_t a, size_t b) {
+  return a > b ? a : b;
+}
+
+/* The pipelines of the ops depend on their shapes, formats and offsets, not
+ * on the token counts, except where a count picks the kernel: attend takes
+ * the decode kernels up to VK_DECODE_MAX_QUERIES queries (tiled kernels
+ * with RoPE pre) and specializes the tiled ones for one query or several.
+ * So one token, and 1, 2 and VK_DECODE_MAX_QUERIES + 1 queries (those not
+ * above the bound), cover every count up to the bound. The ops run for real
+ * on zeros: creating a pipeline is not always the whole compilation (Mesa
+ * lavapipe generates the machine code of a shader at its first dispatch). */
+kq_status vk_prepare(kq_bdevice *d, const kq_project_op *append_keys,
+                     const kq_project_op *append_values, const kq_attend_op *attend,
+                     const kq_up_op *up) {
+  const kq_project_op *appends[2] = {append_keys, append_values};
+  const int32_t counts[] = {1, 2, VK_DECODE_MAX_QUERIES + 1};
+  /* Bytes of the inputs and outputs the core left NULL, for the largest count. */
+  size_t need = 16;
+  for (int i = 0; i < 2; ++i)
+    if (appends[i]) need = zmax(need, (size_t)appends[i]->n_heads * appends[i]->head_dim * 4);
+  if (attend) {
+    size_t n = attend->n_queries < counts[2] ? (size_t)attend->n_queries : (size_t)counts[2];
+    size_t row = zmax((size_t)attend->head_dim, (size_t)attend->rank_v);
+    need = zmax(need, n * (size_t)attend->n_heads * row * 4);
+  }
+  if (up) need = zmax(need, (size_t)up->n_heads * zmax(up->head_dim, up->rank_v) * 4);
+  kq_buffer *in = NULL, *out = NULL;
+  void *zeros = calloc(1, need);
+  if (!zeros) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan:%d: prepare", d->index);
+  kq_status st = vk_upload_new(d, zeros, need, &in);
+  free(zeros);
+  if (st == KQ_OK) st = vk_buffer_alloc(d, need, &out);
+  for (int i = 0; i < 2 && st == KQ_OK; ++i) {
+    if (!appends[i] || appends[i]->n_tokens < 1) continue;
+    kq_project_op op = *appends[i];
+    if (!op.src) {
+      op.src = in;
+      op.src_offset = 0;
+    }
+    op.n_tokens = 1;
+    op.pos = 0; /* a position the new cache does not hold yet */
+    st = vk_op_project(d, &op);
+  }
+  for (int i = 0; attend && i < 3 && st == KQ_OK; ++i) {
+    if (counts[i] > attend->n_queries) break;
+    kq_attend_op op = *attend;
+    if (!op.q) {
+      op.q = in;
+      op.q_offset = 0;
+    }
+    if (!op.out) {
+      op.out = out;
+      op.out_offset = 0;
+    }
+    op.n_queries = op.n_ctx = counts[i];
+    st = vk_op_attend(d, &op);
+  }
+  if (up && up->n_queries >= 1 && st == KQ_OK) {
+    kq_up_op op = *up;
+    if (!op.latent) {
+      op.latent = in;
+      op.latent_offset = 0;
+    }
+    if (!op.out) {
+      op.out = out;
+      op.out_offset = 0;
+    }
+    op.n_queries = 1;
+    st = vk_op_up(d, &op);
+  }
+  /* Waits for the runs, and leaves the frame ring as after any completed work. */
+  kq_status sync = vk_synchronize(d);
+  if (st == KQ_OK) st = sync;
+  if (in) vk_buffer_free(d, in);
+  if (out) vk_buffer_free(d, out);
+  return st;
 }
