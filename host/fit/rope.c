@@ -3,11 +3,12 @@
 #include <math.h>
 
 #include "kq_fit.h"
+#include "kqsvd_backend.h"
 
 void kq_rope_rotate(double *x, int32_t d, int64_t pos, double theta, kq_rope_layout layout) {
   int32_t half = d / 2;
   for (int32_t j = 0; j < half; j++) {
-    double angle = (double)pos * pow(theta, -2.0 * j / d);
+    double angle = (double)pos * kq_rope_inv_freq(theta, d, j);
     double c = cos(angle), s = sin(angle);
     int32_t a = layout == KQ_ROPE_PAIRS ? 2 * j : j;
     int32_t b = layout == KQ_ROPE_PAIRS ? 2 * j + 1 : j + half;
