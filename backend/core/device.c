@@ -41,11 +41,6 @@ kq_status kq_device_get_info(const kq_device *device, kq_device_info *out_info) 
   return KQ_OK;
 }
 
-static int compare_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
 kq_status kq_device_copy_bandwidth(kq_device *device, uint64_t bytes, int32_t reps,
                                    double *out_gbps) {
   if (!device || !out_gbps)
@@ -78,8 +73,7 @@ kq_status kq_device_copy_bandwidth(kq_device *device, uint64_t bytes, int32_t re
     times[r] = kq_now_seconds() - t0;
   }
   if (st == KQ_OK) {
-    qsort(times, (size_t)reps, sizeof times[0], compare_double);
-    double med = reps % 2 ? times[reps / 2] : 0.5 * (times[reps / 2 - 1] + times[reps / 2]);
+    double med = kq_median(times, reps);
     *out_gbps = med > 0.0 ? 2.0 * (double)bytes / med / 1e9 : 0.0;
   } else {
     kq_error_prefix(st, "device %s: copy bandwidth", device->info.name);

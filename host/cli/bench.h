@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "common/kq_common.h"
 #include "kqsvd.h"
 
 /* One measured figure. Integer fields < 0 and double fields that are NaN are
@@ -166,8 +167,5 @@ kq_status kq_bench_overhead(const kq_bench_device_ctx *ctx, const kq_bench_attn_
  * rows x 128 F16 matrix and kq_fit of one synthetic layer; appends "svd",
  * "rfactor" and "fit" results. `quick` shrinks sizes and repetitions. */
 kq_status kq_bench_fit(bool quick, int32_t reps, const volatile int *cancel, kq_bench_report *rep);
-
-/* Median of x[0..n) (sorts x). */
-double kq_bench_median(double *x, int n);
 
 #endif

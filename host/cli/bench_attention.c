@@ -17,17 +17,6 @@
 #include "common/kq_common.h"
 #include "kqsvd_backend.h"
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-double kq_bench_median(double *x, int n) {
-  if (n <= 0) return NAN;
-  qsort(x, (size_t)n, sizeof *x, cmp_double);
-  return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}
-
 /* Deterministic values in [-amp/2, amp/2). */
 static void fill_random(float *x, size_t n, uint64_t *state, float amp) {
   for (size_t i = 0; i < n; i++) {
@@ -463,7 +452,7 @@ kq_status kq_bench_attention(const kq_bench_device_ctx *ctx, const kq_bench_attn
     }
     for (int i = 0; i < n && st == KQ_OK; i++) {
       if (!mem[i].cache) continue;
-      double sec = kq_bench_median(prefill ? mem[i].prefill_t : mem[i].decode_t, reps);
+      double sec = kq_median(prefill ? mem[i].prefill_t : mem[i].decode_t, reps);
       int32_t m = prefill ? KQ_BENCH_PREFILL_M : 1;
       kq_bench_result r;
       result_init(ctx, mem[i].cfg, mem[i].proj, prefill ? "prefill" : "decode", c0->context, m, sec,
@@ -506,7 +495,7 @@ kq_status kq_bench_overhead(const kq_bench_device_ctx *ctx, const kq_bench_attn_
   }
   if (st == KQ_OK) {
     kq_bench_result r;
-    result_init(ctx, cfg, proj, "overhead", 1, 1, kq_bench_median(t, calls), &r);
+    result_init(ctx, cfg, proj, "overhead", 1, 1, kq_median(t, calls), &r);
     if (!kq_bench_report_add(rep, &r)) st = KQ_ERR_OUT_OF_MEMORY;
   }
 done:

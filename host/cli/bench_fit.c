@@ -62,7 +62,7 @@ static kq_status bench_svd(int n, int reps, const volatile int *cancel, kq_bench
   }
   if (st == KQ_OK) {
     kq_bench_result r;
-    result_fit("svd", n, n, NULL, kq_bench_median(t, reps), &r);
+    result_fit("svd", n, n, NULL, kq_median(t, reps), &r);
     if (!kq_bench_report_add(rep, &r)) st = KQ_ERR_OUT_OF_MEMORY;
   }
   free(a0), free(a), free(v), free(s), free(t);
@@ -88,7 +88,7 @@ static kq_status bench_rfactor(int32_t rows, int reps, const volatile int *cance
   }
   if (st == KQ_OK) {
     kq_bench_result res;
-    result_fit("rfactor", rows, d, "f16", kq_bench_median(t, reps), &res);
+    result_fit("rfactor", rows, d, "f16", kq_median(t, reps), &res);
     if (!kq_bench_report_add(rep, &res)) st = KQ_ERR_OUT_OF_MEMORY;
   }
   free(h), free(r), free(t);
@@ -129,7 +129,7 @@ static kq_status bench_layer_fit(int32_t tokens, int reps, const volatile int *c
   }
   if (st == KQ_OK) {
     kq_bench_result r;
-    result_fit("fit", sp.seq_len * sp.n_seqs, 128, "f16", kq_bench_median(t, reps), &r);
+    result_fit("fit", sp.seq_len * sp.n_seqs, 128, "f16", kq_median(t, reps), &r);
     r.heads = 32, r.kv_heads = 8, r.rank_k = r.rank_v = 64;
     if (!kq_bench_report_add(rep, &r)) st = KQ_ERR_OUT_OF_MEMORY;
   }

@@ -73,7 +73,7 @@ bool kq_bench_report_ceiling_sample(kq_bench_report *rep, const char *device, do
     e->ceiling_samples = p, e->ceiling_samples_capacity = cap;
   }
   e->ceiling_samples[e->n_ceiling_samples++] = gbps;
-  e->ceiling_gbps = kq_bench_median(e->ceiling_samples, e->n_ceiling_samples); /* sorts: fine */
+  e->ceiling_gbps = kq_median(e->ceiling_samples, e->n_ceiling_samples); /* sorts: fine */
   return true;
 }
 

@@ -145,4 +145,9 @@ kq_status kq_parallel_for(int64_t n, int n_threads, kq_task_fn fn, void *ctx);
 /* Monotonic wall clock in seconds. */
 double kq_now_seconds(void);
 
+/* Median of x[0..n) (sorts x in place; the mean of the two middle values
+ * for even n); NaN for n <= 0. The one median of timings in the library,
+ * the CLI and the benchmarks. */
+double kq_median(double *x, int n);
+
 #endif /* KQ_COMMON_H */

@@ -193,3 +193,14 @@ uint16_t kq_quantize_row(const float *x, int n, int qmax, int8_t *q) {
   }
   return sh;
 }
+
+static int compare_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+double kq_median(double *x, int n) {
+  if (n <= 0) return NAN;
+  qsort(x, (size_t)n, sizeof *x, compare_double);
+  return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}

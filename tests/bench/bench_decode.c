@@ -224,8 +224,8 @@ int main(int argc, char **argv) {
     if (step(&cfg, ccomp, layers, q, out, &tc[s]) || step(&cfg, cfull, layers, q, out, &tf[s]))
       return 1;
   bench_result comp = {0}, full = {0};
-  figures(&cfg, cfg.rank_k, cfg.rank_v, layers, bench_median(tc + 1, cfg.steps), &comp);
-  figures(&cfg, cfg.dim, cfg.dim, layers, bench_median(tf + 1, cfg.steps), &full);
+  figures(&cfg, cfg.rank_k, cfg.rank_v, layers, kq_median(tc + 1, cfg.steps), &comp);
+  figures(&cfg, cfg.dim, cfg.dim, layers, kq_median(tf + 1, cfg.steps), &full);
   free(q), free(out), free(tc), free(tf);
   kq_cache_destroy(ccomp);
   kq_cache_destroy(cfull);

@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+
+#include "kq_common.h"
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,22 +31,12 @@
 
 enum { HEADS = 32, KV_HEADS = 8, HEAD_DIM = 128, RANK = 32 };
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
 /* CPU seconds (user + system, all threads) of this process so far. */
 static double cpu_seconds(void) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
          (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
-}
-
-static double median(double *x, int n) {
-  qsort(x, (size_t)n, sizeof *x, cmp_double);
-  return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
 
 static int make_file(const char *path, int layers, int tokens) {
@@ -258,10 +250,10 @@ int main(int argc, char **argv) {
 #endif
     fflush(stdout);
   }
-  double mf = median(t_fit, reps), mcf = median(c_fit, reps);
+  double mf = kq_median(t_fit, reps), mcf = kq_median(c_fit, reps);
   printf("kq_fit median:                 wall %.3f s, cpu %.3f s\n", mf, mcf);
 #ifdef KQ_HAVE_LAPACKE
-  double mb = median(t_blas, reps), mcb = median(c_blas, reps);
+  double mb = kq_median(t_blas, reps), mcb = kq_median(c_blas, reps);
   printf("OpenBLAS/LAPACK median:        wall %.3f s, cpu %.3f s\n", mb, mcb);
   printf("ratio kq_fit / pipeline:       wall %.2fx, cpu %.2fx (goal <= 1.5x)\n", mf / mb,
          mcf / mcb);

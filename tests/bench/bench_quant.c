@@ -211,10 +211,10 @@ int main(int argc, char **argv) {
     if (step(&cfg, cq, layers, q, out, &tq[s], &cq_s[s]) ||
         step(&cfg, cf, layers, q, out, &tf[s], &cf_s[s]))
       return 1;
-  double mq = 1e3 * bench_median(tq + 1, cfg.steps) / layers;
-  double mf = 1e3 * bench_median(tf + 1, cfg.steps) / layers;
-  double uq = 1e3 * bench_median(cq_s + 1, cfg.steps) / layers;
-  double uf = 1e3 * bench_median(cf_s + 1, cfg.steps) / layers;
+  double mq = 1e3 * kq_median(tq + 1, cfg.steps) / layers;
+  double mf = 1e3 * kq_median(tf + 1, cfg.steps) / layers;
+  double uq = 1e3 * kq_median(cq_s + 1, cfg.steps) / layers;
+  double uf = 1e3 * kq_median(cf_s + 1, cfg.steps) / layers;
   printf("device %s (%s)\n", info.name, info.description);
   printf("decode ctx %d, H %d, Hk %d, d %d, layout %s, %d layers, median of %d steps\n", cfg.ctx,
          cfg.heads, cfg.kv_heads, cfg.dim, kq_layout_name(cfg.layout), layers, cfg.steps);

@@ -79,8 +79,8 @@ int main(int argc, char **argv) {
   }
   double mw[N_TIMES], mc[N_TIMES];
   for (int k = 0; k < N_TIMES; k++) {
-    mw[k] = bench_median(wall + k * reps, reps);
-    mc[k] = bench_median(cpu + k * reps, reps);
+    mw[k] = kq_median(wall + k * reps, reps);
+    mc[k] = kq_median(cpu + k * reps, reps);
   }
   double gflop = (double)t_rows * d * (d + 1) / 1e9; /* SYRK: 2 flops per multiply-add */
   printf("%-36s %9s %9s %9s\n", "method", "wall ms", "cpu ms", "GFLOP/s");

@@ -96,8 +96,8 @@ int main(int argc, char **argv) {
       for (int m = 0; m < n_methods; m++) run(m, n, a, &b, &wall[m * reps + r], &cpu[m * reps + r]);
     double mw[N_METHODS], mc[N_METHODS];
     for (int m = 0; m < n_methods; m++) {
-      mw[m] = bench_median(wall + m * reps, reps);
-      mc[m] = bench_median(cpu + m * reps, reps);
+      mw[m] = kq_median(wall + m * reps, reps);
+      mc[m] = kq_median(cpu + m * reps, reps);
     }
     int base = n_methods > 1 ? SVJ : KQ;
     for (int m = 0; m < n_methods; m++)

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "kq_common.h"
 #include "kqsvd.h"
 
 /* Next standard normal from the generator state *state. */
@@ -32,17 +33,6 @@ static inline double bench_cpu_seconds(void) {
   struct timespec ts;
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static inline int bench_cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-/* Median of t[0..n) (sorts t in place). */
-static inline double bench_median(double *t, int n) {
-  qsort(t, (size_t)n, sizeof(double), bench_cmp_double);
-  return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
 }
 
 /* Wall-clock seconds (monotonic). */

@@ -229,6 +229,18 @@ static void sha256_file_agrees_with_sha256sum(void **state) {
   assert_non_null(strstr(kq_last_error(), "/nonexistent/kq_model.gguf"));
 }
 
+/* The one median: odd and even counts, unsorted input, NaN for none. */
+static void median_of_odd_even_and_empty(void **state) {
+  (void)state;
+  double odd[] = {5.0, 1.0, 3.0};
+  assert_true(kq_median(odd, 3) == 3.0);
+  double even[] = {4.0, -2.0, 10.0, 1.0};
+  assert_true(kq_median(even, 4) == 2.5); /* (1 + 4) / 2 */
+  double one[] = {7.5};
+  assert_true(kq_median(one, 1) == 7.5);
+  assert_true(isnan(kq_median(one, 0)));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(f16_round_trips_every_finite_half),
@@ -243,6 +255,7 @@ int main(void) {
       cmocka_unit_test(error_context_names_the_file_once_and_first),
       cmocka_unit_test(name_parsers_refuse_a_null_output_pointer),
       cmocka_unit_test(quantize_row_rounds_half_away_and_clamps),
+      cmocka_unit_test(median_of_odd_even_and_empty),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
