@@ -30,13 +30,13 @@ kq_fit_at_budget() {
 }
 
 # kq_sensitivity_for CALIB PROJ: prints the path of a sensitivity file for PROJ (a --bytes fit
-# from CALIB without --sensitivity), found by PROJ's sha256 in .ci/sensitivity/*.kl (committed
+# from CALIB without --sensitivity), found by the sha256 of PROJ's tensor data (.ci/st_data_sha.py) in .ci/sensitivity/*.kl (committed
 # measurements) or $KQ_SENSITIVITY_CACHE (default ~/.cache/kqsvd/sensitivity), else measured by
 # .ci/sensitivity.sh into that cache (2 · n_layers forward passes over 512 tokens: minutes).
 kq_sensitivity_for() {
   local calib=$1 proj=$2 sha hit
-  sha=$(sha256sum "$proj" | cut -d' ' -f1)
-  hit=$(grep -l "sha256 $sha\$" .ci/sensitivity/*.kl 2>/dev/null | head -n 1 || true)
+  sha=$(python3 .ci/st_data_sha.py "$proj") || return 1
+  hit=$(grep -l "data_sha256 $sha\$" .ci/sensitivity/*.kl 2>/dev/null | head -n 1 || true)
   [ -z "$hit" ] || { echo "$hit"; return 0; }
   local dir=${KQ_SENSITIVITY_CACHE:-$HOME/.cache/kqsvd/sensitivity}
   if [ ! -s "$dir/$sha.kl" ]; then

@@ -19,7 +19,7 @@
 #      --bytes; --ratio fits float-only low rank, for fit builds without --bytes),
 #      SENSITIVE (methods fitted with --sensitivity, default "kq-svd kq-svd-joint quant";
 #      "" for none), POSITIONS (default 2048; 0 skips part 3), THREADS.
-# Sensitivity files are found by the base fit's sha256 in .ci/sensitivity/ or
+# Sensitivity files are found by the sha256 of the base fit's tensor data in .ci/sensitivity/ or
 # ~/.cache/kqsvd/sensitivity, else measured (.ci/sensitivity.sh, minutes per method).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,7 +8,8 @@
 #   against the full cache by `kqsvd ppl` on calibration text (TEXT, the
 #   first TOKENS tokens in windows of CTX), 15 caches per ppl call; OUT gets
 #   one line "S L KL" each (mean KL(full ‖ that cache) in nats), after a
-#   header naming PROJ's sha256, which the main job matches to reuse OUT.
+#   header naming the sha256 of PROJ's tensor data (.ci/st_data_sha.py: metadata such as the
+#   model identity does not count), which the main job matches to reuse OUT.
 # Cost: 2 · n_layers forward passes over TOKENS tokens plus one full pass per
 # call (SmolLM2-135M, 512 tokens: about 5 min on 2 cores).
 # Env: KQ (the CLI), KQSVD_DEVICE, TEXT (default the fortunes file), TOKENS
@@ -46,7 +47,7 @@ for side in keys values; do
 done
 {
   echo "# kqsvd fit --sensitivity file: KL(full ‖ one side of one layer compressed)"
-  echo "# proj $(basename "$proj") sha256 $(sha256sum "$proj" | cut -d' ' -f1)"
+  echo "# proj $(basename "$proj") data_sha256 $(python3 .ci/st_data_sha.py "$proj")"
   echo "# text $(basename "$text"), first $tokens tokens, ctx $ctx, device $dev"
 } >"$tmp/out"
 for ((i = 0; i < ${#names[@]}; i += 15)); do
