@@ -416,6 +416,7 @@ int kq_cmd_generate(int argc, char **argv) {
                            &r);
     if (st == KQ_OK && pr.oom) st = kq_set_error(KQ_ERR_OUT_OF_MEMORY, "generated text");
     if (!json && (!chat || pr.last != '\n')) printf("\n"); /* the reply ends with a newline */
+    fflush(stdout); /* before the summary on stderr, also when both go to one pipe */
   }
   int rc = 0;
   if (st != KQ_OK) {
