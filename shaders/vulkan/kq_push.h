@@ -62,7 +62,7 @@ KQ_STRUCT(kq_push_merge) {
   KQ_U32 e_off;    /* value_up F32 [n_kv_heads, D, RV] (UP only) */
   KQ_U32 out_off;  /* F32 [n_queries, n_heads, UP ? D : RV] */
   KQ_U32 n_heads;
-  KQ_U32 e_group;  /* query heads per kv head: E of head h is E[h / e_group] */
+  KQ_U32 e_group; /* query heads per kv head: E of head h is E[h / e_group] */
   KQ_U32 n_chunks;
 }
 KQ_END(kq_push_merge)
@@ -85,9 +85,9 @@ KQ_STRUCT(kq_push_project_seg) {
   KQ_U32 dst_base; /* latent buffer, bytes */
   KQ_U32 n_tokens;
   KQ_U32 n_heads;
-  KQ_U32 gc;       /* groups · capacity */
+  KQ_U32 gc; /* groups · capacity */
   KQ_U32 capacity;
-  KQ_U32 pos;      /* position of token 0 of the batch */
+  KQ_U32 pos; /* position of token 0 of the batch */
 }
 KQ_END(kq_push_project_seg)
 
@@ -117,21 +117,21 @@ KQ_END(kq_push_qprep)
 
 /* attend.comp: tiled partial attention over one cache window. */
 KQ_STRUCT(kq_push_attend) {
-  KQ_U32 q_off;      /* prepared queries (query 0, head 0, rows of QK) */
-  KQ_U32 k_off;      /* key rows from token tok_base */
-  KQ_U32 v_off;      /* value rows from token tok_base */
-  KQ_U32 part_off;   /* partials */
-  KQ_U32 b_off;      /* query_down of this kv head (PRE rebuild) */
+  KQ_U32 q_off;    /* prepared queries (query 0, head 0, rows of QK) */
+  KQ_U32 k_off;    /* key rows from token tok_base */
+  KQ_U32 v_off;    /* value rows from token tok_base */
+  KQ_U32 part_off; /* partials */
+  KQ_U32 b_off;    /* query_down of this kv head (PRE rebuild) */
   KQ_U32 n_ctx;
   KQ_U32 n_queries;
   KQ_U32 n_heads;
-  KQ_U32 head0;      /* first query head of the dispatch */
-  KQ_U32 chunk0;     /* chunk of workgroup 0 */
-  KQ_U32 tok_base;   /* first position of the bound window */
-  KQ_U32 n_parts;    /* partials per row: chunks · key groups */
+  KQ_U32 head0;    /* first query head of the dispatch */
+  KQ_U32 chunk0;   /* chunk of workgroup 0 */
+  KQ_U32 tok_base; /* first position of the bound window */
+  KQ_U32 n_parts;  /* partials per row: chunks · key groups */
   KQ_U32 rope_hi;
   KQ_U32 scale_bits;
-  KQ_U32 chunk;      /* positions per chunk (multiple of the key tile) */
+  KQ_U32 chunk; /* positions per chunk (multiple of the key tile) */
 }
 KQ_END(kq_push_attend)
 
