@@ -2,43 +2,17 @@
  * ocl_program_cache.c — the on-disk program-binary cache (see ocl_program_cache.h).
  */
 #include "ocl_program_cache.h"
+#include "../common/kq_kernel_cache.h"
 #include "kqsvd_backend.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* Entries larger than this are rejected without reading them. */
 #define KQ_OCL_CACHE_MAX_BYTES ((size_t)256 << 20)
-
-uint64_t kq_ocl_fnv1a64(const void *data, size_t n) {
-  const unsigned char *p = data;
-  uint64_t h = 0xcbf29ce484222325ull; /* FNV offset basis */
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 0x100000001b3ull; /* FNV prime */
-  }
-  return h;
-}
-
-/* mkdir -p; returns 0 on success. */
-static int make_dirs(const char *path) {
-  char tmp[1024];
-  size_t n = strlen(path);
-  if (n == 0 || n >= sizeof tmp) return -1;
-  memcpy(tmp, path, n + 1);
-  for (size_t i = 1; i < n; ++i) {
-    if (tmp[i] != '/') continue;
-    tmp[i] = '\0';
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
-    tmp[i] = '/';
-  }
-  if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
-  return 0;
-}
 
 static void info_str(cl_device_id dev, cl_device_info what, char *out, size_t size) {
   out[0] = '\0';
@@ -62,30 +36,13 @@ static int make_key(cl_device_id dev, const char *source, const char *options, c
   info_str(dev, CL_DEVICE_VENDOR, dvendor, sizeof dvendor);
   info_str(dev, CL_DEVICE_VERSION, dver, sizeof dver);
   info_str(dev, CL_DRIVER_VERSION, drv, sizeof drv);
-  unsigned long long src_hash = kq_ocl_fnv1a64(source, strlen(source));
+  unsigned long long src_hash = kq_fnv1a64(source, strlen(source));
   int n = snprintf(key, size,
                    "kqsvd-opencl-program v%u\nplatform=%s\nplatform_version=%s\ndevice=%s\n"
                    "vendor=%s\ndevice_version=%s\ndriver=%s\noptions=%s\nsource=%016llx:%zu\n",
                    KQ_OCL_CACHE_VERSION, pname, pver, dname, dvendor, dver, drv,
                    options ? options : "", src_hash, strlen(source));
   return n > 0 && (size_t)n < size;
-}
-
-static void put_u32(unsigned char *p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put_u64(unsigned char *p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint32_t get_u32(const unsigned char *p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-static uint64_t get_u64(const unsigned char *p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
 }
 
 /* Reads a whole file; NULL if absent or too large. */
@@ -117,16 +74,16 @@ static const char *check_entry(const unsigned char *buf, size_t n, const char *k
   size_t key_len = strlen(key);
   if (n < KQ_OCL_CACHE_HEADER_BYTES) return "truncated header";
   if (memcmp(buf, KQ_OCL_CACHE_MAGIC, 8) != 0) return "bad magic";
-  if (get_u32(buf + 8) != KQ_OCL_CACHE_VERSION) return "format version mismatch";
-  if (get_u32(buf + 12) != key_len) return "key length mismatch (stale entry)";
-  if (get_u64(buf + 16) != kq_ocl_fnv1a64(key, key_len)) return "key hash mismatch";
-  uint64_t plen = get_u64(buf + 24);
+  if (kq_get_le32(buf + 8) != KQ_OCL_CACHE_VERSION) return "format version mismatch";
+  if (kq_get_le32(buf + 12) != key_len) return "key length mismatch (stale entry)";
+  if (kq_get_le64(buf + 16) != kq_fnv1a64(key, key_len)) return "key hash mismatch";
+  uint64_t plen = kq_get_le64(buf + 24);
   if (plen == 0 || plen > n || n - KQ_OCL_CACHE_HEADER_BYTES - key_len != plen)
     return "payload length mismatch (truncated)";
   if (memcmp(buf + KQ_OCL_CACHE_HEADER_BYTES, key, key_len) != 0)
     return "key mismatch (stale entry)";
   const unsigned char *p = buf + KQ_OCL_CACHE_HEADER_BYTES + key_len;
-  if (get_u64(buf + 32) != kq_ocl_fnv1a64(p, (size_t)plen)) return "payload checksum mismatch";
+  if (kq_get_le64(buf + 32) != kq_fnv1a64(p, (size_t)plen)) return "payload checksum mismatch";
   *payload = p;
   *payload_len = (size_t)plen;
   return NULL;
@@ -135,7 +92,7 @@ static const char *check_entry(const unsigned char *buf, size_t n, const char *k
 /* Writes the entry atomically; returns 1 on success. */
 static int write_entry(const char *dir, const char *path, const char *key, const unsigned char *bin,
                        size_t bin_len) {
-  if (make_dirs(dir) != 0) return 0;
+  if (kq_make_dirs(dir) != 0) return 0;
   char tmp[1100];
   if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp) return 0;
   int fd = mkstemp(tmp);
@@ -143,11 +100,11 @@ static int write_entry(const char *dir, const char *path, const char *key, const
   size_t key_len = strlen(key);
   unsigned char head[KQ_OCL_CACHE_HEADER_BYTES];
   memcpy(head, KQ_OCL_CACHE_MAGIC, 8);
-  put_u32(head + 8, KQ_OCL_CACHE_VERSION);
-  put_u32(head + 12, (uint32_t)key_len);
-  put_u64(head + 16, kq_ocl_fnv1a64(key, key_len));
-  put_u64(head + 24, bin_len);
-  put_u64(head + 32, kq_ocl_fnv1a64(bin, bin_len));
+  kq_put_le32(head + 8, KQ_OCL_CACHE_VERSION);
+  kq_put_le32(head + 12, (uint32_t)key_len);
+  kq_put_le64(head + 16, kq_fnv1a64(key, key_len));
+  kq_put_le64(head + 24, bin_len);
+  kq_put_le64(head + 32, kq_fnv1a64(bin, bin_len));
   FILE *f = fdopen(fd, "wb");
   if (!f) {
     close(fd);
@@ -213,7 +170,7 @@ cl_int kq_ocl_program_get(cl_context context, cl_device_id device, const char *s
   int have_dir = kq_kernel_cache_dir(dir, sizeof dir);
   int have_key = keybuf && make_key(device, source, options, keybuf, KEY_MAX);
   if (have_dir && have_key) {
-    unsigned long long h = kq_ocl_fnv1a64(keybuf, strlen(keybuf));
+    unsigned long long h = kq_fnv1a64(keybuf, strlen(keybuf));
     snprintf(report->path, sizeof report->path, "%s/ocl-%016llx.bin", dir, h);
     size_t n = 0;
     int absent = 0;

@@ -48,9 +48,6 @@ typedef struct kq_ocl_prog_report {
   char build_log[2048];   /* compiler log when building from source failed */
 } kq_ocl_prog_report;
 
-/* FNV-1a 64-bit hash of n bytes. */
-uint64_t kq_ocl_fnv1a64(const void *data, size_t n);
-
 /* Returns a built program for `device` from `source` with `options`, through
  * the cache. On CL_SUCCESS *out_program is built and owned by the caller.
  * On failure returns the OpenCL error of the source build

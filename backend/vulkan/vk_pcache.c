@@ -10,53 +10,17 @@
  * (temporary name + rename) when the device closes after new pipelines were
  * built. KQSVD_VULKAN_NO_PIPELINE_CACHE=1 turns the disk cache off.
  */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/kq_kernel_cache.h"
 #include "vk_internal.h"
 
 #define VK_PCACHE_MAGIC "KQVKPC01"
 #define VK_PCACHE_HEADER 24u /* magic, u64 payload length, u64 payload hash */
 #define VK_PCACHE_MAX ((size_t)256 << 20)
-
-static uint64_t fnv1a64(const unsigned char *p, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 0x100000001b3ull;
-  }
-  return h;
-}
-
-static void put_u64(unsigned char *p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t get_u64(const unsigned char *p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-
-/* mkdir -p; 0 on success. */
-static int make_dirs(const char *path) {
-  char tmp[1024];
-  size_t n = strlen(path);
-  if (n == 0 || n >= sizeof tmp) return -1;
-  memcpy(tmp, path, n + 1);
-  for (size_t i = 1; i <= n; ++i) {
-    if (tmp[i] != '/' && tmp[i] != '\0') continue;
-    char c = tmp[i];
-    tmp[i] = '\0';
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
-    tmp[i] = c;
-  }
-  return 0;
-}
 
 int vk_pcache_path(const kq_bdevice *d, char *out, size_t size) {
   char dir[900];
@@ -77,9 +41,10 @@ static unsigned char *load(const kq_bdevice *d, const char *path, size_t *out_n)
   unsigned char head[VK_PCACHE_HEADER], *buf = NULL;
   size_t n = 0;
   if (fread(head, 1, sizeof head, f) == sizeof head && !memcmp(head, VK_PCACHE_MAGIC, 8)) {
-    n = (size_t)get_u64(head + 8);
+    n = (size_t)kq_get_le64(head + 8);
     if (n >= 32 && n <= VK_PCACHE_MAX && (buf = malloc(n)) &&
-        (fread(buf, 1, n, f) != n || fgetc(f) != EOF || fnv1a64(buf, n) != get_u64(head + 16))) {
+        (fread(buf, 1, n, f) != n || fgetc(f) != EOF ||
+         kq_fnv1a64(buf, n) != kq_get_le64(head + 16))) {
       free(buf);
       buf = NULL;
     }
@@ -129,7 +94,7 @@ void vk_pcache_close(kq_bdevice *d) {
   size_t n = 0;
   unsigned char *blob = NULL;
   if (d->pcache_disk && d->pcache_dirty && vk_pcache_path(d, path, sizeof path) &&
-      kq_kernel_cache_dir(dir, sizeof dir) && make_dirs(dir) == 0 &&
+      kq_kernel_cache_dir(dir, sizeof dir) && kq_make_dirs(dir) == 0 &&
       vkGetPipelineCacheData(d->dev, d->pcache, &n, NULL) == VK_SUCCESS && n > 0 &&
       n <= VK_PCACHE_MAX && (blob = malloc(n)) &&
       vkGetPipelineCacheData(d->dev, d->pcache, &n, blob) == VK_SUCCESS &&
@@ -140,8 +105,8 @@ void vk_pcache_close(kq_bdevice *d) {
     if (f) {
       unsigned char head[VK_PCACHE_HEADER];
       memcpy(head, VK_PCACHE_MAGIC, 8);
-      put_u64(head + 8, n);
-      put_u64(head + 16, fnv1a64(blob, n));
+      kq_put_le64(head + 8, n);
+      kq_put_le64(head + 16, kq_fnv1a64(blob, n));
       int ok = fwrite(head, 1, sizeof head, f) == sizeof head && fwrite(blob, 1, n, f) == n;
       ok = fflush(f) == 0 && ok;
       ok = fsync(fileno(f)) == 0 && ok;
