@@ -45,6 +45,16 @@ typedef struct kq_st_file kq_st_file;
  * message names the file and, where there is one, the tensor or key.
  * The file must not be truncated by another process while it is open. */
 kq_status kq_st_open(const char *path, kq_st_file **out_file);
+/* A reader over tensors already in memory (no file, no copy of the data):
+ * the `count` descriptors are copied (names too) but their data pointers are
+ * referenced and must stay valid, unchanged, until kq_st_close. Every
+ * descriptor must be consistent (n_elements, nbytes from shape and dtype,
+ * data aligned to the element size): only duplicate names are checked
+ * (KQ_ERR_FORMAT). The metadata pairs are copied. `name` stands in for the
+ * path in kq_st_path and in every error message. */
+kq_status kq_st_open_memory(const char *name, int count, const kq_st_tensor *tensors,
+                            int meta_count, const char *const *meta_keys,
+                            const char *const *meta_values, kq_st_file **out_file);
 void kq_st_close(kq_st_file *file);
 
 const char *kq_st_path(const kq_st_file *file);

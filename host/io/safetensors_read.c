@@ -440,6 +440,53 @@ fail:
   return st;
 }
 
+kq_status kq_st_open_memory(const char *name, int count, const kq_st_tensor *tensors,
+                            int meta_count, const char *const *meta_keys,
+                            const char *const *meta_values, kq_st_file **out_file) {
+  if (!name || !out_file || count < 0 || meta_count < 0 || (count > 0 && !tensors) ||
+      (meta_count > 0 && (!meta_keys || !meta_values)))
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "safetensors in memory: missing argument");
+  *out_file = NULL;
+  kq_st_file *f = calloc(1, sizeof *f);
+  if (!f) return kq_set_error(KQ_ERR_OUT_OF_MEMORY, "%s: cannot allocate reader", name);
+  kq_status st = KQ_OK;
+  f->path = dup_string(name, "safetensors name");
+  f->tensors = kq_calloc_array((size_t)count + 1, sizeof *f->tensors, "safetensors tensors");
+  f->meta_keys = kq_calloc_array((size_t)meta_count + 1, sizeof(char *), "safetensors metadata");
+  f->meta_values = kq_calloc_array((size_t)meta_count + 1, sizeof(char *), "safetensors metadata");
+  if (!f->path || !f->tensors || !f->meta_keys || !f->meta_values) {
+    st = KQ_ERR_OUT_OF_MEMORY;
+    goto fail;
+  }
+  for (int i = 0; i < count; i++) {
+    f->tensors[i] = tensors[i];
+    f->tensors[i].name = dup_string(tensors[i].name, "safetensors tensor name");
+    if (!f->tensors[i].name) {
+      st = KQ_ERR_OUT_OF_MEMORY;
+      goto fail;
+    }
+    f->count++;
+  }
+  for (int i = 0; i < meta_count; i++) {
+    f->meta_keys[i] = dup_string(meta_keys[i], "safetensors metadata key");
+    f->meta_values[i] = f->meta_keys[i] ? dup_string(meta_values[i], "metadata value") : NULL;
+    if (!f->meta_values[i]) {
+      free(f->meta_keys[i]);
+      f->meta_keys[i] = NULL;
+      st = KQ_ERR_OUT_OF_MEMORY;
+      goto fail;
+    }
+    f->meta_count++;
+  }
+  st = index_names(f);
+  if (st != KQ_OK) goto fail;
+  *out_file = f;
+  return KQ_OK;
+fail:
+  kq_st_close(f);
+  return st;
+}
+
 void kq_st_close(kq_st_file *f) {
   if (!f) return;
   for (int i = 0; i < f->count; i++) {
