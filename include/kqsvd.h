@@ -597,6 +597,70 @@ KQ_API kq_status kq_fit(const char *calib_path, const char *out_path, const kq_f
 KQ_API kq_status kq_fit_ex(const char *calib_path, const char *out_path,
                            const kq_fit_params *params, kq_fit_summary *out_summary);
 
+/*
+ * Fitting from calibration rows in memory: an engine with its own model code
+ * hands the q/k/v rows (and W_O) of every layer it computed to
+ * kq_fit_memory and gets projections back, with no calibration file and no
+ * temporary file. The fit is the one kq_fit runs on a calibration file with
+ * the same rows (F32) and metadata: the projections are identical.
+ * Ownership: the view and its arrays stay the caller's; the library only
+ * reads them during the call.
+ */
+
+/* Order of the q/k/v arrays of a kq_calib_view. */
+typedef enum kq_calib_rows {
+  /* [n_tokens, heads, head_dim]: token-major, an engine's natural layout
+   * (as kq_calib_writer_add). The fit transposes them into a copy it owns
+   * during the call (memory: one F32 copy of every layer's q, k, v). */
+  KQ_CALIB_ROWS_TOKEN_MAJOR = 0,
+  /* [heads, n_tokens, head_dim]: head-major, the calibration file's layout;
+   * read in place, no copy. */
+  KQ_CALIB_ROWS_HEAD_MAJOR = 1,
+} kq_calib_rows;
+
+/* One layer's rows, F32, in the view's `rows` order. */
+typedef struct kq_calib_view_layer {
+  const float *q;  /* n_heads heads */
+  const float *k;  /* n_kv_heads heads */
+  const float *v;  /* n_kv_heads heads */
+  const float *wo; /* [hidden, n_heads·head_dim] (PyTorch o_proj.weight); ignored when hidden = 0 */
+} kq_calib_view_layer;
+
+typedef struct kq_calib_view {
+  size_t struct_size; /* sizeof(kq_calib_view): set by kq_calib_view_default() */
+  int32_t n_layers, n_heads, n_kv_heads, head_dim; /* >= 1 each, H % Hk == 0 */
+  int32_t hidden;    /* model width D of every layer's wo; 0 = no wo */
+  int64_t n_tokens;  /* T >= 1 rows per layer: every layer the same tokens in the same order */
+  int64_t seq_len;   /* tokens per calibration sequence, dividing T; 0 = T */
+  kq_rope_mode rope; /* POST: q/k rows already rotated; PRE: un-rotated; NONE */
+  kq_rope_layout rope_layout;
+  float rope_theta;                  /* > 0 */
+  kq_calib_rows rows;                /* default token-major */
+  const kq_calib_view_layer *layers; /* [n_layers] */
+  /* Optional (NULL = absent): the model's identity, copied into the
+   * projections as capture's metadata is (64 hex digits for the sha256). */
+  const char *model_name, *model_sha256;
+  /* Optional: names the calibration in error messages where a file fit
+   * names the file; NULL = "in-memory calibration". */
+  const char *name;
+} kq_calib_view;
+
+/* Zero shapes and layers (fill them), rope POST, PAIRS, theta 10000,
+ * token-major rows. */
+KQ_API kq_calib_view kq_calib_view_default(void);
+
+/* Fits projections from the rows of `calib` with `params` (every option of
+ * kq_fit, positions included) and returns them in *out_proj (the caller
+ * destroys them; kq_projections_save writes the file kq_fit would have
+ * written). out_summary may be NULL. Checks before any work: NULL view,
+ * layers or rows (naming the layer and tensor, "layers.3.k"), shapes < 1,
+ * H % Hk != 0, seq_len not dividing T, unknown rope values: KQ_ERR_INVALID_
+ * ARGUMENT or the KQ_ERR_FORMAT of the file path with the view's name in
+ * place of the file's; non-finite rows fail with KQ_ERR_NUMERIC naming the
+ * tensor. *out_proj is NULL on failure. */
+KQ_API kq_status kq_fit_memory(const kq_calib_view *calib, const kq_fit_params *params,
+                               kq_projections **out_proj, kq_fit_summary *out_summary);
+
 typedef struct kq_eval_layer {
   int32_t layer, rank_k, rank_v;
   double key, query, value, logits, softmax, output, value_out; /* value_out < 0: no wo */

@@ -185,20 +185,30 @@ static kq_status validate(kq_calib *c) {
   return parse_meta(c);
 }
 
-kq_status kq_calib_open(const char *path, kq_calib *out) {
+kq_status kq_calib_from_st(kq_st_file *file, kq_calib *out) {
   memset(out, 0, sizeof *out);
-  if (!path) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "calibration path is NULL");
-  kq_status st = kq_st_open(path, &out->file);
-  if (st) return st;
-  out->path = kq_st_path(out->file);
-  st = validate(out);
+  out->file = file;
+  out->path = kq_st_path(file);
+  kq_status st = validate(out);
   if (st) kq_calib_close(out);
   return st;
 }
 
+kq_status kq_calib_open(const char *path, kq_calib *out) {
+  memset(out, 0, sizeof *out);
+  if (!path) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "calibration path is NULL");
+  kq_st_file *file = NULL;
+  kq_status st = kq_st_open(path, &file);
+  if (st) return st;
+  return kq_calib_from_st(file, out);
+}
+
 void kq_calib_close(kq_calib *calib) {
-  if (calib && calib->file) kq_st_close(calib->file);
-  if (calib) memset(calib, 0, sizeof *calib);
+  if (!calib) return;
+  if (calib->file) kq_st_close(calib->file);
+  for (int32_t i = 0; i < calib->n_owned; i++) free(calib->owned[i]);
+  free(calib->owned);
+  memset(calib, 0, sizeof *calib);
 }
 
 void kq_calib_get_layer(const kq_calib *calib, int32_t layer, kq_calib_layer *out) {
@@ -218,9 +228,11 @@ kq_status kq_calib_layer_check_finite(const kq_calib *calib, const kq_calib_laye
   return KQ_OK;
 }
 
-void kq_calib_release_range(const void *data, uint64_t nbytes) {
+void kq_calib_release_range(const kq_calib *calib, const void *data, uint64_t nbytes) {
   long page = sysconf(_SC_PAGESIZE);
-  if (page <= 0 || !data) return;
+  /* Never on memory that is not a read-only file mapping: MADV_DONTNEED
+   * on anonymous memory zeroes it. */
+  if (calib->in_memory || page <= 0 || !data) return;
   uintptr_t begin = ((uintptr_t)data + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
   uintptr_t end = ((uintptr_t)data + nbytes) & ~((uintptr_t)page - 1);
   /* The reader maps the file read-only and private: dropped pages are
@@ -229,8 +241,7 @@ void kq_calib_release_range(const void *data, uint64_t nbytes) {
 }
 
 void kq_calib_release_layer(const kq_calib *calib, const kq_calib_layer *layer) {
-  (void)calib;
   const kq_st_tensor *ts[4] = {layer->k, layer->q, layer->v, layer->wo};
   for (int i = 0; i < 4; i++)
-    if (ts[i]) kq_calib_release_range(ts[i]->data, ts[i]->nbytes);
+    if (ts[i]) kq_calib_release_range(calib, ts[i]->data, ts[i]->nbytes);
 }

@@ -49,7 +49,7 @@ static kq_status factor_tensor_head(const factor_job *job, const kq_st_tensor *t
   if (st) return factor_error(job, t, head, st);
   /* Done with this head's rows: drop them from the resident set now, so a
    * streamed fit holds about one head per thread, not a whole layer. */
-  kq_calib_release_range(view.data,
+  kq_calib_release_range(c, view.data,
                          (uint64_t)c->n_tokens * (uint64_t)c->head_dim * kq_dtype_size(t->dtype));
   return KQ_OK;
 }

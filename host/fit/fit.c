@@ -262,9 +262,10 @@ static kq_status copy_model_identity(const kq_calib *calib, kq_projections *proj
   return kq_projections_set_model(proj, &id);
 }
 
-static kq_status write_projections(const kq_calib *calib, const kq_fit_params *p, kq_layer_fit *res,
-                                   const int32_t *rank_k, const int32_t *rank_v,
-                                   const char *out_path, kq_fit_summary *sum) {
+/* The projections of the fitted layers; *out_proj on success only. */
+static kq_status make_projections(const kq_calib *calib, const kq_fit_params *p, kq_layer_fit *res,
+                                  const int32_t *rank_k, const int32_t *rank_v, kq_fit_summary *sum,
+                                  kq_projections **out_proj) {
   int32_t d = calib->head_dim, hk = calib->n_kv_heads, L = calib->n_layers;
   kq_projections_info info = {.method = p->method,
                               .n_layers = L,
@@ -303,9 +304,6 @@ static kq_status write_projections(const kq_calib *calib, const kq_fit_params *p
     dims_v += rank_v[l];
   }
   if (!st) st = kq_fold_rotations(proj, p->seed);
-  if (st == KQ_OK && p->cancel && *p->cancel)
-    st = kq_set_error(KQ_ERR_INTERRUPTED, "interrupted before writing %s", out_path);
-  if (st == KQ_OK) st = kq_projections_save(proj, out_path);
   if (st == KQ_OK && sum) {
     sum->layout = p->layout;
     sum->fraction_of_f16 = kq_projections_fraction_of_f16(proj, KQ_STORAGE_F16);
@@ -314,12 +312,91 @@ static kq_status write_projections(const kq_calib *calib, const kq_fit_params *p
     sum->mean_bits_k = bits_k / dims_k;
     sum->mean_bits_v = bits_v / dims_v;
   }
-  kq_projections_destroy(proj);
+  if (st == KQ_OK)
+    *out_proj = proj;
+  else
+    kq_projections_destroy(proj);
   return st;
 }
 
 kq_status kq_fit(const char *calib_path, const char *out_path, const kq_fit_params *params) {
   return kq_fit_ex(calib_path, out_path, params, NULL);
+}
+
+/* The fit of an opened calibration: projections into *out_proj, the
+ * summary into *out_summary (may be NULL) on success. */
+static kq_status fit_calib(const kq_calib *calib, const kq_fit_params *p, kq_projections **out_proj,
+                           kq_fit_summary *out_summary) {
+  kq_status st = KQ_OK;
+  int joint = p->layout == KQ_LAYOUT_JOINT;
+  int32_t n_layers = calib->n_layers, d = calib->head_dim;
+  int32_t groups = joint ? 1 : calib->n_kv_heads, dim = joint ? calib->n_kv_heads * d : d;
+  if (joint && calib->rope == KQ_ROPE_PRE) {
+    return kq_set_error(KQ_ERR_UNSUPPORTED,
+                        "%s: layout joint needs keys and queries calibrated after RoPE (rope post "
+                        "or none); this calibration has rope pre",
+                        calib->path);
+  }
+  if (p->rank_k > dim || p->rank_v > dim) {
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: rank_k %d / rank_v %d exceed %s %d",
+                        calib->path, (int)p->rank_k, (int)p->rank_v,
+                        joint ? "n_kv_heads·head_dim" : "head_dim", (int)dim);
+  }
+  int n_threads = kq_thread_count(p->n_threads);
+  kq_layer_fit *res = kq_calloc_array((size_t)n_layers, sizeof *res, "layer results");
+  int32_t *rank_k = kq_calloc_array((size_t)n_layers, sizeof *rank_k, "ranks");
+  int32_t *rank_v = kq_calloc_array((size_t)n_layers, sizeof *rank_v, "ranks");
+  kq_fit_summary sum;
+  memset(&sum, 0, sizeof sum);
+  if (!res || !rank_k || !rank_v) {
+    st = KQ_ERR_OUT_OF_MEMORY;
+    goto done;
+  }
+  if (p->progress) p->progress(p->progress_user, 0, n_layers, "fit layers");
+  for (int32_t l = 0; l < n_layers && st == KQ_OK; l++) {
+    if (p->cancel && *p->cancel) {
+      st = kq_set_error(KQ_ERR_INTERRUPTED, "interrupted at layer %d", (int)l);
+      break;
+    }
+    st = fit_layer(calib, p, l, n_threads, &res[l]);
+    rank_k[l] = res[l].rank_k;
+    rank_v[l] = res[l].rank_v;
+    if (st == KQ_OK && p->progress) p->progress(p->progress_user, l + 1, n_layers, "fit layers");
+  }
+  if (st == KQ_OK && p->ratio > 0) {
+    size_t stride = (size_t)groups * dim;
+    double *sk = kq_malloc_array((size_t)n_layers * stride, sizeof *sk, "spectra");
+    double *sv = kq_malloc_array((size_t)n_layers * stride, sizeof *sv, "spectra");
+    if (!sk || !sv) st = KQ_ERR_OUT_OF_MEMORY;
+    for (int32_t l = 0; st == KQ_OK && l < n_layers; l++) {
+      memcpy(sk + l * stride, res[l].sigma_k, stride * sizeof *sk);
+      memcpy(sv + l * stride, res[l].sigma_v, stride * sizeof *sv);
+    }
+    /* Budget in latent dims per group; a joint latent dim stands for Hk
+     * per-head ones. */
+    int64_t budget = (int64_t)floor(p->ratio * 2.0 * dim * n_layers + 1e-9);
+    if (st == KQ_OK) st = kq_rank_for_budget(sk, sv, n_layers, groups, dim, budget, rank_k, rank_v);
+    free(sk);
+    free(sv);
+  }
+  if (st == KQ_OK && p->bytes > 0) {
+    st = kq_fit_bytes(calib, p, n_threads, res, rank_k, rank_v, &sum.predicted_error_k,
+                      &sum.predicted_error_v);
+  } else if (st == KQ_OK) {
+    for (int32_t l = 0; l < n_layers; l++) {
+      sum.predicted_error_k += rank_error(res[l].sigma_k, groups, dim, rank_k[l]) / n_layers;
+      sum.predicted_error_v += rank_error(res[l].sigma_v, groups, dim, rank_v[l]) / n_layers;
+    }
+  }
+  if (st == KQ_OK) st = make_projections(calib, p, res, rank_k, rank_v, &sum, out_proj);
+  if (st == KQ_OK && out_summary) *out_summary = sum;
+done:
+  if (res)
+    for (int32_t l = 0; l < n_layers; l++) layer_fit_free(&res[l]);
+  free(res);
+  free(rank_k);
+  free(rank_v);
+  return st;
 }
 
 kq_status kq_fit_ex(const char *calib_path, const char *out_path, const kq_fit_params *params,
@@ -338,78 +415,41 @@ kq_status kq_fit_ex(const char *calib_path, const char *out_path, const kq_fit_p
   st = kq_calib_open_positions(calib_path, p.positions, p.seed, kq_thread_count(p.n_threads),
                                out_path, &calib);
   if (st) return st;
-  int joint = p.layout == KQ_LAYOUT_JOINT;
-  int32_t n_layers = calib.n_layers, d = calib.head_dim;
-  int32_t groups = joint ? 1 : calib.n_kv_heads, dim = joint ? calib.n_kv_heads * d : d;
-  if (joint && calib.rope == KQ_ROPE_PRE) {
-    st = kq_set_error(KQ_ERR_UNSUPPORTED,
-                      "%s: layout joint needs keys and queries calibrated after RoPE (rope post or "
-                      "none); this calibration file has rope pre",
-                      calib.path);
-    kq_calib_close(&calib);
-    return st;
-  }
-  if (p.rank_k > dim || p.rank_v > dim) {
-    st = kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: rank_k %d / rank_v %d exceed %s %d", calib.path,
-                      (int)p.rank_k, (int)p.rank_v, joint ? "n_kv_heads·head_dim" : "head_dim",
-                      (int)dim);
-    kq_calib_close(&calib);
-    return st;
-  }
-  int n_threads = kq_thread_count(p.n_threads);
-  kq_layer_fit *res = kq_calloc_array((size_t)n_layers, sizeof *res, "layer results");
-  int32_t *rank_k = kq_calloc_array((size_t)n_layers, sizeof *rank_k, "ranks");
-  int32_t *rank_v = kq_calloc_array((size_t)n_layers, sizeof *rank_v, "ranks");
+  kq_projections *proj = NULL;
   kq_fit_summary sum;
-  memset(&sum, 0, sizeof sum);
-  if (!res || !rank_k || !rank_v) {
-    st = KQ_ERR_OUT_OF_MEMORY;
-    goto done;
-  }
-  if (p.progress) p.progress(p.progress_user, 0, n_layers, "fit layers");
-  for (int32_t l = 0; l < n_layers && st == KQ_OK; l++) {
-    if (p.cancel && *p.cancel) {
-      st = kq_set_error(KQ_ERR_INTERRUPTED, "interrupted at layer %d", (int)l);
-      break;
-    }
-    st = fit_layer(&calib, &p, l, n_threads, &res[l]);
-    rank_k[l] = res[l].rank_k;
-    rank_v[l] = res[l].rank_v;
-    if (st == KQ_OK && p.progress) p.progress(p.progress_user, l + 1, n_layers, "fit layers");
-  }
-  if (st == KQ_OK && p.ratio > 0) {
-    size_t stride = (size_t)groups * dim;
-    double *sk = kq_malloc_array((size_t)n_layers * stride, sizeof *sk, "spectra");
-    double *sv = kq_malloc_array((size_t)n_layers * stride, sizeof *sv, "spectra");
-    if (!sk || !sv) st = KQ_ERR_OUT_OF_MEMORY;
-    for (int32_t l = 0; st == KQ_OK && l < n_layers; l++) {
-      memcpy(sk + l * stride, res[l].sigma_k, stride * sizeof *sk);
-      memcpy(sv + l * stride, res[l].sigma_v, stride * sizeof *sv);
-    }
-    /* Budget in latent dims per group; a joint latent dim stands for Hk
-     * per-head ones. */
-    int64_t budget = (int64_t)floor(p.ratio * 2.0 * dim * n_layers + 1e-9);
-    if (st == KQ_OK) st = kq_rank_for_budget(sk, sv, n_layers, groups, dim, budget, rank_k, rank_v);
-    free(sk);
-    free(sv);
-  }
-  if (st == KQ_OK && p.bytes > 0) {
-    st = kq_fit_bytes(&calib, &p, n_threads, res, rank_k, rank_v, &sum.predicted_error_k,
-                      &sum.predicted_error_v);
-  } else if (st == KQ_OK) {
-    for (int32_t l = 0; l < n_layers; l++) {
-      sum.predicted_error_k += rank_error(res[l].sigma_k, groups, dim, rank_k[l]) / n_layers;
-      sum.predicted_error_v += rank_error(res[l].sigma_v, groups, dim, rank_v[l]) / n_layers;
-    }
-  }
-  if (st == KQ_OK) st = write_projections(&calib, &p, res, rank_k, rank_v, out_path, &sum);
-  if (st == KQ_OK && out_summary) *out_summary = sum;
-done:
-  if (res)
-    for (int32_t l = 0; l < n_layers; l++) layer_fit_free(&res[l]);
-  free(res);
-  free(rank_k);
-  free(rank_v);
+  st = fit_calib(&calib, &p, &proj, &sum);
   kq_calib_close(&calib);
+  if (st == KQ_OK && p.cancel && *p.cancel)
+    st = kq_set_error(KQ_ERR_INTERRUPTED, "interrupted before writing %s", out_path);
+  if (st == KQ_OK) st = kq_projections_save(proj, out_path);
+  if (st == KQ_OK && out_summary) *out_summary = sum;
+  kq_projections_destroy(proj);
   return st;
+}
+
+kq_status kq_fit_memory(const kq_calib_view *view, const kq_fit_params *params,
+                        kq_projections **out_proj, kq_fit_summary *out_summary) {
+  if (!out_proj) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "kq_fit_memory: out_proj is NULL");
+  *out_proj = NULL;
+  kq_fit_params p = kq_fit_default_params();
+  kq_status st =
+      kq_params_adopt(&p, sizeof p, sizeof p, params, "kq_fit_params", "kq_fit_default_params");
+  if (st) return st;
+  st = check_params(&p);
+  if (st) return st;
+  kq_calib calib;
+  st = kq_calib_open_memory(view, p.positions, p.seed, kq_thread_count(p.n_threads), &calib);
+  if (st) return st;
+  kq_projections *proj = NULL;
+  kq_fit_summary sum;
+  st = fit_calib(&calib, &p, &proj, &sum);
+  kq_calib_close(&calib);
+  if (st == KQ_OK && p.cancel && *p.cancel) st = kq_set_error(KQ_ERR_INTERRUPTED, "interrupted");
+  if (st != KQ_OK) {
+    kq_projections_destroy(proj);
+    return st;
+  }
+  if (out_summary) *out_summary = sum;
+  *out_proj = proj;
+  return KQ_OK;
 }

@@ -31,6 +31,11 @@ typedef struct kq_calib {
   kq_rope_mode rope;
   kq_rope_layout rope_layout;
   float rope_theta;
+  /* In-memory calibrations (kq_calib_open_memory): 1, and the row copies
+   * the calib owns (n_owned buffers); their pages are never released. */
+  int32_t in_memory;
+  int32_t n_owned;
+  void **owned;
 } kq_calib;
 
 typedef struct kq_calib_layer {
@@ -57,8 +62,22 @@ kq_status kq_calib_layer_check_finite(const kq_calib *calib, const kq_calib_laye
  * (read-only file mapping: they are re-read on the next touch). Keeps the
  * resident set of a streamed fit at one layer. */
 void kq_calib_release_layer(const kq_calib *calib, const kq_calib_layer *layer);
-/* The same for one byte range inside the mapping (whole pages only). */
-void kq_calib_release_range(const void *data, uint64_t nbytes);
+/* The same for one byte range inside the mapping (whole pages only). A
+ * no-op for an in-memory calibration (its rows are the caller's). */
+void kq_calib_release_range(const kq_calib *calib, const void *data, uint64_t nbytes);
+
+/* Opens the rows of a kq_calib_view (public kqsvd.h) as a calibration:
+ * argument checks (NULL rows, shapes, layer count) first, then the rows
+ * become the tensors layers.{l}.q/k/v [heads, T, d] and wo [D, H·d] (F32)
+ * of an in-memory kq_st_file whose metadata is what kq_calib_writer would
+ * write, validated by the code kq_calib_open runs, so every later message
+ * is the file path's with the view's name in place of the path.
+ * Head-major rows are referenced (they must outlive *out); token-major ones
+ * are transposed into copies *out owns (memory: one F32 copy of q, k, v of
+ * every layer). positions > 0: as kq_calib_open_positions, the rotated
+ * keys and queries held in memory (no temporary file). */
+kq_status kq_calib_open_memory(const kq_calib_view *view, int64_t positions, uint64_t seed,
+                               int n_threads, kq_calib *out);
 
 /* Position-robust calibration (fit --positions, positions.c). positions
  * <= 0: kq_calib_open. Otherwise `path` must have rope pre; every key
@@ -72,6 +91,18 @@ void kq_calib_release_range(const void *data, uint64_t nbytes);
  * written; disk: a copy of the calibration in the output's folder. */
 kq_status kq_calib_open_positions(const char *path, int64_t positions, uint64_t seed, int n_threads,
                                   const char *tmp_near, kq_calib *out);
+
+/* The rotation of kq_calib_open_positions into memory: bufs[2·l] and
+ * bufs[2·l + 1] (caller-owned, freed by the caller even on failure) receive
+ * layer l's rotated keys and queries, in the dtype and [heads, T, d] layout
+ * of `src`'s tensors. */
+kq_status kq_calib_rotate_rows(const kq_calib *src, int64_t positions, uint64_t seed, int n_threads,
+                               void **bufs);
+
+/* kq_calib_open's validation of an already opened calibration `file`
+ * (ownership passes to *out, closed on failure too); out->path is the
+ * file's. */
+kq_status kq_calib_from_st(kq_st_file *file, kq_calib *out);
 
 /* The position in [0, positions) of one calibration row: a hash of (seed,
  * layer, side, head, token); 0 when positions <= 1. */

@@ -71,9 +71,34 @@ static kq_status rotate_head(void *ctx, int64_t head) {
     store_row(job->src->dtype, x, (char *)job->dst + off, d);
   }
   free(x);
-  kq_calib_release_range((const char *)job->src->data + (size_t)head * c->n_tokens * row_bytes,
+  kq_calib_release_range(c, (const char *)job->src->data + (size_t)head * c->n_tokens * row_bytes,
                          (uint64_t)c->n_tokens * row_bytes);
   return KQ_OK;
+}
+
+kq_status kq_calib_rotate_rows(const kq_calib *src, int64_t positions, uint64_t seed, int n_threads,
+                               void **bufs) {
+  kq_status st = KQ_OK;
+  for (int32_t l = 0; !st && l < src->n_layers; l++) {
+    kq_calib_layer lt;
+    kq_calib_get_layer(src, l, &lt);
+    const kq_st_tensor *ts[2] = {lt.k, lt.q};
+    for (int i = 0; !st && i < 2; i++) {
+      const kq_st_tensor *t = ts[i];
+      void *buf = kq_malloc_array((size_t)t->nbytes, 1, "rotated calibration");
+      if (!buf) return KQ_ERR_OUT_OF_MEMORY;
+      bufs[(size_t)l * 2 + (size_t)i] = buf;
+      rotate_job job = {.calib = src,
+                        .src = t,
+                        .dst = buf,
+                        .layer = l,
+                        .side = i,
+                        .positions = positions,
+                        .seed = seed};
+      st = kq_parallel_for(t->shape[0], n_threads, rotate_head, &job);
+    }
+  }
+  return st;
 }
 
 /* Writes the rotated copy of `src` (opened, rope pre) to tmp_path. */
@@ -82,8 +107,9 @@ static kq_status write_rotated(const kq_calib *src, int64_t positions, uint64_t 
   int32_t L = src->n_layers;
   void **bufs = kq_calloc_array((size_t)L * 2, sizeof *bufs, "rotated layers");
   if (!bufs) return KQ_ERR_OUT_OF_MEMORY;
+  kq_status st = kq_calib_rotate_rows(src, positions, seed, n_threads, bufs);
   kq_st_writer *w = NULL;
-  kq_status st = kq_st_writer_create(tmp_path, &w);
+  if (!st) st = kq_st_writer_create(tmp_path, &w);
   for (int i = 0; !st && i < kq_st_meta_count(src->file); i++) {
     const char *key, *value;
     kq_st_meta_at(src->file, i, &key, &value);
@@ -97,25 +123,8 @@ static kq_status write_rotated(const kq_calib *src, int64_t positions, uint64_t 
     for (int i = 0; !st && i < 4; i++) {
       const kq_st_tensor *t = ts[i];
       if (!t) continue;
-      const void *data = t->data;
-      if (i < 2) {
-        void *buf = kq_malloc_array((size_t)t->nbytes, 1, "rotated calibration");
-        if (!buf) {
-          st = KQ_ERR_OUT_OF_MEMORY;
-          break;
-        }
-        bufs[(size_t)l * 2 + (size_t)i] = buf;
-        rotate_job job = {.calib = src,
-                          .src = t,
-                          .dst = buf,
-                          .layer = l,
-                          .side = i,
-                          .positions = positions,
-                          .seed = seed};
-        st = kq_parallel_for(t->shape[0], n_threads, rotate_head, &job);
-        data = buf;
-      }
-      if (!st) st = kq_st_writer_add(w, t->name, t->dtype, t->n_dims, t->shape, data);
+      const void *data = i < 2 ? bufs[(size_t)l * 2 + (size_t)i] : t->data;
+      st = kq_st_writer_add(w, t->name, t->dtype, t->n_dims, t->shape, data);
     }
   }
   if (!st) st = kq_st_writer_commit(w, NULL);
