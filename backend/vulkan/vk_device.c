@@ -30,9 +30,8 @@ kq_status vk_mem_alloc(kq_bdevice *d, VkDeviceSize bytes, vk_mem_kind kind, vk_m
   memset(out, 0, sizeof *out);
   if (bytes < 16) bytes = 16;
   if (bytes > d->max_alloc)
-    return VK_ERR(KQ_ERR_DEVICE_MEMORY,
-                  "vulkan:%d: %s: %llu bytes exceed maxMemoryAllocationSize (%llu)", d->index, what,
-                  (unsigned long long)bytes, (unsigned long long)d->max_alloc);
+    return VK_ERR(KQ_ERR_DEVICE_MEMORY, "%s: %s: %llu bytes exceed maxMemoryAllocationSize (%llu)",
+                  d->name, what, (unsigned long long)bytes, (unsigned long long)d->max_alloc);
   VkBufferCreateInfo bi = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
                            .size = bytes,
                            .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
@@ -57,7 +56,7 @@ kq_status vk_mem_alloc(kq_bdevice *d, VkDeviceSize bytes, vk_mem_kind kind, vk_m
   if (type < 0) {
     vkDestroyBuffer(d->dev, out->buffer, NULL);
     out->buffer = VK_NULL_HANDLE;
-    return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: %s: no suitable memory type", d->index, what);
+    return VK_ERR(KQ_ERR_DEVICE, "%s: %s: no suitable memory type", d->name, what);
   }
   VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
                              .allocationSize = req.size,
@@ -70,8 +69,8 @@ kq_status vk_mem_alloc(kq_bdevice *d, VkDeviceSize bytes, vk_mem_kind kind, vk_m
   if (r != VK_SUCCESS) {
     vk_mem_free(d, out);
     if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
-      return VK_ERR(KQ_ERR_DEVICE_MEMORY, "vulkan:%d: %s: cannot allocate %llu bytes", d->index,
-                    what, (unsigned long long)bytes);
+      return VK_ERR(KQ_ERR_DEVICE_MEMORY, "%s: %s: cannot allocate %llu bytes", d->name, what,
+                    (unsigned long long)bytes);
     return vk_fail(r, what);
   }
   out->size = bytes;
@@ -102,12 +101,12 @@ kq_status vk_bind_range(const kq_bdevice *d, const vk_mem *buf, VkDeviceSize off
   VkDeviceSize align = d->props.limits.minStorageBufferOffsetAlignment;
   if (align == 0) align = 1;
   if (offset % elem_size)
-    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s: offset %llu is not a multiple of %u",
-                  d->index, what, (unsigned long long)offset, elem_size);
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "%s: %s: offset %llu is not a multiple of %u", d->name,
+                  what, (unsigned long long)offset, elem_size);
   if (offset > buf->size || bytes > buf->size - offset)
     return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
-                  "vulkan:%d: %s: range [%llu, +%llu) exceeds the buffer (%llu bytes)", d->index,
-                  what, (unsigned long long)offset, (unsigned long long)bytes,
+                  "%s: %s: range [%llu, +%llu) exceeds the buffer (%llu bytes)", d->name, what,
+                  (unsigned long long)offset, (unsigned long long)bytes,
                   (unsigned long long)buf->size);
   /* buf->base (an import's start) is a multiple of the alignment. */
   const VkDeviceSize at = buf->base + offset, end = buf->base + buf->size;
@@ -116,8 +115,8 @@ kq_status vk_bind_range(const kq_bdevice *d, const vk_mem *buf, VkDeviceSize off
   if (range < elem_size) range = end - base < 16 ? end - base : 16;
   if (range > d->props.limits.maxStorageBufferRange)
     return VK_ERR(KQ_ERR_UNSUPPORTED,
-                  "vulkan:%d: %s: binding of %llu bytes exceeds maxStorageBufferRange (%u)",
-                  d->index, what, (unsigned long long)range, d->props.limits.maxStorageBufferRange);
+                  "%s: %s: binding of %llu bytes exceeds maxStorageBufferRange (%u)", d->name, what,
+                  (unsigned long long)range, d->props.limits.maxStorageBufferRange);
   out->buffer = buf->buffer;
   out->offset = base;
   out->range = range;
@@ -273,7 +272,7 @@ kq_status vk_frame_descriptor(kq_bdevice *d, vk_frame *f, VkDescriptorSet *out) 
   for (;;) {
     if (f->pool_used == f->n_pools) {
       if (f->n_pools == VK_MAX_POOLS)
-        return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: too many dispatches in one op", d->index);
+        return VK_ERR(KQ_ERR_DEVICE, "%s: too many dispatches in one op", d->name);
       VkDescriptorPoolSize size = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                    VK_SETS_PER_POOL * VK_MAX_BINDINGS};
       VkDescriptorPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO,
@@ -354,6 +353,12 @@ static kq_bdevice *device_new(int index, VkPhysicalDevice phys) {
   kq_bdevice *d = calloc(1, sizeof *d);
   if (!d) return NULL;
   d->index = index;
+  /* What every message of the device names: the name kq_device_create
+   * takes, or "vulkan:external" for an engine's device (kqsvd_vulkan.h). */
+  if (index >= 0)
+    snprintf(d->name, sizeof d->name, "vulkan:%d", index);
+  else
+    snprintf(d->name, sizeof d->name, "vulkan:external");
   d->phys = phys;
   d->open_frame = -1;
   pthread_mutex_init(&d->lock, NULL);
@@ -585,7 +590,7 @@ void vk_device_close(kq_bdevice *d) {
 kq_status vk_buffer_alloc(kq_bdevice *d, size_t bytes, kq_buffer **out_buffer) {
   *out_buffer = NULL;
   kq_buffer *b = calloc(1, sizeof *b);
-  if (!b) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan:%d: buffer handle", d->index);
+  if (!b) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "%s: buffer handle", d->name);
   kq_status st = vk_mem_alloc(d, bytes, VK_MEM_DEVICE, &b->mem, "device buffer");
   if (st != KQ_OK) {
     free(b);
@@ -612,24 +617,25 @@ kq_status vk_buffer_import(kq_bdevice *d, const void *native, size_t *out_bytes,
   uint32_t size = *(const uint32_t *)native;
   if (size < VK_BUFFER_BASE_SIZE)
     return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
-                  "vulkan: import: struct_size %u is smaller than kq_vulkan_buffer (%zu)", size,
-                  (size_t)VK_BUFFER_BASE_SIZE);
+                  "%s: import: struct_size %u is smaller than kq_vulkan_buffer (%zu)", d->name,
+                  size, (size_t)VK_BUFFER_BASE_SIZE);
   memcpy(&nb, native, size < sizeof nb ? size : sizeof nb);
   const VkDeviceSize align = d->props.limits.minStorageBufferOffsetAlignment;
   if (!nb.buffer || nb.size == 0 || nb.size == VK_WHOLE_SIZE)
     return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
-                  "vulkan: import: a VkBuffer and a size in bytes (not 0 or VK_WHOLE_SIZE) are "
-                  "needed");
+                  "%s: import: a VkBuffer and a size in bytes (not 0 or VK_WHOLE_SIZE) are "
+                  "needed",
+                  d->name);
   if (align > 1 && nb.offset % align)
     return VK_ERR(KQ_ERR_INVALID_ARGUMENT,
-                  "vulkan: import: offset %llu is not a multiple of the device's "
+                  "%s: import: offset %llu is not a multiple of the device's "
                   "minStorageBufferOffsetAlignment (%llu)",
-                  (unsigned long long)nb.offset, (unsigned long long)align);
+                  d->name, (unsigned long long)nb.offset, (unsigned long long)align);
   if (nb.size > (VkDeviceSize)SIZE_MAX)
-    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan: import: size %llu does not fit in size_t",
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "%s: import: size %llu does not fit in size_t", d->name,
                   (unsigned long long)nb.size);
   kq_buffer *b = calloc(1, sizeof *b);
-  if (!b) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan: import: buffer handle");
+  if (!b) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "%s: import: buffer handle", d->name);
   b->imported = true;
   b->mem.buffer = nb.buffer;
   b->mem.base = nb.offset;
@@ -642,8 +648,8 @@ kq_status vk_buffer_import(kq_bdevice *d, const void *native, size_t *out_bytes,
 static kq_status check_range(const kq_bdevice *d, const kq_buffer *b, size_t offset, size_t bytes,
                              const char *what) {
   if (!b || offset > b->mem.size || bytes > b->mem.size - offset)
-    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %s of %zu bytes at %zu outside the buffer",
-                  d->index, what, bytes, offset);
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "%s: %s of %zu bytes at %zu outside the buffer", d->name,
+                  what, bytes, offset);
   return KQ_OK;
 }
 

@@ -109,6 +109,7 @@ typedef struct vk_rope_table {
 
 struct kq_bdevice {
   int index;     /* -1 for an engine's device */
+  char name[32]; /* "vulkan:N", or "vulkan:external" for an engine's device: in every message */
   bool external; /* the VkDevice and queue belong to an engine: never destroyed here */
   VkPhysicalDevice phys;
   VkPhysicalDeviceProperties props;

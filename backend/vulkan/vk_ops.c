@@ -71,8 +71,7 @@ static kq_status check_segments(const kq_bdevice *d, int32_t n, const kq_segment
                                 const char *what) {
   if (kq_segments_plain(n, segs) || d->int8_storage) return KQ_OK;
   return VK_ERR(KQ_ERR_UNSUPPORTED,
-                "vulkan:%d: %s: quantized latent segments need storageBuffer8BitAccess", d->index,
-                what);
+                "%s: %s: quantized latent segments need storageBuffer8BitAccess", d->name, what);
 }
 
 /* Binding of a whole latent buffer (segmented, or plain [groups, capacity,
@@ -106,8 +105,8 @@ static kq_status project_segmented(kq_bdevice *d, const kq_project_op *op) {
   if (tb > (uint64_t)d->props.limits.maxComputeWorkGroupCount[0] * tt)
     tb = (uint64_t)d->props.limits.maxComputeWorkGroupCount[0] * tt;
   if (tb == 0 || tt * (D + R) * 4 > shared || Hs > d->props.limits.maxComputeWorkGroupCount[1])
-    return VK_ERR(KQ_ERR_UNSUPPORTED, "vulkan:%d: project: head_dim %d too large for this device",
-                  d->index, op->head_dim);
+    return VK_ERR(KQ_ERR_UNSUPPORTED, "%s: project: head_dim %d too large for this device", d->name,
+                  op->head_dim);
   uint32_t spec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)R, tt, ident};
   seg_spec(spec, 16, op->n_segments, op->segments, op->rank);
   const vk_shader shader =
@@ -156,8 +155,8 @@ kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
   if (tb > (uint64_t)d->props.limits.maxComputeWorkGroupCount[0] * tt)
     tb = (uint64_t)d->props.limits.maxComputeWorkGroupCount[0] * tt;
   if (tb == 0 || tt * D * 4 > d->props.limits.maxComputeSharedMemorySize)
-    return VK_ERR(KQ_ERR_UNSUPPORTED, "vulkan:%d: project: head_dim %d too large for this device",
-                  d->index, op->head_dim);
+    return VK_ERR(KQ_ERR_UNSUPPORTED, "%s: project: head_dim %d too large for this device", d->name,
+                  op->head_dim);
   /* 4 outputs per invocation when the projection rows allow 4-vector loads. */
   const uint32_t vec4 = !ident && R % 4 == 0 && op->proj_offset % 16 == 0;
   const uint32_t spec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)R, tt, ident, vec4};
@@ -223,7 +222,7 @@ static kq_status rope_table(kq_bdevice *d, float theta, uint32_t head_dim, uint3
     free(tab);
     free(t);
     pthread_mutex_unlock(&d->rope_lock);
-    return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan:%d: RoPE table", d->index);
+    return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "%s: RoPE table", d->name);
   }
   for (uint32_t j = 0; j < half; ++j) {
     double inv = kq_rope_inv_freq(theta, (int32_t)head_dim, (int32_t)j);
@@ -301,9 +300,9 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, uint64
   if (!p->TK || VK_WG > lim->maxComputeWorkGroupInvocations ||
       VK_WG > lim->maxComputeWorkGroupSize[0])
     return VK_ERR(KQ_ERR_UNSUPPORTED,
-                  "vulkan:%d: attend: group of %u heads with head_dim %d exceeds shared memory "
+                  "%s: attend: group of %u heads with head_dim %d exceeds shared memory "
                   "(%u bytes)",
-                  d->index, p->G, op->head_dim, lim->maxComputeSharedMemorySize);
+                  d->name, p->G, op->head_dim, lim->maxComputeSharedMemorySize);
   /* Enough chunks to fill the device, chunks a multiple of the key tile. */
   uint64_t tiles = (uint64_t)cache_groups * p->n_sub * cdiv((uint64_t)op->n_queries, p->QT);
   uint64_t target = tiles >= 512 ? 1 : 512 / tiles;
@@ -318,8 +317,7 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, uint64
   p->CH = (uint32_t)ch;
   p->window = (max_bind / wide) / ch * ch;
   if (p->window == 0)
-    return VK_ERR(KQ_ERR_UNSUPPORTED, "vulkan:%d: attend: chunk exceeds maxStorageBufferRange",
-                  d->index);
+    return VK_ERR(KQ_ERR_UNSUPPORTED, "%s: attend: chunk exceeds maxStorageBufferRange", d->name);
   uint64_t qb = (uint64_t)op->n_queries;
   const uint64_t per_q[] = {H * p->QK * 4, H * nch * p->ntg * (rv + 2) * 4, H * rv * 4,
                             H * (uint64_t)op->head_dim * 4};
@@ -327,8 +325,7 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, uint64
     if (qb > max_bind / per_q[i]) qb = max_bind / per_q[i];
   if (qb > lim->maxComputeWorkGroupCount[1]) qb = lim->maxComputeWorkGroupCount[1];
   if (qb == 0 || H > lim->maxComputeWorkGroupCount[0])
-    return VK_ERR(KQ_ERR_UNSUPPORTED, "vulkan:%d: attend: one query exceeds the device limits",
-                  d->index);
+    return VK_ERR(KQ_ERR_UNSUPPORTED, "%s: attend: one query exceeds the device limits", d->name);
   p->qbatch = qb;
   return KQ_OK;
 }
@@ -724,8 +721,7 @@ kq_status vk_op_up(kq_bdevice *d, const kq_up_op *op) {
   if (qb > d->props.limits.maxComputeWorkGroupCount[1])
     qb = d->props.limits.maxComputeWorkGroupCount[1];
   if (qb == 0 || H > d->props.limits.maxComputeWorkGroupCount[0])
-    return VK_ERR(KQ_ERR_UNSUPPORTED, "vulkan:%d: up: one query exceeds the device limits",
-                  d->index);
+    return VK_ERR(KQ_ERR_UNSUPPORTED, "%s: up: one query exceeds the device limits", d->name);
   const uint32_t spec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)rv, ident};
   vk_frame *f;
   kq_status st = vk_frame_begin(d, &f);

@@ -22,7 +22,7 @@ kq_status vk_pipelines_init(kq_bdevice *d) {
       .bindingCount = VK_MAX_BINDINGS,
       .pBindings = b};
   if (vkCreateDescriptorSetLayout(d->dev, &li, NULL, &d->set_layout) != VK_SUCCESS)
-    return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: vkCreateDescriptorSetLayout failed", d->index);
+    return VK_ERR(KQ_ERR_DEVICE, "%s: vkCreateDescriptorSetLayout failed", d->name);
   VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, VK_PUSH_BYTES};
   VkPipelineLayoutCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
                                    .setLayoutCount = 1,
@@ -30,7 +30,7 @@ kq_status vk_pipelines_init(kq_bdevice *d) {
                                    .pushConstantRangeCount = 1,
                                    .pPushConstantRanges = &pr};
   if (vkCreatePipelineLayout(d->dev, &pi, NULL, &d->pipe_layout) != VK_SUCCESS)
-    return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: vkCreatePipelineLayout failed", d->index);
+    return VK_ERR(KQ_ERR_DEVICE, "%s: vkCreatePipelineLayout failed", d->name);
   return vk_pcache_open(d);
 }
 
@@ -56,7 +56,7 @@ static kq_status create_pipeline(kq_bdevice *d, vk_shader shader, const uint32_t
     VkShaderModuleCreateInfo mi = {
         .sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = bytes, .pCode = code};
     if (vkCreateShaderModule(d->dev, &mi, NULL, &d->modules[shader]) != VK_SUCCESS)
-      return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: %s: vkCreateShaderModule failed", d->index, name);
+      return VK_ERR(KQ_ERR_DEVICE, "%s: %s: vkCreateShaderModule failed", d->name, name);
   }
   VkSpecializationMapEntry map[VK_SPEC_COUNT];
   for (uint32_t i = 0; i < VK_SPEC_COUNT; ++i) map[i] = (VkSpecializationMapEntry){i, i * 4, 4};
@@ -72,8 +72,8 @@ static kq_status create_pipeline(kq_bdevice *d, vk_shader shader, const uint32_t
   VkResult r = vkCreateComputePipelines(d->dev, d->pcache, 1, &ci, NULL, out);
   d->pcache_dirty = true;
   if (r != VK_SUCCESS)
-    return VK_ERR(KQ_ERR_DEVICE, "vulkan:%d: %s: vkCreateComputePipelines failed (VkResult %d)",
-                  d->index, name, (int)r);
+    return VK_ERR(KQ_ERR_DEVICE, "%s: %s: vkCreateComputePipelines failed (VkResult %d)", d->name,
+                  name, (int)r);
   return KQ_OK;
 }
 
@@ -115,13 +115,12 @@ kq_status vk_dispatch(kq_bdevice *d, vk_frame *f, vk_shader shader,
                       uint32_t gy, uint32_t gz) {
   if (gx == 0 || gy == 0 || gz == 0) return KQ_OK;
   if (push_bytes == 0 || push_bytes > VK_PUSH_BYTES || push_bytes % 4)
-    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "vulkan:%d: %u bytes of push constants", d->index,
-                  push_bytes);
+    return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "%s: %u bytes of push constants", d->name, push_bytes);
   const uint32_t *lim = d->props.limits.maxComputeWorkGroupCount;
   if (gx > lim[0] || gy > lim[1] || gz > lim[2])
     return VK_ERR(KQ_ERR_UNSUPPORTED,
-                  "vulkan:%d: dispatch of %ux%ux%u workgroups exceeds the device limit", d->index,
-                  gx, gy, gz);
+                  "%s: dispatch of %ux%ux%u workgroups exceeds the device limit", d->name, gx, gy,
+                  gz);
   VkPipeline pipe;
   kq_status st = get_pipeline(d, shader, spec, &pipe);
   VkDescriptorSet set = VK_NULL_HANDLE;
@@ -185,7 +184,7 @@ kq_status vk_prepare(kq_bdevice *d, const kq_project_op *append_keys,
   if (up) need = zmax(need, (size_t)up->n_heads * zmax(up->head_dim, up->rank_v) * 4);
   kq_buffer *in = NULL, *out = NULL;
   void *zeros = calloc(1, need);
-  if (!zeros) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan:%d: prepare", d->index);
+  if (!zeros) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "%s: prepare", d->name);
   kq_status st = vk_upload_new(d, zeros, need, &in);
   free(zeros);
   if (st == KQ_OK) st = vk_buffer_alloc(d, need, &out);

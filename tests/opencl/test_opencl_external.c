@@ -6,7 +6,8 @@
  * outputs of device-resident calls that equal the host-pointer calls; after
  * kq_device_destroy the context and queue still work and hold no reference
  * of kqsvd's; an out-of-order queue, a foreign queue, a misaligned or
- * out-of-range import and a cl_mem of another context are refused.
+ * out-of-range import and a cl_mem of another context are refused, with
+ * messages naming the device "opencl:external".
  *
  * Exit 77 (skipped) without an OpenCL device.
  */
@@ -393,6 +394,29 @@ static void wrong_handles_are_refused(void **state) {
   kq_device_destroy(cpu);
 }
 
+/* Messages of the backend about the engine's device name it
+ * "opencl:external (driver device name)", after the core's
+ * "device opencl:external" prefix. */
+static void errors_name_the_device(void **state) {
+  (void)state;
+  kq_device *dev = open_external();
+  cl_int err;
+  cl_context other = clCreateContext(NULL, 1, &g_cl_device, NULL, NULL, &err);
+  CL_OK(err);
+  cl_mem foreign = clCreateBuffer(other, CL_MEM_READ_WRITE, 256, NULL, &err);
+  CL_OK(err);
+  kq_opencl_buffer nf = {.struct_size = sizeof nf, .mem = foreign, .offset = 0, .size = 256};
+  kq_device_buffer *bad = NULL;
+  assert_int_equal(kq_device_buffer_import_opencl(dev, &nf, &bad), KQ_ERR_INVALID_ARGUMENT);
+  const char *msg = kq_last_error();
+  printf("error on the engine's device: %s\n", msg);
+  assert_non_null(strstr(msg, "device opencl:external: opencl:external ("));
+  assert_null(strstr(msg, "opencl:-1"));
+  clReleaseMemObject(foreign);
+  clReleaseContext(other);
+  kq_device_destroy(dev);
+}
+
 int main(void) {
   cl_uint n = 0;
   if (clGetPlatformIDs(1, &g_platform, &n) != CL_SUCCESS || n == 0 ||
@@ -408,6 +432,7 @@ int main(void) {
   if (err != CL_SUCCESS) return 77;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(wrong_handles_are_refused),
+      cmocka_unit_test(errors_name_the_device),
       cmocka_unit_test(handles_outlive_the_device),
       cmocka_unit_test(imported_buffers_equal_host_calls),
       cmocka_unit_test(conformance_passes_on_external_device),

@@ -13,7 +13,8 @@
  *     created and destroyed on it), the engine destroys it itself, and the
  *     validation layer (VK_INSTANCE_LAYERS=VK_LAYER_KHRONOS_validation, seen
  *     through the test's own debug messenger) reported nothing, including
- *     objects left alive on the device when it was destroyed.
+ *     objects left alive on the device when it was destroyed;
+ *   - errors of ops on that device name it "vulkan:external".
  * Exits 77 (ctest SKIP) when there is no Vulkan device.
  */
 #include <math.h>
@@ -433,6 +434,50 @@ static void test_engine_device_outlives_kq_device(void **state) {
   expect_no_messages("after the engine destroyed its device");
 }
 
+/* The name every message of an engine's device carries: "vulkan:external"
+ * (kqsvd_vulkan.h), in the core's prefix and in the backend's own text. An
+ * op the device cannot run (q8 segments when the engine did not enable
+ * 8-bit storage) fails in the backend, which names the device. */
+static void test_errors_name_the_device(void **state) {
+  (void)state;
+  kq_vulkan_device_handles h = handles();
+  h.storage_buffer_8bit_access = 0;
+  kq_device *dev = NULL;
+  CHECK_OK(kq_device_create_vulkan(&h, &dev));
+  kq_projections *proj = make_projections();
+  const kq_segment q8 = {.width = RK, .bits = KQ_SEG_Q8};
+  for (int l = 0; l < LAYERS; ++l)
+    CHECK_OK(kq_projections_set_segments(proj, l, KQ_SIDE_KEYS, 1, &q8));
+  kq_cache_params cp = kq_cache_default_params();
+  cp.capacity = 8;
+  kq_cache *cache = NULL;
+  kq_status st = kq_cache_create(dev, proj, &cp, &cache);
+  if (st == KQ_OK) {
+    float k[HK * D], v[HK * D];
+    fill(k, HK * D, 1u);
+    fill(v, HK * D, 2u);
+    st = kq_cache_append(cache, 0, 1, k, v);
+  }
+  assert_int_equal(st, KQ_ERR_UNSUPPORTED);
+  const char *msg = kq_last_error();
+  print_message("error on the engine's device: %s\n", msg);
+  /* Twice: the core's prefix ("device vulkan:external: ...") and the
+   * backend's own text ("vulkan:external: <op>: quantized ..."). */
+  int named = 0;
+  for (const char *p = msg; (p = strstr(p, "vulkan:external: ")) != NULL; p++) named++;
+  assert_int_equal(named, 2);
+  assert_non_null(strstr(msg, "storageBuffer8BitAccess"));
+  assert_null(strstr(msg, "vulkan:-1"));
+  /* A refused import names it too. */
+  kq_vulkan_buffer r = {.struct_size = sizeof r, .buffer = VK_NULL_HANDLE, .offset = 0, .size = 4};
+  kq_device_buffer *bad = NULL;
+  assert_int_equal(kq_device_buffer_import_vulkan(dev, &r, &bad), KQ_ERR_INVALID_ARGUMENT);
+  assert_non_null(strstr(kq_last_error(), "vulkan:external: import: a VkBuffer"));
+  kq_cache_destroy(cache);
+  kq_projections_destroy(proj);
+  kq_device_destroy(dev);
+}
+
 /* Handles that cannot work are refused with a message, nothing opened. */
 static void test_bad_handles_refused(void **state) {
   (void)state;
@@ -462,6 +507,7 @@ int main(void) {
   }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_bad_handles_refused),
+      cmocka_unit_test(test_errors_name_the_device),
       cmocka_unit_test(test_engine_buffers_match_host_calls),
       cmocka_unit_test(test_conformance_on_engine_device),
       cmocka_unit_test(test_engine_device_outlives_kq_device), /* last: destroys the device */
