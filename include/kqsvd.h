@@ -7,7 +7,7 @@
  *
  *   1. Fitting, on the host: read calibration activations, fit per-layer
  *      projections (KQ-SVD or the K-SVD / Eigen baselines), measure fidelity.
- *        kq_fit(), kq_eval(), kq_synth()
+ *        kq_fit(), kq_fit_memory() (rows in memory), kq_eval(), kq_synth()
  *
  *   2. Compressed attention, on a device (cpu, vulkan:N, opencl:N): keys and
  *      values are stored as latents (K A, V C) and attention runs on them.
@@ -652,12 +652,13 @@ KQ_API kq_calib_view kq_calib_view_default(void);
 /* Fits projections from the rows of `calib` with `params` (every option of
  * kq_fit, positions included) and returns them in *out_proj (the caller
  * destroys them; kq_projections_save writes the file kq_fit would have
- * written). out_summary may be NULL. Checks before any work: NULL view,
- * layers or rows (naming the layer and tensor, "layers.3.k"), shapes < 1,
- * H % Hk != 0, seq_len not dividing T, unknown rope values: KQ_ERR_INVALID_
- * ARGUMENT or the KQ_ERR_FORMAT of the file path with the view's name in
- * place of the file's; non-finite rows fail with KQ_ERR_NUMERIC naming the
- * tensor. *out_proj is NULL on failure. */
+ * written). out_summary may be NULL. Checked before any work, with
+ * KQ_ERR_INVALID_ARGUMENT: a NULL view or layers, NULL rows (naming the
+ * layer and tensor, "layers.3.k"), counts < 1, unknown enum values. Shape
+ * relations (H % Hk, seq_len dividing T, model_sha256) fail with the
+ * KQ_ERR_FORMAT message of the file path, the view's name in place of the
+ * file's; non-finite rows with KQ_ERR_NUMERIC naming the tensor. *out_proj
+ * is NULL on failure. */
 KQ_API kq_status kq_fit_memory(const kq_calib_view *calib, const kq_fit_params *params,
                                kq_projections **out_proj, kq_fit_summary *out_summary);
 
