@@ -628,8 +628,7 @@ static void merge_partials(const attend_ctx *c) {
   }
 }
 
-kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
-  (void)device;
+static kq_status attend_one(const kq_attend_op *op) {
   /* The core checked the op (kqsvd_backend.h, "What a backend may trust");
    * the rows of one group must fit this backend's tiles. */
   int joint = op->layout == KQ_LAYOUT_JOINT;
@@ -745,5 +744,15 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
   if (st == KQ_OK && n_chunks > 1) merge_partials(&c);
   free(c.partials);
   free(inv_freq);
+  return st;
+}
+
+kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
+  (void)device;
+  kq_status st = KQ_OK;
+  for (int32_t i = 0; i < op->n_seqs && st == KQ_OK; i++) {
+    const kq_attend_op one = kq_attend_op_seq(op, i);
+    st = attend_one(&one);
+  }
   return st;
 }
