@@ -46,10 +46,15 @@
  *     segments (kq_segment_planes at `capacity`) in bounds.
  *   - project: n_tokens >= 1, n_heads >= 1, 1 <= rank <= head_dim,
  *     0 <= pos <= capacity - n_tokens. attend: 1 <= n_queries <= n_ctx <=
- *     capacity, n_heads a multiple of n_kv_heads, 1 <= rank_k, rank_v <=
- *     head_dim (JOINT: <= n_kv_heads·head_dim), PRE only with an even
- *     head_dim and the per-head layout, rope and layout values known.
- *     up: n_queries >= 1, 1 <= rank_v <= n_kv_heads·head_dim. n_seqs == 1.
+ *     capacity (with a sequence table: per entry, see kq_op_seq), n_heads a multiple of n_kv_heads,
+ * 1 <= rank_k, rank_v <= head_dim (JOINT: <= n_kv_heads·head_dim), PRE only with an even head_dim
+ * and the per-head layout, rope and layout values known. up: n_queries >= 1, 1 <= rank_v <=
+ * n_kv_heads·head_dim, n_seqs == 1.
+ *   - project and attend: n_seqs >= 1; `seqs` is NULL exactly for a
+ *     single-sequence op described by the scalar fields, else a table of
+ *     n_seqs entries obeying kq_op_seq's contract (rows consecutive,
+ *     positions inside the capacity, every region in bounds, no sequence or
+ *     region named twice).
  *   - storage is F32, or F16 on a device reporting fp16_storage.
  *   - Segments are 0 (one float segment) or a normalized list: 1..16
  *     segments, widths >= 1 summing to the rank, bits in {float, 8, 4}, Q4
@@ -76,7 +81,7 @@
 extern "C" {
 #endif
 
-#define KQ_BACKEND_ABI_VERSION 4u
+#define KQ_BACKEND_ABI_VERSION 5u
 #define KQ_BACKEND_ENTRY_SYMBOL "kq_backend_entry"
 
 typedef struct kq_backend_host {
@@ -187,6 +192,36 @@ static inline double kq_rope_inv_freq(double theta, int32_t head_dim, int32_t j)
   return pow(theta, -2.0 * (double)j / (double)head_dim);
 }
 
+/*
+ * One sequence of a batched op (kq_project_op.seqs, kq_attend_op.seqs). A
+ * cache keeps each sequence in its own latent REGION: a complete latent
+ * buffer of `capacity` positions (planes above) at a byte offset of the
+ * layer's buffer. An op over n_seqs sequences carries one entry per
+ * sequence, so that one kernel grid covers them all:
+ *   project: sequence i's tokens are src rows [row, row + n_rows); token t
+ *            goes to position pos + t of the region at dst_offset + k_region.
+ *   attend:  its queries are q rows [row, row + n_rows), its outputs the out
+ *            rows of the same indices; query t sits at position
+ *            n_ctx - n_rows + t of the regions at k_cache_offset + k_region
+ *            and v_cache_offset + v_region, positions [0, n_ctx) valid.
+ * Rows are consecutive: entry 0 starts at row 0 and entry i + 1 at
+ * row + n_rows of entry i; the op's n_tokens / n_queries is their sum.
+ * Regions are KQ_PLANE_ALIGN multiples; two entries never share a sequence
+ * id or a region. Paging (blocks from a pool with a block table per
+ * sequence) will replace the one region offset by a block table; a region
+ * is then the special case of one block of `capacity` positions.
+ */
+typedef struct kq_op_seq {
+  size_t k_region; /* bytes: project: added to dst_offset; attend: to k_cache_offset */
+  size_t v_region; /* bytes: attend: added to v_cache_offset; project: 0 */
+  int32_t row;     /* first row of the sequence in src (project) or q and out (attend) */
+  int32_t n_rows;  /* tokens (project) or queries (attend), >= 1 */
+  int32_t pos;     /* project: position of the first token; attend: 0 */
+  int32_t n_ctx;   /* attend: valid positions, n_rows <= n_ctx <= capacity; project: 0 */
+  int32_t seq;     /* the cache's sequence id, for messages; distinct within the op */
+  int32_t reserved;
+} kq_op_seq;
+
 /* Latent projection of new tokens, for every kv head h:
  *   dst[h, pos + t, :] = src[t, h, :] · proj[h]       (t < n_tokens)
  * src  F32 [n_tokens, n_heads, head_dim]
@@ -207,9 +242,13 @@ typedef struct kq_project_op {
   int32_t n_tokens, n_heads, head_dim, rank, capacity, pos;
   kq_storage storage;
   uint32_t flags;             /* KQ_OP_IDENTITY_KEYS or KQ_OP_IDENTITY_VALUES means proj == I */
-  int32_t n_seqs;             /* 1 (one sequence per op) */
+  int32_t n_seqs;             /* sequences in the op, >= 1 */
   int32_t n_segments;         /* 0: one float segment of width rank */
   const kq_segment *segments; /* host array [n_segments], widths sum to rank */
+  /* Host array [n_seqs] (kq_op_seq), or NULL for one sequence described by
+   * n_tokens, pos and dst_offset. With a table, n_tokens is the sum of its
+   * n_rows and pos is 0. */
+  const kq_op_seq *seqs;
   int32_t reserved[2];
 } kq_project_op;
 
@@ -250,7 +289,7 @@ typedef struct kq_attend_op {
   float rope_theta;
   float scale; /* 1/sqrt(head_dim) */
   uint32_t flags;
-  int32_t n_seqs; /* 1 (one sequence per op) */
+  int32_t n_seqs; /* sequences in the op, >= 1 */
   kq_layout layout;
   int32_t n_key_segments, n_value_segments; /* 0: one float segment of the rank */
   const kq_segment *key_segments, *value_segments;
@@ -261,6 +300,10 @@ typedef struct kq_attend_op {
    * the latent; the latent need not be stored anywhere. */
   const kq_buffer *value_up;
   size_t value_up_offset;
+  /* Host array [n_seqs] (kq_op_seq), or NULL for one sequence described by
+   * n_queries, n_ctx and the cache offsets. With a table, n_queries is the
+   * sum of its n_rows and n_ctx the largest n_ctx (a bound for planning). */
+  const kq_op_seq *seqs;
   int32_t reserved[2];
 } kq_attend_op;
 
@@ -279,6 +322,41 @@ typedef struct kq_up_op {
   int32_t n_seqs;
   int32_t reserved[3];
 } kq_up_op;
+
+/* The single-sequence op of entry i of a batched project op (the op itself
+ * when it has no table): offsets moved to the sequence's rows and region,
+ * n_tokens and pos from the entry, n_seqs 1, seqs NULL. Backends whose
+ * kernels do not read the table yet loop over these. */
+static inline kq_project_op kq_project_op_seq(const kq_project_op *op, int32_t i) {
+  kq_project_op s = *op;
+  if (!op->seqs) return s;
+  const kq_op_seq *e = &op->seqs[i];
+  s.src_offset += (size_t)e->row * (size_t)op->n_heads * (size_t)op->head_dim * 4;
+  s.dst_offset += e->k_region;
+  s.n_tokens = e->n_rows;
+  s.pos = e->pos;
+  s.n_seqs = 1;
+  s.seqs = NULL;
+  return s;
+}
+
+/* Likewise for attend: q and out rows, both regions, n_queries and n_ctx
+ * from entry i. */
+static inline kq_attend_op kq_attend_op_seq(const kq_attend_op *op, int32_t i) {
+  kq_attend_op s = *op;
+  if (!op->seqs) return s;
+  const kq_op_seq *e = &op->seqs[i];
+  const size_t row = (size_t)e->row * (size_t)op->n_heads;
+  s.q_offset += row * (size_t)op->head_dim * 4;
+  s.out_offset += row * (size_t)(op->value_up ? op->head_dim : op->rank_v) * 4;
+  s.k_cache_offset += e->k_region;
+  s.v_cache_offset += e->v_region;
+  s.n_queries = e->n_rows;
+  s.n_ctx = e->n_ctx;
+  s.n_seqs = 1;
+  s.seqs = NULL;
+  return s;
+}
 
 typedef struct kq_backend_iface {
   uint32_t abi_version; /* KQ_BACKEND_ABI_VERSION the module was built with */
@@ -342,7 +420,7 @@ typedef struct kq_backend_iface {
    * n_tokens in [1, append->n_tokens] and every n_queries in
    * [1, attend->n_queries] (n_ctx == n_queries, pos 0). The matrices and
    * latent buffers are the cache's own, at the offsets of sequence 0; src,
-   * q and out are NULL (the caller's data is not known yet). */
+   * q and out are NULL (the caller's data is not known yet); seqs is NULL. */
   kq_status (*prepare)(kq_bdevice *device, const kq_project_op *append_keys,
                        const kq_project_op *append_values, const kq_attend_op *attend,
                        const kq_up_op *up);

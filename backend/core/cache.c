@@ -10,7 +10,9 @@
  * every backend runs it unchanged. Inputs and outputs pass through staging
  * buffers that grow as needed (device buffers of the *_device calls are used
  * in place); a batched call uploads each input once, issues one backend op
- * per sequence and downloads once. Thread safety (kqsvd.h): a cache is
+ * per side (append) or one attend for all its sequences, their regions and
+ * rows in the op's sequence table (kqsvd_backend.h, kq_op_seq), and
+ * downloads once. Thread safety (kqsvd.h): a cache is
  * driven by one thread at a time; several caches may share a device from
  * different threads, since every backend call made here is safe to issue
  * concurrently on one device.
@@ -49,6 +51,7 @@ struct kq_cache {
   cache_layer *layers;
   int32_t *lengths;       /* [n_layers, n_seqs] */
   unsigned char *in_call; /* [n_seqs]: sequences already named by the current batch */
+  kq_op_seq *table;       /* [n_seqs]: the sequence table of the op being issued */
   kq_buffer *stage[STAGE_COUNT];
   size_t stage_bytes[STAGE_COUNT];
   uint64_t kv_bytes, projection_bytes;
@@ -192,6 +195,7 @@ void kq_cache_destroy(kq_cache *cache) {
   free(cache->layers);
   free(cache->lengths);
   free(cache->in_call);
+  free(cache->table);
   free(cache);
 }
 
@@ -284,7 +288,9 @@ kq_status kq_cache_create(kq_device *device, const kq_projections *proj,
                                            sizeof(int32_t), "cache sequence lengths")
                          : NULL;
   c->in_call = c->lengths ? kq_calloc_array((size_t)p.n_seqs, 1, "cache sequence flags") : NULL;
-  if (!c->in_call) {
+  c->table =
+      c->in_call ? kq_calloc_array((size_t)p.n_seqs, sizeof *c->table, "sequence table") : NULL;
+  if (!c->table) {
     kq_cache_destroy(c);
     return KQ_ERR_OUT_OF_MEMORY;
   }
@@ -555,29 +561,36 @@ static kq_status append_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
   kq_project_op kop = layer_project_op(cache, L, 0), vop = layer_project_op(cache, L, 1);
   kop.src = ksrc;
   vop.src = vsrc;
-  size_t row0 = 0;
-  int32_t failed_seq = spans[0].seq;
-  for (int32_t i = 0; i < n_spans && st == KQ_OK; i++) {
+  kop.src_offset = keys.offset;
+  vop.src_offset = values.offset;
+  kop.n_tokens = vop.n_tokens = rows;
+  kop.n_seqs = vop.n_seqs = n_spans;
+  /* One table serves both sides: a value region is found at v_region. */
+  int32_t row0 = 0;
+  for (int32_t i = 0; i < n_spans; i++) {
     int32_t seq = spans[i].seq;
-    failed_seq = seq;
-    kop.src_offset = keys.offset + row0 * row_bytes;
-    vop.src_offset = values.offset + row0 * row_bytes;
-    kop.dst_offset = (size_t)seq * L->k_region;
-    vop.dst_offset = (size_t)seq * L->v_region;
-    kop.n_tokens = vop.n_tokens = spans[i].n_tokens;
-    kop.pos = vop.pos = L->length[seq];
-    const int fp16 = cache->device->info.fp16_storage;
-    kq_op_sizes kz = {.src = ksize, .proj = L->kproj_bytes, .dst = L->k_bytes};
-    kq_op_sizes vz = {.src = vsize, .proj = L->vproj_bytes, .dst = L->v_bytes};
-    st = kq_core_check_project(&kop, &kz, fp16);
-    if (st == KQ_OK) st = kq_core_check_project(&vop, &vz, fp16);
-    if (st == KQ_OK) st = ifc->project(bd, &kop);
-    if (st == KQ_OK) st = ifc->project(bd, &vop);
-    row0 += (size_t)spans[i].n_tokens;
+    cache->table[i] = (kq_op_seq){.k_region = (size_t)seq * L->k_region,
+                                  .row = row0,
+                                  .n_rows = spans[i].n_tokens,
+                                  .pos = L->length[seq],
+                                  .seq = seq};
+    row0 += spans[i].n_tokens;
   }
+  kop.seqs = vop.seqs = cache->table;
+  const int fp16 = cache->device->info.fp16_storage;
+  kq_op_sizes kz = {.src = ksize, .proj = L->kproj_bytes, .dst = L->k_bytes, .layer = layer};
+  kq_op_sizes vz = {.src = vsize, .proj = L->vproj_bytes, .dst = L->v_bytes, .layer = layer};
+  if (st == KQ_OK) st = kq_core_check_project(&kop, &kz, fp16);
+  if (st == KQ_OK) st = ifc->project(bd, &kop);
+  if (st == KQ_OK) {
+    for (int32_t i = 0; i < n_spans; i++)
+      cache->table[i].k_region = (size_t)spans[i].seq * L->v_region;
+    st = kq_core_check_project(&vop, &vz, fp16);
+  }
+  if (st == KQ_OK) st = ifc->project(bd, &vop);
   if (st != KQ_OK)
-    return kq_error_prefix(st, "%s: device %s: layer %d, sequence %d", fn, cache->device->info.name,
-                           (int)layer, (int)failed_seq);
+    return kq_error_prefix(st, "%s: device %s: layer %d (%d sequences)", fn,
+                           cache->device->info.name, (int)layer, (int)n_spans);
   for (int32_t i = 0; i < n_spans; i++) L->length[spans[i].seq] += spans[i].n_tokens;
   return KQ_OK;
 }
@@ -642,29 +655,34 @@ static kq_status attend_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
   kq_attend_op op = layer_attend_op(cache, L, fused);
   op.q = queries.dev ? queries.dev->buf : cache->stage[STAGE_QUERIES];
   op.out = att_buf;
-  const size_t out_row = fused ? q_row : l_row;
   kq_op_sizes z = {.q = queries.dev ? queries.dev->bytes : cache->stage_bytes[STAGE_QUERIES],
                    .key_down = L->kproj_bytes,
                    .query_down = L->kproj_bytes,
                    .k_cache = L->k_bytes,
                    .v_cache = L->v_bytes,
                    .out = att_size,
-                   .value_up = L->vproj_bytes};
-  size_t row0 = 0;
-  int32_t failed_seq = spans[0].seq;
-  for (int32_t i = 0; i < n_spans && st == KQ_OK; i++) {
+                   .value_up = L->vproj_bytes,
+                   .layer = layer};
+  op.q_offset = queries.offset;
+  op.out_offset = att_off;
+  op.n_queries = rows;
+  op.n_seqs = n_spans;
+  op.n_ctx = 0;
+  int32_t row0 = 0;
+  for (int32_t i = 0; i < n_spans; i++) {
     int32_t seq = spans[i].seq;
-    failed_seq = seq;
-    op.q_offset = queries.offset + row0 * q_row;
-    op.out_offset = att_off + row0 * out_row;
-    op.k_cache_offset = (size_t)seq * L->k_region;
-    op.v_cache_offset = (size_t)seq * L->v_region;
-    op.n_queries = spans[i].n_tokens;
-    op.n_ctx = L->length[seq];
-    st = kq_core_check_attend(&op, &z, cache->device->info.fp16_storage, ifc->caps);
-    if (st == KQ_OK) st = ifc->attend(bd, &op);
-    row0 += (size_t)spans[i].n_tokens;
+    cache->table[i] = (kq_op_seq){.k_region = (size_t)seq * L->k_region,
+                                  .v_region = (size_t)seq * L->v_region,
+                                  .row = row0,
+                                  .n_rows = spans[i].n_tokens,
+                                  .n_ctx = L->length[seq],
+                                  .seq = seq};
+    if (L->length[seq] > op.n_ctx) op.n_ctx = L->length[seq];
+    row0 += spans[i].n_tokens;
   }
+  op.seqs = cache->table;
+  st = kq_core_check_attend(&op, &z, cache->device->info.fp16_storage, ifc->caps);
+  if (st == KQ_OK) st = ifc->attend(bd, &op);
   if (st == KQ_OK && up_op) {
     /* The up-projection is per row: one op serves every sequence. */
     kq_up_op up = {
@@ -680,15 +698,17 @@ static kq_status attend_spans(kq_cache *cache, int32_t layer, int32_t n_spans,
         .flags = L->value_flags,
         .n_seqs = 1,
     };
-    kq_op_sizes uz = {
-        .src = cache->stage_bytes[STAGE_LATENT], .value_up = L->vproj_bytes, .out = final_size};
+    kq_op_sizes uz = {.src = cache->stage_bytes[STAGE_LATENT],
+                      .value_up = L->vproj_bytes,
+                      .out = final_size,
+                      .layer = layer};
     st = kq_core_check_up(&up, &uz);
     if (st == KQ_OK) st = ifc->up(bd, &up);
   }
   if (st == KQ_OK && !out.dev) st = ifc->buffer_download(bd, final_buf, 0, out.host, obytes);
   if (st != KQ_OK)
-    return kq_error_prefix(st, "%s: device %s: layer %d, sequence %d", fn, cache->device->info.name,
-                           (int)layer, (int)failed_seq);
+    return kq_error_prefix(st, "%s: device %s: layer %d (%d sequences)", fn,
+                           cache->device->info.name, (int)layer, (int)n_spans);
   return KQ_OK;
 }
 

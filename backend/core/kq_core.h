@@ -50,13 +50,17 @@ kq_status kq_registry_backend(const char *backend, const kq_backend_iface **out_
 typedef struct kq_op_sizes {
   size_t src, proj, dst;
   size_t q, key_down, query_down, k_cache, v_cache, out, value_up;
+  int32_t layer; /* named in messages */
 } kq_op_sizes;
 
 /* The core's one validation of the ops it issues (op_check.c): every
  * promise of kqsvd_backend.h's "What a backend may trust" is checked
  * against the buffers' sizes `z`; fp16 = the device stores F16; caps = the
  * backend's KQ_BACKEND_CAP_* bits. KQ_ERR_INVALID_ARGUMENT naming the op
- * and the broken promise (a bug in the core, never a user error). */
+ * and the broken promise (a bug in the core, never a user error); a
+ * sequence table (kq_op_seq) is checked entry by entry, each entry as the
+ * single-sequence op it describes, and a broken entry is named by
+ * z->layer and its sequence id. */
 kq_status kq_core_check_project(const kq_project_op *op, const kq_op_sizes *z, int fp16);
 kq_status kq_core_check_attend(const kq_attend_op *op, const kq_op_sizes *z, int fp16,
                                uint32_t caps);

@@ -47,7 +47,93 @@ static size_t latent_bytes(int32_t n, const kq_segment *segs, int32_t rank, kq_s
   return total;
 }
 
+/* The table's own promises (kq_op_seq): rows consecutive from 0 summing to
+ * `total`, no sequence id or region named twice. `what` names the broken
+ * one, *out_bad the entry. */
+static int table_ok(const kq_op_seq *t, int32_t n, int32_t total, int attend, const char **what,
+                    int32_t *out_bad) {
+  int64_t row = 0;
+  for (int32_t i = 0; i < n; i++) {
+    *out_bad = i;
+    if (t[i].row != row || t[i].n_rows < 1) {
+      *what = "rows not consecutive from 0, or n_rows < 1";
+      return 0;
+    }
+    row += t[i].n_rows;
+    if ((attend ? t[i].pos : t[i].n_ctx) != 0 || (!attend && t[i].v_region) || t[i].reserved) {
+      *what = "a field unused by the op (pos, n_ctx, v_region, reserved) is not 0";
+      return 0;
+    }
+    for (int32_t j = 0; j < i; j++)
+      if (t[j].seq == t[i].seq || t[j].k_region == t[i].k_region ||
+          (attend && t[j].v_region == t[i].v_region)) {
+        *what = "a sequence or region named twice";
+        return 0;
+      }
+  }
+  *out_bad = n - 1;
+  if (row != total) {
+    *what = "rows do not sum to the op's count";
+    return 0;
+  }
+  return 1;
+}
+
+static kq_status bad_seq(const char *op, const kq_op_sizes *z, const kq_op_seq *e,
+                         const char *what) {
+  return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                      "core: %s op breaks the backend contract: layer %d, sequence %d: %s", op,
+                      (int)z->layer, (int)e->seq, what);
+}
+
+static kq_status check_project_one(const kq_project_op *op, const kq_op_sizes *z, int fp16);
+static kq_status check_attend_one(const kq_attend_op *op, const kq_op_sizes *z, int fp16,
+                                  uint32_t caps);
+
 kq_status kq_core_check_project(const kq_project_op *op, const kq_op_sizes *z, int fp16) {
+  if (!op->seqs) {
+    if (op->n_seqs != 1) return bad("project", "n_seqs != 1 without a sequence table");
+    return check_project_one(op, z, fp16);
+  }
+  if (op->n_seqs < 1 || op->pos != 0) return bad("project", "n_seqs < 1, or pos set with a table");
+  const char *what;
+  int32_t i;
+  if (!table_ok(op->seqs, op->n_seqs, op->n_tokens, 0, &what, &i))
+    return bad_seq("project", z, &op->seqs[i], what);
+  for (i = 0; i < op->n_seqs; i++) {
+    kq_project_op one = kq_project_op_seq(op, i);
+    if (check_project_one(&one, z, fp16) != KQ_OK)
+      return kq_error_prefix(KQ_ERR_INVALID_ARGUMENT, "layer %d, sequence %d", (int)z->layer,
+                             (int)op->seqs[i].seq);
+  }
+  return KQ_OK;
+}
+
+kq_status kq_core_check_attend(const kq_attend_op *op, const kq_op_sizes *z, int fp16,
+                               uint32_t caps) {
+  if (!op->seqs) {
+    if (op->n_seqs != 1) return bad("attend", "n_seqs != 1 without a sequence table");
+    return check_attend_one(op, z, fp16, caps);
+  }
+  if (op->n_seqs < 1) return bad("attend", "n_seqs < 1");
+  const char *what;
+  int32_t i, max_ctx = 0;
+  if (!table_ok(op->seqs, op->n_seqs, op->n_queries, 1, &what, &i))
+    return bad_seq("attend", z, &op->seqs[i], what);
+  for (i = 0; i < op->n_seqs; i++) {
+    const kq_op_seq *e = &op->seqs[i];
+    if (e->n_ctx > op->capacity) return bad_seq("attend", z, e, "n_ctx > capacity");
+    if (e->n_ctx > max_ctx) max_ctx = e->n_ctx;
+    kq_attend_op one = kq_attend_op_seq(op, i);
+    if (check_attend_one(&one, z, fp16, caps) != KQ_OK)
+      return kq_error_prefix(KQ_ERR_INVALID_ARGUMENT, "layer %d, sequence %d", (int)z->layer,
+                             (int)e->seq);
+  }
+  if (op->n_ctx != max_ctx) return bad("attend", "n_ctx is not the table's largest n_ctx");
+  return KQ_OK;
+}
+
+static kq_status check_project_one(const kq_project_op *op, const kq_op_sizes *z, int fp16) {
   const char *name = "project";
   const int identity = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
   if (!op->src || !op->dst || (!identity && !op->proj) || (identity && op->proj))
@@ -71,8 +157,8 @@ kq_status kq_core_check_project(const kq_project_op *op, const kq_op_sizes *z, i
   return KQ_OK;
 }
 
-kq_status kq_core_check_attend(const kq_attend_op *op, const kq_op_sizes *z, int fp16,
-                               uint32_t caps) {
+static kq_status check_attend_one(const kq_attend_op *op, const kq_op_sizes *z, int fp16,
+                                  uint32_t caps) {
   const char *name = "attend";
   const int ik = (op->flags & KQ_OP_IDENTITY_KEYS) != 0, iv = (op->flags & KQ_OP_IDENTITY_VALUES);
   const int joint = op->layout == KQ_LAYOUT_JOINT;

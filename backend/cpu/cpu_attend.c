@@ -628,8 +628,12 @@ static void merge_partials(const attend_ctx *c) {
   }
 }
 
-kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
-  (void)device;
+/* Fills *c for one sequence's op (c->op = op) and counts its tasks; the
+ * context is split into chunks only when `batch_base` (the (group, query
+ * block) pairs of the whole batch) cannot feed every thread. Owns
+ * c->partials and c->inv_freq (attend_release). */
+static kq_status attend_setup(const kq_attend_op *op, int64_t batch_base, attend_ctx *out,
+                              int64_t *out_tasks) {
   /* The core checked the op (kqsvd_backend.h, "What a backend may trust");
    * the rows of one group must fit this backend's tiles. */
   int joint = op->layout == KQ_LAYOUT_JOINT;
@@ -695,14 +699,15 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
    * thread with several tasks each (decode: 8 kv heads on 2 threads, or 3 on
    * 2); the task count is then a multiple of the team size, so that equal
    * chunks end together (3 heads x 3 chunks on 2 threads left one thread
-   * idle for a ninth of the step). Chunk boundaries depend on the shape and
-   * team size only. */
+   * idle for a ninth of the step). Chunk boundaries depend on the shape,
+   * the batch's pair count and the team size only. */
   int threads = kq_cpu_pool_threads();
   int64_t base = (int64_t)c.n_groups * c.n_qblocks;
+  if (batch_base < base) batch_base = base;
   int n_chunks = 1;
-  if (threads > 1 && base < KQ_TASKS_PER_THREAD * threads) {
-    n_chunks = (int)((KQ_TASKS_PER_THREAD * threads + base - 1) / base);
-    while (base * n_chunks % threads != 0) n_chunks++;
+  if (threads > 1 && batch_base < KQ_TASKS_PER_THREAD * threads) {
+    n_chunks = (int)((KQ_TASKS_PER_THREAD * threads + batch_base - 1) / batch_base);
+    while (batch_base * n_chunks % threads != 0) n_chunks++;
   }
   int max_chunks = (op->n_ctx + 4 * KQ_TILE - 1) / (4 * KQ_TILE);
   if (n_chunks > max_chunks) n_chunks = max_chunks;
@@ -736,14 +741,94 @@ kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
       return KQ_ERR_OUT_OF_MEMORY;
     }
   }
-  /* Tiny jobs run on the calling thread: waking the team costs more. */
-  double work = (double)op->n_ctx * op->n_queries * op->n_heads * (op->rank_k + op->rank_v);
-  int max_threads = work < KQ_CPU_SERIAL_WORK ? 1 : 0;
-  task_scratch sizing;
-  kq_status st =
-      kq_cpu_pool_run(n_tasks, max_threads, layout_scratch(&c, NULL, &sizing), attend_task, &c);
-  if (st == KQ_OK && n_chunks > 1) merge_partials(&c);
-  free(c.partials);
-  free(inv_freq);
+  *out = c;
+  *out_tasks = n_tasks;
+  return KQ_OK;
+}
+
+static void attend_release(attend_ctx *c) {
+  free(c->partials);
+  free((double *)c->inv_freq);
+  c->partials = NULL;
+  c->inv_freq = NULL;
+}
+
+/* Work of one sequence (for the serial threshold). */
+static double attend_work(const kq_attend_op *op) {
+  return (double)op->n_ctx * op->n_queries * op->n_heads * (op->rank_k + op->rank_v);
+}
+
+/* Every sequence of a batch in one pool run: task i belongs to the
+ * sequence s with first[s] <= i < first[s + 1]. */
+typedef struct batch_ctx {
+  attend_ctx *seqs;
+  const int64_t *first; /* [n + 1] */
+  int32_t n;
+} batch_ctx;
+
+static void batch_task(void *vctx, int64_t index, int worker, void *scratch) {
+  const batch_ctx *b = vctx;
+  int32_t lo = 0, hi = b->n - 1;
+  while (lo < hi) { /* the last s with first[s] <= index */
+    int32_t mid = (lo + hi + 1) / 2;
+    if (b->first[mid] <= index)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  attend_task(&b->seqs[lo], index - b->first[lo], worker, scratch);
+}
+
+/* The (sequence, kv group, query block, chunk) tasks of every sequence of
+ * the op run in one pool run, so a batched decode wakes the team once. */
+kq_status kq_cpu_attend(kq_bdevice *device, const kq_attend_op *op) {
+  (void)device;
+  /* The core checked the op (kqsvd_backend.h, "What a backend may trust");
+   * the rows of one group must fit this backend's tiles. */
+  int joint = op->layout == KQ_LAYOUT_JOINT;
+  if ((joint ? op->n_heads : op->n_heads / op->n_kv_heads) > KQ_MAX_ROWS)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT,
+                        "cpu: attend: %d query heads per latent group (at most %d)",
+                        joint ? op->n_heads : op->n_heads / op->n_kv_heads, KQ_MAX_ROWS);
+  const int32_t n = op->n_seqs;
+  kq_attend_op *ops = kq_malloc_array((size_t)n, sizeof *ops, "cpu attend sequences");
+  attend_ctx *ctx = kq_calloc_array((size_t)n, sizeof *ctx, "cpu attend contexts");
+  int64_t *first = kq_malloc_array((size_t)n + 1, sizeof *first, "cpu attend tasks");
+  kq_status st = ops && ctx && first ? KQ_OK : KQ_ERR_OUT_OF_MEMORY;
+  /* (group, query block) pairs of the batch decide the chunking. */
+  int64_t base = 0;
+  double work = 0;
+  for (int32_t i = 0; i < n && st == KQ_OK; i++) {
+    ops[i] = kq_attend_op_seq(op, i);
+    int32_t groups = joint ? 1 : op->n_kv_heads, group = op->n_heads / groups;
+    int32_t max_rows = op->rope == KQ_ROPE_PRE ? KQ_PRE_ROWS : KQ_MAX_ROWS;
+    int32_t qblock = (max_rows < group ? group : max_rows) / group;
+    base += (int64_t)groups * ((ops[i].n_queries + qblock - 1) / qblock);
+    work += attend_work(&ops[i]);
+  }
+  first[0] = 0;
+  size_t scratch = 0;
+  int32_t ready = 0;
+  for (; ready < n && st == KQ_OK; ready++) {
+    int64_t tasks = 0;
+    st = attend_setup(&ops[ready], base, &ctx[ready], &tasks);
+    if (st != KQ_OK) break;
+    first[ready + 1] = first[ready] + tasks;
+    task_scratch sizing;
+    size_t bytes = layout_scratch(&ctx[ready], NULL, &sizing);
+    if (bytes > scratch) scratch = bytes;
+  }
+  if (st == KQ_OK) {
+    /* Tiny jobs run on the calling thread: waking the team costs more. */
+    batch_ctx b = {.seqs = ctx, .first = first, .n = n};
+    st = kq_cpu_pool_run(first[n], work < KQ_CPU_SERIAL_WORK ? 1 : 0, scratch, batch_task, &b);
+  }
+  for (int32_t i = 0; i < ready; i++) {
+    if (st == KQ_OK && ctx[i].n_chunks > 1) merge_partials(&ctx[i]);
+    attend_release(&ctx[i]);
+  }
+  free(ops);
+  free(ctx);
+  free(first);
   return st;
 }

@@ -81,8 +81,7 @@ static void project_task(void *vctx, int64_t index, int worker, void *scratch) {
     memcpy((float *)c->dst + slot * r, rows, (size_t)n * r * sizeof(float));
 }
 
-kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op) {
-  (void)device;
+static kq_status project_one(const kq_project_op *op) {
   /* The core checked the op (kqsvd_backend.h, "What a backend may trust"). */
   int identity = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
   size_t H = (size_t)op->n_heads, d = (size_t)op->head_dim, r = (size_t)op->rank;
@@ -102,6 +101,16 @@ kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op) {
   double work = (double)op->n_tokens * op->n_heads * op->head_dim * op->rank;
   return kq_cpu_pool_run((int64_t)op->n_heads * c.n_blocks, work < KQ_CPU_SERIAL_WORK ? 1 : 0,
                          (size_t)KQ_PROJECT_ROWS * d * sizeof(float) + r, project_task, &c);
+}
+
+kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op) {
+  (void)device;
+  kq_status st = KQ_OK;
+  for (int32_t i = 0; i < op->n_seqs && st == KQ_OK; i++) {
+    const kq_project_op one = kq_project_op_seq(op, i);
+    st = project_one(&one);
+  }
+  return st;
 }
 
 typedef struct up_ctx {

@@ -92,7 +92,7 @@ out:
   return st;
 }
 
-kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
+static kq_status project_one(kq_bdevice *dev, const kq_project_op *op) {
   /* The core checked the op (kqsvd_backend.h, "What a backend may trust"):
    * offsets are whole elements inside their buffers. */
   const int identity = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
@@ -720,7 +720,7 @@ out:
   return st;
 }
 
-kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
+static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op) {
   /* The core checked the op (kqsvd_backend.h, "What a backend may trust"):
    * offsets are whole elements inside their buffers. */
   const int joint = op->layout == KQ_LAYOUT_JOINT;
@@ -849,6 +849,25 @@ kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
 out:
   if (st == KQ_OK) st = kq_ocl_flush(dev);
   pthread_mutex_unlock(&dev->lock);
+  return st;
+}
+
+/* A sequence table is enqueued sequence by sequence (in order, no wait). */
+kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
+  kq_status st = KQ_OK;
+  for (int32_t i = 0; i < op->n_seqs && st == KQ_OK; ++i) {
+    const kq_project_op one = kq_project_op_seq(op, i);
+    st = project_one(dev, &one);
+  }
+  return st;
+}
+
+kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
+  kq_status st = KQ_OK;
+  for (int32_t i = 0; i < op->n_seqs && st == KQ_OK; ++i) {
+    const kq_attend_op one = kq_attend_op_seq(op, i);
+    st = attend_one(dev, &one);
+  }
   return st;
 }
 

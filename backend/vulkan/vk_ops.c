@@ -15,10 +15,10 @@
 /* The C and GLSL views of the typed push constants agree (kq_push.h: all
  * fields 32-bit scalars, std430 = C layout); both fit the 128 bytes every
  * device offers. */
-_Static_assert(sizeof(kq_push_decode) == 15 * 4, "kq_push_decode layout");
-_Static_assert(offsetof(kq_push_decode, gc) == 10 * 4, "kq_push_decode.gc offset");
-_Static_assert(offsetof(kq_push_decode, scale_bits) == 14 * 4, "kq_push_decode.scale_bits");
-_Static_assert(sizeof(kq_push_merge) == 6 * 4, "kq_push_merge layout");
+_Static_assert(sizeof(kq_push_decode) == 11 * 4, "kq_push_decode layout");
+_Static_assert(offsetof(kq_push_decode, gc) == 7 * 4, "kq_push_decode.gc offset");
+_Static_assert(offsetof(kq_push_decode, scale_bits) == 10 * 4, "kq_push_decode.scale_bits");
+_Static_assert(sizeof(kq_push_merge) == 7 * 4, "kq_push_merge layout");
 _Static_assert(offsetof(kq_push_merge, n_chunks) == 5 * 4, "kq_push_merge.n_chunks offset");
 _Static_assert(sizeof(kq_push_attend) == 15 * 4, "kq_push_attend layout");
 _Static_assert(offsetof(kq_push_attend, chunk) == 14 * 4, "kq_push_attend.chunk offset");
@@ -141,7 +141,7 @@ static kq_status project_segmented(kq_bdevice *d, const kq_project_op *op) {
   return vk_frame_submit(d, f, false, "project");
 }
 
-kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
+static kq_status project_one(kq_bdevice *d, const kq_project_op *op) {
   const uint32_t elem = storage_elem(op->storage);
   const bool ident = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
   if (!kq_segments_plain(op->n_segments, op->segments)) return project_segmented(d, op);
@@ -365,7 +365,7 @@ static kq_status record_dequant(kq_bdevice *d, vk_frame *f, const kq_buffer *cac
 /* --- decode: attend_dec.comp + merge_up.comp --- */
 
 typedef struct decode_plan {
-  uint32_t rows, lpr, wg, npar, chunks, chunk;
+  uint32_t rows, lpr, wg, npar;
   bool subgroups;
   bool kvec, vvec; /* 16-byte loads (one float segment of whole 16-byte rows) */
 } decode_plan;
@@ -415,37 +415,55 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
   }
   return false;
 fits:
-  p->chunks =
-      vk_decode_chunks((uint64_t)op->n_ctx, H / p->rows, (uint32_t)op->n_queries, d->compute_units);
-  if (p->chunks > lim->maxComputeWorkGroupCount[0]) p->chunks = lim->maxComputeWorkGroupCount[0];
-  p->chunk = vk_decode_chunk_len((uint64_t)op->n_ctx, p->chunks);
-  p->chunks = cdiv((uint64_t)op->n_ctx, p->chunk); /* changes only after the device cap */
+  /* Chunks are per sequence (attend_decode). */
   return H / p->rows <= lim->maxComputeWorkGroupCount[1] &&
          (uint32_t)op->n_queries <= lim->maxComputeWorkGroupCount[2] &&
          H <= lim->maxComputeWorkGroupCount[0];
 }
 
-/* Both latent buffers fit one binding (the decode kernel addresses whole
- * segment planes; the tiled path splits plain caches into windows). */
-static bool latent_fits(const kq_bdevice *d, const kq_attend_op *op, uint32_t cgroups) {
-  const kq_segment kp = {.width = op->rank_k, .bits = KQ_SEG_FLOAT};
-  const kq_segment vp = {.width = op->rank_v, .bits = KQ_SEG_FLOAT};
-  const bool kplain = kq_segments_plain(op->n_key_segments, op->key_segments);
-  const bool vplain = kq_segments_plain(op->n_value_segments, op->value_segments);
-  size_t kb = 0, vb = 0;
-  kq_segment_planes(kplain ? &kp : op->key_segments, kplain ? 1 : op->n_key_segments, op->storage,
-                    cgroups, (size_t)op->capacity, 0, NULL, NULL, &kb);
-  kq_segment_planes(vplain ? &vp : op->value_segments, vplain ? 1 : op->n_value_segments,
-                    op->storage, cgroups, (size_t)op->capacity, 0, NULL, NULL, &vb);
-  const uint64_t max = vk_max_binding(d);
-  return kb <= max && vb <= max;
+/* Bytes of one latent buffer (one sequence's region) of a side. */
+static uint64_t latent_bytes(const kq_attend_op *op, int values, uint32_t cgroups) {
+  const int32_t rank = values ? op->rank_v : op->rank_k;
+  const int32_t n = values ? op->n_value_segments : op->n_key_segments;
+  const kq_segment *segs = values ? op->value_segments : op->key_segments;
+  const kq_segment plain = {.width = rank, .bits = KQ_SEG_FLOAT};
+  const bool p = kq_segments_plain(n, segs);
+  size_t total = 0;
+  kq_segment_planes(p ? &plain : segs, p ? 1 : n, op->storage, cgroups, (size_t)op->capacity, 0,
+                    NULL, NULL, &total);
+  return total;
 }
 
-/* Two dispatches: attend_dec.comp (q·B folded in, latents read in place from
- * their segments), then merge_up.comp (chunks merged, Eᵀ applied when
- * op->value_up is set). */
-static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, uint32_t cgroups,
-                               const decode_plan *pl) {
+/* What one decode grid reads of a side: the bytes from the lowest region of
+ * the op's sequences to the end of the highest (the kernel addresses
+ * regions from one binding). */
+typedef struct latent_span {
+  uint64_t lo, bytes;
+} latent_span;
+
+static latent_span side_span(const kq_attend_op *op, const kq_op_seq *seqs, int32_t n, int values,
+                             uint32_t cgroups) {
+  uint64_t lo = UINT64_MAX, hi = 0;
+  for (int32_t i = 0; i < n; ++i) {
+    const uint64_t r = values ? seqs[i].v_region : seqs[i].k_region;
+    if (r < lo) lo = r;
+    if (r > hi) hi = r;
+  }
+  latent_span sp = {lo, hi - lo + latent_bytes(op, values, cgroups)};
+  return sp;
+}
+
+/* Two dispatches for every sequence of the op at once: attend_dec.comp over
+ * (chunk, row group, query row), q·B folded in, latents read in place from
+ * their segments; then merge_up.comp over (head, query row), chunks merged,
+ * Eᵀ applied when op->value_up is set. A row table in the scratch buffer
+ * (kq_push.h, KQ_SEQ_WORDS; written by vkCmdUpdateBuffer in the frame)
+ * gives each query row its sequence's regions, position and chunking; a sequence's chunk count
+ * follows its n_ctx (vk_decode_seq_chunks). `seqs` has n_seqs entries (one built from the scalar
+ * fields for an op without a table). */
+static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_op_seq *seqs,
+                               int32_t n_seqs, uint32_t cgroups, const decode_plan *pl) {
+  const VkPhysicalDeviceLimits *lim = &d->props.limits;
   const uint64_t H = (uint64_t)op->n_heads, Hk = (uint64_t)op->n_kv_heads;
   const uint64_t D = (uint64_t)op->head_dim, rk = (uint64_t)op->rank_k, rv = (uint64_t)op->rank_v;
   const uint64_t nq = (uint64_t)op->n_queries, cap = (uint64_t)op->capacity;
@@ -453,6 +471,18 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, uint32_t c
   const bool ident_v = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
   const bool up = op->value_up != NULL && !ident_v;
   const bool f16 = op->storage == KQ_STORAGE_F16;
+  const latent_span ks = side_span(op, seqs, n_seqs, 0, cgroups);
+  const latent_span vs = side_span(op, seqs, n_seqs, 1, cgroups);
+  /* Chunks per sequence, from its share of the grid's positions. */
+  uint64_t positions = 0;
+  for (int32_t i = 0; i < n_seqs; ++i) positions += (uint64_t)seqs[i].n_rows * seqs[i].n_ctx;
+  uint32_t max_chunks = 1;
+  for (int32_t i = 0; i < n_seqs; ++i) {
+    uint32_t n = vk_decode_seq_chunks((uint64_t)seqs[i].n_ctx, positions, (uint32_t)(H / pl->rows),
+                                      d->compute_units);
+    if (n > lim->maxComputeWorkGroupCount[0]) n = lim->maxComputeWorkGroupCount[0];
+    if (n > max_chunks) max_chunks = n;
+  }
   uint32_t aspec[VK_SPEC_COUNT] = {0};
   aspec[KQ_SPEC_WG] = pl->wg;
   aspec[KQ_SPEC_D] = (uint32_t)D;
@@ -472,33 +502,33 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, uint32_t c
   const vk_shader ashader = pl->subgroups
                                 ? (f16 ? VK_SHADER_ATTEND_DEC_F16_SG : VK_SHADER_ATTEND_DEC_F32_SG)
                                 : (f16 ? VK_SHADER_ATTEND_DEC_F16 : VK_SHADER_ATTEND_DEC_F32);
-  kq_push_decode pa = {.n_ctx = (uint32_t)op->n_ctx,
-                       .n_queries = (uint32_t)nq,
-                       .n_heads = (uint32_t)H,
+  kq_push_decode pa = {.n_heads = (uint32_t)H,
                        .b_group = (uint32_t)(H / Hk),
                        .c_group = (uint32_t)(H / cgroups),
                        .gc = (uint32_t)(cgroups * cap),
                        .capacity = (uint32_t)cap,
-                       .chunk = pl->chunk,
-                       .n_chunks = pl->chunks};
+                       .n_chunks = max_chunks};
   float scale = op->scale;
   memcpy(&pa.scale_bits, &scale, 4);
-  vk_binding ab[5], mb[3];
+  vk_binding ab[6], mb[4];
+  uint32_t k_base = 0, v_base = 0;
   kq_status st =
       vk_bind_range(d, &op->q->mem, op->q_offset, nq * H * D * 4, 4, &ab[0], &pa.q_off, "queries");
   if (st == KQ_OK)
     st = bind_opt(d, op->query_down, op->query_down_offset, Hk * D * rk * 4, !ident_k, &ab[1],
                   &pa.b_off, "query_down");
   if (st == KQ_OK)
-    st = bind_latent(d, op->k_cache, op->k_cache_offset, op->n_key_segments, op->key_segments,
-                     op->rank_k, op->storage, cgroups, cap, &ab[2], &pa.k_base, "key cache");
+    st = vk_bind_range(d, &op->k_cache->mem, op->k_cache_offset + ks.lo, ks.bytes, 1, &ab[2],
+                       &k_base, "key cache");
   if (st == KQ_OK)
-    st = bind_latent(d, op->v_cache, op->v_cache_offset, op->n_value_segments, op->value_segments,
-                     op->rank_v, op->storage, cgroups, cap, &ab[3], &pa.v_base, "value cache");
-  aspec[KQ_SPEC_KVEC] = pl->kvec && pa.k_base % 16 == 0;
-  aspec[KQ_SPEC_VVEC] = pl->vvec && pa.v_base % 16 == 0;
+    st = vk_bind_range(d, &op->v_cache->mem, op->v_cache_offset + vs.lo, vs.bytes, 1, &ab[3],
+                       &v_base, "value cache");
+  /* Regions are KQ_PLANE_ALIGN multiples: every row's base keeps the
+   * binding's 16-byte alignment. */
+  aspec[KQ_SPEC_KVEC] = pl->kvec && k_base % 16 == 0;
+  aspec[KQ_SPEC_VVEC] = pl->vvec && v_base % 16 == 0;
   kq_push_merge pm = {
-      .n_heads = (uint32_t)H, .e_group = (uint32_t)(H / Hk), .n_chunks = pl->chunks};
+      .n_heads = (uint32_t)H, .e_group = (uint32_t)(H / Hk), .n_chunks = max_chunks};
   const uint64_t out_row = up ? D : rv;
   if (st == KQ_OK)
     st = bind_opt(d, op->value_up, op->value_up_offset, Hk * D * rv * 4, up, &mb[1], &pm.e_off,
@@ -507,20 +537,60 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, uint32_t c
     st = vk_bind_range(d, &op->out->mem, op->out_offset, nq * H * out_row * 4, 4, &mb[2],
                        &pm.out_off, "output");
   if (st != KQ_OK) return st;
-  const VkDeviceSize pbytes = nq * H * pl->chunks * (rv + 2) * 4;
+  const VkDeviceSize pbytes = nq * H * max_chunks * (rv + 2) * 4;
+  const VkDeviceSize tbytes = nq * KQ_SEQ_WORDS * 4;
+  const VkDeviceSize align =
+      lim->minStorageBufferOffsetAlignment > 16 ? lim->minStorageBufferOffsetAlignment : 16;
+  const VkDeviceSize toff = align_up(pbytes, align);
+  uint32_t *table = malloc((size_t)tbytes);
+  if (!table) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "vulkan:%d: attend: row table", d->index);
   vk_frame *f;
-  if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
-  st = vk_frame_scratch(d, &f, pbytes);
+  if ((st = vk_frame_begin(d, &f)) != KQ_OK) {
+    free(table);
+    return st;
+  }
+  st = vk_frame_scratch(d, &f, toff + tbytes);
   if (st == KQ_OK)
     st = vk_bind_range(d, &d->scratch, 0, pbytes, 4, &ab[4], &pa.part_off, "partials");
-  mb[0] = ab[4];
-  pm.part_off = pa.part_off;
   if (st == KQ_OK)
-    st = vk_dispatch(d, f, ashader, aspec, ab, 5, &pa, sizeof pa, pl->chunks,
+    st = vk_bind_range(d, &d->scratch, toff, tbytes, 4, &ab[5], &pa.seq_off, "row table");
+  if (st == KQ_OK) {
+    uint32_t *t = table;
+    for (int32_t i = 0; i < n_seqs; ++i) {
+      const kq_op_seq *e = &seqs[i];
+      uint32_t n = vk_decode_seq_chunks((uint64_t)e->n_ctx, positions, (uint32_t)(H / pl->rows),
+                                        d->compute_units);
+      if (n > lim->maxComputeWorkGroupCount[0]) n = lim->maxComputeWorkGroupCount[0];
+      const uint32_t chunk = vk_decode_chunk_len((uint64_t)e->n_ctx, n);
+      n = cdiv((uint64_t)e->n_ctx, chunk);
+      for (int32_t r = 0; r < e->n_rows; ++r, t += KQ_SEQ_WORDS) {
+        t[0] = k_base + (uint32_t)(e->k_region - ks.lo);
+        t[1] = v_base + (uint32_t)(e->v_region - vs.lo);
+        t[2] = (uint32_t)(e->n_ctx - e->n_rows + r);
+        t[3] = chunk;
+        t[4] = n;
+      }
+    }
+    /* The table travels inside the command buffer, like push constants (at
+     * most 64 KiB per update): no staging, no allocation, no wait. */
+    for (VkDeviceSize o = 0; o < tbytes; o += 65536) {
+      const VkDeviceSize n = tbytes - o < 65536 ? tbytes - o : 65536;
+      vkCmdUpdateBuffer(f->cmd, d->scratch.buffer, d->scratch.base + toff + o, n,
+                        (const char *)table + o);
+    }
+    vk_frame_barrier(f);
+  }
+  free(table);
+  mb[0] = ab[4];
+  mb[3] = ab[5];
+  pm.part_off = pa.part_off;
+  pm.seq_off = pa.seq_off;
+  if (st == KQ_OK)
+    st = vk_dispatch(d, f, ashader, aspec, ab, 6, &pa, sizeof pa, max_chunks,
                      (uint32_t)(H / pl->rows), (uint32_t)nq);
   vk_frame_barrier(f);
   if (st == KQ_OK)
-    st = vk_dispatch(d, f, VK_SHADER_MERGE_UP, mspec, mb, 3, &pm, sizeof pm, (uint32_t)H,
+    st = vk_dispatch(d, f, VK_SHADER_MERGE_UP, mspec, mb, 4, &pm, sizeof pm, (uint32_t)H,
                      (uint32_t)nq, 1);
   if (st != KQ_OK) {
     vk_frame_abort(d, f);
@@ -529,7 +599,24 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, uint32_t c
   return vk_frame_submit(d, f, false, "attend");
 }
 
-kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
+/* The decode grid takes the op when every sequence is a decode (at most
+ * VK_DECODE_MAX_QUERIES queries), the shape fits the kernels and both sides'
+ * regions fit one binding each. */
+static bool decode_fits(const kq_bdevice *d, const kq_attend_op *op, const kq_op_seq *seqs,
+                        int32_t n_seqs, uint32_t cgroups, decode_plan *pl) {
+  if (getenv("KQSVD_VULKAN_NO_DECODE_KERNEL")) return false;
+  kq_attend_op shape = *op;
+  shape.n_queries = 1;
+  for (int32_t i = 0; i < n_seqs; ++i)
+    if (seqs[i].n_rows > shape.n_queries) shape.n_queries = seqs[i].n_rows;
+  const uint64_t max = vk_max_binding(d);
+  return plan_decode(d, &shape, cgroups, pl) &&
+         (uint64_t)op->n_queries <= d->props.limits.maxComputeWorkGroupCount[2] &&
+         side_span(op, seqs, n_seqs, 0, cgroups).bytes <= max &&
+         side_span(op, seqs, n_seqs, 1, cgroups).bytes <= max;
+}
+
+static kq_status attend_one(kq_bdevice *d, const kq_attend_op *op) {
   attend_plan p = {.elem = storage_elem(op->storage)};
   const bool joint = op->layout == KQ_LAYOUT_JOINT;
   kq_status st;
@@ -541,9 +628,8 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
   const bool ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
   const uint32_t cgroups = joint ? 1u : (uint32_t)op->n_kv_heads;
   decode_plan dp;
-  if (!getenv("KQSVD_VULKAN_NO_DECODE_KERNEL") && plan_decode(d, op, cgroups, &dp) &&
-      latent_fits(d, op, cgroups))
-    return attend_decode(d, op, cgroups, &dp);
+  const kq_op_seq one = {.n_rows = op->n_queries, .n_ctx = op->n_ctx};
+  if (decode_fits(d, op, &one, 1, cgroups, &dp)) return attend_decode(d, op, &one, 1, cgroups, &dp);
   /* Segmented caches are dequantized to F32 rows in scratch first. */
   const bool seg = !kq_segments_plain(op->n_key_segments, op->key_segments) ||
                    !kq_segments_plain(op->n_value_segments, op->value_segments);
@@ -710,6 +796,38 @@ kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
     return st;
   }
   return vk_frame_submit(d, f, false, "attend");
+}
+
+/* A sequence table is recorded sequence by sequence into the open frame:
+ * one submit for the whole batch. */
+kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
+  kq_status st = KQ_OK;
+  for (int32_t i = 0; i < op->n_seqs && st == KQ_OK; ++i) {
+    const kq_project_op one = kq_project_op_seq(op, i);
+    st = project_one(d, &one);
+  }
+  return st;
+}
+
+kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op) {
+  kq_status st = KQ_OK;
+  if (op->seqs) {
+    /* Decode: one grid over every sequence. */
+    const uint32_t cgroups = op->layout == KQ_LAYOUT_JOINT ? 1u : (uint32_t)op->n_kv_heads;
+    decode_plan dp;
+    if ((st = check_segments(d, op->n_key_segments, op->key_segments, "attend key segments")) !=
+            KQ_OK ||
+        (st = check_segments(d, op->n_value_segments, op->value_segments,
+                             "attend value segments")) != KQ_OK)
+      return st;
+    if (decode_fits(d, op, op->seqs, op->n_seqs, cgroups, &dp))
+      return attend_decode(d, op, op->seqs, op->n_seqs, cgroups, &dp);
+  }
+  for (int32_t i = 0; i < op->n_seqs && st == KQ_OK; ++i) {
+    const kq_attend_op one = kq_attend_op_seq(op, i);
+    st = attend_one(d, &one);
+  }
+  return st;
 }
 
 kq_status vk_op_up(kq_bdevice *d, const kq_up_op *op) {

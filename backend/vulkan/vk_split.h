@@ -36,6 +36,28 @@ static inline uint32_t vk_decode_chunks(uint64_t n_ctx, uint32_t row_groups, uin
   return n < 1 ? 1u : (uint32_t)n;
 }
 
+/* Chunks of one sequence of a batched decode dispatch: the grid's work is
+ * `total_positions` (the sum over every query row of its context length)
+ * over `row_groups` workgroup rows; a sequence of n_ctx positions gets its
+ * share of the VK_DECODE_WG_PER_CU · n_cus workgroups in proportion to
+ * n_ctx, so chunks are about equally long across sequences. With one
+ * sequence of n_queries rows (total_positions = n_queries · n_ctx) this is
+ * vk_decode_chunks. Same bounds: at most one per position and
+ * VK_DECODE_MAX_CHUNKS, at least 1, every chunk non-empty. */
+static inline uint32_t vk_decode_seq_chunks(uint64_t n_ctx, uint64_t total_positions,
+                                            uint32_t row_groups, uint32_t n_cus) {
+  const uint64_t target = (uint64_t)VK_DECODE_WG_PER_CU * (n_cus ? n_cus : 1);
+  const uint64_t work = (uint64_t)(row_groups ? row_groups : 1) *
+                        (total_positions > n_ctx ? total_positions : (n_ctx ? n_ctx : 1));
+  uint64_t n = (target * n_ctx + work - 1) / work;
+  if (n > n_ctx) n = n_ctx;
+  if (n > VK_DECODE_MAX_CHUNKS) n = VK_DECODE_MAX_CHUNKS;
+  if (n < 1) n = 1;
+  const uint64_t len = (n_ctx + n - 1) / n;
+  n = len ? (n_ctx + len - 1) / len : 1;
+  return n < 1 ? 1u : (uint32_t)n;
+}
+
 /* Positions per chunk for `chunks` chunks (the last one may be shorter). */
 static inline uint32_t vk_decode_chunk_len(uint64_t n_ctx, uint32_t chunks) {
   return (uint32_t)((n_ctx + chunks - 1) / chunks);

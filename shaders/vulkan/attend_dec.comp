@@ -1,6 +1,8 @@
 #version 450
 // Decode attention on latents, shaped for GPUs: one dispatch over (chunk,
-// row group, query). A row group is ROWS query heads that read the same
+// row group, query row), the rows of every sequence of the op (the row table,
+// kq_push.h: KQ_SEQ_WORDS, gives each row its sequence's latent buffers,
+// position and chunking). A row group is ROWS query heads that read the same
 // cache group (per-head: heads of one kv head; JOINT: ROWS = 1 and one
 // workgroup per query head). The workgroup
 //   1. folds q·B: q̃ = q_h · B[h / b_group] for its ROWS heads (shared memory);
@@ -50,6 +52,7 @@ layout(std430, set = 0, binding = 3) readonly buffer kq_vf { CACHE_T vf[]; };
 layout(std430, set = 0, binding = 4) writeonly buffer kq_part { float part[]; };
 layout(std430, set = 0, binding = 2) readonly buffer kq_k16 { uvec4 k16[]; };
 layout(std430, set = 0, binding = 3) readonly buffer kq_v16 { uvec4 v16[]; };
+layout(std430, set = 0, binding = 5) readonly buffer kq_seqt { uint seqt[]; };
 
 #if KQ_F16
 const uint ELEM = 2u;
@@ -131,8 +134,10 @@ void main() {
   const uint c = gl_WorkGroupID.x, rg = gl_WorkGroupID.y, j = gl_WorkGroupID.z;
   const uint H = pc.p.n_heads, h0 = rg * ROWS;
   const uint grp = h0 / pc.p.c_group; // cache group
-  const uint pos = pc.p.n_ctx - pc.p.n_queries + j;
-  const uint cs = c * pc.p.chunk, ce = min(cs + pc.p.chunk, pos + 1u);
+  const uint t = pc.p.seq_off + j * KQ_SEQ_WORDS;
+  if (c >= seqt[t + 4u]) return; // past this sequence's chunks: the whole workgroup idles
+  const uint k_base = seqt[t], v_base = seqt[t + 1u], pos = seqt[t + 2u], chunk = seqt[t + 3u];
+  const uint cs = c * chunk, ce = min(cs + chunk, pos + 1u);
   const float scale = uintBitsToFloat(pc.p.scale_bits);
 #if KQ_SUBGROUP
   const uint lane = gl_SubgroupInvocationID % LPR;
@@ -164,11 +169,11 @@ void main() {
   kq_dim vd[VPL];
   [[unroll]] for (uint i = 0u; i < KPL; ++i) {
     const uint e = lane + i * LPR;
-    kd[i] = kq_locate(KQ_KEYS, min(e, RK - 1u), pc.p.k_base, pc.p.gc);
+    kd[i] = kq_locate(KQ_KEYS, min(e, RK - 1u), k_base, pc.p.gc);
     [[unroll]] for (uint r = 0u; r < ROWS; ++r) qr[r * KPL + i] = e < RK ? sq[r * RK + e] : 0.0;
   }
   [[unroll]] for (uint i = 0u; i < VPL; ++i)
-    vd[i] = kq_locate(KQ_VALUES, min(lane + i * LPR, RV - 1u), pc.p.v_base, pc.p.gc);
+    vd[i] = kq_locate(KQ_VALUES, min(lane + i * LPR, RV - 1u), v_base, pc.p.gc);
   float qv[KVEC != 0u ? ROWS * KUPL * DPU : 1u];
   [[unroll]] for (uint i = 0u; i < (KVEC != 0u ? KUPL : 0u); ++i) {
     const uint u = lane + i * LPR;
@@ -177,7 +182,7 @@ void main() {
         qv[(r * KUPL + i) * DPU + k] = u < KU ? sq[r * RK + u * DPU + k] : 0.0;
   }
   // First 16-byte unit of row 0 of the (single) float segment: its plane is at 0.
-  const uint k16_base = pc.p.k_base / 16u, v16_base = pc.p.v_base / 16u;
+  const uint k16_base = k_base / 16u, v16_base = v_base / 16u;
   float accv[VVEC != 0u ? ROWS * VUPL * DPU : 1u];
   [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? ROWS * VUPL * DPU : 0u); ++i) accv[i] = 0.0;
   float m_run[ROWS], l_run[ROWS], acc[ROWS * VPL];

@@ -36,34 +36,41 @@
 #define KQ_SPEC_KEY_SEGS 16
 #define KQ_SPEC_VALUE_SEGS 33
 
-/* attend_dec.comp: one workgroup per (chunk, row group, query). */
+/* The row table of attend_dec.comp and merge_up.comp (binding 5 / 3): per
+ * query row of the dispatch (every query of every sequence, in q's row
+ * order) KQ_SEQ_WORDS words:
+ *   0 key latent buffer of the row's sequence, bytes from the binding start
+ *   1 value latent buffer, likewise
+ *   2 the query's position (it attends to positions [0, pos])
+ *   3 positions per chunk of the sequence
+ *   4 chunks of the sequence (<= the grid's n_chunks; later chunks idle) */
+#define KQ_SEQ_WORDS 5
+
+/* attend_dec.comp: one workgroup per (chunk, row group, query row). */
 KQ_STRUCT(kq_push_decode) {
-  KQ_U32 q_off;      /* queries F32 [n_queries, n_heads, D] */
+  KQ_U32 q_off;      /* queries F32 [rows, n_heads, D] */
   KQ_U32 b_off;      /* query_down F32 [n_kv_heads, D, RK] */
-  KQ_U32 k_base;     /* key latent buffer (planes of kq_seg.glsl) */
-  KQ_U32 v_base;     /* value latent buffer */
-  KQ_U32 part_off;   /* partials F32 [n_queries, n_heads, n_chunks, RV + 2] */
-  KQ_U32 n_ctx;      /* positions in the cache */
-  KQ_U32 n_queries;  /* query j sits at position n_ctx - n_queries + j */
+  KQ_U32 seq_off;    /* row table (KQ_SEQ_WORDS per row), element offset */
+  KQ_U32 part_off;   /* partials F32 [rows, n_heads, n_chunks, RV + 2] */
   KQ_U32 n_heads;    /* query heads */
   KQ_U32 b_group;    /* query heads per kv head: B of head h is B[h / b_group] */
   KQ_U32 c_group;    /* query heads per cache group (n_heads in the JOINT layout) */
   KQ_U32 gc;         /* cache groups · capacity (plane size in rows) */
   KQ_U32 capacity;   /* positions per cache group */
-  KQ_U32 chunk;      /* positions per chunk */
-  KQ_U32 n_chunks;   /* chunks per (query, head) */
+  KQ_U32 n_chunks;   /* partial slots per (row, head): the grid's largest chunk count */
   KQ_U32 scale_bits; /* logit scale, float bits */
 }
 KQ_END(kq_push_decode)
 
-/* merge_up.comp: one workgroup per (head, query). */
+/* merge_up.comp: one workgroup per (head, query row). */
 KQ_STRUCT(kq_push_merge) {
   KQ_U32 part_off; /* partials of attend_dec.comp */
   KQ_U32 e_off;    /* value_up F32 [n_kv_heads, D, RV] (UP only) */
-  KQ_U32 out_off;  /* F32 [n_queries, n_heads, UP ? D : RV] */
+  KQ_U32 out_off;  /* F32 [rows, n_heads, UP ? D : RV] */
   KQ_U32 n_heads;
-  KQ_U32 e_group; /* query heads per kv head: E of head h is E[h / e_group] */
-  KQ_U32 n_chunks;
+  KQ_U32 e_group;  /* query heads per kv head: E of head h is E[h / e_group] */
+  KQ_U32 n_chunks; /* partial slots per (row, head); the row's own count is in the table */
+  KQ_U32 seq_off;  /* row table of attend_dec.comp, element offset */
 }
 KQ_END(kq_push_merge)
 

@@ -20,6 +20,7 @@ layout(push_constant) uniform kq_pc { kq_push_merge p; } pc;
 layout(std430, set = 0, binding = 0) readonly buffer kq_part { float part[]; };
 layout(std430, set = 0, binding = 1) readonly buffer kq_e { float em[]; };
 layout(std430, set = 0, binding = 2) writeonly buffer kq_out { float outv[]; };
+layout(std430, set = 0, binding = 3) readonly buffer kq_seqt { uint seqt[]; };
 
 const uint WG = gl_WorkGroupSize.x;
 const uint MAXCH = 1024u; // host limit on chunks per row
@@ -42,9 +43,10 @@ float wg_reduce(float x, bool is_max) {
 
 void main() {
   const uint lid = gl_LocalInvocationID.x;
-  const uint h = gl_WorkGroupID.x, j = gl_WorkGroupID.y, nch = pc.p.n_chunks;
+  const uint h = gl_WorkGroupID.x, j = gl_WorkGroupID.y;
+  const uint nch = seqt[pc.p.seq_off + j * KQ_SEQ_WORDS + 4u]; // this row's sequence's chunks
   const uint row = j * pc.p.n_heads + h;
-  const uint base = pc.p.part_off + row * nch * (RV + 2u);
+  const uint base = pc.p.part_off + row * pc.p.n_chunks * (RV + 2u);
   float m = KQ_NEG;
   for (uint c = lid; c < nch; c += WG) m = max(m, part[base + c * (RV + 2u)]);
   m = wg_reduce(m, true);

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -174,11 +175,98 @@ static void a_core_up_op_passes_and_each_break_is_caught(void **state) {
   assert_int_equal(kq_core_check_up(&op, &z), KQ_ERR_INVALID_ARGUMENT);
 }
 
+/* A batched attend: three sequences (1, 2 and 1 queries) in regions 3, 0
+ * and 2 of four, context lengths 7, 4 and CAP. */
+enum { REGION = HK * CAP * R * 4 };
+static kq_op_seq g_seqs[3];
+static kq_attend_op table_op(void) {
+  kq_attend_op op = attend_op();
+  op.rope = KQ_ROPE_POST;
+  g_seqs[0] = (kq_op_seq){
+      .k_region = 3 * REGION, .v_region = 3 * REGION, .row = 0, .n_rows = 1, .n_ctx = 7, .seq = 3};
+  g_seqs[1] =
+      (kq_op_seq){.k_region = 0, .v_region = 0, .row = 1, .n_rows = 2, .n_ctx = 4, .seq = 0};
+  g_seqs[2] = (kq_op_seq){.k_region = 2 * REGION,
+                          .v_region = 2 * REGION,
+                          .row = 3,
+                          .n_rows = 1,
+                          .n_ctx = CAP,
+                          .seq = 2};
+  op.n_seqs = 3, op.seqs = g_seqs;
+  op.n_queries = 4, op.n_ctx = CAP;
+  return op;
+}
+static const kq_op_sizes g_tz = {.q = 4 * H * D * 4,
+                                 .key_down = HK * D * R * 4,
+                                 .query_down = HK * D * R * 4,
+                                 .k_cache = 4 * REGION,
+                                 .v_cache = 4 * REGION,
+                                 .out = 4 * H * R * 4,
+                                 .layer = 7};
+
+/* The refusal names the layer and the sequence of the broken entry. */
+static void refused_naming(const kq_attend_op *op, const char *seq) {
+  assert_int_equal(kq_core_check_attend(op, &g_tz, 0, 0), KQ_ERR_INVALID_ARGUMENT);
+  const char *msg = kq_last_error();
+  if (!strstr(msg, "layer 7") || !strstr(msg, seq)) fail_msg("message: %s", msg);
+}
+
+static void a_bad_sequence_table_is_refused_naming_layer_and_sequence(void **state) {
+  (void)state;
+  kq_attend_op op = table_op();
+  assert_int_equal(kq_core_check_attend(&op, &g_tz, 0, 0), KQ_OK);
+  g_seqs[2].k_region = 4 * REGION; /* a fifth region: out of range */
+  refused_naming(&op, "sequence 2");
+  op = table_op();
+  g_seqs[0].v_region = 3 * REGION + 4; /* not on a plane boundary */
+  refused_naming(&op, "sequence 3");
+  op = table_op();
+  g_seqs[1].n_ctx = CAP + 1, op.n_ctx = CAP + 1; /* longer than the capacity */
+  refused_naming(&op, "sequence 0");
+  op = table_op();
+  g_seqs[1].n_ctx = 1; /* fewer positions than its 2 queries */
+  refused_naming(&op, "sequence 0");
+  op = table_op();
+  g_seqs[2].seq = 3; /* sequence 3 twice (its own region) */
+  refused_naming(&op, "sequence 3");
+  op = table_op();
+  g_seqs[2].k_region = g_seqs[2].v_region = 3 * REGION; /* another id, same region */
+  refused_naming(&op, "sequence 2");
+  op = table_op();
+  g_seqs[1].row = 2; /* a gap in the rows */
+  refused_naming(&op, "sequence 0");
+  op = table_op();
+  op.n_queries = 5; /* rows do not sum to the op's count */
+  assert_int_equal(kq_core_check_attend(&op, &g_tz, 0, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = table_op();
+  op.n_ctx = 7; /* not the largest n_ctx of the table */
+  assert_int_equal(kq_core_check_attend(&op, &g_tz, 0, 0), KQ_ERR_INVALID_ARGUMENT);
+  op = table_op();
+  op.seqs = NULL; /* three sequences without a table */
+  assert_int_equal(kq_core_check_attend(&op, &g_tz, 0, 0), KQ_ERR_INVALID_ARGUMENT);
+
+  /* Project: the same table shape, positions instead of contexts. */
+  kq_op_seq ps[2] = {{.k_region = REGION, .row = 0, .n_rows = 2, .pos = CAP - 2, .seq = 1},
+                     {.k_region = 0, .row = 2, .n_rows = 1, .pos = 0, .seq = 0}};
+  kq_project_op pop = project_op();
+  pop.n_tokens = 3, pop.pos = 0, pop.dst_offset = 0, pop.n_seqs = 2, pop.seqs = ps;
+  kq_op_sizes pz = g_pz;
+  pz.layer = 5;
+  assert_int_equal(kq_core_check_project(&pop, &pz, 0), KQ_OK);
+  ps[0].pos = CAP - 1; /* two tokens from the last position */
+  assert_int_equal(kq_core_check_project(&pop, &pz, 0), KQ_ERR_INVALID_ARGUMENT);
+  if (!strstr(kq_last_error(), "layer 5") || !strstr(kq_last_error(), "sequence 1"))
+    fail_msg("message: %s", kq_last_error());
+  ps[0].pos = 0, ps[1].seq = 1; /* sequence 1 twice */
+  assert_int_equal(kq_core_check_project(&pop, &pz, 0), KQ_ERR_INVALID_ARGUMENT);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(a_core_project_op_passes_and_each_break_is_caught),
       cmocka_unit_test(a_core_attend_op_passes_and_each_break_is_caught),
       cmocka_unit_test(a_core_up_op_passes_and_each_break_is_caught),
+      cmocka_unit_test(a_bad_sequence_table_is_refused_naming_layer_and_sequence),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

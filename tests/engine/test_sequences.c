@@ -6,8 +6,8 @@
  * 0; bad batches change nothing.
  *
  * usage: test_sequences [DEVICE]   (default cpu; exit 77 when the device is
- * absent). Vulkan and OpenCL caches are float-only today, so quantized and
- * joint projections run on cpu only.
+ * absent). Every variant (float, F16, quantized, joint) runs on every
+ * device that stores its types, but q8/q4 POST variants on opencl (see there).
  */
 #include <math.h>
 #include <setjmp.h>
@@ -252,13 +252,24 @@ static void batched_equals_single_f16(void **state) {
 
 static void batched_equals_single_quantized(void **state) {
   (void)state;
-  if (!is_cpu()) skip();
   run_variant(&(variant){.rope = KQ_ROPE_PRE, .storage = KQ_STORAGE_F32, .quantized = 1});
+}
+
+static void batched_equals_single_quantized_post(void **state) {
+  (void)state;
+  /* opencl:0 (PoCL): the kq_attn_decode path of q8/q4 caches corrupts the
+   * host heap here, with one op per sequence as before ABI 5 too (known
+   * bug, see the joint variant). */
+  if (strncmp(g_device, "opencl", 6) == 0) skip();
+  run_variant(&(variant){.rope = KQ_ROPE_POST, .storage = KQ_STORAGE_F32, .quantized = 1});
 }
 
 static void batched_equals_single_joint_quantized(void **state) {
   (void)state;
-  if (!is_cpu()) skip();
+  /* opencl:0 (PoCL) corrupts the host heap in this variant (joint, q8/q4,
+   * F16, sequences in regions past the first): a known bug of the OpenCL
+   * kq_attn_decode path, kept out until it is fixed. */
+  if (!device_has_f16() || strncmp(g_device, "opencl", 6) == 0) skip();
   run_variant(&(variant){
       .rope = KQ_ROPE_POST, .layout = KQ_LAYOUT_JOINT, .storage = KQ_STORAGE_F16, .quantized = 1});
 }
@@ -329,6 +340,61 @@ static void single_sequence_calls_act_on_sequence_zero(void **state) {
   fixture_close(&f);
 }
 
+static kq_device_stats stats_of(kq_device *dev) {
+  kq_device_stats s = {.struct_size = sizeof s};
+  assert_int_equal(kq_device_get_stats(dev, &s), KQ_OK);
+  return s;
+}
+
+/* The kernels' grids cover sequences: one layer's batched decode attend over
+ * 8 sequences of different lengths costs the dispatches (kernel enqueues)
+ * of one sequence's, and on vulkan at most the two of the decode grid in at
+ * most one submit. Counted, never timed. */
+static void a_batched_decode_costs_the_dispatches_of_one_sequence(void **state) {
+  (void)state;
+  if (is_cpu()) skip(); /* the cpu backend has no kernels to count */
+  /* OpenCL still enqueues one decode per sequence (its grid over sequences
+   * is not in yet: the kq_attn_decode bug above blocks testing it). */
+  if (strncmp(g_device, "opencl", 6) == 0) skip();
+  static fixture f;
+  /* q8/q4 segments: the layout every GPU decode kernel reads in place. */
+  fixture_open(&f, &(variant){.rope = KQ_ROPE_POST, .quantized = 1});
+  static float k[64 * HK * D], v[64 * HK * D], q[NS * H * D], out[NS * H * D];
+  fill(k, 64 * HK * D, 11);
+  fill(v, 64 * HK * D, 12);
+  fill(q, NS * H * D, 13);
+  const int32_t len[NS] = {1, 3, 7, 12, 5, 9, 2, 16};
+  kq_seq_span prefill[NS], decode[NS];
+  for (int s = 0; s < NS; s++) {
+    prefill[s] = (kq_seq_span){.seq = s, .n_tokens = len[s]};
+    decode[s] = (kq_seq_span){.seq = s, .n_tokens = 1};
+  }
+  assert_int_equal(kq_cache_append_batch(f.batched, 0, NS, prefill, k, v), KQ_OK);
+  /* Warm-up: kernels built, scratch and staging at their sizes. */
+  for (int t = 0; t < 2; t++) {
+    assert_int_equal(kq_cache_attend_batch(f.batched, 0, NS, decode, q, KQ_OUTPUT_FULL, out),
+                     KQ_OK);
+    assert_int_equal(kq_cache_attend_batch(f.batched, 0, 1, decode, q, KQ_OUTPUT_FULL, out), KQ_OK);
+  }
+  kq_device_stats a = stats_of(f.dev);
+  assert_int_equal(kq_cache_attend_batch(f.batched, 0, 1, decode, q, KQ_OUTPUT_FULL, out), KQ_OK);
+  kq_device_stats b = stats_of(f.dev);
+  assert_int_equal(kq_cache_attend_batch(f.batched, 0, NS, decode, q, KQ_OUTPUT_FULL, out), KQ_OK);
+  kq_device_stats c = stats_of(f.dev);
+  const uint64_t one = b.dispatches - a.dispatches, all = c.dispatches - b.dispatches;
+  assert_true(one > 0); /* the counter counts */
+  if (all != one)
+    fail_msg("%s: attend of %d sequences: %llu dispatches, of one: %llu", g_device, NS,
+             (unsigned long long)all, (unsigned long long)one);
+  if (strncmp(g_device, "vulkan", 6) == 0) {
+    if (all > 2) fail_msg("%s: decode attend: %llu dispatches", g_device, (unsigned long long)all);
+    if (c.submits - b.submits > 1)
+      fail_msg("%s: decode attend: %llu submits", g_device,
+               (unsigned long long)(c.submits - b.submits));
+  }
+  fixture_close(&f);
+}
+
 static void zero_sequences_are_refused(void **state) {
   (void)state;
   kq_device *dev = NULL;
@@ -368,10 +434,12 @@ int main(int argc, char **argv) {
       cmocka_unit_test(batched_equals_single_float_pre),
       cmocka_unit_test(batched_equals_single_f16),
       cmocka_unit_test(batched_equals_single_quantized),
+      cmocka_unit_test(batched_equals_single_quantized_post),
       cmocka_unit_test(batched_equals_single_joint_quantized),
       cmocka_unit_test(bad_batches_change_nothing),
       cmocka_unit_test(single_sequence_calls_act_on_sequence_zero),
       cmocka_unit_test(zero_sequences_are_refused),
+      cmocka_unit_test(a_batched_decode_costs_the_dispatches_of_one_sequence),
   };
   return cmocka_run_group_tests_name(g_device, tests, NULL, NULL);
 }

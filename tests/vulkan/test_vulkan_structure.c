@@ -71,6 +71,29 @@ static void test_split_has_no_chunk_floor(void **state) {
   assert_int_equal(vk_decode_chunks(32768, 8, 4, 132), 17);
 }
 
+/* A batch of sequences shares the grid in proportion to the contexts: one
+ * sequence is the single-sequence split; a context 4x longer gets about 4x
+ * the chunks, so chunk lengths stay about equal across sequences. */
+static void test_split_of_a_batch_follows_each_context(void **state) {
+  (void)state;
+  for (uint64_t ctx = 1; ctx <= 40000; ctx = ctx * 3 + 1)
+    for (uint32_t nq = 1; nq <= 8; nq *= 2)
+      assert_int_equal(vk_decode_seq_chunks(ctx, ctx * nq, 8, 132),
+                       vk_decode_chunks(ctx, 8, nq, 132));
+  /* Contexts 1000 and 4000 on 132 CUs, 8 row groups: 528 workgroups over
+   * 5000 positions -> ceil(528 · 1000 / 40000) = 14 and 53 chunks. */
+  const uint32_t a = vk_decode_seq_chunks(1000, 5000, 8, 132);
+  const uint32_t b = vk_decode_seq_chunks(4000, 5000, 8, 132);
+  assert_int_equal(a, 14);
+  assert_int_equal(b, 53);
+  const uint32_t la = vk_decode_chunk_len(1000, a), lb = vk_decode_chunk_len(4000, b);
+  assert_true(la * 10 <= lb * 11 && lb * 10 <= la * 11); /* lengths within 10% (72, 76) */
+  /* A short sequence beside long ones still gets at least one chunk, never
+   * more than its positions. */
+  assert_int_equal(vk_decode_seq_chunks(1, 100000, 8, 132), 1);
+  assert_int_equal(vk_decode_seq_chunks(3, 3, 1, 132), 3);
+}
+
 /* --- one decode step through the public API --- */
 
 typedef struct step_case {
@@ -285,6 +308,7 @@ int main(void) {
   const struct CMUnitTest pure[] = {
       cmocka_unit_test(test_split_fills_the_device),
       cmocka_unit_test(test_split_has_no_chunk_floor),
+      cmocka_unit_test(test_split_of_a_batch_follows_each_context),
   };
   if (cmocka_run_group_tests(pure, NULL, NULL)) return 1;
   int n = 0;
