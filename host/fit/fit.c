@@ -138,8 +138,7 @@ static kq_status solve_layer(const kq_calib *calib, const kq_fit_params *p, int3
   }
   if (p->method == KQ_METHOD_QUANT) {
     st = kq_quant_basis(&f, p->layout, sol);
-    if (!st && p->balance)
-      st = kq_quant_balance(&f, p->layout, calib->rope != KQ_ROPE_NONE, calib->rope_layout, sol);
+    if (!st && p->balance) st = kq_quant_balance(&f, p->layout, sol);
   } else if (p->layout == KQ_LAYOUT_JOINT) {
     st = kq_joint_solve(calib, &lt, layer, &f, sol);
   } else {

@@ -205,11 +205,13 @@ void kq_balance_apply(double *down, double *up, int32_t rows, int32_t n, const d
 kq_status kq_balance_kqsvd(kq_layer_solution *sol, int has_wo);
 
 /* The quant basis balanced per channel (energy (KᵀK)_jj, partner (QᵀQ)_jj;
- * values (VᵀV)_jj and (WᵀW)_jj, or 1 without wo), the two channels of a
- * RoPE pair (rope_layout) summed so they get one scale when rope_paired.
- * Fills out->wk, out->wv. out as from kq_quant_basis(f, layout, out). */
-kq_status kq_quant_balance(const kq_layer_factors *f, kq_layout layout, int rope_paired,
-                           kq_rope_layout rope_layout, kq_layer_solution *out);
+ * values (VᵀV)_jj and (WᵀW)_jj, or 1 without wo). Each channel has its own
+ * scale: tying the two channels of a RoPE pair (equal scales, which keeps
+ * the scaling commuting with RoPE at any position) measured worse on
+ * SmolLM2 (docs/quality.md), and the scaling is exact without it (keys are
+ * cached post-RoPE, or for rope pre reconstructed before RoPE). Fills
+ * out->wk, out->wv. out as from kq_quant_basis(f, layout, out). */
+kq_status kq_quant_balance(const kq_layer_factors *f, kq_layout layout, kq_layer_solution *out);
 
 /* ------------------------------------------------------------------------ */
 /* Segment rotations (SPEC §1b)                                             */

@@ -4,7 +4,7 @@
  * unchanged (1e-9 relative, double), gives every latent dim and its partner
  * the same energy up to one factor per group, keeps the total latent energy,
  * and lowers the logits error of a rotated q4 segment. For the quant basis:
- * still a scaled permutation (A Bᵀ = I), one scale per RoPE pair.
+ * still a scaled permutation (A Bᵀ = I), each channel balanced.
  * References are computed here from the calibration data in double.
  */
 #include <setjmp.h>
@@ -255,66 +255,61 @@ static void test_balanced_q4_segment_loses_less_logits_error(void **state) {
   tcalib_free(&c);
 }
 
-static void test_balanced_quant_basis_is_a_scaled_permutation_with_rope_pairs(void **state) {
+static void test_balanced_quant_basis_is_a_scaled_permutation(void **state) {
   (void)state;
-  for (int joint = 0; joint < 2; joint++)
-    for (int halves = 0; halves < 2; halves++) {
-      tcalib c = {.L = 1, .H = 4, .Hk = 2, .T = 64, .d = 8, .D = 6};
-      tcalib_random(&c, 0.7);
-      const char *path = t_path("balance_quant.st");
-      assert_int_equal(tcalib_write(&c, path), KQ_OK);
-      kq_calib calib;
-      kq_layer_factors f;
-      open_layer0(path, &calib, &f);
-      kq_layout layout = joint ? KQ_LAYOUT_JOINT : KQ_LAYOUT_PER_HEAD;
-      kq_layer_solution s;
-      assert_int_equal(kq_quant_basis(&f, layout, &s), KQ_OK);
-      kq_rope_layout rl = halves ? KQ_ROPE_HALVES : KQ_ROPE_PAIRS;
-      assert_int_equal(kq_quant_balance(&f, layout, 1, rl, &s), KQ_OK);
-      int n = s.dim, d = c.d, g = c.H / c.Hk;
-      size_t nn = (size_t)n * n;
-      for (int grp = 0; grp < s.groups; grp++) {
-        const double *a = s.a + grp * nn, *b = s.b + grp * nn;
-        double *scale = t_alloc((size_t)n), *ek = t_alloc((size_t)n), *eq = t_alloc((size_t)n);
-        for (int col = 0; col < n; col++) {
-          int nz = 0, row = -1;
-          for (int x = 0; x < n; x++)
-            if (a[x + (size_t)col * n] != 0) nz++, row = x;
-          assert_int_equal(nz, 1);
-          /* A Bᵀ = I: B has the inverse scale at the same place. */
-          assert_true(fabs(a[row + (size_t)col * n] * b[row + (size_t)col * n] - 1) < 1e-12);
-          scale[row] = a[row + (size_t)col * n];
-          assert_true(scale[row] > 0);
-        }
-        /* Channel energies from the data, of this group's channels. */
-        for (int x = 0; x < n; x++) {
-          int head = joint ? x / d : grp, j = x % d;
-          double *qs = t_query_stack(&c, 0, head);
-          ek[x] = eq[x] = 0;
-          for (int t = 0; t < c.T; t++) ek[x] += pow(c.k[0][((size_t)head * c.T + t) * d + j], 2);
-          for (int t = 0; t < g * c.T; t++) eq[x] += pow(qs[(size_t)t * d + j], 2);
-          free(qs);
-        }
-        double ratio = -1, before = 0, after = 0;
-        for (int x = 0; x < n; x++) {
-          int j = x % d, pj = halves ? (j + d / 2) % d : j ^ 1, y = x - j + pj;
-          assert_true(scale[x] == scale[y]);
-          /* The pair's query energy over its key energy, after scaling. */
-          double r =
-              (eq[x] + eq[y]) / (scale[x] * scale[x]) / ((ek[x] + ek[y]) * scale[x] * scale[x]);
-          if (ratio < 0) ratio = r;
-          assert_true(fabs(r - ratio) <= 1e-6 * ratio);
-          before += ek[x], after += ek[x] * scale[x] * scale[x];
-        }
-        assert_true(fabs(after - before) <= 1e-6 * before);
-        free(scale), free(ek), free(eq);
+  for (int joint = 0; joint < 2; joint++) {
+    tcalib c = {.L = 1, .H = 4, .Hk = 2, .T = 64, .d = 8, .D = 6};
+    tcalib_random(&c, 0.7);
+    const char *path = t_path("balance_quant.st");
+    assert_int_equal(tcalib_write(&c, path), KQ_OK);
+    kq_calib calib;
+    kq_layer_factors f;
+    open_layer0(path, &calib, &f);
+    kq_layout layout = joint ? KQ_LAYOUT_JOINT : KQ_LAYOUT_PER_HEAD;
+    kq_layer_solution s;
+    assert_int_equal(kq_quant_basis(&f, layout, &s), KQ_OK);
+    assert_int_equal(kq_quant_balance(&f, layout, &s), KQ_OK);
+    int n = s.dim, d = c.d, g = c.H / c.Hk;
+    size_t nn = (size_t)n * n;
+    for (int grp = 0; grp < s.groups; grp++) {
+      const double *a = s.a + grp * nn, *b = s.b + grp * nn;
+      double *scale = t_alloc((size_t)n), *ek = t_alloc((size_t)n), *eq = t_alloc((size_t)n);
+      for (int col = 0; col < n; col++) {
+        int nz = 0, row = -1;
+        for (int x = 0; x < n; x++)
+          if (a[x + (size_t)col * n] != 0) nz++, row = x;
+        assert_int_equal(nz, 1);
+        /* A Bᵀ = I: B has the inverse scale at the same place. */
+        assert_true(fabs(a[row + (size_t)col * n] * b[row + (size_t)col * n] - 1) < 1e-12);
+        scale[row] = a[row + (size_t)col * n];
+        assert_true(scale[row] > 0);
       }
-      kq_layer_solution_free(&s);
-      kq_layer_factors_free(&f);
-      kq_calib_close(&calib);
-      unlink(path);
-      tcalib_free(&c);
+      /* Channel energies from the data, of this group's channels. */
+      for (int x = 0; x < n; x++) {
+        int head = joint ? x / d : grp, j = x % d;
+        double *qs = t_query_stack(&c, 0, head);
+        ek[x] = eq[x] = 0;
+        for (int t = 0; t < c.T; t++) ek[x] += pow(c.k[0][((size_t)head * c.T + t) * d + j], 2);
+        for (int t = 0; t < g * c.T; t++) eq[x] += pow(qs[(size_t)t * d + j], 2);
+        free(qs);
+      }
+      double ratio = -1, before = 0, after = 0;
+      for (int x = 0; x < n; x++) {
+        /* The channel's query energy over its key energy, after scaling. */
+        double r = eq[x] / (scale[x] * scale[x]) / (ek[x] * scale[x] * scale[x]);
+        if (ratio < 0) ratio = r;
+        assert_true(fabs(r - ratio) <= 1e-6 * ratio);
+        before += ek[x], after += ek[x] * scale[x] * scale[x];
+      }
+      assert_true(fabs(after - before) <= 1e-6 * before);
+      free(scale), free(ek), free(eq);
     }
+    kq_layer_solution_free(&s);
+    kq_layer_factors_free(&f);
+    kq_calib_close(&calib);
+    unlink(path);
+    tcalib_free(&c);
+  }
 }
 
 /* The file kq_fit writes: balanced (default) and not give the same A Bᵀ
@@ -374,7 +369,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_balanced_kqsvd_keeps_exact_logits_and_outputs),
       cmocka_unit_test(test_balanced_q4_segment_loses_less_logits_error),
-      cmocka_unit_test(test_balanced_quant_basis_is_a_scaled_permutation_with_rope_pairs),
+      cmocka_unit_test(test_balanced_quant_basis_is_a_scaled_permutation),
       cmocka_unit_test(test_fit_balance_option_keeps_products),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
