@@ -46,7 +46,8 @@ void kq_balance_apply(double *down, double *up, int32_t rows, int32_t n, const d
 }
 
 /* One side of a KQ-SVD solution: the latent dims of `down` have energy
- * `unit_side ? 1 : σ²` over the calibration rows, their partners the other. */
+ * `down_is_whitened ? 1 : σ²` over the calibration rows, their partners
+ * the other one (dims with σ = 0 are zero columns and keep scale 1). */
 static void balance_kqsvd_side(double *down, double *up, const double *sigma, int32_t n,
                                int down_is_whitened, double *tmp, double *weight) {
   double *energy = tmp, *partner = tmp + n, *scale = tmp + 2 * (size_t)n;
