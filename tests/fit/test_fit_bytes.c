@@ -368,7 +368,6 @@ static void test_quant_method_is_a_rank_d_permutation_basis(void **state) {
   kq_fit_params p = kq_fit_default_params();
   p.method = KQ_METHOD_QUANT;
   p.bytes = 1.0;
-  p.balance = 0; /* the plain basis; balanced: test_fit_balance */
   assert_int_equal(kq_fit(calib, proj, &p), KQ_OK);
   kq_projections *pr = NULL;
   assert_int_equal(kq_projections_load(proj, &pr), KQ_OK);
