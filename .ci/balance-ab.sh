@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # .ci/balance-ab.sh [BUDGET...]: latent balancing A/B (docs/quality.md, "Latent balancing").
 # For each budget (default 0.375 0.28 0.25 0.19): kq-svd per-head, kq-svd joint and quant,
-# each fitted at --bytes BUDGET with the default (balanced) latents and with --no-balance,
+# each fitted at --bytes BUDGET with balanced latents (quant: --balance-quant) and without,
 # no sensitivity, on the main job's calibration (first 4096 tokens of the fortunes file,
 # F16, captured here if missing); then one lockstep `kqsvd ppl` of all six on the first 1024
 # tokens of GPL-3 at ctx 256 (--storage f16) and a table of ppl, KL, top-1 and bytes.
@@ -26,8 +26,12 @@ for b in "${budgets[@]}"; do
       *) args=(--method "$name") ;;
     esac
     for bal in on off; do
-      extra=()
-      [ $bal = on ] || extra=(--no-balance)
+      extra=()  # kq-svd balances by default; the quant baseline only with --balance-quant
+      if [ $name = quant ]; then
+        [ $bal = off ] || extra=(--balance-quant)
+      else
+        [ $bal = on ] || extra=(--no-balance)
+      fi
       f=$OUT/$name-balance-$bal-$b.safetensors
       "$KQ" fit "$calib" -o "$f" "${args[@]}" --bytes "$b" "${extra[@]}" "${threads[@]}" -q \
         2>"$f.log" || { cat "$f.log" >&2; exit 1; }

@@ -138,7 +138,7 @@ static kq_status solve_layer(const kq_calib *calib, const kq_fit_params *p, int3
   }
   if (p->method == KQ_METHOD_QUANT) {
     st = kq_quant_basis(&f, p->layout, sol);
-    if (!st && p->balance) st = kq_quant_balance(&f, p->layout, sol);
+    if (!st && p->balance == 2) st = kq_quant_balance(&f, p->layout, sol);
   } else if (p->layout == KQ_LAYOUT_JOINT) {
     st = kq_joint_solve(calib, &lt, layer, &f, sol);
   } else {
@@ -217,6 +217,8 @@ static kq_status check_params(const kq_fit_params *p) {
                         (long long)p->positions);
   if (!(p->alpha > 0 && isfinite(p->alpha)))
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "alpha %g must be a positive number", p->alpha);
+  if (p->balance < 0 || p->balance > 2)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "balance %d must be 0, 1 or 2", (int)p->balance);
   if (p->n_threads < 0)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "n_threads %d is negative (0 = all cores)",
                         (int)p->n_threads);

@@ -365,12 +365,58 @@ static void test_fit_balance_option_keeps_products(void **state) {
   tcalib_free(&c);
 }
 
+/* kq_fit's quant baseline: unbalanced by default (A = B, a permutation),
+ * balance = 2 scales its channels (A ≠ B, A Bᵀ = I); other values fail. */
+static void test_fit_quant_balance_only_when_asked(void **state) {
+  (void)state;
+  tcalib c = {.L = 1, .H = 4, .Hk = 2, .T = 64, .d = 8, .D = 8};
+  tcalib_random(&c, 0.8);
+  const char *calib = t_path("balq.st"), *proj = t_path("balq_p.st");
+  assert_int_equal(tcalib_write(&c, calib), KQ_OK);
+  for (int bal = 1; bal <= 2; bal++) {
+    kq_fit_params p = kq_fit_default_params();
+    p.method = KQ_METHOD_QUANT;
+    p.bytes = 1.0;
+    p.balance = bal;
+    assert_int_equal(kq_fit(calib, proj, &p), KQ_OK);
+    kq_projections *pr = NULL;
+    assert_int_equal(kq_projections_load(proj, &pr), KQ_OK);
+    kq_projection_layer v;
+    assert_int_equal(kq_projections_layer(pr, 0, &v), KQ_OK);
+    int n = c.d, same = 1;
+    for (int grp = 0; grp < c.Hk; grp++)
+      for (int x = 0; x < n; x++)
+        for (int y = 0; y < n; y++) {
+          double s = 0;
+          for (int j = 0; j < v.rank_k; j++) {
+            size_t o = (size_t)grp * n * v.rank_k;
+            s += (double)v.key_down[o + (size_t)x * v.rank_k + j] *
+                 v.query_down[o + (size_t)y * v.rank_k + j];
+            same &= v.key_down[o + (size_t)x * v.rank_k + j] ==
+                    v.query_down[o + (size_t)x * v.rank_k + j];
+          }
+          assert_true(fabs(s - (x == y)) < 1e-5);
+        }
+    assert_int_equal(same, bal == 1);
+    kq_projections_destroy(pr);
+  }
+  kq_fit_params p = kq_fit_default_params();
+  p.method = KQ_METHOD_QUANT;
+  p.bytes = 1.0;
+  p.balance = 3;
+  assert_int_equal(kq_fit(calib, proj, &p), KQ_ERR_INVALID_ARGUMENT);
+  assert_non_null(strstr(kq_last_error(), "balance 3"));
+  unlink(calib), unlink(proj);
+  tcalib_free(&c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_balanced_kqsvd_keeps_exact_logits_and_outputs),
       cmocka_unit_test(test_balanced_q4_segment_loses_less_logits_error),
       cmocka_unit_test(test_balanced_quant_basis_is_a_scaled_permutation),
       cmocka_unit_test(test_fit_balance_option_keeps_products),
+      cmocka_unit_test(test_fit_quant_balance_only_when_asked),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
