@@ -576,6 +576,14 @@ typedef struct kq_fit_params {
   kq_progress_fn progress; /* optional, called from the calling thread */
   void *progress_user;
   const volatile int *cancel; /* optional: non-zero aborts with KQ_ERR_INTERRUPTED */
+  /* balance: scale each latent dim so that it and its partner (query
+   * latent dim; for values the output through W_O) carry equal energy, A·D /
+   * B·D⁻¹ and C·D / E·D⁻¹. Exact logits and outputs are unchanged;
+   * quantized segments lose less. 1 (default): kq-svd only; 2: also the
+   * quant baseline, per channel (better at ctx 256, worse at ctx 2048 on
+   * SmolLM2: docs/quality.md); 0: the latents as solved (keys whitened, σ on
+   * the query side). */
+  int32_t balance;
 } kq_fit_params;
 
 KQ_API kq_fit_params kq_fit_default_params(void);

@@ -13,7 +13,8 @@ static void help(void) {
       "usage: kqsvd fit CALIB -o PROJ [--method kq-svd|k-svd|eigen|quant] [--alpha A]\n"
       "                 (--rank-k N --rank-v N | --epsilon E | --ratio F | --bytes F)\n"
       "                 [--layout per-head|joint] [--seed N] [--positions N]\n"
-      "                 [--sensitivity FILE] [-t N] [--json] [-q|-v]\n"
+      "                 [--sensitivity FILE] [--no-balance|--balance-quant]\n"
+      "                 [-t N] [--json] [-q|-v]\n"
       "\n"
       "Fits per-layer projections (SPEC §1, §1b) from calibration file CALIB\n"
       "(layers.{l}.k/q/v, optional layers.{l}.wo) and writes projection file PROJ atomically:\n"
@@ -51,6 +52,12 @@ static void help(void) {
       "                      values (lines \"keys|values LAYER KL\", .ci/sensitivity.sh);\n"
       "                      each layer's predicted error is weighed by sqrt(KL / predicted\n"
       "                      error) and the bytes allocated again\n"
+      "  --no-balance        keep the latents as solved (kq-svd: keys whitened, σ on the\n"
+      "                      query side) instead of scaling each latent dim so that it and\n"
+      "                      its partner (query dim, value output) carry equal energy; exact\n"
+      "                      logits are the same, quantized segments lose more (A/B only)\n"
+      "  --balance-quant     balance the quant baseline's channels too (off by default: on\n"
+      "                      SmolLM2 better at windows of 256, worse at 2048)\n"
       "  -t, --threads N     worker threads (default: all cores)\n"
       "  --json              print the summary as one JSON object on stdout: {\"output\",\n"
       "                      \"method\", \"layout\", \"fraction_of_f16\", \"mean_rank_k\",\n"
@@ -75,6 +82,8 @@ enum {
   OPT_SEED,
   OPT_POSITIONS,
   OPT_SENSITIVITY,
+  OPT_NO_BALANCE,
+  OPT_BALANCE_QUANT,
   OPT_JSON
 };
 
@@ -92,6 +101,8 @@ static const struct option g_options[] = {
     {"seed", required_argument, NULL, OPT_SEED},
     {"positions", required_argument, NULL, OPT_POSITIONS},
     {"sensitivity", required_argument, NULL, OPT_SENSITIVITY},
+    {"no-balance", no_argument, NULL, OPT_NO_BALANCE},
+    {"balance-quant", no_argument, NULL, OPT_BALANCE_QUANT},
     {"json", no_argument, NULL, OPT_JSON},
     KQ_CLI_COMMON_LONG,
     {NULL, 0, NULL, 0},
@@ -175,6 +186,8 @@ int kq_cmd_fit(int argc, char **argv) {
       p.positions = (int64_t)n;
       break;
     case OPT_SENSITIVITY: p.sensitivity = val; break;
+    case OPT_NO_BALANCE: p.balance = 0; break;
+    case OPT_BALANCE_QUANT: p.balance = 2; break;
     case 't':
       if (!kq_cli_parse_int(cmd, "--threads", val, 1, 1024, &n)) return 2;
       p.n_threads = (int32_t)n;

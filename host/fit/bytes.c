@@ -36,17 +36,21 @@ static int qmax_of(int fmt) {
   return fmt == KQ_FMT_Q8 ? 127 : 7;
 }
 
-/* Error and energy of one segment of one latent row. */
-static void measure_row(const float *lat, const measure_seg *s, const double *rot, float *y,
-                        int8_t *q, double *sums) {
+/* Error and energy of one segment of one latent row. pw (balanced fits:
+ * the partner energy of each of the segment's latent dims, or NULL) weighs
+ * each dim's error and energy in the latent's own coordinates, so the ratio
+ * is the share of the segment's logits (value output) energy the rounding
+ * costs; unweighted, the rotation keeps both sums. ey: w doubles. */
+static void measure_row(const float *lat, const measure_seg *s, const double *rot, const double *pw,
+                        float *y, double *ey, int8_t *q, double *sums) {
   int32_t w = s->width;
   const float *x = lat + s->start;
   double err = 0, energy = 0;
   if (s->fmt == KQ_FMT_F16) {
     for (int32_t j = 0; j < w; j++) {
-      double e = (double)x[j] - kq_f16_to_f32(kq_f32_to_f16(x[j]));
-      err += e * e;
-      energy += (double)x[j] * x[j];
+      double e = (double)x[j] - kq_f16_to_f32(kq_f32_to_f16(x[j])), wj = pw ? pw[j] : 1.0;
+      err += wj * e * e;
+      energy += wj * (double)x[j] * x[j];
     }
   } else {
     for (int32_t j = 0; j < w; j++) {
@@ -55,10 +59,21 @@ static void measure_row(const float *lat, const measure_seg *s, const double *ro
       y[j] = (float)acc;
     }
     float scale = kq_f16_to_f32(kq_quantize_row(y, w, qmax_of(s->fmt), q));
-    for (int32_t j = 0; j < w; j++) {
-      double e = (double)y[j] - (double)q[j] * scale;
-      err += e * e;
-      energy += (double)y[j] * y[j];
+    if (!pw) {
+      for (int32_t j = 0; j < w; j++) {
+        double e = (double)y[j] - (double)q[j] * scale;
+        err += e * e;
+        energy += (double)y[j] * y[j];
+      }
+    } else {
+      /* Back to the latent's coordinates: x = R y. */
+      for (int32_t j = 0; j < w; j++) ey[j] = (double)y[j] - (double)q[j] * scale;
+      for (int32_t i = 0; i < w; i++) {
+        double e = 0;
+        for (int32_t j = 0; j < w; j++) e += rot[i + (size_t)j * w] * ey[j];
+        err += pw[i] * e * e;
+        energy += pw[i] * (double)x[i] * x[i];
+      }
     }
   }
   sums[2 * s->fmt] += err;
@@ -77,8 +92,9 @@ static kq_status measure_task(void *ctx, int64_t l) {
   float *x = kq_malloc_array((size_t)hk * d, sizeof *x, "latent sample");
   float *lat = kq_malloc_array((size_t)n * 2, sizeof *lat, "latent sample");
   int8_t *q = kq_malloc_array((size_t)n, 1, "quantized sample");
+  double *ey = kq_malloc_array((size_t)n, sizeof *ey, "rounding errors");
   double *rot[2][KQ_FMT_COUNT * 64] = {{0}};
-  kq_status st = x && lat && q ? KQ_OK : KQ_ERR_OUT_OF_MEMORY;
+  kq_status st = x && lat && q && ey ? KQ_OK : KQ_ERR_OUT_OF_MEMORY;
   for (int side = 0; side < 2 && !st; side++) {
     const measure_list *ml = &job->lists[2 * l + side];
     for (int32_t i = 0; i < ml->n && !st; i++) {
@@ -113,8 +129,11 @@ static kq_status measure_task(void *ctx, int64_t l) {
           const float *arow = a + (size_t)r * rank;
           for (int32_t j = 0; j < rank; j++) lat[j] += xr * arow[j];
         }
+        const double *pw = side ? lf->wv : lf->wk;
+        if (pw) pw += (size_t)gi * n;
         for (int32_t i = 0; i < ml->n; i++)
-          measure_row(lat, &ml->seg[i], rot[side][i], lat + n, q, sums);
+          measure_row(lat, &ml->seg[i], rot[side][i], pw ? pw + ml->seg[i].start : NULL, lat + n,
+                      ey, q, sums);
       }
     }
   }
@@ -123,6 +142,7 @@ static kq_status measure_task(void *ctx, int64_t l) {
   free(x);
   free(lat);
   free(q);
+  free(ey);
   kq_calib_release_layer(c, &lt);
   return st;
 }

@@ -19,6 +19,7 @@ kq_fit_params kq_fit_default_params(void) {
   p.alpha = 1.0;
   p.layout = KQ_LAYOUT_PER_HEAD;
   p.seed = 1;
+  p.balance = 1;
   return p;
 }
 
@@ -48,6 +49,8 @@ void kq_layer_solution_free(kq_layer_solution *s) {
   free(s->e);
   free(s->sigma_k);
   free(s->sigma_v);
+  free(s->wk);
+  free(s->wv);
   memset(s, 0, sizeof *s);
 }
 
@@ -110,6 +113,8 @@ static void layer_fit_free(kq_layer_fit *r) {
   free(r->e);
   free(r->sigma_k);
   free(r->sigma_v);
+  free(r->wk);
+  free(r->wv);
   memset(r, 0, sizeof *r);
 }
 
@@ -117,6 +122,7 @@ static void layer_fit_free(kq_layer_fit *r) {
 static kq_status solve_layer(const kq_calib *calib, const kq_fit_params *p, int32_t layer,
                              int n_threads, kq_layer_solution *sol) {
   int32_t d = calib->head_dim, hk = calib->n_kv_heads;
+  memset(sol, 0, sizeof *sol);
   kq_calib_layer lt;
   kq_calib_get_layer(calib, layer, &lt);
   if (lt.wo) {
@@ -132,14 +138,16 @@ static kq_status solve_layer(const kq_calib *calib, const kq_fit_params *p, int3
   }
   if (p->method == KQ_METHOD_QUANT) {
     st = kq_quant_basis(&f, p->layout, sol);
+    if (!st && p->balance == 2) st = kq_quant_balance(&f, p->layout, sol);
   } else if (p->layout == KQ_LAYOUT_JOINT) {
     st = kq_joint_solve(calib, &lt, layer, &f, sol);
   } else {
     st = kq_layer_solution_alloc(hk, d, sol);
     solve_job job = {.calib = calib, .f = &f, .params = p, .layer = layer, .sol = sol};
     if (!st) st = kq_parallel_for(hk, n_threads, solve_task, &job);
-    if (st) kq_layer_solution_free(sol);
   }
+  if (!st && p->balance && p->method == KQ_METHOD_KQSVD) st = kq_balance_kqsvd(sol, f.r_wo != NULL);
+  if (st) kq_layer_solution_free(sol);
   kq_calib_release_layer(calib, &lt);
   kq_layer_factors_free(&f);
   return st;
@@ -155,7 +163,9 @@ static kq_status fit_layer(const kq_calib *calib, const kq_fit_params *p, int32_
   out->dim = n;
   out->sigma_k = sol.sigma_k;
   out->sigma_v = sol.sigma_v;
-  sol.sigma_k = sol.sigma_v = NULL;
+  out->wk = sol.wk;
+  out->wv = sol.wv;
+  sol.sigma_k = sol.sigma_v = sol.wk = sol.wv = NULL;
   if (p->rank_k > 0) {
     out->rank_k = p->rank_k;
     out->rank_v = p->rank_v;
@@ -207,6 +217,8 @@ static kq_status check_params(const kq_fit_params *p) {
                         (long long)p->positions);
   if (!(p->alpha > 0 && isfinite(p->alpha)))
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "alpha %g must be a positive number", p->alpha);
+  if (p->balance < 0 || p->balance > 2)
+    return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "balance %d must be 0, 1 or 2", (int)p->balance);
   if (p->n_threads < 0)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "n_threads %d is negative (0 = all cores)",
                         (int)p->n_threads);

@@ -188,6 +188,11 @@ typedef struct kq_layer_solution {
   int32_t groups, dim;
   double *a, *b, *c, *e;     /* [groups][dim*dim] */
   double *sigma_k, *sigma_v; /* [groups][dim], descending */
+  /* Balanced solutions (balance.c): [groups][dim] energy of each latent
+   * dim's partner (the query latent dim; for values the row of E through
+   * W_O) after the scaling, which bytes.c weighs measured rounding errors
+   * by. NULL when not balanced (errors unweighted). */
+  double *wk, *wv;
 } kq_layer_solution;
 
 /* Allocates zeroed arrays for groups × dim. */
@@ -207,6 +212,37 @@ kq_status kq_joint_solve(const kq_calib *calib, const kq_calib_layer *layer, int
  * r_query (and r_wo if the calibration has wo). layout JOINT ranks the
  * Hk·d channels of all heads together (groups 1). */
 kq_status kq_quant_basis(const kq_layer_factors *f, kq_layout layout, kq_layer_solution *out);
+
+/* ------------------------------------------------------------------------ */
+/* Latent balancing (balance.c)                                             */
+/* ------------------------------------------------------------------------ */
+
+/* Balancing scales of n latent dims from each dim's energy over the
+ * calibration rows and its partner's energy: scale_i ∝ (partner_i /
+ * energy_i)^(1/4), normalised so Σ energy_i·scale_i² = Σ energy_i over the
+ * dims where both are > 0 (others get scale 1). weight_i := partner_i /
+ * scale_i², the partner energy after scaling. */
+void kq_balance_scales(const double *energy, const double *partner, int32_t n, double *scale,
+                       double *weight);
+
+/* Column j of down (rows×n, column-major) *= scale_j, column j of up /=
+ * scale_j: down·upᵀ is unchanged. */
+void kq_balance_apply(double *down, double *up, int32_t rows, int32_t n, const double *scale);
+
+/* Balances a KQ-SVD solution (per-head or joint) in place from its spectra:
+ * key latents are whitened (energy 1, partner σ²), value latents too when
+ * the calibration has wo (has_wo), else they carry σ² (partner 1). Fills
+ * sol->wk, sol->wv. */
+kq_status kq_balance_kqsvd(kq_layer_solution *sol, int has_wo);
+
+/* The quant basis balanced per channel (energy (KᵀK)_jj, partner (QᵀQ)_jj;
+ * values (VᵀV)_jj and (WᵀW)_jj, or 1 without wo). Each channel has its own
+ * scale: tying the two channels of a RoPE pair (equal scales, which keeps
+ * the scaling commuting with RoPE at any position) measured worse on
+ * SmolLM2 (docs/quality.md), and the scaling is exact without it (keys are
+ * cached post-RoPE, or for rope pre reconstructed before RoPE). Fills
+ * out->wk, out->wv. out as from kq_quant_basis(f, layout, out). */
+kq_status kq_quant_balance(const kq_layer_factors *f, kq_layout layout, kq_layer_solution *out);
 
 /* ------------------------------------------------------------------------ */
 /* Segment rotations (SPEC §1b)                                             */
@@ -286,6 +322,7 @@ typedef struct kq_layer_fit {
   int32_t rank_k, rank_v;    /* columns held in a, b / c, e */
   float *a, *b, *c, *e;      /* [groups, dim, rank] row-major */
   double *sigma_k, *sigma_v; /* [groups][dim] */
+  double *wk, *wv;           /* as kq_layer_solution (NULL: unweighted) */
   int32_t n_seg_k, n_seg_v;  /* 0: one float segment of the whole rank */
   kq_segment seg_k[KQ_MAX_SEGMENTS], seg_v[KQ_MAX_SEGMENTS];
 } kq_layer_fit;

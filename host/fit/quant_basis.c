@@ -83,3 +83,49 @@ kq_status kq_quant_basis(const kq_layer_factors *f, kq_layout layout, kq_layer_s
   free(cv);
   return KQ_OK;
 }
+
+/* Balances the columns of one group's permutation basis (down, up: n×n,
+ * column c holds channel `row` with down[row, c] = 1) by the energies e /
+ * partner energies p of the group's n channels. */
+static void balance_group(double *down, double *up, int32_t n, const double *e, const double *p,
+                          double *tmp, double *weight) {
+  double *scale = tmp, *w = tmp + n;
+  kq_balance_scales(e, p, n, scale, w);
+  for (int32_t c = 0; c < n; c++) {
+    int32_t row = 0;
+    while (row < n - 1 && down[row + (size_t)c * n] == 0) row++;
+    down[row + (size_t)c * n] *= scale[row];
+    up[row + (size_t)c * n] /= scale[row];
+    weight[c] = w[row];
+  }
+}
+
+kq_status kq_quant_balance(const kq_layer_factors *f, kq_layout layout, kq_layer_solution *out) {
+  int32_t hk = f->n_kv_heads, d = f->head_dim;
+  int joint = layout == KQ_LAYOUT_JOINT;
+  int32_t groups = joint ? 1 : hk, n = joint ? hk * d : d;
+  size_t hd = (size_t)hk * d, dd = (size_t)d * d, nn = (size_t)n * n;
+  out->wk = kq_malloc_array(hd, sizeof *out->wk, "balance weights");
+  out->wv = kq_malloc_array(hd, sizeof *out->wv, "balance weights");
+  double *buf = kq_malloc_array(6 * hd, sizeof *buf, "channel energies");
+  if (!out->wk || !out->wv || !buf) {
+    free(buf);
+    return KQ_ERR_OUT_OF_MEMORY;
+  }
+  double *ek = buf, *pk = buf + hd, *ev = buf + 2 * hd, *pv = buf + 3 * hd, *tmp = buf + 4 * hd;
+  for (int32_t i = 0; i < hk; i++)
+    for (int32_t j = 0; j < d; j++) {
+      size_t x = (size_t)i * d + j;
+      ek[x] = col_norm2(f->r_key + i * dd, d, j);
+      pk[x] = col_norm2(f->r_query + i * dd, d, j);
+      ev[x] = col_norm2(f->r_value + i * dd, d, j);
+      pv[x] = f->r_wo ? col_norm2(f->r_wo + i * dd, d, j) : 1.0;
+    }
+  for (int32_t g = 0; g < groups; g++) {
+    size_t o = (size_t)g * n;
+    balance_group(out->a + g * nn, out->b + g * nn, n, ek + o, pk + o, tmp, out->wk + o);
+    balance_group(out->c + g * nn, out->e + g * nn, n, ev + o, pv + o, tmp, out->wv + o);
+  }
+  free(buf);
+  return KQ_OK;
+}
