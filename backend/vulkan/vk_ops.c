@@ -371,43 +371,7 @@ typedef struct decode_plan {
   uint32_t rows, lpr, wg, npar;
   bool subgroups;
   bool kvec, vvec; /* 16-byte loads (one float segment of whole 16-byte rows) */
-  bool segvec;     /* the segment walk reads whole-unit segments in 16-byte units */
 } decode_plan;
-
-/* Value accumulators per lane and row above which the decode kernel takes
- * fewer rows per workgroup (registers). */
-#define VK_DECODE_MAX_ACC 64u
-
-/* The segment walk of attend_dec.comp (kq_walk) over one side: a segment
- * whose rows are whole 16-byte units is read in units (when `units`) of 16
- * q8 / 32 q4 / 16 / elem float dims, any other segment dim by dim. Returns
- * lane 0's accumulator slots with `lpr` lanes per row (the most of any lane:
- * the shader's VACC); *items = units plus a quarter of the dims read singly
- * (the work to spread over lanes). */
-static uint32_t walk_slots(int32_t n, const kq_segment *segs, int32_t rank, uint64_t elem,
-                           bool units, uint32_t lpr, uint64_t *items) {
-  const kq_segment plain = {.width = rank, .bits = KQ_SEG_FLOAT};
-  if (kq_segments_plain(n, segs)) {
-    n = 1;
-    segs = &plain;
-  }
-  uint64_t slots = 0, it = 0;
-  for (int32_t i = 0; i < n; ++i) {
-    const uint64_t rb = kq_segment_row_bytes(segs[i], elem == 2 ? KQ_STORAGE_F16 : KQ_STORAGE_F32);
-    const uint64_t dpu = segs[i].bits == KQ_SEG_Q8   ? 16
-                         : segs[i].bits == KQ_SEG_Q4 ? 32
-                                                     : 16 / elem;
-    if (units && rb % 16 == 0) {
-      slots += cdiv(rb / 16, lpr) * dpu;
-      it += rb / 16;
-    } else {
-      slots += cdiv((uint64_t)segs[i].width, lpr);
-      it += cdiv((uint64_t)segs[i].width, 4);
-    }
-  }
-  if (items) *items = it;
-  return (uint32_t)slots;
-}
 
 static uint64_t decode_shared(uint32_t rows, uint32_t npar, uint32_t lpr, uint64_t D, uint64_t rk,
                               uint64_t rv, bool subgroups) {
@@ -438,12 +402,8 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
   const uint64_t elem = op->storage == KQ_STORAGE_F16 ? 2 : 4;
   p->kvec = kq_segments_plain(op->n_key_segments, op->key_segments) && rk * elem % 16 == 0;
   p->vvec = kq_segments_plain(op->n_value_segments, op->value_segments) && rv * elem % 16 == 0;
-  p->segvec = getenv("KQSVD_VULKAN_NO_SEGVEC") == NULL; /* before/after switch */
-  uint64_t kslots = rk * elem / 16, vslots = rv * elem / 16;
-  if (!p->kvec)
-    walk_slots(op->n_key_segments, op->key_segments, op->rank_k, elem, p->segvec, 1, &kslots);
-  if (!p->vvec)
-    walk_slots(op->n_value_segments, op->value_segments, op->rank_v, elem, p->segvec, 1, &vslots);
+  const uint64_t kslots = p->kvec ? rk * elem / 16 : rk / 4,
+                 vslots = p->vvec ? rv * elem / 16 : rv / 4;
   const uint64_t widest = kslots > vslots ? kslots : vslots;
   uint32_t lpr = 1;
   while (lpr * 2 <= (p->subgroups ? sg : 32u) && lpr * 2 <= widest) lpr *= 2;
@@ -451,10 +411,6 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
     if (G % p->rows) continue;
     for (p->lpr = lpr; p->lpr <= (p->subgroups ? sg : p->wg); p->lpr *= 2) {
       p->npar = p->wg / p->lpr;
-      const uint32_t acc = p->vvec ? 0
-                                   : walk_slots(op->n_value_segments, op->value_segments,
-                                                op->rank_v, elem, p->segvec, p->lpr, NULL);
-      if (p->rows > 1 && p->rows * acc > VK_DECODE_MAX_ACC) continue;
       if (p->npar >= 1 && decode_shared(p->rows, p->npar, p->lpr, D, rk, rv, p->subgroups) <=
                               lim->maxComputeSharedMemorySize)
         goto fits;
@@ -574,13 +530,6 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
    * binding's 16-byte alignment. */
   aspec[KQ_SPEC_KVEC] = pl->kvec && k_base % 16 == 0;
   aspec[KQ_SPEC_VVEC] = pl->vvec && v_base % 16 == 0;
-  aspec[KQ_SPEC_SEGVEC] =
-      (pl->segvec && k_base % 16 == 0 ? 1u : 0u) | (pl->segvec && v_base % 16 == 0 ? 2u : 0u);
-  aspec[KQ_SPEC_VACC] =
-      aspec[KQ_SPEC_VVEC]
-          ? 1
-          : walk_slots(op->n_value_segments, op->value_segments, op->rank_v, f16 ? 2 : 4,
-                       (aspec[KQ_SPEC_SEGVEC] & 2) != 0, pl->lpr, NULL);
   kq_push_merge pm = {
       .n_heads = (uint32_t)H, .e_group = (uint32_t)(H / Hk), .n_chunks = max_chunks};
   const uint64_t out_row = up ? D : rv;

@@ -14,16 +14,8 @@
 //      running max / sum / accumulator of its positions in registers;
 //   3. merges its NPAR clusters once in shared memory and writes one partial
 //      (m, l, o[RV]) per (query, head, chunk); merge_up.comp merges chunks.
-// Latents are read in place from their segments (kq_seg.glsl). A side that
-// is one float segment of whole 16-byte rows is read in 16-byte units with
-// q̃ in registers (KVEC / VVEC); any other side is walked segment by segment
-// (SEGVEC): a segment whose rows are whole 16-byte units (row bytes a
-// multiple of 16, so every row is 16-byte aligned: planes start at
-// KQ_PLANE_ALIGN multiples and the host binds regions 16-byte aligned) is
-// read in units (16 q8 / 32 q4 / 16 B of float dims per lane, unpacked with
-// bit ops), other segments (e.g. 13 q4 bytes) element by element; a
-// quantized segment's F16 scale multiplies the lane's partial dot product /
-// weight once per segment and row.
+// Latents are read in place from their segments (kq_seg.glsl): float rows
+// in the storage type, q8/q4 rows times their F16 scale.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_shader_8bit_storage : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int8 : require
@@ -46,10 +38,6 @@ layout(constant_id = KQ_SPEC_IDENT) const uint IDENT = 0;
 // units at 16-byte aligned addresses; lane l loads units l, l + LPR, ...
 layout(constant_id = KQ_SPEC_KVEC) const uint KVEC = 0;
 layout(constant_id = KQ_SPEC_VVEC) const uint VVEC = 0;
-layout(constant_id = KQ_SPEC_SEGVEC) const uint SEGVEC = 0;
-// Value accumulators per lane and row of the segment walk (host: the walk's
-// slot count of lane 0, the busiest lane).
-layout(constant_id = KQ_SPEC_VACC) const uint VACC = 1;
 
 layout(push_constant) uniform kq_pc { kq_push_decode p; } pc;
 
@@ -73,6 +61,8 @@ const uint ELEM = 4u;
 #endif
 const uint WG = gl_WorkGroupSize.x;
 const uint NPAR = WG / LPR;             // positions in flight per workgroup
+const uint KPL = (RK + LPR - 1u) / LPR; // key dims per lane
+const uint VPL = (RV + LPR - 1u) / LPR; // value dims per lane
 const uint DPU = 16u / ELEM;            // dims per 16-byte unit
 const uint KU = RK / DPU, VU = RV / DPU; // units per row (KVEC / VVEC)
 const uint KUPL = KVEC != 0u ? (KU + LPR - 1u) / LPR : 1u; // key units per lane
@@ -91,80 +81,52 @@ void kq_unpack(uvec4 w, out float x[DPU]) {
 #endif
 }
 
-// q̃ with one pad float per 32 dims: lanes reading units 16 or 32 dims apart
-// hit different banks.
-const uint RKP = RK + RK / 32u + 1u;
-uint kq_sqi(uint r, uint e) {
-  return r * RKP + e + (e >> 5u);
-}
 shared float sqin[ROWS * D];
-shared float sq[ROWS * RKP];
+shared float sq[ROWS * RK];
 shared float smrg[NPAR * ROWS * (RV + 2u)];
 #if !KQ_SUBGROUP
 shared float sred[NPAR * ROWS * LPR];
 #endif
 
-// Segment s of a side in the walk: width, format, row bytes, data and scale
-// plane offsets (bytes from the side's base), whether its rows are read in
-// 16-byte units, dims per unit, items per row (units, or dims).
-struct kq_segw {
-  uint w, bits, rb, data, sc, vec, dpu, n;
+// Where dim e of a latent row lives: byte address of row 0 (data plane +
+// the dim's offset in the row), row bytes, format, scale plane (quantized).
+struct kq_dim {
+  uint at, rb, bits, sc, sub; // sub: nibble (q4: e & 1)
 };
 
-// `off` and `col`: running plane offset and first dim, advanced past s.
-kq_segw kq_walk(uint side, uint s, inout uint off, uint gc) {
-  kq_segw g;
-  const uint sw = kq_seg(side, s);
-  g.w = kq_seg_width(sw);
-  g.bits = kq_seg_bits(sw);
-  g.rb = kq_seg_row_bytes(sw, ELEM);
-  g.data = kq_align256(off);
-  off = g.data + gc * g.rb;
-  g.sc = 0u;
-  if (g.bits != 0u) {
-    g.sc = kq_align256(off);
-    off = g.sc + gc * 2u;
-  }
-  g.vec = (SEGVEC & (side == KQ_KEYS ? 1u : 2u)) != 0u && g.rb % 16u == 0u ? 1u : 0u;
-  g.dpu = g.bits == 8u ? 16u : g.bits == 4u ? 32u : DPU;
-  g.n = g.vec != 0u ? g.rb / 16u : g.w;
-  return g;
+kq_dim kq_locate(uint side, uint e, uint base, uint gc) {
+  uint s = 0u, col = 0u;
+  const uint n = kq_seg_count(side);
+  while (s + 1u < n && e >= col + kq_seg_width(kq_seg(side, s))) col += kq_seg_width(kq_seg(side, s++));
+  const uint w = kq_seg(side, s), bits = kq_seg_bits(w), j = e - col;
+  const uvec2 pl = kq_seg_planes(side, s, gc, ELEM);
+  kq_dim r;
+  r.rb = kq_seg_row_bytes(w, ELEM);
+  r.bits = bits;
+  r.sc = base + pl.y;
+  r.at = base + pl.x + (bits == 8u ? j : bits == 4u ? j / 2u : j * ELEM);
+  r.sub = j & 1u;
+  return r;
 }
 
-// The dims of a 16-byte unit of a segment (the first g.dpu entries of x):
-// int8 sign-extended, int4 as nibble - 8 (element 2i in the low nibble).
-void kq_unpack_unit(uvec4 u, uint bits, out float x[32]) {
-  [[unroll]] for (uint k = 0u; k < 32u; ++k) x[k] = 0.0;
-  if (bits == 8u) {
-    [[unroll]] for (uint k = 0u; k < 16u; ++k)
-      x[k] = float(bitfieldExtract(int(u[k >> 2u]), int(8u * (k & 3u)), 8));
-  } else if (bits == 4u) {
-    [[unroll]] for (uint k = 0u; k < 32u; ++k)
-      x[k] = float(int(bitfieldExtract(u[k >> 3u], int(4u * (k & 7u)), 4)) - 8);
-  } else {
-    float y[DPU];
-    kq_unpack(u, y);
-    [[unroll]] for (uint k = 0u; k < DPU; ++k) x[k] = y[k];
-  }
+float kq_load_k(kq_dim m, uint slot) {
+  const uint at = m.at + slot * m.rb;
+  if (m.bits == 0u) return float(kf[at / ELEM]);
+  const uint sa = m.sc + slot * 2u;
+  const float sc = kq_f16_bits_to_f32(uint(k8[sa]) | (uint(k8[sa + 1u]) << 8u));
+  if (m.bits == 8u) return float(int(ki8[at])) * sc;
+  const uint b = uint(k8[at]);
+  return float(int(m.sub != 0u ? b >> 4u : b & 15u) - 8) * sc;
 }
 
-uvec4 kq_unit(uint side, uint at) {
-  return side == KQ_KEYS ? k16[at / 16u] : v16[at / 16u];
-}
-
-// Element j of the row at byte address `row` (unscaled).
-float kq_elem(uint side, uint row, uint j, uint bits) {
-  if (bits == 0u) return side == KQ_KEYS ? float(kf[row / ELEM + j]) : float(vf[row / ELEM + j]);
-  if (bits == 8u) return float(side == KQ_KEYS ? int(ki8[row + j]) : int(vi8[row + j]));
-  const uint b = side == KQ_KEYS ? uint(k8[row + j / 2u]) : uint(v8[row + j / 2u]);
-  return float(int((j & 1u) != 0u ? b >> 4u : b & 15u) - 8);
-}
-
-// The F16 scale at byte address `at`.
-float kq_scale(uint side, uint at) {
-  const uint lo = side == KQ_KEYS ? uint(k8[at]) : uint(v8[at]);
-  const uint hi = side == KQ_KEYS ? uint(k8[at + 1u]) : uint(v8[at + 1u]);
-  return kq_f16_bits_to_f32(lo | (hi << 8u));
+float kq_load_v(kq_dim m, uint slot) {
+  const uint at = m.at + slot * m.rb;
+  if (m.bits == 0u) return float(vf[at / ELEM]);
+  const uint sa = m.sc + slot * 2u;
+  const float sc = kq_f16_bits_to_f32(uint(v8[sa]) | (uint(v8[sa + 1u]) << 8u));
+  if (m.bits == 8u) return float(int(vi8[at])) * sc;
+  const uint b = uint(v8[at]);
+  return float(int(m.sub != 0u ? b >> 4u : b & 15u) - 8) * sc;
 }
 
 void main() {
@@ -197,29 +159,38 @@ void main() {
       const uint bb = pc.p.b_off + ((h0 + r) / pc.p.b_group) * D * RK + e;
       for (uint k = 0u; k < D; ++k) acc += sqin[r * D + k] * bm[bb + k * RK];
     }
-    sq[kq_sqi(r, e)] = acc;
+    sq[i] = acc;
   }
   barrier();
 
-  // 2. This lane's query values (KVEC).
-  const uint gc = pc.p.gc;
+  // 2. This lane's dims: query values and where the dims live.
+  float qr[ROWS * KPL];
+  kq_dim kd[KPL];
+  kq_dim vd[VPL];
+  [[unroll]] for (uint i = 0u; i < KPL; ++i) {
+    const uint e = lane + i * LPR;
+    kd[i] = kq_locate(KQ_KEYS, min(e, RK - 1u), k_base, pc.p.gc);
+    [[unroll]] for (uint r = 0u; r < ROWS; ++r) qr[r * KPL + i] = e < RK ? sq[r * RK + e] : 0.0;
+  }
+  [[unroll]] for (uint i = 0u; i < VPL; ++i)
+    vd[i] = kq_locate(KQ_VALUES, min(lane + i * LPR, RV - 1u), v_base, pc.p.gc);
   float qv[KVEC != 0u ? ROWS * KUPL * DPU : 1u];
   [[unroll]] for (uint i = 0u; i < (KVEC != 0u ? KUPL : 0u); ++i) {
     const uint u = lane + i * LPR;
     [[unroll]] for (uint k = 0u; k < DPU; ++k)
       [[unroll]] for (uint r = 0u; r < ROWS; ++r)
-        qv[(r * KUPL + i) * DPU + k] = u < KU ? sq[kq_sqi(r, u * DPU + k)] : 0.0;
+        qv[(r * KUPL + i) * DPU + k] = u < KU ? sq[r * RK + u * DPU + k] : 0.0;
   }
   // First 16-byte unit of row 0 of the (single) float segment: its plane is at 0.
   const uint k16_base = k_base / 16u, v16_base = v_base / 16u;
   float accv[VVEC != 0u ? ROWS * VUPL * DPU : 1u];
   [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? ROWS * VUPL * DPU : 0u); ++i) accv[i] = 0.0;
-  float m_run[ROWS], l_run[ROWS], acc[VVEC != 0u ? 1u : ROWS * VACC];
+  float m_run[ROWS], l_run[ROWS], acc[ROWS * VPL];
   [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
     m_run[r] = KQ_NEG;
     l_run[r] = 0.0;
   }
-  [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? 0u : ROWS * VACC); ++i) acc[i] = 0.0;
+  [[unroll]] for (uint i = 0u; i < ROWS * VPL; ++i) acc[i] = 0.0;
 
   const uint slot0 = grp * pc.p.capacity;
   for (uint pb = cs; pb < ce; pb += NPAR) { // uniform trip count: barriers and shuffles are safe
@@ -239,28 +210,11 @@ void main() {
         }
       }
     } else {
-      uint off = 0u, col = 0u;
-      [[unroll]] for (uint s = 0u; s < KSEG_N; ++s) {
-        const kq_segw g = kq_walk(KQ_KEYS, s, off, gc);
-        const uint row = k_base + g.data + slot * g.rb;
-        float part[ROWS];
-        [[unroll]] for (uint r = 0u; r < ROWS; ++r) part[r] = 0.0;
-        for (uint i = lane; i < g.n; i += LPR) {
-          if (g.vec != 0u) {
-            float x[32];
-            kq_unpack_unit(kq_unit(KQ_KEYS, row + i * 16u), g.bits, x);
-            [[unroll]] for (uint k = 0u; k < 32u; ++k)
-              if (k < g.dpu)
-                [[unroll]] for (uint r = 0u; r < ROWS; ++r)
-                  part[r] += sq[kq_sqi(r, col + i * g.dpu + k)] * x[k];
-          } else {
-            const float x = kq_elem(KQ_KEYS, row, i, g.bits);
-            [[unroll]] for (uint r = 0u; r < ROWS; ++r) part[r] += sq[kq_sqi(r, col + i)] * x;
-          }
+      [[unroll]] for (uint i = 0u; i < KPL; ++i) {
+        if (lane + i * LPR < RK) {
+          const float k = kq_load_k(kd[i], slot);
+          [[unroll]] for (uint r = 0u; r < ROWS; ++r) dots[r] += qr[r * KPL + i] * k;
         }
-        const float f = g.bits != 0u ? kq_scale(KQ_KEYS, k_base + g.sc + slot * 2u) : 1.0;
-        [[unroll]] for (uint r = 0u; r < ROWS; ++r) dots[r] += part[r] * f;
-        col += g.w;
       }
     }
 #if KQ_SUBGROUP
@@ -277,6 +231,9 @@ void main() {
     barrier();
 #endif
     if (!ok) continue;
+    float v[VVEC != 0u ? 1u : VPL];
+    [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? 0u : VPL); ++i)
+      v[i] = lane + i * LPR < RV ? kq_load_v(vd[i], slot) : 0.0;
     float vv[VVEC != 0u ? VUPL * DPU : 1u];
     [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? VUPL : 0u); ++i) {
       const uint u = lane + i * LPR;
@@ -284,7 +241,6 @@ void main() {
       kq_unpack(u < VU ? v16[v16_base + slot * VU + u] : uvec4(0u), x);
       [[unroll]] for (uint k = 0u; k < DPU; ++k) vv[i * DPU + k] = x[k];
     }
-    float wt[ROWS];
     [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
       float s = dots[r] * scale;
       if (kq_nonfinite(s)) s = KQ_POISON;
@@ -292,43 +248,15 @@ void main() {
         const float f = exp(m_run[r] - s);
         m_run[r] = s;
         l_run[r] *= f;
-        [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? 0u : VACC); ++i) acc[r * VACC + i] *= f;
+        [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? 0u : VPL); ++i) acc[r * VPL + i] *= f;
         [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? VUPL * DPU : 0u); ++i)
           accv[r * VUPL * DPU + i] *= f;
       }
       const float w = exp(s - m_run[r]);
       l_run[r] += w;
-      wt[r] = w;
+      [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? 0u : VPL); ++i) acc[r * VPL + i] += w * v[i];
       [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? VUPL * DPU : 0u); ++i)
         accv[r * VUPL * DPU + i] += w * vv[i];
-    }
-    if (VVEC == 0u) { // P·Ṽ over the value segments, slot a: lane's item i of segment s
-      uint off = 0u, a = 0u;
-      [[unroll]] for (uint s = 0u; s < VSEG_N; ++s) {
-        const kq_segw g = kq_walk(KQ_VALUES, s, off, gc);
-        const uint row = v_base + g.data + slot * g.rb;
-        const float f = g.bits != 0u ? kq_scale(KQ_VALUES, v_base + g.sc + slot * 2u) : 1.0;
-        float ws[ROWS];
-        [[unroll]] for (uint r = 0u; r < ROWS; ++r) ws[r] = wt[r] * f;
-        const uint ni = (g.n + LPR - 1u) / LPR, per = g.vec != 0u ? g.dpu : 1u;
-        [[unroll]] for (uint i = 0u; i < ni; ++i) {
-          const uint u = lane + i * LPR;
-          if (u >= g.n) continue;
-          if (g.vec != 0u) {
-            float x[32];
-            kq_unpack_unit(kq_unit(KQ_VALUES, row + u * 16u), g.bits, x);
-            [[unroll]] for (uint k = 0u; k < 32u; ++k) {
-              const uint ai = a + i * per + k;
-              if (k < g.dpu && ai < VACC)
-                [[unroll]] for (uint r = 0u; r < ROWS; ++r) acc[r * VACC + ai] += ws[r] * x[k];
-            }
-          } else if (a + i < VACC) {
-            const float x = kq_elem(KQ_VALUES, row, u, g.bits);
-            [[unroll]] for (uint r = 0u; r < ROWS; ++r) acc[r * VACC + a + i] += ws[r] * x;
-          }
-        }
-        a += ni * per;
-      }
     }
   }
 
@@ -339,22 +267,8 @@ void main() {
       smrg[b] = m_run[r];
       smrg[b + 1u] = l_run[r];
     }
-    if (VVEC == 0u) { // the walk's slots back to their dims
-      uint off = 0u, a = 0u, col = 0u;
-      [[unroll]] for (uint s = 0u; s < VSEG_N; ++s) {
-        const kq_segw g = kq_walk(KQ_VALUES, s, off, gc);
-        const uint ni = (g.n + LPR - 1u) / LPR, per = g.vec != 0u ? g.dpu : 1u;
-        [[unroll]] for (uint i = 0u; i < ni; ++i) {
-          const uint u = lane + i * LPR;
-          if (u < g.n)
-            [[unroll]] for (uint k = 0u; k < per; ++k)
-              if (a + i * per + k < VACC)
-                smrg[b + 2u + col + u * per + k] = acc[r * VACC + a + i * per + k];
-        }
-        a += ni * per;
-        col += g.w;
-      }
-    }
+    [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? 0u : VPL); ++i)
+      if (lane + i * LPR < RV) smrg[b + 2u + lane + i * LPR] = acc[r * VPL + i];
     [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? VUPL : 0u); ++i) {
       const uint u = lane + i * LPR;
       if (u < VU)

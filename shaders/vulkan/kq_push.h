@@ -32,10 +32,6 @@
 #define KQ_SPEC_UP 7    /* merge_up: multiply by Eᵀ */
 #define KQ_SPEC_KVEC 8  /* attend_dec: keys read as 16-byte units (one float segment) */
 #define KQ_SPEC_VVEC 9  /* attend_dec: values likewise */
-/* attend_dec, sides not read by KVEC / VVEC (segment walk): bit 0 keys, bit 1
- * values: a segment whose rows are whole 16-byte units is read in units */
-#define KQ_SPEC_SEGVEC 10
-#define KQ_SPEC_VACC 11 /* attend_dec: value accumulators per lane and row (segment walk) */
 /* kq_seg.glsl: key segment table at 16..32, value table at 33..49. */
 #define KQ_SPEC_KEY_SEGS 16
 #define KQ_SPEC_VALUE_SEGS 33
