@@ -98,8 +98,6 @@ VkDeviceSize vk_max_binding(const kq_bdevice *d) {
 kq_status vk_bind_range(const kq_bdevice *d, const vk_mem *buf, VkDeviceSize offset,
                         VkDeviceSize bytes, uint32_t elem_size, vk_binding *out, uint32_t *out_elem,
                         const char *what) {
-  VkDeviceSize align = d->props.limits.minStorageBufferOffsetAlignment;
-  if (align == 0) align = 1;
   if (offset % elem_size)
     return VK_ERR(KQ_ERR_INVALID_ARGUMENT, "%s: %s: offset %llu is not a multiple of %u", d->name,
                   what, (unsigned long long)offset, elem_size);
@@ -108,6 +106,14 @@ kq_status vk_bind_range(const kq_bdevice *d, const vk_mem *buf, VkDeviceSize off
                   "%s: %s: range [%llu, +%llu) exceeds the buffer (%llu bytes)", d->name, what,
                   (unsigned long long)offset, (unsigned long long)bytes,
                   (unsigned long long)buf->size);
+  return vk_bind_own(d, buf, offset, bytes, elem_size, out, out_elem, what);
+}
+
+kq_status vk_bind_own(const kq_bdevice *d, const vk_mem *buf, VkDeviceSize offset,
+                      VkDeviceSize bytes, uint32_t elem_size, vk_binding *out, uint32_t *out_elem,
+                      const char *what) {
+  VkDeviceSize align = d->props.limits.minStorageBufferOffsetAlignment;
+  if (align == 0) align = 1;
   /* buf->base (an import's start) is a multiple of the alignment. */
   const VkDeviceSize at = buf->base + offset, end = buf->base + buf->size;
   VkDeviceSize base = at / align * align;

@@ -206,12 +206,21 @@ kq_status vk_frame_submit(kq_bdevice *d, vk_frame *f, bool wait, const char *wha
 /* Ends an op that failed while recording; the work recorded so far stays
  * queued. Releases the lock. */
 void vk_frame_abort(kq_bdevice *d, vk_frame *f);
-/* Binding of [offset, offset + bytes) of `buf` with the offset rounded down
- * to the device alignment; *out_elem = elements between the bound offset and
- * `offset`. Fails when the range would exceed maxStorageBufferRange. */
+/* Binding of [offset, offset + bytes) of a caller's buffer `buf` with the
+ * offset rounded down to the device alignment; *out_elem = elements between
+ * the bound offset and `offset`. Fails (naming `what`) when the offset is
+ * not a multiple of elem_size, the range leaves the buffer, or the binding
+ * would exceed maxStorageBufferRange. */
 kq_status vk_bind_range(const kq_bdevice *d, const vk_mem *buf, VkDeviceSize offset,
                         VkDeviceSize bytes, uint32_t elem_size, vk_binding *out, uint32_t *out_elem,
                         const char *what);
+/* vk_bind_range for the backend's own buffers (scratch, RoPE tables), whose
+ * offsets and sizes the backend chose itself: only the device's binding
+ * limit is checked, not the range against the buffer. Offsets a multiple of
+ * elem_size. */
+kq_status vk_bind_own(const kq_bdevice *d, const vk_mem *buf, VkDeviceSize offset,
+                      VkDeviceSize bytes, uint32_t elem_size, vk_binding *out, uint32_t *out_elem,
+                      const char *what);
 /* Largest byte range one binding may have after alignment slack. */
 VkDeviceSize vk_max_binding(const kq_bdevice *d);
 

@@ -348,8 +348,8 @@ static kq_status record_dequant(kq_bdevice *d, vk_frame *f, const kq_buffer *cac
   kq_status st = bind_latent(d, cache, cache_offset, n_seg, segs, (int32_t)rank, storage, groups,
                              capacity, &b[0], &u.src_base, what);
   if (st == KQ_OK)
-    st = vk_bind_range(d, &d->scratch, out_offset, groups * n_ctx * rank * 4, 4, &b[1], &u.out_off,
-                       "dequantized latents");
+    st = vk_bind_own(d, &d->scratch, out_offset, groups * n_ctx * rank * 4, 4, &b[1], &u.out_off,
+                     "dequantized latents");
   if (st != KQ_OK) return st;
   u.gc = (uint32_t)(groups * capacity);
   u.capacity = (uint32_t)capacity;
@@ -550,10 +550,9 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
     return st;
   }
   st = vk_frame_scratch(d, &f, toff + tbytes);
+  if (st == KQ_OK) st = vk_bind_own(d, &d->scratch, 0, pbytes, 4, &ab[4], &pa.part_off, "partials");
   if (st == KQ_OK)
-    st = vk_bind_range(d, &d->scratch, 0, pbytes, 4, &ab[4], &pa.part_off, "partials");
-  if (st == KQ_OK)
-    st = vk_bind_range(d, &d->scratch, toff, tbytes, 4, &ab[5], &pa.seq_off, "row table");
+    st = vk_bind_own(d, &d->scratch, toff, tbytes, 4, &ab[5], &pa.seq_off, "row table");
   if (st == KQ_OK) {
     uint32_t *t = table;
     for (int32_t i = 0; i < n_seqs; ++i) {
@@ -708,10 +707,10 @@ static kq_status attend_one(kq_bdevice *d, const kq_attend_op *op) {
       st = bind_opt(d, op->key_down, op->key_down_offset, Hk * D * rk * 4, !ident && p.pre, &b[2],
                     &e_a, "key_down");
     if (st == KQ_OK)
-      st = vk_bind_range(d, scratch, 0, nqb * H * p.QK * 4, 4, &b[3], &e_q, "query scratch");
+      st = vk_bind_own(d, scratch, 0, nqb * H * p.QK * 4, 4, &b[3], &e_q, "query scratch");
     if (st == KQ_OK && rope)
-      st = vk_bind_range(d, &rope->buffer->mem, 0, rope->buffer->mem.size, 4, &b[4], &e_rope,
-                         "rope table");
+      st = vk_bind_own(d, &rope->buffer->mem, 0, rope->buffer->mem.size, 4, &b[4], &e_rope,
+                       "rope table");
     if (st != KQ_OK) break;
     u.b_off = e_b;
     u.a_off = e_a;
@@ -726,8 +725,8 @@ static kq_status attend_one(kq_bdevice *d, const kq_attend_op *op) {
     /* 2. partial attention per kv head and cache window */
     vk_binding ab[VK_MAX_BINDINGS] = {b[3], {0}, {0}, {0}, b[4], b[1]};
     if (st == KQ_OK)
-      st = vk_bind_range(d, scratch, poff, nqb * H * nch * p.ntg * (rv + 2) * 4, 4, &ab[3], &e_part,
-                         "partials");
+      st = vk_bind_own(d, scratch, poff, nqb * H * nch * p.ntg * (rv + 2) * 4, 4, &ab[3], &e_part,
+                       "partials");
     for (uint64_t kvs = 0; kvs < cgroups * p.n_sub && st == KQ_OK; ++kvs) {
       const uint64_t kv = kvs / p.n_sub, head0 = kv * (H / cgroups) + (kvs % p.n_sub) * p.G;
       for (uint64_t w0 = 0; w0 < kctx && st == KQ_OK; w0 += p.window) {
@@ -761,8 +760,8 @@ static kq_status attend_one(kq_bdevice *d, const kq_attend_op *op) {
     vk_binding rb[2] = {ab[3], {0}};
     kq_push_reduce w = {0};
     if (st == KQ_OK && up)
-      st = vk_bind_range(d, scratch, latoff, nqb * H * rv * 4, 4, &rb[1], &w.out_off,
-                         "latent output");
+      st =
+          vk_bind_own(d, scratch, latoff, nqb * H * rv * 4, 4, &rb[1], &w.out_off, "latent output");
     else if (st == KQ_OK)
       st = vk_bind_range(d, &op->out->mem, op->out_offset + j0 * H * rv * 4, nqb * H * rv * 4, 4,
                          &rb[1], &w.out_off, "output");

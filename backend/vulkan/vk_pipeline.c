@@ -164,7 +164,10 @@ static size_t zmax(size_t a, size_t b) {
  * the decode kernels up to VK_DECODE_MAX_QUERIES queries (tiled kernels
  * with RoPE pre) and specializes the tiled ones for one query or several.
  * So one token, and 1, 2 and VK_DECODE_MAX_QUERIES + 1 queries (those not
- * above the bound), cover every count up to the bound. The ops run for real
+ * above the bound), cover every count up to the bound. The core describes
+ * the full output (value_up set); a cache may also be asked for the latent
+ * output, whose merge is another pipeline: each attend also runs without
+ * value_up. The ops run for real
  * on zeros: creating a pipeline is not always the whole compilation (Mesa
  * lavapipe generates the machine code of a shader at its first dispatch). */
 kq_status vk_prepare(kq_bdevice *d, const kq_project_op *append_keys,
@@ -212,6 +215,11 @@ kq_status vk_prepare(kq_bdevice *d, const kq_project_op *append_keys,
     }
     op.n_queries = op.n_ctx = counts[i];
     st = vk_op_attend(d, &op);
+    if (st == KQ_OK && op.value_up) { /* the latent output */
+      op.value_up = NULL;
+      op.value_up_offset = 0;
+      st = vk_op_attend(d, &op);
+    }
   }
   if (up && up->n_queries >= 1 && st == KQ_OK) {
     kq_up_op op = *up;

@@ -3,7 +3,9 @@
  * needs (kqsvd_backend.h, prepare), counted through
  * kq_device_stats.pipelines_created, never timed: after the cache is
  * created, a prefill (40 tokens appended and attended) and decode steps (one
- * query, full output) build no pipeline, for per-head F16 float latents,
+ * query), each with a full and a latent output, build no pipeline (the core
+ * prepares the full output only: the latent output's merge is the backend's
+ * to foresee), for per-head F16 float latents,
  * per-head q8/q4 segments and the joint layout; a second cache of the same shapes on the same
  * device builds none either. Exits 77 (ctest SKIP) when no Vulkan device is present.
  */
@@ -74,11 +76,13 @@ static kq_projections *make_projections(const prep_case *pc, int H, int Hk, int 
 }
 
 /* Appends `n` tokens, attends with all n of them when n > 1 (a prefill),
- * then runs one decode step (one query, full output), on every layer. */
+ * then runs one decode step (one query), on every layer; every attend once
+ * with a full and once with a latent output. */
 static void decode_steps(kq_cache *cache, int n, int H, int Hk, int d, uint64_t *seed) {
   const size_t row = (size_t)Hk * d, qrow = (size_t)H * d;
   float *K = malloc((size_t)n * row * 4), *V = malloc((size_t)n * row * 4);
-  float *q = malloc((size_t)n * qrow * 4), *out = malloc((size_t)n * qrow * 4);
+  /* out: a full [n, H, d] or latent [n, H, rank_v] output, rank_v <= 2d */
+  float *q = malloc((size_t)n * qrow * 4), *out = malloc((size_t)n * qrow * 2 * 4);
   assert_non_null(K && V && q && out);
   for (int32_t l = 0; l < 2; ++l) {
     vk_ref_fill(K, (size_t)n * row, 1.0, seed);
@@ -86,7 +90,9 @@ static void decode_steps(kq_cache *cache, int n, int H, int Hk, int d, uint64_t 
     vk_ref_fill(q, (size_t)n * qrow, 1.0, seed);
     CHECK_OK(kq_cache_append(cache, l, n, K, V));
     if (n > 1) CHECK_OK(kq_cache_attend(cache, l, n, q, KQ_OUTPUT_FULL, out));
+    if (n > 1) CHECK_OK(kq_cache_attend(cache, l, n, q, KQ_OUTPUT_LATENT, out));
     CHECK_OK(kq_cache_attend(cache, l, 1, q, KQ_OUTPUT_FULL, out));
+    CHECK_OK(kq_cache_attend(cache, l, 1, q, KQ_OUTPUT_LATENT, out));
   }
   free(K), free(V), free(q), free(out);
 }
