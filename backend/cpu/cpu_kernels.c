@@ -205,6 +205,65 @@ void kq_cpu_query_i16(int bits, const float *x, int w, int16_t *q, float *scale,
   *sum = total;
 }
 
+/* Bytes of one digit run of a quantized segment of width w (q4: both
+ * halves), each half padded to 32 digits, every 4 digits repeated 8 times
+ * (a broadcast vector the kernels read as a plain load). */
+static size_t i8_run_bytes(int bits, int w) {
+  size_t half = (size_t)(bits == KQ_SEG_Q4 ? (w + 1) / 2 : w);
+  half = ((half + 31) & ~(size_t)31) * 8;
+  return bits == KQ_SEG_Q4 ? 2 * half : half;
+}
+
+size_t kq_cpu_query_i8_bytes(const kq_cpu_plane *pl, int npl) {
+  size_t n = 0;
+  for (int g = 0; g < npl; g++)
+    if (pl[g].bits != KQ_SEG_FLOAT)
+      n += KQ_CPU_I8_DIGITS * i8_run_bytes(pl[g].bits, pl[g].width) + 32;
+  return n;
+}
+
+void kq_cpu_query_i8(const kq_cpu_plane *pl, int npl, const float *q, int rows, int ldq,
+                     unsigned char *out, size_t ld) {
+  for (int r = 0; r < rows; r++) {
+    unsigned char *o = out + (size_t)r * ld;
+    for (int g = 0; g < npl; g++) {
+      const kq_cpu_plane *p = &pl[g];
+      if (p->bits == KQ_SEG_FLOAT) continue;
+      const float *x = q + (size_t)r * ldq + p->qoff;
+      int w = p->width;
+      size_t run = i8_run_bytes(p->bits, w), half = run / 2;
+      memset(o, 0, KQ_CPU_I8_DIGITS * run + 32);
+      float amax = 0.0f;
+      for (int c = 0; c < w; c++) amax = fmaxf(amax, fabsf(x[c]));
+      float *scales = (float *)(void *)(o + KQ_CPU_I8_DIGITS * run);
+      int32_t *sums = (int32_t *)(void *)(scales + KQ_CPU_I8_DIGITS);
+      if (!(amax > 0.0f) || !isfinite(amax)) {
+        /* zeros, or a non-finite query: a NaN scale makes every logit NaN */
+        for (int k = 0; k < KQ_CPU_I8_DIGITS; k++) scales[k] = amax == 0.0f ? 0.0f : NAN;
+        o += KQ_CPU_I8_DIGITS * run + 32;
+        continue;
+      }
+      double sc = (double)amax / 127.0, wk = sc;
+      for (int k = 0; k < KQ_CPU_I8_DIGITS; k++, wk /= KQ_CPU_I8_BASE) scales[k] = (float)wk;
+      for (int c = 0; c < w; c++) {
+        /* byte of element c in each run: q4 even elements first, then odd */
+        size_t at = p->bits == KQ_SEG_Q4 ? (size_t)c / 2 : (size_t)c;
+        at = (p->bits == KQ_SEG_Q4 && c % 2 ? half : 0) + at / 4 * 32 + at % 4;
+        double y = (double)x[c] / sc; /* in [-127, 127] */
+        for (int k = 0; k < KQ_CPU_I8_DIGITS; k++) {
+          double a = nearbyint(y);
+          a = a > 127.0 ? 127.0 : a < -127.0 ? -127.0 : a;
+          for (int lane = 0; lane < 8; lane++)
+            o[(size_t)k * run + at + 4 * (size_t)lane] = (unsigned char)(int8_t)a;
+          sums[k] += (int32_t)a;
+          y = (y - a) * KQ_CPU_I8_BASE; /* the residual, in [-127, 127] */
+        }
+      }
+      o += KQ_CPU_I8_DIGITS * run + 32;
+    }
+  }
+}
+
 static const kq_cpu_kernels g_generic = {
     .isa = "generic",
     .f16_to_f32 = gen_f16_to_f32,
@@ -310,6 +369,7 @@ static int cpu_x86_level(void) {
 #endif
 
 static const kq_cpu_kernels *g_kernels = &g_generic;
+static kq_cpu_kernels g_mixed; /* see faster_set */
 static pthread_once_t g_kernels_once = PTHREAD_ONCE_INIT;
 static char g_isa_note[96]; /* how the set was chosen, for kq_cpu_code_path */
 
@@ -358,6 +418,13 @@ static const kq_cpu_kernels *faster_set(const kq_cpu_kernels *wide) {
     double tw = time_f16_decode(wide, kv, q, s, acc, 200);
     double t2 = time_f16_decode(&avx2_kernels, kv, q, s, acc, 200);
     pick = t2 < tw ? &avx2_kernels : wide;
+    if (pick == &avx2_kernels && wide == &avx512vnni_kernels) {
+      /* the F16 kernels of the AVX2 set with VNNI's int8 logits (exact
+       * integer sums: the same results as the AVX2 form, fewer instructions) */
+      g_mixed = avx2_kernels;
+      g_mixed.logits_planes_i8 = wide->logits_planes_i8;
+      pick = &g_mixed;
+    }
     /* speed of the AVX-512 set relative to the AVX2 one */
     snprintf(g_isa_note, sizeof g_isa_note,
              pick == wide ? " (timed %.2fx avx2)" : " (avx512 timed %.2fx)",
@@ -392,7 +459,7 @@ const kq_cpu_kernels *kq_cpu_kernels_get(void) {
 /* Quantized path: int16 or F32 kernels, by measurement                    */
 /* ---------------------------------------------------------------------- */
 
-static int g_quant_int16;
+static int g_quant_int16, g_quant_int8;
 static char g_code_path[256];
 static pthread_once_t g_quant_once = PTHREAD_ONCE_INIT;
 
@@ -434,6 +501,9 @@ static void quant_init(void) {
   double ratio = NAN;
   int have = k->logits_plane_i16 && k->logits_plane;
   g_quant_int16 = 0;
+  /* int8 logits unless another path is asked for (its sums are exact
+   * integers: F32-level results, conformance unchanged) */
+  g_quant_int8 = k->logits_planes_i8 != NULL && !(mode && *mode && strcmp(mode, "int8") != 0);
   if (have && mode && strcmp(mode, "int16") == 0) {
     g_quant_int16 = 1;
   } else if (have && mode && strcmp(mode, "auto") == 0) {
@@ -460,12 +530,17 @@ static void quant_init(void) {
     }
     free(kq8), free(kq4), free(q), free(p), free(acc), free(q16), free(wtmp);
   }
+  const char *path = g_quant_int16 ? "int16" : g_quant_int8 ? "int8 logits" : "f32";
   if (isfinite(ratio))
     snprintf(g_code_path, sizeof g_code_path, "%s%s, quantized %s (int16 timed %.2fx f32)", k->isa,
-             g_isa_note, g_quant_int16 ? "int16" : "f32", ratio);
+             g_isa_note, path, ratio);
   else
-    snprintf(g_code_path, sizeof g_code_path, "%s%s, quantized %s", k->isa, g_isa_note,
-             g_quant_int16 ? "int16" : "f32");
+    snprintf(g_code_path, sizeof g_code_path, "%s%s, quantized %s", k->isa, g_isa_note, path);
+}
+
+int kq_cpu_quant_int8(void) {
+  pthread_once(&g_quant_once, quant_init);
+  return g_quant_int8;
 }
 
 int kq_cpu_quant_int16(void) {
