@@ -101,12 +101,14 @@ typedef struct attend_ctx {
   int n_groups;     /* latent groups in the caches: n_kv_heads, or 1 (JOINT) */
   int heads_per_kv; /* query head h reads query_down[h / heads_per_kv] */
   int joint;
-  side_layout kl, vl;        /* key and value segments (n == 0: plain) */
-  int kwide;                 /* keys segmented and not PRE: logits_seg on widened tiles */
-  int kplane, vplane;        /* segmented side whose planes the kernels can read in place */
-  int qint;                  /* quantized planes read by the int16 kernels (logits_plane_i16) */
-  int ki8;                   /* key planes read by logits_planes_i8 (int8 query digits) */
-  size_t ldqd;               /* ki8: bytes of one row's query digits */
+  side_layout kl, vl; /* key and value segments (n == 0: plain) */
+  int kwide;          /* keys segmented and not PRE: logits_seg on widened tiles */
+  int kplane, vplane; /* segmented side whose planes the kernels can read in place */
+  int qint;           /* quantized planes read by the int16 kernels (logits_plane_i16) */
+  int ki8;     /* key planes of tasks of <= KQ_PLANE_ROWS rows read by logits_planes_i8 (larger
+                  tasks share widened tiles: 8 blocks of 4 rows transposing the same keys measured
+                  1.3x slower on the joint layout) */
+  size_t ldqd; /* ki8: bytes of one row's query digits */
   int kq16[KQ_MAX_SEGMENTS]; /* qint: first int16 query column of each key segment */
   int ldq16;                 /* qint: int16 query row length */
   int max_rows;              /* query rows per task: KQ_MAX_ROWS, or KQ_PRE_ROWS with PRE rope */
@@ -321,7 +323,7 @@ static void prepare_queries(const attend_ctx *c, task_scratch *ts, int h, int j0
       for (int i = c->dk; i < c->dkp; i++) row[i] = 0.0f;
     }
   }
-  if (c->ki8) { /* the int8 query digits of the quantized key segments */
+  if (c->ki8 && rows <= KQ_PLANE_ROWS) { /* int8 query digits of the quantized key segments */
     kq_cpu_plane pl[KQ_MAX_SEGMENTS];
     key_planes(c, pl);
     kq_cpu_query_i8(pl, c->kl.n, ts->qrows, rows, c->dkp, ts->qd, c->ldqd);
@@ -385,7 +387,7 @@ static void logits_planes(const attend_ctx *c, task_scratch *ts, int h, int p, i
       pl[g] = (kq_cpu_plane){
           sp->bits, f16, sp->width, sp->poff, sp->data + slot * sp->row_bytes, sp->row_bytes, sc};
     }
-    if (c->ki8)
+    if (c->ki8 && rows <= KQ_PLANE_ROWS)
       c->kern->logits_planes_i8(pl, c->kl.n, ts->qrows, c->dkp, ts->qd, c->ldqd, rows, nt, ts->s,
                                 KQ_TILE);
     else
@@ -544,7 +546,7 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
     kq_cpu_seg kdesc[KQ_MAX_SEGMENTS], vdesc[KQ_MAX_SEGMENTS];
     /* The int16 kernels read planes in place for any number of rows (a
      * conversion to int16 is cheap next to the products it feeds). */
-    int kplane = c->kplane && (c->qint || c->ki8 || rows <= KQ_PLANE_ROWS);
+    int kplane = c->kplane && (c->qint || rows <= KQ_PLANE_ROWS);
     int vplane = c->vplane && (c->qint || rows <= KQ_PLANE_ROWS);
     if (c->kwide) {
       seg_desc(&c->kl, ts.kscale, kdesc);
