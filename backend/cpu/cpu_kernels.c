@@ -1,5 +1,6 @@
 /* Inner loops of the CPU backend: portable C plus an AVX2/FMA/F16C set
  * selected at run time (the rest of the library stays baseline x86-64). */
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -231,13 +232,27 @@ void kq_cpu_query_i8(const kq_cpu_plane *pl, int npl, const float *q, int rows, 
       if (p->bits == KQ_SEG_FLOAT) continue;
       const float *x = q + (size_t)r * ldq + p->qoff;
       int w = p->width;
-      size_t run = i8_run_bytes(p->bits, w), half = run / 2;
-      memset(o, 0, KQ_CPU_I8_DIGITS * run + 32);
+      size_t run = i8_run_bytes(p->bits, w), half = p->bits == KQ_SEG_Q4 ? run / 2 : run;
+      memset(o + KQ_CPU_I8_DIGITS * run, 0, 32); /* scales, sums, padding */
       float amax = 0.0f;
-      for (int c = 0; c < w; c++) amax = fmaxf(amax, fabsf(x[c]));
+      int finite = 1;
+      for (int c = 0; c < w; c++) { /* no fmaxf: a libm call on the baseline ISA */
+        float v = fabsf(x[c]);
+        finite &= v <= FLT_MAX;
+        amax = v > amax ? v : amax;
+      }
+      if (!finite) amax = NAN;
       float *scales = (float *)(void *)(o + KQ_CPU_I8_DIGITS * run);
       int32_t *sums = (int32_t *)(void *)(scales + KQ_CPU_I8_DIGITS);
+      int halves = p->bits == KQ_SEG_Q4 ? 2 : 1;
+      size_t digits = half / 8;                  /* per half, a multiple of 32 */
+      for (int k = 0; k < KQ_CPU_I8_DIGITS; k++) /* the compact padding (see below) */
+        for (int hh = 0; hh < halves; hh++) {
+          size_t used = halves == 2 ? (size_t)(w + 1 - hh) / 2 : (size_t)w;
+          memset(o + (size_t)k * run + (size_t)hh * half + used, 0, digits - used);
+        }
       if (!(amax > 0.0f) || !isfinite(amax)) {
+        memset(o, 0, KQ_CPU_I8_DIGITS * run);
         /* zeros, or a non-finite query: a NaN scale makes every logit NaN */
         for (int k = 0; k < KQ_CPU_I8_DIGITS; k++) scales[k] = amax == 0.0f ? 0.0f : NAN;
         o += KQ_CPU_I8_DIGITS * run + 32;
@@ -245,20 +260,33 @@ void kq_cpu_query_i8(const kq_cpu_plane *pl, int npl, const float *q, int rows, 
       }
       double sc = (double)amax / 127.0, wk = sc;
       for (int k = 0; k < KQ_CPU_I8_DIGITS; k++, wk /= KQ_CPU_I8_BASE) scales[k] = (float)wk;
+      float inv = (float)(1.0 / sc);
+      /* Compact digits first, at byte at of each half (q4: even elements,
+       * then odd ones from byte half), then every dword spread to its 32
+       * bytes, the last first so that no compact byte is overwritten unread.
+       * Rounding by truncation of y ± 0.5 (the residual digit takes up any
+       * tie the same way; no libm call on the baseline ISA). */
       for (int c = 0; c < w; c++) {
-        /* byte of element c in each run: q4 even elements first, then odd */
-        size_t at = p->bits == KQ_SEG_Q4 ? (size_t)c / 2 : (size_t)c;
-        at = (p->bits == KQ_SEG_Q4 && c % 2 ? half : 0) + at / 4 * 32 + at % 4;
-        double y = (double)x[c] / sc; /* in [-127, 127] */
+        size_t at = p->bits == KQ_SEG_Q4 ? (c % 2 ? half : 0) + (size_t)c / 2 : (size_t)c;
+        float y = x[c] * inv; /* in [-127, 127] */
         for (int k = 0; k < KQ_CPU_I8_DIGITS; k++) {
-          double a = nearbyint(y);
-          a = a > 127.0 ? 127.0 : a < -127.0 ? -127.0 : a;
-          for (int lane = 0; lane < 8; lane++)
-            o[(size_t)k * run + at + 4 * (size_t)lane] = (unsigned char)(int8_t)a;
-          sums[k] += (int32_t)a;
-          y = (y - a) * KQ_CPU_I8_BASE; /* the residual, in [-127, 127] */
+          int a = (int)(y + copysignf(0.5f, y)); /* branch-free: the signs are random */
+          a = a > 127 ? 127 : a < -127 ? -127 : a;
+          o[(size_t)k * run + at] = (unsigned char)(int8_t)a;
+          sums[k] += a;
+          y = (y - (float)a) * (float)KQ_CPU_I8_BASE; /* the residual, in [-127, 127] */
         }
       }
+      for (int k = 0; k < KQ_CPU_I8_DIGITS; k++)
+        for (int hh = 0; hh < halves; hh++) {
+          unsigned char *base = o + (size_t)k * run + (size_t)hh * half;
+          for (size_t i = digits / 4; i-- > 0;) {
+            uint32_t d4;
+            memcpy(&d4, base + 4 * i, 4);
+            uint64_t d8 = (uint64_t)d4 | (uint64_t)d4 << 32;
+            for (int j = 0; j < 4; j++) memcpy(base + 32 * i + 8 * j, &d8, 8);
+          }
+        }
       o += KQ_CPU_I8_DIGITS * run + 32;
     }
   }
