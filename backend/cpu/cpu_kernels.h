@@ -215,9 +215,12 @@ const kq_cpu_kernels *kq_cpu_kernels_get(void);
  * Always 0 for a set without them. Decided once per process; thread-safe. */
 int kq_cpu_quant_int16(void);
 
-/* 1 when quantized key segments go through logits_planes_i8 (the default
- * on a set that has it); KQSVD_CPU_QUANT=f32, int16 or auto select the
- * other paths as above. Decided once per process; thread-safe. */
+/* 1 when quantized key segments of decode tasks go through
+ * logits_planes_i8: the default on a set that has it (when the F16 timing
+ * keeps the AVX2 set on a VNNI CPU, with VNNI's kernel: same integer sums).
+ * KQSVD_CPU_QUANT=int8 asks for it, =f32 keeps the F32 kernels, =int16 and
+ * =auto (int16 against f32, as above) turn it off. Decided once per
+ * process; thread-safe. */
 int kq_cpu_quant_int8(void);
 
 /* The code path in words for reports, e.g. "avx2+fma+f16c+avx512vl+vnni,
