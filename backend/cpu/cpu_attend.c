@@ -101,10 +101,14 @@ typedef struct attend_ctx {
   int n_groups;     /* latent groups in the caches: n_kv_heads, or 1 (JOINT) */
   int heads_per_kv; /* query head h reads query_down[h / heads_per_kv] */
   int joint;
-  side_layout kl, vl;        /* key and value segments (n == 0: plain) */
-  int kwide;                 /* keys segmented and not PRE: logits_seg on widened tiles */
-  int kplane, vplane;        /* segmented side whose planes the kernels can read in place */
-  int qint;                  /* quantized planes read by the int16 kernels (logits_plane_i16) */
+  side_layout kl, vl; /* key and value segments (n == 0: plain) */
+  int kwide;          /* keys segmented and not PRE: logits_seg on widened tiles */
+  int kplane, vplane; /* segmented side whose planes the kernels can read in place */
+  int qint;           /* quantized planes read by the int16 kernels (logits_plane_i16) */
+  int ki8;     /* key planes of tasks of <= KQ_PLANE_ROWS rows read by logits_planes_i8 (larger
+                  tasks share widened tiles: 8 blocks of 4 rows transposing the same keys measured
+                  1.3x slower on the joint layout) */
+  size_t ldqd; /* ki8: bytes of one row's query digits */
   int kq16[KQ_MAX_SEGMENTS]; /* qint: first int16 query column of each key segment */
   int ldq16;                 /* qint: int16 query row length */
   int max_rows;              /* query rows per task: KQ_MAX_ROWS, or KQ_PRE_ROWS with PRE rope */
@@ -192,6 +196,7 @@ typedef struct task_scratch {
   float *q16scale;      /* [n key segments][max_rows] */
   int32_t *q16sum;      /* [n key segments][max_rows] */
   int16_t *wtmp;        /* [KQ_CPU_I16_ROWS][66]: int16 softmax weights */
+  unsigned char *qd;    /* [max_rows][ldqd]: int8 query digits (ki8) */
 } task_scratch;
 
 static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts) {
@@ -222,12 +227,13 @@ static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts)
       c->qint ? (size_t)c->kl.n * rows : 0,
       c->qint ? (size_t)c->kl.n * rows : 0, /* int32 */
       c->qint ? (size_t)KQ_CPU_I16_ROWS * 66 / 2 : 0,
+      c->ki8 ? (rows * c->ldqd + 3) / 4 : 0, /* bytes, in floats */
   };
-  float *q16, *q16sum, *wtmp;
+  float *q16, *q16sum, *wtmp, *qd;
   float **slots[] = {&ts->qrows, &ts->bt,       &ts->ktile,  &ts->ltile,  &ts->vtile, &ts->s,
                      &ts->m,     &ts->l,        &ts->alpha,  &ts->acc,    &ts->rotf,  &ts->qraw,
                      &ts->qlat,  &ts->at,       &ts->kscale, &ts->vscale, &ts->ptmp,  &ts->bad,
-                     &q16,       &ts->q16scale, &q16sum,     &wtmp};
+                     &q16,       &ts->q16scale, &q16sum,     &wtmp,       &qd};
   size_t off = 0;
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
     if (base) *slots[i] = base + off;
@@ -237,10 +243,24 @@ static size_t layout_scratch(const attend_ctx *c, float *base, task_scratch *ts)
     ts->q16 = (int16_t *)(void *)q16;
     ts->q16sum = (int32_t *)(void *)q16sum;
     ts->wtmp = (int16_t *)(void *)wtmp;
+    ts->qd = (unsigned char *)(void *)qd;
     ts->rot = (double *)(void *)ts->rotf;
     ts->next_p = -1;
   }
   return off * sizeof(float);
+}
+
+/* The key segments as the kernels see them (bits, width, query column);
+ * data and scale are filled per tile. */
+static void key_planes(const attend_ctx *c, kq_cpu_plane *pl) {
+  for (int g = 0; g < c->kl.n; g++)
+    pl[g] = (kq_cpu_plane){c->kl.seg[g].bits,
+                           c->op->storage == KQ_STORAGE_F16,
+                           c->kl.seg[g].width,
+                           c->kl.seg[g].poff,
+                           NULL,
+                           c->kl.seg[g].row_bytes,
+                           NULL};
 }
 
 /* Builds the scaled query rows of a task: q̃ = q B (POST/NONE) or
@@ -303,6 +323,11 @@ static void prepare_queries(const attend_ctx *c, task_scratch *ts, int h, int j0
       for (int i = c->dk; i < c->dkp; i++) row[i] = 0.0f;
     }
   }
+  if (c->ki8 && rows <= KQ_PLANE_ROWS) { /* int8 query digits of the quantized key segments */
+    kq_cpu_plane pl[KQ_MAX_SEGMENTS];
+    key_planes(c, pl);
+    kq_cpu_query_i8(pl, c->kl.n, ts->qrows, rows, c->dkp, ts->qd, c->ldqd);
+  }
   if (c->qint && c->kplane) /* the int16 queries of the quantized key segments */
     for (int g = 0; g < c->kl.n; g++) {
       const seg_plane *sp = &c->kl.seg[g];
@@ -362,7 +387,11 @@ static void logits_planes(const attend_ctx *c, task_scratch *ts, int h, int p, i
       pl[g] = (kq_cpu_plane){
           sp->bits, f16, sp->width, sp->poff, sp->data + slot * sp->row_bytes, sp->row_bytes, sc};
     }
-    c->kern->logits_planes(pl, c->kl.n, ts->qrows, rows, c->dkp, nt, ts->s, KQ_TILE);
+    if (c->ki8 && rows <= KQ_PLANE_ROWS)
+      c->kern->logits_planes_i8(pl, c->kl.n, ts->qrows, c->dkp, ts->qd, c->ldqd, rows, nt, ts->s,
+                                KQ_TILE);
+    else
+      c->kern->logits_planes(pl, c->kl.n, ts->qrows, rows, c->dkp, nt, ts->s, KQ_TILE);
     return;
   }
   for (int g = 0; g < c->kl.n; g++) {
@@ -677,6 +706,12 @@ static kq_status attend_setup(const kq_attend_op *op, int64_t batch_base, attend
   for (int g = 0; g < c.kl.n && c.qint && c.kplane; g++) {
     c.kq16[g] = c.ldq16;
     if (c.kl.seg[g].scale) c.ldq16 += kq_cpu_i16_width(c.kl.seg[g].width);
+  }
+  c.ki8 = c.kplane && !c.qint && c.kern->logits_planes_i8 && kq_cpu_quant_int8();
+  if (c.ki8) {
+    kq_cpu_plane pl[KQ_MAX_SEGMENTS];
+    key_planes(&c, pl);
+    c.ldqd = kq_cpu_query_i8_bytes(pl, c.kl.n);
   }
   int f16 = op->storage == KQ_STORAGE_F16;
   c.direct_k = f16 && c.kern->logits_f16 && op->rope != KQ_ROPE_PRE &&

@@ -1,5 +1,6 @@
 /* Inner loops of the CPU backend: portable C plus an AVX2/FMA/F16C set
  * selected at run time (the rest of the library stays baseline x86-64). */
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -205,6 +206,92 @@ void kq_cpu_query_i16(int bits, const float *x, int w, int16_t *q, float *scale,
   *sum = total;
 }
 
+/* Bytes of one digit run of a quantized segment of width w (q4: both
+ * halves), each half padded to 32 digits, every 4 digits repeated 8 times
+ * (a broadcast vector the kernels read as a plain load). */
+static size_t i8_run_bytes(int bits, int w) {
+  size_t half = (size_t)(bits == KQ_SEG_Q4 ? (w + 1) / 2 : w);
+  half = ((half + 31) & ~(size_t)31) * 8;
+  return bits == KQ_SEG_Q4 ? 2 * half : half;
+}
+
+size_t kq_cpu_query_i8_bytes(const kq_cpu_plane *pl, int npl) {
+  size_t n = 0;
+  for (int g = 0; g < npl; g++)
+    if (pl[g].bits != KQ_SEG_FLOAT)
+      n += KQ_CPU_I8_DIGITS * i8_run_bytes(pl[g].bits, pl[g].width) + 32;
+  return n;
+}
+
+void kq_cpu_query_i8(const kq_cpu_plane *pl, int npl, const float *q, int rows, int ldq,
+                     unsigned char *out, size_t ld) {
+  for (int r = 0; r < rows; r++) {
+    unsigned char *o = out + (size_t)r * ld;
+    for (int g = 0; g < npl; g++) {
+      const kq_cpu_plane *p = &pl[g];
+      if (p->bits == KQ_SEG_FLOAT) continue;
+      const float *x = q + (size_t)r * ldq + p->qoff;
+      int w = p->width;
+      size_t run = i8_run_bytes(p->bits, w), half = p->bits == KQ_SEG_Q4 ? run / 2 : run;
+      memset(o + KQ_CPU_I8_DIGITS * run, 0, 32); /* scales, sums, padding */
+      float amax = 0.0f;
+      int finite = 1;
+      for (int c = 0; c < w; c++) { /* no fmaxf: a libm call on the baseline ISA */
+        float v = fabsf(x[c]);
+        finite &= v <= FLT_MAX;
+        amax = v > amax ? v : amax;
+      }
+      if (!finite) amax = NAN;
+      float *scales = (float *)(void *)(o + KQ_CPU_I8_DIGITS * run);
+      int32_t *sums = (int32_t *)(void *)(scales + KQ_CPU_I8_DIGITS);
+      int halves = p->bits == KQ_SEG_Q4 ? 2 : 1;
+      size_t digits = half / 8;                  /* per half, a multiple of 32 */
+      for (int k = 0; k < KQ_CPU_I8_DIGITS; k++) /* the compact padding (see below) */
+        for (int hh = 0; hh < halves; hh++) {
+          size_t used = halves == 2 ? (size_t)(w + 1 - hh) / 2 : (size_t)w;
+          memset(o + (size_t)k * run + (size_t)hh * half + used, 0, digits - used);
+        }
+      if (!(amax > 0.0f) || !isfinite(amax)) {
+        memset(o, 0, KQ_CPU_I8_DIGITS * run);
+        /* zeros, or a non-finite query: a NaN scale makes every logit NaN */
+        for (int k = 0; k < KQ_CPU_I8_DIGITS; k++) scales[k] = amax == 0.0f ? 0.0f : NAN;
+        o += KQ_CPU_I8_DIGITS * run + 32;
+        continue;
+      }
+      double sc = (double)amax / 127.0, wk = sc;
+      for (int k = 0; k < KQ_CPU_I8_DIGITS; k++, wk /= KQ_CPU_I8_BASE) scales[k] = (float)wk;
+      float inv = (float)(1.0 / sc);
+      /* Compact digits first, at byte at of each half (q4: even elements,
+       * then odd ones from byte half), then every dword spread to its 32
+       * bytes, the last first so that no compact byte is overwritten unread.
+       * Rounding by truncation of y ± 0.5 (the residual digit takes up any
+       * tie the same way; no libm call on the baseline ISA). */
+      for (int c = 0; c < w; c++) {
+        size_t at = p->bits == KQ_SEG_Q4 ? (c % 2 ? half : 0) + (size_t)c / 2 : (size_t)c;
+        float y = x[c] * inv; /* in [-127, 127] */
+        for (int k = 0; k < KQ_CPU_I8_DIGITS; k++) {
+          int a = (int)(y + copysignf(0.5f, y)); /* branch-free: the signs are random */
+          a = a > 127 ? 127 : a < -127 ? -127 : a;
+          o[(size_t)k * run + at] = (unsigned char)(int8_t)a;
+          sums[k] += a;
+          y = (y - (float)a) * (float)KQ_CPU_I8_BASE; /* the residual, in [-127, 127] */
+        }
+      }
+      for (int k = 0; k < KQ_CPU_I8_DIGITS; k++)
+        for (int hh = 0; hh < halves; hh++) {
+          unsigned char *base = o + (size_t)k * run + (size_t)hh * half;
+          for (size_t i = digits / 4; i-- > 0;) {
+            uint32_t d4;
+            memcpy(&d4, base + 4 * i, 4);
+            uint64_t d8 = (uint64_t)d4 | (uint64_t)d4 << 32;
+            for (int j = 0; j < 4; j++) memcpy(base + 32 * i + 8 * j, &d8, 8);
+          }
+        }
+      o += KQ_CPU_I8_DIGITS * run + 32;
+    }
+  }
+}
+
 static const kq_cpu_kernels g_generic = {
     .isa = "generic",
     .f16_to_f32 = gen_f16_to_f32,
@@ -310,6 +397,7 @@ static int cpu_x86_level(void) {
 #endif
 
 static const kq_cpu_kernels *g_kernels = &g_generic;
+static kq_cpu_kernels g_mixed; /* see faster_set */
 static pthread_once_t g_kernels_once = PTHREAD_ONCE_INIT;
 static char g_isa_note[96]; /* how the set was chosen, for kq_cpu_code_path */
 
@@ -358,6 +446,13 @@ static const kq_cpu_kernels *faster_set(const kq_cpu_kernels *wide) {
     double tw = time_f16_decode(wide, kv, q, s, acc, 200);
     double t2 = time_f16_decode(&avx2_kernels, kv, q, s, acc, 200);
     pick = t2 < tw ? &avx2_kernels : wide;
+    if (pick == &avx2_kernels && wide == &avx512vnni_kernels) {
+      /* the F16 kernels of the AVX2 set with VNNI's int8 logits (exact
+       * integer sums: the same results as the AVX2 form, fewer instructions) */
+      g_mixed = avx2_kernels;
+      g_mixed.logits_planes_i8 = wide->logits_planes_i8;
+      pick = &g_mixed;
+    }
     /* speed of the AVX-512 set relative to the AVX2 one */
     snprintf(g_isa_note, sizeof g_isa_note,
              pick == wide ? " (timed %.2fx avx2)" : " (avx512 timed %.2fx)",
@@ -392,7 +487,7 @@ const kq_cpu_kernels *kq_cpu_kernels_get(void) {
 /* Quantized path: int16 or F32 kernels, by measurement                    */
 /* ---------------------------------------------------------------------- */
 
-static int g_quant_int16;
+static int g_quant_int16, g_quant_int8;
 static char g_code_path[256];
 static pthread_once_t g_quant_once = PTHREAD_ONCE_INIT;
 
@@ -434,6 +529,9 @@ static void quant_init(void) {
   double ratio = NAN;
   int have = k->logits_plane_i16 && k->logits_plane;
   g_quant_int16 = 0;
+  /* int8 logits unless another path is asked for (its sums are exact
+   * integers: F32-level results, conformance unchanged) */
+  g_quant_int8 = k->logits_planes_i8 != NULL && !(mode && *mode && strcmp(mode, "int8") != 0);
   if (have && mode && strcmp(mode, "int16") == 0) {
     g_quant_int16 = 1;
   } else if (have && mode && strcmp(mode, "auto") == 0) {
@@ -460,12 +558,17 @@ static void quant_init(void) {
     }
     free(kq8), free(kq4), free(q), free(p), free(acc), free(q16), free(wtmp);
   }
+  const char *path = g_quant_int16 ? "int16" : g_quant_int8 ? "int8 logits" : "f32";
   if (isfinite(ratio))
     snprintf(g_code_path, sizeof g_code_path, "%s%s, quantized %s (int16 timed %.2fx f32)", k->isa,
-             g_isa_note, g_quant_int16 ? "int16" : "f32", ratio);
+             g_isa_note, path, ratio);
   else
-    snprintf(g_code_path, sizeof g_code_path, "%s%s, quantized %s", k->isa, g_isa_note,
-             g_quant_int16 ? "int16" : "f32");
+    snprintf(g_code_path, sizeof g_code_path, "%s%s, quantized %s", k->isa, g_isa_note, path);
+}
+
+int kq_cpu_quant_int8(void) {
+  pthread_once(&g_quant_once, quant_init);
+  return g_quant_int8;
 }
 
 int kq_cpu_quant_int16(void) {

@@ -131,7 +131,50 @@ typedef struct kq_cpu_kernels {
                            int w, const float *kscale, float *s, int lds, int accumulate);
   void (*pv_plane_i16)(int bits, const float *p, int rows, int lds, const unsigned char *v,
                        size_t stride, int nt, int w, float *acc, int lda, int16_t *wtmp);
+  /* logits_planes with int8 dot products on the quantized segments: the
+   * stored integers (q8 + 128, q4 nibbles as stored) on the unsigned side
+   * of vpdpbusd (AVX-512 VNNI; vpmaddubsw + vpmaddwd on the other sets, q8
+   * then as |k| times the query digit with k's sign), the query on the
+   * signed side as KQ_CPU_I8_DIGITS int8 digits (qd from kq_cpu_query_i8,
+   * rows every ldqd bytes), the offsets removed once per sum as offset ·
+   * Σ digits. Float segments as in logits_planes (q, ldq; the query
+   * padded with zeros to a multiple of 8). Blocks of 8 positions whose key
+   * bytes are transposed once (dword i of the 8 positions in one vector), so
+   * each lane accumulates one position: no horizontal reductions, and each
+   * segment's scale[t] (read for t < nt only) multiplies 8 logits as a
+   * vector. Integer sums are exact, so every set gives the same logits.
+   * NULL in the portable set. */
+  void (*logits_planes_i8)(const kq_cpu_plane *pl, int npl, const float *q, int ldq,
+                           const unsigned char *qd, size_t ldqd, int rows, int nt, float *s,
+                           int lds);
 } kq_cpu_kernels;
+
+/* Int8 digits per query element for logits_planes_i8, and their base: x ≈
+ * s (a0 + a1 / 254) with s = max |x| / 127 per row and segment, both
+ * digits in [-127, 127]: error <= s / 508, 2^-16 of the row's largest
+ * element, as the int16 query but with int8 products. The conformance
+ * suite passes with its thresholds (its tightest quantized case,
+ * kq8-vq4_ties at F32 level, measures 1.2e-9 against 1.9e-9); three digits
+ * (2^-24) cost 1.3x the multiply-adds and were slower than the F32 kernels
+ * on Zen 4 (docs/results.md). */
+#define KQ_CPU_I8_DIGITS 2
+#define KQ_CPU_I8_BASE 254
+
+/* Bytes of one query row's int8 digits for key segments pl[0, npl) (only
+ * bits and width are read): per quantized segment, KQ_CPU_I8_DIGITS digit
+ * runs (q8: its w elements; q4: the even elements then the odd ones, each
+ * of the two padded to a multiple of 32 digits; every 4 digits stored 8
+ * times over, as the broadcast vector the kernel multiplies), then 32
+ * bytes: the F32 scales s · 254^-k and the int32 digit sums Σ a_k. A
+ * multiple of 32. */
+size_t kq_cpu_query_i8_bytes(const kq_cpu_plane *pl, int npl);
+
+/* The int8 digits of rows query rows q[r * ldq + pl[g].qoff + c], c <
+ * pl[g].width, of every quantized segment g, into out[r * ld ..] (ld >=
+ * kq_cpu_query_i8_bytes, the layout described there; padding zeroed). A
+ * non-finite element makes that segment's scales NaN (its logits NaN). */
+void kq_cpu_query_i8(const kq_cpu_plane *pl, int npl, const float *q, int rows, int ldq,
+                     unsigned char *out, size_t ld);
 
 /* Widest quantized segment piece the int16 kernels take at once: int32 sums
  * of 32767 · 127 · 512 stay below 2^31. Wider segments are cut in pieces. */
@@ -171,6 +214,14 @@ const kq_cpu_kernels *kq_cpu_kernels_get(void);
  * first use and takes the faster (results then depend on that timing).
  * Always 0 for a set without them. Decided once per process; thread-safe. */
 int kq_cpu_quant_int16(void);
+
+/* 1 when quantized key segments of decode tasks go through
+ * logits_planes_i8: the default on a set that has it (when the F16 timing
+ * keeps the AVX2 set on a VNNI CPU, with VNNI's kernel: same integer sums).
+ * KQSVD_CPU_QUANT=int8 asks for it, =f32 keeps the F32 kernels, =int16 and
+ * =auto (int16 against f32, as above) turn it off. Decided once per
+ * process; thread-safe. */
+int kq_cpu_quant_int8(void);
 
 /* The code path in words for reports, e.g. "avx2+fma+f16c+avx512vl+vnni,
  * quantized int16 (measured 2.3x f32)"; a static string. */

@@ -759,6 +759,120 @@ static void test_int16_kernels_match_float64_for_odd_shapes(void **state) {
         }
 }
 
+/* A key segment list for the int8 logits test: bits (0 float), width, F16
+ * when float. */
+typedef struct i8seg {
+  int bits, width, f16;
+} i8seg;
+
+/* logits_planes_i8 of the selected set (whichever KQSVD_CPU_ISA forces)
+ * against float64 on mixed segment lists with odd widths (a q8 tail of 1-31
+ * bytes, q4 tails, float segments of 3 and 5), 1-6 rows (blocks of 4 and
+ * the remainders) and tiles of 1-64 positions (tails of a block of 8). The
+ * bound is the two-digit query's rounding, s / 508 per element with s =
+ * max |x| / 127 of the row's segment, times Σ|k| and the position's scale,
+ * plus F32 rounding (1e-6 of Σ|terms|): a wrong offset correction, a
+ * dropped digit or a misplaced nibble is off by at least ~100x that. */
+static void test_int8_logits_match_float64_for_mixed_segments(void **state) {
+  (void)state;
+  const kq_cpu_kernels *k = kq_cpu_kernels_get();
+  if (!k->logits_planes_i8) {
+    print_message("isa %s has no int8 logits\n", k->isa);
+    return;
+  }
+  static const i8seg lists[][4] = {
+      {{KQ_SEG_Q8, 32, 0}},
+      {{KQ_SEG_Q4, 64, 0}},
+      {{KQ_SEG_Q8, 1, 0}},
+      {{KQ_SEG_Q4, 2, 0}},
+      {{KQ_SEG_FLOAT, 8, 1}, {KQ_SEG_Q8, 32, 0}, {KQ_SEG_Q4, 64, 0}},
+      {{KQ_SEG_FLOAT, 4, 1}, {KQ_SEG_Q8, 16, 0}, {KQ_SEG_Q4, 30, 0}},
+      {{KQ_SEG_FLOAT, 3, 0}, {KQ_SEG_Q8, 17, 0}, {KQ_SEG_Q4, 46, 0}},
+      {{KQ_SEG_Q8, 100, 0}, {KQ_SEG_Q4, 130, 0}, {KQ_SEG_FLOAT, 5, 1}},
+      {{KQ_SEG_Q4, 66, 0}, {KQ_SEG_Q8, 63, 0}, {KQ_SEG_Q4, 200, 0}, {KQ_SEG_Q8, 8, 0}},
+  };
+  int nts[] = {1, 7, 8, 13, 64};
+  uint64_t st = 23;
+  for (size_t li = 0; li < sizeof lists / sizeof lists[0]; li++)
+    for (size_t ni = 0; ni < sizeof nts / sizeof nts[0]; ni++)
+      for (int rows = 1; rows <= 6; rows++) {
+        int nt = nts[ni], npl = 0, ldq = 0;
+        kq_cpu_plane pl[4];
+        double *val[4] = {NULL};
+        float ks[4][64];
+        for (int g = 0; g < 4 && lists[li][g].width; g++, npl++) {
+          const i8seg *sg = &lists[li][g];
+          int w = sg->width;
+          size_t rb = sg->bits == KQ_SEG_Q8   ? (size_t)w
+                      : sg->bits == KQ_SEG_Q4 ? (size_t)w / 2
+                                              : (size_t)w * (sg->f16 ? 2 : 4);
+          /* 64 bytes of slack: the masked loads read whole dwords */
+          unsigned char *plane = calloc(rb * nt + 64, 1);
+          val[g] = malloc(sizeof(double) * w * nt);
+          for (int t = 0; t < nt; t++) {
+            ks[g][t] = sg->bits ? (float)(0.01 * (1.5 + urand(&st))) : 1.0f;
+            for (int c = 0; c < w; c++) {
+              double v;
+              unsigned char *row = plane + (size_t)t * rb;
+              if (sg->bits == KQ_SEG_Q8) {
+                int iv = (int)(127.0 * urand(&st));
+                v = iv;
+                row[c] = (unsigned char)(int8_t)iv;
+              } else if (sg->bits == KQ_SEG_Q4) {
+                int iv = (int)(8.0 * urand(&st));
+                iv = iv > 7 ? 7 : iv;
+                v = iv;
+                unsigned u = (unsigned)(iv + 8);
+                row[c / 2] =
+                    c % 2 ? (unsigned char)((row[c / 2] & 15u) | (u << 4)) : (unsigned char)u;
+              } else if (sg->f16) {
+                uint16_t h = kq_f32_to_f16((float)urand(&st));
+                v = kq_f16_to_f32(h);
+                memcpy(row + 2 * c, &h, 2);
+              } else {
+                float f = (float)urand(&st);
+                v = f;
+                memcpy(row + 4 * c, &f, 4);
+              }
+              val[g][(size_t)t * w + c] = v;
+            }
+          }
+          pl[g] = (kq_cpu_plane){sg->bits, sg->f16, w, ldq, plane, rb, sg->bits ? ks[g] : NULL};
+          ldq += (w + 7) / 8 * 8;
+        }
+        float *q = calloc((size_t)rows * ldq, sizeof *q), s[6 * 64];
+        for (int r = 0; r < rows; r++)
+          for (int g = 0; g < npl; g++)
+            for (int c = 0; c < pl[g].width; c++)
+              q[(size_t)r * ldq + pl[g].qoff + c] = (float)urand(&st) * (float)(g + 1);
+        size_t ldqd = kq_cpu_query_i8_bytes(pl, npl);
+        unsigned char *qd = malloc((size_t)rows * ldqd);
+        kq_cpu_query_i8(pl, npl, q, rows, ldq, qd, ldqd);
+        k->logits_planes_i8(pl, npl, q, ldq, qd, ldqd, rows, nt, s, 64);
+        for (int r = 0; r < rows; r++)
+          for (int t = 0; t < nt; t++) {
+            double ref = 0, mag = 0, bound = 0;
+            for (int g = 0; g < npl; g++) {
+              const float *x = q + (size_t)r * ldq + pl[g].qoff;
+              double amax = 0, part = 0, vabs = 0;
+              for (int c = 0; c < pl[g].width; c++) {
+                double v = val[g][(size_t)t * pl[g].width + c];
+                amax = fmax(amax, fabs(x[c]));
+                part += x[c] * v, vabs += fabs(v), mag += fabs(ks[g][t] * x[c] * v);
+              }
+              ref += ks[g][t] * part;
+              if (pl[g].bits) bound += ks[g][t] * (amax / 127.0 / 508.0) * vabs;
+            }
+            bound += 1e-6 * mag;
+            if (!(fabs(s[r * 64 + t] - ref) <= bound))
+              fail_msg("isa %s list %zu nt %d rows %d: logit %d,%d %.9g, want %.9g (bound %.3g)",
+                       k->isa, li, nt, rows, r, t, s[r * 64 + t], ref, bound);
+          }
+        for (int g = 0; g < npl; g++) free((void *)pl[g].data), free(val[g]);
+        free(q), free(qd);
+      }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_project_quantizes_bit_exactly_by_the_rule),
@@ -772,6 +886,7 @@ int main(void) {
       cmocka_unit_test(test_up_accepts_joint_rank_above_head_dim),
       cmocka_unit_test(test_int16_query_follows_its_layout),
       cmocka_unit_test(test_int16_kernels_match_float64_for_odd_shapes),
+      cmocka_unit_test(test_int8_logits_match_float64_for_mixed_segments),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
