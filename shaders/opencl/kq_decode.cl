@@ -168,10 +168,11 @@ __kernel void kq_attn_reduce_up(__global const float *part_o, __global const flo
     else
       out[out_off + head * rank_v + d] = v;
   }
-  if (!use_e) return;
+  /* No return before this barrier: PoCL miscompiles a barrier after an
+   * early return (the merged rows were then written past `out`). */
   barrier(CLK_LOCAL_MEM_FENCE);
   __global const float *eh = emat + e_off + (size_t)(h / group) * head_dim * rank_v;
-  for (int a = lid; a < head_dim; a += wg) {
+  for (int a = lid; use_e && a < head_dim; a += wg) {
     __global const float *er = eh + (size_t)a * rank_v;
     float4 a4 = (float4)(0.0f);
     int c = 0;

@@ -257,19 +257,12 @@ static void batched_equals_single_quantized(void **state) {
 
 static void batched_equals_single_quantized_post(void **state) {
   (void)state;
-  /* opencl:0 (PoCL): the kq_attn_decode path of q8/q4 caches corrupts the
-   * host heap here, with one op per sequence as before ABI 5 too (known
-   * bug, see the joint variant). */
-  if (strncmp(g_device, "opencl", 6) == 0) skip();
   run_variant(&(variant){.rope = KQ_ROPE_POST, .storage = KQ_STORAGE_F32, .quantized = 1});
 }
 
 static void batched_equals_single_joint_quantized(void **state) {
   (void)state;
-  /* opencl:0 (PoCL) corrupts the host heap in this variant (joint, q8/q4,
-   * F16, sequences in regions past the first): a known bug of the OpenCL
-   * kq_attn_decode path, kept out until it is fixed. */
-  if (!device_has_f16() || strncmp(g_device, "opencl", 6) == 0) skip();
+  if (!device_has_f16()) skip();
   run_variant(&(variant){
       .rope = KQ_ROPE_POST, .layout = KQ_LAYOUT_JOINT, .storage = KQ_STORAGE_F16, .quantized = 1});
 }
