@@ -7,7 +7,7 @@
  *
  * usage: test_sequences [DEVICE]   (default cpu; exit 77 when the device is
  * absent). Every variant (float, F16, quantized, joint) runs on every
- * device that stores its types, but q8/q4 POST variants on opencl (see there).
+ * device that stores its types.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -346,9 +346,6 @@ static kq_device_stats stats_of(kq_device *dev) {
 static void a_batched_decode_costs_the_dispatches_of_one_sequence(void **state) {
   (void)state;
   if (is_cpu()) skip(); /* the cpu backend has no kernels to count */
-  /* OpenCL still enqueues one decode per sequence (its grid over sequences
-   * is not in yet: the kq_attn_decode bug above blocks testing it). */
-  if (strncmp(g_device, "opencl", 6) == 0) skip();
   static fixture f;
   /* q8/q4 segments: the layout every GPU decode kernel reads in place. */
   fixture_open(&f, &(variant){.rope = KQ_ROPE_POST, .quantized = 1});
