@@ -525,6 +525,19 @@ typedef struct kq_ocl_seg4 {
   cl_int n, f16, pad0, pad1;
 } kq_ocl_seg4;
 
+/* Mirror of kq_seqtab in kq_decode.cl (by-value kernel argument, 520
+ * bytes): the sequences of one kq_attn_decode launch. */
+#define KQ_OCL_SEQS 16
+typedef struct kq_ocl_seqtab {
+  cl_ulong kreg[KQ_OCL_SEQS];
+  cl_ulong vreg[KQ_OCL_SEQS];
+  cl_int rb0[KQ_OCL_SEQS];
+  cl_int row0[KQ_OCL_SEQS];
+  cl_int nq[KQ_OCL_SEQS];
+  cl_int nctx[KQ_OCL_SEQS];
+  cl_int n, pad0;
+} kq_ocl_seqtab;
+
 /* The planes of one side (plain: one float segment of the rank) for
  * kq_attn_decode; 0 when it has more than KQ_OCL_SEG4 segments. */
 static int seg4_of(int32_t n, const kq_segment *segs, int32_t rank, kq_storage storage,
@@ -587,12 +600,18 @@ out:
  * over the row) on GPUs; one work-item per position on CPU devices, whose
  * drivers run a work-group's items as loop iterations (team = 1 there). */
 static kq_status attend_decode(kq_bdevice *dev, const kq_attend_op *op, cl_mem qt,
-                               const kq_ocl_seg4 *ks, const kq_ocl_seg4 *vs, cl_int group_e,
-                               cl_ulong out_e, cl_ulong e_e) {
+                               const kq_ocl_seg4 *ks, const kq_ocl_seg4 *vs, kq_ocl_seqtab *tab,
+                               cl_int group_e, cl_ulong out_e, cl_ulong e_e) {
   kq_status st = KQ_OK;
   const int k = dev->cpu ? KQ_K_ATTN_DECODE_ONE : KQ_K_ATTN_DECODE, rows_max = 8;
   const cl_int g = op->n_heads / op->n_kv_heads;
-  const size_t rblocks = ((size_t)op->n_queries * g + rows_max - 1) / rows_max;
+  /* Row blocks of every sequence of the table, one after another; the
+   * chunk length and count follow the longest context (op->n_ctx). */
+  size_t rblocks = 0;
+  for (int i = 0; i < tab->n; ++i) {
+    tab->rb0[i] = (cl_int)rblocks;
+    rblocks += ((size_t)tab->nq[i] * g + rows_max - 1) / rows_max;
+  }
   size_t wg = wg_size(dev, k, dev->cpu ? 64 : 256);
   /* Lanes per position: a 16-byte piece each over the key row. */
   size_t row_bytes = 0;
@@ -634,20 +653,20 @@ static kq_status attend_decode(kq_bdevice *dev, const kq_attend_op *op, cl_mem q
   if (st != KQ_OK) goto out;
   ARG(k, 5, part_o);
   ARG(k, 6, part_ml);
-  ARG(k, 7, op->n_queries);
-  ARG(k, 8, op->n_ctx);
-  ARG(k, 9, op->n_heads);
-  ARG(k, 10, g);
-  ARG(k, 11, op->rank_k);
-  ARG(k, 12, op->rank_v);
-  ARG(k, 13, op->capacity);
-  ARG(k, 14, chunk);
-  ARG(k, 15, n_chunks);
-  ARG(k, 16, qs);
-  ARG(k, 17, team);
-  st = kq_ocl_arg(dev, k, 18, (size_t)rows_max * chunk * sizeof(float), NULL);
-  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 19, (size_t)rows_max * rmax * sizeof(float), NULL);
-  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 20, (size_t)rows_max * wg * sizeof(float), NULL);
+  st = kq_ocl_arg(dev, k, 7, sizeof *tab, tab);
+  if (st != KQ_OK) goto out;
+  ARG(k, 8, op->n_heads);
+  ARG(k, 9, g);
+  ARG(k, 10, op->rank_k);
+  ARG(k, 11, op->rank_v);
+  ARG(k, 12, op->capacity);
+  ARG(k, 13, chunk);
+  ARG(k, 14, n_chunks);
+  ARG(k, 15, qs);
+  ARG(k, 16, team);
+  st = kq_ocl_arg(dev, k, 17, (size_t)rows_max * chunk * sizeof(float), NULL);
+  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 18, (size_t)rows_max * rmax * sizeof(float), NULL);
+  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 19, (size_t)rows_max * wg * sizeof(float), NULL);
   if (st == KQ_OK)
     st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, rblocks},
                        (size_t[3]){wg, 1, 1});
@@ -720,7 +739,21 @@ out:
   return st;
 }
 
-static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op) {
+/* Whether attend_one serves `op` (one sequence) with kq_attn_decode: no
+ * pre-RoPE, at most KQ_OCL_SEG4 segments a side, and in place (see there). */
+static int takes_decode(const kq_bdevice *dev, const kq_attend_op *op) {
+  const int kplain = kq_segments_plain(op->n_key_segments, op->key_segments);
+  const int vplain = kq_segments_plain(op->n_value_segments, op->value_segments);
+  const int small_m = op->n_queries < KQ_OCL_GEMM_MIN_QUERIES, f32 = op->storage == KQ_STORAGE_F32;
+  const int in_place = !kplain || !vplain || (!dev->cpu && (small_m || !f32));
+  const int nk = kplain ? 1 : op->n_key_segments, nv = vplain ? 1 : op->n_value_segments;
+  return op->rope != KQ_ROPE_PRE && in_place && nk <= KQ_OCL_SEG4 && nv <= KQ_OCL_SEG4;
+}
+
+/* One sequence (tab NULL), or the sequences of `tab` (rows consecutive from
+ * op's q and out offsets, regions in tab, op's cache offsets without them;
+ * only when takes_decode holds for each) in one qproj / decode / reduce. */
+static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op, kq_ocl_seqtab *tab) {
   /* The core checked the op (kqsvd_backend.h, "What a backend may trust"):
    * offsets are whole elements inside their buffers. */
   const int joint = op->layout == KQ_LAYOUT_JOINT;
@@ -776,17 +809,16 @@ static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op) {
    * prefill reads the cache in place through CLBlast). CPU devices keep
    * kq_attn_split for plain decode and CLBlast on a widened copy for F16
    * prefill: both measured faster on PoCL. */
-  const int small_m = m < KQ_OCL_GEMM_MIN_QUERIES, f32 = op->storage == KQ_STORAGE_F32;
-  const int in_place = !kplain || !vplain || (!dev->cpu && (small_m || !f32));
   kq_ocl_seg4 ks4, vs4;
-  const int decode = !pre && in_place &&
+  const int decode = (tab || takes_decode(dev, op)) &&
                      seg4_of(op->n_key_segments, op->key_segments, rk, op->storage, (size_t)groups,
                              (size_t)op->capacity, op->k_cache_offset, &ks4) &&
                      seg4_of(op->n_value_segments, op->value_segments, op->rank_v, op->storage,
                              (size_t)groups, (size_t)op->capacity, op->v_cache_offset, &vs4);
   if (decode) {
     if (joint) w.n_kv_heads = 1;
-    st = attend_decode(dev, &w, qt, &ks4, &vs4, g, out_e, e_e);
+    kq_ocl_seqtab one = {.nq = {m}, .nctx = {op->n_ctx}, .n = 1};
+    st = attend_decode(dev, &w, qt, &ks4, &vs4, tab ? tab : &one, g, out_e, e_e);
     goto out;
   }
   if (!kplain || !vplain) {
@@ -862,11 +894,45 @@ kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
   return st;
 }
 
+/* A sequence table whose every sequence takes kq_attn_decode is enqueued
+ * KQ_OCL_SEQS sequences per launch triple (qproj, decode, reduce_up: the
+ * grid covers the sequences); any other, sequence by sequence (in order, no
+ * wait). */
 kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
   kq_status st = KQ_OK;
-  for (int32_t i = 0; i < op->n_seqs && st == KQ_OK; ++i) {
+  int batch = op->seqs != NULL;
+  for (int32_t i = 0; i < op->n_seqs && batch; ++i) {
     const kq_attend_op one = kq_attend_op_seq(op, i);
-    st = attend_one(dev, &one);
+    batch = takes_decode(dev, &one) &&
+            (i == 0 || op->seqs[i].row == op->seqs[i - 1].row + op->seqs[i - 1].n_rows);
+  }
+  if (!batch) {
+    for (int32_t i = 0; i < op->n_seqs && st == KQ_OK; ++i) {
+      const kq_attend_op one = kq_attend_op_seq(op, i);
+      st = attend_one(dev, &one, NULL);
+    }
+    return st;
+  }
+  for (int32_t i0 = 0; i0 < op->n_seqs && st == KQ_OK; i0 += KQ_OCL_SEQS) {
+    const int32_t n = op->n_seqs - i0 < KQ_OCL_SEQS ? op->n_seqs - i0 : KQ_OCL_SEQS;
+    kq_attend_op sub = kq_attend_op_seq(op, i0);
+    sub.k_cache_offset = op->k_cache_offset;
+    sub.v_cache_offset = op->v_cache_offset;
+    kq_ocl_seqtab tab = {.n = n};
+    int32_t rows = 0, ctx = 0;
+    for (int32_t i = 0; i < n; ++i) {
+      const kq_op_seq *e = &op->seqs[i0 + i];
+      tab.kreg[i] = e->k_region;
+      tab.vreg[i] = e->v_region;
+      tab.row0[i] = e->row - op->seqs[i0].row;
+      tab.nq[i] = e->n_rows;
+      tab.nctx[i] = e->n_ctx;
+      rows += e->n_rows;
+      ctx = e->n_ctx > ctx ? e->n_ctx : ctx;
+    }
+    sub.n_queries = rows;
+    sub.n_ctx = ctx;
+    st = attend_one(dev, &sub, &tab);
   }
   return st;
 }

@@ -40,6 +40,23 @@ typedef struct kq_seg4 {
   int pad1;
 } kq_seg4;
 
+/* The sequences of one kq_attn_decode launch (ocl_ops.c kq_ocl_seqtab):
+ * sequence i owns the row blocks from rb0[i] (to rb0[i + 1]), its queries
+ * are rows row0[i] .. row0[i] + nq[i] - 1 of qp, part_o, part_ml (and of
+ * the output), its context n_ctx[i] positions, its latents kreg[i] / vreg[i]
+ * bytes past the segment planes' offsets. */
+#define KQ_SEQS 16
+typedef struct kq_seqtab {
+  ulong kreg[KQ_SEQS];
+  ulong vreg[KQ_SEQS];
+  int rb0[KQ_SEQS];
+  int row0[KQ_SEQS];
+  int nq[KQ_SEQS];
+  int nctx[KQ_SEQS];
+  int n;
+  int pad0;
+} kq_seqtab;
+
 /* Elements per 16-byte piece of a segment row. */
 inline int kq_piece_elems(int bits, int f16) {
   return bits == 8 ? 16 : bits == 4 ? 32 : f16 ? 8 : 4;
@@ -168,10 +185,11 @@ __kernel void kq_attn_reduce_up(__global const float *part_o, __global const flo
     else
       out[out_off + head * rank_v + d] = v;
   }
-  if (!use_e) return;
+  /* No return before this barrier: PoCL miscompiles a barrier after an
+   * early return (the merged rows were then written past `out`). */
   barrier(CLK_LOCAL_MEM_FENCE);
   __global const float *eh = emat + e_off + (size_t)(h / group) * head_dim * rank_v;
-  for (int a = lid; a < head_dim; a += wg) {
+  for (int a = lid; use_e && a < head_dim; a += wg) {
     __global const float *er = eh + (size_t)a * rank_v;
     float4 a4 = (float4)(0.0f);
     int c = 0;

@@ -9,12 +9,20 @@
  * rank_v)], red [KQ_DEC_ROWS·wg]. qs = softmax scale · log2 e. */
 __kernel void DEC_NAME(kq_attn_decode)(__global const float *qp, __global const uchar *kc, kq_seg4 ks,
                              __global const uchar *vc, kq_seg4 vs, __global float *part_o,
-                             __global float *part_ml, int n_q, int n_ctx, int n_heads, int group,
+                             __global float *part_ml, kq_seqtab tab, int n_heads, int group,
                              int rank_k, int rank_v, int capacity, int chunk, int n_chunks,
                              float qs, int team, __local float *s, __local float *big,
                              __local float *red) {
   const int lid = get_local_id(0), wg = get_local_size(0);
-  const int c = get_group_id(0), kvh = get_group_id(1), rb = get_group_id(2);
+  const int c = get_group_id(0), kvh = get_group_id(1);
+  /* The sequence of this row block; a chunk past its context has len 0 and
+   * writes the empty partial (no return before the barriers). */
+  int si = 0;
+  while (si + 1 < tab.n && (int)get_group_id(2) >= tab.rb0[si + 1]) ++si;
+  const int rb = (int)get_group_id(2) - tab.rb0[si], n_q = tab.nq[si], n_ctx = tab.nctx[si];
+  const int row0 = tab.row0[si];
+  kc += tab.kreg[si];
+  vc += tab.vreg[si];
   const int r0 = rb * KQ_DEC_ROWS, rows = min(KQ_DEC_ROWS, n_q * group - r0);
   const int p0 = c * chunk, first = n_ctx - n_q;
   /* Positions the block needs: up to its last row's query. */
@@ -25,7 +33,8 @@ __kernel void DEC_NAME(kq_attn_decode)(__global const float *qp, __global const 
   /* Queries of the block, pre-scaled to log2 units. */
   for (int i = lid; i < rows * rank_k; i += wg) {
     const int r = i / rank_k, rr = r0 + r, jj = rr / group, u = rr - jj * group;
-    big[i] = qs * qp[((size_t)jj * n_heads + (size_t)kvh * group + u) * rank_k + (i - r * rank_k)];
+    big[i] = qs * qp[((size_t)(row0 + jj) * n_heads + (size_t)kvh * group + u) * rank_k +
+                     (i - r * rank_k)];
   }
   barrier(CLK_LOCAL_MEM_FENCE);
 
@@ -121,7 +130,7 @@ __kernel void DEC_NAME(kq_attn_decode)(__global const float *qp, __global const 
   }
   if (lid < rows) {
     const int rr = r0 + lid, jj = rr / group, u = rr - jj * group;
-    const size_t head = (size_t)jj * n_heads + (size_t)kvh * group + u;
+    const size_t head = (size_t)(row0 + jj) * n_heads + (size_t)kvh * group + u;
     part_ml[(head * n_chunks + c) * 2 + 0] = lr[lid] > 0 ? mx[lid] : -INFINITY;
     part_ml[(head * n_chunks + c) * 2 + 1] = lr[lid] > 0 ? red[lid * wg] : 0.0f;
   }
@@ -164,7 +173,7 @@ __kernel void DEC_NAME(kq_attn_decode)(__global const float *qp, __global const 
   barrier(CLK_LOCAL_MEM_FENCE);
   for (int i = lid; i < rows * rank_v; i += wg) {
     const int r = i / rank_v, rr = r0 + r, jj = rr / group, u = rr - jj * group;
-    const size_t head = (size_t)jj * n_heads + (size_t)kvh * group + u;
+    const size_t head = (size_t)(row0 + jj) * n_heads + (size_t)kvh * group + u;
     part_o[(head * n_chunks + c) * rank_v + (i - r * rank_v)] = big[i];
   }
 }

@@ -396,11 +396,12 @@ __kernel void KV_NAME(kq_attn_split)(__global const float *qp, __global const KV
       }
     }
   }
-  if (vsplit == 1) return;
-  /* Slices: every work-item holds at most one unit (host guarantee). */
+  /* Slices: every work-item holds at most one unit (host guarantee). No
+   * return before the barriers (PoCL miscompiles a barrier after an early
+   * return: the work-items then write past their ranges). */
   const int rv8 = ncb * 8;
   barrier(CLK_LOCAL_MEM_FENCE);
-  if (lid < units * vsplit) {
+  if (vsplit > 1 && lid < units * vsplit) {
     __local float *d = s + ((size_t)ps * rows4 + r0) * rv8 + c0;
     vstore8(a0, 0, d);
     vstore8(a1, 0, d + rv8);
@@ -408,7 +409,7 @@ __kernel void KV_NAME(kq_attn_split)(__global const float *qp, __global const KV
     vstore8(a3, 0, d + 3 * rv8);
   }
   barrier(CLK_LOCAL_MEM_FENCE);
-  for (int i = lid; i < rows * rank_v; i += wg) {
+  for (int i = lid; vsplit > 1 && i < rows * rank_v; i += wg) {
     const int r = i / rank_v, col = i - r * rank_v, jj = r / group, u = r - jj * group;
     float acc = 0.0f;
     for (int k = 0; k < vsplit; ++k) acc += s[((size_t)k * rows4 + r) * rv8 + col];

@@ -7,7 +7,7 @@
  *
  * usage: test_sequences [DEVICE]   (default cpu; exit 77 when the device is
  * absent). Every variant (float, F16, quantized, joint) runs on every
- * device that stores its types, but q8/q4 POST variants on opencl (see there).
+ * device that stores its types.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -257,19 +257,12 @@ static void batched_equals_single_quantized(void **state) {
 
 static void batched_equals_single_quantized_post(void **state) {
   (void)state;
-  /* opencl:0 (PoCL): the kq_attn_decode path of q8/q4 caches corrupts the
-   * host heap here, with one op per sequence as before ABI 5 too (known
-   * bug, see the joint variant). */
-  if (strncmp(g_device, "opencl", 6) == 0) skip();
   run_variant(&(variant){.rope = KQ_ROPE_POST, .storage = KQ_STORAGE_F32, .quantized = 1});
 }
 
 static void batched_equals_single_joint_quantized(void **state) {
   (void)state;
-  /* opencl:0 (PoCL) corrupts the host heap in this variant (joint, q8/q4,
-   * F16, sequences in regions past the first): a known bug of the OpenCL
-   * kq_attn_decode path, kept out until it is fixed. */
-  if (!device_has_f16() || strncmp(g_device, "opencl", 6) == 0) skip();
+  if (!device_has_f16()) skip();
   run_variant(&(variant){
       .rope = KQ_ROPE_POST, .layout = KQ_LAYOUT_JOINT, .storage = KQ_STORAGE_F16, .quantized = 1});
 }
@@ -353,9 +346,6 @@ static kq_device_stats stats_of(kq_device *dev) {
 static void a_batched_decode_costs_the_dispatches_of_one_sequence(void **state) {
   (void)state;
   if (is_cpu()) skip(); /* the cpu backend has no kernels to count */
-  /* OpenCL still enqueues one decode per sequence (its grid over sequences
-   * is not in yet: the kq_attn_decode bug above blocks testing it). */
-  if (strncmp(g_device, "opencl", 6) == 0) skip();
   static fixture f;
   /* q8/q4 segments: the layout every GPU decode kernel reads in place. */
   fixture_open(&f, &(variant){.rope = KQ_ROPE_POST, .quantized = 1});
