@@ -576,14 +576,19 @@ static void attend_task(void *vctx, int64_t index, int worker, void *scratch) {
                         KQ_TILE);
       }
       /* IEEE semantics (kqsvd.h): a non-finite logit in a row's causal range
-       * makes that row's output NaN. Checked before the mask writes -inf. */
-      for (int r = 0; r < rows; r++) {
-        int valid = qpos0 + r / c->group - p + 1;
-        valid = valid < 0 ? 0 : valid > nt ? nt : valid;
-        float *sr = ts.s + (size_t)r * KQ_TILE;
-        if (kq_any_nonfinite_f32(sr, (size_t)valid)) ts.bad[r] = 1.0f;
-        for (int t = valid; t < nt; t++) sr[t] = -INFINITY;
-      }
+       * makes that row's output NaN. Checked before the mask writes -inf.
+       * A tile that every row sees whole (decode, and prefill tiles before
+       * the block's first query) needs no mask and is checked in one call;
+       * only a hit is traced to its rows. */
+      int whole = qpos0 >= p + nt - 1;
+      if (!whole || c->kern->any_nonfinite_rows(ts.s, rows, KQ_TILE, nt))
+        for (int r = 0; r < rows; r++) {
+          int valid = qpos0 + r / c->group - p + 1;
+          valid = valid < 0 ? 0 : valid > nt ? nt : valid;
+          float *sr = ts.s + (size_t)r * KQ_TILE;
+          if (kq_any_nonfinite_f32(sr, (size_t)valid)) ts.bad[r] = 1.0f;
+          for (int t = valid; t < nt; t++) sr[t] = -INFINITY;
+        }
       c->kern->softmax_update(ts.s, rows, KQ_TILE, nt, ts.m, ts.l, ts.alpha);
       for (int r = 0; r < rows; r++) {
         float alpha = ts.alpha[r];
@@ -722,6 +727,16 @@ static kq_status attend_setup(const kq_attend_op *op, int64_t batch_base, attend
    * once per column block (measured on Zen: rank 64 best at 32 positions,
    * rank 128 at 8-16; 64 positions at rank 128 was 2x slower). */
   int widest = c.dkp > c.rvp ? c.dkp : c.rvp;
+  /* Decode whose every task reads both sides' planes in place: the budget
+   * in bytes of the stored rows (2048 F32 elements = 8 KiB), not of F32
+   * rows, so a tile's per-row work (softmax, checks, scales, the
+   * accumulator's loads and stores) is shared by up to KQ_TILE positions. */
+  if (op->n_queries * c.group <= KQ_PLANE_ROWS && c.kplane && c.vplane) {
+    size_t kb = 0, vb = 0;
+    for (int g = 0; g < c.kl.n; g++) kb += c.kl.seg[g].row_bytes;
+    for (int g = 0; g < c.vl.n; g++) vb += c.vl.seg[g].row_bytes;
+    widest = (int)(((kb > vb ? kb : vb) + 3) / 4);
+  }
   c.tile = KQ_TILE;
   while (c.tile > 8 && c.tile * widest > 2048) c.tile /= 2;
   c.max_rows = op->rope == KQ_ROPE_PRE ? KQ_PRE_ROWS : KQ_MAX_ROWS;

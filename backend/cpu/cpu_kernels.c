@@ -58,6 +58,12 @@ static void gen_exp(float *x, int n) {
   for (int i = 0; i < n; i++) x[i] = expf(x[i]);
 }
 
+static int gen_any_nonfinite_rows(const float *s, int rows, int lds, int nt) {
+  for (int r = 0; r < rows; r++)
+    if (kq_any_nonfinite_f32(s + (size_t)r * lds, (size_t)nt)) return 1;
+  return 0;
+}
+
 static void gen_softmax_update(float *s, int rows, int lds, int nt, float *m, float *l,
                                float *alpha) {
   for (int r = 0; r < rows; r++) {
@@ -301,6 +307,7 @@ static const kq_cpu_kernels g_generic = {
     .exp_inplace = gen_exp,
     .dot = gen_dot,
     .softmax_update = gen_softmax_update,
+    .any_nonfinite_rows = gen_any_nonfinite_rows,
     .matmul_rows = gen_matmul_rows,
     .logits_f16 = NULL,
     .pv_f16 = NULL,

@@ -59,6 +59,9 @@ typedef struct kq_cpu_kernels {
    * -inf), s = 2^(s - mnew), l[r] = l[r] alpha[r] + Σ_t s, m[r] = mnew. A
    * row with every position masked gets s = 0, alpha = 1 and keeps m, l. */
   void (*softmax_update)(float *s, int rows, int lds, int nt, float *m, float *l, float *alpha);
+  /* 1 when some s[r * lds + t], r < rows, t < nt, is not finite (exponent
+   * all ones: inf or NaN), else 0; on the bits, as kq_any_nonfinite_f32. */
+  int (*any_nonfinite_rows)(const float *s, int rows, int lds, int nt);
   /* out[t * ldo + k] = Σ_i x[t * ldx + i] · m[i * r + k] for t < n, k < r
    * (any r): n rows of length d times a [d, r] matrix. */
   void (*matmul_rows)(const float *x, int n, int ldx, const float *m, int d, int r, float *out,

@@ -18,6 +18,7 @@
  *     amax ≈ max|x| ≈ sqrt(3)·rms, so NMSE ≈ 3/(12 qmax²): 1.6e-5 (q8),
  *     5e-3 (q4); thresholds 1e-4 and 2e-2. Float F32 segments 1e-12, F16 1e-6.
  */
+#include <float.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -873,6 +874,46 @@ static void test_int8_logits_match_float64_for_mixed_segments(void **state) {
       }
 }
 
+/* any_nonfinite_rows of the selected set: 0 on finite logits (the largest
+ * and smallest magnitudes, -0, subnormals), 1 for inf, -inf or NaN planted
+ * at any position inside [rows, nt), 0 for one planted just outside (the
+ * next column or row: other tiles' leftovers there must not count). */
+static void test_nonfinite_check_sees_exactly_its_rows_and_columns(void **state) {
+  (void)state;
+  const kq_cpu_kernels *k = kq_cpu_kernels_get();
+  enum { LDS = 72 };
+  static const float finite[] = {FLT_MAX, -FLT_MAX, 0.0f, -0.0f, 1e-45f, -1e-40f, 3.5f, -1e30f};
+  const float bad[] = {INFINITY, -INFINITY, NAN};
+  int nts[] = {1, 3, 7, 8, 9, 15, 16, 33, 64};
+  float s[7 * LDS];
+  for (size_t ni = 0; ni < sizeof nts / sizeof nts[0]; ni++)
+    for (int rows = 1; rows <= 6; rows++) {
+      int nt = nts[ni];
+      for (int i = 0; i < 7 * LDS; i++) s[i] = finite[i % 8];
+      if (k->any_nonfinite_rows(s, rows, LDS, nt))
+        fail_msg("isa %s nt %d rows %d: finite logits reported", k->isa, nt, rows);
+      for (size_t b = 0; b < 3; b++) {
+        for (int r = 0; r < rows; r++)
+          for (int t = 0; t < nt; t++) {
+            float keep = s[r * LDS + t];
+            s[r * LDS + t] = bad[b];
+            if (!k->any_nonfinite_rows(s, rows, LDS, nt))
+              fail_msg("isa %s nt %d rows %d: %g at %d,%d missed", k->isa, nt, rows, bad[b], r, t);
+            s[r * LDS + t] = keep;
+          }
+        int outside[2] = {(rows - 1) * LDS + nt, rows * LDS};
+        for (int o = 0; o < 2; o++) {
+          float keep = s[outside[o]];
+          s[outside[o]] = bad[b];
+          if (k->any_nonfinite_rows(s, rows, LDS, nt))
+            fail_msg("isa %s nt %d rows %d: %g outside (%d) reported", k->isa, nt, rows, bad[b],
+                     outside[o]);
+          s[outside[o]] = keep;
+        }
+      }
+    }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_project_quantizes_bit_exactly_by_the_rule),
@@ -887,6 +928,7 @@ int main(void) {
       cmocka_unit_test(test_int16_query_follows_its_layout),
       cmocka_unit_test(test_int16_kernels_match_float64_for_odd_shapes),
       cmocka_unit_test(test_int8_logits_match_float64_for_mixed_segments),
+      cmocka_unit_test(test_nonfinite_check_sees_exactly_its_rows_and_columns),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
