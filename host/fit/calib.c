@@ -109,6 +109,15 @@ static kq_status parse_meta(kq_calib *c) {
   return KQ_OK;
 }
 
+kq_status kq_calib_check_heads(const char *path, int32_t n_heads, int32_t n_kv_heads) {
+  if (n_heads % n_kv_heads != 0)
+    return kq_set_error(KQ_ERR_FORMAT,
+                        "%s: layers.0.q: %d query heads is not a multiple of the %d kv heads of "
+                        "layers.0.k",
+                        path, (int)n_heads, (int)n_kv_heads);
+  return KQ_OK;
+}
+
 static kq_status validate(kq_calib *c) {
   const kq_st_tensor *k0 = find_layer_tensor(c->file, 0, "k");
   if (!k0)
@@ -127,11 +136,7 @@ static kq_status validate(kq_calib *c) {
   if (q0->shape[0] > INT32_MAX)
     return kq_set_error(KQ_ERR_FORMAT, "%s: layers.0.q: too many heads", c->path);
   c->n_heads = (int32_t)q0->shape[0];
-  if (c->n_heads % c->n_kv_heads != 0)
-    return kq_set_error(KQ_ERR_FORMAT,
-                        "%s: layers.0.q: %d query heads is not a multiple of the %d kv heads of "
-                        "layers.0.k",
-                        c->path, (int)c->n_heads, (int)c->n_kv_heads);
+  if ((st = kq_calib_check_heads(c->path, c->n_heads, c->n_kv_heads))) return st;
   const kq_st_tensor *wo0 = find_layer_tensor(c->file, 0, "wo");
   c->has_wo = wo0 != NULL;
   if (wo0) {

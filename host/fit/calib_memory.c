@@ -47,6 +47,9 @@ static kq_status check_view(const kq_calib_view *v, const char *name) {
   if (v->rope_layout != KQ_ROPE_PAIRS && v->rope_layout != KQ_ROPE_HALVES)
     return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: unknown rope layout %d", name,
                         (int)v->rope_layout);
+  /* Before any row is read: the row counts below follow from the heads. */
+  kq_status st = kq_calib_check_heads(name, v->n_heads, v->n_kv_heads);
+  if (st) return st;
   if (!v->layers) return kq_set_error(KQ_ERR_INVALID_ARGUMENT, "%s: layers is NULL", name);
   for (int32_t l = 0; l < v->n_layers; l++) {
     const float *rows[KIND_COUNT] = {v->layers[l].k, v->layers[l].q, v->layers[l].v,

@@ -99,6 +99,11 @@ kq_status kq_calib_open_positions(const char *path, int64_t positions, uint64_t 
 kq_status kq_calib_rotate_rows(const kq_calib *src, int64_t positions, uint64_t seed, int n_threads,
                                void **bufs);
 
+/* KQ_ERR_FORMAT naming `path` unless n_heads is a multiple of n_kv_heads
+ * (both >= 1): the one check and message of the file and in-memory
+ * calibration readers. */
+kq_status kq_calib_check_heads(const char *path, int32_t n_heads, int32_t n_kv_heads);
+
 /* kq_calib_open's validation of an already opened calibration `file`
  * (ownership passes to *out, closed on failure too); out->path is the
  * file's. */
