@@ -225,17 +225,9 @@ static void test_pre_caches_from_many_threads(void **state) {
 }
 
 int main(void) {
-  int n = 0;
-  if (kq_device_count(&n) != KQ_OK) {
-    fprintf(stderr, "kq_device_count: %s\n", kq_last_error());
-    return 1;
-  }
-  for (int i = 0; i < n && !g_vk_name[0]; ++i) {
-    kq_device_info info;
-    if (kq_device_info_get(i, &info) == KQ_OK && !strcmp(info.backend, "vulkan"))
-      snprintf(g_vk_name, sizeof g_vk_name, "%s", info.name);
-  }
-  if (!g_vk_name[0]) {
+  const int found = vk_test_first_device(g_vk_name, sizeof g_vk_name);
+  if (found < 0) return 1;
+  if (!found) {
     fprintf(stderr, "SKIP: no Vulkan device\n");
     return 77;
   }

@@ -7,9 +7,12 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/attn_reference.h"
+#include "kqsvd.h"
 
 typedef struct vk_ref_case {
   int n_ctx, n_q, H, Hk, d, rk, rv;
@@ -17,6 +20,24 @@ typedef struct vk_ref_case {
   int halves;
   double theta;
 } vk_ref_case;
+
+/* The name of the first registered Vulkan device into name[size]: 1 when
+ * there is one, 0 when there is none, -1 when the registry fails (its
+ * message on stderr). The tests' main()s share this device lookup. */
+static inline int vk_test_first_device(char *name, size_t size) {
+  int n = 0;
+  name[0] = '\0';
+  if (kq_device_count(&n) != KQ_OK) {
+    fprintf(stderr, "kq_device_count: %s\n", kq_last_error());
+    return -1;
+  }
+  for (int i = 0; i < n && !name[0]; ++i) {
+    kq_device_info info;
+    if (kq_device_info_get(i, &info) == KQ_OK && !strcmp(info.backend, "vulkan"))
+      snprintf(name, size, "%s", info.name);
+  }
+  return name[0] != '\0';
+}
 
 /* Deterministic uniform numbers in [-1, 1). */
 static inline double vk_ref_rand(uint64_t *s) {
