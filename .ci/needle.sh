@@ -8,7 +8,9 @@
 # usage: .ci/needle.sh [NAME=PROJ]...   (no argument: the full cache only)
 # Env: KQ (the CLI), KQ_OUT (default build/needle), KQSVD_DEVICE, LENGTHS (prompt
 #      lengths in tokens, default "1024 2048 4096"), DEPTHS (where the passkey
-#      sits, as a fraction of the filler, default "0.1 0.5 0.9"), THREADS.
+#      sits, as a fraction of the filler, default "0.1 0.5 0.9"), THREADS,
+#      KEY_OFFSET (added to the trial number the passkeys derive from, default
+#      0: runs with other offsets draw other keys, so their trials can be pooled).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KQ=${KQ:-build/bin/kqsvd}
@@ -51,7 +53,7 @@ EOF
 
 results="$OUT/results.txt"
 : >"$results"
-trial=0
+trial=${KEY_OFFSET:-0}
 for len in $lengths; do
   for depth in $depths; do
     trial=$((trial + 1))
