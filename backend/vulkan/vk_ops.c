@@ -22,6 +22,7 @@ _Static_assert(sizeof(kq_push_merge) == 7 * 4, "kq_push_merge layout");
 _Static_assert(offsetof(kq_push_merge, n_chunks) == 5 * 4, "kq_push_merge.n_chunks offset");
 _Static_assert(sizeof(kq_push_attend) == 15 * 4, "kq_push_attend layout");
 _Static_assert(offsetof(kq_push_attend, chunk) == 14 * 4, "kq_push_attend.chunk offset");
+_Static_assert(sizeof(kq_push_project) == 8 * 4, "kq_push_project layout");
 _Static_assert(sizeof(kq_push_project_seg) == 8 * 4, "kq_push_project_seg layout");
 _Static_assert(sizeof(kq_push_qprep) == 8 * 4, "kq_push_qprep layout");
 _Static_assert(sizeof(kq_push_decode) <= VK_PUSH_BYTES && sizeof(kq_push_attend) <= VK_PUSH_BYTES,
@@ -74,12 +75,10 @@ static kq_status check_segments(const kq_bdevice *d, int32_t n, const kq_segment
                 "%s: %s: quantized latent segments need storageBuffer8BitAccess", d->name, what);
 }
 
-/* Binding of a whole latent buffer (segmented, or plain [groups, capacity,
- * rank]); *out_base = its first byte relative to the bound offset. */
-static kq_status bind_latent(const kq_bdevice *d, const kq_buffer *b, size_t offset, int32_t n,
-                             const kq_segment *segs, int32_t rank, kq_storage storage,
-                             uint64_t groups, uint64_t capacity, vk_binding *out,
-                             uint32_t *out_base, const char *what) {
+/* Bytes of one latent buffer (segmented, or plain [groups, capacity,
+ * rank]): one sequence's region. */
+static uint64_t latent_total(int32_t n, const kq_segment *segs, int32_t rank, kq_storage storage,
+                             uint64_t groups, uint64_t capacity) {
   const kq_segment plain = {.width = rank, .bits = KQ_SEG_FLOAT};
   if (kq_segments_plain(n, segs)) {
     n = 1;
@@ -87,103 +86,156 @@ static kq_status bind_latent(const kq_bdevice *d, const kq_buffer *b, size_t off
   }
   size_t total = 0;
   kq_segment_planes(segs, n, storage, groups, capacity, 0, NULL, NULL, &total);
-  return vk_bind_range(d, &b->mem, offset, total, 1, out, out_base, what);
+  return total;
 }
 
-/* project into a segmented (q8/q4) latent buffer: project_seg.comp. */
-static kq_status project_segmented(kq_bdevice *d, const kq_project_op *op) {
-  kq_status st = check_segments(d, op->n_segments, op->segments, "project latent segments");
-  if (st != KQ_OK) return st;
-  const bool ident = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
-  const uint64_t D = (uint64_t)op->head_dim, R = (uint64_t)op->rank, Hs = (uint64_t)op->n_heads;
-  const uint64_t row = Hs * D * 4, max_bind = vk_max_binding(d);
-  const uint64_t shared = d->props.limits.maxComputeSharedMemorySize;
-  uint32_t tt = 16;
-  while (tt > 1 && tt * (D + R) * 4 > shared) tt /= 2;
-  uint64_t tb = (uint64_t)op->n_tokens;
-  if (tb > max_bind / row) tb = max_bind / row;
-  if (tb > (uint64_t)d->props.limits.maxComputeWorkGroupCount[0] * tt)
-    tb = (uint64_t)d->props.limits.maxComputeWorkGroupCount[0] * tt;
-  if (tb == 0 || tt * (D + R) * 4 > shared || Hs > d->props.limits.maxComputeWorkGroupCount[1])
-    return VK_ERR(KQ_ERR_UNSUPPORTED, "%s: project: head_dim %d too large for this device", d->name,
-                  op->head_dim);
-  uint32_t spec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)R, tt, ident};
-  seg_spec(spec, 16, op->n_segments, op->segments, op->rank);
-  const vk_shader shader =
-      op->storage == KQ_STORAGE_F16 ? VK_SHADER_PROJECT_SEG_F16 : VK_SHADER_PROJECT_SEG_F32;
-  vk_binding b[3];
-  kq_push_project_seg push = {0};
-  st = bind_opt(d, op->proj, op->proj_offset, Hs * D * R * 4, !ident, &b[1], &push.proj_off,
-                "projection");
-  if (st == KQ_OK)
-    st =
-        bind_latent(d, op->dst, op->dst_offset, op->n_segments, op->segments, op->rank, op->storage,
-                    Hs, (uint64_t)op->capacity, &b[2], &push.dst_base, "latent cache");
-  if (st != KQ_OK) return st;
-  vk_frame *f;
-  if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
-  for (uint64_t t0 = 0; t0 < (uint64_t)op->n_tokens && st == KQ_OK; t0 += tb) {
-    uint64_t nb = (uint64_t)op->n_tokens - t0 < tb ? (uint64_t)op->n_tokens - t0 : tb;
-    st = vk_bind_range(d, &op->src->mem, op->src_offset + t0 * row, nb * row, 4, &b[0],
-                       &push.src_off, "project source");
-    push.n_tokens = (uint32_t)nb;
-    push.n_heads = (uint32_t)Hs;
-    push.gc = (uint32_t)(Hs * (uint64_t)op->capacity);
-    push.capacity = (uint32_t)op->capacity;
-    push.pos = (uint32_t)((uint64_t)op->pos + t0);
-    if (st == KQ_OK)
-      st = vk_dispatch(d, f, shader, spec, b, 3, &push, sizeof push, cdiv(nb, tt), (uint32_t)Hs, 1);
-  }
-  if (st != KQ_OK) {
-    vk_frame_abort(d, f);
-    return st;
-  }
-  return vk_frame_submit(d, f, false, "project");
+/* Binding of a whole latent buffer; *out_base = its first byte relative to
+ * the bound offset. */
+static kq_status bind_latent(const kq_bdevice *d, const kq_buffer *b, size_t offset, int32_t n,
+                             const kq_segment *segs, int32_t rank, kq_storage storage,
+                             uint64_t groups, uint64_t capacity, vk_binding *out,
+                             uint32_t *out_base, const char *what) {
+  return vk_bind_range(d, &b->mem, offset, latent_total(n, segs, rank, storage, groups, capacity),
+                       1, out, out_base, what);
 }
 
-static kq_status project_one(kq_bdevice *d, const kq_project_op *op) {
+static VkDeviceSize align_up(VkDeviceSize v, VkDeviceSize a) {
+  return (v + a - 1) / a * a;
+}
+
+/* Writes `bytes` of a host table into the scratch at `offset` inside the
+ * frame: the table travels in the command buffer, like push constants (at
+ * most 64 KiB per update), so there is no staging, allocation or wait. A
+ * barrier orders it before the op's dispatches. */
+static void record_table(vk_frame *f, const kq_bdevice *d, VkDeviceSize offset, const void *table,
+                         VkDeviceSize bytes) {
+  for (VkDeviceSize o = 0; o < bytes; o += 65536) {
+    const VkDeviceSize n = bytes - o < 65536 ? bytes - o : 65536;
+    vkCmdUpdateBuffer(f->cmd, d->scratch.buffer, d->scratch.base + offset + o, n,
+                      (const char *)table + o);
+  }
+  vk_frame_barrier(f);
+}
+
+/* What a project grid over `seqs` and kv heads [h0, h0 + nh) writes, as
+ * [lo, lo + bytes) from dst_offset: the rows written of a plain latent
+ * buffer, the whole buffers of a segmented one (its planes are spread over
+ * the region). One binding addresses it. */
+typedef struct project_range {
+  int32_t h0, nh;
+  uint64_t lo, bytes;
+} project_range;
+
+static project_range project_span(const kq_project_op *op, const kq_op_seq *seqs, int32_t n_seqs,
+                                  int32_t h0, int32_t nh) {
+  const bool seg = !kq_segments_plain(op->n_segments, op->segments);
+  const uint64_t cap = (uint64_t)op->capacity;
+  const uint64_t rb = (uint64_t)op->rank * storage_elem(op->storage);
+  const uint64_t total =
+      latent_total(op->n_segments, op->segments, op->rank, op->storage, (uint64_t)op->n_heads, cap);
+  uint64_t lo = UINT64_MAX, hi = 0;
+  for (int32_t i = 0; i < n_seqs; ++i) {
+    const uint64_t r = seqs[i].k_region, pos = (uint64_t)seqs[i].pos;
+    const uint64_t a = seg ? r : r + ((uint64_t)h0 * cap + pos) * rb;
+    const uint64_t b =
+        seg ? r + total : r + ((uint64_t)(h0 + nh - 1) * cap + pos + (uint64_t)seqs[i].n_rows) * rb;
+    if (a < lo) lo = a;
+    if (b > hi) hi = b;
+  }
+  return (project_range){.h0 = h0, .nh = nh, .lo = lo, .bytes = hi - lo};
+}
+
+/* One grid over every source row of `seqs` and kv heads [h0, h0 + nh):
+ * project.comp (plain float latents) or project_seg.comp (segmented, q8/q4;
+ * always every head), workgroups over (row tile, kv head), a row table
+ * (KQ_PROJECT_SEQ_WORDS per row, written with vkCmdUpdateBuffer) giving each
+ * row its sequence's latent buffer and position. More dispatches only when
+ * the source rows exceed one binding or the workgroup count. */
+static kq_status project_grid(kq_bdevice *d, const kq_project_op *op, const kq_op_seq *seqs,
+                              int32_t n_seqs, project_range span) {
+  const VkPhysicalDeviceLimits *lim = &d->props.limits;
+  const bool seg = !kq_segments_plain(op->n_segments, op->segments);
   const uint32_t elem = storage_elem(op->storage);
   const bool ident = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
-  if (!kq_segments_plain(op->n_segments, op->segments)) return project_segmented(d, op);
   const uint64_t D = (uint64_t)op->head_dim, R = (uint64_t)op->rank, Hs = (uint64_t)op->n_heads;
-  const uint64_t row = Hs * D * 4, max_bind = vk_max_binding(d);
+  const uint64_t N = (uint64_t)op->n_tokens, row = Hs * D * 4, max_bind = vk_max_binding(d);
+  const uint64_t shared = lim->maxComputeSharedMemorySize, per_tt = (seg ? D + R : D) * 4;
   uint32_t tt = 16;
-  while (tt > 1 && tt * D * 4 > d->props.limits.maxComputeSharedMemorySize) tt /= 2;
-  uint64_t tb = (uint64_t)op->n_tokens;
+  while (tt > 1 && tt * per_tt > shared) tt /= 2;
+  uint64_t tb = N;
   if (tb > max_bind / row) tb = max_bind / row;
-  if (tb > max_bind / (R * elem)) tb = max_bind / (R * elem);
-  if (tb > (uint64_t)d->props.limits.maxComputeWorkGroupCount[0] * tt)
-    tb = (uint64_t)d->props.limits.maxComputeWorkGroupCount[0] * tt;
-  if (tb == 0 || tt * D * 4 > d->props.limits.maxComputeSharedMemorySize)
+  if (tb > (uint64_t)lim->maxComputeWorkGroupCount[0] * tt)
+    tb = (uint64_t)lim->maxComputeWorkGroupCount[0] * tt;
+  if (tb == 0 || tt * per_tt > shared || Hs > lim->maxComputeWorkGroupCount[1])
     return VK_ERR(KQ_ERR_UNSUPPORTED, "%s: project: head_dim %d too large for this device", d->name,
                   op->head_dim);
-  /* 4 outputs per invocation when the projection rows allow 4-vector loads. */
-  const uint32_t vec4 = !ident && R % 4 == 0 && op->proj_offset % 16 == 0;
-  const uint32_t spec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)R, tt, ident, vec4};
-  const vk_shader shader =
-      op->storage == KQ_STORAGE_F16 ? VK_SHADER_PROJECT_F16 : VK_SHADER_PROJECT_F32;
+  const VkDeviceSize tbytes = N * KQ_PROJECT_SEQ_WORDS * 4;
+  vk_binding b[4];
+  uint32_t proj_off = 0, dst_base = 0, seq_off = 0;
+  kq_status st = bind_opt(d, op->proj, op->proj_offset, Hs * D * R * 4, !ident, &b[1], &proj_off,
+                          "projection");
+  if (st == KQ_OK)
+    st = vk_bind_range(d, &op->dst->mem, op->dst_offset + span.lo, span.bytes, seg ? 1 : elem,
+                       &b[2], &dst_base, "latent cache");
+  if (st != KQ_OK) return st;
+  uint32_t *table = malloc((size_t)tbytes);
+  if (!table) return VK_ERR(KQ_ERR_OUT_OF_MEMORY, "%s: project: row table", d->name);
+  /* Word 0: the latent buffer's first byte (segmented) or element (plain)
+   * from the binding's start; a plain binding may start inside the buffer,
+   * so the word wraps modulo 2^32 like the shader's index arithmetic. */
+  for (int32_t i = 0; i < n_seqs; ++i)
+    for (int32_t r = 0; r < seqs[i].n_rows; ++r) {
+      uint32_t *t = table + (size_t)(seqs[i].row + r) * KQ_PROJECT_SEQ_WORDS;
+      const int64_t rel = (int64_t)seqs[i].k_region - (int64_t)span.lo;
+      t[0] = dst_base + (uint32_t)(rel / (seg ? 1 : (int64_t)elem));
+      t[1] = (uint32_t)(seqs[i].pos + r);
+    }
+  uint32_t spec[VK_SPEC_COUNT] = {VK_WG, (uint32_t)D, (uint32_t)R, tt, ident};
+  vk_shader shader;
+  if (seg) {
+    seg_spec(spec, 16, op->n_segments, op->segments, op->rank);
+    shader = op->storage == KQ_STORAGE_F16 ? VK_SHADER_PROJECT_SEG_F16 : VK_SHADER_PROJECT_SEG_F32;
+  } else {
+    /* 4 outputs per invocation when the projection rows allow 4-vector loads. */
+    spec[5] = !ident && R % 4 == 0 && proj_off % 4 == 0;
+    shader = op->storage == KQ_STORAGE_F16 ? VK_SHADER_PROJECT_F16 : VK_SHADER_PROJECT_F32;
+  }
   vk_frame *f;
-  kq_status st;
-  if ((st = vk_frame_begin(d, &f)) != KQ_OK) return st;
-  for (uint64_t t0 = 0; t0 < (uint64_t)op->n_tokens && st == KQ_OK; t0 += tb) {
-    uint64_t nb = (uint64_t)op->n_tokens - t0 < tb ? (uint64_t)op->n_tokens - t0 : tb;
-    vk_binding b[3];
-    kq_push_project push = {0};
-    st = vk_bind_range(d, &op->src->mem, op->src_offset + t0 * row, nb * row, 4, &b[0],
-                       &push.src_off, "project source");
-    for (uint64_t h = 0; h < Hs && st == KQ_OK; ++h) {
-      st = bind_opt(d, op->proj, op->proj_offset + h * D * R * 4, D * R * 4, !ident, &b[1],
-                    &push.proj_off, "projection");
-      if (st == KQ_OK)
-        st = vk_bind_range(d, &op->dst->mem,
-                           op->dst_offset +
-                               ((h * (uint64_t)op->capacity) + (uint64_t)op->pos + t0) * R * elem,
-                           nb * R * elem, elem, &b[2], &push.dst_off, "cache");
-      push.n_tokens = (uint32_t)nb;
-      push.head = (uint32_t)h;
-      push.n_heads = (uint32_t)Hs;
-      if (st == KQ_OK)
-        st = vk_dispatch(d, f, shader, spec, b, 3, &push, sizeof push, cdiv(nb, tt), 1, 1);
+  if ((st = vk_frame_begin(d, &f)) != KQ_OK) {
+    free(table);
+    return st;
+  }
+  st = vk_frame_scratch(d, &f, tbytes);
+  if (st == KQ_OK) st = vk_bind_own(d, &d->scratch, 0, tbytes, 4, &b[3], &seq_off, "row table");
+  if (st == KQ_OK) record_table(f, d, 0, table, tbytes);
+  free(table);
+  for (uint64_t t0 = 0; t0 < N && st == KQ_OK; t0 += tb) {
+    const uint64_t nb = N - t0 < tb ? N - t0 : tb;
+    uint32_t src_off = 0;
+    st = vk_bind_range(d, &op->src->mem, op->src_offset + t0 * row, nb * row, 4, &b[0], &src_off,
+                       "project source");
+    if (st != KQ_OK) break;
+    if (seg) {
+      kq_push_project_seg push = {.src_off = src_off,
+                                  .proj_off = proj_off,
+                                  .seq_off = seq_off,
+                                  .row0 = (uint32_t)t0,
+                                  .n_tokens = (uint32_t)nb,
+                                  .n_heads = (uint32_t)Hs,
+                                  .gc = (uint32_t)(Hs * (uint64_t)op->capacity),
+                                  .capacity = (uint32_t)op->capacity};
+      st = vk_dispatch(d, f, shader, spec, b, 4, &push, sizeof push, cdiv(nb, tt), (uint32_t)Hs, 1);
+    } else {
+      kq_push_project push = {.src_off = src_off,
+                              .proj_off = proj_off,
+                              .seq_off = seq_off,
+                              .row0 = (uint32_t)t0,
+                              .n_tokens = (uint32_t)nb,
+                              .n_heads = (uint32_t)Hs,
+                              .capacity = (uint32_t)op->capacity,
+                              .head0 = (uint32_t)span.h0};
+      st = vk_dispatch(d, f, shader, spec, b, 4, &push, sizeof push, cdiv(nb, tt),
+                       (uint32_t)span.nh, 1);
     }
   }
   if (st != KQ_OK) {
@@ -330,10 +382,6 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, uint64
   return KQ_OK;
 }
 
-static VkDeviceSize align_up(VkDeviceSize v, VkDeviceSize a) {
-  return (v + a - 1) / a * a;
-}
-
 /* Dequantizes positions [0, n_ctx) of a segmented latent buffer into F32
  * rows [groups, n_ctx, rank] at `out_offset` of the device scratch. */
 static kq_status record_dequant(kq_bdevice *d, vk_frame *f, const kq_buffer *cache,
@@ -423,15 +471,10 @@ fits:
 
 /* Bytes of one latent buffer (one sequence's region) of a side. */
 static uint64_t latent_bytes(const kq_attend_op *op, int values, uint32_t cgroups) {
-  const int32_t rank = values ? op->rank_v : op->rank_k;
-  const int32_t n = values ? op->n_value_segments : op->n_key_segments;
-  const kq_segment *segs = values ? op->value_segments : op->key_segments;
-  const kq_segment plain = {.width = rank, .bits = KQ_SEG_FLOAT};
-  const bool p = kq_segments_plain(n, segs);
-  size_t total = 0;
-  kq_segment_planes(p ? &plain : segs, p ? 1 : n, op->storage, cgroups, (size_t)op->capacity, 0,
-                    NULL, NULL, &total);
-  return total;
+  return values ? latent_total(op->n_value_segments, op->value_segments, op->rank_v, op->storage,
+                               cgroups, (uint64_t)op->capacity)
+                : latent_total(op->n_key_segments, op->key_segments, op->rank_k, op->storage,
+                               cgroups, (uint64_t)op->capacity);
 }
 
 /* What one decode grid reads of a side: the bytes from the lowest region of
@@ -570,14 +613,7 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
         t[4] = n;
       }
     }
-    /* The table travels inside the command buffer, like push constants (at
-     * most 64 KiB per update): no staging, no allocation, no wait. */
-    for (VkDeviceSize o = 0; o < tbytes; o += 65536) {
-      const VkDeviceSize n = tbytes - o < 65536 ? tbytes - o : 65536;
-      vkCmdUpdateBuffer(f->cmd, d->scratch.buffer, d->scratch.base + toff + o, n,
-                        (const char *)table + o);
-    }
-    vk_frame_barrier(f);
+    record_table(f, d, toff, table, tbytes);
   }
   free(table);
   mb[0] = ab[4];
@@ -797,13 +833,30 @@ static kq_status attend_one(kq_bdevice *d, const kq_attend_op *op) {
   return vk_frame_submit(d, f, false, "attend");
 }
 
-/* A sequence table is recorded sequence by sequence into the open frame:
- * one submit for the whole batch. */
+/* One grid over every sequence and head (project_grid) when what it writes
+ * fits one binding; else one grid per sequence, and for a plain latent
+ * buffer larger than a binding one per sequence and kv head. All in one
+ * frame. */
 kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
-  kq_status st = KQ_OK;
-  for (int32_t i = 0; i < op->n_seqs && st == KQ_OK; ++i) {
-    const kq_project_op one = kq_project_op_seq(op, i);
-    st = project_one(d, &one);
+  kq_status st = check_segments(d, op->n_segments, op->segments, "project latent segments");
+  if (st != KQ_OK) return st;
+  const bool seg = !kq_segments_plain(op->n_segments, op->segments);
+  const uint64_t max = vk_max_binding(d);
+  const kq_op_seq one = {.n_rows = op->n_tokens, .pos = op->pos};
+  const kq_op_seq *seqs = op->seqs ? op->seqs : &one;
+  const int32_t n = op->seqs ? op->n_seqs : 1;
+  project_range all = project_span(op, seqs, n, 0, op->n_heads);
+  if (all.bytes <= max) return project_grid(d, op, seqs, n, all);
+  for (int32_t i = 0; i < n && st == KQ_OK; ++i) {
+    const kq_project_op s = kq_project_op_seq(op, i);
+    const kq_op_seq e = {.n_rows = s.n_tokens, .pos = s.pos};
+    all = project_span(&s, &e, 1, 0, s.n_heads);
+    if (seg || all.bytes <= max) {
+      st = project_grid(d, &s, &e, 1, all); /* a segmented buffer over a binding: the error */
+      continue;
+    }
+    for (int32_t h = 0; h < s.n_heads && st == KQ_OK; ++h)
+      st = project_grid(d, &s, &e, 1, project_span(&s, &e, 1, h, 1));
   }
   return st;
 }

@@ -74,27 +74,38 @@ KQ_STRUCT(kq_push_merge) {
 }
 KQ_END(kq_push_merge)
 
-/* project.comp: latent rows of one kv head, plain float layout. */
+/* The row table of project.comp and project_seg.comp (binding 3): per
+ * source row of the op (every token of every sequence, in src's row order)
+ * KQ_PROJECT_SEQ_WORDS words:
+ *   0 the latent buffer of the row's sequence (its region) from the
+ *     destination binding's start: bytes (project_seg.comp) or elements
+ *     (project.comp; modulo 2^32, as the binding may start inside it)
+ *   1 the row's position in that buffer */
+#define KQ_PROJECT_SEQ_WORDS 2
+
+/* project.comp: kv heads head0 + workgroup y, plain float layout. */
 KQ_STRUCT(kq_push_project) {
-  KQ_U32 src_off;  /* src F32 [n_tokens, n_heads, D] (token 0 of the batch) */
-  KQ_U32 proj_off; /* this head's projection [D, R] */
-  KQ_U32 dst_off;  /* cache rows of this head (token 0 of the batch) */
-  KQ_U32 n_tokens;
-  KQ_U32 head;
+  KQ_U32 src_off;  /* src F32 [n_tokens, n_heads, D] (row row0 of the op) */
+  KQ_U32 proj_off; /* projections [n_heads, D, R] */
+  KQ_U32 seq_off;  /* row table, element offset */
+  KQ_U32 row0;     /* the op's row of the dispatch's first source row */
+  KQ_U32 n_tokens; /* source rows of the dispatch */
   KQ_U32 n_heads;
+  KQ_U32 capacity; /* positions per kv head of a latent buffer */
+  KQ_U32 head0;    /* kv head of workgroup y == 0 */
 }
 KQ_END(kq_push_project)
 
 /* project_seg.comp: every group (workgroup y) into a segmented buffer. */
 KQ_STRUCT(kq_push_project_seg) {
-  KQ_U32 src_off;  /* src F32 [n_tokens, n_heads, D] (token 0 of the batch) */
+  KQ_U32 src_off;  /* src F32 [n_tokens, n_heads, D] (row row0 of the op) */
   KQ_U32 proj_off; /* projections [n_heads, D, R] */
-  KQ_U32 dst_base; /* latent buffer, bytes */
-  KQ_U32 n_tokens;
+  KQ_U32 seq_off;  /* row table, element offset */
+  KQ_U32 row0;     /* the op's row of the dispatch's first source row */
+  KQ_U32 n_tokens; /* source rows of the dispatch */
   KQ_U32 n_heads;
   KQ_U32 gc; /* groups · capacity */
   KQ_U32 capacity;
-  KQ_U32 pos; /* position of token 0 of the batch */
 }
 KQ_END(kq_push_project_seg)
 
