@@ -110,9 +110,10 @@ kq_status kq_cpu_project(kq_bdevice *device, const kq_project_op *op) {
   const kq_op_seq one = {.n_rows = op->n_tokens, .pos = op->pos};
   const int32_t n_seqs = op->seqs ? op->n_seqs : 1;
   int64_t one_block0[2];
-  int64_t *block0 = n_seqs == 1 ? one_block0 : malloc(((size_t)n_seqs + 1) * sizeof *block0);
-  if (!block0)
-    return kq_set_error(KQ_ERR_OUT_OF_MEMORY, "cpu: project: table of %d sequences", (int)n_seqs);
+  int64_t *block0 = n_seqs == 1 ? one_block0
+                                : kq_malloc_array((size_t)n_seqs + 1, sizeof *block0,
+                                                  "cpu project sequence table");
+  if (!block0) return KQ_ERR_OUT_OF_MEMORY;
   project_ctx c = {
       .op = op,
       .kern = kq_cpu_kernels_get(),
