@@ -945,8 +945,8 @@ static kq_status attend_tiled(kq_bdevice *d, const kq_attend_op *op, const kq_op
 
 /* One grid over every sequence and head (project_grid) when what it writes
  * fits one binding; else one grid per sequence, and for a plain latent
- * buffer larger than a binding one per sequence and kv head. All in one
- * frame. */
+ * buffer larger than a binding one per sequence, kv head and as many tokens
+ * as a binding holds. All in one frame. */
 kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
   kq_status st = check_segments(d, op->n_segments, op->segments, "project latent segments");
   if (st != KQ_OK) return st;
@@ -965,8 +965,19 @@ kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op) {
       st = project_grid(d, &s, &e, 1, all); /* a segmented buffer over a binding: the error */
       continue;
     }
+    /* Rows of one kv head: as many tokens as one binding holds. */
+    const uint64_t rb = (uint64_t)s.rank * storage_elem(s.storage);
+    const uint64_t src_row = (uint64_t)s.n_heads * (uint64_t)s.head_dim * 4;
+    const int32_t tb = max / rb < (uint64_t)s.n_tokens ? (int32_t)(max / rb) : s.n_tokens;
     for (int32_t h = 0; h < s.n_heads && st == KQ_OK; ++h)
-      st = project_grid(d, &s, &e, 1, project_span(&s, &e, 1, h, 1));
+      for (int32_t t0 = 0; t0 < s.n_tokens && st == KQ_OK; t0 += tb > 0 ? tb : s.n_tokens) {
+        kq_project_op part = s;
+        part.n_tokens = tb > 0 && s.n_tokens - t0 > tb ? tb : s.n_tokens - t0;
+        part.pos = s.pos + t0;
+        part.src_offset = s.src_offset + (uint64_t)t0 * src_row;
+        const kq_op_seq pe = {.n_rows = part.n_tokens, .pos = part.pos};
+        st = project_grid(d, &part, &pe, 1, project_span(&part, &pe, 1, h, 1));
+      }
   }
   return st;
 }
