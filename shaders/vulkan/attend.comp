@@ -4,7 +4,10 @@
 // group shares every latent-key load) against one chunk of CH cache
 // positions, with an online softmax over key tiles of TK positions. It writes
 // the chunk's row maximum m, sum l and unnormalised output o[RV]; reduce.comp
-// merges the chunks. Causal: a row sees positions <= its own.
+// merges the chunks. Causal: a row sees positions <= its own. A query tile
+// (workgroup y) is QT consecutive queries of one sequence; the tile table
+// gives its sequence's latent rows and positions, so one grid covers every
+// sequence of a batch.
 //
 // PRE rope: keys are rebuilt in shared memory only, k̂ = rot(k̃ Bᵀ, p); the
 // prepared queries are already q̂ (qprep.comp), so logits are q̂·k̂.
@@ -42,6 +45,7 @@ layout(std430, set = 0, binding = 4) readonly buffer kq_rope_tab { float rope_ta
 layout(std430, set = 0, binding = 5) readonly buffer kq_b { float bm[]; };
 // 4-vector views of the same bindings (offsets are multiples of 4 elements).
 layout(std430, set = 0, binding = 0) readonly buffer kq_q4 { vec4 q4[]; };
+layout(std430, set = 0, binding = 0) readonly buffer kq_tiles { uint tiles[]; };
 layout(std430, set = 0, binding = 1) readonly buffer kq_k4 { CACHE_T4 kc4[]; };
 layout(std430, set = 0, binding = 2) readonly buffer kq_v4 { CACHE_T4 vc4[]; };
 
@@ -58,12 +62,13 @@ shared float slat[PRE != 0u ? TK * RK : 1u];
 void main() {
   const uint lid = gl_LocalInvocationID.x, wg = gl_WorkGroupSize.x;
   const uint c = pc.p.chunk0 + gl_WorkGroupID.x;
-  const uint n_ctx = pc.p.n_ctx, n_q = pc.p.n_queries, H = pc.p.n_heads, head0 = pc.p.head0;
+  const uint H = pc.p.n_heads, head0 = pc.p.head0;
   const uint tok_base = pc.p.tok_base;
   const float scale = uintBitsToFloat(pc.p.scale_bits);
-  const uint q0 = gl_WorkGroupID.y * QT;
-  const uint nqt = min(QT, n_q - q0);
-  const uint pos0 = n_ctx - n_q + q0; // position of the tile's first query
+  const uint te = pc.p.tile_off + gl_WorkGroupID.y * KQ_TILE_WORDS;
+  const uint k_seq = pc.p.k_off + tiles[te], v_seq = pc.p.v_off + tiles[te + 1u];
+  const uint q0 = tiles[te + 2u], nqt = tiles[te + 3u];
+  const uint pos0 = tiles[te + 4u]; // position of the tile's first query
   const uint cs = c * pc.p.chunk;
   const uint ce = min(cs + pc.p.chunk, pos0 + nqt);
 
@@ -96,7 +101,7 @@ void main() {
 
   for (uint t0 = cs; t0 < ce; t0 += TK) {
     const uint nk = min(TK, ce - t0);
-    const uint kbase = pc.p.k_off + (t0 - tok_base) * RK;
+    const uint kbase = k_seq + (t0 - tok_base) * RK;
     if (PRE != 0u) {
       for (uint i = lid; i < nk * RK; i += wg) slat[i] = float(kc[kbase + i]);
       barrier();
@@ -170,7 +175,7 @@ void main() {
     }
     kq_reduce_rows(KQ_RED_SUM, tsum); // its barrier also publishes ss
     [[unroll]] for (uint row = 0u; row < R; ++row) l_run[row] = l_run[row] * f[row] + tsum[row];
-    const uint vbase = pc.p.v_off + (t0 - tok_base) * RV;
+    const uint vbase = v_seq + (t0 - tok_base) * RV;
     [[unroll]] for (uint slot = 0u; slot < SLOTS; ++slot) {
       const uint eu = eu0 + slot * wg;
       if (eu < EU && tg < NTG) {

@@ -1,7 +1,9 @@
 #version 450
-// Expands positions [0, n) of a segmented latent buffer (SPEC §1b, table
-// KSEG) into F32 rows: out[g, p, :] = the dequantized latent (q · s for
-// quantized segments, the stored value for float ones). Used by the paths
+// Expands positions [0, n_ctx) of the segmented latent buffer (SPEC §1b,
+// table KSEG) of every sequence of a batch (workgroup z; the sequence table
+// gives its buffer, n_ctx and first output position p0) into F32 rows:
+// out[g, p0 + p, :] = the dequantized latent (q · s for quantized segments,
+// the stored value for float ones). Used by the paths
 // that rebuild keys from latents (RoPE pre) and by prefill of segmented
 // caches; decode reads the segments directly (attend_seg.comp).
 #extension GL_GOOGLE_include_directive : require
@@ -19,6 +21,7 @@ layout(std430, set = 0, binding = 0) readonly buffer kq_src8 { uint8_t s8[]; };
 layout(std430, set = 0, binding = 0) readonly buffer kq_srci8 { int8_t si8[]; };
 layout(std430, set = 0, binding = 0) readonly buffer kq_srcf { CACHE_T sf[]; };
 layout(std430, set = 0, binding = 1) writeonly buffer kq_out { float outv[]; };
+layout(std430, set = 0, binding = 2) readonly buffer kq_seq { uint seqtab[]; };
 
 #if KQ_F16
 const uint ELEM = 2u;
@@ -28,8 +31,9 @@ const uint ELEM = 4u;
 
 // Push constants: kq_push_dequant (kq_push.h).
 void main() {
-  const uint g = gl_WorkGroupID.y, total = pc.p.n * R;
-  const uint gc = pc.p.gc, base = pc.p.src_base;
+  const uint g = gl_WorkGroupID.y, e0 = pc.p.seq_off + gl_WorkGroupID.z * KQ_DEQUANT_SEQ_WORDS;
+  const uint base = seqtab[e0 + pc.p.base_word], p0 = seqtab[e0 + 2u], total = seqtab[e0 + 3u] * R;
+  const uint gc = pc.p.gc;
   for (uint i = gl_GlobalInvocationID.x; i < total; i += gl_NumWorkGroups.x * gl_WorkGroupSize.x) {
     const uint p = i / R, e = i % R, slot = g * pc.p.capacity + p;
     uint s = 0u, col = 0u;
@@ -52,6 +56,6 @@ void main() {
       }
       x = q * sc;
     }
-    outv[pc.p.out_off + (g * pc.p.n + p) * R + e] = x;
+    outv[pc.p.out_off + (g * pc.p.n_total + p0 + p) * R + e] = x;
   }
 }

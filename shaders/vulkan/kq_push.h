@@ -74,38 +74,58 @@ KQ_STRUCT(kq_push_merge) {
 }
 KQ_END(kq_push_merge)
 
-/* project.comp: latent rows of one kv head, plain float layout. */
+/* The row table of project.comp and project_seg.comp (binding 3): per
+ * source row of the op (every token of every sequence, in src's row order)
+ * KQ_PROJECT_SEQ_WORDS words:
+ *   0 the latent buffer of the row's sequence (its region) from the
+ *     destination binding's start: bytes (project_seg.comp) or elements
+ *     (project.comp; modulo 2^32, as the binding may start inside it)
+ *   1 the row's position in that buffer */
+#define KQ_PROJECT_SEQ_WORDS 2
+
+/* project.comp: kv heads head0 + workgroup y, plain float layout. */
 KQ_STRUCT(kq_push_project) {
-  KQ_U32 src_off;  /* src F32 [n_tokens, n_heads, D] (token 0 of the batch) */
-  KQ_U32 proj_off; /* this head's projection [D, R] */
-  KQ_U32 dst_off;  /* cache rows of this head (token 0 of the batch) */
-  KQ_U32 n_tokens;
-  KQ_U32 head;
+  KQ_U32 src_off;  /* src F32 [n_tokens, n_heads, D] (row row0 of the op) */
+  KQ_U32 proj_off; /* projections [n_heads, D, R] */
+  KQ_U32 seq_off;  /* row table, element offset */
+  KQ_U32 row0;     /* the op's row of the dispatch's first source row */
+  KQ_U32 n_tokens; /* source rows of the dispatch */
   KQ_U32 n_heads;
+  KQ_U32 capacity; /* positions per kv head of a latent buffer */
+  KQ_U32 head0;    /* kv head of workgroup y == 0 */
 }
 KQ_END(kq_push_project)
 
 /* project_seg.comp: every group (workgroup y) into a segmented buffer. */
 KQ_STRUCT(kq_push_project_seg) {
-  KQ_U32 src_off;  /* src F32 [n_tokens, n_heads, D] (token 0 of the batch) */
+  KQ_U32 src_off;  /* src F32 [n_tokens, n_heads, D] (row row0 of the op) */
   KQ_U32 proj_off; /* projections [n_heads, D, R] */
-  KQ_U32 dst_base; /* latent buffer, bytes */
-  KQ_U32 n_tokens;
+  KQ_U32 seq_off;  /* row table, element offset */
+  KQ_U32 row0;     /* the op's row of the dispatch's first source row */
+  KQ_U32 n_tokens; /* source rows of the dispatch */
   KQ_U32 n_heads;
   KQ_U32 gc; /* groups · capacity */
   KQ_U32 capacity;
-  KQ_U32 pos; /* position of token 0 of the batch */
 }
 KQ_END(kq_push_project_seg)
 
-/* dequant.comp: positions [0, n) of a segmented buffer to F32 rows. */
+/* dequant.comp: positions [0, n_ctx) of every sequence's segmented latent
+ * buffer (workgroup z) to F32 rows. Its sequence table (binding 2): per
+ * sequence KQ_DEQUANT_SEQ_WORDS words:
+ *   0 the key latent buffer, bytes from the source binding's start
+ *   1 the value latent buffer, likewise (word base_word is read)
+ *   2 the sequence's first position in the output rows
+ *   3 its positions n_ctx */
+#define KQ_DEQUANT_SEQ_WORDS 4
+
 KQ_STRUCT(kq_push_dequant) {
-  KQ_U32 src_base; /* latent buffer, bytes */
-  KQ_U32 out_off;  /* F32 [groups, n, R] */
-  KQ_U32 gc;       /* groups · capacity */
+  KQ_U32 seq_off; /* sequence table, element offset */
+  KQ_U32 out_off; /* F32 [groups, n_total, R] */
+  KQ_U32 gc;      /* groups · capacity of a latent buffer */
   KQ_U32 capacity;
-  KQ_U32 n;
+  KQ_U32 n_total; /* output positions per group: every sequence's n_ctx */
   KQ_U32 groups;
+  KQ_U32 base_word; /* 0: keys, 1: values */
 }
 KQ_END(kq_push_dequant)
 
@@ -117,20 +137,28 @@ KQ_STRUCT(kq_push_qprep) {
   KQ_U32 out_off; /* F32 [n_queries, n_heads, QK] */
   KQ_U32 n_heads;
   KQ_U32 group;   /* query heads per kv head */
-  KQ_U32 pos0;    /* position of query 0 */
+  KQ_U32 pos_off; /* position of each query (binding 5), element offset */
   KQ_U32 rope_hi; /* element offset of the RoPE table's high part */
 }
 KQ_END(kq_push_qprep)
 
+/* The query-tile table of attend.comp (read through binding 0, after the
+ * prepared queries): per query tile (workgroup y) KQ_TILE_WORDS words:
+ *   0 key latent rows of the tile's sequence: elements added to k_off
+ *   1 value latent rows, added to v_off
+ *   2 the tile's first query row (of the dispatch's queries)
+ *   3 its queries (<= QT), all of one sequence, consecutive positions
+ *   4 the position of its first query (it attends to positions [0, pos]) */
+#define KQ_TILE_WORDS 5
+
 /* attend.comp: tiled partial attention over one cache window. */
 KQ_STRUCT(kq_push_attend) {
   KQ_U32 q_off;    /* prepared queries (query 0, head 0, rows of QK) */
-  KQ_U32 k_off;    /* key rows from token tok_base */
+  KQ_U32 k_off;    /* key rows from token tok_base, kv head of the dispatch */
   KQ_U32 v_off;    /* value rows from token tok_base */
   KQ_U32 part_off; /* partials */
   KQ_U32 b_off;    /* query_down of this kv head (PRE rebuild) */
-  KQ_U32 n_ctx;
-  KQ_U32 n_queries;
+  KQ_U32 tile_off; /* query-tile table in binding 0, element offset */
   KQ_U32 n_heads;
   KQ_U32 head0;    /* first query head of the dispatch */
   KQ_U32 chunk0;   /* chunk of workgroup 0 */

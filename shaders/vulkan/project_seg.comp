@@ -1,8 +1,11 @@
 #version 450
 // Latent projection of new tokens into a segmented (q8/q4) latent buffer
 // (SPEC §1b), for one group (kv head, or the whole layer in the JOINT
-// layout) and a tile of TT tokens:
+// layout) and a tile of TT source rows:
 //   lat[t, :] = src[t, head, :] · proj           (F32, shared memory)
+// The row table (KQ_PROJECT_SEQ_WORDS per row) gives each row's latent
+// buffer (its sequence's region) and position: one grid covers every
+// sequence of a batch.
 // then every segment row is stored: float segments in the storage type,
 // quantized ones by the rule of kq_quantize_row: s = max|x| / qmax in F32,
 // rounded to F16 (stored); q = clamp(round_half_away(x / s), ±qmax) with x / s
@@ -27,6 +30,7 @@ layout(std430, set = 0, binding = 0) readonly buffer kq_src { float src[]; };
 layout(std430, set = 0, binding = 1) readonly buffer kq_proj { float proj[]; };
 layout(std430, set = 0, binding = 2) writeonly buffer kq_dst8 { uint8_t d8[]; };
 layout(std430, set = 0, binding = 2) writeonly buffer kq_dstf { CACHE_T df[]; };
+layout(std430, set = 0, binding = 3) readonly buffer kq_seq { uint seqtab[]; };
 
 #if KQ_F16
 const uint ELEM = 2u;
@@ -76,14 +80,16 @@ void main() {
     lat[t * R + r] = acc;
   }
   barrier();
-  const uint gc = pc.p.gc, base = pc.p.dst_base;
+  const uint gc = pc.p.gc;
   for (uint i = lid; i < nt * KSEG_N; i += wg) {
     const uint t = i / KSEG_N, s = i % KSEG_N;
+    const uint e = pc.p.seq_off + (pc.p.row0 + t0 + t) * KQ_PROJECT_SEQ_WORDS;
+    const uint base = seqtab[e];
     const uint w = kq_seg(KQ_KEYS, s), n = kq_seg_width(w), bits = kq_seg_bits(w);
     uint col = 0u;
     for (uint j = 0u; j < s; ++j) col += kq_seg_width(kq_seg(KQ_KEYS, j));
     const uvec2 pl = kq_seg_planes(KQ_KEYS, s, gc, ELEM);
-    const uint slot = head * pc.p.capacity + pc.p.pos + t0 + t;
+    const uint slot = head * pc.p.capacity + seqtab[e + 1u];
     const uint row = base + pl.x + slot * kq_seg_row_bytes(w, ELEM);
     const uint x0 = t * R + col;
     if (bits == 0u) {

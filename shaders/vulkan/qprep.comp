@@ -1,7 +1,8 @@
 #version 450
 // Query preparation for attention, one workgroup per (query j, head h):
 //   NONE/POST: out = q B                      (RK values)
-//   PRE:       out = rot(q B Aᵀ, pos_j)       (D values)
+//   PRE:       out = rot(q B Aᵀ, pos_j)       (D values; pos_j from the
+//                                              position table, binding 5)
 // With IDENT (A = B = I) the projections are skipped.
 #extension GL_GOOGLE_include_directive : require
 #include "kq_common.glsl"
@@ -20,6 +21,7 @@ layout(std430, set = 0, binding = 1) readonly buffer kq_b { float bm[]; };
 layout(std430, set = 0, binding = 2) readonly buffer kq_a { float am[]; };
 layout(std430, set = 0, binding = 3) writeonly buffer kq_out { float outq[]; };
 layout(std430, set = 0, binding = 4) readonly buffer kq_rope_tab { float rope_tab[]; };
+layout(std430, set = 0, binding = 5) readonly buffer kq_pos { uint qpos[]; };
 
 #include "kq_rope.glsl"
 
@@ -52,7 +54,7 @@ void main() {
       outq[pc.p.out_off + row * RK + r] = sqb[r];
     return;
   }
-  const uint pos = pc.p.pos0 + j;
+  const uint pos = qpos[pc.p.pos_off + j];
   for (uint jj = lid; jj < D / 2u; jj += wg) {
     uvec2 e = kq_rope_pair(jj, D, HALVES);
     float x0 = 0.0, x1 = 0.0;

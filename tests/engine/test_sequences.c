@@ -385,6 +385,105 @@ static void a_batched_decode_costs_the_dispatches_of_one_sequence(void **state) 
   fixture_close(&f);
 }
 
+/* Appends of different lengths to 8 sequences in one batch cost the
+ * dispatches of an append to one sequence (float and quantized latents:
+ * project.comp and project_seg.comp): one per side, in at most one submit. */
+static void append_counts(const variant *var) {
+  static fixture f;
+  fixture_open(&f, var);
+  static float k[64 * HK * D], v[64 * HK * D];
+  fill(k, 64 * HK * D, 21);
+  fill(v, 64 * HK * D, 22);
+  const int32_t len[NS] = {1, 3, 7, 12, 5, 9, 2, 16};
+  kq_seq_span spans[NS];
+  for (int s = 0; s < NS; s++) spans[s] = (kq_seq_span){.seq = s, .n_tokens = len[s]};
+  /* Warm-up: kernels built, staging at its size. */
+  assert_int_equal(kq_cache_append_batch(f.batched, 0, NS, spans, k, v), KQ_OK);
+  assert_int_equal(kq_cache_seq_clear(f.batched, 0), KQ_OK);
+  kq_device_stats a = stats_of(f.dev);
+  kq_seq_span one = {.seq = 0, .n_tokens = 16};
+  assert_int_equal(kq_cache_append_batch(f.batched, 0, 1, &one, k, v), KQ_OK);
+  kq_device_stats b = stats_of(f.dev);
+  for (int s = 0; s < NS; s++) spans[s].seq = (s + 1) % NS; /* sequence 0 holds 16 */
+  spans[NS - 1].n_tokens = 1;
+  assert_int_equal(kq_cache_append_batch(f.batched, 0, NS, spans, k, v), KQ_OK);
+  kq_device_stats c = stats_of(f.dev);
+  const uint64_t n_one = b.dispatches - a.dispatches, all = c.dispatches - b.dispatches;
+  assert_true(n_one > 0);
+  if (all != n_one)
+    fail_msg("%s: append to %d sequences: %llu dispatches, to one: %llu", g_device, NS,
+             (unsigned long long)all, (unsigned long long)n_one);
+  if (all > 2) fail_msg("%s: append: %llu dispatches", g_device, (unsigned long long)all);
+  if (c.submits - b.submits > 1)
+    fail_msg("%s: append: %llu submits", g_device, (unsigned long long)(c.submits - b.submits));
+  fixture_close(&f);
+}
+
+static void a_batched_append_costs_the_dispatches_of_one_sequence(void **state) {
+  (void)state;
+  /* The cpu backend has no kernels to count; opencl still projects
+   * sequence by sequence. */
+  if (strncmp(g_device, "vulkan", 6) != 0) skip();
+  append_counts(&(variant){.rope = KQ_ROPE_POST, .storage = KQ_STORAGE_F32});
+  append_counts(&(variant){.rope = KQ_ROPE_POST, .storage = KQ_STORAGE_F32, .quantized = 1});
+  if (device_has_f16())
+    append_counts(&(variant){.rope = KQ_ROPE_POST,
+                             .layout = KQ_LAYOUT_JOINT,
+                             .storage = KQ_STORAGE_F16,
+                             .quantized = 1});
+}
+
+/* A prefill attend over 8 sequences of different lengths (longer than a
+ * decode step, so the tiled kernels) costs the dispatches of one
+ * sequence's prefill, in at most one submit. */
+static void prefill_counts(const variant *var) {
+  static fixture f;
+  fixture_open(&f, var);
+  static float k[64 * HK * D], v[64 * HK * D], q[64 * H * D], out[64 * H * D];
+  fill(k, 64 * HK * D, 31);
+  fill(v, 64 * HK * D, 32);
+  fill(q, 64 * H * D, 33);
+  const int32_t len[NS] = {1, 3, 7, 12, 5, 9, 2, 16};
+  kq_seq_span spans[NS];
+  for (int s = 0; s < NS; s++) spans[s] = (kq_seq_span){.seq = s, .n_tokens = len[s]};
+  assert_int_equal(kq_cache_append_batch(f.batched, 0, NS, spans, k, v), KQ_OK);
+  /* Warm-up: kernels built, scratch at its size. */
+  for (int t = 0; t < 2; t++) {
+    assert_int_equal(kq_cache_attend_batch(f.batched, 0, NS, spans, q, KQ_OUTPUT_FULL, out), KQ_OK);
+    assert_int_equal(kq_cache_attend_batch(f.batched, 0, 1, &spans[NS - 1], q, KQ_OUTPUT_FULL, out),
+                     KQ_OK);
+  }
+  kq_device_stats a = stats_of(f.dev);
+  assert_int_equal(kq_cache_attend_batch(f.batched, 0, 1, &spans[NS - 1], q, KQ_OUTPUT_FULL, out),
+                   KQ_OK);
+  kq_device_stats b = stats_of(f.dev);
+  assert_int_equal(kq_cache_attend_batch(f.batched, 0, NS, spans, q, KQ_OUTPUT_FULL, out), KQ_OK);
+  kq_device_stats c = stats_of(f.dev);
+  const uint64_t n_one = b.dispatches - a.dispatches, all = c.dispatches - b.dispatches;
+  assert_true(n_one > 0);
+  if (all != n_one)
+    fail_msg("%s: prefill attend of %d sequences: %llu dispatches, of one: %llu", g_device, NS,
+             (unsigned long long)all, (unsigned long long)n_one);
+  if (c.submits - b.submits > 1)
+    fail_msg("%s: prefill attend: %llu submits", g_device,
+             (unsigned long long)(c.submits - b.submits));
+  fixture_close(&f);
+}
+
+static void a_batched_prefill_costs_the_dispatches_of_one_sequence(void **state) {
+  (void)state;
+  /* The cpu backend has no kernels to count; opencl still attends a
+   * prefill sequence by sequence. */
+  if (strncmp(g_device, "vulkan", 6) != 0) skip();
+  prefill_counts(&(variant){.rope = KQ_ROPE_POST, .storage = KQ_STORAGE_F32});
+  prefill_counts(&(variant){.rope = KQ_ROPE_PRE, .storage = KQ_STORAGE_F32, .quantized = 1});
+  if (device_has_f16())
+    prefill_counts(&(variant){.rope = KQ_ROPE_POST,
+                              .layout = KQ_LAYOUT_JOINT,
+                              .storage = KQ_STORAGE_F16,
+                              .quantized = 1});
+}
+
 static void zero_sequences_are_refused(void **state) {
   (void)state;
   kq_device *dev = NULL;
@@ -430,6 +529,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(single_sequence_calls_act_on_sequence_zero),
       cmocka_unit_test(zero_sequences_are_refused),
       cmocka_unit_test(a_batched_decode_costs_the_dispatches_of_one_sequence),
+      cmocka_unit_test(a_batched_append_costs_the_dispatches_of_one_sequence),
+      cmocka_unit_test(a_batched_prefill_costs_the_dispatches_of_one_sequence),
   };
   return cmocka_run_group_tests_name(g_device, tests, NULL, NULL);
 }

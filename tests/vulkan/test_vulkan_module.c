@@ -273,6 +273,157 @@ static void test_cache_beyond_max_binding(void **state) {
   expect_case(&c, KQ_STORAGE_F32, capacity);
 }
 
+/* Two sequences of different lengths in one project op per side and one
+ * attend op (sequence tables; regions of one buffer per side, appended in
+ * two pieces so the second starts at pos > 0): each matches its float64
+ * reference. */
+static void expect_batch(kq_storage storage) {
+  enum { NSEQ = 2, CAP = 1200 };
+  const vk_ref_case cs[NSEQ] = {{150, 40, 4, 2, 32, 16, 24, 1, 0, 10000},
+                                {90, 13, 4, 2, 32, 16, 24, 1, 0, 10000}};
+  const vk_ref_case *c = &cs[0]; /* the shared shape */
+  const size_t d = (size_t)c->d, elem = storage == KQ_STORAGE_F16 ? 2 : 4;
+  const size_t na = (size_t)c->Hk * d * c->rk, nc = (size_t)c->Hk * d * c->rv;
+  const size_t kreg =
+      ((size_t)c->Hk * CAP * c->rk * elem + KQ_PLANE_ALIGN - 1) / KQ_PLANE_ALIGN * KQ_PLANE_ALIGN;
+  const size_t vreg =
+      ((size_t)c->Hk * CAP * c->rv * elem + KQ_PLANE_ALIGN - 1) / KQ_PLANE_ALIGN * KQ_PLANE_ALIGN;
+  uint64_t seed = 0x51ed27ull;
+  float *A = malloc(na * 4), *B = malloc(na * 4), *C = malloc(nc * 4), *E = malloc(nc * 4);
+  float *K[NSEQ], *V[NSEQ], *Q[NSEQ];
+  double *rlat[NSEQ], *rfull[NSEQ];
+  assert_non_null(A && B && C && E);
+  vk_ref_fill(A, na, 1.5, &seed);
+  vk_ref_fill(B, na, 1.5, &seed);
+  vk_ref_fill(C, nc, 1.0, &seed);
+  vk_ref_fill(E, nc, 1.0, &seed);
+  int rows_k = 0, rows_q = 0;
+  for (int i = 0; i < NSEQ; ++i) {
+    const size_t nk = (size_t)cs[i].n_ctx * c->Hk * d, nq = (size_t)cs[i].n_q * c->H * d;
+    K[i] = malloc(nk * 4), V[i] = malloc(nk * 4), Q[i] = malloc(nq * 4);
+    rlat[i] = malloc((size_t)cs[i].n_q * c->H * c->rv * 8), rfull[i] = malloc(nq * 8);
+    assert_non_null(K[i] && V[i] && Q[i] && rlat[i] && rfull[i]);
+    vk_ref_fill(K[i], nk, 1.0, &seed);
+    vk_ref_fill(V[i], nk, 1.0, &seed);
+    vk_ref_fill(Q[i], nq, 1.0, &seed);
+    assert_int_equal(vk_ref_attend(&cs[i], K[i], V[i], Q[i], A, B, C, E, rlat[i], rfull[i]), 0);
+    rows_k += cs[i].n_ctx;
+    rows_q += cs[i].n_q;
+  }
+  kq_buffer *bA = upload(A, na * 4), *bB = upload(B, na * 4), *bC = upload(C, nc * 4);
+  kq_buffer *bE = upload(E, nc * 4), *bK = NULL, *bV = NULL, *bQ = NULL, *kc = NULL, *vc = NULL;
+  kq_buffer *blat = NULL, *bfull = NULL;
+  const size_t krow = (size_t)c->Hk * d * 4, qrow = (size_t)c->H * d * 4;
+  CHECK_OK(g_vk->buffer_alloc(g_dev, (size_t)rows_k * krow, &bK));
+  CHECK_OK(g_vk->buffer_alloc(g_dev, (size_t)rows_k * krow, &bV));
+  CHECK_OK(g_vk->buffer_alloc(g_dev, (size_t)rows_q * qrow, &bQ));
+  CHECK_OK(g_vk->buffer_alloc(g_dev, NSEQ * kreg, &kc));
+  CHECK_OK(g_vk->buffer_alloc(g_dev, NSEQ * vreg, &vc));
+  CHECK_OK(g_vk->buffer_alloc(g_dev, (size_t)rows_q * c->H * c->rv * 4, &blat));
+  CHECK_OK(g_vk->buffer_alloc(g_dev, (size_t)rows_q * qrow, &bfull));
+  /* Two appends: the first third of every sequence, then the rest. */
+  for (int piece = 0; piece < 2; ++piece) {
+    kq_op_seq ks[NSEQ], vs[NSEQ];
+    int row = 0;
+    for (int i = 0; i < NSEQ; ++i) {
+      const int first = cs[i].n_ctx / 3, pos = piece ? first : 0;
+      const int n = piece ? cs[i].n_ctx - first : first;
+      const size_t at = (size_t)row * krow, from = (size_t)pos * krow;
+      CHECK_OK(g_vk->buffer_upload(g_dev, bK, at, (const char *)K[i] + from, (size_t)n * krow));
+      CHECK_OK(g_vk->buffer_upload(g_dev, bV, at, (const char *)V[i] + from, (size_t)n * krow));
+      ks[i] = (kq_op_seq){.k_region = i * kreg, .row = row, .n_rows = n, .pos = pos, .seq = i};
+      vs[i] = ks[i];
+      vs[i].k_region = i * vreg;
+      row += n;
+    }
+    kq_project_op p = {.src = bK,
+                       .proj = bA,
+                       .dst = kc,
+                       .n_tokens = row,
+                       .n_heads = c->Hk,
+                       .head_dim = c->d,
+                       .rank = c->rk,
+                       .capacity = CAP,
+                       .storage = storage,
+                       .n_seqs = NSEQ,
+                       .seqs = ks};
+    CHECK_OK(g_vk->project(g_dev, &p));
+    p.src = bV, p.proj = bC, p.dst = vc, p.rank = c->rv, p.seqs = vs;
+    CHECK_OK(g_vk->project(g_dev, &p));
+  }
+  kq_op_seq as[NSEQ];
+  for (int i = 0, row = 0; i < NSEQ; row += cs[i].n_q, ++i) {
+    CHECK_OK(g_vk->buffer_upload(g_dev, bQ, (size_t)row * qrow, Q[i], (size_t)cs[i].n_q * qrow));
+    as[i] = (kq_op_seq){.k_region = i * kreg,
+                        .v_region = i * vreg,
+                        .row = row,
+                        .n_rows = cs[i].n_q,
+                        .n_ctx = cs[i].n_ctx,
+                        .seq = i};
+  }
+  kq_attend_op a = {.q = bQ,
+                    .key_down = bA,
+                    .query_down = bB,
+                    .k_cache = kc,
+                    .v_cache = vc,
+                    .out = blat,
+                    .n_queries = rows_q,
+                    .n_ctx = cs[0].n_ctx > cs[1].n_ctx ? cs[0].n_ctx : cs[1].n_ctx,
+                    .n_heads = c->H,
+                    .n_kv_heads = c->Hk,
+                    .head_dim = c->d,
+                    .rank_k = c->rk,
+                    .rank_v = c->rv,
+                    .capacity = CAP,
+                    .storage = storage,
+                    .rope = (kq_rope_mode)c->rope,
+                    .rope_theta = (float)c->theta,
+                    .scale = 1.0f / sqrtf((float)c->d),
+                    .n_seqs = NSEQ,
+                    .seqs = as};
+  CHECK_OK(g_vk->attend(g_dev, &a));
+  kq_up_op u = {.latent = blat,
+                .value_up = bE,
+                .out = bfull,
+                .n_queries = rows_q,
+                .n_heads = c->H,
+                .n_kv_heads = c->Hk,
+                .head_dim = c->d,
+                .rank_v = c->rv,
+                .n_seqs = 1};
+  CHECK_OK(g_vk->up(g_dev, &u));
+  const double tol = storage == KQ_STORAGE_F16 ? NMSE_F16 : NMSE_F32;
+  for (int i = 0, row = 0; i < NSEQ; row += cs[i].n_q, ++i) {
+    const size_t nl = (size_t)cs[i].n_q * c->H * c->rv, nf = (size_t)cs[i].n_q * c->H * d;
+    float *lat = malloc(nl * 4), *full = malloc(nf * 4);
+    assert_non_null(lat && full);
+    CHECK_OK(g_vk->buffer_download(g_dev, blat, (size_t)row * c->H * c->rv * 4, lat, nl * 4));
+    CHECK_OK(g_vk->buffer_download(g_dev, bfull, (size_t)row * qrow, full, nf * 4));
+    const double el = vk_ref_nmse(lat, rlat[i], nl), ef = vk_ref_nmse(full, rfull[i], nf);
+    if (!(el <= tol && ef <= tol))
+      fail_msg("batch, sequence %d (ctx %d, q %d) %s: nmse latent %.3g full %.3g (limit %.1g)", i,
+               cs[i].n_ctx, cs[i].n_q, storage ? "F16" : "F32", el, ef, tol);
+    free(lat), free(full);
+  }
+  kq_buffer *all[] = {bK, bV, bQ, bA, bB, bC, bE, kc, vc, blat, bfull};
+  for (size_t i = 0; i < sizeof all / sizeof *all; ++i) g_vk->buffer_free(g_dev, all[i]);
+  for (int i = 0; i < NSEQ; ++i) free(K[i]), free(V[i]), free(Q[i]), free(rlat[i]), free(rfull[i]);
+  free(A), free(B), free(C), free(E);
+}
+
+/* In one grid per op, and with a 64 KiB binding limit (a region of 1200
+ * positions no longer fits one binding: a grid per sequence, per kv head
+ * for project). */
+static void test_batch_of_sequences_matches_reference(void **state) {
+  (void)state;
+  expect_batch(KQ_STORAGE_F32);
+  expect_batch(KQ_STORAGE_F16);
+  setenv("KQSVD_VULKAN_MAX_BINDING", "65536", 1);
+  expect_batch(KQ_STORAGE_F32);
+  expect_batch(KQ_STORAGE_F16);
+  unsetenv("KQSVD_VULKAN_MAX_BINDING");
+}
+
 /* Op arguments are checked once, in the core (tests/engine/test_op_check.c);
  * buffer copies are the backend's own and fail naming the device. */
 static void test_bad_arguments_fail_cleanly(void **state) {
@@ -315,6 +466,7 @@ int main(void) {
       cmocka_unit_test(test_identity_projections_give_full_attention),
       cmocka_unit_test(test_split_bindings_match_reference),
       cmocka_unit_test(test_cache_beyond_max_binding),
+      cmocka_unit_test(test_batch_of_sequences_matches_reference),
       cmocka_unit_test(test_bad_arguments_fail_cleanly),
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);
