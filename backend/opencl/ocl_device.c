@@ -464,6 +464,13 @@ kq_status kq_ocl_arg(kq_bdevice *dev, int k, cl_uint i, size_t size, const void 
   return KQ_OK;
 }
 
+kq_status kq_ocl_args(kq_bdevice *dev, int k, const kq_ocl_karg *args, size_t n) {
+  kq_status st = KQ_OK;
+  for (size_t i = 0; i < n && st == KQ_OK; ++i)
+    st = kq_ocl_arg(dev, k, (cl_uint)i, args[i].size, args[i].value);
+  return st;
+}
+
 kq_status kq_ocl_launch(kq_bdevice *dev, int k, const size_t global[3], const size_t *local) {
   if (global[0] == 0 || global[1] == 0 || global[2] == 0) return KQ_OK;
   cl_int err =
@@ -502,9 +509,8 @@ kq_status kq_ocl_copy(kq_bdevice *dev, kq_buffer *dst, const kq_buffer *src, siz
   pthread_mutex_lock(&dev->lock);
   if (words) {
     size_t global[3] = {((size_t)words + 255) / 256 * 256, 1, 1};
-    st = kq_ocl_arg(dev, KQ_K_COPY_U4, 0, sizeof(cl_mem), &src->mem);
-    if (st == KQ_OK) st = kq_ocl_arg(dev, KQ_K_COPY_U4, 1, sizeof(cl_mem), &dst->mem);
-    if (st == KQ_OK) st = kq_ocl_arg(dev, KQ_K_COPY_U4, 2, sizeof words, &words);
+    st = KQ_OCL_ARGS(dev, KQ_K_COPY_U4, KQ_OCL_VAL(src->mem), KQ_OCL_VAL(dst->mem),
+                     KQ_OCL_VAL(words));
     if (st == KQ_OK) st = kq_ocl_launch(dev, KQ_K_COPY_U4, global, NULL);
   }
   if (st == KQ_OK && tail) {

@@ -164,6 +164,24 @@ kq_status kq_ocl_launch(kq_bdevice *dev, int k, const size_t global[3], const si
 /* Sets argument i of kernel k (caller holds dev->lock). */
 kq_status kq_ocl_arg(kq_bdevice *dev, int k, cl_uint i, size_t size, const void *value);
 
+/* One kernel argument: `size` bytes at `value`, or (value NULL) a local
+ * memory argument of `size` bytes. KQ_OCL_VAL(x) takes an lvalue or a
+ * compound literal, e.g. KQ_OCL_VAL((cl_int){n}). */
+typedef struct kq_ocl_karg {
+  size_t size;
+  const void *value;
+} kq_ocl_karg;
+#define KQ_OCL_VAL(x) ((kq_ocl_karg){sizeof(x), &(x)})
+#define KQ_OCL_LOCAL(bytes) ((kq_ocl_karg){(bytes), NULL})
+
+/* Sets arguments 0 .. n - 1 of kernel k from args[0 .. n - 1], in order;
+ * stops at the first failure, naming the kernel and the argument (caller
+ * holds dev->lock). KQ_OCL_ARGS(dev, k, a, b, ...) passes the list inline. */
+kq_status kq_ocl_args(kq_bdevice *dev, int k, const kq_ocl_karg *args, size_t n);
+#define KQ_OCL_ARGS(dev, k, ...)                                                                   \
+  kq_ocl_args((dev), (k), (const kq_ocl_karg[]){__VA_ARGS__},                                      \
+              sizeof((const kq_ocl_karg[]){__VA_ARGS__}) / sizeof(kq_ocl_karg))
+
 /* CLBlast wrappers (ocl_gemm.c); caller holds dev->lock. Offsets in floats.
  * Compiles CLBlast's kernels for the device on first use (timed). */
 kq_status kq_ocl_gemm_warmup(kq_bdevice *dev);
