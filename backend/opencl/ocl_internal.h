@@ -31,10 +31,9 @@ kq_status kq_ocl_fail(const kq_bdevice *dev, kq_status status, const char *what,
 enum kq_ocl_kernel_id {
   KQ_K_STORE_ROWS_F32,
   KQ_K_STORE_ROWS_F16,
-  KQ_K_WIDEN_F32,
-  KQ_K_WIDEN_F16,
   KQ_K_ATTN_CHUNK_F32,
   KQ_K_ATTN_CHUNK_F16,
+  KQ_K_ATTN_CHUNK_SEG, /* segmented caches read in place (kq_seg4) */
   KQ_K_ATTN_SPLIT_F32,
   KQ_K_ATTN_SPLIT_F16,
   KQ_K_QPROJ,
@@ -58,8 +57,8 @@ enum kq_ocl_scratch_id {
   KQ_S_QROT,     /* rot(q B Aᵀ) [m, H, d] */
   KQ_S_PART_O,   /* split-K partial outputs */
   KQ_S_PART_ML,  /* split-K partial (max, sum) */
-  KQ_S_KWIDE,    /* F32 copy of F16 or quantized latent keys [groups, n_ctx, rank_k] */
-  KQ_S_VWIDE,    /* F32 copy of F16 or quantized latent values */
+  KQ_S_KWIDE,    /* F32 copy of latent keys of more than KQ_OCL_SEG4 segments */
+  KQ_S_VWIDE,    /* F32 copy of such latent values */
   KQ_S_SCORES,   /* prefill logits / probabilities [H, rows, cols] */
   KQ_S_CLBLAST,  /* CLBlast's GEMM temporary buffer */
   KQ_S_LATENT,   /* P Ṽ before the fused up-projection [m, H, rank_v] */

@@ -207,9 +207,13 @@ static kq_status attend_split(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   return st;
 }
 
-/* Split-K fused attention with pre-RoPE (keys rebuilt per position). */
+/* Split-K fused attention with pre-RoPE (keys rebuilt per position) on the
+ * stored latents: kq_attn_chunk_f32 / _f16 for plain caches (ks, vs NULL;
+ * k_e, v_e their element offsets), kq_attn_chunk_seg for segmented ones
+ * (ks, vs: both sides' planes, read in place). */
 static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp, cl_mem rope,
-                              cl_int dq, cl_ulong k_e, cl_ulong v_e, cl_ulong b_e, cl_ulong out_e) {
+                              cl_int dq, const kq_ocl_seg4 *ks, const kq_ocl_seg4 *vs, cl_ulong k_e,
+                              cl_ulong v_e, cl_ulong b_e, cl_ulong out_e) {
   kq_status st = KQ_OK;
   const cl_int g = op->n_heads / op->n_kv_heads;
   /* Queries per work-group: they share every latent row the group loads
@@ -234,7 +238,9 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
   const size_t n_blocks = ((size_t)op->n_queries + qblock - 1) / qblock;
   const size_t rows = (size_t)qblock * g;
-  const int k = op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_CHUNK_F16 : KQ_K_ATTN_CHUNK_F32;
+  const int k = ks                              ? KQ_K_ATTN_CHUNK_SEG
+                : op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_CHUNK_F16
+                                                : KQ_K_ATTN_CHUNK_F32;
   const size_t wg = kq_ocl_wg_size(dev, k, 64);
   cl_mem part_o, part_ml;
   st = kq_ocl_partials(dev, op, chunk, op->rank_v, &part_o, &part_ml);
@@ -244,13 +250,14 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   cl_mem bmem = op->query_down ? op->query_down->mem : qp;
   const float scale2 = op->scale * (float)M_LOG2E;
   st = KQ_OCL_ARGS(
-      dev, k, KQ_OCL_VAL(qp), KQ_OCL_VAL(op->k_cache->mem), KQ_OCL_VAL(k_e),
-      KQ_OCL_VAL(op->v_cache->mem), KQ_OCL_VAL(v_e), KQ_OCL_VAL(bmem), KQ_OCL_VAL(b_e),
-      KQ_OCL_VAL(part_o), KQ_OCL_VAL(part_ml), KQ_OCL_VAL(op->n_queries), KQ_OCL_VAL(op->n_ctx),
-      KQ_OCL_VAL(op->n_heads), KQ_OCL_VAL(g), KQ_OCL_VAL(op->head_dim), KQ_OCL_VAL(op->rank_k),
-      KQ_OCL_VAL(op->rank_v), KQ_OCL_VAL(op->capacity), KQ_OCL_VAL(chunk), KQ_OCL_VAL(n_chunks),
-      KQ_OCL_VAL(pre), KQ_OCL_VAL(ident), KQ_OCL_VAL(halves), KQ_OCL_VAL(rope), KQ_OCL_VAL(scale2),
-      KQ_OCL_VAL(qblock), KQ_OCL_LOCAL(rows * chunk * sizeof(float)),
+      dev, k, KQ_OCL_VAL(qp), KQ_OCL_VAL(op->k_cache->mem), ks ? KQ_OCL_VAL(*ks) : KQ_OCL_VAL(k_e),
+      KQ_OCL_VAL(op->v_cache->mem), vs ? KQ_OCL_VAL(*vs) : KQ_OCL_VAL(v_e), KQ_OCL_VAL(bmem),
+      KQ_OCL_VAL(b_e), KQ_OCL_VAL(part_o), KQ_OCL_VAL(part_ml), KQ_OCL_VAL(op->n_queries),
+      KQ_OCL_VAL(op->n_ctx), KQ_OCL_VAL(op->n_heads), KQ_OCL_VAL(g), KQ_OCL_VAL(op->head_dim),
+      KQ_OCL_VAL(op->rank_k), KQ_OCL_VAL(op->rank_v), KQ_OCL_VAL(op->capacity), KQ_OCL_VAL(chunk),
+      KQ_OCL_VAL(n_chunks), KQ_OCL_VAL(pre), KQ_OCL_VAL(ident), KQ_OCL_VAL(halves),
+      KQ_OCL_VAL(rope), KQ_OCL_VAL(scale2), KQ_OCL_VAL(qblock),
+      KQ_OCL_LOCAL(rows * chunk * sizeof(float)),
       KQ_OCL_LOCAL(rows * (size_t)(dq > 2 ? dq : 2) * sizeof(float)));
   if (st != KQ_OK) goto out;
   st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, n_blocks},
@@ -260,42 +267,15 @@ out:
   return st;
 }
 
-/* F32 view of a latent cache for CLBlast: the cache itself for F32 storage,
- * else a widened copy [Hk, n_ctx, rank] in scratch `sid`. */
-static kq_status f32_view(kq_bdevice *dev, const kq_attend_op *op, const kq_buffer *cache,
-                          cl_ulong cache_e, cl_int rank, int sid, cl_mem *out, size_t *out_off,
-                          size_t *out_head_stride) {
-  kq_status st = KQ_OK;
-  if (op->storage == KQ_STORAGE_F32) {
-    *out = cache->mem;
-    *out_off = cache_e;
-    *out_head_stride = (size_t)op->capacity * rank;
-    return KQ_OK;
-  }
-  st = kq_ocl_scratch(dev, sid, kq_ocl_prod4(op->n_kv_heads, op->n_ctx, rank, 4), out);
-  if (st != KQ_OK) return st;
-  const int k = KQ_K_WIDEN_F16;
-  st = KQ_OCL_ARGS(dev, k, KQ_OCL_VAL(cache->mem), KQ_OCL_VAL(cache_e), KQ_OCL_VAL(op->capacity),
-                   KQ_OCL_VAL(*out), KQ_OCL_VAL(op->n_ctx), KQ_OCL_VAL(rank));
-  if (st != KQ_OK) goto out;
-  st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)rank, (size_t)op->n_ctx, (size_t)op->n_kv_heads},
-                     NULL);
-  *out_off = 0;
-  *out_head_stride = (size_t)op->n_ctx * rank;
-out:
-  return st;
-}
-
-/* Prefill through CLBlast: S = scale·Q̃K̃ᵀ per head, causal softmax, O = PṼ,
- * in blocks of query rows so that S stays within KQ_OCL_SCORE_BUDGET. */
+/* Prefill of an F32 cache through CLBlast, reading the cache in place:
+ * S = scale·Q̃K̃ᵀ per head, causal softmax, O = PṼ, in blocks of query rows
+ * so that S stays within KQ_OCL_SCORE_BUDGET. */
 static kq_status attend_gemm(kq_bdevice *dev, const kq_attend_op *op, cl_mem qt, cl_ulong k_e,
                              cl_ulong v_e, cl_ulong out_e) {
-  cl_mem kmat, vmat, scores;
-  size_t k_off, v_off, k_hs, v_hs;
-  kq_status st = f32_view(dev, op, op->k_cache, k_e, op->rank_k, KQ_S_KWIDE, &kmat, &k_off, &k_hs);
-  if (st == KQ_OK)
-    st = f32_view(dev, op, op->v_cache, v_e, op->rank_v, KQ_S_VWIDE, &vmat, &v_off, &v_hs);
-  if (st != KQ_OK) return st;
+  kq_status st = KQ_OK;
+  cl_mem kmat = op->k_cache->mem, vmat = op->v_cache->mem, scores;
+  const size_t k_off = k_e, v_off = v_e, k_hs = (size_t)op->capacity * op->rank_k,
+               v_hs = (size_t)op->capacity * op->rank_v;
   const int64_t H = op->n_heads, m = op->n_queries, g = op->n_heads / op->n_kv_heads;
   int64_t mb = (int64_t)(KQ_OCL_SCORE_BUDGET / ((size_t)H * op->n_ctx * sizeof(float)));
   if (mb < 1) mb = 1;
@@ -491,26 +471,26 @@ static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op, kq_ocl_seqt
     st = kq_ocl_launch(dev, k, (size_t[3]){((size_t)rk + 7) / 8, hblocks, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
   }
-  /* kq_attn_decode reads every storage in place (no F32 copy of a cache).
-   * Without pre-RoPE it serves: segmented caches at any m on every device;
-   * plain caches at decode and small m on GPUs; F16 prefill on GPUs (F32
-   * prefill reads the cache in place through CLBlast). CPU devices keep
-   * kq_attn_split for plain decode and CLBlast on a widened copy for F16
-   * prefill: both measured faster on PoCL. */
+  /* No path copies a cache of at most KQ_OCL_SEG4 segments a side to F32:
+   * kq_attn_decode reads every storage in place; without pre-RoPE it
+   * serves segmented caches at any m on every device, plain caches at
+   * decode and small m on GPUs, and F16 prefill on GPUs. F32 prefill reads
+   * the cache in place through CLBlast; CPU devices keep kq_attn_split
+   * (in place, F32 or F16) for plain decode and F16 prefill. Pre-RoPE:
+   * kq_attn_chunk (_seg for segmented caches). Only a side of more than
+   * KQ_OCL_SEG4 segments is widened to F32 (widen_side). */
   kq_ocl_seg4 ks4, vs4;
-  const int decode =
-      (tab || kq_ocl_takes_decode(dev, op)) &&
-      kq_ocl_seg4_of(op->n_key_segments, op->key_segments, rk, op->storage, (size_t)groups,
-                     (size_t)op->capacity, op->k_cache_offset, &ks4) &&
-      kq_ocl_seg4_of(op->n_value_segments, op->value_segments, op->rank_v, op->storage,
-                     (size_t)groups, (size_t)op->capacity, op->v_cache_offset, &vs4);
-  if (decode) {
+  const int seg4 = kq_ocl_seg4_of(op->n_key_segments, op->key_segments, rk, op->storage,
+                                  (size_t)groups, (size_t)op->capacity, op->k_cache_offset, &ks4) &&
+                   kq_ocl_seg4_of(op->n_value_segments, op->value_segments, op->rank_v, op->storage,
+                                  (size_t)groups, (size_t)op->capacity, op->v_cache_offset, &vs4);
+  if (seg4 && (tab || kq_ocl_takes_decode(dev, op))) {
     if (joint) w.n_kv_heads = 1;
     kq_ocl_seqtab one = {.nq = {m}, .nctx = {op->n_ctx}, .n = 1};
     st = kq_ocl_attend_decode(dev, &w, qt, &ks4, &vs4, tab ? tab : &one, g, out_e, e_e);
     goto out;
   }
-  if (!kplain || !vplain) {
+  if ((!kplain || !vplain) && !seg4) {
     st = widen_side(dev, op->k_cache, op->k_cache_offset, op->n_key_segments, op->key_segments, rk,
                     op->storage, groups, op->capacity, op->n_ctx, KQ_S_KWIDE, &kwide.mem);
     if (st == KQ_OK)
@@ -550,8 +530,10 @@ static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op, kq_ocl_seqt
     if (st != KQ_OK) goto out;
     st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)d / 2, (size_t)H, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
-    st = attend_fused(dev, &w, qh, rope, d, k_e, v_e, b_e, wout_e);
-  } else if (m >= KQ_OCL_GEMM_MIN_QUERIES) {
+    const int in_place = seg4 && (!kplain || !vplain);
+    st = attend_fused(dev, &w, qh, rope, d, in_place ? &ks4 : NULL, in_place ? &vs4 : NULL, k_e,
+                      v_e, b_e, wout_e);
+  } else if (m >= KQ_OCL_GEMM_MIN_QUERIES && w.storage == KQ_STORAGE_F32) {
     st = attend_gemm(dev, &w, qt, k_e, v_e, wout_e);
   } else {
     st = attend_split(dev, &w, qt, k_e, v_e, wout_e);

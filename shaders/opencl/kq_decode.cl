@@ -78,6 +78,20 @@ inline float kq_seg_scale(__global const uchar *base, const kq_seg4 *sg, int s, 
   return sg->bits[s] == 0 ? 1.0f : vload_half(slot, (__global const half *)(base + sg->scale[s]));
 }
 
+/* Element i (latent column) of row `slot` of the side sg, scaled: the
+ * element-wise read of kq_attn_chunk_seg. */
+inline float kq_seg4_elem(__global const uchar *base, const kq_seg4 *sg, size_t slot, int i) {
+  int s = 0;
+  while (s + 1 < sg->n && i >= sg->col[s + 1]) ++s;
+  return kq_seg_raw(base, sg, s, slot, i - sg->col[s]) * kq_seg_scale(base, sg, s, slot);
+}
+
+/* Elements i .. i + 3 of row `slot` (they may span two segments). */
+inline float4 kq_seg4_elem4(__global const uchar *base, const kq_seg4 *sg, size_t slot, int i) {
+  return (float4)(kq_seg4_elem(base, sg, slot, i), kq_seg4_elem(base, sg, slot, i + 1),
+                  kq_seg4_elem(base, sg, slot, i + 2), kq_seg4_elem(base, sg, slot, i + 3));
+}
+
 /* Dot products of rows 0..rows-1 of q (local, stride ld, from column col +
  * e) with elements [e, e + n) of row `slot` of segment s, unscaled, added to
  * acc. A full piece (n == kq_piece_elems) is one vector load. */
