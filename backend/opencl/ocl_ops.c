@@ -29,15 +29,17 @@
 #include "ocl_ops.h"
 
 /* Stores latent rows src[off + h·head_stride + t·row_stride + c] (t <
- * n_tokens, h < groups) into every segment's planes at positions pos ..
- * (one kq_seg_store per segment). Caller holds dev->lock. */
+ * n_rows, h < groups) of the sequences of `tab` (regions in bytes) into
+ * every segment's planes (one kq_seg_store per segment). Caller holds
+ * dev->lock. */
 static kq_status store_segments(kq_bdevice *dev, cl_mem src, cl_ulong off, cl_int row_stride,
-                                cl_int head_stride, const kq_project_op *op) {
+                                cl_int head_stride, const kq_project_op *op, const kq_ocl_ptab *tab,
+                                cl_int n_rows) {
   kq_status st = KQ_OK;
   const int k = KQ_K_SEG_STORE;
   const cl_int f16 = op->storage == KQ_STORAGE_F16;
   cl_int col = 0;
-  for (int32_t s = 0; s < op->n_segments; s++) {
+  for (int32_t s = 0; s < op->n_segments && st == KQ_OK; s++) {
     size_t data = 0, scale = 0;
     kq_segment_planes(op->segments, op->n_segments, op->storage, (size_t)op->n_heads,
                       (size_t)op->capacity, s, &data, &scale, NULL);
@@ -46,29 +48,44 @@ static kq_status store_segments(kq_bdevice *dev, cl_mem src, cl_ulong off, cl_in
     st = KQ_OCL_ARGS(dev, k, KQ_OCL_VAL(src), KQ_OCL_VAL(off), KQ_OCL_VAL(row_stride),
                      KQ_OCL_VAL(head_stride), KQ_OCL_VAL(col), KQ_OCL_VAL(width), KQ_OCL_VAL(bits),
                      KQ_OCL_VAL(f16), KQ_OCL_VAL(op->dst->mem), KQ_OCL_VAL(data_off),
-                     KQ_OCL_VAL(scale_off), KQ_OCL_VAL(op->capacity), KQ_OCL_VAL(op->pos));
-    if (st != KQ_OK) goto out;
-    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)op->n_tokens, (size_t)op->n_heads, 1}, NULL);
-    if (st != KQ_OK) break;
+                     KQ_OCL_VAL(scale_off), KQ_OCL_VAL(op->capacity), KQ_OCL_VAL(*tab));
+    if (st == KQ_OK)
+      st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_rows, (size_t)op->n_heads, 1}, NULL);
     col += width;
   }
-out:
   return st;
 }
 
-static kq_status project_one(kq_bdevice *dev, const kq_project_op *op) {
+/* Projects and stores sequences i0 .. i0 + n_seq - 1 of `op` (all of it
+ * when op->seqs is NULL, n_seq 1): their rows are consecutive in src, so
+ * one projection (kq_qproj for up to KQ_OCL_SMALL_PROJECT rows, else one
+ * CLBlast strided-batched GEMM) covers them all, and one store launch (per
+ * segment) puts every row at its sequence's region and position (kq_ocl_ptab).
+ * Only a single F32 plain sequence lets the GEMM write the cache rows
+ * directly. Caller holds dev->lock. */
+static kq_status project_seqs(kq_bdevice *dev, const kq_project_op *op, int32_t i0, int32_t n_seq) {
   /* The core checked the op (kqsvd_backend.h, "What a backend may trust"):
-   * offsets are whole elements inside their buffers. */
+   * offsets are whole elements inside their buffers, rows consecutive. */
   const int identity = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
   const int plain = kq_segments_plain(op->n_segments, op->segments);
   const int f16 = op->storage == KQ_STORAGE_F16;
-  const cl_ulong src_e = op->src_offset / 4, proj_e = identity ? 0 : op->proj_offset / 4;
-  const cl_ulong dst_e = plain ? op->dst_offset / (f16 ? 2 : 4) : 0;
+  const size_t esz = f16 ? 2 : 4;
+  const int32_t first_row = op->seqs ? op->seqs[i0].row : 0;
+  kq_ocl_ptab tab = {.n = n_seq};
+  cl_int n = 0;
+  for (int32_t i = 0; i < n_seq; ++i) {
+    const kq_op_seq *e = op->seqs ? &op->seqs[i0 + i] : NULL;
+    tab.row0[i] = n;
+    tab.pos[i] = e ? e->pos : op->pos;
+    /* kq_store_rows_* address elements, kq_seg_store bytes. */
+    tab.reg[i] = e ? (plain ? e->k_region / esz : e->k_region) : 0;
+    n += e ? e->n_rows : op->n_tokens;
+  }
+  const cl_int n_heads = op->n_heads, d = op->head_dim, r = op->rank, cap = op->capacity;
+  const cl_ulong src_e = op->src_offset / 4 + (size_t)first_row * n_heads * d;
+  const cl_ulong proj_e = identity ? 0 : op->proj_offset / 4;
+  const cl_ulong dst_e = plain ? op->dst_offset / esz : 0;
   kq_status st = KQ_OK;
-  const cl_int n_heads = op->n_heads, d = op->head_dim, r = op->rank, cap = op->capacity,
-               pos = op->pos, n = op->n_tokens;
-  pthread_mutex_lock(&dev->lock);
-  const int k = f16 ? KQ_K_STORE_ROWS_F16 : KQ_K_STORE_ROWS_F32;
   cl_mem rows_src = op->src->mem;
   cl_ulong rows_off = src_e;
   cl_int row_stride = n_heads * d, head_stride = d;
@@ -80,50 +97,47 @@ static kq_status project_one(kq_bdevice *dev, const kq_project_op *op) {
     const int kp = KQ_K_QPROJ;
     const cl_int one = 1, no = 0;
     st = kq_ocl_scratch(dev, KQ_S_GEMM_OUT, kq_ocl_prod4(n_heads, n, r, 4), &c);
-    if (st != KQ_OK) goto out;
-    st =
-        KQ_OCL_ARGS(dev, kp, KQ_OCL_VAL(op->src->mem), KQ_OCL_VAL(src_e), KQ_OCL_VAL(op->proj->mem),
-                    KQ_OCL_VAL(proj_e), KQ_OCL_VAL(c), KQ_OCL_VAL(n_heads), KQ_OCL_VAL(one),
-                    KQ_OCL_VAL(d), KQ_OCL_VAL(r), KQ_OCL_VAL(no));
-    if (st != KQ_OK) goto out;
-    st = kq_ocl_launch(dev, kp, (size_t[3]){((size_t)r + 7) / 8, (size_t)n_heads, (size_t)n}, NULL);
-    if (st != KQ_OK) goto out;
+    if (st == KQ_OK)
+      st = KQ_OCL_ARGS(dev, kp, KQ_OCL_VAL(op->src->mem), KQ_OCL_VAL(src_e),
+                       KQ_OCL_VAL(op->proj->mem), KQ_OCL_VAL(proj_e), KQ_OCL_VAL(c),
+                       KQ_OCL_VAL(n_heads), KQ_OCL_VAL(one), KQ_OCL_VAL(d), KQ_OCL_VAL(r),
+                       KQ_OCL_VAL(no));
+    if (st == KQ_OK)
+      st = kq_ocl_launch(dev, kp, (size_t[3]){((size_t)r + 7) / 8, (size_t)n_heads, (size_t)n},
+                         NULL);
+    if (st != KQ_OK) return st;
     rows_src = c;
     rows_off = 0;
     row_stride = n_heads * r;
     head_stride = r;
   } else if (!identity) {
-    /* F32 storage: the GEMM writes the cache rows directly; F16 and
-     * segmented storage go through F32 rows [H, n, r] in scratch. */
+    /* One F32 plain sequence: the GEMM writes the cache rows directly;
+     * otherwise F32 rows [H, n, r] in scratch, stored below. */
+    const int direct = !f16 && plain && n_seq == 1;
     cl_mem c = op->dst->mem;
-    size_t c_off = dst_e + (size_t)pos * r, c_stride = (size_t)cap * r;
-    if (f16 || !plain) {
+    size_t c_off = dst_e + tab.reg[0] + (size_t)tab.pos[0] * r, c_stride = (size_t)cap * r;
+    if (!direct) {
       st = kq_ocl_scratch(dev, KQ_S_GEMM_OUT, kq_ocl_prod4(n_heads, n, r, 4), &c);
-      if (st != KQ_OK) goto out;
+      if (st != KQ_OK) return st;
       c_off = 0;
       c_stride = (size_t)n * r;
     }
     st = kq_ocl_gemm_strided_batched(dev, n, r, d, op->src->mem, src_e, (size_t)n_heads * d, d,
                                      op->proj->mem, proj_e, r, (size_t)d * r, c, c_off, r, c_stride,
                                      n_heads);
-    if (st != KQ_OK || (!f16 && plain)) goto out;
+    if (st != KQ_OK || direct) return st;
     rows_src = c;
     rows_off = 0;
     row_stride = r;
     head_stride = n * r;
   }
-  if (!plain) {
-    st = store_segments(dev, rows_src, rows_off, row_stride, head_stride, op);
-    goto out;
-  }
+  if (!plain) return store_segments(dev, rows_src, rows_off, row_stride, head_stride, op, &tab, n);
+  const int k = f16 ? KQ_K_STORE_ROWS_F16 : KQ_K_STORE_ROWS_F32;
   st = KQ_OCL_ARGS(dev, k, KQ_OCL_VAL(rows_src), KQ_OCL_VAL(rows_off), KQ_OCL_VAL(row_stride),
                    KQ_OCL_VAL(head_stride), KQ_OCL_VAL(op->dst->mem), KQ_OCL_VAL(dst_e),
-                   KQ_OCL_VAL(r), KQ_OCL_VAL(cap), KQ_OCL_VAL(pos));
-  if (st != KQ_OK) goto out;
-  st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)r, (size_t)n, (size_t)n_heads}, NULL);
-out:
-  if (st == KQ_OK) st = kq_ocl_flush(dev);
-  pthread_mutex_unlock(&dev->lock);
+                   KQ_OCL_VAL(r), KQ_OCL_VAL(cap), KQ_OCL_VAL(tab));
+  if (st == KQ_OK)
+    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)r, (size_t)n, (size_t)n_heads}, NULL);
   return st;
 }
 
@@ -212,14 +226,17 @@ static kq_status attend_split(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
  * k_e, v_e their element offsets), kq_attn_chunk_seg for segmented ones
  * (ks, vs: both sides' planes, read in place). */
 static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp, cl_mem rope,
-                              cl_int dq, const kq_ocl_seg4 *ks, const kq_ocl_seg4 *vs, cl_ulong k_e,
-                              cl_ulong v_e, cl_ulong b_e, cl_ulong out_e) {
+                              cl_int dq, const kq_ocl_seg4 *ks, const kq_ocl_seg4 *vs,
+                              const kq_ocl_seqtab *seqs, cl_ulong k_e, cl_ulong v_e, cl_ulong b_e,
+                              cl_ulong out_e) {
   kq_status st = KQ_OK;
   const cl_int g = op->n_heads / op->n_kv_heads;
   /* Queries per work-group: they share every latent row the group loads
    * (and, with pre-RoPE, every reconstructed key). Shrink the block, then
    * the chunk, until the local memory fits. */
-  cl_int qblock = op->n_queries < KQ_OCL_QBLOCK ? op->n_queries : KQ_OCL_QBLOCK;
+  cl_int most = 0; /* queries of the longest sequence */
+  for (int i = 0; i < seqs->n; ++i) most = seqs->nq[i] > most ? seqs->nq[i] : most;
+  cl_int qblock = most < KQ_OCL_QBLOCK ? most : KQ_OCL_QBLOCK;
   if (op->rope != KQ_ROPE_PRE && qblock > KQ_OCL_QBLOCK / 2) qblock = KQ_OCL_QBLOCK / 2;
   cl_int chunk = KQ_OCL_CHUNK;
   size_t need = 0;
@@ -236,7 +253,16 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   }
   if (need > dev->local_mem) return kq_ocl_local_mem_error(dev, g);
   const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
-  const size_t n_blocks = ((size_t)op->n_queries + qblock - 1) / qblock;
+  /* Query blocks of every sequence one after another; plain caches take
+   * their regions in elements. */
+  kq_ocl_seqtab tab = *seqs;
+  size_t n_blocks = 0;
+  const size_t esz = op->storage == KQ_STORAGE_F16 ? 2 : 4;
+  for (int i = 0; i < tab.n; ++i) {
+    tab.rb0[i] = (cl_int)n_blocks;
+    n_blocks += ((size_t)tab.nq[i] + qblock - 1) / qblock;
+    if (!ks) tab.kreg[i] /= esz, tab.vreg[i] /= esz;
+  }
   const size_t rows = (size_t)qblock * g;
   const int k = ks                              ? KQ_K_ATTN_CHUNK_SEG
                 : op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_CHUNK_F16
@@ -252,12 +278,11 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   st = KQ_OCL_ARGS(
       dev, k, KQ_OCL_VAL(qp), KQ_OCL_VAL(op->k_cache->mem), ks ? KQ_OCL_VAL(*ks) : KQ_OCL_VAL(k_e),
       KQ_OCL_VAL(op->v_cache->mem), vs ? KQ_OCL_VAL(*vs) : KQ_OCL_VAL(v_e), KQ_OCL_VAL(bmem),
-      KQ_OCL_VAL(b_e), KQ_OCL_VAL(part_o), KQ_OCL_VAL(part_ml), KQ_OCL_VAL(op->n_queries),
-      KQ_OCL_VAL(op->n_ctx), KQ_OCL_VAL(op->n_heads), KQ_OCL_VAL(g), KQ_OCL_VAL(op->head_dim),
-      KQ_OCL_VAL(op->rank_k), KQ_OCL_VAL(op->rank_v), KQ_OCL_VAL(op->capacity), KQ_OCL_VAL(chunk),
-      KQ_OCL_VAL(n_chunks), KQ_OCL_VAL(pre), KQ_OCL_VAL(ident), KQ_OCL_VAL(halves),
-      KQ_OCL_VAL(rope), KQ_OCL_VAL(scale2), KQ_OCL_VAL(qblock),
-      KQ_OCL_LOCAL(rows * chunk * sizeof(float)),
+      KQ_OCL_VAL(b_e), KQ_OCL_VAL(part_o), KQ_OCL_VAL(part_ml), KQ_OCL_VAL(tab),
+      KQ_OCL_VAL(op->n_heads), KQ_OCL_VAL(g), KQ_OCL_VAL(op->head_dim), KQ_OCL_VAL(op->rank_k),
+      KQ_OCL_VAL(op->rank_v), KQ_OCL_VAL(op->capacity), KQ_OCL_VAL(chunk), KQ_OCL_VAL(n_chunks),
+      KQ_OCL_VAL(pre), KQ_OCL_VAL(ident), KQ_OCL_VAL(halves), KQ_OCL_VAL(rope), KQ_OCL_VAL(scale2),
+      KQ_OCL_VAL(qblock), KQ_OCL_LOCAL(rows * chunk * sizeof(float)),
       KQ_OCL_LOCAL(rows * (size_t)(dq > 2 ? dq : 2) * sizeof(float)));
   if (st != KQ_OK) goto out;
   st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, n_blocks},
@@ -426,7 +451,8 @@ out:
 
 /* One sequence (tab NULL), or the sequences of `tab` (rows consecutive from
  * op's q and out offsets, regions in tab, op's cache offsets without them;
- * only when takes_decode holds for each) in one qproj / decode / reduce. */
+ * at most KQ_OCL_SEG4 segments a side) in one launch per step: qproj, then
+ * decode + reduce_up, or with pre-RoPE qrot + chunk + reduce (+ up). */
 static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op, kq_ocl_seqtab *tab) {
   /* The core checked the op (kqsvd_backend.h, "What a backend may trust"):
    * offsets are whole elements inside their buffers. */
@@ -484,10 +510,11 @@ static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op, kq_ocl_seqt
                                   (size_t)groups, (size_t)op->capacity, op->k_cache_offset, &ks4) &&
                    kq_ocl_seg4_of(op->n_value_segments, op->value_segments, op->rank_v, op->storage,
                                   (size_t)groups, (size_t)op->capacity, op->v_cache_offset, &vs4);
-  if (seg4 && (tab || kq_ocl_takes_decode(dev, op))) {
+  kq_ocl_seqtab one = {.nq = {m}, .nctx = {op->n_ctx}, .n = 1};
+  if (!tab) tab = &one;
+  if (seg4 && !pre && (tab != &one || kq_ocl_takes_decode(dev, op))) {
     if (joint) w.n_kv_heads = 1;
-    kq_ocl_seqtab one = {.nq = {m}, .nctx = {op->n_ctx}, .n = 1};
-    st = kq_ocl_attend_decode(dev, &w, qt, &ks4, &vs4, tab ? tab : &one, g, out_e, e_e);
+    st = kq_ocl_attend_decode(dev, &w, qt, &ks4, &vs4, tab, g, out_e, e_e);
     goto out;
   }
   if ((!kplain || !vplain) && !seg4) {
@@ -524,15 +551,14 @@ static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op, kq_ocl_seqt
     cl_mem amem = ident ? qt : op->key_down->mem;
     const cl_int id = ident;
     st = KQ_OCL_ARGS(dev, k, KQ_OCL_VAL(qt), KQ_OCL_VAL(amem), KQ_OCL_VAL(a_e), KQ_OCL_VAL(qh),
-                     KQ_OCL_VAL(m), KQ_OCL_VAL(op->n_ctx), KQ_OCL_VAL(H), KQ_OCL_VAL(g),
-                     KQ_OCL_VAL(d), KQ_OCL_VAL(rk), KQ_OCL_VAL(id), KQ_OCL_VAL(halves),
-                     KQ_OCL_VAL(rope));
+                     KQ_OCL_VAL(*tab), KQ_OCL_VAL(H), KQ_OCL_VAL(g), KQ_OCL_VAL(d), KQ_OCL_VAL(rk),
+                     KQ_OCL_VAL(id), KQ_OCL_VAL(halves), KQ_OCL_VAL(rope));
     if (st != KQ_OK) goto out;
     st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)d / 2, (size_t)H, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
     const int in_place = seg4 && (!kplain || !vplain);
-    st = attend_fused(dev, &w, qh, rope, d, in_place ? &ks4 : NULL, in_place ? &vs4 : NULL, k_e,
-                      v_e, b_e, wout_e);
+    st = attend_fused(dev, &w, qh, rope, d, in_place ? &ks4 : NULL, in_place ? &vs4 : NULL, tab,
+                      k_e, v_e, b_e, wout_e);
   } else if (m >= KQ_OCL_GEMM_MIN_QUERIES && w.storage == KQ_STORAGE_F32) {
     st = attend_gemm(dev, &w, qt, k_e, v_e, wout_e);
   } else {
@@ -547,28 +573,30 @@ out:
   return st;
 }
 
-/* A sequence table is enqueued sequence by sequence (in order, no wait). */
+/* KQ_OCL_SEQS sequences of a table per projection + store (in order, no
+ * wait); one clFlush for the op. */
 kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
   kq_status st = KQ_OK;
-  for (int32_t i = 0; i < op->n_seqs && st == KQ_OK; ++i) {
-    const kq_project_op one = kq_project_op_seq(op, i);
-    st = project_one(dev, &one);
-  }
+  pthread_mutex_lock(&dev->lock);
+  for (int32_t i0 = 0; i0 < op->n_seqs && st == KQ_OK; i0 += KQ_OCL_SEQS)
+    st = project_seqs(dev, op, i0, op->n_seqs - i0 < KQ_OCL_SEQS ? op->n_seqs - i0 : KQ_OCL_SEQS);
+  if (st == KQ_OK) st = kq_ocl_flush(dev);
+  pthread_mutex_unlock(&dev->lock);
   return st;
 }
 
-/* A sequence table whose every sequence takes kq_attn_decode is enqueued
- * KQ_OCL_SEQS sequences per launch triple (qproj, decode, reduce_up: the
- * grid covers the sequences); any other, sequence by sequence (in order, no
- * wait). */
+/* A sequence table (rows consecutive, at most KQ_OCL_SEG4 segments a side)
+ * is enqueued KQ_OCL_SEQS sequences per launch of each step (the grid
+ * covers the sequences: kq_attn_decode, or with pre-RoPE kq_qrot +
+ * kq_attn_chunk_*); any other, sequence by sequence (in order, no wait). */
 kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
   kq_status st = KQ_OK;
-  int batch = op->seqs != NULL;
-  for (int32_t i = 0; i < op->n_seqs && batch; ++i) {
-    const kq_attend_op one = kq_attend_op_seq(op, i);
-    batch = kq_ocl_takes_decode(dev, &one) &&
-            (i == 0 || op->seqs[i].row == op->seqs[i - 1].row + op->seqs[i - 1].n_rows);
-  }
+  const int nk = kq_segments_plain(op->n_key_segments, op->key_segments) ? 1 : op->n_key_segments;
+  const int nv =
+      kq_segments_plain(op->n_value_segments, op->value_segments) ? 1 : op->n_value_segments;
+  int batch = op->seqs != NULL && nk <= KQ_OCL_SEG4 && nv <= KQ_OCL_SEG4;
+  for (int32_t i = 1; i < op->n_seqs && batch; ++i)
+    batch = op->seqs[i].row == op->seqs[i - 1].row + op->seqs[i - 1].n_rows;
   if (!batch) {
     for (int32_t i = 0; i < op->n_seqs && st == KQ_OK; ++i) {
       const kq_attend_op one = kq_attend_op_seq(op, i);

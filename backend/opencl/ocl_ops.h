@@ -50,8 +50,9 @@ typedef struct kq_ocl_seg4 {
   cl_int n, f16, pad0, pad1;
 } kq_ocl_seg4;
 
-/* Mirror of kq_seqtab in kq_decode.cl (by-value kernel argument, 520
- * bytes): the sequences of one kq_attn_decode launch. */
+/* Mirror of kq_seqtab in kq_prelude.cl (by-value kernel argument, 520
+ * bytes): the sequences of one attend launch (kq_attn_decode, kq_qrot,
+ * kq_attn_chunk_*). */
 #define KQ_OCL_SEQS 16
 typedef struct kq_ocl_seqtab {
   cl_ulong kreg[KQ_OCL_SEQS];
@@ -62,6 +63,16 @@ typedef struct kq_ocl_seqtab {
   cl_int nctx[KQ_OCL_SEQS];
   cl_int n, pad0;
 } kq_ocl_seqtab;
+
+/* Mirror of kq_ptab in kq_prelude.cl (by-value kernel argument, 264
+ * bytes): the sequences of one project launch (kq_store_rows_*,
+ * kq_seg_store). */
+typedef struct kq_ocl_ptab {
+  cl_ulong reg[KQ_OCL_SEQS];
+  cl_int row0[KQ_OCL_SEQS];
+  cl_int pos[KQ_OCL_SEQS];
+  cl_int n, pad0;
+} kq_ocl_ptab;
 
 /* The error when even the smallest query block and chunk of a split-K
  * kernel overflow local memory (a group of g heads). */

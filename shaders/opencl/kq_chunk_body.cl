@@ -9,6 +9,9 @@
  *   CH_KEY(s, i)    element i of the latent key of cache slot s, as float
  *   CH_KEY4(s, i)   elements i .. i + 3 (i a multiple of 4)
  *   CH_VAL(s, i), CH_VAL4(s, i)  the same for values
+ *   CH_SEEK(kr, vr) moves both caches to a sequence's regions (kreg / vreg
+ *                   of the table: elements for plain caches, bytes for
+ *                   segmented ones)
  * A slot is kv group · capacity + position.
  */
 
@@ -17,8 +20,10 @@
  * kv head, group id 2 = query block b) has rows r = jj * g + u for queries
  * j = b * qblock + jj (jj < qblock) and heads u < g, so one load of a latent
  * key or value row serves every row. Row r covers positions
- * [c*chunk, min((c+1)*chunk, pos_j + 1)), pos_j = n_ctx - n_q + j.
- *   qp   [n_q, H, dq] prepared queries: q B (dq = rank_k) or, with pre-RoPE,
+ * [c*chunk, min((c+1)*chunk, pos_j + 1)), pos_j = n_ctx - n_q + j, for the
+ * sequences of `tab` (kq_seqtab: query block b of sequence i is block
+ * rb0[i] + b of the grid; n_q, n_ctx, first row and regions per sequence).
+ *   qp   [rows, H, dq] prepared queries: q B (dq = rank_k) or, with pre-RoPE,
  *        rot(q B Aᵀ, pos_j) (dq = head_dim)
  *   pre-RoPE: k̂_p = rot(k̃_p Bᵀ, p) is rebuilt pair by pair in registers,
  *        once per position for all rows, and never stored; identity_k means
@@ -30,14 +35,22 @@
  * ql [rows * dq]. */
 __kernel void CH_NAME(kq_attn_chunk)(__global const float *qp, CH_CACHES,
                                      __global const float *bmat, ulong b_off,
-                                     __global float *part_o, __global float *part_ml, int n_q,
-                                     int n_ctx, int n_heads, int group, int head_dim, int rank_k,
+                                     __global float *part_o, __global float *part_ml,
+                                     kq_seqtab tab, int n_heads, int group, int head_dim, int rank_k,
                                      int rank_v, int capacity, int chunk, int n_chunks,
                                      int pre_rope, int identity_k, int halves,
                                      __global const float2 *rope, float scale, int qblock,
                                      __local float *s, __local float *ql) {
   const int lid = get_local_id(0), wg = get_local_size(0);
-  const int c = get_group_id(0), kvh = get_global_id(1), j0 = get_group_id(2) * qblock;
+  const int c = get_group_id(0), kvh = get_global_id(1);
+  /* The sequence of this query block (blocks of every sequence of the
+   * table one after another); its queries are rows row0 + j of qp and the
+   * partials. A chunk past its context writes the empty partial. */
+  int si = 0;
+  while (si + 1 < tab.n && (int)get_group_id(2) >= tab.rb0[si + 1]) ++si;
+  const int n_q = tab.nq[si], n_ctx = tab.nctx[si], row0 = tab.row0[si];
+  const int j0 = ((int)get_group_id(2) - tab.rb0[si]) * qblock;
+  CH_SEEK(tab.kreg[si], tab.vreg[si]);
   const int nqb = min(qblock, n_q - j0), rows = nqb * group;
   const int p0 = c * chunk;
   /* Positions any row of the block needs (the block's last query sees most). */
@@ -45,7 +58,7 @@ __kernel void CH_NAME(kq_attn_chunk)(__global const float *qp, CH_CACHES,
   const int dq = pre_rope ? head_dim : rank_k;
   for (int i = lid; i < rows * dq; i += wg) {
     const int r = i / dq, jj = r / group, u = r - jj * group;
-    ql[i] = qp[((size_t)(j0 + jj) * n_heads + (size_t)kvh * group + u) * dq + (i - r * dq)];
+    ql[i] = qp[((size_t)(row0 + j0 + jj) * n_heads + (size_t)kvh * group + u) * dq + (i - r * dq)];
   }
   barrier(CLK_LOCAL_MEM_FENCE);
 
@@ -161,7 +174,7 @@ __kernel void CH_NAME(kq_attn_chunk)(__global const float *qp, CH_CACHES,
   barrier(CLK_LOCAL_MEM_FENCE);
   for (int r = lid; r < rows; r += wg) {
     const int jj = r / group, u = r - jj * group;
-    const size_t head = (size_t)(j0 + jj) * n_heads + (size_t)kvh * group + u;
+    const size_t head = (size_t)(row0 + j0 + jj) * n_heads + (size_t)kvh * group + u;
     __local const float *sr = s + r * chunk;
     float4 l4 = (float4)(0.0f);
     for (int p = 0; p < len4 * 4; p += 4) l4 += vload4(0, sr + p);
@@ -195,7 +208,7 @@ __kernel void CH_NAME(kq_attn_chunk)(__global const float *qp, CH_CACHES,
     }
     const float4 acc[4] = {a0, a1, a2, a3};
     for (int u = 0; u < nr; ++u) {
-      const size_t head = (size_t)(j0 + jj) * n_heads + (size_t)kvh * group + u0 + u;
+      const size_t head = (size_t)(row0 + j0 + jj) * n_heads + (size_t)kvh * group + u0 + u;
       __global float *o = part_o + (head * n_chunks + c) * rank_v + c0;
       o[0] = acc[u].x;
       if (c0 + 1 < rank_v) o[1] = acc[u].y;

@@ -40,22 +40,7 @@ typedef struct kq_seg4 {
   int pad1;
 } kq_seg4;
 
-/* The sequences of one kq_attn_decode launch (ocl_ops.c kq_ocl_seqtab):
- * sequence i owns the row blocks from rb0[i] (to rb0[i + 1]), its queries
- * are rows row0[i] .. row0[i] + nq[i] - 1 of qp, part_o, part_ml (and of
- * the output), its context n_ctx[i] positions, its latents kreg[i] / vreg[i]
- * bytes past the segment planes' offsets. */
-#define KQ_SEQS 16
-typedef struct kq_seqtab {
-  ulong kreg[KQ_SEQS];
-  ulong vreg[KQ_SEQS];
-  int rb0[KQ_SEQS];
-  int row0[KQ_SEQS];
-  int nq[KQ_SEQS];
-  int nctx[KQ_SEQS];
-  int n;
-  int pad0;
-} kq_seqtab;
+/* kq_seqtab (the sequences of one launch) is in kq_prelude.cl. */
 
 /* Elements per 16-byte piece of a segment row. */
 inline int kq_piece_elems(int bits, int f16) {

@@ -9,15 +9,18 @@
  * All offsets are in elements. Caches are [n_kv_heads, capacity, rank].
  */
 
-/* dst[h, pos + t, c] = src[src_off + h * head_stride + t * row_stride + c]
- * global size (rank, n_tokens, n_heads). Used for identity projections (src =
- * the new keys) and to narrow a F32 GEMM result into F16 storage. */
+/* Row t of the launch, of sequence i of tab (regions in elements):
+ * dst[reg_i + (h, pos_i + t - row0_i, c)] = src[src_off + h * head_stride +
+ * t * row_stride + c]; global size (rank, rows, n_heads). Used for identity
+ * projections (src = the new keys) and to store projected F32 rows. */
 __kernel void KV_NAME(kq_store_rows)(__global const float *src, ulong src_off, int row_stride,
                                      int head_stride, __global KV_T *dst, ulong dst_off, int rank,
-                                     int capacity, int pos) {
+                                     int capacity, kq_ptab tab) {
   const int c = get_global_id(0), t = get_global_id(1), h = get_global_id(2);
+  const int si = kq_ptab_seq(&tab, t);
   const float v = src[src_off + (size_t)h * head_stride + (size_t)t * row_stride + c];
-  KV_STORE(v, dst, dst_off + ((size_t)h * capacity + pos + t) * rank + c);
+  const size_t slot = (size_t)h * capacity + tab.pos[si] + t - tab.row0[si];
+  KV_STORE(v, dst, dst_off + tab.reg[si] + slot * rank + c);
 }
 
 /* Elements [i, i + n) of p as float, n in 1..8; the rest of the vector is 0. */
