@@ -63,20 +63,6 @@ inline float kq_seg_scale(__global const uchar *base, const kq_seg4 *sg, int s, 
   return sg->bits[s] == 0 ? 1.0f : vload_half(slot, (__global const half *)(base + sg->scale[s]));
 }
 
-/* Element i (latent column) of row `slot` of the side sg, scaled: the
- * element-wise read of kq_attn_chunk_seg. */
-inline float kq_seg4_elem(__global const uchar *base, const kq_seg4 *sg, size_t slot, int i) {
-  int s = 0;
-  while (s + 1 < sg->n && i >= sg->col[s + 1]) ++s;
-  return kq_seg_raw(base, sg, s, slot, i - sg->col[s]) * kq_seg_scale(base, sg, s, slot);
-}
-
-/* Elements i .. i + 3 of row `slot` (they may span two segments). */
-inline float4 kq_seg4_elem4(__global const uchar *base, const kq_seg4 *sg, size_t slot, int i) {
-  return (float4)(kq_seg4_elem(base, sg, slot, i), kq_seg4_elem(base, sg, slot, i + 1),
-                  kq_seg4_elem(base, sg, slot, i + 2), kq_seg4_elem(base, sg, slot, i + 3));
-}
-
 /* Dot products of rows 0..rows-1 of q (local, stride ld, from column col +
  * e) with elements [e, e + n) of row `slot` of segment s, unscaled, added to
  * acc. A full piece (n == kq_piece_elems) is one vector load. */
@@ -151,6 +137,29 @@ inline float4 kq_value4(__global const uchar *base, const kq_seg4 *sg, int s, si
                  n > 2 ? kq_seg_raw(base, sg, s, slot, e + 2) : 0.0f, 0.0f);
   }
   return x * kq_seg_scale(base, sg, s, slot);
+}
+
+/* Element i (latent column) of row `slot` of the side sg, scaled: the
+ * reads of kq_attn_chunk_seg. */
+inline int kq_seg4_find(const kq_seg4 *sg, int i) {
+  int s = 0;
+  while (s + 1 < sg->n && i >= sg->col[s + 1]) ++s;
+  return s;
+}
+inline float kq_seg4_elem(__global const uchar *base, const kq_seg4 *sg, size_t slot, int i) {
+  const int s = kq_seg4_find(sg, i);
+  return kq_seg_raw(base, sg, s, slot, i - sg->col[s]) * kq_seg_scale(base, sg, s, slot);
+}
+
+/* Elements i .. i + 3 of row `slot`: one vector load and one scale when
+ * they lie in one segment (a q4 run starting on a whole byte), else one by
+ * one (they span two segments). */
+inline float4 kq_seg4_elem4(__global const uchar *base, const kq_seg4 *sg, size_t slot, int i) {
+  const int s = kq_seg4_find(sg, i), e = i - sg->col[s];
+  if (e + 4 <= sg->width[s] && (sg->bits[s] != 4 || (e & 1) == 0))
+    return kq_value4(base, sg, s, slot, e, 4);
+  return (float4)(kq_seg4_elem(base, sg, slot, i), kq_seg4_elem(base, sg, slot, i + 1),
+                  kq_seg4_elem(base, sg, slot, i + 2), kq_seg4_elem(base, sg, slot, i + 3));
 }
 
 /* Merges the chunks of kq_attn_decode (or kq_attn_split / kq_attn_chunk)
