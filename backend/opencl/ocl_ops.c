@@ -1,19 +1,23 @@
 /*
  * ocl_ops.c — the three compute ops of the backend ABI on OpenCL:
  *   project: latent projection of new tokens (kq_qproj for up to
- *            KQ_OCL_SMALL_PROJECT tokens, else CLBlast strided-batched SGEMM
+ *            KQ_OCL_SMALL_PROJECT rows, else CLBlast strided-batched SGEMM
  *            over kv heads), stored as F32, F16 (vstore_half_rte) or
- *            quantized segments (kq_seg_store, the rule of kq_quantize_row)
+ *            quantized segments (kq_seg_store, the rule of kq_quantize_row);
+ *            the sequences of a table 16 per projection and store
  *   attend:  causal attention on latents, PER_HEAD or JOINT (one latent group
- *            shared by every query head):
- *            - kq_attn_decode on the stored latents (float, q8, q4 read in
- *              place) for segmented caches, and on GPUs for plain decode and
- *              F16 prefill; then kq_attn_reduce_up (merge + Eᵀ in one kernel)
- *            - kq_attn_split (CPU drivers, plain decode / small m)
- *            - kq_attn_chunk with pre-RoPE (keys rebuilt per position, angles
- *              from the double-precision table of rope_table)
- *            - CLBlast Q̃K̃ᵀ → causal softmax → PṼ for F32 prefill, and F16
- *              prefill on CPU drivers (through a widened copy)
+ *            shared by every query head), on the stored latents (no F32
+ *            copy but for a side of more than KQ_OCL_SEG4 segments):
+ *            - kq_attn_decode (ocl_ops_decode.c; float, q8, q4 read in
+ *              place) for segmented caches, on GPUs for plain decode and
+ *              F16 prefill, and for every sequence table without pre-RoPE;
+ *              then kq_attn_reduce_up (merge + Eᵀ in one kernel)
+ *            - kq_attn_split (CPU drivers, plain decode / small m, F16
+ *              prefill)
+ *            - kq_attn_chunk_f32 / _f16 / _seg with pre-RoPE (keys rebuilt
+ *              per position, angles from the double-precision table of
+ *              rope_table), sequence tables in one launch
+ *            - CLBlast Q̃K̃ᵀ → causal softmax → PṼ for F32 prefill
  *            With value_up (KQ_BACKEND_CAP_FUSED_UP) the full output is
  *            written by the same op.
  *   up:      latent-to-full output (Eᵀ)
