@@ -56,27 +56,27 @@ static const char ch_f32_defs[] =
     "#define CH_KEY4(s, i) vload4(0, kc + kc_off + (s) * rank_k + (i))\n"
     "#define CH_VAL(s, i) vc[vc_off + (s) * rank_v + (i)]\n"
     "#define CH_VAL4(s, i) vload4(0, vc + vc_off + (s) * rank_v + (i))\n"
-    "#define CH_SEEK(kr, vr) (kc_off += (kr), vc_off += (vr))\n";
+    "#define CH_SEEK(kr, vr) (kc_off += (kr), vc_off += (vr))\n#define CH_STAGE 0\n";
 static const char ch_f16_defs[] =
     "\n#undef CH_NAME\n#undef CH_CACHES\n#undef CH_KEY\n#undef CH_KEY4\n#undef CH_VAL\n"
-    "#undef CH_VAL4\n#undef CH_SEEK\n#define CH_NAME(n) n##_f16\n"
+    "#undef CH_VAL4\n#undef CH_SEEK\n#undef CH_STAGE\n#define CH_NAME(n) n##_f16\n"
     "#define CH_CACHES __global const half *kc, ulong kc_off, __global const half *vc, "
     "ulong vc_off\n"
     "#define CH_KEY(s, i) vload_half(kc_off + (s) * rank_k + (i), kc)\n"
     "#define CH_KEY4(s, i) vload_half4(0, kc + kc_off + (s) * rank_k + (i))\n"
     "#define CH_VAL(s, i) vload_half(vc_off + (s) * rank_v + (i), vc)\n"
     "#define CH_VAL4(s, i) vload_half4(0, vc + vc_off + (s) * rank_v + (i))\n"
-    "#define CH_SEEK(kr, vr) (kc_off += (kr), vc_off += (vr))\n";
+    "#define CH_SEEK(kr, vr) (kc_off += (kr), vc_off += (vr))\n#define CH_STAGE 0\n";
 static const char ch_seg_defs[] =
     "\n#undef CH_NAME\n#undef CH_CACHES\n#undef CH_KEY\n#undef CH_KEY4\n#undef CH_VAL\n"
-    "#undef CH_VAL4\n#undef CH_SEEK\n#define CH_NAME(n) n##_seg\n"
+    "#undef CH_VAL4\n#undef CH_SEEK\n#undef CH_STAGE\n#define CH_NAME(n) n##_seg\n"
     "#define CH_CACHES __global const uchar *kc, kq_seg4 ks, __global const uchar *vc, "
     "kq_seg4 vs\n"
     "#define CH_KEY(s, i) kq_seg4_elem(kc, &ks, (s), (i))\n"
     "#define CH_KEY4(s, i) kq_seg4_elem4(kc, &ks, (s), (i))\n"
     "#define CH_VAL(s, i) kq_seg4_elem(vc, &vs, (s), (i))\n"
     "#define CH_VAL4(s, i) kq_seg4_elem4(vc, &vs, (s), (i))\n"
-    "#define CH_SEEK(kr, vr) (kc += (kr), vc += (vr))\n";
+    "#define CH_SEEK(kr, vr) (kc += (kr), vc += (vr))\n#define CH_STAGE 1\n";
 
 /* kq_decode_body.cl instantiated for the GPU and the CPU layout. */
 static const char dec_team_defs[] = "\n#define DEC_TEAM1 0\n#define DEC_NAME(n) n##_team\n";

@@ -236,8 +236,13 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   kq_status st = KQ_OK;
   const cl_int g = op->n_heads / op->n_kv_heads;
   /* Queries per work-group: they share every latent row the group loads
-   * (and, with pre-RoPE, every reconstructed key). Shrink the block, then
-   * the chunk, until the local memory fits. */
+   * (and, with pre-RoPE, every reconstructed key). Shrink the chunk, then
+   * the block (then, for the decoded keys of segmented caches, the
+   * work-group), until the local memory fits. */
+  const int k = ks                              ? KQ_K_ATTN_CHUNK_SEG
+                : op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_CHUNK_F16
+                                                : KQ_K_ATTN_CHUNK_F32;
+  size_t wg = kq_ocl_wg_size(dev, k, 64), stage = 0;
   cl_int most = 0; /* queries of the longest sequence */
   for (int i = 0; i < seqs->n; ++i) most = seqs->nq[i] > most ? seqs->nq[i] : most;
   cl_int qblock = most < KQ_OCL_QBLOCK ? most : KQ_OCL_QBLOCK;
@@ -246,12 +251,15 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
   size_t need = 0;
   for (;;) {
     const size_t rows = (size_t)qblock * g;
-    need = (rows * (size_t)(dq > 2 ? dq : 2) + rows * (size_t)chunk + 64) * sizeof(float);
+    stage = ks ? wg * (size_t)op->rank_k : 1;
+    need = (rows * (size_t)(dq > 2 ? dq : 2) + rows * (size_t)chunk + stage + 64) * sizeof(float);
     if (need <= dev->local_mem) break;
     if (chunk > 32)
       chunk /= 2;
     else if (qblock > 1)
       qblock /= 2, chunk = KQ_OCL_CHUNK;
+    else if (ks && wg > 1)
+      wg /= 2, chunk = KQ_OCL_CHUNK;
     else
       break;
   }
@@ -268,10 +276,6 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
     if (!ks) tab.kreg[i] /= esz, tab.vreg[i] /= esz;
   }
   const size_t rows = (size_t)qblock * g;
-  const int k = ks                              ? KQ_K_ATTN_CHUNK_SEG
-                : op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_CHUNK_F16
-                                                : KQ_K_ATTN_CHUNK_F32;
-  const size_t wg = kq_ocl_wg_size(dev, k, 64);
   cl_mem part_o, part_ml;
   st = kq_ocl_partials(dev, op, chunk, op->rank_v, &part_o, &part_ml);
   if (st != KQ_OK) return st;
@@ -287,7 +291,8 @@ static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
       KQ_OCL_VAL(op->rank_v), KQ_OCL_VAL(op->capacity), KQ_OCL_VAL(chunk), KQ_OCL_VAL(n_chunks),
       KQ_OCL_VAL(pre), KQ_OCL_VAL(ident), KQ_OCL_VAL(halves), KQ_OCL_VAL(rope), KQ_OCL_VAL(scale2),
       KQ_OCL_VAL(qblock), KQ_OCL_LOCAL(rows * chunk * sizeof(float)),
-      KQ_OCL_LOCAL(rows * (size_t)(dq > 2 ? dq : 2) * sizeof(float)));
+      KQ_OCL_LOCAL(rows * (size_t)(dq > 2 ? dq : 2) * sizeof(float)),
+      KQ_OCL_LOCAL(stage * sizeof(float)));
   if (st != KQ_OK) goto out;
   st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, n_blocks},
                      (size_t[3]){wg, 1, 1});

@@ -9,6 +9,10 @@
  *   CH_KEY(s, i)    element i of the latent key of cache slot s, as float
  *   CH_KEY4(s, i)   elements i .. i + 3 (i a multiple of 4)
  *   CH_VAL(s, i), CH_VAL4(s, i)  the same for values
+ *   CH_STAGE        1: with pre-RoPE, each work-item first decodes its
+ *                   position's latent key into local memory (kl, rank_k
+ *                   floats per work-item), read once per rotary pair from
+ *                   there (segmented planes: decoding is dearer than a load)
  *   CH_SEEK(kr, vr) moves both caches to a sequence's regions (kreg / vreg
  *                   of the table: elements for plain caches, bytes for
  *                   segmented ones)
@@ -32,7 +36,7 @@
  * part_o [n_q, H, n_chunks, rank_v] = Σ_p 2^{s_p - m} ṽ_p and
  * part_ml [n_q, H, n_chunks, 2] = (m, Σ_p 2^{s_p - m}); an empty row gives
  * (-inf, 0). rope: the angle table (kq_rope_cs). Local memory: s [rows * chunk],
- * ql [rows * dq]. */
+ * ql [rows * dq], kl [wg * rank_k] with CH_STAGE (else unused). */
 __kernel void CH_NAME(kq_attn_chunk)(__global const float *qp, CH_CACHES,
                                      __global const float *bmat, ulong b_off,
                                      __global float *part_o, __global float *part_ml,
@@ -40,7 +44,7 @@ __kernel void CH_NAME(kq_attn_chunk)(__global const float *qp, CH_CACHES,
                                      int rank_v, int capacity, int chunk, int n_chunks,
                                      int pre_rope, int identity_k, int halves,
                                      __global const float2 *rope, float scale, int qblock,
-                                     __local float *s, __local float *ql) {
+                                     __local float *s, __local float *ql, __local float *kl) {
   const int lid = get_local_id(0), wg = get_local_size(0);
   const int c = get_group_id(0), kvh = get_global_id(1);
   /* The sequence of this query block (blocks of every sequence of the
@@ -102,28 +106,34 @@ __kernel void CH_NAME(kq_attn_chunk)(__global const float *qp, CH_CACHES,
     }
   } else {
     __global const float *bh = bmat + b_off + (size_t)kvh * head_dim * rank_k;
+    __local float *kr = kl + (CH_STAGE ? (size_t)lid * rank_k : 0);
     for (int p = lid; p < len; p += wg) {
       const size_t krow = kbase + p;
       for (int r = 0; r < rows; ++r) s[r * chunk + p] = 0.0f;
+      if (CH_STAGE) {
+        int i = 0;
+        for (; i + 4 <= rank_k; i += 4) vstore4(CH_KEY4(krow, i), 0, kr + i);
+        for (; i < rank_k; ++i) kr[i] = CH_KEY(krow, i);
+      }
       for (int pr = 0; pr < head_dim / 2; ++pr) {
         const int2 ab = kq_rope_pair(pr, head_dim, halves);
         float xa, xb;
         if (identity_k) {
-          xa = CH_KEY(krow, ab.x);
-          xb = CH_KEY(krow, ab.y);
+          xa = CH_STAGE ? kr[ab.x] : CH_KEY(krow, ab.x);
+          xb = CH_STAGE ? kr[ab.y] : CH_KEY(krow, ab.y);
         } else {
           __global const float *ba = bh + (size_t)ab.x * rank_k, *bb = bh + (size_t)ab.y * rank_k;
           float4 a4 = (float4)(0.0f), b4 = (float4)(0.0f);
           int i = 0;
           for (; i + 4 <= rank_k; i += 4) {
-            const float4 k4 = CH_KEY4(krow, i);
+            const float4 k4 = CH_STAGE ? vload4(0, kr + i) : CH_KEY4(krow, i);
             a4 += k4 * vload4(0, ba + i);
             b4 += k4 * vload4(0, bb + i);
           }
           xa = (a4.x + a4.y) + (a4.z + a4.w);
           xb = (b4.x + b4.y) + (b4.z + b4.w);
           for (; i < rank_k; ++i) {
-            const float k = CH_KEY(krow, i);
+            const float k = CH_STAGE ? kr[i] : CH_KEY(krow, i);
             xa += k * ba[i];
             xb += k * bb[i];
           }
