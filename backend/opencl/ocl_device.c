@@ -16,10 +16,9 @@
 static const char *const kernel_names[KQ_K_COUNT] = {
     [KQ_K_STORE_ROWS_F32] = "kq_store_rows_f32",
     [KQ_K_STORE_ROWS_F16] = "kq_store_rows_f16",
-    [KQ_K_WIDEN_F32] = "kq_widen_f32",
-    [KQ_K_WIDEN_F16] = "kq_widen_f16",
     [KQ_K_ATTN_CHUNK_F32] = "kq_attn_chunk_f32",
     [KQ_K_ATTN_CHUNK_F16] = "kq_attn_chunk_f16",
+    [KQ_K_ATTN_CHUNK_SEG] = "kq_attn_chunk_seg",
     [KQ_K_ATTN_SPLIT_F32] = "kq_attn_split_f32",
     [KQ_K_ATTN_SPLIT_F16] = "kq_attn_split_f16",
     [KQ_K_QPROJ] = "kq_qproj",
@@ -48,6 +47,37 @@ static const char kv_f16_defs[] =
     "#define KV_LOAD8(p, i) vload_half8(0, (p) + (i))\n"
     "#define KV_STORE(v, p, i) vstore_half_rte((v), (i), (p))\n#define KV_NAME(n) n##_f16\n";
 
+/* kq_chunk_body.cl instantiated for F32, F16 and segmented caches. */
+static const char ch_f32_defs[] =
+    "\n#define CH_NAME(n) n##_f32\n"
+    "#define CH_CACHES __global const float *kc, ulong kc_off, __global const float *vc, "
+    "ulong vc_off\n"
+    "#define CH_KEY(s, i) kc[kc_off + (s) * rank_k + (i)]\n"
+    "#define CH_KEY4(s, i) vload4(0, kc + kc_off + (s) * rank_k + (i))\n"
+    "#define CH_VAL(s, i) vc[vc_off + (s) * rank_v + (i)]\n"
+    "#define CH_VAL4(s, i) vload4(0, vc + vc_off + (s) * rank_v + (i))\n"
+    "#define CH_SEEK(kr, vr) (kc_off += (kr), vc_off += (vr))\n#define CH_STAGE 0\n";
+static const char ch_f16_defs[] =
+    "\n#undef CH_NAME\n#undef CH_CACHES\n#undef CH_KEY\n#undef CH_KEY4\n#undef CH_VAL\n"
+    "#undef CH_VAL4\n#undef CH_SEEK\n#undef CH_STAGE\n#define CH_NAME(n) n##_f16\n"
+    "#define CH_CACHES __global const half *kc, ulong kc_off, __global const half *vc, "
+    "ulong vc_off\n"
+    "#define CH_KEY(s, i) vload_half(kc_off + (s) * rank_k + (i), kc)\n"
+    "#define CH_KEY4(s, i) vload_half4(0, kc + kc_off + (s) * rank_k + (i))\n"
+    "#define CH_VAL(s, i) vload_half(vc_off + (s) * rank_v + (i), vc)\n"
+    "#define CH_VAL4(s, i) vload_half4(0, vc + vc_off + (s) * rank_v + (i))\n"
+    "#define CH_SEEK(kr, vr) (kc_off += (kr), vc_off += (vr))\n#define CH_STAGE 0\n";
+static const char ch_seg_defs[] =
+    "\n#undef CH_NAME\n#undef CH_CACHES\n#undef CH_KEY\n#undef CH_KEY4\n#undef CH_VAL\n"
+    "#undef CH_VAL4\n#undef CH_SEEK\n#undef CH_STAGE\n#define CH_NAME(n) n##_seg\n"
+    "#define CH_CACHES __global const uchar *kc, kq_seg4 ks, __global const uchar *vc, "
+    "kq_seg4 vs\n"
+    "#define CH_KEY(s, i) kq_seg4_elem(kc, &ks, (s), (i))\n"
+    "#define CH_KEY4(s, i) kq_seg4_elem4(kc, &ks, (s), (i))\n"
+    "#define CH_VAL(s, i) kq_seg4_elem(vc, &vs, (s), (i))\n"
+    "#define CH_VAL4(s, i) kq_seg4_elem4(vc, &vs, (s), (i))\n"
+    "#define CH_SEEK(kr, vr) (kc += (kr), vc += (vr))\n#define CH_STAGE 1\n";
+
 /* kq_decode_body.cl instantiated for the GPU and the CPU layout. */
 static const char dec_team_defs[] = "\n#define DEC_TEAM1 0\n#define DEC_NAME(n) n##_team\n";
 static const char dec_one_defs[] = "\n#undef DEC_TEAM1\n#undef DEC_NAME\n#define DEC_TEAM1 1\n"
@@ -64,13 +94,26 @@ static int open_devices;
 
 /* The whole program text (malloc'd). */
 static char *program_source(void) {
-  const char *parts[] = {kq_ocl_src_kq_prelude,  kv_f32_defs,
-                         kq_ocl_src_kq_kv_body,  kv_f16_defs,
-                         kq_ocl_src_kq_kv_body,  kq_ocl_src_kq_attend,
-                         kq_ocl_src_kq_up,       kq_ocl_src_kq_copy,
-                         kq_ocl_src_kq_segments, kq_ocl_src_kq_decode,
-                         dec_team_defs,          kq_ocl_src_kq_decode_body,
-                         dec_one_defs,           kq_ocl_src_kq_decode_body};
+  const char *parts[] = {kq_ocl_src_kq_prelude,
+                         kv_f32_defs,
+                         kq_ocl_src_kq_kv_body,
+                         kv_f16_defs,
+                         kq_ocl_src_kq_kv_body,
+                         kq_ocl_src_kq_attend,
+                         kq_ocl_src_kq_up,
+                         kq_ocl_src_kq_copy,
+                         kq_ocl_src_kq_segments,
+                         kq_ocl_src_kq_decode,
+                         dec_team_defs,
+                         kq_ocl_src_kq_decode_body,
+                         dec_one_defs,
+                         kq_ocl_src_kq_decode_body,
+                         ch_f32_defs,
+                         kq_ocl_src_kq_chunk_body,
+                         ch_f16_defs,
+                         kq_ocl_src_kq_chunk_body,
+                         ch_seg_defs,
+                         kq_ocl_src_kq_chunk_body};
   size_t n = 1;
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; ++i) n += strlen(parts[i]) + 1;
   char *s = malloc(n);
@@ -464,6 +507,13 @@ kq_status kq_ocl_arg(kq_bdevice *dev, int k, cl_uint i, size_t size, const void 
   return KQ_OK;
 }
 
+kq_status kq_ocl_args(kq_bdevice *dev, int k, const kq_ocl_karg *args, size_t n) {
+  kq_status st = KQ_OK;
+  for (size_t i = 0; i < n && st == KQ_OK; ++i)
+    st = kq_ocl_arg(dev, k, (cl_uint)i, args[i].size, args[i].value);
+  return st;
+}
+
 kq_status kq_ocl_launch(kq_bdevice *dev, int k, const size_t global[3], const size_t *local) {
   if (global[0] == 0 || global[1] == 0 || global[2] == 0) return KQ_OK;
   cl_int err =
@@ -502,9 +552,8 @@ kq_status kq_ocl_copy(kq_bdevice *dev, kq_buffer *dst, const kq_buffer *src, siz
   pthread_mutex_lock(&dev->lock);
   if (words) {
     size_t global[3] = {((size_t)words + 255) / 256 * 256, 1, 1};
-    st = kq_ocl_arg(dev, KQ_K_COPY_U4, 0, sizeof(cl_mem), &src->mem);
-    if (st == KQ_OK) st = kq_ocl_arg(dev, KQ_K_COPY_U4, 1, sizeof(cl_mem), &dst->mem);
-    if (st == KQ_OK) st = kq_ocl_arg(dev, KQ_K_COPY_U4, 2, sizeof words, &words);
+    st = KQ_OCL_ARGS(dev, KQ_K_COPY_U4, KQ_OCL_VAL(src->mem), KQ_OCL_VAL(dst->mem),
+                     KQ_OCL_VAL(words));
     if (st == KQ_OK) st = kq_ocl_launch(dev, KQ_K_COPY_U4, global, NULL);
   }
   if (st == KQ_OK && tail) {

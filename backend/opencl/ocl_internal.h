@@ -31,10 +31,9 @@ kq_status kq_ocl_fail(const kq_bdevice *dev, kq_status status, const char *what,
 enum kq_ocl_kernel_id {
   KQ_K_STORE_ROWS_F32,
   KQ_K_STORE_ROWS_F16,
-  KQ_K_WIDEN_F32,
-  KQ_K_WIDEN_F16,
   KQ_K_ATTN_CHUNK_F32,
   KQ_K_ATTN_CHUNK_F16,
+  KQ_K_ATTN_CHUNK_SEG, /* segmented caches read in place (kq_seg4) */
   KQ_K_ATTN_SPLIT_F32,
   KQ_K_ATTN_SPLIT_F16,
   KQ_K_QPROJ,
@@ -58,8 +57,8 @@ enum kq_ocl_scratch_id {
   KQ_S_QROT,     /* rot(q B Aᵀ) [m, H, d] */
   KQ_S_PART_O,   /* split-K partial outputs */
   KQ_S_PART_ML,  /* split-K partial (max, sum) */
-  KQ_S_KWIDE,    /* F32 copy of F16 or quantized latent keys [groups, n_ctx, rank_k] */
-  KQ_S_VWIDE,    /* F32 copy of F16 or quantized latent values */
+  KQ_S_KWIDE,    /* F32 copy of latent keys of more than KQ_OCL_SEG4 segments */
+  KQ_S_VWIDE,    /* F32 copy of such latent values */
   KQ_S_SCORES,   /* prefill logits / probabilities [H, rows, cols] */
   KQ_S_CLBLAST,  /* CLBlast's GEMM temporary buffer */
   KQ_S_LATENT,   /* P Ṽ before the fused up-projection [m, H, rank_v] */
@@ -163,6 +162,24 @@ kq_status kq_ocl_launch(kq_bdevice *dev, int k, const size_t global[3], const si
 
 /* Sets argument i of kernel k (caller holds dev->lock). */
 kq_status kq_ocl_arg(kq_bdevice *dev, int k, cl_uint i, size_t size, const void *value);
+
+/* One kernel argument: `size` bytes at `value`, or (value NULL) a local
+ * memory argument of `size` bytes. KQ_OCL_VAL(x) takes an lvalue or a
+ * compound literal, e.g. KQ_OCL_VAL((cl_int){n}). */
+typedef struct kq_ocl_karg {
+  size_t size;
+  const void *value;
+} kq_ocl_karg;
+#define KQ_OCL_VAL(x) ((kq_ocl_karg){sizeof(x), &(x)})
+#define KQ_OCL_LOCAL(bytes) ((kq_ocl_karg){(bytes), NULL})
+
+/* Sets arguments 0 .. n - 1 of kernel k from args[0 .. n - 1], in order;
+ * stops at the first failure, naming the kernel and the argument (caller
+ * holds dev->lock). KQ_OCL_ARGS(dev, k, a, b, ...) passes the list inline. */
+kq_status kq_ocl_args(kq_bdevice *dev, int k, const kq_ocl_karg *args, size_t n);
+#define KQ_OCL_ARGS(dev, k, ...)                                                                   \
+  kq_ocl_args((dev), (k), (const kq_ocl_karg[]){__VA_ARGS__},                                      \
+              sizeof((const kq_ocl_karg[]){__VA_ARGS__}) / sizeof(kq_ocl_karg))
 
 /* CLBlast wrappers (ocl_gemm.c); caller holds dev->lock. Offsets in floats.
  * Compiles CLBlast's kernels for the device on first use (timed). */

@@ -1,19 +1,23 @@
 /*
  * ocl_ops.c — the three compute ops of the backend ABI on OpenCL:
  *   project: latent projection of new tokens (kq_qproj for up to
- *            KQ_OCL_SMALL_PROJECT tokens, else CLBlast strided-batched SGEMM
+ *            KQ_OCL_SMALL_PROJECT rows, else CLBlast strided-batched SGEMM
  *            over kv heads), stored as F32, F16 (vstore_half_rte) or
- *            quantized segments (kq_seg_store, the rule of kq_quantize_row)
+ *            quantized segments (kq_seg_store, the rule of kq_quantize_row);
+ *            the sequences of a table 16 per projection and store
  *   attend:  causal attention on latents, PER_HEAD or JOINT (one latent group
- *            shared by every query head):
- *            - kq_attn_decode on the stored latents (float, q8, q4 read in
- *              place) for segmented caches, and on GPUs for plain decode and
- *              F16 prefill; then kq_attn_reduce_up (merge + Eᵀ in one kernel)
- *            - kq_attn_split (CPU drivers, plain decode / small m)
- *            - kq_attn_chunk with pre-RoPE (keys rebuilt per position, angles
- *              from the double-precision table of rope_table)
- *            - CLBlast Q̃K̃ᵀ → causal softmax → PṼ for F32 prefill, and F16
- *              prefill on CPU drivers (through a widened copy)
+ *            shared by every query head), on the stored latents (no F32
+ *            copy but for a side of more than KQ_OCL_SEG4 segments):
+ *            - kq_attn_decode (ocl_ops_decode.c; float, q8, q4 read in
+ *              place) for segmented caches, on GPUs for plain decode and
+ *              F16 prefill, and for every sequence table without pre-RoPE;
+ *              then kq_attn_reduce_up (merge + Eᵀ in one kernel)
+ *            - kq_attn_split (CPU drivers, plain decode / small m, F16
+ *              prefill)
+ *            - kq_attn_chunk_f32 / _f16 / _seg with pre-RoPE (keys rebuilt
+ *              per position, angles from the double-precision table of
+ *              rope_table), sequence tables in one launch
+ *            - CLBlast Q̃K̃ᵀ → causal softmax → PṼ for F32 prefill
  *            With value_up (KQ_BACKEND_CAP_FUSED_UP) the full output is
  *            written by the same op.
  *   up:      latent-to-full output (Eᵀ)
@@ -26,85 +30,66 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "ocl_internal.h"
-
-/* Appends of at most this many tokens project with kq_qproj, larger ones
- * with CLBlast. */
-#define KQ_OCL_SMALL_PROJECT 16
-/* Prefill (n_queries >= this, no pre-RoPE) goes through CLBlast. */
-#define KQ_OCL_GEMM_MIN_QUERIES 32
-/* Largest prefill score block [H, rows, cols] in bytes. */
-#define KQ_OCL_SCORE_BUDGET ((size_t)64 << 20)
-/* Positions per split-K chunk (lowered when local memory is small). */
-#define KQ_OCL_CHUNK 256
-/* Most queries sharing one work-group of the fused kernel (pre-RoPE; half
- * that otherwise). */
-#define KQ_OCL_QBLOCK 16
-
-/* a*b*c*d as size_t; SIZE_MAX on overflow. */
-static size_t prod4(int64_t a, int64_t b, int64_t c, int64_t d) {
-  size_t r = 1;
-  int64_t v[4] = {a, b, c, d};
-  for (int i = 0; i < 4; ++i)
-    if (v[i] < 0 || __builtin_mul_overflow(r, (size_t)v[i], &r)) return SIZE_MAX;
-  return r;
-}
-
-#define ARG(k, i, v)                                                                               \
-  do {                                                                                             \
-    st = kq_ocl_arg(dev, (k), (i), sizeof(v), &(v));                                               \
-    if (st != KQ_OK) goto out;                                                                     \
-  } while (0)
+#include "ocl_ops.h"
 
 /* Stores latent rows src[off + h·head_stride + t·row_stride + c] (t <
- * n_tokens, h < groups) into every segment's planes at positions pos ..
- * (one kq_seg_store per segment). Caller holds dev->lock. */
+ * n_rows, h < groups) of the sequences of `tab` (regions in bytes) into
+ * every segment's planes (one kq_seg_store per segment). Caller holds
+ * dev->lock. */
 static kq_status store_segments(kq_bdevice *dev, cl_mem src, cl_ulong off, cl_int row_stride,
-                                cl_int head_stride, const kq_project_op *op) {
+                                cl_int head_stride, const kq_project_op *op, const kq_ocl_ptab *tab,
+                                cl_int n_rows) {
   kq_status st = KQ_OK;
   const int k = KQ_K_SEG_STORE;
   const cl_int f16 = op->storage == KQ_STORAGE_F16;
   cl_int col = 0;
-  for (int32_t s = 0; s < op->n_segments; s++) {
+  for (int32_t s = 0; s < op->n_segments && st == KQ_OK; s++) {
     size_t data = 0, scale = 0;
     kq_segment_planes(op->segments, op->n_segments, op->storage, (size_t)op->n_heads,
                       (size_t)op->capacity, s, &data, &scale, NULL);
     const cl_ulong data_off = op->dst_offset + data, scale_off = op->dst_offset + scale;
     const cl_int width = op->segments[s].width, bits = op->segments[s].bits;
-    ARG(k, 0, src);
-    ARG(k, 1, off);
-    ARG(k, 2, row_stride);
-    ARG(k, 3, head_stride);
-    ARG(k, 4, col);
-    ARG(k, 5, width);
-    ARG(k, 6, bits);
-    ARG(k, 7, f16);
-    ARG(k, 8, op->dst->mem);
-    ARG(k, 9, data_off);
-    ARG(k, 10, scale_off);
-    ARG(k, 11, op->capacity);
-    ARG(k, 12, op->pos);
-    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)op->n_tokens, (size_t)op->n_heads, 1}, NULL);
-    if (st != KQ_OK) break;
+    st = KQ_OCL_ARGS(dev, k, KQ_OCL_VAL(src), KQ_OCL_VAL(off), KQ_OCL_VAL(row_stride),
+                     KQ_OCL_VAL(head_stride), KQ_OCL_VAL(col), KQ_OCL_VAL(width), KQ_OCL_VAL(bits),
+                     KQ_OCL_VAL(f16), KQ_OCL_VAL(op->dst->mem), KQ_OCL_VAL(data_off),
+                     KQ_OCL_VAL(scale_off), KQ_OCL_VAL(op->capacity), KQ_OCL_VAL(*tab));
+    if (st == KQ_OK)
+      st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_rows, (size_t)op->n_heads, 1}, NULL);
     col += width;
   }
-out:
   return st;
 }
 
-static kq_status project_one(kq_bdevice *dev, const kq_project_op *op) {
+/* Projects and stores sequences i0 .. i0 + n_seq - 1 of `op` (all of it
+ * when op->seqs is NULL, n_seq 1): their rows are consecutive in src, so
+ * one projection (kq_qproj for up to KQ_OCL_SMALL_PROJECT rows, else one
+ * CLBlast strided-batched GEMM) covers them all, and one store launch (per
+ * segment) puts every row at its sequence's region and position (kq_ocl_ptab).
+ * Only a single F32 plain sequence lets the GEMM write the cache rows
+ * directly. Caller holds dev->lock. */
+static kq_status project_seqs(kq_bdevice *dev, const kq_project_op *op, int32_t i0, int32_t n_seq) {
   /* The core checked the op (kqsvd_backend.h, "What a backend may trust"):
-   * offsets are whole elements inside their buffers. */
+   * offsets are whole elements inside their buffers, rows consecutive. */
   const int identity = (op->flags & (KQ_OP_IDENTITY_KEYS | KQ_OP_IDENTITY_VALUES)) != 0;
   const int plain = kq_segments_plain(op->n_segments, op->segments);
   const int f16 = op->storage == KQ_STORAGE_F16;
-  const cl_ulong src_e = op->src_offset / 4, proj_e = identity ? 0 : op->proj_offset / 4;
-  const cl_ulong dst_e = plain ? op->dst_offset / (f16 ? 2 : 4) : 0;
+  const size_t esz = f16 ? 2 : 4;
+  const int32_t first_row = op->seqs ? op->seqs[i0].row : 0;
+  kq_ocl_ptab tab = {.n = n_seq};
+  cl_int n = 0;
+  for (int32_t i = 0; i < n_seq; ++i) {
+    const kq_op_seq *e = op->seqs ? &op->seqs[i0 + i] : NULL;
+    tab.row0[i] = n;
+    tab.pos[i] = e ? e->pos : op->pos;
+    /* kq_store_rows_* address elements, kq_seg_store bytes. */
+    tab.reg[i] = e ? (plain ? e->k_region / esz : e->k_region) : 0;
+    n += e ? e->n_rows : op->n_tokens;
+  }
+  const cl_int n_heads = op->n_heads, d = op->head_dim, r = op->rank, cap = op->capacity;
+  const cl_ulong src_e = op->src_offset / 4 + (size_t)first_row * n_heads * d;
+  const cl_ulong proj_e = identity ? 0 : op->proj_offset / 4;
+  const cl_ulong dst_e = plain ? op->dst_offset / esz : 0;
   kq_status st = KQ_OK;
-  const cl_int n_heads = op->n_heads, d = op->head_dim, r = op->rank, cap = op->capacity,
-               pos = op->pos, n = op->n_tokens;
-  pthread_mutex_lock(&dev->lock);
-  const int k = f16 ? KQ_K_STORE_ROWS_F16 : KQ_K_STORE_ROWS_F32;
   cl_mem rows_src = op->src->mem;
   cl_ulong rows_off = src_e;
   cl_int row_stride = n_heads * d, head_stride = d;
@@ -115,69 +100,49 @@ static kq_status project_one(kq_bdevice *dev, const kq_project_op *op) {
     cl_mem c;
     const int kp = KQ_K_QPROJ;
     const cl_int one = 1, no = 0;
-    st = kq_ocl_scratch(dev, KQ_S_GEMM_OUT, prod4(n_heads, n, r, 4), &c);
-    if (st != KQ_OK) goto out;
-    ARG(kp, 0, op->src->mem);
-    ARG(kp, 1, src_e);
-    ARG(kp, 2, op->proj->mem);
-    ARG(kp, 3, proj_e);
-    ARG(kp, 4, c);
-    ARG(kp, 5, n_heads);
-    ARG(kp, 6, one);
-    ARG(kp, 7, d);
-    ARG(kp, 8, r);
-    ARG(kp, 9, no);
-    st = kq_ocl_launch(dev, kp, (size_t[3]){((size_t)r + 7) / 8, (size_t)n_heads, (size_t)n}, NULL);
-    if (st != KQ_OK) goto out;
+    st = kq_ocl_scratch(dev, KQ_S_GEMM_OUT, kq_ocl_prod4(n_heads, n, r, 4), &c);
+    if (st == KQ_OK)
+      st = KQ_OCL_ARGS(dev, kp, KQ_OCL_VAL(op->src->mem), KQ_OCL_VAL(src_e),
+                       KQ_OCL_VAL(op->proj->mem), KQ_OCL_VAL(proj_e), KQ_OCL_VAL(c),
+                       KQ_OCL_VAL(n_heads), KQ_OCL_VAL(one), KQ_OCL_VAL(d), KQ_OCL_VAL(r),
+                       KQ_OCL_VAL(no));
+    if (st == KQ_OK)
+      st = kq_ocl_launch(dev, kp, (size_t[3]){((size_t)r + 7) / 8, (size_t)n_heads, (size_t)n},
+                         NULL);
+    if (st != KQ_OK) return st;
     rows_src = c;
     rows_off = 0;
     row_stride = n_heads * r;
     head_stride = r;
   } else if (!identity) {
-    /* F32 storage: the GEMM writes the cache rows directly; F16 and
-     * segmented storage go through F32 rows [H, n, r] in scratch. */
+    /* One F32 plain sequence: the GEMM writes the cache rows directly;
+     * otherwise F32 rows [H, n, r] in scratch, stored below. */
+    const int direct = !f16 && plain && n_seq == 1;
     cl_mem c = op->dst->mem;
-    size_t c_off = dst_e + (size_t)pos * r, c_stride = (size_t)cap * r;
-    if (f16 || !plain) {
-      st = kq_ocl_scratch(dev, KQ_S_GEMM_OUT, prod4(n_heads, n, r, 4), &c);
-      if (st != KQ_OK) goto out;
+    size_t c_off = dst_e + tab.reg[0] + (size_t)tab.pos[0] * r, c_stride = (size_t)cap * r;
+    if (!direct) {
+      st = kq_ocl_scratch(dev, KQ_S_GEMM_OUT, kq_ocl_prod4(n_heads, n, r, 4), &c);
+      if (st != KQ_OK) return st;
       c_off = 0;
       c_stride = (size_t)n * r;
     }
     st = kq_ocl_gemm_strided_batched(dev, n, r, d, op->src->mem, src_e, (size_t)n_heads * d, d,
                                      op->proj->mem, proj_e, r, (size_t)d * r, c, c_off, r, c_stride,
                                      n_heads);
-    if (st != KQ_OK || (!f16 && plain)) goto out;
+    if (st != KQ_OK || direct) return st;
     rows_src = c;
     rows_off = 0;
     row_stride = r;
     head_stride = n * r;
   }
-  if (!plain) {
-    st = store_segments(dev, rows_src, rows_off, row_stride, head_stride, op);
-    goto out;
-  }
-  ARG(k, 0, rows_src);
-  ARG(k, 1, rows_off);
-  ARG(k, 2, row_stride);
-  ARG(k, 3, head_stride);
-  ARG(k, 4, op->dst->mem);
-  ARG(k, 5, dst_e);
-  ARG(k, 6, r);
-  ARG(k, 7, cap);
-  ARG(k, 8, pos);
-  st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)r, (size_t)n, (size_t)n_heads}, NULL);
-out:
-  if (st == KQ_OK) st = kq_ocl_flush(dev);
-  pthread_mutex_unlock(&dev->lock);
+  if (!plain) return store_segments(dev, rows_src, rows_off, row_stride, head_stride, op, &tab, n);
+  const int k = f16 ? KQ_K_STORE_ROWS_F16 : KQ_K_STORE_ROWS_F32;
+  st = KQ_OCL_ARGS(dev, k, KQ_OCL_VAL(rows_src), KQ_OCL_VAL(rows_off), KQ_OCL_VAL(row_stride),
+                   KQ_OCL_VAL(head_stride), KQ_OCL_VAL(op->dst->mem), KQ_OCL_VAL(dst_e),
+                   KQ_OCL_VAL(r), KQ_OCL_VAL(cap), KQ_OCL_VAL(tab));
+  if (st == KQ_OK)
+    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)r, (size_t)n, (size_t)n_heads}, NULL);
   return st;
-}
-
-/* Largest power of two <= min(limit, what kernel k allows on the device). */
-static size_t wg_size(const kq_bdevice *dev, int k, size_t limit) {
-  size_t w = 1;
-  while (w * 2 <= limit && w * 2 <= dev->kernel_wg[k]) w *= 2;
-  return w;
 }
 
 /* Merges the split-K partials into the latent outputs. */
@@ -185,13 +150,10 @@ static kq_status attend_reduce(kq_bdevice *dev, const kq_attend_op *op, cl_mem p
                                cl_mem part_ml, cl_int n_chunks, cl_ulong out_e) {
   kq_status st = KQ_OK;
   const int kr = KQ_K_ATTN_REDUCE;
-  ARG(kr, 0, part_o);
-  ARG(kr, 1, part_ml);
-  ARG(kr, 2, op->out->mem);
-  ARG(kr, 3, out_e);
-  ARG(kr, 4, op->n_heads);
-  ARG(kr, 5, op->rank_v);
-  ARG(kr, 6, n_chunks);
+  st = KQ_OCL_ARGS(dev, kr, KQ_OCL_VAL(part_o), KQ_OCL_VAL(part_ml), KQ_OCL_VAL(op->out->mem),
+                   KQ_OCL_VAL(out_e), KQ_OCL_VAL(op->n_heads), KQ_OCL_VAL(op->rank_v),
+                   KQ_OCL_VAL(n_chunks));
+  if (st != KQ_OK) goto out;
   st = kq_ocl_launch(
       dev, kr, (size_t[3]){(size_t)op->rank_v, (size_t)op->n_heads, (size_t)op->n_queries}, NULL);
 out:
@@ -206,32 +168,12 @@ out:
  * the work-items left when every (columns, row block) unit has one
  * (vsplit); softmax segments likewise (nseg). On CPU devices the score pass
  * also touches the value rows (see the kernel). */
-/* The split-K kernels' shared tail: the error when even the smallest block
- * and chunk overflow local memory, and the per-chunk partial outputs
- * (rank_v floats per query head and chunk) plus running max/sum pairs. */
-static kq_status local_mem_error(const kq_bdevice *dev, cl_int g) {
-  return kq_ocl_host->set_error(KQ_ERR_UNSUPPORTED,
-                                "%s: attend: group of %d heads needs more local memory than "
-                                "the device's %zu bytes",
-                                dev->label, g, dev->local_mem);
-}
-
-static kq_status partials(kq_bdevice *dev, const kq_attend_op *op, cl_int chunk, cl_int rv,
-                          cl_mem *part_o, cl_mem *part_ml) {
-  /* Decode-size m: sized for the whole capacity (the chunk only grows with
-   * the context, so decode steps never regrow them); prefill: the context. */
-  const int32_t upto = op->n_queries <= KQ_OCL_QBLOCK ? op->capacity : op->n_ctx;
-  const size_t parts = prod4(op->n_queries, op->n_heads, (upto + chunk - 1) / chunk, 1);
-  kq_status st = kq_ocl_scratch(dev, KQ_S_PART_O, prod4(parts, rv, 4, 1), part_o);
-  return st == KQ_OK ? kq_ocl_scratch(dev, KQ_S_PART_ML, prod4(parts, 2, 4, 1), part_ml) : st;
-}
-
 static kq_status attend_split(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp, cl_ulong k_e,
                               cl_ulong v_e, cl_ulong out_e) {
   kq_status st = KQ_OK;
   const cl_int g = op->n_heads / op->n_kv_heads, rk = op->rank_k, rv = op->rank_v;
   const int k = op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_SPLIT_F16 : KQ_K_ATTN_SPLIT_F32;
-  const size_t wg = wg_size(dev, k, 64), ncb = ((size_t)rv + 7) / 8;
+  const size_t wg = kq_ocl_wg_size(dev, k, 64), ncb = ((size_t)rv + 7) / 8;
   cl_int qblock = op->n_queries < KQ_OCL_QBLOCK / 2 ? op->n_queries : KQ_OCL_QBLOCK / 2;
   cl_int chunk = KQ_OCL_CHUNK;
   for (;;) {
@@ -259,111 +201,98 @@ static kq_status attend_split(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp
     else
       break;
   }
-  if (need > dev->local_mem) return local_mem_error(dev, g);
+  if (need > dev->local_mem) return kq_ocl_local_mem_error(dev, g);
   const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
   const size_t n_blocks = ((size_t)op->n_queries + qblock - 1) / qblock;
   cl_mem part_o, part_ml;
-  st = partials(dev, op, chunk, rv, &part_o, &part_ml);
+  st = kq_ocl_partials(dev, op, chunk, rv, &part_o, &part_ml);
   if (st != KQ_OK) return st;
   const float qs = op->scale * (float)M_LOG2E;
   const cl_int cl_nseg = (cl_int)nseg, cl_vsplit = (cl_int)vsplit;
-  ARG(k, 0, qp);
-  ARG(k, 1, op->k_cache->mem);
-  ARG(k, 2, k_e);
-  ARG(k, 3, op->v_cache->mem);
-  ARG(k, 4, v_e);
-  ARG(k, 5, part_o);
-  ARG(k, 6, part_ml);
-  ARG(k, 7, op->n_queries);
-  ARG(k, 8, op->n_ctx);
-  ARG(k, 9, op->n_heads);
-  ARG(k, 10, g);
-  ARG(k, 11, rk);
-  ARG(k, 12, rv);
-  ARG(k, 13, op->capacity);
-  ARG(k, 14, chunk);
-  ARG(k, 15, n_chunks);
-  ARG(k, 16, qs);
-  ARG(k, 17, qblock);
-  ARG(k, 18, cl_nseg);
-  ARG(k, 19, cl_vsplit);
-  const cl_int touch = dev->cpu;
-  ARG(k, 20, touch);
-  st = kq_ocl_arg(dev, k, 21, s_len * sizeof(float), NULL);
-  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 22, rows4 * (size_t)rk * sizeof(float), NULL);
-  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 23, 2 * rows4 * nseg * sizeof(float), NULL);
+  st = KQ_OCL_ARGS(dev, k, KQ_OCL_VAL(qp), KQ_OCL_VAL(op->k_cache->mem), KQ_OCL_VAL(k_e),
+                   KQ_OCL_VAL(op->v_cache->mem), KQ_OCL_VAL(v_e), KQ_OCL_VAL(part_o),
+                   KQ_OCL_VAL(part_ml), KQ_OCL_VAL(op->n_queries), KQ_OCL_VAL(op->n_ctx),
+                   KQ_OCL_VAL(op->n_heads), KQ_OCL_VAL(g), KQ_OCL_VAL(rk), KQ_OCL_VAL(rv),
+                   KQ_OCL_VAL(op->capacity), KQ_OCL_VAL(chunk), KQ_OCL_VAL(n_chunks),
+                   KQ_OCL_VAL(qs), KQ_OCL_VAL(qblock), KQ_OCL_VAL(cl_nseg), KQ_OCL_VAL(cl_vsplit),
+                   KQ_OCL_VAL((cl_int){dev->cpu}), KQ_OCL_LOCAL(s_len * sizeof(float)),
+                   KQ_OCL_LOCAL(rows4 * (size_t)rk * sizeof(float)),
+                   KQ_OCL_LOCAL(2 * rows4 * nseg * sizeof(float)));
   if (st == KQ_OK)
     st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, n_blocks},
                        (size_t[3]){wg, 1, 1});
   if (st == KQ_OK) st = attend_reduce(dev, op, part_o, part_ml, n_chunks, out_e);
-out:
   return st;
 }
 
-/* Split-K fused attention with pre-RoPE (keys rebuilt per position). */
+/* Split-K fused attention with pre-RoPE (keys rebuilt per position) on the
+ * stored latents: kq_attn_chunk_f32 / _f16 for plain caches (ks, vs NULL;
+ * k_e, v_e their element offsets), kq_attn_chunk_seg for segmented ones
+ * (ks, vs: both sides' planes, read in place). */
 static kq_status attend_fused(kq_bdevice *dev, const kq_attend_op *op, cl_mem qp, cl_mem rope,
-                              cl_int dq, cl_ulong k_e, cl_ulong v_e, cl_ulong b_e, cl_ulong out_e) {
+                              cl_int dq, const kq_ocl_seg4 *ks, const kq_ocl_seg4 *vs,
+                              const kq_ocl_seqtab *seqs, cl_ulong k_e, cl_ulong v_e, cl_ulong b_e,
+                              cl_ulong out_e) {
   kq_status st = KQ_OK;
   const cl_int g = op->n_heads / op->n_kv_heads;
   /* Queries per work-group: they share every latent row the group loads
-   * (and, with pre-RoPE, every reconstructed key). Shrink the block, then
-   * the chunk, until the local memory fits. */
-  cl_int qblock = op->n_queries < KQ_OCL_QBLOCK ? op->n_queries : KQ_OCL_QBLOCK;
+   * (and, with pre-RoPE, every reconstructed key). Shrink the chunk, then
+   * the block (then, for the decoded keys of segmented caches, the
+   * work-group), until the local memory fits. */
+  const int k = ks                              ? KQ_K_ATTN_CHUNK_SEG
+                : op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_CHUNK_F16
+                                                : KQ_K_ATTN_CHUNK_F32;
+  size_t wg = kq_ocl_wg_size(dev, k, 64), stage = 0;
+  cl_int most = 0; /* queries of the longest sequence */
+  for (int i = 0; i < seqs->n; ++i) most = seqs->nq[i] > most ? seqs->nq[i] : most;
+  cl_int qblock = most < KQ_OCL_QBLOCK ? most : KQ_OCL_QBLOCK;
   if (op->rope != KQ_ROPE_PRE && qblock > KQ_OCL_QBLOCK / 2) qblock = KQ_OCL_QBLOCK / 2;
   cl_int chunk = KQ_OCL_CHUNK;
   size_t need = 0;
   for (;;) {
     const size_t rows = (size_t)qblock * g;
-    need = (rows * (size_t)(dq > 2 ? dq : 2) + rows * (size_t)chunk + 64) * sizeof(float);
+    stage = ks ? wg * (size_t)op->rank_k : 1;
+    need = (rows * (size_t)(dq > 2 ? dq : 2) + rows * (size_t)chunk + stage + 64) * sizeof(float);
     if (need <= dev->local_mem) break;
     if (chunk > 32)
       chunk /= 2;
     else if (qblock > 1)
       qblock /= 2, chunk = KQ_OCL_CHUNK;
+    else if (ks && wg > 1)
+      wg /= 2, chunk = KQ_OCL_CHUNK;
     else
       break;
   }
-  if (need > dev->local_mem) return local_mem_error(dev, g);
+  if (need > dev->local_mem) return kq_ocl_local_mem_error(dev, g);
   const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
-  const size_t n_blocks = ((size_t)op->n_queries + qblock - 1) / qblock;
+  /* Query blocks of every sequence one after another; plain caches take
+   * their regions in elements. */
+  kq_ocl_seqtab tab = *seqs;
+  size_t n_blocks = 0;
+  const size_t esz = op->storage == KQ_STORAGE_F16 ? 2 : 4;
+  for (int i = 0; i < tab.n; ++i) {
+    tab.rb0[i] = (cl_int)n_blocks;
+    n_blocks += ((size_t)tab.nq[i] + qblock - 1) / qblock;
+    if (!ks) tab.kreg[i] /= esz, tab.vreg[i] /= esz;
+  }
   const size_t rows = (size_t)qblock * g;
-  const int k = op->storage == KQ_STORAGE_F16 ? KQ_K_ATTN_CHUNK_F16 : KQ_K_ATTN_CHUNK_F32;
-  const size_t wg = wg_size(dev, k, 64);
   cl_mem part_o, part_ml;
-  st = partials(dev, op, chunk, op->rank_v, &part_o, &part_ml);
+  st = kq_ocl_partials(dev, op, chunk, op->rank_v, &part_o, &part_ml);
   if (st != KQ_OK) return st;
   const cl_int pre = op->rope == KQ_ROPE_PRE, ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0,
                halves = op->rope_layout == KQ_ROPE_HALVES;
   cl_mem bmem = op->query_down ? op->query_down->mem : qp;
-  ARG(k, 0, qp);
-  ARG(k, 1, op->k_cache->mem);
-  ARG(k, 2, k_e);
-  ARG(k, 3, op->v_cache->mem);
-  ARG(k, 4, v_e);
-  ARG(k, 5, bmem);
-  ARG(k, 6, b_e);
-  ARG(k, 7, part_o);
-  ARG(k, 8, part_ml);
-  ARG(k, 9, op->n_queries);
-  ARG(k, 10, op->n_ctx);
-  ARG(k, 11, op->n_heads);
-  ARG(k, 12, g);
-  ARG(k, 13, op->head_dim);
-  ARG(k, 14, op->rank_k);
-  ARG(k, 15, op->rank_v);
-  ARG(k, 16, op->capacity);
-  ARG(k, 17, chunk);
-  ARG(k, 18, n_chunks);
-  ARG(k, 19, pre);
-  ARG(k, 20, ident);
-  ARG(k, 21, halves);
   const float scale2 = op->scale * (float)M_LOG2E;
-  ARG(k, 22, rope);
-  ARG(k, 23, scale2);
-  ARG(k, 24, qblock);
-  st = kq_ocl_arg(dev, k, 25, rows * chunk * sizeof(float), NULL);
-  if (st == KQ_OK)
-    st = kq_ocl_arg(dev, k, 26, rows * (size_t)(dq > 2 ? dq : 2) * sizeof(float), NULL);
+  st = KQ_OCL_ARGS(
+      dev, k, KQ_OCL_VAL(qp), KQ_OCL_VAL(op->k_cache->mem), ks ? KQ_OCL_VAL(*ks) : KQ_OCL_VAL(k_e),
+      KQ_OCL_VAL(op->v_cache->mem), vs ? KQ_OCL_VAL(*vs) : KQ_OCL_VAL(v_e), KQ_OCL_VAL(bmem),
+      KQ_OCL_VAL(b_e), KQ_OCL_VAL(part_o), KQ_OCL_VAL(part_ml), KQ_OCL_VAL(tab),
+      KQ_OCL_VAL(op->n_heads), KQ_OCL_VAL(g), KQ_OCL_VAL(op->head_dim), KQ_OCL_VAL(op->rank_k),
+      KQ_OCL_VAL(op->rank_v), KQ_OCL_VAL(op->capacity), KQ_OCL_VAL(chunk), KQ_OCL_VAL(n_chunks),
+      KQ_OCL_VAL(pre), KQ_OCL_VAL(ident), KQ_OCL_VAL(halves), KQ_OCL_VAL(rope), KQ_OCL_VAL(scale2),
+      KQ_OCL_VAL(qblock), KQ_OCL_LOCAL(rows * chunk * sizeof(float)),
+      KQ_OCL_LOCAL(rows * (size_t)(dq > 2 ? dq : 2) * sizeof(float)),
+      KQ_OCL_LOCAL(stage * sizeof(float)));
   if (st != KQ_OK) goto out;
   st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, n_blocks},
                      (size_t[3]){wg, 1, 1});
@@ -372,55 +301,25 @@ out:
   return st;
 }
 
-/* F32 view of a latent cache for CLBlast: the cache itself for F32 storage,
- * else a widened copy [Hk, n_ctx, rank] in scratch `sid`. */
-static kq_status f32_view(kq_bdevice *dev, const kq_attend_op *op, const kq_buffer *cache,
-                          cl_ulong cache_e, cl_int rank, int sid, cl_mem *out, size_t *out_off,
-                          size_t *out_head_stride) {
-  kq_status st = KQ_OK;
-  if (op->storage == KQ_STORAGE_F32) {
-    *out = cache->mem;
-    *out_off = cache_e;
-    *out_head_stride = (size_t)op->capacity * rank;
-    return KQ_OK;
-  }
-  st = kq_ocl_scratch(dev, sid, prod4(op->n_kv_heads, op->n_ctx, rank, 4), out);
-  if (st != KQ_OK) return st;
-  const int k = KQ_K_WIDEN_F16;
-  ARG(k, 0, cache->mem);
-  ARG(k, 1, cache_e);
-  ARG(k, 2, op->capacity);
-  ARG(k, 3, *out);
-  ARG(k, 4, op->n_ctx);
-  ARG(k, 5, rank);
-  st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)rank, (size_t)op->n_ctx, (size_t)op->n_kv_heads},
-                     NULL);
-  *out_off = 0;
-  *out_head_stride = (size_t)op->n_ctx * rank;
-out:
-  return st;
-}
-
-/* Prefill through CLBlast: S = scale·Q̃K̃ᵀ per head, causal softmax, O = PṼ,
- * in blocks of query rows so that S stays within KQ_OCL_SCORE_BUDGET. */
+/* Prefill of an F32 cache through CLBlast, reading the cache in place:
+ * S = scale·Q̃K̃ᵀ per head, causal softmax, O = PṼ, in blocks of query rows
+ * so that S stays within KQ_OCL_SCORE_BUDGET. */
 static kq_status attend_gemm(kq_bdevice *dev, const kq_attend_op *op, cl_mem qt, cl_ulong k_e,
                              cl_ulong v_e, cl_ulong out_e) {
-  cl_mem kmat, vmat, scores;
-  size_t k_off, v_off, k_hs, v_hs;
-  kq_status st = f32_view(dev, op, op->k_cache, k_e, op->rank_k, KQ_S_KWIDE, &kmat, &k_off, &k_hs);
-  if (st == KQ_OK)
-    st = f32_view(dev, op, op->v_cache, v_e, op->rank_v, KQ_S_VWIDE, &vmat, &v_off, &v_hs);
-  if (st != KQ_OK) return st;
+  kq_status st = KQ_OK;
+  cl_mem kmat = op->k_cache->mem, vmat = op->v_cache->mem, scores;
+  const size_t k_off = k_e, v_off = v_e, k_hs = (size_t)op->capacity * op->rank_k,
+               v_hs = (size_t)op->capacity * op->rank_v;
   const int64_t H = op->n_heads, m = op->n_queries, g = op->n_heads / op->n_kv_heads;
   int64_t mb = (int64_t)(KQ_OCL_SCORE_BUDGET / ((size_t)H * op->n_ctx * sizeof(float)));
   if (mb < 1) mb = 1;
   if (mb > m) mb = m;
-  const size_t wg = wg_size(dev, KQ_K_SOFTMAX_CAUSAL, 64);
+  const size_t wg = kq_ocl_wg_size(dev, KQ_K_SOFTMAX_CAUSAL, 64);
   for (int64_t j0 = 0; j0 < m; j0 += mb) {
     const cl_int rows = (cl_int)(m - j0 < mb ? m - j0 : mb);
     const cl_int first = (cl_int)(op->n_ctx - m + j0);
     const cl_int cols = first + rows;
-    st = kq_ocl_scratch(dev, KQ_S_SCORES, prod4(H, rows, cols, 4), &scores);
+    st = kq_ocl_scratch(dev, KQ_S_SCORES, kq_ocl_prod4(H, rows, cols, 4), &scores);
     for (int64_t h = 0; h < H && st == KQ_OK; ++h)
       st = kq_ocl_gemm(dev, 1, rows, cols, op->rank_k, op->scale, qt,
                        (size_t)(j0 * H + h) * op->rank_k, (size_t)H * op->rank_k, kmat,
@@ -428,11 +327,8 @@ static kq_status attend_gemm(kq_bdevice *dev, const kq_attend_op *op, cl_mem qt,
                        cols);
     if (st != KQ_OK) return st;
     const int k = KQ_K_SOFTMAX_CAUSAL;
-    ARG(k, 0, scores);
-    ARG(k, 1, rows);
-    ARG(k, 2, cols);
-    ARG(k, 3, first);
-    st = kq_ocl_arg(dev, k, 4, wg * sizeof(float), NULL);
+    st = KQ_OCL_ARGS(dev, k, KQ_OCL_VAL(scores), KQ_OCL_VAL(rows), KQ_OCL_VAL(cols),
+                     KQ_OCL_VAL(first), KQ_OCL_LOCAL(wg * sizeof(float)));
     if (st == KQ_OK)
       st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)rows * wg, (size_t)H, 1},
                          (size_t[3]){wg, 1, 1});
@@ -442,7 +338,6 @@ static kq_status attend_gemm(kq_bdevice *dev, const kq_attend_op *op, cl_mem qt,
                        out_e + (size_t)(j0 * H + h) * op->rank_v, (size_t)H * op->rank_v);
     if (st != KQ_OK) return st;
   }
-out:
   return st;
 }
 
@@ -513,168 +408,6 @@ static kq_status rope_table(kq_bdevice *dev, float theta, int head_dim, int capa
   return KQ_OK;
 }
 
-/* Mirror of kq_seg4 in kq_decode.cl (by-value kernel argument; 128 bytes,
- * no padding on either side). */
-#define KQ_OCL_SEG4 4
-typedef struct kq_ocl_seg4 {
-  cl_ulong data[KQ_OCL_SEG4];
-  cl_ulong scale[KQ_OCL_SEG4];
-  cl_int width[KQ_OCL_SEG4];
-  cl_int bits[KQ_OCL_SEG4];
-  cl_int col[KQ_OCL_SEG4];
-  cl_int n, f16, pad0, pad1;
-} kq_ocl_seg4;
-
-/* Mirror of kq_seqtab in kq_decode.cl (by-value kernel argument, 520
- * bytes): the sequences of one kq_attn_decode launch. */
-#define KQ_OCL_SEQS 16
-typedef struct kq_ocl_seqtab {
-  cl_ulong kreg[KQ_OCL_SEQS];
-  cl_ulong vreg[KQ_OCL_SEQS];
-  cl_int rb0[KQ_OCL_SEQS];
-  cl_int row0[KQ_OCL_SEQS];
-  cl_int nq[KQ_OCL_SEQS];
-  cl_int nctx[KQ_OCL_SEQS];
-  cl_int n, pad0;
-} kq_ocl_seqtab;
-
-/* The planes of one side (plain: one float segment of the rank) for
- * kq_attn_decode; 0 when it has more than KQ_OCL_SEG4 segments. */
-static int seg4_of(int32_t n, const kq_segment *segs, int32_t rank, kq_storage storage,
-                   size_t groups, size_t capacity, size_t offset, kq_ocl_seg4 *out) {
-  const kq_segment plain = {rank, KQ_SEG_FLOAT};
-  if (kq_segments_plain(n, segs)) n = 1, segs = &plain;
-  if (n > KQ_OCL_SEG4) return 0;
-  *out = (kq_ocl_seg4){.n = n, .f16 = storage == KQ_STORAGE_F16};
-  cl_int col = 0;
-  for (int32_t s = 0; s < n; s++) {
-    size_t data = 0, scale = 0;
-    kq_segment_planes(segs, n, storage, groups, capacity, s, &data, &scale, NULL);
-    out->data[s] = offset + data;
-    out->scale[s] = offset + scale;
-    out->width[s] = segs[s].width;
-    out->bits[s] = segs[s].bits;
-    out->col[s] = col;
-    col += segs[s].width;
-  }
-  return 1;
-}
-
-/* Merges split-K partials into op->out: the latent, or with value_up the
- * full output (kq_attn_reduce_up; group = query heads per E matrix). */
-static kq_status reduce_up(kq_bdevice *dev, const kq_attend_op *op, cl_mem part_o, cl_mem part_ml,
-                           cl_int n_chunks, cl_int group, cl_ulong out_e, cl_ulong e_e) {
-  kq_status st = KQ_OK;
-  const int k = KQ_K_ATTN_REDUCE_UP;
-  const cl_int use_e = op->value_up != NULL;
-  cl_mem emem = use_e ? op->value_up->mem : part_o;
-  const size_t wg = wg_size(dev, k, 64);
-  ARG(k, 0, part_o);
-  ARG(k, 1, part_ml);
-  ARG(k, 2, op->out->mem);
-  ARG(k, 3, out_e);
-  ARG(k, 4, emem);
-  ARG(k, 5, e_e);
-  ARG(k, 6, use_e);
-  ARG(k, 7, op->n_heads);
-  ARG(k, 8, group);
-  ARG(k, 9, op->head_dim);
-  ARG(k, 10, op->rank_v);
-  ARG(k, 11, n_chunks);
-  st = kq_ocl_arg(dev, k, 12, (size_t)op->rank_v * sizeof(float), NULL);
-  if (st == KQ_OK)
-    st = kq_ocl_launch(dev, k, (size_t[3]){wg, (size_t)op->n_heads, (size_t)op->n_queries},
-                       (size_t[3]){wg, 1, 1});
-out:
-  return st;
-}
-
-/* Split-K attention on the stored latents (kq_attn_decode), for decode and
- * small m without pre-RoPE; `op` with the JOINT layout already seen as one
- * kv group (n_kv_heads 1), `group_e` the query heads per E matrix.
- * Split count from the device: chunks of 64..512 positions (multiples of
- * 64), as short as gives at least 4 work-groups per compute unit over
- * (chunks, kv groups, row blocks), so that a GPU has work-groups to switch
- * between while loads are in flight, and as long as that allows, so that the
- * reduce reads few partials. A team of lanes per position (16-byte loads
- * over the row) on GPUs; one work-item per position on CPU devices, whose
- * drivers run a work-group's items as loop iterations (team = 1 there). */
-static kq_status attend_decode(kq_bdevice *dev, const kq_attend_op *op, cl_mem qt,
-                               const kq_ocl_seg4 *ks, const kq_ocl_seg4 *vs, kq_ocl_seqtab *tab,
-                               cl_int group_e, cl_ulong out_e, cl_ulong e_e) {
-  kq_status st = KQ_OK;
-  const int k = dev->cpu ? KQ_K_ATTN_DECODE_ONE : KQ_K_ATTN_DECODE, rows_max = 8;
-  const cl_int g = op->n_heads / op->n_kv_heads;
-  /* Row blocks of every sequence of the table, one after another; the
-   * chunk length and count follow the longest context (op->n_ctx). */
-  size_t rblocks = 0;
-  for (int i = 0; i < tab->n; ++i) {
-    tab->rb0[i] = (cl_int)rblocks;
-    rblocks += ((size_t)tab->nq[i] * g + rows_max - 1) / rows_max;
-  }
-  size_t wg = wg_size(dev, k, dev->cpu ? 64 : 256);
-  /* Lanes per position: a 16-byte piece each over the key row. */
-  size_t row_bytes = 0;
-  for (int s = 0; s < ks->n; ++s)
-    row_bytes += kq_segment_row_bytes((kq_segment){ks->width[s], ks->bits[s]},
-                                      ks->f16 ? KQ_STORAGE_F16 : KQ_STORAGE_F32);
-  cl_int team = 1;
-  if (!dev->cpu)
-    while (team < 16 && (size_t)team * 2 * 16 <= row_bytes && (size_t)team * 2 <= wg) team *= 2;
-  const size_t groups = (size_t)op->n_kv_heads * rblocks, want = 4 * dev->compute_units;
-  const size_t splits = want > groups ? (want + groups - 1) / groups : 1;
-  cl_int chunk = (cl_int)(((size_t)op->n_ctx + splits - 1) / splits);
-  chunk = (chunk + 63) / 64 * 64;
-  if (chunk < 64) chunk = 64;
-  if (chunk > 512) chunk = 512;
-  const size_t rmax = (size_t)(op->rank_k > op->rank_v ? op->rank_k : op->rank_v);
-  size_t need = 0;
-  for (;;) {
-    need = (size_t)rows_max * ((size_t)chunk + rmax + wg) * sizeof(float) + 256;
-    if (need <= dev->local_mem) break;
-    if (chunk > 64)
-      chunk /= 2;
-    else if (wg > (size_t)team && wg > 16)
-      wg /= 2;
-    else
-      return local_mem_error(dev, g);
-  }
-  const cl_int n_chunks = (op->n_ctx + chunk - 1) / chunk;
-  cl_mem part_o, part_ml;
-  st = partials(dev, op, chunk, op->rank_v, &part_o, &part_ml);
-  if (st != KQ_OK) return st;
-  const float qs = op->scale * (float)M_LOG2E;
-  ARG(k, 0, qt);
-  ARG(k, 1, op->k_cache->mem);
-  st = kq_ocl_arg(dev, k, 2, sizeof *ks, ks);
-  if (st != KQ_OK) goto out;
-  ARG(k, 3, op->v_cache->mem);
-  st = kq_ocl_arg(dev, k, 4, sizeof *vs, vs);
-  if (st != KQ_OK) goto out;
-  ARG(k, 5, part_o);
-  ARG(k, 6, part_ml);
-  st = kq_ocl_arg(dev, k, 7, sizeof *tab, tab);
-  if (st != KQ_OK) goto out;
-  ARG(k, 8, op->n_heads);
-  ARG(k, 9, g);
-  ARG(k, 10, op->rank_k);
-  ARG(k, 11, op->rank_v);
-  ARG(k, 12, op->capacity);
-  ARG(k, 13, chunk);
-  ARG(k, 14, n_chunks);
-  ARG(k, 15, qs);
-  ARG(k, 16, team);
-  st = kq_ocl_arg(dev, k, 17, (size_t)rows_max * chunk * sizeof(float), NULL);
-  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 18, (size_t)rows_max * rmax * sizeof(float), NULL);
-  if (st == KQ_OK) st = kq_ocl_arg(dev, k, 19, (size_t)rows_max * wg * sizeof(float), NULL);
-  if (st == KQ_OK)
-    st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)n_chunks * wg, (size_t)op->n_kv_heads, rblocks},
-                       (size_t[3]){wg, 1, 1});
-  if (st == KQ_OK) st = reduce_up(dev, op, part_o, part_ml, n_chunks, group_e, out_e, e_e);
-out:
-  return st;
-}
-
 /* F32 copy [groups, capacity, rank] (positions below n_ctx filled) of one
  * side's latent cache (segmented, or plain in `storage`) in scratch `sid`,
  * one kq_seg_widen per segment. */
@@ -684,7 +417,7 @@ static kq_status widen_side(kq_bdevice *dev, const kq_buffer *cache, size_t cach
   kq_segment plain = {rank, KQ_SEG_FLOAT};
   if (kq_segments_plain(n_seg, segs)) n_seg = 1, segs = &plain;
   /* Sized for the whole capacity, so that decode steps never regrow it. */
-  kq_status st = kq_ocl_scratch(dev, sid, prod4(groups, capacity, rank, 4), out);
+  kq_status st = kq_ocl_scratch(dev, sid, kq_ocl_prod4(groups, capacity, rank, 4), out);
   if (st != KQ_OK) return st;
   const int k = KQ_K_SEG_WIDEN;
   const cl_int f16 = storage == KQ_STORAGE_F16, p0 = 0;
@@ -695,18 +428,11 @@ static kq_status widen_side(kq_bdevice *dev, const kq_buffer *cache, size_t cach
                       NULL);
     const cl_ulong data_off = cache_offset + data, scale_off = cache_offset + scale;
     const cl_int width = segs[s].width, bits = segs[s].bits;
-    ARG(k, 0, cache->mem);
-    ARG(k, 1, data_off);
-    ARG(k, 2, scale_off);
-    ARG(k, 3, width);
-    ARG(k, 4, bits);
-    ARG(k, 5, f16);
-    ARG(k, 6, capacity);
-    ARG(k, 7, p0);
-    ARG(k, 8, *out);
-    ARG(k, 9, capacity);
-    ARG(k, 10, rank);
-    ARG(k, 11, col);
+    st = KQ_OCL_ARGS(dev, k, KQ_OCL_VAL(cache->mem), KQ_OCL_VAL(data_off), KQ_OCL_VAL(scale_off),
+                     KQ_OCL_VAL(width), KQ_OCL_VAL(bits), KQ_OCL_VAL(f16), KQ_OCL_VAL(capacity),
+                     KQ_OCL_VAL(p0), KQ_OCL_VAL(*out), KQ_OCL_VAL(capacity), KQ_OCL_VAL(rank),
+                     KQ_OCL_VAL(col));
+    if (st != KQ_OK) goto out;
     st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)width, (size_t)n_ctx, (size_t)groups}, NULL);
     if (st != KQ_OK) break;
     col += width;
@@ -722,37 +448,20 @@ static kq_status launch_up(kq_bdevice *dev, cl_mem latent, cl_ulong l_e, cl_mem 
   kq_status st = KQ_OK;
   const cl_int g = n_heads / n_kv_heads;
   const int k = KQ_K_UP;
-  ARG(k, 0, latent);
-  ARG(k, 1, l_e);
-  ARG(k, 2, emem);
-  ARG(k, 3, e_e);
-  ARG(k, 4, out_mem);
-  ARG(k, 5, o_e);
-  ARG(k, 6, n_heads);
-  ARG(k, 7, g);
-  ARG(k, 8, head_dim);
-  ARG(k, 9, rank_v);
-  ARG(k, 10, identity);
+  st = KQ_OCL_ARGS(dev, k, KQ_OCL_VAL(latent), KQ_OCL_VAL(l_e), KQ_OCL_VAL(emem), KQ_OCL_VAL(e_e),
+                   KQ_OCL_VAL(out_mem), KQ_OCL_VAL(o_e), KQ_OCL_VAL(n_heads), KQ_OCL_VAL(g),
+                   KQ_OCL_VAL(head_dim), KQ_OCL_VAL(rank_v), KQ_OCL_VAL(identity));
+  if (st != KQ_OK) goto out;
   const size_t hblocks = (size_t)n_kv_heads * (((size_t)g + 3) / 4);
   st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)head_dim, hblocks, (size_t)n_q}, NULL);
 out:
   return st;
 }
 
-/* Whether attend_one serves `op` (one sequence) with kq_attn_decode: no
- * pre-RoPE, at most KQ_OCL_SEG4 segments a side, and in place (see there). */
-static int takes_decode(const kq_bdevice *dev, const kq_attend_op *op) {
-  const int kplain = kq_segments_plain(op->n_key_segments, op->key_segments);
-  const int vplain = kq_segments_plain(op->n_value_segments, op->value_segments);
-  const int small_m = op->n_queries < KQ_OCL_GEMM_MIN_QUERIES, f32 = op->storage == KQ_STORAGE_F32;
-  const int in_place = !kplain || !vplain || (!dev->cpu && (small_m || !f32));
-  const int nk = kplain ? 1 : op->n_key_segments, nv = vplain ? 1 : op->n_value_segments;
-  return op->rope != KQ_ROPE_PRE && in_place && nk <= KQ_OCL_SEG4 && nv <= KQ_OCL_SEG4;
-}
-
 /* One sequence (tab NULL), or the sequences of `tab` (rows consecutive from
  * op's q and out offsets, regions in tab, op's cache offsets without them;
- * only when takes_decode holds for each) in one qproj / decode / reduce. */
+ * at most KQ_OCL_SEG4 segments a side) in one launch per step: qproj, then
+ * decode + reduce_up, or with pre-RoPE qrot + chunk + reduce (+ up). */
 static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op, kq_ocl_seqtab *tab) {
   /* The core checked the op (kqsvd_backend.h, "What a backend may trust"):
    * offsets are whole elements inside their buffers. */
@@ -783,45 +492,41 @@ static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op, kq_ocl_seqt
   kq_buffer kwide, vwide, latent;
   pthread_mutex_lock(&dev->lock);
   cl_mem qt, qh;
-  st = kq_ocl_scratch(dev, KQ_S_QPREP, prod4(m, H, rk, 4), &qt);
+  st = kq_ocl_scratch(dev, KQ_S_QPREP, kq_ocl_prod4(m, H, rk, 4), &qt);
   if (st != KQ_OK) goto out;
   {
     const int k = KQ_K_QPROJ;
     cl_mem bmem = ident ? op->q->mem : op->query_down->mem;
     const cl_int id = ident;
-    ARG(k, 0, op->q->mem);
-    ARG(k, 1, q_e);
-    ARG(k, 2, bmem);
-    ARG(k, 3, b_e);
-    ARG(k, 4, qt);
-    ARG(k, 5, H);
-    ARG(k, 6, g);
-    ARG(k, 7, d);
-    ARG(k, 8, rk);
-    ARG(k, 9, id);
+    st = KQ_OCL_ARGS(dev, k, KQ_OCL_VAL(op->q->mem), KQ_OCL_VAL(q_e), KQ_OCL_VAL(bmem),
+                     KQ_OCL_VAL(b_e), KQ_OCL_VAL(qt), KQ_OCL_VAL(H), KQ_OCL_VAL(g), KQ_OCL_VAL(d),
+                     KQ_OCL_VAL(rk), KQ_OCL_VAL(id));
+    if (st != KQ_OK) goto out;
     const size_t hblocks = (size_t)op->n_kv_heads * (((size_t)g + 3) / 4);
     st = kq_ocl_launch(dev, k, (size_t[3]){((size_t)rk + 7) / 8, hblocks, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
   }
-  /* kq_attn_decode reads every storage in place (no F32 copy of a cache).
-   * Without pre-RoPE it serves: segmented caches at any m on every device;
-   * plain caches at decode and small m on GPUs; F16 prefill on GPUs (F32
-   * prefill reads the cache in place through CLBlast). CPU devices keep
-   * kq_attn_split for plain decode and CLBlast on a widened copy for F16
-   * prefill: both measured faster on PoCL. */
+  /* No path copies a cache of at most KQ_OCL_SEG4 segments a side to F32:
+   * kq_attn_decode reads every storage in place; without pre-RoPE it
+   * serves segmented caches at any m on every device, plain caches at
+   * decode and small m on GPUs, and F16 prefill on GPUs. F32 prefill reads
+   * the cache in place through CLBlast; CPU devices keep kq_attn_split
+   * (in place, F32 or F16) for plain decode and F16 prefill. Pre-RoPE:
+   * kq_attn_chunk (_seg for segmented caches). Only a side of more than
+   * KQ_OCL_SEG4 segments is widened to F32 (widen_side). */
   kq_ocl_seg4 ks4, vs4;
-  const int decode = (tab || takes_decode(dev, op)) &&
-                     seg4_of(op->n_key_segments, op->key_segments, rk, op->storage, (size_t)groups,
-                             (size_t)op->capacity, op->k_cache_offset, &ks4) &&
-                     seg4_of(op->n_value_segments, op->value_segments, op->rank_v, op->storage,
-                             (size_t)groups, (size_t)op->capacity, op->v_cache_offset, &vs4);
-  if (decode) {
+  const int seg4 = kq_ocl_seg4_of(op->n_key_segments, op->key_segments, rk, op->storage,
+                                  (size_t)groups, (size_t)op->capacity, op->k_cache_offset, &ks4) &&
+                   kq_ocl_seg4_of(op->n_value_segments, op->value_segments, op->rank_v, op->storage,
+                                  (size_t)groups, (size_t)op->capacity, op->v_cache_offset, &vs4);
+  kq_ocl_seqtab one = {.nq = {m}, .nctx = {op->n_ctx}, .n = 1};
+  if (!tab) tab = &one;
+  if (seg4 && !pre && (tab != &one || kq_ocl_takes_decode(dev, op))) {
     if (joint) w.n_kv_heads = 1;
-    kq_ocl_seqtab one = {.nq = {m}, .nctx = {op->n_ctx}, .n = 1};
-    st = attend_decode(dev, &w, qt, &ks4, &vs4, tab ? tab : &one, g, out_e, e_e);
+    st = kq_ocl_attend_decode(dev, &w, qt, &ks4, &vs4, tab, g, out_e, e_e);
     goto out;
   }
-  if (!kplain || !vplain) {
+  if ((!kplain || !vplain) && !seg4) {
     st = widen_side(dev, op->k_cache, op->k_cache_offset, op->n_key_segments, op->key_segments, rk,
                     op->storage, groups, op->capacity, op->n_ctx, KQ_S_KWIDE, &kwide.mem);
     if (st == KQ_OK)
@@ -829,8 +534,8 @@ static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op, kq_ocl_seqt
                       op->value_segments, op->rank_v, op->storage, groups, op->capacity, op->n_ctx,
                       KQ_S_VWIDE, &vwide.mem);
     if (st != KQ_OK) goto out;
-    kwide.bytes = prod4(groups, op->capacity, rk, 4);
-    vwide.bytes = prod4(groups, op->capacity, op->rank_v, 4);
+    kwide.bytes = kq_ocl_prod4(groups, op->capacity, rk, 4);
+    vwide.bytes = kq_ocl_prod4(groups, op->capacity, op->rank_v, 4);
     w.k_cache = &kwide;
     w.v_cache = &vwide;
     w.k_cache_offset = w.v_cache_offset = 0;
@@ -839,38 +544,31 @@ static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op, kq_ocl_seqt
   }
   if (joint) w.n_kv_heads = 1;
   if (op->value_up) {
-    st = kq_ocl_scratch(dev, KQ_S_LATENT, prod4(m, H, op->rank_v, 4), &latent.mem);
+    st = kq_ocl_scratch(dev, KQ_S_LATENT, kq_ocl_prod4(m, H, op->rank_v, 4), &latent.mem);
     if (st != KQ_OK) goto out;
-    latent.bytes = prod4(m, H, op->rank_v, 4);
+    latent.bytes = kq_ocl_prod4(m, H, op->rank_v, 4);
     w.out = &latent;
     w.out_offset = 0;
   }
   const cl_ulong wout_e = op->value_up ? 0 : out_e;
   if (pre) {
     cl_mem rope;
-    st = kq_ocl_scratch(dev, KQ_S_QROT, prod4(m, H, d, 4), &qh);
+    st = kq_ocl_scratch(dev, KQ_S_QROT, kq_ocl_prod4(m, H, d, 4), &qh);
     if (st == KQ_OK) st = rope_table(dev, theta, d, op->capacity, &rope);
     if (st != KQ_OK) goto out;
     const int k = KQ_K_QROT;
     cl_mem amem = ident ? qt : op->key_down->mem;
     const cl_int id = ident;
-    ARG(k, 0, qt);
-    ARG(k, 1, amem);
-    ARG(k, 2, a_e);
-    ARG(k, 3, qh);
-    ARG(k, 4, m);
-    ARG(k, 5, op->n_ctx);
-    ARG(k, 6, H);
-    ARG(k, 7, g);
-    ARG(k, 8, d);
-    ARG(k, 9, rk);
-    ARG(k, 10, id);
-    ARG(k, 11, halves);
-    ARG(k, 12, rope);
+    st = KQ_OCL_ARGS(dev, k, KQ_OCL_VAL(qt), KQ_OCL_VAL(amem), KQ_OCL_VAL(a_e), KQ_OCL_VAL(qh),
+                     KQ_OCL_VAL(*tab), KQ_OCL_VAL(H), KQ_OCL_VAL(g), KQ_OCL_VAL(d), KQ_OCL_VAL(rk),
+                     KQ_OCL_VAL(id), KQ_OCL_VAL(halves), KQ_OCL_VAL(rope));
+    if (st != KQ_OK) goto out;
     st = kq_ocl_launch(dev, k, (size_t[3]){(size_t)d / 2, (size_t)H, (size_t)m}, NULL);
     if (st != KQ_OK) goto out;
-    st = attend_fused(dev, &w, qh, rope, d, k_e, v_e, b_e, wout_e);
-  } else if (m >= KQ_OCL_GEMM_MIN_QUERIES) {
+    const int in_place = seg4 && (!kplain || !vplain);
+    st = attend_fused(dev, &w, qh, rope, d, in_place ? &ks4 : NULL, in_place ? &vs4 : NULL, tab,
+                      k_e, v_e, b_e, wout_e);
+  } else if (m >= KQ_OCL_GEMM_MIN_QUERIES && w.storage == KQ_STORAGE_F32) {
     st = attend_gemm(dev, &w, qt, k_e, v_e, wout_e);
   } else {
     st = attend_split(dev, &w, qt, k_e, v_e, wout_e);
@@ -884,28 +582,30 @@ out:
   return st;
 }
 
-/* A sequence table is enqueued sequence by sequence (in order, no wait). */
+/* KQ_OCL_SEQS sequences of a table per projection + store (in order, no
+ * wait); one clFlush for the op. */
 kq_status kq_ocl_project(kq_bdevice *dev, const kq_project_op *op) {
   kq_status st = KQ_OK;
-  for (int32_t i = 0; i < op->n_seqs && st == KQ_OK; ++i) {
-    const kq_project_op one = kq_project_op_seq(op, i);
-    st = project_one(dev, &one);
-  }
+  pthread_mutex_lock(&dev->lock);
+  for (int32_t i0 = 0; i0 < op->n_seqs && st == KQ_OK; i0 += KQ_OCL_SEQS)
+    st = project_seqs(dev, op, i0, op->n_seqs - i0 < KQ_OCL_SEQS ? op->n_seqs - i0 : KQ_OCL_SEQS);
+  if (st == KQ_OK) st = kq_ocl_flush(dev);
+  pthread_mutex_unlock(&dev->lock);
   return st;
 }
 
-/* A sequence table whose every sequence takes kq_attn_decode is enqueued
- * KQ_OCL_SEQS sequences per launch triple (qproj, decode, reduce_up: the
- * grid covers the sequences); any other, sequence by sequence (in order, no
- * wait). */
+/* A sequence table (rows consecutive, at most KQ_OCL_SEG4 segments a side)
+ * is enqueued KQ_OCL_SEQS sequences per launch of each step (the grid
+ * covers the sequences: kq_attn_decode, or with pre-RoPE kq_qrot +
+ * kq_attn_chunk_*); any other, sequence by sequence (in order, no wait). */
 kq_status kq_ocl_attend(kq_bdevice *dev, const kq_attend_op *op) {
   kq_status st = KQ_OK;
-  int batch = op->seqs != NULL;
-  for (int32_t i = 0; i < op->n_seqs && batch; ++i) {
-    const kq_attend_op one = kq_attend_op_seq(op, i);
-    batch = takes_decode(dev, &one) &&
-            (i == 0 || op->seqs[i].row == op->seqs[i - 1].row + op->seqs[i - 1].n_rows);
-  }
+  const int nk = kq_segments_plain(op->n_key_segments, op->key_segments) ? 1 : op->n_key_segments;
+  const int nv =
+      kq_segments_plain(op->n_value_segments, op->value_segments) ? 1 : op->n_value_segments;
+  int batch = op->seqs != NULL && nk <= KQ_OCL_SEG4 && nv <= KQ_OCL_SEG4;
+  for (int32_t i = 1; i < op->n_seqs && batch; ++i)
+    batch = op->seqs[i].row == op->seqs[i - 1].row + op->seqs[i - 1].n_rows;
   if (!batch) {
     for (int32_t i = 0; i < op->n_seqs && st == KQ_OK; ++i) {
       const kq_attend_op one = kq_attend_op_seq(op, i);

@@ -55,12 +55,16 @@ __kernel void kq_qproj(__global const float *q, ulong q_off, __global const floa
   for (int u = 0; u < nh; ++u) kq_store8f(acc[u], t0 + (size_t)u * rank, nc);
 }
 
-/* Pre-RoPE query: qh[j, h, :] = rot(t[j, h, :] Aᵀ, n_ctx - n_q + j), one rotary
- * pair per work-item; identity: A = I. global size (head_dim / 2, H, n_q). */
+/* Pre-RoPE query: qh[j, h, :] = rot(t[j, h, :] Aᵀ, position of row j), one
+ * rotary pair per work-item; identity: A = I. Row j of sequence i of tab
+ * sits at nctx_i - nq_i + j - row0_i. global size (head_dim / 2, H, rows). */
 __kernel void kq_qrot(__global const float *t, __global const float *amat, ulong a_off,
-                      __global float *qh, int n_q, int n_ctx, int n_heads, int group, int head_dim,
+                      __global float *qh, kq_seqtab tab, int n_heads, int group, int head_dim,
                       int rank, int identity, int halves, __global const float2 *rope) {
   const int pr = get_global_id(0), h = get_global_id(1), j = get_global_id(2);
+  int si = 0;
+  while (si + 1 < tab.n && j >= tab.row0[si + 1]) ++si;
+  const int pos = tab.nctx[si] - tab.nq[si] + j - tab.row0[si];
   const int2 ab = kq_rope_pair(pr, head_dim, halves);
   __global const float *tr = t + ((size_t)j * n_heads + h) * rank;
   float xa, xb;
@@ -76,7 +80,7 @@ __kernel void kq_qrot(__global const float *t, __global const float *amat, ulong
       xb += tr[c] * ah[(size_t)ab.y * rank + c];
     }
   }
-  const float2 csn = kq_rope_cs(rope, head_dim / 2, n_ctx - n_q + j, pr);
+  const float2 csn = kq_rope_cs(rope, head_dim / 2, pos, pr);
   const float cs = csn.x, sn = csn.y;
   __global float *o = qh + ((size_t)j * n_heads + h) * head_dim;
   o[ab.x] = xa * cs - xb * sn;

@@ -40,22 +40,7 @@ typedef struct kq_seg4 {
   int pad1;
 } kq_seg4;
 
-/* The sequences of one kq_attn_decode launch (ocl_ops.c kq_ocl_seqtab):
- * sequence i owns the row blocks from rb0[i] (to rb0[i + 1]), its queries
- * are rows row0[i] .. row0[i] + nq[i] - 1 of qp, part_o, part_ml (and of
- * the output), its context n_ctx[i] positions, its latents kreg[i] / vreg[i]
- * bytes past the segment planes' offsets. */
-#define KQ_SEQS 16
-typedef struct kq_seqtab {
-  ulong kreg[KQ_SEQS];
-  ulong vreg[KQ_SEQS];
-  int rb0[KQ_SEQS];
-  int row0[KQ_SEQS];
-  int nq[KQ_SEQS];
-  int nctx[KQ_SEQS];
-  int n;
-  int pad0;
-} kq_seqtab;
+/* kq_seqtab (the sequences of one launch) is in kq_prelude.cl. */
 
 /* Elements per 16-byte piece of a segment row. */
 inline int kq_piece_elems(int bits, int f16) {
@@ -152,6 +137,29 @@ inline float4 kq_value4(__global const uchar *base, const kq_seg4 *sg, int s, si
                  n > 2 ? kq_seg_raw(base, sg, s, slot, e + 2) : 0.0f, 0.0f);
   }
   return x * kq_seg_scale(base, sg, s, slot);
+}
+
+/* Element i (latent column) of row `slot` of the side sg, scaled: the
+ * reads of kq_attn_chunk_seg. */
+inline int kq_seg4_find(const kq_seg4 *sg, int i) {
+  int s = 0;
+  while (s + 1 < sg->n && i >= sg->col[s + 1]) ++s;
+  return s;
+}
+inline float kq_seg4_elem(__global const uchar *base, const kq_seg4 *sg, size_t slot, int i) {
+  const int s = kq_seg4_find(sg, i);
+  return kq_seg_raw(base, sg, s, slot, i - sg->col[s]) * kq_seg_scale(base, sg, s, slot);
+}
+
+/* Elements i .. i + 3 of row `slot`: one vector load and one scale when
+ * they lie in one segment (a q4 run starting on a whole byte), else one by
+ * one (they span two segments). */
+inline float4 kq_seg4_elem4(__global const uchar *base, const kq_seg4 *sg, size_t slot, int i) {
+  const int s = kq_seg4_find(sg, i), e = i - sg->col[s];
+  if (e + 4 <= sg->width[s] && (sg->bits[s] != 4 || (e & 1) == 0))
+    return kq_value4(base, sg, s, slot, e, 4);
+  return (float4)(kq_seg4_elem(base, sg, slot, i), kq_seg4_elem(base, sg, slot, i + 1),
+                  kq_seg4_elem(base, sg, slot, i + 2), kq_seg4_elem(base, sg, slot, i + 3));
 }
 
 /* Merges the chunks of kq_attn_decode (or kq_attn_split / kq_attn_chunk)

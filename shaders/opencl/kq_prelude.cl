@@ -45,3 +45,39 @@ inline float kq_poisoned(float x) {
 inline float4 kq_poisoned4(float4 x) {
   return select(x, (float4)(KQ_POISON), (as_uint4(x) & 0x7f800000u) == 0x7f800000u);
 }
+
+/* The sequences of one attend launch (ocl_ops.h kq_ocl_seqtab): sequence i
+ * owns the row blocks from rb0[i] (to rb0[i + 1]), its queries are rows
+ * row0[i] .. row0[i] + nq[i] - 1 of the prepared queries, the partials and
+ * the output, its context nctx[i] positions, its latents kreg[i] / vreg[i]
+ * past the caches' offsets (bytes, or elements where a kernel says so). */
+#define KQ_SEQS 16
+typedef struct kq_seqtab {
+  ulong kreg[KQ_SEQS];
+  ulong vreg[KQ_SEQS];
+  int rb0[KQ_SEQS];
+  int row0[KQ_SEQS];
+  int nq[KQ_SEQS];
+  int nctx[KQ_SEQS];
+  int n;
+  int pad0;
+} kq_seqtab;
+
+/* The sequences of one project launch (ocl_ops.h kq_ocl_ptab): sequence i's
+ * tokens are rows row0[i] .. row0[i + 1] - 1 (the last up to the grid's
+ * end), stored from position pos[i] of the region reg[i] past the
+ * destination's offset (bytes, or elements where a kernel says so). */
+typedef struct kq_ptab {
+  ulong reg[KQ_SEQS];
+  int row0[KQ_SEQS];
+  int pos[KQ_SEQS];
+  int n;
+  int pad0;
+} kq_ptab;
+
+/* Sequence index of row t of a project launch. */
+inline int kq_ptab_seq(const kq_ptab *tab, int t) {
+  int si = 0;
+  while (si + 1 < tab->n && t >= tab->row0[si + 1]) ++si;
+  return si;
+}

@@ -28,8 +28,9 @@ inline float kq_div_rn(float x, float y) {
 #endif
 
 /* Row t of group h (global id (t, h)) of the F32 latent rows
- * src[src_off + h·head_stride + t·row_stride + col .. + width) goes to slot
- * h·capacity + pos + t of one segment:
+ * src[src_off + h·head_stride + t·row_stride + col .. + width), of sequence
+ * i of tab (region in bytes), goes to slot h·capacity + pos_i + t - row0_i
+ * of one segment:
  *   bits 0 (float): data plane [.., width] in F32 or F16 (round to nearest
  *                   even);
  *   bits 8 / 4:     s = max|x| / qmax rounded to F16 (scale plane),
@@ -41,10 +42,12 @@ inline float kq_div_rn(float x, float y) {
 __kernel void kq_seg_store(__global const float *src, ulong src_off, int row_stride,
                            int head_stride, int col, int width, int bits, int f16,
                            __global uchar *base, ulong data_off, ulong scale_off, int capacity,
-                           int pos) {
+                           kq_ptab tab) {
   const int t = get_global_id(0), h = get_global_id(1);
+  const int si = kq_ptab_seq(&tab, t);
   __global const float *x = src + src_off + (size_t)h * head_stride + (size_t)t * row_stride + col;
-  const size_t slot = (size_t)h * capacity + pos + t;
+  const size_t slot = (size_t)h * capacity + tab.pos[si] + t - tab.row0[si];
+  base += tab.reg[si];
   if (bits == 0) {
     if (f16) {
       __global half *d = (__global half *)(base + data_off) + slot * width;
