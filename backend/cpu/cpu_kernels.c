@@ -539,12 +539,12 @@ static void quant_init(void) {
   g_quant_int16 = 0;
   /* int8 logits unless another path is asked for (its sums are exact
    * integers: F32-level results, conformance unchanged) */
-  int logits_only = mode && strcmp(mode, "int8-logits") == 0;
+  int with_pv = mode && strcmp(mode, "int8-pv") == 0;
   g_quant_int8 =
-      k->logits_planes_i8 != NULL && !(mode && *mode && strcmp(mode, "int8") != 0 && !logits_only);
-  /* int8 P·V with them (weights rounded to 16 bits: 2^-17 of a row's
-   * largest weight per tile, below the int8 query's 2^-16) */
-  g_quant_int8_pv = g_quant_int8 && k->pv_plane_i8 != NULL && !logits_only;
+      k->logits_planes_i8 != NULL && !(mode && *mode && strcmp(mode, "int8") != 0 && !with_pv);
+  /* int8 P·V with them, opt-in: exact to 2^-17 of a row's largest weight
+   * per tile, but no faster than the F32 kernel on Zen 4 (cpu_kernels.h) */
+  g_quant_int8_pv = g_quant_int8 && k->pv_plane_i8 != NULL && with_pv;
   if (have && mode && strcmp(mode, "int16") == 0) {
     g_quant_int16 = 1;
   } else if (have && mode && strcmp(mode, "auto") == 0) {

@@ -242,16 +242,18 @@ int kq_cpu_quant_int16(void);
 /* 1 when quantized key segments of decode tasks go through
  * logits_planes_i8: the default on a set that has it (when the F16 timing
  * keeps the AVX2 set on a VNNI CPU, with VNNI's kernel: same integer sums).
- * KQSVD_CPU_QUANT=int8 (or int8-logits) asks for it, =f32 keeps the F32 kernels, =int16 and
- * =auto (int16 against f32, as above) turn it off. Decided once per
+ * KQSVD_CPU_QUANT=int8 (or int8-pv) asks for it, =f32 keeps the F32
+ * kernels, =int16 and =auto (int16 against f32, as above) turn it off. Decided once per
  * process; thread-safe. */
 int kq_cpu_quant_int8(void);
 
 /* 1 when quantized value segments of decode tasks (<= KQ_CPU_PV_I8_ROWS
- * rows) go through pv_plane_i8: with the int8 logits wherever the set has
- * it (VNNI). KQSVD_CPU_QUANT=int8-logits keeps the int8 logits with F32
- * P·V; whatever turns the int8 logits off turns this off. Decided once per
- * process; thread-safe. */
+ * rows) go through pv_plane_i8 (with the int8 logits): opt-in,
+ * KQSVD_CPU_QUANT=int8-pv, on a set that has it (VNNI). Not the default:
+ * on Zen 4 its weight rounding and value transposes cost what the
+ * vpdpbusd save (bench_kernels: 8.0 ns per position against 7.5 for the
+ * F32 kernel with its weight x scale pass, Llama recipe; 5.3 against
+ * 4.4, SmolLM2). Decided once per process; thread-safe. */
 int kq_cpu_quant_int8_pv(void);
 
 /* The code path in words for reports, e.g. "avx2+fma+f16c+avx512vl+vnni,

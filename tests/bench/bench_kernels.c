@@ -146,7 +146,8 @@ int main(int argc, char **argv) {
           for (int g = 0; g < nv; g++) { /* with the weight x value scale pass it needs */
             const float *w = p;
             if (vp[g].scale) {
-              for (int j = 0; j < rows * NT; j++) pw[j] = p[j] * vp[g].scale[j % NT];
+              for (int r = 0; r < rows; r++) /* as cpu_attend.c's pv_planes */
+                for (int t = 0; t < NT; t++) pw[r * NT + t] = p[r * NT + t] * vp[g].scale[t];
               w = pw;
             }
             k->pv_plane(vp[g].bits, vp[g].f16, w, rows, NT, vp[g].data, vp[g].stride, NT,
