@@ -46,6 +46,8 @@
  * converted once, in registers); larger tasks (prefill, JOINT) widen each
  * tile once into memory and share it by all their row blocks. */
 #define KQ_PLANE_ROWS 4
+_Static_assert(KQ_CPU_PV_I8_SCRATCH <= KQ_MAX_ROWS * KQ_TILE * sizeof(float),
+               "pv_plane_i8's scratch fits in ptmp");
 
 static int pad_to(int n) {
   return (n + KQ_CPU_PAD - 1) / KQ_CPU_PAD * KQ_CPU_PAD;
@@ -109,6 +111,7 @@ typedef struct attend_ctx {
                   tasks share widened tiles: 8 blocks of 4 rows transposing the same keys measured
                   1.3x slower on the joint layout) */
   size_t ldqd; /* ki8: bytes of one row's query digits */
+  int vi8;     /* quantized value planes of tasks of <= KQ_PLANE_ROWS rows read by pv_plane_i8 */
   int kq16[KQ_MAX_SEGMENTS]; /* qint: first int16 query column of each key segment */
   int ldq16;                 /* qint: int16 query row length */
   int max_rows;              /* query rows per task: KQ_MAX_ROWS, or KQ_PRE_ROWS with PRE rope */
@@ -189,7 +192,8 @@ typedef struct task_scratch {
   float *at;            /* [rank_k][head_dim]: Aᵀ (PRE, non-identity) */
   float *kscale;        /* [n key segments][KQ_TILE]: a tile's key scales */
   float *vscale;        /* [n value segments][KQ_TILE] */
-  float *ptmp;          /* [max_rows][KQ_TILE]: softmax weights times a value scale */
+  float *ptmp;          /* [max_rows][KQ_TILE]: softmax weights times a value scale, or
+                           pv_plane_i8's scratch (KQ_CPU_PV_I8_SCRATCH bytes, fewer) */
   int next_p;           /* PRE: position whose angles rot holds (-1: none) */
   float *bad;           /* [max_rows]: non-zero once a row met a non-finite logit */
   int16_t *q16;         /* [max_rows][ldq16]: int16 queries of the quantized key segments */
@@ -424,6 +428,12 @@ static void pv_planes(const attend_ctx *c, task_scratch *ts, int h, int p, int n
     if (sp->scale) {
       float *sc = ts->vscale + (size_t)g * KQ_TILE;
       c->kern->f16_to_f32(sp->scale + slot, sc, nt);
+      if (c->vi8 && rows <= KQ_CPU_PV_I8_ROWS) {
+        c->kern->pv_plane_i8(sp->bits, ts->s, rows, KQ_TILE, sp->data + slot * sp->row_bytes,
+                             sp->row_bytes, nt, sp->width, sc, ts->acc + sp->poff, c->rvp,
+                             (unsigned char *)ts->ptmp);
+        continue;
+      }
       for (int r = 0; r < rows; r++)
         for (int t = 0; t < nt; t++)
           ts->ptmp[(size_t)r * KQ_TILE + t] = ts->s[(size_t)r * KQ_TILE + t] * sc[t];
@@ -718,6 +728,7 @@ static kq_status attend_setup(const kq_attend_op *op, int64_t batch_base, attend
     key_planes(&c, pl);
     c.ldqd = kq_cpu_query_i8_bytes(pl, c.kl.n);
   }
+  c.vi8 = c.vplane && !c.qint && c.kern->pv_plane_i8 && kq_cpu_quant_int8_pv();
   int f16 = op->storage == KQ_STORAGE_F16;
   c.direct_k = f16 && c.kern->logits_f16 && op->rope != KQ_ROPE_PRE &&
                op->rank_k % KQ_CPU_PAD == 0 && !c.kl.n;

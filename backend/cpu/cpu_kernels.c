@@ -458,6 +458,7 @@ static const kq_cpu_kernels *faster_set(const kq_cpu_kernels *wide) {
        * integer sums: the same results as the AVX2 form, fewer instructions) */
       g_mixed = avx2_kernels;
       g_mixed.logits_planes_i8 = wide->logits_planes_i8;
+      g_mixed.pv_plane_i8 = wide->pv_plane_i8;
       pick = &g_mixed;
     }
     /* speed of the AVX-512 set relative to the AVX2 one */
@@ -494,7 +495,7 @@ const kq_cpu_kernels *kq_cpu_kernels_get(void) {
 /* Quantized path: int16 or F32 kernels, by measurement                    */
 /* ---------------------------------------------------------------------- */
 
-static int g_quant_int16, g_quant_int8;
+static int g_quant_int16, g_quant_int8, g_quant_int8_pv;
 static char g_code_path[256];
 static pthread_once_t g_quant_once = PTHREAD_ONCE_INIT;
 
@@ -538,7 +539,12 @@ static void quant_init(void) {
   g_quant_int16 = 0;
   /* int8 logits unless another path is asked for (its sums are exact
    * integers: F32-level results, conformance unchanged) */
-  g_quant_int8 = k->logits_planes_i8 != NULL && !(mode && *mode && strcmp(mode, "int8") != 0);
+  int with_pv = mode && strcmp(mode, "int8-pv") == 0;
+  g_quant_int8 =
+      k->logits_planes_i8 != NULL && !(mode && *mode && strcmp(mode, "int8") != 0 && !with_pv);
+  /* int8 P·V with them, opt-in: exact to 2^-17 of a row's largest weight
+   * per tile, but no faster than the F32 kernel on Zen 4 (cpu_kernels.h) */
+  g_quant_int8_pv = g_quant_int8 && k->pv_plane_i8 != NULL && with_pv;
   if (have && mode && strcmp(mode, "int16") == 0) {
     g_quant_int16 = 1;
   } else if (have && mode && strcmp(mode, "auto") == 0) {
@@ -565,7 +571,10 @@ static void quant_init(void) {
     }
     free(kq8), free(kq4), free(q), free(p), free(acc), free(q16), free(wtmp);
   }
-  const char *path = g_quant_int16 ? "int16" : g_quant_int8 ? "int8 logits" : "f32";
+  const char *path = g_quant_int16     ? "int16"
+                     : g_quant_int8_pv ? "int8 logits and P.V"
+                     : g_quant_int8    ? "int8 logits"
+                                       : "f32";
   if (isfinite(ratio))
     snprintf(g_code_path, sizeof g_code_path, "%s%s, quantized %s (int16 timed %.2fx f32)", k->isa,
              g_isa_note, path, ratio);
@@ -576,6 +585,11 @@ static void quant_init(void) {
 int kq_cpu_quant_int8(void) {
   pthread_once(&g_quant_once, quant_init);
   return g_quant_int8;
+}
+
+int kq_cpu_quant_int8_pv(void) {
+  pthread_once(&g_quant_once, quant_init);
+  return g_quant_int8_pv;
 }
 
 int kq_cpu_quant_int16(void) {

@@ -150,7 +150,28 @@ typedef struct kq_cpu_kernels {
   void (*logits_planes_i8)(const kq_cpu_plane *pl, int npl, const float *q, int ldq,
                            const unsigned char *qd, size_t ldqd, int rows, int nt, float *s,
                            int lds);
+  /* acc[i * lda + c] += Σ_t p[i * lds + t] · scale[t] · v_t[c], c < w, for
+   * one quantized value segment (bits KQ_SEG_Q8 or KQ_SEG_Q4, w even for
+   * q4) read in place (rows every `stride` bytes at v; v_t the stored
+   * integers, q4 as u - 8), i < rows <= KQ_CPU_PV_I8_ROWS, nt <= 64, with
+   * int8 dot products (vpdpbusd): each row's weights p · scale rounded to
+   * 16 bits per call (x = round(w · 65535 / max_t w), error <= 2^-17 of
+   * the row's largest weight) in two unsigned digits, the values signed, the
+   * exact int32 sum times one F32 step per row. A non-finite weight makes
+   * the row's sums NaN. Columns [w, pad to 8) of acc are written with
+   * finite values. tmp holds KQ_CPU_PV_I8_SCRATCH bytes. NULL without
+   * VNNI (vpmaddubsw's int16 pair sums would saturate on q8 values). */
+  void (*pv_plane_i8)(int bits, const float *p, int rows, int lds, const unsigned char *v,
+                      size_t stride, int nt, int w, const float *scale, float *acc, int lda,
+                      unsigned char *tmp);
 } kq_cpu_kernels;
+
+/* Rows and columns pv_plane_i8 handles at once (more columns are done in
+ * pieces), and its scratch: the rows' weight digits, then the value bytes
+ * of a 64-position tile transposed (one column of 4 positions a dword). */
+#define KQ_CPU_PV_I8_ROWS 4
+#define KQ_CPU_PV_I8_COLS 64
+#define KQ_CPU_PV_I8_SCRATCH (KQ_CPU_PV_I8_ROWS * 128 + 16 * KQ_CPU_PV_I8_COLS * 4)
 
 /* Int8 digits per query element for logits_planes_i8, and their base: x ≈
  * s (a0 + a1 / 254) with s = max |x| / 127 per row and segment, both
@@ -221,10 +242,19 @@ int kq_cpu_quant_int16(void);
 /* 1 when quantized key segments of decode tasks go through
  * logits_planes_i8: the default on a set that has it (when the F16 timing
  * keeps the AVX2 set on a VNNI CPU, with VNNI's kernel: same integer sums).
- * KQSVD_CPU_QUANT=int8 asks for it, =f32 keeps the F32 kernels, =int16 and
- * =auto (int16 against f32, as above) turn it off. Decided once per
+ * KQSVD_CPU_QUANT=int8 (or int8-pv) asks for it, =f32 keeps the F32
+ * kernels, =int16 and =auto (int16 against f32, as above) turn it off. Decided once per
  * process; thread-safe. */
 int kq_cpu_quant_int8(void);
+
+/* 1 when quantized value segments of decode tasks (<= KQ_CPU_PV_I8_ROWS
+ * rows) go through pv_plane_i8 (with the int8 logits): opt-in,
+ * KQSVD_CPU_QUANT=int8-pv, on a set that has it (VNNI). Not the default:
+ * on Zen 4 its weight rounding and value transposes cost what the
+ * vpdpbusd save (bench_kernels: 8.0 ns per position against 7.5 for the
+ * F32 kernel with its weight x scale pass, Llama recipe; 5.3 against
+ * 4.4, SmolLM2). Decided once per process; thread-safe. */
+int kq_cpu_quant_int8_pv(void);
 
 /* The code path in words for reports, e.g. "avx2+fma+f16c+avx512vl+vnni,
  * quantized int16 (measured 2.3x f32)"; a static string. */

@@ -874,6 +874,94 @@ static void test_int8_logits_match_float64_for_mixed_segments(void **state) {
       }
 }
 
+/* pv_plane_i8 of the selected set against float64: q8 and q4 segments of
+ * widths 1-200 (tails of a 16-byte load, pieces of KQ_CPU_PV_I8_COLS), 1-4
+ * rows, tiles of 1-64 positions (tails of a group of 4), weights with zeros
+ * and a spread of 1e4, accumulators that must be added to. The bound is the
+ * weights' 16-bit rounding, (max_t w) / 131070 per weight, times Σ_t |v|,
+ * plus F32 rounding (1e-6 of Σ |terms|): a dropped digit (~256x), a column
+ * off by one in the transpose, a missing value scale or q4 offset is off by
+ * far more. Then a NaN weight turns its row, and only its row, to NaN. */
+static void test_int8_pv_matches_float64_for_odd_shapes(void **state) {
+  (void)state;
+  const kq_cpu_kernels *k = kq_cpu_kernels_get();
+  if (!k->pv_plane_i8) {
+    print_message("isa %s has no int8 P.V\n", k->isa);
+    return;
+  }
+  enum { LDA = 208, LDS = 64 };
+  static const int widths[] = {1, 2, 8, 14, 16, 17, 30, 33, 64, 80, 130, 200};
+  static const int nts[] = {1, 3, 4, 5, 13, 64};
+  uint64_t st = 71;
+  unsigned char *tmp = malloc(KQ_CPU_PV_I8_SCRATCH);
+  float p[4 * LDS], sc[64], acc[4 * LDA];
+  double ref[4 * LDA];
+  for (int bits = KQ_SEG_Q4; bits <= KQ_SEG_Q8; bits += KQ_SEG_Q8 - KQ_SEG_Q4)
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
+      for (size_t ni = 0; ni < sizeof nts / sizeof nts[0]; ni++)
+        for (int rows = 1; rows <= KQ_CPU_PV_I8_ROWS; rows++) {
+          int w = widths[wi], nt = nts[ni];
+          if (bits == KQ_SEG_Q4 && w % 2) continue;
+          size_t rb = bits == KQ_SEG_Q8 ? (size_t)w : (size_t)w / 2;
+          unsigned char *plane = calloc(rb * nt + 64, 1); /* slack: whole-dword loads */
+          int *val = malloc(sizeof(int) * w * nt);
+          for (int t = 0; t < nt; t++) {
+            sc[t] = (float)(0.01 * (1.5 + urand(&st)));
+            for (int c = 0; c < w; c++) {
+              int iv = bits == KQ_SEG_Q8 ? (int)(127.0 * urand(&st)) : (int)(8.0 * urand(&st));
+              iv = iv > 7 && bits == KQ_SEG_Q4 ? 7 : iv;
+              val[t * w + c] = iv;
+              unsigned char *row = plane + (size_t)t * rb;
+              if (bits == KQ_SEG_Q8) {
+                row[c] = (unsigned char)(int8_t)iv;
+              } else {
+                unsigned u = (unsigned)(iv + 8);
+                row[c / 2] =
+                    c % 2 ? (unsigned char)((row[c / 2] & 15u) | (u << 4)) : (unsigned char)u;
+              }
+            }
+          }
+          for (int r = 0; r < rows; r++)
+            for (int t = 0; t < nt; t++) {
+              double u = urand(&st);
+              p[r * LDS + t] = u < -0.8 ? 0.0f : (float)pow(10.0, 2.0 * u - 2.0);
+            }
+          for (int i = 0; i < rows * LDA; i++) acc[i] = (float)urand(&st), ref[i] = acc[i];
+          k->pv_plane_i8(bits, p, rows, LDS, plane, rb, nt, w, sc, acc, LDA, tmp);
+          for (int r = 0; r < rows; r++) {
+            double wmax = 0;
+            for (int t = 0; t < nt; t++) wmax = fmax(wmax, (double)p[r * LDS + t] * sc[t]);
+            for (int c = 0; c < w; c++) {
+              double want = ref[r * LDA + c], mag = fabs(want), vabs = 0;
+              for (int t = 0; t < nt; t++) {
+                double term = (double)p[r * LDS + t] * sc[t] * val[t * w + c];
+                want += term, mag += fabs(term), vabs += abs(val[t * w + c]);
+              }
+              double bound = wmax / 131070.0 * vabs + 1e-6 * mag;
+              if (!(fabs(acc[r * LDA + c] - want) <= bound))
+                fail_msg("isa %s q%d w %d nt %d rows %d: acc %d,%d %.9g, want %.9g (bound %.3g)",
+                         k->isa, bits == KQ_SEG_Q8 ? 8 : 4, w, nt, rows, r, c, acc[r * LDA + c],
+                         want, bound);
+            }
+            for (int c = w; c < LDA; c++) /* past the padded width: untouched */
+              if (c >= (w + 7) / 8 * 8 && acc[r * LDA + c] != (float)ref[r * LDA + c])
+                fail_msg("isa %s w %d: column %d written", k->isa, w, c);
+          }
+          if (rows == 3 && nt > 1) { /* a NaN weight in row 1 */
+            for (int i = 0; i < rows * LDA; i++) acc[i] = 0.0f;
+            p[1 * LDS + nt / 2] = NAN;
+            k->pv_plane_i8(bits, p, rows, LDS, plane, rb, nt, w, sc, acc, LDA, tmp);
+            for (int r = 0; r < rows; r++)
+              for (int c = 0; c < w; c++)
+                if ((r == 1) != isnan(acc[r * LDA + c]))
+                  fail_msg("isa %s w %d nt %d: NaN weight in row 1, acc %d,%d = %g", k->isa, w, nt,
+                           r, c, acc[r * LDA + c]);
+          }
+          free(plane), free(val);
+        }
+  free(tmp);
+}
+
 /* any_nonfinite_rows of the selected set: 0 on finite logits (the largest
  * and smallest magnitudes, -0, subnormals), 1 for inf, -inf or NaN planted
  * at any position inside [rows, nt), 0 for one planted just outside (the
@@ -928,6 +1016,7 @@ int main(void) {
       cmocka_unit_test(test_int16_query_follows_its_layout),
       cmocka_unit_test(test_int16_kernels_match_float64_for_odd_shapes),
       cmocka_unit_test(test_int8_logits_match_float64_for_mixed_segments),
+      cmocka_unit_test(test_int8_pv_matches_float64_for_odd_shapes),
       cmocka_unit_test(test_nonfinite_check_sees_exactly_its_rows_and_columns),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

@@ -8,8 +8,9 @@
  *   bench_kernels [--keys "8f 32q8 64q4"] [--values "16q8 64q4"] [--rows R]
  *
  * Prints ns per position for logits (F16 full, quantized F32, quantized
- * int8 digits) and P·V (F16 full, quantized F32) with the kernel set in use
- * (KQSVD_CPU_ISA forces one).
+ * int8 digits) and P·V (F16 full, quantized F32 with the weight x value
+ * scale pass it needs, quantized int8 with the scale folded in) with the
+ * kernel set in use (KQSVD_CPU_ISA forces one).
  */
 #include <math.h>
 #include <stdio.h>
@@ -109,7 +110,8 @@ int main(int argc, char **argv) {
     for (int g = 0; g < nk; g++)
       for (int c = kp[g].width; c < (kp[g].width + 7) / 8 * 8; c++) q[r * ldq + kp[g].qoff + c] = 0;
   float *s = calloc((size_t)rows * NT, sizeof *s), *acc = calloc((size_t)rows * 128 + lda, 4);
-  float *p = calloc((size_t)rows * NT, sizeof *p);
+  float *p = calloc((size_t)rows * NT, sizeof *p), *pw = calloc((size_t)rows * NT, sizeof *pw);
+  unsigned char *tmp = malloc(KQ_CPU_PV_I8_SCRATCH);
   for (int i = 0; i < rows * NT; i++) p[i] = (float)(rand() % 1000) * 1e-3f;
   uint16_t *kv = calloc((size_t)NT * 128, 2);
   for (int i = 0; i < NT * 128; i++) kv[i] = kq_f32_to_f16((float)(rand() % 2001 - 1000) * 1e-3f);
@@ -119,14 +121,16 @@ int main(int argc, char **argv) {
 
   const char *names[] = {"logits F16 rank 128",   "logits quantized f32",
                          "logits quantized int8", "query int8 digits (per task)",
-                         "P.V F16 rank 128",      "P.V quantized f32"};
+                         "P.V F16 rank 128",      "P.V quantized f32",
+                         "P.V quantized int8"};
   printf("kernel set %s, %d rows, %d positions, keys [%s] values [%s]\n", k->isa, rows, NT, keys,
          values);
-  for (int which = 0; which < 6; which++) {
+  for (int which = 0; which < 7; which++) {
     if ((which == 0 || which == 4) && !k->logits_f16) continue;
     if (which == 1 && !k->logits_planes) continue;
     if ((which == 2 || which == 3) && !k->logits_planes_i8) continue;
     if (which == 5 && !k->pv_plane) continue;
+    if (which == 6 && !k->pv_plane_i8) continue;
     int reps = 2000;
     double best = INFINITY;
     for (int trial = 0; trial < TRIALS; trial++) {
@@ -138,10 +142,26 @@ int main(int argc, char **argv) {
         case 2: k->logits_planes_i8(kp, nk, q, ldq, qd, ldqd, rows, NT, s, NT); break;
         case 3: kq_cpu_query_i8(kp, nk, q, rows, ldq, qd, ldqd); break;
         case 4: k->pv_f16(p, rows, NT, kv, NT, 128, acc); break;
+        case 5:
+          for (int g = 0; g < nv; g++) { /* with the weight x value scale pass it needs */
+            const float *w = p;
+            if (vp[g].scale) {
+              for (int r = 0; r < rows; r++) /* as cpu_attend.c's pv_planes */
+                for (int t = 0; t < NT; t++) pw[r * NT + t] = p[r * NT + t] * vp[g].scale[t];
+              w = pw;
+            }
+            k->pv_plane(vp[g].bits, vp[g].f16, w, rows, NT, vp[g].data, vp[g].stride, NT,
+                        vp[g].width, acc + vp[g].qoff, lda);
+          }
+          break;
         default:
           for (int g = 0; g < nv; g++)
-            k->pv_plane(vp[g].bits, vp[g].f16, p, rows, NT, vp[g].data, vp[g].stride, NT,
-                        vp[g].width, acc + vp[g].qoff, lda);
+            if (vp[g].scale && rows <= KQ_CPU_PV_I8_ROWS)
+              k->pv_plane_i8(vp[g].bits, p, rows, NT, vp[g].data, vp[g].stride, NT, vp[g].width,
+                             vp[g].scale, acc + vp[g].qoff, lda, tmp);
+            else
+              k->pv_plane(vp[g].bits, vp[g].f16, p, rows, NT, vp[g].data, vp[g].stride, NT,
+                          vp[g].width, acc + vp[g].qoff, lda);
         }
       }
       double dt = now_s() - t0;
