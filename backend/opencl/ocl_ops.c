@@ -100,7 +100,7 @@ static kq_status project_seqs(kq_bdevice *dev, const kq_project_op *op, int32_t 
     cl_mem c;
     const int kp = KQ_K_QPROJ;
     const cl_int one = 1, no = 0;
-    st = kq_ocl_scratch(dev, KQ_S_GEMM_OUT, kq_ocl_prod4(n_heads, n, r, 4), &c);
+    st = kq_ocl_scratch(dev, KQ_S_GEMM_OUT, kq_ocl_prod4(n_heads, kq_ocl_batch_rows(n), r, 4), &c);
     if (st == KQ_OK)
       st = KQ_OCL_ARGS(dev, kp, KQ_OCL_VAL(op->src->mem), KQ_OCL_VAL(src_e),
                        KQ_OCL_VAL(op->proj->mem), KQ_OCL_VAL(proj_e), KQ_OCL_VAL(c),
@@ -492,7 +492,7 @@ static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op, kq_ocl_seqt
   kq_buffer kwide, vwide, latent;
   pthread_mutex_lock(&dev->lock);
   cl_mem qt, qh;
-  st = kq_ocl_scratch(dev, KQ_S_QPREP, kq_ocl_prod4(m, H, rk, 4), &qt);
+  st = kq_ocl_scratch(dev, KQ_S_QPREP, kq_ocl_prod4(kq_ocl_batch_rows(m), H, rk, 4), &qt);
   if (st != KQ_OK) goto out;
   {
     const int k = KQ_K_QPROJ;
@@ -544,7 +544,8 @@ static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op, kq_ocl_seqt
   }
   if (joint) w.n_kv_heads = 1;
   if (op->value_up) {
-    st = kq_ocl_scratch(dev, KQ_S_LATENT, kq_ocl_prod4(m, H, op->rank_v, 4), &latent.mem);
+    st = kq_ocl_scratch(dev, KQ_S_LATENT, kq_ocl_prod4(kq_ocl_batch_rows(m), H, op->rank_v, 4),
+                        &latent.mem);
     if (st != KQ_OK) goto out;
     latent.bytes = kq_ocl_prod4(m, H, op->rank_v, 4);
     w.out = &latent;
@@ -553,7 +554,7 @@ static kq_status attend_one(kq_bdevice *dev, const kq_attend_op *op, kq_ocl_seqt
   const cl_ulong wout_e = op->value_up ? 0 : out_e;
   if (pre) {
     cl_mem rope;
-    st = kq_ocl_scratch(dev, KQ_S_QROT, kq_ocl_prod4(m, H, d, 4), &qh);
+    st = kq_ocl_scratch(dev, KQ_S_QROT, kq_ocl_prod4(kq_ocl_batch_rows(m), H, d, 4), &qh);
     if (st == KQ_OK) st = rope_table(dev, theta, d, op->capacity, &rope);
     if (st != KQ_OK) goto out;
     const int k = KQ_K_QROT;

@@ -31,6 +31,14 @@ static inline size_t kq_ocl_prod4(int64_t a, int64_t b, int64_t c, int64_t d) {
   return r;
 }
 
+/* Rows that a scratch buffer sized by a batch's rows is allocated for: at
+ * least KQ_OCL_SMALL_PROJECT (16: a launch of KQ_OCL_SEQS one-row sequences), so that a
+ * decode batch that grows as sequences join reuses the buffers of its first
+ * step instead of regrowing them (no device allocation after warm-up). */
+static inline int64_t kq_ocl_batch_rows(int64_t rows) {
+  return rows < KQ_OCL_SMALL_PROJECT ? KQ_OCL_SMALL_PROJECT : rows;
+}
+
 /* Largest power of two <= min(limit, what kernel k allows on the device). */
 static inline size_t kq_ocl_wg_size(const kq_bdevice *dev, int k, size_t limit) {
   size_t w = 1;

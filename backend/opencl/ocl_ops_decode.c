@@ -20,7 +20,8 @@ kq_status kq_ocl_partials(kq_bdevice *dev, const kq_attend_op *op, cl_int chunk,
   /* Decode-size m: sized for the whole capacity (the chunk only grows with
    * the context, so decode steps never regrow them); prefill: the context. */
   const int32_t upto = op->n_queries <= KQ_OCL_QBLOCK ? op->capacity : op->n_ctx;
-  const size_t parts = kq_ocl_prod4(op->n_queries, op->n_heads, (upto + chunk - 1) / chunk, 1);
+  const size_t parts =
+      kq_ocl_prod4(kq_ocl_batch_rows(op->n_queries), op->n_heads, (upto + chunk - 1) / chunk, 1);
   kq_status st = kq_ocl_scratch(dev, KQ_S_PART_O, kq_ocl_prod4(parts, rv, 4, 1), part_o);
   return st == KQ_OK ? kq_ocl_scratch(dev, KQ_S_PART_ML, kq_ocl_prod4(parts, 2, 4, 1), part_ml)
                      : st;
