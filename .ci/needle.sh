@@ -10,7 +10,9 @@
 #      lengths in tokens, default "1024 2048 4096"), DEPTHS (where the passkey
 #      sits, as a fraction of the filler, default "0.1 0.5 0.9"), THREADS,
 #      KEY_OFFSET (added to the trial number the passkeys derive from, default
-#      0: runs with other offsets draw other keys, so their trials can be pooled).
+#      0: runs with other offsets draw other keys, so their trials can be pooled),
+#      FULL (0: skip the full cache, e.g. to add a cache to the trials of an
+#      earlier run with the same LENGTHS, DEPTHS and KEY_OFFSET: same prompts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KQ=${KQ:-build/bin/kqsvd}
@@ -21,8 +23,10 @@ depths=${DEPTHS:-"0.1 0.5 0.9"}
 threads=(${THREADS:+--threads "$THREADS"})
 mkdir -p "$OUT"
 model=$(bash .ci/fetch-model.sh)
-caches=("full=")
+caches=()
+[ "${FULL:-1}" = 0 ] || caches=("full=")
 caches+=("$@")
+[ ${#caches[@]} -gt 0 ] || { echo "needle.sh: FULL=0 and no cache given" >&2; exit 2; }
 
 # The prompt of one trial: about LENGTH tokens (4.5 characters a token, as
 # GPL-3 under this tokenizer: 35,149 bytes, 7,639 tokens), whole lines of
