@@ -15,7 +15,7 @@
 /* The C and GLSL views of the typed push constants agree (kq_push.h: all
  * fields 32-bit scalars, std430 = C layout); both fit the 128 bytes every
  * device offers. */
-_Static_assert(sizeof(kq_push_decode) == 11 * 4, "kq_push_decode layout");
+_Static_assert(sizeof(kq_push_decode) == 13 * 4, "kq_push_decode layout");
 _Static_assert(offsetof(kq_push_decode, gc) == 7 * 4, "kq_push_decode.gc offset");
 _Static_assert(offsetof(kq_push_decode, scale_bits) == 10 * 4, "kq_push_decode.scale_bits");
 _Static_assert(sizeof(kq_push_merge) == 7 * 4, "kq_push_merge layout");
@@ -371,9 +371,9 @@ typedef struct decode_plan {
 } decode_plan;
 
 static uint64_t decode_shared(uint32_t rows, uint32_t npar, uint32_t lpr, uint64_t D, uint64_t rk,
-                              uint64_t rv, bool subgroups) {
+                              uint64_t rv, bool subgroups, bool pre) {
   return 4ull * (rows * D + rows * rk + (uint64_t)npar * rows * (rv + 2) +
-                 (subgroups ? 0 : (uint64_t)npar * rows * lpr));
+                 (subgroups ? 0 : (uint64_t)npar * rows * lpr) + (pre ? (uint64_t)npar * rk : 0));
 }
 
 /* Shapes the decode grid; false when the shape does not fit (the caller
@@ -383,23 +383,23 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
   const VkPhysicalDeviceLimits *lim = &d->props.limits;
   const uint64_t D = (uint64_t)op->head_dim, rk = (uint64_t)op->rank_k, rv = (uint64_t)op->rank_v;
   const uint32_t H = (uint32_t)op->n_heads, G = H / cgroups;
-  const bool joint = op->layout == KQ_LAYOUT_JOINT;
-  if (op->rope == KQ_ROPE_PRE || op->n_queries > VK_DECODE_MAX_QUERIES) return false;
+  const bool joint = op->layout == KQ_LAYOUT_JOINT, pre = op->rope == KQ_ROPE_PRE;
+  if ((pre && joint) || op->n_queries > VK_DECODE_MAX_QUERIES) return false;
   p->subgroups = d->subgroup_shuffle && d->subgroup_size >= 1 && d->subgroup_size <= 128;
   const uint32_t sg = p->subgroups ? d->subgroup_size : 1;
   /* A multiple of the subgroup size, at least 64 invocations. */
   p->wg = sg >= 64 ? sg : 64 / sg * sg;
   if (p->wg > lim->maxComputeWorkGroupInvocations || p->wg > lim->maxComputeWorkGroupSize[0])
     return false;
-  /* Lanes per row: a power of two near a quarter of the widest rank (each
-   * lane a few dims), within one subgroup. */
   /* Lanes per row: a power of two, at most one subgroup, so that each lane
    * gets at least one 16-byte unit of a vectorised side or 4 dims of a
-   * scalar one. */
+   * scalar one (PRE keys: 2 RoPE pairs of the rebuilt key). */
   const uint64_t elem = op->storage == KQ_STORAGE_F16 ? 2 : 4;
-  p->kvec = kq_segments_plain(op->n_key_segments, op->key_segments) && rk * elem % 16 == 0;
+  p->kvec = !pre && kq_segments_plain(op->n_key_segments, op->key_segments) && rk * elem % 16 == 0;
   p->vvec = kq_segments_plain(op->n_value_segments, op->value_segments) && rv * elem % 16 == 0;
-  const uint64_t kslots = p->kvec ? rk * elem / 16 : rk / 4,
+  const uint64_t kslots = pre       ? D / 4
+                          : p->kvec ? rk * elem / 16
+                                    : rk / 4,
                  vslots = p->vvec ? rv * elem / 16 : rv / 4;
   const uint64_t widest = kslots > vslots ? kslots : vslots;
   uint32_t lpr = 1;
@@ -408,7 +408,7 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
     if (G % p->rows) continue;
     for (p->lpr = lpr; p->lpr <= (p->subgroups ? sg : p->wg); p->lpr *= 2) {
       p->npar = p->wg / p->lpr;
-      if (p->npar >= 1 && decode_shared(p->rows, p->npar, p->lpr, D, rk, rv, p->subgroups) <=
+      if (p->npar >= 1 && decode_shared(p->rows, p->npar, p->lpr, D, rk, rv, p->subgroups, pre) <=
                               lim->maxComputeSharedMemorySize)
         goto fits;
     }
@@ -460,7 +460,8 @@ static latent_span side_span(const kq_attend_op *op, const kq_op_seq *seqs, int3
  * (kq_push.h, KQ_SEQ_WORDS; written by vkCmdUpdateBuffer in the frame)
  * gives each query row its sequence's regions, position and chunking; a sequence's chunk count
  * follows its n_ctx (vk_decode_seq_chunks). `seqs` has n_seqs entries (one built from the scalar
- * fields for an op without a table). */
+ * fields for an op without a table). RoPE pre (per-head) rebuilds and rotates the keys inside
+ * attend_dec.comp: still two dispatches. */
 static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_op_seq *seqs,
                                int32_t n_seqs, uint32_t cgroups, const decode_plan *pl) {
   const VkPhysicalDeviceLimits *lim = &d->props.limits;
@@ -470,7 +471,7 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
   const bool ident_k = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
   const bool ident_v = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
   const bool up = op->value_up != NULL && !ident_v;
-  const bool f16 = op->storage == KQ_STORAGE_F16;
+  const bool f16 = op->storage == KQ_STORAGE_F16, pre = op->rope == KQ_ROPE_PRE;
   const latent_span ks = side_span(op, seqs, n_seqs, 0, cgroups);
   const latent_span vs = side_span(op, seqs, n_seqs, 1, cgroups);
   /* Chunks per sequence, from its share of the grid's positions. */
@@ -491,6 +492,8 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
   aspec[KQ_SPEC_ROWS] = pl->rows;
   aspec[KQ_SPEC_LPR] = pl->lpr;
   aspec[KQ_SPEC_IDENT] = ident_k;
+  aspec[KQ_SPEC_PRE] = pre;
+  aspec[KQ_SPEC_HALVES] = pre && op->rope_layout == KQ_ROPE_HALVES;
   seg_spec(aspec, KQ_SPEC_KEY_SEGS, op->n_key_segments, op->key_segments, op->rank_k);
   seg_spec(aspec, KQ_SPEC_VALUE_SEGS, op->n_value_segments, op->value_segments, op->rank_v);
   uint32_t mspec[VK_SPEC_COUNT] = {0};
@@ -507,10 +510,11 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
                        .c_group = (uint32_t)(H / cgroups),
                        .gc = (uint32_t)(cgroups * cap),
                        .capacity = (uint32_t)cap,
-                       .n_chunks = max_chunks};
+                       .n_chunks = max_chunks,
+                       .rope_hi = pre ? 256u * (uint32_t)(D / 2) * 2u : 0u};
   float scale = op->scale;
   memcpy(&pa.scale_bits, &scale, 4);
-  vk_binding ab[6], mb[4];
+  vk_binding ab[8], mb[4];
   uint32_t k_base = 0, v_base = 0;
   kq_status st =
       vk_bind_range(d, &op->q->mem, op->q_offset, nq * H * D * 4, 4, &ab[0], &pa.q_off, "queries");
@@ -523,6 +527,23 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
   if (st == KQ_OK)
     st = vk_bind_range(d, &op->v_cache->mem, op->v_cache_offset + vs.lo, vs.bytes, 1, &ab[3],
                        &v_base, "value cache");
+  /* PRE: key_down and the device's RoPE table covering every position of
+   * the op (made once, when a longer context first comes). */
+  if (st == KQ_OK)
+    st = bind_opt(d, op->key_down, op->key_down_offset, Hk * D * rk * 4, pre && !ident_k, &ab[6],
+                  &pa.a_off, "key_down");
+  memset(&ab[7], 0, sizeof ab[7]);
+  if (st == KQ_OK && pre) {
+    uint64_t n_pos = 1;
+    for (int32_t i = 0; i < n_seqs; ++i)
+      if ((uint64_t)seqs[i].n_ctx > n_pos) n_pos = (uint64_t)seqs[i].n_ctx;
+    const vk_rope_table *rope = NULL;
+    uint32_t rope_elem = 0;
+    st = rope_table(d, op->rope_theta, (uint32_t)D, (uint32_t)n_pos, &rope);
+    if (st == KQ_OK)
+      st = vk_bind_own(d, &rope->buffer->mem, 0, rope->buffer->mem.size, 4, &ab[7], &rope_elem,
+                       "rope table");
+  }
   /* Regions are KQ_PLANE_ALIGN multiples: every row's base keeps the
    * binding's 16-byte alignment. */
   aspec[KQ_SPEC_KVEC] = pl->kvec && k_base % 16 == 0;
@@ -585,7 +606,7 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
   pm.part_off = pa.part_off;
   pm.seq_off = pa.seq_off;
   if (st == KQ_OK)
-    st = vk_dispatch(d, f, ashader, aspec, ab, 6, &pa, sizeof pa, max_chunks,
+    st = vk_dispatch(d, f, ashader, aspec, ab, 8, &pa, sizeof pa, max_chunks,
                      (uint32_t)(H / pl->rows), (uint32_t)nq);
   vk_frame_barrier(f);
   if (st == KQ_OK)
