@@ -367,8 +367,56 @@ static kq_status record_dequant(kq_bdevice *d, vk_frame *f, const kq_buffer *cac
 typedef struct decode_plan {
   uint32_t rows, lpr, wg, npar;
   bool subgroups;
-  bool kvec, vvec; /* 16-byte loads (one float segment of whole 16-byte rows) */
+  /* 16-byte loads per side (attend_dec.comp KVEC / VVEC): 0 scalar, 1 one
+   * float segment of whole 16-byte rows, 2 a segment table whose segments
+   * all have whole 16-byte rows; vacc: value dims per lane with vvec 2. */
+  uint32_t kvec, vvec, vacc;
 } decode_plan;
+
+/* Which 16-byte loads the decode kernel may use: KQSVD_VULKAN_LOADS=vec4
+ * (every side whose rows allow them), =scalar (none), otherwise a plain
+ * float side always and a q8/q4 segment table on GPUs only (on a CPU
+ * device, Mesa llvmpipe, the unpacking of a whole unit per lane is slower
+ * than byte loads). */
+static void decode_loads(const kq_bdevice *d, bool *plain, bool *segmented) {
+  const char *env = getenv("KQSVD_VULKAN_LOADS");
+  const VkPhysicalDeviceType t = d->props.deviceType;
+  const bool gpu = t == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU ||
+                   t == VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU ||
+                   t == VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU;
+  const bool vec4 = env && !strcmp(env, "vec4"), scalar = env && !strcmp(env, "scalar");
+  *plain = !scalar;
+  *segmented = vec4 || (!scalar && gpu);
+}
+
+/* 16-byte units of one latent row of a segment table when every segment's
+ * row is whole units (q8: 16 dims, q4: 32, float: 16 / elem), else 0. */
+static uint64_t seg_units(int32_t n, const kq_segment *segs, uint64_t elem) {
+  uint64_t units = 0;
+  for (int32_t i = 0; i < n; ++i) {
+    const uint64_t w = (uint64_t)segs[i].width;
+    const uint64_t bytes = segs[i].bits == KQ_SEG_Q8   ? w
+                           : segs[i].bits == KQ_SEG_Q4 ? w / 2
+                                                       : w * elem;
+    if (bytes % 16) return 0;
+    units += bytes / 16;
+  }
+  return units;
+}
+
+/* Value dims one of `lpr` lanes owns with VVEC = 2 (lane 0, the most):
+ * per segment ceil(units / lpr) units of its dims per unit. */
+static uint32_t seg_lane_dims(int32_t n, const kq_segment *segs, uint64_t elem, uint32_t lpr) {
+  uint32_t dims = 0;
+  for (int32_t i = 0; i < n; ++i) {
+    const uint32_t w = (uint32_t)segs[i].width;
+    const uint32_t per = segs[i].bits == KQ_SEG_Q8   ? 16u
+                         : segs[i].bits == KQ_SEG_Q4 ? 32u
+                                                     : (uint32_t)(16 / elem);
+    dims += (w / per + lpr - 1) / lpr * per;
+  }
+  return dims;
+}
 
 static uint64_t decode_shared(uint32_t rows, uint32_t npar, uint32_t lpr, uint64_t D, uint64_t rk,
                               uint64_t rv, bool subgroups, bool pre) {
@@ -395,12 +443,21 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
    * gets at least one 16-byte unit of a vectorised side or 4 dims of a
    * scalar one (PRE keys: 2 RoPE pairs of the rebuilt key). */
   const uint64_t elem = op->storage == KQ_STORAGE_F16 ? 2 : 4;
-  p->kvec = !pre && kq_segments_plain(op->n_key_segments, op->key_segments) && rk * elem % 16 == 0;
-  p->vvec = kq_segments_plain(op->n_value_segments, op->value_segments) && rv * elem % 16 == 0;
-  const uint64_t kslots = pre       ? D / 4
-                          : p->kvec ? rk * elem / 16
-                                    : rk / 4,
-                 vslots = p->vvec ? rv * elem / 16 : rv / 4;
+  bool plain16, seg16;
+  decode_loads(d, &plain16, &seg16);
+  const bool kplain = kq_segments_plain(op->n_key_segments, op->key_segments);
+  const bool vplain = kq_segments_plain(op->n_value_segments, op->value_segments);
+  const uint64_t ku = kplain ? 0 : seg_units(op->n_key_segments, op->key_segments, elem);
+  const uint64_t vu = vplain ? 0 : seg_units(op->n_value_segments, op->value_segments, elem);
+  p->kvec = pre ? 0 : kplain && plain16 && rk * elem % 16 == 0 ? 1 : !kplain && seg16 && ku ? 2 : 0;
+  p->vvec = vplain && plain16 && rv * elem % 16 == 0 ? 1 : !vplain && seg16 && vu ? 2 : 0;
+  const uint64_t kslots = pre            ? D / 4
+                          : p->kvec == 1 ? rk * elem / 16
+                          : p->kvec == 2 ? ku
+                                         : rk / 4,
+                 vslots = p->vvec == 1   ? rv * elem / 16
+                          : p->vvec == 2 ? vu
+                                         : rv / 4;
   const uint64_t widest = kslots > vslots ? kslots : vslots;
   uint32_t lpr = 1;
   while (lpr * 2 <= (p->subgroups ? sg : 32u) && lpr * 2 <= widest) lpr *= 2;
@@ -415,6 +472,15 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
   }
   return false;
 fits:
+  p->vacc = 1;
+  if (p->vvec == 2) {
+    p->vacc = seg_lane_dims(op->n_value_segments, op->value_segments, elem, p->lpr);
+    /* The lane's value units stay in registers, ROWS accumulators each. */
+    if (p->rows * p->vacc > 256) {
+      p->vvec = 0;
+      p->vacc = 1;
+    }
+  }
   /* Chunks are per sequence (attend_decode). */
   return H / p->rows <= lim->maxComputeWorkGroupCount[1] &&
          (uint32_t)op->n_queries <= lim->maxComputeWorkGroupCount[2] &&
@@ -546,8 +612,9 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
   }
   /* Regions are KQ_PLANE_ALIGN multiples: every row's base keeps the
    * binding's 16-byte alignment. */
-  aspec[KQ_SPEC_KVEC] = pl->kvec && k_base % 16 == 0;
-  aspec[KQ_SPEC_VVEC] = pl->vvec && v_base % 16 == 0;
+  aspec[KQ_SPEC_KVEC] = k_base % 16 == 0 ? pl->kvec : 0;
+  aspec[KQ_SPEC_VVEC] = v_base % 16 == 0 ? pl->vvec : 0;
+  aspec[KQ_SPEC_VACC] = aspec[KQ_SPEC_VVEC] == 2 ? pl->vacc : 1;
   kq_push_merge pm = {
       .n_heads = (uint32_t)H, .e_group = (uint32_t)(H / Hk), .n_chunks = max_chunks};
   const uint64_t out_row = up ? D : rv;
