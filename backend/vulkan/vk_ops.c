@@ -369,8 +369,8 @@ typedef struct decode_plan {
   bool subgroups;
   /* 16-byte loads per side (attend_dec.comp KVEC / VVEC): 0 scalar, 1 one
    * float segment of whole 16-byte rows, 2 a segment table whose segments
-   * all have whole 16-byte rows; vacc: value dims per lane with vvec 2. */
-  uint32_t kvec, vvec, vacc;
+   * all have whole 16-byte rows. */
+  uint32_t kvec, vvec;
 } decode_plan;
 
 /* Which 16-byte loads the decode kernel may use: KQSVD_VULKAN_LOADS=vec4
@@ -402,20 +402,6 @@ static uint64_t seg_units(int32_t n, const kq_segment *segs, uint64_t elem) {
     units += bytes / 16;
   }
   return units;
-}
-
-/* Value dims one of `lpr` lanes owns with VVEC = 2 (lane 0, the most):
- * per segment ceil(units / lpr) units of its dims per unit. */
-static uint32_t seg_lane_dims(int32_t n, const kq_segment *segs, uint64_t elem, uint32_t lpr) {
-  uint32_t dims = 0;
-  for (int32_t i = 0; i < n; ++i) {
-    const uint32_t w = (uint32_t)segs[i].width;
-    const uint32_t per = segs[i].bits == KQ_SEG_Q8   ? 16u
-                         : segs[i].bits == KQ_SEG_Q4 ? 32u
-                                                     : (uint32_t)(16 / elem);
-    dims += (w / per + lpr - 1) / lpr * per;
-  }
-  return dims;
 }
 
 static uint64_t decode_shared(uint32_t rows, uint32_t npar, uint32_t lpr, uint64_t D, uint64_t rk,
@@ -472,15 +458,6 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
   }
   return false;
 fits:
-  p->vacc = 1;
-  if (p->vvec == 2) {
-    p->vacc = seg_lane_dims(op->n_value_segments, op->value_segments, elem, p->lpr);
-    /* The lane's value units stay in registers, ROWS accumulators each. */
-    if (p->rows * p->vacc > 256) {
-      p->vvec = 0;
-      p->vacc = 1;
-    }
-  }
   /* Chunks are per sequence (attend_decode). */
   return H / p->rows <= lim->maxComputeWorkGroupCount[1] &&
          (uint32_t)op->n_queries <= lim->maxComputeWorkGroupCount[2] &&
@@ -614,7 +591,6 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
    * binding's 16-byte alignment. */
   aspec[KQ_SPEC_KVEC] = k_base % 16 == 0 ? pl->kvec : 0;
   aspec[KQ_SPEC_VVEC] = v_base % 16 == 0 ? pl->vvec : 0;
-  aspec[KQ_SPEC_VACC] = aspec[KQ_SPEC_VVEC] == 2 ? pl->vacc : 1;
   kq_push_merge pm = {
       .n_heads = (uint32_t)H, .e_group = (uint32_t)(H / Hk), .n_chunks = max_chunks};
   const uint64_t out_row = up ? D : rv;

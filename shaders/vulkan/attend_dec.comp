@@ -45,10 +45,10 @@ layout(constant_id = KQ_SPEC_IDENT) const uint IDENT = 0;
 // addresses; 2 = every segment of the side's table (float, q8, q4) has rows
 // of whole 16-byte units: a unit holds 16 / ELEM float dims, 16 q8 dims or
 // 32 q4 dims, unpacked with constant indices (no dynamically indexed local
-// array). VACC: value dims one lane owns with VVEC = 2 (host computed).
+// array). With VVEC = 2 a cluster's value accumulators live in its smrg
+// rows (each lane updates the dims of its own units), not in registers.
 layout(constant_id = KQ_SPEC_KVEC) const uint KVEC = 0;
 layout(constant_id = KQ_SPEC_VVEC) const uint VVEC = 0;
-layout(constant_id = KQ_SPEC_VACC) const uint VACC = 1;
 layout(constant_id = KQ_SPEC_PRE) const uint PRE = 0;
 layout(constant_id = KQ_SPEC_HALVES) const uint HALVES = 0;
 
@@ -148,6 +148,26 @@ float kq_load_v(kq_dim m, uint slot) {
   return float(int(m.sub != 0u ? b >> 4u : b & 15u) - 8) * sc;
 }
 
+// VVEC = 2: scales (or zeroes) the dims of this lane's value units in the
+// smrg row at b (the lane's cluster and query row), the only lane that
+// touches them until step 3.
+void kq_vacc_scale(uint b, uint lane, float f, bool zero) {
+  uint col = 0u;
+  [[unroll]] for (uint s = 0u; s < 16u; ++s) {
+    if (s < VSEG_N) {
+      const uint w = kq_seg(KQ_VALUES, s), bits = kq_seg_bits(w);
+      const uint nu = kq_seg_row_bytes(w, ELEM) / 16u;
+      const uint dpu = bits == 0u ? DPU : bits == 8u ? 16u : 32u;
+      for (uint u = lane; u < nu; u += LPR)
+        for (uint k = 0u; k < dpu; ++k) {
+          const uint at = b + 2u + col + u * dpu + k;
+          smrg[at] = zero ? 0.0 : smrg[at] * f;
+        }
+      col += kq_seg_width(w);
+    }
+  }
+}
+
 void main() {
   const uint lid = gl_LocalInvocationID.x;
   const uint c = gl_WorkGroupID.x, rg = gl_WorkGroupID.y, j = gl_WorkGroupID.z;
@@ -227,8 +247,8 @@ void main() {
   const uint k16_base = k_base / 16u, v16_base = v_base / 16u;
   float accv[VVEC == 1u ? ROWS * VUPL * DPU : 1u];
   [[unroll]] for (uint i = 0u; i < (VVEC == 1u ? ROWS * VUPL * DPU : 0u); ++i) accv[i] = 0.0;
-  float accs[VVEC == 2u ? ROWS * VACC : 1u];
-  [[unroll]] for (uint i = 0u; i < (VVEC == 2u ? ROWS * VACC : 0u); ++i) accs[i] = 0.0;
+  if (VVEC == 2u)
+    [[unroll]] for (uint r = 0u; r < ROWS; ++r) kq_vacc_scale((cl * ROWS + r) * (RV + 2u), lane, 0.0, true);
   float m_run[ROWS], l_run[ROWS], acc[ROWS * VPL];
   [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
     m_run[r] = KQ_NEG;
@@ -379,47 +399,6 @@ void main() {
     float v[VVEC != 0u ? 1u : VPL];
     [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? 0u : VPL); ++i)
       v[i] = lane + i * LPR < RV ? kq_load_v(vd[i], slot) : 0.0;
-    // VVEC = 2: this lane's units of every segment, scaled, in unit order.
-    float vs[VVEC == 2u ? VACC : 1u];
-    if (VVEC == 2u) {
-      uint off = 0u, ai = 0u;
-      [[unroll]] for (uint s = 0u; s < 16u; ++s) {
-        if (s < VSEG_N) {
-          const uint w = kq_seg(KQ_VALUES, s), bits = kq_seg_bits(w);
-          const uint rb = kq_seg_row_bytes(w, ELEM), nu = rb / 16u;
-          off = kq_align256(off);
-          const uint ub = (v_base + off + slot * rb) / 16u;
-          off += pc.p.gc * rb;
-          float sc = 1.0;
-          if (bits != 0u) {
-            off = kq_align256(off);
-            const uint sa = v_base + off + slot * 2u;
-            sc = kq_f16_bits_to_f32(uint(v8[sa]) | (uint(v8[sa + 1u]) << 8u));
-            off += pc.p.gc * 2u;
-          }
-          [[unroll]] for (uint i = 0u; i < (nu + LPR - 1u) / LPR; ++i) {
-            const uint u = lane + i * LPR;
-            const uvec4 q = u < nu ? v16[ub + u] : uvec4(0u);
-            if (bits == 0u) {
-              float x[DPU];
-              kq_unpack(q, x);
-              [[unroll]] for (uint k = 0u; k < DPU; ++k) vs[ai + k] = x[k];
-              ai += DPU;
-            } else if (bits == 8u) {
-              [[unroll]] for (uint c = 0u; c < 4u; ++c)
-                [[unroll]] for (uint b = 0u; b < 4u; ++b)
-                  vs[ai + 4u * c + b] = float(bitfieldExtract(int(q[c]), int(8u * b), 8)) * sc;
-              ai += 16u;
-            } else {
-              [[unroll]] for (uint c = 0u; c < 4u; ++c)
-                [[unroll]] for (uint n = 0u; n < 8u; ++n)
-                  vs[ai + 8u * c + n] = float(int(bitfieldExtract(q[c], int(4u * n), 4)) - 8) * sc;
-              ai += 32u;
-            }
-          }
-        }
-      }
-    }
     float vv[VVEC == 1u ? VUPL * DPU : 1u];
     [[unroll]] for (uint i = 0u; i < (VVEC == 1u ? VUPL : 0u); ++i) {
       const uint u = lane + i * LPR;
@@ -427,6 +406,7 @@ void main() {
       kq_unpack(u < VU ? v16[v16_base + slot * VU + u] : uvec4(0u), x);
       [[unroll]] for (uint k = 0u; k < DPU; ++k) vv[i * DPU + k] = x[k];
     }
+    float wr[ROWS];
     [[unroll]] for (uint r = 0u; r < ROWS; ++r) {
       float s = dots[r] * scale;
       if (kq_nonfinite(s)) s = KQ_POISON;
@@ -437,14 +417,63 @@ void main() {
         [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? 0u : VPL); ++i) acc[r * VPL + i] *= f;
         [[unroll]] for (uint i = 0u; i < (VVEC == 1u ? VUPL * DPU : 0u); ++i)
           accv[r * VUPL * DPU + i] *= f;
-        [[unroll]] for (uint i = 0u; i < (VVEC == 2u ? VACC : 0u); ++i) accs[r * VACC + i] *= f;
+        if (VVEC == 2u) kq_vacc_scale((cl * ROWS + r) * (RV + 2u), lane, f, false);
       }
       const float w = exp(s - m_run[r]);
+      wr[r] = w;
       l_run[r] += w;
       [[unroll]] for (uint i = 0u; i < (VVEC != 0u ? 0u : VPL); ++i) acc[r * VPL + i] += w * v[i];
       [[unroll]] for (uint i = 0u; i < (VVEC == 1u ? VUPL * DPU : 0u); ++i)
         accv[r * VUPL * DPU + i] += w * vv[i];
-      [[unroll]] for (uint i = 0u; i < (VVEC == 2u ? VACC : 0u); ++i) accs[r * VACC + i] += w * vs[i];
+    }
+    // VVEC = 2: this lane's units of every value segment, w · scale · x added
+    // to the cluster's smrg rows.
+    if (VVEC == 2u) {
+      uint off = 0u, col = 0u;
+      [[unroll]] for (uint s = 0u; s < 16u; ++s) {
+        if (s < VSEG_N) {
+          const uint w = kq_seg(KQ_VALUES, s), bits = kq_seg_bits(w);
+          const uint rb = kq_seg_row_bytes(w, ELEM), nu = rb / 16u;
+          const uint dpu = bits == 0u ? DPU : bits == 8u ? 16u : 32u;
+          off = kq_align256(off);
+          const uint ub = (v_base + off + slot * rb) / 16u;
+          off += pc.p.gc * rb;
+          float sc = 1.0;
+          if (bits != 0u) {
+            off = kq_align256(off);
+            const uint sa = v_base + off + slot * 2u;
+            sc = kq_f16_bits_to_f32(uint(v8[sa]) | (uint(v8[sa + 1u]) << 8u));
+            off += pc.p.gc * 2u;
+          }
+          float ws[ROWS];
+          [[unroll]] for (uint r = 0u; r < ROWS; ++r) ws[r] = wr[r] * sc;
+          for (uint u = lane; u < nu; u += LPR) {
+            const uvec4 q = v16[ub + u];
+            const uint b0 = cl * ROWS * (RV + 2u) + 2u + col + u * dpu;
+            if (bits == 0u) {
+              float x[DPU];
+              kq_unpack(q, x);
+              [[unroll]] for (uint k = 0u; k < DPU; ++k)
+                [[unroll]] for (uint r = 0u; r < ROWS; ++r) smrg[b0 + r * (RV + 2u) + k] += ws[r] * x[k];
+            } else if (bits == 8u) {
+              [[unroll]] for (uint c = 0u; c < 4u; ++c)
+                [[unroll]] for (uint b = 0u; b < 4u; ++b) {
+                  const float x = float(bitfieldExtract(int(q[c]), int(8u * b), 8));
+                  [[unroll]] for (uint r = 0u; r < ROWS; ++r)
+                    smrg[b0 + r * (RV + 2u) + 4u * c + b] += ws[r] * x;
+                }
+            } else {
+              [[unroll]] for (uint c = 0u; c < 4u; ++c)
+                [[unroll]] for (uint n = 0u; n < 8u; ++n) {
+                  const float x = float(int(bitfieldExtract(q[c], int(4u * n), 4)) - 8);
+                  [[unroll]] for (uint r = 0u; r < ROWS; ++r)
+                    smrg[b0 + r * (RV + 2u) + 8u * c + n] += ws[r] * x;
+                }
+            }
+          }
+          col += kq_seg_width(w);
+        }
+      }
     }
   }
 
@@ -462,23 +491,6 @@ void main() {
       if (u < VU)
         [[unroll]] for (uint k = 0u; k < DPU; ++k)
           smrg[b + 2u + u * DPU + k] = accv[(r * VUPL + i) * DPU + k];
-    }
-    if (VVEC == 2u) { // the units of vs, back to their dims
-      uint col = 0u, ai = 0u;
-      [[unroll]] for (uint s = 0u; s < 16u; ++s) {
-        if (s < VSEG_N) {
-          const uint w = kq_seg(KQ_VALUES, s), bits = kq_seg_bits(w);
-          const uint nu = kq_seg_row_bytes(w, ELEM) / 16u;
-          const uint dpu = bits == 0u ? DPU : bits == 8u ? 16u : 32u;
-          [[unroll]] for (uint i = 0u; i < (nu + LPR - 1u) / LPR; ++i) {
-            const uint u = lane + i * LPR;
-            [[unroll]] for (uint k = 0u; k < dpu; ++k)
-              if (u < nu) smrg[b + 2u + col + u * dpu + k] = accs[r * VACC + ai + k];
-            ai += dpu;
-          }
-          col += kq_seg_width(w);
-        }
-      }
     }
   }
   barrier();

@@ -34,7 +34,6 @@
 #define KQ_SPEC_VVEC 9    /* attend_dec: values likewise */
 #define KQ_SPEC_PRE 10    /* attend_dec: RoPE pre, keys rebuilt and rotated per position */
 #define KQ_SPEC_HALVES 11 /* attend_dec: RoPE rotation layout halves (else pairs) */
-#define KQ_SPEC_VACC 12   /* attend_dec: value dims per lane with VVEC = 2 */
 /* kq_seg.glsl: key segment table at 16..32, value table at 33..49. */
 #define KQ_SPEC_KEY_SEGS 16
 #define KQ_SPEC_VALUE_SEGS 33
