@@ -26,11 +26,12 @@
 #define KQ_SPEC_D 1
 #define KQ_SPEC_RK 2
 #define KQ_SPEC_RV 3
-#define KQ_SPEC_ROWS 4    /* query heads per workgroup */
-#define KQ_SPEC_LPR 5     /* lanes splitting one latent row (power of two) */
-#define KQ_SPEC_IDENT 6   /* A = B = I (keys) / C = E = I (values) */
-#define KQ_SPEC_UP 7      /* merge_up: multiply by Eᵀ */
-#define KQ_SPEC_KVEC 8    /* attend_dec: keys read as 16-byte units (1: one float segment, 2: a segment table) */
+#define KQ_SPEC_ROWS 4  /* query heads per workgroup */
+#define KQ_SPEC_LPR 5   /* lanes splitting one latent row (power of two) */
+#define KQ_SPEC_IDENT 6 /* A = B = I (keys) / C = E = I (values) */
+#define KQ_SPEC_UP 7    /* merge_up: multiply by Eᵀ */
+#define KQ_SPEC_KVEC                                                                               \
+  8 /* attend_dec: keys read as 16-byte units (1: one float segment, 2: a segment table) */
 #define KQ_SPEC_VVEC 9    /* attend_dec: values likewise */
 #define KQ_SPEC_PRE 10    /* attend_dec: RoPE pre, keys rebuilt and rotated per position */
 #define KQ_SPEC_HALVES 11 /* attend_dec: RoPE rotation layout halves (else pairs) */
