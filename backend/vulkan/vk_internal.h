@@ -23,7 +23,7 @@
 #include "kqsvd_vulkan.h"
 
 #define VK_FRAMES 4
-#define VK_MAX_BINDINGS 6
+#define VK_MAX_BINDINGS 8  /* attend_dec.comp with RoPE pre binds 8 */
 #define VK_PUSH_BYTES 128u /* push-constant range (kq_push.h structs) */
 #define VK_SPEC_COUNT 64
 #define VK_MAX_POOLS 16

@@ -15,7 +15,7 @@
 /* The C and GLSL views of the typed push constants agree (kq_push.h: all
  * fields 32-bit scalars, std430 = C layout); both fit the 128 bytes every
  * device offers. */
-_Static_assert(sizeof(kq_push_decode) == 11 * 4, "kq_push_decode layout");
+_Static_assert(sizeof(kq_push_decode) == 13 * 4, "kq_push_decode layout");
 _Static_assert(offsetof(kq_push_decode, gc) == 7 * 4, "kq_push_decode.gc offset");
 _Static_assert(offsetof(kq_push_decode, scale_bits) == 10 * 4, "kq_push_decode.scale_bits");
 _Static_assert(sizeof(kq_push_merge) == 7 * 4, "kq_push_merge layout");
@@ -378,13 +378,47 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, uint64
 typedef struct decode_plan {
   uint32_t rows, lpr, wg, npar;
   bool subgroups;
-  bool kvec, vvec; /* 16-byte loads (one float segment of whole 16-byte rows) */
+  /* 16-byte loads per side (attend_dec.comp KVEC / VVEC): 0 scalar, 1 one
+   * float segment of whole 16-byte rows, 2 a segment table whose segments
+   * all have whole 16-byte rows. */
+  uint32_t kvec, vvec;
 } decode_plan;
 
+/* Which 16-byte loads the decode kernel may use: KQSVD_VULKAN_LOADS=vec4
+ * (every side whose rows allow them), =scalar (none), otherwise a plain
+ * float side always and a q8/q4 segment table on GPUs only (on a CPU
+ * device, Mesa llvmpipe, the unpacking of a whole unit per lane is slower
+ * than byte loads). */
+static void decode_loads(const kq_bdevice *d, bool *plain, bool *segmented) {
+  const char *env = getenv("KQSVD_VULKAN_LOADS");
+  const VkPhysicalDeviceType t = d->props.deviceType;
+  const bool gpu = t == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU ||
+                   t == VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU ||
+                   t == VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU;
+  const bool vec4 = env && !strcmp(env, "vec4"), scalar = env && !strcmp(env, "scalar");
+  *plain = !scalar;
+  *segmented = vec4 || (!scalar && gpu);
+}
+
+/* 16-byte units of one latent row of a segment table when every segment's
+ * row is whole units (q8: 16 dims, q4: 32, float: 16 / elem), else 0. */
+static uint64_t seg_units(int32_t n, const kq_segment *segs, uint64_t elem) {
+  uint64_t units = 0;
+  for (int32_t i = 0; i < n; ++i) {
+    const uint64_t w = (uint64_t)segs[i].width;
+    const uint64_t bytes = segs[i].bits == KQ_SEG_Q8   ? w
+                           : segs[i].bits == KQ_SEG_Q4 ? w / 2
+                                                       : w * elem;
+    if (bytes % 16) return 0;
+    units += bytes / 16;
+  }
+  return units;
+}
+
 static uint64_t decode_shared(uint32_t rows, uint32_t npar, uint32_t lpr, uint64_t D, uint64_t rk,
-                              uint64_t rv, bool subgroups) {
+                              uint64_t rv, bool subgroups, bool pre) {
   return 4ull * (rows * D + rows * rk + (uint64_t)npar * rows * (rv + 2) +
-                 (subgroups ? 0 : (uint64_t)npar * rows * lpr));
+                 (subgroups ? 0 : (uint64_t)npar * rows * lpr) + (pre ? (uint64_t)npar * rk : 0));
 }
 
 /* Shapes the decode grid; false when the shape does not fit (the caller
@@ -394,24 +428,33 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
   const VkPhysicalDeviceLimits *lim = &d->props.limits;
   const uint64_t D = (uint64_t)op->head_dim, rk = (uint64_t)op->rank_k, rv = (uint64_t)op->rank_v;
   const uint32_t H = (uint32_t)op->n_heads, G = H / cgroups;
-  const bool joint = op->layout == KQ_LAYOUT_JOINT;
-  if (op->rope == KQ_ROPE_PRE || op->n_queries > VK_DECODE_MAX_QUERIES) return false;
+  const bool joint = op->layout == KQ_LAYOUT_JOINT, pre = op->rope == KQ_ROPE_PRE;
+  if ((pre && joint) || op->n_queries > VK_DECODE_MAX_QUERIES) return false;
   p->subgroups = d->subgroup_shuffle && d->subgroup_size >= 1 && d->subgroup_size <= 128;
   const uint32_t sg = p->subgroups ? d->subgroup_size : 1;
   /* A multiple of the subgroup size, at least 64 invocations. */
   p->wg = sg >= 64 ? sg : 64 / sg * sg;
   if (p->wg > lim->maxComputeWorkGroupInvocations || p->wg > lim->maxComputeWorkGroupSize[0])
     return false;
-  /* Lanes per row: a power of two near a quarter of the widest rank (each
-   * lane a few dims), within one subgroup. */
   /* Lanes per row: a power of two, at most one subgroup, so that each lane
    * gets at least one 16-byte unit of a vectorised side or 4 dims of a
-   * scalar one. */
+   * scalar one (PRE keys: 2 RoPE pairs of the rebuilt key). */
   const uint64_t elem = op->storage == KQ_STORAGE_F16 ? 2 : 4;
-  p->kvec = kq_segments_plain(op->n_key_segments, op->key_segments) && rk * elem % 16 == 0;
-  p->vvec = kq_segments_plain(op->n_value_segments, op->value_segments) && rv * elem % 16 == 0;
-  const uint64_t kslots = p->kvec ? rk * elem / 16 : rk / 4,
-                 vslots = p->vvec ? rv * elem / 16 : rv / 4;
+  bool plain16, seg16;
+  decode_loads(d, &plain16, &seg16);
+  const bool kplain = kq_segments_plain(op->n_key_segments, op->key_segments);
+  const bool vplain = kq_segments_plain(op->n_value_segments, op->value_segments);
+  const uint64_t ku = kplain ? 0 : seg_units(op->n_key_segments, op->key_segments, elem);
+  const uint64_t vu = vplain ? 0 : seg_units(op->n_value_segments, op->value_segments, elem);
+  p->kvec = pre ? 0 : kplain && plain16 && rk * elem % 16 == 0 ? 1 : !kplain && seg16 && ku ? 2 : 0;
+  p->vvec = vplain && plain16 && rv * elem % 16 == 0 ? 1 : !vplain && seg16 && vu ? 2 : 0;
+  const uint64_t kslots = pre            ? D / 4
+                          : p->kvec == 1 ? rk * elem / 16
+                          : p->kvec == 2 ? ku
+                                         : rk / 4,
+                 vslots = p->vvec == 1   ? rv * elem / 16
+                          : p->vvec == 2 ? vu
+                                         : rv / 4;
   const uint64_t widest = kslots > vslots ? kslots : vslots;
   uint32_t lpr = 1;
   while (lpr * 2 <= (p->subgroups ? sg : 32u) && lpr * 2 <= widest) lpr *= 2;
@@ -419,7 +462,7 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
     if (G % p->rows) continue;
     for (p->lpr = lpr; p->lpr <= (p->subgroups ? sg : p->wg); p->lpr *= 2) {
       p->npar = p->wg / p->lpr;
-      if (p->npar >= 1 && decode_shared(p->rows, p->npar, p->lpr, D, rk, rv, p->subgroups) <=
+      if (p->npar >= 1 && decode_shared(p->rows, p->npar, p->lpr, D, rk, rv, p->subgroups, pre) <=
                               lim->maxComputeSharedMemorySize)
         goto fits;
     }
@@ -466,7 +509,8 @@ static latent_span side_span(const kq_attend_op *op, const kq_op_seq *seqs, int3
  * (kq_push.h, KQ_SEQ_WORDS; written by vkCmdUpdateBuffer in the frame)
  * gives each query row its sequence's regions, position and chunking; a sequence's chunk count
  * follows its n_ctx (vk_decode_seq_chunks). `seqs` has n_seqs entries (one built from the scalar
- * fields for an op without a table). */
+ * fields for an op without a table). RoPE pre (per-head) rebuilds and rotates the keys inside
+ * attend_dec.comp: still two dispatches. */
 static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_op_seq *seqs,
                                int32_t n_seqs, uint32_t cgroups, const decode_plan *pl) {
   const VkPhysicalDeviceLimits *lim = &d->props.limits;
@@ -476,7 +520,7 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
   const bool ident_k = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
   const bool ident_v = (op->flags & KQ_OP_IDENTITY_VALUES) != 0;
   const bool up = op->value_up != NULL && !ident_v;
-  const bool f16 = op->storage == KQ_STORAGE_F16;
+  const bool f16 = op->storage == KQ_STORAGE_F16, pre = op->rope == KQ_ROPE_PRE;
   const latent_span ks = side_span(op, seqs, n_seqs, 0, cgroups);
   const latent_span vs = side_span(op, seqs, n_seqs, 1, cgroups);
   /* Chunks per sequence, from its share of the grid's positions. */
@@ -497,6 +541,8 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
   aspec[KQ_SPEC_ROWS] = pl->rows;
   aspec[KQ_SPEC_LPR] = pl->lpr;
   aspec[KQ_SPEC_IDENT] = ident_k;
+  aspec[KQ_SPEC_PRE] = pre;
+  aspec[KQ_SPEC_HALVES] = pre && op->rope_layout == KQ_ROPE_HALVES;
   seg_spec(aspec, KQ_SPEC_KEY_SEGS, op->n_key_segments, op->key_segments, op->rank_k);
   seg_spec(aspec, KQ_SPEC_VALUE_SEGS, op->n_value_segments, op->value_segments, op->rank_v);
   uint32_t mspec[VK_SPEC_COUNT] = {0};
@@ -513,10 +559,11 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
                        .c_group = (uint32_t)(H / cgroups),
                        .gc = (uint32_t)(cgroups * cap),
                        .capacity = (uint32_t)cap,
-                       .n_chunks = max_chunks};
+                       .n_chunks = max_chunks,
+                       .rope_hi = pre ? 256u * (uint32_t)(D / 2) * 2u : 0u};
   float scale = op->scale;
   memcpy(&pa.scale_bits, &scale, 4);
-  vk_binding ab[6], mb[4];
+  vk_binding ab[8], mb[4];
   uint32_t k_base = 0, v_base = 0;
   kq_status st =
       vk_bind_range(d, &op->q->mem, op->q_offset, nq * H * D * 4, 4, &ab[0], &pa.q_off, "queries");
@@ -529,10 +576,27 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
   if (st == KQ_OK)
     st = vk_bind_range(d, &op->v_cache->mem, op->v_cache_offset + vs.lo, vs.bytes, 1, &ab[3],
                        &v_base, "value cache");
+  /* PRE: key_down and the device's RoPE table covering every position of
+   * the op (made once, when a longer context first comes). */
+  if (st == KQ_OK)
+    st = bind_opt(d, op->key_down, op->key_down_offset, Hk * D * rk * 4, pre && !ident_k, &ab[6],
+                  &pa.a_off, "key_down");
+  memset(&ab[7], 0, sizeof ab[7]);
+  if (st == KQ_OK && pre) {
+    uint64_t n_pos = 1;
+    for (int32_t i = 0; i < n_seqs; ++i)
+      if ((uint64_t)seqs[i].n_ctx > n_pos) n_pos = (uint64_t)seqs[i].n_ctx;
+    const vk_rope_table *rope = NULL;
+    uint32_t rope_elem = 0;
+    st = rope_table(d, op->rope_theta, (uint32_t)D, (uint32_t)n_pos, &rope);
+    if (st == KQ_OK)
+      st = vk_bind_own(d, &rope->buffer->mem, 0, rope->buffer->mem.size, 4, &ab[7], &rope_elem,
+                       "rope table");
+  }
   /* Regions are KQ_PLANE_ALIGN multiples: every row's base keeps the
    * binding's 16-byte alignment. */
-  aspec[KQ_SPEC_KVEC] = pl->kvec && k_base % 16 == 0;
-  aspec[KQ_SPEC_VVEC] = pl->vvec && v_base % 16 == 0;
+  aspec[KQ_SPEC_KVEC] = k_base % 16 == 0 ? pl->kvec : 0;
+  aspec[KQ_SPEC_VVEC] = v_base % 16 == 0 ? pl->vvec : 0;
   kq_push_merge pm = {
       .n_heads = (uint32_t)H, .e_group = (uint32_t)(H / Hk), .n_chunks = max_chunks};
   const uint64_t out_row = up ? D : rv;
@@ -584,7 +648,7 @@ static kq_status attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_o
   pm.part_off = pa.part_off;
   pm.seq_off = pa.seq_off;
   if (st == KQ_OK)
-    st = vk_dispatch(d, f, ashader, aspec, ab, 6, &pa, sizeof pa, max_chunks,
+    st = vk_dispatch(d, f, ashader, aspec, ab, 8, &pa, sizeof pa, max_chunks,
                      (uint32_t)(H / pl->rows), (uint32_t)nq);
   vk_frame_barrier(f);
   if (st == KQ_OK)

@@ -161,15 +161,13 @@ static size_t zmax(size_t a, size_t b) {
 
 /* The pipelines of the ops depend on their shapes, formats and offsets, not
  * on the token counts, except where a count picks the kernel: attend takes
- * the decode kernels up to VK_DECODE_MAX_QUERIES queries (tiled kernels
- * with RoPE pre) and specializes the tiled ones for one query or several.
- * So one token, and 1, 2 and VK_DECODE_MAX_QUERIES + 1 queries (those not
- * above the bound), cover every count up to the bound. The core describes
- * the full output (value_up set); a cache may also be asked for the latent
- * output, whose merge is another pipeline: each attend also runs without
- * value_up. The ops run for real
- * on zeros: creating a pipeline is not always the whole compilation (Mesa
- * lavapipe generates the machine code of a shader at its first dispatch). */
+ * the decode kernels up to VK_DECODE_MAX_QUERIES queries and specializes the tiled ones for one
+ * query or several. So one token, and 1, 2 and VK_DECODE_MAX_QUERIES + 1 queries (those not above
+ * the bound), cover every count up to the bound. The core describes the full output (value_up set);
+ * a cache may also be asked for the latent output, whose merge is another pipeline: each attend
+ * also runs without value_up. The ops run for real on zeros: creating a pipeline is not always the
+ * whole compilation (Mesa lavapipe generates the machine code of a shader at its first dispatch).
+ */
 kq_status vk_prepare(kq_bdevice *d, const kq_project_op *append_keys,
                      const kq_project_op *append_values, const kq_attend_op *attend,
                      const kq_up_op *up) {

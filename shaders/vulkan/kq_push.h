@@ -30,8 +30,11 @@
 #define KQ_SPEC_LPR 5   /* lanes splitting one latent row (power of two) */
 #define KQ_SPEC_IDENT 6 /* A = B = I (keys) / C = E = I (values) */
 #define KQ_SPEC_UP 7    /* merge_up: multiply by Eᵀ */
-#define KQ_SPEC_KVEC 8  /* attend_dec: keys read as 16-byte units (one float segment) */
-#define KQ_SPEC_VVEC 9  /* attend_dec: values likewise */
+#define KQ_SPEC_KVEC                                                                               \
+  8 /* attend_dec: keys read as 16-byte units (1: one float segment, 2: a segment table) */
+#define KQ_SPEC_VVEC 9    /* attend_dec: values likewise */
+#define KQ_SPEC_PRE 10    /* attend_dec: RoPE pre, keys rebuilt and rotated per position */
+#define KQ_SPEC_HALVES 11 /* attend_dec: RoPE rotation layout halves (else pairs) */
 /* kq_seg.glsl: key segment table at 16..32, value table at 33..49. */
 #define KQ_SPEC_KEY_SEGS 16
 #define KQ_SPEC_VALUE_SEGS 33
@@ -46,7 +49,10 @@
  *   4 chunks of the sequence (<= the grid's n_chunks; later chunks idle) */
 #define KQ_SEQ_WORDS 5
 
-/* attend_dec.comp: one workgroup per (chunk, row group, query row). */
+/* attend_dec.comp: one workgroup per (chunk, row group, query row).
+ * Bindings: 0 queries, 1 query_down B, 2 key latents, 3 value latents,
+ * 4 partials, 5 row table; with PRE also 6 key_down A and 7 the RoPE table
+ * (kq_rope.glsl). */
 KQ_STRUCT(kq_push_decode) {
   KQ_U32 q_off;      /* queries F32 [rows, n_heads, D] */
   KQ_U32 b_off;      /* query_down F32 [n_kv_heads, D, RK] */
@@ -59,6 +65,8 @@ KQ_STRUCT(kq_push_decode) {
   KQ_U32 capacity;   /* positions per cache group */
   KQ_U32 n_chunks;   /* partial slots per (row, head): the grid's largest chunk count */
   KQ_U32 scale_bits; /* logit scale, float bits */
+  KQ_U32 a_off;      /* key_down F32 [n_kv_heads, D, RK] (PRE only) */
+  KQ_U32 rope_hi;    /* element offset of the RoPE table's high part (PRE only) */
 }
 KQ_END(kq_push_decode)
 

@@ -3,7 +3,7 @@
  * (kq_device_get_stats), never timed: one decode step on one layer through
  * the public API is at most one queue submit, at most two dispatches for
  * attend, one host wait (the blocking download of the result) and no device
- * allocation after warm-up; its output matches the CPU backend. Also the
+ * allocation after warm-up (RoPE pre included); its output matches the CPU backend. Also the
  * decode split (vk_split.h) against pretend devices: the grid of a 4k or 32k
  * context holds at least twice as many workgroups as the device has compute
  * units. The pipeline cache is written to KQSVD_CACHE_DIR when a device
@@ -98,6 +98,8 @@ static void test_split_of_a_batch_follows_each_context(void **state) {
 
 typedef struct step_case {
   kq_layout layout;
+  kq_rope_mode rope;          /* 0: post */
+  kq_rope_layout rope_layout; /* with rope pre */
   kq_storage storage;
   int32_t n_kseg, n_vseg; /* 0: one float segment */
   kq_segment kseg[3], vseg[3];
@@ -129,7 +131,7 @@ static kq_device_stats stats(const kq_device *dev) {
 }
 
 static void run_step_case(const step_case *sc, int n_ctx) {
-  const int H = 8, Hk = 2, d = 64, warm = 3;
+  const int H = 8, Hk = 2, d = 64, warm = 5; /* more steps than the ring has frames */
   const int32_t rk = sc->layout == KQ_LAYOUT_JOINT ? 96 : 32;
   const int32_t rv = sc->layout == KQ_LAYOUT_JOINT ? 80 : 24;
   kq_projections_info info = {.method = KQ_METHOD_KQSVD,
@@ -137,8 +139,8 @@ static void run_step_case(const step_case *sc, int n_ctx) {
                               .n_heads = H,
                               .n_kv_heads = Hk,
                               .head_dim = d,
-                              .rope = KQ_ROPE_POST,
-                              .rope_layout = KQ_ROPE_PAIRS,
+                              .rope = sc->rope ? sc->rope : KQ_ROPE_POST,
+                              .rope_layout = sc->rope ? sc->rope_layout : KQ_ROPE_PAIRS,
                               .rope_theta = 10000.0f,
                               .layout = sc->layout};
   kq_projections *proj = NULL;
@@ -243,6 +245,31 @@ static void test_decode_step_joint(void **state) {
   run_step_case(&sc, 400);
 }
 
+/* RoPE pre: keys rebuilt and rotated inside the decode kernel. Past 4096
+ * positions (the first RoPE table's reach), so the table is regrown during
+ * the warm-up and the high part of the angle is not 0. */
+static void test_decode_step_rope_pre_float(void **state) {
+  (void)state;
+  step_case sc = {.layout = KQ_LAYOUT_PER_HEAD,
+                  .rope = KQ_ROPE_PRE,
+                  .rope_layout = KQ_ROPE_PAIRS,
+                  .storage = KQ_STORAGE_F32};
+  run_step_case(&sc, 4300);
+}
+
+static void test_decode_step_rope_pre_quantized(void **state) {
+  (void)state;
+  step_case sc = {.layout = KQ_LAYOUT_PER_HEAD,
+                  .rope = KQ_ROPE_PRE,
+                  .rope_layout = KQ_ROPE_HALVES,
+                  .storage = KQ_STORAGE_F16,
+                  .n_kseg = 2,
+                  .kseg = {{16, KQ_SEG_Q8}, {16, KQ_SEG_Q4}},
+                  .n_vseg = 2,
+                  .vseg = {{8, KQ_SEG_FLOAT}, {16, KQ_SEG_Q8}}};
+  run_step_case(&sc, 600);
+}
+
 /* --- the pipeline cache on disk --- */
 
 /* One small decode on a fresh device, then the device is closed. */
@@ -321,6 +348,8 @@ int main(void) {
       cmocka_unit_test(test_decode_step_per_head_float),
       cmocka_unit_test(test_decode_step_per_head_quantized),
       cmocka_unit_test(test_decode_step_joint),
+      cmocka_unit_test(test_decode_step_rope_pre_float),
+      cmocka_unit_test(test_decode_step_rope_pre_quantized),
       cmocka_unit_test(test_pipeline_cache_persists),
   };
   return cmocka_run_group_tests(tests, NULL, NULL) ? 1 : 0;
