@@ -385,19 +385,16 @@ typedef struct decode_plan {
 } decode_plan;
 
 /* Which 16-byte loads the decode kernel may use: KQSVD_VULKAN_LOADS=vec4
- * (every side whose rows allow them), =scalar (none), otherwise a plain
- * float side always and a q8/q4 segment table on GPUs only (on a CPU
- * device, Mesa llvmpipe, the unpacking of a whole unit per lane is slower
- * than byte loads). */
-static void decode_loads(const kq_bdevice *d, bool *plain, bool *segmented) {
+ * (every side whose rows allow them, q8/q4 segment tables included),
+ * =scalar (none), otherwise plain float sides only. The q8/q4 unit loads are
+ * opt-in on every device type until a GPU has measured them: on Mesa
+ * llvmpipe (the one device that ran them) a 4k decode with them did not
+ * finish in minutes where byte loads take 0.12 s (docs/results.md). */
+static void decode_loads(bool *plain, bool *segmented) {
   const char *env = getenv("KQSVD_VULKAN_LOADS");
-  const VkPhysicalDeviceType t = d->props.deviceType;
-  const bool gpu = t == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU ||
-                   t == VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU ||
-                   t == VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU;
   const bool vec4 = env && !strcmp(env, "vec4"), scalar = env && !strcmp(env, "scalar");
   *plain = !scalar;
-  *segmented = vec4 || (!scalar && gpu);
+  *segmented = vec4;
 }
 
 /* 16-byte units of one latent row of a segment table when every segment's
@@ -441,7 +438,7 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
    * scalar one (PRE keys: 2 RoPE pairs of the rebuilt key). */
   const uint64_t elem = op->storage == KQ_STORAGE_F16 ? 2 : 4;
   bool plain16, seg16;
-  decode_loads(d, &plain16, &seg16);
+  decode_loads(&plain16, &seg16);
   const bool kplain = kq_segments_plain(op->n_key_segments, op->key_segments);
   const bool vplain = kq_segments_plain(op->n_value_segments, op->value_segments);
   const uint64_t ku = kplain ? 0 : seg_units(op->n_key_segments, op->key_segments, elem);
