@@ -26,58 +26,10 @@ enum { NL = 2, H = 4, HK = 2, D = 16, NS = 8, CAP = 40, MAXROWS = 256 };
 
 static const char *g_device = "cpu";
 
-typedef struct variant {
-  kq_rope_mode rope;
-  kq_layout layout;
-  kq_storage storage;
-  int quantized; /* key/value segments: float + q8 + q4 */
-} variant;
+#include "seq_projections.h"
 
-static uint64_t g_rng;
-static float rnd(void) {
-  g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
-  return (float)((double)(g_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-static void fill(float *x, size_t n, uint64_t seed) {
-  g_rng = seed * 2654435761u + 17;
-  for (size_t i = 0; i < n; i++) x[i] = rnd();
-}
-
-/* Random projections of ranks < head_dim (so nothing is the identity). */
 static kq_projections *make_projections(const variant *v) {
-  kq_projections_info info = {.method = KQ_METHOD_KQSVD,
-                              .n_layers = NL,
-                              .n_heads = H,
-                              .n_kv_heads = HK,
-                              .head_dim = D,
-                              .rope = v->rope,
-                              .rope_layout = KQ_ROPE_PAIRS,
-                              .rope_theta = 10000.0f,
-                              .layout = v->layout};
-  int joint = v->layout == KQ_LAYOUT_JOINT;
-  int32_t rk[NL], rv[NL];
-  for (int l = 0; l < NL; l++) {
-    rk[l] = joint ? 20 : 12;
-    rv[l] = joint ? 18 : 10;
-  }
-  kq_projections *p = NULL;
-  assert_int_equal(kq_projections_create(&info, rk, rv, &p), KQ_OK);
-  size_t rows_down = (size_t)HK * D; /* per-head [Hk, d, r] or joint [Hk·d, r]: same count */
-  for (int l = 0; l < NL; l++) {
-    kq_projection_layer pl;
-    assert_int_equal(kq_projections_layer(p, l, &pl), KQ_OK);
-    fill(pl.key_down, rows_down * (size_t)rk[l], 100 + 10 * (uint64_t)l);
-    fill(pl.query_down, (size_t)HK * D * (size_t)rk[l], 101 + 10 * (uint64_t)l);
-    fill(pl.value_down, rows_down * (size_t)rv[l], 102 + 10 * (uint64_t)l);
-    fill(pl.value_up, (size_t)HK * D * (size_t)rv[l], 103 + 10 * (uint64_t)l);
-    if (v->quantized) {
-      kq_segment ks[3] = {{4, KQ_SEG_FLOAT}, {rk[l] - 8, KQ_SEG_Q8}, {4, KQ_SEG_Q4}};
-      kq_segment vs[3] = {{2, KQ_SEG_FLOAT}, {rv[l] - 6, KQ_SEG_Q8}, {4, KQ_SEG_Q4}};
-      assert_int_equal(kq_projections_set_segments(p, l, KQ_SIDE_KEYS, 3, ks), KQ_OK);
-      assert_int_equal(kq_projections_set_segments(p, l, KQ_SIDE_VALUES, 3, vs), KQ_OK);
-    }
-  }
-  return p;
+  return make_projections_of(v, NL, H, HK, D);
 }
 
 typedef struct fixture {
