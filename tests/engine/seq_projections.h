@@ -1,7 +1,8 @@
 /*
  * seq_projections.h — the shared fixture of the sequence tests
  * (tests/engine/test_sequences.c, tests/opencl/test_opencl_sequences.c):
- * cache variants, a deterministic random fill, and random projections of
+ * cache variants, a deterministic random fill, the relative difference the
+ * tests compare with, and random projections of
  * ranks below head_dim (so nothing is the identity), optionally with
  * float + q8 + q4 segments on both sides. Header-only; include after
  * <cmocka.h> and "kqsvd.h".
@@ -9,6 +10,7 @@
 #ifndef KQ_TEST_SEQ_PROJECTIONS_H
 #define KQ_TEST_SEQ_PROJECTIONS_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -68,6 +70,16 @@ static kq_projections *make_projections_of(const variant *v, int n_layers, int h
     }
   }
   return p;
+}
+
+/* ‖a − b‖ / ‖b‖ in double (‖a − b‖ when b is all zeros). */
+static double rel_diff(const float *a, const float *b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; i++) {
+    num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+    den += (double)b[i] * b[i];
+  }
+  return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
 #endif

@@ -69,15 +69,6 @@ static void fixture_close(fixture *f) {
   kq_device_destroy(f->dev);
 }
 
-static double rel_diff(const float *a, const float *b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-    den += (double)b[i] * b[i];
-  }
-  return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 /* One batched append + attend over `spans` (every layer) against the same
  * rows appended to / attended from the single-sequence caches, both output
  * kinds. Asserts 1e-6 relative agreement per sequence. */

@@ -28,15 +28,6 @@ static kq_projections *make_projections(const variant *v) {
   return make_projections_of(v, NL, H, HK, D);
 }
 
-static double rel_diff(const float *a, const float *b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-    den += (double)b[i] * b[i];
-  }
-  return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 static uint64_t dispatches(kq_device *dev) {
   kq_device_stats st = {.struct_size = sizeof st};
   if (kq_device_get_stats(dev, &st) != KQ_OK) fail_msg("%s", kq_last_error());
