@@ -10,7 +10,11 @@
  * Prints ns per position for logits (F16 full, quantized F32, quantized
  * int8 digits) and P·V (F16 full, quantized F32 with the weight x value
  * scale pass it needs, quantized int8 with the scale folded in) with the
- * kernel set in use (KQSVD_CPU_ISA forces one).
+ * kernel set in use (KQSVD_CPU_ISA forces one). On x86-64 it then measures
+ * the core's peak rate of 256-bit vfmadd231ps and (with AVX-512 VNNI)
+ * vpdpbusd (12 independent chains, registers only) and prints each
+ * kernel's floor: its multiply-add instructions per position at that rate,
+ * so a kernel's distance from its floor is overhead, not arithmetic.
  */
 #include <math.h>
 #include <stdio.h>
@@ -29,6 +33,39 @@ static double now_s(void) {
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* 12 independent 256-bit multiply-adds per loop iteration, n iterations. */
+#define PEAK_LOOP(INS, n)                                                                          \
+  __asm__ volatile("1:\n\t" INS " %%ymm8, %%ymm9, %%ymm0\n\t" INS                                  \
+                   " %%ymm8, %%ymm9, %%ymm1\n\t" INS " %%ymm8, %%ymm9, %%ymm2\n\t" INS             \
+                   " %%ymm8, %%ymm9, %%ymm3\n\t" INS " %%ymm8, %%ymm9, %%ymm4\n\t" INS             \
+                   " %%ymm8, %%ymm9, %%ymm5\n\t" INS " %%ymm8, %%ymm9, %%ymm6\n\t" INS             \
+                   " %%ymm8, %%ymm9, %%ymm7\n\t" INS " %%ymm8, %%ymm9, %%ymm10\n\t" INS            \
+                   " %%ymm8, %%ymm9, %%ymm11\n\t" INS " %%ymm8, %%ymm9, %%ymm12\n\t" INS           \
+                   " %%ymm8, %%ymm9, %%ymm13\n\t"                                                  \
+                   "dec %0\n\tjnz 1b"                                                              \
+                   : "+r"(n)                                                                       \
+                   :                                                                               \
+                   : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm10",      \
+                     "xmm11", "xmm12", "xmm13", "cc")
+
+/* Instructions per ns of one kind (fastest of TRIALS runs of 12 x 2^20). */
+static double peak_rate(int vnni) {
+  double best = INFINITY;
+  for (int trial = 0; trial < TRIALS; trial++) {
+    long n = 1L << 20;
+    double t0 = now_s();
+    if (vnni)
+      PEAK_LOOP("vpdpbusd", n);
+    else
+      PEAK_LOOP("vfmadd231ps", n);
+    double dt = now_s() - t0;
+    best = dt < best ? dt : best;
+  }
+  return 12.0 * (double)(1L << 20) / best * 1e-9;
+}
+#endif
 
 /* "8f 32q8 64q4" -> planes (widths, bits); returns the count, 0 if malformed. */
 static int parse(const char *text, kq_cpu_plane *pl) {
@@ -169,5 +206,27 @@ int main(int argc, char **argv) {
     }
     printf("  %-30s %8.2f ns per position\n", names[which], best / reps / NT * 1e9);
   }
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  /* Multiply-add instructions per position: F32 FMAs do 8, vpdpbusd 32
+   * (byte pairs) per instruction; the int8 logits take KQ_CPU_I8_DIGITS
+   * query digits per byte, and a q4 byte's two nibbles separately. */
+  int fk = 0, ik = 0, fv = 0;
+  for (int g = 0; g < nk; g++) {
+    if (kp[g].bits == KQ_SEG_FLOAT) fk += (kp[g].width + 7) / 8;
+    if (kp[g].bits == KQ_SEG_Q8) ik += (kp[g].width + 31) / 32 * KQ_CPU_I8_DIGITS;
+    if (kp[g].bits == KQ_SEG_Q4) ik += 2 * ((kp[g].width / 2 + 31) / 32) * KQ_CPU_I8_DIGITS;
+  }
+  for (int g = 0; g < nv; g++) fv += (vp[g].width + 7) / 8;
+  double fma = peak_rate(0);
+  printf("peak 256-bit vfmadd231ps: %.2f per ns; floors at that rate: logits F16 rank 128 %.2f ns, "
+         "P.V F16 rank 128 %.2f ns, P.V quantized f32 %.2f ns per position\n",
+         fma, rows * 16 / fma, rows * 16 / fma, rows * fv / fma);
+  if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl")) {
+    double dp = peak_rate(1);
+    printf("peak 256-bit vpdpbusd: %.2f per ns; floor of logits quantized int8: %.2f ns per "
+           "position\n",
+           dp, rows * (ik / dp + fk / fma));
+  }
+#endif
   return 0;
 }
