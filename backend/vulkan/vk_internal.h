@@ -275,7 +275,7 @@ kq_status vk_prepare(kq_bdevice *d, const kq_project_op *append_keys,
                      const kq_up_op *up);
 void vk_pipelines_destroy(kq_bdevice *d);
 
-/* --- vk_ops.c --- */
+/* --- vk_ops.c (what the op files share among themselves: vk_ops.h) --- */
 kq_status vk_op_project(kq_bdevice *d, const kq_project_op *op);
 kq_status vk_op_attend(kq_bdevice *d, const kq_attend_op *op);
 kq_status vk_op_up(kq_bdevice *d, const kq_up_op *op);
