@@ -419,7 +419,7 @@ static void test_project_quantizes_bit_exactly_by_the_rule(void **state) {
   uint64_t rs = 77;
   for (int t = 0; t < T; t++)
     for (int h = 0; h < G; h++)
-      for (int i = 0; i < D; i++) x[t][h][i] = (float)ref_rand(&rs) * 3.0f;
+      for (int i = 0; i < D; i++) x[t][h][i] = (float)test_rng_signed(&rs) * 3.0f;
   /* Row 0: ties. In the q8 segment amax 127 gives s = 1 exactly, so
    * x = k + 0.5 is a tie; in the q4 segment amax 7 gives s = 1 too. */
   for (int i = 6; i < 21; i++) x[0][0][i] = (float)(i - 13) + 0.5f;
@@ -523,12 +523,12 @@ static void test_project_quantizer_is_bit_exact_for_every_width(void **state) {
       float x[T][MAXW];
       float s = 0.0078125f * (float)(1 + w % 5); /* F16-exact */
       for (int i = 0; i < w; i++) {
-        int k = (int)((ref_rand(&rs) + 1.0) * qmax) - qmax;
+        int k = (int)((test_rng_signed(&rs) + 1.0) * qmax) - qmax;
         x[0][i] = ((float)k + (k < 0 ? -0.5f : 0.5f)) * s; /* ties */
         x[1][i] = 0.0f;
-        x[2][i] = (float)ref_rand(&rs) * 1e-3f;
-        x[3][i] = (float)ref_rand(&rs) * 50.0f;
-        x[4][i] = (float)ref_rand(&rs);
+        x[2][i] = (float)test_rng_signed(&rs) * 1e-3f;
+        x[3][i] = (float)test_rng_signed(&rs) * 50.0f;
+        x[4][i] = (float)test_rng_signed(&rs);
         x[5][i] = (float)k * s; /* exact integers */
       }
       x[0][(7 * w) / 9] = (float)qmax * s; /* amax: the scale is exactly s */
@@ -627,12 +627,6 @@ static void test_up_accepts_joint_rank_above_head_dim(void **state) {
   }
 }
 
-/* Deterministic values in [-1, 1). */
-static double urand(uint64_t *st) {
-  *st = *st * 6364136223846793005ull + 1442695040888963407ull;
-  return (double)(*st >> 11) / 4503599627370496.0 - 1.0;
-}
-
 /* Element c of a q4 query chunk layout: chunks of 32 while 32 elements
  * remain, then 16; even elements first within a chunk. */
 static int q4_slot(int w, int c) {
@@ -656,7 +650,7 @@ static void test_int16_query_follows_its_layout(void **state) {
       if (bits == KQ_SEG_Q4 && w % 2) continue;
       float x[512];
       int16_t q[512 + 16];
-      for (int c = 0; c < w; c++) x[c] = (float)(3.0 * urand(&st));
+      for (int c = 0; c < w; c++) x[c] = (float)(3.0 * test_rng_signed(&st));
       float scale;
       int32_t sum;
       kq_cpu_query_i16(bits, x, w, q, &scale, &sum);
@@ -704,7 +698,8 @@ static void test_int16_kernels_match_float64_for_odd_shapes(void **state) {
           double *val = malloc(sizeof(double) * w * nt);
           for (int t = 0; t < nt; t++)
             for (int c = 0; c < w; c++) {
-              int v = bits == KQ_SEG_Q8 ? (int)(127.0 * urand(&st)) : (int)(8.0 * urand(&st));
+              int v = bits == KQ_SEG_Q8 ? (int)(127.0 * test_rng_signed(&st))
+                                        : (int)(8.0 * test_rng_signed(&st));
               if (bits == KQ_SEG_Q4 && v > 7) v = 7;
               val[(size_t)t * w + c] = v;
               if (bits == KQ_SEG_Q8) {
@@ -719,11 +714,11 @@ static void test_int16_kernels_match_float64_for_odd_shapes(void **state) {
           int16_t q16[5 * 528], wtmp[KQ_CPU_I16_ROWS * 66];
           int32_t qsum[5];
           for (int r = 0; r < rows; r++) {
-            for (int c = 0; c < w; c++) x[r][c] = (float)urand(&st);
+            for (int c = 0; c < w; c++) x[r][c] = (float)test_rng_signed(&st);
             kq_cpu_query_i16(bits, x[r], w, q16 + (size_t)r * wp, &qs[r], &qsum[r]);
           }
-          for (int t = 0; t < nt; t++) ks[t] = (float)(0.01 * (1.5 + urand(&st)));
-          for (int i = 0; i < rows * 64; i++) p[i] = (float)(0.5 + 0.5 * urand(&st));
+          for (int t = 0; t < nt; t++) ks[t] = (float)(0.01 * (1.5 + test_rng_signed(&st)));
+          for (int i = 0; i < rows * 64; i++) p[i] = (float)(0.5 + 0.5 * test_rng_signed(&st));
           for (int i = 0; i < rows * w; i++) acc[i] = 0.25f;
           k->logits_plane_i16(bits, q16, rows, wp, qs, qsum, plane, rb, nt, w, ks, s, 64, 0);
           k->pv_plane_i16(bits, p, rows, 64, plane, rb, nt, w, acc, w, wtmp);
@@ -811,27 +806,27 @@ static void test_int8_logits_match_float64_for_mixed_segments(void **state) {
           unsigned char *plane = calloc(rb * nt + 64, 1);
           val[g] = malloc(sizeof(double) * w * nt);
           for (int t = 0; t < nt; t++) {
-            ks[g][t] = sg->bits ? (float)(0.01 * (1.5 + urand(&st))) : 1.0f;
+            ks[g][t] = sg->bits ? (float)(0.01 * (1.5 + test_rng_signed(&st))) : 1.0f;
             for (int c = 0; c < w; c++) {
               double v;
               unsigned char *row = plane + (size_t)t * rb;
               if (sg->bits == KQ_SEG_Q8) {
-                int iv = (int)(127.0 * urand(&st));
+                int iv = (int)(127.0 * test_rng_signed(&st));
                 v = iv;
                 row[c] = (unsigned char)(int8_t)iv;
               } else if (sg->bits == KQ_SEG_Q4) {
-                int iv = (int)(8.0 * urand(&st));
+                int iv = (int)(8.0 * test_rng_signed(&st));
                 iv = iv > 7 ? 7 : iv;
                 v = iv;
                 unsigned u = (unsigned)(iv + 8);
                 row[c / 2] =
                     c % 2 ? (unsigned char)((row[c / 2] & 15u) | (u << 4)) : (unsigned char)u;
               } else if (sg->f16) {
-                uint16_t h = kq_f32_to_f16((float)urand(&st));
+                uint16_t h = kq_f32_to_f16((float)test_rng_signed(&st));
                 v = kq_f16_to_f32(h);
                 memcpy(row + 2 * c, &h, 2);
               } else {
-                float f = (float)urand(&st);
+                float f = (float)test_rng_signed(&st);
                 v = f;
                 memcpy(row + 4 * c, &f, 4);
               }
@@ -845,7 +840,7 @@ static void test_int8_logits_match_float64_for_mixed_segments(void **state) {
         for (int r = 0; r < rows; r++)
           for (int g = 0; g < npl; g++)
             for (int c = 0; c < pl[g].width; c++)
-              q[(size_t)r * ldq + pl[g].qoff + c] = (float)urand(&st) * (float)(g + 1);
+              q[(size_t)r * ldq + pl[g].qoff + c] = (float)test_rng_signed(&st) * (float)(g + 1);
         size_t ldqd = kq_cpu_query_i8_bytes(pl, npl);
         unsigned char *qd = malloc((size_t)rows * ldqd);
         kq_cpu_query_i8(pl, npl, q, rows, ldq, qd, ldqd);
@@ -906,9 +901,10 @@ static void test_int8_pv_matches_float64_for_odd_shapes(void **state) {
           unsigned char *plane = calloc(rb * nt + 64, 1); /* slack: whole-dword loads */
           int *val = malloc(sizeof(int) * w * nt);
           for (int t = 0; t < nt; t++) {
-            sc[t] = (float)(0.01 * (1.5 + urand(&st)));
+            sc[t] = (float)(0.01 * (1.5 + test_rng_signed(&st)));
             for (int c = 0; c < w; c++) {
-              int iv = bits == KQ_SEG_Q8 ? (int)(127.0 * urand(&st)) : (int)(8.0 * urand(&st));
+              int iv = bits == KQ_SEG_Q8 ? (int)(127.0 * test_rng_signed(&st))
+                                         : (int)(8.0 * test_rng_signed(&st));
               iv = iv > 7 && bits == KQ_SEG_Q4 ? 7 : iv;
               val[t * w + c] = iv;
               unsigned char *row = plane + (size_t)t * rb;
@@ -923,10 +919,11 @@ static void test_int8_pv_matches_float64_for_odd_shapes(void **state) {
           }
           for (int r = 0; r < rows; r++)
             for (int t = 0; t < nt; t++) {
-              double u = urand(&st);
+              double u = test_rng_signed(&st);
               p[r * LDS + t] = u < -0.8 ? 0.0f : (float)pow(10.0, 2.0 * u - 2.0);
             }
-          for (int i = 0; i < rows * LDA; i++) acc[i] = (float)urand(&st), ref[i] = acc[i];
+          for (int i = 0; i < rows * LDA; i++)
+            acc[i] = (float)test_rng_signed(&st), ref[i] = acc[i];
           k->pv_plane_i8(bits, p, rows, LDS, plane, rb, nt, w, sc, acc, LDA, tmp);
           for (int r = 0; r < rows; r++) {
             double wmax = 0;
