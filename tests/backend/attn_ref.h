@@ -1,8 +1,8 @@
 /*
  * attn_ref.h — helpers of the backend tests around the tests' one float64
- * attention reference (tests/common/attn_reference.h): random fills, one
- * row's latent, and ref_attend, the compressed cache of one layer (SPEC
- * §1, §4) computed by kqc_ref_attend_kv.
+ * attention reference (tests/common/attn_reference.h): random fills (by
+ * tests/common/test_rng.h), one row's latent, and ref_attend, the
+ * compressed cache of one layer (SPEC §1, §4) computed by kqc_ref_attend_kv.
  */
 #ifndef KQ_TEST_ATTN_REF_H
 #define KQ_TEST_ATTN_REF_H
@@ -14,16 +14,12 @@
 
 #include "common/attn_reference.h"
 #include "common/kq_common.h"
+#include "common/test_rng.h"
 #include "kqsvd.h"
 
-/* Deterministic uniform numbers in [-1, 1). */
-static inline double ref_rand(uint64_t *state) {
-  *state = *state * 6364136223846793005ull + 1442695040888963407ull;
-  return (double)(*state >> 11) / (double)(1ull << 52) - 1.0;
-}
-
+/* x[0..n) = amp · test_rng_signed(state), rounded to float. */
 static inline void ref_fill(float *x, size_t n, uint64_t *state, double amp) {
-  for (size_t i = 0; i < n; i++) x[i] = (float)(amp * ref_rand(state));
+  for (size_t i = 0; i < n; i++) x[i] = (float)(amp * test_rng_signed(state));
 }
 
 static inline void ref_rotate(double *x, int d, double pos, double theta, kq_rope_layout layout) {

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/kq_common.h"
+#include "common/test_rng.h"
 
 static void f16_round_trips_every_finite_half(void **state) {
   (void)state;
@@ -208,11 +209,8 @@ static void sha256_file_agrees_with_sha256sum(void **state) {
   int fd = mkstemp(path);
   assert_true(fd >= 0);
   FILE *f = fdopen(fd, "wb");
-  uint32_t x = 12345;
-  for (int i = 0; i < (1 << 20) + 777; i++) {
-    x = x * 1664525u + 1013904223u;
-    fputc((int)(x >> 24), f);
-  }
+  uint64_t rng = 12345;
+  for (int i = 0; i < (1 << 20) + 777; i++) fputc((int)(test_rng_u32(&rng) >> 24), f);
   fclose(f);
   char hex[65], cmd[128], want[65] = "";
   assert_int_equal(kq_sha256_file(path, hex), KQ_OK);

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/test_rng.h"
+
 typedef struct variant {
   kq_rope_mode rope;
   kq_layout layout;
@@ -21,15 +23,10 @@ typedef struct variant {
   int quantized; /* key/value segments: float + q8 + q4 */
 } variant;
 
-static uint64_t g_rng;
-static float rnd(void) {
-  g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
-  return (float)((double)(g_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
 /* x[0..n) uniform in [-1, 1), the same for the same seed. */
 static void fill(float *x, size_t n, uint64_t seed) {
-  g_rng = seed * 2654435761u + 17;
-  for (size_t i = 0; i < n; i++) x[i] = rnd();
+  uint64_t rng = seed * 2654435761u + 17;
+  for (size_t i = 0; i < n; i++) x[i] = (float)test_rng_signed(&rng);
 }
 
 /* Projections of `n_layers` layers (h query heads, hk kv heads, head_dim d)

@@ -20,6 +20,7 @@
 
 #include <cmocka.h>
 
+#include "common/test_rng.h"
 #include "kqsvd.h"
 
 enum { NL = 3, H = 4, HK = 2, D = 8, HID = 12, SEQ = 8, T = 32 };
@@ -28,10 +29,6 @@ static char g_dir[64];
 static float g_q[NL][T][H][D], g_k[NL][T][HK][D], g_v[NL][T][HK][D], g_wo[NL][HID][H * D];
 
 static uint64_t g_rng;
-static double rnd(void) {
-  g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
-  return (double)(g_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-}
 
 /* Activations with structure (a few strong directions plus noise), so the
  * fit has a spectrum to work with. */
@@ -39,21 +36,24 @@ static void make_activations(void) {
   g_rng = 7;
   float basis[4][D];
   for (int i = 0; i < 4; i++)
-    for (int j = 0; j < D; j++) basis[i][j] = (float)rnd();
+    for (int j = 0; j < D; j++) basis[i][j] = (float)test_rng_signed(&g_rng);
   for (int l = 0; l < NL; l++)
     for (int t = 0; t < T; t++) {
       for (int h = 0; h < H; h++)
         for (int j = 0; j < D; j++)
-          g_q[l][t][h][j] = (float)(3.0 * rnd() * basis[h % 4][j] + 0.3 * rnd());
+          g_q[l][t][h][j] = (float)(3.0 * test_rng_signed(&g_rng) * basis[h % 4][j] +
+                                    0.3 * test_rng_signed(&g_rng));
       for (int h = 0; h < HK; h++)
         for (int j = 0; j < D; j++) {
-          g_k[l][t][h][j] = (float)(2.0 * rnd() * basis[(h + 1) % 4][j] + 0.2 * rnd());
-          g_v[l][t][h][j] = (float)(rnd() * basis[(h + 2) % 4][j] + 0.1 * rnd());
+          g_k[l][t][h][j] = (float)(2.0 * test_rng_signed(&g_rng) * basis[(h + 1) % 4][j] +
+                                    0.2 * test_rng_signed(&g_rng));
+          g_v[l][t][h][j] = (float)(test_rng_signed(&g_rng) * basis[(h + 2) % 4][j] +
+                                    0.1 * test_rng_signed(&g_rng));
         }
     }
   for (int l = 0; l < NL; l++)
     for (int r = 0; r < HID; r++)
-      for (int c = 0; c < H * D; c++) g_wo[l][r][c] = (float)rnd();
+      for (int c = 0; c < H * D; c++) g_wo[l][r][c] = (float)test_rng_signed(&g_rng);
 }
 
 static void path_in_dir(char *out, size_t n, const char *name) {

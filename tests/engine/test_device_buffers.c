@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "common/test_rng.h"
 #include "kqsvd.h"
 
 enum { NL = 3, H = 4, HK = 2, D = 16, RK = 10, RV = 12, NS = 3, CAP = 24 };
@@ -30,13 +31,9 @@ static const char *g_device = "cpu";
     if (st_ != KQ_OK) fail_msg("%s: %s", #call, kq_last_error());                                  \
   } while (0)
 
-static uint64_t g_rng;
 static void fill(float *x, size_t n, uint64_t seed) {
-  g_rng = seed * 0x9E3779B97F4A7C15ULL + 1;
-  for (size_t i = 0; i < n; i++) {
-    g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
-    x[i] = (float)((double)(g_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-  }
+  uint64_t rng = seed * 0x9E3779B97F4A7C15ULL + 1;
+  for (size_t i = 0; i < n; i++) x[i] = (float)test_rng_signed(&rng);
 }
 
 static kq_projections *projections(void) {

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/test_rng.h"
 #include "io/kq_safetensors.h"
 #include "kqsvd.h"
 
@@ -26,16 +27,17 @@ typedef struct tcalib {
   const char *seq_len, *rope, *rope_layout, *rope_theta; /* NULL: absent */
 } tcalib;
 
+/* One generator state per test program (tests/common/test_rng.h). */
 static uint64_t t_rng_state = 0x1234567;
 
+/* Uniform in (0, 1). */
 static inline double t_uniform(void) {
-  t_rng_state = t_rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
-  return ((double)(t_rng_state >> 11) + 0.5) * 0x1.0p-53;
+  return test_rng_uniform_open(&t_rng_state);
 }
 
+/* Standard normal. */
 static inline double t_normal(void) {
-  double u = t_uniform(), v = t_uniform();
-  return sqrt(-2 * log(u)) * cos(2 * M_PI * v);
+  return test_rng_gauss(&t_rng_state);
 }
 
 static inline double *t_alloc(size_t n) {

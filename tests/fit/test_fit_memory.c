@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "common/test_rng.h"
 #include "kqsvd.h"
 
 enum { NL = 3, H = 4, HK = 2, D = 8, HID = 12, SEQ = 16, T = 64 };
@@ -30,32 +31,33 @@ static float g_q[NL][T][H][D], g_k[NL][T][HK][D], g_v[NL][T][HK][D], g_wo[NL][HI
 static float g_qh[NL][H][T][D], g_kh[NL][HK][T][D], g_vh[NL][HK][T][D];
 
 static uint64_t g_rng;
-static double rnd(void) {
-  g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
-  return (double)(g_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-}
 
 /* A few strong directions plus noise: a spectrum worth fitting. */
 static void make_rows(void) {
   g_rng = 11;
   float basis[4][D];
   for (int i = 0; i < 4; i++)
-    for (int j = 0; j < D; j++) basis[i][j] = (float)rnd();
+    for (int j = 0; j < D; j++) basis[i][j] = (float)test_rng_signed(&g_rng);
   for (int l = 0; l < NL; l++)
     for (int t = 0; t < T; t++) {
       for (int h = 0; h < H; h++)
         for (int j = 0; j < D; j++)
-          g_qh[l][h][t][j] = g_q[l][t][h][j] = (float)(3.0 * rnd() * basis[h % 4][j] + 0.3 * rnd());
+          g_qh[l][h][t][j] = g_q[l][t][h][j] =
+              (float)(3.0 * test_rng_signed(&g_rng) * basis[h % 4][j] +
+                      0.3 * test_rng_signed(&g_rng));
       for (int h = 0; h < HK; h++)
         for (int j = 0; j < D; j++) {
           g_kh[l][h][t][j] = g_k[l][t][h][j] =
-              (float)(2.0 * rnd() * basis[(h + 1) % 4][j] + 0.2 * rnd());
-          g_vh[l][h][t][j] = g_v[l][t][h][j] = (float)(rnd() * basis[(h + 2) % 4][j] + 0.1 * rnd());
+              (float)(2.0 * test_rng_signed(&g_rng) * basis[(h + 1) % 4][j] +
+                      0.2 * test_rng_signed(&g_rng));
+          g_vh[l][h][t][j] = g_v[l][t][h][j] =
+              (float)(test_rng_signed(&g_rng) * basis[(h + 2) % 4][j] +
+                      0.1 * test_rng_signed(&g_rng));
         }
     }
   for (int l = 0; l < NL; l++)
     for (int r = 0; r < HID; r++)
-      for (int c = 0; c < H * D; c++) g_wo[l][r][c] = (float)rnd();
+      for (int c = 0; c < H * D; c++) g_wo[l][r][c] = (float)test_rng_signed(&g_rng);
 }
 
 static int setup(void **state) {

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "common/attn_reference.h"
+#include "common/test_rng.h"
 #include "kqsvd_backend.h"
 
 /* ctest's SKIP_RETURN_CODE for "no OpenCL device here". */
@@ -50,13 +51,12 @@ static const kq_backend_iface *harness_load(void) {
 }
 #endif /* KQ_OCL_MODULE_PATH */
 
-/* Deterministic uniform values in [-scale, scale]. */
+/* Deterministic uniform values in [-scale, scale], the same for the same
+ * seed (the first number of the seed's stream is skipped). */
 static void harness_fill(float *x, size_t n, uint64_t seed, float scale) {
-  uint64_t s = seed * 6364136223846793005ull + 1442695040888963407ull;
-  for (size_t i = 0; i < n; ++i) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    x[i] = scale * (float)((double)(s >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-  }
+  uint64_t s = seed;
+  (void)test_rng_u64(&s);
+  for (size_t i = 0; i < n; ++i) x[i] = scale * (float)test_rng_signed(&s);
 }
 
 /* Float64 causal latent attention (SPEC §4) from full keys/values, by the

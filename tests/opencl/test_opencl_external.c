@@ -24,6 +24,7 @@
 
 #include <cmocka.h>
 
+#include "common/test_rng.h"
 #include "conformance.h"
 #include "kqsvd.h"
 #include "kqsvd_opencl.h"
@@ -106,13 +107,9 @@ static void conformance_passes_on_external_device(void **state) {
   assert_true(passed > 0);
 }
 
-static uint64_t g_rng;
 static void fill(float *x, size_t n, uint64_t seed) {
-  g_rng = seed * 0x9E3779B97F4A7C15ULL + 1;
-  for (size_t i = 0; i < n; i++) {
-    g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
-    x[i] = (float)((double)(g_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-  }
+  uint64_t rng = seed * 0x9E3779B97F4A7C15ULL + 1;
+  for (size_t i = 0; i < n; i++) x[i] = (float)test_rng_signed(&rng);
 }
 
 static kq_projections *projections(void) {

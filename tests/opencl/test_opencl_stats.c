@@ -17,18 +17,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/test_rng.h"
 #include "kqsvd.h"
 
 /* ctest's SKIP_RETURN_CODE for "no OpenCL device here". */
 #define KQ_OCL_SKIP 77
 
-/* Deterministic uniform values in [-scale, scale]. */
+/* Deterministic uniform values in [-scale, scale], the same for the same
+ * seed (the first number of the seed's stream is skipped). */
 static void fill(float *x, size_t n, uint64_t seed, float scale) {
-  uint64_t s = seed * 6364136223846793005ull + 1442695040888963407ull;
-  for (size_t i = 0; i < n; ++i) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    x[i] = scale * (float)((double)(s >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-  }
+  uint64_t s = seed;
+  (void)test_rng_u64(&s);
+  for (size_t i = 0; i < n; ++i) x[i] = scale * (float)test_rng_signed(&s);
 }
 
 enum { L = 2, H = 8, HK = 2, D = 64, RK = 32, RV = 24, PREFILL = 300, CAP = 1024 };

@@ -28,6 +28,7 @@
 #include <cmocka.h>
 #include <vulkan/vulkan.h>
 
+#include "common/test_rng.h"
 #include "conformance.h"
 #include "kqsvd.h"
 #include "kqsvd_vulkan.h"
@@ -235,12 +236,10 @@ static void test_conformance_on_engine_device(void **state) {
 
 enum { LAYERS = 2, HK = 2, H = 4, D = 16, RK = 8, RV = 12, CAP = 64 };
 
+/* x[0..n) uniform in [-1, 1], the same for the same seed. */
 static void fill(float *x, size_t n, uint32_t seed) {
-  uint32_t s = seed * 2654435761u + 1u;
-  for (size_t i = 0; i < n; ++i) {
-    s = s * 1664525u + 1013904223u;
-    x[i] = (float)((s >> 8) & 0xffff) / 32768.0f - 1.0f;
-  }
+  uint64_t s = (uint64_t)seed * 2654435761u + 1u;
+  for (size_t i = 0; i < n; ++i) x[i] = (float)test_rng_signed(&s);
 }
 
 static kq_projections *make_projections(void) {
