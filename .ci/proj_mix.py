@@ -4,7 +4,9 @@ with the tensors of one side (keys: key_down, query_down, key_spectrum,
 key_segments; values: value_down, value_up, value_spectrum, value_segments)
 of one layer taken from FROM. With BASE a full-rank float fit this gives a
 cache that compresses only that side of that layer, as FROM does
-(.ci/sensitivity.sh). Both files must have the same layout and shapes."""
+(.ci/sensitivity.sh). LAYER "all" takes that side of every layer (e.g. keys
+of one --bytes fit with values of another: a different key/value split of
+the bytes). Both files must have the same layout and shapes."""
 import json
 import struct
 import sys
@@ -55,13 +57,18 @@ def main():
     for key in ("layout", "n_layers", "n_kv_heads", "head_dim", "rope"):
         if (base_meta or {}).get(key) != (src_meta or {}).get(key):
             sys.exit("proj_mix.py: %s differs between %s and %s" % (key, sys.argv[1], sys.argv[2]))
-    layer = int(sys.argv[5])
-    for name in SIDES[sys.argv[4]]:
-        k = "layers.%d.%s" % (layer, name)
-        base.pop(k, None)
-        if k in src:
-            base[k] = src[k]
+    if sys.argv[5] == "all":
+        layers = range(int(base_meta["n_layers"]))
+    else:
+        layers = [int(sys.argv[5])]
+    for layer in layers:
+        for name in SIDES[sys.argv[4]]:
+            k = "layers.%d.%s" % (layer, name)
+            base.pop(k, None)
+            if k in src:
+                base[k] = src[k]
     write(sys.argv[3], base, base_meta)
 
 
-main()
+if __name__ == "__main__":
+    main()
