@@ -13,6 +13,7 @@
 #define KQ_TEST_RNG_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Advances *state one step and returns the new state. Any seed is valid,
@@ -46,6 +47,13 @@ static inline double test_rng_signed(uint64_t *state) {
 static inline double test_rng_gauss(uint64_t *state) {
   double u = test_rng_uniform_open(state), v = test_rng_uniform_open(state);
   return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+/* x[i] = scale · (float)test_rng_signed(state) for i < n: a float array
+ * uniform in [-scale, scale], the product taken in float (scale 1: the
+ * rounded numbers themselves). */
+static inline void test_rng_fill(float *x, size_t n, uint64_t *state, float scale) {
+  for (size_t i = 0; i < n; i++) x[i] = scale * (float)test_rng_signed(state);
 }
 
 #endif /* KQ_TEST_RNG_H */

@@ -26,7 +26,7 @@ typedef struct variant {
 /* x[0..n) uniform in [-1, 1), the same for the same seed. */
 static void fill(float *x, size_t n, uint64_t seed) {
   uint64_t rng = seed * 2654435761u + 17;
-  for (size_t i = 0; i < n; i++) x[i] = (float)test_rng_signed(&rng);
+  test_rng_fill(x, n, &rng, 1.0f);
 }
 
 /* Projections of `n_layers` layers (h query heads, hk kv heads, head_dim d)

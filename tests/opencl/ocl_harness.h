@@ -56,7 +56,7 @@ static const kq_backend_iface *harness_load(void) {
 static void harness_fill(float *x, size_t n, uint64_t seed, float scale) {
   uint64_t s = seed;
   (void)test_rng_u64(&s);
-  for (size_t i = 0; i < n; ++i) x[i] = scale * (float)test_rng_signed(&s);
+  test_rng_fill(x, n, &s, scale);
 }
 
 /* Float64 causal latent attention (SPEC §4) from full keys/values, by the

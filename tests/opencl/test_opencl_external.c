@@ -109,7 +109,7 @@ static void conformance_passes_on_external_device(void **state) {
 
 static void fill(float *x, size_t n, uint64_t seed) {
   uint64_t rng = seed * 0x9E3779B97F4A7C15ULL + 1;
-  for (size_t i = 0; i < n; i++) x[i] = (float)test_rng_signed(&rng);
+  test_rng_fill(x, n, &rng, 1.0f);
 }
 
 static kq_projections *projections(void) {

@@ -28,7 +28,7 @@
 static void fill(float *x, size_t n, uint64_t seed, float scale) {
   uint64_t s = seed;
   (void)test_rng_u64(&s);
-  for (size_t i = 0; i < n; ++i) x[i] = scale * (float)test_rng_signed(&s);
+  test_rng_fill(x, n, &s, scale);
 }
 
 enum { L = 2, H = 8, HK = 2, D = 64, RK = 32, RV = 24, PREFILL = 300, CAP = 1024 };

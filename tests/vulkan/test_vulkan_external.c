@@ -239,7 +239,7 @@ enum { LAYERS = 2, HK = 2, H = 4, D = 16, RK = 8, RV = 12, CAP = 64 };
 /* x[0..n) uniform in [-1, 1], the same for the same seed. */
 static void fill(float *x, size_t n, uint32_t seed) {
   uint64_t s = (uint64_t)seed * 2654435761u + 1u;
-  for (size_t i = 0; i < n; ++i) x[i] = (float)test_rng_signed(&s);
+  test_rng_fill(x, n, &s, 1.0f);
 }
 
 static kq_projections *make_projections(void) {
