@@ -58,7 +58,7 @@ def main():
         if (base_meta or {}).get(key) != (src_meta or {}).get(key):
             sys.exit("proj_mix.py: %s differs between %s and %s" % (key, sys.argv[1], sys.argv[2]))
     if sys.argv[5] == "all":
-        layers = range(int(base_meta["n_layers"]))
+        layers = sorted({int(k.split(".")[1]) for k in base if k.startswith("layers.")})
     else:
         layers = [int(sys.argv[5])]
     for layer in layers:
