@@ -2,8 +2,9 @@
  * The kernels of the CPU backend's quantized path, called one by one on the
  * kernel set KQSVD_CPU_ISA selects (kq_cpu_kernels_get): the int16 query
  * layout, the int16 and int8 logits and P·V kernels against float64, and the
- * non-finite check of a logit tile. A set without a kernel passes its test
- * with a message saying so.
+ * non-finite check of a logit tile. A set without a kernel checks only that
+ * it is one documented to lack it (cpu_kernels.h: the portable set has none
+ * of them; pv_plane_i8 needs VNNI) and says so.
  *
  * Thresholds: int16 logits are exact integer sums times F32 scales
  * (relative 1e-6) plus the query's rounding (half a step per product); P·V
@@ -74,16 +75,28 @@ static void test_int16_query_follows_its_layout(void **state) {
     }
 }
 
+/* 1 when the selected set has the kernel (`present`) (the test then runs); else fails
+ * unless the set is one cpu_kernels.h documents as lacking it: the portable
+ * set lacks every integer kernel, and pv_plane_i8 needs VNNI. A set that
+ * lost a kernel by mistake would otherwise pass these tests untested. */
+static int have_kernel(const kq_cpu_kernels *k, int present, int needs_vnni, const char *what) {
+  if (present) return 1;
+  int generic = strcmp(k->isa, "generic") == 0;
+  int vnni = strstr(k->isa, "vnni") != NULL;
+  if (!generic && !(needs_vnni && !vnni))
+    fail_msg("isa %s has no %s, which only the portable set%s may lack", k->isa, what,
+             needs_vnni ? " or a set without VNNI" : "");
+  print_message("isa %s has no %s (documented)\n", k->isa, what);
+  return 0;
+}
+
 /* The int16 kernels of the selected set against float64 on odd widths, 1-5
  * rows, tiles of 1-64 positions (including tails of 1-3 keys and an odd
  * count for the position pairs of P·V). */
 static void test_int16_kernels_match_float64_for_odd_shapes(void **state) {
   (void)state;
   const kq_cpu_kernels *k = kq_cpu_kernels_get();
-  if (!k->logits_plane_i16) {
-    print_message("isa %s has no int16 kernels\n", k->isa);
-    return;
-  }
+  if (!have_kernel(k, k->logits_plane_i16 != NULL, 0, "int16 kernels")) return;
   uint64_t st = 11;
   int widths[] = {2, 8, 14, 16, 30, 32, 40, 64, 66, 510, 512};
   int nts[] = {1, 3, 5, 33, 64};
@@ -171,10 +184,7 @@ typedef struct i8seg {
 static void test_int8_logits_match_float64_for_mixed_segments(void **state) {
   (void)state;
   const kq_cpu_kernels *k = kq_cpu_kernels_get();
-  if (!k->logits_planes_i8) {
-    print_message("isa %s has no int8 logits\n", k->isa);
-    return;
-  }
+  if (!have_kernel(k, k->logits_planes_i8 != NULL, 0, "int8 logits")) return;
   static const i8seg lists[][4] = {
       {{KQ_SEG_Q8, 32, 0}},
       {{KQ_SEG_Q4, 64, 0}},
@@ -279,10 +289,7 @@ static void test_int8_logits_match_float64_for_mixed_segments(void **state) {
 static void test_int8_pv_matches_float64_for_odd_shapes(void **state) {
   (void)state;
   const kq_cpu_kernels *k = kq_cpu_kernels_get();
-  if (!k->pv_plane_i8) {
-    print_message("isa %s has no int8 P.V\n", k->isa);
-    return;
-  }
+  if (!have_kernel(k, k->pv_plane_i8 != NULL, 1, "int8 P.V")) return;
   enum { LDA = 208, LDS = 64 };
   static const int widths[] = {1, 2, 8, 14, 16, 17, 30, 33, 64, 80, 130, 200};
   static const int nts[] = {1, 3, 4, 5, 13, 64};
