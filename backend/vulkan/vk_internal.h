@@ -121,6 +121,7 @@ struct kq_bdevice {
   bool subgroup_shuffle; /* subgroup shuffles in compute shaders (attend_dec.comp) */
   uint32_t subgroup_size;
   uint32_t compute_units; /* vk_device.c: count_compute_units */
+  uint32_t loop_limit;    /* back edges an invocation may take (vk_split.h), 0: no limit */
   VkDevice dev;
   VkQueue queue;
   uint32_t queue_family;

@@ -94,6 +94,9 @@ typedef struct vk_decode_plan {
    * float segment of whole 16-byte rows, 2 a segment table whose segments
    * all have whole 16-byte rows. */
   uint32_t kvec, vvec;
+  /* Most positions per chunk (vk_loop_chunk_cap for the device's loop
+   * limit; UINT64_MAX without one). */
+  uint64_t chunk_cap;
 } vk_decode_plan;
 
 /* Whether the decode grid takes the attend op over the n_seqs sequences of

@@ -100,10 +100,40 @@ static bool plan_decode(const kq_bdevice *d, const kq_attend_op *op, uint32_t cg
   }
   return false;
 fits:
+  /* Back edges of one step of NPAR positions in attend_dec.comp (an upper
+   * bound): the step itself; PRE's latent-dim loop, 4 dims a step; the
+   * 16-byte unit loops of a segment table (KVEC / VVEC 2), each segment's
+   * units over LPR lanes; the row sums through shared memory without
+   * subgroups. Everything else in a step is unrolled. */
+  {
+    const bool ident = (op->flags & KQ_OP_IDENTITY_KEYS) != 0;
+    uint64_t edges = 2;
+    if (pre && !ident) edges += rk / 4 + 1;
+    if (p->kvec == 2) edges += ku / p->lpr + 2 * (uint64_t)op->n_key_segments;
+    if (p->vvec == 2) edges += vu / p->lpr + 2 * (uint64_t)op->n_value_segments;
+    if (!p->subgroups) edges += (uint64_t)p->rows * (p->lpr + 1);
+    p->chunk_cap = vk_loop_chunk_cap(d->loop_limit, edges, p->npar);
+    if (p->chunk_cap == 0) return false;
+  }
   /* Chunks are per sequence (vk_attend_decode). */
   return H / p->rows <= lim->maxComputeWorkGroupCount[1] &&
          (uint32_t)op->n_queries <= lim->maxComputeWorkGroupCount[2] &&
          H <= lim->maxComputeWorkGroupCount[0];
+}
+
+/* Chunks of a sequence of n_ctx positions in a grid of `positions` (the
+ * sum over its query rows of their contexts): its share of the device
+ * (vk_decode_seq_chunks), at most maxComputeWorkGroupCount[0], and at
+ * least enough that no chunk is longer than pl->chunk_cap. The result may
+ * exceed VK_DECODE_MAX_CHUNKS only through the cap (vk_decode_fits then
+ * declines the op). */
+static uint32_t seq_chunks(const kq_bdevice *d, const vk_decode_plan *pl, uint64_t H,
+                           uint64_t n_ctx, uint64_t positions) {
+  uint64_t n = vk_decode_seq_chunks(n_ctx, positions, (uint32_t)(H / pl->rows), d->compute_units);
+  if (n > d->props.limits.maxComputeWorkGroupCount[0])
+    n = d->props.limits.maxComputeWorkGroupCount[0];
+  if (pl->chunk_cap != UINT64_MAX && n_ctx > n * pl->chunk_cap) n = vk_cdiv(n_ctx, pl->chunk_cap);
+  return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
 }
 
 kq_status vk_attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_op_seq *seqs,
@@ -123,9 +153,7 @@ kq_status vk_attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_op_se
   for (int32_t i = 0; i < n_seqs; ++i) positions += (uint64_t)seqs[i].n_rows * seqs[i].n_ctx;
   uint32_t max_chunks = 1;
   for (int32_t i = 0; i < n_seqs; ++i) {
-    uint32_t n = vk_decode_seq_chunks((uint64_t)seqs[i].n_ctx, positions, (uint32_t)(H / pl->rows),
-                                      d->compute_units);
-    if (n > lim->maxComputeWorkGroupCount[0]) n = lim->maxComputeWorkGroupCount[0];
+    const uint32_t n = seq_chunks(d, pl, H, (uint64_t)seqs[i].n_ctx, positions);
     if (n > max_chunks) max_chunks = n;
   }
   uint32_t aspec[VK_SPEC_COUNT] = {0};
@@ -222,9 +250,7 @@ kq_status vk_attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_op_se
     uint32_t *t = table;
     for (int32_t i = 0; i < n_seqs; ++i) {
       const kq_op_seq *e = &seqs[i];
-      uint32_t n = vk_decode_seq_chunks((uint64_t)e->n_ctx, positions, (uint32_t)(H / pl->rows),
-                                        d->compute_units);
-      if (n > lim->maxComputeWorkGroupCount[0]) n = lim->maxComputeWorkGroupCount[0];
+      uint32_t n = seq_chunks(d, pl, H, (uint64_t)e->n_ctx, positions);
       const uint32_t chunk = vk_decode_chunk_len((uint64_t)e->n_ctx, n);
       n = vk_cdiv((uint64_t)e->n_ctx, chunk);
       for (int32_t r = 0; r < e->n_rows; ++r, t += KQ_SEQ_WORDS) {
@@ -264,8 +290,16 @@ bool vk_decode_fits(const kq_bdevice *d, const kq_attend_op *op, const kq_op_seq
   for (int32_t i = 0; i < n_seqs; ++i)
     if (seqs[i].n_rows > shape.n_queries) shape.n_queries = seqs[i].n_rows;
   const uint64_t max = vk_max_binding(d);
-  return plan_decode(d, &shape, cgroups, pl) &&
-         (uint64_t)op->n_queries <= d->props.limits.maxComputeWorkGroupCount[2] &&
+  if (!plan_decode(d, &shape, cgroups, pl)) return false;
+  /* A chunk count the cap pushes past what the merge or the grid takes:
+   * the tiled path, whose chunks are capped the same way. */
+  uint64_t positions = 0;
+  for (int32_t i = 0; i < n_seqs; ++i) positions += (uint64_t)seqs[i].n_rows * seqs[i].n_ctx;
+  for (int32_t i = 0; i < n_seqs; ++i) {
+    const uint64_t n = seq_chunks(d, pl, (uint64_t)op->n_heads, (uint64_t)seqs[i].n_ctx, positions);
+    if (n > VK_DECODE_MAX_CHUNKS || n > d->props.limits.maxComputeWorkGroupCount[0]) return false;
+  }
+  return (uint64_t)op->n_queries <= d->props.limits.maxComputeWorkGroupCount[2] &&
          vk_side_span(op, seqs, n_seqs, 0, cgroups).bytes <= max &&
          vk_side_span(op, seqs, n_seqs, 1, cgroups).bytes <= max;
 }

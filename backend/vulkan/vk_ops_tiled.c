@@ -17,9 +17,22 @@
 
 #include "kq_push.h"
 #include "vk_ops.h"
+#include "vk_split.h"
 
 static uint64_t attend_shared(uint32_t R, uint32_t QK, uint32_t TK, uint32_t rk, bool pre) {
   return 4ull * (R * QK + R * TK + (pre ? TK * QK + TK * rk : 2) + 2 * R * VK_WG);
+}
+
+/* Back edges one invocation of attend.comp takes per key tile (an upper
+ * bound, for vk_loop_chunk_cap): the tile loop; PRE's staging loop and its
+ * rebuild loop with the latent-dim loop inside; the logits loop with its
+ * dims loop; the softmax loop; the P·V loops of every slot; the two
+ * reductions' halving loops (at most 32 steps each). */
+static uint64_t attend_tile_edges(const vk_attend_plan *p, uint64_t D, uint64_t rk) {
+  const uint64_t tk = p->TK, per_lane = vk_cdiv(tk, VK_WG);
+  uint64_t e = 1 + per_lane * (p->QK + 2) + per_lane + p->slots * (vk_cdiv(tk, p->ntg) + 1) + 64;
+  if (p->pre) e += vk_cdiv(tk * rk, VK_WG) + vk_cdiv(tk * (D / 2), VK_WG) * (p->ident ? 1 : rk + 1);
+  return e;
 }
 
 static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, uint64_t koff,
@@ -58,6 +71,20 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, uint64
     }
   }
   p->n_sub = group / p->G;
+  /* A device whose shaders stop after a number of back edges: tiles short
+   * enough that one fits well inside it, then chunks of as many tiles as
+   * fit (below). */
+  uint64_t cap = UINT64_MAX;
+  while (p->TK &&
+         (cap = vk_loop_chunk_cap(d->loop_limit, attend_tile_edges(p, (uint64_t)op->head_dim, rk),
+                                  p->TK)) < 2ull * p->TK &&
+         p->TK > 8)
+    p->TK /= 2;
+  if (p->TK && cap < p->TK)
+    return VK_ERR(KQ_ERR_UNSUPPORTED,
+                  "%s: attend: one key tile of head_dim %d, rank %d exceeds the driver's loop "
+                  "limit (%u back edges)",
+                  d->name, op->head_dim, op->rank_k, d->loop_limit);
   if (!p->TK || VK_WG > lim->maxComputeWorkGroupInvocations ||
       VK_WG > lim->maxComputeWorkGroupSize[0])
     return VK_ERR(KQ_ERR_UNSUPPORTED,
@@ -69,12 +96,18 @@ static kq_status plan_attend(const kq_bdevice *d, const kq_attend_op *op, uint64
   uint64_t target = tiles >= 512 ? 1 : 512 / tiles;
   uint64_t ch = vk_cdiv(vk_cdiv((uint64_t)op->n_ctx, target), p->TK) * (uint64_t)p->TK;
   if (ch < 2ull * p->TK) ch = 2ull * p->TK;
+  if (ch > cap) ch = cap / p->TK * p->TK; /* whole tiles, at least one (above) */
   const uint64_t max_bind = vk_max_binding(d), wide = (rk > rv ? rk : rv) * p->elem;
   uint64_t nch = vk_cdiv((uint64_t)op->n_ctx, ch);
   while (nch > lim->maxComputeWorkGroupCount[0]) {
     ch *= 2;
     nch = vk_cdiv((uint64_t)op->n_ctx, ch);
   }
+  if (ch > cap)
+    return VK_ERR(KQ_ERR_UNSUPPORTED,
+                  "%s: attend: %d positions need more chunks than the grid takes under the "
+                  "driver's loop limit (%u back edges)",
+                  d->name, op->n_ctx, d->loop_limit);
   p->CH = (uint32_t)ch;
   p->window = (max_bind / wide) / ch * ch;
   if (p->window == 0)

@@ -58,6 +58,26 @@ static inline uint32_t vk_decode_seq_chunks(uint64_t n_ctx, uint64_t total_posit
   return n < 1 ? 1u : (uint32_t)n;
 }
 
+/* Back edges after which Mesa llvmpipe (lavapipe) ends a shader
+ * invocation's loops, all of its loops counted together (its guard against
+ * endless loops): the invocation then goes on past them with whatever its
+ * sums hold, with no error. A chunk of positions that needs more steps
+ * comes out silently wrong, so on that driver the chunk length is capped
+ * (vk_loop_chunk_cap). */
+#define VK_LLVMPIPE_LOOP_LIMIT 65535u
+
+/* Most positions one chunk may hold when a shader invocation may take at
+ * most `limit` back edges in all (0: no limit, UINT64_MAX) and a step of
+ * the chunk's loop covers `step_positions` positions at `edges_per_step`
+ * back edges (an upper bound). Half the limit goes to the chunk's loop,
+ * the other half is left for the loops around it. 0 when not even one
+ * step fits. */
+static inline uint64_t vk_loop_chunk_cap(uint32_t limit, uint64_t edges_per_step,
+                                         uint64_t step_positions) {
+  if (!limit) return UINT64_MAX;
+  return (uint64_t)(limit / 2u) / (edges_per_step ? edges_per_step : 1u) * step_positions;
+}
+
 /* Positions per chunk for `chunks` chunks (the last one may be shorter). */
 static inline uint32_t vk_decode_chunk_len(uint64_t n_ctx, uint32_t chunks) {
   return (uint32_t)((n_ctx + chunks - 1) / chunks);
