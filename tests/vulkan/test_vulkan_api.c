@@ -21,12 +21,6 @@
 
 static char g_vk_name[32];
 
-#define CHECK_OK(expr)                                                                             \
-  do {                                                                                             \
-    kq_status st_ = (expr);                                                                        \
-    if (st_ != KQ_OK) fail_msg("%s -> %d: %s", #expr, (int)st_, kq_last_error());                  \
-  } while (0)
-
 typedef struct api_case {
   vk_ref_case c;
   kq_storage storage;
@@ -94,11 +88,11 @@ static double tolerance(kq_storage s) {
 static void test_registry_lists_vulkan_devices(void **state) {
   (void)state;
   int n = 0;
-  CHECK_OK(kq_device_count(&n));
+  KQ_TEST_OK(kq_device_count(&n));
   int found = 0;
   for (int i = 0; i < n; ++i) {
     kq_device_info info;
-    CHECK_OK(kq_device_info_get(i, &info));
+    KQ_TEST_OK(kq_device_info_get(i, &info));
     if (strcmp(info.backend, "vulkan") != 0) continue;
     assert_int_equal(strncmp(info.name, "vulkan:", 7), 0);
     if (strstr(info.description, "llvmpipe")) assert_int_equal(info.type, KQ_DEVICE_TYPE_CPU);
@@ -106,9 +100,9 @@ static void test_registry_lists_vulkan_devices(void **state) {
   }
   assert_true(found >= 1);
   kq_device *dev = NULL;
-  CHECK_OK(kq_device_create(g_vk_name, &dev));
+  KQ_TEST_OK(kq_device_create(g_vk_name, &dev));
   kq_device_info info;
-  CHECK_OK(kq_device_get_info(dev, &info));
+  KQ_TEST_OK(kq_device_get_info(dev, &info));
   assert_string_equal(info.name, g_vk_name);
   kq_device_destroy(dev);
 }
@@ -122,7 +116,7 @@ static void test_decode_and_prefill_match_reference(void **state) {
       {{60, 7, 4, 1, 32, 8, 24, 2, 0, 10000}, KQ_STORAGE_F32, KQ_OUTPUT_FULL},
   };
   kq_device *dev = NULL;
-  CHECK_OK(kq_device_create(g_vk_name, &dev));
+  KQ_TEST_OK(kq_device_create(g_vk_name, &dev));
   for (size_t i = 0; i < sizeof cases / sizeof *cases; ++i) {
     double e = run_api_case(dev, &cases[i], 11 + i);
     if (e < 0) fail_msg("case %zu: %s", i, kq_last_error());
@@ -162,7 +156,7 @@ static void *thread_main(void *p) {
 static void test_two_threads_share_one_device(void **state) {
   (void)state;
   kq_device *dev = NULL;
-  CHECK_OK(kq_device_create(g_vk_name, &dev));
+  KQ_TEST_OK(kq_device_create(g_vk_name, &dev));
   thread_arg args[2] = {{dev, 0, 0, ""}, {dev, 1, 0, ""}};
   pthread_t th[2];
   for (int i = 0; i < 2; ++i)
@@ -210,7 +204,7 @@ static void test_pre_caches_from_many_threads(void **state) {
   (void)state;
   enum { N = 4 };
   kq_device *dev = NULL;
-  CHECK_OK(kq_device_create(g_vk_name, &dev));
+  KQ_TEST_OK(kq_device_create(g_vk_name, &dev));
   pre_arg args[N];
   pthread_t th[N];
   for (int i = 0; i < N; ++i) {

@@ -27,12 +27,6 @@
 
 static char g_vk_name[32];
 
-#define CHECK_OK(expr)                                                                             \
-  do {                                                                                             \
-    kq_status st_ = (expr);                                                                        \
-    if (st_ != KQ_OK) fail_msg("%s -> %d: %s", #expr, (int)st_, kq_last_error());                  \
-  } while (0)
-
 /* The cap on pretend limits: half the limit over the edges of a step, whole
  * steps; no limit, no cap; a step that alone takes half the limit, 0. */
 static void test_chunk_cap_follows_the_limit(void **state) {
@@ -69,9 +63,9 @@ static void run_long_case(int n_ctx, int n_q) {
                               .rope_theta = 10000.0f,
                               .layout = KQ_LAYOUT_PER_HEAD};
   kq_projections *proj = NULL;
-  CHECK_OK(kq_projections_create(&info, &rk, &rv, &proj));
+  KQ_TEST_OK(kq_projections_create(&info, &rk, &rv, &proj));
   kq_projection_layer L;
-  CHECK_OK(kq_projections_layer(proj, 0, &L));
+  KQ_TEST_OK(kq_projections_layer(proj, 0, &L));
   uint64_t seed = 91;
   /* logits of a few units (std about 12), as in a model: with much larger
    * ones the softmax is an argmax whose near ties F32 order can tip */
@@ -90,18 +84,18 @@ static void run_long_case(int n_ctx, int n_q) {
   vk_ref_fill(Q, (size_t)n_q * qrow, 1.0, &seed);
 
   kq_device *dev = NULL, *cpu = NULL;
-  CHECK_OK(kq_device_create(g_vk_name, &dev));
-  CHECK_OK(kq_device_create("cpu", &cpu));
+  KQ_TEST_OK(kq_device_create(g_vk_name, &dev));
+  KQ_TEST_OK(kq_device_create("cpu", &cpu));
   kq_cache_params params = kq_cache_default_params();
   params.storage = KQ_STORAGE_F32;
   params.capacity = n_ctx;
   kq_cache *cache = NULL, *ref = NULL;
-  CHECK_OK(kq_cache_create(dev, proj, &params, &cache));
-  CHECK_OK(kq_cache_create(cpu, proj, &params, &ref));
-  CHECK_OK(kq_cache_append(cache, 0, n_ctx, K, V));
-  CHECK_OK(kq_cache_append(ref, 0, n_ctx, K, V));
-  CHECK_OK(kq_cache_attend(cache, 0, n_q, Q, KQ_OUTPUT_FULL, out));
-  CHECK_OK(kq_cache_attend(ref, 0, n_q, Q, KQ_OUTPUT_FULL, want));
+  KQ_TEST_OK(kq_cache_create(dev, proj, &params, &cache));
+  KQ_TEST_OK(kq_cache_create(cpu, proj, &params, &ref));
+  KQ_TEST_OK(kq_cache_append(cache, 0, n_ctx, K, V));
+  KQ_TEST_OK(kq_cache_append(ref, 0, n_ctx, K, V));
+  KQ_TEST_OK(kq_cache_attend(cache, 0, n_q, Q, KQ_OUTPUT_FULL, out));
+  KQ_TEST_OK(kq_cache_attend(ref, 0, n_q, Q, KQ_OUTPUT_FULL, want));
 
   double num = 0, den = 0;
   for (size_t i = 0; i < (size_t)n_q * qrow; ++i) {

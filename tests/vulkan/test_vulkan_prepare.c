@@ -23,12 +23,6 @@
 
 static char g_vk_name[32];
 
-#define CHECK_OK(expr)                                                                             \
-  do {                                                                                             \
-    kq_status st_ = (expr);                                                                        \
-    if (st_ != KQ_OK) fail_msg("%s -> %d: %s", #expr, (int)st_, kq_last_error());                  \
-  } while (0)
-
 typedef struct prep_case {
   kq_layout layout;
   kq_storage storage;
@@ -40,7 +34,7 @@ static uint64_t pipelines(const kq_device *dev) {
   kq_device_stats s;
   memset(&s, 0, sizeof s);
   s.struct_size = sizeof s;
-  CHECK_OK(kq_device_get_stats(dev, &s));
+  KQ_TEST_OK(kq_device_get_stats(dev, &s));
   return s.pipelines_created;
 }
 
@@ -58,19 +52,19 @@ static kq_projections *make_projections(const prep_case *pc, int H, int Hk, int 
                               .layout = pc->layout};
   const int32_t rks[2] = {rk, rk}, rvs[2] = {rv, rv};
   kq_projections *proj = NULL;
-  CHECK_OK(kq_projections_create(&info, rks, rvs, &proj));
+  KQ_TEST_OK(kq_projections_create(&info, rks, rvs, &proj));
   uint64_t seed = 5;
   for (int32_t l = 0; l < 2; ++l) {
     kq_projection_layer L;
-    CHECK_OK(kq_projections_layer(proj, l, &L));
+    KQ_TEST_OK(kq_projections_layer(proj, l, &L));
     vk_ref_fill(L.key_down, (size_t)Hk * d * rk, 1.2, &seed);
     vk_ref_fill(L.query_down, (size_t)Hk * d * rk, 1.2, &seed);
     vk_ref_fill(L.value_down, (size_t)Hk * d * rv, 1.0, &seed);
     vk_ref_fill(L.value_up, (size_t)Hk * d * rv, 1.0, &seed);
     if (pc->n_kseg)
-      CHECK_OK(kq_projections_set_segments(proj, l, KQ_SIDE_KEYS, pc->n_kseg, pc->kseg));
+      KQ_TEST_OK(kq_projections_set_segments(proj, l, KQ_SIDE_KEYS, pc->n_kseg, pc->kseg));
     if (pc->n_vseg)
-      CHECK_OK(kq_projections_set_segments(proj, l, KQ_SIDE_VALUES, pc->n_vseg, pc->vseg));
+      KQ_TEST_OK(kq_projections_set_segments(proj, l, KQ_SIDE_VALUES, pc->n_vseg, pc->vseg));
   }
   return proj;
 }
@@ -88,11 +82,11 @@ static void decode_steps(kq_cache *cache, int n, int H, int Hk, int d, uint64_t 
     vk_ref_fill(K, (size_t)n * row, 1.0, seed);
     vk_ref_fill(V, (size_t)n * row, 1.0, seed);
     vk_ref_fill(q, (size_t)n * qrow, 1.0, seed);
-    CHECK_OK(kq_cache_append(cache, l, n, K, V));
-    if (n > 1) CHECK_OK(kq_cache_attend(cache, l, n, q, KQ_OUTPUT_FULL, out));
-    if (n > 1) CHECK_OK(kq_cache_attend(cache, l, n, q, KQ_OUTPUT_LATENT, out));
-    CHECK_OK(kq_cache_attend(cache, l, 1, q, KQ_OUTPUT_FULL, out));
-    CHECK_OK(kq_cache_attend(cache, l, 1, q, KQ_OUTPUT_LATENT, out));
+    KQ_TEST_OK(kq_cache_append(cache, l, n, K, V));
+    if (n > 1) KQ_TEST_OK(kq_cache_attend(cache, l, n, q, KQ_OUTPUT_FULL, out));
+    if (n > 1) KQ_TEST_OK(kq_cache_attend(cache, l, n, q, KQ_OUTPUT_LATENT, out));
+    KQ_TEST_OK(kq_cache_attend(cache, l, 1, q, KQ_OUTPUT_FULL, out));
+    KQ_TEST_OK(kq_cache_attend(cache, l, 1, q, KQ_OUTPUT_LATENT, out));
   }
   free(K), free(V), free(q), free(out);
 }
@@ -101,13 +95,13 @@ static void run_prep_case(const prep_case *pc) {
   const int H = 8, Hk = 2, d = 64;
   kq_projections *proj = make_projections(pc, H, Hk, d);
   kq_device *dev = NULL;
-  CHECK_OK(kq_device_create(g_vk_name, &dev));
+  KQ_TEST_OK(kq_device_create(g_vk_name, &dev));
   kq_cache_params params = kq_cache_default_params();
   params.storage = pc->storage;
   params.capacity = 256;
   const uint64_t p_open = pipelines(dev);
   kq_cache *cache = NULL;
-  CHECK_OK(kq_cache_create(dev, proj, &params, &cache));
+  KQ_TEST_OK(kq_cache_create(dev, proj, &params, &cache));
   const uint64_t p_created = pipelines(dev);
   uint64_t seed = 11;
   decode_steps(cache, 40, H, Hk, d, &seed); /* a prefill and the first decode step */
@@ -120,7 +114,7 @@ static void run_prep_case(const prep_case *pc) {
   if (p_created <= p_open) fail_msg("kq_cache_create built no pipeline");
   /* A second cache of the same shapes reuses them all. */
   kq_cache *again = NULL;
-  CHECK_OK(kq_cache_create(dev, proj, &params, &again));
+  KQ_TEST_OK(kq_cache_create(dev, proj, &params, &again));
   decode_steps(again, 3, H, Hk, d, &seed);
   assert_int_equal(pipelines(dev), p_steps);
   kq_cache_destroy(again);

@@ -26,12 +26,6 @@
 
 static char g_vk_name[32];
 
-#define CHECK_OK(expr)                                                                             \
-  do {                                                                                             \
-    kq_status st_ = (expr);                                                                        \
-    if (st_ != KQ_OK) fail_msg("%s -> %d: %s", #expr, (int)st_, kq_last_error());                  \
-  } while (0)
-
 /* --- the split, on pretend devices --- */
 
 static void test_split_fills_the_device(void **state) {
@@ -118,7 +112,7 @@ static kq_cache *make_cache(kq_device *dev, kq_projections *proj, kq_storage sto
   params.storage = storage;
   params.capacity = cap;
   kq_cache *cache = NULL;
-  CHECK_OK(kq_cache_create(dev, proj, &params, &cache));
+  KQ_TEST_OK(kq_cache_create(dev, proj, &params, &cache));
   return cache;
 }
 
@@ -126,7 +120,7 @@ static kq_device_stats stats(const kq_device *dev) {
   kq_device_stats s;
   memset(&s, 0, sizeof s);
   s.struct_size = sizeof s;
-  CHECK_OK(kq_device_get_stats(dev, &s));
+  KQ_TEST_OK(kq_device_get_stats(dev, &s));
   return s;
 }
 
@@ -144,15 +138,15 @@ static void run_step_case(const step_case *sc, int n_ctx) {
                               .rope_theta = 10000.0f,
                               .layout = sc->layout};
   kq_projections *proj = NULL;
-  CHECK_OK(kq_projections_create(&info, &rk, &rv, &proj));
+  KQ_TEST_OK(kq_projections_create(&info, &rk, &rv, &proj));
   kq_projection_layer L;
-  CHECK_OK(kq_projections_layer(proj, 0, &L));
+  KQ_TEST_OK(kq_projections_layer(proj, 0, &L));
   uint64_t seed = 77;
   fill_layer(&L, Hk, d, &seed);
   if (sc->n_kseg)
-    CHECK_OK(kq_projections_set_segments(proj, 0, KQ_SIDE_KEYS, sc->n_kseg, sc->kseg));
+    KQ_TEST_OK(kq_projections_set_segments(proj, 0, KQ_SIDE_KEYS, sc->n_kseg, sc->kseg));
   if (sc->n_vseg)
-    CHECK_OK(kq_projections_set_segments(proj, 0, KQ_SIDE_VALUES, sc->n_vseg, sc->vseg));
+    KQ_TEST_OK(kq_projections_set_segments(proj, 0, KQ_SIDE_VALUES, sc->n_vseg, sc->vseg));
   const int total = n_ctx + warm + 1;
   const size_t row = (size_t)Hk * d, qrow = (size_t)H * d;
   float *K = malloc((size_t)total * row * 4), *V = malloc((size_t)total * row * 4);
@@ -164,29 +158,29 @@ static void run_step_case(const step_case *sc, int n_ctx) {
   vk_ref_fill(Q, (size_t)(warm + 1) * qrow, 1.0, &seed);
 
   kq_device *dev = NULL, *cpu = NULL;
-  CHECK_OK(kq_device_create(g_vk_name, &dev));
-  CHECK_OK(kq_device_create("cpu", &cpu));
+  KQ_TEST_OK(kq_device_create(g_vk_name, &dev));
+  KQ_TEST_OK(kq_device_create("cpu", &cpu));
   kq_cache *cache = make_cache(dev, proj, sc->storage, total);
   kq_cache *ref = make_cache(cpu, proj, sc->storage, total);
-  CHECK_OK(kq_cache_append(cache, 0, n_ctx, K, V));
-  CHECK_OK(kq_cache_append(ref, 0, n_ctx, K, V));
+  KQ_TEST_OK(kq_cache_append(cache, 0, n_ctx, K, V));
+  KQ_TEST_OK(kq_cache_append(ref, 0, n_ctx, K, V));
   /* Warm-up: pipelines, scratch and staging reach their sizes. */
   for (int s = 0; s < warm; ++s) {
     const float *k = K + (size_t)(n_ctx + s) * row, *v = V + (size_t)(n_ctx + s) * row;
-    CHECK_OK(kq_cache_append(cache, 0, 1, k, v));
-    CHECK_OK(kq_cache_append(ref, 0, 1, k, v));
-    CHECK_OK(kq_cache_attend(cache, 0, 1, Q + (size_t)s * qrow, KQ_OUTPUT_FULL, out));
-    CHECK_OK(kq_cache_attend(ref, 0, 1, Q + (size_t)s * qrow, KQ_OUTPUT_FULL, want));
+    KQ_TEST_OK(kq_cache_append(cache, 0, 1, k, v));
+    KQ_TEST_OK(kq_cache_append(ref, 0, 1, k, v));
+    KQ_TEST_OK(kq_cache_attend(cache, 0, 1, Q + (size_t)s * qrow, KQ_OUTPUT_FULL, out));
+    KQ_TEST_OK(kq_cache_attend(ref, 0, 1, Q + (size_t)s * qrow, KQ_OUTPUT_FULL, want));
   }
   const float *k = K + (size_t)(n_ctx + warm) * row, *v = V + (size_t)(n_ctx + warm) * row;
   const float *q = Q + (size_t)warm * qrow;
   kq_device_stats s0 = stats(dev);
-  CHECK_OK(kq_cache_append(cache, 0, 1, k, v));
+  KQ_TEST_OK(kq_cache_append(cache, 0, 1, k, v));
   kq_device_stats s1 = stats(dev);
-  CHECK_OK(kq_cache_attend(cache, 0, 1, q, KQ_OUTPUT_FULL, out));
+  KQ_TEST_OK(kq_cache_attend(cache, 0, 1, q, KQ_OUTPUT_FULL, out));
   kq_device_stats s2 = stats(dev);
-  CHECK_OK(kq_cache_append(ref, 0, 1, k, v));
-  CHECK_OK(kq_cache_attend(ref, 0, 1, q, KQ_OUTPUT_FULL, want));
+  KQ_TEST_OK(kq_cache_append(ref, 0, 1, k, v));
+  KQ_TEST_OK(kq_cache_attend(ref, 0, 1, q, KQ_OUTPUT_FULL, want));
 
   if (s2.submits - s0.submits > 1)
     fail_msg("decode step: %llu queue submits", (unsigned long long)(s2.submits - s0.submits));
