@@ -6,7 +6,9 @@
  * allocation after warm-up (RoPE pre included); its output matches the CPU backend. Also the
  * decode split (vk_split.h) against pretend devices: the grid of a 4k or 32k
  * context holds at least twice as many workgroups as the device has compute
- * units. The pipeline cache is written to KQSVD_CACHE_DIR when a device
+ * units, and the chunk cap under a driver's loop limit on pretend limits
+ * (tests/engine/test_long_context.c runs the long cases it is for). The
+ * pipeline cache is written to KQSVD_CACHE_DIR when a device
  * closes, and a damaged file is ignored and rewritten. The split tests run without a device; the
  * rest exits 77 (ctest SKIP) when no Vulkan device is present.
  */
@@ -86,6 +88,23 @@ static void test_split_of_a_batch_follows_each_context(void **state) {
    * more than its positions. */
   assert_int_equal(vk_decode_seq_chunks(1, 100000, 8, 132), 1);
   assert_int_equal(vk_decode_seq_chunks(3, 3, 1, 132), 3);
+}
+
+/* The cap on pretend limits: half the limit over the edges of a step, whole
+ * steps; no limit, no cap; a step that alone takes half the limit, 0. */
+static void test_chunk_cap_follows_the_limit(void **state) {
+  (void)state;
+  assert_true(vk_loop_chunk_cap(0, 33, 8) == UINT64_MAX);
+  /* 32767 / 33 = 992 steps of 8 positions */
+  assert_true(vk_loop_chunk_cap(VK_LLVMPIPE_LOOP_LIMIT, 33, 8) == 992u * 8u);
+  assert_true(vk_loop_chunk_cap(VK_LLVMPIPE_LOOP_LIMIT, 1, 1) == 32767u);
+  assert_true(vk_loop_chunk_cap(VK_LLVMPIPE_LOOP_LIMIT, 40000, 64) == 0);
+  /* every cap keeps steps x edges within half the limit */
+  for (uint64_t e = 1; e < 70000; e = e * 3 + 1) {
+    const uint64_t cap = vk_loop_chunk_cap(VK_LLVMPIPE_LOOP_LIMIT, e, 4);
+    assert_true(cap / 4 * e <= VK_LLVMPIPE_LOOP_LIMIT / 2);
+    assert_true((cap / 4 + 1) * e > VK_LLVMPIPE_LOOP_LIMIT / 2);
+  }
 }
 
 /* --- one decode step through the public API --- */
@@ -330,6 +349,7 @@ int main(void) {
       cmocka_unit_test(test_split_fills_the_device),
       cmocka_unit_test(test_split_has_no_chunk_floor),
       cmocka_unit_test(test_split_of_a_batch_follows_each_context),
+      cmocka_unit_test(test_chunk_cap_follows_the_limit),
   };
   if (cmocka_run_group_tests(pure, NULL, NULL)) return 1;
   const int found = vk_test_first_device(g_vk_name, sizeof g_vk_name);

@@ -12,15 +12,8 @@
 #include <string.h>
 
 #include "common/attn_reference.h"
+#include "common/test_check.h"
 #include "kqsvd.h"
-
-/* Fails the running cmocka test with the library's message when expr does
- * not return KQ_OK (the files that use it include cmocka.h). */
-#define KQ_TEST_OK(expr)                                                                           \
-  do {                                                                                             \
-    kq_status st_ = (expr);                                                                        \
-    if (st_ != KQ_OK) fail_msg("%s -> %d: %s", #expr, (int)st_, kq_last_error());                  \
-  } while (0)
 
 typedef struct vk_ref_case {
   int n_ctx, n_q, H, Hk, d, rk, rv;
