@@ -9,7 +9,9 @@
  * cap (vk_split.h, vk_loop_chunk_cap) decodes of 16k and 33k positions and
  * a 6k prefill of 16 queries came out wrong on lavapipe (NaN, NMSE 0.85 and
  * 0.9; capped, 4e-12 to 1e-11; KQSVD_VULKAN_LOOP_LIMIT=0 turns the cap off
- * and shows it again). Exits 77 (ctest SKIP) when the device is absent.
+ * and shows it again). Also the 0.28 q8/q4 recipe of that shape (F16,
+ * post, decode and prefill) and a joint q8/q4 cache (decode). Exits 77
+ * (ctest SKIP) when the device is absent.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -27,28 +29,44 @@
 
 static const char *g_device = "vulkan:0";
 
+/* One long case: the shape and storage of a cache. */
+typedef struct long_case {
+  kq_layout layout;
+  kq_rope_mode rope;
+  kq_storage storage;
+  int32_t rank_k, rank_v;
+  int32_t n_kseg, n_vseg; /* 0: one float segment */
+  kq_segment kseg[3], vseg[3];
+} long_case;
+
 /* One layer, Llama's attention shape (32 heads on 8 kv heads, head_dim
- * 128), rank 128 both sides, RoPE pre, F32 storage: n_ctx positions
- * appended at once, then the last n_q of them attend; the Vulkan output
- * against the CPU backend's. Only summation order differs (F32 latents):
- * NMSE 1e-8 leaves room for that over 33k positions and is far below what
- * dropped steps give. */
-static void run_long_case(int n_ctx, int n_q) {
+ * 128): n_ctx positions appended at once, then the last n_q of them attend;
+ * the device's output against the CPU backend's. Float latents differ by
+ * summation order only: NMSE 1e-8 (F32) or 1e-5 (F16 storage) leaves room
+ * for that over 20k positions. Quantized segments: the same quantizer, but
+ * a latent computed in another order may round to the neighbouring level
+ * now and then (1e-3, as the decode-step tests). Dropped steps give 0.1 and
+ * more, or NaN. */
+static void run_long_case(const long_case *lc, int n_ctx, int n_q) {
   const int H = 32, Hk = 8, d = 128;
-  const int32_t rk = 128, rv = 128;
+  const int32_t rk = lc->rank_k, rv = lc->rank_v;
   kq_projections_info info = {.method = KQ_METHOD_KQSVD,
                               .n_layers = 1,
                               .n_heads = H,
                               .n_kv_heads = Hk,
                               .head_dim = d,
-                              .rope = KQ_ROPE_PRE,
+                              .rope = lc->rope,
                               .rope_layout = KQ_ROPE_PAIRS,
                               .rope_theta = 10000.0f,
-                              .layout = KQ_LAYOUT_PER_HEAD};
+                              .layout = lc->layout};
   kq_projections *proj = NULL;
   KQ_TEST_OK(kq_projections_create(&info, &rk, &rv, &proj));
   kq_projection_layer L;
   KQ_TEST_OK(kq_projections_layer(proj, 0, &L));
+  if (lc->n_kseg)
+    KQ_TEST_OK(kq_projections_set_segments(proj, 0, KQ_SIDE_KEYS, lc->n_kseg, lc->kseg));
+  if (lc->n_vseg)
+    KQ_TEST_OK(kq_projections_set_segments(proj, 0, KQ_SIDE_VALUES, lc->n_vseg, lc->vseg));
   uint64_t seed = 91;
   /* logits of a few units (std about 12), as in a model: with much larger
    * ones the softmax is an argmax whose near ties F32 order can tip */
@@ -70,7 +88,7 @@ static void run_long_case(int n_ctx, int n_q) {
   KQ_TEST_OK(kq_device_create(g_device, &dev));
   KQ_TEST_OK(kq_device_create("cpu", &cpu));
   kq_cache_params params = kq_cache_default_params();
-  params.storage = KQ_STORAGE_F32;
+  params.storage = lc->storage;
   params.capacity = n_ctx;
   kq_cache *cache = NULL, *ref = NULL;
   KQ_TEST_OK(kq_cache_create(dev, proj, &params, &cache));
@@ -85,8 +103,9 @@ static void run_long_case(int n_ctx, int n_q) {
     num += ((double)out[i] - want[i]) * ((double)out[i] - want[i]);
     den += (double)want[i] * want[i];
   }
+  const double tol = lc->n_kseg || lc->n_vseg ? 1e-3 : lc->storage == KQ_STORAGE_F16 ? 1e-5 : 1e-8;
   print_message("%s: ctx %d, %d queries: NMSE %.3g\n", g_device, n_ctx, n_q, num / den);
-  if (!(num <= 1e-8 * den))
+  if (!(num <= tol * den))
     fail_msg("%s: ctx %d, %d queries: NMSE %.3g against the CPU backend", g_device, n_ctx, n_q,
              num / den);
 
@@ -98,18 +117,60 @@ static void run_long_case(int n_ctx, int n_q) {
   free(K), free(V), free(Q), free(out), free(want);
 }
 
+/* RoPE pre, F32, rank 128: each key rebuilt in the kernel. */
+static const long_case k_pre = {.layout = KQ_LAYOUT_PER_HEAD,
+                                .rope = KQ_ROPE_PRE,
+                                .storage = KQ_STORAGE_F32,
+                                .rank_k = 128,
+                                .rank_v = 128};
+/* The 0.28 recipe of the Llama shape in q8/q4 segments, F16, post. */
+static const long_case k_quant = {.layout = KQ_LAYOUT_PER_HEAD,
+                                  .rope = KQ_ROPE_POST,
+                                  .storage = KQ_STORAGE_F16,
+                                  .rank_k = 104,
+                                  .rank_v = 80,
+                                  .n_kseg = 3,
+                                  .kseg = {{8, KQ_SEG_FLOAT}, {32, KQ_SEG_Q8}, {64, KQ_SEG_Q4}},
+                                  .n_vseg = 2,
+                                  .vseg = {{16, KQ_SEG_Q8}, {64, KQ_SEG_Q4}}};
+/* One latent per layer for all heads (joint), q8/q4 segments, F16. */
+static const long_case k_joint = {.layout = KQ_LAYOUT_JOINT,
+                                  .rope = KQ_ROPE_POST,
+                                  .storage = KQ_STORAGE_F16,
+                                  .rank_k = 192,
+                                  .rank_v = 192,
+                                  .n_kseg = 3,
+                                  .kseg = {{32, KQ_SEG_FLOAT}, {96, KQ_SEG_Q8}, {64, KQ_SEG_Q4}},
+                                  .n_vseg = 2,
+                                  .vseg = {{64, KQ_SEG_Q8}, {128, KQ_SEG_Q4}}};
+
 /* The decode grid: on a small device one chunk per row group would hold
  * every position. */
 static void test_long_decode_rope_pre_matches_cpu(void **state) {
   (void)state;
-  run_long_case(20000, 1);
+  run_long_case(&k_pre, 20000, 1);
 }
 
 /* The tiled path (more queries than the decode grid takes): chunks of
  * several key tiles, each tile rebuilding 64 keys in the kernel. */
 static void test_long_prefill_rope_pre_matches_cpu(void **state) {
   (void)state;
-  run_long_case(6000, 16);
+  run_long_case(&k_pre, 6000, 16);
+}
+
+static void test_long_decode_quantized_matches_cpu(void **state) {
+  (void)state;
+  run_long_case(&k_quant, 20000, 1);
+}
+
+static void test_long_prefill_quantized_matches_cpu(void **state) {
+  (void)state;
+  run_long_case(&k_quant, 6000, 16);
+}
+
+static void test_long_decode_joint_matches_cpu(void **state) {
+  (void)state;
+  run_long_case(&k_joint, 20000, 1);
 }
 
 int main(int argc, char **argv) {
@@ -123,6 +184,9 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_long_decode_rope_pre_matches_cpu),
       cmocka_unit_test(test_long_prefill_rope_pre_matches_cpu),
+      cmocka_unit_test(test_long_decode_quantized_matches_cpu),
+      cmocka_unit_test(test_long_prefill_quantized_matches_cpu),
+      cmocka_unit_test(test_long_decode_joint_matches_cpu),
   };
   return cmocka_run_group_tests_name(g_device, tests, NULL, NULL);
 }
