@@ -340,26 +340,20 @@ static uint32_t count_compute_units(VkPhysicalDevice phys, const VkPhysicalDevic
 }
 
 /* The back-edge limit of the driver's shaders (vk_split.h): Mesa llvmpipe
- * VK_LLVMPIPE_LOOP_LIMIT, others none. KQSVD_VULKAN_LOOP_LIMIT=N overrides
- * it (0: none), so that tests can show what the cap prevents. */
-static uint32_t loop_limit(VkPhysicalDevice phys, const VkPhysicalDeviceProperties *pr) {
+ * VK_LLVMPIPE_LOOP_LIMIT, others none; `driver` is VK_DRIVER_ID_MESA_LLVMPIPE
+ * or another id, 0 when the device does not report one (then llvmpipe is
+ * known by its device name, "llvmpipe (...)"). KQSVD_VULKAN_LOOP_LIMIT=N
+ * overrides it (0: none), so that tests can show what the cap prevents. */
+static uint32_t loop_limit(VkDriverId driver, const char *device_name) {
   const char *env = getenv("KQSVD_VULKAN_LOOP_LIMIT");
   if (env && *env) {
     char *end = NULL;
     unsigned long v = strtoul(env, &end, 10);
     if (end && *end == '\0' && v <= UINT32_MAX) return (uint32_t)v;
   }
-  VkPhysicalDeviceDriverProperties drv = {.sType =
-                                              VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
-  if (pr->apiVersion >= VK_API_VERSION_1_2 ||
-      device_has_extension(phys, VK_KHR_DRIVER_PROPERTIES_EXTENSION_NAME)) {
-    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
-                                      .pNext = &drv};
-    vkGetPhysicalDeviceProperties2(phys, &p2);
-    if (drv.driverID == VK_DRIVER_ID_MESA_LLVMPIPE) return VK_LLVMPIPE_LOOP_LIMIT;
-  }
-  /* a driver that does not say: llvmpipe names its devices "llvmpipe (...)" */
-  return strncmp(pr->deviceName, "llvmpipe", 8) == 0 ? VK_LLVMPIPE_LOOP_LIMIT : 0;
+  const bool llvmpipe =
+      driver ? driver == VK_DRIVER_ID_MESA_LLVMPIPE : strncmp(device_name, "llvmpipe", 8) == 0;
+  return llvmpipe ? VK_LLVMPIPE_LOOP_LIMIT : 0;
 }
 
 static bool device_has_extension(VkPhysicalDevice phys, const char *name) {
@@ -407,7 +401,12 @@ static void probe_physical(kq_bdevice *d) {
       .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
   VkPhysicalDeviceSubgroupProperties sub = {
       .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+  VkPhysicalDeviceDriverProperties drv = {.sType =
+                                              VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
   m3.pNext = &sub;
+  if (d->props.apiVersion >= VK_API_VERSION_1_2 ||
+      device_has_extension(phys, VK_KHR_DRIVER_PROPERTIES_EXTENSION_NAME))
+    sub.pNext = &drv;
   VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
                                     .pNext = &m3};
   vkGetPhysicalDeviceProperties2(phys, &p2);
@@ -422,7 +421,7 @@ static void probe_physical(kq_bdevice *d) {
                         (sub.supportedOperations & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
                         !getenv("KQSVD_VULKAN_NO_SUBGROUPS");
   d->compute_units = count_compute_units(phys, &d->props);
-  d->loop_limit = loop_limit(phys, &d->props);
+  d->loop_limit = loop_limit(drv.driverID, d->props.deviceName);
   VkPhysicalDevice8BitStorageFeaturesKHR f8 = {
       .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_8BIT_STORAGE_FEATURES_KHR};
   VkPhysicalDevice16BitStorageFeatures f16 = {

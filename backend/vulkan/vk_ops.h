@@ -97,6 +97,12 @@ typedef struct vk_decode_plan {
   /* Most positions per chunk (vk_loop_chunk_cap for the device's loop
    * limit; UINT64_MAX without one). */
   uint64_t chunk_cap;
+  /* Of the op's sequences (vk_decode_fits): the grid's positions (Σ rows ·
+   * n_ctx, which each sequence's share of chunks follows) and the most
+   * chunks of one sequence (partials per query row and head, the merge's
+   * grid). */
+  uint64_t positions;
+  uint32_t max_chunks;
 } vk_decode_plan;
 
 /* Whether the decode grid takes the attend op over the n_seqs sequences of

@@ -149,13 +149,8 @@ kq_status vk_attend_decode(kq_bdevice *d, const kq_attend_op *op, const kq_op_se
   const vk_latent_span ks = vk_side_span(op, seqs, n_seqs, 0, cgroups);
   const vk_latent_span vs = vk_side_span(op, seqs, n_seqs, 1, cgroups);
   /* Chunks per sequence, from its share of the grid's positions. */
-  uint64_t positions = 0;
-  for (int32_t i = 0; i < n_seqs; ++i) positions += (uint64_t)seqs[i].n_rows * seqs[i].n_ctx;
-  uint32_t max_chunks = 1;
-  for (int32_t i = 0; i < n_seqs; ++i) {
-    const uint32_t n = seq_chunks(d, pl, H, (uint64_t)seqs[i].n_ctx, positions);
-    if (n > max_chunks) max_chunks = n;
-  }
+  const uint64_t positions = pl->positions;
+  const uint32_t max_chunks = pl->max_chunks;
   uint32_t aspec[VK_SPEC_COUNT] = {0};
   aspec[KQ_SPEC_WG] = pl->wg;
   aspec[KQ_SPEC_D] = (uint32_t)D;
@@ -293,11 +288,14 @@ bool vk_decode_fits(const kq_bdevice *d, const kq_attend_op *op, const kq_op_seq
   if (!plan_decode(d, &shape, cgroups, pl)) return false;
   /* A chunk count the cap pushes past what the merge or the grid takes:
    * the tiled path, whose chunks are capped the same way. */
-  uint64_t positions = 0;
-  for (int32_t i = 0; i < n_seqs; ++i) positions += (uint64_t)seqs[i].n_rows * seqs[i].n_ctx;
+  pl->positions = 0;
+  for (int32_t i = 0; i < n_seqs; ++i) pl->positions += (uint64_t)seqs[i].n_rows * seqs[i].n_ctx;
+  pl->max_chunks = 1;
   for (int32_t i = 0; i < n_seqs; ++i) {
-    const uint64_t n = seq_chunks(d, pl, (uint64_t)op->n_heads, (uint64_t)seqs[i].n_ctx, positions);
+    const uint32_t n =
+        seq_chunks(d, pl, (uint64_t)op->n_heads, (uint64_t)seqs[i].n_ctx, pl->positions);
     if (n > VK_DECODE_MAX_CHUNKS || n > d->props.limits.maxComputeWorkGroupCount[0]) return false;
+    if (n > pl->max_chunks) pl->max_chunks = n;
   }
   return (uint64_t)op->n_queries <= d->props.limits.maxComputeWorkGroupCount[2] &&
          vk_side_span(op, seqs, n_seqs, 0, cgroups).bytes <= max &&
