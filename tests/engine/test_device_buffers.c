@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "common/test_check.h"
 #include "common/test_rng.h"
 #include "kqsvd.h"
 
@@ -219,12 +220,7 @@ static void device_resident_decode_equals_host_calls(void **state) {
 
 int main(int argc, char **argv) {
   if (argc > 1) g_device = argv[1];
-  kq_device *probe = NULL;
-  if (kq_device_create(g_device, &probe) != KQ_OK) {
-    printf("SKIP: device %s: %s\n", g_device, kq_last_error());
-    return 77;
-  }
-  kq_device_destroy(probe);
+  if (!kq_test_device_present(g_device)) return 77;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(buffers_round_trip_and_check_ranges),
       cmocka_unit_test(device_resident_decode_equals_host_calls),

@@ -144,49 +144,35 @@ static const long_case k_joint = {.layout = KQ_LAYOUT_JOINT,
                                   .n_vseg = 2,
                                   .vseg = {{64, KQ_SEG_Q8}, {128, KQ_SEG_Q4}}};
 
-/* The decode grid: on a small device one chunk per row group would hold
- * every position. */
-static void test_long_decode_rope_pre_matches_cpu(void **state) {
-  (void)state;
-  run_long_case(&k_pre, 20000, 1);
+/* A case of the table below: a cache, its context and its queries. */
+typedef struct long_run {
+  const long_case *cache;
+  int n_ctx, n_q;
+} long_run;
+
+static void long_run_matches_cpu(void **state) {
+  const long_run *r = *state;
+  run_long_case(r->cache, r->n_ctx, r->n_q);
 }
 
-/* The tiled path (more queries than the decode grid takes): chunks of
- * several key tiles, each tile rebuilding 64 keys in the kernel. */
-static void test_long_prefill_rope_pre_matches_cpu(void **state) {
-  (void)state;
-  run_long_case(&k_pre, 6000, 16);
-}
-
-static void test_long_decode_quantized_matches_cpu(void **state) {
-  (void)state;
-  run_long_case(&k_quant, 20000, 1);
-}
-
-static void test_long_prefill_quantized_matches_cpu(void **state) {
-  (void)state;
-  run_long_case(&k_quant, 6000, 16);
-}
-
-static void test_long_decode_joint_matches_cpu(void **state) {
-  (void)state;
-  run_long_case(&k_joint, 20000, 1);
-}
+/* One query: the decode grid, where a small device holds every position of
+ * a row group in one chunk. Sixteen: the tiled path (more queries than the
+ * decode grid takes), chunks of several key tiles (RoPE pre: each tile
+ * rebuilding 64 keys in the kernel). */
+static long_run k_runs[] = {
+    {&k_pre, 20000, 1},   {&k_pre, 6000, 16},   {&k_quant, 20000, 1},
+    {&k_quant, 6000, 16}, {&k_joint, 20000, 1},
+};
 
 int main(int argc, char **argv) {
   if (argc > 1) g_device = argv[1];
-  kq_device *probe = NULL;
-  if (kq_device_create(g_device, &probe) != KQ_OK) {
-    printf("SKIP: device %s: %s\n", g_device, kq_last_error());
-    return 77;
-  }
-  kq_device_destroy(probe);
+  if (!kq_test_device_present(g_device)) return 77;
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_long_decode_rope_pre_matches_cpu),
-      cmocka_unit_test(test_long_prefill_rope_pre_matches_cpu),
-      cmocka_unit_test(test_long_decode_quantized_matches_cpu),
-      cmocka_unit_test(test_long_prefill_quantized_matches_cpu),
-      cmocka_unit_test(test_long_decode_joint_matches_cpu),
+      {"long_decode_rope_pre", long_run_matches_cpu, NULL, NULL, &k_runs[0]},
+      {"long_prefill_rope_pre", long_run_matches_cpu, NULL, NULL, &k_runs[1]},
+      {"long_decode_quantized", long_run_matches_cpu, NULL, NULL, &k_runs[2]},
+      {"long_prefill_quantized", long_run_matches_cpu, NULL, NULL, &k_runs[3]},
+      {"long_decode_joint", long_run_matches_cpu, NULL, NULL, &k_runs[4]},
   };
   return cmocka_run_group_tests_name(g_device, tests, NULL, NULL);
 }

@@ -20,6 +20,7 @@
 
 #include <cmocka.h>
 
+#include "common/test_check.h"
 #include "kqsvd.h"
 
 enum { NL = 2, H = 4, HK = 2, D = 16, NS = 8, CAP = 40, MAXROWS = 256 };
@@ -454,13 +455,7 @@ static void zero_sequences_are_refused(void **state) {
 
 int main(int argc, char **argv) {
   if (argc > 1) g_device = argv[1];
-  kq_device *probe = NULL;
-  kq_status st = kq_device_create(g_device, &probe);
-  if (st != KQ_OK) {
-    printf("SKIP: device %s: %s\n", g_device, kq_last_error());
-    return 77;
-  }
-  kq_device_destroy(probe);
+  if (!kq_test_device_present(g_device)) return 77;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(batched_equals_single_float_post),
       cmocka_unit_test(batched_equals_single_float_pre),
